@@ -1,0 +1,158 @@
+"""Capacity snapshots: how many slots the network has, where, and how many are idle.
+
+Parsed from the gateway's ``GET /getNetworkCapabilities`` (per orchestrator,
+capability 35 = live video-to-video), from NaaP's ``GET /v1/streaming/models``
+(per model, no orchestrators), or a static count. Pure: no network here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fleet.errors import CapacityError
+
+__all__ = [
+    "LIVE_VIDEO_TO_VIDEO",
+    "CapacitySnapshot",
+    "OrchestratorSlots",
+    "load_capacity_file",
+    "parse_capacity",
+    "parse_naap",
+    "parse_network_capabilities",
+    "static_capacity",
+]
+
+LIVE_VIDEO_TO_VIDEO = "35"
+
+
+@dataclass(frozen=True)
+class OrchestratorSlots:
+    """One orchestrator's slots for the workflow's model."""
+
+    address: str
+    uri: str
+    idle: int
+    in_use: int
+    gpus: tuple[tuple[str, str], ...] = ()  # (id, name)
+    warm: bool = False
+
+    def matches(self, needles: tuple[str, ...]) -> bool:
+        return any(n in self.address or n in self.uri for n in needles)
+
+
+@dataclass(frozen=True)
+class CapacitySnapshot:
+    """Slots for one model. ``anonymous_idle`` counts slots whose orchestrator is unknown
+    (NaaP or a static count): the gateway will choose, so per-orchestrator caps cannot apply."""
+
+    model: str
+    orchestrators: tuple[OrchestratorSlots, ...] = ()
+    anonymous_idle: int = 0
+    anonymous_in_use: int = 0
+    source: str = "static"
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def total(self) -> int:
+        return self.idle + sum(o.in_use for o in self.orchestrators) + self.anonymous_in_use
+
+    @property
+    def idle(self) -> int:
+        return sum(o.idle for o in self.orchestrators) + self.anonymous_idle
+
+    def budget(self, max_fraction: float, idle_reserve: int) -> int:
+        """Most concurrent test streams: a fraction of all slots, never into the idle reserve."""
+        by_fraction = math.floor(max_fraction * self.total + 1e-9)
+        return max(0, min(by_fraction, self.idle - idle_reserve))
+
+    def summary(self) -> dict[str, Any]:
+        return {"model": self.model, "source": self.source, "total_slots": self.total, "idle_slots": self.idle,
+                "orchestrators": len(self.orchestrators)}
+
+
+def static_capacity(slots: int, model: str = "") -> CapacitySnapshot:
+    if slots < 0:
+        raise CapacityError(f"capacity must be a whole number of slots >= 0, got {slots}")
+    return CapacitySnapshot(model=model, anonymous_idle=slots, source="static")
+
+
+def _int(value: Any, what: str) -> int:
+    if value is None:
+        return 0  # go-livepeer omits zero fields
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise CapacityError(f"{what}: expected a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+def parse_network_capabilities(obj: Any, model: str) -> CapacitySnapshot:
+    """Orchestrators offering ``model`` for live video-to-video, with idle and busy slots."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("orchestrators"), list):
+        raise CapacityError("getNetworkCapabilities: expected an object with an 'orchestrators' list")
+    found = []
+    for i, orch in enumerate(obj["orchestrators"]):
+        if not isinstance(orch, dict):
+            raise CapacityError(f"getNetworkCapabilities: orchestrators[{i}] is not an object")
+        caps = (((orch.get("capabilities") or {}).get("constraints") or {}).get("PerCapability") or {})
+        models = (caps.get(LIVE_VIDEO_TO_VIDEO) or {}).get("models") or {}
+        slots = models.get(model)
+        if slots is None:
+            continue
+        where = f"getNetworkCapabilities: orchestrators[{i}].models[{model}]"
+        gpus = []
+        for hw in orch.get("hardware") or []:
+            if hw.get("model_id") in (None, model):
+                for gpu in (hw.get("gpu_info") or {}).values():
+                    gpus.append((str(gpu.get("id", "")), str(gpu.get("name", ""))))
+        found.append(OrchestratorSlots(
+            address=str(orch.get("address", "")), uri=str(orch.get("orch_uri", "")),
+            idle=_int(slots.get("capacity"), where + ".capacity"),
+            in_use=_int(slots.get("capacityInUse"), where + ".capacityInUse"),
+            gpus=tuple(gpus), warm=bool(slots.get("warm", False))))
+    found.sort(key=lambda o: (o.address, o.uri))
+    return CapacitySnapshot(model=model, orchestrators=tuple(found), source="gateway")
+
+
+def parse_naap(obj: Any, model: str) -> CapacitySnapshot:
+    """NaaP ``/v1/streaming/models``: a list (or ``{"models": [...]}``) of per-model slot counts."""
+    rows = obj.get("models") if isinstance(obj, dict) else obj
+    if not isinstance(rows, list):
+        raise CapacityError("NaaP /v1/streaming/models: expected a list of models")
+    for i, row in enumerate(rows):
+        if isinstance(row, dict) and model in (row.get("model"), row.get("model_id"), row.get("pipeline")):
+            where = f"NaaP models[{i}]"
+            slots = _int(row.get("gpu_slots"), where + ".gpu_slots")
+            active = _int(row.get("active_streams"), where + ".active_streams")
+            idle = _int(row.get("available_capacity", max(0, slots - active)), where + ".available_capacity")
+            return CapacitySnapshot(model=model, anonymous_idle=idle, anonymous_in_use=active, source="naap")
+    return CapacitySnapshot(model=model, source="naap", notes=(f"NaaP lists no model {model!r}",))
+
+
+def parse_capacity(obj: Any, model: str) -> CapacitySnapshot:
+    """Any of the shapes above, recognised by its keys."""
+    if isinstance(obj, dict) and "orchestrators" in obj:
+        return parse_network_capabilities(obj, model)
+    if isinstance(obj, dict) and "slots" in obj and len(obj) == 1:
+        return static_capacity(_int(obj["slots"], "slots"), model)
+    if isinstance(obj, list) or (isinstance(obj, dict) and "models" in obj):
+        return parse_naap(obj, model)
+    raise CapacityError("unrecognised capacity JSON (allowed: a getNetworkCapabilities response, a NaaP "
+                        "/v1/streaming/models response, or {\"slots\": N})")
+
+
+def load_capacity_file(path: str | Path, model: str) -> CapacitySnapshot:
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CapacityError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CapacityError(f"{path}: cannot read file ({type(exc).__name__})") from exc
+    except json.JSONDecodeError as exc:
+        raise CapacityError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from exc
+    try:
+        return parse_capacity(obj, model)
+    except CapacityError as exc:
+        raise CapacityError(f"{path}: {exc}") from None

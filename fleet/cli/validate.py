@@ -1,0 +1,30 @@
+"""``fleet validate FILE...``: 0 when every file is valid, 1 when any is not."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fleet.errors import InputError
+from fleet.scenario import load_scenario
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check scenario files", description=__doc__)
+    p.add_argument("files", nargs="+", metavar="FILE", help="scenario YAML files")
+    p.add_argument("-q", "--quiet", action="store_true", help="print problems only")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    bad = 0
+    for name in args.files:
+        try:
+            scenario = load_scenario(name)
+        except InputError as exc:
+            bad += 1
+            print(str(exc), file=sys.stderr)
+            continue
+        if not args.quiet:
+            print(f"{name}: ok ({scenario.name}, {scenario.target.dialect}, {scenario.load.shape})")
+    return 1 if bad else 0

@@ -1,0 +1,74 @@
+"""The fleet's exception tree.
+
+    FleetError                      anything the CLI turns into a one-line message
+    ├── InputError                  a user's file is wrong (exit code 1)
+    │   ├── ScenarioError           scenario YAML: one Problem per mistake
+    │   └── PromptSetError          prompt-set YAML: one Problem per mistake
+    ├── UsageError                  the command line itself is wrong (exit code 2)
+    └── CapacityError               a capacity snapshot cannot be read or parsed
+
+Gateway faults are *not* exceptions: a probe returns them as an outcome
+(see the developers' guide). Exceptions here are for the user's input and for
+our own boundaries; third-party exceptions are translated with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CapacityError",
+    "FleetError",
+    "InputError",
+    "Problem",
+    "PromptSetError",
+    "ScenarioError",
+    "UsageError",
+]
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One mistake in a user's file, located as precisely as we can."""
+
+    file: str
+    line: int
+    col: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.col}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class FleetError(Exception):
+    """Base of every error the fleet raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(FleetError):
+    """A user's file has one or more problems; each renders as one line."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ScenarioError(InputError):
+    """A scenario file is invalid."""
+
+
+class PromptSetError(InputError):
+    """A prompt-set file is invalid."""
+
+
+class UsageError(FleetError):
+    """The command line is wrong."""
+
+    exit_code = 2
+
+
+class CapacityError(FleetError):
+    """A capacity snapshot could not be read."""

@@ -1,0 +1,179 @@
+"""Configuration of the reference gateway and the simulated network behind it.
+
+A config names GPU performance profiles (output fps cap, processing delay
+with jitter, cold start, warm-up), orchestrators with GPUs and slots per
+model, and faults to inject. ``default_config()`` is the network that
+``fleet gateway serve`` and ``reference`` scenarios use when given none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from fleet.capacity import LIVE_VIDEO_TO_VIDEO, CapacitySnapshot, parse_network_capabilities
+from fleet.document import load_document
+from fleet.errors import InputError
+from fleet.spec import Spec, parse
+
+__all__ = [
+    "DEFAULT_MODEL", "Delay", "Fault", "GatewayConfig", "Gpu", "GpuProfile", "OrchestratorSpec",
+    "capabilities_body", "default_config", "load_gateway_config", "reference_capacity",
+]
+
+DEFAULT_MODEL = "streamdiffusion"
+
+FaultKind = Literal[
+    "signaling_error",   # WHIP answers 5xx
+    "slow_answer",       # WHIP answers after a delay
+    "signaling_timeout", # WHIP never answers (until the client gives up)
+    "ice_never",         # the SDP answer carries no usable candidate: ICE never completes
+    "output_stall",      # input flows, output stops
+    "disconnect",        # the gateway closes the peer connections mid-stream
+    "black_frames",      # output frames turn black
+    "fps_drop",          # output fps falls to a fraction
+    "orchestrator_swap", # the stream moves to another orchestrator mid-stream
+    "capacity_drop",     # the orchestrator's advertised capacity falls
+]
+
+
+class Delay(Spec):
+    """Per-frame processing delay: ``mean_ms`` plus jitter drawn from ``dist``."""
+
+    dist: Literal["fixed", "normal", "uniform"] = "normal"
+    mean_ms: Annotated[float, Field(ge=0, le=10_000)] = 80.0
+    jitter_ms: Annotated[float, Field(ge=0, le=10_000)] = 4.0
+
+
+class GpuProfile(Spec):
+    name: str = Field(description="GPU model name, as in hardware[].gpu_info.name")
+    fps_cap: Annotated[float, Field(gt=0, le=240)] = 30.0
+    prompt_cost: Annotated[float, Field(ge=0, le=0.9)] = Field(
+        0.2, description="Largest fraction of fps_cap a costly prompt takes away (cost grows with prompt length)")
+    delay: Delay = Field(default_factory=Delay)
+    cold_start_s: Annotated[float, Field(ge=0, le=120)] = 1.0
+    warmup_frames: Annotated[int, Field(ge=0, le=10_000)] = 5
+
+
+class Gpu(Spec):
+    id: str
+    profile: str
+    slots: dict[str, Annotated[int, Field(ge=0, le=64)]] = Field(description="slots per model id")
+
+
+class OrchestratorSpec(Spec):
+    address: str
+    uri: str
+    region: str = "local"
+    gpus: tuple[Gpu, ...] = Field(min_length=1)
+
+
+class Fault(Spec):
+    """A fault on the orchestrators whose address or URI contains ``orchestrator`` (all when empty).
+
+    It applies to a stream with ``probability``, or to the streams numbered in ``streams``
+    (the gateway counts streams per orchestrator from 1), starting ``after_s`` into the stream.
+    """
+
+    kind: FaultKind
+    orchestrator: str = ""
+    probability: Annotated[float, Field(ge=0, le=1)] = 0.0
+    streams: tuple[Annotated[int, Field(ge=1)], ...] = ()
+    after_s: Annotated[float, Field(ge=0)] = 0.0
+    duration_s: Annotated[float, Field(gt=0)] | None = None
+    status: Annotated[int, Field(ge=500, le=599)] = 503
+    delay_s: Annotated[float, Field(ge=0, le=600)] = 5.0
+    fps_factor: Annotated[float, Field(gt=0, le=1)] = 0.5
+    slots: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _scheduled(self) -> Fault:
+        if self.probability == 0 and not self.streams:
+            raise ValueError("a fault needs 'probability' > 0 or a list of 'streams' it applies to")
+        return self
+
+
+class GatewayConfig(Spec):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8937
+    max_streams: Annotated[int, Field(ge=1, le=10_000)] = 256
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1_000_000
+    idle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    relay: bool = Field(False, description="forward encoded frames untouched (benchmarks at high session counts)")
+    token: str | None = Field(None, description="Bearer token the Daydream facade checks; None accepts any")
+    seed: int = 0
+    profiles: dict[str, GpuProfile]
+    orchestrators: tuple[OrchestratorSpec, ...] = Field(min_length=1)
+    faults: tuple[Fault, ...] = ()
+
+    @model_validator(mode="after")
+    def _profiles_known(self) -> GatewayConfig:
+        for o in self.orchestrators:
+            for g in o.gpus:
+                if g.profile not in self.profiles:
+                    raise ValueError(f"GPU {g.id} of {o.address} names profile {g.profile!r} "
+                                     f"(allowed: {', '.join(self.profiles)})")
+        return self
+
+
+def default_config(**overrides: Any) -> GatewayConfig:
+    """Four orchestrators with two GPUs each, two slots of ``streamdiffusion`` per GPU (16 slots)."""
+    profiles = {
+        "rtx4090": GpuProfile(name="NVIDIA GeForce RTX 4090", fps_cap=30.0, delay=Delay(mean_ms=60.0, jitter_ms=3.0)),
+        "l40s": GpuProfile(name="NVIDIA L40S", fps_cap=24.0, delay=Delay(mean_ms=90.0, jitter_ms=6.0)),
+    }
+    orchestrators = []
+    for i in range(4):
+        profile = "rtx4090" if i % 2 == 0 else "l40s"
+        orchestrators.append(OrchestratorSpec(
+            address=f"0x{i + 1:040x}", uri=f"https://orch-{i + 1}.reference.local:8935",
+            gpus=tuple(Gpu(id=f"GPU-{i + 1}-{g}", profile=profile, slots={DEFAULT_MODEL: 2}) for g in range(2))))
+    fields = {"profiles": profiles, "orchestrators": tuple(orchestrators), **overrides}
+    return GatewayConfig.model_validate(fields)
+
+
+def load_gateway_config(path: str | Path) -> GatewayConfig:
+    return parse(GatewayConfig, load_document(path, InputError), InputError)
+
+
+def capabilities_body(config: GatewayConfig, busy: dict[tuple[str, str], int] | None = None,
+                      dropped: dict[str, int] | None = None) -> dict[str, Any]:
+    """The ``/getNetworkCapabilities`` response for the network: idle and busy slots per model.
+
+    ``busy`` maps (orchestrator address, model) to streams running there; ``dropped`` maps an
+    address to slots removed by a capacity-drop fault. Zero fields are omitted, as go-livepeer does.
+    """
+    busy = busy or {}
+    dropped = dropped or {}
+    orchs = []
+    for o in config.orchestrators:
+        slots: dict[str, int] = {}
+        for g in o.gpus:
+            for model, n in g.slots.items():
+                slots[model] = slots.get(model, 0) + n
+        models = {}
+        for model, n in slots.items():
+            in_use = busy.get((o.address, model), 0)
+            idle = max(0, n - in_use - dropped.get(o.address, 0))
+            entry: dict[str, Any] = {"warm": True, "runnerVersion": "reference"}
+            if idle:
+                entry["capacity"] = idle
+            if in_use:
+                entry["capacityInUse"] = in_use
+            models[model] = entry
+        hardware = [{"pipeline": "live-video-to-video", "model_id": model,
+                     "gpu_info": {str(k): {"id": g.id, "name": config.profiles[g.profile].name,
+                                           "memory_free": 20 << 30, "memory_total": 24 << 30, "major": 8, "minor": 9}
+                                  for k, g in enumerate(o.gpus) if model in g.slots}}
+                    for model in slots]
+        orchs.append({"address": o.address, "orch_uri": o.uri,
+                      "capabilities": {"constraints": {"PerCapability": {LIVE_VIDEO_TO_VIDEO: {"models": models}}}},
+                      "hardware": hardware})
+    return {"orchestrators": orchs}
+
+
+def reference_capacity(model: str, config: GatewayConfig | None = None) -> CapacitySnapshot:
+    """The snapshot a fresh reference gateway would report for ``model``."""
+    return parse_network_capabilities(capabilities_body(config or default_config()), model)

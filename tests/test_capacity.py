@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fleet.capacity import load_capacity_file, parse_capacity, parse_naap, parse_network_capabilities
+from fleet.errors import CapacityError
+from fleet.gateway.config import capabilities_body, default_config, reference_capacity
+
+CAPS = {"orchestrators": [
+    {"address": "0xb", "orch_uri": "https://b:8935",
+     "capabilities": {"constraints": {"PerCapability": {"35": {"models": {
+         "sd": {"warm": True, "capacity": 2, "capacityInUse": 1}, "other": {"capacity": 9}}}}}},
+     "hardware": [{"pipeline": "live-video-to-video", "model_id": "sd",
+                   "gpu_info": {"0": {"id": "GPU-b0", "name": "RTX 4090"}, "1": {"id": "GPU-b1", "name": "RTX 4090"}}}]},
+    {"address": "0xa", "orch_uri": "https://a:8935",  # zero fields omitted: all slots busy
+     "capabilities": {"constraints": {"PerCapability": {"35": {"models": {"sd": {"capacityInUse": 3}}}}}}},
+    {"address": "0xc", "orch_uri": "https://c:8935", "capabilities": {}},  # does not offer live video
+]}
+
+
+def test_network_capabilities_counts_idle_and_busy_per_orchestrator():
+    snap = parse_network_capabilities(CAPS, "sd")
+    assert [(o.address, o.idle, o.in_use) for o in snap.orchestrators] == [("0xa", 0, 3), ("0xb", 2, 1)]
+    assert snap.orchestrators[1].gpus == (("GPU-b0", "RTX 4090"), ("GPU-b1", "RTX 4090"))
+    assert (snap.total, snap.idle) == (6, 2)
+
+
+def test_budget_is_fraction_of_total_and_spares_the_reserve():
+    snap = parse_network_capabilities(CAPS, "other")  # 9 idle, 9 total
+    assert snap.budget(0.05, 1) == 0  # floor(0.45)
+    assert snap.budget(0.5, 1) == 4
+    assert snap.budget(1.0, 1) == 8  # never into the last idle slot
+    assert snap.budget(1.0, 20) == 0
+
+
+def test_naap_shape():
+    snap = parse_naap({"models": [{"model": "sd", "gpu_slots": 10, "active_streams": 4}]}, "sd")
+    assert (snap.total, snap.idle, snap.orchestrators) == (10, 6, ())
+    assert parse_naap([], "sd").notes == ("NaaP lists no model 'sd'",)
+
+
+def test_shape_detection_and_errors(tmp_path):
+    assert parse_capacity({"slots": 7}, "sd").idle == 7
+    with pytest.raises(CapacityError, match="unrecognised capacity JSON"):
+        parse_capacity({"foo": 1}, "sd")
+    with pytest.raises(CapacityError, match=r"expected a whole number >= 0, got -1"):
+        parse_network_capabilities({"orchestrators": [{"capabilities": {"constraints": {"PerCapability": {
+            "35": {"models": {"sd": {"capacity": -1}}}}}}}]}, "sd")
+    bad = tmp_path / "c.json"
+    bad.write_text("{\n  oops")
+    with pytest.raises(CapacityError) as info:
+        load_capacity_file(bad, "sd")
+    assert str(info.value).startswith(f"{bad}:2:3: not valid JSON")
+
+
+def test_reference_network_round_trips_through_the_gateway_shape():
+    cfg = default_config()
+    snap = reference_capacity("streamdiffusion", cfg)
+    assert (len(snap.orchestrators), snap.total, snap.idle) == (4, 16, 16)
+    busy = {(cfg.orchestrators[0].address, "streamdiffusion"): 2}
+    body = json.loads(json.dumps(capabilities_body(cfg, busy)))
+    first = parse_network_capabilities(body, "streamdiffusion").orchestrators[0]
+    assert (first.idle, first.in_use) == (2, 2)
+    fully_busy = capabilities_body(cfg, {(cfg.orchestrators[0].address, "streamdiffusion"): 4})
+    models = fully_busy["orchestrators"][0]["capabilities"]["constraints"]["PerCapability"]["35"]["models"]
+    assert "capacity" not in models["streamdiffusion"]  # zero fields are omitted, as go-livepeer does

@@ -1,0 +1,97 @@
+"""The CLI in-process: exit codes and output."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import REPO
+
+SCENARIOS = sorted(str(p) for p in (REPO / "scenarios").glob("*.yaml"))
+INVALID = REPO / "tests" / "scenarios" / "invalid"
+
+
+def test_validate_all_examples(cli):
+    result = cli("validate", *SCENARIOS)
+    assert result.code == 0, result.err
+    assert len(result.out.splitlines()) == len(SCENARIOS) and result.err == ""
+
+
+def test_validate_mixed_reports_bad_and_exits_1(cli):
+    result = cli("validate", SCENARIOS[0], str(INVALID / "bad-codec.yaml"))
+    assert result.code == 1
+    assert result.out.startswith(f"{SCENARIOS[0]}: ok")
+    assert result.err.startswith(f"{INVALID / 'bad-codec.yaml'}:2:35: media.codec:")
+
+
+def test_usage_errors_exit_2(cli):
+    assert cli("validate").code == 2
+    assert cli("nonsense").code == 2
+    assert cli("plan", SCENARIOS[0], "--capacity", "3", "--capacity-file", "x.json").code == 2
+    result = cli("plan", str(REPO / "scenarios" / "livepeer.yaml"))
+    assert result.code == 2
+    assert result.err.strip() == ("livepeer-gateway reads capacity from the gateway at run time; "
+                                  "give --capacity N or --capacity-file F to plan offline")
+
+
+def test_plan_json_is_deterministic_and_complete(cli):
+    nightly = str(REPO / "scenarios" / "nightly.yaml")
+    first = cli("plan", nightly, "--seed", "1", "--json")
+    second = cli("plan", nightly, "--seed", "1", "--json")
+    other = cli("plan", nightly, "--seed", "2", "--json")
+    assert first.code == 0 and first.out == second.out and first.out != other.out
+    plan = json.loads(first.out)
+    assert plan["scenario"] == "nightly" and plan["seed"] == 1 and plan["budget"] == 4
+    assert plan["capacity"] == {"model": "streamdiffusion", "source": "gateway", "total_slots": 16,
+                                "idle_slots": 16, "orchestrators": 4}
+    s0 = plan["sessions"][0]
+    assert set(s0) == {"index", "start_s", "duration_s", "region", "orchestrator", "orchestrator_uri", "seed",
+                       "prompts"}
+    assert s0["prompts"][0]["at_s"] == 0
+
+
+def test_plan_table_and_capacity_options(cli, tmp_path):
+    smoke = str(REPO / "scenarios" / "smoke.yaml")
+    table = cli("plan", smoke)
+    assert table.code == 0
+    assert "smoke" in table.out and "campaign cap 4 concurrent streams" in table.out
+    assert "6 sessions, peak 3 concurrent, 0 skipped" in table.out
+    static = cli("plan", smoke, "--capacity", "4", "--json")
+    assert json.loads(static.out)["budget"] == 1  # floor(0.25 * 4), reserve 2 leaves 2
+    caps = tmp_path / "caps.json"
+    caps.write_text(json.dumps({"models": [{"model": "streamdiffusion", "gpu_slots": 40, "active_streams": 0}]}))
+    assert json.loads(cli("plan", smoke, "--capacity-file", str(caps), "--json").out)["budget"] == 10
+    missing = cli("plan", smoke, "--capacity-file", str(tmp_path / "none.json"))
+    assert (missing.code, missing.err.strip()) == (1, f"{tmp_path / 'none.json'}: file not found")
+
+
+def test_plan_of_an_invalid_scenario_is_one_line_not_a_traceback(cli):
+    result = cli("plan", str(INVALID / "bad-shape.yaml"))
+    assert result.code == 1 and len(result.err.splitlines()) == 1 and "Traceback" not in result.err
+
+
+def test_schema(cli):
+    result = cli("schema")
+    assert result.code == 0
+    assert json.loads(result.out)["title"] == "fleet scenario"
+
+
+def test_prompts_list_and_show(cli):
+    listed = cli("prompts", "list")
+    assert listed.code == 0 and "bootstrap" in listed.out and "stress" in listed.out
+    shown = cli("prompts", "show", "bootstrap", "--category", "portraits")
+    assert shown.code == 0 and "portrait-oil" in shown.out and "land-alps" not in shown.out
+    assert "64 prompts" in shown.out
+    stress = cli("prompts", "show", "stress")
+    assert stress.code == 0 and "(empty)" in stress.out and "\x00" not in stress.out
+    missing = cli("prompts", "show", "bootstrp")
+    assert missing.code == 2 and "did you mean 'bootstrap'?" in missing.err
+
+
+def test_console_script_is_installed():
+    import subprocess
+    import sys
+    from pathlib import Path
+    exe = Path(sys.executable).parent / "fleet"
+    assert exe.is_file(), "pip install puts the fleet script beside the interpreter"
+    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.startswith("fleet ")

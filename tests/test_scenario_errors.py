@@ -1,0 +1,67 @@
+"""The invalid-scenario corpus: each file ends with '# expect: LINE:COL: path: message'."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleet.errors import ScenarioError
+from fleet.scenario import load_scenario
+
+INVALID = Path(__file__).parent / "scenarios" / "invalid"
+CASES = sorted(INVALID.glob("*.yaml"))
+
+
+def expected(path: Path) -> str:
+    last = path.read_text(encoding="utf-8").rstrip("\n").splitlines()[-1]
+    assert last.startswith("# expect: "), f"{path.name} has no '# expect:' line"
+    return last.removeprefix("# expect: ")
+
+
+def test_corpus_is_large_enough():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_invalid_scenario_reports_exact_line(path: Path, cli):
+    rel = str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+    result = cli("validate", rel)
+    assert result.code == 1
+    assert result.out == ""
+    assert result.err.splitlines() == [f"{rel}:{expected(path)}"]
+    assert "Traceback" not in result.err
+
+
+def test_every_problem_is_reported_not_only_the_first(tmp_path: Path):
+    bad = tmp_path / "many.yaml"
+    bad.write_text("name: Many\n"
+                   "target: {dialect: nope}\n"
+                   "workflow: {pipeline: x}\n"
+                   "prompts: {sets: [{set: bootstrp}]}\n"
+                   "load: {shape: stages, stages: [{concurrency: -1, duration_s: 0}]}\n")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(bad)
+    lines = str(info.value).splitlines()
+    paths = [line.split(": ")[1] for line in lines]
+    assert paths == ["name", "target.dialect", "prompts.sets[0].set", "load.stages[0].concurrency",
+                     "load.stages[0].duration_s"]
+    assert all(line.startswith(f"{bad}:") for line in lines)
+
+
+def test_error_in_a_base_file_points_into_the_base(tmp_path: Path):
+    (tmp_path / "base.yaml").write_text("media: {source: synthetic, fps: 0}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text((Path(__file__).parent / "scenarios" / "base.yaml").read_text()
+                     + "extends: base.yaml\n")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(child)
+    assert str(info.value) == f"{tmp_path / 'base.yaml'}:1:33: media.fps: must be greater than 0, got 0"
+
+
+def test_empty_file(tmp_path: Path, cli):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    result = cli("validate", str(empty))
+    assert result.code == 1
+    assert result.err.strip() == f"{empty}:1:1: the file is empty (a scenario is a mapping)"
