@@ -1,0 +1,44 @@
+"""``fleet gateway serve``: run the reference gateway until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+
+from fleet.errors import UsageError
+from fleet.gateway.config import default_config, load_gateway_config
+from fleet.webrtc import use_host_addresses
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("gateway", help="the local reference gateway", description=__doc__)
+    verbs = p.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+    serve = verbs.add_parser("serve", help="serve the reference gateway (Ctrl-C stops it cleanly)")
+    serve.add_argument("--config", metavar="FILE", help="gateway config YAML (default: the built-in network)")
+    serve.add_argument("--host", help="address to bind (default 127.0.0.1, or the config's)")
+    serve.add_argument("--port", type=int, help="port (default 8937, or the config's; 0 picks a free one)")
+    serve.add_argument("--relay", action="store_true", help="forward frames without transforming them")
+    serve.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from fleet.gateway.server import serve
+
+    config = load_gateway_config(args.config) if args.config else default_config()
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if args.relay:
+        overrides["relay"] = True
+    if overrides:
+        config = config.model_copy(update=overrides)
+    try:
+        address = ipaddress.ip_address(config.host)
+    except ValueError:
+        raise UsageError(f"--host must be an IP address, got {config.host!r}") from None
+    if not address.is_unspecified:
+        use_host_addresses([config.host])  # ICE candidates on the bound address only
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(config))
+    return 0
