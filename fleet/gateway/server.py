@@ -171,6 +171,8 @@ class ReferenceGateway:
             return _error(400, "params must be a JSON object")
         pipeline = q.get("pipeline") or preset.get("pipeline") or "streamdiffusion"
         offer = await request.text()
+        if not offer.startswith("v=0") or "m=video" not in offer:
+            return _error(400, "the body must be an SDP offer with a video m-line")
         return await self.open_stream(name, offer, pipeline, params, q.get("streamId") or preset.get("id"),
                                       q.get("orchestrator", ""))
 

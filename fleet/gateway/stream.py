@@ -45,6 +45,12 @@ NO_OUTPUT_S = 5.0
 FPS_CREDIT_MAX = 1.5           # token bucket of the fps cap: how far output may catch up after a gap
 
 
+def _log_crash(task: asyncio.Task) -> None:
+    """A stream's background task died of a bug: say so loudly (faults are not exceptions)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("stream task crashed", exc_info=task.exception())
+
+
 class OutputTrack(MediaStreamTrack):
     """What one WHEP subscriber receives: the stream's processed frames."""
 
@@ -133,8 +139,13 @@ class Stream:
     def now(self) -> float:
         return self.loop.time() - self.t0
 
-    def event(self, kind: str, **data: Any) -> None:
-        self.events.append((round(self.now(), 6), kind, data))
+    def event(self, name: str, **data: Any) -> None:
+        self.events.append((round(self.now(), 6), name, data))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(_log_crash)
+        self._tasks.append(task)
 
     def _active(self, kind: str) -> Fault | None:
         t = self.now()
@@ -175,7 +186,7 @@ class Stream:
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "video":
-                self._tasks.append(asyncio.ensure_future(self._pump(track)))
+                self._spawn(self._pump(track))
 
         @self.pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -186,7 +197,7 @@ class Stream:
 
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        self._tasks.append(asyncio.ensure_future(self._watch()))
+        self._spawn(self._watch())
         return self.pc.localDescription.sdp
 
     async def answer_whep(self, offer_sdp: str) -> str:
@@ -355,7 +366,7 @@ class Stream:
             "fps_cap": round(self.fps_cap(), 3),
             "delay_ms_median": mid(delays), "delay_drawn_ms_median": mid(drawn),
             "prompts": [{"t": t, "prompt": p, "params_hash": h} for t, p, h in self.prompts],
-            "events": [{"t": t, "type": k, **d} for t, k, d in self.events],
+            "events": [{"t": t, "type": k, **d} for t, k, d in self.events],  # data keys never 't'/'type'
             "frames": [{"seq": s, "pts": p, "t_in": t, "delay_drawn_ms": dr, "delay_ms": da, "dropped": r}
                        for s, p, t, dr, da, r in self.frames],
         }
