@@ -154,6 +154,9 @@ def test_bad_requests_are_refused_clearly():
                                  headers={"Content-Type": "application/sdp"})
                 assert r.status_code == 400
                 assert (await c.get(f"{gw.url}/live/video-to-video/none/status")).status_code == 404
+                pre = await c.options(f"{gw.url}/live/video-to-video/x/whip")  # a browser's preflight
+                assert pre.status_code == 204 and pre.headers["Accept-Post"] == "application/sdp"
+                assert "Livepeer-Playback-URL" in pre.headers["Access-Control-Expose-Headers"]
             assert await idle_slots(gw) == 4  # nothing leaked by the refusals
         finally:
             await gw.stop()
@@ -455,3 +458,24 @@ def test_serve_as_a_subprocess_and_stop_cleanly(tmp_path):
         caps = httpx.get(f"{proc.url}/getNetworkCapabilities", timeout=10).json()
         assert parse_network_capabilities(caps, "sd").idle == 3
         assert proc.stop() == 0
+
+
+def test_example_config_loads_and_bad_config_is_located(tmp_path):
+    from fleet.errors import InputError
+    from fleet.gateway.config import load_gateway_config
+    from conftest import REPO
+    cfg = load_gateway_config(REPO / "docs" / "reference-gateway.yaml")
+    assert len(cfg.orchestrators) == 3 and {f.kind for f in cfg.faults} >= {"slow_answer", "output_stall"}
+    bad = tmp_path / "bad.yaml"
+    body = "profiles: {p: {name: x}}\norchestrators:\n  - {address: a, uri: u, gpus: [{id: g, profile: q, slots: {}}]}\n"
+    bad.write_text(body)
+    with pytest.raises(InputError) as info:
+        load_gateway_config(bad)
+    assert str(info.value) == f"{bad}:1:1: GPU g of a names profile 'q' (allowed: p)"
+    bad.write_text(body + "faults:\n  - {kind: meteor, probability: 0.1}\n")
+    with pytest.raises(InputError) as info:
+        load_gateway_config(bad)
+    assert str(info.value) == (
+        f"{bad}:5:12: faults[0].kind: 'meteor' is not allowed (allowed: signaling_error, slow_answer, "
+        "signaling_timeout, ice_never, output_stall, disconnect, black_frames, fps_drop, orchestrator_swap, "
+        "capacity_drop)")

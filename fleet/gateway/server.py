@@ -47,6 +47,24 @@ NO_ORCHESTRATORS = "gateway_no_orchestrators_available"
 _SDP_TYPES = ("application/sdp",)
 
 
+_CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match, Livepeer",
+    "Access-Control-Expose-Headers": "Location, ETag, Link, Livepeer-Playback-URL, X-Stream-Id",
+}
+
+
+@web.middleware
+async def _cors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Browser WHIP/WHEP clients: answer preflights, expose the WHIP headers."""
+    if request.method == "OPTIONS":
+        return web.Response(status=204, headers={**_CORS, "Accept-Post": "application/sdp"})
+    response = await handler(request)
+    response.headers.update(_CORS)
+    return response
+
+
 def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
 
@@ -71,7 +89,7 @@ class ReferenceGateway:
         return f"{self.url}/live/video-to-video/{name}/whep"
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[_cors])
         base = "/live/video-to-video/{stream}"
         app.add_routes([
             web.post(base + "/whip", self.whip), web.delete(base + "/whip/{id}", self.delete),
@@ -82,6 +100,7 @@ class ReferenceGateway:
             web.post("/v1/streams", self.dd_create), web.get("/v1/streams/{id}", self.dd_get),
             web.patch("/v1/streams/{id}", self.dd_patch), web.delete("/v1/streams/{id}", self.dd_delete),
             web.post("/process/stream/start", self.byoc_start), web.post("/process/stream/{id}/stop", self.byoc_stop),
+            web.options("/{tail:.*}", self.preflight),
         ])
         return app
 
@@ -156,6 +175,9 @@ class ReferenceGateway:
             "X-Stream-Id": stream.id})
 
     # --- go-livepeer dialect -----------------------------------------------------
+
+    async def preflight(self, request: web.Request) -> web.Response:  # answered by the CORS middleware
+        return web.Response(status=204)
 
     async def whip(self, request: web.Request) -> web.Response:
         if request.content_type not in _SDP_TYPES:
