@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import statistics
 import time
@@ -31,6 +32,17 @@ def config(slots: int = 2, orchestrators: int = 2, faults: tuple = (), delay_ms:
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, 90))
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: GatewayConfig):
+    """An in-process gateway for the duration of the block, stopped however the block ends."""
+    gw = ReferenceGateway(cfg)
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()
 
 
 async def wait_until(predicate, what: str, deadline: float = DEADLINE_S):
@@ -73,9 +85,7 @@ async def session(gw, name="s", frames=60, target=40, fps=30.0, **query):
 
 def test_whip_to_whep_processes_video_and_truth_matches_config():
     async def main():
-        gw = ReferenceGateway(config(delay_ms=100.0))
-        await gw.start()
-        try:
+        async with running(config(delay_ms=100.0)) as gw:
             track, pc, resp, rec, sub = await session(gw, params=json.dumps({"prompt": "oil painting"}))
             assert resp.headers["Content-Type"].startswith("application/sdp")
             assert resp.headers["Location"].startswith("/live/video-to-video/s/whip/")
@@ -108,16 +118,12 @@ def test_whip_to_whep_processes_video_and_truth_matches_config():
             assert await open_count(gw) == 0
             await pc.close()
             await sub.close()
-        finally:
-            await gw.stop()
     run(main())
 
 
 def test_update_changes_the_prompt_in_force():
     async def main():
-        gw = ReferenceGateway(config())
-        await gw.start()
-        try:
+        async with running(config()) as gw:
             _, pc, resp, rec, sub = await session(gw, frames=90, target=20, params=json.dumps({"prompt": "a"}))
             await asyncio.wait_for(rec.got.wait(), DEADLINE_S)
             chroma_before = rec.chroma[-1]
@@ -134,16 +140,12 @@ def test_update_changes_the_prompt_in_force():
             assert rec.chroma[-1] != chroma_before  # the new prompt's look reached the output
             await pc.close()
             await sub.close()
-        finally:
-            await gw.stop()
     run(main())
 
 
 def test_bad_requests_are_refused_clearly():
     async def main():
-        gw = ReferenceGateway(config())
-        await gw.start()
-        try:
+        async with running(config()) as gw:
             async with httpx.AsyncClient() as c:
                 r = await c.post(f"{gw.url}/live/video-to-video/x/whip", content="v=0", headers={"Content-Type": "text/plain"})
                 assert r.status_code == 415
@@ -158,16 +160,12 @@ def test_bad_requests_are_refused_clearly():
                 assert pre.status_code == 204 and pre.headers["Accept-Post"] == "application/sdp"
                 assert "Livepeer-Playback-URL" in pre.headers["Access-Control-Expose-Headers"]
             assert await idle_slots(gw) == 4  # nothing leaked by the refusals
-        finally:
-            await gw.stop()
     run(main())
 
 
 def test_full_network_refuses_like_go_livepeer_and_frees_on_delete():
     async def main():
-        gw = ReferenceGateway(config(slots=1, orchestrators=2))
-        await gw.start()
-        try:
+        async with running(config(slots=1, orchestrators=2)) as gw:
             pcs, resps = [], []
             for i in range(2):
                 pc, resp = await whip_publish(gw.url, f"f{i}", SyntheticTrack(frames=300), pipeline=MODEL)
@@ -188,16 +186,12 @@ def test_full_network_refuses_like_go_livepeer_and_frees_on_delete():
             assert again.status_code == 201
             for p in pcs + [pc3]:
                 await p.close()
-        finally:
-            await gw.stop()
     run(main())
 
 
 def test_orchestrator_query_targets_one_orchestrator():
     async def main():
-        gw = ReferenceGateway(config(slots=1, orchestrators=3))
-        await gw.start()
-        try:
+        async with running(config(slots=1, orchestrators=3)) as gw:
             pc, resp = await whip_publish(gw.url, "t", SyntheticTrack(frames=10), pipeline=MODEL, orchestrator="orch-2.test")
             assert resp.status_code == 201
             assert gw.live["t"].lease.orchestrator.address == "0xorch2"
@@ -205,16 +199,12 @@ def test_orchestrator_query_targets_one_orchestrator():
             assert resp2.status_code == 503  # that orchestrator is full, though others are idle
             for p in (pc, pc2):
                 await p.close()
-        finally:
-            await gw.stop()
     run(main())
 
 
 def test_slot_freed_when_the_client_closes_and_after_idle_input():
     async def main():
-        gw = ReferenceGateway(config(idle_timeout_s=1.0))
-        await gw.start()
-        try:
+        async with running(config(idle_timeout_s=1.0)) as gw:
             _, pc, resp, rec, sub = await session(gw, frames=300, target=5)
             await asyncio.wait_for(rec.got.wait(), DEADLINE_S)
             await pc.close()
@@ -231,16 +221,12 @@ def test_slot_freed_when_the_client_closes_and_after_idle_input():
             assert await idle_slots(gw) == 4
             await pc2.close()
             await sub2.close()
-        finally:
-            await gw.stop()
     run(main())
 
 
 def test_capabilities_and_truth_list_show_leaks():
     async def main():
-        gw = ReferenceGateway(config())
-        await gw.start()
-        try:
+        async with running(config()) as gw:
             pc, resp = await whip_publish(gw.url, "leak", SyntheticTrack(frames=300), pipeline=MODEL)
             async with httpx.AsyncClient() as c:
                 listing = (await c.get(f"{gw.url}/debug/streams")).json()
@@ -250,16 +236,14 @@ def test_capabilities_and_truth_list_show_leaks():
             assert (snap.total, snap.idle) == (4, 3)
             assert snap.orchestrators[0].gpus == (("GPU-0", "Test GPU"),)
             await pc.close()
-        finally:
-            await gw.stop()
         assert all(s.closed for s in gw.history.values())  # clean shutdown closed every stream
     run(main())
 
 
 # --- faults ----------------------------------------------------------------------
 
-def fault_gateway(**fault) -> ReferenceGateway:
-    return ReferenceGateway(config(faults=(Fault(streams=(1,), **fault),)))
+def fault_config(**fault) -> GatewayConfig:
+    return config(faults=(Fault(streams=(1,), **fault),))
 
 
 def test_fault_signaling_error_and_timeout_and_slow_answer():
@@ -267,9 +251,7 @@ def test_fault_signaling_error_and_timeout_and_slow_answer():
         for fault, expected in ((dict(kind="signaling_error", status=502), 502),
                                 (dict(kind="signaling_timeout", delay_s=0.5), 504),
                                 (dict(kind="slow_answer", delay_s=1.0), 201)):
-            gw = fault_gateway(orchestrator="0xorch0", **fault)
-            await gw.start()
-            try:
+            async with running(fault_config(orchestrator="0xorch0", **fault)) as gw:
                 began = time.monotonic()
                 pc, resp = await whip_publish(gw.url, "s", SyntheticTrack(frames=10), pipeline=MODEL,
                                               orchestrator="0xorch0")
@@ -279,16 +261,12 @@ def test_fault_signaling_error_and_timeout_and_slow_answer():
                 if expected != 201:
                     assert await idle_slots(gw) == 4  # the failed stream's slot is back
                 await pc.close()
-            finally:
-                await gw.stop()
     run(main())
 
 
 def test_fault_ice_never_completes():
     async def main():
-        gw = fault_gateway(kind="ice_never")
-        await gw.start()
-        try:
+        async with running(fault_config(kind="ice_never")) as gw:
             pc, resp = await whip_publish(gw.url, "s", SyntheticTrack(frames=30), pipeline=MODEL)
             assert resp.status_code == 201 and "a=candidate" not in resp.text
 
@@ -296,16 +274,12 @@ def test_fault_ice_never_completes():
                 return pc.connectionState == "failed" or pc.iceConnectionState == "failed"
             await wait_until(failed, "ICE to fail", deadline=40)
             await pc.close()
-        finally:
-            await gw.stop()
     run(main())
 
 
 def test_fault_output_stall_while_input_flows():
     async def main():
-        gw = fault_gateway(kind="output_stall", after_s=0.5)
-        await gw.start()
-        try:
+        async with running(fault_config(kind="output_stall", after_s=0.5)) as gw:
             _, pc, resp, rec, sub = await session(gw, frames=120, target=1)
             sid = resp.headers["X-Stream-Id"]
 
@@ -317,18 +291,14 @@ def test_fault_output_stall_while_input_flows():
             assert all(f["dropped"] == "fault:output_stall" for f in t["frames"] if f["t_in"] >= 0.55)
             await pc.close()
             await sub.close()
-        finally:
-            await gw.stop()
     run(main())
 
 
 def test_fault_black_frames_and_fps_drop():
     async def main():
-        gw = ReferenceGateway(config(faults=(Fault(kind="black_frames", streams=(1,), orchestrator="0xorch0"),
+        async with running(config(faults=(Fault(kind="black_frames", streams=(1,), orchestrator="0xorch0"),
                                              Fault(kind="fps_drop", fps_factor=0.5, streams=(1,),
-                                                   orchestrator="0xorch1"))))
-        await gw.start()
-        try:
+                                                   orchestrator="0xorch1")))) as gw:
             _, pc, resp, rec, sub = await session(gw, name="black", target=20, orchestrator="0xorch0")
             _, pc2, resp2, rec2, sub2 = await session(gw, name="slow", frames=90, target=20, orchestrator="0xorch1")
             await asyncio.wait_for(asyncio.gather(rec.got.wait(), rec2.got.wait()), DEADLINE_S)
@@ -339,19 +309,15 @@ def test_fault_black_frames_and_fps_drop():
             assert 0.4 <= len(kept) / len(slow["frames"]) <= 0.6  # half the frames pass a halved cap
             for p in (pc, pc2, sub, sub2):
                 await p.close()
-        finally:
-            await gw.stop()
     run(main())
 
 
 def test_fault_disconnect_swap_and_capacity_drop():
     async def main():
-        gw = ReferenceGateway(config(slots=1, orchestrators=3, faults=(
+        async with running(config(slots=1, orchestrators=3, faults=(
             Fault(kind="disconnect", after_s=0.5, streams=(1,), orchestrator="0xorch0"),
             Fault(kind="orchestrator_swap", after_s=0.5, streams=(1,), orchestrator="0xorch1"),
-            Fault(kind="capacity_drop", after_s=0.2, slots=1, streams=(1,), orchestrator="0xorch2"))))
-        await gw.start()
-        try:
+            Fault(kind="capacity_drop", after_s=0.2, slots=1, streams=(1,), orchestrator="0xorch2")))) as gw:
             pcs, ids = [], []
             for i in range(3):
                 pc, resp = await whip_publish(gw.url, f"s{i}", SyntheticTrack(frames=120), pipeline=MODEL,
@@ -379,8 +345,6 @@ def test_fault_disconnect_swap_and_capacity_drop():
             assert gw.network._dropped == {"0xorch2": 1}
             for p in pcs:
                 await p.close()
-        finally:
-            await gw.stop()
     run(main())
 
 
@@ -388,9 +352,7 @@ def test_fault_disconnect_swap_and_capacity_drop():
 
 def test_daydream_facade_checks_the_token_and_streams():
     async def main():
-        gw = ReferenceGateway(config(token="sekrit"))
-        await gw.start()
-        try:
+        async with running(config(token="sekrit")) as gw:
             async with httpx.AsyncClient() as c:
                 body = {"pipeline": MODEL, "params": {"prompt": "anime"}}
                 assert (await c.post(f"{gw.url}/v1/streams", json=body)).status_code == 401
@@ -408,16 +370,12 @@ def test_daydream_facade_checks_the_token_and_streams():
                 assert (await c.delete(f"{gw.url}/v1/streams/{name}", headers=auth)).status_code == 204
             assert await open_count(gw) == 0
             await pc.close()
-        finally:
-            await gw.stop()
     run(main())
 
 
 def test_byoc_facade():
     async def main():
-        gw = ReferenceGateway(config())
-        await gw.start()
-        try:
+        async with running(config()) as gw:
             job = base64.b64encode(json.dumps({"capability": MODEL, "parameters": {"prompt": "x"}}).encode()).decode()
             async with httpx.AsyncClient() as c:
                 started = (await c.post(f"{gw.url}/process/stream/start", headers={"Livepeer": job})).json()
@@ -430,23 +388,17 @@ def test_byoc_facade():
                 assert (await c.post(started["stop_url"])).status_code == 200
             assert await open_count(gw) == 0
             await pc.close()
-        finally:
-            await gw.stop()
     run(main())
 
 
 def test_relay_mode_forwards_frames_untransformed():
     async def main():
-        gw = ReferenceGateway(config(relay=True))
-        await gw.start()
-        try:
+        async with running(config(relay=True)) as gw:
             _, pc, resp, rec, sub = await session(gw, target=20)
             await asyncio.wait_for(rec.got.wait(), DEADLINE_S)
             assert all(abs(c - 128) < 2 for c in rec.chroma)  # no look applied
             for p in (pc, sub):
                 await p.close()
-        finally:
-            await gw.stop()
     run(main())
 
 

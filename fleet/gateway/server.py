@@ -306,13 +306,16 @@ class ReferenceGateway:
     async def dd_delete(self, request: web.Request) -> web.Response:
         if not self._authorised(request):
             return _error(401, "missing or wrong Bearer token")
-        sid = request.match_info["id"]
+        return await self._stop_created(request.match_info["id"], "DELETE /v1/streams", 204)
+
+    async def _stop_created(self, sid: str, reason: str, ok_status: int) -> web.Response:
+        """Stop a stream made through a facade, live or not yet ingesting."""
         stream = self.live.get(sid)
         if stream is not None:
-            await stream.close("DELETE /v1/streams")
+            await stream.close(reason)
         elif self.pending.pop(sid, None) is None:
             return _error(404, "no such stream")
-        return web.Response(status=204)
+        return web.Response(status=ok_status)
 
     # --- BYOC facade -----------------------------------------------------------------
 
@@ -334,14 +337,7 @@ class ReferenceGateway:
                                   "stop_url": f"{self.url}/process/stream/{sid}/stop"}, status=200)
 
     async def byoc_stop(self, request: web.Request) -> web.Response:
-        sid = request.match_info["id"]
-        stream = self.live.get(sid)
-        if stream is not None:
-            await stream.close("BYOC stop")
-        elif self.pending.pop(sid, None) is None:
-            return _error(404, "no such stream")
-        return web.Response(status=200)
-
+        return await self._stop_created(request.match_info["id"], "BYOC stop", 200)
 
 async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> None:
     """Run until SIGINT / SIGTERM, then shut down cleanly (every peer connection closed)."""
