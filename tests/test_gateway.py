@@ -431,3 +431,28 @@ def test_example_config_loads_and_bad_config_is_located(tmp_path):
         f"{bad}:5:12: faults[0].kind: 'meteor' is not allowed (allowed: signaling_error, slow_answer, "
         "signaling_timeout, ice_never, output_stall, disconnect, black_frames, fps_drop, orchestrator_swap, "
         "capacity_drop)")
+
+
+def test_cold_start_and_warmup_drop_the_first_frames_of_a_gpu():
+    async def main():
+        profile = GpuProfile(name="Cold GPU", prompt_cost=0.0, cold_start_s=0.5, warmup_frames=5,
+                             delay=Delay(dist="fixed", mean_ms=10.0, jitter_ms=0.0))
+        cfg = GatewayConfig(port=0, profiles={"p": profile}, orchestrators=(OrchestratorSpec(
+            address="0xcold", uri="https://cold", gpus=(Gpu(id="G", profile="p", slots={MODEL: 2}),)),))
+        async with running(cfg) as gw:
+            _, pc, resp, rec, sub = await session(gw, name="first", frames=60, target=10)
+            await asyncio.wait_for(rec.got.wait(), DEADLINE_S)
+            first = await truth(gw, resp.headers["X-Stream-Id"])
+            reasons = [f["dropped"] for f in first["frames"]]
+            cold = [f for f in first["frames"] if f["dropped"] == "cold_start"]
+            assert cold and all(f["t_in"] < 0.5 for f in cold)
+            assert reasons.count("warmup") == 5
+            assert reasons.index("warmup") == len(cold)  # warm-up follows the cold start, then frames pass
+            _, pc2, resp2, rec2, sub2 = await session(gw, name="second", frames=60, target=10)
+            await asyncio.wait_for(rec2.got.wait(), DEADLINE_S)
+            second = await truth(gw, resp2.headers["X-Stream-Id"])
+            assert "cold_start" not in second["dropped"]  # the GPU is warm now
+            assert second["dropped"].get("warmup") == 5
+            for p in (pc, sub, pc2, sub2):
+                await p.close()
+    run(main())
