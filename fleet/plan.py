@@ -28,8 +28,8 @@ from typing import Any
 
 from fleet.capacity import CapacitySnapshot, OrchestratorSlots
 from fleet.prompts import PoolEntry, PromptPicker
-from fleet.scenario import (ArrivalsLoad, ExponentialDuration, FixedDuration, LognormalDuration, RampLoad,
-                            Scenario, Stage, StagesLoad, UniformDuration)
+from fleet.scenario import (ArrivalsLoad, ExponentialDuration, FixedDuration, LognormalDuration, Scenario,
+                            Stage, StagesLoad, UniformDuration)
 
 __all__ = ["Plan", "PlannedSession", "PromptStep", "Skipped", "make_plan"]
 
@@ -257,10 +257,15 @@ class _Planner:
             return f"campaign at its cap of {self.cap} concurrent streams"
         return "every eligible orchestrator is at its limit or within its stagger"
 
+    def _duration_at(self, t: int, req: _Request) -> int | None:
+        """The request's length if it starts at ``t`` (cut at the campaign end); None if too short to start."""
+        duration = min(req.duration_ms, self.end - t)
+        return duration if duration >= int(self.load.session.min_s * MS) else None
+
     def _try_start(self, t: int, req: _Request) -> int | None:
         """Start a session at ``t`` if every cap allows; return its end (ms)."""
-        duration = min(req.duration_ms, self.end - t)
-        if duration < int(self.load.session.min_s * MS):
+        duration = self._duration_at(t, req)
+        if duration is None:
             return None
         self._expire(self.running, t)
         if len(self.running) >= self.cap:
@@ -331,7 +336,7 @@ class _Planner:
                 if t < self.window and change is not None and change <= min(req.deadline_ms, self.window - 1):
                     push(change, req)
                     continue
-                if t < self.window and min(req.duration_ms, self.end - t) >= int(self.load.session.min_s * MS):
+                if t < self.window and self._duration_at(t, req) is not None:
                     self.skipped.append(Skipped(req.first_ms / MS, self._why(t)))
                 follow = (max(t, req.deadline_ms), req.user)
             next_t, user = follow

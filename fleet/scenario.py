@@ -18,12 +18,11 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from fleet.document import Document, load_document, merge
-from fleet.errors import Problem, ScenarioError
+from fleet.errors import Problem, PromptSetError, ScenarioError
 from fleet.metrics import METRICS, parse_aggregate
 from fleet.prompts import (PoolEntry, PromptSet, category_problem, find_set, load_prompt_set, set_problem,
                            template_problems)
 from fleet.spec import EnvName, Slug, Spec, parse, problem_at
-from fleet.errors import PromptSetError
 
 __all__ = [
     "ArrivalsLoad", "CapacityPolicy", "CheckSpec", "Duration", "FileMedia", "Load", "Outputs", "Placement",

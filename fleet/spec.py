@@ -222,8 +222,12 @@ def _problem(model: type[BaseModel], doc: Document, data: Any, err: dict) -> Pro
         msg = f"'{disc}' is required to say which kind this is" + (f" (allowed: {allowed})" if allowed else "")
     elif kind == "value_error":
         msg = str(ctx.get("error", err["msg"]))
-    elif kind in ("too_short", "too_long"):
-        msg = err["msg"][0].lower() + err["msg"][1:]
+    elif kind == "too_short":
+        n = ctx.get("min_length")
+        msg = f"needs at least {n} item{'s' if n != 1 else ''}, got {ctx.get('actual_length', 0)}"
+    elif kind == "too_long":
+        n = ctx.get("max_length")
+        msg = f"takes at most {n} item{'s' if n != 1 else ''}, got {ctx.get('actual_length')}"
     elif kind.endswith(("_type", "_parsing")) and kind.split("_")[0] in _TYPE_WORDS:
         msg = f"expected {_TYPE_WORDS[kind.split('_')[0]]}, got {_shown(value)}"
     elif kind == "model_attributes_type":

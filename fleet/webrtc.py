@@ -12,7 +12,7 @@ from __future__ import annotations
 import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-__all__ = ["LOOPBACK", "host_addresses", "new_peer_connection", "use_host_addresses"]
+__all__ = ["LOOPBACK", "new_peer_connection", "use_host_addresses"]
 
 LOOPBACK = ("127.0.0.1",)
 _original = aioice.ice.get_host_addresses
@@ -30,10 +30,6 @@ def use_host_addresses(addresses: tuple[str, ...] | list[str] | None) -> None:
     global _addresses
     _addresses = tuple(addresses) if addresses is not None else None
     aioice.ice.get_host_addresses = _configured
-
-
-def host_addresses() -> tuple[str, ...] | None:
-    return _addresses
 
 
 def new_peer_connection() -> RTCPeerConnection:

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import statistics
 import time
 
 import httpx
@@ -181,8 +180,9 @@ def test_full_network_refuses_like_go_livepeer_and_frees_on_delete():
             async with httpx.AsyncClient() as c:
                 assert (await c.delete(gw.url + resps[0].headers["Location"])).status_code == 200
             assert await idle_slots(gw) == 1
+            freed = gw.history[resps[0].headers["X-Stream-Id"]].lease.orchestrator.address
             pc3, again = await whip_publish(gw.url, "f3", SyntheticTrack(frames=10), pipeline=MODEL,
-                                            orchestrator=resps[0].headers["X-Stream-Id"][:0] + "orch")
+                                            orchestrator=freed)  # the freed slot, and only it, takes it
             assert again.status_code == 201
             for p in pcs + [pc3]:
                 await p.close()
@@ -456,3 +456,31 @@ def test_cold_start_and_warmup_drop_the_first_frames_of_a_gpu():
             for p in (pc, sub, pc2, sub2):
                 await p.close()
     run(main())
+
+
+def test_truth_of_closed_streams_is_bounded(monkeypatch):
+    from fleet.gateway import server
+    monkeypatch.setattr(server, "MAX_CLOSED_STREAMS", 2)
+
+    async def main():
+        async with running(fault_config(kind="signaling_error", probability=1.0)) as gw:
+            for i in range(5):
+                pc, resp = await whip_publish(gw.url, f"s{i}", SyntheticTrack(frames=1), pipeline=MODEL)
+                assert resp.status_code == 503
+                await pc.close()
+            pc, _ = await whip_publish(gw.url, "last", SyntheticTrack(frames=1), pipeline=MODEL)
+            await pc.close()
+            assert len(gw.history) == 3  # the two newest closed ones, plus the stream just refused
+            assert [s.name for s in gw.history.values()] == ["s3", "s4", "last"]
+    run(main())
+
+
+def test_subprocess_that_cannot_start_says_so(tmp_path, capfd):
+    bad = tmp_path / "gw.yaml"
+    bad.write_text("orchestrators: []\n")
+    with pytest.raises(RuntimeError, match=r"failed to start \(exit 1; its stderr says why\)"):
+        with GatewayProcess(bad):
+            pass
+    err = capfd.readouterr().err
+    assert f"{bad}:1:16: orchestrators: needs at least 1 item, got 0" in err
+    assert "Traceback" not in err

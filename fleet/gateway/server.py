@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import selectors
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 READY_PREFIX = "fleet gateway listening on "
 SHUTDOWN_TIMEOUT_S = 10.0
+MAX_CLOSED_STREAMS = 1000  # closed streams whose truth is kept; older ones are forgotten
 NO_ORCHESTRATORS = "gateway_no_orchestrators_available"
 _SDP_TYPES = ("application/sdp",)
 
@@ -122,6 +124,12 @@ class ReferenceGateway:
 
     # --- network bookkeeping ------------------------------------------------------
 
+    def _forget_old(self) -> None:
+        """Keep the truth of every open stream and of the last MAX_CLOSED_STREAMS closed ones."""
+        closed = [sid for sid, s in self.history.items() if s.closed]
+        for sid in closed[: max(0, len(closed) - MAX_CLOSED_STREAMS)]:
+            del self.history[sid]
+
     def released(self, stream: Stream) -> None:
         self.network.release(stream.lease)
         if self.live.get(stream.name) is stream:
@@ -153,6 +161,7 @@ class ReferenceGateway:
         stream = Stream(self, stream_id or uuid.uuid4().hex, name, pipeline, params, lease, faults)
         self.live[name] = stream
         self.history[stream.id] = stream
+        self._forget_old()
         if "signaling_error" in kinds:
             await stream.close("fault: signaling_error")
             return _error(kinds["signaling_error"].status, "orchestrator signaling failed (injected fault)")
@@ -367,9 +376,9 @@ class GatewayProcess:
         self.url: str | None = None
 
     def __enter__(self) -> GatewayProcess:
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # stderr is inherited: an unread pipe would block a chatty gateway once it filled
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        import selectors
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         if not sel.select(self.start_timeout_s):
@@ -377,9 +386,9 @@ class GatewayProcess:
             raise RuntimeError(f"the reference gateway did not start within {self.start_timeout_s:g} s")
         line = self.proc.stdout.readline()
         if not line.startswith(READY_PREFIX):
-            err = self.proc.stderr.read() if self.proc.poll() is not None else ""
             self.stop()
-            raise RuntimeError(f"the reference gateway failed to start: {line.strip() or err.strip()}")
+            raise RuntimeError(f"the reference gateway failed to start (exit {self.proc.returncode}; "
+                               f"its stderr says why): {line.strip()}")
         self.url = line[len(READY_PREFIX):].strip()
         return self
 
