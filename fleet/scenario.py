@@ -131,20 +131,25 @@ class Workflow(Spec):
 
 # --- media -----------------------------------------------------------------
 
-class SyntheticMedia(Spec):
-    source: Literal["synthetic"]
+class _Encoding(Spec):
+    """How the test media is encoded (once per process; sessions send the packets)."""
+
     width: int = Field(512, ge=64, le=3840, multiple_of=2)
     height: int = Field(512, ge=64, le=2160, multiple_of=2)
     fps: float = Field(30.0, gt=0, le=120)
-    codec: Literal["vp8", "h264"] = "vp8"
+    codec: Literal["vp8"] = "vp8"
     gop: int = Field(30, ge=1, le=600, description="Frames between keyframes; keep it short (pre-encoded media "
                                                    "cannot answer keyframe requests).")
     bitrate_kbps: int = Field(1500, ge=50, le=50_000)
+
+
+class SyntheticMedia(_Encoding):
+    source: Literal["synthetic"]
     pattern: Literal["bars", "gradient", "moving-box", "noise"] = "moving-box"
     loop_s: Positive = 10.0
 
 
-class FileMedia(Spec):
+class FileMedia(_Encoding):
     source: Literal["file"]
     path: str = Field(description="Video file, relative to the scenario file.")
     loop: bool = True

@@ -121,8 +121,8 @@ class GatewayConfig(Spec):
 def default_config(**overrides: Any) -> GatewayConfig:
     """Four orchestrators with two GPUs each, two slots of ``streamdiffusion`` per GPU (16 slots)."""
     profiles = {
-        "rtx4090": GpuProfile(name="NVIDIA GeForce RTX 4090", fps_cap=30.0, delay=Delay(mean_ms=60.0, jitter_ms=3.0)),
-        "l40s": GpuProfile(name="NVIDIA L40S", fps_cap=24.0, delay=Delay(mean_ms=90.0, jitter_ms=6.0)),
+        "rtx4090": GpuProfile(name="NVIDIA GeForce RTX 4090", fps_cap=30.0, delay=Delay(mean_ms=60.0, jitter_ms=1.5)),
+        "l40s": GpuProfile(name="NVIDIA L40S", fps_cap=24.0, delay=Delay(mean_ms=90.0, jitter_ms=2.5)),
     }
     orchestrators = []
     for i in range(4):

@@ -28,6 +28,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -367,8 +368,13 @@ class GatewayProcess:
     """``fleet gateway serve`` in a subprocess; ``url`` once its readiness line is read."""
 
     def __init__(self, config_path: str | Path | None = None, host: str = "127.0.0.1", port: int = 0,
-                 start_timeout_s: float = 30.0) -> None:
+                 start_timeout_s: float = 30.0, config: GatewayConfig | None = None) -> None:
         self.args = [sys.executable, "-m", "fleet", "gateway", "serve", "--host", host, "--port", str(port)]
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if config is not None:  # a config object: handed over as a JSON (hence YAML) file
+            self._tmp = tempfile.TemporaryDirectory(prefix="fleet-gateway-")
+            config_path = Path(self._tmp.name) / "gateway.json"
+            config_path.write_text(config.model_dump_json())
         if config_path is not None:
             self.args += ["--config", str(config_path)]
         self.start_timeout_s = start_timeout_s
@@ -404,3 +410,5 @@ class GatewayProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()

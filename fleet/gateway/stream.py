@@ -11,6 +11,7 @@ frames it dropped and why, the prompt in force, and the stream's lifecycle.
 from __future__ import annotations
 
 import asyncio
+import fractions
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError
 from fleet.gateway.config import Fault
 from fleet.gateway.network import Lease
 from fleet.gateway.transform import apply_look, look_for, prompt_cost
+from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame
 from fleet.webrtc import new_peer_connection
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ __all__ = ["OutputTrack", "Stream"]
 
 log = logging.getLogger(__name__)
 
+ARRIVALS_KEPT = 512            # arrival times of frames still in aiortc's decoder
 SUBSCRIBER_QUEUE = 90          # frames buffered per WHEP subscriber before the oldest is dropped
 MAX_TRUTH_FRAMES = 108_000     # per-frame truth kept (an hour at 30 fps); summaries are always kept
 STATUS_WINDOW_S = 2.0          # fps in status is measured over this window
@@ -58,20 +61,23 @@ class OutputTrack(MediaStreamTrack):
 
     def __init__(self) -> None:
         super().__init__()
-        self.queue: asyncio.Queue[av.VideoFrame | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[av.VideoFrame | av.Packet | None] = asyncio.Queue()
+        self.first_pts90: list[int] = []  # the RTP-clock pts of the first frame handed to the sender
 
-    def push(self, frame: av.VideoFrame | None) -> None:
+    def push(self, frame: av.VideoFrame | av.Packet | None) -> None:
         if self.queue.qsize() >= SUBSCRIBER_QUEUE:
             self.queue.get_nowait()
         self.queue.put_nowait(frame)
 
-    async def recv(self) -> av.VideoFrame:
+    async def recv(self) -> av.VideoFrame | av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         frame = await self.queue.get()
         if frame is None:
             self.stop()
             raise MediaStreamError
+        if not self.first_pts90 and frame.pts is not None and frame.time_base is not None:
+            self.first_pts90.append(round(frame.pts * frame.time_base * VIDEO_CLOCK))
         return frame
 
 
@@ -117,7 +123,10 @@ class Stream:
         self.frames_in = 0
         self.frames_out = 0
         self.dropped: dict[str, int] = {}
-        self.frames: list[tuple] = []  # (seq, pts, t_in, delay_drawn_ms, delay_actual_ms | None, dropped reason)
+        # [seq, pts, t_in, delay_drawn_ms, delay_actual_ms | None, dropped reason, residence_ms | None]
+        self.frames: list[list] = []
+        self.unsent: dict[int, int] = {}     # output RTP-clock pts -> truth index, until its packets leave
+        self.t_in_of: dict[int, float] = {}  # truth index -> arrival, until its packets leave
         self.prompts: list[tuple[float, str, str]] = []  # (t, prompt, params hash)
         self.events: list[tuple[float, str, dict]] = []
         self.in_rate, self.out_rate = _Rate(), _Rate()
@@ -129,6 +138,11 @@ class Stream:
         self.ready_at = self.t0 + (lease.profile.cold_start_s if lease.cold_start else 0.0)
         self.warmup_left = lease.profile.warmup_frames
         self._tasks: list[asyncio.Task] = []
+        self.arrivals: dict[int, float] = {}  # RTP timestamp -> arrival of the frame's last packet
+        self.relay_queue: asyncio.Queue[TapFrame] = asyncio.Queue()
+        self.relay_ts0: int | None = None
+        self.relay_need_key = True
+        self.tap: FrameTap | None = None
         self._closing: asyncio.Task | None = None
         self.set_params(params, event=False)
         self.event("gateway_receive_stream_request", pipeline=pipeline, orchestrator=lease.orchestrator.address,
@@ -185,7 +199,7 @@ class Stream:
     async def answer_whip(self, offer_sdp: str) -> str:
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "video":
+            if track.kind == "video" and not self.gw.config.relay:
                 self._spawn(self._pump(track))
 
         @self.pc.on("connectionstatechange")
@@ -196,6 +210,12 @@ class Stream:
                 self.close_soon(f"ingest {state}")
 
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        receivers = [t.receiver for t in self.pc.getTransceivers() if t.kind == "video"]
+        if receivers:
+            relay = self.gw.config.relay
+            self.tap = FrameTap(receivers[0], self._on_tap_frame, decode=not relay)
+            if relay:
+                self._spawn(self._pump_relay())
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         self._spawn(self._watch())
         return self.pc.localDescription.sdp
@@ -212,10 +232,35 @@ class Stream:
                 await pc.close()
 
         await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-        pc.addTrack(track)
+        sender = pc.addTrack(track)
+        if len(self.whep) == 1:
+            self._time_egress(sender, track)
         await pc.setLocalDescription(await pc.createAnswer())
         self.event("whep_subscriber", count=len(self.whep))
         return pc.localDescription.sdp
+
+    def _time_egress(self, sender: Any, track: OutputTrack) -> None:
+        """Truth of the whole residence: when each frame's last packet left for the first subscriber."""
+        dtls = sender.transport
+        original = dtls._send_rtp
+        origin: list[int] = []
+
+        async def send_rtp(data: bytes) -> None:
+            await original(data)
+            if len(data) < 12 or not data[1] & 0x80 or (data[1] & 0x7F) < 96:
+                return  # RTCP, or not the last packet of a frame
+            ts = int.from_bytes(data[4:8], "big")
+            if not origin:
+                if not track.first_pts90:
+                    return
+                origin.append(ts - track.first_pts90[0])
+            index = self.unsent.pop((ts - origin[0]) & 0xFFFFFFFF, None)
+            if index is not None and index < len(self.frames):
+                t_in = self.t_in_of.pop(index, None)
+                if t_in is not None:
+                    self.frames[index][6] = round((self.loop.time() - t_in) * 1000, 3)
+
+        dtls._send_rtp = send_rtp
 
     # --- the runner ----------------------------------------------------------------
 
@@ -231,9 +276,43 @@ class Stream:
             except MediaStreamError:
                 self.close_soon("input ended")
                 return
-            t_in = self.loop.time()
             seq += 1
-            self._ingest(frame, seq, t_in)
+            self._ingest(frame, seq, self._arrival_of(track, frame))
+
+    def _on_tap_frame(self, frame: TapFrame) -> None:
+        if self.gw.config.relay:
+            self.relay_queue.put_nowait(frame)
+            return
+        if len(self.arrivals) >= ARRIVALS_KEPT:
+            self.arrivals.pop(next(iter(self.arrivals)))
+        self.arrivals[frame.timestamp & 0xFFFFFFFF] = frame.arrival
+
+    def _arrival_of(self, track: MediaStreamTrack, frame: av.VideoFrame) -> float:
+        """When the frame's last packet arrived (before aiortc's jitter buffer and decoder), else now."""
+        receiver = self.tap.receiver if self.tap else None
+        mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
+        origin = getattr(mapper, "_origin", None)
+        if origin is None or frame.pts is None:
+            return self.loop.time()
+        return self.arrivals.pop((frame.pts + origin) & 0xFFFFFFFF, self.loop.time())
+
+    async def _pump_relay(self) -> None:
+        """Relay mode: encoded frames from the tap, forwarded without decoding."""
+        idle = self.gw.config.idle_timeout_s
+        seq = 0
+        while not self.closed:
+            try:
+                tap = await asyncio.wait_for(self.relay_queue.get(), timeout=idle)
+            except asyncio.TimeoutError:
+                self.close_soon(f"no input for {idle:g} s")
+                return
+            if self.relay_ts0 is None:
+                self.relay_ts0 = tap.timestamp
+            packet = av.Packet(tap.data)
+            packet.pts = tap.timestamp - self.relay_ts0
+            packet.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+            seq += 1
+            self._ingest(packet, seq, tap.arrival, keyframe=tap.keyframe and tap.complete)
 
     def _drop_reason(self, t_in: float) -> str | None:
         if t_in < self.ready_at:
@@ -252,18 +331,23 @@ class Stream:
         self.fps_credit -= 1.0
         return None
 
-    def _ingest(self, frame: av.VideoFrame, seq: int, t_in: float) -> None:
+    def _ingest(self, frame: av.VideoFrame | av.Packet, seq: int, t_in: float, keyframe: bool = False) -> None:
         self.frames_in += 1
         self.in_rate.add(t_in)
         if self.last_in is None:
             self.event("runner_receive_first_ingest_segment")
         self.last_in = t_in
         reason = self._drop_reason(t_in)
+        relay = self.gw.config.relay
+        if relay and not reason and self.relay_need_key and not keyframe:
+            reason = "relay_await_keyframe"  # an encoded stream resumes at a keyframe, or decoders break
         if reason:
+            self.relay_need_key = True
             self.dropped[reason] = self.dropped.get(reason, 0) + 1
             self._truth(seq, frame.pts, t_in, None, None, reason)
             return
-        if self.gw.config.relay:
+        self.relay_need_key = False
+        if relay:
             out = frame
         else:
             out = apply_look(frame, self.look, self.lut, black=self._active("black_frames") is not None)
@@ -277,16 +361,21 @@ class Stream:
                reason: str | None) -> int:
         if len(self.frames) >= MAX_TRUTH_FRAMES:
             return -1
-        self.frames.append((seq, pts, round(t_in - self.t0, 6), drawn, actual, reason))
+        self.frames.append([seq, pts, round(t_in - self.t0, 6), drawn, actual, reason, None])
         return len(self.frames) - 1
 
-    def _emit(self, frame: av.VideoFrame, t_in: float, index: int) -> None:
+    def _emit(self, frame: av.VideoFrame | av.Packet, t_in: float, index: int) -> None:
         if self.closed:
             return
         t = self.loop.time()
         if index >= 0:
-            seq, pts, rel, drawn, _, reason = self.frames[index]
-            self.frames[index] = (seq, pts, rel, drawn, round((t - t_in) * 1000, 3), reason)
+            self.frames[index][4] = round((t - t_in) * 1000, 3)
+            if self.whep and frame.pts is not None and frame.time_base is not None:
+                pts90 = round(frame.pts * frame.time_base * VIDEO_CLOCK)
+                if len(self.unsent) >= ARRIVALS_KEPT:
+                    self.t_in_of.pop(self.unsent.pop(next(iter(self.unsent))), None)
+                self.unsent[pts90] = index
+                self.t_in_of[index] = t_in
         if self.frames_out == 0:
             self.event("runner_send_first_processed_segment")
         self.frames_out += 1
@@ -358,6 +447,7 @@ class Stream:
 
     def truth(self) -> dict[str, Any]:
         delays = sorted(f[4] for f in self.frames if f[4] is not None)
+        residence = sorted(f[6] for f in self.frames if f[6] is not None)
         drawn = sorted(f[3] for f in self.frames if f[3] is not None)
         mid = lambda xs: xs[len(xs) // 2] if xs else None  # noqa: E731
         return {
@@ -365,10 +455,11 @@ class Stream:
             "config_delay": self.lease.profile.delay.model_dump(),
             "fps_cap": round(self.fps_cap(), 3),
             "delay_ms_median": mid(delays), "delay_drawn_ms_median": mid(drawn),
+            "residence_ms_median": mid(residence),
             "prompts": [{"t": t, "prompt": p, "params_hash": h} for t, p, h in self.prompts],
             "events": [{"t": t, "type": k, **d} for t, k, d in self.events],  # data keys never 't'/'type'
-            "frames": [{"seq": s, "pts": p, "t_in": t, "delay_drawn_ms": dr, "delay_ms": da, "dropped": r}
-                       for s, p, t, dr, da, r in self.frames],
+            "frames": [{"seq": s, "pts": p, "t_in": t, "delay_drawn_ms": dr, "delay_ms": da, "dropped": r,
+                        "residence_ms": rs} for s, p, t, dr, da, r, rs in self.frames],
         }
 
     # --- teardown ------------------------------------------------------------------

@@ -1,0 +1,241 @@
+"""Test media, encoded once per process and sent as pre-encoded packets.
+
+The synthetic source is a textured frame whose overall brightness steps
+between two levels after pseudo-random run lengths (0.27 to 0.93 s), with a
+moving box. An image-to-image model repaints every pixel but keeps the
+frame's timing and such coarse brightness steps, so the steps are what the
+latency method matches between what was sent and what came back; the
+irregular run lengths make the match unambiguous (see fleet.probe.latency).
+
+A clip is encoded once per (source, codec, size, fps, GOP, bitrate) in each
+process and cached; every session then sends the same ``av.Packet`` bytes,
+so a session costs packetization, not encoding. Frame 0 is a keyframe and
+the clip loops, so a session may run longer than the clip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import functools
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from fleet.errors import InputError
+from fleet.rtp import VIDEO_CLOCK
+
+__all__ = ["Clip", "PacketTrack", "clip_for", "file_clip", "synthetic_clip"]
+
+DARK, BRIGHT = 56, 176
+RUN_S = (0.27, 0.93)        # brightness run lengths, seconds
+TEXTURE_AMPLITUDE = 24
+FILE_STEP_LUMA = 20.0       # a file frame whose mean luma moves this much is a brightness step
+
+
+@dataclass(frozen=True)
+class Clip:
+    """Encoded frames of one loop of a source, with where its brightness steps are."""
+
+    codec: str
+    width: int
+    height: int
+    fps: float
+    packets: tuple[bytes, ...]
+    keyframes: tuple[bool, ...]
+    luma: tuple[float, ...]           # mean luma of each source frame
+    steps: tuple[tuple[int, int], ...]  # (frame index, direction +1/-1) where the brightness steps
+    encode_s: float                   # what encoding the clip cost, once
+
+    @property
+    def frames(self) -> int:
+        return len(self.packets)
+
+    @property
+    def bitrate_kbps(self) -> float:
+        return sum(map(len, self.packets)) * 8 * self.fps / len(self.packets) / 1000
+
+    def pts(self, n: int) -> int:
+        """RTP-clock timestamp of the n-th frame sent."""
+        return round(n * VIDEO_CLOCK / self.fps)
+
+
+def _encoder(codec: str, width: int, height: int, fps: float, gop: int, bitrate_kbps: int) -> av.CodecContext:
+    if codec != "vp8":
+        raise InputError(f"media codec {codec!r} is not supported by the probe yet (allowed: vp8)")
+    enc = av.CodecContext.create("libvpx", "w")
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
+    enc.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+    enc.framerate = fractions.Fraction(fps).limit_denominator(1001)
+    enc.bit_rate = bitrate_kbps * 1000
+    enc.gop_size = gop
+    enc.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "error-resilient": "1"}
+    return enc
+
+
+def _encode(frames: list[np.ndarray], codec: str, width: int, height: int, fps: float, gop: int,
+            bitrate_kbps: int) -> tuple[tuple[bytes, ...], tuple[bool, ...]]:
+    enc = _encoder(codec, width, height, fps, gop, bitrate_kbps)
+    packets: list[bytes] = []
+    keys: list[bool] = []
+    for i, img in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(img, format="yuv420p")
+        frame.pts = round(i * VIDEO_CLOCK / fps)
+        if i % gop == 0:
+            frame.pict_type = av.video.frame.PictureType.I
+        out = list(enc.encode(frame))
+        packets.append(b"".join(bytes(p) for p in out))
+        keys.append(any(p.is_keyframe for p in out))
+    if any(not p for p in packets):
+        raise InputError("the encoder delayed frames; the probe needs one packet per frame")
+    return tuple(packets), tuple(keys)
+
+
+def _runs(rng: random.Random, fps: float, frames: int) -> list[int]:
+    """Run lengths (frames) covering at least ``frames``, an even count so the loop ends bright->dark."""
+    lo, hi = max(2, round(RUN_S[0] * fps)), max(3, round(RUN_S[1] * fps))
+    runs: list[int] = []
+    while sum(runs) < frames or len(runs) % 2:
+        runs.append(rng.randint(lo, hi))
+    return runs
+
+
+def _base(pattern: str, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """A zero-mean luma texture for ``pattern`` (int16, added to the brightness level)."""
+    y, x = np.mgrid[0:height, 0:width]
+    if pattern == "bars":
+        tex = ((x * 8 // width) % 2) * 2 - 1
+    elif pattern == "gradient":
+        tex = (x / max(1, width - 1)) * 2 - 1
+    else:
+        tex = rng.uniform(-1, 1, size=(height // 8 + 1, width // 8 + 1)).repeat(8, 0).repeat(8, 1)[:height, :width]
+    if pattern == "noise":
+        tex = tex * 0.5 + rng.uniform(-0.5, 0.5, size=(height, width))
+    return (tex * TEXTURE_AMPLITUDE).astype(np.int16)
+
+
+@functools.lru_cache(maxsize=8)
+def synthetic_clip(width: int = 512, height: int = 512, fps: float = 30.0, codec: str = "vp8", gop: int = 30,
+                   bitrate_kbps: int = 1500, pattern: str = "moving-box", loop_s: float = 10.0,
+                   seed: int = 0) -> Clip:
+    """The synthetic source, encoded once per process for each set of arguments."""
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    runs = _runs(random.Random(seed), fps, math.ceil(loop_s * fps))
+    base = _base(pattern, width, height, rng)
+    chroma = np.full((height // 2, width), 128, np.uint8)
+    chroma[: height // 4, : width // 2] = 110  # a little colour, so a look change has something to shift
+    box = max(8, min(width, height) // 8)
+    frames, luma, steps = [], [], []
+    n = 0
+    for r, run in enumerate(runs):
+        level = DARK if r % 2 == 0 else BRIGHT
+        steps.append((n, -1 if level == DARK else 1))
+        for _ in range(run):
+            y = np.clip(base + level, 16, 235).astype(np.uint8)
+            bx = (n * 4) % max(1, width - box)
+            y[height // 2 - box // 2: height // 2 + box // 2, bx: bx + box] = 235 if level == DARK else 16
+            frames.append(np.concatenate([y, chroma]))
+            luma.append(float(y.mean()))
+            n += 1
+    packets, keys = _encode(frames, codec, width, height, fps, gop, bitrate_kbps)
+    return Clip(codec, width, height, fps, packets, keys, tuple(luma), tuple(steps), time.perf_counter() - t0)
+
+
+@functools.lru_cache(maxsize=4)
+def file_clip(path: str, width: int, height: int, fps: float, codec: str = "vp8", gop: int = 30,
+              bitrate_kbps: int = 1500, max_s: float = 60.0) -> Clip:
+    """A video file, scaled to ``width`` x ``height``, re-encoded once; its brightness steps are found by luma."""
+    t0 = time.perf_counter()
+    frames, luma = [], []
+    try:
+        with av.open(path) as container:
+            for frame in container.decode(video=0):
+                img = frame.reformat(width=width, height=height, format="yuv420p").to_ndarray()
+                frames.append(img)
+                luma.append(float(img[:height].mean()))
+                if len(frames) >= max_s * fps:
+                    break
+    except (av.FFmpegError, OSError) as exc:
+        raise InputError(f"{path}: cannot read video: {exc}") from None
+    if not frames:
+        raise InputError(f"{path}: no video frames")
+    steps = []
+    for i in range(len(luma)):
+        d = luma[i] - luma[i - 1]  # i == 0 compares with the last frame: the loop's seam
+        if abs(d) >= FILE_STEP_LUMA:
+            steps.append((i, 1 if d > 0 else -1))
+    packets, keys = _encode(frames, codec, width, height, fps, gop, bitrate_kbps)
+    return Clip(codec, width, height, fps, packets, keys, tuple(luma), tuple(steps), time.perf_counter() - t0)
+
+
+def clip_for(media: object, base_dir: Path | None = None, seed: int = 0) -> Clip:
+    """The clip for a scenario's ``media`` section."""
+    from fleet.scenario import FileMedia, SyntheticMedia
+
+    if isinstance(media, SyntheticMedia):
+        return synthetic_clip(media.width, media.height, media.fps, media.codec, media.gop, media.bitrate_kbps,
+                              media.pattern, media.loop_s, seed)
+    assert isinstance(media, FileMedia)
+    path = Path(media.path)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return file_clip(str(path), media.width, media.height, media.fps, media.codec, media.gop, media.bitrate_kbps)
+
+
+class PacketTrack(MediaStreamTrack):
+    """Sends a clip's packets at its frame rate, looping, and remembers when each frame left.
+
+    ``sent[n]`` is the monotonic time frame ``n`` was handed to the RTP sender (its packets go
+    out in the same loop iteration); ``pacing_error`` collects how late each frame was.
+    """
+
+    kind = "video"
+
+    def __init__(self, clip: Clip, max_frames: int | None = None) -> None:
+        super().__init__()
+        self.clip = clip
+        self.max_frames = max_frames
+        self.sent: list[float] = []
+        self.late_s_total = 0.0
+        self.late_s_max = 0.0
+        self.start: float | None = None
+        self.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+
+    async def recv(self) -> av.Packet:
+        n = len(self.sent)
+        if self.readyState != "live" or (self.max_frames is not None and n >= self.max_frames):
+            self.stop()
+            raise MediaStreamError
+        now = time.monotonic()
+        if self.start is None:
+            self.start = now
+        due = self.start + n / self.clip.fps
+        if due > now:
+            await asyncio.sleep(due - now)
+            now = time.monotonic()
+        late = max(0.0, now - due)
+        self.late_s_total += late
+        self.late_s_max = max(self.late_s_max, late)
+        packet = av.Packet(self.clip.packets[n % self.clip.frames])
+        packet.pts = self.clip.pts(n)
+        packet.time_base = self.time_base
+        self.sent.append(now)
+        return packet
+
+    def level_steps(self, upto: int) -> list[tuple[int, int]]:
+        """(frame number, direction) of every brightness step among the first ``upto`` frames sent."""
+        clip, out = self.clip, []
+        for loop in range(upto // clip.frames + 1):
+            for index, direction in clip.steps:
+                n = loop * clip.frames + index
+                if n < upto and n > 0:
+                    out.append((n, direction))
+        return out

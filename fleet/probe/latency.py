@@ -1,0 +1,124 @@
+"""Matching what came back to what was sent, when every pixel was repainted.
+
+The sent clip steps its overall brightness after irregular run lengths. An
+image-to-image model changes the look of every pixel but keeps the frame
+timing and such coarse steps, so the *sequence of step times* survives even
+when nothing else does. ``align`` finds the one offset that lines the output
+steps up with the input steps (the irregular runs make any other offset
+fail), tolerating frames the gateway dropped.
+
+Two clocks can carry that match:
+
+- ``rtp_timestamp``: the gateway keeps each frame's timestamp (shifted by an
+  unknown constant, its RTP origin). Once the constant is known, every output
+  frame names the input frame it came from, and its latency is its arrival
+  minus that frame's send time: a sample per frame, with no decoding beyond
+  what found the constant.
+- ``brightness_step``: arrival times of output steps against send times of
+  input steps, one sample per step; used when the timestamps do not line up
+  (a gateway that re-times frames).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+__all__ = ["Aligner", "StepDetector", "align"]
+
+MIN_STEPS = 3  # output steps needed before an alignment is trusted
+
+
+def align(out_steps: list[tuple[float, int, float]], in_steps: list[tuple[float, int, float]], tolerance: float,
+          max_latency: float) -> tuple[float, list[int]] | None:
+    """The lag L that puts every output step (t, d, arrival) at t - L just after an input step (u, d, sent).
+
+    "Just after" is within ``tolerance`` (frames dropped around a step make it look later). Returns
+    (L, index of the matched input step for each output step), or None when no lag fits every step,
+    or more than one does. Candidate lags pair the last output step with each input step of the same
+    direction sent at most ``max_latency`` before that output step arrived. ``L`` is the smallest
+    residual fit, since drops only ever make a step look later.
+    """
+    if len(out_steps) < MIN_STEPS:
+        return None
+    by_dir: dict[int, list[tuple[float, int]]] = {1: [], -1: []}
+    for i, (u, d, _) in enumerate(in_steps):
+        by_dir[d].append((u, i))
+    times = {d: [u for u, _ in v] for d, v in by_dir.items()}
+    t_last, d_last, arrived = out_steps[-1]
+    fits: list[tuple[float, list[int]]] = []
+    for u, k in by_dir[d_last]:
+        if not 0 <= arrived - in_steps[k][2] <= max_latency:
+            continue
+        lag = t_last - u
+        matched = []
+        for t, d, _ in out_steps:
+            target = t - lag
+            j = bisect.bisect_right(times[d], target + tolerance) - 1
+            if j < 0 or target - times[d][j] > 2 * tolerance:
+                break
+            matched.append(by_dir[d][j][1])
+        else:
+            fits.append((lag, matched))
+    if not fits:
+        return None
+    distinct = {round(lag / tolerance) for lag, _ in fits}
+    if max(distinct) - min(distinct) > 4:  # two different lags fit: not enough steps seen yet
+        return None
+    _, matched = min(fits, key=lambda f: f[0])
+    lag = min(t - in_steps[k][0] for (t, _, _), k in zip(out_steps, matched))
+    return lag, matched
+
+
+@dataclass
+class StepDetector:
+    """Finds brightness steps in the mean luma of consecutive decoded output frames.
+
+    The levels are learnt from what is seen (the look may map them anywhere); a step is a crossing
+    of the midpoint by more than ``hysteresis`` of the level gap, between two frames known to be
+    consecutive.
+    """
+
+    hysteresis: float = 0.2
+    lo: float | None = None
+    hi: float | None = None
+    level: int | None = None  # +1 bright, -1 dark
+    steps: list[tuple[float, float, int]] = field(default_factory=list)  # (clock time, arrival, direction)
+
+    def frame(self, clock_t: float, arrival: float, luma: float, consecutive: bool) -> None:
+        self.lo = luma if self.lo is None else min(self.lo, luma)
+        self.hi = luma if self.hi is None else max(self.hi, luma)
+        gap = self.hi - self.lo
+        if gap < 30:  # levels not seen yet
+            return
+        mid = (self.hi + self.lo) / 2
+        now = 1 if luma > mid + self.hysteresis * gap else -1 if luma < mid - self.hysteresis * gap else None
+        if now is None:
+            return
+        if consecutive and self.level is not None and now != self.level:
+            self.steps.append((clock_t, arrival, now))
+        self.level = now
+
+    def reset_continuity(self) -> None:
+        self.level = None
+
+
+@dataclass
+class Aligner:
+    """Keeps the current alignment of output steps to input steps, in one clock."""
+
+    tolerance: float
+    max_latency: float
+    lag: float | None = None
+    matched: list[int] = field(default_factory=list)
+    lost: int = 0  # times a new step contradicted the alignment
+
+    def update(self, out_steps: list[tuple[float, int, float]], in_steps: list[tuple[float, int, float]]) -> bool:
+        fit = align(out_steps, in_steps, self.tolerance, self.max_latency)
+        if fit is None:
+            if self.lag is not None:
+                self.lost += 1
+            self.lag, self.matched = None, []
+            return False
+        self.lag, self.matched = fit
+        return True

@@ -1,0 +1,178 @@
+"""Below aiortc's decoder: encoded frames in, encoded frames out.
+
+aiortc's receiver reassembles a frame only when the *next* frame's first
+packet arrives (one frame interval of buffering) and then decodes every frame
+in a thread. A tester that must time frames without its own buffering, and
+cheaply, needs the packets themselves:
+
+- ``FrameTap`` wraps an ``RTCRtpReceiver``: every RTP packet is seen on
+  arrival, frames are reassembled on the marker bit and handed to a callback
+  with the arrival time of their last packet. aiortc still does RTCP, NACK and
+  statistics; with ``decode=False`` its decoder thread is starved so no frame
+  is decoded unless the caller decodes it.
+- ``PacketTrack`` sends pre-encoded frames (``av.Packet``): aiortc packetizes
+  them without encoding (and ignores keyframe requests on that path).
+
+Only VP8 is reassembled here; the receive tap reports any other codec as
+unsupported rather than guessing.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import RTCRtpReceiver
+from aiortc.codecs.vpx import VpxPayloadDescriptor
+
+__all__ = ["FrameTap", "TapFrame", "VIDEO_CLOCK", "unwrap32", "vp8_is_keyframe"]
+
+VIDEO_CLOCK = 90_000  # RTP clock rate of video
+
+
+def unwrap32(previous: int | None, value: int) -> int:
+    """Unwrap a 32-bit RTP timestamp against the previous unwrapped value."""
+    if previous is None:
+        return value
+    delta = (value - previous) & 0xFFFFFFFF
+    if delta >= 1 << 31:
+        delta -= 1 << 32
+    return previous + delta
+
+
+def vp8_is_keyframe(frame_data: bytes) -> bool:
+    """A VP8 frame (payload, descriptors stripped) is a keyframe when bit 0 of its first byte is 0."""
+    return bool(frame_data) and not frame_data[0] & 0x01
+
+
+@dataclass(slots=True)
+class TapFrame:
+    """One reassembled encoded frame."""
+
+    timestamp: int        # RTP timestamp, unwrapped (still carries the sender's random origin)
+    first_arrival: float  # time.monotonic() of its first packet
+    arrival: float        # time.monotonic() of its last packet (marker bit): when it became decodable
+    data: bytes
+    packets: int
+    keyframe: bool
+    complete: bool        # no packet of it was missing
+
+
+class _StarvedQueue:
+    """Stands in for aiortc's decoder queue: frames are dropped, the stop sentinel goes through."""
+
+    def __init__(self) -> None:
+        self._q: queue.Queue = queue.Queue()
+        self.dropped = 0
+
+    def put(self, item: Any) -> None:
+        if item is None:
+            self._q.put(None)
+        else:
+            self.dropped += 1
+
+    def get(self) -> Any:
+        return self._q.get()
+
+
+class FrameTap:
+    """Sees every RTP packet of one receiver and reassembles VP8 frames on the marker bit."""
+
+    def __init__(self, receiver: RTCRtpReceiver, on_frame: Callable[[TapFrame], None], decode: bool = False) -> None:
+        self.on_frame = on_frame
+        self.receiver = receiver
+        self.packets = 0
+        self.bytes = 0
+        self.highest_seq: int | None = None
+        self.first_seq: int | None = None
+        self.ssrc: int | None = None
+        self.unsupported: str | None = None
+        self._last_ts: int | None = None
+        self._cur_ts: int | None = None
+        self._cur_parts: list[bytes] = []
+        self._cur_first = 0.0
+        self._cur_last = 0.0
+        self._cur_count = 0
+        self._cur_next_seq: int | None = None
+        self._cur_ok = True
+        self._cur_started = False
+        self._seq_unwrapped: int | None = None
+        if not decode:
+            # Must happen before receive() starts the decoder thread, which takes the queue as an argument.
+            receiver._RTCRtpReceiver__decoder_queue = _StarvedQueue()  # type: ignore[attr-defined]
+        self._original = receiver._handle_rtp_packet
+        receiver._handle_rtp_packet = self._handle  # type: ignore[method-assign]
+
+    def _codec(self, payload_type: int) -> Any:
+        return self.receiver._RTCRtpReceiver__codecs.get(payload_type)  # type: ignore[attr-defined]
+
+    async def _handle(self, packet: Any, arrival_time_ms: int) -> None:
+        self.packet(packet, time.monotonic())
+        await self._original(packet, arrival_time_ms)
+
+    @property
+    def packets_expected(self) -> int:
+        if self.first_seq is None or self._seq_unwrapped is None:
+            return 0
+        return self._seq_unwrapped - self.first_seq + 1
+
+    @property
+    def packets_lost(self) -> int:
+        return max(0, self.packets_expected - self.packets)
+
+    def packet(self, packet: Any, now: float) -> None:
+        codec = self._codec(packet.payload_type)
+        if codec is None or codec.name.lower() == "rtx":
+            return  # retransmissions are left to aiortc
+        if codec.name != "VP8":
+            self.unsupported = codec.name
+            return
+        if self.ssrc is None:
+            self.ssrc = packet.ssrc
+        elif packet.ssrc != self.ssrc:
+            return
+        self.packets += 1
+        self.bytes += len(packet.payload)
+        seq = packet.sequence_number
+        if self._seq_unwrapped is None:
+            self._seq_unwrapped = self.first_seq = seq
+        else:
+            delta = (seq - self._seq_unwrapped) & 0xFFFF
+            if delta < 0x8000:
+                self._seq_unwrapped += delta
+            else:
+                return  # late or duplicate: counted as received, not reassembled
+        ts = unwrap32(self._last_ts, packet.timestamp)
+        self._last_ts = ts
+        if self._cur_ts is not None and ts != self._cur_ts:
+            self._finish(complete=False, now=self._cur_last)  # the previous frame lost its last packet
+        try:
+            descriptor, data = VpxPayloadDescriptor.parse(packet.payload)
+        except ValueError:
+            self._cur_ok = False
+            return
+        if self._cur_ts is None:
+            self._cur_ts, self._cur_first, self._cur_parts, self._cur_count = ts, now, [], 0
+            self._cur_ok = bool(descriptor.partition_start and descriptor.partition_id == 0)
+            self._cur_started = self._cur_ok
+            self._cur_next_seq = seq
+        if self._cur_next_seq is not None and seq != self._cur_next_seq:
+            self._cur_ok = False
+        self._cur_next_seq = (seq + 1) & 0xFFFF
+        self._cur_parts.append(data)
+        self._cur_count += 1
+        self._cur_last = now
+        if packet.marker:
+            self._finish(complete=self._cur_ok, now=now)
+
+    def _finish(self, complete: bool, now: float) -> None:
+        data = b"".join(self._cur_parts)
+        frame = TapFrame(timestamp=self._cur_ts or 0, first_arrival=self._cur_first, arrival=now, data=data,
+                         packets=self._cur_count, keyframe=complete and vp8_is_keyframe(data), complete=complete)
+        self._cur_ts = None
+        self._cur_parts = []
+        self._cur_next_seq = None
+        self.on_frame(frame)

@@ -1,0 +1,261 @@
+"""The stream probe against the reference gateway's ground truth, over real loopback WebRTC.
+
+The gateway runs as a subprocess (``fleet gateway serve``), the probe in this process, as in a
+campaign. Every number is held against what the gateway knows it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleet.gateway.config import Delay, Fault, GatewayConfig, Gpu, GpuProfile, OrchestratorSpec, default_config
+from fleet.gateway.server import GatewayProcess
+from fleet.media import synthetic_clip
+from fleet.probe.latency import align
+from fleet.probe.session import ProbeOptions, ProbeResult, ProbeSpec, PromptChange, run_probe
+from fleet.webrtc import use_host_addresses
+
+use_host_addresses(["127.0.0.1"])
+
+MODEL = "streamdiffusion"
+LATENCY_TOLERANCE_MS = 5.0
+FPS_TOLERANCE = 0.02
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def spec(url: str, duration_s: float = 6.0, size: int = 256, orchestrator: str | None = None,
+         switch_at: float | None = None, dialect: str = "livepeer", **options) -> ProbeSpec:
+    prompts = [PromptChange(0.0, {"prompt": "a watercolour fox"})]
+    if switch_at is not None:
+        prompts.append(PromptChange(switch_at, {"prompt": "neon city at night, rain"}))
+    return ProbeSpec(url, dialect, MODEL, synthetic_clip(size, size), tuple(prompts), duration_s=duration_s,
+                     orchestrator=orchestrator, max_e2e_latency_ms=1000,
+                     options=ProbeOptions(**{"ice_timeout_s": 5.0, "http_timeout_s": 3.0, **options}))
+
+
+def truth(url: str, stream_name: str) -> dict:
+    streams = httpx.get(f"{url}/debug/streams", timeout=10).json()["streams"]
+    sid = next(s["id"] for s in streams if s["name"] == stream_name)
+    return httpx.get(f"{url}/debug/streams/{sid}", timeout=10).json()
+
+
+def truth_fps(t: dict) -> float:
+    """Output fps as the gateway emitted it: emit time = arrival + actual delay."""
+    emits = sorted(f["t_in"] + f["delay_ms"] / 1000 for f in t["frames"] if f["delay_ms"] is not None)
+    return (len(emits) - 1) / (emits[-1] - emits[0])
+
+
+def open_streams(url: str) -> int:
+    return httpx.get(f"{url}/debug/streams", timeout=10).json()["open"]
+
+
+def settles_to_no_open_streams(url: str, deadline_s: float = 15.0) -> bool:
+    """Streams whose signaling the gateway still holds (a timeout fault) close when it gives up."""
+    async def wait() -> bool:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+        async with httpx.AsyncClient() as c:
+            while loop.time() < end:
+                if (await c.get(f"{url}/debug/streams")).json()["open"] == 0:
+                    return True
+                await asyncio.sleep(0.1)
+        return False
+    return run(wait())
+
+
+def assert_matches_truth(r: ProbeResult, url: str) -> tuple[float, float]:
+    assert r.outcome in ("ok", "degraded"), (r.outcome, r.error_phase, r.error_class, r.error_detail)
+    assert r.latency_method == "rtp_timestamp"
+    t = truth(url, r.stream_id)
+    true_ms = t["residence_ms_median"]  # arrival of a frame's last packet -> its output's last packet sent
+    err_ms = abs(r.e2e_latency_ms - true_ms)
+    fps_err = abs(r.output_fps - truth_fps(t)) / truth_fps(t)
+    assert err_ms <= LATENCY_TOLERANCE_MS, (r.e2e_latency_ms, true_ms)
+    assert fps_err <= FPS_TOLERANCE, (r.output_fps, truth_fps(t))
+    return err_ms, fps_err
+
+
+# --- the latency alignment, on its own ----------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(lag_frames=st.integers(-5000, 5000), delay_frames=st.integers(1, 60), seed=st.integers(0, 10_000),
+       drop=st.floats(0, 0.3))
+def test_align_recovers_the_exact_lag_despite_dropped_frames(lag_frames, delay_frames, seed, drop):
+    """Output steps = input steps shifted by an unknown lag, some arriving a frame or two late (drops)."""
+    rng = random.Random(seed)
+    fps = 30.0
+    clip = synthetic_clip(64, 64)
+    steps = [(n + loop * clip.frames, d) for loop in range(3) for n, d in clip.steps if n + loop * clip.frames > 0]
+    inputs = [(n / fps, d, n / fps) for n, d in steps]
+    outs = []
+    for i, (n, d) in enumerate(steps[:8]):
+        late = 0 if i == 0 or rng.random() >= drop else rng.choice((1, 2))  # the first kept its frame
+        outs.append(((n + late + lag_frames) / fps, d, (n + late + delay_frames) / fps))
+    fit = align(outs, inputs, tolerance=2.5 / fps, max_latency=20.0)
+    assert fit is not None
+    lag, matched = fit
+    assert [steps[k][0] for k in matched] == [n for n, _ in steps[:8]]
+    assert abs(lag - lag_frames / fps) < 1e-9
+
+
+def test_align_refuses_to_guess_from_too_few_steps():
+    inputs = [(i * 0.5, 1 if i % 2 else -1, i * 0.5) for i in range(40)]  # regular steps: every lag fits
+    outs = [(t + 3.0, d, t + 3.1) for t, d, _ in inputs[10:16]]
+    assert align(outs, inputs, tolerance=0.08, max_latency=20.0) is None
+    assert align(outs[:2], inputs, tolerance=0.08, max_latency=20.0) is None
+
+
+# --- accuracy against the truth ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gateway():
+    cfg = default_config(seed=7)
+    with GatewayProcess(config=cfg) as proc:
+        yield proc.url
+
+
+def test_one_session_latency_fps_and_prompt_switch_match_the_truth(gateway):
+    r = run(run_probe(spec(gateway, duration_s=7.0, size=512, switch_at=4.5)))
+    err_ms, fps_err = assert_matches_truth(r, gateway)
+    t = truth(gateway, r.stream_id)
+    assert r.orchestrator_address == t["orchestrator"]
+    assert len(r.latency_samples) >= 0.8 * r.frames_received  # a sample per frame, not per second
+    # the prompt switch: effect seen after the update, within the pipeline delay plus a few frames
+    assert r.prompt_switch_ms[0] is not None and 0 < r.prompt_switch_ms[0] < t["delay_ms_median"] + 200
+    # startup covers the cold start the gateway applied to its first stream on that GPU
+    assert r.startup_s >= 0.0 and r.signaling_ms > 0 and r.ice_ms is not None and r.dtls_ms is not None
+    assert r.decoded_frames < r.frames_received  # decoding only in windows
+    assert open_streams(gateway) == 0
+
+
+def test_sixteen_concurrent_sessions_in_one_process_match_the_truth(gateway):
+    async def main():
+        return await asyncio.gather(*(run_probe(spec(gateway, duration_s=8.0, size=256)) for _ in range(16)))
+    results = run(main())
+    errors = [assert_matches_truth(r, gateway) for r in results]
+    assert len({r.orchestrator_address for r in results}) == 4  # the network spread them
+    assert max(e for e, _ in errors) <= LATENCY_TOLERANCE_MS
+    assert open_streams(gateway) == 0
+
+
+def test_relay_mode_latency_matches_the_truth():
+    with GatewayProcess(config=default_config(relay=True, seed=3)) as proc:
+        r = run(run_probe(spec(proc.url, duration_s=5.0, size=256)))
+        assert_matches_truth(r, proc.url)
+        assert r.prompt_switch_ms == []
+
+
+# --- faults: each maps to the right outcome and phase -----------------------------------------
+
+FAULTS = {
+    # kind: (fault fields, expected (outcome, phase, error) or a check)
+    "signaling_error": ({"status": 502}, ("failed", "signaling", "http_502")),
+    "signaling_timeout": ({"delay_s": 8.0}, ("failed", "signaling", "timeout")),
+    "slow_answer": ({"delay_s": 1.0}, "slow"),
+    "ice_never": ({}, ("failed", "ice", "ice_failed")),
+    "output_stall": ({"after_s": 2.5}, ("failed", "pipeline", "output_stalled")),
+    "disconnect": ({"after_s": 3.0}, ("failed", "media", "disconnected")),
+    "black_frames": ({"after_s": 1.0}, "black"),
+    "fps_drop": ({"fps_factor": 0.3}, "low_fps"),
+    "orchestrator_swap": ({"after_s": 2.5}, "swap"),
+    "capacity_drop": ({"slots": 1, "after_s": 1.0}, "capacity"),
+}
+
+
+@pytest.fixture(scope="module")
+def faulty():
+    profile = GpuProfile(name="Fault GPU", fps_cap=30, cold_start_s=0.0, warmup_frames=0,
+                         delay=Delay(dist="fixed", mean_ms=40.0, jitter_ms=0.0))
+    orchs = [OrchestratorSpec(address=f"0xfault-{kind}", uri=f"https://{kind}.fault:8935",
+                              gpus=(Gpu(id=f"G-{kind}", profile="p", slots={MODEL: 1}),))
+             for kind in [*FAULTS, "spare"]]
+    faults = [Fault(kind=kind, orchestrator=f"0xfault-{kind}", streams=(1,), **fields)
+              for kind, (fields, _) in FAULTS.items()]
+    cfg = GatewayConfig(profiles={"p": profile}, orchestrators=tuple(orchs), faults=tuple(faults), port=0)
+    with GatewayProcess(config=cfg) as proc:
+        yield proc.url
+
+
+def test_every_fault_maps_to_its_outcome_and_phase(faulty):
+    async def main():
+        return await asyncio.gather(*(run_probe(spec(faulty, duration_s=7.0, size=128, orchestrator=f"0xfault-{k}",
+                                                     check_every_s=1.0, stall_fail_s=3.0))
+                                      for k in FAULTS))
+    results = dict(zip(FAULTS, run(main())))
+    for kind, (_, expected) in FAULTS.items():
+        r = results[kind]
+        got = (r.outcome, r.error_phase, r.error_class)
+        if isinstance(expected, tuple):
+            assert got == expected, (kind, got, r.error_detail)
+            continue
+        assert r.outcome in ("ok", "degraded"), (kind, got, r.error_detail)
+        if expected == "slow":
+            assert r.signaling_ms >= 1000
+        elif expected == "black":
+            assert r.outcome == "degraded" and "black_output" in r.reasons and r.black_frames >= 10
+        elif expected == "low_fps":
+            assert r.outcome == "degraded" and "low_fps" in r.reasons and r.output_fps < 12
+        elif expected == "swap":
+            assert r.swapped and r.orchestrator_address != f"0xfault-{kind}"
+        elif expected == "capacity":
+            assert r.outcome == "ok", (r.reasons, r.jitter_coeff, r.freeze_s, r.output_fps)
+    assert settles_to_no_open_streams(faulty)
+
+
+def test_a_full_network_is_skipped_not_failed(faulty):
+    async def main():
+        hold = [asyncio.ensure_future(run_probe(spec(faulty, duration_s=4.0, size=128, orchestrator="0xfault-spare")))]
+        await asyncio.sleep(0)  # let it take the slot first
+        while open_streams(faulty) == 0:
+            await asyncio.sleep(0.05)
+        second = await run_probe(spec(faulty, duration_s=2.0, size=128, orchestrator="0xfault-spare"))
+        return second, await hold[0]
+    second, first = run(main())
+    assert (second.outcome, second.error_phase) == ("skipped_no_capacity", "capacity")
+    assert first.outcome in ("ok", "degraded")
+    assert open_streams(faulty) == 0
+
+
+# --- teardown on every exit path ---------------------------------------------------------
+
+def test_cancellation_and_stop_tear_the_stream_down(gateway):
+    async def main():
+        stop = asyncio.Event()
+        stopped = asyncio.ensure_future(run_probe(spec(gateway, duration_s=30.0), stop=stop))
+        cancelled = asyncio.ensure_future(run_probe(spec(gateway, duration_s=30.0)))
+        async with httpx.AsyncClient() as c:
+            for _ in range(200):
+                if (await c.get(f"{gateway}/debug/streams")).json()["open"] == 2:
+                    break
+                await asyncio.sleep(0.05)
+        stop.set()
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        return await stopped
+    r = run(main())
+    assert (r.outcome, r.error_phase, r.error_class) == ("failed", "tester", "stopped")
+    assert open_streams(gateway) == 0
+
+
+def test_daydream_and_byoc_dialects_run_a_measured_session():
+    with GatewayProcess(config=default_config(token="s3cret")) as proc:
+        async def main():
+            dd = spec(proc.url, duration_s=4.0, size=128, dialect="daydream")
+            dd = ProbeSpec(**{**dd.__dict__, "token": "s3cret"})
+            byoc = spec(proc.url, duration_s=4.0, size=128, dialect="byoc")
+            return await asyncio.gather(run_probe(dd), run_probe(byoc))
+        for r in run(main()):
+            assert r.outcome in ("ok", "degraded"), (r.dialect, r.error_phase, r.error_class, r.error_detail)
+            assert r.frames_received > 30 and r.e2e_latency_ms is not None
+            assert "s3cret" not in repr(r.to_dict())
+        assert open_streams(proc.url) == 0
