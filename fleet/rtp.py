@@ -9,7 +9,8 @@ cheaply, needs the packets themselves:
   arrival, frames are reassembled on the marker bit and handed to a callback
   with the arrival time of their last packet. aiortc still does RTCP, NACK and
   statistics; with ``decode=False`` its decoder thread is starved so no frame
-  is decoded unless the caller decodes it.
+  is decoded unless the caller decodes it, and with ``bandwidth_feedback=False``
+  no REMB is computed or sent.
 - ``PacketTrack`` sends pre-encoded frames (``av.Packet``): aiortc packetizes
   them without encoding (and ignores keyframe requests on that path).
 
@@ -81,7 +82,8 @@ class _StarvedQueue:
 class FrameTap:
     """Sees every RTP packet of one receiver and reassembles VP8 frames on the marker bit."""
 
-    def __init__(self, receiver: RTCRtpReceiver, on_frame: Callable[[TapFrame], None], decode: bool = False) -> None:
+    def __init__(self, receiver: RTCRtpReceiver, on_frame: Callable[[TapFrame], None], decode: bool = False,
+                 bandwidth_feedback: bool = True) -> None:
         self.on_frame = on_frame
         self.receiver = receiver
         self.packets = 0
@@ -103,6 +105,9 @@ class FrameTap:
         if not decode:
             # Must happen before receive() starts the decoder thread, which takes the queue as an argument.
             receiver._RTCRtpReceiver__decoder_queue = _StarvedQueue()  # type: ignore[attr-defined]
+        if not bandwidth_feedback:
+            # no receiver-side bandwidth estimate (REMB): the far end's encoder keeps its own bitrate
+            receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
         self._original = receiver._handle_rtp_packet
         receiver._handle_rtp_packet = self._handle  # type: ignore[method-assign]
 

@@ -287,8 +287,9 @@ def test_fault_output_stall_while_input_flows():
                 return (await truth(gw, sid))["dropped"].get("fault:output_stall", 0) >= 30
             await wait_until(stalled, "30 input frames dropped by the stall")
             t = await truth(gw, sid)
-            assert t["frames_in"] > t["frames_out"] + 30
-            assert all(f["dropped"] == "fault:output_stall" for f in t["frames"] if f["t_in"] >= 0.55)
+            assert t["frames_in"] >= t["frames_out"] + 30
+            # t_in is the arrival of the last packet; the fault acts after aiortc reassembles (a frame later)
+            assert all(f["dropped"] == "fault:output_stall" for f in t["frames"] if f["t_in"] >= 0.6)
             await pc.close()
             await sub.close()
     run(main())

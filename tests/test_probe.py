@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from fleet.gateway.config import Delay, Fault, GatewayConfig, Gpu, GpuProfile, OrchestratorSpec, default_config
 from fleet.gateway.server import GatewayProcess
 from fleet.media import synthetic_clip
-from fleet.probe.latency import align
+from fleet.probe.latency import align, lag_is_exact
 from fleet.probe.session import ProbeOptions, ProbeResult, ProbeSpec, PromptChange, run_probe
 from fleet.webrtc import use_host_addresses
 
@@ -105,6 +105,23 @@ def test_align_recovers_the_exact_lag_despite_dropped_frames(lag_frames, delay_f
     lag, matched = fit
     assert [steps[k][0] for k in matched] == [n for n, _ in steps[:8]]
     assert abs(lag - lag_frames / fps) < 1e-9
+
+
+def test_a_lag_is_exact_only_once_a_step_pins_it_to_one_frame():
+    """Every step's first frame dropped: one frame less fits too, until a step shows its neighbour."""
+    fps, lag_frames = 30.0, 7
+    clip = synthetic_clip(64, 64)
+    inputs = [(n / fps, d, n / fps) for n, d in clip.steps if n > 0]
+    late = [((n + 1 + lag_frames) / fps, d, (n + 40) / fps) for n, d in clip.steps[1:5]]  # all one frame late
+    prev = [(n - 1 + lag_frames) / fps for n, _ in clip.steps[1:5]]  # the frame before each shown step
+    lag, matched = align(late, inputs, tolerance=2.5 / fps, max_latency=20.0)
+    assert round(lag * fps) == lag_frames + 1
+    assert not lag_is_exact(lag, prev, inputs, matched, 1 / fps)
+    n, d = clip.steps[5]
+    on_time = [*late, ((n + lag_frames) / fps, d, (n + 40) / fps)]
+    lag, matched = align(on_time, inputs, tolerance=2.5 / fps, max_latency=20.0)
+    assert round(lag * fps) == lag_frames
+    assert lag_is_exact(lag, [*prev, (n - 1 + lag_frames) / fps], inputs, matched, 1 / fps)
 
 
 def test_align_refuses_to_guess_from_too_few_steps():

@@ -45,7 +45,7 @@ STATUS_WINDOW_S = 2.0          # fps in status is measured over this window
 DEGRADED_INPUT_FPS = 15.0      # as ai-runner: input fps below this, or no input for 2 s
 NO_INPUT_S = 2.0
 NO_OUTPUT_S = 5.0
-FPS_CREDIT_MAX = 1.5           # token bucket of the fps cap: how far output may catch up after a gap
+FPS_BURST_S = 0.25             # the fps cap's token bucket holds this much output: bursty input within it passes
 
 
 def _log_crash(task: asyncio.Task) -> None:
@@ -133,7 +133,7 @@ class Stream:
         self.last_in: float | None = None
         self.last_out: float | None = None
         self.last_due = 0.0
-        self.fps_credit = FPS_CREDIT_MAX
+        self.fps_credit: float | None = None  # full at the first frame
         self.last_in_for_cap: float | None = None
         self.ready_at = self.t0 + (lease.profile.cold_start_s if lease.cold_start else 0.0)
         self.warmup_left = lease.profile.warmup_frames
@@ -323,8 +323,11 @@ class Stream:
         if self._active("output_stall"):
             return "fault:output_stall"
         cap = self.fps_cap()
-        if self.last_in_for_cap is not None:
-            self.fps_credit = min(FPS_CREDIT_MAX, self.fps_credit + (t_in - self.last_in_for_cap) * cap)
+        burst = max(1.5, cap * FPS_BURST_S)
+        if self.fps_credit is None:
+            self.fps_credit = burst
+        elif self.last_in_for_cap is not None:
+            self.fps_credit = min(burst, self.fps_credit + (t_in - self.last_in_for_cap) * cap)
         self.last_in_for_cap = t_in
         if self.fps_credit < 1.0 - 1e-6:
             return "fps_cap"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-__all__ = ["Aligner", "StepDetector", "align"]
+__all__ = ["Aligner", "StepDetector", "align", "lag_is_exact"]
 
 MIN_STEPS = 3  # output steps needed before an alignment is trusted
 
@@ -70,6 +70,18 @@ def align(out_steps: list[tuple[float, int, float]], in_steps: list[tuple[float,
     return lag, matched
 
 
+def lag_is_exact(lag: float, out_prev: list[float | None], in_steps: list[tuple[float, int, float]],
+                 matched: list[int], frame_s: float) -> bool:
+    """Whether ``lag`` is pinned to one frame: some step's previous output frame rules out ``lag - frame``.
+
+    ``lag`` is the latest lag that fits (no step earlier than its input step). If every step seen had
+    its first frame dropped, one frame less would fit as well; the frame shown just before a step
+    still showed the old level, so it came from before the input step: lag > prev - u.
+    """
+    lower = max((p - in_steps[k][0] for p, k in zip(out_prev, matched) if p is not None), default=None)
+    return lower is not None and lag - frame_s <= lower + 1e-6
+
+
 @dataclass
 class StepDetector:
     """Finds brightness steps in the mean luma of consecutive decoded output frames.
@@ -84,8 +96,11 @@ class StepDetector:
     hi: float | None = None
     level: int | None = None  # +1 bright, -1 dark
     steps: list[tuple[float, float, int]] = field(default_factory=list)  # (clock time, arrival, direction)
+    prev: list[float | None] = field(default_factory=list)  # clock time of the decoded frame before each step
+    _last_t: float | None = None
 
     def frame(self, clock_t: float, arrival: float, luma: float, consecutive: bool) -> None:
+        last_t, self._last_t = self._last_t, clock_t
         self.lo = luma if self.lo is None else min(self.lo, luma)
         self.hi = luma if self.hi is None else max(self.hi, luma)
         gap = self.hi - self.lo
@@ -97,10 +112,12 @@ class StepDetector:
             return
         if consecutive and self.level is not None and now != self.level:
             self.steps.append((clock_t, arrival, now))
+            self.prev.append(last_t)
         self.level = now
 
     def reset_continuity(self) -> None:
         self.level = None
+        self._last_t = None
 
 
 @dataclass

@@ -30,11 +30,12 @@ from aiortc import RTCRtpSender, RTCSessionDescription
 
 from fleet.media import Clip, PacketTrack
 from fleet.probe.adapters import ProbeFailure, adapter_for
-from fleet.probe.latency import Aligner, StepDetector
+from fleet.probe.latency import Aligner, StepDetector, lag_is_exact
 from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame
 from fleet.webrtc import new_peer_connection
 
-__all__ = ["OUTCOMES", "PHASES", "ProbeOptions", "ProbeResult", "ProbeSpec", "PromptChange", "run_probe"]
+__all__ = ["OUTCOMES", "PHASES", "ProbeOptions", "ProbeResult", "ProbeSpec", "PromptChange", "new_http_client",
+           "run_probe"]
 
 OUTCOMES = ("ok", "degraded", "failed", "skipped_no_capacity")
 PHASES = ("signaling", "ice", "dtls", "media", "pipeline", "capacity", "timeout", "tester")
@@ -49,6 +50,7 @@ PLI_EVERY_S = 0.5
 WINDOW_BEFORE_SWITCH_S = 1.0
 WINDOW_AFTER_EFFECT_S = 0.5
 WINDOW_MAX_S = 10.0
+CALIBRATE_MAX_S = 15.0        # decode continuously at most this long looking for an exact alignment
 CAP_GRACE_S = 2.0             # the session ends itself at max_s; this backstop fires only if it cannot
 
 
@@ -70,6 +72,8 @@ class ProbeOptions:
     decode: Literal["windows", "all"] = "windows"
     stall_fail_s: float = 5.0                    # output silent this long at the end: failed
     max_latency_s: float = 20.0
+    bandwidth_feedback: bool = False             # send REMB like a browser (costs ~10 % of a session's CPU)
+    check_window_s: float = 0.5
     teardown_timeout_s: float = 5.0
     verify_tls: bool = True
 
@@ -153,6 +157,13 @@ class ProbeResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def new_http_client(options: ProbeOptions | None = None) -> httpx.AsyncClient:
+    """An HTTP client for probe sessions (share one per process and per TLS setting)."""
+    options = options or ProbeOptions()
+    return httpx.AsyncClient(timeout=httpx.Timeout(options.http_timeout_s), verify=options.verify_tls,
+                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -286,25 +297,30 @@ class _Probe:
             del self.chroma[:100]
         self._check_effects()
         if self.calibrating and len(self.detector.steps) >= 3:
-            if self._align():
+            exact = self._align()
+            if exact or (self.r.latency_method and time.monotonic() - self.t0 > CALIBRATE_MAX_S):
                 self.calibrating = False
-                self.event("latency_aligned", method=self.r.latency_method, steps=len(self.detector.steps))
+                self.event("latency_aligned", method=self.r.latency_method, steps=len(self.detector.steps),
+                           exact=exact)
 
     def _input_steps(self) -> list[tuple[float, int, float]]:
         sent = self.track.sent
         return [(self.spec.clip.pts(n) / VIDEO_CLOCK, d, sent[n]) for n, d in self.track.level_steps(len(sent))]
 
     def _align(self) -> bool:
+        """Find the alignment; True once it is exact (pinned to one frame)."""
         inputs = self._input_steps()
         outs = [(t, d, a) for t, a, d in self.detector.steps]
         if self.aligner.update(outs, inputs):
             self.r.latency_method = "rtp_timestamp"
-            return True
+            return lag_is_exact(self.aligner.lag, self.detector.prev, inputs, self.aligner.matched,
+                                1 / self.spec.clip.fps)
         recv = [(a, d, a) for _, a, d in self.detector.steps]
         recv_in = [(s, d, s) for _, d, s in inputs]
         if self.recv_aligner.update(recv, recv_in):
             self.r.latency_method = "brightness_step"
             return True
+        self.r.latency_method = None
         return False
 
     def _check_effects(self) -> None:
@@ -386,7 +402,7 @@ class _Probe:
         sender.setCodecPreferences(vp8)
         recv = self.pc_out.addTransceiver("video", direction="recvonly")
         recv.setCodecPreferences(vp8)
-        self.tap = FrameTap(recv.receiver, self.on_frame, decode=False)
+        self.tap = FrameTap(recv.receiver, self.on_frame, decode=False, bandwidth_feedback=opt.bandwidth_feedback)
 
         t = time.monotonic()
         await self.pc_in.setLocalDescription(await self.pc_in.createOffer())
@@ -476,11 +492,11 @@ class _Probe:
             await asyncio.sleep(self.opt.status_every_s)
 
     async def _checks(self) -> None:
-        """A one-second decode window every ``check_every_s``: black output, alignment still holding."""
+        """A short decode window every ``check_every_s``: black output, the look, the alignment."""
         while self.opt.check_every_s:
             await asyncio.sleep(self.opt.check_every_s)
             start = time.monotonic()
-            self.windows.append((start, start + 1.0))
+            self.windows.append((start, start + self.opt.check_window_s))
 
     def _status(self, s: dict[str, Any]) -> None:
         inf = s.get("inference_status") or {}
@@ -631,36 +647,39 @@ class _Probe:
             r.outcome = "degraded"
 
 
-async def run_probe(spec: ProbeSpec, stop: asyncio.Event | None = None) -> ProbeResult:
+async def run_probe(spec: ProbeSpec, stop: asyncio.Event | None = None,
+                    client: httpx.AsyncClient | None = None) -> ProbeResult:
     """Run one session to its end and return what was measured; never raises for gateway behaviour.
 
     Setting ``stop`` ends the session early (outcome failed, phase tester, error ``stopped``) with a
-    full teardown; cancelling the task tears down too, then re-raises.
+    full teardown; cancelling the task tears down too, then re-raises. Sessions of one process
+    should share ``client`` (making one loads the CA bundle: ~20 ms of CPU).
     """
+    if client is None:
+        async with new_http_client(spec.options) as own:
+            return await run_probe(spec, stop, own)
     probe = _Probe(spec, stop)
     r = probe.r
-    limits = httpx.Timeout(spec.options.http_timeout_s)
-    async with httpx.AsyncClient(timeout=limits, verify=spec.options.verify_tls) as client:
-        try:
-            await asyncio.wait_for(probe.run(client), spec.max_s + CAP_GRACE_S)
-        except ProbeFailure as f:
-            r.outcome = "skipped_no_capacity" if f.skipped else "failed"
-            r.error_phase, r.error_class, r.error_detail = f.phase, f.error, f.detail or None
-        except asyncio.TimeoutError:
-            r.outcome, r.error_phase, r.error_class = "failed", "timeout", "session_cap"
-            r.error_detail = f"the session ran into its {spec.max_s:g} s cap"
-        except asyncio.CancelledError:
-            r.outcome, r.error_phase, r.error_class = "failed", "tester", "cancelled"
-            await probe.rtcp()
-            await probe.teardown(client)
-            probe.finish()
-            raise
-        except Exception as exc:  # noqa: BLE001 - a tester bug must still end in a result and a teardown
-            r.outcome, r.error_phase, r.error_class = "failed", "tester", type(exc).__name__
-            r.error_detail = str(exc)[:200]
-        if r.outcome == "ok":
-            await probe.rtcp()
+    try:
+        await asyncio.wait_for(probe.run(client), spec.max_s + CAP_GRACE_S)
+    except ProbeFailure as f:
+        r.outcome = "skipped_no_capacity" if f.skipped else "failed"
+        r.error_phase, r.error_class, r.error_detail = f.phase, f.error, f.detail or None
+    except asyncio.TimeoutError:
+        r.outcome, r.error_phase, r.error_class = "failed", "timeout", "session_cap"
+        r.error_detail = f"the session ran into its {spec.max_s:g} s cap"
+    except asyncio.CancelledError:
+        r.outcome, r.error_phase, r.error_class = "failed", "tester", "cancelled"
+        await probe.rtcp()
         await probe.teardown(client)
+        probe.finish()
+        raise
+    except Exception as exc:  # noqa: BLE001 - a tester bug must still end in a result and a teardown
+        r.outcome, r.error_phase, r.error_class = "failed", "tester", type(exc).__name__
+        r.error_detail = str(exc)[:200]
+    if r.outcome == "ok":
+        await probe.rtcp()
+    await probe.teardown(client)
     probe.finish()
     probe.classify()
     if r.outcome != "ok" and r.error_class:
