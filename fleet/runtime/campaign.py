@@ -1,0 +1,413 @@
+"""``fleet run``: a campaign on Ray, locally or as a Ray job.
+
+With a cluster address (``--address``, or ``RAY_ADDRESS`` as ``ray job submit``
+sets it) the campaign joins that cluster; without one it starts a private
+Ray bound to loopback and, for a ``reference`` target with no URL, the
+reference gateway, and shuts both down at the end.
+
+The driver plans the campaign, then follows the plan in real time: for each
+session it asks the broker for a lease (none: ``skipped_no_capacity``),
+dispatches the session to its region's runner, and writes each result as it
+arrives. A runner that dies fails its in-flight sessions as ``tester``
+failures and is replaced. SIGINT / SIGTERM (and ``ray job stop``) stop every
+live session (each tears its stream down), write what was gathered and exit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fleet.capacity import CapacitySnapshot, parse_capacity, static_capacity
+from fleet.errors import CapacityError, InputError
+from fleet.plan import Plan, PlannedSession, make_plan
+from fleet.prompts import render_params
+from fleet.results.sink import ParquetSink
+from fleet.runtime.broker import SlotBroker
+from fleet.scenario import NaapCapacity, Scenario, StaticCapacity, load_scenario
+
+__all__ = ["CampaignOptions", "run_campaign"]
+
+log = logging.getLogger("fleet.run")
+
+EXIT_OK, EXIT_INTERRUPTED, EXIT_TESTER = 0, 130, 4
+STOP_GRACE_S = 10.0
+POLL_S = 0.2
+REFRESH_MIN_S = 5.0
+START_GRACE_S = 5.0  # how long a due session may wait for a lease (sessions run a little past their plan)
+RUNNER_CPU = 0.1  # a runner's CPU request: the region resource places it, CPUs are its sessions'
+
+
+@dataclass
+class CampaignOptions:
+    address: str | None = None
+    seed: int = 0
+    out_dir: str | None = None
+    host_address: str = "127.0.0.1"     # tester address for ICE host candidates on a local run
+    ray_ip: str = "127.0.0.2"           # the private Ray's node address
+    progress: bool | None = None        # None: a bar when stdout is a terminal
+    gateway_url: str | None = None      # override the scenario's target URL (all regions)
+
+
+@dataclass
+class _Live:
+    session: PlannedSession
+    job: dict[str, Any]
+    lease_id: str
+    region: str
+
+
+@dataclass
+class Campaign:
+    scenario: Scenario
+    opts: CampaignOptions
+    campaign_id: str = ""
+    gateway_proc: Any = None
+    urls: dict[str, str] = field(default_factory=dict)
+    stop_signal: int | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _snapshot(scenario: Scenario, url: str) -> CapacitySnapshot:
+    source = scenario.target.capacity
+    model = scenario.workflow.pipeline
+    if isinstance(source, StaticCapacity):
+        return static_capacity(source.slots, model)
+    target = source.url if isinstance(source, NaapCapacity) else f"{url.rstrip('/')}/getNetworkCapabilities"
+    try:
+        resp = httpx.get(target, timeout=10, verify=scenario.target.verify_tls)
+        resp.raise_for_status()
+        return parse_capacity(resp.json(), model)
+    except (httpx.HTTPError, ValueError) as exc:
+        raise CapacityError(f"cannot read capacity from {target}: {exc}") from None
+
+
+def _prompt_lookup(scenario: Scenario) -> dict[tuple[str, str], Any]:
+    return {(e.set_name, e.prompt.id): e.prompt for e in scenario.prompt_pool()}
+
+
+def _job(scenario: Scenario, s: PlannedSession, campaign_id: str, url: str, prompts: dict) -> dict[str, Any]:
+    steps = []
+    for p in s.prompts:
+        prompt = prompts[(p.set, p.prompt_id)]
+        steps.append({"at_s": p.at_s, "params": render_params(scenario.workflow.params, prompt, s.seed),
+                      "prompt_id": p.prompt_id, "category": p.category})
+    return {"session_id": f"{campaign_id}-{s.index:05d}", "gateway_url": url, "duration_s": s.duration_s,
+            "orchestrator": s.orchestrator, "prompts": steps}
+
+
+def _identity(c: Campaign, plan: Plan, s: PlannedSession, region: str) -> dict[str, Any]:
+    first = s.prompts[0] if s.prompts else None
+    return {"campaign_id": c.campaign_id, "run_id": c.campaign_id, "scenario": c.scenario.name,
+            "scenario_hash": plan.scenario_hash, "model": c.scenario.workflow.pipeline, "region": region,
+            "prompt_id": first.prompt_id if first else None, "prompt_category": first.category if first else None,
+            "planned_start_s": s.start_s, "gateway": c.urls.get(region)}
+
+
+def _failed_row(c: Campaign, plan: Plan, live: _Live, outcome: str, phase: str, error: str, detail: str) -> dict:
+    return {**_identity(c, plan, live.session, live.region), "session_id": live.job["session_id"],
+            "dialect": c.scenario.target.dialect, "outcome": outcome, "error_phase": phase, "error_class": error,
+            "error_detail": detail, "started_unix": time.time(), "duration_s": 0.0,
+            "orchestrator_address": live.session.orchestrator}
+
+
+def _ray_init(c: Campaign, regions: list[str]) -> bool:
+    """Join the cluster, or start a private one on loopback. True when we started it."""
+    import ray
+
+    address = c.opts.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # no runtime_env here: inside `ray job submit` it would replace the job's (its working_dir);
+        # outside a job, the nodes run the fleet installed on them
+        ray.init(address=address, log_to_driver=False)
+        return False
+    resources = {f"region:{r}": 1000 for r in regions}
+    ray.init(address="local", _node_ip_address=c.opts.ray_ip, include_dashboard=False, log_to_driver=False,
+             resources=resources, num_cpus=os.cpu_count() or 1)
+    return True
+
+
+def _runner(region: str, c: Campaign, host_addresses: list[str] | None):
+    import ray
+
+    from fleet.runtime.runner import RegionRunner
+
+    actor = ray.remote(RegionRunner).options(resources={f"region:{region}": 1}, num_cpus=RUNNER_CPU,
+                                             max_concurrency=10_000, max_restarts=0)
+    base = str(c.scenario.base_dir) if c.scenario.base_dir else None
+    return actor.remote(region, c.scenario.model_dump(mode="json"), base, host_addresses)
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool | None) -> None:
+        self.total = total
+        self.tty = sys.stdout.isatty() if enabled is None else enabled
+        self.last_log = 0.0
+        self.bar = None
+        if self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("[bold]campaign"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+            self.task = self.bar.add_task("run", total=total, status="")
+            self.bar.start()
+
+    def update(self, done: int, live: int, counts: dict[str, int]) -> None:
+        status = f"live {live} " + " ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, status=status)
+        elif time.monotonic() - self.last_log >= 5.0 or done == self.total:
+            self.last_log = time.monotonic()
+            print(f"fleet: {done}/{self.total} sessions done, {status}", flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run_campaign(path: str, opts: CampaignOptions) -> int:
+    scenario = load_scenario(path)
+    c = Campaign(scenario, opts)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    c.campaign_id = f"{scenario.name}-{stamp}-{uuid.uuid4().hex[:4]}"
+    target = scenario.target
+    if target.token_env and target.token_env not in os.environ:
+        raise InputError(f"{path}: target.token_env names {target.token_env}, which is not set in the environment")
+    regions = [r.name for r in scenario.placement.regions]
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if c.stop_signal is None:
+            print(f"fleet: {signal.Signals(signum).name}: stopping every live session", file=sys.stderr, flush=True)
+        c.stop_signal = signum
+
+    for s in previous:
+        signal.signal(s, on_signal)
+    started_ray = False
+    try:
+        if opts.gateway_url is None and target.dialect == "reference" and not target.url and not target.region_urls:
+            from fleet.gateway.server import GatewayProcess
+
+            c.gateway_proc = GatewayProcess().__enter__()
+            print(f"fleet: reference gateway at {c.gateway_proc.url}", flush=True)
+        for r in regions:
+            url = opts.gateway_url or target.region_urls.get(r) or target.url or (c.gateway_proc and c.gateway_proc.url)
+            if not url:
+                raise InputError(f"{path}: target: no gateway URL for region {r!r} (give target.url or region_urls)")
+            c.urls[r] = url
+        snapshot = _snapshot(scenario, c.urls[regions[0]])
+        plan = make_plan(scenario, snapshot, opts.seed)
+        out = Path(opts.out_dir or scenario.outputs.dir)
+        if not out.is_absolute() and scenario.base_dir and opts.out_dir is None:
+            out = Path.cwd() / out
+        sink = ParquetSink(out, c.campaign_id, {"scenario": scenario.name, "scenario_hash": plan.scenario_hash,
+                                                 "seed": opts.seed, "planned_sessions": len(plan.sessions),
+                                                 "capacity": snapshot.summary(), "regions": regions,
+                                                 "started_at": stamp})
+        print(f"fleet: campaign {c.campaign_id}: {len(plan.sessions)} sessions over {plan.end_s:g} s, "
+              f"at most {plan.budget} at once, regions {', '.join(regions)}", flush=True)
+        prompts = _prompt_lookup(scenario)  # before Ray: in a job, ray.init may take the working dir away
+        started_ray = _ray_init(c, regions)
+        code = _drive(c, plan, snapshot, sink, prompts)
+        leaked = _leaks(c)
+        summary = _summary(c, plan, leaked)
+        sink.close(summary)
+        _print_summary(c, summary, sink.dir)
+        return code
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        if c.gateway_proc is not None:
+            c.gateway_proc.__exit__(None, None, None)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _drive(c: Campaign, plan: Plan, snapshot: CapacitySnapshot, sink: ParquetSink,  # noqa: C901
+           prompts: dict[tuple[str, str], Any]) -> int:
+    import ray
+    from ray.exceptions import RayActorError, RayError
+
+    scenario = c.scenario
+    local = not (c.opts.address or os.environ.get("RAY_ADDRESS"))
+    hosts = [c.opts.host_address] if local else None
+    runners = {r: _runner(r, c, hosts) for r in c.urls}
+    broker = SlotBroker(scenario.capacity, snapshot)
+    broker.update(snapshot)
+    pending = sorted(plan.sessions, key=lambda s: s.start_s)
+    live: dict[Any, _Live] = {}
+    counts: dict[str, int] = {}
+    done = 0
+    progress = _Progress(len(pending), c.opts.progress)
+    t0 = time.monotonic()
+    refresh_s = max(REFRESH_MIN_S, getattr(scenario.target.capacity, "refresh_s", 30.0))
+    next_refresh = t0 + refresh_s
+    tester_failures = 0
+
+    def finish(rows: list[dict[str, Any]]) -> None:
+        nonlocal done
+        for r in rows:
+            counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+        done += len(rows)
+        c.rows.extend(rows)
+        sink.write(rows)
+
+    try:
+        while pending or live:
+            now = time.monotonic()
+            if c.stop_signal is not None:
+                break
+            if now >= next_refresh and not isinstance(scenario.target.capacity, StaticCapacity):
+                try:
+                    broker.update(_snapshot(scenario, c.urls[next(iter(c.urls))]))
+                except CapacityError as exc:
+                    log.warning("%s", exc)
+                next_refresh = now + refresh_s
+            waiting = []
+            while pending and pending[0].start_s <= now - t0:
+                s = pending.pop(0)
+                region = s.region if s.region in runners else next(iter(runners))
+                job = _job(scenario, s, c.campaign_id, c.urls[region], prompts)
+                lease = broker.lease(region, preferred=s.orchestrator, duration_s=s.duration_s)
+                info = _Live(s, job, lease.id if lease else "", region)
+                if lease is None:
+                    if now - t0 < s.start_s + START_GRACE_S:
+                        waiting.append(s)
+                        continue
+                    finish([_failed_row(c, plan, info, "skipped_no_capacity", "capacity", "no_slot_leased",
+                                        "no idle slot within the campaign's caps")])
+                    continue
+                job["orchestrator"] = lease.orchestrator
+                live[runners[region].run_session.remote(job)] = info
+            pending[:0] = waiting
+            if live:
+                ready, _ = ray.wait(list(live), num_returns=len(live), timeout=POLL_S)
+            else:
+                ready = []
+                time.sleep(min(POLL_S, max(0.0, pending[0].start_s - (time.monotonic() - t0))) if pending else 0)
+            rows = []
+            for ref in ready:
+                info = live.pop(ref)
+                broker.release(info.lease_id)
+                try:
+                    row = ray.get(ref)
+                    rows.append({**row, **_identity(c, plan, info.session, info.region),
+                                 "session_id": info.job["session_id"],
+                                 "orchestrator_address": row.get("orchestrator_address") or info.job["orchestrator"]})
+                except RayActorError as exc:
+                    tester_failures += 1
+                    rows.append(_failed_row(c, plan, info, "failed", "tester", "runner_died", type(exc).__name__))
+                    if not _alive(runners[info.region]):
+                        log.warning("runner for %s died; replacing it", info.region)
+                        runners[info.region] = _runner(info.region, c, hosts)
+                except RayError as exc:
+                    tester_failures += 1
+                    rows.append(_failed_row(c, plan, info, "failed", "tester", type(exc).__name__, str(exc)[:200]))
+            finish(rows)
+            progress.update(done, len(live), counts)
+    finally:
+        if live:
+            _stop_live(c, plan, runners, live, broker, finish)
+        progress.close()
+    if c.stop_signal is not None:
+        return EXIT_INTERRUPTED
+    return EXIT_TESTER if tester_failures else EXIT_OK
+
+
+def _alive(actor: Any) -> bool:
+    import ray
+
+    try:
+        ray.get(actor.live.remote(), timeout=5)
+        return True
+    except Exception:  # noqa: BLE001 - any failure to answer is a dead runner
+        return False
+
+
+def _stop_live(c: Campaign, plan: Plan, runners: dict, live: dict, broker: SlotBroker, finish: Any) -> None:
+    """Stop every live session (each tears down its stream) and collect what they measured."""
+    import ray
+
+    for actor in runners.values():
+        try:
+            actor.stop_all.remote()
+        except Exception:  # noqa: BLE001
+            pass
+    ready, _ = ray.wait(list(live), num_returns=len(live), timeout=STOP_GRACE_S)
+    rows = []
+    for ref in list(live):
+        info = live.pop(ref)
+        broker.release(info.lease_id)
+        if ref in ready:
+            try:
+                row = ray.get(ref)
+                rows.append({**row, **_identity(c, plan, info.session, info.region),
+                             "session_id": info.job["session_id"]})
+                continue
+            except Exception:  # noqa: BLE001
+                pass
+        rows.append(_failed_row(c, plan, info, "failed", "tester", "stopped", "no result within the stop grace"))
+    finish(rows)
+
+
+def _leaks(c: Campaign) -> int | None:
+    """Streams our reference gateway still lists as open (a leak), when we run it."""
+    if c.gateway_proc is None:
+        return None
+    try:
+        return int(httpx.get(f"{c.gateway_proc.url}/debug/streams", timeout=5).json()["open"])
+    except httpx.HTTPError:
+        return None
+
+
+def _summary(c: Campaign, plan: Plan, leaked: int | None) -> dict[str, Any]:
+    import statistics
+
+    def med(key: str) -> float | None:
+        xs = [r[key] for r in c.rows if r.get(key) is not None]
+        return round(statistics.median(xs), 3) if xs else None
+
+    outcomes: dict[str, int] = {}
+    for r in c.rows:
+        outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+    return {"finished_at": dt.datetime.now(dt.timezone.utc).isoformat(), "sessions": len(c.rows),
+            "outcomes": outcomes, "startup_s_p50": med("startup_s"), "output_fps_p50": med("output_fps"),
+            "e2e_latency_ms_p50": med("e2e_latency_ms"), "jitter_coeff_p50": med("jitter_coeff"),
+            "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None,
+            "tester_bottleneck_sessions": sum(1 for r in c.rows if r.get("tester_bottleneck")),
+            "leaked_streams": leaked}
+
+
+def _print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=120)
+    table = Table("sessions", "ok", "degraded", "failed", "skipped", "startup p50 s", "fps p50", "e2e p50 ms",
+                  title=f"campaign {c.campaign_id}")
+    o = summary["outcomes"]
+    fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
+    table.add_row(str(summary["sessions"]), str(o.get("ok", 0)), str(o.get("degraded", 0)), str(o.get("failed", 0)),
+                  str(o.get("skipped_no_capacity", 0)), fmt(summary["startup_s_p50"]), fmt(summary["output_fps_p50"]),
+                  fmt(summary["e2e_latency_ms_p50"]))
+    console.print(table)
+    if summary["tester_bottleneck_sessions"]:
+        console.print(f"[yellow]{summary['tester_bottleneck_sessions']} sessions ran on a saturated tester "
+                      "(event-loop lag or CPU): their numbers include the tester's own delay[/]")
+    if summary["leaked_streams"]:
+        console.print(f"[red]the reference gateway still lists {summary['leaked_streams']} open streams[/]")
+    console.print(f"results: {out}")
+    print(json.dumps({"campaign_id": c.campaign_id, "results": str(out), **summary}), flush=True)
