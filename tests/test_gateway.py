@@ -317,7 +317,8 @@ def test_fault_disconnect_swap_and_capacity_drop():
     async def main():
         async with running(config(slots=1, orchestrators=3, faults=(
             Fault(kind="disconnect", after_s=0.5, streams=(1,), orchestrator="0xorch0"),
-            Fault(kind="orchestrator_swap", after_s=0.5, streams=(1,), orchestrator="0xorch1"),
+            # well after the disconnect has freed orch0, the only place the swap can go
+            Fault(kind="orchestrator_swap", after_s=1.5, streams=(1,), orchestrator="0xorch1"),
             Fault(kind="capacity_drop", after_s=0.2, slots=1, streams=(1,), orchestrator="0xorch2")))) as gw:
             pcs, ids = [], []
             for i in range(3):
