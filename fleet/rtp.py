@@ -100,8 +100,8 @@ class FrameTap:
         self._cur_count = 0
         self._cur_next_seq: int | None = None
         self._cur_ok = True
-        self._cur_started = False
         self._seq_unwrapped: int | None = None
+        self._kinds: dict[int, str | None] = {}
         if not decode:
             # Must happen before receive() starts the decoder thread, which takes the queue as an argument.
             receiver._RTCRtpReceiver__decoder_queue = _StarvedQueue()  # type: ignore[attr-defined]
@@ -111,8 +111,15 @@ class FrameTap:
         self._original = receiver._handle_rtp_packet
         receiver._handle_rtp_packet = self._handle  # type: ignore[method-assign]
 
-    def _codec(self, payload_type: int) -> Any:
-        return self.receiver._RTCRtpReceiver__codecs.get(payload_type)  # type: ignore[attr-defined]
+    def _kind(self, payload_type: int) -> str | None:
+        """'VP8', another codec's name, or None (unknown / retransmission); cached per payload type."""
+        kind = self._kinds.get(payload_type, "")
+        if kind == "":
+            codec = self.receiver._RTCRtpReceiver__codecs.get(payload_type)  # type: ignore[attr-defined]
+            kind = None if codec is None or codec.name.lower() == "rtx" else codec.name
+            if codec is not None:  # codecs are known once negotiated; do not cache "unknown" before that
+                self._kinds[payload_type] = kind
+        return kind
 
     async def _handle(self, packet: Any, arrival_time_ms: int) -> None:
         self.packet(packet, time.monotonic())
@@ -129,11 +136,11 @@ class FrameTap:
         return max(0, self.packets_expected - self.packets)
 
     def packet(self, packet: Any, now: float) -> None:
-        codec = self._codec(packet.payload_type)
-        if codec is None or codec.name.lower() == "rtx":
+        kind = self._kind(packet.payload_type)
+        if kind is None:
             return  # retransmissions are left to aiortc
-        if codec.name != "VP8":
-            self.unsupported = codec.name
+        if kind != "VP8":
+            self.unsupported = kind
             return
         if self.ssrc is None:
             self.ssrc = packet.ssrc
@@ -162,7 +169,6 @@ class FrameTap:
         if self._cur_ts is None:
             self._cur_ts, self._cur_first, self._cur_parts, self._cur_count = ts, now, [], 0
             self._cur_ok = bool(descriptor.partition_start and descriptor.partition_id == 0)
-            self._cur_started = self._cur_ok
             self._cur_next_seq = seq
         if self._cur_next_seq is not None and seq != self._cur_next_seq:
             self._cur_ok = False

@@ -33,12 +33,13 @@ def run(coro):
 
 
 def spec(url: str, duration_s: float = 6.0, size: int = 256, orchestrator: str | None = None,
-         switch_at: float | None = None, dialect: str = "livepeer", **options) -> ProbeSpec:
+         switch_at: float | None = None, dialect: str = "livepeer", max_jitter_coeff: float = 0.1,
+         **options) -> ProbeSpec:
     prompts = [PromptChange(0.0, {"prompt": "a watercolour fox"})]
     if switch_at is not None:
         prompts.append(PromptChange(switch_at, {"prompt": "neon city at night, rain"}))
     return ProbeSpec(url, dialect, MODEL, synthetic_clip(size, size), tuple(prompts), duration_s=duration_s,
-                     orchestrator=orchestrator, max_e2e_latency_ms=1000,
+                     orchestrator=orchestrator, max_e2e_latency_ms=1000, max_jitter_coeff=max_jitter_coeff,
                      options=ProbeOptions(**{"ice_timeout_s": 5.0, "http_timeout_s": 3.0, **options}))
 
 
@@ -58,18 +59,21 @@ def open_streams(url: str) -> int:
     return httpx.get(f"{url}/debug/streams", timeout=10).json()["open"]
 
 
+async def until_open(url: str, count: int, deadline_s: float = 15.0) -> bool:
+    """Wait (polling, with a deadline) until the gateway lists exactly ``count`` open streams."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline_s
+    async with httpx.AsyncClient() as c:
+        while loop.time() < end:
+            if (await c.get(f"{url}/debug/streams")).json()["open"] == count:
+                return True
+            await asyncio.sleep(0.1)
+    return False
+
+
 def settles_to_no_open_streams(url: str, deadline_s: float = 15.0) -> bool:
     """Streams whose signaling the gateway still holds (a timeout fault) close when it gives up."""
-    async def wait() -> bool:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + deadline_s
-        async with httpx.AsyncClient() as c:
-            while loop.time() < end:
-                if (await c.get(f"{url}/debug/streams")).json()["open"] == 0:
-                    return True
-                await asyncio.sleep(0.1)
-        return False
-    return run(wait())
+    return run(until_open(url, 0, deadline_s))
 
 
 def assert_matches_truth(r: ProbeResult, url: str) -> tuple[float, float]:
@@ -204,8 +208,9 @@ def faulty():
 
 def test_every_fault_maps_to_its_outcome_and_phase(faulty):
     async def main():
+        # jitter is not what this test is about: ten sessions on two cores make some of their own
         return await asyncio.gather(*(run_probe(spec(faulty, duration_s=7.0, size=128, orchestrator=f"0xfault-{k}",
-                                                     check_every_s=1.0, stall_fail_s=3.0))
+                                                     max_jitter_coeff=1.0, check_every_s=1.0, stall_fail_s=3.0))
                                       for k in FAULTS))
     results = dict(zip(FAULTS, run(main())))
     for kind, (_, expected) in FAULTS.items():
@@ -230,12 +235,10 @@ def test_every_fault_maps_to_its_outcome_and_phase(faulty):
 
 def test_a_full_network_is_skipped_not_failed(faulty):
     async def main():
-        hold = [asyncio.ensure_future(run_probe(spec(faulty, duration_s=4.0, size=128, orchestrator="0xfault-spare")))]
-        await asyncio.sleep(0)  # let it take the slot first
-        while open_streams(faulty) == 0:
-            await asyncio.sleep(0.05)
+        first = asyncio.ensure_future(run_probe(spec(faulty, duration_s=4.0, size=128, orchestrator="0xfault-spare")))
+        assert await until_open(faulty, 1), "the first session never took the slot"
         second = await run_probe(spec(faulty, duration_s=2.0, size=128, orchestrator="0xfault-spare"))
-        return second, await hold[0]
+        return second, await first
     second, first = run(main())
     assert (second.outcome, second.error_phase) == ("skipped_no_capacity", "capacity")
     assert first.outcome in ("ok", "degraded")
@@ -249,11 +252,7 @@ def test_cancellation_and_stop_tear_the_stream_down(gateway):
         stop = asyncio.Event()
         stopped = asyncio.ensure_future(run_probe(spec(gateway, duration_s=30.0), stop=stop))
         cancelled = asyncio.ensure_future(run_probe(spec(gateway, duration_s=30.0)))
-        async with httpx.AsyncClient() as c:
-            for _ in range(200):
-                if (await c.get(f"{gateway}/debug/streams")).json()["open"] == 2:
-                    break
-                await asyncio.sleep(0.05)
+        assert await until_open(gateway, 2), "both sessions should be streaming before they are ended"
         stop.set()
         cancelled.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -125,8 +125,7 @@ class Stream:
         self.dropped: dict[str, int] = {}
         # [seq, pts, t_in, delay_drawn_ms, delay_actual_ms | None, dropped reason, residence_ms | None]
         self.frames: list[list] = []
-        self.unsent: dict[int, int] = {}     # output RTP-clock pts -> truth index, until its packets leave
-        self.t_in_of: dict[int, float] = {}  # truth index -> arrival, until its packets leave
+        self.unsent: dict[int, int] = {}  # output RTP-clock pts -> truth index, until its packets leave
         self.prompts: list[tuple[float, str, str]] = []  # (t, prompt, params hash)
         self.events: list[tuple[float, str, dict]] = []
         self.in_rate, self.out_rate = _Rate(), _Rate()
@@ -256,9 +255,8 @@ class Stream:
                 origin.append(ts - track.first_pts90[0])
             index = self.unsent.pop((ts - origin[0]) & 0xFFFFFFFF, None)
             if index is not None and index < len(self.frames):
-                t_in = self.t_in_of.pop(index, None)
-                if t_in is not None:
-                    self.frames[index][6] = round((self.loop.time() - t_in) * 1000, 3)
+                t_in = self.t0 + self.frames[index][2]
+                self.frames[index][6] = round((self.loop.time() - t_in) * 1000, 3)
 
         dtls._send_rtp = send_rtp
 
@@ -376,9 +374,8 @@ class Stream:
             if self.whep and frame.pts is not None and frame.time_base is not None:
                 pts90 = round(frame.pts * frame.time_base * VIDEO_CLOCK)
                 if len(self.unsent) >= ARRIVALS_KEPT:
-                    self.t_in_of.pop(self.unsent.pop(next(iter(self.unsent))), None)
+                    self.unsent.pop(next(iter(self.unsent)))
                 self.unsent[pts90] = index
-                self.t_in_of[index] = t_in
         if self.frames_out == 0:
             self.event("runner_send_first_processed_segment")
         self.frames_out += 1

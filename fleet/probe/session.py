@@ -324,22 +324,23 @@ class _Probe:
         return False
 
     def _check_effects(self) -> None:
+        """For each pending prompt switch: has the look moved away from the second before it?"""
         done = []
         for i, (k, t_req) in enumerate(self.pending_effects):
-            before = [(u, v) for a, u, v in self.chroma if t_req - WINDOW_BEFORE_SWITCH_S <= a < t_req]
-            after = [(a, u, v) for a, u, v in self.chroma if a >= t_req]
             if time.monotonic() - t_req > WINDOW_MAX_S:
                 done.append(i)
                 continue
+            before = [(u, v) for a, u, v in self.chroma if t_req - WINDOW_BEFORE_SWITCH_S <= a < t_req]
+            after = [(a, u, v) for a, u, v in self.chroma if a >= t_req]
             if not before or len(after) < EFFECT_FRAMES:
                 continue
             bu = statistics.fmean(u for u, _ in before)
             bv = statistics.fmean(v for _, v in before)
             run = 0
-            for a, u, v in after:
+            for j, (_, u, v) in enumerate(after):
                 run = run + 1 if max(abs(u - bu), abs(v - bv)) > EFFECT_DELTA else 0
                 if run == EFFECT_FRAMES:
-                    first = after[after.index((a, u, v)) - EFFECT_FRAMES + 1][0]
+                    first = after[j - EFFECT_FRAMES + 1][0]
                     self.r.prompt_switch_ms[k] = round((first - t_req) * 1000, 3)
                     self.event("prompt_effect", index=k, ms=self.r.prompt_switch_ms[k])
                     self.windows.append((first, first + WINDOW_AFTER_EFFECT_S))
@@ -627,7 +628,7 @@ class _Probe:
         r, spec = self.r, self.spec
         if r.outcome != "ok":
             return
-        if r.black_frames >= BLACK_RUN and any(e[1] == "black_output" for e in r.events):
+        if any(e[1] == "black_output" for e in r.events):
             r.reasons.append("black_output")
         if self.arrivals and time.monotonic() - self.arrivals[-1] > self.opt.stall_fail_s:
             r.outcome, r.error_phase, r.error_class = "failed", "pipeline", "output_stalled"

@@ -6,7 +6,8 @@ scenario's source, refreshes it, and grants a lease only when the campaign
 stays under the capacity fraction, out of the idle reserve, under the
 per-orchestrator limit and past the stagger since the last start on that
 orchestrator. It prefers the least recently tested orchestrator. A lease
-ends when released, or when its holder stops renewing it (a dead runner).
+ends when released, or at its expiry (the session's length plus ``ttl_s``),
+so a lease whose holder died without a release cannot hold a slot for ever.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ class SlotBroker:
     clock: Callable[[], float] = time.monotonic
     ttl_s: float = 30.0
     leases: dict[str, Lease] = field(default_factory=dict)
-    last_start: dict[str, float] = field(default_factory=dict)
-    last_tested: dict[str, float] = field(default_factory=dict)
+    last_start: dict[str, float] = field(default_factory=dict)  # per orchestrator: stagger and least recent
     refused: int = 0
     snapshot_at: float = field(default=-1e18)
 
@@ -104,29 +104,15 @@ class SlotBroker:
         if not candidates:
             self.refused += 1
             return None
-        candidates.sort(key=lambda o: (o.address != preferred, self.last_tested.get(o.address, -1e9), o.address))
+        candidates.sort(key=lambda o: (o.address != preferred, self.last_start.get(o.address, -1e9), o.address))
         chosen = candidates[0]
-        self.last_start[chosen.address] = self.last_tested[chosen.address] = now
+        self.last_start[chosen.address] = now
         lease = Lease(uuid.uuid4().hex, chosen.address, chosen.uri, holder, now + ttl, now)
         self.leases[lease.id] = lease
         return lease
 
-    def renew(self, holder: str) -> int:
-        """The holder is alive: push its leases' expiry out. Returns how many it holds."""
-        now = self.clock()
-        held = [lease for lease in self.leases.values() if lease.holder == holder]
-        for lease in held:
-            lease.expires = max(lease.expires, now + self.ttl_s)
-        return len(held)
-
     def release(self, lease_id: str) -> None:
         self.leases.pop(lease_id, None)
-
-    def release_holder(self, holder: str) -> int:
-        ids = [lid for lid, lease in self.leases.items() if lease.holder == holder]
-        for lid in ids:
-            del self.leases[lid]
-        return len(ids)
 
     def state(self) -> dict[str, Any]:
         self._expire()
