@@ -322,6 +322,8 @@ class CapacityPolicy(Spec):
     max_per_orchestrator: int = Field(1, ge=1, description="Most concurrent test streams on one orchestrator.")
     stagger_s: Annotated[float, Field(ge=0)] = Field(30.0, description="Least time between two starts on one "
                                                                        "orchestrator.")
+    lease_wait_s: Annotated[float, Field(ge=0)] = Field(30.0, description="How long a due session waits for a free "
+                                                                          "slot before it is skipped_no_capacity.")
     include: tuple[str, ...] = Field((), description="Only orchestrators whose address or URI contains one of these.")
     exclude: tuple[str, ...] = Field((), description="Never orchestrators whose address or URI contains one of these.")
 

@@ -1,8 +1,10 @@
 """Campaigns on real Ray against a real reference gateway (a subprocess on loopback).
 
 - a local run: ``fleet run`` starts a private Ray on 127.0.0.2;
+- capacity shrinking mid-run: outside users take the network's idle slots while a local run goes on;
 - a two-node cluster: ``ray start --head`` on 127.0.0.2 (region east) and ``ray start --address``
-  on 127.0.0.3 (region west), the campaign submitted with ``ray job submit``.
+  on 127.0.0.3 (region west), campaigns submitted with ``ray job submit``: one across both
+  regions, one whose runner is killed mid-campaign, one cancelled with ``ray job stop``.
 After each, the gateway must list no open stream.
 """
 
@@ -15,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -44,6 +47,21 @@ def gateway():
 
 def open_streams(url: str) -> int:
     return httpx.get(f"{url}/debug/streams", timeout=10).json()["open"]
+
+
+def wait_for(what: str, check, timeout_s: float, every_s: float = 0.2):
+    """Poll ``check`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every_s)
+    pytest.fail(f"not within {timeout_s:g} s: {what}")
+
+
+def fleet_streams(url: str) -> list[dict]:
+    return httpx.get(f"{url}/debug/streams", timeout=10).json()["streams"]
 
 
 def last_json(stdout: str) -> dict:
@@ -111,3 +129,124 @@ def test_job_submitted_to_a_two_node_cluster_runs_in_both_regions(cluster, gatew
     assert {r["tester_host"] for r in rows}  # ran on the cluster's nodes
     assert all(r["outcome"] in ("ok", "degraded") for r in rows), [(r["outcome"], r["error_class"]) for r in rows]
     assert open_streams(gateway) == 0
+
+
+def test_capacity_shrinking_mid_run_is_respected(tmp_path):
+    """Outside users take all but one idle slot mid-run: once the broker's next refresh sees it, the
+    campaign runs at most one stream (on the one orchestrator with room) and skips the rest
+    itself, before the gateway has to refuse anything."""
+    scenario = tmp_path / "shrink.yaml"
+    scenario.write_text(f"extends: {TINY}\nname: shrink\n"
+                        "target: {capacity: {source: gateway, refresh_s: 1}}\n"
+                        "load: {shape: stages, stages: [{concurrency: 4, duration_s: 22}], "
+                        "session: {duration: 4, max_s: 10, min_s: 2}}\n"
+                        "capacity: {max_fraction: 1.0, idle_reserve: 0, stagger_s: 0, max_per_orchestrator: 2, "
+                        "lease_wait_s: 3}\n")
+    with GatewayProcess(config=default_config(seed=5)) as gw:
+        proc = subprocess.Popen([str(BIN / "fleet"), "run", str(scenario), "--gateway-url", gw.url, "--out",
+                                 str(tmp_path / "results"), "--no-progress"], cwd=tmp_path, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_for("3 streams open", lambda: open_streams(gw.url) >= 3, 90)
+            keep = "0x" + "0" * 39 + "1"
+            httpx.post(f"{gw.url}/debug/capacity", json={"orchestrator": keep, "take": 3}, timeout=10)
+            for i in (2, 3, 4):
+                httpx.post(f"{gw.url}/debug/capacity", json={"orchestrator": f"0x{i:040x}", "take": 100}, timeout=10)
+            t_drop = time.time()
+            stdout, stderr = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 0, stdout[-2000:] + stderr[-2000:]
+        summary = last_json(stdout)
+        streams = fleet_streams(gw.url)
+        assert open_streams(gw.url) == 0
+    settled = t_drop + 2.5  # one refresh (1 s) and margin
+    later = [s for s in streams if s["started_unix"] > settled]
+    assert later, ("no stream started after the capacity dropped", t_drop, [(s["orchestrator"][-1], s["started_unix"], s["closed_unix"]) for s in streams], [(r["outcome"], r["error_class"], r["started_at"].timestamp(), r["planned_start_s"]) for r in read_sessions(summary["results"]).to_pylist()])
+    assert {s["orchestrator"] for s in later} == {keep}
+    for s in later:  # never two of ours on the one free slot
+        overlapping = [o for o in streams if o["orchestrator"] == keep and o is not s
+                       and o["started_unix"] <= s["started_unix"] < (o["closed_unix"] or 1e18)]
+        assert not overlapping, (s, overlapping)
+    rows = read_sessions(summary["results"]).to_pylist()
+    skipped = [r for r in rows if r["outcome"] == "skipped_no_capacity"]
+    assert any(r["error_class"] == "no_slot_leased" for r in skipped)
+    # once the broker has seen the drop it keeps the campaign out; the gateway refuses nothing
+    assert all(r["error_class"] == "no_slot_leased" for r in skipped if r["started_at"].timestamp() > settled), skipped
+    assert summary["broker"]["refreshes"] >= 5
+
+
+def submit(cluster: dict, scenario: Path, out: Path, gateway: str, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], *extra,
+                           "--working-dir", str(REPO), "--", sys.executable, "-m", "fleet", "run", str(scenario),
+                           "--gateway-url", gateway, "--out", str(out), "--no-progress"],
+                          env=cluster["env"], capture_output=True, text=True, timeout=300)
+
+
+def ray_cli(cluster: dict, *args: str) -> str:
+    out = subprocess.run([str(BIN / "ray"), *args], env=cluster["env"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out.stdout
+
+
+def campaign_rows(out: Path) -> list[dict]:
+    dirs = list(out.glob("campaign=*"))
+    assert len(dirs) == 1, dirs
+    return read_sessions(dirs[0]).to_pylist()
+
+
+def test_a_runner_killed_mid_campaign_is_replaced_and_its_streams_stopped(cluster, tmp_path):
+    """SIGKILL the region's runner while its sessions stream: they become tester failures, the driver
+    stops their streams at the gateway (long before the gateway's own idle timeout), a new runner
+    takes the later sessions."""
+    scenario = tmp_path / "kill.yaml"
+    scenario.write_text(f"extends: {TINY}\nname: kill\nplacement: {{regions: [{{name: west}}]}}\n"
+                        "load: {shape: stages, stages: [{concurrency: 2, duration_s: 14}], "
+                        "session: {duration: 6, max_s: 12, min_s: 2}}\n")
+    with GatewayProcess(config=default_config(seed=7)) as gw:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            job = pool.submit(submit, cluster, scenario, tmp_path / "results", gw.url)
+            wait_for("2 streams open", lambda: open_streams(gw.url) >= 2, 120)
+            actors = json.loads(ray_cli(cluster, "list", "actors", "--address", cluster["dashboard"], "--format",
+                                        "json", "--filter", "class_name=RegionRunner", "--filter", "state=ALIVE"))
+            assert len(actors) == 1, actors
+            os.kill(int(actors[0]["pid"]), 9)
+            killed_at = time.time()
+            out = job.result(timeout=300)
+        rows = campaign_rows(tmp_path / "results")
+        assert open_streams(gw.url) == 0, "a stream of the killed runner is still open"
+        reaped = [s for s in fleet_streams(gw.url) if s["started_unix"] < killed_at and s["closed_unix"] > killed_at]
+    assert out.returncode != 0  # the campaign had tester failures
+    assert "a new runner takes over" in out.stdout + out.stderr
+    died = [r for r in rows if r["error_class"] == "runner_died"]
+    assert died and all(r["error_phase"] == "tester" and r["outcome"] == "failed" for r in died)
+    assert any("the driver stopped its stream" in r["error_detail"] for r in died)
+    assert reaped and all(s["closed_unix"] - killed_at < 20 for s in reaped)
+    after = [r for r in rows if r["outcome"] in ("ok", "degraded") and r["started_at"].timestamp() > killed_at]
+    assert after, "no session ran on the replacement runner"
+
+
+def test_a_job_stopped_mid_campaign_tears_down_and_keeps_its_results(cluster, tmp_path):
+    scenario = tmp_path / "stop.yaml"
+    scenario.write_text(f"extends: {TINY}\nname: stop\nplacement: {{regions: [{{name: east}}, {{name: west}}]}}\n"
+                        "load: {shape: stages, stages: [{concurrency: 4, duration_s: 60}], "
+                        "session: {duration: 30, max_s: 40, min_s: 2}}\n")
+    job_id = f"fleet-stop-{secrets.token_hex(4)}"
+    with GatewayProcess(config=default_config(seed=9)) as gw:
+        sub = submit(cluster, scenario, tmp_path / "results", gw.url, "--no-wait", "--submission-id", job_id,
+                     "--runtime-env-json", json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "25"}}))
+        assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-2000:]
+        wait_for("4 streams flowing", lambda: sum(1 for s in fleet_streams(gw.url)
+                                                  if s["open"] and s["frames_out"] > 30) >= 4, 120)
+        ray_cli(cluster, "job", "stop", "--address", cluster["dashboard"], job_id)
+        status = ray_cli(cluster, "job", "status", "--address", cluster["dashboard"], job_id)
+        assert "was stopped" in status, status
+        assert open_streams(gw.url) == 0
+        logs = ray_cli(cluster, "job", "logs", "--address", cluster["dashboard"], job_id)
+    assert "SIGTERM: stopping every live session" in logs, logs[-5000:]
+    rows = campaign_rows(tmp_path / "results")
+    stopped = [r for r in rows if r["error_class"] == "stopped"]
+    assert len(stopped) >= 4 and all(r["frames_received"] > 0 for r in stopped), rows

@@ -13,6 +13,7 @@ its readiness line. Routes (go-livepeer dialect as in shared/LIVEPEER.md):
     POST/GET/PATCH/DELETE /v1/streams[/{id}]            Daydream facade (Bearer token)
     POST   /process/stream/start, /process/stream/{id}/stop   BYOC facade
     GET    /debug/streams, /debug/streams/{id}          ground truth
+    POST   /debug/capacity                              other users take / give back slots (JSON)
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class ReferenceGateway:
             web.get(base + "/status", self.status),
             web.get("/getNetworkCapabilities", self.capabilities),
             web.get("/debug/streams", self.debug_list), web.get("/debug/streams/{id}", self.debug_stream),
+            web.post("/debug/capacity", self.debug_capacity),
             web.post("/v1/streams", self.dd_create), web.get("/v1/streams/{id}", self.dd_get),
             web.patch("/v1/streams/{id}", self.dd_patch), web.delete("/v1/streams/{id}", self.dd_delete),
             web.post("/process/stream/start", self.byoc_start), web.post("/process/stream/{id}/stop", self.byoc_stop),
@@ -261,6 +263,26 @@ class ReferenceGateway:
         if stream is None:
             return _error(404, "no such stream")
         return web.json_response(stream.truth())
+
+    async def debug_capacity(self, request: web.Request) -> web.Response:
+        """``{"orchestrator": "<substring>", "take": N}`` (or ``"give": N``): outside users take slots.
+
+        The slots leave the idle count of every matching orchestrator; streams already running
+        there go on. Tests use it to shrink the network's idle capacity while a campaign runs.
+        """
+        try:
+            body = await request.json()
+            match = str(body.get("orchestrator", ""))
+            take, give = int(body.get("take", 0)), int(body.get("give", 0))
+        except (ValueError, TypeError, AttributeError):
+            return _error(400, 'expected {"orchestrator": "<substring>", "take": N} or "give": N')
+        if take < 0 or give < 0:
+            return _error(400, "take and give are slot counts (>= 0)")
+        hit = [o.address for o in self.config.orchestrators if match in o.address or match in o.uri]
+        for address in hit:
+            self.network.drop_capacity(address, take)
+            self.network.restore_capacity(address, give)
+        return web.json_response({"orchestrators": hit, **self.network.capabilities()})
 
     # --- Daydream facade ---------------------------------------------------------
 

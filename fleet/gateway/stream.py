@@ -118,6 +118,7 @@ class Stream:
         self.params: dict[str, Any] = {}
         self.prompt = ""
         self.closed: str | None = None  # the reason, once closed
+        self.closed_unix: float | None = None
         self.restart_count = 0
         self.last_error: str | None = None
         self.frames_in = 0
@@ -442,7 +443,7 @@ class Stream:
         return {"id": self.id, "name": self.name, "open": self.closed is None, "closed_reason": self.closed,
                 "state": self.state(), "pipeline": self.pipeline,
                 "orchestrator": self.lease.orchestrator.address, "gpu": self.lease.gpu_id,
-                "started_unix": round(self.t0_unix, 3), "frames_in": self.frames_in, "frames_out": self.frames_out,
+                "started_unix": round(self.t0_unix, 3), "closed_unix": self.closed_unix, "frames_in": self.frames_in, "frames_out": self.frames_out,
                 "dropped": dict(self.dropped), "whep_subscribers": len(self.whep)}
 
     def truth(self) -> dict[str, Any]:
@@ -472,6 +473,7 @@ class Stream:
         if self.closed:
             return
         self.closed = reason
+        self.closed_unix = round(time.time(), 3)
         self.event("gateway_ingest_stream_closed", reason=reason)
         self.gw.released(self)
         current = asyncio.current_task()

@@ -17,7 +17,8 @@ from urllib.parse import urljoin
 
 import httpx
 
-__all__ = ["Adapter", "ByocAdapter", "DaydreamAdapter", "LivepeerAdapter", "ProbeFailure", "Started", "adapter_for"]
+__all__ = ["Adapter", "ByocAdapter", "DaydreamAdapter", "LivepeerAdapter", "ProbeFailure", "Started", "adapter_for",
+           "stop_stream"]
 
 NO_CAPACITY_MARKERS = ("gateway_no_orchestrators_available", "no orchestrators available")
 MAX_ERROR_TEXT = 200
@@ -110,10 +111,17 @@ class Adapter:
                               headers=self.auth())
         return resp.json() if resp.status_code == 200 else None
 
+    def stop_request(self) -> tuple[str, str] | None:
+        """(method, url) that stops the stream at the gateway, once it exists (no credentials in it)."""
+        if self.started and self.started.location:
+            return ("DELETE", self.started.location)
+        return None
+
     async def stop(self, client: httpx.AsyncClient) -> None:
         """Stop at the gateway: DELETE on the WHIP resource (RFC 9725) when one was given."""
-        if self.started and self.started.location:
-            await _request(client, "teardown", "DELETE", self.started.location, headers=self.auth())
+        req = self.stop_request()
+        if req:
+            await _request(client, "teardown", req[0], req[1], headers=self.auth())
 
 
 class LivepeerAdapter(Adapter):
@@ -148,9 +156,8 @@ class DaydreamAdapter(Adapter):
         resp = await _request(client, "pipeline", "GET", f"{self.base}/v1/streams/{self.name}", headers=self.auth())
         return resp.json() if resp.status_code == 200 else None
 
-    async def stop(self, client: httpx.AsyncClient) -> None:
-        if getattr(self, "created", False):
-            await _request(client, "teardown", "DELETE", f"{self.base}/v1/streams/{self.name}", headers=self.auth())
+    def stop_request(self) -> tuple[str, str] | None:
+        return ("DELETE", f"{self.base}/v1/streams/{self.name}") if getattr(self, "created", False) else None
 
 
 class ByocAdapter(Adapter):
@@ -180,9 +187,8 @@ class ByocAdapter(Adapter):
         resp = await _request(client, "pipeline", "GET", self.urls["status_url"], headers=self.auth())
         return resp.json() if resp.status_code == 200 else None
 
-    async def stop(self, client: httpx.AsyncClient) -> None:
-        if getattr(self, "urls", None):
-            await _request(client, "teardown", "POST", self.urls["stop_url"], headers=self.auth())
+    def stop_request(self) -> tuple[str, str] | None:
+        return ("POST", self.urls["stop_url"]) if getattr(self, "urls", None) else None
 
 
 ADAPTERS: dict[str, type[Adapter]] = {"livepeer": LivepeerAdapter, "reference": LivepeerAdapter,
@@ -192,3 +198,13 @@ ADAPTERS: dict[str, type[Adapter]] = {"livepeer": LivepeerAdapter, "reference": 
 def adapter_for(dialect: str, base_url: str, pipeline: str, token: str | None = None,
                 orchestrator: str | None = None) -> Adapter:
     return ADAPTERS[dialect](base_url, pipeline, token, orchestrator)
+
+
+def stop_stream(method: str, url: str, token: str | None = None, timeout_s: float = 10.0) -> bool:
+    """Stop a stream whose session died with its tester (sync, for the driver). True when the gateway took it."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        resp = httpx.request(method, url, headers=headers, timeout=timeout_s)
+    except httpx.HTTPError:
+        return False
+    return resp.status_code < 300 or resp.status_code == 404

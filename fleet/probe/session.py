@@ -20,6 +20,7 @@ import asyncio
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -96,6 +97,7 @@ class ProbeSpec:
     max_jitter_coeff: float = 0.1
     max_freeze_s: float = 2.0
     options: ProbeOptions = field(default_factory=ProbeOptions)
+    on_stream: Callable[[str, str], None] | None = None  # told (method, url) that stops the stream, once it exists
 
     def __repr__(self) -> str:  # never print the token
         return f"ProbeSpec({self.session_id!r}, {self.dialect}, {self.gateway_url})"
@@ -413,6 +415,9 @@ class _Probe:
         self.t_answer = time.monotonic()
         r.signaling_ms = _ms(self.t_answer - self.t0)
         r.stream_id = started.stream_id or self.adapter.name
+        stop_req = self.adapter.stop_request()
+        if spec.on_stream is not None and stop_req is not None:
+            spec.on_stream(*stop_req)
         try:
             await self.pc_in.setRemoteDescription(RTCSessionDescription(started.answer_sdp, "answer"))
         except (ValueError, AttributeError) as exc:

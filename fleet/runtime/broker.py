@@ -1,27 +1,40 @@
 """The slot broker: live capacity, and leases that keep a campaign inside its caps.
 
 ``SlotBroker`` is plain Python (tested without Ray); ``BrokerActor`` is the
-one Ray actor a campaign runs it in. The broker reads capacity from the
-scenario's source, refreshes it, and grants a lease only when the campaign
+one Ray actor a campaign runs it in, which also re-reads the capacity source
+every ``refresh_s``. The broker grants a lease only when the campaign
 stays under the capacity fraction, out of the idle reserve, under the
 per-orchestrator limit and past the stagger since the last start on that
 orchestrator. It prefers the least recently tested orchestrator. A lease
 ends when released, or at its expiry (the session's length plus ``ttl_s``),
 so a lease whose holder died without a release cannot hold a slot for ever.
+
+A runner attaches to its lease how to stop the stream at the gateway once
+the stream exists (method and URL, never the token); whoever releases the
+lease of a session that died with its runner gets that back and stops the
+stream itself, so a crashed tester leaves no load behind.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet.capacity import CapacitySnapshot
-from fleet.scenario import CapacityPolicy
+import httpx
 
-__all__ = ["Lease", "SlotBroker"]
+from fleet.capacity import CapacitySnapshot, parse_capacity, static_capacity
+from fleet.errors import CapacityError
+from fleet.scenario import CapacityPolicy, NaapCapacity, Scenario, StaticCapacity
+
+__all__ = ["BrokerActor", "Lease", "SlotBroker", "read_capacity"]
+
+log = logging.getLogger("fleet.broker")
+REFRESH_MIN_S = 1.0
 
 
 @dataclass
@@ -32,6 +45,8 @@ class Lease:
     holder: str
     expires: float
     granted: float = 0.0
+    stop: tuple[str, str] | None = None  # (method, url) that stops the stream at the gateway, once it exists
+    attached: float | None = None         # when the stream existed at the gateway (it holds a slot there)
 
 
 @dataclass
@@ -63,8 +78,9 @@ class SlotBroker:
         self.snapshot_at = self.clock() if taken_at is None else taken_at
 
     def _unseen(self, orchestrator: str | None = None) -> int:
-        """Our leases the snapshot cannot know of yet (granted after it was read)."""
-        return sum(1 for lease in self.leases.values() if lease.granted > self.snapshot_at
+        """Our leases the snapshot cannot know of: their streams did not exist yet when it was read."""
+        return sum(1 for lease in self.leases.values()
+                   if (lease.attached is None or lease.attached > self.snapshot_at)
                    and (orchestrator is None or lease.orchestrator == orchestrator))
 
     def budget(self) -> int:
@@ -111,10 +127,84 @@ class SlotBroker:
         self.leases[lease.id] = lease
         return lease
 
-    def release(self, lease_id: str) -> None:
-        self.leases.pop(lease_id, None)
+    def attach(self, lease_id: str, stop: tuple[str, str]) -> None:
+        lease = self.leases.get(lease_id)
+        if lease is not None:
+            lease.stop = stop
+            lease.attached = self.clock()
+
+    def release(self, lease_id: str) -> tuple[str, str] | None:
+        """End a lease; returns how to stop its stream (for a holder that died), if one was attached."""
+        lease = self.leases.pop(lease_id, None)
+        return lease.stop if lease else None
 
     def state(self) -> dict[str, Any]:
         self._expire()
         return {"leases": len(self.leases), "budget": self.budget(), "refused": self.refused,
                 "capacity": self.snapshot.summary()}
+
+
+def read_capacity(scenario: Scenario, gateway_url: str) -> CapacitySnapshot:
+    """A snapshot from the scenario's capacity source (the gateway's, NaaP's, or the static count)."""
+    source = scenario.target.capacity
+    model = scenario.workflow.pipeline
+    if isinstance(source, StaticCapacity):
+        return static_capacity(source.slots, model)
+    target = source.url if isinstance(source, NaapCapacity) else f"{gateway_url.rstrip('/')}/getNetworkCapabilities"
+    try:
+        resp = httpx.get(target, timeout=10, verify=scenario.target.verify_tls)
+        resp.raise_for_status()
+        return parse_capacity(resp.json(), model)
+    except (httpx.HTTPError, ValueError) as exc:
+        raise CapacityError(f"cannot read capacity from {target}: {exc}") from None
+
+
+class BrokerActor:
+    """The campaign's one broker, as an async Ray actor (wrapped by the driver with ``ray.remote``).
+
+    It starts from the driver's first snapshot and re-reads the source every ``refresh_s``
+    (a source that cannot be read keeps the last snapshot, with a warning in the actor's log).
+    """
+
+    def __init__(self, scenario: dict[str, Any], gateway_url: str, snapshot: CapacitySnapshot) -> None:
+        self.scenario = Scenario.model_validate(scenario)
+        self.url = gateway_url
+        self.broker = SlotBroker(self.scenario.capacity, snapshot)
+        self.broker.update(snapshot)
+        source = self.scenario.target.capacity
+        self.refresh_s = None if isinstance(source, StaticCapacity) else max(REFRESH_MIN_S, source.refresh_s)
+        self.refreshes = 0
+        self._task: asyncio.Task | None = None
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            taken_at = self.broker.clock()
+            try:
+                snapshot = await asyncio.to_thread(read_capacity, self.scenario, self.url)
+            except CapacityError as exc:
+                log.warning("%s", exc)
+                continue
+            self.broker.update(snapshot, taken_at)
+            self.refreshes += 1
+
+    def _ensure_refresh(self) -> None:
+        if self._task is None and self.refresh_s is not None:
+            self._task = asyncio.ensure_future(self._refresh())
+
+    async def lease(self, holder: str, preferred: str | None = None,
+                    duration_s: float | None = None) -> dict[str, Any] | None:
+        self._ensure_refresh()
+        lease = self.broker.lease(holder, preferred, duration_s)
+        return None if lease is None else {"id": lease.id, "orchestrator": lease.orchestrator,
+                                           "orchestrator_uri": lease.orchestrator_uri}
+
+    async def attach(self, lease_id: str, method: str, url: str) -> None:
+        self.broker.attach(lease_id, (method, url))
+
+    async def release(self, lease_id: str) -> tuple[str, str] | None:
+        return self.broker.release(lease_id)
+
+    async def state(self) -> dict[str, Any]:
+        self._ensure_refresh()
+        return {**self.broker.state(), "refreshes": self.refreshes}

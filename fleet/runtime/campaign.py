@@ -5,12 +5,14 @@ sets it) the campaign joins that cluster; without one it starts a private
 Ray bound to loopback and, for a ``reference`` target with no URL, the
 reference gateway, and shuts both down at the end.
 
-The driver plans the campaign, then follows the plan in real time: for each
-session it asks the broker for a lease (none: ``skipped_no_capacity``),
-dispatches the session to its region's runner, and writes each result as it
-arrives. A runner that dies fails its in-flight sessions as ``tester``
-failures and is replaced. SIGINT / SIGTERM (and ``ray job stop``) stop every
-live session (each tears its stream down), write what was gathered and exit.
+The driver plans the campaign, then follows the plan in real time: a due
+session asks the broker actor for a lease, waiting first come first served
+up to ``capacity.lease_wait_s`` (then it is ``skipped_no_capacity``), is
+dispatched to its region's runner, and its result is written as it arrives.
+A runner that dies fails its in-flight sessions as ``tester`` failures, the
+driver stops their streams at the gateway, and a new runner takes over.
+SIGINT / SIGTERM (and ``ray job stop``) stop every live session (each tears
+its stream down), write what was gathered and exit.
 """
 
 from __future__ import annotations
@@ -23,19 +25,20 @@ import signal
 import sys
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from fleet.capacity import CapacitySnapshot, parse_capacity, static_capacity
-from fleet.errors import CapacityError, InputError
+from fleet.capacity import CapacitySnapshot
+from fleet.errors import InputError
 from fleet.plan import Plan, PlannedSession, make_plan
 from fleet.prompts import render_params
 from fleet.results.sink import ParquetSink
-from fleet.runtime.broker import SlotBroker
-from fleet.scenario import NaapCapacity, Scenario, StaticCapacity, load_scenario
+from fleet.runtime.broker import read_capacity
+from fleet.scenario import Scenario, load_scenario
 
 __all__ = ["CampaignOptions", "run_campaign"]
 
@@ -44,8 +47,6 @@ log = logging.getLogger("fleet.run")
 EXIT_OK, EXIT_INTERRUPTED, EXIT_TESTER = 0, 130, 4
 STOP_GRACE_S = 10.0
 POLL_S = 0.2
-REFRESH_MIN_S = 5.0
-START_GRACE_S = 5.0  # how long a due session may wait for a lease (sessions run a little past their plan)
 RUNNER_CPU = 0.1  # a runner's CPU request: the region resource places it, CPUs are its sessions'
 
 
@@ -77,20 +78,11 @@ class Campaign:
     urls: dict[str, str] = field(default_factory=dict)
     stop_signal: int | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _snapshot(scenario: Scenario, url: str) -> CapacitySnapshot:
-    source = scenario.target.capacity
-    model = scenario.workflow.pipeline
-    if isinstance(source, StaticCapacity):
-        return static_capacity(source.slots, model)
-    target = source.url if isinstance(source, NaapCapacity) else f"{url.rstrip('/')}/getNetworkCapabilities"
-    try:
-        resp = httpx.get(target, timeout=10, verify=scenario.target.verify_tls)
-        resp.raise_for_status()
-        return parse_capacity(resp.json(), model)
-    except (httpx.HTTPError, ValueError) as exc:
-        raise CapacityError(f"cannot read capacity from {target}: {exc}") from None
+    broker: Any = None
+    warmup_s: float | None = None
+    stop_at: float | None = None
+    stop_s: float | None = None   # from the signal to every live session ended
+    broker_state: dict[str, Any] = field(default_factory=dict)
 
 
 def _prompt_lookup(scenario: Scenario) -> dict[tuple[str, str], Any]:
@@ -138,7 +130,7 @@ def _ray_init(c: Campaign, regions: list[str]) -> bool:
     return True
 
 
-def _runner(region: str, c: Campaign, host_addresses: list[str] | None):
+def _runner(region: str, c: Campaign, host_addresses: list[str] | None, broker: Any):
     import ray
 
     from fleet.runtime.runner import RegionRunner
@@ -146,7 +138,7 @@ def _runner(region: str, c: Campaign, host_addresses: list[str] | None):
     actor = ray.remote(RegionRunner).options(resources={f"region:{region}": 1}, num_cpus=RUNNER_CPU,
                                              max_concurrency=10_000, max_restarts=0)
     base = str(c.scenario.base_dir) if c.scenario.base_dir else None
-    return actor.remote(region, c.scenario.model_dump(mode="json"), base, host_addresses)
+    return actor.remote(region, c.scenario.model_dump(mode="json"), base, host_addresses, broker)
 
 
 class _Progress:
@@ -190,10 +182,12 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
     def on_signal(signum: int, _frame: Any) -> None:
         if c.stop_signal is None:
             print(f"fleet: {signal.Signals(signum).name}: stopping every live session", file=sys.stderr, flush=True)
+            c.stop_at = time.monotonic()
         c.stop_signal = signum
 
     for s in previous:
         signal.signal(s, on_signal)
+    _warn_job_stop_wait()
     started_ray = False
     try:
         if opts.gateway_url is None and target.dialect == "reference" and not target.url and not target.region_urls:
@@ -206,7 +200,7 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
             if not url:
                 raise InputError(f"{path}: target: no gateway URL for region {r!r} (give target.url or region_urls)")
             c.urls[r] = url
-        snapshot = _snapshot(scenario, c.urls[regions[0]])
+        snapshot = read_capacity(scenario, c.urls[regions[0]])
         plan = make_plan(scenario, snapshot, opts.seed)
         out = Path(opts.out_dir or scenario.outputs.dir)
         if not out.is_absolute() and scenario.base_dir and opts.out_dir is None:
@@ -219,6 +213,8 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
               f"at most {plan.budget} at once, regions {', '.join(regions)}", flush=True)
         prompts = _prompt_lookup(scenario)  # before Ray: in a job, ray.init may take the working dir away
         started_ray = _ray_init(c, regions)
+        for s in previous:  # Ray's core worker installs its own fatal SIGTERM handler: ours goes back on top
+            signal.signal(s, on_signal)
         code = _drive(c, plan, snapshot, sink, prompts)
         leaked = _leaks(c)
         summary = _summary(c, plan, leaked)
@@ -236,25 +232,47 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
             signal.signal(s, handler)
 
 
+def _warn_job_stop_wait() -> None:
+    """Inside a Ray job, ``ray job stop`` SIGKILLs us RAY_JOB_STOP_WAIT_TIME_S after its SIGTERM."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return
+    try:
+        wait = float(os.environ.get("RAY_JOB_STOP_WAIT_TIME_S", "3"))
+    except ValueError:
+        wait = 3.0
+    if wait < STOP_GRACE_S + 5:
+        print(f"fleet: RAY_JOB_STOP_WAIT_TIME_S is {wait:g} s: `ray job stop` may kill this campaign before its "
+              f"sessions are torn down; submit with --runtime-env-json "
+              f"'{{\"env_vars\": {{\"RAY_JOB_STOP_WAIT_TIME_S\": \"{int(STOP_GRACE_S + 10)}\"}}}}'",
+              file=sys.stderr, flush=True)
+
+
 def _drive(c: Campaign, plan: Plan, snapshot: CapacitySnapshot, sink: ParquetSink,  # noqa: C901
            prompts: dict[tuple[str, str], Any]) -> int:
     import ray
     from ray.exceptions import RayActorError, RayError
 
+    from fleet.runtime.broker import BrokerActor
+
     scenario = c.scenario
     local = not (c.opts.address or os.environ.get("RAY_ADDRESS"))
     hosts = [c.opts.host_address] if local else None
-    runners = {r: _runner(r, c, hosts) for r in c.urls}
-    broker = SlotBroker(scenario.capacity, snapshot)
-    broker.update(snapshot)
-    pending = sorted(plan.sessions, key=lambda s: s.start_s)
+    broker = ray.remote(BrokerActor).options(num_cpus=0, max_concurrency=1000, max_restarts=0).remote(
+        scenario.model_dump(mode="json"), c.urls[next(iter(c.urls))], snapshot)
+    c.broker = broker
+    runners = {r: _runner(r, c, hosts, broker) for r in c.urls}
+    t_warm = time.monotonic()
+    _warm(runners)
+    c.warmup_s = round(time.monotonic() - t_warm, 3)
+    pending = deque(sorted(plan.sessions, key=lambda s: s.start_s))
+    waiting: deque[list] = deque()  # [session, starved s]: due, waiting for a lease (first come, first served)
+    planned_now = _planned_concurrency(plan)
     live: dict[Any, _Live] = {}
     counts: dict[str, int] = {}
     done = 0
     progress = _Progress(len(pending), c.opts.progress)
     t0 = time.monotonic()
-    refresh_s = max(REFRESH_MIN_S, getattr(scenario.target.capacity, "refresh_s", 30.0))
-    next_refresh = t0 + refresh_s
+    wait_s = scenario.capacity.lease_wait_s
     tester_failures = 0
 
     def finish(rows: list[dict[str, Any]]) -> None:
@@ -265,66 +283,113 @@ def _drive(c: Campaign, plan: Plan, snapshot: CapacitySnapshot, sink: ParquetSin
         c.rows.extend(rows)
         sink.write(rows)
 
+    last = 0.0
     try:
-        while pending or live:
-            now = time.monotonic()
+        while pending or waiting or live:
             if c.stop_signal is not None:
                 break
-            if now >= next_refresh and not isinstance(scenario.target.capacity, StaticCapacity):
-                try:
-                    broker.update(_snapshot(scenario, c.urls[next(iter(c.urls))]))
-                except CapacityError as exc:
-                    log.warning("%s", exc)
-                next_refresh = now + refresh_s
-            waiting = []
-            while pending and pending[0].start_s <= now - t0:
-                s = pending.pop(0)
+            now = time.monotonic() - t0
+            while pending and pending[0].start_s <= now:
+                waiting.append([pending.popleft(), 0.0])
+            # a refusal while our own sessions (running past their plan) hold the planned slots is no
+            # shortage: the queue waits for them; only a refusal below the planned load starves it
+            if waiting and (not live or len(live) < planned_now(now)):
+                for w in waiting:
+                    w[1] += now - last
+            last = now
+            while waiting:
+                s = waiting[0][0]
                 region = s.region if s.region in runners else next(iter(runners))
-                job = _job(scenario, s, c.campaign_id, c.urls[region], prompts)
-                lease = broker.lease(region, preferred=s.orchestrator, duration_s=s.duration_s)
-                info = _Live(s, job, lease.id if lease else "", region)
+                lease = ray.get(broker.lease.remote(region, s.orchestrator, s.duration_s))
                 if lease is None:
-                    if now - t0 < s.start_s + START_GRACE_S:
-                        waiting.append(s)
-                        continue
-                    finish([_failed_row(c, plan, info, "skipped_no_capacity", "capacity", "no_slot_leased",
-                                        "no idle slot within the campaign's caps")])
-                    continue
-                job["orchestrator"] = lease.orchestrator
-                live[runners[region].run_session.remote(job)] = info
-            pending[:0] = waiting
+                    break
+                waiting.popleft()
+                job = _job(scenario, s, c.campaign_id, c.urls[region], prompts)
+                job["orchestrator"] = lease["orchestrator"]
+                job["lease_id"] = lease["id"]
+                live[runners[region].run_session.remote(job)] = _Live(s, job, lease["id"], region)
+            skipped = []
+            while waiting and waiting[0][1] > wait_s:
+                s = waiting.popleft()[0]
+                region = s.region if s.region in runners else next(iter(runners))
+                info = _Live(s, _job(scenario, s, c.campaign_id, c.urls[region], prompts), "", region)
+                skipped.append(_failed_row(c, plan, info, "skipped_no_capacity", "capacity", "no_slot_leased",
+                                           f"no idle slot within the campaign's caps for {wait_s:g} s"))
+            finish(skipped)
             if live:
                 ready, _ = ray.wait(list(live), num_returns=len(live), timeout=POLL_S)
             else:
                 ready = []
-                time.sleep(min(POLL_S, max(0.0, pending[0].start_s - (time.monotonic() - t0))) if pending else 0)
+                gap = pending[0].start_s - (time.monotonic() - t0) if pending and not waiting else POLL_S
+                time.sleep(min(POLL_S, max(0.0, gap)))
             rows = []
             for ref in ready:
                 info = live.pop(ref)
-                broker.release(info.lease_id)
                 try:
                     row = ray.get(ref)
+                    _release(c, info, died=False)
                     rows.append({**row, **_identity(c, plan, info.session, info.region),
                                  "session_id": info.job["session_id"],
                                  "orchestrator_address": row.get("orchestrator_address") or info.job["orchestrator"]})
                 except RayActorError as exc:
                     tester_failures += 1
-                    rows.append(_failed_row(c, plan, info, "failed", "tester", "runner_died", type(exc).__name__))
+                    reaped = _release(c, info, died=True)
+                    rows.append(_failed_row(c, plan, info, "failed", "tester", "runner_died",
+                                            f"{type(exc).__name__}{'; the driver stopped its stream' if reaped else ''}"))
                     if not _alive(runners[info.region]):
                         log.warning("runner for %s died; replacing it", info.region)
-                        runners[info.region] = _runner(info.region, c, hosts)
+                        print(f"fleet: the runner for region {info.region} died; its sessions count as tester "
+                              "failures and a new runner takes over", file=sys.stderr, flush=True)
+                        runners[info.region] = _runner(info.region, c, hosts, broker)
                 except RayError as exc:
                     tester_failures += 1
+                    _release(c, info, died=True)
                     rows.append(_failed_row(c, plan, info, "failed", "tester", type(exc).__name__, str(exc)[:200]))
             finish(rows)
             progress.update(done, len(live), counts)
     finally:
         if live:
-            _stop_live(c, plan, runners, live, broker, finish)
+            _stop_live(c, plan, runners, live, finish)
         progress.close()
+        try:
+            c.broker_state = ray.get(broker.state.remote(), timeout=5)
+        except Exception:  # noqa: BLE001 - the state is informative only
+            c.broker_state = {}
     if c.stop_signal is not None:
         return EXIT_INTERRUPTED
     return EXIT_TESTER if tester_failures else EXIT_OK
+
+
+def _warm(runners: dict[str, Any]) -> None:
+    """Start every runner and encode its clip before the plan's clock starts."""
+    import ray
+
+    ray.get([r.warm.remote() for r in runners.values()])
+
+
+def _planned_concurrency(plan: Plan) -> Any:
+    """t -> how many sessions the plan has running at t."""
+    import bisect
+
+    starts = sorted(s.start_s for s in plan.sessions)
+    ends = sorted(s.end_s for s in plan.sessions)
+    return lambda t: bisect.bisect_right(starts, t) - bisect.bisect_right(ends, t)
+
+
+def _release(c: Campaign, info: _Live, died: bool) -> bool:
+    """Free the session's lease; when its tester died, stop its stream at the gateway. True if we stopped one."""
+    import ray
+
+    from fleet.probe.adapters import stop_stream
+
+    try:
+        stop = ray.get(c.broker.release.remote(info.lease_id), timeout=10)
+    except Exception:  # noqa: BLE001 - a lost broker: the lease expires with it
+        return False
+    if not died or stop is None:
+        return False
+    env = c.scenario.target.token_env
+    return stop_stream(stop[0], stop[1], os.environ.get(env) if env else None)
 
 
 def _alive(actor: Any) -> bool:
@@ -337,8 +402,10 @@ def _alive(actor: Any) -> bool:
         return False
 
 
-def _stop_live(c: Campaign, plan: Plan, runners: dict, live: dict, broker: SlotBroker, finish: Any) -> None:
-    """Stop every live session (each tears down its stream) and collect what they measured."""
+def _stop_live(c: Campaign, plan: Plan, runners: dict, live: dict, finish: Any) -> None:
+    """Stop every live session (each tears down its stream) and collect what they measured.
+
+    A session with no result within the grace has its stream stopped by the driver."""
     import ray
 
     for actor in runners.values():
@@ -350,17 +417,21 @@ def _stop_live(c: Campaign, plan: Plan, runners: dict, live: dict, broker: SlotB
     rows = []
     for ref in list(live):
         info = live.pop(ref)
-        broker.release(info.lease_id)
         if ref in ready:
             try:
                 row = ray.get(ref)
+                _release(c, info, died=False)
                 rows.append({**row, **_identity(c, plan, info.session, info.region),
                              "session_id": info.job["session_id"]})
                 continue
             except Exception:  # noqa: BLE001
                 pass
-        rows.append(_failed_row(c, plan, info, "failed", "tester", "stopped", "no result within the stop grace"))
+        reaped = _release(c, info, died=True)
+        rows.append(_failed_row(c, plan, info, "failed", "tester", "stopped",
+                                "no result within the stop grace" + ("; the driver stopped its stream" if reaped else "")))
     finish(rows)
+    if c.stop_at is not None:
+        c.stop_s = round(time.monotonic() - c.stop_at, 3)
 
 
 def _leaks(c: Campaign) -> int | None:
@@ -386,8 +457,9 @@ def _summary(c: Campaign, plan: Plan, leaked: int | None) -> dict[str, Any]:
     return {"finished_at": dt.datetime.now(dt.timezone.utc).isoformat(), "sessions": len(c.rows),
             "outcomes": outcomes, "startup_s_p50": med("startup_s"), "output_fps_p50": med("output_fps"),
             "e2e_latency_ms_p50": med("e2e_latency_ms"), "jitter_coeff_p50": med("jitter_coeff"),
-            "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None,
+            "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None, "stop_s": c.stop_s,
             "tester_bottleneck_sessions": sum(1 for r in c.rows if r.get("tester_bottleneck")),
+            "broker": c.broker_state, "runner_warmup_s": c.warmup_s,
             "leaked_streams": leaked}
 
 
@@ -407,6 +479,8 @@ def _print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
     if summary["tester_bottleneck_sessions"]:
         console.print(f"[yellow]{summary['tester_bottleneck_sessions']} sessions ran on a saturated tester "
                       "(event-loop lag or CPU): their numbers include the tester's own delay[/]")
+    if summary["stopped_by"]:
+        console.print(f"stopped by {summary['stopped_by']}: every live session ended within {summary['stop_s']} s")
     if summary["leaked_streams"]:
         console.print(f"[red]the reference gateway still lists {summary['leaked_streams']} open streams[/]")
     console.print(f"results: {out}")

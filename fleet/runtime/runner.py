@@ -34,8 +34,9 @@ class RegionRunner:
     """Wrapped with ``ray.remote`` by the driver; usable directly in tests."""
 
     def __init__(self, region: str, scenario: dict[str, Any], base_dir: str | None,
-                 host_addresses: list[str] | None = None) -> None:
+                 host_addresses: list[str] | None = None, broker: Any = None) -> None:
         self.region = region
+        self.broker = broker  # the campaign's BrokerActor: told how to stop each stream, for a crash
         self.scenario = Scenario.model_validate(scenario)
         self.base_dir = base_dir
         # the tester's ICE host addresses: given for a local run, else a deployment setting of the node
@@ -80,8 +81,15 @@ class RegionRunner:
         if self._metrics:
             self._metrics[0].set(len(self.stops), tags={"region": self.region})
 
+    async def warm(self) -> float:
+        """Be ready to start sessions at once: the loop monitor runs and the clip is encoded. Returns seconds."""
+        t = time.monotonic()
+        self._start()
+        await asyncio.to_thread(clip_for, self.scenario.media, None if self.base_dir is None else Path(self.base_dir))
+        return time.monotonic() - t
+
     async def run_session(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Run one session; ``job`` has gateway_url, session_id, duration_s, prompts, orchestrator."""
+        """Run one session; ``job`` has gateway_url, session_id, duration_s, prompts, orchestrator, lease_id."""
         self._start()
         s = self.scenario
         token = os.environ.get(s.target.token_env) if s.target.token_env else None
@@ -96,7 +104,7 @@ class RegionRunner:
             orchestrator=job.get("orchestrator"), session_id=job["session_id"],
             max_startup_s=t.max_startup_s, min_output_fps=t.min_output_fps, max_e2e_latency_ms=t.max_e2e_latency_ms,
             max_jitter_coeff=t.max_jitter_coeff, max_freeze_s=t.max_freeze_s,
-            options=ProbeOptions(verify_tls=s.target.verify_tls))
+            options=ProbeOptions(verify_tls=s.target.verify_tls), on_stream=self._on_stream(job.get("lease_id")))
         stop = asyncio.Event()
         self.stops[job["session_id"]] = stop
         self._gauge()
@@ -120,6 +128,11 @@ class RegionRunner:
             if row["e2e_latency_ms"] is not None:
                 self._metrics[2].observe(row["e2e_latency_ms"], tags={"region": self.region})
         return row
+
+    def _on_stream(self, lease_id: str | None) -> Any:
+        if self.broker is None or not lease_id:
+            return None
+        return lambda method, url: self.broker.attach.remote(lease_id, method, url)
 
     async def stop_all(self) -> int:
         """End every live session now (each tears its stream down); returns how many."""
