@@ -51,7 +51,11 @@ class FleetError(Exception):
 class InputError(FleetError):
     """A user's file has one or more problems; each renders as one line."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[Problem] | str) -> None:
+        if isinstance(problems, str):  # one message that already names the file and field
+            self.problems: list[Problem] = []
+            super().__init__(problems)
+            return
         self.problems = sorted(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
 

@@ -30,3 +30,27 @@ def cli(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@dataclass
+class ClickHouse:
+    url: str
+    env: dict[str, str]   # FLEET_CLICKHOUSE_* for the fleet
+    front: object | None  # the chdb fixture (None for a real server)
+
+
+@pytest.fixture(scope="session")
+def clickhouse():
+    """ClickHouse's HTTP interface: a real server when FLEET_CLICKHOUSE_URL is set (user and password
+    from FLEET_CLICKHOUSE_USER / _PASSWORD), else the chdb fixture -- the ClickHouse engine in
+    process behind a minimal HTTP front (tests/chdb_http.py), named as such."""
+    import os
+
+    if os.environ.get("FLEET_CLICKHOUSE_URL"):
+        env = {k: v for k, v in os.environ.items() if k.startswith("FLEET_CLICKHOUSE_")}
+        yield ClickHouse(env["FLEET_CLICKHOUSE_URL"], env, None)
+        return
+    from chdb_http import ChdbHttp
+
+    with ChdbHttp() as ch:
+        yield ClickHouse(ch.url, {"FLEET_CLICKHOUSE_URL": ch.url}, ch)

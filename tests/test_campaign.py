@@ -68,21 +68,49 @@ def last_json(stdout: str) -> dict:
     return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
 
 
-def test_local_campaign_writes_results_and_leaves_no_stream_open(gateway, tmp_path):
-    out = subprocess.run([str(BIN / "fleet"), "run", str(TINY), "--gateway-url", gateway, "--out", str(tmp_path),
-                          "--no-progress"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gateway, clickhouse, tmp_path):
+    """A local run whose scenario has one impossible check: Parquet with the documented schema,
+    rows in ClickHouse, JUnit XML, the HTML report, and exit code 3 (an SLA breach)."""
+    scenario = tmp_path / "breach.yaml"
+    scenario.write_text(f"extends: {TINY}\nname: breach\n"
+                        "checks:\n"
+                        "  - {metric: failed, aggregate: rate, op: '<=', threshold: 0.5}\n"
+                        "  - {metric: e2e_latency_ms, aggregate: p50, op: '<=', threshold: 1, group_by: [region]}\n"
+                        "outputs: {junit: junit.xml, clickhouse: {url_env: FLEET_CLICKHOUSE_URL, "
+                        "user_env: FLEET_CLICKHOUSE_USER, password_env: FLEET_CLICKHOUSE_PASSWORD, "
+                        "database: fleet_e2e}}\n")
+    out = subprocess.run([str(BIN / "fleet"), "run", str(scenario), "--gateway-url", gateway, "--out", str(tmp_path),
+                          "--no-progress"], capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                         env={**os.environ, **clickhouse.env})
+    assert out.returncode == 3, out.stdout[-2000:] + out.stderr[-2000:]
     summary = last_json(out.stdout)
     assert summary["sessions"] == 2 and summary["outcomes"].get("failed", 0) == 0, summary
+    assert summary["verdict"] == {"passed": False, "breaches": 1, "goodput": summary["verdict"]["goodput"],
+                                  "sessions": 2, "counted": 2}
     table = read_sessions(summary["results"])
     assert table.schema.equals(SESSIONS, check_metadata=False)
     assert table.num_rows == 2
     rows = table.to_pylist()
-    assert {r["region"] for r in rows} == {"local"}
+    assert {r["region"] for r in rows} == {"local"} and {r["schema_version"] for r in rows} == {2}
     assert all(r["frames_received"] > 30 and r["e2e_latency_ms"] for r in rows)
-    assert all(r["orchestrator_address"] and r["prompt_id"] for r in rows)
+    assert all(r["orchestrator_address"] and r["prompt_id"] and r["gpu_id"] and r["gpu_name"] for r in rows)
     assert pq.read_table(next(Path(summary["results"]).glob("date=*/events-*.parquet"))).num_rows > 0
     assert open_streams(gateway) == 0
+    junit = (tmp_path / "junit.xml").read_text()
+    assert 'failures="1"' in junit and "p50(e2e_latency_ms) &lt;= 1 [region=local]" in junit
+    report = Path(summary["report"]).read_text()
+    assert report.count("<svg") == 5 and "BREACH" in report
+    assert summary["clickhouse"]["error"] is None and summary["clickhouse"]["rows"] > 2
+    from fleet.results.clickhouse import ClickHouseSink
+    from fleet.scenario import ClickHouseOut
+
+    sink = ClickHouseSink(ClickHouseOut(url_env="FLEET_CLICKHOUSE_URL", database="fleet_e2e"), clickhouse.env)
+    stored = sink.query("SELECT session_id, e2e_latency_ms FROM fleet_e2e.fleet_sessions WHERE campaign_id = {c:String}"
+                        " ORDER BY session_id", {"c": summary["campaign_id"]}).to_pylist()
+    assert stored == sorted(({"session_id": r["session_id"], "e2e_latency_ms": r["e2e_latency_ms"]} for r in rows),
+                            key=lambda r: r["session_id"])
+    sink.client.command("DROP DATABASE IF EXISTS fleet_e2e")
+    sink.close()
 
 
 @pytest.fixture(scope="module")

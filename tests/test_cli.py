@@ -95,3 +95,14 @@ def test_console_script_is_installed():
     assert exe.is_file(), "pip install puts the fleet script beside the interpreter"
     out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.startswith("fleet ")
+
+
+def test_run_with_an_unset_token_variable_is_one_line_naming_it(cli, tmp_path, monkeypatch):
+    monkeypatch.delenv("FLEET_TEST_TOKEN_UNSET", raising=False)
+    scenario = tmp_path / "tok.yaml"
+    scenario.write_text(f"extends: {REPO / 'tests/campaigns/tiny.yaml'}\nname: tok\n"
+                        "target: {token_env: FLEET_TEST_TOKEN_UNSET}\n")
+    out = cli("run", str(scenario), "--no-progress")
+    assert out.code == 1
+    assert out.err.strip().splitlines() == [f"{scenario}: target.token_env names FLEET_TEST_TOKEN_UNSET, "
+                                            "which is not set in the environment"]

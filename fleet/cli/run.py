@@ -15,10 +15,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="results directory (default: the scenario's outputs.dir)")
     p.add_argument("--gateway-url", metavar="URL", help="send every region's sessions to this gateway")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    p.add_argument("--junit", metavar="FILE", help="write JUnit XML of the SLA checks here (default: outputs.junit)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    opts = CampaignOptions(address=args.address, seed=args.seed, out_dir=args.out, gateway_url=args.gateway_url,
+    opts = CampaignOptions(address=args.address, seed=args.seed, out_dir=args.out, gateway_url=args.gateway_url, junit=args.junit,
                            progress=False if args.no_progress else None)
     return run_campaign(args.file, opts)

@@ -434,7 +434,8 @@ class Stream:
             "inference_status": {"fps": round(self.out_rate.fps(now), 2), "last_output_time": unix(self.last_out),
                                  "last_params": self.params, "last_params_hash": self.params_hash,
                                  "last_error": self.last_error, "restart_count": self.restart_count},
-            "orchestrator_info": {"address": o.address, "url": o.uri},
+            "orchestrator_info": {"address": o.address, "url": o.uri,  # gpu: an extension go-livepeer lacks
+                                  "gpu": {"id": self.lease.gpu_id, "name": self.lease.gpu_name}},
             "gateway_status": {"whep_url": self.gw.whep_url(self.name),
                                "ingest_metrics": {"stats": {"frames_received": self.frames_in}}},
         }

@@ -152,6 +152,8 @@ class ProbeResult:
     restart_count: int | None = None
     orchestrator_address: str | None = None
     orchestrator_url: str | None = None
+    gpu_id: str | None = None
+    gpu_name: str | None = None
     swapped: bool = False
     status_samples: list[dict[str, Any]] = field(default_factory=list)
     per_second: list[dict[str, Any]] = field(default_factory=list)
@@ -516,6 +518,9 @@ class _Probe:
             self.event("orchestrator_swap", old=self.r.orchestrator_address, new=orch["address"])
         self.r.orchestrator_address = orch.get("address") or self.r.orchestrator_address
         self.r.orchestrator_url = orch.get("url") or self.r.orchestrator_url
+        gpu = orch.get("gpu") or {}
+        self.r.gpu_id = gpu.get("id") or self.r.gpu_id
+        self.r.gpu_name = gpu.get("name") or self.r.gpu_name
         if sample["state"] != self.r.gateway_state:
             self.event("status_change", state=sample["state"])
         self.r.gateway_state = sample["state"]

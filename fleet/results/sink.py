@@ -19,15 +19,17 @@ import pyarrow.parquet as pq
 
 from fleet import __version__
 
-__all__ = ["SCHEMA_VERSION", "ParquetSink", "SESSION_FIELDS", "read_sessions"]
+__all__ = ["EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_FIELDS", "SUMMARIES", "TABLES", "ParquetSink",
+           "read_manifest", "read_sessions", "read_table"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: gpu_id, gpu_name on every row; summaries table
 
 # the identity every row carries
 _IDS = [("campaign_id", pa.string()), ("run_id", pa.string()), ("scenario", pa.string()),
         ("scenario_hash", pa.string()), ("fleet_version", pa.string()), ("schema_version", pa.int16()),
         ("session_id", pa.string()), ("region", pa.string()), ("gateway", pa.string()),
-        ("orchestrator_address", pa.string()), ("orchestrator_url", pa.string()), ("model", pa.string()),
+        ("orchestrator_address", pa.string()), ("orchestrator_url", pa.string()), ("gpu_id", pa.string()),
+        ("gpu_name", pa.string()), ("model", pa.string()),
         ("prompt_id", pa.string()), ("prompt_category", pa.string())]
 
 SESSION_FIELDS = _IDS + [
@@ -53,6 +55,11 @@ SESSIONS = pa.schema(SESSION_FIELDS, metadata={"fleet.schema_version": str(SCHEM
 SAMPLES = pa.schema(_IDS + [("t_s", pa.float64()), ("fps_out", pa.int32()), ("fps_in", pa.int32()),
                             ("latency_ms_p50", pa.float64())])
 EVENTS = pa.schema(_IDS + [("t_s", pa.float64()), ("type", pa.string()), ("data", pa.string())])
+SUMMARIES = pa.schema(_IDS[:5] + [("schema_version", pa.int16()), ("region", pa.string()), ("metric", pa.string()),
+                                  ("count", pa.int64()), ("relative_accuracy", pa.float64()),
+                                  ("sketch", pa.binary()), ("p50", pa.float64()), ("p90", pa.float64()),
+                                  ("p95", pa.float64()), ("p99", pa.float64())])
+TABLES = {"sessions": SESSIONS, "samples": SAMPLES, "events": EVENTS, "summaries": SUMMARIES}
 
 
 class ParquetSink:
@@ -81,10 +88,10 @@ class ParquetSink:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        """One batch of finished sessions (rows as the runner returns them, ids filled in)."""
+    def write(self, rows: list[dict[str, Any]]) -> dict[str, pa.Table]:
+        """One batch of finished sessions (rows as the runner returns them, ids filled in); returns its tables."""
         if not rows:
-            return
+            return {}
         self.seq += 1
         day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
         ids = [{k: r.get(k) for k, _ in _IDS} for r in rows]
@@ -97,17 +104,41 @@ class ParquetSink:
         samples = [{**i, **s} for i, r in zip(ids, rows) for s in r.get("per_second") or []]
         events = [{**i, "t_s": t, "type": kind, "data": json.dumps(data, default=str)}
                   for i, r in zip(ids, rows) for t, kind, data in r.get("events") or []]
-        self._write("sessions", pa.Table.from_pylist(sessions, SESSIONS), day)
-        self._write("samples", pa.Table.from_pylist(samples, SAMPLES), day)
-        self._write("events", pa.Table.from_pylist(events, EVENTS), day)
+        for r in sessions + samples + events:
+            r["fleet_version"], r["schema_version"] = __version__, SCHEMA_VERSION
+        tables = {"sessions": pa.Table.from_pylist(sessions, SESSIONS),
+                  "samples": pa.Table.from_pylist(samples, SAMPLES), "events": pa.Table.from_pylist(events, EVENTS)}
+        for kind, table in tables.items():
+            self._write(kind, table, day)
         self.rows += len(rows)
+        return tables
+
+    def write_summaries(self, rows: list[dict[str, Any]], ids: dict[str, Any]) -> pa.Table:
+        """The campaign's per-region sketches (fleet.results.sketches), written once at the end."""
+        self.seq += 1
+        day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+        table = pa.Table.from_pylist([{**ids, "fleet_version": __version__, "schema_version": SCHEMA_VERSION, **r}
+                                      for r in rows], SUMMARIES)
+        self._write("summaries", table, day)
+        return table
 
     def close(self, summary: dict[str, Any]) -> None:
         self._write_json(self.dir / "campaign.json", {**self.manifest, **summary})
 
 
-def read_sessions(campaign_dir: str | Path) -> pa.Table:
-    files = sorted(Path(campaign_dir).glob("date=*/sessions-*.parquet"))
+def read_table(campaign_dir: str | Path, kind: str) -> pa.Table:
+    """One of the campaign's tables (sessions, samples, events, summaries), all its batch files."""
+    schema = TABLES[kind]
+    files = sorted(Path(campaign_dir).glob(f"date=*/{kind}-*.parquet"))
     if not files:
-        return SESSIONS.empty_table()
-    return pa.concat_tables([pq.read_table(f, schema=SESSIONS) for f in files])
+        return schema.empty_table()
+    return pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
+
+
+def read_sessions(campaign_dir: str | Path) -> pa.Table:
+    return read_table(campaign_dir, "sessions")
+
+
+def read_manifest(campaign_dir: str | Path) -> dict[str, Any]:
+    path = Path(campaign_dir) / "campaign.json"
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -36,7 +36,10 @@ from fleet.capacity import CapacitySnapshot
 from fleet.errors import InputError
 from fleet.plan import Plan, PlannedSession, make_plan
 from fleet.prompts import render_params
+from fleet.results.clickhouse import ClickHouseError, ClickHouseSink
 from fleet.results.sink import ParquetSink
+from fleet.results.sketches import Sketches
+from fleet.results.verdict import evaluate, junit_xml
 from fleet.runtime.broker import read_capacity
 from fleet.scenario import Scenario, load_scenario
 
@@ -44,7 +47,8 @@ __all__ = ["CampaignOptions", "run_campaign"]
 
 log = logging.getLogger("fleet.run")
 
-EXIT_OK, EXIT_INTERRUPTED, EXIT_TESTER = 0, 130, 4
+EXIT_OK, EXIT_BREACH, EXIT_TESTER, EXIT_INTERRUPTED = 0, 3, 4, 130
+HEAVY = ("latency_samples", "per_second", "events")  # kept in Parquet, not in the driver's memory
 STOP_GRACE_S = 10.0
 POLL_S = 0.2
 RUNNER_CPU = 0.1  # a runner's CPU request: the region resource places it, CPUs are its sessions'
@@ -59,6 +63,7 @@ class CampaignOptions:
     ray_ip: str = "127.0.0.2"           # the private Ray's node address
     progress: bool | None = None        # None: a bar when stdout is a terminal
     gateway_url: str | None = None      # override the scenario's target URL (all regions)
+    junit: str | None = None            # write JUnit XML of the checks here (overrides outputs.junit)
 
 
 @dataclass
@@ -79,6 +84,11 @@ class Campaign:
     stop_signal: int | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
     broker: Any = None
+    sketches: Sketches = field(default_factory=Sketches)
+    clickhouse: Any = None
+    clickhouse_state: dict[str, Any] | None = None
+    aborted: str | None = None
+    snapshot: CapacitySnapshot | None = None
     warmup_s: float | None = None
     stop_at: float | None = None
     stop_s: float | None = None   # from the signal to every live session ended
@@ -107,11 +117,24 @@ def _identity(c: Campaign, plan: Plan, s: PlannedSession, region: str) -> dict[s
             "planned_start_s": s.start_s, "gateway": c.urls.get(region)}
 
 
+def _with_gpu(c: Campaign, row: dict[str, Any]) -> dict[str, Any]:
+    """Fill the GPU from the capacity snapshot when the gateway's status named none: its name when
+    all the orchestrator's GPUs are one model, its id when it has one GPU."""
+    if row.get("gpu_name") or c.snapshot is None or not row.get("orchestrator_address"):
+        return row
+    for o in c.snapshot.orchestrators:
+        if o.address == row["orchestrator_address"] and o.gpus:
+            names = {name for _, name in o.gpus}
+            row["gpu_name"] = names.pop() if len(names) == 1 else None
+            row["gpu_id"] = row.get("gpu_id") or (o.gpus[0][0] if len(o.gpus) == 1 else None)
+    return row
+
+
 def _failed_row(c: Campaign, plan: Plan, live: _Live, outcome: str, phase: str, error: str, detail: str) -> dict:
-    return {**_identity(c, plan, live.session, live.region), "session_id": live.job["session_id"],
+    return _with_gpu(c, {**_identity(c, plan, live.session, live.region), "session_id": live.job["session_id"],
             "dialect": c.scenario.target.dialect, "outcome": outcome, "error_phase": phase, "error_class": error,
             "error_detail": detail, "started_unix": time.time(), "duration_s": 0.0,
-            "orchestrator_address": live.session.orchestrator}
+            "orchestrator_address": live.session.orchestrator})
 
 
 def _ray_init(c: Campaign, regions: list[str]) -> bool:
@@ -201,10 +224,15 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
                 raise InputError(f"{path}: target: no gateway URL for region {r!r} (give target.url or region_urls)")
             c.urls[r] = url
         snapshot = read_capacity(scenario, c.urls[regions[0]])
+        c.snapshot = snapshot
         plan = make_plan(scenario, snapshot, opts.seed)
         out = Path(opts.out_dir or scenario.outputs.dir)
         if not out.is_absolute() and scenario.base_dir and opts.out_dir is None:
             out = Path.cwd() / out
+        if scenario.outputs.clickhouse is not None:
+            c.clickhouse = ClickHouseSink(scenario.outputs.clickhouse)  # fails early on a missing variable
+            c.clickhouse_state = {"table_prefix": scenario.outputs.clickhouse.table_prefix,
+                                  "database": scenario.outputs.clickhouse.database, "rows": 0, "error": None}
         sink = ParquetSink(out, c.campaign_id, {"scenario": scenario.name, "scenario_hash": plan.scenario_hash,
                                                  "seed": opts.seed, "planned_sessions": len(plan.sessions),
                                                  "capacity": snapshot.summary(), "regions": regions,
@@ -218,8 +246,27 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
         code = _drive(c, plan, snapshot, sink, prompts)
         leaked = _leaks(c)
         summary = _summary(c, plan, leaked)
+        summaries = sink.write_summaries(c.sketches.rows(), {"campaign_id": c.campaign_id, "run_id": c.campaign_id,
+                                                             "scenario": scenario.name,
+                                                             "scenario_hash": plan.scenario_hash})
+        _push(c, sink, {"summaries": summaries})
+        verdict = evaluate(scenario, c.rows)
+        summary["quantiles"] = c.sketches.campaign_quantiles()
+        summary["verdict"] = verdict.to_dict()
+        summary["clickhouse"] = c.clickhouse_state
         sink.close(summary)
+        if opts.junit or scenario.outputs.junit:
+            junit = Path(opts.junit or scenario.outputs.junit)
+            junit.parent.mkdir(parents=True, exist_ok=True)
+            junit.write_bytes(junit_xml(verdict, f"fleet.{scenario.name}"))
+            summary["junit"] = str(junit)
+        if scenario.outputs.report:
+            from fleet.results.report import write_report
+
+            summary["report"] = str(write_report(sink.dir))
         _print_summary(c, summary, sink.dir)
+        if code == EXIT_OK and (verdict.breached or c.aborted):
+            return EXIT_BREACH
         return code
     finally:
         if started_ray:
@@ -275,18 +322,29 @@ def _drive(c: Campaign, plan: Plan, snapshot: CapacitySnapshot, sink: ParquetSin
     wait_s = scenario.capacity.lease_wait_s
     tester_failures = 0
 
+    aborting = [ch for ch in scenario.checks if ch.abort]
+
     def finish(rows: list[dict[str, Any]]) -> None:
         nonlocal done
+        if not rows:
+            return
         for r in rows:
             counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
         done += len(rows)
-        c.rows.extend(rows)
-        sink.write(rows)
+        c.sketches.add_rows(rows)
+        _push(c, sink, sink.write(rows))
+        c.rows.extend({k: v for k, v in r.items() if k not in HEAVY} for r in rows)
+        if aborting and c.aborted is None:
+            breached = [res for res in evaluate(scenario.model_copy(update={"checks": tuple(aborting)}),
+                                                c.rows).breached]
+            if breached:
+                c.aborted = f"{breached[0].check} [{breached[0].group_label}] = {breached[0].value:g}"
+                print(f"fleet: abort check breached: {c.aborted}; stopping the campaign", file=sys.stderr, flush=True)
 
     last = 0.0
     try:
         while pending or waiting or live:
-            if c.stop_signal is not None:
+            if c.stop_signal is not None or c.aborted is not None:
                 break
             now = time.monotonic() - t0
             while pending and pending[0].start_s <= now:
@@ -328,9 +386,10 @@ def _drive(c: Campaign, plan: Plan, snapshot: CapacitySnapshot, sink: ParquetSin
                 try:
                     row = ray.get(ref)
                     _release(c, info, died=False)
-                    rows.append({**row, **_identity(c, plan, info.session, info.region),
-                                 "session_id": info.job["session_id"],
-                                 "orchestrator_address": row.get("orchestrator_address") or info.job["orchestrator"]})
+                    rows.append(_with_gpu(c, {**row, **_identity(c, plan, info.session, info.region),
+                                              "session_id": info.job["session_id"],
+                                              "orchestrator_address": row.get("orchestrator_address")
+                                              or info.job["orchestrator"]}))
                 except RayActorError as exc:
                     tester_failures += 1
                     reaped = _release(c, info, died=True)
@@ -374,6 +433,18 @@ def _planned_concurrency(plan: Plan) -> Any:
     starts = sorted(s.start_s for s in plan.sessions)
     ends = sorted(s.end_s for s in plan.sessions)
     return lambda t: bisect.bisect_right(starts, t) - bisect.bisect_right(ends, t)
+
+
+def _push(c: Campaign, sink: ParquetSink, tables: dict[str, Any]) -> None:
+    """Send a batch just written to Parquet on to ClickHouse; after a failure, Parquet alone carries on."""
+    if c.clickhouse is None or not tables or c.clickhouse_state["error"]:
+        return
+    try:
+        c.clickhouse_state["rows"] += c.clickhouse.insert_batch(c.campaign_id, sink.seq, tables)
+    except ClickHouseError as exc:
+        c.clickhouse_state["error"] = str(exc)
+        print(f"fleet: {exc}; results go on to Parquet only (load them later with `fleet results push "
+              f"{sink.dir}`)", file=sys.stderr, flush=True)
 
 
 def _release(c: Campaign, info: _Live, died: bool) -> bool:
@@ -459,7 +530,7 @@ def _summary(c: Campaign, plan: Plan, leaked: int | None) -> dict[str, Any]:
             "e2e_latency_ms_p50": med("e2e_latency_ms"), "jitter_coeff_p50": med("jitter_coeff"),
             "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None, "stop_s": c.stop_s,
             "tester_bottleneck_sessions": sum(1 for r in c.rows if r.get("tester_bottleneck")),
-            "broker": c.broker_state, "runner_warmup_s": c.warmup_s,
+            "broker": c.broker_state, "runner_warmup_s": c.warmup_s, "aborted": c.aborted,
             "leaked_streams": leaked}
 
 
@@ -483,5 +554,28 @@ def _print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
         console.print(f"stopped by {summary['stopped_by']}: every live session ended within {summary['stop_s']} s")
     if summary["leaked_streams"]:
         console.print(f"[red]the reference gateway still lists {summary['leaked_streams']} open streams[/]")
+    verdict = summary["verdict"]
+    if verdict["checks"]:
+        checks = Table("check", "group", "value", "wanted", "sessions", "verdict", title="SLA checks")
+        for ch in verdict["checks"]:
+            word = "[green]pass[/]" if ch["passed"] else "[dim]no data[/]" if ch["passed"] is None else "[red]BREACH[/]"
+            checks.add_row(ch["check"], ch["group_label"], fmt(ch["value"]), f"{ch['op']} {ch['threshold']:g}",
+                           str(ch["sessions"]), word)
+        console.print(checks)
+    console.print(f"goodput {fmt(verdict['goodput'])} · SLA score {fmt(verdict['sla'].get('score'))} "
+                  f"(coverage {fmt(verdict['sla'].get('coverage'))})")
+    if c.aborted:
+        console.print(f"[red]aborted: {c.aborted}[/]")
+    ch_state = summary.get("clickhouse")
+    if ch_state:
+        console.print(f"ClickHouse: {ch_state['rows']} rows into {ch_state['database']}.{ch_state['table_prefix']}*"
+                      + (f" [red](stopped: {ch_state['error']})[/]" if ch_state["error"] else ""))
     console.print(f"results: {out}")
-    print(json.dumps({"campaign_id": c.campaign_id, "results": str(out), **summary}), flush=True)
+    if summary.get("junit"):
+        console.print(f"JUnit XML: {summary['junit']}")
+    if summary.get("report"):
+        console.print(f"report: {summary['report']}")
+    slim = {k: v for k, v in summary.items() if k != "verdict"}
+    slim["verdict"] = {k: verdict[k] for k in ("passed", "breaches", "goodput", "sessions", "counted")}
+    slim["sla_score"] = verdict["sla"].get("score")
+    print(json.dumps({"campaign_id": c.campaign_id, "results": str(out), **slim}), flush=True)

@@ -1,0 +1,20 @@
+"""``fleet report CAMPAIGN_DIR [--out FILE]``: one self-contained HTML report of a campaign."""
+
+from __future__ import annotations
+
+import argparse
+
+from fleet.cli.compare import campaign_dir
+from fleet.results.report import write_report
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write a campaign's HTML report", description=__doc__)
+    p.add_argument("dir", metavar="CAMPAIGN_DIR", help="a campaign directory (results/campaign=ID)")
+    p.add_argument("--out", metavar="FILE", help="where to write it (default: CAMPAIGN_DIR/report.html)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(write_report(campaign_dir(args.dir), args.out))
+    return 0

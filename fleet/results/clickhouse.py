@@ -1,0 +1,171 @@
+"""The ClickHouse sink: the campaign's tables in ClickHouse, through clickhouse-connect.
+
+- **DDL** (``ddl``): one MergeTree table per Arrow table (``{prefix}sessions``, ``samples``,
+  ``events``, ``summaries``), column types derived from the schemas in fleet.results.sink,
+  partitioned by month and ordered by ``(orchestrator_address, started_at, ...)`` so a
+  per-orchestrator time range reads one contiguous range of each part.
+- **Idempotent inserts**: every batch is sent with ``insert_deduplication_token`` (campaign,
+  table, batch file); the tables keep a non-replicated deduplication window, so a batch
+  sent twice (a retry after a lost response, or ``fleet results push`` of a campaign
+  already streamed) is stored once.
+- **Retries**: a failed insert is retried with exponential backoff (0.5 s, 1 s, 2 s, 4 s).
+- **Credentials** come from the variables the scenario names (``url_env``, ``user_env``,
+  ``password_env``); they never appear in messages, which name the variable instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fleet.errors import FleetError, InputError
+from fleet.results.sink import TABLES, read_manifest
+from fleet.scenario import ClickHouseOut
+
+__all__ = ["ClickHouseError", "ClickHouseSink", "ddl", "push_campaign"]
+
+log = logging.getLogger("fleet.clickhouse")
+
+RETRIES = 4
+BACKOFF_S = 0.5
+DEDUP_WINDOW = 10_000
+# table -> (ORDER BY columns, time column for partitions); key columns are never NULL (filled before insert)
+LAYOUT = {
+    "sessions": (("orchestrator_address", "started_at", "session_id"), "started_at"),
+    "samples": (("orchestrator_address", "campaign_id", "session_id", "t_s"), None),
+    "events": (("orchestrator_address", "campaign_id", "session_id", "t_s"), None),
+    "summaries": (("campaign_id", "metric", "region"), None),
+}
+
+
+class ClickHouseError(FleetError):
+    exit_code = 1
+
+
+def _ch_type(t: pa.DataType, key: bool) -> str:
+    if pa.types.is_timestamp(t):
+        return f"DateTime64(3, '{t.tz or 'UTC'}')"
+    if pa.types.is_list(t):
+        return f"Array({_ch_type(t.value_type, True)})"
+    base = {pa.string(): "String", pa.binary(): "String", pa.float64(): "Float64", pa.int64(): "Int64",
+            pa.int32(): "Int32", pa.int16(): "Int16", pa.bool_(): "Bool"}[t]
+    return base if key else f"Nullable({base})"
+
+
+def ddl(database: str, prefix: str) -> list[str]:
+    """The statements that create the database and the four tables (idempotent)."""
+    out = [f"CREATE DATABASE IF NOT EXISTS {database}"]
+    for kind, schema in TABLES.items():
+        order, time_col = LAYOUT[kind]
+        cols = ",\n  ".join(f"`{f.name}` {_ch_type(f.type, f.name in order)}" for f in schema)
+        partition = f"PARTITION BY toYYYYMM({time_col})\n" if time_col else ""
+        out.append(f"CREATE TABLE IF NOT EXISTS {database}.{prefix}{kind} (\n  {cols}\n) ENGINE = MergeTree\n"
+                   f"{partition}ORDER BY ({', '.join(order)})\n"
+                   f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}")
+    return out
+
+
+def _prepare(kind: str, table: pa.Table) -> pa.Table:
+    """NULL keys become '' (or 0) and NULL lists []: key and array columns are not Nullable in ClickHouse."""
+    keys = LAYOUT[kind][0]
+    cols = []
+    for f, col in zip(table.schema, table.columns):
+        if f.name in keys and col.null_count:
+            col = pc.fill_null(col, "" if pa.types.is_string(f.type) else 0)
+        elif pa.types.is_list(f.type) and col.null_count:
+            col = pa.chunked_array([pa.array([v if v is not None else [] for v in col.to_pylist()], f.type)])
+        cols.append(col)
+    return pa.Table.from_arrays(cols, schema=table.schema)
+
+
+class ClickHouseSink:
+    def __init__(self, cfg: ClickHouseOut, env: dict[str, str] | None = None, retries: int = RETRIES,
+                 backoff_s: float = BACKOFF_S) -> None:
+        env = os.environ if env is None else env
+        self.cfg = cfg
+        self.retries, self.backoff_s = retries, backoff_s
+        url = env.get(cfg.url_env)
+        if not url:
+            raise InputError(f"{cfg.url_env} is not set in the environment: it holds the URL of ClickHouse's HTTP "
+                             "interface, e.g. http://host:8123 (outputs.clickhouse.url_env names the variable)")
+        parts = urlparse(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise InputError(f"{cfg.url_env} must be an http(s) URL of ClickHouse's HTTP interface")
+        self._secrets = [s for s in (parts.password, env.get(cfg.password_env or "")) if s]
+        self.where = f"ClickHouse at ${cfg.url_env}"
+        import clickhouse_connect
+
+        try:
+            self.client = clickhouse_connect.get_client(
+                host=parts.hostname, port=parts.port or (8443 if parts.scheme == "https" else 8123),
+                secure=parts.scheme == "https", compress=False,
+                username=env.get(cfg.user_env or "") or parts.username or "default",
+                password=env.get(cfg.password_env or "") or parts.password or "")
+            for stmt in ddl(cfg.database, cfg.table_prefix):
+                self.client.command(stmt)
+        except Exception as exc:  # noqa: BLE001 - any driver error becomes one clean line
+            raise ClickHouseError(f"{self.where}: {self._clean(exc)}") from None
+
+    def _clean(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text[:300]
+
+    def table(self, kind: str) -> str:
+        return f"{self.cfg.database}.{self.cfg.table_prefix}{kind}"
+
+    def insert(self, kind: str, table: pa.Table, token: str) -> int:
+        """Insert one batch (retried with backoff; a repeat of ``token`` is stored once). Returns rows sent."""
+        if table.num_rows == 0:
+            return 0
+        data = _prepare(kind, table)
+        delay = self.backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                self.client.insert_arrow(self.table(kind), data, settings={"insert_deduplication_token": token})
+                return table.num_rows
+            except Exception as exc:  # noqa: BLE001
+                if attempt == self.retries:
+                    raise ClickHouseError(f"{self.where}: insert into {self.table(kind)} failed after "
+                                          f"{attempt + 1} attempts: {self._clean(exc)}") from None
+                log.warning("%s: insert into %s failed (%s); retrying in %.1f s", self.where, self.table(kind),
+                            self._clean(exc), delay)
+                time.sleep(delay)
+                delay *= 2
+        return 0
+
+    def insert_batch(self, campaign_id: str, seq: int, tables: dict[str, pa.Table]) -> int:
+        return sum(self.insert(kind, t, f"{campaign_id}/{kind}-{seq:05d}") for kind, t in tables.items())
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> pa.Table:
+        try:
+            return self.client.query_arrow(sql, parameters=parameters or {})
+        except Exception as exc:  # noqa: BLE001
+            raise ClickHouseError(f"{self.where}: query failed: {self._clean(exc)}") from None
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def push_campaign(campaign_dir: str | Path, sink: ClickHouseSink) -> dict[str, int]:
+    """Load an existing campaign directory: every batch file, with the token its live insert used."""
+    d = Path(campaign_dir)
+    manifest = read_manifest(d)
+    if not manifest.get("campaign_id"):
+        raise InputError(f"{d}: not a campaign directory (no campaign.json with a campaign_id)")
+    counts = {kind: 0 for kind in TABLES}
+    for kind, schema in TABLES.items():
+        for f in sorted(d.glob(f"date=*/{kind}-*.parquet")):
+            seq = int(f.stem.rsplit("-", 1)[1])
+            counts[kind] += sink.insert(kind, pq.read_table(f, schema=schema),
+                                        f"{manifest['campaign_id']}/{kind}-{seq:05d}")
+    return counts

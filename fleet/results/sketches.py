@@ -1,0 +1,101 @@
+"""Mergeable distribution summaries: one DDSketch per (region, metric), merged for the campaign.
+
+A DDSketch with relative accuracy ``ALPHA`` answers every quantile q with a value within
+``ALPHA`` (1 %) of a value whose rank is exactly q in the data it saw, whatever the data
+and however the sketches were merged (Masson, Rim & Lee, VLDB 2019; the ``ddsketch``
+package). The summaries cover what per-session rows cannot hold in one number:
+
+- ``e2e_latency_ms``: every output frame's latency sample of every session;
+- ``output_fps``: every second's output frame count of every session;
+- ``startup_s``: one value per session that started.
+
+Each region's sketches are stored (``summaries`` Parquet table, serialized with the
+package's protobuf form) next to the exact per-session rows; campaign-level quantiles
+merge them. tests/test_results.py checks the bound against exact percentiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ddsketch import DDSketch
+from ddsketch.pb.ddsketch_pb2 import DDSketch as DDSketchPb
+from ddsketch.pb.proto import DDSketchProto
+
+__all__ = ["ALPHA", "QUANTILES", "SKETCHED", "Sketches", "sketch_from_bytes", "sketch_to_bytes"]
+
+ALPHA = 0.01
+QUANTILES = (0.5, 0.9, 0.95, 0.99)
+SKETCHED = ("e2e_latency_ms", "output_fps", "startup_s")
+
+
+def sketch_to_bytes(s: DDSketch) -> bytes:
+    return DDSketchProto.to_proto(s).SerializeToString()
+
+
+def sketch_from_bytes(b: bytes) -> DDSketch:
+    return DDSketchProto.from_proto(DDSketchPb.FromString(b))
+
+
+def _values(row: dict[str, Any], metric: str) -> Iterable[float]:
+    if metric == "e2e_latency_ms":
+        return (s[1] for s in row.get("latency_samples") or () if s[1] is not None)
+    if metric == "output_fps":
+        return (p["fps_out"] for p in row.get("per_second") or () if p.get("fps_out") is not None)
+    value = row.get(metric)
+    return () if value is None else (value,)
+
+
+class Sketches:
+    """Per-region sketches, fed with session rows as they finish."""
+
+    def __init__(self) -> None:
+        self.by_region: dict[tuple[str, str], DDSketch] = {}
+
+    def add_rows(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            region = row.get("region") or ""
+            for metric in SKETCHED:
+                for v in _values(row, metric):
+                    if v >= 0:
+                        key = (region, metric)
+                        if key not in self.by_region:
+                            self.by_region[key] = DDSketch(ALPHA)
+                        self.by_region[key].add(float(v))
+
+    def add_sketch(self, region: str, metric: str, sketch: DDSketch) -> None:
+        key = (region, metric)
+        if key in self.by_region:
+            self.by_region[key].merge(sketch)
+        else:
+            self.by_region[key] = sketch
+
+    def merged(self, metric: str) -> DDSketch | None:
+        out = None
+        for (_, m), s in sorted(self.by_region.items()):
+            if m != metric:
+                continue
+            if out is None:
+                out = DDSketch(ALPHA)
+            out.merge(s)
+        return out
+
+    @staticmethod
+    def quantiles(s: DDSketch | None) -> dict[str, float | None]:
+        if s is None or s.count == 0:
+            return {f"p{int(q * 100)}": None for q in QUANTILES}
+        return {f"p{int(q * 100)}": round(s.get_quantile_value(q), 3) for q in QUANTILES}
+
+    def campaign_quantiles(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for metric in SKETCHED:
+            s = self.merged(metric)
+            out[metric] = {"count": int(s.count) if s else 0, **self.quantiles(s)}
+        return out
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per (region, metric) for the ``summaries`` table."""
+        return [{"region": region, "metric": metric, "count": int(s.count), "relative_accuracy": ALPHA,
+                 "sketch": sketch_to_bytes(s), **self.quantiles(s)}
+                for (region, metric), s in sorted(self.by_region.items())]

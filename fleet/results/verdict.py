@@ -1,0 +1,214 @@
+"""SLA verdicts on a campaign's merged session rows: the scenario's checks, goodput, the SLA score.
+
+Which sessions count. A session ``skipped_no_capacity`` never ran, and a ``tester``
+failure is the fleet's own: neither counts for or against the network. They are left
+out of every metric except the ``skipped_no_capacity`` rate (over all sessions) and
+the coverage term of the SLA score.
+
+- **Checks** (``scenario.checks``): each metric's aggregate over the counted sessions,
+  overall or per group (``group_by``: orchestrator, gpu, model, region, prompt_category),
+  compared with its threshold. Percentiles are exact (linear interpolation) over
+  session values; ``rate`` is the share of counted sessions with the flag.
+- **Goodput**: the share of counted sessions that met every per-session threshold
+  (outcome ``ok``).
+- **SLA score** (../shared/LIVEPEER.md): 100 · coverage · (0.7 · reliability + 0.3 · quality),
+  reliability = 0.4 · startup success + 0.2 · no-swap rate + 0.4 · output viability,
+  quality = 0.6 · (0.6 · ptff score + 0.4 · e2e score) + 0.4 · fps score. Component
+  scores interpolate each session against a benchmark: 1 at or better than its p50 (fps:
+  its p50), 0 at or worse than its p90 (fps: its p10). The network uses a 7-day
+  benchmark; the fleet uses a baseline campaign's sessions when given one, else the
+  scenario's own thresholds (p90 = the threshold, p50 = half of it; fps: p10 = the
+  minimum, p50 = 1.25 × it). Coverage = counted sessions / (sessions − tester failures);
+  startup success = a first frame arrived; output viability = output fps at least the
+  scenario's minimum.
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from fleet.metrics import METRICS, parse_aggregate
+from fleet.scenario import CheckSpec, Scenario, SessionThresholds
+
+__all__ = ["CheckResult", "Verdict", "counted", "evaluate", "junit_xml", "metric_value", "sla_score"]
+
+GROUP_COLUMNS = {"orchestrator": "orchestrator_address", "gpu": "gpu_name", "model": "model", "region": "region",
+                 "prompt_category": "prompt_category"}
+_OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
+
+
+def counted(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sessions that ran and whose outcome is the network's (not skipped, not a tester failure)."""
+    return [r for r in rows if r["outcome"] != "skipped_no_capacity" and r.get("error_phase") != "tester"]
+
+
+def metric_value(row: dict[str, Any], metric: str) -> float | None:
+    if METRICS[metric].kind == "flag":
+        if metric == "swapped":
+            return 1.0 if row.get("swapped") else 0.0
+        return 1.0 if row["outcome"] == metric else 0.0
+    v = row.get(metric)
+    if isinstance(v, list):  # prompt_switch_ms: every switch of the session
+        return float(np.median(v)) if v else None
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def aggregate(values: list[float], how: str) -> float | None:
+    if not values:
+        return None
+    kind, q = parse_aggregate(how)
+    if kind == "percentile":
+        return float(np.percentile(values, q))
+    if kind in ("mean", "rate"):
+        return float(np.mean(values))
+    return float(min(values) if kind == "min" else max(values))
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: str
+    metric: str
+    aggregate: str
+    op: str
+    threshold: float
+    group: dict[str, str | None]
+    value: float | None
+    sessions: int
+    passed: bool | None  # None: no session had a value
+
+    @property
+    def group_label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.group.items()) or "overall"
+
+
+@dataclass
+class Verdict:
+    checks: list[CheckResult]
+    goodput: float | None
+    goodput_by: dict[str, dict[str, float]]
+    sla: dict[str, Any]
+    sessions: int
+    counted: int
+
+    @property
+    def breached(self) -> list[CheckResult]:
+        return [c for c in self.checks if c.passed is False]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": not self.breached, "breaches": len(self.breached), "goodput": self.goodput,
+                "goodput_by": self.goodput_by, "sla": self.sla, "sessions": self.sessions, "counted": self.counted,
+                "checks": [{**asdict(c), "group_label": c.group_label} for c in self.checks]}
+
+
+def _groups(rows: list[dict[str, Any]], by: tuple[str, ...]) -> dict[tuple, list[dict[str, Any]]]:
+    out: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(tuple(r.get(GROUP_COLUMNS[g]) for g in by), []).append(r)
+    return out
+
+
+def _check(check: CheckSpec, rows: list[dict[str, Any]], all_rows: list[dict[str, Any]]) -> list[CheckResult]:
+    pool = all_rows if check.metric == "skipped_no_capacity" else rows
+    results = []
+    for key, group in sorted(_groups(pool, check.group_by).items(), key=lambda kv: str(kv[0])):
+        values = [v for v in (metric_value(r, check.metric) for r in group) if v is not None]
+        value = aggregate(values, check.aggregate)
+        passed = None if value is None else _OPS[check.op](value, check.threshold)
+        results.append(CheckResult(check.label, check.metric, check.aggregate, check.op, check.threshold,
+                                   dict(zip(check.group_by, key)), None if value is None else round(value, 6),
+                                   len(values), passed))
+    return results
+
+
+def _interp(v: float | None, good: float, bad: float) -> float | None:
+    """1 at or better than ``good``, 0 at or worse than ``bad``, linear between (either direction)."""
+    if v is None:
+        return None
+    if good == bad:
+        return 1.0 if (v <= good if bad > good else v >= good) else 0.0
+    return min(1.0, max(0.0, (bad - v) / (bad - good)))
+
+
+def _benchmark(t: SessionThresholds, baseline: list[dict[str, Any]] | None) -> dict[str, tuple[float, float]]:
+    """(good, bad) anchors per component: from a baseline's sessions, else from the thresholds."""
+    def pct(metric: str, q: float) -> float | None:
+        xs = [v for v in (metric_value(r, metric) for r in baseline or []) if v is not None]
+        return float(np.percentile(xs, q)) if len(xs) >= 5 else None
+
+    out = {"startup_s": (t.max_startup_s / 2, t.max_startup_s),
+           "e2e_latency_ms": (t.max_e2e_latency_ms / 2, t.max_e2e_latency_ms),
+           "output_fps": (t.min_output_fps * 1.25, t.min_output_fps)}
+    if baseline:
+        for metric in ("startup_s", "e2e_latency_ms"):
+            p50, p90 = pct(metric, 50), pct(metric, 90)
+            if p50 is not None and p90 is not None:
+                out[metric] = (p50, p90)
+        p50, p10 = pct("output_fps", 50), pct("output_fps", 10)
+        if p50 is not None and p10 is not None:
+            out["output_fps"] = (p50, p10)
+    return out
+
+
+def sla_score(all_rows: list[dict[str, Any]], t: SessionThresholds,
+              baseline: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The network's SLA score formula over this campaign's sessions (see the module doc)."""
+    rows = counted(all_rows)
+    eligible = [r for r in all_rows if r.get("error_phase") != "tester"]
+    if not rows:
+        return {"score": None, "coverage": 0.0 if eligible else None}
+    bench = _benchmark(t, baseline)
+    mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
+
+    def component(metric: str) -> float | None:
+        return mean([s for s in (_interp(metric_value(r, metric), *bench[metric]) for r in rows) if s is not None])
+
+    coverage = len(rows) / len(eligible)
+    startup_success = mean([1.0 if r.get("startup_s") is not None else 0.0 for r in rows])
+    no_swap = mean([0.0 if r.get("swapped") else 1.0 for r in rows])
+    viable = mean([1.0 if (r.get("output_fps") or 0) >= t.min_output_fps else 0.0 for r in rows])
+    reliability = 0.4 * startup_success + 0.2 * no_swap + 0.4 * viable
+    ptff, e2e, fps = component("startup_s"), component("e2e_latency_ms"), component("output_fps")
+    quality = 0.6 * (0.6 * (ptff or 0.0) + 0.4 * (e2e or 0.0)) + 0.4 * (fps or 0.0)
+    score = 100 * coverage * (0.7 * reliability + 0.3 * quality)
+    r3 = lambda v: None if v is None else round(v, 4)  # noqa: E731
+    return {"score": round(score, 2), "coverage": r3(coverage), "reliability": r3(reliability),
+            "quality": r3(quality), "startup_success": r3(startup_success), "no_swap_rate": r3(no_swap),
+            "output_viability": r3(viable), "ptff_score": r3(ptff), "e2e_score": r3(e2e), "fps_score": r3(fps),
+            "benchmark": "baseline" if baseline else "thresholds",
+            "anchors": {k: [round(a, 3), round(b, 3)] for k, (a, b) in bench.items()}}
+
+
+def evaluate(scenario: Scenario, all_rows: list[dict[str, Any]],
+             baseline: list[dict[str, Any]] | None = None) -> Verdict:
+    rows = counted(all_rows)
+    results = [res for check in scenario.checks for res in _check(check, rows, all_rows)]
+    good = lambda rs: round(sum(1 for r in rs if r["outcome"] == "ok") / len(rs), 4) if rs else None  # noqa: E731
+    by = {name: {str(k[0]): good(v) for k, v in sorted(_groups(rows, (name,)).items(), key=lambda kv: str(kv[0]))}
+          for name in GROUP_COLUMNS}
+    return Verdict(results, good(rows), by, sla_score(all_rows, scenario.workflow.thresholds, baseline),
+                   len(all_rows), len(rows))
+
+
+def junit_xml(verdict: Verdict, suite: str) -> bytes:
+    """JUnit XML: one test case per check and group; a breach is a failure, no data is skipped."""
+    cases = verdict.checks
+    root = ET.Element("testsuites")
+    ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(cases)),
+                       failures=str(len(verdict.breached)), skipped=str(sum(1 for c in cases if c.passed is None)))
+    for c in cases:
+        tc = ET.SubElement(ts, "testcase", classname=f"{suite}.{c.metric}", name=f"{c.check} [{c.group_label}]")
+        if c.passed is False:
+            ET.SubElement(tc, "failure", message=f"{c.aggregate}({c.metric}) = {c.value:g}, wanted {c.op} "
+                                                 f"{c.threshold:g} over {c.sessions} sessions")
+        elif c.passed is None:
+            ET.SubElement(tc, "skipped", message="no session had a value")
+    props = ET.SubElement(ts, "properties")
+    for k, v in (("goodput", verdict.goodput), ("sla_score", verdict.sla.get("score"))):
+        ET.SubElement(props, "property", name=k, value=str(v))
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)

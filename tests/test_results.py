@@ -1,0 +1,254 @@
+"""Results: sketches against exact percentiles, SLA verdicts and JUnit, the ClickHouse sink (on the
+chdb fixture, or a real server with FLEET_CLICKHOUSE_URL), `fleet results push`, `fleet compare`
+and `fleet report` on real campaign directories written by the Parquet sink."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleet.errors import InputError
+from fleet.results.clickhouse import ClickHouseError, ClickHouseSink, ddl, push_campaign
+from fleet.results.compare import NUMBERS, RATES, compare
+from fleet.results.sink import SESSIONS, SUMMARIES, ParquetSink, read_sessions, read_table
+from fleet.results.sketches import ALPHA, Sketches, sketch_from_bytes
+from fleet.results.verdict import evaluate, junit_xml, sla_score
+from fleet.scenario import ClickHouseOut, Scenario, load_scenario
+
+REPO = Path(__file__).resolve().parent.parent
+ORCHS = ["0x" + f"{i:040x}" for i in (1, 2, 3)]
+
+
+def session_rows(n: int, seed: int, latency_scale: float = 1.0, fail_every: int = 0) -> list[dict]:
+    """Sessions as the runner returns them: per-frame latency samples and per-second fps included."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        lat = rng.lognormal(np.log(80 * latency_scale), 0.25, size=60)
+        failed = fail_every and i % fail_every == 0
+        rows.append({
+            "session_id": f"s{seed}-{i}", "campaign_id": f"c{seed}", "run_id": f"c{seed}", "scenario": "unit",
+            "region": ["east", "west"][i % 2], "orchestrator_address": ORCHS[i % 3], "gpu_name": "NVIDIA L40S",
+            "model": "streamdiffusion", "prompt_id": f"p{i % 4}", "prompt_category": ["portraits", "cartoon"][i % 2],
+            "dialect": "livepeer", "outcome": "failed" if failed else "ok", "error_phase": "media" if failed else None,
+            "error_class": "no_output" if failed else None, "started_unix": 1_790_000_000 + 10 * i,
+            "startup_s": None if failed else float(rng.uniform(0.8, 2.0)),
+            "output_fps": None if failed else float(rng.normal(29, 0.5)),
+            "e2e_latency_ms": None if failed else float(np.median(lat)),
+            "jitter_coeff": float(rng.uniform(0.02, 0.08)), "swapped": False, "frames_received": 600,
+            "latency_samples": [] if failed else [(k / 30, float(v), "rtp_timestamp") for k, v in enumerate(lat)],
+            "per_second": [{"t_s": t, "fps_out": int(rng.integers(28, 31)), "fps_in": 30, "latency_ms_p50": 80.0}
+                           for t in range(10)],
+            "events": [(0.0, "gateway_receive_stream_request", {})],
+        })
+    return rows
+
+
+def write_campaign(root: Path, campaign_id: str, rows: list[dict], batch: int = 7) -> Path:
+    sink = ParquetSink(root, campaign_id, {"scenario": "unit", "regions": ["east", "west"]})
+    sk = Sketches()
+    for i in range(0, len(rows), batch):
+        part = [{**r, "campaign_id": campaign_id, "run_id": campaign_id} for r in rows[i:i + batch]]
+        sink.write(part)
+        sk.add_rows(part)
+    sink.write_summaries(sk.rows(), {"campaign_id": campaign_id, "run_id": campaign_id, "scenario": "unit"})
+    sink.close({"verdict": None})
+    return sink.dir
+
+
+# --- sketches ----------------------------------------------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.floats(0.5, 5000, allow_nan=False), min_size=1, max_size=400), min_size=1, max_size=5))
+def test_merged_regional_sketches_are_within_the_documented_bound(regions):
+    sk = Sketches()
+    for i, values in enumerate(regions):
+        sk.add_rows([{"region": f"r{i}", "latency_samples": [(0, v, "m") for v in values]}])
+    exact = np.sort(np.concatenate([np.array(v) for v in regions]))
+    merged = sk.merged("e2e_latency_ms")
+    assert merged.count == len(exact)
+    for q in (0.5, 0.9, 0.95, 0.99):
+        truth = exact[int(q * (len(exact) - 1))]  # the value of rank q, as DDSketch defines it
+        assert abs(merged.get_quantile_value(q) - truth) <= ALPHA * truth + 1e-9, (q, truth)
+
+
+def test_summaries_round_trip_through_parquet(tmp_path):
+    d = write_campaign(tmp_path, "c-sk", session_rows(40, 1))
+    table = read_table(d, "summaries")
+    assert table.schema.equals(SUMMARIES, check_metadata=False)
+    assert {(r["region"], r["metric"]) for r in table.to_pylist()} >= {("east", "e2e_latency_ms"),
+                                                                         ("west", "output_fps")}
+    sk = Sketches()
+    for r in table.to_pylist():
+        sk.add_sketch(r["region"], r["metric"], sketch_from_bytes(r["sketch"]))
+    exact = np.sort([s[1] for r in session_rows(40, 1) for s in r["latency_samples"]])
+    p95 = sk.campaign_quantiles()["e2e_latency_ms"]["p95"]
+    assert abs(p95 - exact[int(0.95 * (len(exact) - 1))]) <= ALPHA * p95 + 1e-3
+
+
+# --- verdicts ----------------------------------------------------------------------------------
+
+def scenario_with(checks: str) -> Scenario:
+    text = (REPO / "tests/campaigns/tiny.yaml").read_text()
+    return load_scenario_text(text + f"checks:\n{checks}")
+
+
+def load_scenario_text(text: str) -> Scenario:
+    path = REPO / "tests" / "campaigns" / f".tmp-{secrets.token_hex(4)}.yaml"
+    path.write_text(text)
+    try:
+        return load_scenario(path)
+    finally:
+        path.unlink()
+
+
+def test_checks_overall_and_per_group_with_skips_and_tester_failures_left_out():
+    rows = session_rows(30, 2, fail_every=5)  # 6 failed of 30
+    rows += [{**rows[1], "session_id": "skip", "outcome": "skipped_no_capacity", "error_phase": "capacity"},
+             {**rows[1], "session_id": "tester", "outcome": "failed", "error_phase": "tester"}]
+    s = scenario_with("  - {metric: failed, aggregate: rate, op: '<=', threshold: 0.1}\n"
+                      "  - {metric: e2e_latency_ms, aggregate: p50, op: '<=', threshold: 1, group_by: [orchestrator]}\n"
+                      "  - {metric: skipped_no_capacity, aggregate: rate, op: '<', threshold: 0.5}\n")
+    v = evaluate(s, rows)
+    by = {(c.check, c.group_label): c for c in v.checks}
+    failed = by[("rate(failed) <= 0.1", "overall")]
+    assert failed.sessions == 30 and failed.value == pytest.approx(6 / 30) and failed.passed is False
+    lat = [c for c in v.checks if c.metric == "e2e_latency_ms"]
+    assert {c.group["orchestrator"] for c in lat} == set(ORCHS) and all(c.passed is False for c in lat)
+    o1 = [r["e2e_latency_ms"] for r in rows[:30] if r["orchestrator_address"] == ORCHS[0] and r["e2e_latency_ms"]]
+    assert by[("p50(e2e_latency_ms) <= 1", f"orchestrator={ORCHS[0]}")].value == pytest.approx(np.percentile(o1, 50))
+    skipped = by[("rate(skipped_no_capacity) < 0.5", "overall")]
+    assert skipped.sessions == 32 and skipped.value == pytest.approx(1 / 32) and skipped.passed
+    assert v.goodput == pytest.approx(24 / 30) and v.counted == 30
+    assert v.goodput_by["region"]["east"] == pytest.approx(
+        sum(1 for r in rows[:30] if r["region"] == "east" and r["outcome"] == "ok")
+        / sum(1 for r in rows[:30] if r["region"] == "east"))
+    xml = ET.fromstring(junit_xml(v, "fleet.unit"))
+    suite = xml.find("testsuite")
+    assert int(suite.get("tests")) == len(v.checks) and int(suite.get("failures")) == len(v.breached) == 4
+    assert len(suite.findall("testcase/failure")) == 4
+
+
+def test_sla_score_follows_the_network_formula():
+    t = load_scenario(REPO / "tests/campaigns/tiny.yaml").workflow.thresholds
+    good = {"outcome": "ok", "startup_s": t.max_startup_s / 4, "e2e_latency_ms": t.max_e2e_latency_ms / 4,
+            "output_fps": t.min_output_fps * 2, "swapped": False}
+    bad = {"outcome": "failed", "error_phase": "media", "startup_s": None, "e2e_latency_ms": None,
+           "output_fps": 0.0, "swapped": True}
+    skipped = {"outcome": "skipped_no_capacity", "error_phase": "capacity"}
+    assert sla_score([good] * 4, t)["score"] == 100.0
+    s = sla_score([good] * 3 + [bad] + [skipped], t)
+    # coverage 4/5; reliability 0.4*3/4 + 0.2*3/4 + 0.4*3/4 = 0.75;
+    # quality 0.6*(0.6*1 + 0.4*1) + 0.4*(3/4): the failed session's 0 fps scores 0, its missing latencies nothing
+    assert s["coverage"] == 0.8 and s["reliability"] == 0.75 and s["quality"] == 0.9
+    assert s["score"] == pytest.approx(100 * 0.8 * (0.7 * 0.75 + 0.3 * 0.9), abs=0.01) == 63.6
+    half = {**good, "startup_s": t.max_startup_s * 0.75}  # halfway between p50 (max/2) and p90 (max)
+    assert sla_score([half], t)["ptff_score"] == pytest.approx(0.5)
+
+
+# --- ClickHouse ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def ch_cfg(clickhouse):
+    cfg = ClickHouseOut(url_env="FLEET_CLICKHOUSE_URL", user_env="FLEET_CLICKHOUSE_USER",
+                        password_env="FLEET_CLICKHOUSE_PASSWORD", database=f"fleet_t{secrets.token_hex(3)}")
+    yield cfg
+    sink = ClickHouseSink(cfg, clickhouse.env)
+    sink.client.command(f"DROP DATABASE IF EXISTS {cfg.database}")
+    sink.close()
+
+
+def count(sink: ClickHouseSink, kind: str, campaign: str) -> int:
+    return sink.query(f"SELECT count() AS n FROM {sink.table(kind)} WHERE campaign_id = {{c:String}}",
+                      {"c": campaign}).column("n")[0].as_py()
+
+
+def test_clickhouse_push_is_idempotent_and_survives_a_lost_response(clickhouse, ch_cfg, tmp_path, cli, monkeypatch):
+    rows = session_rows(25, 3, fail_every=6)
+    d = write_campaign(tmp_path, "c-push", rows)
+    sink = ClickHouseSink(ch_cfg, clickhouse.env, backoff_s=0.01)
+    counts = push_campaign(d, sink)
+    assert counts["sessions"] == 25 and counts["samples"] == 250 and counts["events"] == 25
+    assert count(sink, "sessions", "c-push") == 25 and count(sink, "samples", "c-push") == 250
+    for k, v in clickhouse.env.items():
+        monkeypatch.setenv(k, v)
+    again = cli("results", "push", str(d), "--database", ch_cfg.database)  # the same batches once more
+    assert again.code == 0 and "sessions 25" in again.out, again.err
+    assert count(sink, "sessions", "c-push") == 25 and count(sink, "events", "c-push") == 25
+    if clickhouse.front is not None:  # the fixture can lose a response after the engine took the rows
+        more = write_campaign(tmp_path, "c-retry", session_rows(8, 4))
+        clickhouse.front.fail_after_commit = 1
+        push_campaign(more, sink)
+        assert clickhouse.front.fail_after_commit == 0, "the fault was never hit"
+        assert count(sink, "sessions", "c-retry") == 8
+    table = read_sessions(d)
+    per_orch = sink.query(f"SELECT orchestrator_address AS o, count() AS n, avg(e2e_latency_ms) AS lat "
+                          f"FROM {sink.table('sessions')} WHERE campaign_id = 'c-push' AND orchestrator_address = "
+                          "{o:String} AND started_at BETWEEN {a:DateTime64(3)} AND {b:DateTime64(3)} GROUP BY o",
+                          {"o": ORCHS[1], "a": table.column("started_at")[0].as_py(),
+                           "b": table.column("started_at")[-1].as_py()}).to_pylist()
+    ours = [r for r in rows if r["orchestrator_address"] == ORCHS[1]]
+    assert per_orch[0]["n"] == len(ours)
+    assert per_orch[0]["lat"] == pytest.approx(np.mean([r["e2e_latency_ms"] for r in ours
+                                                        if r["e2e_latency_ms"] is not None]))
+    sink.close()
+
+
+def test_clickhouse_ddl_orders_for_per_orchestrator_time_ranges():
+    stmts = ddl("fleet", "fleet_")
+    sessions = next(s for s in stmts if "fleet.fleet_sessions" in s)
+    assert "ORDER BY (orchestrator_address, started_at, session_id)" in sessions
+    assert "PARTITION BY toYYYYMM(started_at)" in sessions and "non_replicated_deduplication_window" in sessions
+    assert len(stmts) == 5 and all(f.name in sessions for f in SESSIONS)
+
+
+def test_clickhouse_errors_name_the_variable_never_the_secret(clickhouse):
+    password = "hunter2-" + secrets.token_hex(4)
+    env = {"FLEET_CLICKHOUSE_URL": f"http://default:{password}@127.0.0.1:9", "FLEET_CLICKHOUSE_PASSWORD": password}
+    cfg = ClickHouseOut(url_env="FLEET_CLICKHOUSE_URL", password_env="FLEET_CLICKHOUSE_PASSWORD")
+    with pytest.raises(ClickHouseError) as err:
+        ClickHouseSink(cfg, env)
+    assert "$FLEET_CLICKHOUSE_URL" in str(err.value) and password not in str(err.value)
+    with pytest.raises(InputError, match="FLEET_CLICKHOUSE_URL is not set"):
+        ClickHouseSink(cfg, {})
+
+
+# --- compare and report --------------------------------------------------------------------------
+
+def test_compare_flags_a_planted_regression_and_passes_an_unchanged_rerun(tmp_path, cli):
+    base = write_campaign(tmp_path / "a", "base", session_rows(60, 10))
+    rerun = write_campaign(tmp_path / "b", "rerun", session_rows(60, 11))          # same distributions
+    slow = write_campaign(tmp_path / "c", "slow", session_rows(60, 12, latency_scale=1.3, fail_every=4))
+    same = cli("compare", str(base), str(rerun))
+    assert same.code == 0 and "0 regressions" in same.out, same.out
+    worse = cli("compare", str(base), str(slow))
+    assert worse.code == 3, worse.out
+    assert "REGRESSION e2e_latency_ms [overall]" in worse.out and "REGRESSION failed [overall]" in worse.out
+    assert f"REGRESSION e2e_latency_ms [orchestrator={ORCHS[0]}]" in worse.out
+    few = compare(session_rows(3, 10), session_rows(3, 12, latency_scale=2.0), min_sessions=5)
+    assert few == []  # below the minimum sample size nothing is judged
+    assert set(NUMBERS) | set(RATES) <= set(evaluate.__globals__["METRICS"])
+    missing = cli("compare", str(tmp_path / "nowhere"), str(base))
+    assert missing.code == 1 and "not a campaign directory" in missing.err and "Traceback" not in missing.err
+
+
+def test_report_is_one_self_contained_file_with_every_plot(tmp_path, cli):
+    d = write_campaign(tmp_path, "c-rep", session_rows(24, 5, fail_every=5))
+    out = cli("report", str(d))
+    assert out.code == 0
+    page = Path(out.out.strip()).read_text()
+    assert page.count("<svg") == 5 and "No data for this plot" not in page
+    assert "<script" not in page and "<img" not in page and "<link" not in page and "@import" not in page
+    assert not re.search(r"""(src|href)=["']?https?:|url\(\s*["']?https?:""", page)  # nothing fetched
+    for title in ("Startup, phase by phase", "Latency CDF per orchestrator", "Output fps over time",
+                  "Failure taxonomy", "Prompt categories side by side", "SLA checks"):
+        assert title in page
+    assert pq.read_table(next(d.glob("date=*/sessions-*.parquet"))).num_rows > 0
