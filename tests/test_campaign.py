@@ -113,6 +113,25 @@ def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gatew
     sink.close()
 
 
+def test_an_abort_check_stops_the_campaign_at_its_first_breach(gateway, tmp_path):
+    scenario = tmp_path / "abort.yaml"
+    scenario.write_text(f"extends: {TINY}\nname: abort\n"
+                        "load: {shape: stages, stages: [{concurrency: 1, duration_s: 16}], "
+                        "session: {duration: 4, max_s: 10, min_s: 2}}\n"
+                        "checks: [{metric: e2e_latency_ms, aggregate: max, op: '<=', threshold: 1, abort: true}]\n"
+                        "outputs: {report: false}\n")
+    out = subprocess.run([str(BIN / "fleet"), "run", str(scenario), "--gateway-url", gateway, "--out", str(tmp_path),
+                          "--no-progress"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert out.returncode == 3, out.stdout[-2000:] + out.stderr[-2000:]
+    summary = last_json(out.stdout)
+    assert summary["aborted"].startswith("max(e2e_latency_ms) <= 1 [overall] = ")
+    assert "abort check breached" in out.stderr
+    manifest = json.loads((Path(summary["results"]) / "campaign.json").read_text())
+    assert manifest["planned_sessions"] == 4 and summary["sessions"] <= 2  # it stopped after the first
+    assert "report" not in summary
+    assert open_streams(gateway) == 0
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A two-node Ray cluster on this machine, one region per node; stopped by PID at the end."""
