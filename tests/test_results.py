@@ -252,3 +252,19 @@ def test_report_is_one_self_contained_file_with_every_plot(tmp_path, cli):
                   "Failure taxonomy", "Prompt categories side by side", "SLA checks"):
         assert title in page
     assert pq.read_table(next(d.glob("date=*/sessions-*.parquet"))).num_rows > 0
+
+
+def test_compare_reads_clickhouse_time_windows(clickhouse, ch_cfg, tmp_path, cli, monkeypatch):
+    """Baseline and current as time windows of the sessions table: last week's rows against this run's."""
+    old = [{**r, "scenario": "unit", "started_unix": r["started_unix"] - 7 * 86400} for r in session_rows(40, 20)]
+    new = [{**r, "scenario": "unit"} for r in session_rows(40, 21, latency_scale=1.4)]
+    sink = ClickHouseSink(ch_cfg, clickhouse.env)
+    push_campaign(write_campaign(tmp_path / "old", "old", old), sink)
+    push_campaign(write_campaign(tmp_path / "new", "new", new), sink)
+    sink.close()
+    for k, v in {**clickhouse.env, "FLEET_CLICKHOUSE_DATABASE": ch_cfg.database}.items():
+        monkeypatch.setenv(k, v)
+    out = cli("compare", "clickhouse:unit@2026-09-10T00:00..2026-09-20T00:00",
+              "clickhouse:unit@2026-09-20T00:00..2026-09-30T00:00")
+    assert out.code == 3 and "(40 sessions) -> current" in out.out, out.out + out.err
+    assert "REGRESSION e2e_latency_ms [overall]" in out.out
