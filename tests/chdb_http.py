@@ -5,8 +5,8 @@ No ClickHouse server binary can be installed on these machines; chdb is the real
 (the same SQL parser, MergeTree, insert deduplication), so the DDL, inserts and queries the
 fleet sends are checked by ClickHouse itself. What this front does: take the query from the
 ``query`` parameter and/or the body, run it in one chdb session (``database`` applied with
-``USE``; ``param_*`` bound as query parameters), hand an ``INSERT ... FORMAT <fmt>`` body to the engine through a file, and answer
-with ClickHouse's headers and exception format. Real-server runs: set FLEET_CLICKHOUSE_URL.
+``USE``; ``param_*`` bound as query parameters), hand an ``INSERT ... FORMAT <fmt>`` body
+to the engine through a file, and answer with ClickHouse's headers and exception format. Real-server runs: set FLEET_CLICKHOUSE_URL.
 
 ``fail_after_commit`` makes the next N inserts commit and then answer 500, as when a
 response is lost after the server took the data: the client's retry must not duplicate rows.
@@ -99,7 +99,8 @@ class ChdbHttp:
                 insert = _INSERT.match(query)
                 if insert:
                     return self._insert(insert, data, params)
-                fmt = "TabSeparated" if not _FORMAT.search(query) else _FORMAT.search(query).group(0).split()[-1]
+                named = _FORMAT.search(query)
+                fmt = named.group(0).split()[-1] if named else "TabSeparated"
                 binds = {k[len("param_"):]: v for k, v in params.items() if k.startswith("param_")}
                 out = self.session.query(query, fmt, params=binds or None)
                 return 200, out.bytes() if out is not None else b"", fmt

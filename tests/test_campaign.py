@@ -210,7 +210,7 @@ def test_capacity_shrinking_mid_run_is_respected(tmp_path):
         assert open_streams(gw.url) == 0
     settled = t_drop + 2.5  # one refresh (1 s) and margin
     later = [s for s in streams if s["started_unix"] > settled]
-    assert later, ("no stream started after the capacity dropped", t_drop, [(s["orchestrator"][-1], s["started_unix"], s["closed_unix"]) for s in streams], [(r["outcome"], r["error_class"], r["started_at"].timestamp(), r["planned_start_s"]) for r in read_sessions(summary["results"]).to_pylist()])
+    assert later, "no stream started after the capacity dropped"
     assert {s["orchestrator"] for s in later} == {keep}
     for s in later:  # never two of ours on the one free slot
         overlapping = [o for o in streams if o["orchestrator"] == keep and o is not s
@@ -271,7 +271,8 @@ def test_a_runner_killed_mid_campaign_is_replaced_and_its_streams_stopped(cluste
     died = [r for r in rows if r["error_class"] == "runner_died"]
     assert died and all(r["error_phase"] == "tester" and r["outcome"] == "failed" for r in died)
     assert any("the driver stopped its stream" in r["error_detail"] for r in died)
-    assert reaped and all(s["closed_unix"] - killed_at < 20 for s in reaped)
+    # stopped by the driver's DELETE, not by the gateway noticing dead peers or idle input
+    assert reaped and {s["closed_reason"] for s in reaped} == {"DELETE"}
     after = [r for r in rows if r["outcome"] in ("ok", "degraded") and r["started_at"].timestamp() > killed_at]
     assert after, "no session ran on the replacement runner"
 

@@ -9,24 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from fleet.errors import InputError
 from fleet.results.compare import compare, findings_json, load_rows
 
 EXIT_REGRESSION = 3
-
-
-def campaign_dir(path: str) -> Path:
-    """A campaign directory, or a results directory holding exactly one."""
-    d = Path(path)
-    if (d / "campaign.json").exists():
-        return d
-    found = sorted(d.glob("campaign=*/campaign.json")) if d.is_dir() else []
-    if len(found) == 1:
-        return found[0].parent
-    raise InputError(f"{path}: not a campaign directory (no campaign.json"
-                     + (f"; {len(found)} campaigns inside, name one" if found else "") + ")")
 
 
 def add(sub: argparse._SubParsersAction) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from fleet.cli.compare import campaign_dir
 from fleet.results.report import write_report
+from fleet.results.sink import find_campaign
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -16,5 +16,5 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(write_report(campaign_dir(args.dir), args.out))
+    print(write_report(find_campaign(args.dir), args.out))
     return 0

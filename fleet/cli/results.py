@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from fleet.cli.compare import campaign_dir
 from fleet.results.clickhouse import ClickHouseSink, push_campaign
+from fleet.results.sink import find_campaign
 from fleet.scenario import ClickHouseOut
 
 
@@ -33,7 +33,7 @@ def run_push(args: argparse.Namespace) -> int:
                         table_prefix=args.table_prefix)
     sink = ClickHouseSink(cfg)
     try:
-        counts = push_campaign(campaign_dir(args.dir), sink)
+        counts = push_campaign(find_campaign(args.dir), sink)
     finally:
         sink.close()
     print("pushed " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" rows to {cfg.database}.{cfg.table_prefix}*")

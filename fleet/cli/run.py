@@ -20,6 +20,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    opts = CampaignOptions(address=args.address, seed=args.seed, out_dir=args.out, gateway_url=args.gateway_url, junit=args.junit,
+    opts = CampaignOptions(address=args.address, seed=args.seed, out_dir=args.out, gateway_url=args.gateway_url,
+                           junit=args.junit,
                            progress=False if args.no_progress else None)
     return run_campaign(args.file, opts)

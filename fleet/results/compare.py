@@ -22,13 +22,12 @@ import datetime as dt
 import math
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fleet.errors import InputError, UsageError
-from fleet.results.sink import read_manifest, read_sessions
+from fleet.errors import UsageError
+from fleet.results.sink import find_campaign, read_manifest, read_sessions
 from fleet.results.verdict import GROUP_COLUMNS, counted, metric_value
 
 __all__ = ["NUMBERS", "RATES", "Finding", "compare", "findings_json", "load_rows"]
@@ -58,13 +57,7 @@ def load_rows(source: str) -> tuple[list[dict[str, Any]], str]:
     m = _CH.match(source)
     if m:
         return _from_clickhouse(m["scenario"], m["start"], m["end"]), source
-    d = Path(source)
-    if not (d / "campaign.json").exists():
-        found = sorted(d.glob("campaign=*/campaign.json")) if d.is_dir() else []
-        if len(found) != 1:
-            raise InputError(f"{source}: not a campaign directory (expected campaign.json, or one campaign=* "
-                             "inside), nor clickhouse:SCENARIO@FROM..TO")
-        d = found[0].parent
+    d = find_campaign(source)
     return read_sessions(d).to_pylist(), read_manifest(d).get("campaign_id", d.name)
 
 

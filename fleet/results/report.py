@@ -133,7 +133,8 @@ def _failures(sessions: list[dict[str, Any]]) -> str | None:
     counts: dict[str, int] = {}
     for r in sessions:
         if r["outcome"] != "ok":
-            key = f"{r['outcome']} · {r.get('error_phase') or '-'} · {r.get('error_class') or ', '.join(r.get('reasons') or []) or '-'}"
+            why = r.get("error_class") or ", ".join(r.get("reasons") or []) or "-"
+            key = f"{r['outcome']} · {r.get('error_phase') or '-'} · {why}"
             counts[key] = counts.get(key, 0) + 1
     if not counts:
         return None
@@ -202,7 +203,8 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
     parts = [f"<h1>Campaign {html.escape(manifest.get('campaign_id', d.name))}</h1>",
              f"<div class=sub>scenario <b>{html.escape(str(manifest.get('scenario', '?')))}</b> · "
              f"started {html.escape(str(manifest.get('started_at', '?')))} · regions "
-             f"{html.escape(', '.join(manifest.get('regions', [])))} · fleet {html.escape(str(manifest.get('fleet_version')))}"
+             f"{html.escape(', '.join(manifest.get('regions', [])))} · "
+             f"fleet {html.escape(str(manifest.get('fleet_version')))}"
              f"</div>",
              "<div class=tiles>" + "".join(f"<div class=tile>{html.escape(k)}<b>{_fmt(v)}</b></div>" for k, v in tiles)
              + "</div>"]
@@ -237,7 +239,8 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
                        ("Prompt categories side by side", _categories(sessions))):
         parts.append(f"<h2>{html.escape(title)}</h2>")
         parts.append(svg or "<p class=note>No data for this plot.</p>")
-    parts.append(f"<p class=note>Made {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC from {html.escape(str(d))}. "
+    parts.append(f"<p class=note>Made {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC "
+                 f"from {html.escape(str(d))}. "
                  "Every number comes from the Parquet tables beside this file; docs/METRICS.md defines each "
                  "column.</p>")
     doc = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>fleet · "

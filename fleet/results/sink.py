@@ -18,9 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fleet import __version__
+from fleet.errors import InputError
 
 __all__ = ["EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_FIELDS", "SUMMARIES", "TABLES", "ParquetSink",
-           "read_manifest", "read_sessions", "read_table"]
+           "find_campaign", "read_manifest", "read_sessions", "read_table"]
 
 SCHEMA_VERSION = 2  # 2: gpu_id, gpu_name on every row; summaries table
 
@@ -137,6 +138,18 @@ def read_table(campaign_dir: str | Path, kind: str) -> pa.Table:
 
 def read_sessions(campaign_dir: str | Path) -> pa.Table:
     return read_table(campaign_dir, "sessions")
+
+
+def find_campaign(path: str | Path) -> Path:
+    """A campaign directory, or a results directory holding exactly one."""
+    d = Path(path)
+    if (d / "campaign.json").exists():
+        return d
+    found = sorted(d.glob("campaign=*/campaign.json")) if d.is_dir() else []
+    if len(found) == 1:
+        return found[0].parent
+    raise InputError(f"{path}: not a campaign directory (no campaign.json"
+                     + (f"; {len(found)} campaigns inside, name one" if found else "") + ")")
 
 
 def read_manifest(campaign_dir: str | Path) -> dict[str, Any]:

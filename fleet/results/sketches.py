@@ -57,12 +57,11 @@ class Sketches:
         for row in rows:
             region = row.get("region") or ""
             for metric in SKETCHED:
-                for v in _values(row, metric):
-                    if v >= 0:
-                        key = (region, metric)
-                        if key not in self.by_region:
-                            self.by_region[key] = DDSketch(ALPHA)
-                        self.by_region[key].add(float(v))
+                values = [float(v) for v in _values(row, metric) if v >= 0]
+                if values:
+                    sketch = self.by_region.setdefault((region, metric), DDSketch(ALPHA))
+                    for v in values:
+                        sketch.add(v)
 
     def add_sketch(self, region: str, metric: str, sketch: DDSketch) -> None:
         key = (region, metric)

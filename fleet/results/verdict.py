@@ -36,7 +36,8 @@ import numpy as np
 from fleet.metrics import METRICS, parse_aggregate
 from fleet.scenario import CheckSpec, Scenario, SessionThresholds
 
-__all__ = ["CheckResult", "Verdict", "counted", "evaluate", "junit_xml", "metric_value", "sla_score"]
+__all__ = ["CheckResult", "Verdict", "counted", "evaluate", "evaluate_checks", "junit_xml", "metric_value",
+           "sla_score"]
 
 GROUP_COLUMNS = {"orchestrator": "orchestrator_address", "gpu": "gpu_name", "model": "model", "region": "region",
                  "prompt_category": "prompt_category"}
@@ -184,10 +185,15 @@ def sla_score(all_rows: list[dict[str, Any]], t: SessionThresholds,
             "anchors": {k: [round(a, 3), round(b, 3)] for k, (a, b) in bench.items()}}
 
 
+def evaluate_checks(checks: Iterable[CheckSpec], all_rows: list[dict[str, Any]]) -> list[CheckResult]:
+    rows = counted(all_rows)
+    return [res for check in checks for res in _check(check, rows, all_rows)]
+
+
 def evaluate(scenario: Scenario, all_rows: list[dict[str, Any]],
              baseline: list[dict[str, Any]] | None = None) -> Verdict:
     rows = counted(all_rows)
-    results = [res for check in scenario.checks for res in _check(check, rows, all_rows)]
+    results = evaluate_checks(scenario.checks, all_rows)
     good = lambda rs: round(sum(1 for r in rs if r["outcome"] == "ok") / len(rs), 4) if rs else None  # noqa: E731
     by = {name: {str(k[0]): good(v) for k, v in sorted(_groups(rows, (name,)).items(), key=lambda kv: str(kv[0]))}
           for name in GROUP_COLUMNS}

@@ -80,7 +80,7 @@ class SlotBroker:
     def _unseen(self, orchestrator: str | None = None) -> int:
         """Our leases the snapshot cannot know of: their streams did not exist yet when it was read."""
         return sum(1 for lease in self.leases.values()
-                   if (lease.attached is None or lease.attached > self.snapshot_at)
+                   if (lease.attached is None or lease.attached >= self.snapshot_at)  # a tie: assume unseen
                    and (orchestrator is None or lease.orchestrator == orchestrator))
 
     def budget(self) -> int:

@@ -39,7 +39,7 @@ from fleet.prompts import render_params
 from fleet.results.clickhouse import ClickHouseError, ClickHouseSink
 from fleet.results.sink import ParquetSink
 from fleet.results.sketches import Sketches
-from fleet.results.verdict import evaluate, junit_xml
+from fleet.results.verdict import evaluate, evaluate_checks, junit_xml
 from fleet.runtime.broker import read_capacity
 from fleet.scenario import Scenario, load_scenario
 
@@ -48,8 +48,9 @@ __all__ = ["CampaignOptions", "run_campaign"]
 log = logging.getLogger("fleet.run")
 
 EXIT_OK, EXIT_BREACH, EXIT_TESTER, EXIT_INTERRUPTED = 0, 3, 4, 130
-HEAVY = ("latency_samples", "per_second", "events")  # kept in Parquet, not in the driver's memory
+HEAVY = ("latency_samples", "per_second", "events", "status_samples")  # kept in Parquet, not in the driver's memory
 STOP_GRACE_S = 10.0
+REAPED = "; the driver stopped its stream"
 POLL_S = 0.2
 RUNNER_CPU = 0.1  # a runner's CPU request: the region resource places it, CPUs are its sessions'
 
@@ -127,7 +128,14 @@ def _with_gpu(c: Campaign, row: dict[str, Any]) -> dict[str, Any]:
             names = {name for _, name in o.gpus}
             row["gpu_name"] = names.pop() if len(names) == 1 else None
             row["gpu_id"] = row.get("gpu_id") or (o.gpus[0][0] if len(o.gpus) == 1 else None)
+            break
     return row
+
+
+def _result_row(c: Campaign, plan: Plan, live: _Live, row: dict[str, Any]) -> dict[str, Any]:
+    """A runner's result with the campaign's identity columns."""
+    return _with_gpu(c, {**row, **_identity(c, plan, live.session, live.region), "session_id": live.job["session_id"],
+                         "orchestrator_address": row.get("orchestrator_address") or live.job["orchestrator"]})
 
 
 def _failed_row(c: Campaign, plan: Plan, live: _Live, outcome: str, phase: str, error: str, detail: str) -> dict:
@@ -243,7 +251,7 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
         started_ray = _ray_init(c, regions)
         for s in previous:  # Ray's core worker installs its own fatal SIGTERM handler: ours goes back on top
             signal.signal(s, on_signal)
-        code = _drive(c, plan, snapshot, sink, prompts)
+        code = _drive(c, plan, sink, prompts)
         leaked = _leaks(c)
         summary = _summary(c, plan, leaked)
         summaries = sink.write_summaries(c.sketches.rows(), {"campaign_id": c.campaign_id, "run_id": c.campaign_id,
@@ -269,6 +277,8 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
             return EXIT_BREACH
         return code
     finally:
+        if c.clickhouse is not None:
+            c.clickhouse.close()
         if started_ray:
             import ray
 
@@ -294,7 +304,7 @@ def _warn_job_stop_wait() -> None:
               file=sys.stderr, flush=True)
 
 
-def _drive(c: Campaign, plan: Plan, snapshot: CapacitySnapshot, sink: ParquetSink,  # noqa: C901
+def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
            prompts: dict[tuple[str, str], Any]) -> int:
     import ray
     from ray.exceptions import RayActorError, RayError
@@ -305,7 +315,7 @@ def _drive(c: Campaign, plan: Plan, snapshot: CapacitySnapshot, sink: ParquetSin
     local = not (c.opts.address or os.environ.get("RAY_ADDRESS"))
     hosts = [c.opts.host_address] if local else None
     broker = ray.remote(BrokerActor).options(num_cpus=0, max_concurrency=1000, max_restarts=0).remote(
-        scenario.model_dump(mode="json"), c.urls[next(iter(c.urls))], snapshot)
+        scenario.model_dump(mode="json"), c.urls[next(iter(c.urls))], c.snapshot)
     c.broker = broker
     runners = {r: _runner(r, c, hosts, broker) for r in c.urls}
     t_warm = time.monotonic()
@@ -335,8 +345,7 @@ def _drive(c: Campaign, plan: Plan, snapshot: CapacitySnapshot, sink: ParquetSin
         _push(c, sink, sink.write(rows))
         c.rows.extend({k: v for k, v in r.items() if k not in HEAVY} for r in rows)
         if aborting and c.aborted is None:
-            breached = [res for res in evaluate(scenario.model_copy(update={"checks": tuple(aborting)}),
-                                                c.rows).breached]
+            breached = [res for res in evaluate_checks(aborting, c.rows) if res.passed is False]
             if breached:
                 c.aborted = f"{breached[0].check} [{breached[0].group_label}] = {breached[0].value:g}"
                 print(f"fleet: abort check breached: {c.aborted}; stopping the campaign", file=sys.stderr, flush=True)
@@ -386,15 +395,12 @@ def _drive(c: Campaign, plan: Plan, snapshot: CapacitySnapshot, sink: ParquetSin
                 try:
                     row = ray.get(ref)
                     _release(c, info, died=False)
-                    rows.append(_with_gpu(c, {**row, **_identity(c, plan, info.session, info.region),
-                                              "session_id": info.job["session_id"],
-                                              "orchestrator_address": row.get("orchestrator_address")
-                                              or info.job["orchestrator"]}))
+                    rows.append(_result_row(c, plan, info, row))
                 except RayActorError as exc:
                     tester_failures += 1
                     reaped = _release(c, info, died=True)
                     rows.append(_failed_row(c, plan, info, "failed", "tester", "runner_died",
-                                            f"{type(exc).__name__}{'; the driver stopped its stream' if reaped else ''}"))
+                                            type(exc).__name__ + (REAPED if reaped else "")))
                     if not _alive(runners[info.region]):
                         log.warning("runner for %s died; replacing it", info.region)
                         print(f"fleet: the runner for region {info.region} died; its sessions count as tester "
@@ -492,14 +498,13 @@ def _stop_live(c: Campaign, plan: Plan, runners: dict, live: dict, finish: Any) 
             try:
                 row = ray.get(ref)
                 _release(c, info, died=False)
-                rows.append({**row, **_identity(c, plan, info.session, info.region),
-                             "session_id": info.job["session_id"]})
+                rows.append(_result_row(c, plan, info, row))
                 continue
             except Exception:  # noqa: BLE001
                 pass
         reaped = _release(c, info, died=True)
         rows.append(_failed_row(c, plan, info, "failed", "tester", "stopped",
-                                "no result within the stop grace" + ("; the driver stopped its stream" if reaped else "")))
+                                "no result within the stop grace" + (REAPED if reaped else "")))
     finish(rows)
     if c.stop_at is not None:
         c.stop_s = round(time.monotonic() - c.stop_at, 3)

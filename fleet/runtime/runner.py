@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from fleet.media import clip_for
+from fleet.media import Clip, clip_for
 from fleet.probe.session import ProbeOptions, ProbeSpec, PromptChange, new_http_client, run_probe
 from fleet.scenario import Scenario
 from fleet.webrtc import use_host_addresses
@@ -70,7 +70,8 @@ class RegionRunner:
 
                 self._metrics = (
                     metrics.Gauge("fleet_sessions_live", "test sessions running", tag_keys=("region",)),
-                    metrics.Counter("fleet_sessions_finished", "test sessions finished", tag_keys=("region", "outcome")),
+                    metrics.Counter("fleet_sessions_finished", "test sessions finished",
+                                    tag_keys=("region", "outcome")),
                     metrics.Histogram("fleet_e2e_latency_ms", "median e2e latency per session",
                                       boundaries=[50, 100, 200, 400, 800, 1600, 3200], tag_keys=("region",)),
                 )
@@ -85,8 +86,13 @@ class RegionRunner:
         """Be ready to start sessions at once: the loop monitor runs and the clip is encoded. Returns seconds."""
         t = time.monotonic()
         self._start()
-        await asyncio.to_thread(clip_for, self.scenario.media, None if self.base_dir is None else Path(self.base_dir))
+        await self._clip()
         return time.monotonic() - t
+
+    async def _clip(self) -> Clip:
+        """The scenario's clip, encoded once per process (off the loop)."""
+        return await asyncio.to_thread(clip_for, self.scenario.media,
+                                       None if self.base_dir is None else Path(self.base_dir))
 
     async def run_session(self, job: dict[str, Any]) -> dict[str, Any]:
         """Run one session; ``job`` has gateway_url, session_id, duration_s, prompts, orchestrator, lease_id."""
@@ -94,8 +100,7 @@ class RegionRunner:
         s = self.scenario
         token = os.environ.get(s.target.token_env) if s.target.token_env else None
         t = s.workflow.thresholds
-        base = None if self.base_dir is None else Path(self.base_dir)
-        clip = await asyncio.to_thread(clip_for, s.media, base)  # encoded once per process, off the loop
+        clip = await self._clip()
         spec = ProbeSpec(
             gateway_url=job["gateway_url"], dialect=s.target.dialect, pipeline=s.workflow.pipeline,
             clip=clip,
