@@ -59,7 +59,7 @@ async def probe_sessions(url: str, n: int, duration: float, stagger: float) -> l
                          duration_s=duration, options=ProbeOptions(status_every_s=5.0))
         r = await run_probe(spec, client=client)
         return {"stream": r.stream_id, "outcome": r.outcome, "error": r.error_class, "fps": r.output_fps,
-                "received": r.frames_received, "latency_ms": r.e2e_latency_ms, "decoded": r.decoded_frames,
+                "received": r.frames_received, "latency_ms": r.g2g_latency_ms, "decoded": r.decoded_frames,
                 "late_ms_max": r.pacing_late_ms_max}
 
     return list(await asyncio.gather(*(one(i) for i in range(n))))

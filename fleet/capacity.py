@@ -39,6 +39,13 @@ class OrchestratorSlots:
     in_use: int
     gpus: tuple[tuple[str, str], ...] = ()  # (id, name)
     warm: bool = False
+    price_per_unit: int | None = None        # price_info: wei per pixelsPerUnit pixels
+    pixels_per_unit: int | None = None
+
+    @property
+    def key(self) -> str:
+        """What tells orchestrators apart: the service URI (the address is empty without ticket params)."""
+        return self.uri or self.address
 
     def matches(self, needles: tuple[str, ...]) -> bool:
         return any(n in self.address or n in self.uri for n in needles)
@@ -88,6 +95,10 @@ def _int(value: Any, what: str) -> int:
     return int(value)
 
 
+def _opt_int(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def parse_network_capabilities(obj: Any, model: str) -> CapacitySnapshot:
     """Orchestrators offering ``model`` for live video-to-video, with idle and busy slots."""
     if not isinstance(obj, dict) or not isinstance(obj.get("orchestrators"), list):
@@ -107,13 +118,18 @@ def parse_network_capabilities(obj: Any, model: str) -> CapacitySnapshot:
             if hw.get("model_id") in (None, model):
                 for gpu in (hw.get("gpu_info") or {}).values():
                     gpus.append((str(gpu.get("id", "")), str(gpu.get("name", ""))))
+        price = orch.get("price_info") if isinstance(orch.get("price_info"), dict) else {}
         found.append(OrchestratorSlots(
-            address=str(orch.get("address", "")), uri=str(orch.get("orch_uri", "")),
+            address=str(orch.get("address") or "").lower(), uri=str(orch.get("orch_uri") or ""),
+            price_per_unit=_opt_int(price.get("pricePerUnit")), pixels_per_unit=_opt_int(price.get("pixelsPerUnit")),
             idle=_int(slots.get("capacity"), where + ".capacity"),
             in_use=_int(slots.get("capacityInUse"), where + ".capacityInUse"),
             gpus=tuple(gpus), warm=bool(slots.get("warm", False))))
-    found.sort(key=lambda o: (o.address, o.uri))
-    return CapacitySnapshot(model=model, orchestrators=tuple(found), source="gateway")
+    found.sort(key=lambda o: (o.uri, o.address))
+    anonymous = sum(1 for o in found if not o.address)
+    notes = (f"{anonymous} orchestrator(s) have no address (no ticket params): known by service URI only",) \
+        if anonymous else ()
+    return CapacitySnapshot(model=model, orchestrators=tuple(found), source="gateway", notes=notes)
 
 
 def parse_naap(obj: Any, model: str) -> CapacitySnapshot:
@@ -126,8 +142,14 @@ def parse_naap(obj: Any, model: str) -> CapacitySnapshot:
             where = f"NaaP models[{i}]"
             slots = _int(row.get("gpu_slots"), where + ".gpu_slots")
             active = _int(row.get("active_streams"), where + ".active_streams")
-            idle = _int(row.get("available_capacity", max(0, slots - active)), where + ".available_capacity")
-            return CapacitySnapshot(model=model, anonymous_idle=idle, anonymous_in_use=active, source="naap")
+            available = row.get("available_capacity", slots - active)
+            if isinstance(available, bool) or not isinstance(available, (int, float)):
+                raise CapacityError(f"{where}.available_capacity: expected a number, got {available!r}")
+            notes = ()
+            if available < 0:  # NaaP reports an oversubscribed model this way: no idle slot, not an error
+                notes = (f"NaaP reports {model!r} oversubscribed (available_capacity {available:g}): 0 idle slots",)
+            return CapacitySnapshot(model=model, anonymous_idle=max(0, int(available)), anonymous_in_use=active,
+                                    source="naap", notes=notes)
     return CapacitySnapshot(model=model, source="naap", notes=(f"NaaP lists no model {model!r}",))
 
 

@@ -32,7 +32,7 @@ from aiortc.mediastreams import MediaStreamError
 from fleet.errors import InputError
 from fleet.rtp import VIDEO_CLOCK
 
-__all__ = ["Clip", "PacketTrack", "clip_for", "file_clip", "synthetic_clip"]
+__all__ = ["CODECS", "Clip", "H264_PROFILE_LEVEL_ID", "PacketTrack", "clip_for", "file_clip", "synthetic_clip"]
 
 DARK, BRIGHT = 56, 176
 RUN_S = (0.27, 0.93)        # brightness run lengths, seconds
@@ -67,16 +67,27 @@ class Clip:
         return round(n * VIDEO_CLOCK / self.fps)
 
 
+CODECS = ("h264", "vp8")
+H264_PROFILE_LEVEL_ID = "42e01f"   # constrained baseline, level 3.1: what go-livepeer's WHIP server negotiates
+
+
 def _encoder(codec: str, width: int, height: int, fps: float, gop: int, bitrate_kbps: int) -> av.CodecContext:
-    if codec != "vp8":
-        raise InputError(f"media codec {codec!r} is not supported by the probe yet (allowed: vp8)")
-    enc = av.CodecContext.create("libvpx", "w")
+    if codec not in CODECS:
+        raise InputError(f"media codec {codec!r} is not supported by the probe (allowed: {', '.join(CODECS)})")
+    enc = av.CodecContext.create("libvpx" if codec == "vp8" else "libx264", "w")
     enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
     enc.time_base = fractions.Fraction(1, VIDEO_CLOCK)
     enc.framerate = fractions.Fraction(fps).limit_denominator(1001)
     enc.bit_rate = bitrate_kbps * 1000
     enc.gop_size = gop
-    enc.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "error-resilient": "1"}
+    if codec == "vp8":
+        enc.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "error-resilient": "1"}
+    else:
+        # constrained baseline (no B-frames, CAVLC), an IDR every ``gop`` frames and nowhere else, SPS/PPS
+        # before every IDR so a receiver can start at any of them; one packet out per frame in
+        enc.profile = "Baseline"
+        enc.options = {"preset": "veryfast", "tune": "zerolatency", "level": "31", "forced-idr": "1",
+                       "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:repeat-headers=1"}
     return enc
 
 
@@ -122,7 +133,7 @@ def _base(pattern: str, width: int, height: int, rng: np.random.Generator) -> np
 
 
 @functools.lru_cache(maxsize=8)
-def synthetic_clip(width: int = 512, height: int = 512, fps: float = 30.0, codec: str = "vp8", gop: int = 30,
+def synthetic_clip(width: int = 512, height: int = 512, fps: float = 30.0, codec: str = "h264", gop: int = 30,
                    bitrate_kbps: int = 1500, pattern: str = "moving-box", loop_s: float = 10.0,
                    seed: int = 0) -> Clip:
     """The synthetic source, encoded once per process for each set of arguments."""
@@ -150,7 +161,7 @@ def synthetic_clip(width: int = 512, height: int = 512, fps: float = 30.0, codec
 
 
 @functools.lru_cache(maxsize=4)
-def file_clip(path: str, width: int, height: int, fps: float, codec: str = "vp8", gop: int = 30,
+def file_clip(path: str, width: int, height: int, fps: float, codec: str = "h264", gop: int = 30,
               bitrate_kbps: int = 1500, max_s: float = 60.0) -> Clip:
     """A video file, scaled to ``width`` x ``height``, re-encoded once; its brightness steps are found by luma."""
     t0 = time.perf_counter()

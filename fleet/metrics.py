@@ -31,7 +31,8 @@ METRICS: dict[str, Metric] = {
         Metric("ice_ms", "number", "ms", "SDP answer to ICE connected"),
         Metric("output_fps", "number", "fps", "mean output frame rate"),
         Metric("jitter_coeff", "number", "1", "stddev / mean of output frame intervals"),
-        Metric("e2e_latency_ms", "number", "ms", "median end-to-end latency of the session"),
+        Metric("g2g_latency_ms", "number", "ms", "median client-side glass-to-glass latency of the session "
+                                                  "(not NaaP's server-side session e2e latency)"),
         Metric("freeze_count", "number", "1", "output freezes"),
         Metric("freeze_s", "number", "s", "total time frozen"),
         Metric("prompt_switch_ms", "number", "ms", "prompt update to visible effect"),
@@ -40,7 +41,8 @@ METRICS: dict[str, Metric] = {
         Metric("failed", "flag", "1", "session outcome was failed"),
         Metric("degraded", "flag", "1", "session outcome was degraded"),
         Metric("swapped", "flag", "1", "orchestrator changed during the session"),
-        Metric("skipped_no_capacity", "flag", "1", "no idle slot could be leased"),
+        Metric("skipped_no_capacity", "flag", "1", "no idle slot could be leased, or the gateway had no orchestrator"),
+        Metric("excused", "flag", "1", "failed for a reason NaaP does not hold against the orchestrator"),
     ]
 }
 

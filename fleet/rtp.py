@@ -14,8 +14,10 @@ cheaply, needs the packets themselves:
 - ``PacketTrack`` sends pre-encoded frames (``av.Packet``): aiortc packetizes
   them without encoding (and ignores keyframe requests on that path).
 
-Only VP8 is reassembled here; the receive tap reports any other codec as
-unsupported rather than guessing.
+VP8 (RFC 7741) and H.264 (RFC 6184: single NAL unit, STAP-A and FU-A
+packets, packetization-mode 1) are reassembled; an H.264 frame comes out as
+an Annex B access unit, ready for a decoder or for re-packetizing. Any other
+codec is reported as unsupported rather than guessed at.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from typing import Any
 from aiortc import RTCRtpReceiver
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
-__all__ = ["FrameTap", "TapFrame", "VIDEO_CLOCK", "unwrap32", "vp8_is_keyframe"]
+__all__ = ["FrameTap", "TapFrame", "VIDEO_CLOCK", "H264Depacketizer", "annexb_nal_types", "h264_is_keyframe",
+           "unwrap32", "vp8_is_keyframe"]
 
 VIDEO_CLOCK = 90_000  # RTP clock rate of video
 
@@ -47,6 +50,73 @@ def unwrap32(previous: int | None, value: int) -> int:
 def vp8_is_keyframe(frame_data: bytes) -> bool:
     """A VP8 frame (payload, descriptors stripped) is a keyframe when bit 0 of its first byte is 0."""
     return bool(frame_data) and not frame_data[0] & 0x01
+
+
+START_CODE = b"\x00\x00\x00\x01"
+NAL_IDR, NAL_SPS, NAL_PPS, NAL_STAP_A, NAL_FU_A = 5, 7, 8, 24, 28
+
+
+def annexb_nal_types(data: bytes) -> list[int]:
+    """The NAL unit types of an Annex B access unit, in order."""
+    types, i = [], 0
+    while True:
+        i = data.find(b"\x00\x00\x01", i)
+        if i < 0 or i + 3 >= len(data):
+            return types
+        types.append(data[i + 3] & 0x1F)
+        i += 3
+
+
+def h264_is_keyframe(access_unit: bytes) -> bool:
+    """An Annex B access unit a decoder can start at: it holds an IDR slice."""
+    return NAL_IDR in annexb_nal_types(access_unit)
+
+
+class H264Depacketizer:
+    """RTP payloads of one frame in, Annex B NAL units out (RFC 6184, packetization-mode 1).
+
+    ``push`` returns the bytes the payload contributes and whether it could start a frame (not a
+    FU-A continuation). A FU-A whose start fragment was lost yields nothing until the next start.
+    """
+
+    def __init__(self) -> None:
+        self._in_fu = False
+
+    def reset(self) -> None:
+        self._in_fu = False
+
+    def push(self, payload: bytes) -> tuple[bytes, bool]:
+        if not payload:
+            raise ValueError("empty H.264 payload")
+        kind = payload[0] & 0x1F
+        if 1 <= kind <= 23:
+            self._in_fu = False
+            return START_CODE + payload, True
+        if kind == NAL_STAP_A:
+            self._in_fu = False
+            out, i = [], 1
+            while i + 2 <= len(payload):
+                size = int.from_bytes(payload[i:i + 2], "big")
+                i += 2
+                if size == 0 or i + size > len(payload):
+                    raise ValueError("truncated STAP-A")
+                out.append(START_CODE + payload[i:i + size])
+                i += size
+            return b"".join(out), True
+        if kind == NAL_FU_A:
+            if len(payload) < 3:
+                raise ValueError("truncated FU-A")
+            start, end = bool(payload[1] & 0x80), bool(payload[1] & 0x40)
+            if start:
+                self._in_fu = not end
+                header = bytes([(payload[0] & 0xE0) | (payload[1] & 0x1F)])
+                return START_CODE + header + payload[2:], True
+            if not self._in_fu:
+                raise ValueError("FU-A fragment without its start")
+            if end:
+                self._in_fu = False
+            return payload[2:], False
+        raise ValueError(f"unsupported H.264 packet type {kind}")
 
 
 @dataclass(slots=True)
@@ -80,7 +150,7 @@ class _StarvedQueue:
 
 
 class FrameTap:
-    """Sees every RTP packet of one receiver and reassembles VP8 frames on the marker bit."""
+    """Sees every RTP packet of one receiver and reassembles VP8 or H.264 frames on the marker bit."""
 
     def __init__(self, receiver: RTCRtpReceiver, on_frame: Callable[[TapFrame], None], decode: bool = False,
                  bandwidth_feedback: bool = True) -> None:
@@ -102,6 +172,8 @@ class FrameTap:
         self._cur_ok = True
         self._seq_unwrapped: int | None = None
         self._kinds: dict[int, str | None] = {}
+        self.codec: str | None = None      # "VP8" or "H264", once a packet of it arrived
+        self._h264 = H264Depacketizer()
         if not decode:
             # Must happen before receive() starts the decoder thread, which takes the queue as an argument.
             receiver._RTCRtpReceiver__decoder_queue = _StarvedQueue()  # type: ignore[attr-defined]
@@ -139,9 +211,10 @@ class FrameTap:
         kind = self._kind(packet.payload_type)
         if kind is None:
             return  # retransmissions are left to aiortc
-        if kind != "VP8":
+        if kind not in ("VP8", "H264"):
             self.unsupported = kind
             return
+        self.codec = kind
         if self.ssrc is None:
             self.ssrc = packet.ssrc
         elif packet.ssrc != self.ssrc:
@@ -162,13 +235,17 @@ class FrameTap:
         if self._cur_ts is not None and ts != self._cur_ts:
             self._finish(complete=False, now=self._cur_last)  # the previous frame lost its last packet
         try:
-            descriptor, data = VpxPayloadDescriptor.parse(packet.payload)
+            if kind == "VP8":
+                descriptor, data = VpxPayloadDescriptor.parse(packet.payload)
+                starts = bool(descriptor.partition_start and descriptor.partition_id == 0)
+            else:
+                data, starts = self._h264.push(packet.payload)
         except ValueError:
             self._cur_ok = False
             return
         if self._cur_ts is None:
             self._cur_ts, self._cur_first, self._cur_parts, self._cur_count = ts, now, [], 0
-            self._cur_ok = bool(descriptor.partition_start and descriptor.partition_id == 0)
+            self._cur_ok = starts
             self._cur_next_seq = seq
         if self._cur_next_seq is not None and seq != self._cur_next_seq:
             self._cur_ok = False
@@ -181,8 +258,13 @@ class FrameTap:
 
     def _finish(self, complete: bool, now: float) -> None:
         data = b"".join(self._cur_parts)
+        if self.codec == "H264":
+            self._h264.reset()
+            key = complete and h264_is_keyframe(data)
+        else:
+            key = complete and vp8_is_keyframe(data)
         frame = TapFrame(timestamp=self._cur_ts or 0, first_arrival=self._cur_first, arrival=now, data=data,
-                         packets=self._cur_count, keyframe=complete and vp8_is_keyframe(data), complete=complete)
+                         packets=self._cur_count, keyframe=key, complete=complete)
         self._cur_ts = None
         self._cur_parts = []
         self._cur_next_seq = None

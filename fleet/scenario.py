@@ -66,6 +66,20 @@ class StaticCapacity(Spec):
 CapacitySource = Annotated[Union[GatewayCapacity, NaapCapacity, StaticCapacity], Field(discriminator="source")]
 
 
+class IceServerRef(Spec):
+    """A STUN/TURN server for the testers; a TURN credential is named by environment variable, never written."""
+
+    urls: str = Field(pattern=r"^(stun|stuns|turn|turns):", description="e.g. stun:stun.example.org:3478")
+    username_env: EnvName | None = Field(None, description="Environment variable holding the TURN username.")
+    credential_env: EnvName | None = Field(None, description="Environment variable holding the TURN credential.")
+
+
+class IceSpec(Spec):
+    servers: tuple[IceServerRef, ...] = Field((), description="STUN/TURN servers the testers use (behind NAT).")
+    use_gateway_servers: bool = Field(True, description="Also use the servers a gateway names in its WHIP Link "
+                                                         "headers (RFC 9725), learnt from its first answer.")
+
+
 class Target(Spec):
     dialect: Dialect
     url: str | None = Field(None, description="Gateway base URL for every region without its own entry. "
@@ -73,6 +87,7 @@ class Target(Spec):
     region_urls: dict[str, str] = Field(default_factory=dict, description="Gateway base URL per region.")
     token_env: EnvName | None = Field(None, description="Environment variable holding the gateway token.")
     verify_tls: bool = True
+    ice: IceSpec = Field(default_factory=IceSpec)
     capacity: CapacitySource = Field(default_factory=lambda: GatewayCapacity(source="gateway"))
 
     @field_validator("url")
@@ -108,7 +123,7 @@ class SessionThresholds(Spec):
 
     max_startup_s: Positive = 10.0
     min_output_fps: Annotated[float, Field(ge=0)] = 12.0
-    max_e2e_latency_ms: Positive = 3000.0
+    max_g2g_latency_ms: Positive = 3000.0
     max_jitter_coeff: Positive = 0.1
     max_freeze_s: Annotated[float, Field(ge=0)] = 2.0
 
@@ -137,9 +152,10 @@ class _Encoding(Spec):
     width: int = Field(512, ge=64, le=3840, multiple_of=2)
     height: int = Field(512, ge=64, le=2160, multiple_of=2)
     fps: float = Field(30.0, gt=0, le=120)
-    codec: Literal["vp8"] = "vp8"
-    gop: int = Field(30, ge=1, le=600, description="Frames between keyframes; keep it short (pre-encoded media "
-                                                   "cannot answer keyframe requests).")
+    codec: Literal["h264", "vp8"] = Field("h264", description="h264 (constrained baseline 42e01f, what go-livepeer "
+                                                              "accepts) or vp8 (refused by go-livepeer gateways)")
+    gop: int = Field(30, ge=1, le=600, description="Frames between IDR frames; keep it short: go-livepeer cuts "
+                                                   "segments only at IDR frames, so the GOP adds to latency.")
     bitrate_kbps: int = Field(1500, ge=50, le=50_000)
 
 
@@ -424,6 +440,13 @@ class Scenario(Spec):
     outputs: Outputs = Field(default_factory=Outputs)
 
     _source: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _daydream_model(self) -> Scenario:
+        if self.target.dialect == "daydream" and "model_id" not in self.workflow.params:
+            raise ValueError("dialect 'daydream' needs workflow.params.model_id (the Daydream API requires it, "
+                             "e.g. stabilityai/sd-turbo)")
+        return self
 
     @model_validator(mode="after")
     def _regions_have_urls(self) -> Scenario:

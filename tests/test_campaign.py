@@ -75,7 +75,7 @@ def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gatew
     scenario.write_text(f"extends: {TINY}\nname: breach\n"
                         "checks:\n"
                         "  - {metric: failed, aggregate: rate, op: '<=', threshold: 0.5}\n"
-                        "  - {metric: e2e_latency_ms, aggregate: p50, op: '<=', threshold: 1, group_by: [region]}\n"
+                        "  - {metric: g2g_latency_ms, aggregate: p50, op: '<=', threshold: 1, group_by: [region]}\n"
                         "outputs: {junit: junit.xml, clickhouse: {url_env: FLEET_CLICKHOUSE_URL, "
                         "user_env: FLEET_CLICKHOUSE_USER, password_env: FLEET_CLICKHOUSE_PASSWORD, "
                         "database: fleet_e2e}}\n")
@@ -91,13 +91,13 @@ def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gatew
     assert table.schema.equals(SESSIONS, check_metadata=False)
     assert table.num_rows == 2
     rows = table.to_pylist()
-    assert {r["region"] for r in rows} == {"local"} and {r["schema_version"] for r in rows} == {2}
-    assert all(r["frames_received"] > 30 and r["e2e_latency_ms"] for r in rows)
+    assert {r["region"] for r in rows} == {"local"} and {r["schema_version"] for r in rows} == {3}
+    assert all(r["frames_received"] > 30 and r["g2g_latency_ms"] for r in rows)
     assert all(r["orchestrator_address"] and r["prompt_id"] and r["gpu_id"] and r["gpu_name"] for r in rows)
     assert pq.read_table(next(Path(summary["results"]).glob("date=*/events-*.parquet"))).num_rows > 0
     assert open_streams(gateway) == 0
     junit = (tmp_path / "junit.xml").read_text()
-    assert 'failures="1"' in junit and "p50(e2e_latency_ms) &lt;= 1 [region=local]" in junit
+    assert 'failures="1"' in junit and "p50(g2g_latency_ms) &lt;= 1 [region=local]" in junit
     report = Path(summary["report"]).read_text()
     assert report.count("<svg") == 5 and "BREACH" in report
     assert summary["clickhouse"]["error"] is None and summary["clickhouse"]["rows"] > 2
@@ -105,9 +105,9 @@ def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gatew
     from fleet.scenario import ClickHouseOut
 
     sink = ClickHouseSink(ClickHouseOut(url_env="FLEET_CLICKHOUSE_URL", database="fleet_e2e"), clickhouse.env)
-    stored = sink.query("SELECT session_id, e2e_latency_ms FROM fleet_e2e.fleet_sessions WHERE campaign_id = {c:String}"
+    stored = sink.query("SELECT session_id, g2g_latency_ms FROM fleet_e2e.fleet_sessions WHERE campaign_id = {c:String}"
                         " ORDER BY session_id", {"c": summary["campaign_id"]}).to_pylist()
-    assert stored == sorted(({"session_id": r["session_id"], "e2e_latency_ms": r["e2e_latency_ms"]} for r in rows),
+    assert stored == sorted(({"session_id": r["session_id"], "g2g_latency_ms": r["g2g_latency_ms"]} for r in rows),
                             key=lambda r: r["session_id"])
     sink.client.command("DROP DATABASE IF EXISTS fleet_e2e")
     sink.close()
@@ -118,13 +118,13 @@ def test_an_abort_check_stops_the_campaign_at_its_first_breach(gateway, tmp_path
     scenario.write_text(f"extends: {TINY}\nname: abort\n"
                         "load: {shape: stages, stages: [{concurrency: 1, duration_s: 16}], "
                         "session: {duration: 4, max_s: 10, min_s: 2}}\n"
-                        "checks: [{metric: e2e_latency_ms, aggregate: max, op: '<=', threshold: 1, abort: true}]\n"
+                        "checks: [{metric: g2g_latency_ms, aggregate: max, op: '<=', threshold: 1, abort: true}]\n"
                         "outputs: {report: false}\n")
     out = subprocess.run([str(BIN / "fleet"), "run", str(scenario), "--gateway-url", gateway, "--out", str(tmp_path),
                           "--no-progress"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert out.returncode == 3, out.stdout[-2000:] + out.stderr[-2000:]
     summary = last_json(out.stdout)
-    assert summary["aborted"].startswith("max(e2e_latency_ms) <= 1 [overall] = ")
+    assert summary["aborted"].startswith("max(g2g_latency_ms) <= 1 [overall] = ")
     assert "abort check breached" in out.stderr
     manifest = json.loads((Path(summary["results"]) / "campaign.json").read_text())
     assert manifest["planned_sessions"] == 4 and summary["sessions"] <= 2  # it stopped after the first

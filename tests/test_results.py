@@ -43,7 +43,7 @@ def session_rows(n: int, seed: int, latency_scale: float = 1.0, fail_every: int 
             "error_class": "no_output" if failed else None, "started_unix": 1_790_000_000 + 10 * i,
             "startup_s": None if failed else float(rng.uniform(0.8, 2.0)),
             "output_fps": None if failed else float(rng.normal(29, 0.5)),
-            "e2e_latency_ms": None if failed else float(np.median(lat)),
+            "g2g_latency_ms": None if failed else float(np.median(lat)),
             "jitter_coeff": float(rng.uniform(0.02, 0.08)), "swapped": False, "frames_received": 600,
             "latency_samples": [] if failed else [(k / 30, float(v), "rtp_timestamp") for k, v in enumerate(lat)],
             "per_second": [{"t_s": t, "fps_out": int(rng.integers(28, 31)), "fps_in": 30, "latency_ms_p50": 80.0}
@@ -74,7 +74,7 @@ def test_merged_regional_sketches_are_within_the_documented_bound(regions):
     for i, values in enumerate(regions):
         sk.add_rows([{"region": f"r{i}", "latency_samples": [(0, v, "m") for v in values]}])
     exact = np.sort(np.concatenate([np.array(v) for v in regions]))
-    merged = sk.merged("e2e_latency_ms")
+    merged = sk.merged("g2g_latency_ms")
     assert merged.count == len(exact)
     for q in (0.5, 0.9, 0.95, 0.99):
         truth = exact[int(q * (len(exact) - 1))]  # the value of rank q, as DDSketch defines it
@@ -85,13 +85,13 @@ def test_summaries_round_trip_through_parquet(tmp_path):
     d = write_campaign(tmp_path, "c-sk", session_rows(40, 1))
     table = read_table(d, "summaries")
     assert table.schema.equals(SUMMARIES, check_metadata=False)
-    assert {(r["region"], r["metric"]) for r in table.to_pylist()} >= {("east", "e2e_latency_ms"),
+    assert {(r["region"], r["metric"]) for r in table.to_pylist()} >= {("east", "g2g_latency_ms"),
                                                                          ("west", "output_fps")}
     sk = Sketches()
     for r in table.to_pylist():
         sk.add_sketch(r["region"], r["metric"], sketch_from_bytes(r["sketch"]))
     exact = np.sort([s[1] for r in session_rows(40, 1) for s in r["latency_samples"]])
-    p95 = sk.campaign_quantiles()["e2e_latency_ms"]["p95"]
+    p95 = sk.campaign_quantiles()["g2g_latency_ms"]["p95"]
     assert abs(p95 - exact[int(0.95 * (len(exact) - 1))]) <= ALPHA * p95 + 1e-3
 
 
@@ -116,16 +116,16 @@ def test_checks_overall_and_per_group_with_skips_and_tester_failures_left_out():
     rows += [{**rows[1], "session_id": "skip", "outcome": "skipped_no_capacity", "error_phase": "capacity"},
              {**rows[1], "session_id": "tester", "outcome": "failed", "error_phase": "tester"}]
     s = scenario_with("  - {metric: failed, aggregate: rate, op: '<=', threshold: 0.1}\n"
-                      "  - {metric: e2e_latency_ms, aggregate: p50, op: '<=', threshold: 1, group_by: [orchestrator]}\n"
+                      "  - {metric: g2g_latency_ms, aggregate: p50, op: '<=', threshold: 1, group_by: [orchestrator]}\n"
                       "  - {metric: skipped_no_capacity, aggregate: rate, op: '<', threshold: 0.5}\n")
     v = evaluate(s, rows)
     by = {(c.check, c.group_label): c for c in v.checks}
     failed = by[("rate(failed) <= 0.1", "overall")]
     assert failed.sessions == 30 and failed.value == pytest.approx(6 / 30) and failed.passed is False
-    lat = [c for c in v.checks if c.metric == "e2e_latency_ms"]
+    lat = [c for c in v.checks if c.metric == "g2g_latency_ms"]
     assert {c.group["orchestrator"] for c in lat} == set(ORCHS) and all(c.passed is False for c in lat)
-    o1 = [r["e2e_latency_ms"] for r in rows[:30] if r["orchestrator_address"] == ORCHS[0] and r["e2e_latency_ms"]]
-    assert by[("p50(e2e_latency_ms) <= 1", f"orchestrator={ORCHS[0]}")].value == pytest.approx(np.percentile(o1, 50))
+    o1 = [r["g2g_latency_ms"] for r in rows[:30] if r["orchestrator_address"] == ORCHS[0] and r["g2g_latency_ms"]]
+    assert by[("p50(g2g_latency_ms) <= 1", f"orchestrator={ORCHS[0]}")].value == pytest.approx(np.percentile(o1, 50))
     skipped = by[("rate(skipped_no_capacity) < 0.5", "overall")]
     assert skipped.sessions == 32 and skipped.value == pytest.approx(1 / 32) and skipped.passed
     assert v.goodput == pytest.approx(24 / 30) and v.counted == 30
@@ -140,9 +140,9 @@ def test_checks_overall_and_per_group_with_skips_and_tester_failures_left_out():
 
 def test_sla_score_follows_the_network_formula():
     t = load_scenario(REPO / "tests/campaigns/tiny.yaml").workflow.thresholds
-    good = {"outcome": "ok", "startup_s": t.max_startup_s / 4, "e2e_latency_ms": t.max_e2e_latency_ms / 4,
+    good = {"outcome": "ok", "startup_s": t.max_startup_s / 4, "g2g_latency_ms": t.max_g2g_latency_ms / 4,
             "output_fps": t.min_output_fps * 2, "swapped": False}
-    bad = {"outcome": "failed", "error_phase": "media", "startup_s": None, "e2e_latency_ms": None,
+    bad = {"outcome": "failed", "error_phase": "media", "startup_s": None, "g2g_latency_ms": None,
            "output_fps": 0.0, "swapped": True}
     skipped = {"outcome": "skipped_no_capacity", "error_phase": "capacity"}
     assert sla_score([good] * 4, t)["score"] == 100.0
@@ -191,15 +191,15 @@ def test_clickhouse_push_is_idempotent_and_survives_a_lost_response(clickhouse, 
         assert clickhouse.front.fail_after_commit == 0, "the fault was never hit"
         assert count(sink, "sessions", "c-retry") == 8
     table = read_sessions(d)
-    per_orch = sink.query(f"SELECT orchestrator_address AS o, count() AS n, avg(e2e_latency_ms) AS lat "
+    per_orch = sink.query(f"SELECT orchestrator_address AS o, count() AS n, avg(g2g_latency_ms) AS lat "
                           f"FROM {sink.table('sessions')} WHERE campaign_id = 'c-push' AND orchestrator_address = "
                           "{o:String} AND started_at BETWEEN {a:DateTime64(3)} AND {b:DateTime64(3)} GROUP BY o",
                           {"o": ORCHS[1], "a": table.column("started_at")[0].as_py(),
                            "b": table.column("started_at")[-1].as_py()}).to_pylist()
     ours = [r for r in rows if r["orchestrator_address"] == ORCHS[1]]
     assert per_orch[0]["n"] == len(ours)
-    assert per_orch[0]["lat"] == pytest.approx(np.mean([r["e2e_latency_ms"] for r in ours
-                                                        if r["e2e_latency_ms"] is not None]))
+    assert per_orch[0]["lat"] == pytest.approx(np.mean([r["g2g_latency_ms"] for r in ours
+                                                        if r["g2g_latency_ms"] is not None]))
     sink.close()
 
 
@@ -232,8 +232,8 @@ def test_compare_flags_a_planted_regression_and_passes_an_unchanged_rerun(tmp_pa
     assert same.code == 0 and "0 regressions" in same.out, same.out
     worse = cli("compare", str(base), str(slow))
     assert worse.code == 3, worse.out
-    assert "REGRESSION e2e_latency_ms [overall]" in worse.out and "REGRESSION failed [overall]" in worse.out
-    assert f"REGRESSION e2e_latency_ms [orchestrator={ORCHS[0]}]" in worse.out
+    assert "REGRESSION g2g_latency_ms [overall]" in worse.out and "REGRESSION failed [overall]" in worse.out
+    assert f"REGRESSION g2g_latency_ms [orchestrator={ORCHS[0]}]" in worse.out
     few = compare(session_rows(3, 10), session_rows(3, 12, latency_scale=2.0), min_sessions=5)
     assert few == []  # below the minimum sample size nothing is judged
     assert set(NUMBERS) | set(RATES) <= set(METRICS)  # compare only names catalogued metrics
@@ -268,4 +268,4 @@ def test_compare_reads_clickhouse_time_windows(clickhouse, ch_cfg, tmp_path, cli
     out = cli("compare", "clickhouse:unit@2026-09-10T00:00..2026-09-20T00:00",
               "clickhouse:unit@2026-09-20T00:00..2026-09-30T00:00")
     assert out.code == 3 and "(40 sessions) -> current" in out.out, out.out + out.err
-    assert "REGRESSION e2e_latency_ms [overall]" in out.out
+    assert "REGRESSION g2g_latency_ms [overall]" in out.out

@@ -34,7 +34,7 @@ def test_defaults_of_a_minimal_scenario():
     assert sc.capacity.max_fraction == 0.05
     assert sc.capacity.max_per_orchestrator == 1
     assert sc.capacity.idle_reserve == 1
-    assert isinstance(sc.media, SyntheticMedia) and sc.media.codec == "vp8"
+    assert isinstance(sc.media, SyntheticMedia) and sc.media.codec == "h264"
     assert sc.workflow.params == {"prompt": "${prompt}"}
     assert sc.placement.regions[0].name == "local"
     assert sc.outputs.report is True and sc.outputs.clickhouse is None

@@ -17,7 +17,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from fleet.webrtc import new_peer_connection, use_host_addresses
+from fleet.webrtc import codecs_named, new_peer_connection, use_host_addresses
 
 use_host_addresses(["127.0.0.1"])
 
@@ -64,13 +64,16 @@ class Received:
     target: int = 1
 
 
-async def whip_publish(base: str, name: str, track: MediaStreamTrack, **query: str):
-    """Publish ``track``; return (peer connection, response)."""
+async def whip_publish(base: str, name: str, track: MediaStreamTrack, codec: str | None = None,
+                       path: str | None = None, **query: str):
+    """Publish ``track`` (offering only ``codec`` when given) to ``path`` or the go-livepeer WHIP route."""
     pc = new_peer_connection()
-    pc.addTransceiver(track, direction="sendonly")
+    transceiver = pc.addTransceiver(track, direction="sendonly")
+    if codec:
+        transceiver.setCodecPreferences(codecs_named("video", codec))
     await pc.setLocalDescription(await pc.createOffer())
     async with httpx.AsyncClient(timeout=30) as client:
-        resp = await client.post(f"{base}/live/video-to-video/{name}/whip", params=query,
+        resp = await client.post(path or f"{base}/live/video-to-video/{name}/whip", params=query,
                                  content=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"})
     if resp.status_code == 201:
         await pc.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))

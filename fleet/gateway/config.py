@@ -19,17 +19,17 @@ from fleet.errors import InputError
 from fleet.spec import Spec, parse
 
 __all__ = [
-    "DEFAULT_MODEL", "Delay", "Fault", "GatewayConfig", "Gpu", "GpuProfile", "OrchestratorSpec",
+    "DEFAULT_MODEL", "Delay", "Fault", "GatewayConfig", "Gpu", "GpuProfile", "IceServerSpec", "OrchestratorSpec",
     "capabilities_body", "default_config", "load_gateway_config", "reference_capacity",
 ]
 
 DEFAULT_MODEL = "streamdiffusion"
 
 FaultKind = Literal[
-    "signaling_error",   # WHIP answers 5xx
-    "slow_answer",       # WHIP answers after a delay
-    "signaling_timeout", # WHIP never answers (until the client gives up)
-    "ice_never",         # the SDP answer carries no usable candidate: ICE never completes
+    "signaling_error",   # the orchestrator refuses the job (after the 201): gateway error, peer connection closed
+    "slow_answer",       # the orchestrator takes delay_s to start the job: a slow startup
+    "signaling_timeout", # the orchestrator never starts the job: gateway error after delay_s, connection closed
+    "ice_never",         # the SDP answer carries no usable candidate: ICE never completes (the gateway's own fault)
     "output_stall",      # input flows, output stops
     "disconnect",        # the gateway closes the peer connections mid-stream
     "black_frames",      # output frames turn black
@@ -95,12 +95,42 @@ class Fault(Spec):
         return self
 
 
+class IceServerSpec(Spec):
+    """A STUN/TURN server the gateway names in its WHIP ``Link`` headers (go-livepeer: WebrtcConfig)."""
+
+    urls: str = Field(pattern=r"^(stun|stuns|turn|turns):")
+    username: str | None = None
+    credential: str | None = None
+
+
 class GatewayConfig(Spec):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8937
     max_streams: Annotated[int, Field(ge=1, le=10_000)] = 256
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_000_000
-    idle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    idle_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="the runner stops after this long without input (ai-runner)")
+    selection_timeout_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        2.0, description="orchestrator selection retries this long (go-livepeer aiProcessingRetryTimeout)")
+    video_gather_timeout_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        5.0, description="no video track within this long closes the session (LIVE_AI_VIDEO_GATHER_TIMEOUT)")
+    pli_interval_s: Annotated[float, Field(gt=0)] = Field(
+        2.0, description="the gateway asks the publisher for a keyframe this often (go-livepeer keyframeInterval)")
+    status_interval_s: Annotated[float, Field(gt=0)] = Field(
+        10.0, description="the runner reports its status this often (ai-runner status_report_interval)")
+    stats_interval_s: Annotated[float, Field(gt=0)] = Field(
+        5.0, description="ingest_metrics in the status are refreshed this often (go-livepeer runStats)")
+    status_retention_s: Annotated[float, Field(ge=0)] = Field(
+        60.0, description="a stream's status stays readable this long after it ends (go-livepeer clearStreamDelay)")
+    max_whep_viewers: Annotated[int, Field(ge=1, le=1000)] = Field(5, description="WHEP viewers per stream (429 past it)")
+    output_gop_s: Annotated[float, Field(gt=0, le=10)] = Field(
+        1.0, description="seconds between IDR frames of the processed output (an assumption, not read from ai-runner)")
+    whep_base_url: str | None = Field(
+        None, description="LIVE_AI_WHEP_URL: WHEP URLs are this + {stream}-{request}-out/whep; default: the gateway's "
+                          "own /live/video-to-video/ handler")
+    ice_servers: tuple[IceServerSpec, ...] = Field(
+        (), description="STUN/TURN servers named in WHIP Link headers (go-livepeer names Google's STUN server; "
+                        "none by default here, since tests stay on loopback)")
     relay: bool = Field(False, description="forward encoded frames untouched (benchmarks at high session counts)")
     token: str | None = Field(None, description="Bearer token the Daydream facade checks; None accepts any")
     seed: int = 0

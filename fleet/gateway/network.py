@@ -1,8 +1,9 @@
 """The simulated network behind the reference gateway: orchestrators, GPUs, slots.
 
 One stream takes one slot of its model on one GPU. ``acquire`` picks the
-orchestrator (optionally by substring, like go-livepeer's ``orchestrator=``
-query) and the GPU; ``release`` frees it. A GPU's first stream pays its
+orchestrator and the GPU; ``release`` frees it. Targeting is go-livepeer's:
+``orchestrator=`` is a substring of the orchestrator's service URI, never its
+address (server/ai_process.go); BYOC's include/exclude lists are exact URIs. A GPU's first stream pays its
 profile's cold start. Faults are drawn here too, deterministically per stream.
 """
 
@@ -54,14 +55,16 @@ class Network:
         total = sum(self._free(g, model) for g in self._gpus if g.orch.address == address)
         return total - self._dropped.get(address, 0)
 
-    def acquire(self, model: str, orchestrator: str = "", exclude: str = "") -> Lease | None:
-        """A free slot for ``model``, on an orchestrator matching ``orchestrator``; None if the network is full."""
+    def acquire(self, model: str, orchestrator: str = "", exclude: str = "",
+                include_uris: tuple[str, ...] = (), exclude_uris: tuple[str, ...] = ()) -> Lease | None:
+        """A free slot for ``model`` on an orchestrator whose URI contains ``orchestrator``; None if none has one."""
         best: _GpuState | None = None
         for g in self._gpus:
             o = g.orch
-            if orchestrator and orchestrator not in o.address and orchestrator not in o.uri:
+            if orchestrator and orchestrator not in o.uri:
                 continue
-            if exclude and o.address == exclude:
+            if (exclude and o.address == exclude) or (include_uris and o.uri not in include_uris) \
+                    or o.uri in exclude_uris:
                 continue
             if self._free(g, model) <= 0 or self._orch_free(o.address, model) <= 0:
                 continue
@@ -96,12 +99,23 @@ class Network:
     def restore_capacity(self, address: str, slots: int) -> None:
         self._dropped[address] = max(0, self._dropped.get(address, 0) - slots)
 
-    def faults_for(self, address: str, uri: str) -> list[Fault]:
-        """The faults that hit the next stream on this orchestrator (drawn once per stream)."""
+    def has_room(self, model: str, include_uris: tuple[str, ...] = (), exclude_uris: tuple[str, ...] = ()) -> bool:
+        return any(self._free(g, model) > 0 and self._orch_free(g.orch.address, model) > 0
+                   and (not include_uris or g.orch.uri in include_uris) and g.orch.uri not in exclude_uris
+                   for g in self._gpus)
+
+    def faults_for(self, address: str, uri: str, kinds: tuple[str, ...] | None = None) -> list[Fault]:
+        """The faults that hit the next stream on this orchestrator (drawn once per stream).
+
+        ``kinds`` limits the draw (the gateway's own faults are drawn before selection, under the
+        address ``""``: a fault whose ``orchestrator`` is empty applies there).
+        """
         n = self._stream_counts.get(address, 0) + 1
         self._stream_counts[address] = n
         hit = []
         for f in self.config.faults:
+            if kinds is not None and f.kind not in kinds:
+                continue
             if f.orchestrator and f.orchestrator not in address and f.orchestrator not in uri:
                 continue
             if n in f.streams or (f.probability > 0 and self._rng.random() < f.probability):

@@ -1,36 +1,36 @@
-"""The reference gateway's HTTP server: go-livepeer, Daydream and BYOC dialects, truth endpoints.
+"""The reference gateway's HTTP server: go-livepeer's routes, the Daydream and BYOC facades, truth endpoints.
 
 ``ReferenceGateway`` runs in-process (``await start()`` / ``await stop()``);
 ``GatewayProcess`` runs ``fleet gateway serve`` as a subprocess and waits for
-its readiness line. Routes (go-livepeer dialect as in shared/LIVEPEER.md):
+its readiness line. Routes, as go-livepeer registers them
+(server/ai_mediaserver.go ``startAIMediaServer``; docs/FIDELITY.md names the
+source of every behaviour):
 
-    POST   /live/video-to-video/{stream}/whip          WHIP ingest (application/sdp)
-    DELETE /live/video-to-video/{stream}/whip/{id}     stop (RFC 9725)
-    POST   /live/video-to-video/{stream}/whep          WHEP egress (the Livepeer-Playback-URL)
-    POST   /live/video-to-video/{stream}/update        params update (JSON, <= max_body_bytes)
-    GET    /live/video-to-video/{stream}/status        ai_stream_status-shaped status
-    GET    /getNetworkCapabilities                      orchestrators, slots, GPUs
-    POST/GET/PATCH/DELETE /v1/streams[/{id}]            Daydream facade (Bearer token)
-    POST   /process/stream/start, /process/stream/{id}/stop   BYOC facade
-    GET    /debug/streams, /debug/streams/{id}          ground truth
-    POST   /debug/capacity                              other users take / give back slots (JSON)
+    POST   /live/video-to-video/{stream}/whip        WHIP ingest: 201 at once, selection after
+    POST   /live/video-to-video/{path}/whep          WHEP egress, path {stream}-{requestID}-out
+    POST   /live/video-to-video/{stream}/update      params update, keyed by stream name
+    GET    /live/video-to-video/{streamId}/status    status, keyed by the WHIP streamId query parameter
+    *      /live/video-to-video/{stream}/whip/{id}   405: go-livepeer has no DELETE (or PATCH) for WHIP
+    GET    /getNetworkCapabilities                   orchestrators, slots, GPUs
+    /v1/streams...                                   Daydream facade (fleet.gateway.facades)
+    /process/stream/...                              BYOC facade (fleet.gateway.facades)
+    GET    /debug/streams, /debug/streams/{key}      ground truth (not part of go-livepeer)
+    POST   /debug/capacity                           outside users take / give back slots
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import logging
 import os
 import re
+import secrets
 import selectors
 import signal
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from aiohttp import web
 from fleet.gateway.config import GatewayConfig, default_config
 from fleet.gateway.network import Network
 from fleet.gateway.stream import Stream
+from fleet.webrtc import IceServer, ice_link_headers
 
 __all__ = ["GatewayProcess", "ReferenceGateway", "READY_PREFIX"]
 
@@ -47,15 +48,14 @@ log = logging.getLogger(__name__)
 READY_PREFIX = "fleet gateway listening on "
 SHUTDOWN_TIMEOUT_S = 10.0
 MAX_CLOSED_STREAMS = 1000  # closed streams whose truth is kept; older ones are forgotten
-NO_ORCHESTRATORS = "gateway_no_orchestrators_available"
-_SDP_TYPES = ("application/sdp",)
-
+WHEP_WAIT_S = 60.0         # a WHEP request waits this long at most for the stream's first output
+SDP = "application/sdp"
 
 _CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, PATCH, DELETE, OPTIONS",
     "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match, Livepeer",
-    "Access-Control-Expose-Headers": "Location, ETag, Link, Livepeer-Playback-URL, X-Stream-Id",
+    "Access-Control-Expose-Headers": "Location, ETag, Link, Livepeer-Playback-URL",
 }
 
 
@@ -63,7 +63,7 @@ _CORS = {
 async def _cors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Browser WHIP/WHEP clients: answer preflights, expose the WHIP headers."""
     if request.method == "OPTIONS":
-        return web.Response(status=204, headers={**_CORS, "Accept-Post": "application/sdp"})
+        return web.Response(status=204, headers={**_CORS, "Accept-Post": SDP})
     response = await handler(request)
     response.headers.update(_CORS)
     return response
@@ -73,13 +73,23 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
 
 
+def _text(status: int, message: str) -> web.Response:
+    """An error as Go's http.Error writes it: plain text and a newline."""
+    return web.Response(status=status, text=message + "\n")
+
+
 class ReferenceGateway:
     def __init__(self, config: GatewayConfig | None = None) -> None:
+        from fleet.gateway.facades import Byoc, Daydream
+
         self.config = config or default_config()
         self.network = Network(self.config)
-        self.live: dict[str, Stream] = {}       # by stream name
-        self.history: dict[str, Stream] = {}    # by stream id, every stream ever started
-        self.pending: dict[str, dict[str, Any]] = {}  # Daydream / BYOC streams created, not yet ingesting
+        self.live: dict[str, Stream] = {}            # by stream name
+        self.status_store: dict[str, Stream] = {}     # by streamId, until status_retention_s after the end
+        self.history: dict[str, Stream] = {}          # by stream key, every stream kept for the truth
+        self.ice_servers = tuple(IceServer(s.urls, s.username, s.credential) for s in self.config.ice_servers)
+        self.daydream = Daydream(self)
+        self.byoc = Byoc(self)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -89,23 +99,25 @@ class ReferenceGateway:
     def url(self) -> str:
         return f"http://{self.config.host}:{self.port}"
 
-    def whep_url(self, name: str) -> str:
-        return f"{self.url}/live/video-to-video/{name}/whep"
+    def whep_url(self, name: str, request_id: str) -> str:
+        """go-livepeer generateWhepUrl: $LIVE_AI_WHEP_URL + {stream}-{requestID}-out/whep."""
+        base = self.config.whep_base_url or f"{self.url}/live/video-to-video/"
+        return f"{base}{name}-{request_id}-out/whep"
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[_cors])
-        base = "/live/video-to-video/{stream}"
+        base = "/live/video-to-video/"
         app.add_routes([
-            web.post(base + "/whip", self.whip), web.delete(base + "/whip/{id}", self.delete),
-            web.post(base + "/whep", self.whep), web.post(base + "/update", self.update),
-            web.get(base + "/status", self.status),
+            web.post(base + "{stream}/whip", self.whip),
+            web.route("*", base + "{stream}/whip/{id}", self.no_resource_method),
+            web.post(base + "{path}/whep", self.whep), web.patch(base + "{path}/whep", self.not_implemented),
+            web.post(base + "{stream}/update", self.update),
+            web.get(base + "{streamId}/status", self.status),
             web.get("/getNetworkCapabilities", self.capabilities),
             web.get("/debug/streams", self.debug_list), web.get("/debug/streams/{id}", self.debug_stream),
             web.post("/debug/capacity", self.debug_capacity),
-            web.post("/v1/streams", self.dd_create), web.get("/v1/streams/{id}", self.dd_get),
-            web.patch("/v1/streams/{id}", self.dd_patch), web.delete("/v1/streams/{id}", self.dd_delete),
-            web.post("/process/stream/start", self.byoc_start), web.post("/process/stream/{id}/stop", self.byoc_stop),
             web.options("/{tail:.*}", self.preflight),
+            *self.daydream.routes(), *self.byoc.routes(),
         ])
         return app
 
@@ -129,17 +141,25 @@ class ReferenceGateway:
 
     def _forget_old(self) -> None:
         """Keep the truth of every open stream and of the last MAX_CLOSED_STREAMS closed ones."""
-        closed = [sid for sid, s in self.history.items() if s.closed]
-        for sid in closed[: max(0, len(closed) - MAX_CLOSED_STREAMS)]:
-            del self.history[sid]
+        closed = [key for key, s in self.history.items() if s.closed]
+        for key in closed[: max(0, len(closed) - MAX_CLOSED_STREAMS)]:
+            del self.history[key]
 
     def released(self, stream: Stream) -> None:
-        self.network.release(stream.lease)
+        if stream.lease is not None:
+            self.network.release(stream.lease)
         if self.live.get(stream.name) is stream:
             del self.live[stream.name]
+        retention = self.config.status_retention_s
+        asyncio.get_running_loop().call_later(retention, self._expire_status, stream)
+
+    def _expire_status(self, stream: Stream) -> None:
+        if self.status_store.get(stream.id) is stream:
+            del self.status_store[stream.id]
 
     def swap(self, stream: Stream) -> None:
         """Move ``stream`` to another orchestrator (a fault), as a gateway does when one fails."""
+        assert stream.lease is not None
         new = self.network.acquire(stream.pipeline, exclude=stream.lease.orchestrator.address)
         if new is None:
             stream.event("orchestrator_swap_failed", reason="no other orchestrator has room")
@@ -148,105 +168,122 @@ class ReferenceGateway:
         self.network.release(old)
         stream.lease = new
         stream.restart_count += 1
+        stream.last_restart = stream.loop.time()
         stream.event("orchestrator_swap", old=old.orchestrator.address, new=new.orchestrator.address)
 
-    async def open_stream(self, name: str, offer: str, pipeline: str, params: dict[str, Any],
-                          stream_id: str | None, orchestrator: str) -> web.Response:
+    async def open_stream(self, request: web.Request, name: str, pipeline: str, params: dict[str, Any],
+                          stream_id: str, orchestrator: str = "", include_uris: tuple[str, ...] = (),
+                          exclude_uris: tuple[str, ...] = (), request_id: str | None = None) -> web.Response:
+        """go-livepeer CreateWHIP: answer the offer with 201 at once; selection and the gather run after."""
+        if request.headers.get("Content-Type") != SDP:  # an exact string compare, as go-livepeer does
+            return _text(415, "Unsupported Media Type, expected application/sdp")
         if name in self.live:
-            return _error(409, f"stream {name!r} is already live")
+            return _text(409, f"stream {name} is already live")
         if len(self.live) >= self.config.max_streams:
-            return _error(503, f"the gateway is at its limit of {self.config.max_streams} streams")
-        lease = self.network.acquire(pipeline, orchestrator)
-        if lease is None:
-            return _error(503, "no orchestrators available", trace=NO_ORCHESTRATORS, pipeline=pipeline)
-        faults = self.network.faults_for(lease.orchestrator.address, lease.orchestrator.uri)
-        kinds = {f.kind: f for f in faults}
-        stream = Stream(self, stream_id or uuid.uuid4().hex, name, pipeline, params, lease, faults)
-        self.live[name] = stream
-        self.history[stream.id] = stream
-        self._forget_old()
-        if "signaling_error" in kinds:
-            await stream.close("fault: signaling_error")
-            return _error(kinds["signaling_error"].status, "orchestrator signaling failed (injected fault)")
-        if "signaling_timeout" in kinds or "slow_answer" in kinds:
-            await asyncio.sleep((kinds.get("signaling_timeout") or kinds["slow_answer"]).delay_s)
-            if "signaling_timeout" in kinds:
-                await stream.close("fault: signaling_timeout")
-                return _error(504, "orchestrator did not answer (injected fault)")
+            return _text(503, f"the gateway is at its limit of {self.config.max_streams} streams")
+        offer = await request.text()
+        stream = Stream(self, name, stream_id, pipeline, params, orchestrator, include_uris, exclude_uris,
+                        request.headers.get("User-Agent", ""), request_id)
         try:
             answer = await stream.answer_whip(offer)
-        except ValueError as exc:  # aiortc: a malformed or unusable offer
+        except Exception as exc:  # noqa: BLE001 - aiortc raises several types for an unusable offer
             await stream.close(f"bad offer: {exc}")
-            return _error(400, f"cannot use the SDP offer: {exc}")
-        if "ice_never" in kinds:
+            return _text(400, f"SetRemoteDescription failed: {exc}")
+        if self.network.faults_for("", "", kinds=("ice_never",)):
             answer = re.sub(r"a=candidate:[^\r\n]*\r?\n", "", answer)
             answer = re.sub(r"(c=IN IP4 )\S+", r"\g<1>192.0.2.255", answer)
-        location = f"/live/video-to-video/{name}/whip/{stream.id}"
-        return web.Response(status=201, text=answer, content_type="application/sdp", headers={
-            "Location": location, "ETag": f'"{stream.id}"', "Livepeer-Playback-URL": self.whep_url(name),
-            "X-Stream-Id": stream.id})
+            stream.event("fault", kind="ice_never")
+        self.live[name] = stream
+        self.status_store[stream_id] = stream
+        self.history[stream.key] = stream
+        self._forget_old()
+        stream.begin()
+        headers = {"Location": f"{request.url.with_query(None)}/{secrets.token_hex(8)}",
+                   "ETag": f'W/"{secrets.token_hex(8)}"', "Livepeer-Playback-URL": stream.gateway_status["whep_url"]}
+        response = web.Response(status=201, text=answer, content_type=SDP, headers=headers)
+        for link in ice_link_headers(self.ice_servers):
+            response.headers.add("Link", link)
+        return response
 
     # --- go-livepeer dialect -----------------------------------------------------
 
     async def preflight(self, request: web.Request) -> web.Response:  # answered by the CORS middleware
         return web.Response(status=204)
 
+    async def no_resource_method(self, request: web.Request) -> web.Response:
+        """The WHIP resource (``Location``) has no handler in go-livepeer: a DELETE falls through to 405."""
+        return _text(405, "Method Not Allowed")
+
+    async def not_implemented(self, request: web.Request) -> web.Response:
+        return web.Response(status=501)
+
     async def whip(self, request: web.Request) -> web.Response:
-        if request.content_type not in _SDP_TYPES:
-            return _error(415, f"Content-Type must be application/sdp, got {request.content_type or 'none'}")
-        name = request.match_info["stream"]
-        q = request.query
-        preset = self.pending.pop(name, {})
+        q, name = request.query, request.match_info["stream"]
         try:
-            params = json.loads(q["params"]) if "params" in q else preset.get("params", {})
-        except json.JSONDecodeError as exc:
-            return _error(400, f"params is not JSON: {exc.msg}")
+            params = json.loads(q["params"]) if q.get("params") else {}
+        except json.JSONDecodeError:
+            return _text(400, "Invalid pipeline params")
         if not isinstance(params, dict):
-            return _error(400, "params must be a JSON object")
-        pipeline = q.get("pipeline") or preset.get("pipeline") or "streamdiffusion"
-        offer = await request.text()
-        if not offer.startswith("v=0") or "m=video" not in offer:
-            return _error(400, "the body must be an SDP offer with a video m-line")
-        return await self.open_stream(name, offer, pipeline, params, q.get("streamId") or preset.get("id"),
+            return _text(400, "Invalid pipeline params")
+        preset = self.daydream.preset(name)  # the auth webhook's answer overrides pipeline, params, streamId
+        if preset is not None:
+            return await self.open_stream(request, name, preset["pipeline"], preset["params"], preset["id"],
+                                          q.get("orchestrator", ""))
+        return await self.open_stream(request, name, q.get("pipeline", ""), params, q.get("streamId", ""),
                                       q.get("orchestrator", ""))
 
-    def _live(self, request: web.Request) -> Stream | None:
-        return self.live.get(request.match_info["stream"])
-
-    async def delete(self, request: web.Request) -> web.Response:
-        stream = self._live(request)
-        if stream is None or stream.id != request.match_info["id"]:
-            return _error(404, "no such live stream")
-        await stream.close("DELETE")
-        return web.Response(status=200)
-
     async def whep(self, request: web.Request) -> web.Response:
-        if request.content_type not in _SDP_TYPES:
-            return _error(415, "Content-Type must be application/sdp")
-        stream = self._live(request)
-        if stream is None:
-            return _error(404, "no such live stream")
-        answer = await stream.answer_whep(await request.text())
-        return web.Response(status=201, text=answer, content_type="application/sdp",
-                            headers={"Location": request.path + f"/{len(stream.whep)}"})
+        """go-livepeer CreateWhep: the path is {stream}-{requestID}-out (or {stream}-out); split on '-'."""
+        parts = request.match_info["path"].split("-")
+        if len(parts) == 3 and parts[2] == "out":
+            name, request_id = parts[0], parts[1]
+        elif len(parts) == 2 and parts[1] == "out":
+            name, request_id = parts[0], ""
+        else:
+            return _text(404, "Malformed stream ID")
+        stream = self.live.get(name)
+        if stream is None or stream.lease is None or (request_id and request_id != stream.request_id):
+            return _text(404, "Stream not found")
+        return await self.serve_whep(request, stream)
+
+    async def serve_whep(self, request: web.Request, stream: Stream) -> web.Response:
+        if request.headers.get("Content-Type") != SDP:
+            return _text(415, "Unsupported Media Type, expected application/sdp")
+        if stream.viewers_open() >= self.config.max_whep_viewers:
+            return _text(429, "Too many viewers for this stream")
+        offer = await request.text()
+        # go-livepeer's WHEP blocks until the orchestrator's output exists (mpegts reader Initialize)
+        waiters = [asyncio.ensure_future(stream.output_ready.wait()), asyncio.ensure_future(stream.ended.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=WHEP_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        if not stream.output_ready.is_set() or stream.closed:
+            return _text(404, "Failed to initialize mpegts reader")
+        try:
+            answer = await stream.answer_whep(offer)
+        except Exception as exc:  # noqa: BLE001 - aiortc raises several types for an unusable offer
+            return _text(400, f"SetRemoteDescription failed: {exc}")
+        return web.Response(status=201, text=answer, content_type=SDP)  # no Location, as go-livepeer
 
     async def update(self, request: web.Request) -> web.Response:
-        stream = self._live(request)
+        stream = self.live.get(request.match_info["stream"])
         if stream is None:
-            return _error(404, "no such live stream")
+            return _text(404, "Stream not found")
         try:
             params = json.loads(await request.read())
         except json.JSONDecodeError as exc:
-            return _error(400, f"body is not JSON: {exc.msg}")
+            return _text(400, f"body is not JSON: {exc.msg}")
         if not isinstance(params, dict):
-            return _error(400, "params must be a JSON object")
+            return _text(400, "params must be a JSON object")
         stream.set_params(params)
         return web.Response(status=200)
 
     async def status(self, request: web.Request) -> web.Response:
-        stream = self._live(request)
+        stream = self.status_store.get(request.match_info["streamId"])
         if stream is None:
-            return _error(404, "no such live stream")
+            return _text(404, "Stream not found")
         return web.json_response(stream.status())
 
     async def capabilities(self, request: web.Request) -> web.Response:
@@ -259,7 +296,8 @@ class ReferenceGateway:
         return web.json_response({"open": sum(1 for s in streams if s["open"]), "streams": streams})
 
     async def debug_stream(self, request: web.Request) -> web.Response:
-        stream = self.history.get(request.match_info["id"])
+        key = request.match_info["id"]
+        stream = self.history.get(key) or next((s for s in self.history.values() if key in (s.id, s.name)), None)
         if stream is None:
             return _error(404, "no such stream")
         return web.json_response(stream.truth())
@@ -284,92 +322,6 @@ class ReferenceGateway:
             self.network.restore_capacity(address, give)
         return web.json_response({"orchestrators": hit, **self.network.capabilities()})
 
-    # --- Daydream facade ---------------------------------------------------------
-
-    def _authorised(self, request: web.Request) -> bool:
-        token = self.config.token
-        return token is None or request.headers.get("Authorization") == f"Bearer {token}"
-
-    async def dd_create(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return _error(401, "missing or wrong Bearer token")
-        try:
-            body = await request.json()
-        except json.JSONDecodeError as exc:
-            return _error(400, f"body is not JSON: {exc.msg}")
-        if not isinstance(body, dict) or not isinstance(body.get("params", {}), dict):
-            return _error(400, "expected {\"pipeline\": ..., \"params\": {...}}")
-        sid = uuid.uuid4().hex
-        self.pending[sid] = {"id": sid, "pipeline": body.get("pipeline", "streamdiffusion"),
-                             "params": body.get("params", {})}
-        return web.json_response({"id": sid, "whip_url": f"{self.url}/live/video-to-video/{sid}/whip",
-                                  "output_playback_id": sid, "whep_url": self.whep_url(sid),
-                                  "pipeline": self.pending[sid]["pipeline"]}, status=201)
-
-    def _dd_stream(self, request: web.Request) -> Stream | None:
-        return self.live.get(request.match_info["id"])
-
-    async def dd_get(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return _error(401, "missing or wrong Bearer token")
-        stream = self._dd_stream(request)
-        if stream is None:
-            pending = self.pending.get(request.match_info["id"])
-            return web.json_response({**pending, "state": "INITIALIZING"}) if pending else _error(404, "no such stream")
-        return web.json_response({"id": stream.name, **stream.status()})
-
-    async def dd_patch(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return _error(401, "missing or wrong Bearer token")
-        stream = self._dd_stream(request)
-        body = await request.json()
-        params = body.get("params", body) if isinstance(body, dict) else None
-        if not isinstance(params, dict):
-            return _error(400, "params must be a JSON object")
-        if stream is None:
-            pending = self.pending.get(request.match_info["id"])
-            if pending is None:
-                return _error(404, "no such stream")
-            pending["params"] = {**pending["params"], **params}
-            return web.json_response(pending)
-        stream.set_params({**stream.params, **params})
-        return web.json_response({"id": stream.name, "params": stream.params})
-
-    async def dd_delete(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return _error(401, "missing or wrong Bearer token")
-        return await self._stop_created(request.match_info["id"], "DELETE /v1/streams", 204)
-
-    async def _stop_created(self, sid: str, reason: str, ok_status: int) -> web.Response:
-        """Stop a stream made through a facade, live or not yet ingesting."""
-        stream = self.live.get(sid)
-        if stream is not None:
-            await stream.close(reason)
-        elif self.pending.pop(sid, None) is None:
-            return _error(404, "no such stream")
-        return web.Response(status=ok_status)
-
-    # --- BYOC facade -----------------------------------------------------------------
-
-    async def byoc_start(self, request: web.Request) -> web.Response:
-        header = request.headers.get("Livepeer", "")
-        try:
-            job = json.loads(base64.b64decode(header, validate=True)) if header else {}
-        except (binascii.Error, json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "the Livepeer header must be base64 of a JSON job request")
-        if not isinstance(job, dict):
-            return _error(400, "the Livepeer header must encode a JSON object")
-        sid = uuid.uuid4().hex
-        params = job.get("parameters") or job.get("params") or {}
-        self.pending[sid] = {"id": sid, "pipeline": job.get("capability", "streamdiffusion"),
-                             "params": params if isinstance(params, dict) else {}}
-        base = f"{self.url}/live/video-to-video/{sid}"
-        return web.json_response({"stream_id": sid, "whip_url": base + "/whip", "whep_url": base + "/whep",
-                                  "update_url": base + "/update", "status_url": base + "/status",
-                                  "stop_url": f"{self.url}/process/stream/{sid}/stop"}, status=200)
-
-    async def byoc_stop(self, request: web.Request) -> web.Response:
-        return await self._stop_created(request.match_info["id"], "BYOC stop", 200)
 
 async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> None:
     """Run until SIGINT / SIGTERM, then shut down cleanly (every peer connection closed)."""

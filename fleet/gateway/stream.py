@@ -1,11 +1,19 @@
-"""One stream through the reference gateway: ingest, processing, egress, ground truth.
+"""One stream through the reference gateway, as go-livepeer runs it.
 
-Frames arrive over WHIP (aiortc decodes them), pass the simulated runner
-(cold start, warm-up, output fps cap, prompt look, processing delay with
-jitter, faults) and go to every WHEP subscriber at ``receive time + delay``,
-with their input timestamps. Everything the runner did to each frame is
-kept as ground truth for tests: the delay it applied (drawn and actual), the
-frames it dropped and why, the prompt in force, and the stream's lifecycle.
+The WHIP offer is answered at once (``201``); orchestrator selection, job
+start and the media gather then run in the background, exactly as in
+go-livepeer's ``CreateWhip`` (server/ai_mediaserver.go) and ``CreateWHIP``
+(media/whip_server.go): no orchestrator within ``selection_timeout_s`` records
+``gateway_status.error = "no orchestrators available"`` and closes the peer
+connection; no video within ``video_gather_timeout_s`` closes it with
+"missing video"; a video track that is not H.264 with "non-h264 video". The
+gateway asks the publisher for a keyframe every ``pli_interval_s``.
+
+Frames then pass the simulated runner (cold start, warm-up, output fps cap,
+prompt look, processing delay with jitter, faults), are encoded once as H.264
+(or, in relay mode, forwarded as they came) and go to every WHEP viewer from
+its first keyframe on, as go-livepeer's WHEP server does. Everything the
+runner did to each frame is kept as ground truth for tests.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import hashlib
 import json
 import logging
 import random
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,24 +36,25 @@ from aiortc.mediastreams import MediaStreamError
 
 from fleet.gateway.config import Fault
 from fleet.gateway.network import Lease
+from fleet.gateway.runner_state import RunnerClock, runner_state
 from fleet.gateway.transform import apply_look, look_for, prompt_cost
 from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame
-from fleet.webrtc import new_peer_connection
+from fleet.webrtc import codecs_named, new_peer_connection
 
 if TYPE_CHECKING:
     from fleet.gateway.server import ReferenceGateway
 
-__all__ = ["OutputTrack", "Stream"]
+__all__ = ["NO_ORCHESTRATORS", "OutputTrack", "Stream"]
 
 log = logging.getLogger(__name__)
 
+NO_ORCHESTRATORS = "no orchestrators available"
 ARRIVALS_KEPT = 512            # arrival times of frames still in aiortc's decoder
-SUBSCRIBER_QUEUE = 90          # frames buffered per WHEP subscriber before the oldest is dropped
+SUBSCRIBER_QUEUE = 90          # frames buffered per WHEP viewer before the oldest is dropped
 MAX_TRUTH_FRAMES = 108_000     # per-frame truth kept (an hour at 30 fps); summaries are always kept
-STATUS_WINDOW_S = 2.0          # fps in status is measured over this window
-DEGRADED_INPUT_FPS = 15.0      # as ai-runner: input fps below this, or no input for 2 s
-NO_INPUT_S = 2.0
-NO_OUTPUT_S = 5.0
+MAX_EVENTS = 10_000            # lifecycle events kept per stream
+FPS_WINDOW_S = 10.0            # the runner's fps is counted over this window (ai-runner FPS_LOG_INTERVAL)
+SELECTION_RETRY_S = 0.1        # selection retries this often within selection_timeout_s
 FPS_BURST_S = 0.25             # the fps cap's token bucket holds this much output: bursty input within it passes
 
 
@@ -54,38 +64,51 @@ def _log_crash(task: asyncio.Task) -> None:
         log.error("stream task crashed", exc_info=task.exception())
 
 
+def _ms(unix: float | None) -> int | None:
+    return None if unix is None else int(unix * 1000)
+
+
 class OutputTrack(MediaStreamTrack):
-    """What one WHEP subscriber receives: the stream's processed frames."""
+    """What one WHEP viewer receives: encoded frames, from the first keyframe on (go-livepeer: hasIDR)."""
 
     kind = "video"
 
     def __init__(self) -> None:
         super().__init__()
-        self.queue: asyncio.Queue[av.VideoFrame | av.Packet | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[av.Packet | None] = asyncio.Queue()
         self.first_pts90: list[int] = []  # the RTP-clock pts of the first frame handed to the sender
+        self.started = False              # a keyframe has gone out: the viewer can decode from here
+        self.frames_sent = 0
+        self.awaiting_keyframe = 0        # frames dropped before the first keyframe
 
-    def push(self, frame: av.VideoFrame | av.Packet | None) -> None:
+    def push(self, packet: av.Packet | None, keyframe: bool = False) -> None:
+        if packet is not None and not self.started:
+            if not keyframe:
+                self.awaiting_keyframe += 1
+                return
+            self.started = True
         if self.queue.qsize() >= SUBSCRIBER_QUEUE:
             self.queue.get_nowait()
-        self.queue.put_nowait(frame)
+        self.queue.put_nowait(packet)
 
-    async def recv(self) -> av.VideoFrame | av.Packet:
+    async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
-        frame = await self.queue.get()
-        if frame is None:
+        packet = await self.queue.get()
+        if packet is None:
             self.stop()
             raise MediaStreamError
-        if not self.first_pts90 and frame.pts is not None and frame.time_base is not None:
-            self.first_pts90.append(round(frame.pts * frame.time_base * VIDEO_CLOCK))
-        return frame
+        if not self.first_pts90 and packet.pts is not None and packet.time_base is not None:
+            self.first_pts90.append(round(packet.pts * packet.time_base * VIDEO_CLOCK))
+        self.frames_sent += 1
+        return packet
 
 
 @dataclass
 class _Rate:
     """Events per second over a sliding window."""
 
-    window: float = STATUS_WINDOW_S
+    window: float = FPS_WINDOW_S
     times: deque = field(default_factory=deque)
 
     def add(self, t: float) -> None:
@@ -93,34 +116,43 @@ class _Rate:
         while self.times and self.times[0] < t - self.window:
             self.times.popleft()
 
-    def fps(self, now: float) -> float:
+    def fps(self, now: float, since: float) -> float:
         while self.times and self.times[0] < now - self.window:
             self.times.popleft()
-        return len(self.times) / self.window
+        span = min(self.window, now - since)
+        return len(self.times) / span if span > 0.5 else 0.0
 
 
 class Stream:
-    def __init__(self, gateway: ReferenceGateway, stream_id: str, name: str, pipeline: str,
-                 params: dict[str, Any], lease: Lease, faults: list[Fault]) -> None:
+    def __init__(self, gateway: ReferenceGateway, name: str, stream_id: str, pipeline: str, params: dict[str, Any],
+                 orchestrator: str = "", include_uris: tuple[str, ...] = (), exclude_uris: tuple[str, ...] = (),
+                 user_agent: str = "", request_id: str | None = None) -> None:
         self.gw = gateway
-        self.id = stream_id
+        cfg = gateway.config
         self.name = name
-        self.request_id = hashlib.sha1(stream_id.encode()).hexdigest()[:8]
+        self.id = stream_id                       # the status key (streamId); may be ""
+        self.request_id = request_id or secrets.token_hex(4)    # go-livepeer core.RandomManifestID
+        self.key = f"{name}-{self.request_id}"    # unique per stream, for the truth endpoints
         self.pipeline = pipeline
-        self.lease = lease
-        self.faults = faults
+        self.orchestrator = orchestrator
+        self.include_uris, self.exclude_uris = include_uris, exclude_uris
+        self.e2e_test = "Headless" in user_agent  # go-livepeer tags such sessions "e2e" in its logs
+        self.lease: Lease | None = None
+        self.faults: list[Fault] = []
         self.loop = asyncio.get_running_loop()
         self.t0 = self.loop.time()
         self.t0_unix = time.time()
-        self.rng = random.Random(f"{gateway.config.seed}:{stream_id}")
+        self.rng = random.Random(f"{cfg.seed}:{name}:{stream_id}")
         self.pc = new_peer_connection()
         self.whep: list[tuple[Any, OutputTrack]] = []
         self.params: dict[str, Any] = {}
         self.prompt = ""
         self.closed: str | None = None  # the reason, once closed
         self.closed_unix: float | None = None
+        self.closed_at: float | None = None
         self.restart_count = 0
-        self.last_error: str | None = None
+        self.last_error: tuple[str, float] | None = None   # the runner's (message, loop time)
+        self.last_restart: float | None = None
         self.frames_in = 0
         self.frames_out = 0
         self.dropped: dict[str, int] = {}
@@ -128,30 +160,44 @@ class Stream:
         self.frames: list[list] = []
         self.unsent: dict[int, int] = {}  # output RTP-clock pts -> truth index, until its packets leave
         self.prompts: list[tuple[float, str, str]] = []  # (t, prompt, params hash)
-        self.events: list[tuple[float, str, dict]] = []
+        self.events: deque[tuple[float, str, dict]] = deque(maxlen=MAX_EVENTS)
         self.in_rate, self.out_rate = _Rate(), _Rate()
         self.last_in: float | None = None
         self.last_out: float | None = None
+        self.last_in_pts: float | None = None   # seconds, media time of the last input / output frame
+        self.last_out_pts: float | None = None
+        self.params_update: float | None = None
         self.last_due = 0.0
         self.fps_credit: float | None = None  # full at the first frame
         self.last_in_for_cap: float | None = None
-        self.ready_at = self.t0 + (lease.profile.cold_start_s if lease.cold_start else 0.0)
-        self.warmup_left = lease.profile.warmup_frames
+        self.runner_start: float | None = None
+        self.ready_at: float | None = None      # the pipeline has loaded (after any cold start)
+        self.warmup_left = 0
         self._tasks: list[asyncio.Task] = []
         self.arrivals: dict[int, float] = {}  # RTP timestamp -> arrival of the frame's last packet
-        self.relay_queue: asyncio.Queue[TapFrame] = asyncio.Queue()
+        self.relay_queue: asyncio.Queue[TapFrame] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)
         self.relay_ts0: int | None = None
         self.relay_need_key = True
         self.tap: FrameTap | None = None
+        self.encoder: av.CodecContext | None = None
+        self.encoded = 0
+        self.first_packet = asyncio.Event()
+        self.output_ready = asyncio.Event()
+        self.ended = asyncio.Event()
         self._closing: asyncio.Task | None = None
+        self.runner_status: dict[str, Any] | None = None   # the runner's last report (ai_stream_status)
+        self.gateway_status: dict[str, Any] = {"whep_url": gateway.whep_url(name, self.request_id)}
         self.set_params(params, event=False)
-        self.event("gateway_receive_stream_request", pipeline=pipeline, orchestrator=lease.orchestrator.address,
-                   gpu=lease.gpu_id, cold_start=lease.cold_start, faults=[f.kind for f in faults])
+        self.event("gateway_receive_stream_request", pipeline=pipeline, e2e=self.e2e_test)
 
     # --- time and records ---------------------------------------------------
 
     def now(self) -> float:
         return self.loop.time() - self.t0
+
+    def unix(self, t: float | None) -> float | None:
+        """A loop time as Unix seconds."""
+        return None if t is None else self.t0_unix + (t - self.t0)
 
     def event(self, name: str, **data: Any) -> None:
         self.events.append((round(self.now(), 6), name, data))
@@ -162,7 +208,9 @@ class Stream:
         self._tasks.append(task)
 
     def _active(self, kind: str) -> Fault | None:
-        t = self.now()
+        if self.runner_start is None:
+            return None
+        t = self.loop.time() - self.runner_start
         for f in self.faults:
             if f.kind == kind and t >= f.after_s and (f.duration_s is None or t < f.after_s + f.duration_s):
                 return f
@@ -173,18 +221,22 @@ class Stream:
         self.prompt = str(params.get("prompt", ""))
         self.look = look_for(self.prompt)
         self.lut = self.look.lut()
-        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-        self.params_hash = digest
-        self.prompts.append((round(self.now(), 6), self.prompt, digest))
+        # ai-runner: md5 of the params JSON with sorted keys
+        self.params_hash = hashlib.md5(json.dumps(params, sort_keys=True).encode()).hexdigest()
+        self.prompts.append((round(self.now(), 6), self.prompt, self.params_hash))
         if event:
-            self.event("params_update", params_hash=digest)
+            self.params_update = self.loop.time()
+            self.event("params_update", params_hash=self.params_hash)
 
     def fps_cap(self) -> float:
+        if self.lease is None:
+            return 0.0
         cap = self.lease.profile.fps_cap * (1 - self.lease.profile.prompt_cost * prompt_cost(self.prompt))
         fault = self._active("fps_drop")
         return cap * (fault.fps_factor if fault else 1.0)
 
     def _draw_delay(self) -> float:
+        assert self.lease is not None
         d = self.lease.profile.delay
         if d.dist == "fixed":
             ms = d.mean_ms
@@ -197,10 +249,24 @@ class Stream:
     # --- signaling -------------------------------------------------------------
 
     async def answer_whip(self, offer_sdp: str) -> str:
+        """The SDP answer; raises ValueError (or aiortc's errors) for an offer that cannot be used."""
+        relay = self.gw.config.relay
+        # H.264 first: the codec the gateway works with. Other codecs are accepted at the SDP level so that
+        # the media gather can refuse the track as go-livepeer does ("non-h264 video").
+        transceiver = self.pc.addTransceiver("video", direction="recvonly")
+        transceiver.setCodecPreferences(codecs_named("video", "H264", "VP8", "VP9", "AV1"))
+
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "video" and not self.gw.config.relay:
+            if track.kind == "video" and not relay:
                 self._spawn(self._pump(track))
+
+        @self.pc.on("iceconnectionstatechange")
+        async def on_ice() -> None:
+            state = self.pc.iceConnectionState
+            self.event("ingest_ice", state=state)
+            if state == "failed" and not self.closed:
+                self.fail("ICE connection state failed")
 
         @self.pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -210,20 +276,25 @@ class Stream:
                 self.close_soon(f"ingest {state}")
 
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-        receivers = [t.receiver for t in self.pc.getTransceivers() if t.kind == "video"]
-        if receivers:
-            relay = self.gw.config.relay
-            self.tap = FrameTap(receivers[0], self._on_tap_frame, decode=not relay)
-            if relay:
-                self._spawn(self._pump_relay())
+        self.tap = FrameTap(transceiver.receiver, self._on_tap_frame, decode=not relay)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        self._spawn(self._watch())
         return self.pc.localDescription.sdp
+
+    def begin(self) -> None:
+        """What go-livepeer does after writing the 201: select, gather media, ask for keyframes, report."""
+        self._spawn(self._select())
+        self._spawn(self._gather())
+        self._spawn(self._ask_keyframes())
+        self._spawn(self._stats())
+        if self.gw.config.relay:
+            self._spawn(self._pump_relay())
+
+    def viewers_open(self) -> int:
+        return sum(1 for pc, _ in self.whep if pc.connectionState not in ("failed", "closed"))
 
     async def answer_whep(self, offer_sdp: str) -> str:
         pc = new_peer_connection()
         track = OutputTrack()
-        self.whep.append((pc, track))
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -231,16 +302,18 @@ class Stream:
                 track.push(None)
                 await pc.close()
 
+        transceiver = pc.addTransceiver(track, direction="sendonly")
+        transceiver.setCodecPreferences(codecs_named("video", "H264"))
         await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-        sender = pc.addTrack(track)
+        self.whep.append((pc, track))
         if len(self.whep) == 1:
-            self._time_egress(sender, track)
+            self._time_egress(transceiver.sender, track)
         await pc.setLocalDescription(await pc.createAnswer())
         self.event("whep_subscriber", count=len(self.whep))
         return pc.localDescription.sdp
 
     def _time_egress(self, sender: Any, track: OutputTrack) -> None:
-        """Truth of the whole residence: when each frame's last packet left for the first subscriber."""
+        """Truth of the whole residence: when each frame's last packet left for the first viewer."""
         dtls = sender.transport
         original = dtls._send_rtp
         origin: list[int] = []
@@ -261,6 +334,69 @@ class Stream:
 
         dtls._send_rtp = send_rtp
 
+    # --- what go-livepeer does after the 201 -------------------------------------------
+
+    def fail(self, message: str, trace: str | None = None) -> None:
+        """The gateway's kickInput: record the error (the first one stays), emit it, close the stream."""
+        self.gateway_status.setdefault("error", {"error_message": message, "error_time": _ms(time.time())})
+        if trace:
+            self.event(trace)
+        self.event("ai_stream_events", type="error", message=message)
+        self.close_soon(message)
+
+    async def _select(self) -> None:
+        cfg, net = self.gw.config, self.gw.network
+        deadline = self.loop.time() + cfg.selection_timeout_s
+        while (lease := net.acquire(self.pipeline, self.orchestrator, include_uris=self.include_uris,
+                                    exclude_uris=self.exclude_uris)) is None:
+            if self.closed:
+                return
+            if self.loop.time() >= deadline:
+                self.fail(NO_ORCHESTRATORS, trace="gateway_no_orchestrators_available")
+                return
+            await asyncio.sleep(SELECTION_RETRY_S)
+        if self.closed:
+            net.release(lease)
+            return
+        self.lease = lease
+        o = lease.orchestrator
+        self.faults = net.faults_for(o.address, o.uri, kinds=tuple(k for k in _JOB_FAULTS + _RUN_FAULTS))
+        kinds = {f.kind: f for f in self.faults}
+        self.event("orchestrator_selected", orchestrator=o.address, url=o.uri, gpu=lease.gpu_id,
+                   cold_start=lease.cold_start, faults=sorted(kinds))
+        if "signaling_error" in kinds:
+            self.fail(f"orchestrator refused the job: HTTP {kinds['signaling_error'].status} (injected fault)")
+            return
+        if "signaling_timeout" in kinds or "slow_answer" in kinds:
+            await asyncio.sleep((kinds.get("signaling_timeout") or kinds["slow_answer"]).delay_s)
+            if "signaling_timeout" in kinds:
+                self.fail("orchestrator did not start the job (injected fault)")
+                return
+        self.runner_start = self.loop.time()
+        self.ready_at = self.runner_start + (lease.profile.cold_start_s if lease.cold_start else 0.0)
+        self.warmup_left = lease.profile.warmup_frames
+        self._spawn(self._report())
+        self._spawn(self._watch())
+
+    async def _gather(self) -> None:
+        """No video within the gather timeout: "missing video"; a non-H.264 video track: "non-h264 video"."""
+        try:
+            await asyncio.wait_for(self.first_packet.wait(), self.gw.config.video_gather_timeout_s)
+        except asyncio.TimeoutError:
+            self.fail("missing video")
+            return
+        codec = self.tap.codec if self.tap else None
+        if codec != "H264":
+            self.event("non_h264_video", codec=codec or (self.tap.unsupported if self.tap else None))
+            self.fail("non-h264 video")
+
+    async def _ask_keyframes(self) -> None:
+        """A PLI to the publisher every ``pli_interval_s`` (go-livepeer's intervalpli interceptor)."""
+        while not self.closed:
+            await asyncio.sleep(self.gw.config.pli_interval_s)
+            if self.tap is not None and self.tap.ssrc is not None:
+                await self.tap.receiver._send_rtcp_pli(self.tap.ssrc)
+
     # --- the runner ----------------------------------------------------------------
 
     async def _pump(self, track: MediaStreamTrack) -> None:
@@ -270,23 +406,26 @@ class Stream:
             try:
                 frame = await asyncio.wait_for(track.recv(), timeout=idle)
             except asyncio.TimeoutError:
-                self.close_soon(f"no input for {idle:g} s")
+                self.fail(f"no input for {idle:g} s")
                 return
             except MediaStreamError:
                 self.close_soon("input ended")
                 return
             seq += 1
-            self._ingest(frame, seq, self._arrival_of(track, frame))
+            self._ingest(frame, seq, self._arrival_of(frame))
 
     def _on_tap_frame(self, frame: TapFrame) -> None:
+        self.first_packet.set()
         if self.gw.config.relay:
+            if self.relay_queue.full():
+                self.relay_queue.get_nowait()
             self.relay_queue.put_nowait(frame)
             return
         if len(self.arrivals) >= ARRIVALS_KEPT:
             self.arrivals.pop(next(iter(self.arrivals)))
         self.arrivals[frame.timestamp & 0xFFFFFFFF] = frame.arrival
 
-    def _arrival_of(self, track: MediaStreamTrack, frame: av.VideoFrame) -> float:
+    def _arrival_of(self, frame: av.VideoFrame) -> float:
         """When the frame's last packet arrived (before aiortc's jitter buffer and decoder), else now."""
         receiver = self.tap.receiver if self.tap else None
         mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
@@ -303,8 +442,10 @@ class Stream:
             try:
                 tap = await asyncio.wait_for(self.relay_queue.get(), timeout=idle)
             except asyncio.TimeoutError:
-                self.close_soon(f"no input for {idle:g} s")
+                self.fail(f"no input for {idle:g} s")
                 return
+            if self.tap is not None and self.tap.codec != "H264":
+                continue  # the gather refuses it
             if self.relay_ts0 is None:
                 self.relay_ts0 = tap.timestamp
             packet = av.Packet(tap.data)
@@ -314,6 +455,8 @@ class Stream:
             self._ingest(packet, seq, tap.arrival, keyframe=tap.keyframe and tap.complete)
 
     def _drop_reason(self, t_in: float) -> str | None:
+        if self.lease is None or self.ready_at is None:
+            return "no_orchestrator"
         if t_in < self.ready_at:
             return "cold_start"
         if self.warmup_left > 0:
@@ -339,6 +482,8 @@ class Stream:
         if self.last_in is None:
             self.event("runner_receive_first_ingest_segment")
         self.last_in = t_in
+        if frame.pts is not None and frame.time_base is not None:
+            self.last_in_pts = float(frame.pts * frame.time_base)
         reason = self._drop_reason(t_in)
         relay = self.gw.config.relay
         if relay and not reason and self.relay_need_key and not keyframe:
@@ -350,14 +495,14 @@ class Stream:
             return
         self.relay_need_key = False
         if relay:
-            out = frame
+            out: av.VideoFrame | av.Packet = frame
         else:
             out = apply_look(frame, self.look, self.lut, black=self._active("black_frames") is not None)
         delay = self._draw_delay()
         due = max(t_in + delay, self.last_due)
         self.last_due = due
         index = self._truth(seq, frame.pts, t_in, delay * 1000, None, None)
-        self.loop.call_at(due, self._emit, out, t_in, index)
+        self.loop.call_at(due, self._emit, out, t_in, index, keyframe)
 
     def _truth(self, seq: int, pts: int | None, t_in: float, drawn: float | None, actual: float | None,
                reason: str | None) -> int:
@@ -366,86 +511,174 @@ class Stream:
         self.frames.append([seq, pts, round(t_in - self.t0, 6), drawn, actual, reason, None])
         return len(self.frames) - 1
 
-    def _emit(self, frame: av.VideoFrame | av.Packet, t_in: float, index: int) -> None:
+    def _encode(self, frame: av.VideoFrame) -> av.Packet | None:
+        """The processed frame as H.264 (constrained baseline), once for every viewer; an IDR every output GOP."""
+        if self.encoder is None:
+            assert self.lease is not None
+            gop = max(1, round(self.gw.config.output_gop_s * self.lease.profile.fps_cap))
+            enc = av.CodecContext.create("libx264", "w")
+            enc.width, enc.height, enc.pix_fmt = frame.width, frame.height, "yuv420p"
+            enc.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+            enc.framerate = fractions.Fraction(round(self.lease.profile.fps_cap))
+            enc.bit_rate = 1_000_000
+            enc.profile = "Baseline"
+            enc.options = {"preset": "ultrafast", "tune": "zerolatency", "level": "31", "forced-idr": "1",
+                           "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:repeat-headers=1"}
+            self.encoder, self._gop = enc, gop
+        frame.pict_type = av.video.frame.PictureType.I if self.encoded % self._gop == 0 else \
+            av.video.frame.PictureType.NONE
+        pts, time_base = frame.pts, frame.time_base
+        frame.pts = round(pts * time_base * VIDEO_CLOCK) if pts is not None and time_base else self.encoded
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self.encoded += 1
+        packets = list(self.encoder.encode(frame))
+        if not packets:
+            return None
+        packet = av.Packet(b"".join(bytes(p) for p in packets))
+        packet.pts, packet.time_base = frame.pts, frame.time_base
+        packet.is_keyframe = any(p.is_keyframe for p in packets)
+        return packet
+
+    def _emit(self, frame: av.VideoFrame | av.Packet, t_in: float, index: int, keyframe: bool) -> None:
         if self.closed:
             return
         t = self.loop.time()
+        packet = frame if isinstance(frame, av.Packet) else self._encode(frame)
+        if packet is None:
+            return
+        keyframe = keyframe if isinstance(frame, av.Packet) else packet.is_keyframe
         if index >= 0:
             self.frames[index][4] = round((t - t_in) * 1000, 3)
-            if self.whep and frame.pts is not None and frame.time_base is not None:
-                pts90 = round(frame.pts * frame.time_base * VIDEO_CLOCK)
+            if self.whep and packet.pts is not None and packet.time_base is not None:
+                pts90 = round(packet.pts * packet.time_base * VIDEO_CLOCK)
                 if len(self.unsent) >= ARRIVALS_KEPT:
                     self.unsent.pop(next(iter(self.unsent)))
                 self.unsent[pts90] = index
         if self.frames_out == 0:
             self.event("runner_send_first_processed_segment")
+            self.output_ready.set()
         self.frames_out += 1
         self.out_rate.add(t)
         self.last_out = t
+        if packet.pts is not None and packet.time_base is not None:
+            self.last_out_pts = float(packet.pts * packet.time_base)
         for _, track in self.whep:
-            track.push(frame)
+            track.push(packet, keyframe)
 
     async def _watch(self) -> None:
         """Mid-stream faults on a schedule: disconnect, orchestrator swap, capacity drop."""
         timed = sorted((f for f in self.faults if f.kind in ("disconnect", "orchestrator_swap", "capacity_drop")),
                        key=lambda f: f.after_s)
         for f in timed:
-            await asyncio.sleep(max(0.0, f.after_s - self.now()))
+            assert self.runner_start is not None
+            await asyncio.sleep(max(0.0, self.runner_start + f.after_s - self.loop.time()))
             if self.closed:
                 return
             self.event("fault", kind=f.kind)
             if f.kind == "disconnect":
-                self.last_error = "orchestrator disconnected"
-                self.close_soon("fault: disconnect")
+                self.last_error = ("orchestrator disconnected", self.loop.time())
+                self.fail("orchestrator disconnected")
                 return
             if f.kind == "orchestrator_swap":
                 self.gw.swap(self)
             else:
+                assert self.lease is not None
                 self.gw.network.drop_capacity(self.lease.orchestrator.address, f.slots)
                 if f.duration_s is not None:
                     self.loop.call_later(f.duration_s, self.gw.network.restore_capacity,
                                          self.lease.orchestrator.address, f.slots)
 
-    # --- status, truth ------------------------------------------------------------------
+    # --- status ------------------------------------------------------------------
 
     def state(self) -> str:
-        if self.closed:
-            return "OFFLINE"
         now = self.loop.time()
-        if self.last_error:
-            return "ERROR"
-        if self.frames_out == 0:
-            return "INITIALIZING"
-        in_fps, out_fps = self.in_rate.fps(now), self.out_rate.fps(now)
-        if self.last_in is None or now - self.last_in > NO_INPUT_S or in_fps < DEGRADED_INPUT_FPS:
-            return "DEGRADED_INPUT"
-        if self.last_out is None or now - self.last_out > NO_OUTPUT_S or out_fps < min(10.0, 0.8 * in_fps):
-            return "DEGRADED_INFERENCE"
-        return "ONLINE"
+        start = self.runner_start if self.runner_start is not None else self.t0
+        ready = self.ready_at if self.ready_at is not None and now >= self.ready_at else None
+        return runner_state(RunnerClock(
+            now=now, start=start, ready=ready, running=self.closed is None, last_input=self.last_in,
+            last_output=self.last_out, params_update=self.params_update,
+            last_error=self.last_error[1] if self.last_error else None, last_restart=self.last_restart,
+            input_fps=self.in_rate.fps(now, start), output_fps=self.out_rate.fps(now, start)))
 
-    def status(self) -> dict[str, Any]:
+    def _report_now(self) -> None:
+        """The runner's status event (ai_stream_status), as the gateway stores it."""
+        assert self.lease is not None
         now = self.loop.time()
-        unix = lambda t: None if t is None else round(self.t0_unix + (t - self.t0), 3)  # noqa: E731
+        start = self.runner_start if self.runner_start is not None else self.t0
+        state = self.state()
+        previous = self.runner_status or {}
         o = self.lease.orchestrator
-        return {
-            "stream_id": self.id, "request_id": self.request_id, "pipeline_id": self.pipeline,
-            "pipeline": self.pipeline, "state": self.state(),
-            "input_status": {"fps": round(self.in_rate.fps(now), 2), "last_input_time": unix(self.last_in)},
-            "inference_status": {"fps": round(self.out_rate.fps(now), 2), "last_output_time": unix(self.last_out),
-                                 "last_params": self.params, "last_params_hash": self.params_hash,
-                                 "last_error": self.last_error, "restart_count": self.restart_count},
-            "orchestrator_info": {"address": o.address, "url": o.uri,  # gpu: an extension go-livepeer lacks
-                                  "gpu": {"id": self.lease.gpu_id, "name": self.lease.gpu_name}},
-            "gateway_status": {"whep_url": self.gw.whep_url(self.name),
-                               "ingest_metrics": {"stats": {"frames_received": self.frames_in}}},
+        self.runner_status = {
+            "type": "status", "pipeline": self.pipeline, "start_time": _ms(self.unix(start)), "state": state,
+            "last_state_update_time": (previous.get("last_state_update_time") if previous.get("state") == state
+                                       else _ms(time.time())),
+            "input_status": {"fps": round(self.in_rate.fps(now, start), 2), "last_input_time": _ms(self.unix(self.last_in))},
+            "inference_status": {
+                "fps": round(self.out_rate.fps(now, start), 2), "last_output_time": _ms(self.unix(self.last_out)),
+                "last_params_update_time": _ms(self.unix(self.params_update)), "last_params": self.params,
+                "last_params_hash": self.params_hash,
+                "last_error": self.last_error[0] if self.last_error else None,
+                "last_error_time": _ms(self.unix(self.last_error[1])) if self.last_error else None,
+                "last_restart_time": _ms(self.unix(self.last_restart)), "restart_count": self.restart_count},
+            "stream_id": self.id, "request_id": self.request_id, "pipeline_id": "",
+            "orchestrator_info": {"address": o.address, "url": o.uri},
+            "timestamp": _ms(time.time()),
         }
 
+    async def _report(self) -> None:
+        """The runner reports every ``status_interval_s`` (ai-runner status_report_interval), from its start."""
+        while not self.closed:
+            self._report_now()
+            await asyncio.sleep(self.gw.config.status_interval_s)
+
+    async def _stats(self) -> None:
+        """``gateway_status.ingest_metrics`` every ``stats_interval_s`` (go-livepeer runStats)."""
+        while not self.closed:
+            await asyncio.sleep(self.gw.config.stats_interval_s)
+            if not self.closed:
+                await self._ingest_metrics()
+
+    async def _ingest_metrics(self) -> None:
+        stats = await self.pc.getStats()
+        transport = next((s for s in stats.values() if s.type == "transport"), None)
+        inbound = next((s for s in stats.values() if s.type == "inbound-rtp"), None)
+        tap = self.tap
+        received = tap.packets if tap else 0
+        lost = tap.packets_lost if tap else 0
+        jitter_s = (inbound.jitter / VIDEO_CLOCK) if inbound is not None else 0.0
+        loss_pct = 100.0 * lost / (received + lost) if received + lost else 0.0
+        last_in, last_out = self.last_in_pts or 0.0, self.last_out_pts or 0.0
+        track = {"type": "video", "jitter": round(jitter_s, 6), "packets_lost": lost, "packets_received": received,
+                 "packet_loss_pct": round(loss_pct, 3), "rtt": 0,  # aiortc's receiver measures no RTT (pion does)
+                 "last_input_ts": round(last_in, 3), "last_output_ts": round(last_out, 3),
+                 "latency": round(last_in - last_out, 3)}
+        quality = "good" if jitter_s * 1000 <= 50 and loss_pct <= 2 else "bad"  # media/whip_connection.go
+        self.gateway_status["ingest_metrics"] = {"stats": {
+            "peer_conn_stats": {"ID": transport.id if transport else "",
+                                "BytesReceived": getattr(transport, "bytesReceived", 0) if transport else 0,
+                                "BytesSent": getattr(transport, "bytesSent", 0) if transport else 0},
+            "track_stats": [track], "conn_quality": quality}}
+
+    def status(self) -> dict[str, Any]:
+        """``GET /live/video-to-video/{streamId}/status``: the runner's last report plus ``gateway_status``."""
+        body = dict(self.runner_status) if self.runner_status else {}
+        body["gateway_status"] = dict(self.gateway_status)
+        return body
+
+    # --- truth ------------------------------------------------------------------
+
     def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "open": self.closed is None, "closed_reason": self.closed,
-                "state": self.state(), "pipeline": self.pipeline,
-                "orchestrator": self.lease.orchestrator.address, "gpu": self.lease.gpu_id,
-                "started_unix": round(self.t0_unix, 3), "closed_unix": self.closed_unix, "frames_in": self.frames_in, "frames_out": self.frames_out,
-                "dropped": dict(self.dropped), "whep_subscribers": len(self.whep)}
+        lease = self.lease
+        return {"id": self.key, "name": self.name, "stream_id": self.id, "request_id": self.request_id,
+                "open": self.closed is None, "closed_reason": self.closed, "state": self.state(),
+                "pipeline": self.pipeline, "orchestrator": lease.orchestrator.address if lease else None,
+                "orchestrator_url": lease.orchestrator.uri if lease else None, "gpu": lease.gpu_id if lease else None,
+                "error": (self.gateway_status.get("error") or {}).get("error_message"), "e2e_test": self.e2e_test,
+                "started_unix": round(self.t0_unix, 3), "closed_unix": self.closed_unix,
+                "frames_in": self.frames_in, "frames_out": self.frames_out, "dropped": dict(self.dropped),
+                "whep_subscribers": len(self.whep),
+                "viewers": [{"frames_sent": t.frames_sent, "dropped_awaiting_keyframe": t.awaiting_keyframe}
+                            for _, t in self.whep]}
 
     def truth(self) -> dict[str, Any]:
         delays = sorted(f[4] for f in self.frames if f[4] is not None)
@@ -454,7 +687,7 @@ class Stream:
         mid = lambda xs: xs[len(xs) // 2] if xs else None  # noqa: E731
         return {
             **self.summary(),
-            "config_delay": self.lease.profile.delay.model_dump(),
+            "config_delay": self.lease.profile.delay.model_dump() if self.lease else None,
             "fps_cap": round(self.fps_cap(), 3),
             "delay_ms_median": mid(delays), "delay_drawn_ms_median": mid(drawn),
             "residence_ms_median": mid(residence),
@@ -467,7 +700,7 @@ class Stream:
     # --- teardown ------------------------------------------------------------------
 
     def close_soon(self, reason: str) -> None:
-        if self._closing is None:
+        if self._closing is None and not self.closed:
             self._closing = asyncio.ensure_future(self.close(reason))
 
     async def close(self, reason: str) -> None:
@@ -475,7 +708,13 @@ class Stream:
             return
         self.closed = reason
         self.closed_unix = round(time.time(), 3)
+        self.closed_at = self.loop.time()
+        self.ended.set()
+        # go-livepeer: a close without an error is recorded as "whip disconnected"
+        self.gateway_status.setdefault("error", {"error_message": "whip disconnected", "error_time": _ms(time.time())})
         self.event("gateway_ingest_stream_closed", reason=reason)
+        if self.runner_status is not None:
+            self._report_now()
         self.gw.released(self)
         current = asyncio.current_task()
         for task in self._tasks:
@@ -485,3 +724,7 @@ class Stream:
             track.push(None)
             await pc.close()
         await self.pc.close()
+
+
+_JOB_FAULTS = ("signaling_error", "slow_answer", "signaling_timeout")
+_RUN_FAULTS = ("output_stall", "disconnect", "black_frames", "fps_drop", "orchestrator_swap", "capacity_drop")

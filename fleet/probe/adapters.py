@@ -1,9 +1,16 @@
 """Gateway dialects: how a session starts, updates, polls and stops a stream.
 
-Each adapter speaks one dialect of shared/LIVEPEER.md over HTTP; the WebRTC
-side is the same for all (WHIP offer in, SDP answer and a WHEP URL out).
-Failures are raised as ``ProbeFailure`` with the phase and an error class,
-never as a bare HTTP or transport exception; tokens never appear in them.
+Each adapter speaks one dialect of shared/LIVEPEER.md over HTTP, as the
+upstream sources define it (docs/FIDELITY.md names them); the WebRTC side is
+the same for all (WHIP offer in, SDP answer and a WHEP URL out). Failures are
+raised as ``ProbeFailure`` with the phase and an error class, never as a bare
+HTTP or transport exception; tokens never appear in them.
+
+What the gateway says went wrong comes from its status (``gateway_status.error``),
+not from an HTTP code: go-livepeer answers the WHIP offer with 201 before it
+selects an orchestrator, and reports "no orchestrators available" only there
+(and by closing the peer connection). ``classify_gateway_error`` maps that
+message to an outcome; NaaP's excused errors are marked as such.
 """
 
 from __future__ import annotations
@@ -11,25 +18,84 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlparse
 
 import httpx
 
-__all__ = ["Adapter", "ByocAdapter", "DaydreamAdapter", "LivepeerAdapter", "ProbeFailure", "Started", "adapter_for",
+from fleet.webrtc import IceServer, parse_ice_links
+
+__all__ = ["Adapter", "ByocAdapter", "DaydreamAdapter", "EXCUSED_ERRORS", "GatewayVerdict", "LivepeerAdapter",
+           "ProbeFailure", "Started", "USER_AGENT", "adapter_for", "classify_gateway_error", "gateway_error",
            "stop_stream"]
 
-NO_CAPACITY_MARKERS = ("gateway_no_orchestrators_available", "no orchestrators available")
 MAX_ERROR_TEXT = 200
+NO_CAPACITY = "no orchestrators available"
+# NaaP (docs/metrics-and-sla-reference.md): failures that are not the orchestrator's fault
+EXCUSED_ERRORS = ("no orchestrators available", "whip disconnected", "missing video", "ice connection state failed",
+                  "user disconnected", "mediamtx ingest disconnected")
+BYOC_MIN_TIMEOUT_S = 60
+
+
+def _fleet_version() -> str:
+    try:
+        return version("fleet")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0"
+
+
+# go-livepeer tags a session whose User-Agent contains "Headless" as an end-to-end test (media/whip_server.go)
+USER_AGENT = f"livepeer-fleet/{_fleet_version()} (Headless; synthetic test stream)"
 
 
 class ProbeFailure(Exception):
-    """Why a session failed: the phase it happened in and a short error class (no secrets)."""
+    """Why a session failed: the phase it happened in and a short error class (no secrets).
 
-    def __init__(self, phase: str, error: str, detail: str = "", skipped: bool = False) -> None:
+    ``skipped``: not a failure at all (no capacity); ``excused``: a failure NaaP does not count
+    against the orchestrator.
+    """
+
+    def __init__(self, phase: str, error: str, detail: str = "", skipped: bool = False,
+                 excused: bool = False) -> None:
         super().__init__(f"{phase}: {error}" + (f" ({detail})" if detail else ""))
-        self.phase, self.error, self.detail, self.skipped = phase, error, detail, skipped
+        self.phase, self.error, self.detail, self.skipped, self.excused = phase, error, detail, skipped, excused
+
+
+@dataclass(frozen=True)
+class GatewayVerdict:
+    """What the gateway's own error message means for the session."""
+
+    outcome: str        # "skipped_no_capacity" or "failed"
+    phase: str
+    error: str
+    excused: bool
+
+
+def classify_gateway_error(message: str) -> GatewayVerdict:
+    text = message.lower()
+    excused = any(e in text for e in EXCUSED_ERRORS)
+    if NO_CAPACITY in text:
+        return GatewayVerdict("skipped_no_capacity", "capacity", "no_orchestrators_available", True)
+    if "non-h264" in text:
+        return GatewayVerdict("failed", "media", "codec_refused", True)  # the tester's codec, not the orchestrator
+    if "missing video" in text:
+        return GatewayVerdict("failed", "media", "missing_video", excused)
+    if "ice connection state failed" in text:
+        return GatewayVerdict("failed", "ice", "gateway_ice_failed", excused)
+    if "whip disconnected" in text:
+        return GatewayVerdict("failed", "media", "whip_disconnected", excused)
+    return GatewayVerdict("failed", "pipeline", "gateway_error", excused)
+
+
+def gateway_error(status: dict[str, Any] | None) -> str | None:
+    """``gateway_status.error.error_message`` of a go-livepeer status, if any."""
+    err = ((status or {}).get("gateway_status") or {}).get("error")
+    if isinstance(err, dict):
+        msg = err.get("error_message")
+        return str(msg) if msg else None
+    return str(err) if err else None
 
 
 @dataclass
@@ -38,29 +104,53 @@ class Started:
     whep_url: str
     stream_id: str | None
     location: str | None
+    request_id: str | None = None
+    ice_servers: list[IceServer] = field(default_factory=list)
 
 
 def _snippet(resp: httpx.Response) -> str:
-    text = resp.text.strip().replace("\n", " ")
-    return text[:MAX_ERROR_TEXT]
+    return resp.text.strip().replace("\n", " ")[:MAX_ERROR_TEXT]
 
 
 def _check(resp: httpx.Response, phase: str, ok: tuple[int, ...]) -> None:
     if resp.status_code in ok:
         return
     text = resp.text.lower()
-    if resp.status_code == 503 and any(m in text for m in NO_CAPACITY_MARKERS):
-        raise ProbeFailure("capacity", "no_orchestrators_available", _snippet(resp), skipped=True)
+    if "no orchestrators" in text:  # BYOC: 400 "No orchestrators found for capability ..."
+        raise ProbeFailure("capacity", "no_orchestrators_available", _snippet(resp), skipped=True, excused=True)
     raise ProbeFailure(phase, f"http_{resp.status_code}", _snippet(resp))
 
 
 async def _request(client: httpx.AsyncClient, phase: str, method: str, url: str, **kw: Any) -> httpx.Response:
+    headers = {"User-Agent": USER_AGENT, **kw.pop("headers", {})}
     try:
-        return await client.request(method, url, **kw)
+        return await client.request(method, url, headers=headers, **kw)
     except httpx.TimeoutException:
-        raise ProbeFailure(phase, "timeout", f"{method} {url}") from None
+        raise ProbeFailure(phase, "timeout", f"{method} {_redact(url)}") from None
     except httpx.HTTPError as exc:
-        raise ProbeFailure(phase, "http_transport", f"{method} {url}: {type(exc).__name__}") from None
+        raise ProbeFailure(phase, "http_transport", f"{method} {_redact(url)}: {type(exc).__name__}") from None
+
+
+def _redact(url: str) -> str:
+    """A URL without its query (which may carry params) for error text."""
+    p = urlparse(url)
+    return f"{p.scheme}://{p.netloc}{p.path}"
+
+
+def request_id_of(whep_url: str) -> str | None:
+    """go-livepeer's request id, from a WHEP URL ending ``{stream}-{requestID}-out/whep``."""
+    parts = urlparse(whep_url).path.rstrip("/").split("/")
+    if len(parts) < 2 or parts[-1] != "whep":
+        return None
+    pieces = parts[-2].split("-")
+    return pieces[-2] if len(pieces) >= 3 and pieces[-1] == "out" else None
+
+
+def _json(resp: httpx.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        raise ProbeFailure("signaling", "bad_json", _snippet(resp)) from None
 
 
 class Adapter:
@@ -73,8 +163,9 @@ class Adapter:
         self.base = base_url.rstrip("/")
         self.pipeline = pipeline
         self.token = token
-        self.orchestrator = orchestrator
-        self.name = f"fleet-{uuid.uuid4().hex[:12]}"
+        self.orchestrator = orchestrator   # the orchestrator's service URI (or a part of it)
+        # go-livepeer splits WHEP paths on '-': a stream name must have none
+        self.name = f"fleet_{uuid.uuid4().hex[:16]}"
         self.started: Started | None = None
 
     def auth(self) -> dict[str, str]:
@@ -85,43 +176,54 @@ class Adapter:
         resp = await _request(client, "signaling", "POST", url, params=params, content=offer,
                               headers={"Content-Type": "application/sdp", **self.auth()})
         _check(resp, "signaling", (200, 201))
-        location = resp.headers.get("Location")
-        playback = resp.headers.get("Livepeer-Playback-URL")
         if not resp.text.startswith("v=0"):
             raise ProbeFailure("signaling", "bad_answer", "the WHIP answer is not SDP")
-        return Started(resp.text, urljoin(url, playback) if playback else "", resp.headers.get("X-Stream-Id"),
-                       urljoin(url, location) if location else None)
+        location = resp.headers.get("Location")
+        playback = resp.headers.get("Livepeer-Playback-URL") or ""
+        whep = urljoin(url, playback) if playback else ""
+        return Started(resp.text, whep, None, urljoin(url, location) if location else None, request_id_of(whep),
+                       parse_ice_links(resp.headers.get_list("Link")))
 
     async def start(self, client: httpx.AsyncClient, offer: str, params: dict[str, Any]) -> Started:
         query = {"pipeline": self.pipeline, "params": json.dumps(params), "streamId": self.name}
         if self.orchestrator:
             query["orchestrator"] = self.orchestrator
-        self.started = await self._whip(client, f"{self.base}/live/video-to-video/{self.name}/whip", offer, query)
-        if not self.started.whep_url:
+        started = await self._whip(client, f"{self.base}/live/video-to-video/{self.name}/whip", offer, query)
+        started.stream_id = self.name
+        if not started.whep_url:
             raise ProbeFailure("signaling", "no_playback_url", "the answer has no Livepeer-Playback-URL")
-        return self.started
+        self.started = started
+        return started
 
     async def update(self, client: httpx.AsyncClient, params: dict[str, Any]) -> None:
         resp = await _request(client, "pipeline", "POST", f"{self.base}/live/video-to-video/{self.name}/update",
                               content=json.dumps(params), headers={"Content-Type": "application/json", **self.auth()})
         _check(resp, "pipeline", (200, 204))
 
+    def status_url(self) -> str:
+        return f"{self.base}/live/video-to-video/{self.name}/status"
+
     async def status(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
-        resp = await _request(client, "pipeline", "GET", f"{self.base}/live/video-to-video/{self.name}/status",
-                              headers=self.auth())
-        return resp.json() if resp.status_code == 200 else None
+        """The gateway's status of the stream; None when it has none (yet, or any more)."""
+        resp = await _request(client, "pipeline", "GET", self.status_url(), headers=self.auth())
+        if resp.status_code != 200:
+            return None
+        body = _json(resp)
+        return body if isinstance(body, dict) else None
 
     def stop_request(self) -> tuple[str, str] | None:
-        """(method, url) that stops the stream at the gateway, once it exists (no credentials in it)."""
-        if self.started and self.started.location:
-            return ("DELETE", self.started.location)
+        """(method, url) that stops the stream at the gateway, once it exists (no credentials in it).
+
+        go-livepeer has none: closing the peer connection ends the stream (its ICE fails within 10 s).
+        """
         return None
 
     async def stop(self, client: httpx.AsyncClient) -> None:
-        """Stop at the gateway: DELETE on the WHIP resource (RFC 9725) when one was given."""
         req = self.stop_request()
         if req:
-            await _request(client, "teardown", req[0], req[1], headers=self.auth())
+            resp = await _request(client, "teardown", req[0], req[1], headers=self.auth())
+            if resp.status_code >= 300 and resp.status_code not in (404, 405):
+                raise ProbeFailure("teardown", f"http_{resp.status_code}", _snippet(resp))
 
 
 class LivepeerAdapter(Adapter):
@@ -129,63 +231,91 @@ class LivepeerAdapter(Adapter):
 
 
 class DaydreamAdapter(Adapter):
-    """``/v1/streams`` create, then WHIP to the returned URL; PATCH updates, DELETE stops."""
+    """``POST /v1/streams``, then WHIP to its ``whip_url``; PATCH updates, ``DELETE /v1/streams?id=`` stops."""
 
     dialect = "daydream"
+    pipeline_id = "streamdiffusion"
+
+    def _body(self, params: dict[str, Any]) -> dict[str, Any]:
+        model = params.get("model_id") or self.pipeline
+        return {"pipeline": self.pipeline_id, "params": {**params, "model_id": model}}
 
     async def start(self, client: httpx.AsyncClient, offer: str, params: dict[str, Any]) -> Started:
         resp = await _request(client, "signaling", "POST", f"{self.base}/v1/streams",
-                              json={"pipeline": self.pipeline, "params": params}, headers=self.auth())
+                              json={**self._body(params), "name": self.name, "is_smoke_test": True},
+                              headers=self.auth())
         _check(resp, "signaling", (200, 201))
-        body = resp.json()
-        self.name = body.get("id") or self.name
+        body = _json(resp)
+        if not isinstance(body, dict) or not body.get("id") or not body.get("whip_url"):
+            raise ProbeFailure("signaling", "bad_json", "the created stream has no id or whip_url")
+        self.name = str(body["id"])
         self.created = True
-        started = await self._whip(client, body["whip_url"], offer)
-        whep = started.whep_url or body.get("whep_url") or ""
-        if not whep:
-            raise ProbeFailure("signaling", "no_playback_url", "neither the stream nor the answer names a WHEP URL")
-        self.started = Started(started.answer_sdp, whep, self.name, None)
-        return self.started
+        started = await self._whip(client, urljoin(self.base + "/", str(body["whip_url"])), offer)
+        started.stream_id = self.name
+        if not started.whep_url:
+            raise ProbeFailure("signaling", "no_playback_url", "the WHIP answer has no Livepeer-Playback-URL")
+        self.started = started
+        return started
 
     async def update(self, client: httpx.AsyncClient, params: dict[str, Any]) -> None:
         resp = await _request(client, "pipeline", "PATCH", f"{self.base}/v1/streams/{self.name}",
-                              json={"params": params}, headers=self.auth())
+                              json=self._body(params), headers=self.auth())
         _check(resp, "pipeline", (200, 204))
 
+    def status_url(self) -> str:
+        return f"{self.base}/v1/streams/{self.name}/status"
+
     async def status(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
-        resp = await _request(client, "pipeline", "GET", f"{self.base}/v1/streams/{self.name}", headers=self.auth())
-        return resp.json() if resp.status_code == 200 else None
+        body = await super().status(client)
+        data = (body or {}).get("data")
+        return data if isinstance(data, dict) else None
 
     def stop_request(self) -> tuple[str, str] | None:
-        return ("DELETE", f"{self.base}/v1/streams/{self.name}") if getattr(self, "created", False) else None
+        return ("DELETE", f"{self.base}/v1/streams?id={self.name}") if getattr(self, "created", False) else None
 
 
 class ByocAdapter(Adapter):
-    """``/process/stream/start`` with a base64 JSON job request; the answer names every URL."""
+    """``/process/stream/start`` with a ``Livepeer`` job header; the answer names every URL."""
 
     dialect = "byoc"
+    timeout_s = 300
+
+    def _job_header(self) -> str:
+        parameters: dict[str, Any] = {"enable_video_ingress": True, "enable_video_egress": True}
+        if self.orchestrator:
+            parameters["orchestrators"] = {"include": [self.orchestrator]}  # exact orchestrator URLs
+        job = {"request": json.dumps({"stream_id": self.name}), "parameters": json.dumps(parameters),
+               "capability": self.pipeline, "timeout_seconds": max(BYOC_MIN_TIMEOUT_S, self.timeout_s)}
+        return base64.b64encode(json.dumps(job).encode()).decode()
 
     async def start(self, client: httpx.AsyncClient, offer: str, params: dict[str, Any]) -> Started:
-        job: dict[str, Any] = {"capability": self.pipeline, "parameters": params}
-        if self.orchestrator:
-            job["orchestrators"] = {"include": [self.orchestrator]}
-        header = base64.b64encode(json.dumps(job).encode()).decode()
-        resp = await _request(client, "signaling", "POST", f"{self.base}/process/stream/start",
-                              headers={"Livepeer": header, **self.auth()})
+        # no stream_name: go-livepeer would prefix it to the id with a '-', which its WHEP parser refuses
+        body = {"stream_name": "", "rtmp_output": "", "stream_id": self.name, "params": json.dumps(params)}
+        resp = await _request(client, "signaling", "POST", f"{self.base}/process/stream/start", json=body,
+                              headers={"Livepeer": self._job_header(), **self.auth()})
         _check(resp, "signaling", (200, 201))
-        self.urls = resp.json()
-        self.name = self.urls.get("stream_id", self.name)
-        started = await self._whip(client, self.urls["whip_url"], offer)
-        self.started = Started(started.answer_sdp, self.urls.get("whep_url") or started.whep_url, self.name, None)
-        return self.started
+        urls = _json(resp)
+        if not isinstance(urls, dict) or not urls.get("whip_url"):
+            raise ProbeFailure("signaling", "bad_json", "the BYOC answer has no whip_url")
+        self.urls = urls
+        self.name = str(urls.get("stream_id") or self.name)
+        started = await self._whip(client, urljoin(self.base + "/", str(urls["whip_url"])), offer)
+        started.whep_url = urljoin(self.base + "/", str(urls.get("whep_url") or "")) if urls.get("whep_url") \
+            else started.whep_url
+        started.request_id = request_id_of(started.whep_url) or started.request_id
+        started.stream_id = self.name
+        if not started.whep_url:
+            raise ProbeFailure("signaling", "no_playback_url", "neither the start answer nor WHIP names a WHEP URL")
+        self.started = started
+        return started
 
     async def update(self, client: httpx.AsyncClient, params: dict[str, Any]) -> None:
-        resp = await _request(client, "pipeline", "POST", self.urls["update_url"], json=params, headers=self.auth())
+        resp = await _request(client, "pipeline", "POST", self.urls["update_url"], json=params,
+                              headers={"Livepeer": self._job_header(), **self.auth()})
         _check(resp, "pipeline", (200, 204))
 
-    async def status(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
-        resp = await _request(client, "pipeline", "GET", self.urls["status_url"], headers=self.auth())
-        return resp.json() if resp.status_code == 200 else None
+    def status_url(self) -> str:
+        return self.urls["status_url"] if getattr(self, "urls", None) else f"{self.base}/process/stream/x/status"
 
     def stop_request(self) -> tuple[str, str] | None:
         return ("POST", self.urls["stop_url"]) if getattr(self, "urls", None) else None
@@ -202,7 +332,7 @@ def adapter_for(dialect: str, base_url: str, pipeline: str, token: str | None = 
 
 def stop_stream(method: str, url: str, token: str | None = None, timeout_s: float = 10.0) -> bool:
     """Stop a stream whose session died with its tester (sync, for the driver). True when the gateway took it."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {"User-Agent": USER_AGENT, **({"Authorization": f"Bearer {token}"} if token else {})}
     try:
         resp = httpx.request(method, url, headers=headers, timeout=timeout_s)
     except httpx.HTTPError:

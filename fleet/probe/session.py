@@ -6,9 +6,17 @@ the result's outcome with the phase it happened in. On every exit path
 (success, failure, timeout, cancellation) both peer connections close and
 the stream is stopped at the gateway.
 
-The sender sends a pre-encoded clip (fleet.media). The receiver does not
+The sender sends a pre-encoded clip (fleet.media; H.264 constrained baseline
+by default, as go-livepeer accepts nothing else). The receiver does not
 decode: a tap below aiortc's jitter buffer (fleet.rtp) times each output
-frame at the arrival of its last packet. Frames are decoded only in short
+frame at the arrival of its last packet.
+
+The gateway answers the offer before it has an orchestrator, so the status is
+read from the answer on: when the stream ends early, ``gateway_status.error``
+says why ("no orchestrators available" makes the session
+``skipped_no_capacity``, never the orchestrator's failure; NaaP's excused
+errors are marked ``excused``). Client-side events are named ``fleet_*`` so
+they are never mistaken for the network's ``stream_trace`` events. Frames are decoded only in short
 windows (until the latency alignment is found, around each prompt switch,
 and one second in every ``check_every_s``), starting at a keyframe that is
 asked for with a PLI when needed; docs/METRICS.md gives the cost.
@@ -27,13 +35,13 @@ from typing import Any, Literal
 import av
 import httpx
 import numpy as np
-from aiortc import RTCRtpSender, RTCSessionDescription
+from aiortc import RTCSessionDescription
 
-from fleet.media import Clip, PacketTrack
-from fleet.probe.adapters import ProbeFailure, adapter_for
+from fleet.media import H264_PROFILE_LEVEL_ID, Clip, PacketTrack
+from fleet.probe.adapters import USER_AGENT, ProbeFailure, adapter_for, classify_gateway_error, gateway_error
 from fleet.probe.latency import Aligner, StepDetector, lag_is_exact
 from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame
-from fleet.webrtc import new_peer_connection
+from fleet.webrtc import IceServer, codecs_named, new_peer_connection
 
 __all__ = ["OUTCOMES", "PHASES", "ProbeOptions", "ProbeResult", "ProbeSpec", "PromptChange", "new_http_client",
            "run_probe"]
@@ -53,6 +61,12 @@ WINDOW_AFTER_EFFECT_S = 0.5
 WINDOW_MAX_S = 10.0
 CALIBRATE_MAX_S = 15.0        # decode continuously at most this long looking for an exact alignment
 CAP_GRACE_S = 2.0             # the session ends itself at max_s; this backstop fires only if it cannot
+WHEP_RETRY_S = 0.25           # WHEP 404 "Stream not found" while the gateway still selects: ask again this often
+DIAGNOSE_S = 4.0              # after an early end, wait this long at most for the gateway's error in its status
+TEARDOWN_VERIFY_S = 3.0       # after closing, wait this long at most for the status to show the stream ended
+STATUS_POLL_S = 0.25          # status reads while diagnosing or verifying
+EVENT_PREFIX = "fleet_"       # client-side events; the network's stream_trace names are the gateway's own
+_GATEWAY_ICE: dict[str, tuple[IceServer, ...]] = {}  # per WHIP base URL: the ICE servers its Link headers named
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,8 @@ class ProbeOptions:
     check_window_s: float = 0.5
     teardown_timeout_s: float = 5.0
     verify_tls: bool = True
+    ice_servers: tuple[IceServer, ...] = ()      # the scenario's STUN/TURN servers (credentials resolved)
+    use_gateway_ice_servers: bool = True         # also those a gateway named in WHIP Link headers (RFC 9725)
 
 
 @dataclass(frozen=True)
@@ -89,11 +105,11 @@ class ProbeSpec:
     duration_s: float
     max_s: float = 300.0
     token: str | None = None                     # resolved by the caller from the scenario's token_env
-    orchestrator: str | None = None
+    orchestrator: str | None = None              # the orchestrator's service URI (go-livepeer matches a substring)
     session_id: str = ""
     max_startup_s: float = 10.0
     min_output_fps: float = 12.0
-    max_e2e_latency_ms: float = 3000.0
+    max_g2g_latency_ms: float = 3000.0
     max_jitter_coeff: float = 0.1
     max_freeze_s: float = 2.0
     options: ProbeOptions = field(default_factory=ProbeOptions)
@@ -108,11 +124,17 @@ class ProbeResult:
     session_id: str
     dialect: str
     gateway: str
-    stream_id: str | None = None
+    stream_id: str | None = None       # the streamId the gateway keys its status by
+    stream_name: str | None = None
+    request_id: str | None = None      # the gateway's request id: the network's join key
+    pipeline_id: str | None = None
+    codec: str | None = None           # what the probe sent
     outcome: str = "ok"
     error_class: str | None = None
     error_phase: str | None = None
     error_detail: str | None = None
+    excused: bool = False              # a failure NaaP does not count against the orchestrator
+    gateway_error: str | None = None   # gateway_status.error.error_message, as the gateway said it
     reasons: list[str] = field(default_factory=list)   # why degraded
     started_unix: float = 0.0
     duration_s: float = 0.0
@@ -136,8 +158,8 @@ class ProbeResult:
     decoded_frames: int = 0
     # latency
     latency_method: str | None = None
-    e2e_latency_ms: float | None = None
-    e2e_latency_p95_ms: float | None = None
+    g2g_latency_ms: float | None = None
+    g2g_latency_p95_ms: float | None = None
     latency_samples: list[tuple[float, float, str]] = field(default_factory=list)  # (t_s, ms, method)
     prompt_switch_ms: list[float | None] = field(default_factory=list)
     # transport
@@ -147,7 +169,13 @@ class ProbeResult:
     rtt_ms: float | None = None
     pacing_late_ms_mean: float | None = None
     pacing_late_ms_max: float | None = None
-    # gateway's view
+    # gateway's view (gateway_status.ingest_metrics.stats.track_stats, last read)
+    gateway_ingest_latency_s: float | None = None
+    gateway_ingest_jitter_ms: float | None = None
+    gateway_ingest_packet_loss_pct: float | None = None
+    gateway_ingest_rtt_ms: float | None = None
+    gateway_conn_quality: str | None = None
+    teardown_verified: bool | None = None   # the status showed the stream ended after the teardown
     gateway_state: str | None = None
     restart_count: int | None = None
     orchestrator_address: str | None = None
@@ -191,8 +219,10 @@ class _Probe:
         self.t0 = time.monotonic()
         self.r.started_unix = time.time()
         self.track = PacketTrack(spec.clip)
-        self.pc_in = new_peer_connection()
-        self.pc_out = new_peer_connection()
+        self.base = spec.gateway_url.rstrip("/")
+        ice = tuple(self.opt.ice_servers) + (_GATEWAY_ICE.get(self.base, ()) if self.opt.use_gateway_ice_servers else ())
+        self.pc_in = new_peer_connection(ice)
+        self.pc_out = new_peer_connection(ice)
         self.adapter = adapter_for(spec.dialect, spec.gateway_url, spec.pipeline, spec.token, spec.orchestrator)
         self.ice_done = asyncio.Event()
         self.dtls_done = asyncio.Event()
@@ -222,6 +252,8 @@ class _Probe:
         self.aligner = Aligner(tolerance=2.5 / spec.clip.fps, max_latency=max_latency)
         self.recv_aligner = Aligner(tolerance=0.3, max_latency=max_latency)
         self.closing = False
+        self.status_task: asyncio.Task | None = None
+        self.t_end: float | None = None
 
     # --- bookkeeping -----------------------------------------------------------
 
@@ -229,7 +261,7 @@ class _Probe:
         return time.monotonic() - self.t0
 
     def event(self, kind: str, **data: Any) -> None:
-        self.r.events.append((round(self.now(), 4), kind, data))
+        self.r.events.append((round(self.now(), 4), EVENT_PREFIX + kind, data))
 
     # --- receive side ----------------------------------------------------------------
 
@@ -262,7 +294,8 @@ class _Probe:
             if not (f.keyframe and f.complete):
                 self._ask_keyframe(f.arrival)
                 return
-            self.decoder = av.CodecContext.create("vp8", "r")
+            codec = self.tap.codec if self.tap is not None else None
+            self.decoder = av.CodecContext.create("h264" if codec == "H264" else "vp8", "r")
         try:
             frames = self.decoder.decode(av.Packet(f.data))
         except av.FFmpegError:
@@ -403,20 +436,28 @@ class _Probe:
         spec, opt, r = self.spec, self.opt, self.r
         self._wire()
         sender = self.pc_in.addTransceiver(self.track, direction="sendonly")
-        vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType.lower() in ("video/vp8", "video/rtx")]
-        sender.setCodecPreferences(vp8)
+        if spec.clip.codec == "h264":
+            sender.setCodecPreferences(codecs_named("video", "H264", profile_level_id=H264_PROFILE_LEVEL_ID))
+        else:
+            sender.setCodecPreferences(codecs_named("video", "VP8"))
+        r.codec = spec.clip.codec
         recv = self.pc_out.addTransceiver("video", direction="recvonly")
-        recv.setCodecPreferences(vp8)
+        recv.setCodecPreferences(codecs_named("video", "H264", "VP8"))
         self.tap = FrameTap(recv.receiver, self.on_frame, decode=False, bandwidth_feedback=opt.bandwidth_feedback)
 
         t = time.monotonic()
         await self.pc_in.setLocalDescription(await self.pc_in.createOffer())
         r.offer_ms = _ms(time.monotonic() - t)
-        self.event("gateway_receive_stream_request")
+        self.event("whip_offer_sent")
         started = await self.adapter.start(client, self.pc_in.localDescription.sdp, spec.prompts[0].params)
         self.t_answer = time.monotonic()
         r.signaling_ms = _ms(self.t_answer - self.t0)
         r.stream_id = started.stream_id or self.adapter.name
+        r.stream_name = self.adapter.name
+        r.request_id = started.request_id
+        if started.ice_servers:
+            _GATEWAY_ICE[self.base] = tuple(started.ice_servers)
+        self.status_task = asyncio.ensure_future(self._poll_status(client))
         stop_req = self.adapter.stop_request()
         if spec.on_stream is not None and stop_req is not None:
             spec.on_stream(*stop_req)
@@ -436,10 +477,9 @@ class _Probe:
             whep.cancel()
         first_timeout = opt.first_frame_timeout_s or max(2 * spec.max_startup_s, 20.0)
         await self._wait(self.first_frame, first_timeout - self.now(), "pipeline", "no_output")
-        self.event("gateway_receive_first_processed_segment")
+        self.event("first_output_frame")
 
-        tasks = [asyncio.ensure_future(self._switch_prompts(client)),
-                 asyncio.ensure_future(self._poll_status(client)), asyncio.ensure_future(self._checks())]
+        tasks = [asyncio.ensure_future(self._switch_prompts(client)), asyncio.ensure_future(self._checks())]
         try:
             end = min(spec.duration_s, spec.max_s)
             waiters = [asyncio.ensure_future(e.wait()) for e in (self.broken, self.stop)]
@@ -460,15 +500,23 @@ class _Probe:
                 task.cancel()
 
     async def _whep(self, client: httpx.AsyncClient, url: str) -> None:
+        """Subscribe; a 404 "Stream not found" means the gateway has no output yet (it is still selecting)."""
         await self.pc_out.setLocalDescription(await self.pc_out.createOffer())
-        t = time.monotonic()
-        try:
-            resp = await client.post(url, content=self.pc_out.localDescription.sdp,
-                                     headers={"Content-Type": "application/sdp", **self.adapter.auth()})
-        except httpx.HTTPError as exc:
-            raise ProbeFailure("signaling", "whep_transport", type(exc).__name__) from None
+        deadline = time.monotonic() + (self.opt.first_frame_timeout_s or max(2 * self.spec.max_startup_s, 20.0))
+        while True:
+            t = time.monotonic()
+            try:
+                resp = await client.post(url, content=self.pc_out.localDescription.sdp,
+                                         headers={"Content-Type": "application/sdp", "User-Agent": USER_AGENT,
+                                                  **self.adapter.auth()})
+            except httpx.HTTPError as exc:
+                raise ProbeFailure("signaling", "whep_transport", type(exc).__name__) from None
+            retry = resp.status_code == 404 and "not found" in resp.text.lower() and "malformed" not in resp.text.lower()
+            if not retry or time.monotonic() >= deadline or self.broken.is_set() or self.stop.is_set():
+                break
+            await asyncio.wait([asyncio.ensure_future(self.broken.wait())], timeout=WHEP_RETRY_S)
         if resp.status_code not in (200, 201):
-            raise ProbeFailure("signaling", f"whep_http_{resp.status_code}", resp.text[:200])
+            raise ProbeFailure("signaling", f"whep_http_{resp.status_code}", resp.text.strip()[:200])
         self.r.whep_signaling_ms = _ms(time.monotonic() - t)
         try:
             await self.pc_out.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
@@ -491,13 +539,30 @@ class _Probe:
 
     async def _poll_status(self, client: httpx.AsyncClient) -> None:
         while True:
-            try:
-                status = await self.adapter.status(client)
-            except ProbeFailure:
-                status = None
-            if status:
-                self._status(status)
+            await self._read_status(client)
             await asyncio.sleep(self.opt.status_every_s)
+
+    async def _read_status(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
+        try:
+            status = await self.adapter.status(client)
+        except ProbeFailure:
+            return None
+        if status:
+            self._status(status)
+        return status
+
+    async def diagnose(self, client: httpx.AsyncClient) -> str | None:
+        """The gateway's own error for an early end, waiting for it up to ``DIAGNOSE_S`` (selection may still run)."""
+        deadline = time.monotonic() + DIAGNOSE_S
+        while True:
+            if self.r.gateway_error:
+                return self.r.gateway_error
+            status = await self._read_status(client)
+            if status is None and self.r.gateway_state is None and time.monotonic() > deadline - DIAGNOSE_S / 2:
+                return None  # the gateway keeps no status for this stream (another dialect, or a bare 404)
+            if time.monotonic() >= deadline:
+                return self.r.gateway_error
+            await asyncio.sleep(STATUS_POLL_S)
 
     async def _checks(self) -> None:
         """A short decode window every ``check_every_s``: black output, the look, the alignment."""
@@ -507,20 +572,39 @@ class _Probe:
             self.windows.append((start, start + self.opt.check_window_s))
 
     def _status(self, s: dict[str, Any]) -> None:
+        if not isinstance(s, dict):
+            return
+        self.r.gateway_error = gateway_error(s) or self.r.gateway_error
+        gw = s.get("gateway_status") if isinstance(s.get("gateway_status"), dict) else {}
+        stats = ((gw.get("ingest_metrics") or {}).get("stats") or {}) if isinstance(gw, dict) else {}
+        tracks = [t for t in stats.get("track_stats") or [] if isinstance(t, dict) and t.get("type") == "video"]
+        if tracks:
+            t = tracks[0]
+            num = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
+            self.r.gateway_ingest_latency_s = num(t.get("latency"))
+            jitter = num(t.get("jitter"))
+            self.r.gateway_ingest_jitter_ms = None if jitter is None else round(jitter * 1000, 3)
+            self.r.gateway_ingest_packet_loss_pct = num(t.get("packet_loss_pct"))
+            rtt = num(t.get("rtt"))  # a Go time.Duration: nanoseconds
+            self.r.gateway_ingest_rtt_ms = None if rtt is None else round(rtt / 1e6, 3)
+        if isinstance(stats.get("conn_quality"), str):
+            self.r.gateway_conn_quality = stats["conn_quality"]
+        if "state" not in s:
+            return  # only the gateway's part: the runner has not reported yet
+        self.r.request_id = s.get("request_id") or self.r.request_id
+        self.r.pipeline_id = s.get("pipeline_id") or self.r.pipeline_id
         inf = s.get("inference_status") or {}
         orch = s.get("orchestrator_info") or {}
         sample = {"t_s": round(self.now(), 3), "state": s.get("state"),
                   "input_fps": (s.get("input_status") or {}).get("fps"), "inference_fps": inf.get("fps"),
                   "restart_count": inf.get("restart_count"), "last_error": inf.get("last_error"),
                   "orchestrator": orch.get("address")}
-        if self.r.orchestrator_address and orch.get("address") and orch["address"] != self.r.orchestrator_address:
+        if self.r.orchestrator_address and orch.get("address") and orch["address"].lower() != self.r.orchestrator_address:
             self.r.swapped = True
             self.event("orchestrator_swap", old=self.r.orchestrator_address, new=orch["address"])
-        self.r.orchestrator_address = orch.get("address") or self.r.orchestrator_address
+        # NaaP keys orchestrators by lower-cased address; go-livepeer leaves it empty without ticket params
+        self.r.orchestrator_address = (orch.get("address") or "").lower() or self.r.orchestrator_address
         self.r.orchestrator_url = orch.get("url") or self.r.orchestrator_url
-        gpu = orch.get("gpu") or {}
-        self.r.gpu_id = gpu.get("id") or self.r.gpu_id
-        self.r.gpu_name = gpu.get("name") or self.r.gpu_name
         if sample["state"] != self.r.gateway_state:
             self.event("status_change", state=sample["state"])
         self.r.gateway_state = sample["state"]
@@ -544,7 +628,13 @@ class _Probe:
                     self.r.ingest_packet_loss_pct = round(100 * s.packetsLost / max(1, s.packetsLost + sent), 3)
 
     async def teardown(self, client: httpx.AsyncClient) -> None:
+        """Close both peer connections (that ends a go-livepeer stream), call the dialect's stop if it has
+        one, then check in the status that the gateway saw the end."""
         self.closing = True
+        if self.t_end is None:
+            self.t_end = time.monotonic()
+        if self.status_task is not None:
+            self.status_task.cancel()
         self.track.stop()
         steps = [self.pc_out.close(), self.pc_in.close(), self.adapter.stop(client)]
         for step in steps:
@@ -552,11 +642,28 @@ class _Probe:
                 await asyncio.wait_for(step, self.opt.teardown_timeout_s)
             except (asyncio.TimeoutError, ProbeFailure, httpx.HTTPError, ConnectionError) as exc:
                 self.event("teardown_error", error=type(exc).__name__)
-        self.event("gateway_ingest_stream_closed")
+        if self.t_answer is not None:
+            self.r.teardown_verified = await self._verify_ended(client)
+        self.event("teardown_done", verified=self.r.teardown_verified)
+
+    async def _verify_ended(self, client: httpx.AsyncClient) -> bool:
+        """The status shows the stream ended (an error recorded, OFFLINE, or no status any more)."""
+        deadline = time.monotonic() + TEARDOWN_VERIFY_S
+        while True:
+            try:
+                status = await self.adapter.status(client)
+            except ProbeFailure:
+                status = None
+            if status is None or gateway_error(status) or status.get("state") == "OFFLINE":
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(STATUS_POLL_S)
 
     def finish(self) -> ProbeResult:
         r = self.r
-        r.duration_s = round(self.now(), 3)
+        end = self.t_end if self.t_end is not None else time.monotonic()
+        r.duration_s = round(end - self.t0, 3)
         r.frames_sent = len(self.track.sent)
         r.frames_received = len(self.arrivals)
         if self.track.sent:
@@ -581,7 +688,7 @@ class _Probe:
             r.jitter_coeff = round(float(intervals.std()) / mean, 4) if mean > 0 else None
             limit = max(3 * mean, mean + FREEZE_MIN_S)
             freezes = intervals[intervals > limit]
-            tail = time.monotonic() - a[-1] if not self.broken.is_set() else 0.0
+            tail = end - a[-1] if not self.broken.is_set() else 0.0
             r.freeze_count = int(len(freezes)) + (1 if tail > limit else 0)
             r.freeze_s = round(float(freezes.sum()) + (tail if tail > limit else 0.0), 3)
         self._latency()
@@ -608,11 +715,11 @@ class _Probe:
                                 "brightness_step"))
         r.latency_samples = samples
         values = [ms for _, ms, _ in samples]
-        r.e2e_latency_ms = _percentile(values, 50)
-        r.e2e_latency_p95_ms = _percentile(values, 95)
-        if r.e2e_latency_ms is not None:
-            r.e2e_latency_ms = round(r.e2e_latency_ms, 3)
-            r.e2e_latency_p95_ms = round(r.e2e_latency_p95_ms or 0.0, 3)
+        r.g2g_latency_ms = _percentile(values, 50)
+        r.g2g_latency_p95_ms = _percentile(values, 95)
+        if r.g2g_latency_ms is not None:
+            r.g2g_latency_ms = round(r.g2g_latency_ms, 3)
+            r.g2g_latency_p95_ms = round(r.g2g_latency_p95_ms or 0.0, 3)
 
     def _per_second(self) -> None:
         r = self.r
@@ -638,11 +745,12 @@ class _Probe:
         r, spec = self.r, self.spec
         if r.outcome != "ok":
             return
-        if any(e[1] == "black_output" for e in r.events):
+        if any(e[1] == EVENT_PREFIX + "black_output" for e in r.events):
             r.reasons.append("black_output")
-        if self.arrivals and time.monotonic() - self.arrivals[-1] > self.opt.stall_fail_s:
+        end = self.t_end if self.t_end is not None else time.monotonic()
+        if self.arrivals and end - self.arrivals[-1] > self.opt.stall_fail_s:
             r.outcome, r.error_phase, r.error_class = "failed", "pipeline", "output_stalled"
-            r.error_detail = f"no output for the last {time.monotonic() - self.arrivals[-1]:.1f} s"
+            r.error_detail = f"no output for the last {end - self.arrivals[-1]:.1f} s"
             return
         if r.startup_s is not None and r.startup_s > spec.max_startup_s:
             r.reasons.append("slow_startup")
@@ -652,7 +760,7 @@ class _Probe:
             r.reasons.append("jitter")
         if r.freeze_s > spec.max_freeze_s:
             r.reasons.append("freezes")
-        if r.e2e_latency_ms is not None and r.e2e_latency_ms > spec.max_e2e_latency_ms:
+        if r.g2g_latency_ms is not None and r.g2g_latency_ms > spec.max_g2g_latency_ms:
             r.reasons.append("high_latency")
         if r.reasons:
             r.outcome = "degraded"
@@ -674,8 +782,11 @@ async def run_probe(spec: ProbeSpec, stop: asyncio.Event | None = None,
     try:
         await asyncio.wait_for(probe.run(client), spec.max_s + CAP_GRACE_S)
     except ProbeFailure as f:
+        probe.t_end = time.monotonic()
         r.outcome = "skipped_no_capacity" if f.skipped else "failed"
-        r.error_phase, r.error_class, r.error_detail = f.phase, f.error, f.detail or None
+        r.error_phase, r.error_class, r.error_detail, r.excused = f.phase, f.error, f.detail or None, f.excused
+        if probe.t_answer is not None and f.phase != "tester":
+            await _blame(probe, client)
     except asyncio.TimeoutError:
         r.outcome, r.error_phase, r.error_class = "failed", "timeout", "session_cap"
         r.error_detail = f"the session ran into its {spec.max_s:g} s cap"
@@ -694,5 +805,16 @@ async def run_probe(spec: ProbeSpec, stop: asyncio.Event | None = None,
     probe.finish()
     probe.classify()
     if r.outcome != "ok" and r.error_class:
-        probe.event("session_error", phase=r.error_phase, error=r.error_class)
+        probe.event("session_error", phase=r.error_phase, error=r.error_class, excused=r.excused)
     return r
+
+
+async def _blame(probe: _Probe, client: httpx.AsyncClient) -> None:
+    """After the 201 the gateway reports failures in its status only: let its error decide the outcome."""
+    r = probe.r
+    message = await probe.diagnose(client)
+    if not message:
+        return
+    verdict = classify_gateway_error(message)
+    r.outcome, r.error_phase, r.error_class, r.excused = verdict.outcome, verdict.phase, verdict.error, verdict.excused
+    r.error_detail = message[:200]

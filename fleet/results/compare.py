@@ -34,7 +34,7 @@ __all__ = ["NUMBERS", "RATES", "Finding", "compare", "findings_json", "load_rows
 
 HIGHER_IS_BETTER = {"output_fps"}
 RATES = ("failed", "degraded", "swapped")
-NUMBERS = ("startup_s", "playable_s", "e2e_latency_ms", "output_fps", "jitter_coeff", "freeze_s",
+NUMBERS = ("startup_s", "playable_s", "g2g_latency_ms", "output_fps", "jitter_coeff", "freeze_s",
            "prompt_switch_ms", "signaling_ms", "ice_ms")
 _CH = re.compile(r"^clickhouse:(?P<scenario>[a-z0-9][a-z0-9-]*)@(?P<start>[^.]+)\.\.(?P<end>.+)$")
 

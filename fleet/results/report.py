@@ -92,8 +92,8 @@ def _latency_cdf(samples: list[dict[str, Any]], sessions: list[dict[str, Any]]) 
             by.setdefault(_short(s.get("orchestrator_address")), []).append(s["latency_ms_p50"])
     if not by:  # no per-second samples: the sessions' medians
         for r in sessions:
-            if r.get("e2e_latency_ms") is not None:
-                by.setdefault(_short(r.get("orchestrator_address")), []).append(r["e2e_latency_ms"])
+            if r.get("g2g_latency_ms") is not None:
+                by.setdefault(_short(r.get("orchestrator_address")), []).append(r["g2g_latency_ms"])
     if not by:
         return None
     fig, ax = _fig()
@@ -154,7 +154,7 @@ def _categories(sessions: list[dict[str, Any]]) -> str | None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 0.8 + 0.4 * len(cats)))
-    for ax, metric, label in ((axes[0], "e2e_latency_ms", "e2e latency, ms"), (axes[1], "output_fps", "output fps")):
+    for ax, metric, label in ((axes[0], "g2g_latency_ms", "glass-to-glass latency, ms"), (axes[1], "output_fps", "output fps")):
         data = [[r[metric] for r in sessions if r.get("prompt_category") == c and r.get(metric) is not None]
                 for c in cats]
         keep = [(c, d) for c, d in zip(cats, data) if d]

@@ -23,7 +23,11 @@ from fleet.errors import InputError
 __all__ = ["EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_FIELDS", "SUMMARIES", "TABLES", "ParquetSink",
            "find_campaign", "read_manifest", "read_sessions", "read_table"]
 
-SCHEMA_VERSION = 2  # 2: gpu_id, gpu_name on every row; summaries table
+# 2: gpu_id, gpu_name on every row; summaries table
+# 3: the network's join keys (request_id, stream_name, pipeline_id), excused failures, the gateway's own
+#    ingest track_stats, teardown_verified, codec; g2g_latency_* renamed g2g_latency_* (client-side
+#    glass-to-glass, not NaaP's server-side session e2e latency)
+SCHEMA_VERSION = 3
 
 # the identity every row carries
 _IDS = [("campaign_id", pa.string()), ("run_id", pa.string()), ("scenario", pa.string()),
@@ -34,19 +38,24 @@ _IDS = [("campaign_id", pa.string()), ("run_id", pa.string()), ("scenario", pa.s
         ("prompt_id", pa.string()), ("prompt_category", pa.string())]
 
 SESSION_FIELDS = _IDS + [
-    ("dialect", pa.string()), ("stream_id", pa.string()), ("planned_start_s", pa.float64()),
+    ("dialect", pa.string()), ("stream_id", pa.string()), ("stream_name", pa.string()), ("request_id", pa.string()),
+    ("pipeline_id", pa.string()), ("codec", pa.string()), ("planned_start_s", pa.float64()),
     ("started_at", pa.timestamp("ms", tz="UTC")), ("duration_s", pa.float64()),
     ("outcome", pa.string()), ("error_phase", pa.string()), ("error_class", pa.string()),
-    ("error_detail", pa.string()), ("reasons", pa.list_(pa.string())),
+    ("error_detail", pa.string()), ("excused", pa.bool_()), ("gateway_error", pa.string()),
+    ("reasons", pa.list_(pa.string())),
     ("offer_ms", pa.float64()), ("signaling_ms", pa.float64()), ("ice_ms", pa.float64()), ("dtls_ms", pa.float64()),
     ("first_packet_ms", pa.float64()), ("whep_signaling_ms", pa.float64()), ("startup_s", pa.float64()),
     ("playable_s", pa.float64()), ("frames_sent", pa.int64()), ("frames_received", pa.int64()),
     ("output_fps", pa.float64()), ("jitter_coeff", pa.float64()), ("freeze_count", pa.int64()),
     ("freeze_s", pa.float64()), ("black_frames", pa.int64()), ("decoded_frames", pa.int64()),
-    ("latency_method", pa.string()), ("e2e_latency_ms", pa.float64()), ("e2e_latency_p95_ms", pa.float64()),
+    ("latency_method", pa.string()), ("g2g_latency_ms", pa.float64()), ("g2g_latency_p95_ms", pa.float64()),
     ("latency_sample_count", pa.int64()), ("prompt_switch_ms", pa.list_(pa.float64())),
     ("packets_received", pa.int64()), ("packet_loss_pct", pa.float64()), ("ingest_packet_loss_pct", pa.float64()),
     ("rtt_ms", pa.float64()), ("pacing_late_ms_mean", pa.float64()), ("pacing_late_ms_max", pa.float64()),
+    ("gateway_ingest_latency_s", pa.float64()), ("gateway_ingest_jitter_ms", pa.float64()),
+    ("gateway_ingest_packet_loss_pct", pa.float64()), ("gateway_ingest_rtt_ms", pa.float64()),
+    ("gateway_conn_quality", pa.string()), ("teardown_verified", pa.bool_()),
     ("gateway_state", pa.string()), ("restart_count", pa.int64()), ("swapped", pa.bool_()),
     ("tester_host", pa.string()), ("tester_loop_lag_ms_max", pa.float64()),
     ("tester_loop_lag_ms_mean", pa.float64()), ("tester_cpu_pct", pa.float64()),

@@ -5,7 +5,7 @@ A DDSketch with relative accuracy ``ALPHA`` answers every quantile q with a valu
 and however the sketches were merged (Masson, Rim & Lee, VLDB 2019; the ``ddsketch``
 package). The summaries cover what per-session rows cannot hold in one number:
 
-- ``e2e_latency_ms``: every output frame's latency sample of every session;
+- ``g2g_latency_ms``: every output frame's latency sample of every session;
 - ``output_fps``: every second's output frame count of every session;
 - ``startup_s``: one value per session that started.
 
@@ -27,7 +27,7 @@ __all__ = ["ALPHA", "QUANTILES", "SKETCHED", "Sketches", "sketch_from_bytes", "s
 
 ALPHA = 0.01
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
-SKETCHED = ("e2e_latency_ms", "output_fps", "startup_s")
+SKETCHED = ("g2g_latency_ms", "output_fps", "startup_s")
 
 
 def sketch_to_bytes(s: DDSketch) -> bytes:
@@ -39,7 +39,7 @@ def sketch_from_bytes(b: bytes) -> DDSketch:
 
 
 def _values(row: dict[str, Any], metric: str) -> Iterable[float]:
-    if metric == "e2e_latency_ms":
+    if metric == "g2g_latency_ms":
         return (s[1] for s in row.get("latency_samples") or () if s[1] is not None)
     if metric == "output_fps":
         return (p["fps_out"] for p in row.get("per_second") or () if p.get("fps_out") is not None)

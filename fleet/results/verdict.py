@@ -1,8 +1,11 @@
 """SLA verdicts on a campaign's merged session rows: the scenario's checks, goodput, the SLA score.
 
-Which sessions count. A session ``skipped_no_capacity`` never ran, and a ``tester``
-failure is the fleet's own: neither counts for or against the network. They are left
-out of every metric except the ``skipped_no_capacity`` rate (over all sessions) and
+Which sessions count. A session ``skipped_no_capacity`` never ran, a ``tester``
+failure is the fleet's own, and an ``excused`` failure is one NaaP does not hold
+against the orchestrator ("whip disconnected", "missing video", "ICE connection
+state failed", ...: shared/LIVEPEER.md): none of them counts for or against the
+network. They are left out of every metric except the ``skipped_no_capacity``
+rate (over all sessions), the ``excused`` rate (over the sessions that ran) and
 the coverage term of the SLA score.
 
 - **Checks** (``scenario.checks``): each metric's aggregate over the counted sessions,
@@ -45,14 +48,15 @@ _OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a 
 
 
 def counted(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Sessions that ran and whose outcome is the network's (not skipped, not a tester failure)."""
-    return [r for r in rows if r["outcome"] != "skipped_no_capacity" and r.get("error_phase") != "tester"]
+    """Sessions that ran and whose outcome is the network's (not skipped, not a tester failure, not excused)."""
+    return [r for r in rows if r["outcome"] != "skipped_no_capacity" and r.get("error_phase") != "tester"
+            and not (r["outcome"] == "failed" and r.get("excused"))]
 
 
 def metric_value(row: dict[str, Any], metric: str) -> float | None:
     if METRICS[metric].kind == "flag":
-        if metric == "swapped":
-            return 1.0 if row.get("swapped") else 0.0
+        if metric in ("swapped", "excused"):
+            return 1.0 if row.get(metric) else 0.0
         return 1.0 if row["outcome"] == metric else 0.0
     v = row.get(metric)
     if isinstance(v, list):  # prompt_switch_ms: every switch of the session
@@ -116,6 +120,8 @@ def _groups(rows: list[dict[str, Any]], by: tuple[str, ...]) -> dict[tuple, list
 
 def _check(check: CheckSpec, rows: list[dict[str, Any]], all_rows: list[dict[str, Any]]) -> list[CheckResult]:
     pool = all_rows if check.metric == "skipped_no_capacity" else rows
+    if check.metric == "excused":
+        pool = [r for r in all_rows if r["outcome"] != "skipped_no_capacity" and r.get("error_phase") != "tester"]
     results = []
     for key, group in sorted(_groups(pool, check.group_by).items(), key=lambda kv: str(kv[0])):
         values = [v for v in (metric_value(r, check.metric) for r in group) if v is not None]
@@ -143,10 +149,10 @@ def _benchmark(t: SessionThresholds, baseline: list[dict[str, Any]] | None) -> d
         return float(np.percentile(xs, q)) if len(xs) >= 5 else None
 
     out = {"startup_s": (t.max_startup_s / 2, t.max_startup_s),
-           "e2e_latency_ms": (t.max_e2e_latency_ms / 2, t.max_e2e_latency_ms),
+           "g2g_latency_ms": (t.max_g2g_latency_ms / 2, t.max_g2g_latency_ms),
            "output_fps": (t.min_output_fps * 1.25, t.min_output_fps)}
     if baseline:
-        for metric in ("startup_s", "e2e_latency_ms"):
+        for metric in ("startup_s", "g2g_latency_ms"):
             p50, p90 = pct(metric, 50), pct(metric, 90)
             if p50 is not None and p90 is not None:
                 out[metric] = (p50, p90)
@@ -174,7 +180,7 @@ def sla_score(all_rows: list[dict[str, Any]], t: SessionThresholds,
     no_swap = mean([0.0 if r.get("swapped") else 1.0 for r in rows])
     viable = mean([1.0 if (r.get("output_fps") or 0) >= t.min_output_fps else 0.0 for r in rows])
     reliability = 0.4 * startup_success + 0.2 * no_swap + 0.4 * viable
-    ptff, e2e, fps = component("startup_s"), component("e2e_latency_ms"), component("output_fps")
+    ptff, e2e, fps = component("startup_s"), component("g2g_latency_ms"), component("output_fps")
     quality = 0.6 * (0.6 * (ptff or 0.0) + 0.4 * (e2e or 0.0)) + 0.4 * (fps or 0.0)
     score = 100 * coverage * (0.7 * reliability + 0.3 * quality)
     r3 = lambda v: None if v is None else round(v, 4)  # noqa: E731

@@ -48,6 +48,11 @@ class Lease:
     stop: tuple[str, str] | None = None  # (method, url) that stops the stream at the gateway, once it exists
     attached: float | None = None         # when the stream existed at the gateway (it holds a slot there)
 
+    @property
+    def key(self) -> str | None:
+        """The orchestrator as the broker tells them apart (OrchestratorSlots.key): its URI, else its address."""
+        return self.orchestrator_uri or self.orchestrator
+
 
 @dataclass
 class SlotBroker:
@@ -81,7 +86,7 @@ class SlotBroker:
         """Our leases the snapshot cannot know of: their streams did not exist yet when it was read."""
         return sum(1 for lease in self.leases.values()
                    if (lease.attached is None or lease.attached >= self.snapshot_at)  # a tie: assume unseen
-                   and (orchestrator is None or lease.orchestrator == orchestrator))
+                   and (orchestrator is None or lease.key == orchestrator))
 
     def budget(self) -> int:
         """Most concurrent test streams now: a fraction of all slots, never into the idle reserve."""
@@ -105,24 +110,24 @@ class SlotBroker:
             return lease
         running: dict[str, int] = {}
         for lease in self.leases.values():
-            if lease.orchestrator:
-                running[lease.orchestrator] = running.get(lease.orchestrator, 0) + 1
+            if lease.key:
+                running[lease.key] = running.get(lease.key, 0) + 1
         candidates = []
         for o in self.snapshot.orchestrators:
-            mine = running.get(o.address, 0)
+            mine = running.get(o.key, 0)
             if not self._eligible(o.address, o.uri) or mine >= self.policy.max_per_orchestrator:
                 continue
-            if o.idle - self._unseen(o.address) <= 0:
+            if o.idle - self._unseen(o.key) <= 0:
                 continue
-            if now - self.last_start.get(o.address, -1e9) < self.policy.stagger_s:
+            if now - self.last_start.get(o.key, -1e9) < self.policy.stagger_s:
                 continue
             candidates.append(o)
         if not candidates:
             self.refused += 1
             return None
-        candidates.sort(key=lambda o: (o.address != preferred, self.last_start.get(o.address, -1e9), o.address))
+        candidates.sort(key=lambda o: (preferred not in (o.address, o.uri), self.last_start.get(o.key, -1e9), o.key))
         chosen = candidates[0]
-        self.last_start[chosen.address] = now
+        self.last_start[chosen.key] = now
         lease = Lease(uuid.uuid4().hex, chosen.address, chosen.uri, holder, now + ttl, now)
         self.leases[lease.id] = lease
         return lease

@@ -107,7 +107,7 @@ def _job(scenario: Scenario, s: PlannedSession, campaign_id: str, url: str, prom
         steps.append({"at_s": p.at_s, "params": render_params(scenario.workflow.params, prompt, s.seed),
                       "prompt_id": p.prompt_id, "category": p.category})
     return {"session_id": f"{campaign_id}-{s.index:05d}", "gateway_url": url, "duration_s": s.duration_s,
-            "orchestrator": s.orchestrator, "prompts": steps}
+            "orchestrator": s.orchestrator, "orchestrator_uri": s.orchestrator_uri, "prompts": steps}
 
 
 def _identity(c: Campaign, plan: Plan, s: PlannedSession, region: str) -> dict[str, Any]:
@@ -373,6 +373,7 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
                 waiting.popleft()
                 job = _job(scenario, s, c.campaign_id, c.urls[region], prompts)
                 job["orchestrator"] = lease["orchestrator"]
+                job["orchestrator_uri"] = lease["orchestrator_uri"]
                 job["lease_id"] = lease["id"]
                 live[runners[region].run_session.remote(job)] = _Live(s, job, lease["id"], region)
             skipped = []
@@ -532,7 +533,7 @@ def _summary(c: Campaign, plan: Plan, leaked: int | None) -> dict[str, Any]:
         outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
     return {"finished_at": dt.datetime.now(dt.timezone.utc).isoformat(), "sessions": len(c.rows),
             "outcomes": outcomes, "startup_s_p50": med("startup_s"), "output_fps_p50": med("output_fps"),
-            "e2e_latency_ms_p50": med("e2e_latency_ms"), "jitter_coeff_p50": med("jitter_coeff"),
+            "g2g_latency_ms_p50": med("g2g_latency_ms"), "jitter_coeff_p50": med("jitter_coeff"),
             "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None, "stop_s": c.stop_s,
             "tester_bottleneck_sessions": sum(1 for r in c.rows if r.get("tester_bottleneck")),
             "broker": c.broker_state, "runner_warmup_s": c.warmup_s, "aborted": c.aborted,
@@ -544,13 +545,13 @@ def _print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
     from rich.table import Table
 
     console = Console(width=120)
-    table = Table("sessions", "ok", "degraded", "failed", "skipped", "startup p50 s", "fps p50", "e2e p50 ms",
+    table = Table("sessions", "ok", "degraded", "failed", "skipped", "startup p50 s", "fps p50", "g2g p50 ms",
                   title=f"campaign {c.campaign_id}")
     o = summary["outcomes"]
     fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
     table.add_row(str(summary["sessions"]), str(o.get("ok", 0)), str(o.get("degraded", 0)), str(o.get("failed", 0)),
                   str(o.get("skipped_no_capacity", 0)), fmt(summary["startup_s_p50"]), fmt(summary["output_fps_p50"]),
-                  fmt(summary["e2e_latency_ms_p50"]))
+                  fmt(summary["g2g_latency_ms_p50"]))
     console.print(table)
     if summary["tester_bottleneck_sessions"]:
         console.print(f"[yellow]{summary['tester_bottleneck_sessions']} sessions ran on a saturated tester "

@@ -20,7 +20,7 @@ import psutil
 from fleet.media import Clip, clip_for
 from fleet.probe.session import ProbeOptions, ProbeSpec, PromptChange, new_http_client, run_probe
 from fleet.scenario import Scenario
-from fleet.webrtc import use_host_addresses
+from fleet.webrtc import IceServer, use_host_addresses
 
 __all__ = ["RegionRunner", "LAG_EVERY_S"]
 
@@ -72,7 +72,7 @@ class RegionRunner:
                     metrics.Gauge("fleet_sessions_live", "test sessions running", tag_keys=("region",)),
                     metrics.Counter("fleet_sessions_finished", "test sessions finished",
                                     tag_keys=("region", "outcome")),
-                    metrics.Histogram("fleet_e2e_latency_ms", "median e2e latency per session",
+                    metrics.Histogram("fleet_g2g_latency_ms", "median client glass-to-glass latency per session",
                                       boundaries=[50, 100, 200, 400, 800, 1600, 3200], tag_keys=("region",)),
                 )
             except Exception:  # noqa: BLE001 - metrics are optional outside Ray
@@ -106,10 +106,12 @@ class RegionRunner:
             clip=clip,
             prompts=tuple(PromptChange(p["at_s"], p["params"], p["prompt_id"], p["category"]) for p in job["prompts"]),
             duration_s=job["duration_s"], max_s=s.load.session.max_s, token=token,
-            orchestrator=job.get("orchestrator"), session_id=job["session_id"],
-            max_startup_s=t.max_startup_s, min_output_fps=t.min_output_fps, max_e2e_latency_ms=t.max_e2e_latency_ms,
+            orchestrator=job.get("orchestrator_uri"), session_id=job["session_id"],
+            max_startup_s=t.max_startup_s, min_output_fps=t.min_output_fps, max_g2g_latency_ms=t.max_g2g_latency_ms,
             max_jitter_coeff=t.max_jitter_coeff, max_freeze_s=t.max_freeze_s,
-            options=ProbeOptions(verify_tls=s.target.verify_tls), on_stream=self._on_stream(job.get("lease_id")))
+            options=ProbeOptions(verify_tls=s.target.verify_tls, ice_servers=self._ice_servers(),
+                                 use_gateway_ice_servers=s.target.ice.use_gateway_servers),
+            on_stream=self._on_stream(job.get("lease_id")))
         stop = asyncio.Event()
         self.stops[job["session_id"]] = stop
         self._gauge()
@@ -130,9 +132,16 @@ class RegionRunner:
         row["tester_host"] = os.uname().nodename
         if self._metrics:
             self._metrics[1].inc(tags={"region": self.region, "outcome": row["outcome"]})
-            if row["e2e_latency_ms"] is not None:
-                self._metrics[2].observe(row["e2e_latency_ms"], tags={"region": self.region})
+            if row["g2g_latency_ms"] is not None:
+                self._metrics[2].observe(row["g2g_latency_ms"], tags={"region": self.region})
         return row
+
+    def _ice_servers(self) -> tuple[IceServer, ...]:
+        """The scenario's STUN/TURN servers, credentials read from this node's environment."""
+        env = os.environ.get
+        return tuple(IceServer(i.urls, env(i.username_env) if i.username_env else None,
+                               env(i.credential_env) if i.credential_env else None)
+                     for i in self.scenario.target.ice.servers)
 
     def _on_stream(self, lease_id: str | None) -> Any:
         if self.broker is None or not lease_id:
