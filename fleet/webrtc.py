@@ -29,7 +29,7 @@ from aiortc.rtcdtlstransport import RTCCertificate
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 __all__ = ["LOOPBACK", "IceServer", "accept_rsa_peers", "codecs_named", "ice_link_headers", "new_peer_connection",
-           "parse_ice_links", "use_host_addresses"]
+           "parse_ice_links", "set_ice_failed_timeout", "use_host_addresses"]
 
 LOOPBACK = ("127.0.0.1",)
 DTLS_CIPHERS = (b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:"
@@ -84,6 +84,15 @@ def accept_rsa_peers() -> None:
 
 
 accept_rsa_peers()
+
+
+def set_ice_failed_timeout(seconds: float, checks: int = 5) -> None:
+    """ICE fails after ``seconds`` without consent (aioice: 6 checks 5 s apart, 30 s; pion: 10 s).
+
+    aioice reads these module settings for every connection of the process.
+    """
+    aioice.ice.CONSENT_FAILURES = checks
+    aioice.ice.CONSENT_INTERVAL = seconds / checks
 
 
 def new_peer_connection(ice_servers: Sequence[IceServer] = ()) -> RTCPeerConnection:

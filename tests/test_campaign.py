@@ -93,7 +93,11 @@ def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gatew
     rows = table.to_pylist()
     assert {r["region"] for r in rows} == {"local"} and {r["schema_version"] for r in rows} == {3}
     assert all(r["frames_received"] > 30 and r["g2g_latency_ms"] for r in rows)
-    assert all(r["orchestrator_address"] and r["prompt_id"] and r["gpu_id"] and r["gpu_name"] for r in rows)
+    assert all(r["orchestrator_address"] and r["orchestrator_url"] and r["prompt_id"] and r["gpu_name"] for r in rows)
+    # no status names the GPU: it comes from the capacity snapshot, and with two GPUs per orchestrator
+    # the one a stream ran on is ambiguous, so no id is guessed
+    assert all(r["gpu_id"] is None for r in rows)
+    assert all(r["request_id"] and r["stream_id"] and r["codec"] == "h264" and r["teardown_verified"] for r in rows)
     assert pq.read_table(next(Path(summary["results"]).glob("date=*/events-*.parquet"))).num_rows > 0
     assert open_streams(gateway) == 0
     junit = (tmp_path / "junit.xml").read_text()
@@ -264,15 +268,17 @@ def test_a_runner_killed_mid_campaign_is_replaced_and_its_streams_stopped(cluste
             killed_at = time.time()
             out = job.result(timeout=300)
         rows = campaign_rows(tmp_path / "results")
-        assert open_streams(gw.url) == 0, "a stream of the killed runner is still open"
+        # go-livepeer has no stop call: the killed runner's peer connections fail ICE within the gateway's
+        # 10 s and it closes their streams (long before its 60 s idle-input timeout)
+        wait_for("the gateway to close the killed runner's streams", lambda: open_streams(gw.url) == 0, 30)
         reaped = [s for s in fleet_streams(gw.url) if s["started_unix"] < killed_at and s["closed_unix"] > killed_at]
     assert out.returncode != 0  # the campaign had tester failures
     assert "a new runner takes over" in out.stdout + out.stderr
     died = [r for r in rows if r["error_class"] == "runner_died"]
     assert died and all(r["error_phase"] == "tester" and r["outcome"] == "failed" for r in died)
-    assert any("the driver stopped its stream" in r["error_detail"] for r in died)
-    # stopped by the driver's DELETE, not by the gateway noticing dead peers or idle input
-    assert reaped and {s["closed_reason"] for s in reaped} == {"DELETE"}
+    assert reaped and {s["closed_reason"] for s in reaped} <= {"ICE connection state failed", "ingest failed",
+                                                               "ingest closed"}
+    assert all(s["closed_unix"] - killed_at < 20 for s in reaped)
     after = [r for r in rows if r["outcome"] in ("ok", "degraded") and r["started_at"].timestamp() > killed_at]
     assert after, "no session ran on the replacement runner"
 

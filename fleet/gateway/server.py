@@ -39,7 +39,7 @@ from aiohttp import web
 from fleet.gateway.config import GatewayConfig, default_config
 from fleet.gateway.network import Network
 from fleet.gateway.stream import Stream
-from fleet.webrtc import IceServer, ice_link_headers
+from fleet.webrtc import IceServer, ice_link_headers, set_ice_failed_timeout
 
 __all__ = ["GatewayProcess", "ReferenceGateway", "READY_PREFIX"]
 
@@ -122,6 +122,7 @@ class ReferenceGateway:
         return app
 
     async def start(self) -> None:
+        set_ice_failed_timeout(self.config.ice_failed_timeout_s)
         self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
@@ -189,7 +190,8 @@ class ReferenceGateway:
         except Exception as exc:  # noqa: BLE001 - aiortc raises several types for an unusable offer
             await stream.close(f"bad offer: {exc}")
             return _text(400, f"SetRemoteDescription failed: {exc}")
-        if self.network.faults_for("", "", kinds=("ice_never",)):
+        # the gateway's own fault, before any orchestrator is chosen: drawn by the orchestrator= query
+        if self.network.faults_for(orchestrator, orchestrator, kinds=("ice_never",)):
             answer = re.sub(r"a=candidate:[^\r\n]*\r?\n", "", answer)
             answer = re.sub(r"(c=IN IP4 )\S+", r"\g<1>192.0.2.255", answer)
             stream.event("fault", kind="ice_never")

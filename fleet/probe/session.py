@@ -240,6 +240,7 @@ class _Probe:
         # decoding
         self.decoder: av.CodecContext | None = None
         self.windows: list[tuple[float, float]] = []  # (start, end) monotonic
+        self.switch_windows: dict[int, tuple[float, float]] = {}  # per prompt switch, until its effect is seen
         self.calibrating = True
         self.last_pli = 0.0
         self.prev_decoded_index = -2
@@ -284,7 +285,7 @@ class _Probe:
         if self.opt.decode == "all" or self.calibrating or self.pending_effects:
             return True
         self.windows = [w for w in self.windows if w[1] > now]
-        return any(start <= now for start, _ in self.windows)
+        return any(start <= now < end for start, end in (*self.windows, *self.switch_windows.values()))
 
     def _decode(self, f: TapFrame, index: int) -> None:
         if not f.complete:
@@ -296,6 +297,10 @@ class _Probe:
                 return
             codec = self.tap.codec if self.tap is not None else None
             self.decoder = av.CodecContext.create("h264" if codec == "H264" else "vp8", "r")
+            # one frame out per packet in, at once: frame threads or reorder guesses would hand back an
+            # earlier frame and shift every step the latency alignment sees
+            self.decoder.thread_count = 1
+            self.decoder.flags |= av.codec.context.Flags.low_delay
         try:
             frames = self.decoder.decode(av.Packet(f.data))
         except av.FFmpegError:
@@ -366,6 +371,7 @@ class _Probe:
         for i, (k, t_req) in enumerate(self.pending_effects):
             if time.monotonic() - t_req > WINDOW_MAX_S:
                 done.append(i)
+                self.switch_windows.pop(k, None)
                 continue
             before = [(u, v) for a, u, v in self.chroma if t_req - WINDOW_BEFORE_SWITCH_S <= a < t_req]
             after = [(a, u, v) for a, u, v in self.chroma if a >= t_req]
@@ -381,6 +387,7 @@ class _Probe:
                     self.r.prompt_switch_ms[k] = round((first - t_req) * 1000, 3)
                     self.event("prompt_effect", index=k, ms=self.r.prompt_switch_ms[k])
                     self.windows.append((first, first + WINDOW_AFTER_EFFECT_S))
+                    self.switch_windows.pop(k, None)  # seen: decode no longer than the short window after it
                     done.append(i)
                     break
         for i in reversed(done):
@@ -530,7 +537,7 @@ class _Probe:
             if wait > WINDOW_BEFORE_SWITCH_S:
                 await asyncio.sleep(wait - WINDOW_BEFORE_SWITCH_S)
             start = time.monotonic()
-            self.windows.append((start, start + WINDOW_BEFORE_SWITCH_S + WINDOW_MAX_S))
+            self.switch_windows[k] = (start, start + WINDOW_BEFORE_SWITCH_S + WINDOW_MAX_S)
             await asyncio.sleep(max(0.0, change.at_s - self.now()))
             t_req = time.monotonic()
             await self.adapter.update(client, change.params)
