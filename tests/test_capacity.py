@@ -66,3 +66,22 @@ def test_reference_network_round_trips_through_the_gateway_shape():
     fully_busy = capabilities_body(cfg, {(cfg.orchestrators[0].address, "streamdiffusion"): 4})
     models = fully_busy["orchestrators"][0]["capabilities"]["constraints"]["PerCapability"]["35"]["models"]
     assert "capacity" not in models["streamdiffusion"]  # zero fields are omitted, as go-livepeer does
+
+
+def test_naap_negative_available_capacity_is_clamped_with_a_note():
+    snap = parse_naap([{"model": "sd", "gpu_slots": 4, "active_streams": 6, "available_capacity": -2}], "sd")
+    assert (snap.idle, snap.anonymous_in_use) == (0, 6)
+    assert snap.notes == ("NaaP reports 'sd' oversubscribed (available_capacity -2): 0 idle slots",)
+
+
+def test_capacity_as_go_livepeer_sends_it_empty_addresses_and_prices():
+    body = {"orchestrators": [
+        {"address": "", "orch_uri": "https://a.example:8935", "price_info": {"pricePerUnit": 7, "pixelsPerUnit": 1},
+         "capabilities": {"constraints": {"PerCapability": {"35": {"models": {"sd": {"capacity": 1}}}}}}},
+        {"address": "0xABCdef", "orch_uri": "https://b.example:8935",
+         "capabilities": {"constraints": {"PerCapability": {"35": {"models": {"sd": {"capacity": 2}}}}}}}]}
+    snap = parse_network_capabilities(body, "sd")
+    a, b = snap.orchestrators
+    assert (a.address, a.key, a.price_per_unit, a.pixels_per_unit) == ("", "https://a.example:8935", 7, 1)
+    assert b.address == "0xabcdef" and b.key == "https://b.example:8935"  # lower-cased, as NaaP keys it
+    assert snap.notes == ("1 orchestrator(s) have no address (no ticket params): known by service URI only",)
