@@ -138,7 +138,10 @@ def test_an_abort_check_stops_the_campaign_at_its_first_breach(gateway, tmp_path
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A two-node Ray cluster on this machine, one region per node; stopped by PID at the end."""
+    """A two-node Ray cluster on this machine, one region per node; stopped by PID at the end.
+
+    Each node has its own temp dir, as separate machines would: sharing one, the second node unpacks a
+    job's working_dir over the first's copy while the driver imports from it (ModuleNotFoundError)."""
     if shutil.which("ray", path=str(BIN)) is None:
         pytest.skip("the ray CLI is not installed next to this Python")
     tmp = tmp_path_factory.mktemp("ray")
@@ -154,8 +157,10 @@ def cluster(tmp_path_factory):
                           env=env, capture_output=True, text=True, timeout=120)
     assert head.returncode == 0, head.stderr[-2000:]
     try:
+        west_tmp = tmp_path_factory.mktemp("raywest")
         worker = subprocess.run([ray, "start", f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3",
-                                 "--num-cpus=1", "--resources", json.dumps({"region:west": 1000})],
+                                 "--num-cpus=1", "--resources", json.dumps({"region:west": 1000}),
+                                 f"--temp-dir={west_tmp}"],
                                 env=env, capture_output=True, text=True, timeout=120)
         assert worker.returncode == 0, worker.stderr[-2000:]
         yield {"address": f"127.0.0.2:{port}", "dashboard": f"http://127.0.0.2:{dash}", "env": env}
@@ -163,8 +168,6 @@ def cluster(tmp_path_factory):
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=60)
 
 
-@pytest.mark.skip(reason="open: inside ray job submit the working_dir copy fails to import fleet.runtime.runner "
-                         "since the H.264 change; under investigation (issue 11 note)")
 def test_job_submitted_to_a_two_node_cluster_runs_in_both_regions(cluster, gateway, tmp_path):
     scenario = tmp_path / "two-regions.yaml"
     scenario.write_text(f"extends: {TINY}\nname: two-regions\n"
