@@ -53,7 +53,7 @@ def vp8_is_keyframe(frame_data: bytes) -> bool:
 
 
 START_CODE = b"\x00\x00\x00\x01"
-NAL_IDR, NAL_SPS, NAL_PPS, NAL_STAP_A, NAL_FU_A = 5, 7, 8, 24, 28
+NAL_IDR, NAL_STAP_A, NAL_FU_A = 5, 24, 28
 
 
 def annexb_nal_types(data: bytes) -> list[int]:

@@ -311,7 +311,8 @@ def test_the_gateway_asks_the_publisher_for_a_keyframe_every_interval():
             async def three():
                 return len(plis) >= 3
             await wait_until(three, "three PLIs from the gateway")
-            assert all(0.2 <= b - a <= 0.6 for a, b in zip(plis, plis[1:]))
+            # paced by the interval, not sent per frame (loose: timing belongs in bench/)
+            assert (plis[-1] - plis[0]) / (len(plis) - 1) >= 0.2
             await pc.close()
     run(main())
 

@@ -269,3 +269,18 @@ def test_compare_reads_clickhouse_time_windows(clickhouse, ch_cfg, tmp_path, cli
               "clickhouse:unit@2026-09-20T00:00..2026-09-30T00:00")
     assert out.code == 3 and "(40 sessions) -> current" in out.out, out.out + out.err
     assert "REGRESSION g2g_latency_ms [overall]" in out.out
+
+
+def test_excused_failures_count_neither_way_but_have_their_own_rate():
+    from fleet.results.verdict import counted, evaluate_checks
+    from fleet.scenario import CheckSpec
+
+    rows = [{"outcome": "ok", "output_fps": 30.0},
+            {"outcome": "failed", "excused": True, "error_phase": "media", "error_class": "whip_disconnected"},
+            {"outcome": "failed", "excused": False, "error_phase": "pipeline", "error_class": "gateway_error"},
+            {"outcome": "skipped_no_capacity", "excused": True, "error_phase": "capacity"}]
+    assert [r.get("error_class") for r in counted(rows)] == [None, "gateway_error"]
+    failed, excused = evaluate_checks([CheckSpec(metric="failed", aggregate="rate", op="<=", threshold=1.0),
+                                       CheckSpec(metric="excused", aggregate="rate", op="<=", threshold=1.0)], rows)
+    assert failed.value == 0.5               # 1 of the 2 counted sessions: the excused one is left out
+    assert excused.value == pytest.approx(1 / 3)  # over the 3 sessions that ran (not the skipped one)

@@ -119,27 +119,28 @@ class Daydream:
         return None if stream is None else self.gw.live.get(stream["stream_key"])
 
     async def get(self, request: web.Request) -> web.Response:
+        sid, refused = self._known(request)
+        return refused if refused is not None else web.json_response(self.created[sid])
+
+    def _known(self, request: web.Request) -> tuple[str, web.Response | None]:
+        """The stream id of the path, or the error answer (401 without the token, 404 for an unknown id)."""
+        sid = request.match_info["id"]
         if not self._authorised(request):
-            return _dd_error(401, "missing or wrong Bearer token")
-        stream = self.created.get(request.match_info["id"])
-        return web.json_response(stream) if stream else _dd_error(404, "stream not found")
+            return sid, _dd_error(401, "missing or wrong Bearer token")
+        return sid, None if sid in self.created else _dd_error(404, "stream not found")
 
     async def status(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return _dd_error(401, "missing or wrong Bearer token")
-        sid = request.match_info["id"]
-        if sid not in self.created:
-            return _dd_error(404, "stream not found")
+        sid, refused = self._known(request)
+        if refused is not None:
+            return refused
         stream = self.gw.status_store.get(sid)
         data = stream.status() if stream is not None else {}
         return web.json_response({"success": True, "error": None, "data": {"stream_id": sid, **data}})
 
     async def patch(self, request: web.Request) -> web.Response:
-        if not self._authorised(request):
-            return _dd_error(401, "missing or wrong Bearer token")
-        sid = request.match_info["id"]
-        if sid not in self.created:
-            return _dd_error(404, "stream not found")
+        sid, refused = self._known(request)
+        if refused is not None:
+            return refused
         try:
             body = await request.json()
         except json.JSONDecodeError as exc:

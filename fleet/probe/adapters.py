@@ -315,7 +315,10 @@ class ByocAdapter(Adapter):
         _check(resp, "pipeline", (200, 204))
 
     def status_url(self) -> str:
-        return self.urls["status_url"] if getattr(self, "urls", None) else f"{self.base}/process/stream/x/status"
+        return self.urls["status_url"]
+
+    async def status(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
+        return await super().status(client) if getattr(self, "urls", None) else None  # not started: none yet
 
     def stop_request(self) -> tuple[str, str] | None:
         return ("POST", self.urls["stop_url"]) if getattr(self, "urls", None) else None

@@ -16,10 +16,12 @@ read from the answer on: when the stream ends early, ``gateway_status.error``
 says why ("no orchestrators available" makes the session
 ``skipped_no_capacity``, never the orchestrator's failure; NaaP's excused
 errors are marked ``excused``). Client-side events are named ``fleet_*`` so
-they are never mistaken for the network's ``stream_trace`` events. Frames are decoded only in short
-windows (until the latency alignment is found, around each prompt switch,
-and one second in every ``check_every_s``), starting at a keyframe that is
-asked for with a PLI when needed; docs/METRICS.md gives the cost.
+they are never mistaken for the network's ``stream_trace`` events.
+
+Frames are decoded only in short windows (until the latency alignment is
+found, around each prompt switch until its effect is seen, and one second in
+every ``check_every_s``), starting at a keyframe that is asked for with a PLI
+when needed; docs/METRICS.md gives the cost.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ WINDOW_MAX_S = 10.0
 CALIBRATE_MAX_S = 15.0        # decode continuously at most this long looking for an exact alignment
 CAP_GRACE_S = 2.0             # the session ends itself at max_s; this backstop fires only if it cannot
 WHEP_RETRY_S = 0.25           # WHEP 404 "Stream not found" while the gateway still selects: ask again this often
-DIAGNOSE_S = 4.0              # after an early end, wait this long at most for the gateway's error in its status
+DIAGNOSE_S = 3.0              # after an early end, wait this long at most for the gateway's error in its status
 TEARDOWN_VERIFY_S = 3.0       # after closing, wait this long at most for the status to show the stream ended
 STATUS_POLL_S = 0.25          # status reads while diagnosing or verifying
 EVENT_PREFIX = "fleet_"       # client-side events; the network's stream_trace names are the gateway's own
@@ -521,7 +523,11 @@ class _Probe:
             retry = resp.status_code == 404 and "not found" in resp.text.lower() and "malformed" not in resp.text.lower()
             if not retry or time.monotonic() >= deadline or self.broken.is_set() or self.stop.is_set():
                 break
-            await asyncio.wait([asyncio.ensure_future(self.broken.wait())], timeout=WHEP_RETRY_S)
+            broken = asyncio.ensure_future(self.broken.wait())
+            try:
+                await asyncio.wait([broken], timeout=WHEP_RETRY_S)
+            finally:
+                broken.cancel()
         if resp.status_code not in (200, 201):
             raise ProbeFailure("signaling", f"whep_http_{resp.status_code}", resp.text.strip()[:200])
         self.r.whep_signaling_ms = _ms(time.monotonic() - t)
@@ -549,11 +555,15 @@ class _Probe:
             await self._read_status(client)
             await asyncio.sleep(self.opt.status_every_s)
 
-    async def _read_status(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
+    async def _fetch_status(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
+        """The gateway's status of the stream, or None (none kept, or unreachable: status is best effort)."""
         try:
-            status = await self.adapter.status(client)
+            return await self.adapter.status(client)
         except ProbeFailure:
             return None
+
+    async def _read_status(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
+        status = await self._fetch_status(client)
         if status:
             self._status(status)
         return status
@@ -561,15 +571,11 @@ class _Probe:
     async def diagnose(self, client: httpx.AsyncClient) -> str | None:
         """The gateway's own error for an early end, waiting for it up to ``DIAGNOSE_S`` (selection may still run)."""
         deadline = time.monotonic() + DIAGNOSE_S
-        while True:
-            if self.r.gateway_error:
-                return self.r.gateway_error
-            status = await self._read_status(client)
-            if status is None and self.r.gateway_state is None and time.monotonic() > deadline - DIAGNOSE_S / 2:
-                return None  # the gateway keeps no status for this stream (another dialect, or a bare 404)
-            if time.monotonic() >= deadline:
-                return self.r.gateway_error
-            await asyncio.sleep(STATUS_POLL_S)
+        while not self.r.gateway_error and time.monotonic() < deadline:
+            await self._read_status(client)
+            if not self.r.gateway_error:
+                await asyncio.sleep(STATUS_POLL_S)
+        return self.r.gateway_error
 
     async def _checks(self) -> None:
         """A short decode window every ``check_every_s``: black output, the look, the alignment."""
@@ -657,10 +663,7 @@ class _Probe:
         """The status shows the stream ended (an error recorded, OFFLINE, or no status any more)."""
         deadline = time.monotonic() + TEARDOWN_VERIFY_S
         while True:
-            try:
-                status = await self.adapter.status(client)
-            except ProbeFailure:
-                status = None
+            status = await self._fetch_status(client)  # not recorded: the end we caused is no session error
             if status is None or gateway_error(status) or status.get("state") == "OFFLINE":
                 return True
             if time.monotonic() >= deadline:

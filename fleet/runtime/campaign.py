@@ -121,10 +121,11 @@ def _identity(c: Campaign, plan: Plan, s: PlannedSession, region: str) -> dict[s
 def _with_gpu(c: Campaign, row: dict[str, Any]) -> dict[str, Any]:
     """Fill the GPU from the capacity snapshot when the gateway's status named none: its name when
     all the orchestrator's GPUs are one model, its id when it has one GPU."""
-    if row.get("gpu_name") or c.snapshot is None or not row.get("orchestrator_address"):
+    url, address = row.get("orchestrator_url"), row.get("orchestrator_address")
+    if row.get("gpu_name") or c.snapshot is None or not (url or address):
         return row
-    for o in c.snapshot.orchestrators:
-        if o.address == row["orchestrator_address"] and o.gpus:
+    for o in c.snapshot.orchestrators:  # by URL first: an orchestrator without ticket params has no address
+        if (o.uri == url if url else o.address == address) and o.gpus:
             names = {name for _, name in o.gpus}
             row["gpu_name"] = names.pop() if len(names) == 1 else None
             row["gpu_id"] = row.get("gpu_id") or (o.gpus[0][0] if len(o.gpus) == 1 else None)
