@@ -1,0 +1,187 @@
+"""Third-party peers against the reference gateway: GStreamer's webrtcbin and headless Chromium each
+publish over WHIP and watch the output over WHEP, in processing and in relay mode.
+
+These are real clients (Debian's ``gstreamer1.0-*`` with ``python3-gst-1.0``, and ``chromium`` with
+``chromium-driver``), not the fleet's aiortc: they prove the gateway speaks WebRTC as go-livepeer's
+clients do (RSA DTLS certificates, H.264 packetization-mode 1, WHIP/WHEP headers, CORS for a browser)
+and that a viewer decodes every frame the gateway's truth says it sent. ``.ci/run`` installs the
+packages and sets ``FLEET_REQUIRE_INTEROP=1``, so on CI a missing peer fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fleet.gateway.config import default_config
+from fleet.gateway.server import GatewayProcess
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).resolve().parent / "interop"
+GST_PYTHON = os.environ.get("FLEET_GST_PYTHON", "/usr/bin/python3")  # the system Python sees python3-gst-1.0
+CHROMIUM = os.environ.get("FLEET_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("FLEET_CHROMEDRIVER", "/usr/bin/chromedriver")
+MODEL = "streamdiffusion"
+PEER_TIMEOUT_S = 40.0
+
+
+def unavailable(what: str) -> None:
+    """A missing third-party peer skips the test on a developer's machine and fails it on CI."""
+    if os.environ.get("FLEET_REQUIRE_INTEROP"):
+        pytest.fail(f"{what} (FLEET_REQUIRE_INTEROP is set: .ci/run should have installed it)")
+    pytest.skip(what)
+
+
+@pytest.fixture(scope="module")
+def gateways():
+    """The reference gateway twice, as separate processes: processing (decode, transform, H.264 encode)
+    and relay (encoded frames forwarded). No cold starts: the runs are short."""
+    configs = {mode: default_config(relay=mode == "relay") for mode in ("processing", "relay")}
+    for mode, cfg in configs.items():
+        configs[mode] = cfg.model_copy(update={"profiles": {
+            name: p.model_copy(update={"cold_start_s": 0.0}) for name, p in cfg.profiles.items()}})
+    with GatewayProcess(config=configs["processing"]) as processing, GatewayProcess(config=configs["relay"]) as relay:
+        yield {"processing": processing.url, "relay": relay.url}
+
+
+def whip_url(base: str, name: str) -> str:
+    return f"{base}/live/video-to-video/{name}/whip?pipeline={MODEL}"
+
+
+def truth(base: str, name: str) -> dict:
+    return httpx.get(f"{base}/debug/streams/{name}", timeout=10).json()
+
+
+# --- GStreamer webrtcbin ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gst():
+    probe = subprocess.run([GST_PYTHON, "-c", "import gi; gi.require_version('GstWebRTC', '1.0'); "
+                            "gi.require_version('Nice', '0.1'); from gi.repository import GstWebRTC, Nice"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        unavailable(f"GStreamer webrtcbin is not available to {GST_PYTHON}: {probe.stderr.strip()[-200:]}")
+
+    def run(url: str, *args: str) -> dict:
+        done = subprocess.run([GST_PYTHON, str(HERE / "gst_peer.py"), url, "--timeout", str(PEER_TIMEOUT_S), *args],
+                              capture_output=True, text=True, timeout=PEER_TIMEOUT_S + 20)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        assert done.returncode == 0 and lines, f"gst_peer failed ({done.returncode}): {done.stderr[-2000:]}"
+        return json.loads(lines[-1])
+
+    return run
+
+
+@pytest.mark.parametrize("mode", ["processing", "relay"])
+def test_gstreamer_publishes_h264_over_whip_and_decodes_every_frame_over_whep(gateways, gst, mode):
+    base, name = gateways[mode], f"gst_h264_{mode}"
+    peer = gst(whip_url(base, name), "--codec", "h264", "--frames", "150", "--watch")
+    assert peer["whip_status"] == 201 and peer["whip_location"], peer  # RSA certificate, DTLS handshake done
+    assert peer["whep_status"] == 201, peer
+    assert not peer.get("timed_out"), peer
+    t = truth(base, name)
+    assert t["error"] is None or t["error"] == "whip disconnected", t
+    # every frame the publisher put on the wire reached the gateway (the first may precede DTLS)
+    assert peer["frames_pushed"] - 3 <= t["frames_in"] <= peer["frames_pushed"], (peer, t)
+    (viewer,) = t["viewers"]
+    assert viewer["frames_sent"] >= 60, t
+    # what the gateway sent from the viewer's first keyframe on, webrtcbin decoded: all of it
+    assert peer["decoded"] == viewer["frames_sent"], (peer, viewer)
+
+
+def test_gstreamer_vp8_publisher_is_refused_with_non_h264_video(gateways, gst):
+    base, name = gateways["processing"], "gst_vp8"
+    peer = gst(whip_url(base, name), "--codec", "vp8", "--frames", "90")
+    assert peer["whip_status"] == 201, peer  # go-livepeer answers first and refuses the track after
+    t = truth(base, name)
+    assert t["error"] == "non-h264 video" and t["frames_in"] == 0, t
+
+
+# --- headless Chromium ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def page():
+    """The browser peer's page, served from loopback (a page on another origin than the gateway: CORS)."""
+    handler = functools.partial(_QuietHandler, directory=str(HERE))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/browser_peer.html"
+    server.shutdown()
+    server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def browser(page):
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        unavailable("selenium is not installed (pip install -e '.[test]')")
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        unavailable(f"headless Chromium needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--allow-loopback-in-peer-connection",                 # ICE on 127.0.0.1
+                "--disable-features=WebRtcHideLocalIpsWithMdns"):     # plain host candidates, no .local names
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_script_timeout(PEER_TIMEOUT_S + 10)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def in_browser(driver, page: str, **options) -> dict:
+    driver.get(page)
+    result = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "window.interop(arguments[0]).then(done, (e) => done({error: String(e)}));",
+        {"timeoutMs": PEER_TIMEOUT_S * 1000, **options})
+    errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, f"browser console errors: {errors}"
+    assert "error" not in result, result
+    return result
+
+
+@pytest.mark.parametrize("mode", ["processing", "relay"])
+def test_chromium_publishes_h264_over_whip_and_decodes_every_frame_over_whep(gateways, browser, page, mode):
+    base, name = gateways[mode], f"chromium_h264_{mode}"
+    peer = in_browser(browser, page, whip=whip_url(base, name), codec="h264", frames=150, watch=True)
+    assert peer["whip_status"] == 201 and peer["whip_location"], peer
+    assert peer["whep_status"] == 201, peer
+    assert peer["publisher_codec"] == "video/H264" and peer["viewer_codec"] == "video/H264", peer
+    t = truth(base, name)
+    # the browser's own count of frames it encoded is what the gateway received
+    assert abs(t["frames_in"] - peer["frames_encoded"]) <= 2, (peer, t)
+    (viewer,) = t["viewers"]
+    assert viewer["frames_sent"] >= 60, t
+    # a second opinion on delivery: Chromium's getStats against the gateway's truth
+    assert peer["frames_decoded"] == viewer["frames_sent"], (peer, viewer)
+    assert peer["frames_dropped"] == 0, peer
+
+
+def test_chromium_vp8_publisher_is_refused_with_non_h264_video(gateways, browser, page):
+    base, name = gateways["processing"], "chromium_vp8"
+    peer = in_browser(browser, page, whip=whip_url(base, name), codec="vp8", frames=60)
+    assert peer["whip_status"] == 201, peer
+    assert truth(base, name)["error"] == "non-h264 video"
