@@ -2,7 +2,10 @@
 
 Parsed from the gateway's ``GET /getNetworkCapabilities`` (per orchestrator,
 capability 35 = live video-to-video), from NaaP's ``GET /v1/streaming/models``
-(per model, no orchestrators), or a static count. Pure: no network here.
+(per model, no orchestrators), or a static count. NaaP's
+``GET /v1/discover/orchestrators`` adds the service URIs of the orchestrators
+that offer the model (``targets``): their slots are unknown, but a campaign can
+spread its sessions across them and cap each. Pure: no network here.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ __all__ = [
     "load_capacity_file",
     "parse_capacity",
     "parse_naap",
+    "parse_naap_discovery",
     "parse_network_capabilities",
     "static_capacity",
 ]
@@ -60,6 +64,7 @@ class CapacitySnapshot:
     orchestrators: tuple[OrchestratorSlots, ...] = ()
     anonymous_idle: int = 0
     anonymous_in_use: int = 0
+    targets: tuple[str, ...] = ()  # service URIs offering the model whose slots are unknown (NaaP discovery)
     source: str = "static"
     notes: tuple[str, ...] = field(default=(), compare=False)
 
@@ -78,7 +83,7 @@ class CapacitySnapshot:
 
     def summary(self) -> dict[str, Any]:
         return {"model": self.model, "source": self.source, "total_slots": self.total, "idle_slots": self.idle,
-                "orchestrators": len(self.orchestrators)}
+                "orchestrators": len(self.orchestrators) or len(self.targets)}
 
 
 def static_capacity(slots: int, model: str = "") -> CapacitySnapshot:
@@ -151,6 +156,26 @@ def parse_naap(obj: Any, model: str) -> CapacitySnapshot:
             return CapacitySnapshot(model=model, anonymous_idle=max(0, int(available)), anonymous_in_use=active,
                                     source="naap", notes=notes)
     return CapacitySnapshot(model=model, source="naap", notes=(f"NaaP lists no model {model!r}",))
+
+
+def parse_naap_discovery(obj: Any, model: str, pipeline: str = "live-video-to-video") -> tuple[str, ...]:
+    """NaaP ``/v1/discover/orchestrators``: rows ``{address (the service URI), score, capabilities
+    ["pipeline/model", ...], last_seen_ms, recent_work}``, one per orchestrator and pipeline. The URIs
+    of those offering ``pipeline/model``, sorted, each once."""
+    if not isinstance(obj, list):
+        raise CapacityError("NaaP /v1/discover/orchestrators: expected a list of orchestrators")
+    wanted = f"{pipeline}/{model}"
+    uris = set()
+    for i, row in enumerate(obj):
+        if not isinstance(row, dict):
+            raise CapacityError(f"NaaP /v1/discover/orchestrators[{i}]: expected an object")
+        caps = row.get("capabilities") or []
+        if not isinstance(caps, list):
+            raise CapacityError(f"NaaP /v1/discover/orchestrators[{i}].capabilities: expected a list")
+        uri = row.get("address")
+        if wanted in caps and isinstance(uri, str) and uri.strip():
+            uris.add(uri.strip())
+    return tuple(sorted(uris))
 
 
 def parse_capacity(obj: Any, model: str) -> CapacitySnapshot:

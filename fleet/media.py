@@ -16,6 +16,7 @@ the clip loops, so a session may run longer than the clip.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import fractions
 import functools
 import math
@@ -38,6 +39,7 @@ DARK, BRIGHT = 56, 176
 RUN_S = (0.27, 0.93)        # brightness run lengths, seconds
 TEXTURE_AMPLITUDE = 24
 FILE_STEP_LUMA = 20.0       # a file frame whose mean luma moves this much is a brightness step
+KEYFRAME_MIN_INTERVAL_S = 0.3  # keyframe requests this soon after a keyframe are not answered again (libwebrtc)
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,10 @@ class PacketTrack(MediaStreamTrack):
     """Sends a clip's packets at its frame rate, looping, and remembers when each frame left.
 
     ``sent[n]`` is the monotonic time frame ``n`` was handed to the RTP sender (its packets go
-    out in the same loop iteration); ``pacing_error`` collects how late each frame was.
+    out in the same loop iteration); ``pacing_error`` collects how late each frame was. A keyframe
+    request (a PLI from the far end, through ``request_keyframe``) makes the next frame the clip's next
+    keyframe, at once, as a live encoder would answer it: the content jumps ahead to it, and
+    ``level_steps`` follows what was really sent.
     """
 
     kind = "video"
@@ -215,10 +220,29 @@ class PacketTrack(MediaStreamTrack):
         self.clip = clip
         self.max_frames = max_frames
         self.sent: list[float] = []
+        self.index: list[int] = []                   # the clip frame sent as frame n
+        self.steps_sent: list[tuple[int, int]] = []  # (n, direction) brightness steps among the frames sent
         self.late_s_total = 0.0
         self.late_s_max = 0.0
         self.start: float | None = None
         self.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self.keyframe_requested = False
+        self.keyframe_jumps = 0
+
+    def request_keyframe(self) -> None:
+        self.keyframe_requested = True
+
+    def _next_index(self) -> int:
+        clip = self.clip
+        i = (self.index[-1] + 1) % clip.frames if self.index else 0
+        if self.keyframe_requested:
+            self.keyframe_requested = False
+            # as libwebrtc, a request within KEYFRAME_MIN_INTERVAL_S of the last keyframe is already answered
+            recent = round(KEYFRAME_MIN_INTERVAL_S * clip.fps)
+            if not clip.keyframes[i] and not any(clip.keyframes[k] for k in self.index[-recent:]):
+                i = next((k % clip.frames for k in range(i + 1, i + clip.frames) if clip.keyframes[k % clip.frames]), i)
+                self.keyframe_jumps += 1
+        return i
 
     async def recv(self) -> av.Packet:
         n = len(self.sent)
@@ -235,7 +259,13 @@ class PacketTrack(MediaStreamTrack):
         late = max(0.0, now - due)
         self.late_s_total += late
         self.late_s_max = max(self.late_s_max, late)
-        packet = av.Packet(self.clip.packets[n % self.clip.frames])
+        i = self._next_index()
+        if self.index:
+            d = self.clip.luma[i] - self.clip.luma[self.index[-1]]
+            if abs(d) >= FILE_STEP_LUMA:
+                self.steps_sent.append((n, 1 if d > 0 else -1))
+        self.index.append(i)
+        packet = av.Packet(self.clip.packets[i])
         packet.pts = self.clip.pts(n)
         packet.time_base = self.time_base
         self.sent.append(now)
@@ -243,10 +273,4 @@ class PacketTrack(MediaStreamTrack):
 
     def level_steps(self, upto: int) -> list[tuple[int, int]]:
         """(frame number, direction) of every brightness step among the first ``upto`` frames sent."""
-        clip, out = self.clip, []
-        for loop in range(upto // clip.frames + 1):
-            for index, direction in clip.steps:
-                n = loop * clip.frames + index
-                if n < upto and n > 0:
-                    out.append((n, direction))
-        return out
+        return self.steps_sent[:bisect.bisect_left(self.steps_sent, (upto, -2))]

@@ -143,8 +143,15 @@ class _Planner:
                  and (not policy.include or o.matches(policy.include)) and not o.matches(policy.exclude)]
         shuffle.shuffle(orchs)
         slots = [_Slot(o, min(policy.max_per_orchestrator, o.idle), i) for i, o in enumerate(orchs)]
+        targets = [u for u in snapshot.targets if (not policy.include or any(n in u for n in policy.include))
+                   and not any(n in u for n in policy.exclude)]
         if snapshot.anonymous_idle > 0:
-            if policy.include:
+            if snapshot.targets:  # discovered orchestrators (slots unknown): each capped and staggered by URI
+                shuffle.shuffle(targets)
+                limit = min(policy.max_per_orchestrator, snapshot.anonymous_idle)
+                slots += [_Slot(OrchestratorSlots("", uri, limit, 0), limit, len(slots) + i)
+                          for i, uri in enumerate(targets)]
+            elif policy.include:
                 self.notes.append("slots with unknown orchestrators are not used: capacity.include is set")
             else:
                 self.notes.append("orchestrators unknown (capacity source has none): the per-orchestrator cap "
@@ -282,7 +289,7 @@ class _Planner:
         slot.last_start = t
         self.sessions.append(PlannedSession(
             index=len(self.sessions), start_s=t / MS, duration_s=duration / MS, region=region,
-            orchestrator=slot.orch.address if slot.orch else None,
+            orchestrator=(slot.orch.address or None) if slot.orch else None,
             orchestrator_uri=slot.orch.uri if slot.orch else None,
             seed=self.seeds.randrange(2**31), prompts=self._schedule(duration)))
         return end

@@ -48,10 +48,14 @@ class GatewayCapacity(Spec):
 
 
 class NaapCapacity(Spec):
-    """Idle slots from the NaaP API's ``GET /v1/streaming/models``."""
+    """Idle slots from the NaaP API's ``GET /v1/streaming/models``; with ``discover_url``, the
+    orchestrators its ``GET /v1/discover/orchestrators`` lists for the model become the targets
+    sessions are spread across (each capped by ``max_per_orchestrator``, matched by service URI)."""
 
     source: Literal["naap"]
-    url: str
+    url: str = Field(description="NaaP /v1/streaming/models")
+    discover_url: str | None = Field(None, description="NaaP /v1/discover/orchestrators (the model is added as "
+                                                       "caps=live-video-to-video/<model>)")
     refresh_s: Positive = 60.0
 
 

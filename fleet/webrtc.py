@@ -13,6 +13,8 @@ Three settings aiortc does not expose are made here, in one place:
   GStreamer's webrtcbin) gets "no shared cipher" whenever aiortc answers
   ``a=setup:active``. pion (go-livepeer's stack) offers ECDHE-RSA suites too;
   ``accept_rsa_peers()`` (applied on import) adds them, after the ECDSA ones.
+- **Keyframe requests** reach a track that sends pre-encoded packets
+  (``on_keyframe_request``): aiortc answers a PLI only when it encodes.
 - **Codec preferences** by name (``codecs_named``), and ICE servers as a
   gateway offers them in WHIP ``Link`` headers (RFC 9725, ``parse_ice_links``).
 """
@@ -20,7 +22,7 @@ Three settings aiortc does not expose are made here, in one place:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aioice.ice
@@ -28,7 +30,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSend
 from aiortc.rtcdtlstransport import RTCCertificate
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-__all__ = ["LOOPBACK", "IceServer", "accept_rsa_peers", "codecs_named", "ice_link_headers", "new_peer_connection",
+__all__ = ["LOOPBACK", "IceServer", "accept_rsa_peers", "codecs_named", "ice_link_headers", "new_peer_connection", "on_keyframe_request",
            "parse_ice_links", "set_ice_failed_timeout", "use_host_addresses"]
 
 LOOPBACK = ("127.0.0.1",)
@@ -93,6 +95,25 @@ def set_ice_failed_timeout(seconds: float, checks: int = 5) -> None:
     """
     aioice.ice.CONSENT_FAILURES = checks
     aioice.ice.CONSENT_INTERVAL = seconds / checks
+
+
+if not hasattr(RTCRtpSender, "_send_keyframe"):  # pragma: no cover - an aiortc release renamed it
+    raise ImportError("aiortc.RTCRtpSender._send_keyframe is gone: fleet.webrtc needs updating for this aiortc "
+                      "release (pinned in pyproject.toml)")
+
+
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call ``callback`` whenever the far end asks ``sender`` for a keyframe (RTCP PLI or FIR).
+
+    aiortc answers a PLI only on the path where it encodes frames itself; a track that sends
+    pre-encoded packets must be told."""
+    original = sender._send_keyframe
+
+    def send_keyframe() -> None:
+        original()
+        callback()
+
+    sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
 
 
 def new_peer_connection(ice_servers: Sequence[IceServer] = ()) -> RTCPeerConnection:

@@ -120,3 +120,26 @@ def test_a_lease_whose_holder_never_releases_expires():
     assert broker.lease("r", duration_s=10) is None
     now[0] = 40.1
     assert broker.lease("r", duration_s=10) is not None
+
+
+def test_discovered_orchestrators_are_targeted_by_uri_each_capped_and_staggered():
+    """NaaP capacity (slots per model only) plus NaaP discovery (the URIs offering it): the broker hands
+    each lease a target URI, least recently started first, never more than max_per_orchestrator per URI
+    and never two starts on one URI within the stagger."""
+    snap = CapacitySnapshot("m", anonymous_idle=100, anonymous_in_use=0, source="naap",
+                            targets=("https://a:8935", "https://b:8935", "https://c:8935"))
+    now = [0.0]
+    broker = SlotBroker(CapacityPolicy(max_fraction=1.0, idle_reserve=0, max_per_orchestrator=2, stagger_s=5.0),
+                        snap, clock=lambda: now[0])
+    broker.update(snap)
+    first = [broker.lease("h") for _ in range(4)]
+    assert [lease and lease.orchestrator_uri for lease in first] == ["https://a:8935", "https://b:8935",
+                                                                     "https://c:8935", None]  # all staggered
+    now[0] = 5.0
+    second = [broker.lease("h") for _ in range(4)]
+    assert [lease and lease.orchestrator_uri for lease in second] == ["https://a:8935", "https://b:8935",
+                                                                      "https://c:8935", None]  # all at 2
+    broker.release(second[1].id)
+    now[0] = 10.0
+    assert broker.lease("h").orchestrator_uri == "https://b:8935"
+    assert all(lease.orchestrator is None for lease in first[:3])  # no address is invented

@@ -91,7 +91,7 @@ def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gatew
     assert table.schema.equals(SESSIONS, check_metadata=False)
     assert table.num_rows == 2
     rows = table.to_pylist()
-    assert {r["region"] for r in rows} == {"local"} and {r["schema_version"] for r in rows} == {3}
+    assert {r["region"] for r in rows} == {"local"} and {r["schema_version"] for r in rows} == {4}
     assert all(r["frames_received"] > 30 and r["g2g_latency_ms"] for r in rows)
     assert all(r["orchestrator_address"] and r["orchestrator_url"] and r["prompt_id"] and r["gpu_name"] for r in rows)
     # no status names the GPU: it comes from the capacity snapshot, and with two GPUs per orchestrator

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fleet.capacity import load_capacity_file, parse_capacity, parse_naap, parse_network_capabilities
+from fleet.capacity import load_capacity_file, parse_capacity, parse_naap, parse_naap_discovery, parse_network_capabilities
 from fleet.errors import CapacityError
 from fleet.gateway.config import capabilities_body, default_config, reference_capacity
 
@@ -85,3 +85,67 @@ def test_capacity_as_go_livepeer_sends_it_empty_addresses_and_prices():
     assert (a.address, a.key, a.price_per_unit, a.pixels_per_unit) == ("", "https://a.example:8935", 7, 1)
     assert b.address == "0xabcdef" and b.key == "https://b.example:8935"  # lower-cased, as NaaP keys it
     assert snap.notes == ("1 orchestrator(s) have no address (no ticket params): known by service URI only",)
+
+
+def test_naap_discovery_lists_the_uris_offering_the_model():
+    rows = [  # the shape of NaaP's handlers_test.go: one row per orchestrator and pipeline
+        {"address": "https://a.example:8935", "score": 0.95, "capabilities": ["live-video-to-video/sd"],
+         "last_seen_ms": 1776164007740, "last_seen": "2026-04-14T10:53:27.740Z", "recent_work": True},
+        {"address": "https://a.example:8935", "score": 0.88, "capabilities": ["llm/x"], "recent_work": True},
+        {"address": "https://b.example:8935", "score": 0.0, "capabilities": ["live-video-to-video/other",
+                                                                             "live-video-to-video/sd"]},
+        {"address": "https://c.example:8935", "capabilities": ["live-video-to-video/other"]},
+        {"address": "", "capabilities": ["live-video-to-video/sd"]},
+    ]
+    assert parse_naap_discovery(rows, "sd") == ("https://a.example:8935", "https://b.example:8935")
+    assert parse_naap_discovery([], "sd") == ()
+    with pytest.raises(CapacityError, match="expected a list"):
+        parse_naap_discovery({"orchestrators": []}, "sd")
+    with pytest.raises(CapacityError, match=r"\[0\].capabilities: expected a list"):
+        parse_naap_discovery([{"address": "x", "capabilities": "live-video-to-video/sd"}], "sd")
+
+
+def test_read_capacity_from_naap_with_discovery_over_http():
+    """NaaP's two endpoints served from loopback: slots per model, orchestrators by URI."""
+    import http.server
+    import threading
+
+    from fleet.runtime.broker import read_capacity
+    from fleet.scenario import Scenario
+
+    seen = []
+
+    class NaaP(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen.append(self.path)
+            body = ([{"model": "sd", "gpu_slots": 8, "active_streams": 2, "available_capacity": 6}]
+                    if self.path.startswith("/v1/streaming/models") else
+                    [{"address": "https://o1:8935", "capabilities": ["live-video-to-video/sd"]}])
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NaaP)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        sc = Scenario.model_validate({
+            "name": "t", "target": {"dialect": "reference", "capacity": {
+                "source": "naap", "url": f"{base}/v1/streaming/models",
+                "discover_url": f"{base}/v1/discover/orchestrators"}},
+            "workflow": {"pipeline": "sd"}, "prompts": {"sets": [{"set": "bootstrap"}]},
+            "load": {"shape": "stages", "stages": [{"concurrency": 1, "duration_s": 10}],
+                     "session": {"duration": 5}}})
+        snap = read_capacity(sc, "http://127.0.0.1:1")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert snap.idle == 6 and snap.targets == ("https://o1:8935",)
+    assert "/v1/discover/orchestrators?caps=live-video-to-video%2Fsd" in seen
+    assert any("NaaP discovery lists 1 orchestrator" in n for n in snap.notes)

@@ -99,6 +99,22 @@ def test_anonymous_slots_are_staggered_as_one():
     assert any("per-orchestrator cap cannot be enforced" in n for n in plan.notes)
 
 
+def test_discovered_orchestrators_are_each_capped_and_staggered_by_uri():
+    sc = scenario(stages(6, 20, 10), {"max_fraction": 1, "idle_reserve": 0, "stagger_s": 4,
+                                      "max_per_orchestrator": 2})
+    snap = CapacitySnapshot("sd", anonymous_idle=50, source="naap", targets=("https://a", "https://b"))
+    plan = make_plan(sc, snap, pool=POOL)
+    starts = defaultdict(list)
+    for s in plan.sessions:
+        starts[s.orchestrator_uri].append(s.start_s)
+        assert s.orchestrator is None  # no address is invented
+    assert set(starts) == {"https://a", "https://b"}
+    assert plan.max_concurrency() == 4  # 2 URIs x max_per_orchestrator 2, though NaaP shows 50 idle
+    for times in starts.values():
+        assert all(b - a >= 4 for a, b in zip(times, times[1:]))
+    assert not any("cannot be enforced" in n for n in plan.notes)
+
+
 def test_regions_share_by_weight_within_their_caps():
     policy = {"max_fraction": 1, "idle_reserve": 0, "stagger_s": 0, "max_per_orchestrator": 8}
     sc = scenario(stages(6, 10, 10), policy, regions=[{"name": "us", "weight": 2}, {"name": "eu", "weight": 1}])

@@ -19,6 +19,7 @@ from fleet.gateway.server import GatewayProcess
 from fleet.media import synthetic_clip
 from fleet.probe.latency import align, lag_is_exact
 from fleet.probe.session import ProbeOptions, ProbeResult, ProbeSpec, PromptChange, run_probe
+from fleet.probe.timing import analyse
 from fleet.webrtc import use_host_addresses
 
 use_host_addresses(["127.0.0.1"])
@@ -26,6 +27,7 @@ use_host_addresses(["127.0.0.1"])
 MODEL = "streamdiffusion"
 LATENCY_TOLERANCE_MS = 5.0
 FPS_TOLERANCE = 0.02
+JITTER_TOLERANCE = 0.02
 
 
 def run(coro):
@@ -40,7 +42,8 @@ def spec(url: str, duration_s: float = 6.0, size: int = 256, orchestrator: str |
         prompts.append(PromptChange(switch_at, {"prompt": "neon city at night, rain"}))
     return ProbeSpec(url, dialect, MODEL, synthetic_clip(size, size), tuple(prompts), duration_s=duration_s,
                      orchestrator=orchestrator, max_g2g_latency_ms=1000, max_jitter_coeff=max_jitter_coeff,
-                     options=ProbeOptions(**{"ice_timeout_s": 5.0, "http_timeout_s": 3.0, **options}))
+                     options=ProbeOptions(**{"ice_timeout_s": 5.0, "http_timeout_s": 3.0, "keep_timeline": True,
+                                             **options}))
 
 
 def truth(url: str, stream_name: str) -> dict:
@@ -49,13 +52,20 @@ def truth(url: str, stream_name: str) -> dict:
     return httpx.get(f"{url}/debug/streams/{sid}", timeout=10).json()
 
 
-def truth_fps(t: dict) -> float:
-    """Output fps as the gateway emitted it to the (first) viewer: emit time = arrival + actual delay.
+def egress_times(r: ProbeResult, t: dict) -> list[float]:
+    """The truth of delivery for the frames the probe received: when each one's last packet left the
+    gateway for the probe's viewer (matched by RTP timestamp), in the probe's order."""
+    (egress,) = t["egress"]  # the probe is the only viewer
+    first = egress[0][0]
+    left = {(pts - first) & 0xFFFFFFFF: when for pts, when in egress}
+    times = [left.get(ts) for ts, _ in r.timeline]
+    assert None not in times, "the probe received a frame the gateway never sent to it"
+    return times
 
-    Only frames that went out to the viewer count: it starts at the first keyframe after it subscribed."""
-    emits = sorted(f["t_in"] + f["delay_ms"] / 1000 for f in t["frames"]
-                   if f["delay_ms"] is not None and f["residence_ms"] is not None)
-    return (len(emits) - 1) / (emits[-1] - emits[0])
+
+def truth_timing(r: ProbeResult, t: dict):
+    """fps, jitter and freezes of the frames as the gateway sent them: what the probe should report."""
+    return analyse(egress_times(r, t))
 
 
 def open_streams(url: str) -> int:
@@ -79,16 +89,23 @@ def settles_to_no_open_streams(url: str, deadline_s: float = 15.0) -> bool:
     return run(until_open(url, 0, deadline_s))
 
 
-def assert_matches_truth(r: ProbeResult, url: str) -> tuple[float, float]:
+def assert_matches_truth(r: ProbeResult, url: str) -> tuple[float, float, float]:
+    """Latency (median within 5 ms), output fps (within 2 %), jitter coefficient (within 0.02) and freezes
+    (count exact, duration within one frame interval) against the gateway's truth; returns the errors."""
     assert r.outcome in ("ok", "degraded"), (r.outcome, r.error_phase, r.error_class, r.error_detail)
     assert r.latency_method == "rtp_timestamp"
     t = truth(url, r.stream_id)
     true_ms = t["residence_ms_median"]  # arrival of a frame's last packet -> its output's last packet sent
     err_ms = abs(r.g2g_latency_ms - true_ms)
-    fps_err = abs(r.output_fps - truth_fps(t)) / truth_fps(t)
+    want = truth_timing(r, t)
+    fps_err = abs(r.output_fps - want.output_fps) / want.output_fps
+    jitter_err = abs(r.jitter_coeff - want.jitter_coeff)
     assert err_ms <= LATENCY_TOLERANCE_MS, (r.g2g_latency_ms, true_ms)
-    assert fps_err <= FPS_TOLERANCE, (r.output_fps, truth_fps(t))
-    return err_ms, fps_err
+    assert fps_err <= FPS_TOLERANCE, (r.output_fps, want.output_fps)
+    assert jitter_err <= JITTER_TOLERANCE, (r.jitter_coeff, want.jitter_coeff, r.jitter_suspect_intervals)
+    assert r.freeze_count == want.freeze_count, (r.freeze_count, want.freeze_count)
+    assert abs(r.freeze_s - want.freeze_s) <= 1 / want.output_fps, (r.freeze_s, want.freeze_s)
+    return err_ms, fps_err, jitter_err
 
 
 # --- the latency alignment, on its own ----------------------------------------------------
@@ -149,7 +166,7 @@ def gateway():
 
 def test_one_session_latency_fps_and_prompt_switch_match_the_truth(gateway):
     r = run(run_probe(spec(gateway, duration_s=7.0, size=512, switch_at=4.5)))
-    err_ms, fps_err = assert_matches_truth(r, gateway)
+    assert_matches_truth(r, gateway)
     t = truth(gateway, r.stream_id)
     assert r.orchestrator_address == t["orchestrator"]
     assert len(r.latency_samples) >= 0.8 * r.frames_received  # a sample per frame, not per second
@@ -170,9 +187,9 @@ def test_sixteen_concurrent_sessions_in_one_process_match_the_truth(gateway):
     async def main():
         return await asyncio.gather(*(run_probe(spec(gateway, duration_s=8.0, size=128)) for _ in range(16)))
     results = run(main())
-    errors = [assert_matches_truth(r, gateway) for r in results]
+    for r in results:
+        assert_matches_truth(r, gateway)
     assert len({r.orchestrator_address for r in results}) == 4  # the network spread them
-    assert max(e for e, _ in errors) <= LATENCY_TOLERANCE_MS
     assert open_streams(gateway) == 0
 
 
@@ -181,6 +198,31 @@ def test_relay_mode_latency_matches_the_truth():
         r = run(run_probe(spec(proc.url, duration_s=8.0, size=256)))
         assert_matches_truth(r, proc.url)
         assert r.prompt_switch_ms == []
+
+
+def test_a_freeze_and_an_fps_drop_match_the_truth():
+    """Under the gateway's faults: the output stalls for a second mid-session (a freeze), and a GPU
+    runs at half its fps. Count, duration, fps and jitter against what the gateway sent."""
+    profile = GpuProfile(name="Truth GPU", fps_cap=30, cold_start_s=0.0, warmup_frames=0,
+                         delay=Delay(dist="normal", mean_ms=50.0, jitter_ms=1.0))
+    orchs = tuple(OrchestratorSpec(address=f"0x{name}", uri=f"https://{name}.truth:8935",
+                                   gpus=(Gpu(id=f"G-{name}", profile="p", slots={MODEL: 1}),))
+                  for name in ("freeze", "half"))
+    faults = (Fault(kind="output_stall", orchestrator="freeze.truth", after_s=3.0, duration_s=1.0, probability=1.0),
+              Fault(kind="fps_drop", orchestrator="half.truth", fps_factor=0.5, probability=1.0))
+    cfg = GatewayConfig(profiles={"p": profile}, orchestrators=orchs, faults=faults, port=0)
+    with GatewayProcess(config=cfg) as proc:
+        async def main():
+            return await asyncio.gather(*(run_probe(spec(proc.url, duration_s=8.0, size=128, max_jitter_coeff=1.0,
+                                                         orchestrator=f"{name}.truth"))
+                                          for name in ("freeze", "half")))
+        frozen, half = run(main())
+        assert_matches_truth(frozen, proc.url)
+        assert_matches_truth(half, proc.url)
+        want = truth_timing(frozen, truth(proc.url, frozen.stream_id))
+        assert want.freeze_count == 1 and 0.95 <= want.freeze_s <= 1.2, want  # the fault, as the gateway did it
+        assert frozen.freeze_count == 1 and "freezes" not in frozen.reasons  # 1 s is within max_freeze_s
+        assert 14.5 <= half.output_fps <= 15.5 and half.jitter_coeff < 0.1  # half of 30, evenly paced
 
 
 # --- faults: each maps to the right outcome and phase -----------------------------------------
@@ -198,6 +240,7 @@ FAULTS = {
     "fps_drop": ({"fps_factor": 0.3}, "low_fps"),
     "orchestrator_swap": ({"after_s": 2.5}, "swap"),
     "capacity_drop": ({"slots": 1, "after_s": 1.0}, "capacity"),
+    "malformed_status": ({"after_s": 0.0}, "protocol"),
 }
 
 
@@ -221,7 +264,8 @@ def test_every_fault_maps_to_its_outcome_and_phase(faulty):
     async def main():
         # jitter is not what this test is about: ten sessions on two cores make some of their own
         return await asyncio.gather(*(run_probe(spec(faulty, duration_s=7.0, size=128, orchestrator=f"{k}.fault",
-                                                     max_jitter_coeff=1.0, check_every_s=1.0, stall_fail_s=3.0))
+                                                     max_jitter_coeff=1.0, check_every_s=1.0, stall_fail_s=3.0,
+                                                     calibrate_max_s=2.0))
                                       for k in FAULTS))
     results = dict(zip(FAULTS, run(main())))
     for kind, (_, expected) in FAULTS.items():
@@ -236,10 +280,16 @@ def test_every_fault_maps_to_its_outcome_and_phase(faulty):
             assert r.startup_s >= 1.0  # the job started a second late; the WHIP answer did not wait
         elif expected == "black":
             assert r.outcome == "degraded" and "black_output" in r.reasons and r.black_frames >= 10
+            # black output has no brightness steps to align on: calibration gives up, decoding goes back
+            # to short windows instead of every frame for the rest of the session
+            assert r.decoded_frames < 0.6 * r.frames_received, (r.decoded_frames, r.frames_received)
         elif expected == "low_fps":
             assert r.outcome == "degraded" and "low_fps" in r.reasons and r.output_fps < 12
         elif expected == "swap":
             assert r.swapped and r.orchestrator_address != f"0xfault-{kind}"
+        elif expected == "protocol":  # the gateway's bug, not the tester's: degraded, the stream measured
+            assert r.outcome == "degraded" and "gateway_protocol" in r.reasons and r.error_phase is None, r.reasons
+            assert r.frames_received > 100 and any(e[1] == "fleet_bad_status" for e in r.events)
         elif expected == "capacity":
             assert r.outcome == "ok", (r.reasons, r.jitter_coeff, r.freeze_s, r.output_fps)
     assert settles_to_no_open_streams(faulty)

@@ -36,6 +36,7 @@ FaultKind = Literal[
     "fps_drop",          # output fps falls to a fraction
     "orchestrator_swap", # the stream moves to another orchestrator mid-stream
     "capacity_drop",     # the orchestrator's advertised capacity falls
+    "malformed_status",  # a gateway bug: the status answers with objects of the wrong type
 ]
 
 
@@ -134,6 +135,9 @@ class GatewayConfig(Spec):
         (), description="STUN/TURN servers named in WHIP Link headers (go-livepeer names Google's STUN server; "
                         "none by default here, since tests stay on loopback)")
     relay: bool = Field(False, description="forward encoded frames untouched (benchmarks at high session counts)")
+    video_codecs: tuple[Literal["H264", "VP8"], ...] = Field(
+        ("H264",), min_length=1, description="video codecs a publisher may send; go-livepeer takes H.264 only "
+                                             "(\"non-h264 video\"); VP8 is for relay-mode benchmarks of VP8 testers")
     token: str | None = Field(None, description="Bearer token the Daydream facade checks; None accepts any")
     seed: int = 0
     profiles: dict[str, GpuProfile]
@@ -154,7 +158,7 @@ def default_config(**overrides: Any) -> GatewayConfig:
     """Four orchestrators with two GPUs each, two slots of ``streamdiffusion`` per GPU (16 slots)."""
     profiles = {
         "rtx4090": GpuProfile(name="NVIDIA GeForce RTX 4090", fps_cap=30.0, delay=Delay(mean_ms=60.0, jitter_ms=1.5)),
-        "l40s": GpuProfile(name="NVIDIA L40S", fps_cap=24.0, delay=Delay(mean_ms=90.0, jitter_ms=2.5)),
+        "l40s": GpuProfile(name="NVIDIA L40S", fps_cap=24.0, delay=Delay(mean_ms=90.0, jitter_ms=4.0)),
     }
     orchestrators = []
     for i in range(4):

@@ -39,6 +39,7 @@ from aiohttp import web
 from fleet.gateway.config import GatewayConfig, default_config
 from fleet.gateway.network import Network
 from fleet.gateway.stream import Stream
+from fleet.probe.looplag import LoopMonitor
 from fleet.webrtc import IceServer, ice_link_headers, set_ice_failed_timeout
 
 __all__ = ["GatewayProcess", "ReferenceGateway", "READY_PREFIX"]
@@ -91,6 +92,8 @@ class ReferenceGateway:
         self.daydream = Daydream(self)
         self.byoc = Byoc(self)
         self._runner: web.AppRunner | None = None
+        self.loop_monitor: LoopMonitor | None = None
+        self.loop_mark = None
         self.port: int | None = None
 
     # --- lifecycle ------------------------------------------------------------
@@ -123,6 +126,8 @@ class ReferenceGateway:
 
     async def start(self) -> None:
         set_ice_failed_timeout(self.config.ice_failed_timeout_s)
+        self.loop_monitor = LoopMonitor.for_running_loop()
+        self.loop_mark = self.loop_monitor.acquire()
         self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
@@ -137,6 +142,9 @@ class ReferenceGateway:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.loop_monitor is not None:
+            self.loop_monitor.release()
+            self.loop_monitor = None
 
     # --- network bookkeeping ------------------------------------------------------
 
@@ -295,7 +303,12 @@ class ReferenceGateway:
 
     async def debug_list(self, request: web.Request) -> web.Response:
         streams = [s.summary() for s in self.history.values()]
-        return web.json_response({"open": sum(1 for s in streams if s["open"]), "streams": streams})
+        loop = self.loop_monitor.since(self.loop_mark) if self.loop_monitor else None
+        return web.json_response({"open": sum(1 for s in streams if s["open"]), "streams": streams,
+                                  # the gateway's own health: a loop that ran late stamped frames late
+                                  "loop": None if loop is None else {"lag_ms_mean": loop.mean_ms,
+                                                                     "lag_ms_max": loop.max_ms,
+                                                                     "busy_pct": loop.busy_pct}})
 
     async def debug_stream(self, request: web.Request) -> web.Response:
         key = request.match_info["id"]

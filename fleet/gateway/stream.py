@@ -55,7 +55,6 @@ MAX_TRUTH_FRAMES = 108_000     # per-frame truth kept (an hour at 30 fps); summa
 MAX_EVENTS = 10_000            # lifecycle events kept per stream
 FPS_WINDOW_S = 10.0            # the runner's fps is counted over this window (ai-runner FPS_LOG_INTERVAL)
 SELECTION_RETRY_S = 0.1        # selection retries this often within selection_timeout_s
-FPS_BURST_S = 0.25             # the fps cap's token bucket holds this much output: bursty input within it passes
 
 
 def _log_crash(task: asyncio.Task) -> None:
@@ -80,6 +79,8 @@ class OutputTrack(MediaStreamTrack):
         self.started = False              # a keyframe has gone out: the viewer can decode from here
         self.frames_sent = 0
         self.awaiting_keyframe = 0        # frames dropped before the first keyframe
+        # truth: (output pts on the RTP clock, loop time its last packet left) per frame sent to this viewer
+        self.egress: deque[tuple[int, float]] = deque(maxlen=MAX_TRUTH_FRAMES)
 
     def push(self, packet: av.Packet | None, keyframe: bool = False) -> None:
         if packet is not None and not self.started:
@@ -156,7 +157,8 @@ class Stream:
         self.frames_in = 0
         self.frames_out = 0
         self.dropped: dict[str, int] = {}
-        # [seq, pts, t_in, delay_drawn_ms, delay_actual_ms | None, dropped reason, residence_ms | None]
+        # [seq, pts, t_in, delay_drawn_ms, delay_actual_ms | None, dropped reason, residence_ms | None,
+        #  queued_ms | None (arrival to inference start: the wait in the runner's one-frame queue)]
         self.frames: list[list] = []
         self.unsent: dict[int, int] = {}  # output RTP-clock pts -> truth index, until its packets leave
         self.prompts: list[tuple[float, str, str]] = []  # (t, prompt, params hash)
@@ -168,13 +170,15 @@ class Stream:
         self.last_out_pts: float | None = None
         self.params_update: float | None = None
         self.last_due = 0.0
-        self.fps_credit: float | None = None  # full at the first frame
-        self.last_in_for_cap: float | None = None
+        self.busy_until = float("-inf")       # the runner finishes its current frame then
+        self.queue_free_at = float("-inf")    # the frame waiting in its one-frame input queue starts then
+        self.start_at = 0.0                   # when the admitted frame's inference starts
         self.runner_start: float | None = None
         self.ready_at: float | None = None      # the pipeline has loaded (after any cold start)
         self.warmup_left = 0
         self._tasks: list[asyncio.Task] = []
         self.arrivals: dict[int, float] = {}  # RTP timestamp -> arrival of the frame's last packet
+        self.arrival_misses = 0               # decoded frames whose packet arrival was unknown (timed at decode)
         self.relay_queue: asyncio.Queue[TapFrame] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)
         self.relay_ts0: int | None = None
         self.relay_need_key = True
@@ -303,17 +307,19 @@ class Stream:
                 await pc.close()
 
         transceiver = pc.addTransceiver(track, direction="sendonly")
-        transceiver.setCodecPreferences(codecs_named("video", "H264"))
+        # processing mode encodes H.264; relay mode sends what the publisher sent (known: output exists)
+        relayed = self.tap.codec if self.gw.config.relay and self.tap is not None else None
+        transceiver.setCodecPreferences(codecs_named("video", relayed or "H264"))
         await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         self.whep.append((pc, track))
-        if len(self.whep) == 1:
-            self._time_egress(transceiver.sender, track)
+        self._time_egress(transceiver.sender, track, residence=len(self.whep) == 1)
         await pc.setLocalDescription(await pc.createAnswer())
         self.event("whep_subscriber", count=len(self.whep))
         return pc.localDescription.sdp
 
-    def _time_egress(self, sender: Any, track: OutputTrack) -> None:
-        """Truth of the whole residence: when each frame's last packet left for the first viewer."""
+    def _time_egress(self, sender: Any, track: OutputTrack, residence: bool) -> None:
+        """Truth of delivery: when each frame's last packet left for this viewer (and, for the first viewer,
+        each input frame's whole residence: its arrival to that moment)."""
         dtls = sender.transport
         original = dtls._send_rtp
         origin: list[int] = []
@@ -327,7 +333,14 @@ class Stream:
                 if not track.first_pts90:
                     return
                 origin.append(ts - track.first_pts90[0])
-            index = self.unsent.pop((ts - origin[0]) & 0xFFFFFFFF, None)
+            pts90 = (ts - origin[0]) & 0xFFFFFFFF
+            if track.egress and (pts90 - track.egress[-1][0]) & 0xFFFFFFFF >= 1 << 31 or \
+                    track.egress and pts90 == track.egress[-1][0]:
+                return  # a retransmission (NACK): the frame left the first time
+            track.egress.append((pts90, self.loop.time()))
+            if not residence:
+                return
+            index = self.unsent.pop(pts90, None)
             if index is not None and index < len(self.frames):
                 t_in = self.t0 + self.frames[index][2]
                 self.frames[index][6] = round((self.loop.time() - t_in) * 1000, 3)
@@ -386,9 +399,10 @@ class Stream:
             self.fail("missing video")
             return
         codec = self.tap.codec if self.tap else None
-        if codec != "H264":
+        allowed = self.gw.config.video_codecs
+        if codec not in allowed:
             self.event("non_h264_video", codec=codec or (self.tap.unsupported if self.tap else None))
-            self.fail("non-h264 video")
+            self.fail("non-h264 video" if allowed == ("H264",) else f"unsupported video codec {codec}")
 
     async def _ask_keyframes(self) -> None:
         """A PLI to the publisher every ``pli_interval_s`` (go-livepeer's intervalpli interceptor)."""
@@ -431,8 +445,13 @@ class Stream:
         mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
         origin = getattr(mapper, "_origin", None)
         if origin is None or frame.pts is None:
+            self.arrival_misses += 1
             return self.loop.time()
-        return self.arrivals.pop((frame.pts + origin) & 0xFFFFFFFF, self.loop.time())
+        arrival = self.arrivals.pop((frame.pts + origin) & 0xFFFFFFFF, None)
+        if arrival is None:
+            self.arrival_misses += 1
+            return self.loop.time()
+        return arrival
 
     async def _pump_relay(self) -> None:
         """Relay mode: encoded frames from the tap, forwarded without decoding."""
@@ -444,7 +463,7 @@ class Stream:
             except asyncio.TimeoutError:
                 self.fail(f"no input for {idle:g} s")
                 return
-            if self.tap is not None and self.tap.codec != "H264":
+            if self.tap is not None and self.tap.codec not in self.gw.config.video_codecs:
                 continue  # the gather refuses it
             if self.relay_ts0 is None:
                 self.relay_ts0 = tap.timestamp
@@ -464,16 +483,14 @@ class Stream:
             return "warmup"
         if self._active("output_stall"):
             return "fault:output_stall"
-        cap = self.fps_cap()
-        burst = max(1.5, cap * FPS_BURST_S)
-        if self.fps_credit is None:
-            self.fps_credit = burst
-        elif self.last_in_for_cap is not None:
-            self.fps_credit = min(burst, self.fps_credit + (t_in - self.last_in_for_cap) * cap)
-        self.last_in_for_cap = t_in
-        if self.fps_credit < 1.0 - 1e-6:
+        # ai-runner: the input queue holds one frame and a frame that finds it full is dropped
+        # (process.py input_queue maxsize=1, _try_queue_put); inference takes 1/fps_cap per frame.
+        start = max(t_in, self.busy_until)
+        if start > t_in and t_in < self.queue_free_at:
             return "fps_cap"
-        self.fps_credit -= 1.0
+        self.queue_free_at = start
+        self.busy_until = start + 1.0 / self.fps_cap()
+        self.start_at = start
         return None
 
     def _ingest(self, frame: av.VideoFrame | av.Packet, seq: int, t_in: float, keyframe: bool = False) -> None:
@@ -499,16 +516,18 @@ class Stream:
         else:
             out = apply_look(frame, self.look, self.lut, black=self._active("black_frames") is not None)
         delay = self._draw_delay()
-        due = max(t_in + delay, self.last_due)
+        due = max(self.start_at + delay, self.last_due)
         self.last_due = due
         index = self._truth(seq, frame.pts, t_in, delay * 1000, None, None)
-        self.loop.call_at(due, self._emit, out, t_in, index, keyframe)
+        if index >= 0:
+            self.frames[index][7] = round((self.start_at - t_in) * 1000, 3)
+        self.loop.call_at(due, self._emit, out, self.start_at, index, keyframe)
 
     def _truth(self, seq: int, pts: int | None, t_in: float, drawn: float | None, actual: float | None,
                reason: str | None) -> int:
         if len(self.frames) >= MAX_TRUTH_FRAMES:
             return -1
-        self.frames.append([seq, pts, round(t_in - self.t0, 6), drawn, actual, reason, None])
+        self.frames.append([seq, pts, round(t_in - self.t0, 6), drawn, actual, reason, None, None])
         return len(self.frames) - 1
 
     def _encode(self, frame: av.VideoFrame) -> av.Packet | None:
@@ -539,7 +558,7 @@ class Stream:
         packet.is_keyframe = any(p.is_keyframe for p in packets)
         return packet
 
-    def _emit(self, frame: av.VideoFrame | av.Packet, t_in: float, index: int, keyframe: bool) -> None:
+    def _emit(self, frame: av.VideoFrame | av.Packet, start: float, index: int, keyframe: bool) -> None:
         if self.closed:
             return
         t = self.loop.time()
@@ -548,7 +567,7 @@ class Stream:
             return
         keyframe = keyframe if isinstance(frame, av.Packet) else packet.is_keyframe
         if index >= 0:
-            self.frames[index][4] = round((t - t_in) * 1000, 3)
+            self.frames[index][4] = round((t - start) * 1000, 3)  # inference start to output
             if self.whep and packet.pts is not None and packet.time_base is not None:
                 pts90 = round(packet.pts * packet.time_base * VIDEO_CLOCK)
                 if len(self.unsent) >= ARRIVALS_KEPT:
@@ -663,6 +682,9 @@ class Stream:
         """``GET /live/video-to-video/{streamId}/status``: the runner's last report plus ``gateway_status``."""
         body = dict(self.runner_status) if self.runner_status else {}
         body["gateway_status"] = dict(self.gateway_status)
+        if self._active("malformed_status"):  # a gateway bug, for the tester to report as the gateway's
+            body["inference_status"] = "unavailable"
+            body["gateway_status"]["ingest_metrics"] = [body["gateway_status"].get("ingest_metrics")]
         return body
 
     # --- truth ------------------------------------------------------------------
@@ -676,6 +698,7 @@ class Stream:
                 "error": (self.gateway_status.get("error") or {}).get("error_message"), "e2e_test": self.e2e_test,
                 "started_unix": round(self.t0_unix, 3), "closed_unix": self.closed_unix,
                 "frames_in": self.frames_in, "frames_out": self.frames_out, "dropped": dict(self.dropped),
+                "arrival_misses": self.arrival_misses,
                 "whep_subscribers": len(self.whep),
                 "viewers": [{"frames_sent": t.frames_sent, "dropped_awaiting_keyframe": t.awaiting_keyframe}
                             for _, t in self.whep]}
@@ -693,8 +716,10 @@ class Stream:
             "residence_ms_median": mid(residence),
             "prompts": [{"t": t, "prompt": p, "params_hash": h} for t, p, h in self.prompts],
             "events": [{"t": t, "type": k, **d} for t, k, d in self.events],  # data keys never 't'/'type'
-            "frames": [{"seq": s, "pts": p, "t_in": t, "delay_drawn_ms": dr, "delay_ms": da, "dropped": r,
-                        "residence_ms": rs} for s, p, t, dr, da, r, rs in self.frames],
+            "frames": [{"seq": s, "pts": p, "t_in": t, "queued_ms": q, "delay_drawn_ms": dr, "delay_ms": da,
+                        "dropped": r, "residence_ms": rs} for s, p, t, dr, da, r, rs, q in self.frames],
+            # per viewer, per frame sent: [output pts (90 kHz), when its last packet left (time.monotonic())]
+            "egress": [[[p, round(t, 6)] for p, t in track.egress] for _, track in self.whep],
         }
 
     # --- teardown ------------------------------------------------------------------
@@ -727,4 +752,5 @@ class Stream:
 
 
 _JOB_FAULTS = ("signaling_error", "slow_answer", "signaling_timeout")
-_RUN_FAULTS = ("output_stall", "disconnect", "black_frames", "fps_drop", "orchestrator_swap", "capacity_drop")
+_RUN_FAULTS = ("output_stall", "disconnect", "black_frames", "fps_drop", "orchestrator_swap", "capacity_drop",
+               "malformed_status")

@@ -89,9 +89,11 @@ def classify_gateway_error(message: str) -> GatewayVerdict:
     return GatewayVerdict("failed", "pipeline", "gateway_error", excused)
 
 
-def gateway_error(status: dict[str, Any] | None) -> str | None:
-    """``gateway_status.error.error_message`` of a go-livepeer status, if any."""
-    err = ((status or {}).get("gateway_status") or {}).get("error")
+def gateway_error(status: Any) -> str | None:
+    """``gateway_status.error.error_message`` of a go-livepeer status, if any (None for a status of
+    another shape)."""
+    gw = status.get("gateway_status") if isinstance(status, dict) else None
+    err = gw.get("error") if isinstance(gw, dict) else None
     if isinstance(err, dict):
         msg = err.get("error_message")
         return str(msg) if msg else None
@@ -203,13 +205,13 @@ class Adapter:
     def status_url(self) -> str:
         return f"{self.base}/live/video-to-video/{self.name}/status"
 
-    async def status(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
-        """The gateway's status of the stream; None when it has none (yet, or any more)."""
+    async def status(self, client: httpx.AsyncClient) -> Any:
+        """The gateway's status of the stream as it sent it (the caller checks its shape); None when it has
+        none (yet, or any more). Raises ProbeFailure ``bad_json`` for a body that is not JSON."""
         resp = await _request(client, "pipeline", "GET", self.status_url(), headers=self.auth())
         if resp.status_code != 200:
             return None
-        body = _json(resp)
-        return body if isinstance(body, dict) else None
+        return _json(resp)
 
     def stop_request(self) -> tuple[str, str] | None:
         """(method, url) that stops the stream at the gateway, once it exists (no credentials in it).
@@ -265,10 +267,11 @@ class DaydreamAdapter(Adapter):
     def status_url(self) -> str:
         return f"{self.base}/v1/streams/{self.name}/status"
 
-    async def status(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
+    async def status(self, client: httpx.AsyncClient) -> Any:
         body = await super().status(client)
-        data = (body or {}).get("data")
-        return data if isinstance(data, dict) else None
+        if body is None:
+            return None
+        return body.get("data") if isinstance(body, dict) else body  # a wrong shape: the caller reports it
 
     def stop_request(self) -> tuple[str, str] | None:
         return ("DELETE", f"{self.base}/v1/streams?id={self.name}") if getattr(self, "created", False) else None
@@ -317,7 +320,7 @@ class ByocAdapter(Adapter):
     def status_url(self) -> str:
         return self.urls["status_url"]
 
-    async def status(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
+    async def status(self, client: httpx.AsyncClient) -> Any:
         return await super().status(client) if getattr(self, "urls", None) else None  # not started: none yet
 
     def stop_request(self) -> tuple[str, str] | None:

@@ -42,8 +42,10 @@ from aiortc import RTCSessionDescription
 from fleet.media import H264_PROFILE_LEVEL_ID, Clip, PacketTrack
 from fleet.probe.adapters import USER_AGENT, ProbeFailure, adapter_for, classify_gateway_error, gateway_error
 from fleet.probe.latency import Aligner, StepDetector, lag_is_exact
+from fleet.probe.looplag import LoopMonitor
+from fleet.probe.timing import PLAYABLE_FRAMES, analyse
 from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame
-from fleet.webrtc import IceServer, codecs_named, new_peer_connection
+from fleet.webrtc import IceServer, codecs_named, new_peer_connection, on_keyframe_request
 
 __all__ = ["OUTCOMES", "PHASES", "ProbeOptions", "ProbeResult", "ProbeSpec", "PromptChange", "new_http_client",
            "run_probe"]
@@ -51,8 +53,6 @@ __all__ = ["OUTCOMES", "PHASES", "ProbeOptions", "ProbeResult", "ProbeSpec", "Pr
 OUTCOMES = ("ok", "degraded", "failed", "skipped_no_capacity")
 PHASES = ("signaling", "ice", "dtls", "media", "pipeline", "capacity", "timeout", "tester")
 
-PLAYABLE_FRAMES = 10          # "playable": this many output frames received
-FREEZE_MIN_S = 0.150          # W3C webrtc-stats freeze: interval > max(3 x mean, mean + 150 ms)
 BLACK_LUMA = 24.0             # a decoded frame this dark, with neutral chroma, is black
 BLACK_RUN = 10                # decoded black frames in a row that make the output "black"
 EFFECT_DELTA = 3.0            # mean U or V moving this much is a visible look change
@@ -61,7 +61,6 @@ PLI_EVERY_S = 0.5
 WINDOW_BEFORE_SWITCH_S = 1.0
 WINDOW_AFTER_EFFECT_S = 0.5
 WINDOW_MAX_S = 10.0
-CALIBRATE_MAX_S = 15.0        # decode continuously at most this long looking for an exact alignment
 CAP_GRACE_S = 2.0             # the session ends itself at max_s; this backstop fires only if it cannot
 WHEP_RETRY_S = 0.25           # WHEP 404 "Stream not found" while the gateway still selects: ask again this often
 DIAGNOSE_S = 3.0              # after an early end, wait this long at most for the gateway's error in its status
@@ -95,6 +94,8 @@ class ProbeOptions:
     verify_tls: bool = True
     ice_servers: tuple[IceServer, ...] = ()      # the scenario's STUN/TURN servers (credentials resolved)
     use_gateway_ice_servers: bool = True         # also those a gateway named in WHIP Link headers (RFC 9725)
+    keep_timeline: bool = False                  # keep every output frame's (RTP ts, arrival) in the result
+    calibrate_max_s: float = 15.0                # decode every frame at most this long looking for the latency
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,11 @@ class ProbeResult:
     frames_sent: int = 0
     frames_received: int = 0
     output_fps: float | None = None
-    jitter_coeff: float | None = None
+    jitter_coeff: float | None = None    # steady state, the tester's stalls left out (fleet.probe.timing)
+    jitter_coeff_p50: float | None = None  # over 5 s windows
+    jitter_coeff_p95: float | None = None
+    jitter_intervals: int = 0
+    jitter_suspect_intervals: int = 0    # left out: stamped while the tester's own loop was stalled
     freeze_count: int = 0
     freeze_s: float = 0.0
     black_frames: int = 0
@@ -171,6 +176,10 @@ class ProbeResult:
     rtt_ms: float | None = None
     pacing_late_ms_mean: float | None = None
     pacing_late_ms_max: float | None = None
+    # the tester's own health over the session (fleet.probe.looplag)
+    tester_loop_lag_ms_mean: float | None = None
+    tester_loop_lag_ms_max: float | None = None
+    tester_loop_busy_pct: float | None = None   # the event loop thread's CPU share, percent of one core
     # gateway's view (gateway_status.ingest_metrics.stats.track_stats, last read)
     gateway_ingest_latency_s: float | None = None
     gateway_ingest_jitter_ms: float | None = None
@@ -188,6 +197,8 @@ class ProbeResult:
     status_samples: list[dict[str, Any]] = field(default_factory=list)
     per_second: list[dict[str, Any]] = field(default_factory=list)
     events: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+    # with keep_timeline: per output frame (RTP timestamp from the first frame, 90 kHz; arrival, time.monotonic())
+    timeline: list[tuple[int, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,6 +209,29 @@ def new_http_client(options: ProbeOptions | None = None) -> httpx.AsyncClient:
     options = options or ProbeOptions()
     return httpx.AsyncClient(timeout=httpx.Timeout(options.http_timeout_s), verify=options.verify_tls,
                              limits=httpx.Limits(max_connections=None, max_keepalive_connections=64))
+
+
+def _obj(parent: dict[str, Any], key: str, complain: Callable[[str], None]) -> dict[str, Any]:
+    """``parent[key]`` when it is an object; absent gives {}; any other type is a protocol error, also {}."""
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        complain(f"{key} is a {type(value).__name__}, not an object")
+        return {}
+    return value
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -244,6 +278,7 @@ class _Probe:
         self.windows: list[tuple[float, float]] = []  # (start, end) monotonic
         self.switch_windows: dict[int, tuple[float, float]] = {}  # per prompt switch, until its effect is seen
         self.calibrating = True
+        self.aligned_at_steps = 0          # detected output steps when the alignment last ran
         self.last_pli = 0.0
         self.prev_decoded_index = -2
         self.detector = StepDetector()
@@ -257,6 +292,8 @@ class _Probe:
         self.closing = False
         self.status_task: asyncio.Task | None = None
         self.t_end: float | None = None
+        self.loop_monitor = LoopMonitor.for_running_loop()
+        self.lag_mark = self.loop_monitor.acquire()
 
     # --- bookkeeping -----------------------------------------------------------
 
@@ -284,6 +321,9 @@ class _Probe:
             self.detector.reset_continuity()
 
     def _want_decode(self, now: float) -> bool:
+        if self.calibrating and now - self.t0 > self.opt.calibrate_max_s:
+            self.calibrating = False  # no alignment in time (an output without brightness steps): give up
+            self.event("latency_aligned", method=self.r.latency_method, steps=len(self.detector.steps), exact=False)
         if self.opt.decode == "all" or self.calibrating or self.pending_effects:
             return True
         self.windows = [w for w in self.windows if w[1] > now]
@@ -340,12 +380,17 @@ class _Probe:
         if len(self.chroma) > 300:
             del self.chroma[:100]
         self._check_effects()
-        if self.calibrating and len(self.detector.steps) >= 3:
+        if not self.calibrating:
+            return
+        exact = False
+        steps = len(self.detector.steps)
+        if steps >= 3 and steps != self.aligned_at_steps:  # align again only when a new step was seen
+            self.aligned_at_steps = steps
             exact = self._align()
-            if exact or (self.r.latency_method and time.monotonic() - self.t0 > CALIBRATE_MAX_S):
-                self.calibrating = False
-                self.event("latency_aligned", method=self.r.latency_method, steps=len(self.detector.steps),
-                           exact=exact)
+        if exact or time.monotonic() - self.t0 > self.opt.calibrate_max_s:
+            # found, or given up: decoding goes back to short windows either way (no method: no latency)
+            self.calibrating = False
+            self.event("latency_aligned", method=self.r.latency_method, steps=steps, exact=exact)
 
     def _input_steps(self) -> list[tuple[float, int, float]]:
         sent = self.track.sent
@@ -445,6 +490,7 @@ class _Probe:
         spec, opt, r = self.spec, self.opt, self.r
         self._wire()
         sender = self.pc_in.addTransceiver(self.track, direction="sendonly")
+        on_keyframe_request(sender.sender, self.track.request_keyframe)  # a PLI: jump to the next keyframe
         if spec.clip.codec == "h264":
             sender.setCodecPreferences(codecs_named("video", "H264", profile_level_id=H264_PROFILE_LEVEL_ID))
         else:
@@ -555,11 +601,14 @@ class _Probe:
             await self._read_status(client)
             await asyncio.sleep(self.opt.status_every_s)
 
-    async def _fetch_status(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
-        """The gateway's status of the stream, or None (none kept, or unreachable: status is best effort)."""
+    async def _fetch_status(self, client: httpx.AsyncClient) -> Any:
+        """The gateway's status of the stream, or None (none kept, or unreachable: status is best effort;
+        a body that is not JSON is the gateway's protocol error)."""
         try:
             return await self.adapter.status(client)
-        except ProbeFailure:
+        except ProbeFailure as f:
+            if f.error == "bad_json":
+                self._bad_status(f"the status is not JSON: {f.detail}")
             return None
 
     async def _read_status(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
@@ -584,45 +633,57 @@ class _Probe:
             start = time.monotonic()
             self.windows.append((start, start + self.opt.check_window_s))
 
-    def _status(self, s: dict[str, Any]) -> None:
+    def _status(self, s: Any) -> None:
+        """One status read. A body of the wrong shape is the gateway's protocol error (recorded, the
+        session degraded with ``gateway_protocol``), never the tester's: the values it does hold are kept."""
         if not isinstance(s, dict):
+            self._bad_status(f"the status is a {type(s).__name__}, not an object")
             return
         self.r.gateway_error = gateway_error(s) or self.r.gateway_error
-        gw = s.get("gateway_status") if isinstance(s.get("gateway_status"), dict) else {}
-        stats = ((gw.get("ingest_metrics") or {}).get("stats") or {}) if isinstance(gw, dict) else {}
-        tracks = [t for t in stats.get("track_stats") or [] if isinstance(t, dict) and t.get("type") == "video"]
+        gw = _obj(s, "gateway_status", self._bad_status)
+        stats = _obj(_obj(gw, "ingest_metrics", self._bad_status), "stats", self._bad_status)
+        tracks = stats.get("track_stats") or []
+        if not isinstance(tracks, list):
+            self._bad_status("ingest_metrics.stats.track_stats is not a list")
+            tracks = []
+        tracks = [t for t in tracks if isinstance(t, dict) and t.get("type") == "video"]
         if tracks:
             t = tracks[0]
-            num = lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None  # noqa: E731
-            self.r.gateway_ingest_latency_s = num(t.get("latency"))
-            jitter = num(t.get("jitter"))
+            self.r.gateway_ingest_latency_s = _num(t.get("latency"))
+            jitter = _num(t.get("jitter"))
             self.r.gateway_ingest_jitter_ms = None if jitter is None else round(jitter * 1000, 3)
-            self.r.gateway_ingest_packet_loss_pct = num(t.get("packet_loss_pct"))
-            rtt = num(t.get("rtt"))  # a Go time.Duration: nanoseconds
+            self.r.gateway_ingest_packet_loss_pct = _num(t.get("packet_loss_pct"))
+            rtt = _num(t.get("rtt"))  # a Go time.Duration: nanoseconds
             self.r.gateway_ingest_rtt_ms = None if rtt is None else round(rtt / 1e6, 3)
         if isinstance(stats.get("conn_quality"), str):
             self.r.gateway_conn_quality = stats["conn_quality"]
         if "state" not in s:
             return  # only the gateway's part: the runner has not reported yet
-        self.r.request_id = s.get("request_id") or self.r.request_id
-        self.r.pipeline_id = s.get("pipeline_id") or self.r.pipeline_id
-        inf = s.get("inference_status") or {}
-        orch = s.get("orchestrator_info") or {}
-        sample = {"t_s": round(self.now(), 3), "state": s.get("state"),
-                  "input_fps": (s.get("input_status") or {}).get("fps"), "inference_fps": inf.get("fps"),
-                  "restart_count": inf.get("restart_count"), "last_error": inf.get("last_error"),
-                  "orchestrator": orch.get("address")}
-        if self.r.orchestrator_address and orch.get("address") and orch["address"].lower() != self.r.orchestrator_address:
+        self.r.request_id = _str(s.get("request_id")) or self.r.request_id
+        self.r.pipeline_id = _str(s.get("pipeline_id")) or self.r.pipeline_id
+        inf = _obj(s, "inference_status", self._bad_status)
+        orch = _obj(s, "orchestrator_info", self._bad_status)
+        address = (_str(orch.get("address")) or "").lower()
+        sample = {"t_s": round(self.now(), 3), "state": _str(s.get("state")),
+                  "input_fps": _num(_obj(s, "input_status", self._bad_status).get("fps")),
+                  "inference_fps": _num(inf.get("fps")), "restart_count": _int(inf.get("restart_count")),
+                  "last_error": _str(inf.get("last_error")), "orchestrator": address or None}
+        if self.r.orchestrator_address and address and address != self.r.orchestrator_address:
             self.r.swapped = True
-            self.event("orchestrator_swap", old=self.r.orchestrator_address, new=orch["address"])
+            self.event("orchestrator_swap", old=self.r.orchestrator_address, new=address)
         # NaaP keys orchestrators by lower-cased address; go-livepeer leaves it empty without ticket params
-        self.r.orchestrator_address = (orch.get("address") or "").lower() or self.r.orchestrator_address
-        self.r.orchestrator_url = orch.get("url") or self.r.orchestrator_url
+        self.r.orchestrator_address = address or self.r.orchestrator_address
+        self.r.orchestrator_url = _str(orch.get("url")) or self.r.orchestrator_url
         if sample["state"] != self.r.gateway_state:
             self.event("status_change", state=sample["state"])
         self.r.gateway_state = sample["state"]
         self.r.restart_count = sample["restart_count"]
         self.r.status_samples.append(sample)
+
+    def _bad_status(self, why: str) -> None:
+        if "gateway_protocol" not in self.r.reasons:
+            self.r.reasons.append("gateway_protocol")
+            self.event("bad_status", detail=why[:200])
 
     # --- teardown and results --------------------------------------------------------
 
@@ -666,7 +727,7 @@ class _Probe:
             status = await self._fetch_status(client)  # not recorded: the end we caused is no session error
             if status is None or gateway_error(status) or status.get("state") == "OFFLINE":
                 return True
-            if time.monotonic() >= deadline:
+            if not isinstance(status, dict) or time.monotonic() >= deadline:  # a wrong shape proves nothing
                 return False
             await asyncio.sleep(STATUS_POLL_S)
 
@@ -691,18 +752,21 @@ class _Probe:
             r.startup_s = round(a[0] - self.t0, 4)
             if len(a) >= PLAYABLE_FRAMES:
                 r.playable_s = round(a[PLAYABLE_FRAMES - 1] - self.t0, 4)
+        lag = self.loop_monitor.since(self.lag_mark)
+        r.tester_loop_lag_ms_mean, r.tester_loop_lag_ms_max, r.tester_loop_busy_pct = \
+            lag.mean_ms, lag.max_ms, lag.busy_pct
         if len(a) >= 2:
-            intervals = np.diff(np.asarray(a))
-            r.output_fps = round((len(a) - 1) / (a[-1] - a[0]), 3) if a[-1] > a[0] else None
-            mean = float(intervals.mean())
-            r.jitter_coeff = round(float(intervals.std()) / mean, 4) if mean > 0 else None
-            limit = max(3 * mean, mean + FREEZE_MIN_S)
-            freezes = intervals[intervals > limit]
-            tail = end - a[-1] if not self.broken.is_set() else 0.0
-            r.freeze_count = int(len(freezes)) + (1 if tail > limit else 0)
-            r.freeze_s = round(float(freezes.sum()) + (tail if tail > limit else 0.0), 3)
+            suspect = self.loop_monitor.suspect_windows(a[0], a[-1])
+            timing = analyse(a, end=None if self.broken.is_set() else end, suspect=suspect)
+            r.output_fps, r.jitter_coeff = timing.output_fps, timing.jitter_coeff
+            r.jitter_coeff_p50, r.jitter_coeff_p95 = timing.jitter_coeff_p50, timing.jitter_coeff_p95
+            r.jitter_intervals, r.jitter_suspect_intervals = timing.jitter_intervals, timing.jitter_suspect_intervals
+            r.freeze_count, r.freeze_s = timing.freeze_count, timing.freeze_s
         self._latency()
         self._per_second()
+        if self.opt.keep_timeline:
+            r.timeline = list(zip(self.out_ts, self.arrivals))
+        self.loop_monitor.release()
         return r
 
     def _latency(self) -> None:

@@ -27,7 +27,9 @@ __all__ = ["EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_FIELDS", 
 # 3: the network's join keys (request_id, stream_name, pipeline_id), excused failures, the gateway's own
 #    ingest track_stats, teardown_verified, codec; g2g_latency_* renamed g2g_latency_* (client-side
 #    glass-to-glass, not NaaP's server-side session e2e latency)
-SCHEMA_VERSION = 3
+# 4: steady-state jitter with windowed p50/p95 and the intervals it used / left out as the tester's own
+#    stalls; tester_loop_busy_pct; tester_cpu_pct per session (it was since the last call, by any session)
+SCHEMA_VERSION = 4
 
 # the identity every row carries
 _IDS = [("campaign_id", pa.string()), ("run_id", pa.string()), ("scenario", pa.string()),
@@ -47,7 +49,9 @@ SESSION_FIELDS = _IDS + [
     ("offer_ms", pa.float64()), ("signaling_ms", pa.float64()), ("ice_ms", pa.float64()), ("dtls_ms", pa.float64()),
     ("first_packet_ms", pa.float64()), ("whep_signaling_ms", pa.float64()), ("startup_s", pa.float64()),
     ("playable_s", pa.float64()), ("frames_sent", pa.int64()), ("frames_received", pa.int64()),
-    ("output_fps", pa.float64()), ("jitter_coeff", pa.float64()), ("freeze_count", pa.int64()),
+    ("output_fps", pa.float64()), ("jitter_coeff", pa.float64()), ("jitter_coeff_p50", pa.float64()),
+    ("jitter_coeff_p95", pa.float64()), ("jitter_intervals", pa.int64()), ("jitter_suspect_intervals", pa.int64()),
+    ("freeze_count", pa.int64()),
     ("freeze_s", pa.float64()), ("black_frames", pa.int64()), ("decoded_frames", pa.int64()),
     ("latency_method", pa.string()), ("g2g_latency_ms", pa.float64()), ("g2g_latency_p95_ms", pa.float64()),
     ("latency_sample_count", pa.int64()), ("prompt_switch_ms", pa.list_(pa.float64())),
@@ -58,7 +62,7 @@ SESSION_FIELDS = _IDS + [
     ("gateway_conn_quality", pa.string()), ("teardown_verified", pa.bool_()),
     ("gateway_state", pa.string()), ("restart_count", pa.int64()), ("swapped", pa.bool_()),
     ("tester_host", pa.string()), ("tester_loop_lag_ms_max", pa.float64()),
-    ("tester_loop_lag_ms_mean", pa.float64()), ("tester_cpu_pct", pa.float64()),
+    ("tester_loop_lag_ms_mean", pa.float64()), ("tester_loop_busy_pct", pa.float64()), ("tester_cpu_pct", pa.float64()),
     ("tester_bottleneck", pa.bool_()),
 ]
 SESSIONS = pa.schema(SESSION_FIELDS, metadata={"fleet.schema_version": str(SCHEMA_VERSION)})

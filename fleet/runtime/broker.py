@@ -18,6 +18,7 @@ stream itself, so a crashed tester leaves no load behind.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -27,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from fleet.capacity import CapacitySnapshot, parse_capacity, static_capacity
+from fleet.capacity import CapacitySnapshot, parse_capacity, parse_naap_discovery, static_capacity
 from fleet.errors import CapacityError
 from fleet.scenario import CapacityPolicy, NaapCapacity, Scenario, StaticCapacity
 
@@ -104,14 +105,12 @@ class SlotBroker:
             return None
         now = self.clock()
         ttl = self.ttl_s if duration_s is None else duration_s + self.ttl_s
-        if not self.snapshot.orchestrators:  # anonymous capacity: the gateway picks
-            lease = Lease(uuid.uuid4().hex, None, None, holder, now + ttl, now)
-            self.leases[lease.id] = lease
-            return lease
         running: dict[str, int] = {}
         for lease in self.leases.values():
             if lease.key:
                 running[lease.key] = running.get(lease.key, 0) + 1
+        if not self.snapshot.orchestrators:
+            return self._lease_anonymous(holder, preferred, now, ttl, running)
         candidates = []
         for o in self.snapshot.orchestrators:
             mine = running.get(o.key, 0)
@@ -129,6 +128,25 @@ class SlotBroker:
         chosen = candidates[0]
         self.last_start[chosen.key] = now
         lease = Lease(uuid.uuid4().hex, chosen.address, chosen.uri, holder, now + ttl, now)
+        self.leases[lease.id] = lease
+        return lease
+
+    def _lease_anonymous(self, holder: str, preferred: str | None, now: float, ttl: float,
+                         running: dict[str, int]) -> Lease | None:
+        """Slots whose orchestrator is unknown: the gateway picks, or, with discovered targets, the least
+        recently started target under its cap and out of its stagger (the gateway matches it by URI)."""
+        uri = None
+        if self.snapshot.targets:
+            p = self.policy
+            candidates = [u for u in self.snapshot.targets if self._eligible("", u)
+                          and running.get(u, 0) < p.max_per_orchestrator
+                          and now - self.last_start.get(u, -1e9) >= p.stagger_s]
+            if not candidates:
+                self.refused += 1
+                return None
+            uri = min(candidates, key=lambda u: (u != preferred, self.last_start.get(u, -1e9), u))
+            self.last_start[uri] = now
+        lease = Lease(uuid.uuid4().hex, None, uri, holder, now + ttl, now)
         self.leases[lease.id] = lease
         return lease
 
@@ -156,12 +174,24 @@ def read_capacity(scenario: Scenario, gateway_url: str) -> CapacitySnapshot:
     if isinstance(source, StaticCapacity):
         return static_capacity(source.slots, model)
     target = source.url if isinstance(source, NaapCapacity) else f"{gateway_url.rstrip('/')}/getNetworkCapabilities"
+    snapshot = parse_capacity(_get_json(target, scenario.target.verify_tls), model)
+    if isinstance(source, NaapCapacity) and source.discover_url:
+        rows = _get_json(source.discover_url, scenario.target.verify_tls,
+                         params={"caps": f"live-video-to-video/{model}"})
+        targets = parse_naap_discovery(rows, model)
+        note = (f"NaaP discovery lists {len(targets)} orchestrator(s) for {model!r}: sessions are spread across "
+                f"them by service URI",) if targets else (f"NaaP discovery lists no orchestrator for {model!r}",)
+        snapshot = dataclasses.replace(snapshot, targets=targets, notes=snapshot.notes + note)
+    return snapshot
+
+
+def _get_json(url: str, verify: bool, params: dict[str, str] | None = None) -> Any:
     try:
-        resp = httpx.get(target, timeout=10, verify=scenario.target.verify_tls)
+        resp = httpx.get(url, params=params, timeout=10, verify=verify)
         resp.raise_for_status()
-        return parse_capacity(resp.json(), model)
+        return resp.json()
     except (httpx.HTTPError, ValueError) as exc:
-        raise CapacityError(f"cannot read capacity from {target}: {exc}") from None
+        raise CapacityError(f"cannot read capacity from {url}: {exc}") from None
 
 
 class BrokerActor:

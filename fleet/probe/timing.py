@@ -1,0 +1,136 @@
+"""Output timing from a session's frame arrivals: fps, jitter and freezes. Pure: no WebRTC here.
+
+- ``output_fps``: (frames - 1) / (last arrival - first arrival), over the whole session.
+- ``jitter_coeff``: the coefficient of variation (stddev / mean) of the intervals between output
+  frames, over the steady state: from the ``PLAYABLE_FRAMES``-th frame on, so that a start-up ramp
+  (cold start, warm-up, the first keyframe) is not counted as jitter, and without the freezes (they
+  are counted as freezes; one long gap would otherwise be the whole coefficient). Intervals with an
+  end stamped while the tester's own event loop was stalled (``suspect``) are left out and counted
+  apart: the tester's noise is never reported as the network's jitter. The same coefficient over consecutive
+  ``JITTER_WINDOW_S`` windows gives ``jitter_coeff_p50`` / ``_p95``: jitter that comes in bursts.
+- freezes, by the W3C webrtc-stats rule as Chromium implements it: an interval is a freeze when it
+  is at least max(3 x mean, mean + 150 ms), the mean taken over the last 30 intervals that were not
+  freezes (once 5 are known). Its whole length counts to ``freeze_s``. Silence from the last frame to
+  the session's end counts the same way (an output that stalls for good is a freeze too).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["FREEZE_MIN_S", "JITTER_WINDOW_S", "PLAYABLE_FRAMES", "Timing", "analyse", "freezes", "jitter"]
+
+PLAYABLE_FRAMES = 10          # "playable": this many output frames received; the steady state starts there
+FREEZE_MIN_S = 0.150          # W3C: an interval > max(3 x mean, mean + 150 ms) is a freeze
+FREEZE_WINDOW = 30            # ... the mean over this many recent non-freeze intervals (Chromium)
+FREEZE_MIN_SAMPLES = 5        # ... once this many are known
+JITTER_WINDOW_S = 5.0         # windowed jitter: non-overlapping windows of this length
+JITTER_WINDOW_MIN = 20        # ... each with at least this many intervals
+
+
+@dataclass(frozen=True)
+class Timing:
+    output_fps: float | None = None
+    jitter_coeff: float | None = None
+    jitter_coeff_p50: float | None = None
+    jitter_coeff_p95: float | None = None
+    jitter_intervals: int = 0          # intervals the jitter figure is computed from
+    jitter_suspect_intervals: int = 0  # intervals left out: stamped while the tester's loop was stalled
+    freeze_count: int = 0
+    freeze_s: float = 0.0
+
+
+def _cv(intervals: np.ndarray) -> float | None:
+    if len(intervals) < 2:
+        return None
+    mean = float(intervals.mean())
+    return float(intervals.std()) / mean if mean > 0 else None
+
+
+def _inside(t: float, starts: list[float], windows: Sequence[tuple[float, float]]) -> bool:
+    i = bisect.bisect_right(starts, t) - 1
+    return i >= 0 and windows[i][0] <= t <= windows[i][1]
+
+
+def jitter(arrivals: Sequence[float], suspect: Sequence[tuple[float, float]] = ()
+           ) -> tuple[float | None, float | None, float | None, int, int]:
+    """(coefficient, windowed p50, windowed p95, intervals used, intervals left out) over the steady state.
+
+    ``suspect`` holds (from, to) spans, sorted, in which a stamp may be late by the tester's own stall."""
+    steady = np.asarray(arrivals[PLAYABLE_FRAMES - 1:] if len(arrivals) >= PLAYABLE_FRAMES + 2 else arrivals)
+    if len(steady) < 3:
+        return None, None, None, 0, 0
+    windows = sorted(suspect)
+    starts = [w[0] for w in windows]
+    bad = np.array([_inside(t, starts, windows) for t in steady], dtype=bool)
+    keep = ~(bad[1:] | bad[:-1])
+    intervals = np.diff(steady)
+    ends = steady[1:]
+    frozen = _freeze_mask(intervals)
+    left_out = int((~keep & ~frozen).sum())
+    keep &= ~frozen
+    clean, clean_ends = intervals[keep], ends[keep]
+    cv = _cv(clean)
+    slots = np.floor((clean_ends - steady[0]) / JITTER_WINDOW_S).astype(int) if len(clean) else np.array([], int)
+    per_window = [c for w in np.unique(slots) if (sel := clean[slots == w]).size >= JITTER_WINDOW_MIN
+                  and (c := _cv(sel)) is not None]
+    p50 = float(np.percentile(per_window, 50)) if per_window else None
+    p95 = float(np.percentile(per_window, 95)) if per_window else None
+    rnd = lambda x: None if x is None else round(x, 4)  # noqa: E731
+    return rnd(cv), rnd(p50), rnd(p95), int(len(clean)), left_out
+
+
+class _FreezeRule:
+    """The W3C / Chromium rule, fed one interval at a time."""
+
+    def __init__(self) -> None:
+        self.recent: deque[float] = deque(maxlen=FREEZE_WINDOW)
+
+    def is_freeze(self, interval: float) -> bool:
+        if len(self.recent) < FREEZE_MIN_SAMPLES:
+            return False
+        mean = sum(self.recent) / len(self.recent)
+        return interval >= max(3 * mean, mean + FREEZE_MIN_S)
+
+    def feed(self, interval: float) -> bool:
+        frozen = self.is_freeze(interval)
+        if not frozen:
+            self.recent.append(interval)
+        return frozen
+
+
+def _freeze_mask(intervals: np.ndarray) -> np.ndarray:
+    rule = _FreezeRule()
+    return np.array([rule.feed(float(i)) for i in intervals], dtype=bool)
+
+
+def freezes(arrivals: Sequence[float], end: float | None = None) -> tuple[int, float]:
+    """(freeze count, total freeze seconds); ``end`` (the session's end) makes a final silence count."""
+    rule = _FreezeRule()
+    count, total = 0, 0.0
+    for a, b in zip(arrivals, arrivals[1:]):
+        if rule.feed(b - a):
+            count += 1
+            total += b - a
+    if end is not None and arrivals and rule.is_freeze(end - arrivals[-1]):
+        count += 1
+        total += end - arrivals[-1]
+    return count, round(total, 3)
+
+
+def analyse(arrivals: Sequence[float], end: float | None = None,
+            suspect: Sequence[tuple[float, float]] = ()) -> Timing:
+    """Everything above, for one session's arrivals (time.monotonic(), in order)."""
+    if len(arrivals) < 2:
+        return Timing()
+    span = arrivals[-1] - arrivals[0]
+    cv, p50, p95, used, left_out = jitter(arrivals, suspect)
+    count, total = freezes(arrivals, end)
+    return Timing(output_fps=round((len(arrivals) - 1) / span, 3) if span > 0 else None, jitter_coeff=cv,
+                  jitter_coeff_p50=p50, jitter_coeff_p95=p95, jitter_intervals=used,
+                  jitter_suspect_intervals=left_out, freeze_count=count, freeze_s=total)

@@ -1,0 +1,112 @@
+"""Output timing on synthetic frame timelines (no WebRTC): fps, steady-state and windowed jitter,
+W3C freezes, and the tester's own stalls kept out of the jitter figure."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleet.probe.looplag import LoopMonitor
+from fleet.probe.timing import PLAYABLE_FRAMES, analyse, freezes, jitter
+
+
+def even(n: int, fps: float = 30.0, t0: float = 100.0) -> list[float]:
+    return [t0 + i / fps for i in range(n)]
+
+
+def test_an_even_stream_has_no_jitter_and_no_freezes():
+    t = analyse(even(300), end=100 + 300 / 30)
+    assert t.output_fps == pytest.approx(30.0) and t.jitter_coeff == pytest.approx(0.0, abs=1e-9)
+    assert t.freeze_count == 0 and t.freeze_s == 0.0
+    assert t.jitter_intervals == 300 - PLAYABLE_FRAMES and t.jitter_suspect_intervals == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(sigma_ms=st.floats(0.5, 8.0), seed=st.integers(0, 10_000))
+def test_the_coefficient_is_stddev_over_mean_of_the_steady_state_intervals(sigma_ms, seed):
+    rng = np.random.default_rng(seed)
+    intervals = np.clip(rng.normal(1 / 30, sigma_ms / 1000, 400), 0.005, None)
+    arrivals = list(np.concatenate([[0.0], np.cumsum(intervals)]))
+    steady = np.diff(arrivals[PLAYABLE_FRAMES - 1:])
+    cv, p50, p95, used, left_out = jitter(arrivals)
+    assert cv == pytest.approx(steady.std() / steady.mean(), abs=1e-4)
+    assert used == len(steady) and left_out == 0
+    assert p50 is not None and p95 is not None and p50 <= p95
+
+
+def test_a_start_up_ramp_is_not_jitter():
+    """A cold start: the first frames a second apart, then 30 fps. Only the steady state counts."""
+    arrivals = [0.0, 1.0, 1.5, 1.6] + even(5, t0=1.7) + even(200, t0=1.7 + 5 / 30)
+    arrivals = sorted(set(round(a, 9) for a in arrivals))
+    cv, *_ = jitter(arrivals)
+    assert cv is not None and cv < 0.01
+
+
+def test_windowed_jitter_catches_a_burst_the_session_value_dilutes():
+    """40 s at an even 30 fps, with 5 s of heavy jitter in the middle: p95 of the windows shows it."""
+    rng = np.random.default_rng(1)
+    intervals = np.full(1200, 1 / 30)
+    intervals[600:750] += rng.normal(0, 0.01, 150)
+    arrivals = list(np.concatenate([[0.0], np.cumsum(intervals)]))
+    cv, p50, p95, *_ = jitter(arrivals)
+    assert p50 < 0.02 and p95 > 0.15 and p50 < cv < p95
+
+
+def test_intervals_stamped_during_the_testers_stall_are_left_out():
+    arrivals = even(300)
+    late = arrivals[:]
+    late[150] += 0.025  # the loop was stalled: this frame was stamped 25 ms late
+    cv_noisy, *_ = jitter(late)
+    cv, _, _, used, left_out = jitter(late, suspect=[(arrivals[150] - 0.002, late[150] + 0.001)])
+    assert cv_noisy > 0.05 and cv == pytest.approx(0.0, abs=1e-9)
+    assert left_out == 2 and used == 300 - PLAYABLE_FRAMES - 2
+
+
+def test_freezes_follow_the_w3c_rule():
+    fps = 30.0
+    gap = lambda s: even(60, fps) + even(60, fps, t0=100 + 59 / fps + s)  # noqa: E731 - a pause of s seconds
+    # the threshold: max(3 x 33.3 ms, 33.3 + 150 ms) = 183.3 ms
+    assert freezes(gap(0.18)) == (0, 0.0)
+    count, total = freezes(gap(0.19))
+    assert count == 1 and total == pytest.approx(0.19, abs=1e-3)
+    count, total = freezes(gap(0.5) + even(60, fps, t0=100 + 119 / fps + 0.5 + 1.0))
+    assert count == 2 and total == pytest.approx(0.5 + 1.0 + 1 / fps, abs=1e-3)
+
+
+def test_a_silent_end_is_a_freeze_and_the_rule_needs_five_intervals_first():
+    arrivals = even(60)
+    assert freezes(arrivals, end=arrivals[-1] + 2.0) == (1, 2.0)
+    assert freezes(arrivals, end=arrivals[-1] + 0.1) == (0, 0.0)
+    assert freezes([0.0, 0.033, 1.0]) == (0, 0.0)  # too few intervals to know the mean
+
+
+def test_the_loop_monitor_sees_a_stall_and_marks_its_window():
+    async def main():
+        monitor = LoopMonitor.for_running_loop()
+        mark = monitor.acquire()
+        await asyncio.sleep(0.05)
+        t_block = time.monotonic()
+        while time.monotonic() < t_block + 0.03:  # the loop is busy elsewhere: what the monitor exists to see
+            pass
+        await asyncio.sleep(0.05)
+        stats = monitor.since(mark)
+        windows = monitor.suspect_windows(t_block - 1, time.monotonic())
+        monitor.release()
+        return stats, windows, t_block
+
+    stats, windows, t_block = asyncio.run(main())
+    assert stats.max_ms >= 25 and stats.mean_ms > 0
+    assert stats.busy_pct > 10  # 30 ms of the loop thread's CPU in ~130 ms
+    assert any(a <= t_block + 0.015 <= b for a, b in windows)
+
+
+def test_a_freeze_is_counted_as_a_freeze_not_as_jitter():
+    arrivals = even(150) + even(150, t0=100 + 149 / 30 + 1.0)
+    t = analyse(arrivals)
+    assert t.freeze_count == 1 and t.jitter_coeff == pytest.approx(0.0, abs=1e-9)
+    assert t.jitter_intervals == 300 - PLAYABLE_FRAMES - 1 and t.jitter_suspect_intervals == 0
