@@ -382,6 +382,9 @@ class CheckSpec(Spec):
     threshold: float
     group_by: tuple[GroupBy, ...] = ()
     abort: bool = Field(False, description="Stop the campaign as soon as this check is breached.")
+    abort_min_sessions: int = Field(10, ge=1, description="An abort check fires only on a group with at least "
+                                                          "this many sessions.")
+    abort_after_s: float = Field(30.0, ge=0, description="... and not before the campaign has run this long.")
     name: str | None = None
 
     @field_validator("aggregate")

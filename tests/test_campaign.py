@@ -118,11 +118,14 @@ def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gatew
 
 
 def test_an_abort_check_stops_the_campaign_at_its_first_breach(gateway, tmp_path):
+    """Also: the sessions the planner could not fit (a budget of 1 for a load of 2) are rows too."""
     scenario = tmp_path / "abort.yaml"
     scenario.write_text(f"extends: {TINY}\nname: abort\n"
-                        "load: {shape: stages, stages: [{concurrency: 1, duration_s: 16}], "
+                        "load: {shape: stages, stages: [{concurrency: 2, duration_s: 16}], "
                         "session: {duration: 4, max_s: 10, min_s: 2}}\n"
-                        "checks: [{metric: g2g_latency_ms, aggregate: max, op: '<=', threshold: 1, abort: true}]\n"
+                        "capacity: {max_fraction: 0.0625}\n"  # 1 of the reference network's 16 slots
+                        "checks: [{metric: g2g_latency_ms, aggregate: max, op: '<=', threshold: 1, abort: true, "
+                        "abort_min_sessions: 1, abort_after_s: 0}]\n"
                         "outputs: {report: false}\n")
     out = subprocess.run([str(BIN / "fleet"), "run", str(scenario), "--gateway-url", gateway, "--out", str(tmp_path),
                           "--no-progress"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
@@ -131,7 +134,12 @@ def test_an_abort_check_stops_the_campaign_at_its_first_breach(gateway, tmp_path
     assert summary["aborted"].startswith("max(g2g_latency_ms) <= 1 [overall] = ")
     assert "abort check breached" in out.stderr
     manifest = json.loads((Path(summary["results"]) / "campaign.json").read_text())
-    assert manifest["planned_sessions"] == 4 and summary["sessions"] <= 2  # it stopped after the first
+    assert manifest["planned_sessions"] == 4 and manifest["planner_skipped"] >= 1
+    rows = read_sessions(summary["results"]).to_pylist()
+    planner = [r for r in rows if r["error_class"] == "planner_skipped"]
+    assert len(planner) == manifest["planner_skipped"] and {r["outcome"] for r in planner} == {"skipped_no_capacity"}
+    assert all("cap of 1" in r["error_detail"] for r in planner), planner[0]["error_detail"]
+    assert len(rows) - len(planner) <= 2  # it stopped after the first session that ran
     assert "report" not in summary
     assert open_streams(gateway) == 0
 

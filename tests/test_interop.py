@@ -185,3 +185,82 @@ def test_chromium_vp8_publisher_is_refused_with_non_h264_video(gateways, browser
     peer = in_browser(browser, page, whip=whip_url(base, name), codec="vp8", frames=60)
     assert peer["whip_status"] == 201, peer
     assert truth(base, name)["error"] == "non-h264 video"
+
+
+# --- a second opinion: Chromium and the probe watch the same output ----------------------------------
+
+
+def test_chromium_and_the_probe_agree_on_the_same_stream(browser, page):
+    """The probe publishes and watches; Chromium subscribes to the same output over WHEP. The output
+    freezes for a second mid-session (a gateway fault). Chromium's getStats and the probe must agree on
+    the freeze, and each on fps and frames with what the gateway sent to it (its own viewer's truth).
+
+    Where the definitions differ: Chromium times frames as it decodes them (after its jitter buffer)
+    and counts over the whole time it watched; the probe times arrivals below its jitter buffer and
+    its jitter figure leaves out the start-up ramp and freezes. So jitter is compared loosely here."""
+    import asyncio
+    import time
+
+    from fleet.gateway.config import Delay, Fault, GatewayConfig, Gpu, GpuProfile, OrchestratorSpec
+    from fleet.media import synthetic_clip
+    from fleet.probe.session import ProbeOptions, ProbeSpec, PromptChange, run_probe
+    from fleet.probe.timing import analyse
+    from fleet.webrtc import use_host_addresses
+
+    use_host_addresses(["127.0.0.1"])
+    profile = GpuProfile(name="Interop GPU", fps_cap=30, cold_start_s=0.0, warmup_frames=0,
+                         delay=Delay(dist="normal", mean_ms=50.0, jitter_ms=1.0))
+    cfg = GatewayConfig(profiles={"p": profile}, port=0,
+                        orchestrators=(OrchestratorSpec(address="0xinterop", uri="https://interop:8935",
+                                                        gpus=(Gpu(id="G", profile="p", slots={MODEL: 1}),)),),
+                        faults=(Fault(kind="output_stall", after_s=6.0, duration_s=1.0, probability=1.0),))
+    with GatewayProcess(config=cfg) as gw:
+        spec = ProbeSpec(gw.url, "livepeer", MODEL, synthetic_clip(256, 256),
+                         (PromptChange(0.0, {"prompt": "a watercolour fox"}),), duration_s=14.0,
+                         max_g2g_latency_ms=1000, max_jitter_coeff=1.0,
+                         options=ProbeOptions(ice_timeout_s=5.0, http_timeout_s=3.0, keep_timeline=True))
+        result: dict = {}
+        thread = threading.Thread(target=lambda: result.update(r=asyncio.run(run_probe(spec))), daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        whep = None
+        while whep is None and time.monotonic() < deadline:  # the probe's stream, once its output exists
+            streams = httpx.get(f"{gw.url}/debug/streams", timeout=10).json()["streams"]
+            live = [s for s in streams if s["open"] and s["frames_out"] > 0]
+            if live:
+                status = httpx.get(f"{gw.url}/live/video-to-video/{live[0]['stream_id']}/status", timeout=10).json()
+                whep = status["gateway_status"]["whep_url"]
+            else:
+                time.sleep(0.2)  # polling the gateway's truth, with the deadline above
+        assert whep, "the probe's stream never produced output"
+        browser.get(page)
+        chromium = browser.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "window.watch(arguments[0]).then(done, (e) => done({error: String(e)}));", {"whep": whep, "seconds": 8})
+        thread.join(40)
+        assert "r" in result, "the probe did not finish"
+        r = result["r"]
+        assert "error" not in chromium and chromium["whep_status"] == 201, chromium
+        t = httpx.get(f"{gw.url}/debug/streams/{r.stream_id}", timeout=10).json()
+    probe_view, browser_view = t["egress"]
+    # the freeze: both see one, of about the same length (Chromium's is at decode, the probe's at arrival)
+    assert r.freeze_count == 1 and chromium["freeze_count"] == 1, (r.freeze_count, chromium)
+    assert abs(chromium["total_freezes_duration"] - r.freeze_s) <= 0.05, (chromium["total_freezes_duration"], r.freeze_s)
+    # frames and fps: Chromium against what the gateway sent to Chromium
+    sent_to_browser = analyse([when for _, when in browser_view])
+    n = chromium["frames_decoded"]
+    browser_fps = (n - 1) / chromium["total_inter_frame_delay"]
+    assert abs(browser_fps - sent_to_browser.output_fps) / sent_to_browser.output_fps <= 0.02, \
+        (browser_fps, sent_to_browser.output_fps)
+    assert chromium["frames_dropped"] == 0 and abs(chromium["frames_received"] - len(browser_view)) <= 2, \
+        (chromium["frames_received"], len(browser_view))
+    # ... and the probe against what the gateway sent to the probe
+    assert abs(r.frames_received - len(probe_view)) <= 2 and r.frames_received > 300
+    # jitter, loosely: the coefficient over every interval Chromium decoded, freeze included, against the same
+    # over what the gateway sent it
+    mean = chromium["total_inter_frame_delay"] / (n - 1)
+    cv = (chromium["total_squared_inter_frame_delay"] / (n - 1) - mean ** 2) ** 0.5 / mean
+    times = [when for _, when in browser_view]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    true_cv = (sum(g * g for g in gaps) / len(gaps) - (sum(gaps) / len(gaps)) ** 2) ** 0.5 / (sum(gaps) / len(gaps))
+    assert abs(cv - true_cv) <= 0.05 * true_cv, (cv, true_cv)

@@ -193,11 +193,14 @@ def test_sixteen_concurrent_sessions_in_one_process_match_the_truth(gateway):
     assert open_streams(gateway) == 0
 
 
-def test_relay_mode_latency_matches_the_truth():
-    with GatewayProcess(config=default_config(relay=True, seed=3)) as proc:
+def test_relay_mode_latency_matches_the_truth_and_a_pli_gets_a_keyframe_at_once():
+    """Relay mode forwards what the probe sent, so its keyframes show: with a PLI every 0.5 s against a
+    1 s GOP, the probe answers by jumping to the clip's next keyframe, and the latency still aligns."""
+    with GatewayProcess(config=default_config(relay=True, seed=3, pli_interval_s=0.5)) as proc:
         r = run(run_probe(spec(proc.url, duration_s=8.0, size=256)))
         assert_matches_truth(r, proc.url)
         assert r.prompt_switch_ms == []
+        assert r.keyframes_on_request >= 4, r.keyframes_on_request  # ~16 PLIs, some within 300 ms of an IDR
 
 
 def test_a_freeze_and_an_fps_drop_match_the_truth():

@@ -284,3 +284,23 @@ def test_excused_failures_count_neither_way_but_have_their_own_rate():
                                        CheckSpec(metric="excused", aggregate="rate", op="<=", threshold=1.0)], rows)
     assert failed.value == 0.5               # 1 of the 2 counted sessions: the excused one is left out
     assert excused.value == pytest.approx(1 / 3)  # over the 3 sessions that ran (not the skipped one)
+
+
+def test_an_abort_check_waits_for_its_minimum_sessions_and_grace_and_reads_each_row_once():
+    from fleet.results.verdict import AbortWatch
+    from fleet.scenario import CheckSpec
+
+    check = CheckSpec(metric="failed", aggregate="rate", op="<=", threshold=0.2, abort=True, group_by=("region",),
+                      abort_min_sessions=5, abort_after_s=10.0)
+    watch = AbortWatch([check, CheckSpec(metric="failed", aggregate="rate", op="<=", threshold=0.0)])
+    assert len(watch.checks) == 1  # only abort checks are watched
+    bad = {"outcome": "failed", "error_phase": "pipeline", "region": "east"}
+    good = {"outcome": "ok", "region": "east"}
+    assert watch.add([bad], elapsed_s=60.0) is None            # the first finished session: too few to judge
+    assert watch.add([bad, good, good], elapsed_s=5.0) is None  # five sessions... not yet: within the grace
+    assert watch.values[0][("east",)] == [1.0, 1.0, 0.0, 0.0]   # each row read once, kept as its value only
+    skipped = {"outcome": "skipped_no_capacity", "region": "east"}
+    assert watch.add([skipped], elapsed_s=20.0) is None          # a skipped session does not count
+    breach = watch.add([good], elapsed_s=20.0)
+    assert breach is not None and breach.group == {"region": "east"} and breach.value == 0.4 and breach.sessions == 5
+    assert watch.add([{"outcome": "failed", "error_phase": "pipeline", "region": "west"}], 30.0) is None

@@ -176,6 +176,7 @@ class ProbeResult:
     rtt_ms: float | None = None
     pacing_late_ms_mean: float | None = None
     pacing_late_ms_max: float | None = None
+    keyframes_on_request: int = 0   # keyframe requests (PLI) from the gateway answered by jumping to a keyframe
     # the tester's own health over the session (fleet.probe.looplag)
     tester_loop_lag_ms_mean: float | None = None
     tester_loop_lag_ms_max: float | None = None
@@ -741,6 +742,7 @@ class _Probe:
             r.first_packet_ms = _ms(self.track.start - self.t0) if self.track.start else None
             r.pacing_late_ms_mean = _ms(self.track.late_s_total / len(self.track.sent))
             r.pacing_late_ms_max = _ms(self.track.late_s_max)
+            r.keyframes_on_request = self.track.keyframe_jumps
         if self.tap is not None:
             r.packets_received = self.tap.packets
             if self.tap.packets_expected:

@@ -57,6 +57,7 @@ SESSION_FIELDS = _IDS + [
     ("latency_sample_count", pa.int64()), ("prompt_switch_ms", pa.list_(pa.float64())),
     ("packets_received", pa.int64()), ("packet_loss_pct", pa.float64()), ("ingest_packet_loss_pct", pa.float64()),
     ("rtt_ms", pa.float64()), ("pacing_late_ms_mean", pa.float64()), ("pacing_late_ms_max", pa.float64()),
+    ("keyframes_on_request", pa.int64()),
     ("gateway_ingest_latency_s", pa.float64()), ("gateway_ingest_jitter_ms", pa.float64()),
     ("gateway_ingest_packet_loss_pct", pa.float64()), ("gateway_ingest_rtt_ms", pa.float64()),
     ("gateway_conn_quality", pa.string()), ("teardown_verified", pa.bool_()),

@@ -39,8 +39,8 @@ import numpy as np
 from fleet.metrics import METRICS, parse_aggregate
 from fleet.scenario import CheckSpec, Scenario, SessionThresholds
 
-__all__ = ["CheckResult", "Verdict", "counted", "evaluate", "evaluate_checks", "junit_xml", "metric_value",
-           "sla_score"]
+__all__ = ["AbortWatch", "CheckResult", "Verdict", "counted", "evaluate", "evaluate_checks", "junit_xml",
+           "metric_value", "sla_score"]
 
 GROUP_COLUMNS = {"orchestrator": "orchestrator_address", "gpu": "gpu_name", "model": "model", "region": "region",
                  "prompt_category": "prompt_category"}
@@ -118,10 +118,18 @@ def _groups(rows: list[dict[str, Any]], by: tuple[str, ...]) -> dict[tuple, list
     return out
 
 
-def _check(check: CheckSpec, rows: list[dict[str, Any]], all_rows: list[dict[str, Any]]) -> list[CheckResult]:
-    pool = all_rows if check.metric == "skipped_no_capacity" else rows
+def _in_pool(check: CheckSpec, row: dict[str, Any]) -> bool:
+    """Does ``row`` count for ``check``? The skipped rate is over every session, the excused rate over
+    the sessions that ran, every other metric over the counted sessions."""
+    if check.metric == "skipped_no_capacity":
+        return True
     if check.metric == "excused":
-        pool = [r for r in all_rows if r["outcome"] != "skipped_no_capacity" and r.get("error_phase") != "tester"]
+        return row["outcome"] != "skipped_no_capacity" and row.get("error_phase") != "tester"
+    return bool(counted([row]))
+
+
+def _check(check: CheckSpec, rows: list[dict[str, Any]], all_rows: list[dict[str, Any]]) -> list[CheckResult]:
+    pool = [r for r in all_rows if _in_pool(check, r)]
     results = []
     for key, group in sorted(_groups(pool, check.group_by).items(), key=lambda kv: str(kv[0])):
         values = [v for v in (metric_value(r, check.metric) for r in group) if v is not None]
@@ -194,6 +202,40 @@ def sla_score(all_rows: list[dict[str, Any]], t: SessionThresholds,
 def evaluate_checks(checks: Iterable[CheckSpec], all_rows: list[dict[str, Any]]) -> list[CheckResult]:
     rows = counted(all_rows)
     return [res for check in checks for res in _check(check, rows, all_rows)]
+
+
+class AbortWatch:
+    """The scenario's ``abort`` checks, evaluated as sessions finish: each keeps only its metric's values
+    per group, and a batch re-aggregates only the groups it touched. A check fires once a group has
+    ``abort_min_sessions`` values and the campaign has run ``abort_after_s``."""
+
+    def __init__(self, checks: Iterable[CheckSpec]) -> None:
+        self.checks = [c for c in checks if c.abort]
+        self.values: list[dict[tuple, list[float]]] = [{} for _ in self.checks]
+
+    def add(self, rows: Iterable[dict[str, Any]], elapsed_s: float) -> CheckResult | None:
+        """Take finished sessions; the first breached check (and group), if any."""
+        rows = list(rows)
+        for check, groups in zip(self.checks, self.values):
+            touched = set()
+            for r in rows:
+                value = metric_value(r, check.metric) if _in_pool(check, r) else None
+                if value is None:
+                    continue
+                key = tuple(r.get(GROUP_COLUMNS[g]) for g in check.group_by)
+                groups.setdefault(key, []).append(value)
+                touched.add(key)
+            if elapsed_s < check.abort_after_s:
+                continue
+            for key in sorted(touched, key=str):
+                values = groups[key]
+                if len(values) < check.abort_min_sessions:
+                    continue
+                value = aggregate(values, check.aggregate)
+                if value is not None and not _OPS[check.op](value, check.threshold):
+                    return CheckResult(check.label, check.metric, check.aggregate, check.op, check.threshold,
+                                       dict(zip(check.group_by, key)), round(value, 6), len(values), False)
+        return None
 
 
 def evaluate(scenario: Scenario, all_rows: list[dict[str, Any]],

@@ -39,7 +39,8 @@ from fleet.prompts import render_params
 from fleet.results.clickhouse import ClickHouseError, ClickHouseSink
 from fleet.results.sink import ParquetSink
 from fleet.results.sketches import Sketches
-from fleet.results.verdict import evaluate, evaluate_checks, junit_xml
+from fleet.results.verdict import AbortWatch, evaluate, junit_xml
+from fleet.results.writer import ResultsWriter
 from fleet.runtime.broker import read_capacity
 from fleet.scenario import Scenario, load_scenario
 
@@ -52,6 +53,7 @@ HEAVY = ("latency_samples", "per_second", "events", "status_samples")  # kept in
 STOP_GRACE_S = 10.0
 REAPED = "; the driver stopped its stream"
 POLL_S = 0.2
+STARVE_STEP_S = 2 * POLL_S  # at most this much of one dispatch pass counts as a due session's wait
 RUNNER_CPU = 0.1  # a runner's CPU request: the region resource places it, CPUs are its sessions'
 
 
@@ -144,6 +146,16 @@ def _failed_row(c: Campaign, plan: Plan, live: _Live, outcome: str, phase: str, 
             "dialect": c.scenario.target.dialect, "outcome": outcome, "error_phase": phase, "error_class": error,
             "error_detail": detail, "started_unix": time.time(), "duration_s": 0.0,
             "orchestrator_address": live.session.orchestrator})
+
+
+def _planner_skipped_row(c: Campaign, plan: Plan, index: int, skipped: Any) -> dict[str, Any]:
+    """A row for a session the planner could not fit within the caps: it never ran."""
+    return {"campaign_id": c.campaign_id, "run_id": c.campaign_id, "scenario": c.scenario.name,
+            "scenario_hash": plan.scenario_hash, "model": c.scenario.workflow.pipeline, "region": None,
+            "session_id": f"{c.campaign_id}-skipped-{index:05d}", "dialect": c.scenario.target.dialect,
+            "planned_start_s": skipped.at_s, "outcome": "skipped_no_capacity", "error_phase": "capacity",
+            "error_class": "planner_skipped", "error_detail": skipped.reason, "started_unix": time.time(),
+            "duration_s": 0.0}
 
 
 def _ray_init(c: Campaign, regions: list[str]) -> bool:
@@ -244,6 +256,7 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
                                   "database": scenario.outputs.clickhouse.database, "rows": 0, "error": None}
         sink = ParquetSink(out, c.campaign_id, {"scenario": scenario.name, "scenario_hash": plan.scenario_hash,
                                                  "seed": opts.seed, "planned_sessions": len(plan.sessions),
+                                                 "planner_skipped": len(plan.skipped),
                                                  "capacity": snapshot.summary(), "regions": regions,
                                                  "started_at": stamp})
         print(f"fleet: campaign {c.campaign_id}: {len(plan.sessions)} sessions over {plan.end_s:g} s, "
@@ -333,23 +346,28 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
     wait_s = scenario.capacity.lease_wait_s
     tester_failures = 0
 
-    aborting = [ch for ch in scenario.checks if ch.abort]
+    abort = AbortWatch(scenario.checks)
+    writer = ResultsWriter(lambda rows: _push(c, sink, sink.write(rows)))  # I/O off the dispatch loop
 
-    def finish(rows: list[dict[str, Any]]) -> None:
+    def finish(rows: list[dict[str, Any]], planned: bool = False) -> None:
         nonlocal done
         if not rows:
             return
         for r in rows:
             counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
-        done += len(rows)
+        if not planned:
+            done += len(rows)
         c.sketches.add_rows(rows)
-        _push(c, sink, sink.write(rows))
+        writer.submit(rows)
         c.rows.extend({k: v for k, v in r.items() if k not in HEAVY} for r in rows)
-        if aborting and c.aborted is None:
-            breached = [res for res in evaluate_checks(aborting, c.rows) if res.passed is False]
-            if breached:
-                c.aborted = f"{breached[0].check} [{breached[0].group_label}] = {breached[0].value:g}"
+        if abort.checks and c.aborted is None:
+            breached = abort.add(rows, time.monotonic() - t0)
+            if breached is not None:
+                c.aborted = f"{breached.check} [{breached.group_label}] = {breached.value:g}"
                 print(f"fleet: abort check breached: {c.aborted}; stopping the campaign", file=sys.stderr, flush=True)
+
+    # sessions the planner could not fit are results too: the skipped rate counts them
+    finish([_planner_skipped_row(c, plan, i, k) for i, k in enumerate(plan.skipped)], planned=True)
 
     last = 0.0
     try:
@@ -362,8 +380,8 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
             # a refusal while our own sessions (running past their plan) hold the planned slots is no
             # shortage: the queue waits for them; only a refusal below the planned load starves it
             if waiting and (not live or len(live) < planned_now(now)):
-                for w in waiting:
-                    w[1] += now - last
+                for w in waiting:  # a pass of this loop slower than STARVE_STEP_S is our own delay, not theirs
+                    w[1] += min(now - last, STARVE_STEP_S)
             last = now
             while waiting:
                 s = waiting[0][0]
@@ -418,6 +436,7 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
         if live:
             _stop_live(c, plan, runners, live, finish)
         progress.close()
+        writer.close()  # every row on disk before the summary
         try:
             c.broker_state = ray.get(broker.state.remote(), timeout=5)
         except Exception:  # noqa: BLE001 - the state is informative only

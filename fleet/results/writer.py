@@ -1,0 +1,66 @@
+"""Results written off the campaign's dispatch loop.
+
+The dispatch loop starts sessions on time and times how long due sessions wait for a slot; an fsync'd
+Parquet write or a ClickHouse retry inside it would delay starts and be charged to those sessions as
+capacity starvation. ``ResultsWriter`` takes finished batches on a bounded queue and writes them, in
+order, on its own thread. Nothing is dropped: a full queue makes ``submit`` wait (and says so once),
+and ``close`` writes everything still queued before it returns. An error in the writer is raised by
+``close`` (and by the next ``submit``), so it is never silent.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["ResultsWriter"]
+
+QUEUE_BATCHES = 256   # batches waiting to be written before submit waits for the writer
+
+
+class ResultsWriter:
+    def __init__(self, write: Callable[[list[dict[str, Any]]], None], maxsize: int = QUEUE_BATCHES) -> None:
+        self._write = write
+        self._queue: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize=maxsize)
+        self._error: BaseException | None = None
+        self._warned = False
+        self.batches = 0
+        self._thread = threading.Thread(target=self._run, name="fleet-results-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            rows = self._queue.get()
+            if rows is None:
+                return
+            if self._error is not None:
+                continue  # keep draining so submit never blocks on a dead writer
+            try:
+                self._write(rows)
+                self.batches += 1
+            except BaseException as exc:  # noqa: BLE001 - handed to the dispatch thread by close()
+                self._error = exc
+
+    def submit(self, rows: list[dict[str, Any]]) -> None:
+        if self._error is not None:
+            raise self._error
+        if not rows:
+            return
+        try:
+            self._queue.put_nowait(rows)
+        except queue.Full:
+            if not self._warned:
+                self._warned = True
+                print("fleet: the results writer is behind (storage slow?): starts wait for it", file=sys.stderr,
+                      flush=True)
+            self._queue.put(rows)
+
+    def close(self) -> None:
+        """Write everything queued, stop the thread; raise the writer's error if it had one."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
