@@ -125,6 +125,10 @@ class GatewayConfig(Spec):
         60.0, description="a stream's status stays readable this long after it ends (go-livepeer clearStreamDelay)")
     ice_failed_timeout_s: Annotated[float, Field(gt=0, le=60)] = Field(
         10.0, description="a peer that stops answering ICE checks fails after this long (go-livepeer iceFailedTimeout)")
+    ingest_buffer_ms: Annotated[float, Field(ge=0, le=2000)] = Field(
+        20.0, description="frames reach the runner on their media clock, this much after the first frame's "
+                          "arrival (go-livepeer segments the ingest): arrival noise within it does not reach the "
+                          "output")
     max_whep_viewers: Annotated[int, Field(ge=1, le=1000)] = Field(5, description="WHEP viewers per stream (429 past it)")
     output_gop_s: Annotated[float, Field(gt=0, le=10)] = Field(
         1.0, description="seconds between IDR frames of the processed output (an assumption, not read from ai-runner)")

@@ -170,6 +170,7 @@ class Stream:
         self.last_out_pts: float | None = None
         self.params_update: float | None = None
         self.last_due = 0.0
+        self.media_anchor: float | None = None  # loop time of media time 0 at the runner (see _ready_at)
         self.busy_until = float("-inf")       # the runner finishes its current frame then
         self.queue_free_at = float("-inf")    # the frame waiting in its one-frame input queue starts then
         self.start_at = 0.0                   # when the admitted frame's inference starts
@@ -501,7 +502,8 @@ class Stream:
         self.last_in = t_in
         if frame.pts is not None and frame.time_base is not None:
             self.last_in_pts = float(frame.pts * frame.time_base)
-        reason = self._drop_reason(t_in)
+        t_ready = self._ready_at(frame, t_in)
+        reason = self._drop_reason(t_ready)
         relay = self.gw.config.relay
         if relay and not reason and self.relay_need_key and not keyframe:
             reason = "relay_await_keyframe"  # an encoded stream resumes at a keyframe, or decoders break
@@ -522,6 +524,20 @@ class Stream:
         if index >= 0:
             self.frames[index][7] = round((self.start_at - t_in) * 1000, 3)
         self.loop.call_at(due, self._emit, out, self.start_at, index, keyframe)
+
+    def _ready_at(self, frame: av.VideoFrame | av.Packet, t_in: float) -> float:
+        """When the runner may take the frame: its media time on a clock anchored at the first frame plus the
+        ingest buffer (go-livepeer segments the ingest before the runner decodes it), or its arrival if later.
+        Arrival noise within the buffer (this machine's own scheduling) does not reach the output; a frame
+        later than that is late. An anchor that would hold frames longer than the buffer (a publisher whose
+        clock runs fast, or one that paused) is moved."""
+        if frame.pts is None or frame.time_base is None:
+            return t_in
+        media = float(frame.pts * frame.time_base)
+        buffer = self.gw.config.ingest_buffer_ms / 1000
+        if self.media_anchor is None or self.media_anchor + media - t_in > buffer:
+            self.media_anchor = t_in - media + buffer
+        return max(t_in, self.media_anchor + media)
 
     def _truth(self, seq: int, pts: int | None, t_in: float, drawn: float | None, actual: float | None,
                reason: str | None) -> int:

@@ -16,17 +16,33 @@ itself is the bottleneck).
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["LoopMonitor", "LagMark", "LagStats", "PERIOD_S", "SUSPECT_MS"]
+__all__ = ["LoopMonitor", "LagMark", "LagStats", "PERIOD_S", "SUSPECT_MS", "quiet_gc"]
 
 PERIOD_S = 0.010      # the monitor's wake-up period: a stall longer than this is always seen
 RECORD_MS = 1.0       # late wake-ups of at least this much are kept (with their time) for suspect windows
 SUSPECT_MS = 2.0      # a frame stamped within a stall this long may be that much late: its intervals are suspect
 EVENTS_KEPT = 200_000  # late wake-ups remembered (about an hour of a badly loaded loop)
+
+_frozen = False
+
+
+def quiet_gc() -> None:
+    """Move every object alive now (modules, the encoded clip, aiortc's tables) out of the cyclic
+    collector's way, once per process. Left in, each full collection walks them all: about 40 ms with
+    aiortc, PyAV, numpy and aiohttp loaded, a stall that stamps every frame in flight late. Objects are
+    still freed by reference counting; only cycles among them are no longer collected."""
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
+
 
 _monitors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopMonitor] = weakref.WeakKeyDictionary()
 

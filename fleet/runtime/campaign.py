@@ -549,10 +549,16 @@ def _summary(c: Campaign, plan: Plan, leaked: int | None) -> dict[str, Any]:
         return round(statistics.median(xs), 3) if xs else None
 
     outcomes: dict[str, int] = {}
+    degraded: dict[str, dict[str, int]] = {}  # why sessions were degraded: reason -> GPU (or orchestrator) -> count
     for r in c.rows:
         outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+        if r["outcome"] == "degraded":
+            where = r.get("gpu_name") or r.get("orchestrator_address") or "unknown GPU"
+            for reason in r.get("reasons") or []:
+                degraded.setdefault(reason, {}).setdefault(where, 0)
+                degraded[reason][where] += 1
     return {"finished_at": dt.datetime.now(dt.timezone.utc).isoformat(), "sessions": len(c.rows),
-            "outcomes": outcomes, "startup_s_p50": med("startup_s"), "output_fps_p50": med("output_fps"),
+            "outcomes": outcomes, "degraded_by": degraded, "startup_s_p50": med("startup_s"), "output_fps_p50": med("output_fps"),
             "g2g_latency_ms_p50": med("g2g_latency_ms"), "jitter_coeff_p50": med("jitter_coeff"),
             "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None, "stop_s": c.stop_s,
             "tester_bottleneck_sessions": sum(1 for r in c.rows if r.get("tester_bottleneck")),
@@ -590,6 +596,11 @@ def _print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
         console.print(checks)
     console.print(f"goodput {fmt(verdict['goodput'])} · SLA score {fmt(verdict['sla'].get('score'))} "
                   f"(coverage {fmt(verdict['sla'].get('coverage'))})")
+    if summary.get("degraded_by"):
+        why = "; ".join(f"{reason}: " + ", ".join(f"{n} on {where}" for where, n in sorted(by.items()))
+                        for reason, by in sorted(summary["degraded_by"].items()))
+        console.print(f"goodput counts sessions that met every threshold; degraded for {why}. The SLA score is "
+                      "the network's formula (startup, swaps, fps, latency): jitter and freezes are not in it")
     if c.aborted:
         console.print(f"[red]aborted: {c.aborted}[/]")
     ch_state = summary.get("clickhouse")
