@@ -611,7 +611,7 @@ def test_example_config_loads_and_bad_config_is_located(tmp_path):
     assert str(info.value) == (
         f"{bad}:5:12: faults[0].kind: 'meteor' is not allowed (allowed: signaling_error, slow_answer, "
         "signaling_timeout, ice_never, output_stall, disconnect, black_frames, fps_drop, orchestrator_swap, "
-        "capacity_drop, malformed_status)")
+        "capacity_drop, malformed_status, packet_loss)")
 
 
 def test_cold_start_and_warmup_drop_the_first_frames_of_a_gpu():

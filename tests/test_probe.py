@@ -103,6 +103,9 @@ def assert_matches_truth(r: ProbeResult, url: str) -> tuple[float, float, float]
     assert err_ms <= LATENCY_TOLERANCE_MS, (r.g2g_latency_ms, true_ms)
     assert fps_err <= FPS_TOLERANCE, (r.output_fps, want.output_fps)
     assert jitter_err <= JITTER_TOLERANCE, (r.jitter_coeff, want.jitter_coeff, r.jitter_suspect_intervals)
+    # startup: the first output frame arrived when the gateway sent it (the same clock: one machine)
+    first_sent = egress_times(r, t)[0]
+    assert abs(r.timeline[0][1] - first_sent) <= LATENCY_TOLERANCE_MS / 1000, (r.timeline[0][1], first_sent)
     assert r.freeze_count == want.freeze_count, (r.freeze_count, want.freeze_count)
     assert abs(r.freeze_s - want.freeze_s) <= 1 / want.output_fps, (r.freeze_s, want.freeze_s)
     return err_ms, fps_err, jitter_err
@@ -203,29 +206,36 @@ def test_relay_mode_latency_matches_the_truth_and_a_pli_gets_a_keyframe_at_once(
         assert r.keyframes_on_request >= 4, r.keyframes_on_request  # ~16 PLIs, some within 300 ms of an IDR
 
 
-def test_a_freeze_and_an_fps_drop_match_the_truth():
-    """Under the gateway's faults: the output stalls for a second mid-session (a freeze), and a GPU
-    runs at half its fps. Count, duration, fps and jitter against what the gateway sent."""
+def test_a_freeze_an_fps_drop_and_packet_loss_match_the_truth():
+    """Under the gateway's faults: the output stalls for a second mid-session (a freeze), a GPU runs at
+    half its fps, 5 % of the packets to the viewer are lost. Count, duration, fps, jitter and loss against
+    what the gateway sent."""
     profile = GpuProfile(name="Truth GPU", fps_cap=30, cold_start_s=0.0, warmup_frames=0,
                          delay=Delay(dist="normal", mean_ms=50.0, jitter_ms=1.0))
     orchs = tuple(OrchestratorSpec(address=f"0x{name}", uri=f"https://{name}.truth:8935",
                                    gpus=(Gpu(id=f"G-{name}", profile="p", slots={MODEL: 1}),))
-                  for name in ("freeze", "half"))
+                  for name in ("freeze", "half", "lossy"))
     faults = (Fault(kind="output_stall", orchestrator="freeze.truth", after_s=3.0, duration_s=1.0, probability=1.0),
-              Fault(kind="fps_drop", orchestrator="half.truth", fps_factor=0.5, probability=1.0))
+              Fault(kind="fps_drop", orchestrator="half.truth", fps_factor=0.5, probability=1.0),
+              Fault(kind="packet_loss", orchestrator="lossy.truth", loss_pct=5.0, probability=1.0))
     cfg = GatewayConfig(profiles={"p": profile}, orchestrators=orchs, faults=faults, port=0)
     with GatewayProcess(config=cfg) as proc:
         async def main():
             return await asyncio.gather(*(run_probe(spec(proc.url, duration_s=8.0, size=128, max_jitter_coeff=1.0,
                                                          orchestrator=f"{name}.truth"))
-                                          for name in ("freeze", "half")))
-        frozen, half = run(main())
+                                          for name in ("freeze", "half", "lossy")))
+        frozen, half, lossy = run(main())
         assert_matches_truth(frozen, proc.url)
         assert_matches_truth(half, proc.url)
         want = truth_timing(frozen, truth(proc.url, frozen.stream_id))
         assert want.freeze_count == 1 and 0.95 <= want.freeze_s <= 1.2, want  # the fault, as the gateway did it
         assert frozen.freeze_count == 1 and "freezes" not in frozen.reasons  # 1 s is within max_freeze_s
         assert 14.5 <= half.output_fps <= 15.5 and half.jitter_coeff < 0.1  # half of 30, evenly paced
+        # packet loss: the share of first transmissions the gateway dropped on the way to the probe
+        (viewer,) = truth(proc.url, lossy.stream_id)["viewers"]
+        true_loss = 100 * viewer["packets_dropped"] / viewer["packets_sent"]
+        assert 3.0 <= true_loss <= 7.0 and abs(lossy.packet_loss_pct - true_loss) <= 1.0, (lossy.packet_loss_pct, true_loss)
+        assert lossy.outcome in ("ok", "degraded")  # lost packets are repaired or the frame skipped; it plays on
 
 
 # --- faults: each maps to the right outcome and phase -----------------------------------------

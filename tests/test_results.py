@@ -304,3 +304,15 @@ def test_an_abort_check_waits_for_its_minimum_sessions_and_grace_and_reads_each_
     breach = watch.add([good], elapsed_s=20.0)
     assert breach is not None and breach.group == {"region": "east"} and breach.value == 0.4 and breach.sessions == 5
     assert watch.add([{"outcome": "failed", "error_phase": "pipeline", "region": "west"}], 30.0) is None
+
+
+def test_the_tester_is_a_bottleneck_when_its_loop_lags_is_busy_or_stamped_most_frames_in_stalls():
+    from fleet.runtime.runner import tester_bottleneck
+
+    quiet = {"tester_loop_lag_ms_mean": 0.9, "tester_loop_busy_pct": 12.0, "jitter_intervals": 200,
+             "jitter_suspect_intervals": 20}
+    assert not tester_bottleneck(quiet)
+    assert tester_bottleneck({**quiet, "tester_loop_lag_ms_mean": 25.0})
+    assert tester_bottleneck({**quiet, "tester_loop_busy_pct": 95.0})  # one core: the loop's thread, not the host
+    assert tester_bottleneck({**quiet, "jitter_intervals": 40, "jitter_suspect_intervals": 60})
+    assert not tester_bottleneck({"tester_loop_lag_ms_mean": None, "tester_loop_busy_pct": None})

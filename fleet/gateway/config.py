@@ -37,6 +37,7 @@ FaultKind = Literal[
     "orchestrator_swap", # the stream moves to another orchestrator mid-stream
     "capacity_drop",     # the orchestrator's advertised capacity falls
     "malformed_status",  # a gateway bug: the status answers with objects of the wrong type
+    "packet_loss",       # loss_pct of the media packets to each viewer are dropped
 ]
 
 
@@ -88,6 +89,7 @@ class Fault(Spec):
     delay_s: Annotated[float, Field(ge=0, le=600)] = 5.0
     fps_factor: Annotated[float, Field(gt=0, le=1)] = 0.5
     slots: Annotated[int, Field(ge=0)] = 0
+    loss_pct: Annotated[float, Field(ge=0, le=50)] = 5.0
 
     @model_validator(mode="after")
     def _scheduled(self) -> Fault:

@@ -81,6 +81,9 @@ class OutputTrack(MediaStreamTrack):
         self.awaiting_keyframe = 0        # frames dropped before the first keyframe
         # truth: (output pts on the RTP clock, loop time its last packet left) per frame sent to this viewer
         self.egress: deque[tuple[int, float]] = deque(maxlen=MAX_TRUTH_FRAMES)
+        self.main_pt: int | None = None   # the media payload type (any other is a retransmission)
+        self.packets_sent = 0             # media packets handed to the network (first transmissions)
+        self.packets_dropped = 0          # ... of which the packet_loss fault dropped this many
 
     def push(self, packet: av.Packet | None, keyframe: bool = False) -> None:
         if packet is not None and not self.started:
@@ -326,9 +329,17 @@ class Stream:
         origin: list[int] = []
 
         async def send_rtp(data: bytes) -> None:
+            pt = data[1] & 0x7F if len(data) >= 12 else 0
+            if pt >= 96 and (track.main_pt is None or pt == track.main_pt):
+                track.main_pt = pt
+                track.packets_sent += 1
+                loss = self._active("packet_loss")
+                if loss is not None and self.rng.random() < loss.loss_pct / 100:
+                    track.packets_dropped += 1
+                    return  # lost on the way to this viewer (a NACK may still bring it back)
             await original(data)
-            if len(data) < 12 or not data[1] & 0x80 or (data[1] & 0x7F) < 96:
-                return  # RTCP, or not the last packet of a frame
+            if len(data) < 12 or not data[1] & 0x80 or pt < 96 or pt != track.main_pt:
+                return  # RTCP, a retransmission, or not the last packet of a frame
             ts = int.from_bytes(data[4:8], "big")
             if not origin:
                 if not track.first_pts90:
@@ -716,7 +727,8 @@ class Stream:
                 "frames_in": self.frames_in, "frames_out": self.frames_out, "dropped": dict(self.dropped),
                 "arrival_misses": self.arrival_misses,
                 "whep_subscribers": len(self.whep),
-                "viewers": [{"frames_sent": t.frames_sent, "dropped_awaiting_keyframe": t.awaiting_keyframe}
+                "viewers": [{"frames_sent": t.frames_sent, "dropped_awaiting_keyframe": t.awaiting_keyframe,
+                             "packets_sent": t.packets_sent, "packets_dropped": t.packets_dropped}
                             for _, t in self.whep]}
 
     def truth(self) -> dict[str, Any]:
@@ -769,4 +781,4 @@ class Stream:
 
 _JOB_FAULTS = ("signaling_error", "slow_answer", "signaling_timeout")
 _RUN_FAULTS = ("output_stall", "disconnect", "black_frames", "fps_drop", "orchestrator_swap", "capacity_drop",
-               "malformed_status")
+               "malformed_status", "packet_loss")
