@@ -418,9 +418,31 @@ class ClickHouseOut(Spec):
     table_prefix: str = Field("fleet_", pattern=r"^[a-z_][a-z0-9_]*$")
 
 
+class KafkaOut(Spec):
+    """Every session, per-second sample and event as a message in the network's event envelope."""
+
+    bootstrap_env: EnvName = Field("FLEET_KAFKA_BOOTSTRAP", description="the variable holding the brokers "
+                                                                       "(host:port, comma-separated)")
+    topic: str = Field("fleet_stream_tests", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    username_env: EnvName | None = Field(None, description="SASL/PLAIN user (with password_env)")
+    password_env: EnvName | None = None
+    tls: bool = Field(False, description="SASL_SSL / SSL instead of plain TCP")
+    idempotent: bool = Field(True, description="the producer's idempotence (no duplicates from its retries)")
+    buffer_messages: int = Field(100_000, ge=100, le=10_000_000, description="messages held while the brokers "
+                                                                            "are away; past it new ones are "
+                                                                            "dropped and counted")
+
+    @model_validator(mode="after")
+    def _credentials_pair(self) -> KafkaOut:
+        if (self.username_env is None) != (self.password_env is None):
+            raise ValueError("give both username_env and password_env, or neither")
+        return self
+
+
 class Outputs(Spec):
     dir: str = "results"
     clickhouse: ClickHouseOut | None = None
+    kafka: KafkaOut | None = None
     report: bool = True
     junit: str | None = Field(None, description="Write JUnit XML of the checks here (for CI).")
 

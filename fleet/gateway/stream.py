@@ -82,8 +82,10 @@ class OutputTrack(MediaStreamTrack):
         # truth: (output pts on the RTP clock, loop time its last packet left) per frame sent to this viewer
         self.egress: deque[tuple[int, float]] = deque(maxlen=MAX_TRUTH_FRAMES)
         self.main_pt: int | None = None   # the media payload type (any other is a retransmission)
-        self.packets_sent = 0             # media packets handed to the network (first transmissions)
-        self.packets_dropped = 0          # ... of which the packet_loss fault dropped this many
+        self.packets_sent = 0             # distinct media packets (sequence numbers) sent to this viewer
+        self.packets_dropped = 0          # transmissions the packet_loss fault dropped (a NACK may resend)
+        self.undelivered: set[int] = set()  # sequence numbers dropped and not (yet) delivered by a resend
+        self._seqs_seen: set[int] = set()
 
     def push(self, packet: av.Packet | None, keyframe: bool = False) -> None:
         if packet is not None and not self.started:
@@ -332,11 +334,16 @@ class Stream:
             pt = data[1] & 0x7F if len(data) >= 12 else 0
             if pt >= 96 and (track.main_pt is None or pt == track.main_pt):
                 track.main_pt = pt
-                track.packets_sent += 1
+                seq = int.from_bytes(data[2:4], "big")
+                if seq not in track._seqs_seen:
+                    track._seqs_seen.add(seq)
+                    track.packets_sent += 1
                 loss = self._active("packet_loss")
                 if loss is not None and self.rng.random() < loss.loss_pct / 100:
                     track.packets_dropped += 1
+                    track.undelivered.add(seq)
                     return  # lost on the way to this viewer (a NACK may still bring it back)
+                track.undelivered.discard(seq)
             await original(data)
             if len(data) < 12 or not data[1] & 0x80 or pt < 96 or pt != track.main_pt:
                 return  # RTCP, a retransmission, or not the last packet of a frame
@@ -728,7 +735,8 @@ class Stream:
                 "arrival_misses": self.arrival_misses,
                 "whep_subscribers": len(self.whep),
                 "viewers": [{"frames_sent": t.frames_sent, "dropped_awaiting_keyframe": t.awaiting_keyframe,
-                             "packets_sent": t.packets_sent, "packets_dropped": t.packets_dropped}
+                             "packets_sent": t.packets_sent, "packets_dropped": t.packets_dropped,
+                             "packets_lost": len(t.undelivered)}
                             for _, t in self.whep]}
 
     def truth(self) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from fleet.media import H264_PROFILE_LEVEL_ID, Clip, PacketTrack
 from fleet.probe.adapters import USER_AGENT, ProbeFailure, adapter_for, classify_gateway_error, gateway_error
 from fleet.probe.latency import Aligner, StepDetector, lag_is_exact
 from fleet.probe.looplag import LoopMonitor
-from fleet.probe.timing import PLAYABLE_FRAMES, analyse
+from fleet.probe.timing import PLAYABLE_FRAMES, analyse, suspect_frames
 from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame
 from fleet.webrtc import IceServer, codecs_named, new_peer_connection, on_keyframe_request
 
@@ -200,6 +200,7 @@ class ProbeResult:
     events: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
     # with keep_timeline: per output frame (RTP timestamp from the first frame, 90 kHz; arrival, time.monotonic())
     timeline: list[tuple[int, float]] = field(default_factory=list)
+    timeline_suspect: list[int] = field(default_factory=list)  # indices stamped while the tester's loop stalled
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -768,6 +769,8 @@ class _Probe:
         self._per_second()
         if self.opt.keep_timeline:
             r.timeline = list(zip(self.out_ts, self.arrivals))
+            if a:
+                r.timeline_suspect = suspect_frames(a, self.loop_monitor.suspect_windows(a[0], a[-1]))
         self.loop_monitor.release()
         return r
 

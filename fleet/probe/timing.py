@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FREEZE_MIN_S", "JITTER_WINDOW_S", "PLAYABLE_FRAMES", "Timing", "analyse", "freezes", "jitter"]
+__all__ = ["FREEZE_MIN_S", "JITTER_WINDOW_S", "PLAYABLE_FRAMES", "Timing", "analyse", "freezes", "jitter",
+           "suspect_frames"]
 
 PLAYABLE_FRAMES = 10          # "playable": this many output frames received; the steady state starts there
 FREEZE_MIN_S = 0.150          # W3C: an interval > max(3 x mean, mean + 150 ms) is a freeze
@@ -57,17 +58,25 @@ def _inside(t: float, starts: list[float], windows: Sequence[tuple[float, float]
     return i >= 0 and windows[i][0] <= t <= windows[i][1]
 
 
-def jitter(arrivals: Sequence[float], suspect: Sequence[tuple[float, float]] = ()
-           ) -> tuple[float | None, float | None, float | None, int, int]:
-    """(coefficient, windowed p50, windowed p95, intervals used, intervals left out) over the steady state.
-
-    ``suspect`` holds (from, to) spans, sorted, in which a stamp may be late by the tester's own stall."""
-    steady = np.asarray(arrivals[PLAYABLE_FRAMES - 1:] if len(arrivals) >= PLAYABLE_FRAMES + 2 else arrivals)
-    if len(steady) < 3:
-        return None, None, None, 0, 0
+def suspect_frames(arrivals: Sequence[float], suspect: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the arrivals stamped inside a suspect span."""
     windows = sorted(suspect)
     starts = [w[0] for w in windows]
-    bad = np.array([_inside(t, starts, windows) for t in steady], dtype=bool)
+    return [i for i, t in enumerate(arrivals) if _inside(t, starts, windows)]
+
+
+def jitter(arrivals: Sequence[float], suspect: Sequence[tuple[float, float]] = (),
+           suspect_indices: Iterable[int] | None = None) -> tuple[float | None, float | None, float | None, int, int]:
+    """(coefficient, windowed p50, windowed p95, intervals used, intervals left out) over the steady state.
+
+    ``suspect`` holds (from, to) spans in which a stamp may be late by the tester's own stall; or give the
+    suspect frames' indices (``suspect_indices``) to judge other stamps of the same frames alike."""
+    skip = PLAYABLE_FRAMES - 1 if len(arrivals) >= PLAYABLE_FRAMES + 2 else 0
+    steady = np.asarray(arrivals[skip:])
+    if len(steady) < 3:
+        return None, None, None, 0, 0
+    flagged = set(suspect_frames(arrivals, suspect) if suspect_indices is None else suspect_indices)
+    bad = np.array([skip + i in flagged for i in range(len(steady))], dtype=bool)
     keep = ~(bad[1:] | bad[:-1])
     intervals = np.diff(steady)
     ends = steady[1:]

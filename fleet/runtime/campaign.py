@@ -90,6 +90,7 @@ class Campaign:
     sketches: Sketches = field(default_factory=Sketches)
     clickhouse: Any = None
     clickhouse_state: dict[str, Any] | None = None
+    kafka: Any = None                      # a KafkaFeed, when outputs.kafka is set
     aborted: str | None = None
     snapshot: CapacitySnapshot | None = None
     warmup_s: float | None = None
@@ -254,6 +255,10 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
             c.clickhouse = ClickHouseSink(scenario.outputs.clickhouse)  # fails early on a missing variable
             c.clickhouse_state = {"table_prefix": scenario.outputs.clickhouse.table_prefix,
                                   "database": scenario.outputs.clickhouse.database, "rows": 0, "error": None}
+        if scenario.outputs.kafka is not None:
+            from fleet.results.kafka import KafkaFeed
+
+            c.kafka = KafkaFeed(scenario.outputs.kafka)  # fails early on a missing variable
         sink = ParquetSink(out, c.campaign_id, {"scenario": scenario.name, "scenario_hash": plan.scenario_hash,
                                                  "seed": opts.seed, "planned_sessions": len(plan.sessions),
                                                  "planner_skipped": len(plan.skipped),
@@ -276,6 +281,9 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
         summary["quantiles"] = c.sketches.campaign_quantiles()
         summary["verdict"] = verdict.to_dict()
         summary["clickhouse"] = c.clickhouse_state
+        if c.kafka is not None:
+            summary["kafka"] = c.kafka.close(STOP_GRACE_S)
+            c.kafka = None
         sink.close(summary)
         if opts.junit or scenario.outputs.junit:
             junit = Path(opts.junit or scenario.outputs.junit)
@@ -293,6 +301,8 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
     finally:
         if c.clickhouse is not None:
             c.clickhouse.close()
+        if c.kafka is not None:  # an early exit: still hand over what is queued
+            c.kafka.close(STOP_GRACE_S)
         if started_ray:
             import ray
 
@@ -347,7 +357,7 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
     tester_failures = 0
 
     abort = AbortWatch(scenario.checks)
-    writer = ResultsWriter(lambda rows: _push(c, sink, sink.write(rows)))  # I/O off the dispatch loop
+    writer = ResultsWriter(lambda rows: _store(c, sink, rows))  # I/O off the dispatch loop
 
     def finish(rows: list[dict[str, Any]], planned: bool = False) -> None:
         nonlocal done
@@ -460,6 +470,13 @@ def _planned_concurrency(plan: Plan) -> Any:
     starts = sorted(s.start_s for s in plan.sessions)
     ends = sorted(s.end_s for s in plan.sessions)
     return lambda t: bisect.bisect_right(starts, t) - bisect.bisect_right(ends, t)
+
+
+def _store(c: Campaign, sink: ParquetSink, rows: list[dict[str, Any]]) -> None:
+    """One batch of finished sessions: Parquet, then ClickHouse, then Kafka (on the writer's thread)."""
+    _push(c, sink, sink.write(rows))
+    if c.kafka is not None:
+        c.kafka.publish(rows)
 
 
 def _push(c: Campaign, sink: ParquetSink, tables: dict[str, Any]) -> None:
@@ -603,6 +620,12 @@ def _print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
                       "the network's formula (startup, swaps, fps, latency): jitter and freezes are not in it")
     if c.aborted:
         console.print(f"[red]aborted: {c.aborted}[/]")
+    kafka = summary.get("kafka")
+    if kafka:
+        lost = kafka["undelivered"] + kafka["dropped"] + kafka["failed"]
+        console.print(f"Kafka: {kafka['delivered']} of {kafka['produced']} messages delivered to {kafka['topic']}"
+                      + (f" [red]({kafka['undelivered']} undelivered, {kafka['dropped']} dropped, "
+                         f"{kafka['failed']} failed: {kafka['last_error']})[/]" if lost else ""))
     ch_state = summary.get("clickhouse")
     if ch_state:
         console.print(f"ClickHouse: {ch_state['rows']} rows into {ch_state['database']}.{ch_state['table_prefix']}*"

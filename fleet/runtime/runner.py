@@ -124,6 +124,7 @@ class RegionRunner:
             self._gauge()
         row = result.to_dict()
         row.pop("timeline", None)
+        row.pop("timeline_suspect", None)
         now, spent = time.monotonic(), self.proc.cpu_times()
         used = (spent.user - cpu.user) + (spent.system - cpu.system)
         # the whole process (every session, aiortc's threads) over this session's span, percent of one core

