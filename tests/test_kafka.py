@@ -200,3 +200,43 @@ def test_a_broker_outage_loses_nothing_and_duplicates_nothing(broker):
     assert sorted(sessions) == sorted(expected)  # every session exactly once
     ids = [m["id"] for _, m, _, _ in got]
     assert len(ids) == len(set(ids)) == 90
+
+
+def test_a_campaign_feeds_every_session_to_kafka(broker, tmp_path):
+    """`fleet run` with outputs.kafka, against the reference gateway: each session row's message arrives,
+    with its samples and events, and the summary counts them as delivered."""
+    import sys
+    from pathlib import Path
+
+    from fleet.gateway.config import default_config
+    from fleet.gateway.server import GatewayProcess
+    from fleet.results.sink import read_sessions
+
+    repo = Path(__file__).resolve().parent.parent
+    topic = f"fleet-campaign-{uuid.uuid4().hex[:8]}"
+    scenario = tmp_path / "kafka.yaml"
+    scenario.write_text(f"extends: {repo / 'tests' / 'campaigns' / 'tiny.yaml'}\nname: kafka\n"
+                        f"outputs: {{report: false, kafka: {{topic: {topic}}}}}\n")
+    collector = Collector(bootstrap(broker), topic)
+    try:
+        with GatewayProcess(config=default_config(seed=5)) as gw:
+            out = subprocess.run([str(Path(sys.executable).parent / "fleet"), "run", str(scenario), "--gateway-url",
+                                  gw.url, "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True,
+                                 timeout=180, cwd=tmp_path,
+                                 env={**os.environ, "FLEET_KAFKA_BOOTSTRAP": bootstrap(broker)})
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        summary = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
+        kafka = summary["kafka"]
+        assert kafka["delivered"] == kafka["produced"] > 0 and kafka["undelivered"] == kafka["dropped"] == 0, kafka
+        got = collector.wait_for(kafka["produced"])
+    finally:
+        collector.close()
+    rows = read_sessions(summary["results"]).to_pylist()
+    sessions = {m["data"]["session_id"]: m for _, m, _, _ in got if m["type"] == "fleet_session"}
+    assert set(sessions) == {r["session_id"] for r in rows} and len(rows) == 2
+    for r in rows:
+        data = sessions[r["session_id"]]["data"]
+        assert data["outcome"] == r["outcome"] and data["g2g_latency_ms"] == r["g2g_latency_ms"]
+        assert data["synthetic"] is True and sessions[r["session_id"]]["gateway"].startswith("http://127.0.0.1")
+    samples = [m for _, m, _, _ in got if m["type"] == "fleet_sample"]
+    assert len(samples) >= 2 * 5 and len(got) == kafka["produced"]

@@ -28,6 +28,9 @@ MODEL = "streamdiffusion"
 LATENCY_TOLERANCE_MS = 5.0
 FPS_TOLERANCE = 0.02
 JITTER_TOLERANCE = 0.02
+# one sample (not a median), an IDR of many packets, at the busiest moment: 16 sessions starting at once on two
+# cores stamped it up to 5.7 ms late (measured); the bound says so rather than the 5 ms of the medians
+FIRST_FRAME_TOLERANCE_MS = 10.0
 
 
 def run(coro):
@@ -107,7 +110,7 @@ def assert_matches_truth(r: ProbeResult, url: str) -> tuple[float, float, float]
     assert jitter_err <= JITTER_TOLERANCE, (r.jitter_coeff, true_jitter, want.jitter_coeff, r.jitter_suspect_intervals)
     # startup: the first output frame arrived when the gateway sent it (the same clock: one machine)
     first_sent = egress_times(r, t)[0]
-    assert abs(r.timeline[0][1] - first_sent) <= LATENCY_TOLERANCE_MS / 1000, (r.timeline[0][1], first_sent)
+    assert abs(r.timeline[0][1] - first_sent) <= FIRST_FRAME_TOLERANCE_MS / 1000, (r.timeline[0][1], first_sent)
     assert r.freeze_count == want.freeze_count, (r.freeze_count, want.freeze_count)
     assert abs(r.freeze_s - want.freeze_s) <= 1 / want.output_fps, (r.freeze_s, want.freeze_s)
     return err_ms, fps_err, jitter_err
