@@ -61,7 +61,8 @@ def _ch_type(t: pa.DataType, key: bool) -> str:
 
 
 def ddl(database: str, prefix: str) -> list[str]:
-    """The statements that create the database and the four tables (idempotent)."""
+    """The statements that create the database and the four tables, and add any column a table made by an
+    older schema lacks (all idempotent)."""
     out = [f"CREATE DATABASE IF NOT EXISTS {database}"]
     for kind, schema in TABLES.items():
         order, time_col = LAYOUT[kind]
@@ -70,6 +71,11 @@ def ddl(database: str, prefix: str) -> list[str]:
         out.append(f"CREATE TABLE IF NOT EXISTS {database}.{prefix}{kind} (\n  {cols}\n) ENGINE = MergeTree\n"
                    f"{partition}ORDER BY ({', '.join(order)})\n"
                    f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}")
+        # a table an older fleet created gains the columns added since (schema changes are additive)
+        for f in schema:
+            if f.name not in order:
+                out.append(f"ALTER TABLE {database}.{prefix}{kind} ADD COLUMN IF NOT EXISTS `{f.name}` "
+                           f"{_ch_type(f.type, False)}")
     return out
 
 
