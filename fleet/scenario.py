@@ -439,10 +439,20 @@ class KafkaOut(Spec):
         return self
 
 
+class PrometheusOut(Spec):
+    """A Prometheus exposition endpoint on the driver (fleet.results.prometheus names the series)."""
+
+    host: str = Field("127.0.0.1", description="address to bind; 127.0.0.1 unless a scraper elsewhere needs it")
+    port: int = Field(9464, ge=0, le=65535, description="0 picks a free port (printed at start)")
+    linger_s: float = Field(0.0, ge=0, le=600, description="keep the endpoint up this long after the campaign, "
+                                                           "so a scraper reads the final counts")
+
+
 class Outputs(Spec):
     dir: str = "results"
     clickhouse: ClickHouseOut | None = None
     kafka: KafkaOut | None = None
+    prometheus: PrometheusOut | None = None
     report: bool = True
     junit: str | None = Field(None, description="Write JUnit XML of the checks here (for CI).")
 

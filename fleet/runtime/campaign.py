@@ -53,6 +53,7 @@ HEAVY = ("latency_samples", "per_second", "events", "status_samples")  # kept in
 STOP_GRACE_S = 10.0
 REAPED = "; the driver stopped its stream"
 POLL_S = 0.2
+STATE_EVERY_S = 2.0  # the broker's state for the Prometheus gauges this often
 STARVE_STEP_S = 2 * POLL_S  # at most this much of one dispatch pass counts as a due session's wait
 RUNNER_CPU = 0.1  # a runner's CPU request: the region resource places it, CPUs are its sessions'
 
@@ -91,6 +92,7 @@ class Campaign:
     clickhouse: Any = None
     clickhouse_state: dict[str, Any] | None = None
     kafka: Any = None                      # a KafkaFeed, when outputs.kafka is set
+    metrics: Any = None                    # CampaignMetrics, when outputs.prometheus is set
     aborted: str | None = None
     snapshot: CapacitySnapshot | None = None
     warmup_s: float | None = None
@@ -259,6 +261,17 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
             from fleet.results.kafka import KafkaFeed
 
             c.kafka = KafkaFeed(scenario.outputs.kafka)  # fails early on a missing variable
+        if scenario.outputs.prometheus is not None:
+            from fleet.results.prometheus import CampaignMetrics
+
+            prom = scenario.outputs.prometheus
+            c.metrics = CampaignMetrics()
+            try:
+                port = c.metrics.serve(prom.host, prom.port)
+            except OSError as exc:
+                raise InputError(f"{path}: outputs.prometheus: cannot listen on {prom.host}:{prom.port} "
+                                 f"({exc.strerror or exc})") from None
+            print(f"fleet: Prometheus metrics at http://{prom.host}:{port}/metrics", flush=True)
         sink = ParquetSink(out, c.campaign_id, {"scenario": scenario.name, "scenario_hash": plan.scenario_hash,
                                                  "seed": opts.seed, "planned_sessions": len(plan.sessions),
                                                  "planner_skipped": len(plan.skipped),
@@ -303,6 +316,11 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
             c.clickhouse.close()
         if c.kafka is not None:  # an early exit: still hand over what is queued
             c.kafka.close(STOP_GRACE_S)
+        if c.metrics is not None:
+            linger = scenario.outputs.prometheus.linger_s if scenario.outputs.prometheus else 0.0
+            if linger and c.stop_signal is None:
+                time.sleep(linger)  # the endpoint stays up for a last scrape (a wait, not synchronisation)
+            c.metrics.close()
         if started_ray:
             import ray
 
@@ -368,6 +386,8 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
         if not planned:
             done += len(rows)
         c.sketches.add_rows(rows)
+        if c.metrics is not None:
+            c.metrics.add(rows)
         writer.submit(rows)
         c.rows.extend({k: v for k, v in r.items() if k not in HEAVY} for r in rows)
         if abort.checks and c.aborted is None:
@@ -380,6 +400,7 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
     finish([_planner_skipped_row(c, plan, i, k) for i, k in enumerate(plan.skipped)], planned=True)
 
     last = 0.0
+    state_ref, state_asked = None, 0.0
     try:
         while pending or waiting or live:
             if c.stop_signal is not None or c.aborted is not None:
@@ -442,6 +463,12 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
                     rows.append(_failed_row(c, plan, info, "failed", "tester", type(exc).__name__, str(exc)[:200]))
             finish(rows)
             progress.update(done, len(live), counts)
+            if c.metrics is not None:  # the broker's leases against its budget, asked without waiting
+                if state_ref is not None and ray.wait([state_ref], timeout=0)[0]:
+                    c.metrics.broker(ray.get(state_ref))
+                    state_ref = None
+                if state_ref is None and time.monotonic() - state_asked >= STATE_EVERY_S:
+                    state_ref, state_asked = broker.state.remote(), time.monotonic()
     finally:
         if live:
             _stop_live(c, plan, runners, live, finish)

@@ -1,0 +1,94 @@
+"""Prometheus exposition of a campaign's results, from the driver (the Ray head in a cluster run).
+
+Series (label sets are bounded by the network: orchestrator, model, region, outcome; never a
+session id):
+
+- ``fleet_sessions_total{orchestrator, model, region, outcome}``: finished sessions;
+  ``outcome="skipped_no_capacity"`` counts the sessions skipped for capacity (their orchestrator is
+  the one they were meant for, or ``""``);
+- ``fleet_sessions_excused_total{...}``: failures NaaP does not hold against the orchestrator;
+- ``fleet_startup_seconds``, ``fleet_g2g_latency_ms`` (each session's median) and
+  ``fleet_output_fps`` histograms, per orchestrator, model and region, over the sessions that ran;
+- ``fleet_leases_held`` and ``fleet_lease_budget``: the broker's slots in use against its budget;
+- ``fleet_orchestrator_last_tested_timestamp_seconds{orchestrator, model}``: when a session on the
+  orchestrator last finished (coverage age = ``time() - that``).
+
+``outputs.prometheus: {host, port}`` starts the endpoint; ``linger_s`` keeps it up that long after
+the campaign so a scraper reads the final counts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["CampaignMetrics"]
+
+LABELS = ("orchestrator", "model", "region")
+STARTUP_BUCKETS = (0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60)
+LATENCY_BUCKETS = (25, 50, 100, 150, 200, 300, 500, 800, 1200, 2000, 3000, 5000)
+FPS_BUCKETS = (5, 10, 12, 15, 20, 24, 27, 30, 45, 60)
+
+
+def _orchestrator(row: Mapping[str, Any]) -> str:
+    return str(row.get("orchestrator_address") or row.get("orchestrator_url") or "")
+
+
+class CampaignMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions = Counter("fleet_sessions", "finished test sessions by outcome", (*LABELS, "outcome"),
+                                registry=r)
+        self.excused = Counter("fleet_sessions_excused", "failures NaaP does not hold against the orchestrator",
+                               LABELS, registry=r)
+        self.startup = Histogram("fleet_startup_seconds", "stream request to the first output frame", LABELS,
+                                 buckets=STARTUP_BUCKETS, registry=r)
+        self.latency = Histogram("fleet_g2g_latency_ms", "each session's median client glass-to-glass latency",
+                                 LABELS, buckets=LATENCY_BUCKETS, registry=r)
+        self.fps = Histogram("fleet_output_fps", "each session's output fps", LABELS, buckets=FPS_BUCKETS,
+                             registry=r)
+        self.leases = Gauge("fleet_leases_held", "slots the campaign holds now", registry=r)
+        self.budget = Gauge("fleet_lease_budget", "slots the campaign may hold now (its capacity budget)",
+                            registry=r)
+        self.last_tested = Gauge("fleet_orchestrator_last_tested_timestamp_seconds",
+                                 "when a session on the orchestrator last finished", ("orchestrator", "model"),
+                                 registry=r)
+        self._server: Any = None
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the exposition endpoint; returns the port (0 picks a free one)."""
+        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return self._server.server_port
+
+    def add(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        for row in rows:
+            labels = {"orchestrator": _orchestrator(row), "model": str(row.get("model") or ""),
+                      "region": str(row.get("region") or "")}
+            self.sessions.labels(**labels, outcome=row["outcome"]).inc()
+            if row["outcome"] == "skipped_no_capacity":
+                continue
+            if row.get("excused") and row["outcome"] == "failed":
+                self.excused.labels(**labels).inc()
+            for metric, key in ((self.startup, "startup_s"), (self.latency, "g2g_latency_ms"),
+                                (self.fps, "output_fps")):
+                value = row.get(key)
+                if value is not None:
+                    metric.labels(**labels).observe(float(value))
+            if labels["orchestrator"]:
+                self.last_tested.labels(orchestrator=labels["orchestrator"], model=labels["model"]).set(time.time())
+
+    def broker(self, state: Mapping[str, Any]) -> None:
+        if "leases" in state:
+            self.leases.set(state["leases"])
+        if "budget" in state:
+            self.budget.set(state["budget"])
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
