@@ -332,3 +332,34 @@ def test_the_tester_is_a_bottleneck_when_its_loop_lags_is_busy_or_stamped_most_f
     assert tester_bottleneck({**quiet, "tester_loop_busy_pct": 95.0})  # one core: the loop's thread, not the host
     assert tester_bottleneck({**quiet, "jitter_intervals": 40, "jitter_suspect_intervals": 60})
     assert not tester_bottleneck({"tester_loop_lag_ms_mean": None, "tester_loop_busy_pct": None})
+
+
+def test_the_sla_benchmark_is_the_stored_seven_day_history_once_it_spans_enough_days(tmp_path):
+    """Campaigns stored under date= partitions: four days of history give NaaP's benchmark (latency anchors
+    at the history's p50 / p90); one day does not, and the thresholds stay the benchmark."""
+    import datetime as dt
+
+    from fleet.results.verdict import history_baseline, sla_score
+    from fleet.scenario import SessionThresholds
+
+    today = dt.date(2026, 11, 22)
+    history = []
+    for d in range(4):
+        rows = session_rows(20, 100 + d, latency_scale=1.0 + d * 0.1)
+        history += rows
+        directory = write_campaign(tmp_path, f"h{d}", rows)
+        (directory / next(directory.glob("date=*")).name).rename(directory / f"date={today - dt.timedelta(days=d)}")
+    old = write_campaign(tmp_path, "old", session_rows(40, 200, latency_scale=5.0))  # 9 days ago: out of the window
+    (old / next(old.glob("date=*")).name).rename(old / f"date={today - dt.timedelta(days=9)}")
+    found = history_baseline(tmp_path, "streamdiffusion", today=today)
+    assert found is not None
+    rows, label = found
+    assert label == "7-day history (80 sessions over 4 days)" and len(rows) == 80
+    sla = sla_score(session_rows(10, 7), SessionThresholds(), rows, label)
+    lat = [r["g2g_latency_ms"] for r in history if r["g2g_latency_ms"] is not None]
+    assert sla["benchmark"] == label
+    assert sla["anchors"]["g2g_latency_ms"] == [round(float(np.percentile(lat, 50)), 3),
+                                               round(float(np.percentile(lat, 90)), 3)]
+    assert history_baseline(tmp_path, "streamdiffusion", today=today + dt.timedelta(days=5)) is None  # 2 days left
+    assert history_baseline(tmp_path, "other-model", today=today) is None
+    assert sla_score(session_rows(10, 7), SessionThresholds())["benchmark"] == "thresholds"

@@ -19,8 +19,9 @@ the coverage term of the SLA score.
   quality = 0.6 · (0.6 · ptff score + 0.4 · e2e score) + 0.4 · fps score. Component
   scores interpolate each session against a benchmark: 1 at or better than its p50 (fps:
   its p50), 0 at or worse than its p90 (fps: its p10). The network uses a 7-day
-  benchmark; the fleet uses a baseline campaign's sessions when given one, else the
-  scenario's own thresholds (p90 = the threshold, p50 = half of it; fps: p10 = the
+  benchmark; the fleet uses the stored 7-day history of the model when it spans enough days
+  (``history_baseline``), or a baseline campaign's sessions when given one, else the scenario's own
+  thresholds (p90 = the threshold, p50 = half of it; fps: p10 = the
   minimum, p50 = 1.25 × it). Coverage = counted sessions / (sessions − tester failures);
   startup success = a first frame arrived; output viability = output fps at least the
   scenario's minimum.
@@ -28,10 +29,12 @@ the coverage term of the SLA score.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,8 +42,8 @@ import numpy as np
 from fleet.metrics import METRICS, parse_aggregate
 from fleet.scenario import CheckSpec, Scenario, SessionThresholds
 
-__all__ = ["AbortWatch", "CheckResult", "Verdict", "counted", "evaluate", "evaluate_checks", "junit_xml",
-           "metric_value", "sla_score"]
+__all__ = ["AbortWatch", "CheckResult", "HISTORY_DAYS", "Verdict", "counted", "evaluate", "evaluate_checks",
+           "history_baseline", "junit_xml", "metric_value", "sla_score"]
 
 GROUP_COLUMNS = {"orchestrator": "orchestrator_address", "gpu": "gpu_name", "model": "model", "region": "region",
                  "prompt_category": "prompt_category"}
@@ -171,7 +174,7 @@ def _benchmark(t: SessionThresholds, baseline: list[dict[str, Any]] | None) -> d
 
 
 def sla_score(all_rows: list[dict[str, Any]], t: SessionThresholds,
-              baseline: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+              baseline: list[dict[str, Any]] | None = None, benchmark: str | None = None) -> dict[str, Any]:
     """The network's SLA score formula over this campaign's sessions (see the module doc)."""
     rows = counted(all_rows)
     eligible = [r for r in all_rows if r.get("error_phase") != "tester"]
@@ -195,7 +198,7 @@ def sla_score(all_rows: list[dict[str, Any]], t: SessionThresholds,
     return {"score": round(score, 2), "coverage": r3(coverage), "reliability": r3(reliability),
             "quality": r3(quality), "startup_success": r3(startup_success), "no_swap_rate": r3(no_swap),
             "output_viability": r3(viable), "ptff_score": r3(ptff), "e2e_score": r3(e2e), "fps_score": r3(fps),
-            "benchmark": "baseline" if baseline else "thresholds",
+            "benchmark": (benchmark or "baseline") if baseline else "thresholds",
             "anchors": {k: [round(a, 3), round(b, 3)] for k, (a, b) in bench.items()}}
 
 
@@ -238,14 +241,53 @@ class AbortWatch:
         return None
 
 
+HISTORY_DAYS = 7           # NaaP's SLA benchmark window
+HISTORY_MIN_DAYS = 3       # the stored results must span this many days of it ...
+HISTORY_MIN_SESSIONS = 30  # ... and hold this many counted sessions of the model
+
+
+def history_baseline(results_dir: str | Path, model: str, today: dt.date | None = None,
+                     exclude: str | None = None) -> tuple[list[dict[str, Any]], str] | None:
+    """The model's counted sessions of the last ``HISTORY_DAYS`` days under ``results_dir`` (every campaign's
+    ``date=`` partitions but ``exclude``), and a label for the report; None when they span fewer than
+    ``HISTORY_MIN_DAYS`` days or hold fewer than ``HISTORY_MIN_SESSIONS`` sessions."""
+    import pyarrow.parquet as pq
+
+    from fleet.results.sink import SESSIONS
+
+    today = today or dt.datetime.now(dt.timezone.utc).date()
+    first = today - dt.timedelta(days=HISTORY_DAYS - 1)
+    rows: list[dict[str, Any]] = []
+    days: set[str] = set()
+    columns = ["model", "outcome", "error_phase", "excused", "startup_s", "g2g_latency_ms", "output_fps"]
+    for part in sorted(Path(results_dir).glob("campaign=*/date=*")):
+        if exclude and part.parent.name == f"campaign={exclude}":
+            continue
+        try:
+            day = dt.date.fromisoformat(part.name.split("=", 1)[1])
+        except ValueError:
+            continue
+        if not first <= day <= today:
+            continue
+        for f in sorted(part.glob("sessions-*.parquet")):
+            table = pq.read_table(f, schema=SESSIONS, columns=columns)
+            found = [r for r in counted(table.to_pylist()) if r["model"] == model]
+            if found:
+                rows += found
+                days.add(day.isoformat())
+    if len(days) < HISTORY_MIN_DAYS or len(rows) < HISTORY_MIN_SESSIONS:
+        return None
+    return rows, f"{HISTORY_DAYS}-day history ({len(rows)} sessions over {len(days)} days)"
+
+
 def evaluate(scenario: Scenario, all_rows: list[dict[str, Any]],
-             baseline: list[dict[str, Any]] | None = None) -> Verdict:
+             baseline: list[dict[str, Any]] | None = None, benchmark: str | None = None) -> Verdict:
     rows = counted(all_rows)
     results = evaluate_checks(scenario.checks, all_rows)
     good = lambda rs: round(sum(1 for r in rs if r["outcome"] == "ok") / len(rs), 4) if rs else None  # noqa: E731
     by = {name: {str(k[0]): good(v) for k, v in sorted(_groups(rows, (name,)).items(), key=lambda kv: str(kv[0]))}
           for name in GROUP_COLUMNS}
-    return Verdict(results, good(rows), by, sla_score(all_rows, scenario.workflow.thresholds, baseline),
+    return Verdict(results, good(rows), by, sla_score(all_rows, scenario.workflow.thresholds, baseline, benchmark),
                    len(all_rows), len(rows))
 
 

@@ -39,7 +39,7 @@ from fleet.prompts import render_params
 from fleet.results.clickhouse import ClickHouseError, ClickHouseSink
 from fleet.results.sink import ParquetSink
 from fleet.results.sketches import Sketches
-from fleet.results.verdict import AbortWatch, evaluate, junit_xml
+from fleet.results.verdict import AbortWatch, evaluate, history_baseline, junit_xml
 from fleet.results.writer import ResultsWriter
 from fleet.runtime.broker import read_capacity
 from fleet.scenario import Scenario, load_scenario
@@ -290,7 +290,8 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
                                                              "scenario": scenario.name,
                                                              "scenario_hash": plan.scenario_hash})
         _push(c, sink, {"summaries": summaries})
-        verdict = evaluate(scenario, c.rows)
+        history = history_baseline(out, scenario.workflow.pipeline, exclude=c.campaign_id)  # NaaP's 7 days
+        verdict = evaluate(scenario, c.rows, *(history or (None, None)))
         summary["quantiles"] = c.sketches.campaign_quantiles()
         summary["verdict"] = verdict.to_dict()
         summary["clickhouse"] = c.clickhouse_state
@@ -639,7 +640,7 @@ def _print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
                            str(ch["sessions"]), word)
         console.print(checks)
     console.print(f"goodput {fmt(verdict['goodput'])} · SLA score {fmt(verdict['sla'].get('score'))} "
-                  f"(coverage {fmt(verdict['sla'].get('coverage'))})")
+                  f"(coverage {fmt(verdict['sla'].get('coverage'))}; benchmark: {verdict['sla'].get('benchmark')})")
     if summary.get("degraded_by"):
         why = "; ".join(f"{reason}: " + ", ".join(f"{n} on {where}" for where, n in sorted(by.items()))
                         for reason, by in sorted(summary["degraded_by"].items()))
