@@ -142,7 +142,7 @@ def main() -> None:
     if args.bare_worker:
         bare_worker(args.bare_worker[0], int(args.bare_worker[1]), float(args.bare_worker[2]))
         return
-    from fleet.gateway.server import GatewayProcess
+    from fleet.gateway.process import GatewayProcess
 
     cpus = sorted(os.sched_getaffinity(0))
     run_cpu, gateway_cpu = cpus[0], cpus[-1]

@@ -232,7 +232,7 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    from fleet.gateway.server import GatewayProcess
+    from fleet.gateway.process import GatewayProcess
 
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
     unknown = sorted(set(codecs) - {"h264", "vp8"})

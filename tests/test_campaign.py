@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from fleet.gateway.config import default_config
-from fleet.gateway.server import GatewayProcess
+from fleet.gateway.process import GatewayProcess
 from fleet.results.sink import SESSIONS, read_sessions
 
 REPO = Path(__file__).resolve().parent.parent

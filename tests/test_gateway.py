@@ -19,7 +19,8 @@ import pytest
 
 from fleet.capacity import parse_network_capabilities
 from fleet.gateway.config import Delay, Fault, GatewayConfig, Gpu, GpuProfile, OrchestratorSpec
-from fleet.gateway.server import GatewayProcess, ReferenceGateway
+from fleet.gateway.process import GatewayProcess
+from fleet.gateway.server import ReferenceGateway
 from webrtc_client import Received, SyntheticTrack, whep_subscribe, whip_publish
 
 MODEL = "streamdiffusion"

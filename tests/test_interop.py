@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from fleet.gateway.config import default_config
-from fleet.gateway.server import GatewayProcess
+from fleet.gateway.process import GatewayProcess
 
 pytestmark = pytest.mark.slow
 

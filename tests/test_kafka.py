@@ -209,7 +209,7 @@ def test_a_campaign_feeds_every_session_to_kafka(broker, tmp_path):
     from pathlib import Path
 
     from fleet.gateway.config import default_config
-    from fleet.gateway.server import GatewayProcess
+    from fleet.gateway.process import GatewayProcess
     from fleet.results.sink import read_sessions
 
     repo = Path(__file__).resolve().parent.parent

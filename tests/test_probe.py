@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.gateway.config import Delay, Fault, GatewayConfig, Gpu, GpuProfile, OrchestratorSpec, default_config
-from fleet.gateway.server import GatewayProcess
+from fleet.gateway.process import GatewayProcess
 from fleet.media import synthetic_clip
 from fleet.probe.latency import align, lag_is_exact
 from fleet.probe.session import ProbeOptions, ProbeResult, ProbeSpec, PromptChange, run_probe

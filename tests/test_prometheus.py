@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from fleet.gateway.config import default_config
-from fleet.gateway.server import GatewayProcess
+from fleet.gateway.process import GatewayProcess
 from fleet.results.sink import read_sessions
 
 pytestmark = pytest.mark.slow

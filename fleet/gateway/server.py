@@ -1,8 +1,7 @@
 """The reference gateway's HTTP server: go-livepeer's routes, the Daydream and BYOC facades, truth endpoints.
 
-``ReferenceGateway`` runs in-process (``await start()`` / ``await stop()``);
-``GatewayProcess`` runs ``fleet gateway serve`` as a subprocess and waits for
-its readiness line. Routes, as go-livepeer registers them
+``ReferenceGateway`` runs in-process (``await start()`` / ``await stop()``;
+``fleet.gateway.process.GatewayProcess`` runs it as a subprocess). Routes, as go-livepeer registers them
 (server/ai_mediaserver.go ``startAIMediaServer``; docs/FIDELITY.md names the
 source of every behaviour):
 
@@ -26,28 +25,22 @@ import logging
 import os
 import re
 import secrets
-import selectors
 import signal
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from fleet.gateway.config import GatewayConfig, default_config
 from fleet.gateway.network import Network
+from fleet.gateway.process import READY_PREFIX, SHUTDOWN_TIMEOUT_S
 from fleet.gateway.stream import Stream
 from fleet.probe.looplag import LoopMonitor, quiet_gc
 from fleet.webrtc import IceServer, ice_link_headers, set_ice_failed_timeout
 
-__all__ = ["GatewayProcess", "ReferenceGateway", "READY_PREFIX"]
+__all__ = ["ReferenceGateway", "serve"]
 
 log = logging.getLogger(__name__)
 
-READY_PREFIX = "fleet gateway listening on "
-SHUTDOWN_TIMEOUT_S = 10.0
 MAX_CLOSED_STREAMS = 1000  # closed streams whose truth is kept; older ones are forgotten
 WHEP_WAIT_S = 60.0         # a WHEP request waits this long at most for the stream's first output
 SDP = "application/sdp"
@@ -352,53 +345,3 @@ async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> No
         ready.set()
     await stop.wait()
     await gateway.stop()
-
-
-class GatewayProcess:
-    """``fleet gateway serve`` in a subprocess; ``url`` once its readiness line is read."""
-
-    def __init__(self, config_path: str | Path | None = None, host: str = "127.0.0.1", port: int = 0,
-                 start_timeout_s: float = 30.0, config: GatewayConfig | None = None) -> None:
-        self.args = [sys.executable, "-m", "fleet", "gateway", "serve", "--host", host, "--port", str(port)]
-        self._tmp: tempfile.TemporaryDirectory | None = None
-        if config is not None:  # a config object: handed over as a JSON (hence YAML) file
-            self._tmp = tempfile.TemporaryDirectory(prefix="fleet-gateway-")
-            config_path = Path(self._tmp.name) / "gateway.json"
-            config_path.write_text(config.model_dump_json())
-        if config_path is not None:
-            self.args += ["--config", str(config_path)]
-        self.start_timeout_s = start_timeout_s
-        self.proc: subprocess.Popen | None = None
-        self.url: str | None = None
-
-    def __enter__(self) -> GatewayProcess:
-        # stderr is inherited: an unread pipe would block a chatty gateway once it filled
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        if not sel.select(self.start_timeout_s):
-            self.stop()
-            raise RuntimeError(f"the reference gateway did not start within {self.start_timeout_s:g} s")
-        line = self.proc.stdout.readline()
-        if not line.startswith(READY_PREFIX):
-            self.stop()
-            raise RuntimeError(f"the reference gateway failed to start (exit {self.proc.returncode}; "
-                               f"its stderr says why): {line.strip()}")
-        self.url = line[len(READY_PREFIX):].strip()
-        return self
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(SHUTDOWN_TIMEOUT_S + 5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()

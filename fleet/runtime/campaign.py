@@ -238,7 +238,7 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
     started_ray = False
     try:
         if opts.gateway_url is None and target.dialect == "reference" and not target.url and not target.region_urls:
-            from fleet.gateway.server import GatewayProcess
+            from fleet.gateway.process import GatewayProcess
 
             c.gateway_proc = GatewayProcess().__enter__()
             print(f"fleet: reference gateway at {c.gateway_proc.url}", flush=True)

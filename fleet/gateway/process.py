@@ -1,0 +1,71 @@
+"""The reference gateway as a subprocess (``fleet gateway serve``), for tests, benchmarks and local
+campaigns. Importing this module loads no WebRTC or HTTP server code."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fleet.gateway.config import GatewayConfig
+
+__all__ = ["GatewayProcess", "READY_PREFIX", "SHUTDOWN_TIMEOUT_S"]
+
+READY_PREFIX = "fleet gateway listening on "  # the line `fleet gateway serve` prints once it accepts requests
+SHUTDOWN_TIMEOUT_S = 10.0                       # the gateway closes every peer connection within this on SIGTERM
+
+
+class GatewayProcess:
+    """``fleet gateway serve`` in a subprocess; ``url`` once its readiness line is read."""
+
+    def __init__(self, config_path: str | Path | None = None, host: str = "127.0.0.1", port: int = 0,
+                 start_timeout_s: float = 30.0, config: GatewayConfig | None = None) -> None:
+        self.args = [sys.executable, "-m", "fleet", "gateway", "serve", "--host", host, "--port", str(port)]
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if config is not None:  # a config object: handed over as a JSON (hence YAML) file
+            self._tmp = tempfile.TemporaryDirectory(prefix="fleet-gateway-")
+            config_path = Path(self._tmp.name) / "gateway.json"
+            config_path.write_text(config.model_dump_json())
+        if config_path is not None:
+            self.args += ["--config", str(config_path)]
+        self.start_timeout_s = start_timeout_s
+        self.proc: subprocess.Popen | None = None
+        self.url: str | None = None
+
+    def __enter__(self) -> GatewayProcess:
+        # stderr is inherited: an unread pipe would block a chatty gateway once it filled
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        if not sel.select(self.start_timeout_s):
+            self.stop()
+            raise RuntimeError(f"the reference gateway did not start within {self.start_timeout_s:g} s")
+        line = self.proc.stdout.readline()
+        if not line.startswith(READY_PREFIX):
+            self.stop()
+            raise RuntimeError(f"the reference gateway failed to start (exit {self.proc.returncode}; "
+                               f"its stderr says why): {line.strip()}")
+        self.url = line[len(READY_PREFIX):].strip()
+        return self
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(SHUTDOWN_TIMEOUT_S + 5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
