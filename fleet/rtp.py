@@ -32,19 +32,28 @@ from aiortc import RTCRtpReceiver
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
 __all__ = ["FrameTap", "TapFrame", "VIDEO_CLOCK", "H264Depacketizer", "annexb_nal_types", "h264_is_keyframe",
-           "unwrap32", "vp8_is_keyframe"]
+           "unwrap16", "unwrap32", "vp8_is_keyframe"]
 
 VIDEO_CLOCK = 90_000  # RTP clock rate of video
 
 
-def unwrap32(previous: int | None, value: int) -> int:
-    """Unwrap a 32-bit RTP timestamp against the previous unwrapped value."""
+def _unwrap(previous: int | None, value: int, bits: int) -> int:
     if previous is None:
         return value
-    delta = (value - previous) & 0xFFFFFFFF
-    if delta >= 1 << 31:
-        delta -= 1 << 32
+    delta = (value - previous) & ((1 << bits) - 1)
+    if delta >= 1 << (bits - 1):
+        delta -= 1 << bits
     return previous + delta
+
+
+def unwrap32(previous: int | None, value: int) -> int:
+    """Unwrap a 32-bit RTP timestamp against the previous unwrapped value."""
+    return _unwrap(previous, value, 32)
+
+
+def unwrap16(previous: int | None, value: int) -> int:
+    """Unwrap a 16-bit RTP sequence number against the previous unwrapped value."""
+    return _unwrap(previous, value, 16)
 
 
 def vp8_is_keyframe(frame_data: bytes) -> bool:

@@ -38,7 +38,7 @@ from fleet.gateway.config import Fault
 from fleet.gateway.network import Lease
 from fleet.gateway.runner_state import RunnerClock, runner_state
 from fleet.gateway.transform import apply_look, look_for, prompt_cost
-from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame
+from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame, unwrap16
 from fleet.webrtc import codecs_named, new_peer_connection
 
 if TYPE_CHECKING:
@@ -82,10 +82,15 @@ class OutputTrack(MediaStreamTrack):
         # truth: (output pts on the RTP clock, loop time its last packet left) per frame sent to this viewer
         self.egress: deque[tuple[int, float]] = deque(maxlen=MAX_TRUTH_FRAMES)
         self.main_pt: int | None = None   # the media payload type (any other is a retransmission)
-        self.packets_sent = 0             # distinct media packets (sequence numbers) sent to this viewer
+        self.seq_first: int | None = None  # media sequence numbers sent to this viewer: first and highest,
+        self.seq_highest: int | None = None  # unwrapped (first transmissions are consecutive)
         self.packets_dropped = 0          # transmissions the packet_loss fault dropped (a NACK may resend)
         self.undelivered: set[int] = set()  # sequence numbers dropped and not (yet) delivered by a resend
-        self._seqs_seen: set[int] = set()
+
+    @property
+    def packets_sent(self) -> int:
+        """Distinct media packets sent (a retransmission reuses its sequence number)."""
+        return 0 if self.seq_first is None else self.seq_highest - self.seq_first + 1
 
     def push(self, packet: av.Packet | None, keyframe: bool = False) -> None:
         if packet is not None and not self.started:
@@ -176,6 +181,7 @@ class Stream:
         self.params_update: float | None = None
         self.last_due = 0.0
         self.media_anchor: float | None = None  # loop time of media time 0 at the runner (see _ready_at)
+        self.lossy = False                    # a packet_loss fault applies (set at selection)
         self.busy_until = float("-inf")       # the runner finishes its current frame then
         self.queue_free_at = float("-inf")    # the frame waiting in its one-frame input queue starts then
         self.start_at = 0.0                   # when the admitted frame's inference starts
@@ -335,10 +341,11 @@ class Stream:
             if pt >= 96 and (track.main_pt is None or pt == track.main_pt):
                 track.main_pt = pt
                 seq = int.from_bytes(data[2:4], "big")
-                if seq not in track._seqs_seen:
-                    track._seqs_seen.add(seq)
-                    track.packets_sent += 1
-                loss = self._active("packet_loss")
+                unwrapped = unwrap16(track.seq_highest, seq)
+                track.seq_highest = max(unwrapped, track.seq_highest if track.seq_highest is not None else unwrapped)
+                if track.seq_first is None:
+                    track.seq_first = unwrapped
+                loss = self._active("packet_loss") if self.lossy else None
                 if loss is not None and self.rng.random() < loss.loss_pct / 100:
                     track.packets_dropped += 1
                     track.undelivered.add(seq)
@@ -394,6 +401,7 @@ class Stream:
         o = lease.orchestrator
         self.faults = net.faults_for(o.address, o.uri, kinds=tuple(k for k in _JOB_FAULTS + _RUN_FAULTS))
         kinds = {f.kind: f for f in self.faults}
+        self.lossy = "packet_loss" in kinds  # checked per packet: the fault list only when it can matter
         self.event("orchestrator_selected", orchestrator=o.address, url=o.uri, gpu=lease.gpu_id,
                    cold_start=lease.cold_start, faults=sorted(kinds))
         if "signaling_error" in kinds:

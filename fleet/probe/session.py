@@ -389,8 +389,7 @@ class _Probe:
         if steps >= 3 and steps != self.aligned_at_steps:  # align again only when a new step was seen
             self.aligned_at_steps = steps
             exact = self._align()
-        if exact or time.monotonic() - self.t0 > self.opt.calibrate_max_s:
-            # found, or given up: decoding goes back to short windows either way (no method: no latency)
+        if exact:  # found: decoding goes back to short windows (giving up is _want_decode's, on the clock)
             self.calibrating = False
             self.event("latency_aligned", method=self.r.latency_method, steps=steps, exact=exact)
 
@@ -758,8 +757,8 @@ class _Probe:
         lag = self.loop_monitor.since(self.lag_mark)
         r.tester_loop_lag_ms_mean, r.tester_loop_lag_ms_max, r.tester_loop_busy_pct = \
             lag.mean_ms, lag.max_ms, lag.busy_pct
+        suspect = self.loop_monitor.suspect_windows(a[0], a[-1]) if a else []
         if len(a) >= 2:
-            suspect = self.loop_monitor.suspect_windows(a[0], a[-1])
             timing = analyse(a, end=None if self.broken.is_set() else end, suspect=suspect)
             r.output_fps, r.jitter_coeff = timing.output_fps, timing.jitter_coeff
             r.jitter_coeff_p50, r.jitter_coeff_p95 = timing.jitter_coeff_p50, timing.jitter_coeff_p95
@@ -769,8 +768,7 @@ class _Probe:
         self._per_second()
         if self.opt.keep_timeline:
             r.timeline = list(zip(self.out_ts, self.arrivals))
-            if a:
-                r.timeline_suspect = suspect_frames(a, self.loop_monitor.suspect_windows(a[0], a[-1]))
+            r.timeline_suspect = suspect_frames(a, suspect)
         self.loop_monitor.release()
         return r
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -100,7 +99,6 @@ class KafkaFeed:
             conf["security.protocol"] = "SSL"
         self.topic = cfg.topic
         self._producer = Producer(conf)
-        self._lock = threading.Lock()
         self.produced = self.delivered = self.failed = self.dropped = 0
         self.last_error: str | None = None
 
@@ -108,13 +106,12 @@ class KafkaFeed:
         self.last_error = str(err)  # librdkafka's words name brokers and codes, never credentials
         log.warning("kafka: %s", err)
 
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
-        with self._lock:
-            if err is None:
-                self.delivered += 1
-            else:
-                self.failed += 1
-                self.last_error = str(err)
+    def _on_delivery(self, err: Any, _msg: Any) -> None:  # run by poll() / flush(), on the caller's thread
+        if err is None:
+            self.delivered += 1
+        else:
+            self.failed += 1
+            self.last_error = str(err)
 
     def publish(self, rows: Iterable[Mapping[str, Any]]) -> None:
         for key, value in messages(rows):
