@@ -103,7 +103,8 @@ def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gatew
     junit = (tmp_path / "junit.xml").read_text()
     assert 'failures="1"' in junit and "p50(g2g_latency_ms) &lt;= 1 [region=local]" in junit
     report = Path(summary["report"]).read_text()
-    assert report.count("<svg") == 5 and "BREACH" in report
+    # the failure taxonomy has a plot only when some session was not ok (healthy GPUs give none)
+    assert report.count("<svg") == 4 + any(r["outcome"] != "ok" for r in rows) and "BREACH" in report
     assert summary["clickhouse"]["error"] is None and summary["clickhouse"]["rows"] > 2
     from fleet.results.clickhouse import ClickHouseSink
     from fleet.scenario import ClickHouseOut
