@@ -230,7 +230,7 @@ def test_a_freeze_an_fps_drop_and_packet_loss_match_the_truth():
               Fault(kind="fps_drop", orchestrator="half.truth", fps_factor=0.5, probability=1.0),
               # for 5 s of the 8 s session: every drop falls inside the probe's own window, with time left for
               # NACK repair, so the gateway's count and the probe's cover the same packets
-              Fault(kind="packet_loss", orchestrator="lossy.truth", loss_pct=5.0, duration_s=5.0, probability=1.0))
+              Fault(kind="packet_loss", orchestrator="lossy.truth", loss_pct=10.0, duration_s=5.0, probability=1.0))
     cfg = GatewayConfig(profiles={"p": profile}, orchestrators=orchs, faults=faults, port=0)
     with GatewayProcess(config=cfg) as proc:
         async def main():
@@ -248,7 +248,9 @@ def test_a_freeze_an_fps_drop_and_packet_loss_match_the_truth():
         # delivered (the probe counts sequence numbers never received: loss after repair)
         (viewer,) = truth(proc.url, lossy.stream_id)["viewers"]
         true_loss = 100 * viewer["packets_lost"] / viewer["packets_sent"]
-        assert viewer["packets_dropped"] >= 3, viewer  # the fault did drop (5 % of ~150 packets in its 5 s)
+        # the fault did drop: 10 % of the ~100 packets the viewer gets inside the fault's 5 s (the first second
+        # goes to awaiting a keyframe); fewer than 2 happens by chance once in ~3000 runs (5 % failed one in ~12)
+        assert viewer["packets_dropped"] >= 2, viewer
         assert true_loss > 0 and abs(lossy.packet_loss_pct - true_loss) <= 1.0, (lossy.packet_loss_pct, true_loss)
         assert lossy.outcome in ("ok", "degraded")  # lost packets are repaired or the frame skipped; it plays on
 

@@ -162,6 +162,7 @@ def main() -> int:
     def on_pad(_webrtc, pad: Gst.Pad) -> None:
         if pad.direction != Gst.PadDirection.SRC:
             return
+        result["viewer_pads"] = result.get("viewer_pads", 0) + 1
         bin_ = Gst.parse_bin_from_description(
             "rtph264depay ! h264parse ! avdec_h264 ! fakesink name=out signal-handoffs=true sync=false", True)
         viewer.add(bin_)
@@ -171,17 +172,30 @@ def main() -> int:
 
     view_webrtc.connect("pad-added", on_pad)
 
+    def states(name: str, webrtc: Gst.Element) -> None:
+        """Record each peer's ICE and peer-connection state changes, so a viewer that decoded nothing
+        says where it stopped."""
+        for prop in ("ice-connection-state", "connection-state"):
+            seen = result.setdefault(f"{name}_{prop.replace('-', '_')}", [])
+
+            def changed(element: Gst.Element, _pspec, prop=prop, seen=seen) -> None:
+                seen.append(f"{element.get_property(prop).value_nick}@{time.monotonic() - t0:.2f}")
+            webrtc.connect(f"notify::{prop}", changed)
+
+    states("viewer", view_webrtc)
+    states("publisher", pub_webrtc)
+
     def stop() -> bool:
         loop.quit()
         return False
 
     def viewer_answered(peer: Peer) -> None:
-        result["whep_status"] = peer.status
+        result["whep_status"], result["whep_answered_s"] = peer.status, round(time.monotonic() - t0, 3)
         if peer.status != 201:
             result["whep_body"] = peer.body.strip()[:200]
 
     def publisher_answered(peer: Peer) -> None:
-        result["whip_status"] = peer.status
+        result["whip_status"], result["whip_answered_s"] = peer.status, round(time.monotonic() - t0, 3)
         result["whip_location"] = bool(peer.headers.get("Location"))
         playback = peer.headers.get("Livepeer-Playback-URL")
         result["playback_url"] = playback
