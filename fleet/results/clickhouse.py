@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from fleet.errors import FleetError, InputError
-from fleet.results.sink import TABLES, read_manifest
+from fleet.results.sink import TABLES, conform, read_manifest
 from fleet.scenario import ClickHouseOut
 
 __all__ = ["ClickHouseError", "ClickHouseSink", "ddl", "push_campaign"]
@@ -149,8 +149,10 @@ class ClickHouseSink:
                 delay *= 2
         return 0
 
-    def insert_batch(self, campaign_id: str, seq: int, tables: dict[str, pa.Table]) -> int:
-        return sum(self.insert(kind, t, f"{campaign_id}/{kind}-{seq:05d}") for kind, t in tables.items())
+    def insert_batch(self, campaign_id: str, seq: int, tables: dict[str, pa.Table], tag: str | None = None) -> int:
+        """One batch; its dedup token is its Parquet file's name (so `fleet results push` repeats it)."""
+        name = f"{tag}-{seq:05d}" if tag else f"{seq:05d}"
+        return sum(self.insert(kind, t, f"{campaign_id}/{kind}-{name}") for kind, t in tables.items())
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> pa.Table:
         try:
@@ -170,8 +172,6 @@ def push_campaign(campaign_dir: str | Path, sink: ClickHouseSink) -> dict[str, i
         raise InputError(f"{d}: not a campaign directory (no campaign.json with a campaign_id)")
     counts = {kind: 0 for kind in TABLES}
     for kind, schema in TABLES.items():
-        for f in sorted(d.glob(f"date=*/{kind}-*.parquet")):
-            seq = int(f.stem.rsplit("-", 1)[1])
-            counts[kind] += sink.insert(kind, pq.read_table(f, schema=schema),
-                                        f"{manifest['campaign_id']}/{kind}-{seq:05d}")
+        for f in sorted(d.glob(f"date=*/**/{kind}-*.parquet")):
+            counts[kind] += sink.insert(kind, conform(pq.read_table(f), schema), f"{manifest['campaign_id']}/{f.stem}")
     return counts

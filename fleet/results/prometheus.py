@@ -11,7 +11,11 @@ session id):
   ``fleet_output_fps`` histograms, per orchestrator, model and region, over the sessions that ran;
 - ``fleet_leases_held`` and ``fleet_lease_budget``: the broker's slots in use against its budget;
 - ``fleet_orchestrator_last_tested_timestamp_seconds{orchestrator, model}``: when a session on the
-  orchestrator last finished (coverage age = ``time() - that``).
+  orchestrator last finished (coverage age = ``time() - that``);
+- the monitor's coverage (``fleet monitor``): ``fleet_coverage_age_seconds{orchestrator, model}``
+  (since its last test started; an orchestrator never tested is absent),
+  ``fleet_coverage_targets{model}`` and ``fleet_coverage_overdue{model}``, and its daily budget as
+  ``fleet_budget_slot_seconds{model, kind="daily"|"used"}``.
 
 ``outputs.prometheus: {host, port}`` starts the endpoint; ``linger_s`` keeps it up that long after
 the campaign so a scraper reads the final counts.
@@ -57,6 +61,14 @@ class CampaignMetrics:
         self.last_tested = Gauge("fleet_orchestrator_last_tested_timestamp_seconds",
                                  "when a session on the orchestrator last finished", ("orchestrator", "model"),
                                  registry=r)
+        self.coverage_age = Gauge("fleet_coverage_age_seconds", "since the orchestrator's last test started",
+                                  ("orchestrator", "model"), registry=r)
+        self.coverage_targets = Gauge("fleet_coverage_targets", "orchestrators the monitor covers", ("model",),
+                                      registry=r)
+        self.coverage_overdue = Gauge("fleet_coverage_overdue", "orchestrators past their period", ("model",),
+                                      registry=r)
+        self.budget_s = Gauge("fleet_budget_slot_seconds", "the monitor's daily budget and what it used today",
+                              ("model", "kind"), registry=r)
         self._server: Any = None
 
     def serve(self, host: str, port: int) -> int:
@@ -86,6 +98,17 @@ class CampaignMetrics:
             self.leases.set(state["leases"])
         if "budget" in state:
             self.budget.set(state["budget"])
+
+    def coverage(self, status: Mapping[str, Any], model: str) -> None:
+        """The monitor's coverage (fleet.coverage.Coverage.status)."""
+        self.coverage_age.clear()  # orchestrators that left the network leave the series too
+        for orchestrator, age in status["ages_s"].items():
+            if age is not None:
+                self.coverage_age.labels(orchestrator=orchestrator, model=model).set(age)
+        self.coverage_targets.labels(model=model).set(status["targets"])
+        self.coverage_overdue.labels(model=model).set(len(status["overdue"]))
+        self.budget_s.labels(model=model, kind="daily").set(status["budget_s"])
+        self.budget_s.labels(model=model, kind="used").set(status["used_s"])
 
     def close(self) -> None:
         if self._server is not None:

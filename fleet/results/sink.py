@@ -1,7 +1,9 @@
 """Session results to Parquet as they arrive: one small file per batch, written atomically.
 
 Layout (hive-partitioned): ``DIR/campaign=ID/date=YYYY-MM-DD/{sessions,samples,events}-NNNNN.parquet``
-plus ``DIR/campaign=ID/campaign.json``. Every file is written to a temporary
+plus ``DIR/campaign=ID/campaign.json``. The monitor partitions by hour as well and names each file
+after its run (``date=YYYY-MM-DD/hour=HH/sessions-RUN-NNNNN.parquet``), so its restarts add to one
+directory without overwriting. Every file is written to a temporary
 name and renamed, so a killed campaign leaves only complete files, and every
 session that finished before the kill is in one of them.
 """
@@ -21,7 +23,7 @@ from fleet import __version__
 from fleet.errors import InputError
 
 __all__ = ["EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_FIELDS", "SUMMARIES", "TABLES", "ParquetSink",
-           "find_campaign", "read_manifest", "read_sessions", "read_table"]
+           "conform", "find_campaign", "read_manifest", "read_sessions", "read_table"]
 
 # 2: gpu_id, gpu_name on every row; summaries table
 # 3: the network's join keys (request_id, stream_name, pipeline_id), excused failures, the gateway's own
@@ -29,7 +31,8 @@ __all__ = ["EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_FIELDS", 
 #    glass-to-glass, not NaaP's server-side session e2e latency)
 # 4: steady-state jitter with windowed p50/p95 and the intervals it used / left out as the tester's own
 #    stalls; tester_loop_busy_pct; tester_cpu_pct per session (it was since the last call, by any session)
-SCHEMA_VERSION = 4
+# 5: target_orchestrator (the orchestrator the session was aimed at: the monitor's coverage key)
+SCHEMA_VERSION = 5
 
 # the identity every row carries
 _IDS = [("campaign_id", pa.string()), ("run_id", pa.string()), ("scenario", pa.string()),
@@ -41,7 +44,8 @@ _IDS = [("campaign_id", pa.string()), ("run_id", pa.string()), ("scenario", pa.s
 
 SESSION_FIELDS = _IDS + [
     ("dialect", pa.string()), ("stream_id", pa.string()), ("stream_name", pa.string()), ("request_id", pa.string()),
-    ("pipeline_id", pa.string()), ("codec", pa.string()), ("planned_start_s", pa.float64()),
+    ("pipeline_id", pa.string()), ("codec", pa.string()), ("target_orchestrator", pa.string()),
+    ("planned_start_s", pa.float64()),
     ("started_at", pa.timestamp("ms", tz="UTC")), ("duration_s", pa.float64()),
     ("outcome", pa.string()), ("error_phase", pa.string()), ("error_class", pa.string()),
     ("error_detail", pa.string()), ("excused", pa.bool_()), ("gateway_error", pa.string()),
@@ -78,9 +82,12 @@ TABLES = {"sessions": SESSIONS, "samples": SAMPLES, "events": EVENTS, "summaries
 
 
 class ParquetSink:
-    def __init__(self, root: str | Path, campaign_id: str, manifest: dict[str, Any]) -> None:
+    def __init__(self, root: str | Path, campaign_id: str, manifest: dict[str, Any], hourly: bool = False,
+                 run_tag: str | None = None) -> None:
         self.dir = Path(root) / f"campaign={campaign_id}"
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.hourly = hourly
+        self.run_tag = run_tag
         self.seq = 0
         self.rows = 0
         self.manifest = {**manifest, "campaign_id": campaign_id, "schema_version": SCHEMA_VERSION,
@@ -93,11 +100,16 @@ class ParquetSink:
         tmp.write_text(json.dumps(obj, indent=2, default=str))
         os.replace(tmp, path)
 
-    def _write(self, kind: str, table: pa.Table, day: str) -> None:
-        part = self.dir / f"date={day}"
-        part.mkdir(exist_ok=True)
-        path = part / f"{kind}-{self.seq:05d}.parquet"
-        tmp = part / f".{kind}-{self.seq:05d}.parquet.tmp"
+    def _partition(self) -> Path:
+        now = dt.datetime.now(dt.timezone.utc)
+        part = self.dir / f"date={now:%Y-%m-%d}"
+        return part / f"hour={now:%H}" if self.hourly else part
+
+    def _write(self, kind: str, table: pa.Table, part: Path) -> None:
+        part.mkdir(parents=True, exist_ok=True)
+        name = f"{kind}-{self.run_tag}-{self.seq:05d}" if self.run_tag else f"{kind}-{self.seq:05d}"
+        path = part / f"{name}.parquet"
+        tmp = part / f".{name}.parquet.tmp"
         pq.write_table(table, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -108,7 +120,7 @@ class ParquetSink:
         if not rows:
             return {}
         self.seq += 1
-        day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+        part = self._partition()
         ids = [{k: r.get(k) for k, _ in _IDS} for r in rows]
         sessions = []
         for r in rows:
@@ -124,30 +136,42 @@ class ParquetSink:
         tables = {"sessions": pa.Table.from_pylist(sessions, SESSIONS),
                   "samples": pa.Table.from_pylist(samples, SAMPLES), "events": pa.Table.from_pylist(events, EVENTS)}
         for kind, table in tables.items():
-            self._write(kind, table, day)
+            self._write(kind, table, part)
         self.rows += len(rows)
         return tables
 
     def write_summaries(self, rows: list[dict[str, Any]], ids: dict[str, Any]) -> pa.Table:
         """The campaign's per-region sketches (fleet.results.sketches), written once at the end."""
         self.seq += 1
-        day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
         table = pa.Table.from_pylist([{**ids, "fleet_version": __version__, "schema_version": SCHEMA_VERSION, **r}
                                       for r in rows], SUMMARIES)
-        self._write("summaries", table, day)
+        self._write("summaries", table, self._partition())
         return table
 
     def close(self, summary: dict[str, Any]) -> None:
         self._write_json(self.dir / "campaign.json", {**self.manifest, **summary})
 
+    def progress(self, status: dict[str, Any]) -> None:
+        """The manifest with the run's live status (what a dashboard shows of a running monitor)."""
+        self._write_json(self.dir / "campaign.json", {**self.manifest, "live": status})
+
 
 def read_table(campaign_dir: str | Path, kind: str) -> pa.Table:
     """One of the campaign's tables (sessions, samples, events, summaries), all its batch files."""
     schema = TABLES[kind]
-    files = sorted(Path(campaign_dir).glob(f"date=*/{kind}-*.parquet"))
+    files = sorted(Path(campaign_dir).glob(f"date=*/**/{kind}-*.parquet"))  # daily, or daily/hourly
     if not files:
         return schema.empty_table()
-    return pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
+    return pa.concat_tables([conform(pq.read_table(f), schema) for f in files])
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A batch written by an older fleet, in the current schema: columns it lacks are nulls."""
+    if table.schema.equals(schema, check_metadata=False):
+        return table
+    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def read_sessions(campaign_dir: str | Path) -> pa.Table:

@@ -269,7 +269,7 @@ def history_baseline(results_dir: str | Path, model: str, today: dt.date | None 
             continue
         if not first <= day <= today:
             continue
-        for f in sorted(part.glob("sessions-*.parquet")):
+        for f in sorted(part.glob("**/sessions-*.parquet")):
             table = pq.read_table(f, schema=SESSIONS, columns=columns)
             found = [r for r in counted(table.to_pylist()) if r["model"] == model]
             if found:

@@ -97,8 +97,10 @@ class SlotBroker:
         by_fraction = int(self.policy.max_fraction * snap.total + 1e-9)
         return max(0, min(by_fraction, idle_without_us - self.policy.idle_reserve))
 
-    def lease(self, holder: str, preferred: str | None = None, duration_s: float | None = None) -> Lease | None:
-        """A slot for one session, or None (the session is then skipped for capacity)."""
+    def lease(self, holder: str, preferred: str | None = None, duration_s: float | None = None,
+              strict: bool = False) -> Lease | None:
+        """A slot for one session, or None (the session is then skipped for capacity). ``strict``: on the
+        preferred orchestrator (address or URI) only."""
         self._expire()
         if len(self.leases) >= self.budget():
             self.refused += 1
@@ -110,9 +112,11 @@ class SlotBroker:
             if lease.key:
                 running[lease.key] = running.get(lease.key, 0) + 1
         if not self.snapshot.orchestrators:
-            return self._lease_anonymous(holder, preferred, now, ttl, running)
+            return self._lease_anonymous(holder, preferred, now, ttl, running, strict)
         candidates = []
         for o in self.snapshot.orchestrators:
+            if strict and preferred not in (o.address, o.uri):
+                continue
             mine = running.get(o.key, 0)
             if not self._eligible(o.address, o.uri) or mine >= self.policy.max_per_orchestrator:
                 continue
@@ -132,7 +136,7 @@ class SlotBroker:
         return lease
 
     def _lease_anonymous(self, holder: str, preferred: str | None, now: float, ttl: float,
-                         running: dict[str, int]) -> Lease | None:
+                         running: dict[str, int], strict: bool = False) -> Lease | None:
         """Slots whose orchestrator is unknown: the gateway picks, or, with discovered targets, the least
         recently started target under its cap and out of its stagger (the gateway matches it by URI)."""
         uri = None
@@ -140,7 +144,8 @@ class SlotBroker:
             p = self.policy
             candidates = [u for u in self.snapshot.targets if self._eligible("", u)
                           and running.get(u, 0) < p.max_per_orchestrator
-                          and now - self.last_start.get(u, -1e9) >= p.stagger_s]
+                          and now - self.last_start.get(u, -1e9) >= p.stagger_s
+                          and (not strict or u == preferred)]
             if not candidates:
                 self.refused += 1
                 return None
@@ -227,10 +232,10 @@ class BrokerActor:
         if self._task is None and self.refresh_s is not None:
             self._task = asyncio.ensure_future(self._refresh())
 
-    async def lease(self, holder: str, preferred: str | None = None,
-                    duration_s: float | None = None) -> dict[str, Any] | None:
+    async def lease(self, holder: str, preferred: str | None = None, duration_s: float | None = None,
+                    strict: bool = False) -> dict[str, Any] | None:
         self._ensure_refresh()
-        lease = self.broker.lease(holder, preferred, duration_s)
+        lease = self.broker.lease(holder, preferred, duration_s, strict)
         return None if lease is None else {"id": lease.id, "orchestrator": lease.orchestrator,
                                            "orchestrator_uri": lease.orchestrator_uri}
 
@@ -243,3 +248,8 @@ class BrokerActor:
     async def state(self) -> dict[str, Any]:
         self._ensure_refresh()
         return {**self.broker.state(), "refreshes": self.refreshes}
+
+    async def snapshot(self) -> CapacitySnapshot:
+        """The capacity it leases against now (the monitor's targets come from it)."""
+        self._ensure_refresh()
+        return self.broker.snapshot

@@ -42,6 +42,7 @@ from fleet.results.sketches import Sketches
 from fleet.results.verdict import AbortWatch, evaluate, history_baseline, junit_xml
 from fleet.results.writer import ResultsWriter
 from fleet.runtime.broker import read_capacity
+from fleet.runtime.executor import STOP_GRACE_S, Finished
 from fleet.scenario import Scenario, load_scenario
 
 __all__ = ["CampaignOptions", "run_campaign"]
@@ -50,12 +51,9 @@ log = logging.getLogger("fleet.run")
 
 EXIT_OK, EXIT_BREACH, EXIT_TESTER, EXIT_INTERRUPTED = 0, 3, 4, 130
 HEAVY = ("latency_samples", "per_second", "events", "status_samples")  # kept in Parquet, not in the driver's memory
-STOP_GRACE_S = 10.0
-REAPED = "; the driver stopped its stream"
 POLL_S = 0.2
 STATE_EVERY_S = 2.0  # the broker's state for the Prometheus gauges this often
 STARVE_STEP_S = 2 * POLL_S  # at most this much of one dispatch pass counts as a due session's wait
-RUNNER_CPU = 0.1  # a runner's CPU request: the region resource places it, CPUs are its sessions'
 
 
 @dataclass
@@ -87,7 +85,6 @@ class Campaign:
     urls: dict[str, str] = field(default_factory=dict)
     stop_signal: int | None = None
     rows: list[dict[str, Any]] = field(default_factory=list)
-    broker: Any = None
     sketches: Sketches = field(default_factory=Sketches)
     clickhouse: Any = None
     clickhouse_state: dict[str, Any] | None = None
@@ -123,7 +120,7 @@ def _identity(c: Campaign, plan: Plan, s: PlannedSession, region: str) -> dict[s
             "planned_start_s": s.start_s, "gateway": c.urls.get(region)}
 
 
-def _with_gpu(c: Campaign, row: dict[str, Any]) -> dict[str, Any]:
+def with_gpu(c: Campaign, row: dict[str, Any]) -> dict[str, Any]:
     """Fill the GPU from the capacity snapshot when the gateway's status named none: its name when
     all the orchestrator's GPUs are one model, its id when it has one GPU."""
     url, address = row.get("orchestrator_url"), row.get("orchestrator_address")
@@ -140,15 +137,17 @@ def _with_gpu(c: Campaign, row: dict[str, Any]) -> dict[str, Any]:
 
 def _result_row(c: Campaign, plan: Plan, live: _Live, row: dict[str, Any]) -> dict[str, Any]:
     """A runner's result with the campaign's identity columns."""
-    return _with_gpu(c, {**row, **_identity(c, plan, live.session, live.region), "session_id": live.job["session_id"],
-                         "orchestrator_address": row.get("orchestrator_address") or live.job["orchestrator"]})
+    return with_gpu(c, {**row, **_identity(c, plan, live.session, live.region), "session_id": live.job["session_id"],
+                         "orchestrator_address": row.get("orchestrator_address") or live.job["orchestrator"],
+                         "target_orchestrator": live.job.get("orchestrator_uri") or live.job.get("orchestrator")})
 
 
 def _failed_row(c: Campaign, plan: Plan, live: _Live, outcome: str, phase: str, error: str, detail: str) -> dict:
-    return _with_gpu(c, {**_identity(c, plan, live.session, live.region), "session_id": live.job["session_id"],
+    return with_gpu(c, {**_identity(c, plan, live.session, live.region), "session_id": live.job["session_id"],
             "dialect": c.scenario.target.dialect, "outcome": outcome, "error_phase": phase, "error_class": error,
             "error_detail": detail, "started_unix": time.time(), "duration_s": 0.0,
-            "orchestrator_address": live.session.orchestrator})
+            "orchestrator_address": live.session.orchestrator,
+            "target_orchestrator": live.job.get("orchestrator_uri") or live.job.get("orchestrator")})
 
 
 def _planner_skipped_row(c: Campaign, plan: Plan, index: int, skipped: Any) -> dict[str, Any]:
@@ -161,7 +160,7 @@ def _planner_skipped_row(c: Campaign, plan: Plan, index: int, skipped: Any) -> d
             "duration_s": 0.0}
 
 
-def _ray_init(c: Campaign, regions: list[str]) -> bool:
+def ray_init(c: Campaign, regions: list[str]) -> bool:
     """Join the cluster, or start a private one on loopback. True when we started it."""
     import ray
 
@@ -175,17 +174,6 @@ def _ray_init(c: Campaign, regions: list[str]) -> bool:
     ray.init(address="local", _node_ip_address=c.opts.ray_ip, include_dashboard=False, log_to_driver=False,
              resources=resources, num_cpus=os.cpu_count() or 1)
     return True
-
-
-def _runner(region: str, c: Campaign, host_addresses: list[str] | None, broker: Any):
-    import ray
-
-    from fleet.runtime.runner import RegionRunner
-
-    actor = ray.remote(RegionRunner).options(resources={f"region:{region}": 1}, num_cpus=RUNNER_CPU,
-                                             max_concurrency=10_000, max_restarts=0)
-    base = str(c.scenario.base_dir) if c.scenario.base_dir else None
-    return actor.remote(region, c.scenario.model_dump(mode="json"), base, host_addresses, broker)
 
 
 class _Progress:
@@ -220,58 +208,16 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
     c = Campaign(scenario, opts)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     c.campaign_id = f"{scenario.name}-{stamp}-{uuid.uuid4().hex[:4]}"
-    target = scenario.target
-    if target.token_env and target.token_env not in os.environ:
-        raise InputError(f"{path}: target.token_env names {target.token_env}, which is not set in the environment")
     regions = [r.name for r in scenario.placement.regions]
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        if c.stop_signal is None:
-            print(f"fleet: {signal.Signals(signum).name}: stopping every live session", file=sys.stderr, flush=True)
-            c.stop_at = time.monotonic()
-        c.stop_signal = signum
-
-    for s in previous:
-        signal.signal(s, on_signal)
-    _warn_job_stop_wait()
+    stops = prepare(c, path)
     started_ray = False
     try:
-        if opts.gateway_url is None and target.dialect == "reference" and not target.url and not target.region_urls:
-            from fleet.gateway.process import GatewayProcess
-
-            c.gateway_proc = GatewayProcess().__enter__()
-            print(f"fleet: reference gateway at {c.gateway_proc.url}", flush=True)
-        for r in regions:
-            url = opts.gateway_url or target.region_urls.get(r) or target.url or (c.gateway_proc and c.gateway_proc.url)
-            if not url:
-                raise InputError(f"{path}: target: no gateway URL for region {r!r} (give target.url or region_urls)")
-            c.urls[r] = url
+        open_gateways(c, path)
         snapshot = read_capacity(scenario, c.urls[regions[0]])
         c.snapshot = snapshot
         plan = make_plan(scenario, snapshot, opts.seed)
-        out = Path(opts.out_dir or scenario.outputs.dir)
-        if not out.is_absolute() and scenario.base_dir and opts.out_dir is None:
-            out = Path.cwd() / out
-        if scenario.outputs.clickhouse is not None:
-            c.clickhouse = ClickHouseSink(scenario.outputs.clickhouse)  # fails early on a missing variable
-            c.clickhouse_state = {"table_prefix": scenario.outputs.clickhouse.table_prefix,
-                                  "database": scenario.outputs.clickhouse.database, "rows": 0, "error": None}
-        if scenario.outputs.kafka is not None:
-            from fleet.results.kafka import KafkaFeed
-
-            c.kafka = KafkaFeed(scenario.outputs.kafka)  # fails early on a missing variable
-        if scenario.outputs.prometheus is not None:
-            from fleet.results.prometheus import CampaignMetrics
-
-            prom = scenario.outputs.prometheus
-            c.metrics = CampaignMetrics()
-            try:
-                port = c.metrics.serve(prom.host, prom.port)
-            except OSError as exc:
-                raise InputError(f"{path}: outputs.prometheus: cannot listen on {prom.host}:{prom.port} "
-                                 f"({exc.strerror or exc})") from None
-            print(f"fleet: Prometheus metrics at http://{prom.host}:{port}/metrics", flush=True)
+        out = results_dir(c)
+        open_outputs(c, path)
         sink = ParquetSink(out, c.campaign_id, {"scenario": scenario.name, "scenario_hash": plan.scenario_hash,
                                                  "seed": opts.seed, "planned_sessions": len(plan.sessions),
                                                  "planner_skipped": len(plan.skipped),
@@ -280,16 +226,15 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
         print(f"fleet: campaign {c.campaign_id}: {len(plan.sessions)} sessions over {plan.end_s:g} s, "
               f"at most {plan.budget} at once, regions {', '.join(regions)}", flush=True)
         prompts = _prompt_lookup(scenario)  # before Ray: in a job, ray.init may take the working dir away
-        started_ray = _ray_init(c, regions)
-        for s in previous:  # Ray's core worker installs its own fatal SIGTERM handler: ours goes back on top
-            signal.signal(s, on_signal)
+        started_ray = ray_init(c, regions)
+        stops.install()  # Ray's core worker installs its own fatal SIGTERM handler: ours goes back on top
         code = _drive(c, plan, sink, prompts)
         leaked = _leaks(c)
         summary = _summary(c, plan, leaked)
         summaries = sink.write_summaries(c.sketches.rows(), {"campaign_id": c.campaign_id, "run_id": c.campaign_id,
                                                              "scenario": scenario.name,
                                                              "scenario_hash": plan.scenario_hash})
-        _push(c, sink, {"summaries": summaries})
+        push(c, sink, {"summaries": summaries})
         history = history_baseline(out, scenario.workflow.pipeline, exclude=c.campaign_id)  # NaaP's 7 days
         verdict = evaluate(scenario, c.rows, *(history or (None, None)))
         summary["quantiles"] = c.sketches.campaign_quantiles()
@@ -313,26 +258,110 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
             return EXIT_BREACH
         return code
     finally:
-        if c.clickhouse is not None:
-            c.clickhouse.close()
-        if c.kafka is not None:  # an early exit: still hand over what is queued
-            c.kafka.close(STOP_GRACE_S)
-        if c.metrics is not None:
-            linger = scenario.outputs.prometheus.linger_s if scenario.outputs.prometheus else 0.0
-            if linger and c.stop_signal is None:
-                time.sleep(linger)  # the endpoint stays up for a last scrape (a wait, not synchronisation)
-            c.metrics.close()
-        if started_ray:
-            import ray
+        close_all(c, started_ray)
+        stops.restore()
 
-            ray.shutdown()
-        if c.gateway_proc is not None:
-            c.gateway_proc.__exit__(None, None, None)
-        for s, handler in previous.items():
+
+def prepare(c: Campaign, path: str) -> StopSignals:
+    """Before anything starts: the gateway token is set, SIGINT / SIGTERM stop the run cleanly."""
+    env = c.scenario.target.token_env
+    if env and env not in os.environ:
+        raise InputError(f"{path}: target.token_env names {env}, which is not set in the environment")
+    stops = StopSignals(c)
+    warn_job_stop_wait()
+    return stops
+
+
+def results_dir(c: Campaign) -> Path:
+    """``--out``, else the scenario's ``outputs.dir`` (relative to the working directory)."""
+    out = Path(c.opts.out_dir or c.scenario.outputs.dir)
+    return out if out.is_absolute() else Path.cwd() / out
+
+
+class StopSignals:
+    """SIGINT / SIGTERM (and so ``ray job stop``) set ``c.stop_signal``: the loop stops every live session."""
+
+    def __init__(self, c: Campaign) -> None:
+        self.c = c
+        self.previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.install()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.c.stop_signal is None:
+            print(f"fleet: {signal.Signals(signum).name}: stopping every live session", file=sys.stderr, flush=True)
+            self.c.stop_at = time.monotonic()
+        self.c.stop_signal = signum
+
+    def install(self) -> None:
+        for s in self.previous:
+            signal.signal(s, self._on_signal)
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
             signal.signal(s, handler)
 
 
-def _warn_job_stop_wait() -> None:
+def open_gateways(c: Campaign, path: str) -> None:
+    """Each region's gateway URL; for a ``reference`` target with no URL, start the reference gateway."""
+    target, opts = c.scenario.target, c.opts
+    if opts.gateway_url is None and target.dialect == "reference" and not target.url and not target.region_urls:
+        from fleet.gateway.process import GatewayProcess
+
+        c.gateway_proc = GatewayProcess().__enter__()
+        print(f"fleet: reference gateway at {c.gateway_proc.url}", flush=True)
+    for r in (r.name for r in c.scenario.placement.regions):
+        url = opts.gateway_url or target.region_urls.get(r) or target.url or (c.gateway_proc and c.gateway_proc.url)
+        if not url:
+            raise InputError(f"{path}: target: no gateway URL for region {r!r} (give target.url or region_urls)")
+        c.urls[r] = url
+
+
+def open_outputs(c: Campaign, path: str) -> None:
+    """ClickHouse, Kafka and the Prometheus endpoint, as the scenario asks (each fails early on a missing
+    variable or a port it cannot listen on)."""
+    outputs = c.scenario.outputs
+    if outputs.clickhouse is not None:
+        c.clickhouse = ClickHouseSink(outputs.clickhouse)
+        c.clickhouse_state = {"table_prefix": outputs.clickhouse.table_prefix,
+                              "database": outputs.clickhouse.database, "rows": 0, "error": None}
+    if outputs.kafka is not None:
+        from fleet.results.kafka import KafkaFeed
+
+        c.kafka = KafkaFeed(outputs.kafka)
+    if outputs.prometheus is not None:
+        from fleet.results.prometheus import CampaignMetrics
+
+        prom = outputs.prometheus
+        c.metrics = CampaignMetrics()
+        try:
+            port = c.metrics.serve(prom.host, prom.port)
+        except OSError as exc:
+            raise InputError(f"{path}: outputs.prometheus: cannot listen on {prom.host}:{prom.port} "
+                             f"({exc.strerror or exc})") from None
+        print(f"fleet: Prometheus metrics at http://{prom.host}:{port}/metrics", flush=True)
+
+
+def close_all(c: Campaign, started_ray: bool) -> None:
+    """Outputs, then Ray, then the gateway we started: on every exit path."""
+    if c.clickhouse is not None:
+        c.clickhouse.close()
+    if c.kafka is not None:  # an early exit: still hand over what is queued
+        c.kafka.close(STOP_GRACE_S)
+    if c.metrics is not None:
+        prom = c.scenario.outputs.prometheus
+        linger = prom.linger_s if prom else 0.0
+        if linger and c.stop_signal is None:
+            time.sleep(linger)  # the endpoint stays up for a last scrape (a wait, not synchronisation)
+        c.metrics.close()
+    if started_ray:
+        import ray
+
+        ray.shutdown()
+    if c.gateway_proc is not None:
+        c.gateway_proc.__exit__(None, None, None)
+
+
+def warn_job_stop_wait() -> None:
     """Inside a Ray job, ``ray job stop`` SIGKILLs us RAY_JOB_STOP_WAIT_TIME_S after its SIGTERM."""
     if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
         return
@@ -349,31 +378,20 @@ def _warn_job_stop_wait() -> None:
 
 def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
            prompts: dict[tuple[str, str], Any]) -> int:
-    import ray
-    from ray.exceptions import RayActorError, RayError
-
-    from fleet.runtime.broker import BrokerActor
+    from fleet.runtime.executor import RayExecutor
 
     scenario = c.scenario
     local = not (c.opts.address or os.environ.get("RAY_ADDRESS"))
-    hosts = [c.opts.host_address] if local else None
-    broker = ray.remote(BrokerActor).options(num_cpus=0, max_concurrency=1000, max_restarts=0).remote(
-        scenario.model_dump(mode="json"), c.urls[next(iter(c.urls))], c.snapshot)
-    c.broker = broker
-    runners = {r: _runner(r, c, hosts, broker) for r in c.urls}
-    t_warm = time.monotonic()
-    _warm(runners)
-    c.warmup_s = round(time.monotonic() - t_warm, 3)
+    ex = RayExecutor(scenario, c.urls, c.snapshot, [c.opts.host_address] if local else None)
+    c.warmup_s = ex.warm()
     pending = deque(sorted(plan.sessions, key=lambda s: s.start_s))
     waiting: deque[list] = deque()  # [session, starved s]: due, waiting for a lease (first come, first served)
     planned_now = _planned_concurrency(plan)
-    live: dict[Any, _Live] = {}
     counts: dict[str, int] = {}
     done = 0
     progress = _Progress(len(pending), c.opts.progress)
     t0 = time.monotonic()
     wait_s = scenario.capacity.lease_wait_s
-    tester_failures = 0
 
     abort = AbortWatch(scenario.checks)
     writer = ResultsWriter(lambda rows: _store(c, sink, rows))  # I/O off the dispatch loop
@@ -397,13 +415,16 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
                 c.aborted = f"{breached.check} [{breached.group_label}] = {breached.value:g}"
                 print(f"fleet: abort check breached: {c.aborted}; stopping the campaign", file=sys.stderr, flush=True)
 
+    def rows_of(finished: list[Finished]) -> list[dict[str, Any]]:
+        return [_result_row(c, plan, f.tag, f.row) if f.row is not None
+                else _failed_row(c, plan, f.tag, "failed", "tester", *f.error) for f in finished]
+
     # sessions the planner could not fit are results too: the skipped rate counts them
     finish([_planner_skipped_row(c, plan, i, k) for i, k in enumerate(plan.skipped)], planned=True)
 
     last = 0.0
-    state_ref, state_asked = None, 0.0
     try:
-        while pending or waiting or live:
+        while pending or waiting or ex.live:
             if c.stop_signal is not None or c.aborted is not None:
                 break
             now = time.monotonic() - t0
@@ -411,84 +432,52 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
                 waiting.append([pending.popleft(), 0.0])
             # a refusal while our own sessions (running past their plan) hold the planned slots is no
             # shortage: the queue waits for them; only a refusal below the planned load starves it
-            if waiting and (not live or len(live) < planned_now(now)):
+            if waiting and (not ex.live or len(ex.live) < planned_now(now)):
                 for w in waiting:  # a pass of this loop slower than STARVE_STEP_S is our own delay, not theirs
                     w[1] += min(now - last, STARVE_STEP_S)
             last = now
             while waiting:
                 s = waiting[0][0]
-                region = s.region if s.region in runners else next(iter(runners))
-                lease = ray.get(broker.lease.remote(region, s.orchestrator, s.duration_s))
+                region = ex.region_for(s.region)
+                lease = ex.lease(region, s.orchestrator, s.duration_s)
                 if lease is None:
                     break
                 waiting.popleft()
                 job = _job(scenario, s, c.campaign_id, c.urls[region], prompts)
                 job["orchestrator"] = lease["orchestrator"]
                 job["orchestrator_uri"] = lease["orchestrator_uri"]
-                job["lease_id"] = lease["id"]
-                live[runners[region].run_session.remote(job)] = _Live(s, job, lease["id"], region)
+                ex.start(region, job, lease["id"], _Live(s, job, lease["id"], region))
             skipped = []
             while waiting and waiting[0][1] > wait_s:
                 s = waiting.popleft()[0]
-                region = s.region if s.region in runners else next(iter(runners))
+                region = ex.region_for(s.region)
                 info = _Live(s, _job(scenario, s, c.campaign_id, c.urls[region], prompts), "", region)
                 skipped.append(_failed_row(c, plan, info, "skipped_no_capacity", "capacity", "no_slot_leased",
                                            f"no idle slot within the campaign's caps for {wait_s:g} s"))
             finish(skipped)
-            if live:
-                ready, _ = ray.wait(list(live), num_returns=len(live), timeout=POLL_S)
+            if ex.live:
+                finished = ex.poll(POLL_S)
             else:
-                ready = []
+                finished = []
                 gap = pending[0].start_s - (time.monotonic() - t0) if pending and not waiting else POLL_S
                 time.sleep(min(POLL_S, max(0.0, gap)))
-            rows = []
-            for ref in ready:
-                info = live.pop(ref)
-                try:
-                    row = ray.get(ref)
-                    _release(c, info, died=False)
-                    rows.append(_result_row(c, plan, info, row))
-                except RayActorError as exc:
-                    tester_failures += 1
-                    reaped = _release(c, info, died=True)
-                    rows.append(_failed_row(c, plan, info, "failed", "tester", "runner_died",
-                                            type(exc).__name__ + (REAPED if reaped else "")))
-                    if not _alive(runners[info.region]):
-                        log.warning("runner for %s died; replacing it", info.region)
-                        print(f"fleet: the runner for region {info.region} died; its sessions count as tester "
-                              "failures and a new runner takes over", file=sys.stderr, flush=True)
-                        runners[info.region] = _runner(info.region, c, hosts, broker)
-                except RayError as exc:
-                    tester_failures += 1
-                    _release(c, info, died=True)
-                    rows.append(_failed_row(c, plan, info, "failed", "tester", type(exc).__name__, str(exc)[:200]))
-            finish(rows)
-            progress.update(done, len(live), counts)
+            finish(rows_of(finished))
+            progress.update(done, len(ex.live), counts)
             if c.metrics is not None:  # the broker's leases against its budget, asked without waiting
-                if state_ref is not None and ray.wait([state_ref], timeout=0)[0]:
-                    c.metrics.broker(ray.get(state_ref))
-                    state_ref = None
-                if state_ref is None and time.monotonic() - state_asked >= STATE_EVERY_S:
-                    state_ref, state_asked = broker.state.remote(), time.monotonic()
+                state = ex.broker_state(STATE_EVERY_S)
+                if state is not None:
+                    c.metrics.broker(state)
     finally:
-        if live:
-            _stop_live(c, plan, runners, live, finish)
+        if ex.live:
+            finish(rows_of(ex.stop_all(STOP_GRACE_S)))
+            if c.stop_at is not None:
+                c.stop_s = round(time.monotonic() - c.stop_at, 3)
         progress.close()
         writer.close()  # every row on disk before the summary
-        try:
-            c.broker_state = ray.get(broker.state.remote(), timeout=5)
-        except Exception:  # noqa: BLE001 - the state is informative only
-            c.broker_state = {}
+        c.broker_state = ex.final_state()
     if c.stop_signal is not None:
         return EXIT_INTERRUPTED
-    return EXIT_TESTER if tester_failures else EXIT_OK
-
-
-def _warm(runners: dict[str, Any]) -> None:
-    """Start every runner and encode its clip before the plan's clock starts."""
-    import ray
-
-    ray.get([r.warm.remote() for r in runners.values()])
+    return EXIT_TESTER if ex.tester_failures else EXIT_OK
 
 
 def _planned_concurrency(plan: Plan) -> Any:
@@ -502,78 +491,21 @@ def _planned_concurrency(plan: Plan) -> Any:
 
 def _store(c: Campaign, sink: ParquetSink, rows: list[dict[str, Any]]) -> None:
     """One batch of finished sessions: Parquet, then ClickHouse, then Kafka (on the writer's thread)."""
-    _push(c, sink, sink.write(rows))
+    push(c, sink, sink.write(rows))
     if c.kafka is not None:
         c.kafka.publish(rows)
 
 
-def _push(c: Campaign, sink: ParquetSink, tables: dict[str, Any]) -> None:
+def push(c: Campaign, sink: ParquetSink, tables: dict[str, Any]) -> None:
     """Send a batch just written to Parquet on to ClickHouse; after a failure, Parquet alone carries on."""
     if c.clickhouse is None or not tables or c.clickhouse_state["error"]:
         return
     try:
-        c.clickhouse_state["rows"] += c.clickhouse.insert_batch(c.campaign_id, sink.seq, tables)
+        c.clickhouse_state["rows"] += c.clickhouse.insert_batch(c.campaign_id, sink.seq, tables, sink.run_tag)
     except ClickHouseError as exc:
         c.clickhouse_state["error"] = str(exc)
         print(f"fleet: {exc}; results go on to Parquet only (load them later with `fleet results push "
               f"{sink.dir}`)", file=sys.stderr, flush=True)
-
-
-def _release(c: Campaign, info: _Live, died: bool) -> bool:
-    """Free the session's lease; when its tester died, stop its stream at the gateway. True if we stopped one."""
-    import ray
-
-    from fleet.probe.adapters import stop_stream
-
-    try:
-        stop = ray.get(c.broker.release.remote(info.lease_id), timeout=10)
-    except Exception:  # noqa: BLE001 - a lost broker: the lease expires with it
-        return False
-    if not died or stop is None:
-        return False
-    env = c.scenario.target.token_env
-    return stop_stream(stop[0], stop[1], os.environ.get(env) if env else None)
-
-
-def _alive(actor: Any) -> bool:
-    import ray
-
-    try:
-        ray.get(actor.live.remote(), timeout=5)
-        return True
-    except Exception:  # noqa: BLE001 - any failure to answer is a dead runner
-        return False
-
-
-def _stop_live(c: Campaign, plan: Plan, runners: dict, live: dict, finish: Any) -> None:
-    """Stop every live session (each tears down its stream) and collect what they measured.
-
-    A session with no result within the grace has its stream stopped by the driver."""
-    import ray
-
-    for actor in runners.values():
-        try:
-            actor.stop_all.remote()
-        except Exception:  # noqa: BLE001
-            pass
-    ready, _ = ray.wait(list(live), num_returns=len(live), timeout=STOP_GRACE_S)
-    rows = []
-    for ref in list(live):
-        info = live.pop(ref)
-        if ref in ready:
-            try:
-                row = ray.get(ref)
-                _release(c, info, died=False)
-                rows.append(_result_row(c, plan, info, row))
-                continue
-            except Exception:  # noqa: BLE001
-                pass
-        reaped = _release(c, info, died=True)
-        rows.append(_failed_row(c, plan, info, "failed", "tester", "stopped",
-                                "no result within the stop grace" + (REAPED if reaped else "")))
-    finish(rows)
-    if c.stop_at is not None:
-        c.stop_s = round(time.monotonic() - c.stop_at, 3)
 
 
 def _leaks(c: Campaign) -> int | None:

@@ -1,0 +1,227 @@
+"""The Ray side of running sessions: one slot broker, one runner per region, and the sessions in flight.
+
+``RayExecutor`` is what the campaign (``fleet run``) and the monitor (``fleet monitor``) share: it
+starts the broker actor and the region runners, asks the broker for a lease, starts a session on its
+region's runner, and hands back each session as it finishes: its row, or why it failed as a tester
+failure. Every wait on Ray has a deadline and every Ray error becomes a row, not a traceback:
+
+- a runner that dies fails its in-flight sessions as ``tester`` failures (``runner_died``); the
+  executor stops their streams at the gateway (the broker knows how, from the lease) and starts a
+  new runner for the region;
+- ``stop_all`` ends every live session (each tears its stream down) and, for a session with no
+  result within the grace, stops its stream itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fleet.capacity import CapacitySnapshot
+from fleet.errors import FleetError
+from fleet.scenario import Scenario
+
+__all__ = ["Finished", "RayExecutor", "REAPED", "RUNNER_CPU", "STOP_GRACE_S"]
+
+STOP_GRACE_S = 10.0
+REAPED = "; the driver stopped its stream"
+RUNNER_CPU = 0.1    # a runner's CPU request: the region resource places it, CPUs are its sessions'
+LEASE_TIMEOUT_S = 30.0
+STATE_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Finished:
+    """A session that ended: its runner's row, or a tester failure (``error`` = (class, detail))."""
+
+    tag: Any                 # what the caller passed to ``start``
+    lease_id: str
+    region: str
+    row: dict[str, Any] | None = None
+    error: tuple[str, str] | None = None
+
+
+@dataclass
+class _InFlight:
+    tag: Any
+    lease_id: str
+    region: str
+
+
+class RayExecutor:
+    def __init__(self, scenario: Scenario, urls: dict[str, str], snapshot: CapacitySnapshot,
+                 host_addresses: list[str] | None) -> None:
+        import ray
+
+        from fleet.runtime.broker import BrokerActor
+
+        self.scenario = scenario
+        self.urls = urls
+        self.hosts = host_addresses
+        self.broker = ray.remote(BrokerActor).options(num_cpus=0, max_concurrency=1000, max_restarts=0).remote(
+            scenario.model_dump(mode="json"), urls[next(iter(urls))], snapshot)
+        self.runners = {r: self._runner(r) for r in urls}
+        self.live: dict[Any, _InFlight] = {}
+        self.tester_failures = 0
+        self._state_ref: Any = None
+        self._state_asked = 0.0
+
+    def _runner(self, region: str) -> Any:
+        import ray
+
+        from fleet.runtime.runner import RegionRunner
+
+        actor = ray.remote(RegionRunner).options(resources={f"region:{region}": 1}, num_cpus=RUNNER_CPU,
+                                                 max_concurrency=10_000, max_restarts=0)
+        base = str(self.scenario.base_dir) if self.scenario.base_dir else None
+        return actor.remote(region, self.scenario.model_dump(mode="json"), base, self.hosts, self.broker)
+
+    def region_for(self, region: str) -> str:
+        return region if region in self.runners else next(iter(self.runners))
+
+    def warm(self) -> float:
+        """Start every runner and encode its clip; returns the seconds it took."""
+        import ray
+
+        t = time.monotonic()
+        ray.get([r.warm.remote() for r in self.runners.values()])
+        return round(time.monotonic() - t, 3)
+
+    def lease(self, region: str, preferred: str | None, duration_s: float,
+              strict: bool = False) -> dict[str, Any] | None:
+        """A slot from the broker, or None when the caps leave none now (``strict``: on ``preferred`` only)."""
+        return self._ask(self.broker.lease.remote(region, preferred, duration_s, strict), "a lease")
+
+    def snapshot(self) -> CapacitySnapshot:
+        """The capacity the broker leases against now (refreshed every ``refresh_s``)."""
+        return self._ask(self.broker.snapshot.remote(), "its capacity")
+
+    @staticmethod
+    def _ask(ref: Any, what: str) -> Any:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayError
+
+        try:
+            return ray.get(ref, timeout=LEASE_TIMEOUT_S)
+        except GetTimeoutError:
+            raise FleetError(f"the slot broker did not answer {what} within {LEASE_TIMEOUT_S:g} s") from None
+        except RayError as exc:
+            raise FleetError(f"the slot broker is gone ({type(exc).__name__}): no session can be leased a "
+                             "slot") from None
+
+    def start(self, region: str, job: dict[str, Any], lease_id: str, tag: Any) -> None:
+        ref = self.runners[region].run_session.remote({**job, "lease_id": lease_id})
+        self.live[ref] = _InFlight(tag, lease_id, region)
+
+    def poll(self, timeout: float) -> list[Finished]:
+        """Sessions that finished within ``timeout`` (waits at most that long)."""
+        import ray
+
+        if not self.live:
+            return []
+        ready, _ = ray.wait(list(self.live), num_returns=len(self.live), timeout=timeout)
+        return [self._collect(ref) for ref in ready]
+
+    def _collect(self, ref: Any) -> Finished:
+        import ray
+        from ray.exceptions import RayActorError, RayError
+
+        info = self.live.pop(ref)
+        done = Finished(info.tag, info.lease_id, info.region)
+        try:
+            done.row = ray.get(ref, timeout=STATE_TIMEOUT_S)
+            self.release(info.lease_id, died=False)
+        except RayActorError as exc:
+            self.tester_failures += 1
+            reaped = self.release(info.lease_id, died=True)
+            done.error = ("runner_died", type(exc).__name__ + (REAPED if reaped else ""))
+            if not self._alive(self.runners[info.region]):
+                print(f"fleet: the runner for region {info.region} died; its sessions count as tester failures "
+                      "and a new runner takes over", file=sys.stderr, flush=True)
+                self.runners[info.region] = self._runner(info.region)
+        except RayError as exc:
+            self.tester_failures += 1
+            self.release(info.lease_id, died=True)
+            done.error = (type(exc).__name__, str(exc)[:200])
+        return done
+
+    def release(self, lease_id: str, died: bool) -> bool:
+        """Free a lease; when its tester died, stop its stream at the gateway. True if we stopped one."""
+        import ray
+
+        from fleet.probe.adapters import stop_stream
+
+        if not lease_id:
+            return False
+        try:
+            stop = ray.get(self.broker.release.remote(lease_id), timeout=10)
+        except Exception:  # noqa: BLE001 - a lost broker: the lease expires with it
+            return False
+        if not died or stop is None:
+            return False
+        env = self.scenario.target.token_env
+        return stop_stream(stop[0], stop[1], os.environ.get(env) if env else None)
+
+    @staticmethod
+    def _alive(actor: Any) -> bool:
+        import ray
+
+        try:
+            ray.get(actor.live.remote(), timeout=STATE_TIMEOUT_S)
+            return True
+        except Exception:  # noqa: BLE001 - any failure to answer is a dead runner
+            return False
+
+    def stop_all(self, grace_s: float = STOP_GRACE_S) -> list[Finished]:
+        """Stop every live session (each tears its stream down) and collect what they measured; a session
+        with no result within the grace has its stream stopped here."""
+        import ray
+
+        for actor in self.runners.values():
+            try:
+                actor.stop_all.remote()
+            except Exception:  # noqa: BLE001 - a dead runner: its sessions are reaped below
+                pass
+        if not self.live:
+            return []
+        ready, _ = ray.wait(list(self.live), num_returns=len(self.live), timeout=grace_s)
+        out = []
+        for ref in list(self.live):
+            if ref in ready:
+                done = self._collect(ref)
+                if done.row is not None:
+                    out.append(done)
+                    continue
+                out.append(Finished(done.tag, done.lease_id, done.region, error=("stopped", done.error[1])))
+                continue
+            info = self.live.pop(ref)
+            reaped = self.release(info.lease_id, died=True)
+            out.append(Finished(info.tag, info.lease_id, info.region,
+                                error=("stopped", "no result within the stop grace" + (REAPED if reaped else ""))))
+        return out
+
+    def broker_state(self, every_s: float) -> dict[str, Any] | None:
+        """The broker's state, asked without waiting: a new answer at most every ``every_s``, else None."""
+        import ray
+
+        answer = None
+        if self._state_ref is not None and ray.wait([self._state_ref], timeout=0)[0]:
+            try:
+                answer = ray.get(self._state_ref, timeout=STATE_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - informative only
+                answer = None
+            self._state_ref = None
+        if self._state_ref is None and time.monotonic() - self._state_asked >= every_s:
+            self._state_ref, self._state_asked = self.broker.state.remote(), time.monotonic()
+        return answer
+
+    def final_state(self) -> dict[str, Any]:
+        import ray
+
+        try:
+            return ray.get(self.broker.state.remote(), timeout=STATE_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - the state is informative only
+            return {}

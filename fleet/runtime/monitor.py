@@ -1,0 +1,314 @@
+"""``fleet monitor``: continuous probing of every orchestrator within a period and a daily budget.
+
+The monitor runs the scenario's workflow the way ``fleet run`` does (the same slot broker, region
+runners, probe and outputs) but, instead of following a plan, asks ``fleet.coverage.Coverage`` what
+to test next: the least recently tested orchestrator that is due, paced so the period is spread
+over the network and the daily budget is never exceeded, with the prompt categories rotated per
+orchestrator. Each session is leased a slot on that orchestrator only (``strict``), under every cap
+of ``capacity:``; one with no slot is recorded as ``skipped_no_capacity`` and tried again later.
+
+Results flow as sessions end: to Kafka and Prometheus at once, to Parquet (``date=/hour=``
+partitions of ``campaign=monitor-<scenario>``, files named by run) and ClickHouse every
+``monitor.flush_s``. The state (last test per orchestrator, budget used today, categories seen
+today) is rebuilt from those Parquet files at start, so a restart neither re-tests everything at
+once nor forgets the budget. It runs until SIGINT / SIGTERM / ``ray job stop`` (every live session
+is stopped and torn down, everything gathered is written) or, with ``--for``, until that time has
+passed and its live sessions have ended. The driver keeps no rows: its memory is flat over time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import signal
+import sys
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from fleet.coverage import ANY_ORCHESTRATOR, Coverage, Pick, Target, targets_of
+from fleet.errors import InputError
+from fleet.prompts import render_params
+from fleet.results.sink import ParquetSink
+from fleet.results.writer import ResultsWriter
+from fleet.runtime.broker import read_capacity
+from fleet.runtime.campaign import (Campaign, CampaignOptions, close_all, open_gateways, open_outputs, prepare, push,
+                                    ray_init, results_dir, with_gpu)
+from fleet.runtime.executor import STOP_GRACE_S, Finished, RayExecutor
+from fleet.scenario import load_scenario
+
+__all__ = ["MonitorOptions", "run_monitor", "stored_rows"]
+
+POLL_S = 0.2
+REFRESH_S = 2.0      # the broker's capacity (the targets) and the Prometheus coverage gauges this often
+LOG_EVERY_S = 60.0   # a status line this often
+RESTORE_COLUMNS = ["target_orchestrator", "started_at", "duration_s", "outcome", "prompt_category"]
+
+
+@dataclass
+class MonitorOptions:
+    address: str | None = None
+    out_dir: str | None = None
+    for_s: float | None = None          # stop starting sessions after this long (None: until a signal)
+    seed: int = 0
+    host_address: str = "127.0.0.1"
+    ray_ip: str = "127.0.0.2"
+    gateway_url: str | None = None
+
+
+@dataclass
+class _Session:
+    session_id: str
+    pick: Pick
+    region: str
+    job: dict[str, Any]
+    started: float      # monotonic
+
+
+def stored_rows(directory: Path, now: float, days: int) -> list[dict[str, Any]]:
+    """The monitor's stored sessions of the last ``days`` UTC days (its state is rebuilt from them)."""
+    rows: list[dict[str, Any]] = []
+    today = dt.datetime.fromtimestamp(now, dt.timezone.utc).date()
+    for back in range(days):
+        day = today - dt.timedelta(days=back)
+        for f in sorted(directory.glob(f"date={day.isoformat()}/**/sessions-*.parquet")):
+            table = pq.read_table(f)
+            present = [c for c in RESTORE_COLUMNS if c in table.column_names]
+            for r in table.select(present).to_pylist():
+                started = r.pop("started_at", None)
+                r["started_unix"] = started.timestamp() if started is not None else None
+                rows.append(r)
+    return rows
+
+
+def run_monitor(path: str, opts: MonitorOptions) -> int:
+    scenario = load_scenario(path)
+    spec = scenario.monitor
+    if spec is None:
+        raise InputError(f"{path}: no monitor: section; fleet monitor needs one, e.g. "
+                         "monitor: {every_min: 60, daily_budget: 0.05, session_s: 30}")
+    c = Campaign(scenario, CampaignOptions(address=opts.address, out_dir=opts.out_dir, host_address=opts.host_address,
+                                           ray_ip=opts.ray_ip, gateway_url=opts.gateway_url, progress=False))
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = f"{scenario.name}-{stamp}-{uuid.uuid4().hex[:4]}"
+    c.campaign_id = f"monitor-{scenario.name}"
+    regions = [r.name for r in scenario.placement.regions]
+    stops = prepare(c, path)
+    started_ray = False
+    try:
+        open_gateways(c, path)
+        c.snapshot = read_capacity(scenario, c.urls[regions[0]])
+        out = results_dir(c)
+        open_outputs(c, path)
+        pool = scenario.prompt_pool()
+        categories = list(dict.fromkeys(e.prompt.category for e in pool))
+        cov = Coverage(spec.every_min * 60, spec.session_s, spec.daily_budget, categories,
+                       None if spec.retry_min is None else spec.retry_min * 60)
+        sink = ParquetSink(out, c.campaign_id, {"kind": "monitor", "scenario": scenario.name,
+                                                 "scenario_hash": scenario.digest(), "run_id": run_id,
+                                                 "monitor": spec.model_dump(), "regions": regions,
+                                                 "started_at": stamp}, hourly=True, run_tag=run_id[len(scenario.name) + 1:])
+        now = time.time()
+        restored = cov.restore(stored_rows(sink.dir, now, days=1 + math.ceil(cov.every_s / 86_400)), now)
+        targets = targets_of(c.snapshot, scenario.capacity.include, scenario.capacity.exclude)
+        status = cov.status(targets, c.snapshot.total, now)
+        print(f"fleet: monitor {run_id}: {len(targets)} orchestrator(s) of {scenario.workflow.pipeline!r}, each "
+              f"every {spec.every_min:g} min, budget {status['budget_s']:.0f} slot-s/day "
+              f"({spec.daily_budget:.3g} of {c.snapshot.total} slots); {restored} stored session(s) read back "
+              f"({status['used_s']:.0f} slot-s used today)", flush=True)
+        for line in status["degraded"]:
+            print(f"fleet: coverage degraded: {line}", file=sys.stderr, flush=True)
+        started_ray = ray_init(c, regions)
+        stops.install()  # Ray's core worker installs its own fatal SIGTERM handler: ours goes back on top
+        summary = _watch(c, cov, sink, pool, run_id, opts)
+        if c.kafka is not None:
+            summary["kafka"] = c.kafka.close(STOP_GRACE_S)
+            c.kafka = None
+        summary["clickhouse"] = c.clickhouse_state
+        sink.close({"live": None, "last_run": summary})
+        _print_summary(summary, sink.dir)
+        return 0
+    finally:
+        close_all(c, started_ray)
+        stops.restore()
+
+
+def _watch(c: Campaign, cov: Coverage, sink: ParquetSink, pool: list, run_id: str,  # noqa: C901
+           opts: MonitorOptions) -> dict[str, Any]:
+    scenario = c.scenario
+    spec = scenario.monitor
+    model = scenario.workflow.pipeline
+    local = not (opts.address or os.environ.get("RAY_ADDRESS"))
+    ex = RayExecutor(scenario, c.urls, c.snapshot, [opts.host_address] if local else None)
+    ex.warm()
+    by_category: dict[str | None, list] = {}
+    for e in pool:
+        by_category.setdefault(e.prompt.category, []).append(e)
+    used_prompts: dict[str | None, int] = {}
+    regions = list(c.urls)
+    counts: dict[str, int] = {}
+    buffer: list[dict[str, Any]] = []
+    writer = ResultsWriter(lambda rows: push(c, sink, sink.write(rows)))  # Parquet, then ClickHouse
+    t0 = time.monotonic()
+    deadline = None if opts.for_s is None else t0 + opts.for_s
+    snapshot = c.snapshot
+    targets = targets_of(snapshot, scenario.capacity.include, scenario.capacity.exclude)
+    n = 0
+    refreshed = last_flush = last_log = time.monotonic()
+    draining = False
+
+    def identity(s: _Session) -> dict[str, Any]:
+        first = s.job["prompts"][0]
+        return {"campaign_id": c.campaign_id, "run_id": run_id, "scenario": scenario.name,
+                "scenario_hash": scenario.digest(), "model": model, "region": s.region, "session_id": s.session_id,
+                "prompt_id": first["prompt_id"], "prompt_category": first["category"],
+                "planned_start_s": round(s.started - t0, 3), "gateway": c.urls[s.region],
+                "target_orchestrator": None if s.pick.target.key == ANY_ORCHESTRATOR else s.pick.target.key}
+
+    def finish(rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+        if c.kafka is not None:
+            c.kafka.publish(rows)  # at once: the producer buffers, never blocks
+        if c.metrics is not None:
+            c.metrics.add(rows)
+        buffer.extend(rows)
+
+    def rows_of(finished: list[Finished]) -> list[dict[str, Any]]:
+        rows = []
+        for f in finished:
+            s: _Session = f.tag
+            if f.row is not None:
+                row = with_gpu(c, {**f.row, **identity(s),
+                                   "orchestrator_address": f.row.get("orchestrator_address") or s.job["orchestrator"]})
+            else:
+                row = with_gpu(c, {**identity(s), "dialect": scenario.target.dialect, "outcome": "failed",
+                                   "error_phase": "tester", "error_class": f.error[0], "error_detail": f.error[1],
+                                   "started_unix": time.time() - (time.monotonic() - s.started),
+                                   "duration_s": round(time.monotonic() - s.started, 3),
+                                   "orchestrator_address": s.job["orchestrator"]})
+            cov.finished(s.session_id, float(row.get("duration_s") or 0.0), time.time())
+            rows.append(row)
+        return rows
+
+    def job_for(session_id: str, pick: Pick, region: str, lease: dict[str, Any]) -> dict[str, Any]:
+        entries = by_category.get(pick.category) or pool
+        seed = zlib.crc32(f"{opts.seed}:{session_id}".encode()) & 0x7FFFFFFF
+        at = [0.0]
+        switch = scenario.prompts.switch
+        if switch is not None and switch.every_s is not None:
+            at += [k * switch.every_s for k in range(1, int(spec.session_s / switch.every_s) + 1)
+                   if k * switch.every_s < spec.session_s]
+        elif switch is not None:
+            at += [a for a in switch.at_s if a < spec.session_s]
+        steps = []
+        for a in at:
+            i = used_prompts.get(pick.category, 0)
+            used_prompts[pick.category] = i + 1
+            e = entries[i % len(entries)]
+            steps.append({"at_s": a, "params": render_params(scenario.workflow.params, e.prompt, seed),
+                          "prompt_id": e.prompt.id, "category": e.prompt.category})
+        return {"session_id": session_id, "gateway_url": c.urls[region], "duration_s": spec.session_s,
+                "orchestrator": lease.get("orchestrator"), "orchestrator_uri": lease.get("orchestrator_uri"),
+                "prompts": steps}
+
+    try:
+        while True:
+            if c.stop_signal is not None:
+                break
+            mono, now = time.monotonic(), time.time()
+            if not draining and deadline is not None and mono >= deadline:
+                draining = True
+                print(f"fleet: --for {opts.for_s:g} s reached: no new sessions; waiting for {len(ex.live)} live "
+                      "one(s) to end", flush=True)
+            if draining and not ex.live:
+                break
+            if mono - refreshed >= REFRESH_S:
+                refreshed = mono
+                snapshot = ex.snapshot()
+                targets = targets_of(snapshot, scenario.capacity.include, scenario.capacity.exclude)
+                if c.metrics is not None:
+                    c.metrics.coverage(cov.status(targets, snapshot.total, now), model)
+                    state = ex.broker_state(0.0)
+                    if state is not None:
+                        c.metrics.broker(state)
+            pick = None if draining else cov.pick(targets, snapshot.total, now)
+            if pick is not None:
+                n += 1
+                session_id = f"{run_id}-{n:06d}"
+                region = regions[n % len(regions)]
+                preferred = None if pick.target.key == ANY_ORCHESTRATOR else pick.target.key
+                lease = ex.lease(region, preferred, spec.session_s, strict=preferred is not None)
+                if lease is None:
+                    cov.skipped(pick, now)
+                    s = _Session(session_id, pick, region, job_for(session_id, pick, region, {}), mono)
+                    finish([{**identity(s), "dialect": scenario.target.dialect, "outcome": "skipped_no_capacity",
+                             "error_phase": "capacity", "error_class": "no_slot_leased",
+                             "error_detail": f"no idle slot on {pick.target.key} within the monitor's caps",
+                             "started_unix": now, "duration_s": 0.0, "orchestrator_address": pick.target.address}])
+                else:
+                    s = _Session(session_id, pick, region, job_for(session_id, pick, region, lease), mono)
+                    cov.started(session_id, pick, now)
+                    ex.start(region, s.job, lease["id"], s)
+            if ex.live:
+                finish(rows_of(ex.poll(POLL_S)))
+            else:
+                time.sleep(POLL_S)
+            if buffer and time.monotonic() - last_flush >= spec.flush_s:
+                writer.submit(buffer)
+                buffer = []
+                last_flush = time.monotonic()
+                sink.progress(_status(cov, targets, snapshot, counts, ex, run_id))
+            if time.monotonic() - last_log >= LOG_EVERY_S:
+                last_log = time.monotonic()
+                _log(cov.status(targets, snapshot.total, time.time()), counts, len(ex.live))
+    finally:
+        if ex.live:
+            finish(rows_of(ex.stop_all(STOP_GRACE_S)))
+            if c.stop_at is not None:
+                c.stop_s = round(time.monotonic() - c.stop_at, 3)
+        if buffer:
+            writer.submit(buffer)
+        writer.close()  # every row on disk before the summary
+    status = _status(cov, targets, snapshot, counts, ex, run_id)
+    status.update({"run_s": round(time.monotonic() - t0, 1), "stop_s": c.stop_s,
+                   "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None})
+    return status
+
+
+def _status(cov: Coverage, targets: list[Target], snapshot: Any, counts: dict[str, int], ex: RayExecutor,
+            run_id: str) -> dict[str, Any]:
+    return {"run_id": run_id, "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(), "sessions": dict(counts),
+            "live_sessions": len(ex.live), "coverage": cov.status(targets, snapshot.total, time.time()),
+            "tester_failures": ex.tester_failures}
+
+
+def _log(status: dict[str, Any], counts: dict[str, int], live: int) -> None:
+    within = status["targets"] - len(status["overdue"])
+    print(f"fleet: monitor: {sum(counts.values())} sessions (" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+          + f"), {live} live; {within}/{status['targets']} orchestrators tested within their period; budget "
+          f"{status['used_s']:.0f} of {status['budget_s']:.0f} slot-s today", flush=True)
+    for line in status["degraded"]:
+        print(f"fleet: coverage degraded: {line}", file=sys.stderr, flush=True)
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    import json
+
+    cov = summary["coverage"]
+    _log(cov, summary["sessions"], 0)
+    if cov["overdue"]:
+        print(f"fleet: not tested within {cov['every_s'] / 60:g} min: {', '.join(cov['overdue'])}", flush=True)
+    kafka = summary.get("kafka")
+    if kafka:
+        print(f"fleet: Kafka: {kafka['delivered']} of {kafka['produced']} messages delivered to {kafka['topic']}"
+              + (f" ({kafka['undelivered']} undelivered, {kafka['dropped']} dropped)"
+                 if kafka["undelivered"] or kafka["dropped"] else ""), flush=True)
+    print(f"fleet: results: {out}", flush=True)
+    print(json.dumps({"monitor": summary["run_id"], "results": str(out), **summary}, default=str), flush=True)

