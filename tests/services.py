@@ -19,6 +19,31 @@ DEADLINE_S = 30.0
 PROMETHEUS = os.environ.get("FLEET_PROMETHEUS", "/usr/bin/prometheus")
 
 
+def open_streams(url: str) -> int:
+    """Streams the reference gateway at ``url`` holds open."""
+    return httpx.get(f"{url}/debug/streams", timeout=10).json()["open"]
+
+
+def fleet_streams(url: str) -> list[dict]:
+    return httpx.get(f"{url}/debug/streams", timeout=10).json()["streams"]
+
+
+def wait_for(what: str, check, timeout_s: float, every_s: float = 0.2):
+    """Poll ``check`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every_s)
+    pytest.fail(f"not within {timeout_s:g} s: {what}")
+
+
+def last_json(stdout: str) -> dict:
+    """The JSON summary line a fleet command prints last."""
+    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))

@@ -26,7 +26,7 @@ import pytest
 from fleet.gateway.config import default_config
 from fleet.gateway.process import GatewayProcess
 from fleet.results.sink import SCHEMA_VERSION, SESSIONS, read_sessions
-from services import free_port
+from services import fleet_streams, free_port, last_json, open_streams, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "campaigns" / "tiny.yaml"
@@ -37,29 +37,6 @@ BIN = Path(sys.executable).parent
 def gateway():
     with GatewayProcess(config=default_config(seed=11)) as proc:
         yield proc.url
-
-
-def open_streams(url: str) -> int:
-    return httpx.get(f"{url}/debug/streams", timeout=10).json()["open"]
-
-
-def wait_for(what: str, check, timeout_s: float, every_s: float = 0.2):
-    """Poll ``check`` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every_s)
-    pytest.fail(f"not within {timeout_s:g} s: {what}")
-
-
-def fleet_streams(url: str) -> list[dict]:
-    return httpx.get(f"{url}/debug/streams", timeout=10).json()["streams"]
-
-
-def last_json(stdout: str) -> dict:
-    return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
 
 
 def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gateway, clickhouse, tmp_path):
@@ -312,3 +289,38 @@ def test_a_job_stopped_mid_campaign_tears_down_and_keeps_its_results(cluster, tm
     rows = campaign_rows(tmp_path / "results")
     stopped = [r for r in rows if r["error_class"] == "stopped"]
     assert len(stopped) >= 4 and all(r["frames_received"] > 0 for r in stopped), rows
+
+
+def test_a_monitor_runs_as_a_ray_job_and_ray_job_stop_ends_it_cleanly(cluster, tmp_path):
+    """``ray job submit -- fleet monitor``: it probes from the cluster's regions; ``ray job stop`` stops its
+    live session (torn down at the gateway) and the stopped session's row is stored."""
+    scenario = tmp_path / "monitor.yaml"
+    scenario.write_text(f"extends: {REPO / 'scenarios' / 'monitor.yaml'}\nname: jobmon\n"
+                        "placement: {regions: [{name: east}, {name: west}]}\n"
+                        "capacity: {stagger_s: 1}\nmonitor: {every_min: 0.5, daily_budget: 0.5, session_s: 30, flush_s: 5}\n"
+                        "outputs: {kafka: null, prometheus: null}\n")
+    job_id = f"fleet-monitor-{secrets.token_hex(4)}"
+    with GatewayProcess(config=default_config(seed=11)) as gw:
+        sub = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], "--no-wait",
+                              "--submission-id", job_id, "--runtime-env-json",
+                              json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "25"}}),
+                              "--working-dir", str(REPO), "--", sys.executable, "-m", "fleet", "monitor",
+                              str(scenario), "--gateway-url", gw.url, "--out", str(tmp_path / "results")],
+                             env=cluster["env"], capture_output=True, text=True, timeout=300)
+        assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-2000:]
+        try:
+            wait_for("2 monitor streams flowing", lambda: sum(1 for s in fleet_streams(gw.url)
+                                                              if s["open"] and s["frames_out"] > 30) >= 2, 120)
+        except BaseException:
+            print(ray_cli(cluster, "job", "logs", "--address", cluster["dashboard"], job_id)[-5000:])
+            raise
+        ray_cli(cluster, "job", "stop", "--address", cluster["dashboard"], job_id)
+        status = ray_cli(cluster, "job", "status", "--address", cluster["dashboard"], job_id)
+        assert "was stopped" in status, status
+        assert open_streams(gw.url) == 0
+        logs = ray_cli(cluster, "job", "logs", "--address", cluster["dashboard"], job_id)
+    assert "SIGTERM: stopping every live session" in logs, logs[-5000:]
+    rows = read_sessions(tmp_path / "results" / "campaign=monitor-jobmon").to_pylist()
+    assert len(rows) >= 2 and {r["region"] for r in rows} == {"east", "west"}, rows
+    assert len({r["target_orchestrator"] for r in rows}) == len(rows)  # a different orchestrator each
+    assert all(r["frames_received"] > 0 for r in rows)

@@ -1,0 +1,163 @@
+"""The monitor's coverage rules (fleet.coverage), on a simulated clock: period, pacing, budget,
+restart from stored rows, prompt-category rotation, retries after a capacity skip."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleet.capacity import CapacitySnapshot, OrchestratorSlots, static_capacity
+from fleet.coverage import ANY_ORCHESTRATOR, DAY_S, Coverage, Target, targets_of
+
+T0 = 1_795_000_000.0 - (1_795_000_000.0 % DAY_S)  # a UTC midnight
+TARGETS = [Target(f"https://orch-{i}.test:8935") for i in range(1, 5)]
+CATEGORIES = ["portraits", "landscapes", "cartoon", "lighting"]
+
+
+@dataclass
+class Sim:
+    """Drives a Coverage with a fake clock: each started session ends ``session_s`` later, holding its slot."""
+
+    cov: Coverage
+    targets: list[Target]
+    slots: int = 16
+    refuse: set[str] = field(default_factory=set)
+    starts: list[tuple[float, str, str | None]] = field(default_factory=list)
+    skips: list[tuple[float, str]] = field(default_factory=list)
+    live: dict[str, float] = field(default_factory=dict)
+    n: int = 0
+
+    def run(self, t_from: float, seconds: float, step: float = 0.5) -> None:
+        t = t_from
+        for _ in range(int(seconds / step)):
+            for sid, end in list(self.live.items()):
+                if end <= t:
+                    self.cov.finished(sid, self.cov.session_s, t)
+                    del self.live[sid]
+            pick = self.cov.pick(self.targets, self.slots, t)
+            if pick is not None:
+                if pick.target.key in self.refuse:
+                    self.cov.skipped(pick, t)
+                    self.skips.append((t, pick.target.key))
+                else:
+                    self.n += 1
+                    sid = f"s{self.n}"
+                    self.cov.started(sid, pick, t)
+                    self.live[sid] = t + self.cov.session_s
+                    self.starts.append((t, pick.target.key, pick.category))
+            t += step
+
+    def rows(self) -> list[dict]:
+        """What a monitor stopped now would have stored: every session (a stop ends and stores the live ones)."""
+        return [{"target_orchestrator": k, "started_unix": t, "duration_s": self.cov.session_s, "outcome": "ok",
+                 "prompt_category": c} for t, k, c in self.starts]
+
+
+def coverage(**kw) -> Coverage:
+    args = {"every_s": 60.0, "session_s": 10.0, "daily_budget": 0.05, "categories": CATEGORIES} | kw
+    return Coverage(**args)
+
+
+def test_a_fresh_start_ramps_through_the_network_one_orchestrator_per_interval_then_keeps_the_period():
+    sim = Sim(coverage(), TARGETS)
+    sim.run(T0, 600)
+    assert sim.cov.interval(4, 16) == 15.0  # the 60 s period spread over 4 orchestrators
+    first = sim.starts[:4]
+    assert [t - T0 for t, _, _ in first] == [0.0, 15.0, 30.0, 45.0]
+    assert {k for _, k, _ in first} == {t.key for t in TARGETS}  # each once before any twice
+    times = [t for t, _, _ in sim.starts]
+    assert min(b - a for a, b in zip(times, times[1:])) >= 15.0  # never a burst
+    for target in TARGETS:
+        mine = [t for t, k, _ in sim.starts if k == target.key]
+        gaps = [b - a for a, b in zip(mine, mine[1:])]
+        assert gaps and all(60.0 <= g <= 60.0 + 15.0 for g in gaps), (target.key, gaps)  # within its period
+    assert sim.cov.status(TARGETS, 16, T0 + 600)["overdue"] == []
+
+
+def test_a_restart_from_stored_rows_resumes_without_a_burst_and_remembers_the_budget():
+    before = Sim(coverage(), TARGETS)
+    before.run(T0, 290)
+    now = T0 + 290  # 5 s after the last start (at 285): mid-interval
+    rows = before.rows()
+    restarted = coverage()
+    assert restarted.restore(rows, now) == len(rows)
+    assert restarted.used_s == sum(r["duration_s"] for r in rows)  # today's spend is not forgotten
+    after = Sim(restarted, TARGETS)
+    after.run(now, 180)
+    last = {k: max(t for t, kk, _ in before.starts if kk == k) for k in (t.key for t in TARGETS)}
+    first_again = {}
+    for t, k, _ in after.starts:
+        first_again.setdefault(k, t)
+    # nobody is tested again before its period is up, and starts stay an interval apart across the restart
+    assert all(first_again[k] - last[k] >= 60.0 for k in first_again), (first_again, last)
+    assert after.starts[0][0] - max(t for t, _, _ in before.starts) >= 15.0
+    assert len(after.starts) <= 180 / 15 + 1
+    # a monitor that forgot its state would test some orchestrator again before its period is up
+    forgetful = Sim(coverage(), TARGETS)
+    forgetful.run(now, 60)
+    assert any(t - last[k] < 60.0 for t, k, _ in forgetful.starts), forgetful.starts
+
+
+def test_a_short_budget_widens_the_period_evenly_and_says_so():
+    cov = coverage(daily_budget=0.0005)  # 16 slots x 0.0005 = 0.008 slot-s/s: one 10 s session per 1250 s
+    assert cov.interval(4, 16) == 1250.0
+    status = cov.status(TARGETS, 16, T0)
+    assert status["period_s"] == 5000.0 and any("instead of 1" in line for line in status["degraded"])
+    sim = Sim(cov, TARGETS)
+    sim.run(T0, 5000, step=5.0)
+    assert len(sim.starts) == 4 and len({k for _, k, _ in sim.starts}) == 4  # everyone, each less often
+
+
+def test_a_spent_budget_stops_starts_until_the_next_utc_day():
+    cov = coverage()
+    budget = cov.budget_s(16)
+    cov.restore([{"target_orchestrator": TARGETS[0].key, "started_unix": T0 + 10, "duration_s": budget - 5.0,
+                  "outcome": "ok", "prompt_category": "portraits"}], T0 + 100)
+    assert cov.pick(TARGETS, 16, T0 + 100) is None and cov.why == "today's budget is spent"
+    assert any("spent" in line for line in cov.status(TARGETS, 16, T0 + 100)["degraded"])
+    assert cov.pick(TARGETS, 16, T0 + DAY_S + 1) is not None  # a new day, a new budget
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 12), every_min=st.sampled_from([1, 5, 30, 120]), session_s=st.sampled_from([5.0, 20.0, 60.0]),
+       budget=st.sampled_from([0.0005, 0.005, 0.05, 0.5]), slots=st.integers(1, 64))
+def test_a_day_never_spends_more_than_its_budget_and_starts_stay_paced(n, every_min, session_s, budget, slots):
+    targets = [Target(f"o{i}") for i in range(n)]
+    cov = coverage(every_s=every_min * 60.0, session_s=session_s, daily_budget=budget)
+    sim = Sim(cov, targets, slots=slots)
+    sim.run(T0, DAY_S, step=max(5.0, session_s))
+    spent = len(sim.starts) * session_s
+    assert spent <= cov.budget_s(slots) + 1e-6
+    times = [t for t, _, _ in sim.starts]
+    gap = cov.interval(n, slots)
+    assert all(b - a >= gap - 1e-6 for a, b in zip(times, times[1:]))
+
+
+def test_each_orchestrator_sees_every_prompt_category_in_turn():
+    sim = Sim(coverage(), TARGETS[:1])
+    sim.run(T0, 60 * len(CATEGORIES))
+    cats = [c for _, _, c in sim.starts][:len(CATEGORIES)]
+    assert sorted(cats) == sorted(CATEGORIES), cats
+
+
+def test_an_orchestrator_skipped_for_capacity_is_retried_after_retry_s_and_the_others_go_on():
+    sim = Sim(coverage(), TARGETS, refuse={TARGETS[0].key})
+    sim.run(T0, 120)
+    tried = [t for t, k in sim.skips if k == TARGETS[0].key]
+    assert len(tried) >= 2 and all(b - a >= 15.0 for a, b in zip(tried, tried[1:]))  # retry_s = every / 4
+    assert {k for _, k, _ in sim.starts} == {t.key for t in TARGETS[1:]}
+    status = sim.cov.status(TARGETS, 16, T0 + 120)
+    assert status["overdue"] == [TARGETS[0].key] and status["ages_s"][TARGETS[0].key] is None
+
+
+def test_targets_come_from_the_capacity_source_within_include_and_exclude():
+    snap = CapacitySnapshot(model="m", orchestrators=(
+        OrchestratorSlots("0xa", "https://a:8935", 1, 0), OrchestratorSlots("0xb", "https://b:8935", 0, 2),
+        OrchestratorSlots("", "https://c:8935", 2, 0)), source="gateway")
+    assert [t.key for t in targets_of(snap)] == ["https://a:8935", "https://b:8935", "https://c:8935"]
+    assert [t.key for t in targets_of(snap, exclude=("0xb",))] == ["https://a:8935", "https://c:8935"]
+    assert [t.key for t in targets_of(snap, include=("c:8935",))] == ["https://c:8935"]
+    assert [t.key for t in targets_of(static_capacity(4, "m"))] == [ANY_ORCHESTRATOR]
+    assert targets_of(static_capacity(0, "m")) == []
