@@ -75,4 +75,5 @@ def test_the_grafana_dashboard_is_valid_json_and_names_only_metrics_that_exist()
         exposed |= {family.name + suffix for suffix in suffixes[family.type]}
     used = {name for e in exprs for name in re.findall(r"\bfleet_[a-z0-9_]+\b", e)}
     assert used and used <= exposed, used - exposed
-    assert {"fleet_sessions_total", "fleet_g2g_latency_ms_bucket", "fleet_lease_budget"} <= used
+    assert {"fleet_sessions_total", "fleet_g2g_latency_ms_bucket", "fleet_lease_budget", "fleet_coverage_age_seconds",
+            "fleet_budget_slot_seconds"} <= used
