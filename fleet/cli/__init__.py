@@ -11,12 +11,12 @@ import argparse
 import sys
 
 from fleet import __version__
-from fleet.cli import compare, gateway, monitor, plan, prompts, report, results, run, schema, validate
+from fleet.cli import compare, dashboard, gateway, monitor, plan, prompts, report, results, run, schema, validate
 from fleet.errors import FleetError
 
 __all__ = ["main"]
 
-COMMANDS = (validate, schema, plan, run, monitor, report, compare, results, prompts, gateway)
+COMMANDS = (validate, schema, plan, run, monitor, report, compare, results, dashboard, prompts, gateway)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -219,6 +219,7 @@ class RayExecutor:
         return answer
 
     def final_state(self) -> dict[str, Any]:
+        """The broker's state now (waits for it, up to a deadline; {} without an answer)."""
         import ray
 
         try:

@@ -48,6 +48,7 @@ __all__ = ["MonitorOptions", "run_monitor", "stored_rows"]
 POLL_S = 0.2
 REFRESH_S = 2.0      # the broker's capacity (the targets) and the Prometheus coverage gauges this often
 LOG_EVERY_S = 60.0   # a status line this often
+HOLD_S = 1.0         # when our own live sessions fill the concurrency cap, ask again after this
 RESTORE_COLUMNS = ["target_orchestrator", "started_at", "duration_s", "outcome", "prompt_category"]
 
 
@@ -162,6 +163,7 @@ def _watch(c: Campaign, cov: Coverage, sink: ParquetSink, pool: list, run_id: st
     n = 0
     refreshed = last_flush = last_log = time.monotonic()
     draining = False
+    held_until = 0.0
 
     def identity(s: _Session) -> dict[str, Any]:
         first = s.job["prompts"][0]
@@ -238,24 +240,26 @@ def _watch(c: Campaign, cov: Coverage, sink: ParquetSink, pool: list, run_id: st
                     state = ex.broker_state(0.0)
                     if state is not None:
                         c.metrics.broker(state)
-            pick = None if draining else cov.pick(targets, snapshot.total, now)
+            pick = None if draining or mono < held_until else cov.pick(targets, snapshot.total, now)
             if pick is not None:
-                n += 1
-                session_id = f"{run_id}-{n:06d}"
-                region = regions[n % len(regions)]
+                region = regions[(n + 1) % len(regions)]
                 preferred = None if pick.target.key == ANY_ORCHESTRATOR else pick.target.key
                 lease = ex.lease(region, preferred, spec.session_s, strict=preferred is not None)
-                if lease is None:
-                    cov.skipped(pick, now)
-                    s = _Session(session_id, pick, region, job_for(session_id, pick, region, {}), mono)
-                    finish([{**identity(s), "dialect": scenario.target.dialect, "outcome": "skipped_no_capacity",
-                             "error_phase": "capacity", "error_class": "no_slot_leased",
-                             "error_detail": f"no idle slot on {pick.target.key} within the monitor's caps",
-                             "started_unix": now, "duration_s": 0.0, "orchestrator_address": pick.target.address}])
+                if lease is None and _at_own_cap(ex):
+                    held_until = mono + HOLD_S  # our own live streams fill the caps: wait for one, record nothing
                 else:
-                    s = _Session(session_id, pick, region, job_for(session_id, pick, region, lease), mono)
-                    cov.started(session_id, pick, now)
-                    ex.start(region, s.job, lease["id"], s)
+                    n += 1
+                    session_id = f"{run_id}-{n:06d}"
+                    s = _Session(session_id, pick, region, job_for(session_id, pick, region, lease or {}), mono)
+                    if lease is None:
+                        cov.skipped(pick, now)
+                        finish([{**identity(s), "dialect": scenario.target.dialect, "outcome": "skipped_no_capacity",
+                                 "error_phase": "capacity", "error_class": "no_slot_leased",
+                                 "error_detail": f"no idle slot on {pick.target.key} within the monitor's caps",
+                                 "started_unix": now, "duration_s": 0.0, "orchestrator_address": pick.target.address}])
+                    else:
+                        cov.started(session_id, pick, now)
+                        ex.start(region, s.job, lease["id"], s)
             if ex.live:
                 finish(rows_of(ex.poll(POLL_S)))
             else:
@@ -280,6 +284,15 @@ def _watch(c: Campaign, cov: Coverage, sink: ParquetSink, pool: list, run_id: st
     status.update({"run_s": round(time.monotonic() - t0, 1), "stop_s": c.stop_s,
                    "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None})
     return status
+
+
+def _at_own_cap(ex: RayExecutor) -> bool:
+    """A refusal because the monitor's own live sessions hold every slot its caps allow (not the
+    orchestrator's lack of capacity: nothing to record, the next start waits for one to end)."""
+    if not ex.live:
+        return False
+    state = ex.final_state()
+    return bool(state) and state.get("leases", 0) >= state.get("budget", 0)
 
 
 def _status(cov: Coverage, targets: list[Target], snapshot: Any, counts: dict[str, int], ex: RayExecutor,

@@ -1,0 +1,110 @@
+"""The dashboard's query engines: DuckDB embedded over the Parquet results, or ClickHouse.
+
+Both run the same queries (fleet.dashboard.queries), written once with the few functions whose
+spelling differs between the two (quantiles, time buckets, parameters) taken from the engine's
+``Dialect``. Every value a user gives travels as a bound parameter, never as SQL text.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from fleet.errors import InputError
+from fleet.results.sink import SAMPLES, SESSIONS
+
+__all__ = ["ClickHouseEngine", "Dialect", "DuckDBEngine", "Engine"]
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+
+    def quantile(self, expr: str, p: float) -> str:
+        return f"quantile_cont({expr}, {p})" if self.name == "duckdb" else f"quantile({p})({expr})"
+
+    def param(self, name: str, kind: str) -> str:
+        """A bound parameter: ``kind`` is String, Float64 or DateTime64."""
+        if self.name == "duckdb":
+            return f"${name}"
+        return "{%s:%s}" % (name, {"DateTime64": "DateTime64(3, 'UTC')"}.get(kind, kind))
+
+    def bucket(self, unit: str, expr: str) -> str:
+        return f"date_trunc('{unit}', {expr})"
+
+    def epoch(self, expr: str) -> str:
+        return f"epoch({expr})" if self.name == "duckdb" else f"toUnixTimestamp64Milli({expr}) / 1000.0"
+
+
+class Engine(Protocol):
+    dialect: Dialect
+
+    def query(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+    def tables(self) -> dict[str, str]: ...
+
+
+class DuckDBEngine:
+    """DuckDB in process over ``DIR/campaign=*/date=*/**/{sessions,samples}-*.parquet`` (no server)."""
+
+    dialect = Dialect("duckdb")
+
+    def __init__(self, results_dir: str | Path) -> None:
+        import duckdb
+
+        self.dir = Path(results_dir)
+        if not self.dir.is_dir():
+            raise InputError(f"{self.dir}: no results directory (run a campaign first, or give --results DIR)")
+        self.con = duckdb.connect(":memory:")
+        self.lock = threading.Lock()
+        self._views: set[str] = set()
+
+    def _view(self, kind: str) -> str:
+        """A view over the kind's Parquet files, or over an empty table of its schema when there are none yet."""
+        if kind in self._views:
+            return kind
+        pattern = str(self.dir / "campaign=*" / "date=*" / "**" / f"{kind}-*.parquet")
+        if any(self.dir.glob(f"campaign=*/date=*/**/{kind}-*.parquet")):
+            self.con.execute(f"CREATE OR REPLACE VIEW {kind} AS SELECT * FROM read_parquet('{_quote(pattern)}', "
+                             "union_by_name = true)")
+            self._views.add(kind)
+        else:
+            empty = (SESSIONS if kind == "sessions" else SAMPLES).empty_table()
+            self.con.register(f"{kind}_empty", empty)
+            self.con.execute(f"CREATE OR REPLACE VIEW {kind} AS SELECT * FROM {kind}_empty")
+        return kind
+
+    def tables(self) -> dict[str, str]:
+        with self.lock:
+            return {kind: self._view(kind) for kind in ("sessions", "samples")}
+
+    def query(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        with self.lock:
+            for kind in ("sessions", "samples"):
+                self._view(kind)
+            cur = self.con.execute(sql, params)
+            names = [c[0] for c in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
+
+
+class ClickHouseEngine:
+    """The same queries on ClickHouse, over the tables ``fleet run`` / ``fleet results push`` fill."""
+
+    dialect = Dialect("clickhouse")
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        cfg = sink.cfg
+        self.prefix = f"{cfg.database}.{cfg.table_prefix}"
+
+    def tables(self) -> dict[str, str]:
+        return {"sessions": f"{self.prefix}sessions", "samples": f"{self.prefix}samples"}
+
+    def query(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.sink.query(sql, params).to_pylist()
