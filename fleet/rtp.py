@@ -31,6 +31,8 @@ from typing import Any
 from aiortc import RTCRtpReceiver
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
+from fleet.webrtc import drop_bandwidth_estimator, receiver_codec, starve_decoder, tap_rtp
+
 __all__ = ["FrameTap", "TapFrame", "VIDEO_CLOCK", "H264Depacketizer", "annexb_nal_types", "h264_is_keyframe",
            "unwrap16", "unwrap32", "vp8_is_keyframe"]
 
@@ -184,19 +186,16 @@ class FrameTap:
         self.codec: str | None = None      # "VP8" or "H264", once a packet of it arrived
         self._h264 = H264Depacketizer()
         if not decode:
-            # Must happen before receive() starts the decoder thread, which takes the queue as an argument.
-            receiver._RTCRtpReceiver__decoder_queue = _StarvedQueue()  # type: ignore[attr-defined]
+            starve_decoder(receiver, _StarvedQueue())  # before receive() starts the decoder thread
         if not bandwidth_feedback:
-            # no receiver-side bandwidth estimate (REMB): the far end's encoder keeps its own bitrate
-            receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
-        self._original = receiver._handle_rtp_packet
-        receiver._handle_rtp_packet = self._handle  # type: ignore[method-assign]
+            drop_bandwidth_estimator(receiver)
+        self._original = tap_rtp(receiver, self._handle)
 
     def _kind(self, payload_type: int) -> str | None:
         """'VP8', another codec's name, or None (unknown / retransmission); cached per payload type."""
         kind = self._kinds.get(payload_type, "")
         if kind == "":
-            codec = self.receiver._RTCRtpReceiver__codecs.get(payload_type)  # type: ignore[attr-defined]
+            codec = receiver_codec(self.receiver, payload_type)
             kind = None if codec is None or codec.name.lower() == "rtx" else codec.name
             if codec is not None:  # codecs are known once negotiated; do not cache "unknown" before that
                 self._kinds[payload_type] = kind

@@ -17,6 +17,12 @@ Three settings aiortc does not expose are made here, in one place:
   (``on_keyframe_request``): aiortc answers a PLI only when it encodes.
 - **Codec preferences** by name (``codecs_named``), and ICE servers as a
   gateway offers them in WHIP ``Link`` headers (RFC 9725, ``parse_ice_links``).
+
+Every use of aiortc's and aioice's private API in the fleet is in this module (the receiver's
+internals the frame tap needs are below: ``request_keyframe``, ``tap_rtp``, ``receiver_codec``,
+``starve_decoder``, ``drop_bandwidth_estimator``, ``timestamp_origin``). pyproject.toml pins both
+packages with ``~=``; on import, this module checks that every private attribute it relies on
+exists and otherwise fails with an ImportError naming it and the installed versions.
 """
 
 from __future__ import annotations
@@ -26,23 +32,44 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aioice.ice
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender
+from collections.abc import Awaitable
+from importlib.metadata import version
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCCertificate
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-__all__ = ["LOOPBACK", "IceServer", "accept_rsa_peers", "codecs_named", "ice_link_headers", "new_peer_connection", "on_keyframe_request",
-           "parse_ice_links", "set_ice_failed_timeout", "use_host_addresses"]
+__all__ = ["LOOPBACK", "IceServer", "accept_rsa_peers", "codecs_named", "drop_bandwidth_estimator", "ice_link_headers",
+           "new_peer_connection", "on_keyframe_request", "parse_ice_links", "receiver_codec", "request_keyframe",
+           "set_ice_failed_timeout", "starve_decoder", "tap_rtp", "timestamp_origin", "use_host_addresses"]
 
 LOOPBACK = ("127.0.0.1",)
 DTLS_CIPHERS = (b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:"
                 b"ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:"
                 b"ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA")
+# the private attributes the fleet relies on: (owner, name); a receiver's mangled instance attributes are
+# checked among the names its __init__ sets
+_PRIVATE = ((aioice.ice, "get_host_addresses"), (aioice.ice, "CONSENT_FAILURES"), (aioice.ice, "CONSENT_INTERVAL"),
+            (RTCCertificate, "_create_ssl_context"), (RTCRtpSender, "_send_keyframe"),
+            (RTCRtpReceiver, "_send_rtcp_pli"), (RTCRtpReceiver, "_handle_rtp_packet"))
+_RECEIVER_FIELDS = ("__decoder_queue", "__remote_bitrate_estimator", "__codecs", "__timestamp_mapper")
+
+
+def check_private_api() -> None:
+    """Fail clearly when an aiortc / aioice release no longer has what the fleet uses."""
+    set_in_init = set(RTCRtpReceiver.__init__.__code__.co_names)
+    missing = [f"{getattr(o, '__name__', o)}.{n}" for o, n in _PRIVATE if not hasattr(o, n)]
+    missing += [f"RTCRtpReceiver.{n}" for n in _RECEIVER_FIELDS if f"_RTCRtpReceiver{n}" not in set_in_init]
+    if missing:
+        raise ImportError(f"fleet.webrtc relies on {', '.join(missing)}, which aiortc {version('aiortc')} / aioice "
+                          f"{version('aioice')} no longer have: install the versions pyproject.toml pins "
+                          "(aiortc~=1.16.0, aioice~=0.13.0) or update fleet.webrtc for this release")
+
+
+check_private_api()
 _original_gather = aioice.ice.get_host_addresses
 _addresses: tuple[str, ...] | None = None
-
-if not hasattr(RTCCertificate, "_create_ssl_context"):  # pragma: no cover - an aiortc release moved it
-    raise ImportError("aiortc.RTCCertificate._create_ssl_context is gone: fleet.webrtc needs updating "
-                      "for this aiortc release (pinned in pyproject.toml)")
 _original_context = RTCCertificate._create_ssl_context
 
 
@@ -97,11 +124,6 @@ def set_ice_failed_timeout(seconds: float, checks: int = 5) -> None:
     aioice.ice.CONSENT_INTERVAL = seconds / checks
 
 
-if not hasattr(RTCRtpSender, "_send_keyframe"):  # pragma: no cover - an aiortc release renamed it
-    raise ImportError("aiortc.RTCRtpSender._send_keyframe is gone: fleet.webrtc needs updating for this aiortc "
-                      "release (pinned in pyproject.toml)")
-
-
 def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
     """Call ``callback`` whenever the far end asks ``sender`` for a keyframe (RTCP PLI or FIR).
 
@@ -114,6 +136,41 @@ def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> N
         callback()
 
     sender._send_keyframe = send_keyframe  # type: ignore[method-assign]
+
+
+def request_keyframe(receiver: RTCRtpReceiver, ssrc: int) -> Awaitable[None]:
+    """Send the far end an RTCP PLI for ``ssrc`` (aiortc sends one only on a decode error)."""
+    return receiver._send_rtcp_pli(ssrc)
+
+
+def tap_rtp(receiver: RTCRtpReceiver, handler: Callable[[Any, int], Awaitable[None]]) -> Callable[[Any, int], Any]:
+    """Route every RTP packet the receiver gets through ``handler``; returns aiortc's own handler, which
+    ``handler`` must await to let the packet on."""
+    original = receiver._handle_rtp_packet
+    receiver._handle_rtp_packet = handler  # type: ignore[method-assign]
+    return original
+
+
+def receiver_codec(receiver: RTCRtpReceiver, payload_type: int) -> Any:
+    """The negotiated codec for a payload type, or None before negotiation / when unknown."""
+    return receiver._RTCRtpReceiver__codecs.get(payload_type)  # type: ignore[attr-defined]
+
+
+def starve_decoder(receiver: RTCRtpReceiver, queue: Any) -> None:
+    """Give the receiver's decoder thread ``queue`` (one that never yields a frame): no decoding at all.
+    Call before the receiver starts (the thread takes the queue when it starts)."""
+    receiver._RTCRtpReceiver__decoder_queue = queue  # type: ignore[attr-defined]
+
+
+def drop_bandwidth_estimator(receiver: RTCRtpReceiver) -> None:
+    """No receiver-side bandwidth estimate (REMB): the far end's encoder keeps its own bitrate."""
+    receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
+
+
+def timestamp_origin(receiver: RTCRtpReceiver | None) -> int | None:
+    """The RTP timestamp aiortc maps to a decoded frame's pts 0 (pts + origin = the packet's timestamp)."""
+    mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
+    return getattr(mapper, "_origin", None)
 
 
 def new_peer_connection(ice_servers: Sequence[IceServer] = ()) -> RTCPeerConnection:

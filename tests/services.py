@@ -10,12 +10,16 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 DEADLINE_S = 30.0
+CHROMIUM = os.environ.get("FLEET_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("FLEET_CHROMEDRIVER", "/usr/bin/chromedriver")
 PROMETHEUS = os.environ.get("FLEET_PROMETHEUS", "/usr/bin/prometheus")
 
 
@@ -171,3 +175,32 @@ def promql(url: str, query: str, at: float) -> list[dict]:
     body = httpx.get(f"{url}/api/v1/query", params={"query": query, "time": at}, timeout=10).json()
     assert body["status"] == "success", body
     return body["data"]["result"]
+
+
+def unavailable(what: str) -> None:
+    """A missing third-party program skips the test on a developer's machine and fails it on CI."""
+    if os.environ.get("FLEET_REQUIRE_INTEROP"):
+        pytest.fail(f"{what} (FLEET_REQUIRE_INTEROP is set: .ci/run should have installed it)")
+    pytest.skip(what)
+
+
+@contextmanager
+def chromium(*args: str) -> Iterator:
+    """Headless Chromium driven by chromedriver (selenium), its console kept for the test to read."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        unavailable("selenium is not installed (pip install -e '.[test]')")
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        unavailable(f"headless Chromium needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", *args):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()

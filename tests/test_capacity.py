@@ -149,3 +149,4 @@ def test_read_capacity_from_naap_with_discovery_over_http():
     assert snap.idle == 6 and snap.targets == ("https://o1:8935",)
     assert "/v1/discover/orchestrators?caps=live-video-to-video%2Fsd" in seen
     assert any("NaaP discovery lists 1 orchestrator" in n for n in snap.notes)
+

@@ -23,26 +23,18 @@ import pytest
 
 from fleet.gateway.config import default_config
 from fleet.gateway.process import GatewayProcess
+from services import chromium, unavailable
 
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).resolve().parent / "interop"
 GST_PYTHON = os.environ.get("FLEET_GST_PYTHON", "/usr/bin/python3")  # the system Python sees python3-gst-1.0
-CHROMIUM = os.environ.get("FLEET_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("FLEET_CHROMEDRIVER", "/usr/bin/chromedriver")
 MODEL = "streamdiffusion"
 PEER_TIMEOUT_S = 40.0
 # Publishers run below every default GPU's fps_cap (the L40S runs 24): at 30 fps a runner drops frames,
 # and in relay mode each drop holds the output until the next keyframe, so a viewer would get a few frames
 # and the test would say nothing of interop.
 PUBLISH_FPS = 20
-
-
-def unavailable(what: str) -> None:
-    """A missing third-party peer skips the test on a developer's machine and fails it on CI."""
-    if os.environ.get("FLEET_REQUIRE_INTEROP"):
-        pytest.fail(f"{what} (FLEET_REQUIRE_INTEROP is set: .ci/run should have installed it)")
-    pytest.skip(what)
 
 
 @pytest.fixture(scope="module")
@@ -133,26 +125,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def browser(page):
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        unavailable("selenium is not installed (pip install -e '.[test]')")
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        unavailable(f"headless Chromium needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--allow-loopback-in-peer-connection",                 # ICE on 127.0.0.1
-                "--disable-features=WebRtcHideLocalIpsWithMdns"):     # plain host candidates, no .local names
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_script_timeout(PEER_TIMEOUT_S + 10)
-    try:
+    with chromium("--allow-loopback-in-peer-connection",                 # ICE on 127.0.0.1
+                  "--disable-features=WebRtcHideLocalIpsWithMdns") as driver:  # plain host candidates, no .local
+        driver.set_script_timeout(PEER_TIMEOUT_S + 10)
         yield driver
-    finally:
-        driver.quit()
 
 
 def in_browser(driver, page: str, **options) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -18,7 +19,9 @@ from services import DEADLINE_S, Collector, Prometheus, Tansu, fleet_streams, la
 
 from fleet.gateway.config import default_config
 from fleet.gateway.process import GatewayProcess
+from fleet.results.clickhouse import ClickHouseSink
 from fleet.results.sink import read_sessions
+from fleet.scenario import ClickHouseOut
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -28,12 +31,13 @@ SESSION_S = 4.0
 INTERVAL_S = EVERY_S / 4
 
 
-def scenario(tmp: Path, prom_port: int, topic: str) -> Path:
+def scenario(tmp: Path, prom_port: int, topic: str, database: str) -> Path:
     path = tmp / "monitor.yaml"
     path.write_text(f"extends: {REPO / 'scenarios' / 'monitor.yaml'}\nname: mon\n"
                     "capacity: {stagger_s: 1}\n"
                     f"monitor: {{every_min: {EVERY_S / 60}, session_s: {SESSION_S}, flush_s: 2}}\n"
-                    f"outputs: {{kafka: {{topic: {topic}}}, prometheus: {{port: {prom_port}, linger_s: 3}}}}\n")
+                    f"outputs: {{kafka: {{topic: {topic}}}, prometheus: {{port: {prom_port}, linger_s: 3}}, "
+                    f"clickhouse: {{url_env: FLEET_CLICKHOUSE_URL, database: {database}}}}}\n")
     return path
 
 
@@ -58,13 +62,15 @@ def services(tmp_path_factory):
     tansu.stop()
 
 
-def test_the_monitor_covers_every_orchestrator_feeds_kafka_and_prometheus_and_resumes_after_a_restart(services):
+def test_the_monitor_covers_every_orchestrator_feeds_kafka_and_prometheus_and_resumes_after_a_restart(
+        services, clickhouse):
     tmp, prom, gw = services["tmp"], services["prom"], services["gw"]
     topic = "fleet-monitor-test"
-    path = scenario(tmp, prom.target, topic)
+    database = f"fleet_m{secrets.token_hex(3)}"
+    path = scenario(tmp, prom.target, topic, database)
     out = tmp / "results"
     out.mkdir()
-    env = {**os.environ, "FLEET_KAFKA_BOOTSTRAP": services["kafka"].bootstrap}
+    env = {**os.environ, **clickhouse.env, "FLEET_KAFKA_BOOTSTRAP": services["kafka"].bootstrap}
     collector = Collector(services["kafka"].bootstrap, topic)
     try:
         log, first = finished(monitor(path, gw, out, env, "--for", f"{EVERY_S + INTERVAL_S:g}s"))
@@ -103,6 +109,15 @@ def test_the_monitor_covers_every_orchestrator_feeds_kafka_and_prometheus_and_re
         if r["outcome"] != "skipped_no_capacity":
             assert r["started_at"].timestamp() - last[r["target_orchestrator"]] >= EVERY_S - 0.5, (r, last)
     assert second["coverage"]["used_s"] >= first["coverage"]["used_s"]  # the day's budget is remembered
+    # ClickHouse has both runs' batches, each once (a run's batch tokens never collide with another run's)
+    stored = read_sessions(out / "campaign=monitor-mon").num_rows
+    sink = ClickHouseSink(ClickHouseOut(url_env="FLEET_CLICKHOUSE_URL", database=database), clickhouse.env)
+    try:
+        in_ch = sink.query(f"SELECT count() AS n FROM {sink.table('sessions')}").column("n")[0].as_py()
+        sink.client.command(f"DROP DATABASE IF EXISTS {database}")
+    finally:
+        sink.close()
+    assert in_ch == stored == len(rows) + len(rows2)
 
 
 def test_sigterm_stops_the_live_session_stores_it_and_leaves_no_stream_open(services):

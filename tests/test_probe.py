@@ -370,3 +370,16 @@ def test_daydream_and_byoc_dialects_run_a_measured_session():
             assert r.frames_received > 30 and r.g2g_latency_ms is not None
             assert "s3cret" not in repr(r.to_dict())
         assert open_streams(proc.url) == 0
+
+
+def test_the_aiortc_private_api_check_names_what_is_missing(monkeypatch):
+    """fleet.webrtc fails at import, naming the attribute and the installed versions, when an aiortc release
+    drops what the fleet relies on."""
+    import aiortc
+
+    from fleet import webrtc
+
+    webrtc.check_private_api()  # the pinned versions have everything
+    monkeypatch.delattr(aiortc.RTCRtpReceiver, "_send_rtcp_pli")
+    with pytest.raises(ImportError, match=r"RTCRtpReceiver\._send_rtcp_pli.*aiortc 1\.16"):
+        webrtc.check_private_api()

@@ -39,7 +39,7 @@ from fleet.gateway.network import Lease
 from fleet.gateway.runner_state import RunnerClock, runner_state
 from fleet.gateway.transform import apply_look, look_for, prompt_cost
 from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame, unwrap16
-from fleet.webrtc import codecs_named, new_peer_connection
+from fleet.webrtc import codecs_named, new_peer_connection, request_keyframe, timestamp_origin
 
 if TYPE_CHECKING:
     from fleet.gateway.server import ReferenceGateway
@@ -436,7 +436,7 @@ class Stream:
         while not self.closed:
             await asyncio.sleep(self.gw.config.pli_interval_s)
             if self.tap is not None and self.tap.ssrc is not None:
-                await self.tap.receiver._send_rtcp_pli(self.tap.ssrc)
+                await request_keyframe(self.tap.receiver, self.tap.ssrc)
 
     # --- the runner ----------------------------------------------------------------
 
@@ -468,9 +468,7 @@ class Stream:
 
     def _arrival_of(self, frame: av.VideoFrame) -> float:
         """When the frame's last packet arrived (before aiortc's jitter buffer and decoder), else now."""
-        receiver = self.tap.receiver if self.tap else None
-        mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
-        origin = getattr(mapper, "_origin", None)
+        origin = timestamp_origin(self.tap.receiver if self.tap else None)
         if origin is None or frame.pts is None:
             self.arrival_misses += 1
             return self.loop.time()

@@ -45,7 +45,7 @@ from fleet.probe.latency import Aligner, StepDetector, lag_is_exact
 from fleet.probe.looplag import LoopMonitor
 from fleet.probe.timing import PLAYABLE_FRAMES, analyse, suspect_frames
 from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame
-from fleet.webrtc import IceServer, codecs_named, new_peer_connection, on_keyframe_request
+from fleet.webrtc import IceServer, codecs_named, new_peer_connection, on_keyframe_request, request_keyframe
 
 __all__ = ["OUTCOMES", "PHASES", "ProbeOptions", "ProbeResult", "ProbeSpec", "PromptChange", "new_http_client",
            "run_probe"]
@@ -358,7 +358,7 @@ class _Probe:
         if self.tap is None or self.tap.ssrc is None or now - self.last_pli < PLI_EVERY_S:
             return
         self.last_pli = now
-        asyncio.ensure_future(self.tap.receiver._send_rtcp_pli(self.tap.ssrc))
+        asyncio.ensure_future(request_keyframe(self.tap.receiver, self.tap.ssrc))
 
     def _look_at(self, frame: av.VideoFrame, f: TapFrame, index: int) -> None:
         self.r.decoded_frames += 1

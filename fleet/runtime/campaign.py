@@ -52,6 +52,7 @@ log = logging.getLogger("fleet.run")
 EXIT_OK, EXIT_BREACH, EXIT_TESTER, EXIT_INTERRUPTED = 0, 3, 4, 130
 HEAVY = ("latency_samples", "per_second", "events", "status_samples")  # kept in Parquet, not in the driver's memory
 POLL_S = 0.2
+LIVE_EVERY_S = 5.0   # campaign.json's live status this often
 STATE_EVERY_S = 2.0  # the broker's state for the Prometheus gauges this often
 STARVE_STEP_S = 2 * POLL_S  # at most this much of one dispatch pass counts as a due session's wait
 
@@ -422,7 +423,7 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
     # sessions the planner could not fit are results too: the skipped rate counts them
     finish([_planner_skipped_row(c, plan, i, k) for i, k in enumerate(plan.skipped)], planned=True)
 
-    last = 0.0
+    last = shown = 0.0
     try:
         while pending or waiting or ex.live:
             if c.stop_signal is not None or c.aborted is not None:
@@ -463,6 +464,10 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
                 time.sleep(min(POLL_S, max(0.0, gap)))
             finish(rows_of(finished))
             progress.update(done, len(ex.live), counts)
+            if time.monotonic() - shown >= LIVE_EVERY_S:  # campaign.json's live status, for dashboards
+                shown = time.monotonic()
+                sink.progress({"updated_at": dt.datetime.now(dt.timezone.utc).isoformat(), "sessions": dict(counts),
+                               "done": done, "planned": len(plan.sessions), "live_sessions": len(ex.live)})
             if c.metrics is not None:  # the broker's leases against its budget, asked without waiting
                 state = ex.broker_state(STATE_EVERY_S)
                 if state is not None:

@@ -164,11 +164,12 @@ def _watch(c: Campaign, cov: Coverage, sink: ParquetSink, pool: list, run_id: st
     refreshed = last_flush = last_log = time.monotonic()
     draining = False
     held_until = 0.0
+    digest = scenario.digest()
 
     def identity(s: _Session) -> dict[str, Any]:
         first = s.job["prompts"][0]
         return {"campaign_id": c.campaign_id, "run_id": run_id, "scenario": scenario.name,
-                "scenario_hash": scenario.digest(), "model": model, "region": s.region, "session_id": s.session_id,
+                "scenario_hash": digest, "model": model, "region": s.region, "session_id": s.session_id,
                 "prompt_id": first["prompt_id"], "prompt_category": first["category"],
                 "planned_start_s": round(s.started - t0, 3), "gateway": c.urls[s.region],
                 "target_orchestrator": None if s.pick.target.key == ANY_ORCHESTRATOR else s.pick.target.key}

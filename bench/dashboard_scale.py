@@ -1,0 +1,175 @@
+"""Is the dashboard fast at network scale? Each view's queries over 1 million sessions and 30 million
+per-second samples, engine against engine.
+
+It writes a synthetic dataset in the fleet's own Parquet layout (``--sessions`` rows over 30 days,
+500 orchestrators, 3 GPU types, 4 models, 8 prompt categories, 5 regions; ``--samples`` rows
+of per-second samples), then times every query each view runs (``--repeat`` times, the median):
+
+- DuckDB in process over the Parquet files (the dashboard's default);
+- ClickHouse's engine (chdb, in process, behind the tests' HTTP front, MergeTree tables made by
+  the fleet's own DDL and filled from the same files), through the same ``ClickHouseEngine``.
+
+    python bench/dashboard_scale.py [--sessions 1000000] [--samples 30000000] [--repeat 3] [--no-clickhouse]
+
+Prints a line per view and engine and, last, one JSON object with every timing (seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fleet.dashboard import queries as q  # noqa: E402
+from fleet.dashboard.engine import DuckDBEngine  # noqa: E402
+from fleet.results.sink import SAMPLES, SESSIONS  # noqa: E402
+
+NOW = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+ORCHS, CHUNK = 500, 250_000
+GPUS = np.array(["NVIDIA GeForce RTX 4090", "NVIDIA L40S", "NVIDIA A100"])
+MODELS = np.array(["streamdiffusion", "streamdiffusion-sdxl", "comfyui", "noop"])
+CATS = np.array(["portraits", "landscapes", "cartoon", "lighting-weather", "materials", "art-styles", "scifi", "text"])
+REGIONS = np.array(["us-east", "us-west", "eu-west", "eu-central", "ap-south"])
+OUTCOMES = np.array(["ok", "degraded", "failed", "skipped_no_capacity"])
+
+
+def table(schema: pa.Schema, columns: dict[str, pa.Array], n: int) -> pa.Table:
+    return pa.Table.from_arrays([columns[f.name].cast(f.type) if f.name in columns else pa.nulls(n, f.type)
+                                 for f in schema], schema=schema)
+
+
+def build(out: Path, sessions: int, samples: int) -> None:
+    rng = np.random.default_rng(1)
+    per_session = max(1, samples // sessions)
+    for part, start in enumerate(range(0, sessions, CHUNK)):
+        n = min(CHUNK, sessions - start)
+        orch = rng.integers(0, ORCHS, n)
+        gpu = orch % 3
+        quality = 1 + (orch % 7) / 10
+        outcome = rng.choice(4, n, p=[0.8, 0.1, 0.07, 0.03])
+        ran = outcome < 2
+        started = NOW.timestamp() - rng.uniform(0, 30 * 86400, n)
+        url = np.char.add(np.char.add("https://orch-", orch.astype(str)), ".example:8935")
+        cols = {
+            "campaign_id": pa.array(np.char.add("bench-", (start // CHUNK + (orch % 20)).astype(str))),
+            "session_id": pa.array(np.char.add("s", np.arange(start, start + n).astype(str))),
+            "orchestrator_url": pa.array(url), "target_orchestrator": pa.array(url),
+            "orchestrator_address": pa.array(np.char.add("0x", orch.astype(str))),
+            "gpu_name": pa.array(GPUS[gpu]), "gpu_id": pa.array(np.char.add("GPU-", orch.astype(str))),
+            "model": pa.array(MODELS[rng.integers(0, 4, n)]), "prompt_category": pa.array(CATS[rng.integers(0, 8, n)]),
+            "region": pa.array(REGIONS[rng.integers(0, 5, n)]), "outcome": pa.array(OUTCOMES[outcome]),
+            "error_phase": pa.array(np.where(outcome == 2, "pipeline", np.where(outcome == 3, "capacity", None))),
+            "excused": pa.array(np.where(outcome == 2, rng.random(n) < 0.3, False)),
+            "started_at": pa.array((started * 1000).astype("int64")).cast(pa.timestamp("ms", tz="UTC")),
+            "startup_s": pa.array(np.where(ran, rng.gamma(4, 0.6, n) * quality, np.nan), from_pandas=True),
+            "g2g_latency_ms": pa.array(np.where(ran, rng.normal(90, 10, n) * quality, np.nan), from_pandas=True),
+            "output_fps": pa.array(np.where(ran, rng.normal(28, 2, n) / quality, np.nan), from_pandas=True),
+            "jitter_coeff": pa.array(np.where(ran, rng.uniform(0.02, 0.2, n), np.nan), from_pandas=True),
+            "swapped": pa.array(rng.random(n) < 0.02), "duration_s": pa.array(np.full(n, 30.0)),
+        }
+        d = out / f"campaign=bench-{part:02d}" / "date=2026-11-20"
+        d.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table(SESSIONS, cols, n), d / "sessions-00001.parquet")
+        m = n * per_session
+        idx = np.repeat(np.arange(n), per_session)
+        sample_cols = {k: cols[k].take(pa.array(idx)) for k in ("campaign_id", "session_id", "orchestrator_url",
+                                                                "orchestrator_address", "gpu_name", "model",
+                                                                "region", "prompt_category")}
+        sample_cols.update({"t_s": pa.array(np.tile(np.arange(per_session, dtype=float), n)),
+                            "fps_out": pa.array(rng.integers(20, 31, m).astype("int32")),
+                            "fps_in": pa.array(np.full(m, 30, dtype="int32")),
+                            "latency_ms_p50": pa.array(rng.normal(90, 10, m))})
+        pq.write_table(table(SAMPLES, sample_cols, m), d / "samples-00001.parquet")
+        print(f"built {start + n} sessions, {(start + n) * per_session} samples", flush=True)
+
+
+def views(engine) -> dict[str, float]:
+    """Seconds per view: every query it runs (the leaderboard's anchors included)."""
+    f = q.Filters(window="7d", now=NOW)
+    key = "https://orch-7.example:8935"
+    out = {}
+    for name, run in (("options", lambda: q.options(engine)),
+                      ("leaderboard", lambda: q.leaderboard(engine, f)),
+                      ("leaderboard_by_gpu", lambda: q.leaderboard(engine, f, by_gpu=True)),
+                      ("orchestrator", lambda: q.orchestrator_view(engine, f, key)),
+                      ("workflows", lambda: [q.groups(engine, f, by) for by in q.GROUP_COLUMNS]),
+                      ("capacity", lambda: q.coverage(engine, f)),
+                      ("leaderboard_30d_one_model", lambda: q.leaderboard(engine, q.Filters("30d", model="comfyui",
+                                                                                             now=NOW)))):
+        t = time.perf_counter()
+        run()
+        out[name] = time.perf_counter() - t
+    return out
+
+
+def timed(engine, repeat: int) -> dict[str, float]:
+    runs = [views(engine) for _ in range(repeat)]
+    return {k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0]}
+
+
+def clickhouse_engine(out: Path):
+    from chdb_http import ChdbHttp
+
+    from fleet.dashboard.engine import ClickHouseEngine
+    from fleet.results.clickhouse import ClickHouseSink, ddl
+    from fleet.scenario import ClickHouseOut
+
+    front = ChdbHttp().__enter__()
+    cfg = ClickHouseOut(url_env="FLEET_CLICKHOUSE_URL", database="bench")
+    sink = ClickHouseSink(cfg, {"FLEET_CLICKHOUSE_URL": front.url})
+    for stmt in ddl("bench", "fleet_"):
+        sink.client.command(stmt)
+    for kind in ("sessions", "samples"):
+        for f in sorted(out.glob(f"campaign=*/date=*/{kind}-*.parquet")):
+            sink.client.command(f"INSERT INTO bench.fleet_{kind} SELECT * FROM file('{f}', Parquet) "
+                                "SETTINGS input_format_null_as_default = 1")
+    return ClickHouseEngine(sink), front
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sessions", type=int, default=1_000_000)
+    ap.add_argument("--samples", type=int, default=30_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-clickhouse", action="store_true")
+    args = ap.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="fleet-dash-"))
+    t = time.perf_counter()
+    build(out, args.sessions, args.samples)
+    result = {"machine": f"{platform.machine()} {os.cpu_count()} CPU, {platform.python_implementation()} "
+                         f"{platform.python_version()}", "sessions": args.sessions, "samples": args.samples,
+              "build_s": round(time.perf_counter() - t, 1)}
+    result["duckdb"] = timed(DuckDBEngine(out), args.repeat)
+    for k, v in result["duckdb"].items():
+        print(f"duckdb      {k:28s} {v:8.3f} s", flush=True)
+    if not args.no_clickhouse:
+        t = time.perf_counter()
+        engine, front = clickhouse_engine(out)
+        result["clickhouse_load_s"] = round(time.perf_counter() - t, 1)
+        try:
+            result["clickhouse"] = timed(engine, args.repeat)
+        finally:
+            front.__exit__(None, None, None)
+        for k, v in result["clickhouse"].items():
+            print(f"clickhouse  {k:28s} {v:8.3f} s  (duckdb/clickhouse {result['duckdb'][k] / v:.2f})", flush=True)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

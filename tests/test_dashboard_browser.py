@@ -1,0 +1,85 @@
+"""The dashboard in a real browser (headless Chromium, Debian's, installed by .ci/run): every view loads
+with no console error, shows the numbers the queries computed, draws its charts, and its filter form
+narrows the view through the query string."""
+
+from __future__ import annotations
+
+import pytest
+from services import chromium
+from test_dashboard import ORCHS, dataset  # noqa: F401 - the same known dataset
+from test_dashboard import results as results  # noqa: F401 - the module fixture, reused
+
+from fleet.dashboard import queries as q
+from fleet.dashboard.engine import DuckDBEngine
+from fleet.dashboard.server import DashboardServer
+
+pytestmark = pytest.mark.slow
+VIEWS = ("/", "/?by=gpu", "/workflows", "/capacity", "/campaigns")
+
+
+@pytest.fixture(scope="module")
+def site(results):  # noqa: F811 - pytest's fixture by name
+    d, _ = results
+    srv = DashboardServer(DuckDBEngine(d), d, port=0, quiet=True).start()
+    with chromium() as driver:
+        yield srv, driver, d
+    srv.close()
+
+
+def console_errors(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+
+
+def cells(driver, table: int = 0) -> list[list[str]]:
+    from selenium.webdriver.common.by import By
+
+    t = driver.find_elements(By.TAG_NAME, "table")[table]
+    return [[c.text for c in row.find_elements(By.TAG_NAME, "td")] for row in t.find_elements(By.TAG_NAME, "tr")][1:]
+
+
+def test_every_view_loads_without_console_errors_and_shows_the_leaderboard_numbers(site):
+    from selenium.webdriver.common.by import By
+
+    srv, driver, d = site
+    for view in VIEWS:
+        driver.get(srv.url + view)
+        assert driver.find_element(By.TAG_NAME, "h1").text, view
+        assert not console_errors(driver), (view, console_errors(driver))
+    driver.get(srv.url + "/?window=all")
+    rows = cells(driver)
+    board, _ = q.leaderboard(DuckDBEngine(d), q.Filters(window="all"))
+    assert [r[1] for r in rows] == [b["orchestrator"] for b in board]
+    assert [float(r[2]) for r in rows] == pytest.approx([b["score"] for b in board], abs=0.01)
+    assert [int(r[16]) for r in rows] == [b["counted"] for b in board]
+
+
+def test_an_orchestrator_view_draws_its_charts_and_links_to_reports(site):
+    from selenium.webdriver.common.by import By
+
+    srv, driver, _ = site
+    driver.get(srv.url + "/?window=all")
+    driver.find_element(By.LINK_TEXT, "https://flaky.test:8935").click()
+    assert "id=https" in driver.current_url and "window=all" in driver.current_url
+    charts = driver.find_elements(By.CSS_SELECTOR, "svg")
+    assert len(charts) == 2 and all(c.size["width"] > 200 and c.size["height"] > 100 for c in charts)
+    assert all(c.find_elements(By.CSS_SELECTOR, "path") for c in charts)  # lines and bands were drawn
+    failures = cells(driver, 1)
+    assert failures and failures[0][:2] == ["pipeline", "gateway_error"]
+    assert not console_errors(driver)
+
+
+def test_the_filter_form_narrows_the_view_through_the_query_string(site):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    srv, driver, d = site
+    driver.get(srv.url + "/workflows?window=all")
+    Select(driver.find_element(By.NAME, "model")).select_by_visible_text("comfyui")
+    driver.find_element(By.CSS_SELECTOR, "form button").click()
+    assert "model=comfyui" in driver.current_url
+    per_model = cells(driver, 0)
+    assert [r[0] for r in per_model] == ["comfyui"]
+    want = {r["grp"]: r["rows_"] for r in q.groups(DuckDBEngine(d), q.Filters(window="all", model="comfyui"), "model")}
+    assert int(per_model[0][1]) == want["comfyui"]
+    driver.get(srv.url + "/?window=1y")
+    assert "bad request" in driver.find_element(By.TAG_NAME, "body").text
