@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from fleet.results.compare import compare, findings_json, load_rows
 
 EXIT_REGRESSION = 3
 
@@ -29,6 +28,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleet.results.compare import compare, findings_json, load_rows
+
     base, base_label = load_rows(args.baseline)
     cur, cur_label = load_rows(args.current)
     findings = compare(base, cur, args.threshold, args.rate_threshold, args.min_sessions)

@@ -9,7 +9,6 @@ import logging
 
 from fleet.errors import UsageError
 from fleet.gateway.config import default_config, load_gateway_config
-from fleet.webrtc import use_host_addresses
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +24,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from fleet.webrtc import use_host_addresses
+
     from fleet.gateway.server import serve
 
     config = load_gateway_config(args.config) if args.config else default_config()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import re
 
-from fleet.runtime.monitor import MonitorOptions, run_monitor
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -32,5 +31,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleet.runtime.monitor import MonitorOptions, run_monitor
+
     return run_monitor(args.file, MonitorOptions(address=args.address, out_dir=args.out, for_s=args.for_s,
                                                  gateway_url=args.gateway_url))

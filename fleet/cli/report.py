@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from fleet.results.report import write_report
-from fleet.results.sink import find_campaign
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -16,5 +14,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleet.results.report import write_report
+    from fleet.results.sink import find_campaign
+
     print(write_report(find_campaign(args.dir), args.out))
     return 0

@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 
-from fleet.results.clickhouse import ClickHouseSink, push_campaign
-from fleet.results.sink import find_campaign
 from fleet.scenario import ClickHouseOut
 
 
@@ -28,6 +26,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run_push(args: argparse.Namespace) -> int:
+    from fleet.results.clickhouse import ClickHouseSink, push_campaign
+    from fleet.results.sink import find_campaign
+
     cfg = ClickHouseOut(url_env="FLEET_CLICKHOUSE_URL", user_env="FLEET_CLICKHOUSE_USER",
                         password_env="FLEET_CLICKHOUSE_PASSWORD", database=args.database,
                         table_prefix=args.table_prefix)

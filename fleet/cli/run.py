@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from fleet.runtime.campaign import CampaignOptions, run_campaign
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +19,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleet.runtime.campaign import CampaignOptions, run_campaign
+
     opts = CampaignOptions(address=args.address, seed=args.seed, out_dir=args.out, gateway_url=args.gateway_url,
                            junit=args.junit,
                            progress=False if args.no_progress else None)
