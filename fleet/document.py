@@ -21,6 +21,9 @@ __all__ = ["Document", "Position", "load_document", "merge"]
 
 Key = str | int
 Path_ = tuple[Key, ...]
+MAX_BYTES = 1 << 20       # a scenario, prompt set or gateway config is a few KiB; more is a mistake or an attack
+MAX_VALUES = 100_000      # values after expanding aliases: an alias bomb ("billion laughs") stops here
+MAX_DEPTH = 64            # nesting depth
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,18 @@ def _mark(file: str, node: yaml.Node) -> Position:
     return Position(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+class _TooBig(Exception):
+    def __init__(self, node: yaml.Node, what: str) -> None:
+        super().__init__(what)
+        self.node, self.what = node, what
+
+
 def _walk(node: yaml.Node, file: str, path: Path_, doc: Document, problems: list[Problem],
           loader: _Loader) -> Any:
+    if len(doc.values) >= MAX_VALUES:
+        raise _TooBig(node, f"more than {MAX_VALUES} values (anchors and aliases expanding without bound?)")
+    if len(path) > MAX_DEPTH:
+        raise _TooBig(node, f"nested deeper than {MAX_DEPTH} levels")
     doc.values[path] = _mark(file, node)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
@@ -90,8 +103,13 @@ def load_document(path: str | Path, error: type[InputError] = InputError) -> Doc
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
         raise error([Problem(name, 1, 1, "", f"cannot read file ({reason})")]) from exc
+    if len(text) > MAX_BYTES:
+        raise error([Problem(name, 1, 1, "", f"the file is {len(text) // 1024} KiB; at most {MAX_BYTES // 1024} KiB "
+                                             "is read")])
     try:
         node = yaml.compose(text, Loader=_Loader)
+    except RecursionError:
+        raise error([Problem(name, 1, 1, "", f"nested too deeply (at most {MAX_DEPTH} levels)")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -103,7 +121,11 @@ def load_document(path: str | Path, error: type[InputError] = InputError) -> Doc
         doc.values[()] = Position(name, 1, 1)
         return doc
     problems: list[Problem] = []
-    doc.data = _walk(node, name, (), doc, problems, _Loader(""))
+    try:
+        doc.data = _walk(node, name, (), doc, problems, _Loader(""))
+    except _TooBig as exc:
+        mark = _mark(name, exc.node)
+        raise error([Problem(name, mark.line, mark.col, "", exc.what)]) from None
     if problems:
         raise error(problems)
     return doc
