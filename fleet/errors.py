@@ -5,7 +5,11 @@
     │   ├── ScenarioError           scenario YAML: one Problem per mistake
     │   └── PromptSetError          prompt-set YAML: one Problem per mistake
     ├── UsageError                  the command line itself is wrong (exit code 2)
-    └── CapacityError               a capacity snapshot cannot be read or parsed
+    ├── CapacityError               a capacity snapshot cannot be read or parsed
+    ├── ClickHouseError             ClickHouse refused or could not be reached (names the variable, never a secret)
+    ├── GatewayStartError           the local reference gateway did not start
+    └── ProbeFailure                why one session failed (its phase and error class): caught by the probe
+                                    and turned into the session's outcome, never shown as an error
 
 Gateway faults are *not* exceptions: a probe returns them as an outcome
 (see the developers' guide). Exceptions here are for the user's input and for
@@ -18,9 +22,12 @@ from dataclasses import dataclass
 
 __all__ = [
     "CapacityError",
+    "ClickHouseError",
     "FleetError",
+    "GatewayStartError",
     "InputError",
     "Problem",
+    "ProbeFailure",
     "PromptSetError",
     "ScenarioError",
     "UsageError",
@@ -76,3 +83,24 @@ class UsageError(FleetError):
 
 class CapacityError(FleetError):
     """A capacity snapshot could not be read."""
+
+
+class ClickHouseError(FleetError):
+    """ClickHouse refused a statement or could not be reached."""
+
+
+class GatewayStartError(FleetError):
+    """The local reference gateway process did not start."""
+
+
+class ProbeFailure(FleetError):
+    """Why a session failed: the phase it happened in and a short error class (no secrets).
+
+    ``skipped``: not a failure at all (no capacity); ``excused``: a failure NaaP does not count
+    against the orchestrator.
+    """
+
+    def __init__(self, phase: str, error: str, detail: str = "", skipped: bool = False,
+                 excused: bool = False) -> None:
+        super().__init__(f"{phase}: {error}" + (f" ({detail})" if detail else ""))
+        self.phase, self.error, self.detail, self.skipped, self.excused = phase, error, detail, skipped, excused

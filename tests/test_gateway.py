@@ -17,6 +17,7 @@ import time
 import httpx
 import pytest
 
+from fleet.errors import GatewayStartError
 from fleet.capacity import parse_network_capabilities
 from fleet.gateway.config import Delay, Fault, GatewayConfig, Gpu, GpuProfile, OrchestratorSpec
 from fleet.gateway.process import GatewayProcess
@@ -662,7 +663,7 @@ def test_truth_of_closed_streams_is_bounded(monkeypatch):
 def test_subprocess_that_cannot_start_says_so(tmp_path, capfd):
     bad = tmp_path / "gw.yaml"
     bad.write_text("orchestrators: []\n")
-    with pytest.raises(RuntimeError, match=r"failed to start \(exit 1; its stderr says why\)"):
+    with pytest.raises(GatewayStartError, match=r"failed to start \(exit 1; its stderr says why\)"):
         with GatewayProcess(bad):
             pass
     err = capfd.readouterr().err

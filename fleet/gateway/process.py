@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fleet.errors import GatewayStartError
+
 if TYPE_CHECKING:
     from fleet.gateway.config import GatewayConfig
 
@@ -46,11 +48,11 @@ class GatewayProcess:
         sel.register(self.proc.stdout, selectors.EVENT_READ)
         if not sel.select(self.start_timeout_s):
             self.stop()
-            raise RuntimeError(f"the reference gateway did not start within {self.start_timeout_s:g} s")
+            raise GatewayStartError(f"the reference gateway did not start within {self.start_timeout_s:g} s")
         line = self.proc.stdout.readline()
         if not line.startswith(READY_PREFIX):
             self.stop()
-            raise RuntimeError(f"the reference gateway failed to start (exit {self.proc.returncode}; "
+            raise GatewayStartError(f"the reference gateway failed to start (exit {self.proc.returncode}; "
                                f"its stderr says why): {line.strip()}")
         self.url = line[len(READY_PREFIX):].strip()
         return self

@@ -25,6 +25,7 @@ from urllib.parse import urljoin, urlparse
 
 import httpx
 
+from fleet.errors import ProbeFailure
 from fleet.webrtc import IceServer, parse_ice_links
 
 __all__ = ["Adapter", "ByocAdapter", "DaydreamAdapter", "EXCUSED_ERRORS", "GatewayVerdict", "LivepeerAdapter",
@@ -48,19 +49,6 @@ def _fleet_version() -> str:
 
 # go-livepeer tags a session whose User-Agent contains "Headless" as an end-to-end test (media/whip_server.go)
 USER_AGENT = f"livepeer-fleet/{_fleet_version()} (Headless; synthetic test stream)"
-
-
-class ProbeFailure(Exception):
-    """Why a session failed: the phase it happened in and a short error class (no secrets).
-
-    ``skipped``: not a failure at all (no capacity); ``excused``: a failure NaaP does not count
-    against the orchestrator.
-    """
-
-    def __init__(self, phase: str, error: str, detail: str = "", skipped: bool = False,
-                 excused: bool = False) -> None:
-        super().__init__(f"{phase}: {error}" + (f" ({detail})" if detail else ""))
-        self.phase, self.error, self.detail, self.skipped, self.excused = phase, error, detail, skipped, excused
 
 
 @dataclass(frozen=True)

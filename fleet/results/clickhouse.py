@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fleet.errors import FleetError, InputError
+from fleet.errors import ClickHouseError, InputError
 from fleet.results.sink import TABLES, conform, read_manifest
 from fleet.scenario import ClickHouseOut
 
@@ -44,10 +44,6 @@ LAYOUT = {
     "events": (("orchestrator_address", "campaign_id", "session_id", "t_s"), None),
     "summaries": (("campaign_id", "metric", "region"), None),
 }
-
-
-class ClickHouseError(FleetError):
-    exit_code = 1
 
 
 def _ch_type(t: pa.DataType, key: bool) -> str:
