@@ -17,8 +17,8 @@ import time
 import httpx
 import pytest
 
-from fleet.errors import GatewayStartError
 from fleet.capacity import parse_network_capabilities
+from fleet.errors import GatewayStartError
 from fleet.gateway.config import Delay, Fault, GatewayConfig, Gpu, GpuProfile, OrchestratorSpec
 from fleet.gateway.process import GatewayProcess
 from fleet.gateway.server import ReferenceGateway
