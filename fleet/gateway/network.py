@@ -77,6 +77,14 @@ class Network:
         best.warmed = True
         return Lease(best.orch, best.gpu_id, best.profile.name, best.profile, model, cold)
 
+    def swap(self, lease: Lease) -> Lease | None:
+        """Move a stream's slot to another orchestrator (as a gateway does when one fails); None, and the
+        old slot kept, when no other orchestrator has room."""
+        new = self.acquire(lease.model, exclude=lease.orchestrator.address)
+        if new is not None:
+            self.release(lease)
+        return new
+
     def release(self, lease: Lease) -> None:
         for g in self._gpus:
             if g.orch.address == lease.orchestrator.address and g.gpu_id == lease.gpu_id:

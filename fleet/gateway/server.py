@@ -158,20 +158,6 @@ class ReferenceGateway:
         if self.status_store.get(stream.id) is stream:
             del self.status_store[stream.id]
 
-    def swap(self, stream: Stream) -> None:
-        """Move ``stream`` to another orchestrator (a fault), as a gateway does when one fails."""
-        assert stream.lease is not None
-        new = self.network.acquire(stream.pipeline, exclude=stream.lease.orchestrator.address)
-        if new is None:
-            stream.event("orchestrator_swap_failed", reason="no other orchestrator has room")
-            return
-        old = stream.lease
-        self.network.release(old)
-        stream.lease = new
-        stream.restart_count += 1
-        stream.last_restart = stream.loop.time()
-        stream.event("orchestrator_swap", old=old.orchestrator.address, new=new.orchestrator.address)
-
     async def open_stream(self, request: web.Request, name: str, pipeline: str, params: dict[str, Any],
                           stream_id: str, orchestrator: str = "", include_uris: tuple[str, ...] = (),
                           exclude_uris: tuple[str, ...] = (), request_id: str | None = None) -> web.Response:

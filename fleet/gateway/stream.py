@@ -28,7 +28,7 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import av
 from aiortc import MediaStreamTrack, RTCSessionDescription
@@ -42,7 +42,18 @@ from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame, unwrap16
 from fleet.webrtc import codecs_named, new_peer_connection, request_keyframe, timestamp_origin
 
 if TYPE_CHECKING:
-    from fleet.gateway.server import ReferenceGateway
+    from fleet.gateway.config import GatewayConfig
+    from fleet.gateway.network import Network
+
+
+class StreamHost(Protocol):
+    """What a stream needs of the gateway that holds it (``ReferenceGateway`` in server.py): its settings,
+    the network its slots come from, and to be told when the stream has closed."""
+
+    config: GatewayConfig
+    network: Network
+
+    def released(self, stream: Stream) -> None: ...
 
 __all__ = ["NO_ORCHESTRATORS", "OutputTrack", "Stream"]
 
@@ -135,7 +146,7 @@ class _Rate:
 
 
 class Stream:
-    def __init__(self, gateway: ReferenceGateway, name: str, stream_id: str, pipeline: str, params: dict[str, Any],
+    def __init__(self, gateway: StreamHost, name: str, stream_id: str, pipeline: str, params: dict[str, Any],
                  orchestrator: str = "", include_uris: tuple[str, ...] = (), exclude_uris: tuple[str, ...] = (),
                  user_agent: str = "", request_id: str | None = None) -> None:
         self.gw = gateway
@@ -639,13 +650,25 @@ class Stream:
                 self.fail("orchestrator disconnected")
                 return
             if f.kind == "orchestrator_swap":
-                self.gw.swap(self)
+                self._swap()
             else:
                 assert self.lease is not None
                 self.gw.network.drop_capacity(self.lease.orchestrator.address, f.slots)
                 if f.duration_s is not None:
                     self.loop.call_later(f.duration_s, self.gw.network.restore_capacity,
                                          self.lease.orchestrator.address, f.slots)
+
+    def _swap(self) -> None:
+        """The orchestrator-swap fault: the stream moves to another orchestrator, its runner restarts."""
+        assert self.lease is not None
+        old, new = self.lease, self.gw.network.swap(self.lease)
+        if new is None:
+            self.event("orchestrator_swap_failed", reason="no other orchestrator has room")
+            return
+        self.lease = new
+        self.restart_count += 1
+        self.last_restart = self.loop.time()
+        self.event("orchestrator_swap", old=old.orchestrator.address, new=new.orchestrator.address)
 
     # --- status ------------------------------------------------------------------
 
