@@ -18,31 +18,26 @@ its stream down), write what was gathered and exit.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
-import signal
 import sys
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from fleet.capacity import CapacitySnapshot
-from fleet.errors import InputError
 from fleet.plan import Plan, PlannedSession, make_plan
 from fleet.prompts import render_params
-from fleet.results.clickhouse import ClickHouseError, ClickHouseSink
 from fleet.results.sink import ParquetSink
-from fleet.results.sketches import Sketches
 from fleet.results.verdict import AbortWatch, evaluate, history_baseline, junit_xml
 from fleet.results.writer import ResultsWriter
 from fleet.runtime.broker import read_capacity
 from fleet.runtime.executor import STOP_GRACE_S, Finished
+from fleet.runtime.lifecycle import (Campaign, CampaignOptions, close_all, leaks, open_gateways, open_outputs, prepare,
+                                     push, ray_init, results_dir, with_gpu)
+from fleet.runtime.summary import Progress, make_summary, print_summary
 from fleet.scenario import Scenario, load_scenario
 
 __all__ = ["CampaignOptions", "run_campaign"]
@@ -58,45 +53,11 @@ STARVE_STEP_S = 2 * POLL_S  # at most this much of one dispatch pass counts as a
 
 
 @dataclass
-class CampaignOptions:
-    address: str | None = None
-    seed: int = 0
-    out_dir: str | None = None
-    host_address: str = "127.0.0.1"     # tester address for ICE host candidates on a local run
-    ray_ip: str = "127.0.0.2"           # the private Ray's node address
-    progress: bool | None = None        # None: a bar when stdout is a terminal
-    gateway_url: str | None = None      # override the scenario's target URL (all regions)
-    junit: str | None = None            # write JUnit XML of the checks here (overrides outputs.junit)
-
-
-@dataclass
 class _Live:
     session: PlannedSession
     job: dict[str, Any]
     lease_id: str
     region: str
-
-
-@dataclass
-class Campaign:
-    scenario: Scenario
-    opts: CampaignOptions
-    campaign_id: str = ""
-    gateway_proc: Any = None
-    urls: dict[str, str] = field(default_factory=dict)
-    stop_signal: int | None = None
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    sketches: Sketches = field(default_factory=Sketches)
-    clickhouse: Any = None
-    clickhouse_state: dict[str, Any] | None = None
-    kafka: Any = None                      # a KafkaFeed, when outputs.kafka is set
-    metrics: Any = None                    # CampaignMetrics, when outputs.prometheus is set
-    aborted: str | None = None
-    snapshot: CapacitySnapshot | None = None
-    warmup_s: float | None = None
-    stop_at: float | None = None
-    stop_s: float | None = None   # from the signal to every live session ended
-    broker_state: dict[str, Any] = field(default_factory=dict)
 
 
 def _prompt_lookup(scenario: Scenario) -> dict[tuple[str, str], Any]:
@@ -119,21 +80,6 @@ def _identity(c: Campaign, plan: Plan, s: PlannedSession, region: str) -> dict[s
             "scenario_hash": plan.scenario_hash, "model": c.scenario.workflow.pipeline, "region": region,
             "prompt_id": first.prompt_id if first else None, "prompt_category": first.category if first else None,
             "planned_start_s": s.start_s, "gateway": c.urls.get(region)}
-
-
-def with_gpu(c: Campaign, row: dict[str, Any]) -> dict[str, Any]:
-    """Fill the GPU from the capacity snapshot when the gateway's status named none: its name when
-    all the orchestrator's GPUs are one model, its id when it has one GPU."""
-    url, address = row.get("orchestrator_url"), row.get("orchestrator_address")
-    if row.get("gpu_name") or c.snapshot is None or not (url or address):
-        return row
-    for o in c.snapshot.orchestrators:  # by URL first: an orchestrator without ticket params has no address
-        if (o.uri == url if url else o.address == address) and o.gpus:
-            names = {name for _, name in o.gpus}
-            row["gpu_name"] = names.pop() if len(names) == 1 else None
-            row["gpu_id"] = row.get("gpu_id") or (o.gpus[0][0] if len(o.gpus) == 1 else None)
-            break
-    return row
 
 
 def _result_row(c: Campaign, plan: Plan, live: _Live, row: dict[str, Any]) -> dict[str, Any]:
@@ -159,49 +105,6 @@ def _planner_skipped_row(c: Campaign, plan: Plan, index: int, skipped: Any) -> d
             "planned_start_s": skipped.at_s, "outcome": "skipped_no_capacity", "error_phase": "capacity",
             "error_class": "planner_skipped", "error_detail": skipped.reason, "started_unix": time.time(),
             "duration_s": 0.0}
-
-
-def ray_init(c: Campaign, regions: list[str]) -> bool:
-    """Join the cluster, or start a private one on loopback. True when we started it."""
-    import ray
-
-    address = c.opts.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        # no runtime_env here: inside `ray job submit` it would replace the job's (its working_dir);
-        # outside a job, the nodes run the fleet installed on them
-        ray.init(address=address, log_to_driver=False)
-        return False
-    resources = {f"region:{r}": 1000 for r in regions}
-    ray.init(address="local", _node_ip_address=c.opts.ray_ip, include_dashboard=False, log_to_driver=False,
-             resources=resources, num_cpus=os.cpu_count() or 1)
-    return True
-
-
-class _Progress:
-    def __init__(self, total: int, enabled: bool | None) -> None:
-        self.total = total
-        self.tty = sys.stdout.isatty() if enabled is None else enabled
-        self.last_log = 0.0
-        self.bar = None
-        if self.tty:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("[bold]campaign"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[status]}"), TimeElapsedColumn())
-            self.task = self.bar.add_task("run", total=total, status="")
-            self.bar.start()
-
-    def update(self, done: int, live: int, counts: dict[str, int]) -> None:
-        status = f"live {live} " + " ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done, status=status)
-        elif time.monotonic() - self.last_log >= 5.0 or done == self.total:
-            self.last_log = time.monotonic()
-            print(f"fleet: {done}/{self.total} sessions done, {status}", flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def run_campaign(path: str, opts: CampaignOptions) -> int:
@@ -230,8 +133,8 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
         started_ray = ray_init(c, regions)
         stops.install()  # Ray's core worker installs its own fatal SIGTERM handler: ours goes back on top
         code = _drive(c, plan, sink, prompts)
-        leaked = _leaks(c)
-        summary = _summary(c, plan, leaked)
+        leaked = leaks(c)
+        summary = make_summary(c, plan, leaked)
         summaries = sink.write_summaries(c.sketches.rows(), {"campaign_id": c.campaign_id, "run_id": c.campaign_id,
                                                              "scenario": scenario.name,
                                                              "scenario_hash": plan.scenario_hash})
@@ -254,127 +157,13 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
             from fleet.results.report import write_report
 
             summary["report"] = str(write_report(sink.dir))
-        _print_summary(c, summary, sink.dir)
+        print_summary(c, summary, sink.dir)
         if code == EXIT_OK and (verdict.breached or c.aborted):
             return EXIT_BREACH
         return code
     finally:
         close_all(c, started_ray)
         stops.restore()
-
-
-def prepare(c: Campaign, path: str) -> StopSignals:
-    """Before anything starts: the gateway token is set, SIGINT / SIGTERM stop the run cleanly."""
-    env = c.scenario.target.token_env
-    if env and env not in os.environ:
-        raise InputError(f"{path}: target.token_env names {env}, which is not set in the environment")
-    stops = StopSignals(c)
-    warn_job_stop_wait()
-    return stops
-
-
-def results_dir(c: Campaign) -> Path:
-    """``--out``, else the scenario's ``outputs.dir`` (relative to the working directory)."""
-    out = Path(c.opts.out_dir or c.scenario.outputs.dir)
-    return out if out.is_absolute() else Path.cwd() / out
-
-
-class StopSignals:
-    """SIGINT / SIGTERM (and so ``ray job stop``) set ``c.stop_signal``: the loop stops every live session."""
-
-    def __init__(self, c: Campaign) -> None:
-        self.c = c
-        self.previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        self.install()
-
-    def _on_signal(self, signum: int, _frame: Any) -> None:
-        if self.c.stop_signal is None:
-            print(f"fleet: {signal.Signals(signum).name}: stopping every live session", file=sys.stderr, flush=True)
-            self.c.stop_at = time.monotonic()
-        self.c.stop_signal = signum
-
-    def install(self) -> None:
-        for s in self.previous:
-            signal.signal(s, self._on_signal)
-
-    def restore(self) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-def open_gateways(c: Campaign, path: str) -> None:
-    """Each region's gateway URL; for a ``reference`` target with no URL, start the reference gateway."""
-    target, opts = c.scenario.target, c.opts
-    if opts.gateway_url is None and target.dialect == "reference" and not target.url and not target.region_urls:
-        from fleet.gateway.process import GatewayProcess
-
-        c.gateway_proc = GatewayProcess().__enter__()
-        print(f"fleet: reference gateway at {c.gateway_proc.url}", flush=True)
-    for r in (r.name for r in c.scenario.placement.regions):
-        url = opts.gateway_url or target.region_urls.get(r) or target.url or (c.gateway_proc and c.gateway_proc.url)
-        if not url:
-            raise InputError(f"{path}: target: no gateway URL for region {r!r} (give target.url or region_urls)")
-        c.urls[r] = url
-
-
-def open_outputs(c: Campaign, path: str) -> None:
-    """ClickHouse, Kafka and the Prometheus endpoint, as the scenario asks (each fails early on a missing
-    variable or a port it cannot listen on)."""
-    outputs = c.scenario.outputs
-    if outputs.clickhouse is not None:
-        c.clickhouse = ClickHouseSink(outputs.clickhouse)
-        c.clickhouse_state = {"table_prefix": outputs.clickhouse.table_prefix,
-                              "database": outputs.clickhouse.database, "rows": 0, "error": None}
-    if outputs.kafka is not None:
-        from fleet.results.kafka import KafkaFeed
-
-        c.kafka = KafkaFeed(outputs.kafka)
-    if outputs.prometheus is not None:
-        from fleet.results.prometheus import CampaignMetrics
-
-        prom = outputs.prometheus
-        c.metrics = CampaignMetrics()
-        try:
-            port = c.metrics.serve(prom.host, prom.port)
-        except OSError as exc:
-            raise InputError(f"{path}: outputs.prometheus: cannot listen on {prom.host}:{prom.port} "
-                             f"({exc.strerror or exc})") from None
-        print(f"fleet: Prometheus metrics at http://{prom.host}:{port}/metrics", flush=True)
-
-
-def close_all(c: Campaign, started_ray: bool) -> None:
-    """Outputs, then Ray, then the gateway we started: on every exit path."""
-    if c.clickhouse is not None:
-        c.clickhouse.close()
-    if c.kafka is not None:  # an early exit: still hand over what is queued
-        c.kafka.close(STOP_GRACE_S)
-    if c.metrics is not None:
-        prom = c.scenario.outputs.prometheus
-        linger = prom.linger_s if prom else 0.0
-        if linger and c.stop_signal is None:
-            time.sleep(linger)  # the endpoint stays up for a last scrape (a wait, not synchronisation)
-        c.metrics.close()
-    if started_ray:
-        import ray
-
-        ray.shutdown()
-    if c.gateway_proc is not None:
-        c.gateway_proc.__exit__(None, None, None)
-
-
-def warn_job_stop_wait() -> None:
-    """Inside a Ray job, ``ray job stop`` SIGKILLs us RAY_JOB_STOP_WAIT_TIME_S after its SIGTERM."""
-    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
-        return
-    try:
-        wait = float(os.environ.get("RAY_JOB_STOP_WAIT_TIME_S", "3"))
-    except ValueError:
-        wait = 3.0
-    if wait < STOP_GRACE_S + 5:
-        print(f"fleet: RAY_JOB_STOP_WAIT_TIME_S is {wait:g} s: `ray job stop` may kill this campaign before its "
-              f"sessions are torn down; submit with --runtime-env-json "
-              f"'{{\"env_vars\": {{\"RAY_JOB_STOP_WAIT_TIME_S\": \"{int(STOP_GRACE_S + 10)}\"}}}}'",
-              file=sys.stderr, flush=True)
 
 
 def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
@@ -390,7 +179,7 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
     planned_now = _planned_concurrency(plan)
     counts: dict[str, int] = {}
     done = 0
-    progress = _Progress(len(pending), c.opts.progress)
+    progress = Progress(len(pending), c.opts.progress)
     t0 = time.monotonic()
     wait_s = scenario.capacity.lease_wait_s
 
@@ -500,107 +289,3 @@ def _store(c: Campaign, sink: ParquetSink, rows: list[dict[str, Any]]) -> None:
     if c.kafka is not None:
         c.kafka.publish(rows)
 
-
-def push(c: Campaign, sink: ParquetSink, tables: dict[str, Any]) -> None:
-    """Send a batch just written to Parquet on to ClickHouse; after a failure, Parquet alone carries on."""
-    if c.clickhouse is None or not tables or c.clickhouse_state["error"]:
-        return
-    try:
-        c.clickhouse_state["rows"] += c.clickhouse.insert_batch(c.campaign_id, sink.seq, tables, sink.run_tag)
-    except ClickHouseError as exc:
-        c.clickhouse_state["error"] = str(exc)
-        print(f"fleet: {exc}; results go on to Parquet only (load them later with `fleet results push "
-              f"{sink.dir}`)", file=sys.stderr, flush=True)
-
-
-def _leaks(c: Campaign) -> int | None:
-    """Streams our reference gateway still lists as open (a leak), when we run it."""
-    if c.gateway_proc is None:
-        return None
-    try:
-        return int(httpx.get(f"{c.gateway_proc.url}/debug/streams", timeout=5).json()["open"])
-    except httpx.HTTPError:
-        return None
-
-
-def _summary(c: Campaign, plan: Plan, leaked: int | None) -> dict[str, Any]:
-    import statistics
-
-    def med(key: str) -> float | None:
-        xs = [r[key] for r in c.rows if r.get(key) is not None]
-        return round(statistics.median(xs), 3) if xs else None
-
-    outcomes: dict[str, int] = {}
-    degraded: dict[str, dict[str, int]] = {}  # why sessions were degraded: reason -> GPU (or orchestrator) -> count
-    for r in c.rows:
-        outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
-        if r["outcome"] == "degraded":
-            where = r.get("gpu_name") or r.get("orchestrator_address") or "unknown GPU"
-            for reason in r.get("reasons") or []:
-                degraded.setdefault(reason, {}).setdefault(where, 0)
-                degraded[reason][where] += 1
-    return {"finished_at": dt.datetime.now(dt.timezone.utc).isoformat(), "sessions": len(c.rows),
-            "outcomes": outcomes, "degraded_by": degraded, "startup_s_p50": med("startup_s"), "output_fps_p50": med("output_fps"),
-            "g2g_latency_ms_p50": med("g2g_latency_ms"), "jitter_coeff_p50": med("jitter_coeff"),
-            "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None, "stop_s": c.stop_s,
-            "tester_bottleneck_sessions": sum(1 for r in c.rows if r.get("tester_bottleneck")),
-            "broker": c.broker_state, "runner_warmup_s": c.warmup_s, "aborted": c.aborted,
-            "leaked_streams": leaked}
-
-
-def _print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=120)
-    table = Table("sessions", "ok", "degraded", "failed", "skipped", "startup p50 s", "fps p50", "g2g p50 ms",
-                  title=f"campaign {c.campaign_id}")
-    o = summary["outcomes"]
-    fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
-    table.add_row(str(summary["sessions"]), str(o.get("ok", 0)), str(o.get("degraded", 0)), str(o.get("failed", 0)),
-                  str(o.get("skipped_no_capacity", 0)), fmt(summary["startup_s_p50"]), fmt(summary["output_fps_p50"]),
-                  fmt(summary["g2g_latency_ms_p50"]))
-    console.print(table)
-    if summary["tester_bottleneck_sessions"]:
-        console.print(f"[yellow]{summary['tester_bottleneck_sessions']} sessions ran on a saturated tester "
-                      "(event-loop lag or CPU): their numbers include the tester's own delay[/]")
-    if summary["stopped_by"]:
-        console.print(f"stopped by {summary['stopped_by']}: every live session ended within {summary['stop_s']} s")
-    if summary["leaked_streams"]:
-        console.print(f"[red]the reference gateway still lists {summary['leaked_streams']} open streams[/]")
-    verdict = summary["verdict"]
-    if verdict["checks"]:
-        checks = Table("check", "group", "value", "wanted", "sessions", "verdict", title="SLA checks")
-        for ch in verdict["checks"]:
-            word = "[green]pass[/]" if ch["passed"] else "[dim]no data[/]" if ch["passed"] is None else "[red]BREACH[/]"
-            checks.add_row(ch["check"], ch["group_label"], fmt(ch["value"]), f"{ch['op']} {ch['threshold']:g}",
-                           str(ch["sessions"]), word)
-        console.print(checks)
-    console.print(f"goodput {fmt(verdict['goodput'])} · SLA score {fmt(verdict['sla'].get('score'))} "
-                  f"(coverage {fmt(verdict['sla'].get('coverage'))}; benchmark: {verdict['sla'].get('benchmark')})")
-    if summary.get("degraded_by"):
-        why = "; ".join(f"{reason}: " + ", ".join(f"{n} on {where}" for where, n in sorted(by.items()))
-                        for reason, by in sorted(summary["degraded_by"].items()))
-        console.print(f"goodput counts sessions that met every threshold; degraded for {why}. The SLA score is "
-                      "the network's formula (startup, swaps, fps, latency): jitter and freezes are not in it")
-    if c.aborted:
-        console.print(f"[red]aborted: {c.aborted}[/]")
-    kafka = summary.get("kafka")
-    if kafka:
-        lost = kafka["undelivered"] + kafka["dropped"] + kafka["failed"]
-        console.print(f"Kafka: {kafka['delivered']} of {kafka['produced']} messages delivered to {kafka['topic']}"
-                      + (f" [red]({kafka['undelivered']} undelivered, {kafka['dropped']} dropped, "
-                         f"{kafka['failed']} failed: {kafka['last_error']})[/]" if lost else ""))
-    ch_state = summary.get("clickhouse")
-    if ch_state:
-        console.print(f"ClickHouse: {ch_state['rows']} rows into {ch_state['database']}.{ch_state['table_prefix']}*"
-                      + (f" [red](stopped: {ch_state['error']})[/]" if ch_state["error"] else ""))
-    console.print(f"results: {out}")
-    if summary.get("junit"):
-        console.print(f"JUnit XML: {summary['junit']}")
-    if summary.get("report"):
-        console.print(f"report: {summary['report']}")
-    slim = {k: v for k, v in summary.items() if k != "verdict"}
-    slim["verdict"] = {k: verdict[k] for k in ("passed", "breaches", "goodput", "sessions", "counted")}
-    slim["sla_score"] = verdict["sla"].get("score")
-    print(json.dumps({"campaign_id": c.campaign_id, "results": str(out), **slim}), flush=True)

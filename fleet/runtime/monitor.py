@@ -38,8 +38,8 @@ from fleet.prompts import render_params
 from fleet.results.sink import ParquetSink
 from fleet.results.writer import ResultsWriter
 from fleet.runtime.broker import read_capacity
-from fleet.runtime.campaign import (Campaign, CampaignOptions, close_all, open_gateways, open_outputs, prepare, push,
-                                    ray_init, results_dir, with_gpu)
+from fleet.runtime.lifecycle import (Campaign, CampaignOptions, close_all, open_gateways, open_outputs, prepare, push,
+                                     ray_init, results_dir, with_gpu)
 from fleet.runtime.executor import STOP_GRACE_S, Finished, RayExecutor
 from fleet.scenario import load_scenario
 

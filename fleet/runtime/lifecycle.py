@@ -1,0 +1,231 @@
+"""What a run on Ray (``fleet run`` or ``fleet monitor``) sets up and tears down, in one place.
+
+``Campaign`` is the run's context: its scenario and options, the gateway URLs per region, the
+outputs it feeds (ClickHouse, Kafka, Prometheus) and whether a stop signal came. The functions
+open each piece in order and ``close_all`` closes them on every exit path: outputs first (what is
+queued is handed over), then the private Ray, then the reference gateway we started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fleet.capacity import CapacitySnapshot
+from fleet.errors import InputError
+from fleet.results.clickhouse import ClickHouseError, ClickHouseSink
+from fleet.results.sink import ParquetSink
+from fleet.results.sketches import Sketches
+from fleet.runtime.executor import STOP_GRACE_S
+from fleet.scenario import Scenario
+
+__all__ = ["Campaign", "CampaignOptions", "StopSignals", "close_all", "leaks", "open_gateways", "open_outputs",
+           "prepare", "push", "ray_init", "results_dir", "warn_job_stop_wait", "with_gpu"]
+
+
+@dataclass
+class CampaignOptions:
+    address: str | None = None
+    seed: int = 0
+    out_dir: str | None = None
+    host_address: str = "127.0.0.1"     # tester address for ICE host candidates on a local run
+    ray_ip: str = "127.0.0.2"           # the private Ray's node address
+    progress: bool | None = None        # None: a bar when stdout is a terminal
+    gateway_url: str | None = None      # override the scenario's target URL (all regions)
+    junit: str | None = None            # write JUnit XML of the checks here (overrides outputs.junit)
+
+
+@dataclass
+class Campaign:
+    scenario: Scenario
+    opts: CampaignOptions
+    campaign_id: str = ""
+    gateway_proc: Any = None
+    urls: dict[str, str] = field(default_factory=dict)
+    stop_signal: int | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    sketches: Sketches = field(default_factory=Sketches)
+    clickhouse: Any = None
+    clickhouse_state: dict[str, Any] | None = None
+    kafka: Any = None                      # a KafkaFeed, when outputs.kafka is set
+    metrics: Any = None                    # CampaignMetrics, when outputs.prometheus is set
+    aborted: str | None = None
+    snapshot: CapacitySnapshot | None = None
+    warmup_s: float | None = None
+    stop_at: float | None = None
+    stop_s: float | None = None   # from the signal to every live session ended
+    broker_state: dict[str, Any] = field(default_factory=dict)
+
+
+def with_gpu(c: Campaign, row: dict[str, Any]) -> dict[str, Any]:
+    """Fill the GPU from the capacity snapshot when the gateway's status named none: its name when
+    all the orchestrator's GPUs are one model, its id when it has one GPU."""
+    url, address = row.get("orchestrator_url"), row.get("orchestrator_address")
+    if row.get("gpu_name") or c.snapshot is None or not (url or address):
+        return row
+    for o in c.snapshot.orchestrators:  # by URL first: an orchestrator without ticket params has no address
+        if (o.uri == url if url else o.address == address) and o.gpus:
+            names = {name for _, name in o.gpus}
+            row["gpu_name"] = names.pop() if len(names) == 1 else None
+            row["gpu_id"] = row.get("gpu_id") or (o.gpus[0][0] if len(o.gpus) == 1 else None)
+            break
+    return row
+
+
+def ray_init(c: Campaign, regions: list[str]) -> bool:
+    """Join the cluster, or start a private one on loopback. True when we started it."""
+    import ray
+
+    address = c.opts.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # no runtime_env here: inside `ray job submit` it would replace the job's (its working_dir);
+        # outside a job, the nodes run the fleet installed on them
+        ray.init(address=address, log_to_driver=False)
+        return False
+    resources = {f"region:{r}": 1000 for r in regions}
+    ray.init(address="local", _node_ip_address=c.opts.ray_ip, include_dashboard=False, log_to_driver=False,
+             resources=resources, num_cpus=os.cpu_count() or 1)
+    return True
+
+
+def prepare(c: Campaign, path: str) -> StopSignals:
+    """Before anything starts: the gateway token is set, SIGINT / SIGTERM stop the run cleanly."""
+    env = c.scenario.target.token_env
+    if env and env not in os.environ:
+        raise InputError(f"{path}: target.token_env names {env}, which is not set in the environment")
+    stops = StopSignals(c)
+    warn_job_stop_wait()
+    return stops
+
+
+def results_dir(c: Campaign) -> Path:
+    """``--out``, else the scenario's ``outputs.dir`` (relative to the working directory)."""
+    out = Path(c.opts.out_dir or c.scenario.outputs.dir)
+    return out if out.is_absolute() else Path.cwd() / out
+
+
+class StopSignals:
+    """SIGINT / SIGTERM (and so ``ray job stop``) set ``c.stop_signal``: the loop stops every live session."""
+
+    def __init__(self, c: Campaign) -> None:
+        self.c = c
+        self.previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.install()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.c.stop_signal is None:
+            print(f"fleet: {signal.Signals(signum).name}: stopping every live session", file=sys.stderr, flush=True)
+            self.c.stop_at = time.monotonic()
+        self.c.stop_signal = signum
+
+    def install(self) -> None:
+        for s in self.previous:
+            signal.signal(s, self._on_signal)
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def open_gateways(c: Campaign, path: str) -> None:
+    """Each region's gateway URL; for a ``reference`` target with no URL, start the reference gateway."""
+    target, opts = c.scenario.target, c.opts
+    if opts.gateway_url is None and target.dialect == "reference" and not target.url and not target.region_urls:
+        from fleet.gateway.process import GatewayProcess
+
+        c.gateway_proc = GatewayProcess().__enter__()
+        print(f"fleet: reference gateway at {c.gateway_proc.url}", flush=True)
+    for r in (r.name for r in c.scenario.placement.regions):
+        url = opts.gateway_url or target.region_urls.get(r) or target.url or (c.gateway_proc and c.gateway_proc.url)
+        if not url:
+            raise InputError(f"{path}: target: no gateway URL for region {r!r} (give target.url or region_urls)")
+        c.urls[r] = url
+
+
+def open_outputs(c: Campaign, path: str) -> None:
+    """ClickHouse, Kafka and the Prometheus endpoint, as the scenario asks (each fails early on a missing
+    variable or a port it cannot listen on)."""
+    outputs = c.scenario.outputs
+    if outputs.clickhouse is not None:
+        c.clickhouse = ClickHouseSink(outputs.clickhouse)
+        c.clickhouse_state = {"table_prefix": outputs.clickhouse.table_prefix,
+                              "database": outputs.clickhouse.database, "rows": 0, "error": None}
+    if outputs.kafka is not None:
+        from fleet.results.kafka import KafkaFeed
+
+        c.kafka = KafkaFeed(outputs.kafka)
+    if outputs.prometheus is not None:
+        from fleet.results.prometheus import CampaignMetrics
+
+        prom = outputs.prometheus
+        c.metrics = CampaignMetrics()
+        try:
+            port = c.metrics.serve(prom.host, prom.port)
+        except OSError as exc:
+            raise InputError(f"{path}: outputs.prometheus: cannot listen on {prom.host}:{prom.port} "
+                             f"({exc.strerror or exc})") from None
+        print(f"fleet: Prometheus metrics at http://{prom.host}:{port}/metrics", flush=True)
+
+
+def close_all(c: Campaign, started_ray: bool) -> None:
+    """Outputs, then Ray, then the gateway we started: on every exit path."""
+    if c.clickhouse is not None:
+        c.clickhouse.close()
+    if c.kafka is not None:  # an early exit: still hand over what is queued
+        c.kafka.close(STOP_GRACE_S)
+    if c.metrics is not None:
+        prom = c.scenario.outputs.prometheus
+        linger = prom.linger_s if prom else 0.0
+        if linger and c.stop_signal is None:
+            time.sleep(linger)  # the endpoint stays up for a last scrape (a wait, not synchronisation)
+        c.metrics.close()
+    if started_ray:
+        import ray
+
+        ray.shutdown()
+    if c.gateway_proc is not None:
+        c.gateway_proc.__exit__(None, None, None)
+
+
+def warn_job_stop_wait() -> None:
+    """Inside a Ray job, ``ray job stop`` SIGKILLs us RAY_JOB_STOP_WAIT_TIME_S after its SIGTERM."""
+    if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+        return
+    try:
+        wait = float(os.environ.get("RAY_JOB_STOP_WAIT_TIME_S", "3"))
+    except ValueError:
+        wait = 3.0
+    if wait < STOP_GRACE_S + 5:
+        print(f"fleet: RAY_JOB_STOP_WAIT_TIME_S is {wait:g} s: `ray job stop` may kill this campaign before its "
+              f"sessions are torn down; submit with --runtime-env-json "
+              f"'{{\"env_vars\": {{\"RAY_JOB_STOP_WAIT_TIME_S\": \"{int(STOP_GRACE_S + 10)}\"}}}}'",
+              file=sys.stderr, flush=True)
+
+
+def push(c: Campaign, sink: ParquetSink, tables: dict[str, Any]) -> None:
+    """Send a batch just written to Parquet on to ClickHouse; after a failure, Parquet alone carries on."""
+    if c.clickhouse is None or not tables or c.clickhouse_state["error"]:
+        return
+    try:
+        c.clickhouse_state["rows"] += c.clickhouse.insert_batch(c.campaign_id, sink.seq, tables, sink.run_tag)
+    except ClickHouseError as exc:
+        c.clickhouse_state["error"] = str(exc)
+        print(f"fleet: {exc}; results go on to Parquet only (load them later with `fleet results push "
+              f"{sink.dir}`)", file=sys.stderr, flush=True)
+
+
+def leaks(c: Campaign) -> int | None:
+    """Streams our reference gateway still lists as open (a leak), when we run it."""
+    if c.gateway_proc is None:
+        return None
+    try:
+        return int(httpx.get(f"{c.gateway_proc.url}/debug/streams", timeout=5).json()["open"])
+    except httpx.HTTPError:
+        return None
