@@ -83,7 +83,7 @@ def page(title: str, path: str, f: q.Filters, opts: dict[str, list[str]], body: 
             + select("category", opts.get("category", []), f.category) + "<button type=submit>apply</button></form>")
     return (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport "
             f"content='width=device-width,initial-scale=1'><title>fleet · {_e(title)}</title>"
-            f"<link rel=stylesheet href='/static/dashboard.css'></head><body><nav>{nav}</nav>"
+            f"<link rel=icon href='data:,'><link rel=stylesheet href='/static/dashboard.css'></head><body><nav>{nav}</nav>"
             f"<h1>{_e(title)}</h1>{form}{body}<p class=note>Sessions counted as the SLA counts them: not skipped "
             f"for capacity, not the tester's failures, not failures the network excuses. Made "
             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC.</p></body></html>")
