@@ -37,9 +37,11 @@ def main() -> int:
     try:
         with chromium("--window-size=1280,1600", "--hide-scrollbars") as driver:
             for name, path in views.items():
+                driver.set_window_size(1280, 800)
                 driver.get(server.url + path)
-                height = driver.execute_script("return document.body.scrollHeight")
-                driver.set_window_size(1280, min(max(height + 40, 600), 2400))
+                height = driver.execute_script("return document.documentElement.scrollHeight")
+                chrome = driver.execute_script("return window.outerHeight - window.innerHeight")
+                driver.set_window_size(1280, min(max(height + chrome + 20, 600), 3000))
                 target = args.out / f"dashboard-{name}.png"
                 driver.save_screenshot(str(target))
                 print(target)

@@ -114,7 +114,8 @@ def leaderboard_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], b
     return page("Leaderboard", "/", f, opts, body, {"by": "gpu"} if by_gpu else None)
 
 
-def _series_chart(rows: list[dict[str, Any]], band: list[dict[str, Any]], metric: str, label: str) -> str | None:
+def _series_chart(rows: list[dict[str, Any]], band: list[dict[str, Any]], metric: str, label: str,
+                  bucket_s: float) -> str | None:
     mine = [(r["t"], r[f"{metric}_p50"]) for r in rows if r.get(f"{metric}_p50") is not None]
     if not mine:
         return None
@@ -127,16 +128,26 @@ def _series_chart(rows: list[dict[str, Any]], band: list[dict[str, Any]], metric
     ax.plot([dt.datetime.fromtimestamp(t, dt.timezone.utc) for t, _ in mine], [v for _, v in mine], "o-",
             color=COLORS[0], ms=3, label="this orchestrator, p50")
     ax.set_ylabel(label)
+    times = [t for t, _ in mine] + [b["t"] for b in band]
+    pad = dt.timedelta(seconds=bucket_s)
+    ax.set_xlim(dt.datetime.fromtimestamp(min(times), dt.timezone.utc) - pad,
+                dt.datetime.fromtimestamp(max(times), dt.timezone.utc) + pad)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
     fig.autofmt_xdate()
     return _svg(fig)
+
+
+def _campaign_link(campaign_id: str) -> str:
+    """A campaign's report; a monitor has none (its runs are listed on /campaigns)."""
+    target = "/campaigns" if campaign_id.startswith("monitor-") else f"/campaign/{quote(campaign_id, safe='')}/report"
+    return f"<a href='{_e(target)}'>{_e(campaign_id)}</a>"
 
 
 def orchestrator_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], key: str) -> str:
     v = q.orchestrator_view(engine, f, key)
     parts = []
     for metric, label in (("g2g", "glass-to-glass latency p50 (ms)"), ("fps", "output fps p50")):
-        svg = _series_chart(v["series"], v["band"], metric, label)
+        svg = _series_chart(v["series"], v["band"], metric, label, v["bucket_s"])
         parts.append(f"<h2>{_e(label)}</h2>" + (svg or "<p class=note>No sessions in this window.</p>"))
     parts.append("<h2>GPUs</h2>" + _table(["GPU id", "GPU", "sessions", "counted", "g2g p50 ms", "fps p50"],
                                           [[_e(g["gpu_id"]), _e(g["gpu_name"]), str(g["sessions"]), str(g["counted"]),
@@ -145,8 +156,7 @@ def orchestrator_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], 
         ["phase", "error class", "sessions", "excused"],
         [[_e(r["phase"]), _e(r["error"]), str(r["n"]), str(r["excused_n"])] for r in v["failures"]], {2, 3})
         if v["failures"] else "<p>No failures in this window.</p>"))
-    recent = [[_n(r["started_at"]), f"<a href='/campaign/{quote(str(r['campaign_id']), safe='')}/report'>"
-               f"{_e(r['campaign_id'])}</a>", _e(r["outcome"]), _e(r["error_phase"] or ""), _e(r["error_class"] or ""),
+    recent = [[_n(r["started_at"]), _campaign_link(str(r["campaign_id"])), _e(r["outcome"]), _e(r["error_phase"] or ""), _e(r["error_class"] or ""),
                _n(r["excused"]), _e(r["gpu_name"] or ""), _e(r["prompt_category"] or ""), _n(r["startup_s"]),
                _n(r["g2g_latency_ms"], 4), _n(r["output_fps"])] for r in v["recent"]]
     parts.append("<h2>Recent sessions</h2>" + _table(

@@ -156,9 +156,12 @@ def orchestrator_view(engine: Engine, f: Filters, key: str) -> dict[str, Any]:
     """One orchestrator: its metrics over time beside the network's band, its GPUs, its recent sessions."""
     d = engine.dialect
     t = engine.tables()
-    bucket = d.bucket(BUCKETS[f.window], "started_at")
     where, params = f.where(engine, COUNTED)
     mine = f"{ORCH} = {d.param('orch', 'String')}"
+    span = engine.query(f"SELECT {d.epoch('min(started_at)')} AS a, {d.epoch('max(started_at)')} AS b "
+                        f"FROM {t['sessions']} {where} AND {mine}", {**params, "orch": key})[0]
+    unit = _unit((span["b"] or 0) - (span["a"] or 0), BUCKETS[f.window])
+    bucket = d.bucket(unit, "started_at")
     series = engine.query(
         f"SELECT {d.epoch(bucket)} AS t, {d.quantile('g2g_latency_ms', 0.5)} AS g2g_p50, "
         f"{d.quantile('output_fps', 0.5)} AS fps_p50, {d.quantile('startup_s', 0.5)} AS startup_p50, "
@@ -183,7 +186,17 @@ def orchestrator_view(engine: Engine, f: Filters, key: str) -> dict[str, Any]:
         f"SELECT coalesce(error_phase, '?') AS phase, coalesce(error_class, '?') AS error, "
         f"{_rate('coalesce(excused, false)')} AS excused_n, count(*) AS n FROM {t['sessions']} {all_where} "
         f"AND outcome = 'failed' GROUP BY 1, 2 ORDER BY 4 DESC", {**all_params, "orch": key})
-    return {"series": series, "band": band, "gpus": gpus, "recent": recent, "failures": failures}
+    return {"series": series, "band": band, "gpus": gpus, "recent": recent, "failures": failures,
+            "bucket_s": UNIT_S[unit]}
+
+
+UNIT_S = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+def _unit(span_s: float, widest: str) -> str:
+    """Buckets that give a chart some points: minutes for a few hours of data, hours for a few weeks."""
+    unit = "minute" if span_s <= 6 * 3600 else "hour" if span_s <= 21 * 86400 else "day"
+    return unit if UNIT_S[unit] <= UNIT_S[widest] else widest
 
 
 def groups(engine: Engine, f: Filters, by: str) -> list[dict[str, Any]]:
