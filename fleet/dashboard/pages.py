@@ -156,7 +156,8 @@ def orchestrator_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], 
         ["phase", "error class", "sessions", "excused"],
         [[_e(r["phase"]), _e(r["error"]), str(r["n"]), str(r["excused_n"])] for r in v["failures"]], {2, 3})
         if v["failures"] else "<p>No failures in this window.</p>"))
-    recent = [[_n(r["started_at"]), _campaign_link(str(r["campaign_id"])), _e(r["outcome"]), _e(r["error_phase"] or ""), _e(r["error_class"] or ""),
+    recent = [[_n(r["started_at"]), _campaign_link(str(r["campaign_id"])), _e(r["outcome"]),
+               _e(r["error_phase"] or ""), _e(r["error_class"] or ""),
                _n(r["excused"]), _e(r["gpu_name"] or ""), _e(r["prompt_category"] or ""), _n(r["startup_s"]),
                _n(r["g2g_latency_ms"], 4), _n(r["output_fps"])] for r in v["recent"]]
     parts.append("<h2>Recent sessions</h2>" + _table(
