@@ -37,6 +37,17 @@ def cells(driver, table: int = 0) -> list[list[str]]:
     return [[c.text for c in row.find_elements(By.TAG_NAME, "td")] for row in t.find_elements(By.TAG_NAME, "tr")][1:]
 
 
+def navigated(driver, part: str, deadline_s: float = 15.0) -> str:
+    """A click on a link or a submit button returns before the browser has loaded the next page: wait,
+    with a deadline, for the address to hold `part`."""
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, deadline_s).until(ec.url_contains(part))
+    WebDriverWait(driver, deadline_s).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    return driver.current_url
+
+
 def test_every_view_loads_without_console_errors_and_shows_the_leaderboard_numbers(site):
     from selenium.webdriver.common.by import By
 
@@ -61,7 +72,8 @@ def test_an_orchestrator_view_draws_its_charts_and_links_to_reports(site):
     srv, driver, _ = site
     driver.get(srv.url + "/?window=all")
     driver.find_element(By.LINK_TEXT, "https://flaky.test:8935").click()
-    assert "id=https" in driver.current_url and "window=all" in driver.current_url
+    url = navigated(driver, "/orchestrator?")
+    assert "id=https" in url and "window=all" in url
     charts = driver.find_elements(By.CSS_SELECTOR, "svg")
     assert len(charts) == 2 and all(c.size["width"] > 200 and c.size["height"] > 100 for c in charts)
     assert all(c.find_elements(By.CSS_SELECTOR, "path") for c in charts)  # lines and bands were drawn
@@ -78,7 +90,7 @@ def test_the_filter_form_narrows_the_view_through_the_query_string(site):
     driver.get(srv.url + "/workflows?window=all")
     Select(driver.find_element(By.NAME, "model")).select_by_visible_text("comfyui")
     driver.find_element(By.CSS_SELECTOR, "form button").click()
-    assert "model=comfyui" in driver.current_url
+    assert "window=all" in navigated(driver, "model=comfyui")
     per_model = cells(driver, 0)
     assert [r[0] for r in per_model] == ["comfyui"]
     want = {r["grp"]: r["rows_"] for r in q.groups(DuckDBEngine(d), q.Filters(window="all", model="comfyui"), "model")}
