@@ -1,0 +1,43 @@
+"""A finished session's outcome: the SLA checks that make an ``ok`` session ``degraded`` or ``failed``,
+and the gateway's own error deciding the outcome of an early end.
+
+Pure functions over the result and the spec, unit-tested on synthetic timelines
+(tests/test_probe_units.py).
+"""
+
+from __future__ import annotations
+
+from fleet.probe.adapters import classify_gateway_error
+from fleet.probe.types import EVENT_PREFIX, ProbeResult, ProbeSpec
+
+
+def classify(r: ProbeResult, spec: ProbeSpec, end: float, last_arrival: float | None) -> None:
+    """Check an ``ok`` session against the spec's thresholds. Output silent for more than
+    ``stall_fail_s`` at the ``end`` (monotonic) fails it; each threshold missed is a reason that makes
+    it ``degraded``."""
+    if r.outcome != "ok":
+        return
+    if any(e[1] == EVENT_PREFIX + "black_output" for e in r.events):
+        r.reasons.append("black_output")
+    if last_arrival is not None and end - last_arrival > spec.options.stall_fail_s:
+        r.outcome, r.error_phase, r.error_class = "failed", "pipeline", "output_stalled"
+        r.error_detail = f"no output for the last {end - last_arrival:.1f} s"
+        return
+    checks = (
+        ("slow_startup", r.startup_s is not None and r.startup_s > spec.max_startup_s),
+        ("low_fps", r.output_fps is not None and r.output_fps < spec.min_output_fps),
+        ("jitter", r.jitter_coeff is not None and r.jitter_coeff > spec.max_jitter_coeff),
+        ("freezes", r.freeze_s > spec.max_freeze_s),
+        ("high_latency", r.g2g_latency_ms is not None and r.g2g_latency_ms > spec.max_g2g_latency_ms),
+    )
+    r.reasons.extend(reason for reason, missed in checks if missed)
+    if r.reasons:
+        r.outcome = "degraded"
+
+
+def blame(r: ProbeResult, message: str) -> None:
+    """After the 201 the gateway reports failures in its status only: its error decides the outcome
+    (no capacity is a skip, NaaP's excused errors are excused)."""
+    verdict = classify_gateway_error(message)
+    r.outcome, r.error_phase, r.error_class, r.excused = verdict.outcome, verdict.phase, verdict.error, verdict.excused
+    r.error_detail = message[:200]

@@ -1,0 +1,332 @@
+"""What the probe sees in the gateway's output: every frame's arrival, decoded windows of it, the
+latency alignment against the input's brightness steps, black output and prompt effects.
+
+``OutputWatch`` is fed ``TapFrame``s by the RTP tap (fleet.rtp) and knows nothing of WebRTC or HTTP:
+it decodes only inside short windows (until the latency alignment is found, around each prompt
+switch until its effect is seen, and ``check_window_s`` in every ``check_every_s``), starting at a
+keyframe that it asks for with a PLI through ``ask_keyframe``. The per-session figures it leaves in
+the result (latency samples, per-second counts) are computed by the pure functions at the bottom.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import av
+import numpy as np
+
+from fleet.media import PacketTrack
+from fleet.probe.latency import Aligner, StepDetector, lag_is_exact
+from fleet.probe.timing import PLAYABLE_FRAMES, analyse, suspect_frames
+from fleet.probe.types import ProbeResult, ProbeSpec
+from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame
+
+BLACK_LUMA = 24.0             # a decoded frame this dark, with neutral chroma, is black
+BLACK_RUN = 10                # decoded black frames in a row that make the output "black"
+EFFECT_DELTA = 3.0            # mean U or V moving this much is a visible look change
+EFFECT_FRAMES = 3             # ... for this many decoded frames in a row
+PLI_EVERY_S = 0.5
+WINDOW_BEFORE_SWITCH_S = 1.0
+WINDOW_AFTER_EFFECT_S = 0.5
+WINDOW_MAX_S = 10.0
+CHROMA_KEEP = 300             # decoded frames' chroma kept for the effect check (trimmed by a third)
+
+Event = Callable[..., None]   # event(kind, **data)
+LatencySample = tuple[float, float, str]  # (t_s from the session's start, ms, method)
+
+
+class OutputWatch:
+    """The output frames of one session, and what decoding some of them found."""
+
+    def __init__(self, spec: ProbeSpec, track: PacketTrack, t0: float, event: Event,
+                 ask_keyframe: Callable[[FrameTap], None]) -> None:
+        self.spec, self.opt, self.track, self.t0 = spec, spec.options, track, t0
+        self.event, self._ask = event, ask_keyframe
+        self.tap: FrameTap | None = None
+        self.arrivals: list[float] = []
+        self.out_ts: list[int] = []        # RTP timestamps relative to the first output frame
+        self.ts0: int | None = None
+        self.on_first: Callable[[], None] = lambda: None
+        # decoding
+        self.decoder: Any = None           # av's CodecContext while decoding
+        self.windows: list[tuple[float, float]] = []  # (start, end) monotonic
+        self.switch_windows: dict[int, tuple[float, float]] = {}  # per prompt switch, until its effect is seen
+        self.calibrating = True
+        self.aligned_at_steps = 0          # detected output steps when the alignment last ran
+        self.last_pli = 0.0
+        self.prev_decoded_index = -2
+        self.detector = StepDetector()
+        self.black_run = 0
+        self.black_frames = 0
+        self.decoded_frames = 0
+        self.chroma: list[tuple[float, float, float]] = []  # (arrival, mean U, mean V) of decoded frames
+        self.pending_effects: list[tuple[int, float]] = []  # (update index, request time)
+        self.prompt_switch_ms: list[float | None] = []  # per prompt switch, once switching starts
+        self.latency_method: str | None = None
+        # a latency longer than the clip's loop would be ambiguous (the steps repeat)
+        max_latency = min(self.opt.max_latency_s, 0.9 * spec.clip.frames / spec.clip.fps)
+        self.aligner = Aligner(tolerance=2.5 / spec.clip.fps, max_latency=max_latency)
+        self.recv_aligner = Aligner(tolerance=0.3, max_latency=max_latency)
+
+    # --- windows ---------------------------------------------------------------------
+
+    def check_window(self) -> None:
+        """Decode the next ``check_window_s``: black output, the look, the alignment."""
+        start = time.monotonic()
+        self.windows.append((start, start + self.opt.check_window_s))
+
+    def switch_coming(self, k: int) -> None:
+        """Prompt switch ``k`` is a second away: decode from now until its effect is seen."""
+        start = time.monotonic()
+        self.switch_windows[k] = (start, start + WINDOW_BEFORE_SWITCH_S + WINDOW_MAX_S)
+
+    def switched(self, k: int, t_req: float) -> None:
+        self.pending_effects.append((k, t_req))
+
+    # --- frames ----------------------------------------------------------------------
+
+    def on_frame(self, f: TapFrame) -> None:
+        if self.ts0 is None:
+            self.ts0 = f.timestamp
+            self.on_first()
+        index = len(self.arrivals)
+        self.arrivals.append(f.arrival)
+        self.out_ts.append(f.timestamp - self.ts0)
+        if self.tap is not None and self.tap.unsupported:
+            return
+        if self._want_decode(f.arrival):
+            self._decode(f, index)
+        elif self.decoder is not None:
+            self.decoder = None
+            self.detector.reset_continuity()
+
+    def _want_decode(self, now: float) -> bool:
+        if self.calibrating and now - self.t0 > self.opt.calibrate_max_s:
+            self.calibrating = False  # no alignment in time (an output without brightness steps): give up
+            self.event("latency_aligned", method=self.latency_method, steps=len(self.detector.steps), exact=False)
+        if self.opt.decode == "all" or self.calibrating or self.pending_effects:
+            return True
+        self.windows = [w for w in self.windows if w[1] > now]
+        return any(start <= now < end for start, end in (*self.windows, *self.switch_windows.values()))
+
+    def _decode(self, f: TapFrame, index: int) -> None:
+        if not f.complete:
+            self.decoder = None
+            self.detector.reset_continuity()
+        if self.decoder is None:
+            if not (f.keyframe and f.complete):
+                if self.tap is not None and self.tap.ssrc is not None and f.arrival - self.last_pli >= PLI_EVERY_S:
+                    self.last_pli = f.arrival
+                    self._ask(self.tap)
+                return
+            codec = self.tap.codec if self.tap is not None else None
+            self.decoder = av.CodecContext.create("h264" if codec == "H264" else "vp8", "r")
+            # one frame out per packet in, at once: frame threads or reorder guesses would hand back an
+            # earlier frame and shift every step the latency alignment sees
+            self.decoder.thread_count = 1
+            self.decoder.flags |= av.codec.context.Flags.low_delay
+        try:
+            frames = self.decoder.decode(av.Packet(f.data))
+        except av.FFmpegError:
+            self.decoder = None
+            self.detector.reset_continuity()
+            return
+        for frame in frames:
+            self.look_at(frame_means(frame), f.arrival, index)
+
+    def look_at(self, means: tuple[float, float, float], arrival: float, index: int) -> None:
+        """One decoded frame's mean Y, U and V (black output, the look, the latency steps)."""
+        luma, mu, mv = means
+        self.decoded_frames += 1
+        consecutive = index == self.prev_decoded_index + 1
+        self.prev_decoded_index = index
+        black = luma < BLACK_LUMA and abs(mu - 128) < 8 and abs(mv - 128) < 8
+        self.black_run = self.black_run + 1 if black else 0
+        if black:
+            self.black_frames += 1
+            if self.black_run == BLACK_RUN:
+                self.event("black_output")
+        else:
+            self.detector.frame(self.out_ts[index] / VIDEO_CLOCK, arrival, luma, consecutive)
+        self.chroma.append((arrival, mu, mv))
+        if len(self.chroma) > CHROMA_KEEP:
+            del self.chroma[: CHROMA_KEEP // 3]
+        self.check_effects()
+        if not self.calibrating:
+            return
+        exact = False
+        steps = len(self.detector.steps)
+        if steps >= 3 and steps != self.aligned_at_steps:  # align again only when a new step was seen
+            self.aligned_at_steps = steps
+            exact = self.align()
+        if exact:  # found: decoding goes back to short windows (giving up is _want_decode's, on the clock)
+            self.calibrating = False
+            self.event("latency_aligned", method=self.latency_method, steps=steps, exact=exact)
+
+    # --- latency and effects -----------------------------------------------------------
+
+    def input_steps(self) -> list[tuple[float, int, float]]:
+        sent = self.track.sent
+        return [(self.spec.clip.pts(n) / VIDEO_CLOCK, d, sent[n]) for n, d in self.track.level_steps(len(sent))]
+
+    def align(self) -> bool:
+        """Find the alignment; True once it is exact (pinned to one frame)."""
+        inputs = self.input_steps()
+        outs = [(t, d, a) for t, a, d in self.detector.steps]
+        if self.aligner.update(outs, inputs):
+            self.latency_method = "rtp_timestamp"
+            return lag_is_exact(self.aligner.lag, self.detector.prev, inputs, self.aligner.matched,
+                                1 / self.spec.clip.fps)
+        recv = [(a, d, a) for _, a, d in self.detector.steps]
+        recv_in = [(s, d, s) for _, d, s in inputs]
+        if self.recv_aligner.update(recv, recv_in):
+            self.latency_method = "brightness_step"
+            return True
+        self.latency_method = None
+        return False
+
+    def check_effects(self) -> None:
+        """For each pending prompt switch: has the look moved away from the second before it?"""
+        done = []
+        for i, (k, t_req) in enumerate(self.pending_effects):
+            if time.monotonic() - t_req > WINDOW_MAX_S:
+                done.append(i)
+                self.switch_windows.pop(k, None)
+                continue
+            first = effect_start(self.chroma, t_req)
+            if first is None:
+                continue
+            self.prompt_switch_ms[k] = round((first - t_req) * 1000, 3)
+            self.event("prompt_effect", index=k, ms=self.prompt_switch_ms[k])
+            self.windows.append((first, first + WINDOW_AFTER_EFFECT_S))
+            self.switch_windows.pop(k, None)  # seen: decode no longer than the short window after it
+            done.append(i)
+        for i in reversed(done):
+            self.pending_effects.pop(i)
+
+    # --- the result ------------------------------------------------------------------
+
+    def fill(self, r: ProbeResult, end: float | None, suspect: Sequence[tuple[float, float]]) -> None:
+        """Put what was seen into the result: ``end`` is the session's end (None when it broke off, so
+        the silence before a break is no freeze), ``suspect`` the tester's own loop stalls."""
+        a, track, tap = self.arrivals, self.track, self.tap
+        r.frames_sent, r.frames_received = len(track.sent), len(a)
+        if track.sent:
+            r.first_packet_ms = _ms(track.start - self.t0) if track.start else None
+            r.pacing_late_ms_mean = _ms(track.late_s_total / len(track.sent))
+            r.pacing_late_ms_max = _ms(track.late_s_max)
+            r.keyframes_on_request = track.keyframe_jumps
+        if tap is not None:
+            r.packets_received = tap.packets
+            if tap.packets_expected:
+                r.packet_loss_pct = round(100 * tap.packets_lost / tap.packets_expected, 3)
+            if tap.unsupported:
+                r.reasons.append(f"output codec {tap.unsupported} is not measured")
+        if a:
+            r.startup_s = round(a[0] - self.t0, 4)
+            if len(a) >= PLAYABLE_FRAMES:
+                r.playable_s = round(a[PLAYABLE_FRAMES - 1] - self.t0, 4)
+        if len(a) >= 2:
+            t = analyse(a, end=end, suspect=list(suspect))
+            r.output_fps, r.jitter_coeff = t.output_fps, t.jitter_coeff
+            r.jitter_coeff_p50, r.jitter_coeff_p95 = t.jitter_coeff_p50, t.jitter_coeff_p95
+            r.jitter_intervals, r.jitter_suspect_intervals = t.jitter_intervals, t.jitter_suspect_intervals
+            r.freeze_count, r.freeze_s = t.freeze_count, t.freeze_s
+        if self.opt.keep_timeline:
+            r.timeline = list(zip(self.out_ts, a))
+            r.timeline_suspect = suspect_frames(a, list(suspect))
+        r.latency_samples = self.latency_samples()
+        r.latency_method = self.latency_method
+        values = [ms for _, ms, _ in r.latency_samples]
+        if values:
+            r.g2g_latency_ms = round(percentile(values, 50) or 0.0, 3)
+            r.g2g_latency_p95_ms = round(percentile(values, 95) or 0.0, 3)
+        r.prompt_switch_ms = list(self.prompt_switch_ms)
+        r.decoded_frames, r.black_frames = self.decoded_frames, self.black_frames
+        r.per_second = per_second(r.duration_s, self.t0, a, track.sent, r.latency_samples)
+
+    def latency_samples(self) -> list[LatencySample]:
+        """Every output frame's glass-to-glass latency the alignment can pin (aligning once more if
+        the session ended while still calibrating)."""
+        if self.calibrating and len(self.detector.steps) >= 3:
+            self.align()
+        if self.latency_method == "rtp_timestamp" and self.aligner.lag is not None:
+            return rtp_latency(self.out_ts, self.arrivals, self.aligner.lag, self.track.sent,
+                               self.spec.clip.fps, self.t0)
+        if self.latency_method == "brightness_step":
+            inputs = self.input_steps()
+            return [(round(arrival - self.t0, 4), round((arrival - inputs[k][2]) * 1000, 3), "brightness_step")
+                    for (_, arrival, _), k in zip(self.detector.steps, self.recv_aligner.matched)]
+        return []
+
+
+# --- pure functions ----------------------------------------------------------------------
+
+def frame_means(frame: av.VideoFrame) -> tuple[float, float, float]:
+    """Mean Y, U and V of a decoded YUV 4:2:0 frame, read on a 4x subsampled grid."""
+    h, w = frame.height, frame.width
+    y_plane, u_plane, v_plane = frame.planes[0], frame.planes[1], frame.planes[2]
+    y = np.frombuffer(y_plane, np.uint8).reshape(h, y_plane.line_size)[::4, :w:4]
+    u = np.frombuffer(u_plane, np.uint8).reshape(h // 2, u_plane.line_size)[::4, : w // 2:4]
+    v = np.frombuffer(v_plane, np.uint8).reshape(h // 2, v_plane.line_size)[::4, : w // 2:4]
+    return float(y.mean()), float(u.mean()), float(v.mean())
+
+
+def effect_start(chroma: Sequence[tuple[float, float, float]], t_req: float) -> float | None:
+    """The arrival of the first of ``EFFECT_FRAMES`` frames in a row after ``t_req`` whose mean U or V
+    moved more than ``EFFECT_DELTA`` from the second before it; None while not (yet) seen."""
+    before = [(u, v) for a, u, v in chroma if t_req - WINDOW_BEFORE_SWITCH_S <= a < t_req]
+    after = [(a, u, v) for a, u, v in chroma if a >= t_req]
+    if not before or len(after) < EFFECT_FRAMES:
+        return None
+    bu = statistics.fmean(u for u, _ in before)
+    bv = statistics.fmean(v for _, v in before)
+    run = 0
+    for j, (_, u, v) in enumerate(after):
+        run = run + 1 if max(abs(u - bu), abs(v - bv)) > EFFECT_DELTA else 0
+        if run == EFFECT_FRAMES:
+            return after[j - EFFECT_FRAMES + 1][0]
+    return None
+
+
+def rtp_latency(out_ts: Sequence[int], arrivals: Sequence[float], lag: float, sent: Sequence[float],
+                fps: float, t0: float) -> list[LatencySample]:
+    """Per output frame whose RTP timestamp, less the aligned ``lag``, lands on an input frame (within
+    a tenth of a frame): its arrival less that frame's send time."""
+    samples = []
+    for ts, arrival in zip(out_ts, arrivals):
+        exact = (ts / VIDEO_CLOCK - lag) * fps
+        n = round(exact)
+        if abs(exact - n) < 0.1 and 0 <= n < len(sent):
+            samples.append((round(arrival - t0, 4), round((arrival - sent[n]) * 1000, 3), "rtp_timestamp"))
+    return samples
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(np.asarray(values), q)) if len(values) else None
+
+
+def per_second(duration_s: float, t0: float, arrivals: Sequence[float], sent: Sequence[float],
+               latency: Sequence[LatencySample]) -> list[dict[str, Any]]:
+    """Per whole second of the session: frames out, frames in, median latency."""
+    seconds = max(1, math.ceil(duration_s))
+    frames_out, frames_in = [0] * seconds, [0] * seconds
+    for times, counts in ((arrivals, frames_out), (sent, frames_in)):
+        for t in times:
+            i = int(t - t0)
+            if 0 <= i < seconds:
+                counts[i] += 1
+    lat: list[list[float]] = [[] for _ in range(seconds)]
+    for t, ms, _ in latency:
+        if 0 <= int(t) < seconds:
+            lat[int(t)].append(ms)
+    return [{"t_s": i, "fps_out": frames_out[i], "fps_in": frames_in[i], "latency_ms_p50": percentile(lat[i], 50)}
+            for i in range(seconds)]

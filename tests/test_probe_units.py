@@ -1,0 +1,196 @@
+"""The probe's analysis, status reading and outcome rules on synthetic timelines and bodies, without
+WebRTC: the latency alignment finds a known delay, black output and prompt effects are seen, a
+status of the real shape fills the result (and a wrong shape is the gateway's protocol error), and
+the SLA checks classify a session as the spec says."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet.media import FILE_STEP_LUMA, Clip, PacketTrack
+from fleet.probe.classify import blame, classify
+from fleet.probe.output import BLACK_RUN, EFFECT_DELTA, EFFECT_FRAMES, OutputWatch, effect_start, per_second
+from fleet.probe.status import StatusReader
+from fleet.probe.types import EVENT_PREFIX, ProbeResult, ProbeSpec, PromptChange
+
+FPS = 30.0
+RUNS = (17, 29, 11, 41, 23, 37, 13, 31, 19, 43, 7, 29)  # irregular: one alignment only
+DARK, BRIGHT = 60.0, 180.0
+
+
+def clip() -> Clip:
+    """A clip of plain levels (no encoded data: nothing here decodes)."""
+    luma: list[float] = []
+    for k, run in enumerate(RUNS):
+        luma += [BRIGHT if k % 2 else DARK] * run
+    n = len(luma)
+    steps = tuple((i, 1 if luma[i] > luma[i - 1] else -1) for i in range(1, n) if luma[i] != luma[i - 1])
+    return Clip("h264", 64, 64, FPS, (b"",) * n, (True,) + (False,) * (n - 1), tuple(luma), steps, 0.0)
+
+
+def spec(**kw) -> ProbeSpec:
+    return ProbeSpec("http://127.0.0.1:1", "livepeer", "streamdiffusion", clip(), (PromptChange(0, {}),), 20.0, **kw)
+
+
+def sent_track(c: Clip, t0: float, frames: int) -> PacketTrack:
+    """A track as if it had sent ``frames`` frames on time from ``t0``."""
+    track = PacketTrack(c)
+    for n in range(frames):
+        i = n % c.frames
+        if track.index and abs(c.luma[i] - c.luma[track.index[-1]]) >= FILE_STEP_LUMA:
+            track.steps_sent.append((n, 1 if c.luma[i] > c.luma[track.index[-1]] else -1))
+        track.index.append(i)
+        track.sent.append(t0 + n / FPS)
+    track.start = t0
+    return track
+
+
+def watch(s: ProbeSpec, track: PacketTrack, t0: float) -> tuple[OutputWatch, list[tuple[str, dict]]]:
+    events: list[tuple[str, dict]] = []
+    w = OutputWatch(s, track, t0, lambda kind, **data: events.append((kind, data)), lambda tap: None)
+    return w, events
+
+
+def relay(w: OutputWatch, track: PacketTrack, delay_s: float, lumas=None) -> None:
+    """Every input frame comes out ``delay_s`` later with its RTP timestamp kept, and is decoded."""
+    for n, sent in enumerate(track.sent):
+        arrival = sent + delay_s
+        w.arrivals.append(arrival)
+        w.out_ts.append(track.clip.pts(n))
+        luma = track.clip.luma[track.index[n]] if lumas is None else lumas[n]
+        w.look_at((luma, 128.0, 128.0), arrival, n)
+
+
+@pytest.mark.parametrize("delay_ms", [40.0, 250.0, 1300.0])
+def test_the_alignment_recovers_a_known_delay_from_brightness_steps(delay_ms):
+    s, t0 = spec(), 1000.0
+    track = sent_track(s.clip, t0, 240)
+    w, events = watch(s, track, t0)
+    relay(w, track, delay_ms / 1000)
+    assert not w.calibrating and w.latency_method == "rtp_timestamp"
+    assert [k for k, _ in events] == ["latency_aligned"] and events[0][1]["exact"] is True
+    samples = w.latency_samples()
+    assert len(samples) == 240  # every frame pinned to the input frame it carries
+    assert {m for _, _, m in samples} == {"rtp_timestamp"}
+    assert all(ms == pytest.approx(delay_ms, abs=1e-3) for _, ms, _ in samples)
+
+
+def test_a_run_of_black_frames_is_one_black_output_event_and_is_no_brightness_step():
+    s, t0 = spec(), 1000.0
+    track = sent_track(s.clip, t0, 60)
+    w, events = watch(s, track, t0)
+    relay(w, track, 0.1, lumas=[5.0] * 60)
+    assert w.black_frames == 60 and w.decoded_frames == 60
+    assert [k for k, _ in events] == ["black_output"]  # once, at the BLACK_RUN-th frame
+    assert w.detector.steps == [] and BLACK_RUN <= 60
+
+
+def test_a_prompt_effect_starts_at_the_first_of_enough_changed_frames_in_a_row():
+    t_req = 50.0
+    before = [(t_req - 1 + i / FPS, 128.0, 128.0) for i in range(30)]
+    blip = [(t_req + 0.1, 128.0 + 2 * EFFECT_DELTA, 128.0)]        # one frame is no effect
+    calm = [(t_req + 0.2 + i / FPS, 128.0, 128.0) for i in range(5)]
+    changed = [(t_req + 0.5 + i / FPS, 128.0, 128.0 + 2 * EFFECT_DELTA) for i in range(EFFECT_FRAMES)]
+    assert effect_start(before + blip + calm, t_req) is None
+    assert effect_start(before + blip + calm + changed, t_req) == pytest.approx(t_req + 0.5)
+    assert effect_start(changed, t_req) is None  # nothing before the switch to compare with
+
+
+def test_per_second_counts_frames_each_way_and_the_median_latency():
+    t0 = 10.0
+    rows = per_second(2.5, t0, [10.1, 10.2, 11.5], [10.0, 10.5, 11.0, 12.2],
+                      [(0.1, 100.0, "m"), (0.2, 300.0, "m"), (1.5, 50.0, "m")])
+    assert rows == [{"t_s": 0, "fps_out": 2, "fps_in": 2, "latency_ms_p50": 200.0},
+                    {"t_s": 1, "fps_out": 1, "fps_in": 1, "latency_ms_p50": 50.0},
+                    {"t_s": 2, "fps_out": 0, "fps_in": 1, "latency_ms_p50": None}]
+
+
+def reader() -> tuple[ProbeResult, StatusReader, list[str]]:
+    r = ProbeResult("s1", "livepeer", "http://gw")
+    events: list[str] = []
+    return r, StatusReader(r, lambda kind, **data: events.append(kind)), events
+
+
+def status(address: str = "0xABC", state: str = "ONLINE") -> dict:
+    """A go-livepeer status body: the runner's status plus gateway_status (../shared/LIVEPEER.md)."""
+    return {"state": state, "request_id": "req1", "pipeline_id": "pip1",
+            "inference_status": {"fps": 23.5, "restart_count": 1, "last_error": None},
+            "input_status": {"fps": 30.0},
+            "orchestrator_info": {"address": address, "url": "https://o1:8935"},
+            "gateway_status": {"ingest_metrics": {"stats": {"conn_quality": "good", "track_stats": [
+                {"type": "audio", "jitter": 9.0},
+                {"type": "video", "latency": 0.05, "jitter": 0.002, "packet_loss_pct": 1.5, "rtt": 12_000_000}]}}}}
+
+
+def test_a_status_of_the_real_shape_fills_the_result_and_a_swap_is_seen():
+    r, st, events = reader()
+    st.read(status(), 1.0)
+    assert (r.request_id, r.pipeline_id, r.orchestrator_address, r.orchestrator_url) == \
+        ("req1", "pip1", "0xabc", "https://o1:8935")
+    assert (r.gateway_ingest_latency_s, r.gateway_ingest_jitter_ms, r.gateway_ingest_packet_loss_pct,
+            r.gateway_ingest_rtt_ms, r.gateway_conn_quality) == (0.05, 2.0, 1.5, 12.0, "good")
+    assert r.status_samples[0]["inference_fps"] == 23.5 and r.restart_count == 1 and r.gateway_state == "ONLINE"
+    st.read(status(address="0xdef", state="DEGRADED_INFERENCE"), 2.0)
+    assert r.swapped and r.orchestrator_address == "0xdef"
+    assert events == ["status_change", "orchestrator_swap", "status_change"] and not r.reasons
+
+
+@pytest.mark.parametrize("body", [
+    ["not", "an", "object"],
+    {"state": "ONLINE", "orchestrator_info": "0xabc"},
+    {"gateway_status": {"ingest_metrics": {"stats": {"track_stats": {"type": "video"}}}}},
+])
+def test_a_status_of_the_wrong_shape_is_the_gateways_protocol_error_once(body):
+    r, st, events = reader()
+    st.read(body, 1.0)
+    st.read(body, 2.0)
+    assert r.reasons == ["gateway_protocol"] and events.count("bad_status") == 1
+
+
+def finished(**kw) -> ProbeResult:
+    r = ProbeResult("s1", "livepeer", "http://gw", startup_s=1.0, output_fps=25.0, jitter_coeff=0.02,
+                    freeze_s=0.0, g2g_latency_ms=400.0)
+    for k, v in kw.items():
+        setattr(r, k, v)
+    return r
+
+
+@pytest.mark.parametrize(("change", "reasons"), [
+    ({}, []),
+    ({"startup_s": 11.0}, ["slow_startup"]),
+    ({"output_fps": 11.9}, ["low_fps"]),
+    ({"jitter_coeff": 0.11}, ["jitter"]),
+    ({"freeze_s": 2.5}, ["freezes"]),
+    ({"g2g_latency_ms": 3000.1}, ["high_latency"]),
+    ({"output_fps": 5.0, "g2g_latency_ms": 5000.0}, ["low_fps", "high_latency"]),
+    ({"events": [(3.0, EVENT_PREFIX + "black_output", {})]}, ["black_output"]),
+])
+def test_each_threshold_missed_is_a_reason_that_degrades_the_session(change, reasons):
+    r = finished(**change)
+    classify(r, spec(), end=100.0, last_arrival=99.9)
+    assert r.reasons == reasons and r.outcome == ("degraded" if reasons else "ok")
+
+
+def test_output_silent_at_the_end_fails_the_session_and_a_failed_one_is_left_alone():
+    r = finished()
+    classify(r, spec(), end=100.0, last_arrival=94.0)
+    assert (r.outcome, r.error_phase, r.error_class) == ("failed", "pipeline", "output_stalled")
+    assert r.error_detail == "no output for the last 6.0 s"
+    gone = finished(outcome="failed", output_fps=1.0)
+    classify(gone, spec(), end=100.0, last_arrival=None)
+    assert gone.outcome == "failed" and gone.reasons == []
+
+
+@pytest.mark.parametrize(("message", "verdict"), [
+    ("no orchestrators available", ("skipped_no_capacity", "capacity", "no_orchestrators_available", True)),
+    ("non-h264 video", ("failed", "media", "codec_refused", True)),
+    ("something broke", ("failed", "pipeline", "gateway_error", False)),
+])
+def test_the_gateways_error_decides_an_early_end(message, verdict):
+    r = ProbeResult("s1", "livepeer", "http://gw", outcome="failed", error_phase="media", error_class="disconnected")
+    blame(r, message)
+    assert (r.outcome, r.error_phase, r.error_class, r.excused) == verdict and r.error_detail == message
+
+
+def test_the_spec_never_prints_the_token():
+    assert "s3cret" not in repr(spec(token="s3cret")) and "http://127.0.0.1:1" in repr(spec(token="s3cret"))
