@@ -14,12 +14,16 @@ prompt look, processing delay with jitter, faults), are encoded once as H.264
 (or, in relay mode, forwarded as they came) and go to every WHEP viewer from
 its first keyframe on, as go-livepeer's WHEP server does. Everything the
 runner did to each frame is kept as ground truth for tests.
+
+This module is the stream's lifecycle: signalling, what go-livepeer does
+after the 201, teardown. The simulated runner is ``fleet.gateway.runner``,
+what goes out to viewers ``fleet.gateway.egress``, and the status and truth
+it reports ``fleet.gateway.records``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fractions
 import hashlib
 import json
 import logging
@@ -27,19 +31,18 @@ import random
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import av
 from aiortc import MediaStreamTrack, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
 
 from fleet.gateway.config import Fault
+from fleet.gateway.egress import SUBSCRIBER_QUEUE, H264Encoder, OutputTrack, time_egress
 from fleet.gateway.network import Lease
-from fleet.gateway.runner_state import RunnerClock, runner_state
-from fleet.gateway.transform import apply_look, look_for, prompt_cost
-from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame, unwrap16
-from fleet.webrtc import codecs_named, new_peer_connection, request_keyframe, timestamp_origin
+from fleet.gateway.records import StreamRecords, unix_ms
+from fleet.gateway.runner import Rate, RunnerModel
+from fleet.gateway.transform import look_for
+from fleet.rtp import FrameTap, TapFrame
+from fleet.webrtc import codecs_named, new_peer_connection, request_keyframe
 
 if TYPE_CHECKING:
     from fleet.gateway.config import GatewayConfig
@@ -60,11 +63,7 @@ __all__ = ["NO_ORCHESTRATORS", "OutputTrack", "Stream"]
 log = logging.getLogger(__name__)
 
 NO_ORCHESTRATORS = "no orchestrators available"
-ARRIVALS_KEPT = 512            # arrival times of frames still in aiortc's decoder
-SUBSCRIBER_QUEUE = 90          # frames buffered per WHEP viewer before the oldest is dropped
-MAX_TRUTH_FRAMES = 108_000     # per-frame truth kept (an hour at 30 fps); summaries are always kept
 MAX_EVENTS = 10_000            # lifecycle events kept per stream
-FPS_WINDOW_S = 10.0            # the runner's fps is counted over this window (ai-runner FPS_LOG_INTERVAL)
 SELECTION_RETRY_S = 0.1        # selection retries this often within selection_timeout_s
 
 
@@ -74,78 +73,7 @@ def _log_crash(task: asyncio.Task) -> None:
         log.error("stream task crashed", exc_info=task.exception())
 
 
-def _ms(unix: float | None) -> int | None:
-    return None if unix is None else int(unix * 1000)
-
-
-class OutputTrack(MediaStreamTrack):
-    """What one WHEP viewer receives: encoded frames, from the first keyframe on (go-livepeer: hasIDR)."""
-
-    kind = "video"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.queue: asyncio.Queue[av.Packet | None] = asyncio.Queue()
-        self.first_pts90: list[int] = []  # the RTP-clock pts of the first frame handed to the sender
-        self.started = False              # a keyframe has gone out: the viewer can decode from here
-        self.frames_sent = 0
-        self.awaiting_keyframe = 0        # frames dropped before the first keyframe
-        # truth: (output pts on the RTP clock, loop time its last packet left) per frame sent to this viewer
-        self.egress: deque[tuple[int, float]] = deque(maxlen=MAX_TRUTH_FRAMES)
-        self.main_pt: int | None = None   # the media payload type (any other is a retransmission)
-        self.seq_first: int | None = None  # media sequence numbers sent to this viewer: first and highest,
-        self.seq_highest: int | None = None  # unwrapped (first transmissions are consecutive)
-        self.packets_dropped = 0          # transmissions the packet_loss fault dropped (a NACK may resend)
-        self.undelivered: set[int] = set()  # sequence numbers dropped and not (yet) delivered by a resend
-
-    @property
-    def packets_sent(self) -> int:
-        """Distinct media packets sent (a retransmission reuses its sequence number)."""
-        return 0 if self.seq_first is None else self.seq_highest - self.seq_first + 1
-
-    def push(self, packet: av.Packet | None, keyframe: bool = False) -> None:
-        if packet is not None and not self.started:
-            if not keyframe:
-                self.awaiting_keyframe += 1
-                return
-            self.started = True
-        if self.queue.qsize() >= SUBSCRIBER_QUEUE:
-            self.queue.get_nowait()
-        self.queue.put_nowait(packet)
-
-    async def recv(self) -> av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        packet = await self.queue.get()
-        if packet is None:
-            self.stop()
-            raise MediaStreamError
-        if not self.first_pts90 and packet.pts is not None and packet.time_base is not None:
-            self.first_pts90.append(round(packet.pts * packet.time_base * VIDEO_CLOCK))
-        self.frames_sent += 1
-        return packet
-
-
-@dataclass
-class _Rate:
-    """Events per second over a sliding window."""
-
-    window: float = FPS_WINDOW_S
-    times: deque = field(default_factory=deque)
-
-    def add(self, t: float) -> None:
-        self.times.append(t)
-        while self.times and self.times[0] < t - self.window:
-            self.times.popleft()
-
-    def fps(self, now: float, since: float) -> float:
-        while self.times and self.times[0] < now - self.window:
-            self.times.popleft()
-        span = min(self.window, now - since)
-        return len(self.times) / span if span > 0.5 else 0.0
-
-
-class Stream:
+class Stream(RunnerModel, StreamRecords):
     def __init__(self, gateway: StreamHost, name: str, stream_id: str, pipeline: str, params: dict[str, Any],
                  orchestrator: str = "", include_uris: tuple[str, ...] = (), exclude_uris: tuple[str, ...] = (),
                  user_agent: str = "", request_id: str | None = None) -> None:
@@ -184,7 +112,7 @@ class Stream:
         self.unsent: dict[int, int] = {}  # output RTP-clock pts -> truth index, until its packets leave
         self.prompts: list[tuple[float, str, str]] = []  # (t, prompt, params hash)
         self.events: deque[tuple[float, str, dict]] = deque(maxlen=MAX_EVENTS)
-        self.in_rate, self.out_rate = _Rate(), _Rate()
+        self.in_rate, self.out_rate = Rate(), Rate()
         self.last_in: float | None = None
         self.last_out: float | None = None
         self.last_in_pts: float | None = None   # seconds, media time of the last input / output frame
@@ -206,8 +134,7 @@ class Stream:
         self.relay_ts0: int | None = None
         self.relay_need_key = True
         self.tap: FrameTap | None = None
-        self.encoder: av.CodecContext | None = None
-        self.encoded = 0
+        self.encoder: H264Encoder | None = None
         self.first_packet = asyncio.Event()
         self.output_ready = asyncio.Event()
         self.ended = asyncio.Event()
@@ -234,15 +161,6 @@ class Stream:
         task.add_done_callback(_log_crash)
         self._tasks.append(task)
 
-    def _active(self, kind: str) -> Fault | None:
-        if self.runner_start is None:
-            return None
-        t = self.loop.time() - self.runner_start
-        for f in self.faults:
-            if f.kind == kind and t >= f.after_s and (f.duration_s is None or t < f.after_s + f.duration_s):
-                return f
-        return None
-
     def set_params(self, params: dict[str, Any], event: bool = True) -> None:
         self.params = params
         self.prompt = str(params.get("prompt", ""))
@@ -254,24 +172,6 @@ class Stream:
         if event:
             self.params_update = self.loop.time()
             self.event("params_update", params_hash=self.params_hash)
-
-    def fps_cap(self) -> float:
-        if self.lease is None:
-            return 0.0
-        cap = self.lease.profile.fps_cap * (1 - self.lease.profile.prompt_cost * prompt_cost(self.prompt))
-        fault = self._active("fps_drop")
-        return cap * (fault.fps_factor if fault else 1.0)
-
-    def _draw_delay(self) -> float:
-        assert self.lease is not None
-        d = self.lease.profile.delay
-        if d.dist == "fixed":
-            ms = d.mean_ms
-        elif d.dist == "uniform":
-            ms = self.rng.uniform(d.mean_ms - d.jitter_ms, d.mean_ms + d.jitter_ms)
-        else:
-            ms = self.rng.gauss(d.mean_ms, d.jitter_ms)
-        return max(0.0, ms) / 1000.0
 
     # --- signaling -------------------------------------------------------------
 
@@ -335,60 +235,28 @@ class Stream:
         transceiver.setCodecPreferences(codecs_named("video", relayed or "H264"))
         await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         self.whep.append((pc, track))
-        self._time_egress(transceiver.sender, track, residence=len(self.whep) == 1)
+        time_egress(transceiver.sender, track, self.loop.time, self._drop_packet,
+                    self._residence if len(self.whep) == 1 else None)
         await pc.setLocalDescription(await pc.createAnswer())
         self.event("whep_subscriber", count=len(self.whep))
         return pc.localDescription.sdp
 
-    def _time_egress(self, sender: Any, track: OutputTrack, residence: bool) -> None:
-        """Truth of delivery: when each frame's last packet left for this viewer (and, for the first viewer,
-        each input frame's whole residence: its arrival to that moment)."""
-        dtls = sender.transport
-        original = dtls._send_rtp
-        origin: list[int] = []
+    def _drop_packet(self) -> bool:
+        """The packet_loss fault: lose this media packet on the way to a viewer."""
+        loss = self._active("packet_loss") if self.lossy else None
+        return loss is not None and self.rng.random() < loss.loss_pct / 100
 
-        async def send_rtp(data: bytes) -> None:
-            pt = data[1] & 0x7F if len(data) >= 12 else 0
-            if pt >= 96 and (track.main_pt is None or pt == track.main_pt):
-                track.main_pt = pt
-                seq = int.from_bytes(data[2:4], "big")
-                unwrapped = unwrap16(track.seq_highest, seq)
-                track.seq_highest = max(unwrapped, track.seq_highest if track.seq_highest is not None else unwrapped)
-                if track.seq_first is None:
-                    track.seq_first = unwrapped
-                loss = self._active("packet_loss") if self.lossy else None
-                if loss is not None and self.rng.random() < loss.loss_pct / 100:
-                    track.packets_dropped += 1
-                    track.undelivered.add(seq)
-                    return  # lost on the way to this viewer (a NACK may still bring it back)
-                track.undelivered.discard(seq)
-            await original(data)
-            if len(data) < 12 or not data[1] & 0x80 or pt < 96 or pt != track.main_pt:
-                return  # RTCP, a retransmission, or not the last packet of a frame
-            ts = int.from_bytes(data[4:8], "big")
-            if not origin:
-                if not track.first_pts90:
-                    return
-                origin.append(ts - track.first_pts90[0])
-            pts90 = (ts - origin[0]) & 0xFFFFFFFF
-            if track.egress and (pts90 - track.egress[-1][0]) & 0xFFFFFFFF >= 1 << 31 or \
-                    track.egress and pts90 == track.egress[-1][0]:
-                return  # a retransmission (NACK): the frame left the first time
-            track.egress.append((pts90, self.loop.time()))
-            if not residence:
-                return
-            index = self.unsent.pop(pts90, None)
-            if index is not None and index < len(self.frames):
-                t_in = self.t0 + self.frames[index][2]
-                self.frames[index][6] = round((self.loop.time() - t_in) * 1000, 3)
-
-        dtls._send_rtp = send_rtp
+    def _residence(self, pts90: int, t: float) -> None:
+        """The first viewer got the frame at ``pts90``: the input frame's whole residence is known."""
+        index = self.unsent.pop(pts90, None)
+        if index is not None and index < len(self.frames):
+            self.frames[index][6] = round((t - (self.t0 + self.frames[index][2])) * 1000, 3)
 
     # --- what go-livepeer does after the 201 -------------------------------------------
 
     def fail(self, message: str, trace: str | None = None) -> None:
         """The gateway's kickInput: record the error (the first one stays), emit it, close the stream."""
-        self.gateway_status.setdefault("error", {"error_message": message, "error_time": _ms(time.time())})
+        self.gateway_status.setdefault("error", {"error_message": message, "error_time": unix_ms(time.time())})
         if trace:
             self.event(trace)
         self.event("ai_stream_events", type="error", message=message)
@@ -449,344 +317,6 @@ class Stream:
             if self.tap is not None and self.tap.ssrc is not None:
                 await request_keyframe(self.tap.receiver, self.tap.ssrc)
 
-    # --- the runner ----------------------------------------------------------------
-
-    async def _pump(self, track: MediaStreamTrack) -> None:
-        idle = self.gw.config.idle_timeout_s
-        seq = 0
-        while not self.closed:
-            try:
-                frame = await asyncio.wait_for(track.recv(), timeout=idle)
-            except asyncio.TimeoutError:
-                self.fail(f"no input for {idle:g} s")
-                return
-            except MediaStreamError:
-                self.close_soon("input ended")
-                return
-            seq += 1
-            self._ingest(frame, seq, self._arrival_of(frame))
-
-    def _on_tap_frame(self, frame: TapFrame) -> None:
-        self.first_packet.set()
-        if self.gw.config.relay:
-            if self.relay_queue.full():
-                self.relay_queue.get_nowait()
-            self.relay_queue.put_nowait(frame)
-            return
-        if len(self.arrivals) >= ARRIVALS_KEPT:
-            self.arrivals.pop(next(iter(self.arrivals)))
-        self.arrivals[frame.timestamp & 0xFFFFFFFF] = frame.arrival
-
-    def _arrival_of(self, frame: av.VideoFrame) -> float:
-        """When the frame's last packet arrived (before aiortc's jitter buffer and decoder), else now."""
-        origin = timestamp_origin(self.tap.receiver if self.tap else None)
-        if origin is None or frame.pts is None:
-            self.arrival_misses += 1
-            return self.loop.time()
-        arrival = self.arrivals.pop((frame.pts + origin) & 0xFFFFFFFF, None)
-        if arrival is None:
-            self.arrival_misses += 1
-            return self.loop.time()
-        return arrival
-
-    async def _pump_relay(self) -> None:
-        """Relay mode: encoded frames from the tap, forwarded without decoding."""
-        idle = self.gw.config.idle_timeout_s
-        seq = 0
-        while not self.closed:
-            try:
-                tap = await asyncio.wait_for(self.relay_queue.get(), timeout=idle)
-            except asyncio.TimeoutError:
-                self.fail(f"no input for {idle:g} s")
-                return
-            if self.tap is not None and self.tap.codec not in self.gw.config.video_codecs:
-                continue  # the gather refuses it
-            if self.relay_ts0 is None:
-                self.relay_ts0 = tap.timestamp
-            packet = av.Packet(tap.data)
-            packet.pts = tap.timestamp - self.relay_ts0
-            packet.time_base = fractions.Fraction(1, VIDEO_CLOCK)
-            seq += 1
-            self._ingest(packet, seq, tap.arrival, keyframe=tap.keyframe and tap.complete)
-
-    def _drop_reason(self, t_in: float) -> str | None:
-        if self.lease is None or self.ready_at is None:
-            return "no_orchestrator"
-        if t_in < self.ready_at:
-            return "cold_start"
-        if self.warmup_left > 0:
-            self.warmup_left -= 1
-            return "warmup"
-        if self._active("output_stall"):
-            return "fault:output_stall"
-        # ai-runner: the input queue holds one frame and a frame that finds it full is dropped
-        # (process.py input_queue maxsize=1, _try_queue_put); inference takes 1/fps_cap per frame.
-        start = max(t_in, self.busy_until)
-        if start > t_in and t_in < self.queue_free_at:
-            return "fps_cap"
-        self.queue_free_at = start
-        self.busy_until = start + 1.0 / self.fps_cap()
-        self.start_at = start
-        return None
-
-    def _ingest(self, frame: av.VideoFrame | av.Packet, seq: int, t_in: float, keyframe: bool = False) -> None:
-        self.frames_in += 1
-        self.in_rate.add(t_in)
-        if self.last_in is None:
-            self.event("runner_receive_first_ingest_segment")
-        self.last_in = t_in
-        if frame.pts is not None and frame.time_base is not None:
-            self.last_in_pts = float(frame.pts * frame.time_base)
-        t_ready = self._ready_at(frame, t_in)
-        reason = self._drop_reason(t_ready)
-        relay = self.gw.config.relay
-        if relay and not reason and self.relay_need_key and not keyframe:
-            reason = "relay_await_keyframe"  # an encoded stream resumes at a keyframe, or decoders break
-        if reason:
-            self.relay_need_key = True
-            self.dropped[reason] = self.dropped.get(reason, 0) + 1
-            self._truth(seq, frame.pts, t_in, None, None, reason)
-            return
-        self.relay_need_key = False
-        if relay:
-            out: av.VideoFrame | av.Packet = frame
-        else:
-            out = apply_look(frame, self.look, self.lut, black=self._active("black_frames") is not None)
-        delay = self._draw_delay()
-        due = max(self.start_at + delay, self.last_due)
-        self.last_due = due
-        index = self._truth(seq, frame.pts, t_in, delay * 1000, None, None)
-        if index >= 0:
-            self.frames[index][7] = round((self.start_at - t_in) * 1000, 3)
-        self.loop.call_at(due, self._emit, out, self.start_at, index, keyframe)
-
-    def _ready_at(self, frame: av.VideoFrame | av.Packet, t_in: float) -> float:
-        """When the runner may take the frame: its media time on a clock anchored at the first frame plus the
-        ingest buffer (go-livepeer segments the ingest before the runner decodes it), or its arrival if later.
-        Arrival noise within the buffer (this machine's own scheduling) does not reach the output; a frame
-        later than that is late. An anchor that would hold frames longer than the buffer (a publisher whose
-        clock runs fast, or one that paused) is moved."""
-        if frame.pts is None or frame.time_base is None:
-            return t_in
-        media = float(frame.pts * frame.time_base)
-        buffer = self.gw.config.ingest_buffer_ms / 1000
-        if self.media_anchor is None or self.media_anchor + media - t_in > buffer:
-            self.media_anchor = t_in - media + buffer
-        return max(t_in, self.media_anchor + media)
-
-    def _truth(self, seq: int, pts: int | None, t_in: float, drawn: float | None, actual: float | None,
-               reason: str | None) -> int:
-        if len(self.frames) >= MAX_TRUTH_FRAMES:
-            return -1
-        self.frames.append([seq, pts, round(t_in - self.t0, 6), drawn, actual, reason, None, None])
-        return len(self.frames) - 1
-
-    def _encode(self, frame: av.VideoFrame) -> av.Packet | None:
-        """The processed frame as H.264 (constrained baseline), once for every viewer; an IDR every output GOP."""
-        if self.encoder is None:
-            assert self.lease is not None
-            gop = max(1, round(self.gw.config.output_gop_s * self.lease.profile.fps_cap))
-            enc = av.CodecContext.create("libx264", "w")
-            enc.width, enc.height, enc.pix_fmt = frame.width, frame.height, "yuv420p"
-            enc.time_base = fractions.Fraction(1, VIDEO_CLOCK)
-            enc.framerate = fractions.Fraction(round(self.lease.profile.fps_cap))
-            enc.bit_rate = 1_000_000
-            enc.profile = "Baseline"
-            enc.options = {"preset": "ultrafast", "tune": "zerolatency", "level": "31", "forced-idr": "1",
-                           "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:repeat-headers=1"}
-            self.encoder, self._gop = enc, gop
-        frame.pict_type = av.video.frame.PictureType.I if self.encoded % self._gop == 0 else \
-            av.video.frame.PictureType.NONE
-        pts, time_base = frame.pts, frame.time_base
-        frame.pts = round(pts * time_base * VIDEO_CLOCK) if pts is not None and time_base else self.encoded
-        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
-        self.encoded += 1
-        packets = list(self.encoder.encode(frame))
-        if not packets:
-            return None
-        packet = av.Packet(b"".join(bytes(p) for p in packets))
-        packet.pts, packet.time_base = frame.pts, frame.time_base
-        packet.is_keyframe = any(p.is_keyframe for p in packets)
-        return packet
-
-    def _emit(self, frame: av.VideoFrame | av.Packet, start: float, index: int, keyframe: bool) -> None:
-        if self.closed:
-            return
-        t = self.loop.time()
-        packet = frame if isinstance(frame, av.Packet) else self._encode(frame)
-        if packet is None:
-            return
-        keyframe = keyframe if isinstance(frame, av.Packet) else packet.is_keyframe
-        if index >= 0:
-            self.frames[index][4] = round((t - start) * 1000, 3)  # inference start to output
-            if self.whep and packet.pts is not None and packet.time_base is not None:
-                pts90 = round(packet.pts * packet.time_base * VIDEO_CLOCK)
-                if len(self.unsent) >= ARRIVALS_KEPT:
-                    self.unsent.pop(next(iter(self.unsent)))
-                self.unsent[pts90] = index
-        if self.frames_out == 0:
-            self.event("runner_send_first_processed_segment")
-            self.output_ready.set()
-        self.frames_out += 1
-        self.out_rate.add(t)
-        self.last_out = t
-        if packet.pts is not None and packet.time_base is not None:
-            self.last_out_pts = float(packet.pts * packet.time_base)
-        for _, track in self.whep:
-            track.push(packet, keyframe)
-
-    async def _watch(self) -> None:
-        """Mid-stream faults on a schedule: disconnect, orchestrator swap, capacity drop."""
-        timed = sorted((f for f in self.faults if f.kind in ("disconnect", "orchestrator_swap", "capacity_drop")),
-                       key=lambda f: f.after_s)
-        for f in timed:
-            assert self.runner_start is not None
-            await asyncio.sleep(max(0.0, self.runner_start + f.after_s - self.loop.time()))
-            if self.closed:
-                return
-            self.event("fault", kind=f.kind)
-            if f.kind == "disconnect":
-                self.last_error = ("orchestrator disconnected", self.loop.time())
-                self.fail("orchestrator disconnected")
-                return
-            if f.kind == "orchestrator_swap":
-                self._swap()
-            else:
-                assert self.lease is not None
-                self.gw.network.drop_capacity(self.lease.orchestrator.address, f.slots)
-                if f.duration_s is not None:
-                    self.loop.call_later(f.duration_s, self.gw.network.restore_capacity,
-                                         self.lease.orchestrator.address, f.slots)
-
-    def _swap(self) -> None:
-        """The orchestrator-swap fault: the stream moves to another orchestrator, its runner restarts."""
-        assert self.lease is not None
-        old, new = self.lease, self.gw.network.swap(self.lease)
-        if new is None:
-            self.event("orchestrator_swap_failed", reason="no other orchestrator has room")
-            return
-        self.lease = new
-        self.restart_count += 1
-        self.last_restart = self.loop.time()
-        self.event("orchestrator_swap", old=old.orchestrator.address, new=new.orchestrator.address)
-
-    # --- status ------------------------------------------------------------------
-
-    def state(self) -> str:
-        now = self.loop.time()
-        start = self.runner_start if self.runner_start is not None else self.t0
-        ready = self.ready_at if self.ready_at is not None and now >= self.ready_at else None
-        return runner_state(RunnerClock(
-            now=now, start=start, ready=ready, running=self.closed is None, last_input=self.last_in,
-            last_output=self.last_out, params_update=self.params_update,
-            last_error=self.last_error[1] if self.last_error else None, last_restart=self.last_restart,
-            input_fps=self.in_rate.fps(now, start), output_fps=self.out_rate.fps(now, start)))
-
-    def _report_now(self) -> None:
-        """The runner's status event (ai_stream_status), as the gateway stores it."""
-        assert self.lease is not None
-        now = self.loop.time()
-        start = self.runner_start if self.runner_start is not None else self.t0
-        state = self.state()
-        previous = self.runner_status or {}
-        o = self.lease.orchestrator
-        self.runner_status = {
-            "type": "status", "pipeline": self.pipeline, "start_time": _ms(self.unix(start)), "state": state,
-            "last_state_update_time": (previous.get("last_state_update_time") if previous.get("state") == state
-                                       else _ms(time.time())),
-            "input_status": {"fps": round(self.in_rate.fps(now, start), 2), "last_input_time": _ms(self.unix(self.last_in))},
-            "inference_status": {
-                "fps": round(self.out_rate.fps(now, start), 2), "last_output_time": _ms(self.unix(self.last_out)),
-                "last_params_update_time": _ms(self.unix(self.params_update)), "last_params": self.params,
-                "last_params_hash": self.params_hash,
-                "last_error": self.last_error[0] if self.last_error else None,
-                "last_error_time": _ms(self.unix(self.last_error[1])) if self.last_error else None,
-                "last_restart_time": _ms(self.unix(self.last_restart)), "restart_count": self.restart_count},
-            "stream_id": self.id, "request_id": self.request_id, "pipeline_id": "",
-            "orchestrator_info": {"address": o.address, "url": o.uri},
-            "timestamp": _ms(time.time()),
-        }
-
-    async def _report(self) -> None:
-        """The runner reports every ``status_interval_s`` (ai-runner status_report_interval), from its start."""
-        while not self.closed:
-            self._report_now()
-            await asyncio.sleep(self.gw.config.status_interval_s)
-
-    async def _stats(self) -> None:
-        """``gateway_status.ingest_metrics`` every ``stats_interval_s`` (go-livepeer runStats)."""
-        while not self.closed:
-            await asyncio.sleep(self.gw.config.stats_interval_s)
-            if not self.closed:
-                await self._ingest_metrics()
-
-    async def _ingest_metrics(self) -> None:
-        stats = await self.pc.getStats()
-        transport = next((s for s in stats.values() if s.type == "transport"), None)
-        inbound = next((s for s in stats.values() if s.type == "inbound-rtp"), None)
-        tap = self.tap
-        received = tap.packets if tap else 0
-        lost = tap.packets_lost if tap else 0
-        jitter_s = (inbound.jitter / VIDEO_CLOCK) if inbound is not None else 0.0
-        loss_pct = 100.0 * lost / (received + lost) if received + lost else 0.0
-        last_in, last_out = self.last_in_pts or 0.0, self.last_out_pts or 0.0
-        track = {"type": "video", "jitter": round(jitter_s, 6), "packets_lost": lost, "packets_received": received,
-                 "packet_loss_pct": round(loss_pct, 3), "rtt": 0,  # aiortc's receiver measures no RTT (pion does)
-                 "last_input_ts": round(last_in, 3), "last_output_ts": round(last_out, 3),
-                 "latency": round(last_in - last_out, 3)}
-        quality = "good" if jitter_s * 1000 <= 50 and loss_pct <= 2 else "bad"  # media/whip_connection.go
-        self.gateway_status["ingest_metrics"] = {"stats": {
-            "peer_conn_stats": {"ID": transport.id if transport else "",
-                                "BytesReceived": getattr(transport, "bytesReceived", 0) if transport else 0,
-                                "BytesSent": getattr(transport, "bytesSent", 0) if transport else 0},
-            "track_stats": [track], "conn_quality": quality}}
-
-    def status(self) -> dict[str, Any]:
-        """``GET /live/video-to-video/{streamId}/status``: the runner's last report plus ``gateway_status``."""
-        body = dict(self.runner_status) if self.runner_status else {}
-        body["gateway_status"] = dict(self.gateway_status)
-        if self._active("malformed_status"):  # a gateway bug, for the tester to report as the gateway's
-            body["inference_status"] = "unavailable"
-            body["gateway_status"]["ingest_metrics"] = [body["gateway_status"].get("ingest_metrics")]
-        return body
-
-    # --- truth ------------------------------------------------------------------
-
-    def summary(self) -> dict[str, Any]:
-        lease = self.lease
-        return {"id": self.key, "name": self.name, "stream_id": self.id, "request_id": self.request_id,
-                "open": self.closed is None, "closed_reason": self.closed, "state": self.state(),
-                "pipeline": self.pipeline, "orchestrator": lease.orchestrator.address if lease else None,
-                "orchestrator_url": lease.orchestrator.uri if lease else None, "gpu": lease.gpu_id if lease else None,
-                "error": (self.gateway_status.get("error") or {}).get("error_message"), "e2e_test": self.e2e_test,
-                "started_unix": round(self.t0_unix, 3), "closed_unix": self.closed_unix,
-                "frames_in": self.frames_in, "frames_out": self.frames_out, "dropped": dict(self.dropped),
-                "arrival_misses": self.arrival_misses,
-                "whep_subscribers": len(self.whep),
-                "viewers": [{"frames_sent": t.frames_sent, "dropped_awaiting_keyframe": t.awaiting_keyframe,
-                             "packets_sent": t.packets_sent, "packets_dropped": t.packets_dropped,
-                             "packets_lost": len(t.undelivered)}
-                            for _, t in self.whep]}
-
-    def truth(self) -> dict[str, Any]:
-        delays = sorted(f[4] for f in self.frames if f[4] is not None)
-        residence = sorted(f[6] for f in self.frames if f[6] is not None)
-        drawn = sorted(f[3] for f in self.frames if f[3] is not None)
-        mid = lambda xs: xs[len(xs) // 2] if xs else None  # noqa: E731
-        return {
-            **self.summary(),
-            "config_delay": self.lease.profile.delay.model_dump() if self.lease else None,
-            "fps_cap": round(self.fps_cap(), 3),
-            "delay_ms_median": mid(delays), "delay_drawn_ms_median": mid(drawn),
-            "residence_ms_median": mid(residence),
-            "prompts": [{"t": t, "prompt": p, "params_hash": h} for t, p, h in self.prompts],
-            "events": [{"t": t, "type": k, **d} for t, k, d in self.events],  # data keys never 't'/'type'
-            "frames": [{"seq": s, "pts": p, "t_in": t, "queued_ms": q, "delay_drawn_ms": dr, "delay_ms": da,
-                        "dropped": r, "residence_ms": rs} for s, p, t, dr, da, r, rs, q in self.frames],
-            # per viewer, per frame sent: [output pts (90 kHz), when its last packet left (time.monotonic())]
-            "egress": [[[p, round(t, 6)] for p, t in track.egress] for _, track in self.whep],
-        }
-
     # --- teardown ------------------------------------------------------------------
 
     def close_soon(self, reason: str) -> None:
@@ -801,7 +331,7 @@ class Stream:
         self.closed_at = self.loop.time()
         self.ended.set()
         # go-livepeer: a close without an error is recorded as "whip disconnected"
-        self.gateway_status.setdefault("error", {"error_message": "whip disconnected", "error_time": _ms(time.time())})
+        self.gateway_status.setdefault("error", {"error_message": "whip disconnected", "error_time": unix_ms(time.time())})
         self.event("gateway_ingest_stream_closed", reason=reason)
         if self.runner_status is not None:
             self._report_now()
