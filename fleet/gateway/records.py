@@ -1,79 +1,27 @@
 """What a reference-gateway stream reports: the runner's status events (ai_stream_status), go-livepeer's
 ``gateway_status.ingest_metrics``, the status body the gateway serves, and the truth for tests.
 
-``StreamRecords`` is the reporting half of ``fleet.gateway.stream.Stream`` (a mixin): the state it
-reads is declared below and set in ``Stream.__init__`` and the runner (``fleet.gateway.runner``).
+``StreamRecords`` is the reporting part of ``fleet.gateway.stream.Stream`` (a mixin over the state
+declared in ``fleet.gateway.state``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fleet.gateway.egress import OutputTrack
-from fleet.gateway.network import Lease
-from fleet.gateway.runner import Rate
 from fleet.gateway.runner_state import RunnerClock, runner_state
-from fleet.rtp import VIDEO_CLOCK, FrameTap
+from fleet.gateway.state import StreamState
+from fleet.rtp import VIDEO_CLOCK
 
-if TYPE_CHECKING:
-    from fleet.gateway.config import Fault
-    from fleet.gateway.stream import StreamHost
 
 
 def unix_ms(unix: float | None) -> int | None:
     return None if unix is None else int(unix * 1000)
 
 
-class StreamRecords:
-    # set by Stream.__init__, its signalling and the runner; read here
-    gw: StreamHost
-    loop: asyncio.AbstractEventLoop
-    pc: Any
-    t0: float
-    t0_unix: float
-    id: str
-    key: str
-    name: str
-    request_id: str
-    pipeline: str
-    e2e_test: bool
-    closed: str | None
-    closed_unix: float | None
-    lease: Lease | None
-    tap: FrameTap | None
-    whep: list[tuple[Any, OutputTrack]]
-    params: dict[str, Any]
-    params_hash: str
-    params_update: float | None
-    prompts: list[tuple[float, str, str]]
-    events: deque[tuple[float, str, dict[str, Any]]]
-    frames: list[list[Any]]
-    dropped: dict[str, int]
-    arrival_misses: int
-    frames_in: int
-    frames_out: int
-    in_rate: Rate
-    out_rate: Rate
-    last_in: float | None
-    last_out: float | None
-    last_in_pts: float | None
-    last_out_pts: float | None
-    runner_start: float | None
-    ready_at: float | None
-    restart_count: int
-    last_error: tuple[str, float] | None
-    last_restart: float | None
-    runner_status: dict[str, Any] | None
-    gateway_status: dict[str, Any]
-
-    if TYPE_CHECKING:  # defined by Stream and the runner
-        def unix(self, t: float | None) -> float | None: ...
-        def fps_cap(self) -> float: ...
-        def _active(self, kind: str) -> Fault | None: ...
-
+class StreamRecords(StreamState):
     def state(self) -> str:
         now = self.loop.time()
         start = self.runner_start if self.runner_start is not None else self.t0

@@ -6,109 +6,32 @@ buffer, and meet the runner: cold start, warm-up, its one-frame input queue at t
 orchestrator's profile, the prompt's look, and the faults the network configured. Every decision is
 kept per frame as ground truth (``frames``), which the tests compare the fleet's measurements with.
 
-``RunnerModel`` is the runner half of ``fleet.gateway.stream.Stream`` (a mixin): the state it reads
-and writes is declared below and set in ``Stream.__init__``.
+``RunnerModel`` is the runner part of ``fleet.gateway.stream.Stream`` (a mixin over the state
+declared in ``fleet.gateway.state``, which ``Stream.__init__`` sets).
 """
 
 from __future__ import annotations
 
 import asyncio
 import fractions
-from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from fleet.gateway.config import Fault
-from fleet.gateway.egress import MAX_TRUTH_FRAMES, H264Encoder, OutputTrack
-from fleet.gateway.network import Lease
-from fleet.gateway.transform import Look, apply_look, prompt_cost
-from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame
+from fleet.gateway.egress import MAX_TRUTH_FRAMES, H264Encoder
+from fleet.gateway.state import StreamState
+from fleet.gateway.transform import apply_look, prompt_cost
+from fleet.rtp import VIDEO_CLOCK, TapFrame
 from fleet.webrtc import timestamp_origin
 
-if TYPE_CHECKING:
-    import random
-
-    from fleet.gateway.stream import StreamHost
 
 ARRIVALS_KEPT = 512            # arrival times of frames still in aiortc's decoder
-FPS_WINDOW_S = 10.0            # the runner's fps is counted over this window (ai-runner FPS_LOG_INTERVAL)
 TIMED_FAULTS = ("disconnect", "orchestrator_swap", "capacity_drop")
 
 
-@dataclass
-class Rate:
-    """Events per second over a sliding window."""
-
-    window: float = FPS_WINDOW_S
-    times: deque[float] = field(default_factory=deque)
-
-    def add(self, t: float) -> None:
-        self.times.append(t)
-        while self.times and self.times[0] < t - self.window:
-            self.times.popleft()
-
-    def fps(self, now: float, since: float) -> float:
-        while self.times and self.times[0] < now - self.window:
-            self.times.popleft()
-        span = min(self.window, now - since)
-        return len(self.times) / span if span > 0.5 else 0.0
-
-
-class RunnerModel:
-    # set by Stream.__init__ and its signalling; read and written here
-    gw: StreamHost
-    loop: asyncio.AbstractEventLoop
-    t0: float
-    rng: random.Random
-    closed: str | None
-    lease: Lease | None
-    faults: list[Fault]
-    lossy: bool
-    prompt: str
-    look: Look
-    lut: Any
-    tap: FrameTap | None
-    whep: list[tuple[Any, OutputTrack]]
-    encoder: H264Encoder | None
-    frames: list[list[Any]]
-    unsent: dict[int, int]
-    dropped: dict[str, int]
-    arrivals: dict[int, float]
-    arrival_misses: int
-    relay_queue: asyncio.Queue[TapFrame]
-    relay_ts0: int | None
-    relay_need_key: bool
-    frames_in: int
-    frames_out: int
-    in_rate: Rate
-    out_rate: Rate
-    last_in: float | None
-    last_out: float | None
-    last_in_pts: float | None
-    last_out_pts: float | None
-    last_due: float
-    media_anchor: float | None
-    busy_until: float
-    queue_free_at: float
-    start_at: float
-    runner_start: float | None
-    ready_at: float | None
-    warmup_left: int
-    restart_count: int
-    last_error: tuple[str, float] | None
-    last_restart: float | None
-    first_packet: asyncio.Event
-    output_ready: asyncio.Event
-
-    if TYPE_CHECKING:  # defined by Stream
-        def event(self, name: str, **data: Any) -> None: ...
-        def fail(self, message: str, trace: str | None = None) -> None: ...
-        def close_soon(self, reason: str) -> None: ...
-
+class RunnerModel(StreamState):
     def fps_cap(self) -> float:
         if self.lease is None:
             return 0.0

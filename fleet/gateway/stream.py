@@ -39,7 +39,8 @@ from fleet.gateway.config import Fault
 from fleet.gateway.egress import SUBSCRIBER_QUEUE, H264Encoder, OutputTrack, time_egress
 from fleet.gateway.network import Lease
 from fleet.gateway.records import StreamRecords, unix_ms
-from fleet.gateway.runner import Rate, RunnerModel
+from fleet.gateway.runner import RunnerModel
+from fleet.gateway.state import Rate
 from fleet.gateway.transform import look_for
 from fleet.rtp import FrameTap, TapFrame
 from fleet.webrtc import codecs_named, new_peer_connection, request_keyframe

@@ -1,0 +1,116 @@
+"""The state one reference-gateway stream keeps, declared once for the parts that share it: the
+lifecycle (``stream.Stream``, which sets it all in ``__init__``), the simulated runner
+(``runner.RunnerModel``) and the reports (``records.StreamRecords``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+FPS_WINDOW_S = 10.0            # the runner's fps is counted over this window (ai-runner FPS_LOG_INTERVAL)
+
+if TYPE_CHECKING:
+    import random
+
+    from fleet.gateway.config import Fault
+    from fleet.gateway.egress import H264Encoder, OutputTrack
+    from fleet.gateway.network import Lease
+    from fleet.gateway.stream import StreamHost
+    from fleet.gateway.transform import Look
+    from fleet.rtp import FrameTap, TapFrame
+
+
+@dataclass
+class Rate:
+    """Events per second over a sliding window."""
+
+    window: float = FPS_WINDOW_S
+    times: deque[float] = field(default_factory=deque)
+
+    def add(self, t: float) -> None:
+        self.times.append(t)
+        while self.times and self.times[0] < t - self.window:
+            self.times.popleft()
+
+    def fps(self, now: float, since: float) -> float:
+        while self.times and self.times[0] < now - self.window:
+            self.times.popleft()
+        span = min(self.window, now - since)
+        return len(self.times) / span if span > 0.5 else 0.0
+
+
+class StreamState:
+    # who and where
+    gw: StreamHost
+    loop: asyncio.AbstractEventLoop
+    pc: Any
+    t0: float
+    t0_unix: float
+    id: str
+    key: str
+    name: str
+    request_id: str
+    pipeline: str
+    e2e_test: bool
+    rng: random.Random
+    closed: str | None
+    closed_unix: float | None
+    # the orchestrator, its faults, the prompt
+    lease: Lease | None
+    faults: list[Fault]
+    lossy: bool
+    prompt: str
+    look: Look
+    lut: Any
+    params: dict[str, Any]
+    params_hash: str
+    params_update: float | None
+    prompts: list[tuple[float, str, str]]
+    # media in and out
+    tap: FrameTap | None
+    whep: list[tuple[Any, OutputTrack]]
+    encoder: H264Encoder | None
+    arrivals: dict[int, float]
+    arrival_misses: int
+    relay_queue: asyncio.Queue[TapFrame]
+    relay_ts0: int | None
+    relay_need_key: bool
+    first_packet: asyncio.Event
+    output_ready: asyncio.Event
+    # the runner
+    frames: list[list[Any]]
+    unsent: dict[int, int]
+    dropped: dict[str, int]
+    frames_in: int
+    frames_out: int
+    in_rate: Rate
+    out_rate: Rate
+    last_in: float | None
+    last_out: float | None
+    last_in_pts: float | None
+    last_out_pts: float | None
+    last_due: float
+    media_anchor: float | None
+    busy_until: float
+    queue_free_at: float
+    start_at: float
+    runner_start: float | None
+    ready_at: float | None
+    warmup_left: int
+    restart_count: int
+    last_error: tuple[str, float] | None
+    last_restart: float | None
+    # reports
+    events: deque[tuple[float, str, dict[str, Any]]]
+    runner_status: dict[str, Any] | None
+    gateway_status: dict[str, Any]
+
+    if TYPE_CHECKING:  # defined by Stream and RunnerModel
+        def event(self, name: str, **data: Any) -> None: ...
+        def fail(self, message: str, trace: str | None = None) -> None: ...
+        def close_soon(self, reason: str) -> None: ...
+        def unix(self, t: float | None) -> float | None: ...
+        def fps_cap(self) -> float: ...
+        def _active(self, kind: str) -> Fault | None: ...
