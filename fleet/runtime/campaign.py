@@ -23,8 +23,6 @@ import os
 import sys
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from fleet.results.sink import ParquetSink
 from fleet.results.verdict import AbortWatch, evaluate, history_baseline, junit_xml
 from fleet.results.writer import ResultsWriter
 from fleet.runtime.broker import read_capacity
+from fleet.runtime.dispatch import Dispatched, Dispatcher
 from fleet.runtime.executor import STOP_GRACE_S, Finished
 from fleet.runtime.lifecycle import (Campaign, CampaignOptions, close_all, leaks, open_gateways, open_outputs, prepare,
                                      push, ray_init, results_dir, with_gpu)
@@ -46,18 +45,8 @@ log = logging.getLogger("fleet.run")
 
 EXIT_OK, EXIT_BREACH, EXIT_TESTER, EXIT_INTERRUPTED = 0, 3, 4, 130
 HEAVY = ("latency_samples", "per_second", "events", "status_samples")  # kept in Parquet, not in the driver's memory
-POLL_S = 0.2
 LIVE_EVERY_S = 5.0   # campaign.json's live status this often
 STATE_EVERY_S = 2.0  # the broker's state for the Prometheus gauges this often
-STARVE_STEP_S = 2 * POLL_S  # at most this much of one dispatch pass counts as a due session's wait
-
-
-@dataclass
-class _Live:
-    session: PlannedSession
-    job: dict[str, Any]
-    lease_id: str
-    region: str
 
 
 def _prompt_lookup(scenario: Scenario) -> dict[tuple[str, str], Any]:
@@ -82,14 +71,14 @@ def _identity(c: Campaign, plan: Plan, s: PlannedSession, region: str) -> dict[s
             "planned_start_s": s.start_s, "gateway": c.urls.get(region)}
 
 
-def _result_row(c: Campaign, plan: Plan, live: _Live, row: dict[str, Any]) -> dict[str, Any]:
+def _result_row(c: Campaign, plan: Plan, live: Dispatched, row: dict[str, Any]) -> dict[str, Any]:
     """A runner's result with the campaign's identity columns."""
     return with_gpu(c, {**row, **_identity(c, plan, live.session, live.region), "session_id": live.job["session_id"],
                          "orchestrator_address": row.get("orchestrator_address") or live.job["orchestrator"],
                          "target_orchestrator": live.job.get("orchestrator_uri") or live.job.get("orchestrator")})
 
 
-def _failed_row(c: Campaign, plan: Plan, live: _Live, outcome: str, phase: str, error: str, detail: str) -> dict:
+def _failed_row(c: Campaign, plan: Plan, live: Dispatched, outcome: str, phase: str, error: str, detail: str) -> dict:
     return with_gpu(c, {**_identity(c, plan, live.session, live.region), "session_id": live.job["session_id"],
             "dialect": c.scenario.target.dialect, "outcome": outcome, "error_phase": phase, "error_class": error,
             "error_detail": detail, "started_unix": time.time(), "duration_s": 0.0,
@@ -166,121 +155,83 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
         stops.restore()
 
 
-def _drive(c: Campaign, plan: Plan, sink: ParquetSink,  # noqa: C901
-           prompts: dict[tuple[str, str], Any]) -> int:
+class _Results:
+    """Rows as they come: counted, sketched, to Prometheus at once, to the writer's thread (Parquet,
+    ClickHouse, Kafka), kept light in the driver, and held against the abort checks."""
+
+    def __init__(self, c: Campaign, sink: ParquetSink, t0: float) -> None:
+        self.c, self.t0 = c, t0
+        self.counts: dict[str, int] = {}
+        self.done = 0
+        self.abort = AbortWatch(c.scenario.checks)
+        self.writer = ResultsWriter(lambda rows: _store(c, sink, rows))  # I/O off the dispatch loop
+
+    def add(self, rows: list[dict[str, Any]], planned: bool = False) -> None:
+        c = self.c
+        if not rows:
+            return
+        for r in rows:
+            self.counts[r["outcome"]] = self.counts.get(r["outcome"], 0) + 1
+        if not planned:
+            self.done += len(rows)
+        c.sketches.add_rows(rows)
+        if c.metrics is not None:
+            c.metrics.add(rows)
+        self.writer.submit(rows)
+        c.rows.extend({k: v for k, v in r.items() if k not in HEAVY} for r in rows)
+        if self.abort.checks and c.aborted is None:
+            breached = self.abort.add(rows, time.monotonic() - self.t0)
+            if breached is not None:
+                c.aborted = f"{breached.check} [{breached.group_label}] = {breached.value:g}"
+                print(f"fleet: abort check breached: {c.aborted}; stopping the campaign", file=sys.stderr, flush=True)
+
+
+def _drive(c: Campaign, plan: Plan, sink: ParquetSink, prompts: dict[tuple[str, str], Any]) -> int:
     from fleet.runtime.executor import RayExecutor
 
     scenario = c.scenario
     local = not (c.opts.address or os.environ.get("RAY_ADDRESS"))
     ex = RayExecutor(scenario, c.urls, c.snapshot, [c.opts.host_address] if local else None)
     c.warmup_s = ex.warm()
-    pending = deque(sorted(plan.sessions, key=lambda s: s.start_s))
-    waiting: deque[list] = deque()  # [session, starved s]: due, waiting for a lease (first come, first served)
-    planned_now = _planned_concurrency(plan)
-    counts: dict[str, int] = {}
-    done = 0
-    progress = Progress(len(pending), c.opts.progress)
-    t0 = time.monotonic()
     wait_s = scenario.capacity.lease_wait_s
-
-    abort = AbortWatch(scenario.checks)
-    writer = ResultsWriter(lambda rows: _store(c, sink, rows))  # I/O off the dispatch loop
-
-    def finish(rows: list[dict[str, Any]], planned: bool = False) -> None:
-        nonlocal done
-        if not rows:
-            return
-        for r in rows:
-            counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
-        if not planned:
-            done += len(rows)
-        c.sketches.add_rows(rows)
-        if c.metrics is not None:
-            c.metrics.add(rows)
-        writer.submit(rows)
-        c.rows.extend({k: v for k, v in r.items() if k not in HEAVY} for r in rows)
-        if abort.checks and c.aborted is None:
-            breached = abort.add(rows, time.monotonic() - t0)
-            if breached is not None:
-                c.aborted = f"{breached.check} [{breached.group_label}] = {breached.value:g}"
-                print(f"fleet: abort check breached: {c.aborted}; stopping the campaign", file=sys.stderr, flush=True)
+    d = Dispatcher(plan.sessions, ex, wait_s, lambda s, region: _job(scenario, s, c.campaign_id, c.urls[region], prompts))
+    results = _Results(c, sink, d.t0)
+    progress = Progress(len(plan.sessions), c.opts.progress)
 
     def rows_of(finished: list[Finished]) -> list[dict[str, Any]]:
         return [_result_row(c, plan, f.tag, f.row) if f.row is not None
                 else _failed_row(c, plan, f.tag, "failed", "tester", *f.error) for f in finished]
 
     # sessions the planner could not fit are results too: the skipped rate counts them
-    finish([_planner_skipped_row(c, plan, i, k) for i, k in enumerate(plan.skipped)], planned=True)
-
-    last = shown = 0.0
+    results.add([_planner_skipped_row(c, plan, i, k) for i, k in enumerate(plan.skipped)], planned=True)
+    shown = 0.0
     try:
-        while pending or waiting or ex.live:
-            if c.stop_signal is not None or c.aborted is not None:
-                break
-            now = time.monotonic() - t0
-            while pending and pending[0].start_s <= now:
-                waiting.append([pending.popleft(), 0.0])
-            # a refusal while our own sessions (running past their plan) hold the planned slots is no
-            # shortage: the queue waits for them; only a refusal below the planned load starves it
-            if waiting and (not ex.live or len(ex.live) < planned_now(now)):
-                for w in waiting:  # a pass of this loop slower than STARVE_STEP_S is our own delay, not theirs
-                    w[1] += min(now - last, STARVE_STEP_S)
-            last = now
-            while waiting:
-                s = waiting[0][0]
-                region = ex.region_for(s.region)
-                lease = ex.lease(region, s.orchestrator, s.duration_s)
-                if lease is None:
-                    break
-                waiting.popleft()
-                job = _job(scenario, s, c.campaign_id, c.urls[region], prompts)
-                job["orchestrator"] = lease["orchestrator"]
-                job["orchestrator_uri"] = lease["orchestrator_uri"]
-                ex.start(region, job, lease["id"], _Live(s, job, lease["id"], region))
-            skipped = []
-            while waiting and waiting[0][1] > wait_s:
-                s = waiting.popleft()[0]
-                region = ex.region_for(s.region)
-                info = _Live(s, _job(scenario, s, c.campaign_id, c.urls[region], prompts), "", region)
-                skipped.append(_failed_row(c, plan, info, "skipped_no_capacity", "capacity", "no_slot_leased",
-                                           f"no idle slot within the campaign's caps for {wait_s:g} s"))
-            finish(skipped)
-            if ex.live:
-                finished = ex.poll(POLL_S)
-            else:
-                finished = []
-                gap = pending[0].start_s - (time.monotonic() - t0) if pending and not waiting else POLL_S
-                time.sleep(min(POLL_S, max(0.0, gap)))
-            finish(rows_of(finished))
-            progress.update(done, len(ex.live), counts)
+        while d.busy() and c.stop_signal is None and c.aborted is None:
+            turn = d.step()
+            results.add([_failed_row(c, plan, k, "skipped_no_capacity", "capacity", "no_slot_leased",
+                                     f"no idle slot within the campaign's caps for {wait_s:g} s") for k in turn.skipped])
+            results.add(rows_of(turn.finished))
+            progress.update(results.done, len(ex.live), results.counts)
             if time.monotonic() - shown >= LIVE_EVERY_S:  # campaign.json's live status, for dashboards
                 shown = time.monotonic()
-                sink.progress({"updated_at": dt.datetime.now(dt.timezone.utc).isoformat(), "sessions": dict(counts),
-                               "done": done, "planned": len(plan.sessions), "live_sessions": len(ex.live)})
+                sink.progress({"updated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+                               "sessions": dict(results.counts), "done": results.done,
+                               "planned": len(plan.sessions), "live_sessions": len(ex.live)})
             if c.metrics is not None:  # the broker's leases against its budget, asked without waiting
                 state = ex.broker_state(STATE_EVERY_S)
                 if state is not None:
                     c.metrics.broker(state)
     finally:
         if ex.live:
-            finish(rows_of(ex.stop_all(STOP_GRACE_S)))
+            results.add(rows_of(ex.stop_all(STOP_GRACE_S)))
             if c.stop_at is not None:
                 c.stop_s = round(time.monotonic() - c.stop_at, 3)
         progress.close()
-        writer.close()  # every row on disk before the summary
+        results.writer.close()  # every row on disk before the summary
         c.broker_state = ex.final_state()
     if c.stop_signal is not None:
         return EXIT_INTERRUPTED
     return EXIT_TESTER if ex.tester_failures else EXIT_OK
-
-
-def _planned_concurrency(plan: Plan) -> Any:
-    """t -> how many sessions the plan has running at t."""
-    import bisect
-
-    starts = sorted(s.start_s for s in plan.sessions)
-    ends = sorted(s.end_s for s in plan.sessions)
-    return lambda t: bisect.bisect_right(starts, t) - bisect.bisect_right(ends, t)
 
 
 def _store(c: Campaign, sink: ParquetSink, rows: list[dict[str, Any]]) -> None:

@@ -140,69 +140,164 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
         stops.restore()
 
 
-def _watch(c: Campaign, cov: Coverage, sink: ParquetSink, pool: list, run_id: str,  # noqa: C901
+def _watch(c: Campaign, cov: Coverage, sink: ParquetSink, pool: list, run_id: str,
            opts: MonitorOptions) -> dict[str, Any]:
-    scenario = c.scenario
-    spec = scenario.monitor
-    model = scenario.workflow.pipeline
-    local = not (opts.address or os.environ.get("RAY_ADDRESS"))
-    ex = RayExecutor(scenario, c.urls, c.snapshot, [opts.host_address] if local else None)
-    ex.warm()
-    by_category: dict[str | None, list] = {}
-    for e in pool:
-        by_category.setdefault(e.prompt.category, []).append(e)
-    used_prompts: dict[str | None, int] = {}
-    regions = list(c.urls)
-    counts: dict[str, int] = {}
-    buffer: list[dict[str, Any]] = []
-    writer = ResultsWriter(lambda rows: push(c, sink, sink.write(rows)))  # Parquet, then ClickHouse
-    t0 = time.monotonic()
-    deadline = None if opts.for_s is None else t0 + opts.for_s
-    snapshot = c.snapshot
-    targets = targets_of(snapshot, scenario.capacity.include, scenario.capacity.exclude)
-    n = 0
-    refreshed = last_flush = last_log = time.monotonic()
-    draining = False
-    held_until = 0.0
-    digest = scenario.digest()
+    return _Watch(c, cov, sink, pool, run_id, opts).run()
 
-    def identity(s: _Session) -> dict[str, Any]:
-        first = s.job["prompts"][0]
-        return {"campaign_id": c.campaign_id, "run_id": run_id, "scenario": scenario.name,
-                "scenario_hash": digest, "model": model, "region": s.region, "session_id": s.session_id,
+
+class _Watch:
+    """The monitor's loop: refresh the targets, start what coverage picks, gather what ends, flush."""
+
+    def __init__(self, c: Campaign, cov: Coverage, sink: ParquetSink, pool: list, run_id: str,
+                 opts: MonitorOptions) -> None:
+        self.c, self.cov, self.sink, self.pool, self.run_id, self.opts = c, cov, sink, pool, run_id, opts
+        self.scenario = c.scenario
+        assert self.scenario.monitor is not None
+        self.spec = self.scenario.monitor
+        self.model = self.scenario.workflow.pipeline
+        self.digest = self.scenario.digest()
+        local = not (opts.address or os.environ.get("RAY_ADDRESS"))
+        self.ex = RayExecutor(self.scenario, c.urls, c.snapshot, [opts.host_address] if local else None)
+        self.by_category: dict[str | None, list] = {}
+        for e in pool:
+            self.by_category.setdefault(e.prompt.category, []).append(e)
+        self.used_prompts: dict[str | None, int] = {}
+        self.regions = list(c.urls)
+        self.counts: dict[str, int] = {}
+        self.buffer: list[dict[str, Any]] = []
+        self.writer = ResultsWriter(lambda rows: push(c, sink, sink.write(rows)))  # Parquet, then ClickHouse
+        self.t0 = time.monotonic()
+        self.deadline = None if opts.for_s is None else self.t0 + opts.for_s
+        self.snapshot = c.snapshot
+        self.targets = targets_of(self.snapshot, self.scenario.capacity.include, self.scenario.capacity.exclude)
+        self.n = 0
+        self.refreshed = self.last_flush = self.last_log = time.monotonic()
+        self.draining = False
+        self.held_until = 0.0
+
+    def run(self) -> dict[str, Any]:
+        c, ex = self.c, self.ex
+        ex.warm()
+        try:
+            while c.stop_signal is None and self._tick():
+                pass
+        finally:
+            if ex.live:
+                self._finish(self._rows_of(ex.stop_all(STOP_GRACE_S)))
+                if c.stop_at is not None:
+                    c.stop_s = round(time.monotonic() - c.stop_at, 3)
+            if self.buffer:
+                self.writer.submit(self.buffer)
+            self.writer.close()  # every row on disk before the summary
+        status = _status(self.cov, self.targets, self.snapshot, self.counts, ex, self.run_id)
+        status.update({"run_s": round(time.monotonic() - self.t0, 1), "stop_s": c.stop_s,
+                       "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None})
+        return status
+
+    def _tick(self) -> bool:
+        """One turn of the loop; False once it should end (drained)."""
+        ex, mono = self.ex, time.monotonic()
+        if not self.draining and self.deadline is not None and mono >= self.deadline:
+            self.draining = True
+            print(f"fleet: --for {self.opts.for_s:g} s reached: no new sessions; waiting for {len(ex.live)} live "
+                  "one(s) to end", flush=True)
+        if self.draining and not ex.live:
+            return False
+        if mono - self.refreshed >= REFRESH_S:
+            self._refresh(mono)
+        if not self.draining and mono >= self.held_until:
+            pick = self.cov.pick(self.targets, self.snapshot.total, time.time())
+            if pick is not None:
+                self._start(pick, mono)
+        if ex.live:
+            self._finish(self._rows_of(ex.poll(POLL_S)))
+        else:
+            time.sleep(POLL_S)
+        if self.buffer and time.monotonic() - self.last_flush >= self.spec.flush_s:
+            self.writer.submit(self.buffer)
+            self.buffer = []
+            self.last_flush = time.monotonic()
+            self.sink.progress(_status(self.cov, self.targets, self.snapshot, self.counts, ex, self.run_id))
+        if time.monotonic() - self.last_log >= LOG_EVERY_S:
+            self.last_log = time.monotonic()
+            _log(self.cov.status(self.targets, self.snapshot.total, time.time()), self.counts, len(ex.live))
+        return True
+
+    def _refresh(self, mono: float) -> None:
+        """The broker's capacity (the targets) and the Prometheus coverage gauges."""
+        self.refreshed = mono
+        self.snapshot = self.ex.snapshot()
+        self.targets = targets_of(self.snapshot, self.scenario.capacity.include, self.scenario.capacity.exclude)
+        metrics = self.c.metrics
+        if metrics is not None:
+            metrics.coverage(self.cov.status(self.targets, self.snapshot.total, time.time()), self.model)
+            state = self.ex.broker_state(0.0)
+            if state is not None:
+                metrics.broker(state)
+
+    def _start(self, pick: Pick, mono: float) -> None:
+        """Lease a slot on the picked orchestrator and start a session there, or record the skip."""
+        now = time.time()
+        region = self.regions[(self.n + 1) % len(self.regions)]
+        preferred = None if pick.target.key == ANY_ORCHESTRATOR else pick.target.key
+        lease = self.ex.lease(region, preferred, self.spec.session_s, strict=preferred is not None)
+        if lease is None and _at_own_cap(self.ex):
+            self.held_until = mono + HOLD_S  # our own live streams fill the caps: wait for one, record nothing
+            return
+        self.n += 1
+        session_id = f"{self.run_id}-{self.n:06d}"
+        s = _Session(session_id, pick, region, self._job_for(session_id, pick, region, lease or {}), mono)
+        if lease is not None:
+            self.cov.started(session_id, pick, now)
+            self.ex.start(region, s.job, lease["id"], s)
+            return
+        self.cov.skipped(pick, now)
+        self._finish([{**self._identity(s), "dialect": self.scenario.target.dialect,
+                       "outcome": "skipped_no_capacity", "error_phase": "capacity", "error_class": "no_slot_leased",
+                       "error_detail": f"no idle slot on {pick.target.key} within the monitor's caps",
+                       "started_unix": now, "duration_s": 0.0, "orchestrator_address": pick.target.address}])
+
+    def _identity(self, s: _Session) -> dict[str, Any]:
+        first, c = s.job["prompts"][0], self.c
+        return {"campaign_id": c.campaign_id, "run_id": self.run_id, "scenario": self.scenario.name,
+                "scenario_hash": self.digest, "model": self.model, "region": s.region, "session_id": s.session_id,
                 "prompt_id": first["prompt_id"], "prompt_category": first["category"],
-                "planned_start_s": round(s.started - t0, 3), "gateway": c.urls[s.region],
+                "planned_start_s": round(s.started - self.t0, 3), "gateway": c.urls[s.region],
                 "target_orchestrator": None if s.pick.target.key == ANY_ORCHESTRATOR else s.pick.target.key}
 
-    def finish(rows: list[dict[str, Any]]) -> None:
+    def _finish(self, rows: list[dict[str, Any]]) -> None:
+        """Rows of ended sessions: to Kafka and Prometheus at once, to the next flush's buffer."""
         for r in rows:
-            counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
-        if c.kafka is not None:
-            c.kafka.publish(rows)  # at once: the producer buffers, never blocks
-        if c.metrics is not None:
-            c.metrics.add(rows)
-        buffer.extend(rows)
+            self.counts[r["outcome"]] = self.counts.get(r["outcome"], 0) + 1
+        if self.c.kafka is not None:
+            self.c.kafka.publish(rows)  # at once: the producer buffers, never blocks
+        if self.c.metrics is not None:
+            self.c.metrics.add(rows)
+        self.buffer.extend(rows)
 
-    def rows_of(finished: list[Finished]) -> list[dict[str, Any]]:
+    def _rows_of(self, finished: list[Finished]) -> list[dict[str, Any]]:
         rows = []
         for f in finished:
             s: _Session = f.tag
             if f.row is not None:
-                row = with_gpu(c, {**f.row, **identity(s),
-                                   "orchestrator_address": f.row.get("orchestrator_address") or s.job["orchestrator"]})
+                row = with_gpu(self.c, {**f.row, **self._identity(s), "orchestrator_address":
+                                        f.row.get("orchestrator_address") or s.job["orchestrator"]})
             else:
-                row = with_gpu(c, {**identity(s), "dialect": scenario.target.dialect, "outcome": "failed",
-                                   "error_phase": "tester", "error_class": f.error[0], "error_detail": f.error[1],
-                                   "started_unix": time.time() - (time.monotonic() - s.started),
-                                   "duration_s": round(time.monotonic() - s.started, 3),
-                                   "orchestrator_address": s.job["orchestrator"]})
-            cov.finished(s.session_id, float(row.get("duration_s") or 0.0), time.time())
+                row = with_gpu(self.c, {**self._identity(s), "dialect": self.scenario.target.dialect,
+                                        "outcome": "failed", "error_phase": "tester", "error_class": f.error[0],
+                                        "error_detail": f.error[1],
+                                        "started_unix": time.time() - (time.monotonic() - s.started),
+                                        "duration_s": round(time.monotonic() - s.started, 3),
+                                        "orchestrator_address": s.job["orchestrator"]})
+            self.cov.finished(s.session_id, float(row.get("duration_s") or 0.0), time.time())
             rows.append(row)
         return rows
 
-    def job_for(session_id: str, pick: Pick, region: str, lease: dict[str, Any]) -> dict[str, Any]:
-        entries = by_category.get(pick.category) or pool
-        seed = zlib.crc32(f"{opts.seed}:{session_id}".encode()) & 0x7FFFFFFF
+    def _job_for(self, session_id: str, pick: Pick, region: str, lease: dict[str, Any]) -> dict[str, Any]:
+        """The session's job: its prompts (the picked category's, rotated) at the scenario's switch times."""
+        scenario, spec = self.scenario, self.spec
+        entries = self.by_category.get(pick.category) or self.pool
+        seed = zlib.crc32(f"{self.opts.seed}:{session_id}".encode()) & 0x7FFFFFFF
         at = [0.0]
         switch = scenario.prompts.switch
         if switch is not None and switch.every_s is not None:
@@ -212,79 +307,14 @@ def _watch(c: Campaign, cov: Coverage, sink: ParquetSink, pool: list, run_id: st
             at += [a for a in switch.at_s if a < spec.session_s]
         steps = []
         for a in at:
-            i = used_prompts.get(pick.category, 0)
-            used_prompts[pick.category] = i + 1
+            i = self.used_prompts.get(pick.category, 0)
+            self.used_prompts[pick.category] = i + 1
             e = entries[i % len(entries)]
             steps.append({"at_s": a, "params": render_params(scenario.workflow.params, e.prompt, seed),
                           "prompt_id": e.prompt.id, "category": e.prompt.category})
-        return {"session_id": session_id, "gateway_url": c.urls[region], "duration_s": spec.session_s,
+        return {"session_id": session_id, "gateway_url": self.c.urls[region], "duration_s": spec.session_s,
                 "orchestrator": lease.get("orchestrator"), "orchestrator_uri": lease.get("orchestrator_uri"),
                 "prompts": steps}
-
-    try:
-        while True:
-            if c.stop_signal is not None:
-                break
-            mono, now = time.monotonic(), time.time()
-            if not draining and deadline is not None and mono >= deadline:
-                draining = True
-                print(f"fleet: --for {opts.for_s:g} s reached: no new sessions; waiting for {len(ex.live)} live "
-                      "one(s) to end", flush=True)
-            if draining and not ex.live:
-                break
-            if mono - refreshed >= REFRESH_S:
-                refreshed = mono
-                snapshot = ex.snapshot()
-                targets = targets_of(snapshot, scenario.capacity.include, scenario.capacity.exclude)
-                if c.metrics is not None:
-                    c.metrics.coverage(cov.status(targets, snapshot.total, now), model)
-                    state = ex.broker_state(0.0)
-                    if state is not None:
-                        c.metrics.broker(state)
-            pick = None if draining or mono < held_until else cov.pick(targets, snapshot.total, now)
-            if pick is not None:
-                region = regions[(n + 1) % len(regions)]
-                preferred = None if pick.target.key == ANY_ORCHESTRATOR else pick.target.key
-                lease = ex.lease(region, preferred, spec.session_s, strict=preferred is not None)
-                if lease is None and _at_own_cap(ex):
-                    held_until = mono + HOLD_S  # our own live streams fill the caps: wait for one, record nothing
-                else:
-                    n += 1
-                    session_id = f"{run_id}-{n:06d}"
-                    s = _Session(session_id, pick, region, job_for(session_id, pick, region, lease or {}), mono)
-                    if lease is None:
-                        cov.skipped(pick, now)
-                        finish([{**identity(s), "dialect": scenario.target.dialect, "outcome": "skipped_no_capacity",
-                                 "error_phase": "capacity", "error_class": "no_slot_leased",
-                                 "error_detail": f"no idle slot on {pick.target.key} within the monitor's caps",
-                                 "started_unix": now, "duration_s": 0.0, "orchestrator_address": pick.target.address}])
-                    else:
-                        cov.started(session_id, pick, now)
-                        ex.start(region, s.job, lease["id"], s)
-            if ex.live:
-                finish(rows_of(ex.poll(POLL_S)))
-            else:
-                time.sleep(POLL_S)
-            if buffer and time.monotonic() - last_flush >= spec.flush_s:
-                writer.submit(buffer)
-                buffer = []
-                last_flush = time.monotonic()
-                sink.progress(_status(cov, targets, snapshot, counts, ex, run_id))
-            if time.monotonic() - last_log >= LOG_EVERY_S:
-                last_log = time.monotonic()
-                _log(cov.status(targets, snapshot.total, time.time()), counts, len(ex.live))
-    finally:
-        if ex.live:
-            finish(rows_of(ex.stop_all(STOP_GRACE_S)))
-            if c.stop_at is not None:
-                c.stop_s = round(time.monotonic() - c.stop_at, 3)
-        if buffer:
-            writer.submit(buffer)
-        writer.close()  # every row on disk before the summary
-    status = _status(cov, targets, snapshot, counts, ex, run_id)
-    status.update({"run_s": round(time.monotonic() - t0, 1), "stop_s": c.stop_s,
-                   "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None})
-    return status
 
 
 def _at_own_cap(ex: RayExecutor) -> bool:
