@@ -20,8 +20,8 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from fleet.gateway.config import Fault
-from fleet.gateway.egress import MAX_TRUTH_FRAMES, H264Encoder
-from fleet.gateway.state import StreamState
+from fleet.gateway.egress import MAX_TRUTH_FRAMES, SUBSCRIBER_QUEUE, H264Encoder
+from fleet.gateway.state import Rate, StreamState
 from fleet.gateway.transform import apply_look, prompt_cost
 from fleet.rtp import VIDEO_CLOCK, TapFrame
 from fleet.webrtc import timestamp_origin
@@ -32,6 +32,39 @@ TIMED_FAULTS = ("disconnect", "orchestrator_swap", "capacity_drop")
 
 
 class RunnerModel(StreamState):
+    def _init_runner(self) -> None:
+        """The runner's state before selection (called by ``Stream.__init__``)."""
+        self.restart_count = 0
+        self.last_error = None   # the runner's (message, loop time)
+        self.last_restart = None
+        self.frames_in = 0
+        self.frames_out = 0
+        self.dropped = {}
+        # [seq, pts, t_in, delay_drawn_ms, delay_actual_ms | None, dropped reason, residence_ms | None,
+        #  queued_ms | None (arrival to inference start: the wait in the runner's one-frame queue)]
+        self.frames = []
+        self.unsent = {}  # output RTP-clock pts -> truth index, until its packets leave
+        self.in_rate, self.out_rate = Rate(), Rate()
+        self.last_in = None
+        self.last_out = None
+        self.last_in_pts = None   # seconds, media time of the last input / output frame
+        self.last_out_pts = None
+        self.last_due = 0.0
+        self.media_anchor = None  # loop time of media time 0 at the runner (see _ready_at)
+        self.lossy = False                    # a packet_loss fault applies (set at selection)
+        self.busy_until = float("-inf")       # the runner finishes its current frame then
+        self.queue_free_at = float("-inf")    # the frame waiting in its one-frame input queue starts then
+        self.start_at = 0.0                   # when the admitted frame's inference starts
+        self.runner_start = None
+        self.ready_at = None      # the pipeline has loaded (after any cold start)
+        self.warmup_left = 0
+        self.arrivals = {}  # RTP timestamp -> arrival of the frame's last packet
+        self.arrival_misses = 0               # decoded frames whose packet arrival was unknown (timed at decode)
+        self.relay_queue = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)
+        self.relay_ts0 = None
+        self.relay_need_key = True
+        self.encoder = None
+
     def fps_cap(self) -> float:
         if self.lease is None:
             return 0.0

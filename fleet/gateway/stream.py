@@ -36,13 +36,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiortc import MediaStreamTrack, RTCSessionDescription
 
 from fleet.gateway.config import Fault
-from fleet.gateway.egress import SUBSCRIBER_QUEUE, H264Encoder, OutputTrack, time_egress
+from fleet.gateway.egress import OutputTrack, time_egress
 from fleet.gateway.network import Lease
 from fleet.gateway.records import StreamRecords, unix_ms
 from fleet.gateway.runner import RunnerModel
-from fleet.gateway.state import Rate
 from fleet.gateway.transform import look_for
-from fleet.rtp import FrameTap, TapFrame
+from fleet.rtp import FrameTap
 from fleet.webrtc import codecs_named, new_peer_connection, request_keyframe
 
 if TYPE_CHECKING:
@@ -101,47 +100,18 @@ class Stream(RunnerModel, StreamRecords):
         self.closed: str | None = None  # the reason, once closed
         self.closed_unix: float | None = None
         self.closed_at: float | None = None
-        self.restart_count = 0
-        self.last_error: tuple[str, float] | None = None   # the runner's (message, loop time)
-        self.last_restart: float | None = None
-        self.frames_in = 0
-        self.frames_out = 0
-        self.dropped: dict[str, int] = {}
-        # [seq, pts, t_in, delay_drawn_ms, delay_actual_ms | None, dropped reason, residence_ms | None,
-        #  queued_ms | None (arrival to inference start: the wait in the runner's one-frame queue)]
-        self.frames: list[list] = []
-        self.unsent: dict[int, int] = {}  # output RTP-clock pts -> truth index, until its packets leave
         self.prompts: list[tuple[float, str, str]] = []  # (t, prompt, params hash)
         self.events: deque[tuple[float, str, dict]] = deque(maxlen=MAX_EVENTS)
-        self.in_rate, self.out_rate = Rate(), Rate()
-        self.last_in: float | None = None
-        self.last_out: float | None = None
-        self.last_in_pts: float | None = None   # seconds, media time of the last input / output frame
-        self.last_out_pts: float | None = None
         self.params_update: float | None = None
-        self.last_due = 0.0
-        self.media_anchor: float | None = None  # loop time of media time 0 at the runner (see _ready_at)
-        self.lossy = False                    # a packet_loss fault applies (set at selection)
-        self.busy_until = float("-inf")       # the runner finishes its current frame then
-        self.queue_free_at = float("-inf")    # the frame waiting in its one-frame input queue starts then
-        self.start_at = 0.0                   # when the admitted frame's inference starts
-        self.runner_start: float | None = None
-        self.ready_at: float | None = None      # the pipeline has loaded (after any cold start)
-        self.warmup_left = 0
         self._tasks: list[asyncio.Task] = []
-        self.arrivals: dict[int, float] = {}  # RTP timestamp -> arrival of the frame's last packet
-        self.arrival_misses = 0               # decoded frames whose packet arrival was unknown (timed at decode)
-        self.relay_queue: asyncio.Queue[TapFrame] = asyncio.Queue(maxsize=SUBSCRIBER_QUEUE)
-        self.relay_ts0: int | None = None
-        self.relay_need_key = True
         self.tap: FrameTap | None = None
-        self.encoder: H264Encoder | None = None
         self.first_packet = asyncio.Event()
         self.output_ready = asyncio.Event()
         self.ended = asyncio.Event()
         self._closing: asyncio.Task | None = None
         self.runner_status: dict[str, Any] | None = None   # the runner's last report (ai_stream_status)
         self.gateway_status: dict[str, Any] = {"whep_url": gateway.whep_url(name, self.request_id)}
+        self._init_runner()
         self.set_params(params, event=False)
         self.event("gateway_receive_stream_request", pipeline=pipeline, e2e=self.e2e_test)
 

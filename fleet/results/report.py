@@ -186,47 +186,11 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
     sessions = read_table(d, "sessions").to_pylist()
     samples = read_table(d, "samples").select(["session_id", "orchestrator_address", "t_s", "fps_out",
                                                 "latency_ms_p50"]).to_pylist()
-    summaries = read_table(d, "summaries").to_pylist()
     verdict = manifest.get("verdict") or {}
     sk = Sketches()
-    for s in summaries:
+    for s in read_table(d, "summaries").to_pylist():
         sk.add_sketch(s["region"], s["metric"], sketch_from_bytes(s["sketch"]))
-    outcomes: dict[str, int] = {}
-    for r in sessions:
-        outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
-    sla = verdict.get("sla") or {}
-    tiles = [("sessions", len(sessions)), ("ok", outcomes.get("ok", 0)), ("degraded", outcomes.get("degraded", 0)),
-             ("failed", outcomes.get("failed", 0)), ("skipped (capacity)", outcomes.get("skipped_no_capacity", 0)),
-             ("goodput", verdict.get("goodput")), ("SLA score", sla.get("score")),
-             ("checks", "pass" if verdict.get("passed") else f"{verdict.get('breaches', '?')} breached"
-              if verdict else "–")]
-    parts = [f"<h1>Campaign {html.escape(manifest.get('campaign_id', d.name))}</h1>",
-             f"<div class=sub>scenario <b>{html.escape(str(manifest.get('scenario', '?')))}</b> · "
-             f"started {html.escape(str(manifest.get('started_at', '?')))} · regions "
-             f"{html.escape(', '.join(manifest.get('regions', [])))} · "
-             f"fleet {html.escape(str(manifest.get('fleet_version')))}"
-             f"</div>",
-             "<div class=tiles>" + "".join(f"<div class=tile>{html.escape(k)}<b>{_fmt(v)}</b></div>" for k, v in tiles)
-             + "</div>"]
-    checks = verdict.get("checks") or []
-    parts.append("<h2>SLA checks</h2>")
-    if checks:
-        rows = []
-        for c in checks:
-            cls, word = ("pass", "pass") if c["passed"] else ("nodata", "no data") if c["passed"] is None \
-                else ("fail", "BREACH")
-            rows.append([html.escape(c["check"]), html.escape(c["group_label"]), _fmt(c["value"]),
-                         f"{html.escape(c['op'])} {c['threshold']:g}", str(c["sessions"]),
-                         f"<span class={cls}>{word}</span>"])
-        parts.append(_table(["check", "group", "value", "wanted", "sessions", "verdict"], rows))
-    else:
-        parts.append("<p class=note>The scenario has no checks.</p>")
-    if sla:
-        keys = ["score", "coverage", "reliability", "quality", "startup_success", "no_swap_rate",
-                "output_viability", "ptff_score", "e2e_score", "fps_score", "benchmark"]
-        parts.append("<p class=note>SLA score = 100 · coverage · (0.7 · reliability + 0.3 · quality), the network's "
-                     "formula; see docs/METRICS.md.</p>")
-        parts.append(_table(keys, [[_fmt(sla.get(k)) for k in keys]]))
+    parts = _head(d, manifest, sessions, verdict) + _checks(verdict)
     q = sk.campaign_quantiles()
     parts.append("<h2>Distributions (merged regional sketches, ±1 % relative)</h2>")
     parts.append(_table(["metric", "values", "p50", "p90", "p95", "p99"],
@@ -249,4 +213,50 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
     path = Path(out) if out else d / "report.html"
     path.write_text(doc, encoding="utf-8")
     return path
+
+
+def _head(d: Path, manifest: dict[str, Any], sessions: list[dict[str, Any]], verdict: dict[str, Any]) -> list[str]:
+    """The title, the campaign's identity and the outcome tiles."""
+    outcomes: dict[str, int] = {}
+    for r in sessions:
+        outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+    sla = verdict.get("sla") or {}
+    tiles = [("sessions", len(sessions)), ("ok", outcomes.get("ok", 0)), ("degraded", outcomes.get("degraded", 0)),
+             ("failed", outcomes.get("failed", 0)), ("skipped (capacity)", outcomes.get("skipped_no_capacity", 0)),
+             ("goodput", verdict.get("goodput")), ("SLA score", sla.get("score")),
+             ("checks", "pass" if verdict.get("passed") else f"{verdict.get('breaches', '?')} breached"
+              if verdict else "–")]
+    return [f"<h1>Campaign {html.escape(manifest.get('campaign_id', d.name))}</h1>",
+            f"<div class=sub>scenario <b>{html.escape(str(manifest.get('scenario', '?')))}</b> · "
+            f"started {html.escape(str(manifest.get('started_at', '?')))} · regions "
+            f"{html.escape(', '.join(manifest.get('regions', [])))} · "
+            f"fleet {html.escape(str(manifest.get('fleet_version')))}"
+            f"</div>",
+            "<div class=tiles>" + "".join(f"<div class=tile>{html.escape(k)}<b>{_fmt(v)}</b></div>" for k, v in tiles)
+            + "</div>"]
+
+
+def _checks(verdict: dict[str, Any]) -> list[str]:
+    """The scenario's checks with their verdicts, and the SLA score's components."""
+    parts = ["<h2>SLA checks</h2>"]
+    checks = verdict.get("checks") or []
+    if checks:
+        rows = []
+        for c in checks:
+            cls, word = ("pass", "pass") if c["passed"] else ("nodata", "no data") if c["passed"] is None \
+                else ("fail", "BREACH")
+            rows.append([html.escape(c["check"]), html.escape(c["group_label"]), _fmt(c["value"]),
+                         f"{html.escape(c['op'])} {c['threshold']:g}", str(c["sessions"]),
+                         f"<span class={cls}>{word}</span>"])
+        parts.append(_table(["check", "group", "value", "wanted", "sessions", "verdict"], rows))
+    else:
+        parts.append("<p class=note>The scenario has no checks.</p>")
+    sla = verdict.get("sla") or {}
+    if sla:
+        keys = ["score", "coverage", "reliability", "quality", "startup_success", "no_swap_rate",
+                "output_viability", "ptff_score", "e2e_score", "fps_score", "benchmark"]
+        parts.append("<p class=note>SLA score = 100 · coverage · (0.7 · reliability + 0.3 · quality), the network's "
+                     "formula; see docs/METRICS.md.</p>")
+        parts.append(_table(keys, [[_fmt(sla.get(k)) for k in keys]]))
+    return parts
 
