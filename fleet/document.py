@@ -139,7 +139,7 @@ def merge(base: Document, child: Document, kinds: tuple[str, ...] = ()) -> Docum
     """
     out = Document(data=None)
 
-    def same_kind(b: dict, c: dict) -> bool:
+    def same_kind(b: dict[str, Any], c: dict[str, Any]) -> bool:
         return all(b.get(k) == c[k] for k in kinds if k in c and k in b)
 
     def go(b: Any, c: Any, path: Path_) -> Any:

@@ -15,6 +15,8 @@ the clip loops, so a session may run longer than the clip.
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncio
 import bisect
 import fractions
@@ -244,7 +246,7 @@ class PacketTrack(MediaStreamTrack):
                 self.keyframe_jumps += 1
         return i
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet[Any]:
         n = len(self.sent)
         if self.readyState != "live" or (self.max_frames is not None and n >= self.max_frames):
             self.stop()

@@ -147,7 +147,7 @@ class _StarvedQueue:
     """Stands in for aiortc's decoder queue: frames are dropped, the stop sentinel goes through."""
 
     def __init__(self) -> None:
-        self._q: queue.Queue = queue.Queue()
+        self._q: queue.Queue[Any] = queue.Queue()
         self.dropped = 0
 
     def put(self, item: Any) -> None:

@@ -58,7 +58,7 @@ def close_match(word: str, options: list[str] | tuple[str, ...]) -> str | None:
     return found[0] if found else None
 
 
-def problem_at(doc: Document, path: tuple, message: str, *, key: bool = False) -> Problem:
+def problem_at(doc: Document, path: tuple[Any, ...], message: str, *, key: bool = False) -> Problem:
     pos = doc.locate(path, key=key)
     return Problem(pos.file, pos.line, pos.col, _dotted(path), message)
 
@@ -73,14 +73,14 @@ def parse(model: type[M], doc: Document, error: type[InputError]) -> M:
         raise error(list(dict.fromkeys(problems))) from None
 
 
-def _echo(err: dict) -> bool:
+def _echo(err: dict[str, Any]) -> bool:
     """pydantic's "too short after validation" when the items themselves failed (already reported)."""
     min_length = (err.get("ctx") or {}).get("min_length")
     return err["type"] == "too_short" and isinstance(err.get("input"), (list, tuple)) \
         and min_length is not None and len(err["input"]) >= min_length
 
 
-def _dotted(path: tuple) -> str:
+def _dotted(path: tuple[Any, ...]) -> str:
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -98,9 +98,9 @@ def _tag_member(models: list[type[BaseModel]], label: Any) -> type[BaseModel] | 
     return None
 
 
-def _data_path(model: type[BaseModel], loc: tuple, data: Any) -> tuple:
+def _data_path(model: type[BaseModel], loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     """pydantic's ``loc`` without the union-member labels it inserts, walked beside the model."""
-    path: list = []
+    path: list[Any] = []
     types_: Any = model
     cur = data
     for el in loc:
@@ -155,7 +155,7 @@ def _pick(models: list[type[BaseModel]], data: Any) -> type[BaseModel] | None:
     return None
 
 
-def allowed_keys(model: type[BaseModel], path: tuple, data: Any) -> list[str] | None:
+def allowed_keys(model: type[BaseModel], path: tuple[Any, ...], data: Any) -> list[str] | None:
     """The keys the model accepts at ``path`` (a mapping in ``data``), if it is a model."""
     types_: Any = model
     cur = data
@@ -194,7 +194,7 @@ def _unquote_list(expected: str) -> str:
     return ", ".join(part.strip().strip("'") for part in re.split(r",| or ", expected) if part.strip())
 
 
-def _problem(model: type[BaseModel], doc: Document, data: Any, err: dict) -> Problem:
+def _problem(model: type[BaseModel], doc: Document, data: Any, err: dict[str, Any]) -> Problem:
     path = _data_path(model, tuple(err["loc"]), data)
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     if kind == "extra_forbidden":
@@ -239,7 +239,7 @@ def _problem(model: type[BaseModel], doc: Document, data: Any, err: dict) -> Pro
     return problem_at(doc, path, msg)
 
 
-def _tags(model: type[BaseModel], path: tuple, data: Any, disc: str) -> str:
+def _tags(model: type[BaseModel], path: tuple[Any, ...], data: Any, disc: str) -> str:
     """The allowed values of discriminator ``disc`` for the union at ``path``."""
     types_: Any = model
     for part in path:

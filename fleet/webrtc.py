@@ -101,7 +101,7 @@ def use_host_addresses(addresses: tuple[str, ...] | list[str] | None) -> None:
     aioice.ice.get_host_addresses = _configured
 
 
-def _context_with_rsa(self: RTCCertificate, srtp_profiles: list) -> object:
+def _context_with_rsa(self: RTCCertificate, srtp_profiles: list[Any]) -> object:
     ctx = _original_context(self, srtp_profiles)
     ctx.set_cipher_list(DTLS_CIPHERS)
     return ctx

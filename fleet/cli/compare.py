@@ -7,6 +7,8 @@ regression, 3 a regression, 1 unreadable input, 2 usage error.
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import json
 
@@ -14,7 +16,7 @@ import json
 EXIT_REGRESSION = 3
 
 
-def add(sub: argparse._SubParsersAction) -> None:
+def add(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("compare", help="flag regressions between two campaigns", description=__doc__)
     p.add_argument("baseline", metavar="BASELINE")
     p.add_argument("current", metavar="CURRENT")

@@ -8,6 +8,8 @@ _PASSWORD; database FLEET_CLICKHOUSE_DATABASE, table prefix FLEET_CLICKHOUSE_PRE
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import os
 import signal
@@ -16,7 +18,7 @@ from pathlib import Path
 from fleet.errors import InputError
 
 
-def add(sub: argparse._SubParsersAction) -> None:
+def add(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("dashboard", help="serve the read-only results dashboard", description=__doc__)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--results", metavar="DIR", default="results", help="Parquet results directory (default results)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import asyncio
 import ipaddress
@@ -11,7 +13,7 @@ from fleet.errors import UsageError
 from fleet.gateway.config import default_config, load_gateway_config
 
 
-def add(sub: argparse._SubParsersAction) -> None:
+def add(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("gateway", help="the local reference gateway", description=__doc__)
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import re
 
@@ -18,7 +20,7 @@ def duration(text: str) -> float:
     return float(m.group(1)) * UNITS[m.group(2) or "s"]
 
 
-def add(sub: argparse._SubParsersAction) -> None:
+def add(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("monitor", help="probe the network continuously (the scenario's monitor: section)",
                        description=__doc__)
     p.add_argument("file", metavar="SCENARIO", help="scenario YAML with a monitor: section")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import json
 
@@ -17,7 +19,7 @@ from fleet.scenario import Scenario, StaticCapacity, load_scenario
 TABLE_ROWS = 40
 
 
-def add(sub: argparse._SubParsersAction) -> None:
+def add(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("plan", help="show the session plan of a scenario", description=__doc__)
     p.add_argument("file", metavar="FILE", help="scenario YAML")
     cap = p.add_mutually_exclusive_group()

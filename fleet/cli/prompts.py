@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 from collections import Counter
 
@@ -12,7 +14,7 @@ from fleet.errors import UsageError
 from fleet.prompts import available_sets, find_set, load_prompt_set, set_problem
 
 
-def add(sub: argparse._SubParsersAction) -> None:
+def add(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("prompts", help="list and show prompt sets", description=__doc__)
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True

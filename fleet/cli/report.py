@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 
 
 
-def add(sub: argparse._SubParsersAction) -> None:
+def add(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("report", help="write a campaign's HTML report", description=__doc__)
     p.add_argument("dir", metavar="CAMPAIGN_DIR", help="a campaign directory (results/campaign=ID)")
     p.add_argument("--out", metavar="FILE", help="where to write it (default: CAMPAIGN_DIR/report.html)")

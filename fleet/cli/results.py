@@ -8,13 +8,15 @@ default fleet_). A batch already loaded (streamed live, or pushed before) is sto
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import os
 
 from fleet.scenario import ClickHouseOut
 
 
-def add(sub: argparse._SubParsersAction) -> None:
+def add(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("results", help="work with stored results", description=__doc__)
     rs = p.add_subparsers(dest="results_command", metavar="ACTION", parser_class=type(p))
     rs.required = True

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 
 
 
-def add(sub: argparse._SubParsersAction) -> None:
+def add(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("run", help="run a test campaign", description=__doc__)
     p.add_argument("file", metavar="SCENARIO", help="scenario YAML")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a private local Ray)")

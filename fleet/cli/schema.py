@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import json
 
 from fleet.scenario import Scenario
 
 
-def add(sub: argparse._SubParsersAction) -> None:
+def add(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("schema", help="print the scenario JSON Schema", description=__doc__)
     p.set_defaults(run=run)
 
 
-def scenario_schema() -> dict:
+def scenario_schema() -> dict[str, Any]:
     schema = Scenario.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "fleet scenario"

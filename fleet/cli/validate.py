@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import sys
 
@@ -9,7 +11,7 @@ from fleet.errors import InputError
 from fleet.scenario import load_scenario
 
 
-def add(sub: argparse._SubParsersAction) -> None:
+def add(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("validate", help="check scenario files", description=__doc__)
     p.add_argument("files", nargs="+", metavar="FILE", help="scenario YAML files")
     p.add_argument("-q", "--quiet", action="store_true", help="print problems only")

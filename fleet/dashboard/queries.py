@@ -105,7 +105,7 @@ def _score(d: Any, column: str, anchor: tuple[float, float] | None, name: str, p
             f"({bad} - {good}))) END) AS {name}")
 
 
-def leaderboard(engine: Engine, f: Filters, by_gpu: bool = False) -> tuple[list[dict[str, Any]], dict]:
+def leaderboard(engine: Engine, f: Filters, by_gpu: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Orchestrators (or orchestrator x GPU) ranked by SLA score, with its components."""
     d = engine.dialect
     bench = anchors(engine, f)

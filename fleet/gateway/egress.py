@@ -28,7 +28,7 @@ class OutputTrack(MediaStreamTrack):
 
     def __init__(self) -> None:
         super().__init__()
-        self.queue: asyncio.Queue[av.Packet | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[av.Packet[Any] | None] = asyncio.Queue()
         self.first_pts90: list[int] = []  # the RTP-clock pts of the first frame handed to the sender
         self.started = False              # a keyframe has gone out: the viewer can decode from here
         self.frames_sent = 0
@@ -48,7 +48,7 @@ class OutputTrack(MediaStreamTrack):
             return 0
         return self.seq_highest - self.seq_first + 1
 
-    def push(self, packet: av.Packet | None, keyframe: bool = False) -> None:
+    def push(self, packet: av.Packet[Any] | None, keyframe: bool = False) -> None:
         if packet is not None and not self.started:
             if not keyframe:
                 self.awaiting_keyframe += 1
@@ -58,7 +58,7 @@ class OutputTrack(MediaStreamTrack):
             self.queue.get_nowait()
         self.queue.put_nowait(packet)
 
-    async def recv(self) -> av.Packet:
+    async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         packet = await self.queue.get()
@@ -135,7 +135,7 @@ class H264Encoder:
                        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:repeat-headers=1"}
         return enc
 
-    def encode(self, frame: av.VideoFrame) -> av.Packet | None:
+    def encode(self, frame: av.VideoFrame) -> av.Packet[Any] | None:
         if self.context is None:
             self.context = self._open(frame)
         frame.pict_type = av.video.frame.PictureType.I if self.encoded % self.gop == 0 else \

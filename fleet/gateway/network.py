@@ -9,6 +9,8 @@ profile's cold start. Faults are drawn here too, deterministically per stream.
 
 from __future__ import annotations
 
+from typing import Any
+
 import random
 from dataclasses import dataclass, field
 
@@ -98,7 +100,7 @@ class Network:
                 out[(g.orch.address, model)] = out.get((g.orch.address, model), 0) + n
         return out
 
-    def capabilities(self) -> dict:
+    def capabilities(self) -> dict[str, Any]:
         return capabilities_body(self.config, self.busy(), self._dropped)
 
     def drop_capacity(self, address: str, slots: int) -> None:

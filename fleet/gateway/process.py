@@ -29,7 +29,7 @@ class GatewayProcess:
     def __init__(self, config_path: str | Path | None = None, host: str = "127.0.0.1", port: int = 0,
                  start_timeout_s: float = 30.0, config: GatewayConfig | None = None) -> None:
         self.args = [sys.executable, "-m", "fleet", "gateway", "serve", "--host", host, "--port", str(port)]
-        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if config is not None:  # a config object: handed over as a JSON (hence YAML) file
             self._tmp = tempfile.TemporaryDirectory(prefix="fleet-gateway-")
             config_path = Path(self._tmp.name) / "gateway.json"
@@ -37,7 +37,7 @@ class GatewayProcess:
         if config_path is not None:
             self.args += ["--config", str(config_path)]
         self.start_timeout_s = start_timeout_s
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[str] | None = None
         self.url: str | None = None
 
     def __enter__(self) -> GatewayProcess:

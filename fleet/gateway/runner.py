@@ -12,6 +12,8 @@ declared in ``fleet.gateway.state``, which ``Stream.__init__`` sets).
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncio
 import fractions
 
@@ -170,7 +172,7 @@ class RunnerModel(StreamState):
         self.start_at = start
         return None
 
-    def _ingest(self, frame: av.VideoFrame | av.Packet, seq: int, t_in: float, keyframe: bool = False) -> None:
+    def _ingest(self, frame: av.VideoFrame | av.Packet[Any], seq: int, t_in: float, keyframe: bool = False) -> None:
         self.frames_in += 1
         self.in_rate.add(t_in)
         if self.last_in is None:
@@ -190,7 +192,7 @@ class RunnerModel(StreamState):
             return
         self.relay_need_key = False
         if relay:
-            out: av.VideoFrame | av.Packet = frame
+            out: av.VideoFrame | av.Packet[Any] = frame
         else:
             out = apply_look(frame, self.look, self.lut, black=self._active("black_frames") is not None)
         delay = self._draw_delay()
@@ -201,7 +203,7 @@ class RunnerModel(StreamState):
             self.frames[index][7] = round((self.start_at - t_in) * 1000, 3)
         self.loop.call_at(due, self._emit, out, self.start_at, index, keyframe)
 
-    def _ready_at(self, frame: av.VideoFrame | av.Packet, t_in: float) -> float:
+    def _ready_at(self, frame: av.VideoFrame | av.Packet[Any], t_in: float) -> float:
         """When the runner may take the frame: its media time on a clock anchored at the first frame plus the
         ingest buffer (go-livepeer segments the ingest before the runner decodes it), or its arrival if later.
         Arrival noise within the buffer (this machine's own scheduling) does not reach the output; a frame
@@ -222,7 +224,7 @@ class RunnerModel(StreamState):
         self.frames.append([seq, pts, round(t_in - self.t0, 6), drawn, actual, reason, None, None])
         return len(self.frames) - 1
 
-    def _emit(self, frame: av.VideoFrame | av.Packet, start: float, index: int, keyframe: bool) -> None:
+    def _emit(self, frame: av.VideoFrame | av.Packet[Any], start: float, index: int, keyframe: bool) -> None:
         if self.closed:
             return
         t = self.loop.time()
@@ -283,7 +285,7 @@ class RunnerModel(StreamState):
         self.last_restart = self.loop.time()
         self.event("orchestrator_swap", old=old.orchestrator.address, new=new.orchestrator.address)
 
-    def _encode(self, frame: av.VideoFrame) -> av.Packet | None:
+    def _encode(self, frame: av.VideoFrame) -> av.Packet[Any] | None:
         """The processed frame as H.264, once for every viewer; an IDR every output GOP."""
         if self.encoder is None:
             assert self.lease is not None

@@ -67,7 +67,7 @@ MAX_EVENTS = 10_000            # lifecycle events kept per stream
 SELECTION_RETRY_S = 0.1        # selection retries this often within selection_timeout_s
 
 
-def _log_crash(task: asyncio.Task) -> None:
+def _log_crash(task: asyncio.Task[Any]) -> None:
     """A stream's background task died of a bug: say so loudly (faults are not exceptions)."""
     if not task.cancelled() and task.exception() is not None:
         log.error("stream task crashed", exc_info=task.exception())
@@ -101,14 +101,14 @@ class Stream(RunnerModel, StreamRecords):
         self.closed_unix: float | None = None
         self.closed_at: float | None = None
         self.prompts: list[tuple[float, str, str]] = []  # (t, prompt, params hash)
-        self.events: deque[tuple[float, str, dict]] = deque(maxlen=MAX_EVENTS)
+        self.events: deque[tuple[float, str, dict[str, Any]]] = deque(maxlen=MAX_EVENTS)
         self.params_update: float | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self.tap: FrameTap | None = None
         self.first_packet = asyncio.Event()
         self.output_ready = asyncio.Event()
         self.ended = asyncio.Event()
-        self._closing: asyncio.Task | None = None
+        self._closing: asyncio.Task[Any] | None = None
         self.runner_status: dict[str, Any] | None = None   # the runner's last report (ai_stream_status)
         self.gateway_status: dict[str, Any] = {"whep_url": gateway.whep_url(name, self.request_id)}
         self._init_runner()

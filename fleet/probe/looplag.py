@@ -15,6 +15,8 @@ itself is the bottleneck).
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncio
 import gc
 import time
@@ -71,7 +73,7 @@ class LoopMonitor:
         self.lag_sum_s = 0.0
         self.events: deque[tuple[float, float]] = deque(maxlen=EVENTS_KEPT)  # (woke at, lag s), in time order
         self.users = 0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[Any] | None = None
 
     @classmethod
     def for_running_loop(cls) -> LoopMonitor:

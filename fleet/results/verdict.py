@@ -114,8 +114,8 @@ class Verdict:
                 "checks": [{**asdict(c), "group_label": c.group_label} for c in self.checks]}
 
 
-def _groups(rows: list[dict[str, Any]], by: tuple[str, ...]) -> dict[tuple, list[dict[str, Any]]]:
-    out: dict[tuple, list[dict[str, Any]]] = {}
+def _groups(rows: list[dict[str, Any]], by: tuple[str, ...]) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+    out: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         out.setdefault(tuple(r.get(GROUP_COLUMNS[g]) for g in by), []).append(r)
     return out
@@ -214,7 +214,7 @@ class AbortWatch:
 
     def __init__(self, checks: Iterable[CheckSpec]) -> None:
         self.checks = [c for c in checks if c.abort]
-        self.values: list[dict[tuple, list[float]]] = [{} for _ in self.checks]
+        self.values: list[dict[tuple[Any, ...], list[float]]] = [{} for _ in self.checks]
 
     def add(self, rows: Iterable[dict[str, Any]], elapsed_s: float) -> CheckResult | None:
         """Take finished sessions; the first breached check (and group), if any."""

@@ -214,7 +214,7 @@ class BrokerActor:
         source = self.scenario.target.capacity
         self.refresh_s = None if isinstance(source, StaticCapacity) else max(REFRESH_MIN_S, source.refresh_s)
         self.refreshes = 0
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[Any] | None = None
 
     async def _refresh(self) -> None:
         while True:

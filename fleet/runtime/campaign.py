@@ -53,7 +53,7 @@ def _prompt_lookup(scenario: Scenario) -> dict[tuple[str, str], Any]:
     return {(e.set_name, e.prompt.id): e.prompt for e in scenario.prompt_pool()}
 
 
-def _job(scenario: Scenario, s: PlannedSession, campaign_id: str, url: str, prompts: dict) -> dict[str, Any]:
+def _job(scenario: Scenario, s: PlannedSession, campaign_id: str, url: str, prompts: dict[str, Any]) -> dict[str, Any]:
     steps = []
     for p in s.prompts:
         prompt = prompts[(p.set, p.prompt_id)]
@@ -78,7 +78,7 @@ def _result_row(c: Campaign, plan: Plan, live: Dispatched, row: dict[str, Any]) 
                          "target_orchestrator": live.job.get("orchestrator_uri") or live.job.get("orchestrator")})
 
 
-def _failed_row(c: Campaign, plan: Plan, live: Dispatched, outcome: str, phase: str, error: str, detail: str) -> dict:
+def _failed_row(c: Campaign, plan: Plan, live: Dispatched, outcome: str, phase: str, error: str, detail: str) -> dict[str, Any]:
     return with_gpu(c, {**_identity(c, plan, live.session, live.region), "session_id": live.job["session_id"],
             "dialect": c.scenario.target.dialect, "outcome": outcome, "error_phase": phase, "error_class": error,
             "error_detail": detail, "started_unix": time.time(), "duration_s": 0.0,

@@ -140,7 +140,7 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
         stops.restore()
 
 
-def _watch(c: Campaign, cov: Coverage, sink: ParquetSink, pool: list, run_id: str,
+def _watch(c: Campaign, cov: Coverage, sink: ParquetSink, pool: list[Any], run_id: str,
            opts: MonitorOptions) -> dict[str, Any]:
     return _Watch(c, cov, sink, pool, run_id, opts).run()
 
@@ -148,7 +148,7 @@ def _watch(c: Campaign, cov: Coverage, sink: ParquetSink, pool: list, run_id: st
 class _Watch:
     """The monitor's loop: refresh the targets, start what coverage picks, gather what ends, flush."""
 
-    def __init__(self, c: Campaign, cov: Coverage, sink: ParquetSink, pool: list, run_id: str,
+    def __init__(self, c: Campaign, cov: Coverage, sink: ParquetSink, pool: list[Any], run_id: str,
                  opts: MonitorOptions) -> None:
         self.c, self.cov, self.sink, self.pool, self.run_id, self.opts = c, cov, sink, pool, run_id, opts
         self.scenario = c.scenario
@@ -158,7 +158,7 @@ class _Watch:
         self.digest = self.scenario.digest()
         local = not (opts.address or os.environ.get("RAY_ADDRESS"))
         self.ex = RayExecutor(self.scenario, c.urls, c.snapshot, [opts.host_address] if local else None)
-        self.by_category: dict[str | None, list] = {}
+        self.by_category: dict[str | None, list[Any]] = {}
         for e in pool:
             self.by_category.setdefault(e.prompt.category, []).append(e)
         self.used_prompts: dict[str | None, int] = {}
