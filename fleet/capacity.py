@@ -123,7 +123,7 @@ def parse_network_capabilities(obj: Any, model: str) -> CapacitySnapshot:
             if hw.get("model_id") in (None, model):
                 for gpu in (hw.get("gpu_info") or {}).values():
                     gpus.append((str(gpu.get("id", "")), str(gpu.get("name", ""))))
-        price = orch.get("price_info") if isinstance(orch.get("price_info"), dict) else {}
+        price: dict[str, Any] = orch["price_info"] if isinstance(orch.get("price_info"), dict) else {}
         found.append(OrchestratorSlots(
             address=str(orch.get("address") or "").lower(), uri=str(orch.get("orch_uri") or ""),
             price_per_unit=_opt_int(price.get("pricePerUnit")), pixels_per_unit=_opt_int(price.get("pixelsPerUnit")),
@@ -150,7 +150,7 @@ def parse_naap(obj: Any, model: str) -> CapacitySnapshot:
             available = row.get("available_capacity", slots - active)
             if isinstance(available, bool) or not isinstance(available, (int, float)):
                 raise CapacityError(f"{where}.available_capacity: expected a number, got {available!r}")
-            notes = ()
+            notes: tuple[str, ...] = ()
             if available < 0:  # NaaP reports an oversubscribed model this way: no idle slot, not an error
                 notes = (f"NaaP reports {model!r} oversubscribed (available_capacity {available:g}): 0 idle slots",)
             return CapacitySnapshot(model=model, anonymous_idle=max(0, int(available)), anonymous_in_use=active,

@@ -148,8 +148,9 @@ class Coverage:
         if self.last_start is not None and now - self.last_start < gap:
             self.why = "pacing"
             return None
-        due = [t for t in targets if self.age(t.key, now) is None or self.age(t.key, now) >= self.every_s]
-        due = [t for t in due if now - self.last_tried.get(t.key, -math.inf) >= self.retry_s
+        due = [t for t in targets if (age := self.age(t.key, now)) is None or age >= self.every_s]
+        retry_s = self.retry_s if self.retry_s is not None else self.every_s / 4
+        due = [t for t in due if now - self.last_tried.get(t.key, -math.inf) >= retry_s
                or self.last_tried.get(t.key, -math.inf) <= self.last_tested.get(t.key, -math.inf)]
         if not due:
             self.why = "nothing is due"

@@ -124,8 +124,8 @@ def load_document(path: str | Path, error: type[InputError] = InputError) -> Doc
     try:
         doc.data = _walk(node, name, (), doc, problems, _Loader(""))
     except _TooBig as exc:
-        mark = _mark(name, exc.node)
-        raise error([Problem(name, mark.line, mark.col, "", exc.what)]) from None
+        at = _mark(name, exc.node)
+        raise error([Problem(name, at.line, at.col, "", exc.what)]) from None
     if problems:
         raise error(problems)
     return doc

@@ -75,7 +75,7 @@ CODECS = ("h264", "vp8")
 H264_PROFILE_LEVEL_ID = "42e01f"   # constrained baseline, level 3.1: what go-livepeer's WHIP server negotiates
 
 
-def _encoder(codec: str, width: int, height: int, fps: float, gop: int, bitrate_kbps: int) -> av.CodecContext:
+def _encoder(codec: str, width: int, height: int, fps: float, gop: int, bitrate_kbps: int) -> Any:
     if codec not in CODECS:
         raise InputError(f"media codec {codec!r} is not supported by the probe (allowed: {', '.join(CODECS)})")
     enc = av.CodecContext.create("libvpx" if codec == "vp8" else "libx264", "w")
@@ -133,7 +133,8 @@ def _base(pattern: str, width: int, height: int, rng: np.random.Generator) -> np
         tex = rng.uniform(-1, 1, size=(height // 8 + 1, width // 8 + 1)).repeat(8, 0).repeat(8, 1)[:height, :width]
     if pattern == "noise":
         tex = tex * 0.5 + rng.uniform(-0.5, 0.5, size=(height, width))
-    return (tex * TEXTURE_AMPLITUDE).astype(np.int16)
+    texture: np.ndarray = (tex * TEXTURE_AMPLITUDE).astype(np.int16)
+    return texture
 
 
 @functools.lru_cache(maxsize=8)

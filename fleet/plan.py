@@ -28,8 +28,8 @@ from typing import Any
 
 from fleet.capacity import CapacitySnapshot, OrchestratorSlots
 from fleet.prompts import PoolEntry, PromptPicker
-from fleet.scenario import (ArrivalsLoad, ExponentialDuration, FixedDuration, LognormalDuration, Scenario,
-                            Stage, StagesLoad, UniformDuration)
+from fleet.scenario import (ArrivalsLoad, ExponentialDuration, FixedDuration, LognormalDuration, RampLoad,
+                            Scenario, Stage, StagesLoad, UniformDuration)
 
 __all__ = ["Plan", "PlannedSession", "PromptStep", "Skipped", "make_plan"]
 
@@ -177,7 +177,12 @@ class _Planner:
 
     def _stages(self) -> list[tuple[int, int, int]]:
         """(start_ms, end_ms, concurrency) for closed-loop shapes."""
-        stages: list[Stage] = list(self.load.stages) if isinstance(self.load, StagesLoad) else self.load.stages()
+        if isinstance(self.load, StagesLoad):
+            stages: list[Stage] = list(self.load.stages)
+        elif isinstance(self.load, RampLoad):
+            stages = self.load.stages()
+        else:
+            raise AssertionError("open-loop arrivals have no stages")
         out, t = [], 0
         for st in stages:
             end = t + int(st.duration_s * MS)
@@ -346,11 +351,11 @@ class _Planner:
                 if t < self.window and self._duration_at(t, req) is not None:
                     self.skipped.append(Skipped(req.first_ms / MS, self._why(t)))
                 follow = (max(t, req.deadline_ms), req.user)
-            next_t, user = follow
-            if user is not None and next_t < self.window:
-                period = self._active_period(stages, user, next_t)
+            next_t, who = follow
+            if who is not None and next_t < self.window:
+                period = self._active_period(stages, who, next_t)
                 if period:
-                    push(period[0], _Request(period[0], period[1], self._draw_ms(), user))
+                    push(period[0], _Request(period[0], period[1], self._draw_ms(), who))
 
 
 def make_plan(scenario: Scenario, snapshot: CapacitySnapshot, seed: int = 0,

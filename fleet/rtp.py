@@ -69,7 +69,8 @@ NAL_IDR, NAL_STAP_A, NAL_FU_A = 5, 24, 28
 
 def annexb_nal_types(data: bytes) -> list[int]:
     """The NAL unit types of an Annex B access unit, in order."""
-    types, i = [], 0
+    types: list[int] = []
+    i = 0
     while True:
         i = data.find(b"\x00\x00\x01", i)
         if i < 0 or i + 3 >= len(data):

@@ -69,7 +69,7 @@ def parse(model: type[M], doc: Document, error: type[InputError]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [_problem(model, doc, data, err) for err in exc.errors() if not _echo(err)]
+        problems = [_problem(model, doc, data, dict(err)) for err in exc.errors() if not _echo(dict(err))]
         raise error(list(dict.fromkeys(problems))) from None
 
 
@@ -218,8 +218,8 @@ def _problem(model: type[BaseModel], doc: Document, data: Any, err: dict[str, An
                f"(allowed: {_unquote_list(ctx.get('expected_tags', ''))})")
     elif kind == "union_tag_not_found":
         disc = ctx.get("discriminator", "kind").strip("'")
-        allowed = _tags(model, path, data, disc)
-        msg = f"'{disc}' is required to say which kind this is" + (f" (allowed: {allowed})" if allowed else "")
+        tags = _tags(model, path, data, disc)
+        msg = f"'{disc}' is required to say which kind this is" + (f" (allowed: {tags})" if tags else "")
     elif kind == "value_error":
         msg = str(ctx.get("error", err["msg"]))
     elif kind == "too_short":
@@ -250,7 +250,7 @@ def _tags(model: type[BaseModel], path: tuple[Any, ...], data: Any, disc: str) -
         if not ms:
             return ""
         types_ = ms[0].model_fields[part].annotation
-    tags = []
+    tags: list[str] = []
     for m in _candidates(types_):
         info = m.model_fields.get(disc)
         if info is not None and get_origin(info.annotation) is Literal:

@@ -109,7 +109,7 @@ def _context_with_rsa(self: RTCCertificate, srtp_profiles: list[Any]) -> object:
 
 def accept_rsa_peers() -> None:
     """Let aiortc's DTLS client agree a suite with a server whose certificate is RSA."""
-    RTCCertificate._create_ssl_context = _context_with_rsa  # type: ignore[method-assign]
+    RTCCertificate._create_ssl_context = _context_with_rsa  # type: ignore[method-assign, assignment]
 
 
 accept_rsa_peers()
@@ -121,7 +121,7 @@ def set_ice_failed_timeout(seconds: float, checks: int = 5) -> None:
     aioice reads these module settings for every connection of the process.
     """
     aioice.ice.CONSENT_FAILURES = checks
-    aioice.ice.CONSENT_INTERVAL = seconds / checks
+    aioice.ice.CONSENT_INTERVAL = seconds / checks  # type: ignore[assignment]  # aioice sleeps on it: a float works
 
 
 def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
@@ -147,7 +147,7 @@ def tap_rtp(receiver: RTCRtpReceiver, handler: Callable[[Any, int], Awaitable[No
     """Route every RTP packet the receiver gets through ``handler``; returns aiortc's own handler, which
     ``handler`` must await to let the packet on."""
     original = receiver._handle_rtp_packet
-    receiver._handle_rtp_packet = handler  # type: ignore[method-assign]
+    receiver._handle_rtp_packet = handler  # type: ignore[method-assign, assignment]
     return original
 
 
@@ -208,9 +208,16 @@ def parse_ice_links(values: Sequence[str]) -> list[IceServer]:
             params = {k.lower(): (q if q is not None else (u or "").strip()) for k, q, u in _PARAM.findall(m.group(2))}
             if params.get("rel") != "ice-server" or not m.group(1).startswith(("stun:", "stuns:", "turn:", "turns:")):
                 continue
-            unquote = lambda s: s.replace('\\"', '"').replace("\\\\", "\\") if s else None  # noqa: E731
-            servers.append(IceServer(m.group(1), unquote(params.get("username")), unquote(params.get("credential"))))
+            servers.append(IceServer(m.group(1), _unquote(params.get("username")), _unquote(params.get("credential"))))
     return servers
+
+
+def _unquote(s: str | None) -> str | None:
+    return s.replace('\\"', '"').replace("\\\\", "\\") if s else None
+
+
+def _quote(v: str | None) -> str:
+    return (v or "").replace("\\", "\\\\").replace('"', '\\"')
 
 
 def ice_link_headers(servers: Sequence[IceServer]) -> list[str]:
@@ -219,8 +226,7 @@ def ice_link_headers(servers: Sequence[IceServer]) -> list[str]:
     for s in servers:
         link = f'<{s.urls}>; rel="ice-server"'
         if s.username:
-            quote = lambda v: (v or "").replace("\\", "\\\\").replace('"', '\\"')  # noqa: E731
-            link += (f'; username="{quote(s.username)}"; credential="{quote(s.credential)}"'
+            link += (f'; username="{_quote(s.username)}"; credential="{_quote(s.credential)}"'
                      '; credential-type="password"')
         out.append(link)
     return out

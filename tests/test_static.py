@@ -1,10 +1,13 @@
-"""Static checks run with the tests: ruff, with the rule set pyproject.toml chooses, over every Python file."""
+"""Static checks run with the tests: ruff (the rule set pyproject.toml chooses) over every Python file, mypy --strict
+over fleet/, and the size and import-structure limits of the architecture issue."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,3 +71,11 @@ def test_no_import_circle_inside_the_package():
     for m in sorted(graph):
         if not state.get(m):
             visit(m, [])
+
+
+@pytest.mark.slow
+def test_mypy_strict_finds_nothing():
+    """mypy --strict over fleet/, with the settings in pyproject.toml ([tool.mypy])."""
+    mypy = Path(sys.executable).parent / "mypy"
+    done = subprocess.run([str(mypy)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

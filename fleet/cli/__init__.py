@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from fleet import __version__
 from fleet.cli import compare, dashboard, gateway, monitor, plan, prompts, report, results, run, schema, validate
@@ -20,7 +21,7 @@ COMMANDS = (validate, schema, plan, run, monitor, report, compare, results, dash
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # exit 2 with one line, like every usage error
+    def error(self, message: str) -> NoReturn:  # exit 2 with one line, like every usage error
         self.print_usage(sys.stderr)
         sys.stderr.write(f"fleet: error: {message}\n")
         raise SystemExit(2)

@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from fleet.dashboard.engine import ClickHouseEngine, DuckDBEngine
     from fleet.dashboard.server import DashboardServer
 
-    results = Path(args.results)
+    results: Path | None = Path(args.results)
+    engine: ClickHouseEngine | DuckDBEngine
     if args.clickhouse:
         from fleet.results.clickhouse import ClickHouseSink
         from fleet.scenario import ClickHouseOut
@@ -46,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
                             database=os.environ.get("FLEET_CLICKHOUSE_DATABASE", "fleet"),
                             table_prefix=os.environ.get("FLEET_CLICKHOUSE_PREFIX", "fleet_"))
         engine = ClickHouseEngine(ClickHouseSink(cfg))
-        results = results if results.is_dir() else None
+        results = results if results and results.is_dir() else None
     else:
+        assert results is not None
         engine = DuckDBEngine(results)
     try:
         server = DashboardServer(engine, results, args.host, args.port)

@@ -107,4 +107,5 @@ class ClickHouseEngine:
         return {"sessions": f"{self.prefix}sessions", "samples": f"{self.prefix}samples"}
 
     def query(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.sink.query(sql, params).to_pylist()
+        rows: list[dict[str, Any]] = self.sink.query(sql, params).to_pylist()
+        return rows

@@ -11,6 +11,7 @@ import datetime as dt
 import html
 import json
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -54,7 +55,7 @@ def _pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f} %"
 
 
-def _table(head: list[str], rows: Iterable[list[str]], numeric: set[int] = frozenset()) -> str:
+def _table(head: list[str], rows: Iterable[list[str]], numeric: AbstractSet[int] = frozenset()) -> str:
     th = "".join(f"<th>{_e(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td class=n>{c}</td>" if i in numeric else f"<td>{c}</td>"
                                     for i, c in enumerate(r)) + "</tr>" for r in rows)

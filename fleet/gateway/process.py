@@ -44,12 +44,14 @@ class GatewayProcess:
         # stderr is inherited: an unread pipe would block a chatty gateway once it filled
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        out = self.proc.stdout
+        assert out is not None  # stdout=PIPE
         sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        sel.register(out, selectors.EVENT_READ)
         if not sel.select(self.start_timeout_s):
             self.stop()
             raise GatewayStartError(f"the reference gateway did not start within {self.start_timeout_s:g} s")
-        line = self.proc.stdout.readline()
+        line = out.readline()
         if not line.startswith(READY_PREFIX):
             self.stop()
             raise GatewayStartError(f"the reference gateway failed to start (exit {self.proc.returncode}; "

@@ -120,13 +120,12 @@ class StreamRecords(StreamState):
         delays = sorted(f[4] for f in self.frames if f[4] is not None)
         residence = sorted(f[6] for f in self.frames if f[6] is not None)
         drawn = sorted(f[3] for f in self.frames if f[3] is not None)
-        mid = lambda xs: xs[len(xs) // 2] if xs else None  # noqa: E731
         return {
             **self.summary(),
             "config_delay": self.lease.profile.delay.model_dump() if self.lease else None,
             "fps_cap": round(self.fps_cap(), 3),
-            "delay_ms_median": mid(delays), "delay_drawn_ms_median": mid(drawn),
-            "residence_ms_median": mid(residence),
+            "delay_ms_median": _middle(delays), "delay_drawn_ms_median": _middle(drawn),
+            "residence_ms_median": _middle(residence),
             "prompts": [{"t": t, "prompt": p, "params_hash": h} for t, p, h in self.prompts],
             "events": [{"t": t, "type": k, **d} for t, k, d in self.events],  # data keys never 't'/'type'
             "frames": [{"seq": s, "pts": p, "t_in": t, "queued_ms": q, "delay_drawn_ms": dr, "delay_ms": da,
@@ -134,3 +133,8 @@ class StreamRecords(StreamState):
             # per viewer, per frame sent: [output pts (90 kHz), when its last packet left (time.monotonic())]
             "egress": [[[p, round(t, 6)] for p, t in track.egress] for _, track in self.whep],
         }
+
+
+def _middle(xs: list[float]) -> float | None:
+    """The upper median of sorted values."""
+    return xs[len(xs) // 2] if xs else None

@@ -106,6 +106,8 @@ class RunnerModel(StreamState):
             except MediaStreamError:
                 self.close_soon("input ended")
                 return
+            if not isinstance(frame, av.VideoFrame):
+                continue  # a video track hands out frames; anything else is not the runner's input
             seq += 1
             self._ingest(frame, seq, self._arrival_of(frame))
 
@@ -191,9 +193,8 @@ class RunnerModel(StreamState):
             self._truth(seq, frame.pts, t_in, None, None, reason)
             return
         self.relay_need_key = False
-        if relay:
-            out: av.VideoFrame | av.Packet[Any] = frame
-        else:
+        out: av.VideoFrame | av.Packet[Any] = frame  # relay mode: the encoded frame as it came
+        if isinstance(frame, av.VideoFrame):
             out = apply_look(frame, self.look, self.lut, black=self._active("black_frames") is not None)
         delay = self._draw_delay()
         due = max(self.start_at + delay, self.last_due)

@@ -33,7 +33,7 @@ from fleet.gateway.config import GatewayConfig, default_config
 from fleet.gateway.network import Network
 from fleet.gateway.process import READY_PREFIX, SHUTDOWN_TIMEOUT_S
 from fleet.gateway.stream import Stream
-from fleet.probe.looplag import LoopMonitor, quiet_gc
+from fleet.probe.looplag import LagMark, LoopMonitor, quiet_gc
 from fleet.webrtc import IceServer, ice_link_headers, set_ice_failed_timeout
 
 __all__ = ["ReferenceGateway", "serve"]
@@ -57,7 +57,7 @@ async def _cors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Browser WHIP/WHEP clients: answer preflights, expose the WHIP headers."""
     if request.method == "OPTIONS":
         return web.Response(status=204, headers={**_CORS, "Accept-Post": SDP})
-    response = await handler(request)
+    response: web.StreamResponse = await handler(request)
     response.headers.update(_CORS)
     return response
 
@@ -85,7 +85,7 @@ class ReferenceGateway:
         self.byoc = Byoc(self)
         self._runner: web.AppRunner | None = None
         self.loop_monitor: LoopMonitor | None = None
-        self.loop_mark = None
+        self.loop_mark: LagMark | None = None
         self.port: int | None = None
 
     # --- lifecycle ------------------------------------------------------------
@@ -124,7 +124,7 @@ class ReferenceGateway:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        sockets = list(getattr(site._server, "sockets", None) or [])  # a TCP site serves an asyncio.Server
         self.port = sockets[0].getsockname()[1] if sockets else self.config.port
 
     async def stop(self) -> None:
@@ -281,7 +281,7 @@ class ReferenceGateway:
 
     async def debug_list(self, request: web.Request) -> web.Response:
         streams = [s.summary() for s in self.history.values()]
-        loop = self.loop_monitor.since(self.loop_mark) if self.loop_monitor else None
+        loop = self.loop_monitor.since(self.loop_mark) if self.loop_monitor and self.loop_mark else None
         return web.json_response({"open": sum(1 for s in streams if s["open"]), "streams": streams,
                                   # the gateway's own health: a loop that ran late stamped frames late
                                   "loop": None if loop is None else {"lag_ms_mean": loop.mean_ms,

@@ -58,6 +58,9 @@ class StreamHost(Protocol):
 
     def released(self, stream: Stream) -> None: ...
 
+    def whep_url(self, name: str, request_id: str) -> str: ...
+
+
 __all__ = ["NO_ORCHESTRATORS", "OutputTrack", "Stream"]
 
 log = logging.getLogger(__name__)
@@ -154,29 +157,31 @@ class Stream(RunnerModel, StreamRecords):
         transceiver = self.pc.addTransceiver("video", direction="recvonly")
         transceiver.setCodecPreferences(codecs_named("video", "H264", "VP8", "VP9", "AV1"))
 
-        @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "video" and not relay:
                 self._spawn(self._pump(track))
 
-        @self.pc.on("iceconnectionstatechange")
         async def on_ice() -> None:
             state = self.pc.iceConnectionState
             self.event("ingest_ice", state=state)
             if state == "failed" and not self.closed:
                 self.fail("ICE connection state failed")
 
-        @self.pc.on("connectionstatechange")
         async def on_state() -> None:
             state = self.pc.connectionState
             self.event("ingest_connection", state=state)
             if state in ("failed", "closed") and not self.closed:
                 self.close_soon(f"ingest {state}")
 
+        self.pc.on("track", on_track)
+        self.pc.on("iceconnectionstatechange", on_ice)
+        self.pc.on("connectionstatechange", on_state)
+
         await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
         self.tap = FrameTap(transceiver.receiver, self._on_tap_frame, decode=not relay)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        return self.pc.localDescription.sdp
+        sdp: str = self.pc.localDescription.sdp
+        return sdp
 
     def begin(self) -> None:
         """What go-livepeer does after writing the 201: select, gather media, ask for keyframes, report."""

@@ -306,7 +306,8 @@ class ByocAdapter(Adapter):
         _check(resp, "pipeline", (200, 204))
 
     def status_url(self) -> str:
-        return self.urls["status_url"]
+        url: str = self.urls["status_url"]
+        return url
 
     async def status(self, client: httpx.AsyncClient) -> Any:
         return await super().status(client) if getattr(self, "urls", None) else None  # not started: none yet

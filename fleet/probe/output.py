@@ -177,7 +177,7 @@ class OutputWatch:
         """Find the alignment; True once it is exact (pinned to one frame)."""
         inputs = self.input_steps()
         outs = [(t, d, a) for t, a, d in self.detector.steps]
-        if self.aligner.update(outs, inputs):
+        if self.aligner.update(outs, inputs) and self.aligner.lag is not None:
             self.latency_method = "rtp_timestamp"
             return lag_is_exact(self.aligner.lag, self.detector.prev, inputs, self.aligner.matched,
                                 1 / self.spec.clip.fps)
@@ -270,9 +270,9 @@ def frame_means(frame: av.VideoFrame) -> tuple[float, float, float]:
     """Mean Y, U and V of a decoded YUV 4:2:0 frame, read on a 4x subsampled grid."""
     h, w = frame.height, frame.width
     y_plane, u_plane, v_plane = frame.planes[0], frame.planes[1], frame.planes[2]
-    y = np.frombuffer(y_plane, np.uint8).reshape(h, y_plane.line_size)[::4, :w:4]
-    u = np.frombuffer(u_plane, np.uint8).reshape(h // 2, u_plane.line_size)[::4, : w // 2:4]
-    v = np.frombuffer(v_plane, np.uint8).reshape(h // 2, v_plane.line_size)[::4, : w // 2:4]
+    y = np.frombuffer(memoryview(y_plane), np.uint8).reshape(h, y_plane.line_size)[::4, :w:4]
+    u = np.frombuffer(memoryview(u_plane), np.uint8).reshape(h // 2, u_plane.line_size)[::4, : w // 2:4]
+    v = np.frombuffer(memoryview(v_plane), np.uint8).reshape(h // 2, v_plane.line_size)[::4, : w // 2:4]
     return float(y.mean()), float(u.mean()), float(v.mean())
 
 

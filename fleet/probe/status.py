@@ -87,9 +87,10 @@ class StatusReader:
         inf = obj(s, "inference_status", self.bad)
         orch = obj(s, "orchestrator_info", self.bad)
         address = (text(orch.get("address")) or "").lower()
-        sample = {"t_s": round(t_s, 3), "state": text(s.get("state")),
+        state, restarts = text(s.get("state")), integer(inf.get("restart_count"))
+        sample = {"t_s": round(t_s, 3), "state": state,
                   "input_fps": num(obj(s, "input_status", self.bad).get("fps")),
-                  "inference_fps": num(inf.get("fps")), "restart_count": integer(inf.get("restart_count")),
+                  "inference_fps": num(inf.get("fps")), "restart_count": restarts,
                   "last_error": text(inf.get("last_error")), "orchestrator": address or None}
         if r.orchestrator_address and address and address != r.orchestrator_address:
             r.swapped = True
@@ -97,8 +98,8 @@ class StatusReader:
         # NaaP keys orchestrators by lower-cased address; go-livepeer leaves it empty without ticket params
         r.orchestrator_address = address or r.orchestrator_address
         r.orchestrator_url = text(orch.get("url")) or r.orchestrator_url
-        if sample["state"] != r.gateway_state:
-            self.event("status_change", state=sample["state"])
-        r.gateway_state = sample["state"]
-        r.restart_count = sample["restart_count"]
+        if state != r.gateway_state:
+            self.event("status_change", state=state)
+        r.gateway_state = state
+        r.restart_count = restarts
         r.status_samples.append(sample)

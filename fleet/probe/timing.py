@@ -92,8 +92,7 @@ def jitter(arrivals: Sequence[float], suspect: Sequence[tuple[float, float]] = (
                   and (c := _cv(sel)) is not None]
     p50 = float(np.percentile(per_window, 50)) if per_window else None
     p95 = float(np.percentile(per_window, 95)) if per_window else None
-    rnd = lambda x: None if x is None else round(x, 4)  # noqa: E731
-    return rnd(cv), rnd(p50), rnd(p95), int(len(clean)), left_out
+    return _round4(cv), _round4(p50), _round4(p95), int(len(clean)), left_out
 
 
 class _FreezeRule:
@@ -142,6 +141,10 @@ def freezes(arrivals: Sequence[float], end: float | None = None,
         count += 1
         total += end - arrivals[-1]
     return count, round(total, 3)
+
+
+def _round4(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
 
 
 def analyse(arrivals: Sequence[float], end: float | None = None,

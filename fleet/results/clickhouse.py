@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import logging
 import os
 import time
@@ -89,7 +91,7 @@ def _prepare(kind: str, table: pa.Table) -> pa.Table:
 
 
 class ClickHouseSink:
-    def __init__(self, cfg: ClickHouseOut, env: dict[str, str] | None = None, retries: int = RETRIES,
+    def __init__(self, cfg: ClickHouseOut, env: Mapping[str, str] | None = None, retries: int = RETRIES,
                  backoff_s: float = BACKOFF_S) -> None:
         env = os.environ if env is None else env
         self.cfg = cfg
@@ -134,7 +136,7 @@ class ClickHouseSink:
         for attempt in range(self.retries + 1):
             try:
                 self.client.insert_arrow(self.table(kind), data, settings={"insert_deduplication_token": token})
-                return table.num_rows
+                return int(table.num_rows)
             except Exception as exc:  # noqa: BLE001
                 if attempt == self.retries:
                     raise ClickHouseError(f"{self.where}: insert into {self.table(kind)} failed after "

@@ -82,7 +82,7 @@ def _from_clickhouse(scenario: str, start: str, end: str) -> list[dict[str, Any]
                            {"s": scenario, "t0": t0, "t1": t1})
     finally:
         sink.close()
-    rows = table.to_pylist()
+    rows: list[dict[str, Any]] = table.to_pylist()
     for r in rows:  # the sink stores missing keys as ''
         for k in ("orchestrator_address", "region"):
             if r.get(k) == "":

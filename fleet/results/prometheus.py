@@ -74,7 +74,7 @@ class CampaignMetrics:
     def serve(self, host: str, port: int) -> int:
         """Start the exposition endpoint; returns the port (0 picks a free one)."""
         self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return self._server.server_port
+        return int(self._server.server_port)
 
     def add(self, rows: Iterable[Mapping[str, Any]]) -> None:
         for row in rows:

@@ -97,8 +97,8 @@ def _latency_cdf(samples: list[dict[str, Any]], sessions: list[dict[str, Any]]) 
     if not by:
         return None
     fig, ax = _fig()
-    for i, (label, xs) in enumerate(sorted(by.items())):
-        xs = np.sort(xs)
+    for i, (label, values) in enumerate(sorted(by.items())):
+        xs = np.sort(values)
         ax.step(xs, np.arange(1, len(xs) + 1) / len(xs), where="post", color=COLORS[i % len(COLORS)],
                 label=f"{label} (n={len(xs)})")
     ax.set_xlabel("end-to-end latency, ms (each second's median)")
@@ -148,7 +148,7 @@ def _failures(sessions: list[dict[str, Any]]) -> str | None:
 
 
 def _categories(sessions: list[dict[str, Any]]) -> str | None:
-    cats = sorted({r.get("prompt_category") for r in sessions if r.get("prompt_category")})
+    cats = sorted({str(r["prompt_category"]) for r in sessions if r.get("prompt_category")})
     if not cats:
         return None
     import matplotlib.pyplot as plt

@@ -31,11 +31,13 @@ SKETCHED = ("g2g_latency_ms", "output_fps", "startup_s")
 
 
 def sketch_to_bytes(s: DDSketch) -> bytes:
-    return DDSketchProto.to_proto(s).SerializeToString()
+    data: bytes = DDSketchProto.to_proto(s).SerializeToString()  # type: ignore[no-untyped-call]
+    return data
 
 
 def sketch_from_bytes(b: bytes) -> DDSketch:
-    return DDSketchProto.from_proto(DDSketchPb.FromString(b))
+    sketch: DDSketch = DDSketchProto.from_proto(DDSketchPb.FromString(b))  # type: ignore[no-untyped-call]
+    return sketch
 
 
 def _values(row: dict[str, Any], metric: str) -> Iterable[float]:
@@ -84,7 +86,7 @@ class Sketches:
     def quantiles(s: DDSketch | None) -> dict[str, float | None]:
         if s is None or s.count == 0:
             return {f"p{int(q * 100)}": None for q in QUANTILES}
-        return {f"p{int(q * 100)}": round(s.get_quantile_value(q), 3) for q in QUANTILES}
+        return {f"p{int(q * 100)}": _round3(s.get_quantile_value(q)) for q in QUANTILES}
 
     def campaign_quantiles(self) -> dict[str, dict[str, Any]]:
         out = {}
@@ -98,3 +100,7 @@ class Sketches:
         return [{"region": region, "metric": metric, "count": int(s.count), "relative_accuracy": ALPHA,
                  "sketch": sketch_to_bytes(s), **self.quantiles(s)}
                 for (region, metric), s in sorted(self.by_region.items())]
+
+
+def _round3(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)

@@ -29,6 +29,8 @@ the coverage term of the SLA score.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import datetime as dt
 import math
 import xml.etree.ElementTree as ET
@@ -72,7 +74,8 @@ def aggregate(values: list[float], how: str) -> float | None:
         return None
     kind, q = parse_aggregate(how)
     if kind == "percentile":
-        return float(np.percentile(values, q))
+        assert q is not None
+        return float(np.percentile(np.asarray(values, dtype=float), q))
     if kind in ("mean", "rate"):
         return float(np.mean(values))
     return float(min(values) if kind == "min" else max(values))
@@ -99,7 +102,7 @@ class CheckResult:
 class Verdict:
     checks: list[CheckResult]
     goodput: float | None
-    goodput_by: dict[str, dict[str, float]]
+    goodput_by: dict[str, dict[str, float | None]]
     sla: dict[str, Any]
     sessions: int
     counted: int
@@ -181,23 +184,22 @@ def sla_score(all_rows: list[dict[str, Any]], t: SessionThresholds,
     if not rows:
         return {"score": None, "coverage": 0.0 if eligible else None}
     bench = _benchmark(t, baseline)
-    mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
 
     def component(metric: str) -> float | None:
-        return mean([s for s in (_interp(metric_value(r, metric), *bench[metric]) for r in rows) if s is not None])
+        return _mean([s for s in (_interp(metric_value(r, metric), *bench[metric]) for r in rows) if s is not None])
 
     coverage = len(rows) / len(eligible)
-    startup_success = mean([1.0 if r.get("startup_s") is not None else 0.0 for r in rows])
-    no_swap = mean([0.0 if r.get("swapped") else 1.0 for r in rows])
-    viable = mean([1.0 if (r.get("output_fps") or 0) >= t.min_output_fps else 0.0 for r in rows])
+    startup_success = _share(rows, lambda r: r.get("startup_s") is not None)
+    no_swap = _share(rows, lambda r: not r.get("swapped"))
+    viable = _share(rows, lambda r: (r.get("output_fps") or 0) >= t.min_output_fps)
     reliability = 0.4 * startup_success + 0.2 * no_swap + 0.4 * viable
     ptff, e2e, fps = component("startup_s"), component("g2g_latency_ms"), component("output_fps")
     quality = 0.6 * (0.6 * (ptff or 0.0) + 0.4 * (e2e or 0.0)) + 0.4 * (fps or 0.0)
     score = 100 * coverage * (0.7 * reliability + 0.3 * quality)
-    r3 = lambda v: None if v is None else round(v, 4)  # noqa: E731
-    return {"score": round(score, 2), "coverage": r3(coverage), "reliability": r3(reliability),
-            "quality": r3(quality), "startup_success": r3(startup_success), "no_swap_rate": r3(no_swap),
-            "output_viability": r3(viable), "ptff_score": r3(ptff), "e2e_score": r3(e2e), "fps_score": r3(fps),
+    r4 = _round4
+    return {"score": round(score, 2), "coverage": r4(coverage), "reliability": r4(reliability),
+            "quality": r4(quality), "startup_success": r4(startup_success), "no_swap_rate": r4(no_swap),
+            "output_viability": r4(viable), "ptff_score": r4(ptff), "e2e_score": r4(e2e), "fps_score": r4(fps),
             "benchmark": (benchmark or "baseline") if baseline else "thresholds",
             "anchors": {k: [round(a, 3), round(b, 3)] for k, (a, b) in bench.items()}}
 
@@ -284,10 +286,9 @@ def evaluate(scenario: Scenario, all_rows: list[dict[str, Any]],
              baseline: list[dict[str, Any]] | None = None, benchmark: str | None = None) -> Verdict:
     rows = counted(all_rows)
     results = evaluate_checks(scenario.checks, all_rows)
-    good = lambda rs: round(sum(1 for r in rs if r["outcome"] == "ok") / len(rs), 4) if rs else None  # noqa: E731
-    by = {name: {str(k[0]): good(v) for k, v in sorted(_groups(rows, (name,)).items(), key=lambda kv: str(kv[0]))}
+    by = {name: {str(k[0]): _goodput(v) for k, v in sorted(_groups(rows, (name,)).items(), key=lambda kv: str(kv[0]))}
           for name in GROUP_COLUMNS}
-    return Verdict(results, good(rows), by, sla_score(all_rows, scenario.workflow.thresholds, baseline, benchmark),
+    return Verdict(results, _goodput(rows), by, sla_score(all_rows, scenario.workflow.thresholds, baseline, benchmark),
                    len(all_rows), len(rows))
 
 
@@ -307,4 +308,22 @@ def junit_xml(verdict: Verdict, suite: str) -> bytes:
     props = ET.SubElement(ts, "properties")
     for k, v in (("goodput", verdict.goodput), ("sla_score", verdict.sla.get("score"))):
         ET.SubElement(props, "property", name=k, value=str(v))
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
+
+
+def _goodput(rows: list[dict[str, Any]]) -> float | None:
+    """The share of sessions that were ok."""
+    return round(sum(1 for r in rows if r["outcome"] == "ok") / len(rows), 4) if rows else None
+
+
+def _mean(xs: list[float]) -> float | None:
+    return float(np.mean(xs)) if xs else None
+
+
+def _share(rows: list[dict[str, Any]], test: Callable[[dict[str, Any]], bool]) -> float:
+    """The share of ``rows`` (not empty) that pass ``test``."""
+    return sum(1.0 for r in rows if test(r)) / len(rows)
+
+
+def _round4(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)

@@ -217,6 +217,7 @@ class BrokerActor:
         self._task: asyncio.Task[Any] | None = None
 
     async def _refresh(self) -> None:
+        assert self.refresh_s is not None, "a static source is never refreshed"
         while True:
             await asyncio.sleep(self.refresh_s)
             taken_at = self.broker.clock()

@@ -53,7 +53,8 @@ def _prompt_lookup(scenario: Scenario) -> dict[tuple[str, str], Any]:
     return {(e.set_name, e.prompt.id): e.prompt for e in scenario.prompt_pool()}
 
 
-def _job(scenario: Scenario, s: PlannedSession, campaign_id: str, url: str, prompts: dict[str, Any]) -> dict[str, Any]:
+def _job(scenario: Scenario, s: PlannedSession, campaign_id: str, url: str,
+         prompts: dict[tuple[str, str], Any]) -> dict[str, Any]:
     steps = []
     for p in s.prompts:
         prompt = prompts[(p.set, p.prompt_id)]
@@ -138,7 +139,7 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
             c.kafka = None
         sink.close(summary)
         if opts.junit or scenario.outputs.junit:
-            junit = Path(opts.junit or scenario.outputs.junit)
+            junit = Path(str(opts.junit or scenario.outputs.junit))
             junit.parent.mkdir(parents=True, exist_ok=True)
             junit.write_bytes(junit_xml(verdict, f"fleet.{scenario.name}"))
             summary["junit"] = str(junit)
@@ -190,6 +191,7 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink, prompts: dict[tuple[str, 
     from fleet.runtime.executor import RayExecutor
 
     scenario = c.scenario
+    assert c.snapshot is not None, "the capacity is read before the campaign is driven"
     local = not (c.opts.address or os.environ.get("RAY_ADDRESS"))
     ex = RayExecutor(scenario, c.urls, c.snapshot, [c.opts.host_address] if local else None)
     c.warmup_s = ex.warm()
@@ -200,7 +202,7 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink, prompts: dict[tuple[str, 
 
     def rows_of(finished: list[Finished]) -> list[dict[str, Any]]:
         return [_result_row(c, plan, f.tag, f.row) if f.row is not None
-                else _failed_row(c, plan, f.tag, "failed", "tester", *f.error) for f in finished]
+                else _failed_row(c, plan, f.tag, "failed", "tester", *f.failure) for f in finished]
 
     # sessions the planner could not fit are results too: the skipped rate counts them
     results.add([_planner_skipped_row(c, plan, i, k) for i, k in enumerate(plan.skipped)], planned=True)

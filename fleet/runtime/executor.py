@@ -43,6 +43,11 @@ class Finished:
     row: dict[str, Any] | None = None
     error: tuple[str, str] | None = None
 
+    @property
+    def failure(self) -> tuple[str, str]:
+        """(class, detail) of a session that has no row."""
+        return self.error or ("no_result", "the runner returned nothing")
+
 
 @dataclass
 class _InFlight:
@@ -61,7 +66,7 @@ class RayExecutor:
         self.scenario = scenario
         self.urls = urls
         self.hosts = host_addresses
-        self.broker = ray.remote(BrokerActor).options(num_cpus=0, max_concurrency=1000, max_restarts=0).remote(
+        self.broker: Any = ray.remote(BrokerActor).options(num_cpus=0, max_concurrency=1000, max_restarts=0).remote(
             scenario.model_dump(mode="json"), urls[next(iter(urls))], snapshot)
         self.runners = {r: self._runner(r) for r in urls}
         self.live: dict[Any, _InFlight] = {}
@@ -93,11 +98,14 @@ class RayExecutor:
     def lease(self, region: str, preferred: str | None, duration_s: float,
               strict: bool = False) -> dict[str, Any] | None:
         """A slot from the broker, or None when the caps leave none now (``strict``: on ``preferred`` only)."""
-        return self._ask(self.broker.lease.remote(region, preferred, duration_s, strict), "a lease")
+        lease: dict[str, Any] | None = self._ask(self.broker.lease.remote(region, preferred, duration_s, strict),
+                                                 "a lease")
+        return lease
 
     def snapshot(self) -> CapacitySnapshot:
         """The capacity the broker leases against now (refreshed every ``refresh_s``)."""
-        return self._ask(self.broker.snapshot.remote(), "its capacity")
+        snapshot: CapacitySnapshot = self._ask(self.broker.snapshot.remote(), "its capacity")
+        return snapshot
 
     @staticmethod
     def _ask(ref: Any, what: str) -> Any:
@@ -195,7 +203,7 @@ class RayExecutor:
                 if done.row is not None:
                     out.append(done)
                     continue
-                out.append(Finished(done.tag, done.lease_id, done.region, error=("stopped", done.error[1])))
+                out.append(Finished(done.tag, done.lease_id, done.region, error=("stopped", done.failure[1])))
                 continue
             info = self.live.pop(ref)
             reaped = self.release(info.lease_id, died=True)
@@ -223,6 +231,7 @@ class RayExecutor:
         import ray
 
         try:
-            return ray.get(self.broker.state.remote(), timeout=STATE_TIMEOUT_S)
+            state: dict[str, Any] = ray.get(self.broker.state.remote(), timeout=STATE_TIMEOUT_S)
+            return state
         except Exception:  # noqa: BLE001 - the state is informative only
             return {}

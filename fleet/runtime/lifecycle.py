@@ -89,7 +89,7 @@ def ray_init(c: Campaign, regions: list[str]) -> bool:
         # outside a job, the nodes run the fleet installed on them
         ray.init(address=address, log_to_driver=False)
         return False
-    resources = {f"region:{r}": 1000 for r in regions}
+    resources: dict[str, float] = {f"region:{r}": 1000 for r in regions}
     ray.init(address="local", _node_ip_address=c.opts.ray_ip, include_dashboard=False, log_to_driver=False,
              resources=resources, num_cpus=os.cpu_count() or 1)
     return True
@@ -211,7 +211,7 @@ def warn_job_stop_wait() -> None:
 
 def push(c: Campaign, sink: ParquetSink, tables: dict[str, Any]) -> None:
     """Send a batch just written to Parquet on to ClickHouse; after a failure, Parquet alone carries on."""
-    if c.clickhouse is None or not tables or c.clickhouse_state["error"]:
+    if c.clickhouse is None or c.clickhouse_state is None or not tables or c.clickhouse_state["error"]:
         return
     try:
         c.clickhouse_state["rows"] += c.clickhouse.insert_batch(c.campaign_id, sink.seq, tables, sink.run_tag)

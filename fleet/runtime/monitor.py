@@ -32,6 +32,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from fleet.capacity import CapacitySnapshot
 from fleet.coverage import ANY_ORCHESTRATOR, Coverage, Pick, Target, targets_of
 from fleet.errors import InputError
 from fleet.prompts import render_params
@@ -156,6 +157,7 @@ class _Watch:
         self.spec = self.scenario.monitor
         self.model = self.scenario.workflow.pipeline
         self.digest = self.scenario.digest()
+        assert c.snapshot is not None, "the capacity is read before the monitor starts"
         local = not (opts.address or os.environ.get("RAY_ADDRESS"))
         self.ex = RayExecutor(self.scenario, c.urls, c.snapshot, [opts.host_address] if local else None)
         self.by_category: dict[str | None, list[Any]] = {}
@@ -168,7 +170,7 @@ class _Watch:
         self.writer = ResultsWriter(lambda rows: push(c, sink, sink.write(rows)))  # Parquet, then ClickHouse
         self.t0 = time.monotonic()
         self.deadline = None if opts.for_s is None else self.t0 + opts.for_s
-        self.snapshot = c.snapshot
+        self.snapshot: CapacitySnapshot = c.snapshot
         self.targets = targets_of(self.snapshot, self.scenario.capacity.include, self.scenario.capacity.exclude)
         self.n = 0
         self.refreshed = self.last_flush = self.last_log = time.monotonic()
@@ -284,8 +286,8 @@ class _Watch:
                                         f.row.get("orchestrator_address") or s.job["orchestrator"]})
             else:
                 row = with_gpu(self.c, {**self._identity(s), "dialect": self.scenario.target.dialect,
-                                        "outcome": "failed", "error_phase": "tester", "error_class": f.error[0],
-                                        "error_detail": f.error[1],
+                                        "outcome": "failed", "error_phase": "tester", "error_class": f.failure[0],
+                                        "error_detail": f.failure[1],
                                         "started_unix": time.time() - (time.monotonic() - s.started),
                                         "duration_s": round(time.monotonic() - s.started, 3),
                                         "orchestrator_address": s.job["orchestrator"]})

@@ -13,7 +13,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -22,6 +22,9 @@ from fleet.probe.looplag import quiet_gc
 from fleet.probe.session import ProbeOptions, ProbeSpec, PromptChange, new_http_client, run_probe
 from fleet.scenario import Scenario
 from fleet.webrtc import IceServer, use_host_addresses
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["RegionRunner", "tester_bottleneck"]
 
@@ -55,8 +58,8 @@ class RegionRunner:
         self.stops: dict[str, asyncio.Event] = {}
         self.proc = psutil.Process()
         self._started = False
-        self._client = None
-        self._metrics = None
+        self._client: httpx.AsyncClient | None = None
+        self._metrics: tuple[Any, ...] | None = None
 
     def pid(self) -> int:
         return os.getpid()

@@ -76,7 +76,6 @@ def print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
     table = Table("sessions", "ok", "degraded", "failed", "skipped", "startup p50 s", "fps p50", "g2g p50 ms",
                   title=f"campaign {c.campaign_id}")
     o = summary["outcomes"]
-    fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
     table.add_row(str(summary["sessions"]), str(o.get("ok", 0)), str(o.get("degraded", 0)), str(o.get("failed", 0)),
                   str(o.get("skipped_no_capacity", 0)), fmt(summary["startup_s_p50"]), fmt(summary["output_fps_p50"]),
                   fmt(summary["g2g_latency_ms_p50"]))
@@ -124,3 +123,7 @@ def print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
     slim["verdict"] = {k: verdict[k] for k in ("passed", "breaches", "goodput", "sessions", "counted")}
     slim["sla_score"] = verdict["sla"].get("score")
     print(json.dumps({"campaign_id": c.campaign_id, "results": str(out), **slim}), flush=True)
+
+
+def fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:g}"
