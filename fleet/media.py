@@ -15,8 +15,6 @@ the clip loops, so a session may run longer than the clip.
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncio
 import bisect
 import fractions
@@ -26,6 +24,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np

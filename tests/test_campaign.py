@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "campaigns" / "tiny.yaml"
 BIN = Path(sys.executable).parent
 
+pytestmark = pytest.mark.slow  # real Ray clusters, gateways and WebRTC: the full tier
+
 
 @pytest.fixture(scope="module")
 def gateway():

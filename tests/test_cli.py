@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+
+import pytest
 
 from conftest import REPO
 
@@ -106,3 +110,18 @@ def test_run_with_an_unset_token_variable_is_one_line_naming_it(cli, tmp_path, m
     assert out.code == 1
     assert out.err.strip().splitlines() == [f"{scenario}: target.token_env names FLEET_TEST_TOKEN_UNSET, "
                                             "which is not set in the environment"]
+
+
+HEAVY = ("aiortc", "av", "ray", "matplotlib", "pyarrow", "duckdb")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["validate", "scenarios/smoke.yaml"],
+                                  ["plan", "scenarios/smoke.yaml", "--capacity", "8"]])
+def test_the_light_commands_import_no_media_ray_or_plotting_library(argv):
+    """`fleet --help`, `validate` and `plan` start at once: none of them imports the heavy libraries."""
+    code = ("import sys\nfrom fleet.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -124,6 +124,7 @@ def test_the_other_views_count_what_the_rows_hold(results):
     assert len(view["recent"]) == 50 and view["series"] and view["band"]
 
 
+@pytest.mark.slow
 def test_clickhouse_answers_every_view_with_the_same_numbers(results, clickhouse):
     d, rows = results
     cfg = ClickHouseOut(url_env="FLEET_CLICKHOUSE_URL", user_env="FLEET_CLICKHOUSE_USER",

@@ -27,6 +27,8 @@ from webrtc_client import Received, SyntheticTrack, whep_subscribe, whip_publish
 MODEL = "streamdiffusion"
 DEADLINE_S = 20.0
 
+pytestmark = pytest.mark.slow  # a real gateway and real WebRTC: the full tier
+
 
 def config(slots: int = 2, orchestrators: int = 2, faults: tuple = (), delay_ms: float = 100.0, **kw) -> GatewayConfig:
     profile = GpuProfile(name="Test GPU", fps_cap=30.0, prompt_cost=0.0, cold_start_s=0.0, warmup_frames=0,
@@ -136,10 +138,15 @@ def test_whip_answers_201_with_go_livepeer_headers_and_processes_h264():
             kinds = [e["type"] for e in t["events"]]
             assert kinds[:1] == ["gateway_receive_stream_request"] and "orchestrator_selected" in kinds
             assert "runner_send_first_processed_segment" in kinds
-            # the viewer decoded H.264 from its first keyframe on: every frame the gateway sent it
+            # the viewer decoded H.264 from its first keyframe on: every frame the gateway sent it, in order
+            # (the runner may drop a frame when this machine stalls the input: the truth says which it sent)
             assert t["viewers"][0]["frames_sent"] >= len(rec.frames) >= 40
             pts = [p for p, _, _ in rec.frames]
-            assert pts == sorted(pts) and all(abs(b - a - 3000) <= 3 for a, b in zip(pts, pts[1:]))
+            sent = [p for p, _ in t["egress"][0]]
+            n = min(len(pts), len(sent))
+            assert n >= 40 and [p - pts[0] for p in pts[:n]] == [s - sent[0] for s in sent[:n]]
+            assert all(b > a and abs((b - a) - 3000 * round((b - a) / 3000)) <= 3 for a, b in zip(pts, pts[1:]))
+            assert sum(1 for a, b in zip(pts, pts[1:]) if b - a > 4500) <= sum(t["dropped"].values())
             assert all(abs(c - 128) >= 16 for c in rec.chroma)  # every pixel's look changed
             # status keyed by the streamId query parameter, in go-livepeer's shape
             code, st = await status(gw, "s")

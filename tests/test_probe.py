@@ -178,6 +178,7 @@ def gateway():
         yield proc.url
 
 
+@pytest.mark.slow
 def test_one_session_latency_fps_and_prompt_switch_match_the_truth(gateway):
     r = run(run_probe(spec(gateway, duration_s=7.0, size=512, switch_at=4.5)))
     assert_matches_truth(r, gateway)
@@ -197,6 +198,7 @@ def test_one_session_latency_fps_and_prompt_switch_match_the_truth(gateway):
     assert all(e[1].startswith("fleet_") for e in r.events)  # never mistaken for stream_trace events
 
 
+@pytest.mark.slow
 def test_sixteen_concurrent_sessions_in_one_process_match_the_truth(gateway):
     async def main():
         return await asyncio.gather(*(run_probe(spec(gateway, duration_s=8.0, size=128)) for _ in range(16)))
@@ -207,6 +209,7 @@ def test_sixteen_concurrent_sessions_in_one_process_match_the_truth(gateway):
     assert open_streams(gateway) == 0
 
 
+@pytest.mark.slow
 def test_relay_mode_latency_matches_the_truth_and_a_pli_gets_a_keyframe_at_once():
     """Relay mode forwards what the probe sent, so its keyframes show: with a PLI every 0.5 s against a
     1 s GOP, the probe answers by jumping to the clip's next keyframe, and the latency still aligns."""
@@ -217,6 +220,7 @@ def test_relay_mode_latency_matches_the_truth_and_a_pli_gets_a_keyframe_at_once(
         assert r.keyframes_on_request >= 4, r.keyframes_on_request  # ~16 PLIs, some within 300 ms of an IDR
 
 
+@pytest.mark.slow
 def test_a_freeze_an_fps_drop_and_packet_loss_match_the_truth():
     """Under the gateway's faults: the output stalls for a second mid-session (a freeze), a GPU runs at
     half its fps, 5 % of the packets to the viewer are lost. Count, duration, fps, jitter and loss against
@@ -290,6 +294,7 @@ def faulty():
         yield proc.url
 
 
+@pytest.mark.slow
 def test_every_fault_maps_to_its_outcome_and_phase(faulty):
     async def main():
         # jitter is not what this test is about: ten sessions on two cores make some of their own
@@ -325,6 +330,7 @@ def test_every_fault_maps_to_its_outcome_and_phase(faulty):
     assert settles_to_no_open_streams(faulty)
 
 
+@pytest.mark.slow
 def test_a_full_network_is_skipped_not_failed(faulty):
     async def main():
         first = asyncio.ensure_future(run_probe(spec(faulty, duration_s=5.0, size=128, orchestrator="spare.fault")))
@@ -342,6 +348,7 @@ def test_a_full_network_is_skipped_not_failed(faulty):
 
 # --- teardown on every exit path ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_cancellation_and_stop_tear_the_stream_down(gateway):
     async def main():
         stop = asyncio.Event()
@@ -358,6 +365,7 @@ def test_cancellation_and_stop_tear_the_stream_down(gateway):
     assert open_streams(gateway) == 0
 
 
+@pytest.mark.slow
 def test_daydream_and_byoc_dialects_run_a_measured_session():
     with GatewayProcess(config=default_config(token="s3cret")) as proc:
         async def main():

@@ -172,6 +172,7 @@ def count(sink: ClickHouseSink, kind: str, campaign: str) -> int:
                       {"c": campaign}).column("n")[0].as_py()
 
 
+@pytest.mark.slow
 def test_clickhouse_push_is_idempotent_and_survives_a_lost_response(clickhouse, ch_cfg, tmp_path, cli, monkeypatch):
     rows = session_rows(25, 3, fail_every=6)
     d = write_campaign(tmp_path, "c-push", rows)
@@ -211,6 +212,7 @@ def test_clickhouse_ddl_orders_for_per_orchestrator_time_ranges():
     assert len([s for s in stmts if s.startswith("CREATE")]) == 5 and all(f.name in sessions for f in SESSIONS)
 
 
+@pytest.mark.slow
 def test_a_table_from_an_older_schema_gains_the_new_columns(clickhouse):
     """Schema changes are additive: the DDL adds to an existing table the columns it lacks."""
     cfg = ClickHouseOut(url_env="FLEET_CLICKHOUSE_URL", database="fleet_migrate")
@@ -227,6 +229,7 @@ def test_a_table_from_an_older_schema_gains_the_new_columns(clickhouse):
         sink.close()
 
 
+@pytest.mark.slow
 def test_clickhouse_errors_name_the_variable_never_the_secret(clickhouse):
     password = "hunter2-" + secrets.token_hex(4)
     env = {"FLEET_CLICKHOUSE_URL": f"http://default:{password}@127.0.0.1:9", "FLEET_CLICKHOUSE_PASSWORD": password}
@@ -271,6 +274,7 @@ def test_report_is_one_self_contained_file_with_every_plot(tmp_path, cli):
     assert pq.read_table(next(d.glob("date=*/sessions-*.parquet"))).num_rows > 0
 
 
+@pytest.mark.slow
 def test_compare_reads_clickhouse_time_windows(clickhouse, ch_cfg, tmp_path, cli, monkeypatch):
     """Baseline and current as time windows of the sessions table: last week's rows against this run's."""
     old = [{**r, "scenario": "unit", "started_unix": r["started_unix"] - 7 * 86400} for r in session_rows(40, 20)]

@@ -7,10 +7,9 @@ regression, 3 a regression, 1 unreadable input, 2 usage error.
 
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import json
+from typing import Any
 
 
 EXIT_REGRESSION = 3

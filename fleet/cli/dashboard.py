@@ -8,12 +8,11 @@ _PASSWORD; database FLEET_CLICKHOUSE_DATABASE, table prefix FLEET_CLICKHOUSE_PRE
 
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 from fleet.errors import InputError
 

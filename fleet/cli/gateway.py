@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import asyncio
 import ipaddress
 import logging
+from typing import Any
 
 from fleet.errors import UsageError
-from fleet.gateway.config import default_config, load_gateway_config
 
 
 def add(sub: argparse._SubParsersAction[Any]) -> None:
@@ -26,6 +24,7 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from fleet.gateway.config import default_config, load_gateway_config
     from fleet.webrtc import use_host_addresses
 
     from fleet.gateway.server import serve

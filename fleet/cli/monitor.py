@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import re
+from typing import Any
 
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

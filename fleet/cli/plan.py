@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import json
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-
-from fleet.capacity import CapacitySnapshot, load_capacity_file, static_capacity
 from fleet.errors import UsageError
-from fleet.gateway.config import reference_capacity
-from fleet.plan import Plan, make_plan
-from fleet.scenario import Scenario, StaticCapacity, load_scenario
+
+if TYPE_CHECKING:  # imported where used: `fleet --help` starts without pydantic models or rich
+    from fleet.capacity import CapacitySnapshot
+    from fleet.plan import Plan
+    from fleet.scenario import Scenario
 
 TABLE_ROWS = 40
 
@@ -32,6 +29,10 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def snapshot_for(scenario: Scenario, capacity: int | None, capacity_file: str | None) -> CapacitySnapshot:
+    from fleet.capacity import load_capacity_file, static_capacity
+    from fleet.gateway.config import reference_capacity
+    from fleet.scenario import StaticCapacity
+
     """The capacity to plan against: the command line's, else what the scenario can say offline."""
     model = scenario.workflow.pipeline
     if capacity is not None:
@@ -50,6 +51,9 @@ def snapshot_for(scenario: Scenario, capacity: int | None, capacity_file: str | 
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleet.plan import make_plan
+    from fleet.scenario import load_scenario
+
     scenario = load_scenario(args.file)
     plan = make_plan(scenario, snapshot_for(scenario, args.capacity, args.capacity_file), args.seed)
     if args.json:
@@ -60,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_plan(plan: Plan) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console(width=160)
     cap = plan.capacity
     console.print(f"[bold]{plan.scenario}[/] (hash {plan.scenario_hash}, seed {plan.seed})")

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 from collections import Counter
-
-from rich.console import Console
-from rich.table import Table
+from typing import Any
 
 from fleet.errors import UsageError
-from fleet.prompts import available_sets, find_set, load_prompt_set, set_problem
 
 
 def add(sub: argparse._SubParsersAction[Any]) -> None:
@@ -27,6 +22,11 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fleet.prompts import available_sets, load_prompt_set
+
     table = Table("set", "prompts", "categories", "file", box=None)
     for name, path in sorted(available_sets().items()):
         ps = load_prompt_set(path)
@@ -41,6 +41,11 @@ def _shorten(text: str, width: int = 70) -> str:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from fleet.prompts import find_set, load_prompt_set, set_problem
+
     path = find_set(args.set)
     if path is None:
         raise UsageError(set_problem(args.set, None))

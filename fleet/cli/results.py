@@ -8,12 +8,9 @@ default fleet_). A batch already loaded (streamed live, or pushed before) is sto
 
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import os
-
-from fleet.scenario import ClickHouseOut
+from typing import Any
 
 
 def add(sub: argparse._SubParsersAction[Any]) -> None:
@@ -28,6 +25,8 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def run_push(args: argparse.Namespace) -> int:
+    from fleet.scenario import ClickHouseOut
+
     from fleet.results.clickhouse import ClickHouseSink, push_campaign
     from fleet.results.sink import find_campaign
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import json
-
-from fleet.scenario import Scenario
+from typing import Any
 
 
 def add(sub: argparse._SubParsersAction[Any]) -> None:
@@ -16,6 +13,8 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def scenario_schema() -> dict[str, Any]:
+    from fleet.scenario import Scenario
+
     schema = Scenario.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "fleet scenario"

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import argparse
 import sys
+from typing import Any
 
 from fleet.errors import InputError
-from fleet.scenario import load_scenario
 
 
 def add(sub: argparse._SubParsersAction[Any]) -> None:
@@ -19,6 +17,8 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleet.scenario import load_scenario
+
     bad = 0
     for name in args.files:
         try:

@@ -9,10 +9,9 @@ profile's cold start. Faults are drawn here too, deterministically per stream.
 
 from __future__ import annotations
 
-from typing import Any
-
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 from fleet.gateway.config import Fault, GatewayConfig, GpuProfile, OrchestratorSpec, capabilities_body
 

@@ -12,10 +12,9 @@ declared in ``fleet.gateway.state``, which ``Stream.__init__`` sets).
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncio
 import fractions
+from typing import Any
 
 import av
 from aiortc import MediaStreamTrack

@@ -15,14 +15,13 @@ itself is the bottleneck).
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncio
 import gc
 import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["LoopMonitor", "LagMark", "LagStats", "PERIOD_S", "SUSPECT_MS", "quiet_gc"]
 
