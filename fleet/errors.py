@@ -19,6 +19,7 @@ our own boundaries; third-party exceptions are translated with ``raise ... from`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 __all__ = [
     "CapacityError",
@@ -93,6 +94,11 @@ class GatewayStartError(FleetError):
     """The local reference gateway process did not start."""
 
 
+# how a session ends, and where it failed: closed sets (the results schema documents them, docs/METRICS.md)
+Outcome = Literal["ok", "degraded", "failed", "skipped_no_capacity"]
+Phase = Literal["signaling", "ice", "dtls", "media", "pipeline", "capacity", "timeout", "tester"]
+
+
 class ProbeFailure(FleetError):
     """Why a session failed: the phase it happened in and a short error class (no secrets).
 
@@ -100,7 +106,7 @@ class ProbeFailure(FleetError):
     against the orchestrator.
     """
 
-    def __init__(self, phase: str, error: str, detail: str = "", skipped: bool = False,
+    def __init__(self, phase: Phase, error: str, detail: str = "", skipped: bool = False,
                  excused: bool = False) -> None:
         super().__init__(f"{phase}: {error}" + (f" ({detail})" if detail else ""))
         self.phase, self.error, self.detail, self.skipped, self.excused = phase, error, detail, skipped, excused

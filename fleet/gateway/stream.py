@@ -313,9 +313,10 @@ class Stream(RunnerModel, StreamRecords):
             self._report_now()
         self.gw.released(self)
         current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
+        others = [task for task in self._tasks if task is not current]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)  # nothing of this stream outlives its close
         for pc, track in self.whep:
             track.push(None)
             await pc.close()

@@ -25,7 +25,7 @@ from urllib.parse import urljoin, urlparse
 
 import httpx
 
-from fleet.errors import ProbeFailure
+from fleet.errors import Outcome, Phase, ProbeFailure
 from fleet.webrtc import IceServer, parse_ice_links
 
 __all__ = ["Adapter", "ByocAdapter", "DaydreamAdapter", "EXCUSED_ERRORS", "GatewayVerdict", "LivepeerAdapter",
@@ -55,8 +55,8 @@ USER_AGENT = f"livepeer-fleet/{_fleet_version()} (Headless; synthetic test strea
 class GatewayVerdict:
     """What the gateway's own error message means for the session."""
 
-    outcome: str        # "skipped_no_capacity" or "failed"
-    phase: str
+    outcome: Outcome    # "skipped_no_capacity" or "failed"
+    phase: Phase
     error: str
     excused: bool
 
@@ -102,7 +102,7 @@ def _snippet(resp: httpx.Response) -> str:
     return resp.text.strip().replace("\n", " ")[:MAX_ERROR_TEXT]
 
 
-def _check(resp: httpx.Response, phase: str, ok: tuple[int, ...]) -> None:
+def _check(resp: httpx.Response, phase: Phase, ok: tuple[int, ...]) -> None:
     if resp.status_code in ok:
         return
     text = resp.text.lower()
@@ -111,7 +111,7 @@ def _check(resp: httpx.Response, phase: str, ok: tuple[int, ...]) -> None:
     raise ProbeFailure(phase, f"http_{resp.status_code}", _snippet(resp))
 
 
-async def _request(client: httpx.AsyncClient, phase: str, method: str, url: str, **kw: Any) -> httpx.Response:
+async def _request(client: httpx.AsyncClient, phase: Phase, method: str, url: str, **kw: Any) -> httpx.Response:
     headers = {"User-Agent": USER_AGENT, **kw.pop("headers", {})}
     try:
         return await client.request(method, url, headers=headers, **kw)
@@ -211,9 +211,10 @@ class Adapter:
     async def stop(self, client: httpx.AsyncClient) -> None:
         req = self.stop_request()
         if req:
-            resp = await _request(client, "teardown", req[0], req[1], headers=self.auth())
+            # the stop request is signalling; its failure is a teardown event, never the session's outcome
+            resp = await _request(client, "signaling", req[0], req[1], headers=self.auth())
             if resp.status_code >= 300 and resp.status_code not in (404, 405):
-                raise ProbeFailure("teardown", f"http_{resp.status_code}", _snippet(resp))
+                raise ProbeFailure("signaling", f"stop_http_{resp.status_code}", _snippet(resp))
 
 
 class LivepeerAdapter(Adapter):

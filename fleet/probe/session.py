@@ -37,6 +37,7 @@ import httpx
 from aiortc import RTCSessionDescription
 
 from fleet.media import PacketTrack
+from fleet.errors import Phase
 from fleet.probe.adapters import USER_AGENT, ProbeFailure, adapter_for, gateway_error
 from fleet.probe.classify import blame, classify
 from fleet.probe.looplag import LoopMonitor
@@ -131,7 +132,7 @@ class _Probe:
         finally:
             await self._cancel(*waiters)
 
-    async def _wait(self, event: asyncio.Event, timeout: float, phase: str, error: str) -> None:
+    async def _wait(self, event: asyncio.Event, timeout: float, phase: Phase, error: str) -> None:
         await self._first_of((event, self.peers.broken, self.stop), timeout)
         if event.is_set():
             return

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import httpx
 
+from fleet.errors import Outcome, Phase
 from fleet.media import Clip
 from fleet.webrtc import IceServer
 
-OUTCOMES = ("ok", "degraded", "failed", "skipped_no_capacity")
-PHASES = ("signaling", "ice", "dtls", "media", "pipeline", "capacity", "timeout", "tester")
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
+PHASES: tuple[Phase, ...] = get_args(Phase)
 EVENT_PREFIX = "fleet_"       # client-side events; the network's stream_trace names are the gateway's own
 
 
@@ -83,9 +84,9 @@ class ProbeResult:
     request_id: str | None = None      # the gateway's request id: the network's join key
     pipeline_id: str | None = None
     codec: str | None = None           # what the probe sent
-    outcome: str = "ok"
+    outcome: Outcome = "ok"
     error_class: str | None = None
-    error_phase: str | None = None
+    error_phase: Phase | None = None
     error_detail: str | None = None
     excused: bool = False              # a failure NaaP does not count against the orchestrator
     gateway_error: str | None = None   # gateway_status.error.error_message, as the gateway said it

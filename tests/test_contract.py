@@ -1,0 +1,42 @@
+"""The results contract: what a probe session returns (``ProbeResult``) against what is stored (the Arrow
+schemas in fleet.results.sink). A field renamed or dropped on either side fails here, instead of a
+column silently going empty."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import get_args
+
+from fleet.probe.types import OUTCOMES, PHASES, Outcome, Phase, ProbeResult
+from fleet.results.sink import SAMPLES, SESSIONS
+
+PER_SECOND = {"t_s", "fps_out", "fps_in", "latency_ms_p50"}
+IDENTITY = set(SAMPLES.names) - PER_SECOND           # every table's identity columns
+STORED_ELSEWHERE = {
+    "started_unix": "sessions.started_at",
+    "latency_samples": "sessions.latency_sample_count; per second in samples.latency_ms_p50",
+    "per_second": "the samples table",
+    "events": "the events table",
+    "status_samples": "the events table (status_change, orchestrator_swap); kept out of the driver",
+    "timeline": "dropped by the runner: only tests ask for it (keep_timeline)",
+    "timeline_suspect": "dropped by the runner, with timeline",
+}
+ADDED_AFTER_THE_PROBE = {  # by the region runner or the driver
+    "tester_cpu_pct", "tester_bottleneck", "tester_host", "target_orchestrator", "planned_start_s",
+    "started_at", "latency_sample_count",
+}
+
+
+def test_every_result_field_is_stored_and_every_column_has_a_source():
+    result = {f.name for f in fields(ProbeResult)}
+    columns = set(SESSIONS.names)
+    assert result - columns - STORED_ELSEWHERE.keys() == set()
+    assert not STORED_ELSEWHERE.keys() & columns and STORED_ELSEWHERE.keys() <= result
+    assert columns - result - IDENTITY - ADDED_AFTER_THE_PROBE == set()
+    assert not ADDED_AFTER_THE_PROBE & result
+
+
+def test_outcomes_and_phases_are_closed_sets_the_code_and_the_docs_share():
+    assert OUTCOMES == get_args(Outcome) == ("ok", "degraded", "failed", "skipped_no_capacity")
+    assert PHASES == get_args(Phase)
+    assert set(PHASES) == {"signaling", "ice", "dtls", "media", "pipeline", "capacity", "timeout", "tester"}
