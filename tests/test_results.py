@@ -367,3 +367,47 @@ def test_the_sla_benchmark_is_the_stored_seven_day_history_once_it_spans_enough_
     assert history_baseline(tmp_path, "streamdiffusion", today=today + dt.timedelta(days=5)) is None  # 2 days left
     assert history_baseline(tmp_path, "other-model", today=today) is None
     assert sla_score(session_rows(10, 7), SessionThresholds())["benchmark"] == "thresholds"
+
+
+def test_only_errors_a_retry_can_fix_are_retried():
+    from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+    from fleet.results.clickhouse import retryable
+
+    assert retryable(OperationalError("Error HTTPConnectionPool: connection refused"))
+    assert retryable(DatabaseError("Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS)"))
+    assert retryable(DatabaseError("Code: 209. DB::NetException: Timeout exceeded while writing to socket"))
+    assert not retryable(DatabaseError("Code: 516. DB::Exception: default: Authentication failed"))
+    assert not retryable(DatabaseError("Code: 60. DB::Exception: Table fleet.x does not exist. (UNKNOWN_TABLE)"))
+    assert not retryable(ValueError("a bug of ours is never retried"))
+
+
+def test_the_clis_clickhouse_settings_come_from_the_environment_and_never_hold_the_secrets(monkeypatch):
+    from fleet.settings import ClickHouseSettings
+
+    monkeypatch.setenv("FLEET_CLICKHOUSE_DATABASE", "probes")
+    monkeypatch.setenv("FLEET_CLICKHOUSE_PREFIX", "net_")
+    monkeypatch.setenv("FLEET_CLICKHOUSE_URL", "http://u:s3cret@ch:8123")
+    monkeypatch.setenv("FLEET_CLICKHOUSE_PASSWORD", "s3cret")
+    settings = ClickHouseSettings()
+    out = settings.output()
+    assert (out.database, out.table_prefix, out.url_env, out.password_env) == \
+        ("probes", "net_", "FLEET_CLICKHOUSE_URL", "FLEET_CLICKHOUSE_PASSWORD")
+    assert (settings.output("other", "x_").database, settings.output("other", "x_").table_prefix) == ("other", "x_")
+    assert "s3cret" not in repr(settings) + repr(out) + str(settings.model_dump()) + str(out.model_dump())
+
+
+def test_noise_across_many_groups_is_not_a_regression_once_the_comparisons_are_corrected():
+    """20 orchestrators, both sides drawn from one distribution: some groups pass a lone test by
+    chance (raw p < 0.05 with the median 10 % worse), none survives the Benjamini-Hochberg correction."""
+    def noise(seed: int) -> list[dict]:
+        rng = np.random.default_rng(seed)
+        return [{"outcome": "ok", "error_phase": None, "orchestrator_address": f"0x{o:02d}",
+                 "g2g_latency_ms": float(rng.lognormal(6, 0.5))} for o in range(20) for _ in range(8)]
+
+    lone = flagged = 0
+    for s in range(10):
+        findings = compare(noise(2 * s), noise(2 * s + 1), min_sessions=5)
+        lone += sum(1 for f in findings if f.why and f.p_value is not None and f.p_value < 0.05)
+        flagged += sum(f.regression for f in findings)
+    assert lone >= 5 and flagged == 0

@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"baseline {base_label} ({len(base)} sessions) -> current {cur_label} ({len(cur)} sessions): "
               f"{len(findings)} comparisons, {len(bad)} regressions")
         for f in bad:
-            print(f"REGRESSION {f.metric} [{f.group}]: {f.baseline:g} -> {f.current:g} ({f.why}; "
-                  f"n={f.n_baseline}/{f.n_current})")
+            ci = f"; 95% CI {f.ci_low:+.1%}..{f.ci_high:+.1%}" if f.ci_low is not None and f.ci_high is not None else ""
+            print(f"REGRESSION {f.metric} [{f.group}]: {f.baseline:g} -> {f.current:g} ({f.why}{ci}; "
+                  f"p={f.p_value:.2g}, adjusted {f.p_adjusted:.2g}; n={f.n_baseline}/{f.n_current})")
         if not findings:
             print(f"nothing to compare: no group has {args.min_sessions} sessions on both sides")
     return EXIT_REGRESSION if bad else 0

@@ -9,7 +9,6 @@ _PASSWORD; database FLEET_CLICKHOUSE_DATABASE, table prefix FLEET_CLICKHOUSE_PRE
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -39,13 +38,9 @@ def run(args: argparse.Namespace) -> int:
     engine: ClickHouseEngine | DuckDBEngine
     if args.clickhouse:
         from fleet.results.clickhouse import ClickHouseSink
-        from fleet.scenario import ClickHouseOut
+        from fleet.settings import ClickHouseSettings
 
-        cfg = ClickHouseOut(url_env="FLEET_CLICKHOUSE_URL", user_env="FLEET_CLICKHOUSE_USER",
-                            password_env="FLEET_CLICKHOUSE_PASSWORD",
-                            database=os.environ.get("FLEET_CLICKHOUSE_DATABASE", "fleet"),
-                            table_prefix=os.environ.get("FLEET_CLICKHOUSE_PREFIX", "fleet_"))
-        engine = ClickHouseEngine(ClickHouseSink(cfg))
+        engine = ClickHouseEngine(ClickHouseSink(ClickHouseSettings().output()))
         results = results if results and results.is_dir() else None
     else:
         assert results is not None

@@ -9,7 +9,6 @@ default fleet_). A batch already loaded (streamed live, or pushed before) is sto
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 
@@ -19,20 +18,17 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
     rs.required = True
     push = rs.add_parser("push", help="load a campaign directory into ClickHouse", description=__doc__)
     push.add_argument("dir", metavar="CAMPAIGN_DIR", help="a campaign directory (results/campaign=ID)")
-    push.add_argument("--database", default=os.environ.get("FLEET_CLICKHOUSE_DATABASE", "fleet"))
-    push.add_argument("--table-prefix", default=os.environ.get("FLEET_CLICKHOUSE_PREFIX", "fleet_"))
+    push.add_argument("--database", help="default: $FLEET_CLICKHOUSE_DATABASE, else fleet")
+    push.add_argument("--table-prefix", help="default: $FLEET_CLICKHOUSE_PREFIX, else fleet_")
     push.set_defaults(run=run_push)
 
 
 def run_push(args: argparse.Namespace) -> int:
-    from fleet.scenario import ClickHouseOut
-
     from fleet.results.clickhouse import ClickHouseSink, push_campaign
     from fleet.results.sink import find_campaign
+    from fleet.settings import ClickHouseSettings
 
-    cfg = ClickHouseOut(url_env="FLEET_CLICKHOUSE_URL", user_env="FLEET_CLICKHOUSE_USER",
-                        password_env="FLEET_CLICKHOUSE_PASSWORD", database=args.database,
-                        table_prefix=args.table_prefix)
+    cfg = ClickHouseSettings().output(args.database, args.table_prefix)
     sink = ClickHouseSink(cfg)
     try:
         counts = push_campaign(find_campaign(args.dir), sink)

@@ -8,18 +8,20 @@
   table, batch file); the tables keep a non-replicated deduplication window, so a batch
   sent twice (a retry after a lost response, or ``fleet results push`` of a campaign
   already streamed) is stored once.
-- **Retries**: a failed insert is retried with exponential backoff (0.5 s, 1 s, 2 s, 4 s).
+- **Retries** (tenacity): an insert that failed for a reason a retry can fix (the connection, a
+  timeout, or a server error ClickHouse calls transient: too many parts, memory, read-only replica,
+  unknown insert status, ...; ``RETRYABLE_CODES``) is retried with exponential backoff (0.5 s, 1 s,
+  2 s, 4 s). Any other error (authentication, a missing table, bad data) fails at once.
 - **Credentials** come from the variables the scenario names (``url_env``, ``user_env``,
   ``password_env``); they never appear in messages, which name the variable instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import logging
 import os
-import time
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -27,6 +29,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from fleet.errors import ClickHouseError, InputError
 from fleet.results.sink import TABLES, conform, read_manifest
@@ -38,6 +41,12 @@ log = logging.getLogger("fleet.clickhouse")
 
 RETRIES = 4
 BACKOFF_S = 0.5
+# ClickHouse error codes a retry can fix (src/Common/ErrorCodes.cpp; the set ClickHouse's own Java client retries):
+# UNEXPECTED_END_OF_FILE, FILE_DOESNT_EXIST, TIMEOUT_EXCEEDED, READONLY, TOO_MANY_SIMULTANEOUS_QUERIES,
+# NO_FREE_CONNECTION, SOCKET_TIMEOUT, NETWORK_ERROR, MEMORY_LIMIT_EXCEEDED, TABLE_IS_READ_ONLY, TOO_MANY_PARTS,
+# TOO_FEW_LIVE_REPLICAS, UNKNOWN_STATUS_OF_INSERT, SYSTEM_ERROR, KEEPER_EXCEPTION
+RETRYABLE_CODES = frozenset({3, 107, 159, 164, 202, 203, 209, 210, 241, 242, 252, 285, 319, 425, 999})
+_CODE = re.compile(r"Code: (\d+)")
 DEDUP_WINDOW = 10_000
 # table -> (ORDER BY columns, time column for partitions); key columns are never NULL (filled before insert)
 LAYOUT = {
@@ -132,20 +141,26 @@ class ClickHouseSink:
         if table.num_rows == 0:
             return 0
         data = _prepare(kind, table)
-        delay = self.backoff_s
-        for attempt in range(self.retries + 1):
-            try:
-                self.client.insert_arrow(self.table(kind), data, settings={"insert_deduplication_token": token})
-                return int(table.num_rows)
-            except Exception as exc:  # noqa: BLE001
-                if attempt == self.retries:
-                    raise ClickHouseError(f"{self.where}: insert into {self.table(kind)} failed after "
-                                          f"{attempt + 1} attempts: {self._clean(exc)}") from None
-                log.warning("%s: insert into %s failed (%s); retrying in %.1f s", self.where, self.table(kind),
-                            self._clean(exc), delay)
-                time.sleep(delay)
-                delay *= 2
-        return 0
+        attempts = Retrying(stop=stop_after_attempt(self.retries + 1), retry=retry_if_exception(retryable),
+                            wait=wait_exponential(multiplier=self.backoff_s, exp_base=2, max=60),
+                            before_sleep=lambda state: self._retrying(kind, state), reraise=True)
+        tried = 0
+        try:
+            for attempt in attempts:
+                with attempt:
+                    tried += 1
+                    self.client.insert_arrow(self.table(kind), data, settings={"insert_deduplication_token": token})
+        except Exception as exc:  # noqa: BLE001 - any driver error becomes one clean line
+            raise ClickHouseError(f"{self.where}: insert into {self.table(kind)} failed after {tried} "
+                                  f"attempt(s): {self._clean(exc)}") from None
+        return int(table.num_rows)
+
+    def _retrying(self, kind: str, state: RetryCallState) -> None:
+        """Say, without secrets, that an insert failed and when it is tried again."""
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning("%s: insert into %s failed (%s); retrying in %.1f s", self.where, self.table(kind),
+                    self._clean(exc) if exc else "unknown error", wait)
 
     def insert_batch(self, campaign_id: str, seq: int, tables: dict[str, pa.Table], tag: str | None = None) -> int:
         """One batch; its dedup token is its Parquet file's name (so `fleet results push` repeats it)."""
@@ -173,3 +188,13 @@ def push_campaign(campaign_dir: str | Path, sink: ClickHouseSink) -> dict[str, i
         for f in sorted(d.glob(f"date=*/**/{kind}-*.parquet")):
             counts[kind] += sink.insert(kind, conform(pq.read_table(f), schema), f"{manifest['campaign_id']}/{f.stem}")
     return counts
+
+
+def retryable(exc: BaseException) -> bool:
+    """An error a retry can fix: the connection or a transient server condition (``RETRYABLE_CODES``)."""
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    match = _CODE.search(str(exc))
+    if match:
+        return int(match.group(1)) in RETRYABLE_CODES
+    return isinstance(exc, (OperationalError, ConnectionError, TimeoutError))
