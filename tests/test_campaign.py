@@ -326,3 +326,36 @@ def test_a_monitor_runs_as_a_ray_job_and_ray_job_stop_ends_it_cleanly(cluster, t
     assert len(rows) >= 2 and {r["region"] for r in rows} == {"east", "west"}, rows
     assert len({r["target_orchestrator"] for r in rows}) == len(rows)  # a different orchestrator each
     assert all(r["frames_received"] > 0 for r in rows)
+
+
+def test_a_failure_while_opening_undoes_what_was_opened_in_reverse_order(tmp_path):
+    """The run's ExitStack: the reference gateway started, then the Prometheus port is taken: the error
+    is one line, the gateway process is gone and the signal handlers are back, with no Ray started."""
+    import signal
+    import socket
+
+    from fleet.errors import InputError
+    from fleet.runtime.lifecycle import Campaign, CampaignOptions, open_gateways, open_outputs, prepare
+    from fleet.scenario import load_scenario
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(TINY.read_text().replace("url: http://127.0.0.1:1", "url: null").replace(
+        "extends: ../../", f"extends: {REPO}/") + f"outputs: {{prometheus: {{host: 127.0.0.1, port: {port}}}}}\n")
+    before = signal.getsignal(signal.SIGTERM)
+    c = Campaign(load_scenario(str(scenario)), CampaignOptions())
+    prepare(c, str(scenario))
+    assert signal.getsignal(signal.SIGTERM) is not before
+    try:
+        open_gateways(c, str(scenario))
+        proc = c.gateway_proc.proc
+        assert proc.poll() is None  # the reference gateway runs
+        with pytest.raises(InputError, match=rf"outputs.prometheus: cannot listen on 127.0.0.1:{port}"):
+            open_outputs(c, str(scenario))
+    finally:
+        c.closing.close()
+        taken.close()
+    assert proc.poll() is not None and signal.getsignal(signal.SIGTERM) is before

@@ -34,7 +34,7 @@ from fleet.results.writer import ResultsWriter
 from fleet.runtime.broker import read_capacity
 from fleet.runtime.dispatch import Dispatched, Dispatcher
 from fleet.runtime.executor import STOP_GRACE_S, Finished
-from fleet.runtime.lifecycle import (Campaign, CampaignOptions, close_all, leaks, open_gateways, open_outputs, prepare,
+from fleet.runtime.lifecycle import (Campaign, CampaignOptions, leaks, open_gateways, open_outputs, prepare,
                                      push, ray_init, results_dir, with_gpu)
 from fleet.runtime.summary import Progress, make_summary, print_summary
 from fleet.scenario import Scenario, load_scenario
@@ -104,7 +104,6 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
     c.campaign_id = f"{scenario.name}-{stamp}-{uuid.uuid4().hex[:4]}"
     regions = [r.name for r in scenario.placement.regions]
     stops = prepare(c, path)
-    started_ray = False
     try:
         open_gateways(c, path)
         snapshot = read_capacity(scenario, c.urls[regions[0]])
@@ -120,7 +119,7 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
         print(f"fleet: campaign {c.campaign_id}: {len(plan.sessions)} sessions over {plan.end_s:g} s, "
               f"at most {plan.budget} at once, regions {', '.join(regions)}", flush=True)
         prompts = _prompt_lookup(scenario)  # before Ray: in a job, ray.init may take the working dir away
-        started_ray = ray_init(c, regions)
+        ray_init(c, regions)
         stops.install()  # Ray's core worker installs its own fatal SIGTERM handler: ours goes back on top
         code = _drive(c, plan, sink, prompts)
         leaked = leaks(c)
@@ -152,8 +151,7 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
             return EXIT_BREACH
         return code
     finally:
-        close_all(c, started_ray)
-        stops.restore()
+        c.closing.close()
 
 
 class _Results:

@@ -1,9 +1,11 @@
 """What a run on Ray (``fleet run`` or ``fleet monitor``) sets up and tears down, in one place.
 
 ``Campaign`` is the run's context: its scenario and options, the gateway URLs per region, the
-outputs it feeds (ClickHouse, Kafka, Prometheus) and whether a stop signal came. The functions
-open each piece in order and ``close_all`` closes them on every exit path: outputs first (what is
-queued is handed over), then the private Ray, then the reference gateway we started.
+outputs it feeds (ClickHouse, Kafka, Prometheus) and whether a stop signal came. Each function
+that opens a piece registers how to close it on the run's ``contextlib.ExitStack``
+(``Campaign.closing``); the run closes the stack on every exit path, which undoes everything in
+the reverse order of opening (the private Ray, the outputs with what is queued handed over, the
+reference gateway we started, the signal handlers), each step even when an earlier one failed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,7 @@ from fleet.results.sketches import Sketches
 from fleet.runtime.executor import STOP_GRACE_S
 from fleet.scenario import Scenario
 
-__all__ = ["Campaign", "CampaignOptions", "StopSignals", "close_all", "leaks", "open_gateways", "open_outputs",
+__all__ = ["Campaign", "CampaignOptions", "StopSignals", "leaks", "open_gateways", "open_outputs",
            "prepare", "push", "ray_init", "results_dir", "warn_job_stop_wait", "with_gpu"]
 
 
@@ -62,6 +65,7 @@ class Campaign:
     stop_at: float | None = None
     stop_s: float | None = None   # from the signal to every live session ended
     broker_state: dict[str, Any] = field(default_factory=dict)
+    closing: ExitStack = field(default_factory=ExitStack)  # what undoes each piece opened, last first
 
 
 def with_gpu(c: Campaign, row: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +84,7 @@ def with_gpu(c: Campaign, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def ray_init(c: Campaign, regions: list[str]) -> bool:
-    """Join the cluster, or start a private one on loopback. True when we started it."""
+    """Join the cluster, or start a private one on loopback (shut down with the run). True when we started it."""
     import ray
 
     address = c.opts.address or os.environ.get("RAY_ADDRESS")
@@ -92,6 +96,7 @@ def ray_init(c: Campaign, regions: list[str]) -> bool:
     resources: dict[str, float] = {f"region:{r}": 1000 for r in regions}
     ray.init(address="local", _node_ip_address=c.opts.ray_ip, include_dashboard=False, log_to_driver=False,
              resources=resources, num_cpus=os.cpu_count() or 1)
+    c.closing.callback(ray.shutdown)
     return True
 
 
@@ -101,6 +106,7 @@ def prepare(c: Campaign, path: str) -> StopSignals:
     if env and env not in os.environ:
         raise InputError(f"{path}: target.token_env names {env}, which is not set in the environment")
     stops = StopSignals(c)
+    c.closing.callback(stops.restore)
     warn_job_stop_wait()
     return stops
 
@@ -140,7 +146,7 @@ def open_gateways(c: Campaign, path: str) -> None:
     if opts.gateway_url is None and target.dialect == "reference" and not target.url and not target.region_urls:
         from fleet.gateway.process import GatewayProcess
 
-        c.gateway_proc = GatewayProcess().__enter__()
+        c.gateway_proc = c.closing.enter_context(GatewayProcess())
         print(f"fleet: reference gateway at {c.gateway_proc.url}", flush=True)
     for r in (r.name for r in c.scenario.placement.regions):
         url = opts.gateway_url or target.region_urls.get(r) or target.url or (c.gateway_proc and c.gateway_proc.url)
@@ -153,6 +159,7 @@ def open_outputs(c: Campaign, path: str) -> None:
     """ClickHouse, Kafka and the Prometheus endpoint, as the scenario asks (each fails early on a missing
     variable or a port it cannot listen on)."""
     outputs = c.scenario.outputs
+    c.closing.callback(_close_outputs, c)  # whatever of them opened, even if a later one fails
     if outputs.clickhouse is not None:
         c.clickhouse = ClickHouseSink(outputs.clickhouse)
         c.clickhouse_state = {"table_prefix": outputs.clickhouse.table_prefix,
@@ -174,8 +181,8 @@ def open_outputs(c: Campaign, path: str) -> None:
         print(f"fleet: Prometheus metrics at http://{prom.host}:{port}/metrics", flush=True)
 
 
-def close_all(c: Campaign, started_ray: bool) -> None:
-    """Outputs, then Ray, then the gateway we started: on every exit path."""
+def _close_outputs(c: Campaign) -> None:
+    """ClickHouse, Kafka (what is queued is handed over) and the Prometheus endpoint (after its linger)."""
     if c.clickhouse is not None:
         c.clickhouse.close()
     if c.kafka is not None:  # an early exit: still hand over what is queued
@@ -186,12 +193,6 @@ def close_all(c: Campaign, started_ray: bool) -> None:
         if linger and c.stop_signal is None:
             time.sleep(linger)  # the endpoint stays up for a last scrape (a wait, not synchronisation)
         c.metrics.close()
-    if started_ray:
-        import ray
-
-        ray.shutdown()
-    if c.gateway_proc is not None:
-        c.gateway_proc.__exit__(None, None, None)
 
 
 def warn_job_stop_wait() -> None:

@@ -39,7 +39,7 @@ from fleet.prompts import render_params
 from fleet.results.sink import ParquetSink
 from fleet.results.writer import ResultsWriter
 from fleet.runtime.broker import read_capacity
-from fleet.runtime.lifecycle import (Campaign, CampaignOptions, close_all, open_gateways, open_outputs, prepare, push,
+from fleet.runtime.lifecycle import (Campaign, CampaignOptions, open_gateways, open_outputs, prepare, push,
                                      ray_init, results_dir, with_gpu)
 from fleet.runtime.executor import STOP_GRACE_S, Finished, RayExecutor
 from fleet.scenario import load_scenario
@@ -102,7 +102,6 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
     c.campaign_id = f"monitor-{scenario.name}"
     regions = [r.name for r in scenario.placement.regions]
     stops = prepare(c, path)
-    started_ray = False
     try:
         open_gateways(c, path)
         c.snapshot = read_capacity(scenario, c.urls[regions[0]])
@@ -126,7 +125,7 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
               f"({status['used_s']:.0f} slot-s used today)", flush=True)
         for line in status["degraded"]:
             print(f"fleet: coverage degraded: {line}", file=sys.stderr, flush=True)
-        started_ray = ray_init(c, regions)
+        ray_init(c, regions)
         stops.install()  # Ray's core worker installs its own fatal SIGTERM handler: ours goes back on top
         summary = _watch(c, cov, sink, pool, run_id, opts)
         if c.kafka is not None:
@@ -137,8 +136,7 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
         _print_summary(summary, sink.dir)
         return 0
     finally:
-        close_all(c, started_ray)
-        stops.restore()
+        c.closing.close()
 
 
 def _watch(c: Campaign, cov: Coverage, sink: ParquetSink, pool: list[Any], run_id: str,
