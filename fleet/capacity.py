@@ -11,7 +11,6 @@ spread its sessions across them and cap each. Pure: no network here.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,11 +74,6 @@ class CapacitySnapshot:
     @property
     def idle(self) -> int:
         return sum(o.idle for o in self.orchestrators) + self.anonymous_idle
-
-    def budget(self, max_fraction: float, idle_reserve: int) -> int:
-        """Most concurrent test streams: a fraction of all slots, never into the idle reserve."""
-        by_fraction = math.floor(max_fraction * self.total + 1e-9)
-        return max(0, min(by_fraction, self.idle - idle_reserve))
 
     def summary(self) -> dict[str, Any]:
         return {"model": self.model, "source": self.source, "total_slots": self.total, "idle_slots": self.idle,

@@ -1,15 +1,17 @@
 """The campaign planner: scenario + capacity snapshot + seed -> a deterministic plan.
 
-Pure (no Ray, no network, no clock). It simulates the scenario's load shape in
-integer milliseconds, in time order, and places each requested session only
-where every cap holds at its start:
+Pure (no Ray, no network, no clock, no file: the prompts come resolved). It
+simulates the scenario's load shape in integer milliseconds, in time order,
+and places each requested session only where every cap holds at its start.
+The capacity caps are ``fleet.rules``, the same code the slot broker runs live:
 
 - concurrent test streams <= the budget: floor(max_fraction x total slots),
   and never into the idle reserve;
 - per orchestrator: <= max_per_orchestrator and <= its idle slots, and starts
   at least ``stagger_s`` apart (anonymous slots, whose orchestrator the gateway
   chooses, are staggered as if they were one orchestrator);
-- per region: <= its ``max_concurrent``;
+- per region: <= its ``max_concurrent`` (the planner's own rule: regions are
+  where the fleet's testers run, not network capacity);
 - every session ends by the campaign cap and lasts <= session.max_s.
 
 A request that cannot be placed waits (closed loop: while its virtual user is
@@ -26,8 +28,9 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fleet.capacity import CapacitySnapshot, OrchestratorSlots
+from fleet.capacity import CapacitySnapshot
 from fleet.prompts import PoolEntry, PromptPicker
+from fleet.rules import CapacityRules, Place
 from fleet.scenario import (ArrivalsLoad, ExponentialDuration, FixedDuration, LognormalDuration, RampLoad,
                             Scenario, Stage, StagesLoad, UniformDuration)
 
@@ -94,11 +97,10 @@ class Plan:
 
 @dataclass
 class _Slot:
-    """A place sessions can run: an orchestrator, or the gateway's anonymous pool."""
+    """A place (fleet.rules) and the sessions the plan runs on it."""
 
-    orch: OrchestratorSlots | None
-    limit: int
-    order: int
+    place: Place
+    order: int  # the seeded tie-break
     running: list[int] = field(default_factory=list)  # end times (ms)
     last_start: int | None = None
 
@@ -115,15 +117,16 @@ class _Planner:
     def __init__(self, scenario: Scenario, snapshot: CapacitySnapshot, seed: int, pool: list[PoolEntry]) -> None:
         self.sc = scenario
         self.load = scenario.load
-        policy = scenario.capacity
         self.seed = seed
-        self.budget = snapshot.budget(policy.max_fraction, policy.idle_reserve)
-        self.stagger = math.ceil(policy.stagger_s * MS)
+        self.rules = CapacityRules(scenario.capacity, ticks_per_s=MS)
+        self.budget = self.rules.budget(snapshot)
         self.end = int(self.load.end_s * MS)
         self.window = min(int(self.load.window_s * MS), self.end)
-        self.notes: list[str] = list(snapshot.notes)
-        self.slots = self._slots(snapshot)
-        self.cap = min(self.budget, sum(s.limit for s in self.slots))
+        places, notes = self.rules.places(snapshot)
+        random.Random(f"orchestrators:{seed}").shuffle(places)
+        self.slots = [_Slot(place, i) for i, place in enumerate(places)]
+        self.notes: list[str] = list(snapshot.notes) + notes
+        self.cap = min(self.budget, sum(s.place.most for s in self.slots))
         if isinstance(self.load, ArrivalsLoad):
             self.cap = min(self.cap, self.load.max_concurrency)
         self.running: list[int] = []  # end times of every running session
@@ -135,29 +138,6 @@ class _Planner:
         self.picker = PromptPicker(pool, scenario.prompts.selection, seed)
         self.sessions: list[PlannedSession] = []
         self.skipped: list[Skipped] = []
-
-    def _slots(self, snapshot: CapacitySnapshot) -> list[_Slot]:
-        policy = self.sc.capacity
-        shuffle = random.Random(f"orchestrators:{self.seed}")
-        orchs = [o for o in snapshot.orchestrators if o.idle > 0
-                 and (not policy.include or o.matches(policy.include)) and not o.matches(policy.exclude)]
-        shuffle.shuffle(orchs)
-        slots = [_Slot(o, min(policy.max_per_orchestrator, o.idle), i) for i, o in enumerate(orchs)]
-        targets = [u for u in snapshot.targets if (not policy.include or any(n in u for n in policy.include))
-                   and not any(n in u for n in policy.exclude)]
-        if snapshot.anonymous_idle > 0:
-            if snapshot.targets:  # discovered orchestrators (slots unknown): each capped and staggered by URI
-                shuffle.shuffle(targets)
-                limit = min(policy.max_per_orchestrator, snapshot.anonymous_idle)
-                slots += [_Slot(OrchestratorSlots("", uri, limit, 0), limit, len(slots) + i)
-                          for i, uri in enumerate(targets)]
-            elif policy.include:
-                self.notes.append("slots with unknown orchestrators are not used: capacity.include is set")
-            else:
-                self.notes.append("orchestrators unknown (capacity source has none): the per-orchestrator cap "
-                                  "cannot be enforced; the stagger applies to every start")
-                slots.append(_Slot(None, snapshot.anonymous_idle, len(slots)))
-        return slots
 
     # --- demand ---------------------------------------------------------------
 
@@ -226,17 +206,15 @@ class _Planner:
         ends[:] = [e for e in ends if e > t]
 
     def _free_slot(self, t: int) -> _Slot | None:
-        best = None
+        open_: dict[str | None, _Slot] = {}
         for slot in self.slots:
             self._expire(slot.running, t)
-            if len(slot.running) >= slot.limit:
-                continue
-            if slot.last_start is not None and t - slot.last_start < self.stagger:
-                continue
-            key = (slot.last_start is not None, slot.last_start or 0, slot.order)
-            if best is None or key < best[0]:
-                best = (key, slot)
-        return best[1] if best else None
+            ours = len(slot.running)  # the snapshot predates every planned session: all are unseen
+            if self.rules.has_room(slot.place, ours, ours) and self.rules.past_stagger(slot.last_start, t):
+                open_[slot.place.key] = slot
+        last = {k: float(s.last_start) for k, s in open_.items() if s.last_start is not None}
+        place = self.rules.choose([s.place for s in open_.values()], last, tiebreak=lambda p: open_[p.key].order)
+        return None if place is None else open_[place.key]
 
     def _region(self, t: int) -> str | None:
         """Smooth weighted round-robin over the regions with room."""
@@ -256,8 +234,10 @@ class _Planner:
 
     def _next_change(self, t: int) -> int | None:
         times = [e for e in self.running if e > t]
-        times += [s.last_start + self.stagger for s in self.slots
-                  if s.last_start is not None and s.last_start + self.stagger > t]
+        for slot in self.slots:
+            free_at = self.rules.next_start(slot.last_start)
+            if free_at is not None and free_at > t:
+                times.append(int(free_at))
         return min(times) if times else None
 
     def _why(self, t: int) -> str:
@@ -294,8 +274,7 @@ class _Planner:
         slot.last_start = t
         self.sessions.append(PlannedSession(
             index=len(self.sessions), start_s=t / MS, duration_s=duration / MS, region=region,
-            orchestrator=(slot.orch.address or None) if slot.orch else None,
-            orchestrator_uri=slot.orch.uri if slot.orch else None,
+            orchestrator=slot.place.address or None, orchestrator_uri=slot.place.uri or None,
             seed=self.seeds.randrange(2**31), prompts=self._schedule(duration)))
         return end
 
@@ -358,10 +337,10 @@ class _Planner:
                     push(period[0], _Request(period[0], period[1], self._draw_ms(), who))
 
 
-def make_plan(scenario: Scenario, snapshot: CapacitySnapshot, seed: int = 0,
-              pool: list[PoolEntry] | None = None) -> Plan:
-    """The deterministic session plan for ``scenario`` on ``snapshot``; same inputs, same plan."""
-    planner = _Planner(scenario, snapshot, seed, pool if pool is not None else scenario.prompt_pool())
+def make_plan(scenario: Scenario, snapshot: CapacitySnapshot, seed: int = 0, *, pool: list[PoolEntry]) -> Plan:
+    """The deterministic session plan for ``scenario`` on ``snapshot``, with the prompts of ``pool``
+    (``fleet.prompts.resolve_pool``, read before planning); same inputs, same plan."""
+    planner = _Planner(scenario, snapshot, seed, pool)
     planner.run()
     return Plan(
         scenario=scenario.name, scenario_hash=scenario.digest(), seed=seed, capacity=snapshot.summary(),

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import Field, model_validator
 
 from fleet.document import load_document
-from fleet.errors import PromptSetError
+from fleet.errors import Problem, PromptSetError, ScenarioError
 from fleet.spec import Slug, Spec, close_match, parse
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "load_prompt_set",
     "prompt_path",
     "render_params",
+    "resolve_pool",
     "set_problem",
     "template_problems",
 ]
@@ -150,6 +152,31 @@ class PoolEntry:
     set_name: str
     weight: float
     prompt: Prompt
+
+
+class SetChoice(Protocol):
+    """A scenario's choice of one prompt set (fleet.scenario's PromptSetRef)."""
+
+    @property
+    def set(self) -> str: ...
+    @property
+    def weight(self) -> float: ...
+    @property
+    def categories(self) -> tuple[str, ...]: ...
+
+
+def resolve_pool(choices: Iterable[SetChoice], base_dir: Path, source: Path | None = None) -> list[PoolEntry]:
+    """Every prompt a campaign may use, in file order, with its set's weight: the prompt files read once,
+    before planning (the planner itself reads no file). ``source``: the scenario file, for the error."""
+    pool: list[PoolEntry] = []
+    for ref in choices:
+        path = find_set(ref.set, base_dir)
+        if path is None:
+            raise ScenarioError([Problem(str(source or "?"), 1, 1, "prompts.sets", set_problem(ref.set, base_dir))])
+        prompt_set = load_prompt_set(path)
+        pool += [PoolEntry(prompt_set.name, ref.weight, p) for p in prompt_set.prompts
+                 if not ref.categories or p.category in ref.categories]
+    return pool
 
 
 class PromptPicker:

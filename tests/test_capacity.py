@@ -27,14 +27,6 @@ def test_network_capabilities_counts_idle_and_busy_per_orchestrator():
     assert (snap.total, snap.idle) == (6, 2)
 
 
-def test_budget_is_fraction_of_total_and_spares_the_reserve():
-    snap = parse_network_capabilities(CAPS, "other")  # 9 idle, 9 total
-    assert snap.budget(0.05, 1) == 0  # floor(0.45)
-    assert snap.budget(0.5, 1) == 4
-    assert snap.budget(1.0, 1) == 8  # never into the last idle slot
-    assert snap.budget(1.0, 20) == 0
-
-
 def test_naap_shape():
     snap = parse_naap({"models": [{"model": "sd", "gpu_slots": 10, "active_streams": 4}]}, "sd")
     assert (snap.total, snap.idle, snap.orchestrators) == (10, 6, ())

@@ -4,6 +4,8 @@ hostile query strings are 400s, strict headers, reports only from inside the res
 
 from __future__ import annotations
 
+import sys
+
 import datetime as dt
 import random
 import secrets
@@ -122,6 +124,20 @@ def test_the_other_views_count_what_the_rows_hold(results):
              and r.get("error_phase") == "pipeline"]
     assert failures[("pipeline", "gateway_error")] == (len(flaky), sum(1 for r in flaky if r["excused"]))
     assert len(view["recent"]) == 50 and view["series"] and view["band"]
+
+
+def test_without_the_charts_extra_an_orchestrator_view_says_how_to_get_its_charts(results, monkeypatch):
+    """matplotlib made unimportable in this process (as in an install without the charts extra)."""
+    from fleet.dashboard.pages import orchestrator_page
+
+    d, _ = results
+    f = q.Filters(window="all", now=NOW)
+    with_charts = orchestrator_page(DuckDBEngine(d), f, {}, "https://flaky.test:8935")
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)
+    page = orchestrator_page(DuckDBEngine(d), f, {}, "https://flaky.test:8935")
+    assert with_charts.count("<svg") == 2 and "<svg" not in page
+    assert page.count("pip install &#x27;fleet[charts]&#x27;") == 2 and "Failures by phase and error class" in page
 
 
 @pytest.mark.slow

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
+import io
 import json
+import math
 from collections import defaultdict
 from dataclasses import asdict
 
@@ -131,6 +134,17 @@ def test_prompt_schedule_switches():
     assert [(p.at_s, p.prompt_id) for p in session.prompts] == [(0, "p0"), (3, "p1"), (6, "p2"), (9, "p3")]
 
 
+def test_planning_reads_no_file(monkeypatch):
+    sc = scenario(stages(3, 30, 10), {"max_fraction": 1, "idle_reserve": 0})
+
+    def no_file(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"the planner opened {args[:1]}")
+
+    monkeypatch.setattr(builtins, "open", no_file)
+    monkeypatch.setattr(io, "open", no_file)
+    assert make_plan(sc, network(2, 2), 0, pool=POOL).sessions
+
+
 # --- properties -------------------------------------------------------------------------
 
 durations = st.one_of(
@@ -183,7 +197,7 @@ def peak(intervals: list[tuple[float, float]]) -> int:
 
 def check_caps(sc: Scenario, snap: CapacitySnapshot, plan: Plan) -> None:
     policy = sc.capacity
-    budget = snap.budget(policy.max_fraction, policy.idle_reserve)
+    budget = max(0, min(math.floor(policy.max_fraction * snap.total + 1e-9), snap.idle - policy.idle_reserve))
     sessions = plan.sessions
     assert peak([(s.start_s, s.end_s) for s in sessions]) <= budget
     if sc.load.shape == "arrivals":

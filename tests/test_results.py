@@ -5,6 +5,7 @@ and `fleet report` on real campaign directories written by the Parquet sink."""
 from __future__ import annotations
 
 import re
+import sys
 import secrets
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -272,6 +273,19 @@ def test_report_is_one_self_contained_file_with_every_plot(tmp_path, cli):
                   "Failure taxonomy", "Prompt categories side by side", "SLA checks"):
         assert title in page
     assert pq.read_table(next(d.glob("date=*/sessions-*.parquet"))).num_rows > 0
+
+
+def test_without_the_charts_extra_the_report_keeps_every_table_and_says_how_to_get_charts(tmp_path, cli,
+                                                                                      monkeypatch):
+    """matplotlib made unimportable in this process (as in an install without the charts extra)."""
+    for name in ("matplotlib", "matplotlib.pyplot"):
+        monkeypatch.setitem(sys.modules, name, None)
+    d = write_campaign(tmp_path, "c-plain", session_rows(24, 5, fail_every=5))
+    out = cli("report", str(d))
+    assert out.code == 0 and "Traceback" not in out.err
+    page = Path(out.out.strip()).read_text()
+    assert "<svg" not in page and page.count("pip install &#x27;fleet[charts]&#x27;") == 5
+    assert "SLA checks" in page and "Distributions" in page and "<td>g2g_latency_ms</td>" in page
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from fleet.cli.schema import scenario_schema
+from fleet.prompts import resolve_pool
 from fleet.scenario import (ArrivalsLoad, FixedDuration, RampLoad, Scenario, StagesLoad, SyntheticMedia,
                             load_scenario)
 from conftest import REPO
@@ -26,7 +27,7 @@ def test_the_examples_cover_what_the_issue_asks():
 def test_example_scenarios_validate(path: Path):
     sc = load_scenario(path)
     assert sc.source == path.resolve()
-    assert sc.prompt_pool(), "every example has prompts to send"
+    assert resolve_pool(sc.prompts.sets, sc.base_dir, sc.source), "every example has prompts to send"
 
 
 def test_defaults_of_a_minimal_scenario():

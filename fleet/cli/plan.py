@@ -52,10 +52,12 @@ def snapshot_for(scenario: Scenario, capacity: int | None, capacity_file: str | 
 
 def run(args: argparse.Namespace) -> int:
     from fleet.plan import make_plan
+    from fleet.prompts import resolve_pool
     from fleet.scenario import load_scenario
 
     scenario = load_scenario(args.file)
-    plan = make_plan(scenario, snapshot_for(scenario, args.capacity, args.capacity_file), args.seed)
+    pool = resolve_pool(scenario.prompts.sets, scenario.base_dir, scenario.source)
+    plan = make_plan(scenario, snapshot_for(scenario, args.capacity, args.capacity_file), args.seed, pool=pool)
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2, ensure_ascii=False))
     else:

@@ -1,8 +1,9 @@
 """The dashboard's pages: HTML rendered on the server from the queries' rows.
 
 No JavaScript at all: filters are a plain GET form (so every view is a URL that can be shared),
-charts are SVG drawn by matplotlib on the server (fleet.results.report's helpers). Every value
-from the data is escaped (``_e``); numbers are formatted, never interpolated raw.
+charts are SVG drawn by matplotlib on the server (fleet.results.charts; without the charts
+extra each chart is a note saying how to get it). Every value from the data is escaped
+(``_e``); numbers are formatted, never interpolated raw.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import html
 import json
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from fleet.dashboard import queries as q
 from fleet.dashboard.engine import Engine
-from fleet.results.report import COLORS, _fig, _svg
+from fleet.results.charts import COLORS, figure, render, svg
 
 __all__ = ["CSS", "campaigns_page", "capacity_page", "leaderboard_page", "orchestrator_page", "workflows_page"]
 
@@ -120,7 +122,7 @@ def _series_chart(rows: list[dict[str, Any]], band: list[dict[str, Any]], metric
     mine = [(r["t"], r[f"{metric}_p50"]) for r in rows if r.get(f"{metric}_p50") is not None]
     if not mine:
         return None
-    fig, ax = _fig(9, 2.8)
+    fig, ax = figure(9, 2.8)
     bt = [dt.datetime.fromtimestamp(b["t"], dt.timezone.utc) for b in band if b.get(f"{metric}_p10") is not None]
     if bt:
         lo = [b[f"{metric}_p10"] for b in band if b.get(f"{metric}_p10") is not None]
@@ -135,7 +137,7 @@ def _series_chart(rows: list[dict[str, Any]], band: list[dict[str, Any]], metric
                 dt.datetime.fromtimestamp(max(times), dt.timezone.utc) + pad)
     ax.legend(loc="upper left", fontsize=8, frameon=False)
     fig.autofmt_xdate()
-    return _svg(fig)
+    return svg(fig)
 
 
 def _campaign_link(campaign_id: str) -> str:
@@ -148,8 +150,9 @@ def orchestrator_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], 
     v = q.orchestrator_view(engine, f, key)
     parts = []
     for metric, label in (("g2g", "glass-to-glass latency p50 (ms)"), ("fps", "output fps p50")):
-        svg = _series_chart(v["series"], v["band"], metric, label, v["bucket_s"])
-        parts.append(f"<h2>{_e(label)}</h2>" + (svg or "<p class=note>No sessions in this window.</p>"))
+        chart = render(partial(_series_chart, v["series"], v["band"], metric, label, v["bucket_s"]),
+                       "No sessions in this window.")
+        parts.append(f"<h2>{_e(label)}</h2>" + chart)
     parts.append("<h2>GPUs</h2>" + _table(["GPU id", "GPU", "sessions", "counted", "g2g p50 ms", "fps p50"],
                                           [[_e(g["gpu_id"]), _e(g["gpu_name"]), str(g["sessions"]), str(g["counted"]),
                                             _n(g["g2g_p50"], 4), _n(g["fps_p50"])] for g in v["gpus"]], {2, 3, 4, 5}))

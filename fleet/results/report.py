@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import io
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from fleet.results.charts import COLORS, figure, render, svg
 from fleet.results.sink import read_manifest, read_table
 from fleet.results.sketches import SKETCHED, Sketches, sketch_from_bytes
 
 __all__ = ["write_report"]
 
-COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#111}
 h1{font-size:1.5rem;margin-bottom:.2rem} h2{font-size:1.15rem;margin-top:2.2rem;border-bottom:1px solid #ddd}
@@ -36,27 +36,6 @@ def _short(addr: Any) -> str:
     return s if len(s) <= 14 else f"{s[:8]}…{s[-4:]}"
 
 
-def _svg(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
-    plt.close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg"):]
-
-
-def _fig(w: float = 9, h: float = 3.6) -> tuple[Any, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
-                         "axes.spines.right": False})
-    return plt.subplots(figsize=(w, h))
-
-
 def _startup_breakdown(sessions: list[dict[str, Any]]) -> str | None:
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in sessions:
@@ -66,7 +45,7 @@ def _startup_breakdown(sessions: list[dict[str, Any]]) -> str | None:
         return None
     phases = ["signaling_ms", "ice_ms", "dtls_ms"]
     labels = sorted(groups)
-    fig, ax = _fig(9, 0.5 + 0.45 * len(labels))
+    fig, ax = figure(9, 0.5 + 0.45 * len(labels))
     left = np.zeros(len(labels))
     for i, phase in enumerate([*phases, "first frame"]):
         vals = []
@@ -82,7 +61,7 @@ def _startup_breakdown(sessions: list[dict[str, Any]]) -> str | None:
         left += np.array(vals)
     ax.set_xlabel("median ms from the stream request (per orchestrator)")
     ax.legend(ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False)
-    return _svg(fig)
+    return svg(fig)
 
 
 def _latency_cdf(samples: list[dict[str, Any]], sessions: list[dict[str, Any]]) -> str | None:
@@ -96,7 +75,7 @@ def _latency_cdf(samples: list[dict[str, Any]], sessions: list[dict[str, Any]]) 
                 by.setdefault(_short(r.get("orchestrator_address")), []).append(r["g2g_latency_ms"])
     if not by:
         return None
-    fig, ax = _fig()
+    fig, ax = figure()
     for i, (label, values) in enumerate(sorted(by.items())):
         xs = np.sort(values)
         ax.step(xs, np.arange(1, len(xs) + 1) / len(xs), where="post", color=COLORS[i % len(COLORS)],
@@ -104,7 +83,7 @@ def _latency_cdf(samples: list[dict[str, Any]], sessions: list[dict[str, Any]]) 
     ax.set_xlabel("end-to-end latency, ms (each second's median)")
     ax.set_ylabel("share of seconds")
     ax.legend(frameon=False, fontsize=8)
-    return _svg(fig)
+    return svg(fig)
 
 
 def _fps_over_time(samples: list[dict[str, Any]]) -> str | None:
@@ -114,7 +93,7 @@ def _fps_over_time(samples: list[dict[str, Any]]) -> str | None:
             by.setdefault(s["session_id"], []).append((s["t_s"], s["fps_out"]))
     if not by:
         return None
-    fig, ax = _fig()
+    fig, ax = figure()
     per_t: dict[float, list[float]] = {}
     for pts in by.values():
         pts.sort()
@@ -126,7 +105,7 @@ def _fps_over_time(samples: list[dict[str, Any]]) -> str | None:
     ax.set_xlabel("seconds into the session")
     ax.set_ylabel("output frames per second")
     ax.legend(frameon=False)
-    return _svg(fig)
+    return svg(fig)
 
 
 def _failures(sessions: list[dict[str, Any]]) -> str | None:
@@ -139,21 +118,19 @@ def _failures(sessions: list[dict[str, Any]]) -> str | None:
     if not counts:
         return None
     items = sorted(counts.items(), key=lambda kv: kv[1])
-    fig, ax = _fig(9, 0.5 + 0.35 * len(items))
+    fig, ax = figure(9, 0.5 + 0.35 * len(items))
     colors = [COLORS[1] if k.startswith("failed") else COLORS[4] if k.startswith("degraded") else "#94a3b8"
               for k, _ in items]
     ax.barh([k for k, _ in items], [v for _, v in items], color=colors)
     ax.set_xlabel("sessions (outcome · phase · error class or reasons)")
-    return _svg(fig)
+    return svg(fig)
 
 
 def _categories(sessions: list[dict[str, Any]]) -> str | None:
     cats = sorted({str(r["prompt_category"]) for r in sessions if r.get("prompt_category")})
     if not cats:
         return None
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 0.8 + 0.4 * len(cats)))
+    fig, axes = figure(9, 0.8 + 0.4 * len(cats), ncols=2)
     for ax, metric, label in ((axes[0], "g2g_latency_ms", "glass-to-glass latency, ms"), (axes[1], "output_fps", "output fps")):
         data = [[r[metric] for r in sessions if r.get("prompt_category") == c and r.get(metric) is not None]
                 for c in cats]
@@ -163,7 +140,7 @@ def _categories(sessions: list[dict[str, Any]]) -> str | None:
             ax.set_yticks(range(1, len(keep) + 1), [c for c, _ in keep])
         ax.set_xlabel(label)
         ax.spines[["top", "right"]].set_visible(False)
-    return _svg(fig)
+    return svg(fig)
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
@@ -196,13 +173,15 @@ def write_report(campaign_dir: str | Path, out: str | Path | None = None) -> Pat
     parts.append(_table(["metric", "values", "p50", "p90", "p95", "p99"],
                         [[m, str(q[m]["count"]), *(_fmt(q[m][p]) for p in ("p50", "p90", "p95", "p99"))]
                          for m in SKETCHED]))
-    for title, svg in (("Startup, phase by phase", _startup_breakdown(sessions)),
-                       ("Latency CDF per orchestrator", _latency_cdf(samples, sessions)),
-                       ("Output fps over time", _fps_over_time(samples)),
-                       ("Failure taxonomy", _failures(sessions)),
-                       ("Prompt categories side by side", _categories(sessions))):
+    charts: tuple[tuple[str, Callable[[], str | None]], ...] = (
+        ("Startup, phase by phase", lambda: _startup_breakdown(sessions)),
+        ("Latency CDF per orchestrator", lambda: _latency_cdf(samples, sessions)),
+        ("Output fps over time", lambda: _fps_over_time(samples)),
+        ("Failure taxonomy", lambda: _failures(sessions)),
+        ("Prompt categories side by side", lambda: _categories(sessions)))
+    for title, draw in charts:
         parts.append(f"<h2>{html.escape(title)}</h2>")
-        parts.append(svg or "<p class=note>No data for this plot.</p>")
+        parts.append(render(draw, "No data for this plot."))
     parts.append(f"<p class=note>Made {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC "
                  f"from {html.escape(str(d))}. "
                  "Every number comes from the Parquet tables beside this file; docs/METRICS.md defines each "

@@ -2,10 +2,12 @@
 
 ``SlotBroker`` is plain Python (tested without Ray); ``BrokerActor`` is the
 one Ray actor a campaign runs it in, which also re-reads the capacity source
-every ``refresh_s``. The broker grants a lease only when the campaign
-stays under the capacity fraction, out of the idle reserve, under the
-per-orchestrator limit and past the stagger since the last start on that
-orchestrator. It prefers the least recently tested orchestrator. A lease
+every ``refresh_s``. The broker grants a lease only where the capacity rules
+(``fleet.rules``, the planner's rules too) allow: under the capacity
+fraction, out of the idle reserve, under the per-orchestrator limit and past
+the stagger since the last start on that orchestrator, the least recently
+tested orchestrator first. What it adds is the live view: our leases whose
+streams the last snapshot could not yet see still count as taken. A lease
 ends when released, or at its expiry (the session's length plus ``ttl_s``),
 so a lease whose holder died without a release cannot hold a slot for ever.
 
@@ -22,6 +24,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +33,7 @@ import httpx
 
 from fleet.capacity import CapacitySnapshot, parse_capacity, parse_naap_discovery, static_capacity
 from fleet.errors import CapacityError
+from fleet.rules import CapacityRules
 from fleet.scenario import CapacityPolicy, NaapCapacity, Scenario, StaticCapacity
 
 __all__ = ["BrokerActor", "Lease", "SlotBroker", "read_capacity"]
@@ -61,41 +65,33 @@ class SlotBroker:
     snapshot: CapacitySnapshot
     clock: Callable[[], float] = time.monotonic
     ttl_s: float = 30.0
+    ticks_per_s: int | None = None  # the clock's unit: None for seconds (tests may count whole milliseconds)
     leases: dict[str, Lease] = field(default_factory=dict)
-    last_start: dict[str, float] = field(default_factory=dict)  # per orchestrator: stagger and least recent
+    last_start: dict[str | None, float] = field(default_factory=dict)  # per place: stagger and least recent
     refused: int = 0
     snapshot_at: float = field(default=-1e18)
+
+    def __post_init__(self) -> None:
+        self.rules = CapacityRules(self.policy, self.ticks_per_s)
 
     def _expire(self) -> None:
         now = self.clock()
         for lid in [lid for lid, lease in self.leases.items() if lease.expires <= now]:
             del self.leases[lid]
 
-    def _eligible(self, address: str, uri: str) -> bool:
-        p = self.policy
-        text = f"{address} {uri}"
-        if p.include and not any(s in text for s in p.include):
-            return False
-        return not any(s in text for s in p.exclude)
-
     def update(self, snapshot: CapacitySnapshot, taken_at: float | None = None) -> None:
         """New capacity, read at ``taken_at``: it counts streams leased before then as in use."""
         self.snapshot = snapshot
         self.snapshot_at = self.clock() if taken_at is None else taken_at
 
-    def _unseen(self, orchestrator: str | None = None) -> int:
-        """Our leases the snapshot cannot know of: their streams did not exist yet when it was read."""
-        return sum(1 for lease in self.leases.values()
-                   if (lease.attached is None or lease.attached >= self.snapshot_at)  # a tie: assume unseen
-                   and (orchestrator is None or lease.key == orchestrator))
+    def _unseen(self) -> Counter[str | None]:
+        """Our leases the snapshot cannot know of, per place: their streams did not exist yet when it was read."""
+        return Counter(lease.key for lease in self.leases.values()
+                       if lease.attached is None or lease.attached >= self.snapshot_at)  # a tie: assume unseen
 
     def budget(self) -> int:
-        """Most concurrent test streams now: a fraction of all slots, never into the idle reserve."""
-        snap = self.snapshot
-        seen = len(self.leases) - self._unseen()
-        idle_without_us = snap.idle + seen
-        by_fraction = int(self.policy.max_fraction * snap.total + 1e-9)
-        return max(0, min(by_fraction, idle_without_us - self.policy.idle_reserve))
+        """Most concurrent test streams now (the rules' budget, counting the streams the snapshot saw as ours)."""
+        return self.rules.budget(self.snapshot, ours_counted=len(self.leases) - self._unseen().total())
 
     def lease(self, holder: str, preferred: str | None = None, duration_s: float | None = None,
               strict: bool = False) -> Lease | None:
@@ -106,52 +102,19 @@ class SlotBroker:
             self.refused += 1
             return None
         now = self.clock()
-        ttl = self.ttl_s if duration_s is None else duration_s + self.ttl_s
-        running: dict[str, int] = {}
-        for lease in self.leases.values():
-            if lease.key:
-                running[lease.key] = running.get(lease.key, 0) + 1
-        if not self.snapshot.orchestrators:
-            return self._lease_anonymous(holder, preferred, now, ttl, running, strict)
-        candidates = []
-        for o in self.snapshot.orchestrators:
-            if strict and preferred not in (o.address, o.uri):
-                continue
-            mine = running.get(o.key, 0)
-            if not self._eligible(o.address, o.uri) or mine >= self.policy.max_per_orchestrator:
-                continue
-            if o.idle - self._unseen(o.key) <= 0:
-                continue
-            if now - self.last_start.get(o.key, -1e9) < self.policy.stagger_s:
-                continue
-            candidates.append(o)
-        if not candidates:
+        ours = Counter(lease.key for lease in self.leases.values())
+        unseen = self._unseen()
+        places, _ = self.rules.places(self.snapshot)
+        open_ = [p for p in places if (not strict or p.named(preferred))
+                 and self.rules.has_room(p, ours[p.key], unseen[p.key])
+                 and self.rules.past_stagger(self.last_start.get(p.key), now)]
+        chosen = self.rules.choose(open_, self.last_start, preferred)
+        if chosen is None:
             self.refused += 1
             return None
-        candidates.sort(key=lambda o: (preferred not in (o.address, o.uri), self.last_start.get(o.key, -1e9), o.key))
-        chosen = candidates[0]
         self.last_start[chosen.key] = now
-        lease = Lease(uuid.uuid4().hex, chosen.address, chosen.uri, holder, now + ttl, now)
-        self.leases[lease.id] = lease
-        return lease
-
-    def _lease_anonymous(self, holder: str, preferred: str | None, now: float, ttl: float,
-                         running: dict[str, int], strict: bool = False) -> Lease | None:
-        """Slots whose orchestrator is unknown: the gateway picks, or, with discovered targets, the least
-        recently started target under its cap and out of its stagger (the gateway matches it by URI)."""
-        uri = None
-        if self.snapshot.targets:
-            p = self.policy
-            candidates = [u for u in self.snapshot.targets if self._eligible("", u)
-                          and running.get(u, 0) < p.max_per_orchestrator
-                          and now - self.last_start.get(u, -1e9) >= p.stagger_s
-                          and (not strict or u == preferred)]
-            if not candidates:
-                self.refused += 1
-                return None
-            uri = min(candidates, key=lambda u: (u != preferred, self.last_start.get(u, -1e9), u))
-            self.last_start[uri] = now
-        lease = Lease(uuid.uuid4().hex, None, uri, holder, now + ttl, now)
+        ttl = self.ttl_s if duration_s is None else duration_s + self.ttl_s
+        lease = Lease(uuid.uuid4().hex, chosen.address or None, chosen.uri or None, holder, now + ttl, now)
         self.leases[lease.id] = lease
         return lease
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from fleet.plan import Plan, PlannedSession, make_plan
-from fleet.prompts import render_params
+from fleet.prompts import PoolEntry, render_params, resolve_pool
 from fleet.results.sink import ParquetSink
 from fleet.results.verdict import AbortWatch, evaluate, history_baseline, junit_xml
 from fleet.results.writer import ResultsWriter
@@ -49,8 +49,8 @@ LIVE_EVERY_S = 5.0   # campaign.json's live status this often
 STATE_EVERY_S = 2.0  # the broker's state for the Prometheus gauges this often
 
 
-def _prompt_lookup(scenario: Scenario) -> dict[tuple[str, str], Any]:
-    return {(e.set_name, e.prompt.id): e.prompt for e in scenario.prompt_pool()}
+def _prompt_lookup(pool: list[PoolEntry]) -> dict[tuple[str, str], Any]:
+    return {(e.set_name, e.prompt.id): e.prompt for e in pool}
 
 
 def _job(scenario: Scenario, s: PlannedSession, campaign_id: str, url: str,
@@ -108,7 +108,8 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
         open_gateways(c, path)
         snapshot = read_capacity(scenario, c.urls[regions[0]])
         c.snapshot = snapshot
-        plan = make_plan(scenario, snapshot, opts.seed)
+        pool = resolve_pool(scenario.prompts.sets, scenario.base_dir, scenario.source)
+        plan = make_plan(scenario, snapshot, opts.seed, pool=pool)
         out = results_dir(c)
         open_outputs(c, path)
         sink = ParquetSink(out, c.campaign_id, {"scenario": scenario.name, "scenario_hash": plan.scenario_hash,
@@ -118,7 +119,7 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
                                                  "started_at": stamp})
         print(f"fleet: campaign {c.campaign_id}: {len(plan.sessions)} sessions over {plan.end_s:g} s, "
               f"at most {plan.budget} at once, regions {', '.join(regions)}", flush=True)
-        prompts = _prompt_lookup(scenario)  # before Ray: in a job, ray.init may take the working dir away
+        prompts = _prompt_lookup(pool)  # before Ray: in a job, ray.init may take the working dir away
         ray_init(c, regions)
         stops.install()  # Ray's core worker installs its own fatal SIGTERM handler: ours goes back on top
         code = _drive(c, plan, sink, prompts)

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from fleet.capacity import CapacitySnapshot
 from fleet.coverage import ANY_ORCHESTRATOR, Coverage, Pick, Target, targets_of
 from fleet.errors import InputError
-from fleet.prompts import render_params
+from fleet.prompts import render_params, resolve_pool
 from fleet.results.sink import ParquetSink
 from fleet.results.writer import ResultsWriter
 from fleet.runtime.broker import read_capacity
@@ -107,7 +107,7 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
         c.snapshot = read_capacity(scenario, c.urls[regions[0]])
         out = results_dir(c)
         open_outputs(c, path)
-        pool = scenario.prompt_pool()
+        pool = resolve_pool(scenario.prompts.sets, scenario.base_dir, scenario.source)
         categories = list(dict.fromkeys(e.prompt.category for e in pool))
         cov = Coverage(spec.every_min * 60, spec.session_s, spec.daily_budget, categories,
                        None if spec.retry_min is None else spec.retry_min * 60)

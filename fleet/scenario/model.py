@@ -11,7 +11,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from fleet.document import Document, load_document, merge
 from fleet.errors import Problem, PromptSetError, ScenarioError
-from fleet.prompts import (PoolEntry, PromptSet, category_problem, find_set, load_prompt_set, set_problem)
+from fleet.prompts import (PromptSet, category_problem, find_set, load_prompt_set, set_problem)
 from fleet.spec import Slug, Spec, parse, problem_at
 from fleet.scenario.policy import CapacityPolicy, CheckSpec, MonitorSpec, Outputs, Placement
 from fleet.scenario.target import Target
@@ -82,19 +82,6 @@ class Scenario(Spec):
         """A short stable hash of the resolved scenario (what actually ran)."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-    def prompt_pool(self) -> list[PoolEntry]:
-        """Every prompt the campaign may use, in file order, with its set's weight."""
-        pool: list[PoolEntry] = []
-        for ref in self.prompts.sets:
-            path = find_set(ref.set, self.base_dir)
-            if path is None:
-                raise ScenarioError([Problem(str(self._source or "?"), 1, 1, "prompts.sets",
-                                             set_problem(ref.set, self.base_dir))])
-            prompt_set = load_prompt_set(path)
-            pool += [PoolEntry(prompt_set.name, ref.weight, p) for p in prompt_set.prompts
-                     if not ref.categories or p.category in ref.categories]
-        return pool
 
 
 def _resolve(path: Path, chain: tuple[Path, ...]) -> Document:
