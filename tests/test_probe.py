@@ -19,7 +19,7 @@ from fleet.gateway.process import GatewayProcess
 from fleet.media import synthetic_clip
 from fleet.probe.latency import align, lag_is_exact
 from fleet.probe.session import ProbeOptions, ProbeResult, ProbeSpec, PromptChange, run_probe
-from fleet.probe.timing import analyse, jitter
+from fleet.probe.timing import analyse, freeze_ends, jitter
 from fleet.webrtc import use_host_addresses
 
 use_host_addresses(["127.0.0.1"])
@@ -111,14 +111,23 @@ def assert_matches_truth(r: ProbeResult, url: str) -> tuple[float, float, float]
     # startup: the first output frame arrived when the gateway sent it (the same clock: one machine)
     first_sent = egress_times(r, t)[0]
     assert abs(r.timeline[0][1] - first_sent) <= FIRST_FRAME_TOLERANCE_MS / 1000, (r.timeline[0][1], first_sent)
-    assert r.freeze_count == want.freeze_count, (r.freeze_count, want.freeze_count)
+    # freezes: every one the gateway made is counted and none is invented, except that one ending on a frame
+    # the probe stamped during its own loop stall may be missed: the probe takes such a frame as arriving at
+    # the stall's start (documented in fleet/probe/timing.py), so its own stall is never a freeze (seen once
+    # in ~20 full runs, at 16 sessions on a loaded machine: a 0.33 s freeze whose end fell in a stall)
+    sent, flagged = egress_times(r, t), set(r.timeline_suspect)
+    ends = freeze_ends(sent)
+    assert len(ends) == want.freeze_count
+    in_stall = [i for i in ends if i in flagged]
+    assert len(ends) - len(in_stall) <= r.freeze_count <= len(ends), (r.freeze_count, ends, in_stall)
     # W3C: within one frame interval; a freeze whose end the probe stamped during its own stall is late by
     # up to that stall (measured: 46 ms once at 16 sessions, with the loop 50+ ms late): the bound says so
     arrivals = [a for _, a in r.timeline]
-    stalled = any(i in set(r.timeline_suspect) for i in range(1, len(arrivals))
-                  if arrivals[i] - arrivals[i - 1] > 0.15)
+    stalled = any(i in flagged for i in range(1, len(arrivals)) if arrivals[i] - arrivals[i - 1] > 0.15)
     slack = (r.tester_loop_lag_ms_max or 0.0) / 1000 if stalled else 0.0
-    assert abs(r.freeze_s - want.freeze_s) <= 1 / want.output_fps + slack, (r.freeze_s, want.freeze_s, slack)
+    missed_s = sum(sent[i] - sent[i - 1] for i in in_stall)  # at most, if each was missed
+    assert abs(r.freeze_s - want.freeze_s) <= 1 / want.output_fps + slack + missed_s, \
+        (r.freeze_s, want.freeze_s, slack, missed_s)
     return err_ms, fps_err, jitter_err
 
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.probe.looplag import LoopMonitor
-from fleet.probe.timing import PLAYABLE_FRAMES, analyse, freezes, jitter
+from fleet.probe.timing import PLAYABLE_FRAMES, analyse, freeze_ends, freezes, jitter
 
 
 def even(n: int, fps: float = 30.0, t0: float = 100.0) -> list[float]:
@@ -76,6 +76,7 @@ def test_freezes_follow_the_w3c_rule():
     assert count == 1 and total == pytest.approx(0.19, abs=1e-3)
     count, total = freezes(gap(0.5) + even(60, fps, t0=100 + 119 / fps + 0.5 + 1.0))
     assert count == 2 and total == pytest.approx(0.5 + 1.0 + 1 / fps, abs=1e-3)
+    assert freeze_ends(gap(0.18)) == [] and freeze_ends(gap(0.19)) == [60]  # the first frame after the pause
 
 
 def test_a_silent_end_is_a_freeze_and_the_rule_needs_five_intervals_first():

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["FREEZE_MIN_S", "JITTER_WINDOW_S", "PLAYABLE_FRAMES", "Timing", "analyse", "freezes", "jitter",
+__all__ = ["FREEZE_MIN_S", "JITTER_WINDOW_S", "PLAYABLE_FRAMES", "Timing", "analyse", "freeze_ends", "freezes", "jitter",
            "suspect_frames"]
 
 PLAYABLE_FRAMES = 10          # "playable": this many output frames received; the steady state starts there
@@ -117,6 +117,12 @@ class _FreezeRule:
 def _freeze_mask(intervals: np.ndarray) -> np.ndarray:
     rule = _FreezeRule()
     return np.array([rule.feed(float(i)) for i in intervals], dtype=bool)
+
+
+def freeze_ends(arrivals: Sequence[float]) -> list[int]:
+    """Indices of the frames that end a freeze, by the rule above, on the stamps as given."""
+    mask = _freeze_mask(np.diff(np.asarray(arrivals, dtype=float)))
+    return [int(i) + 1 for i in np.flatnonzero(mask)]
 
 
 def freezes(arrivals: Sequence[float], end: float | None = None,
