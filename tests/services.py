@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -46,6 +47,37 @@ def wait_for(what: str, check, timeout_s: float, every_s: float = 0.2):
 def last_json(stdout: str) -> dict:
     """The JSON summary line a fleet command prints last."""
     return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
+
+
+def stop_ray_nodes(*temp_dirs: Path, grace_s: float = 15.0) -> int:
+    """End, by PID, the Ray nodes started with these ``--temp-dir`` values: every process whose command
+    line names one of them, and its descendants (workers, job drivers). SIGTERM, then SIGKILL after
+    ``grace_s``. Never ``ray stop``: it ends every Ray process on the machine, and anything whose command
+    line holds ``monitor.py`` -- a pytest run naming tests/test_monitor.py among them. Returns how many."""
+    import psutil
+
+    ours = re.compile("|".join(re.escape(str(d)) for d in temp_dirs) + r"(/|$|\s)")  # the dir itself, not ray10
+    procs: dict[int, psutil.Process] = {}
+    for p in psutil.process_iter(["cmdline"]):
+        if ours.search(" ".join(p.info["cmdline"] or ())):
+            procs[p.pid] = p
+            try:
+                procs.update((c.pid, c) for c in p.children(recursive=True))
+            except psutil.Error:
+                pass
+    procs.pop(os.getpid(), None)
+    for p in procs.values():
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    return len(procs)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

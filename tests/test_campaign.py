@@ -26,7 +26,7 @@ import pytest
 from fleet.gateway.config import default_config
 from fleet.gateway.process import GatewayProcess
 from fleet.results.sink import SCHEMA_VERSION, SESSIONS, read_sessions
-from services import fleet_streams, free_port, last_json, open_streams, wait_for
+from services import fleet_streams, free_port, last_json, open_streams, stop_ray_nodes, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "campaigns" / "tiny.yaml"
@@ -137,9 +137,9 @@ def cluster(tmp_path_factory):
                            "--dashboard-host=127.0.0.2", f"--dashboard-port={dash}", "--num-cpus=1",
                            "--resources", json.dumps({"region:east": 1000}), f"--temp-dir={tmp}"],
                           env=env, capture_output=True, text=True, timeout=120)
-    assert head.returncode == 0, head.stderr[-2000:]
+    west_tmp = tmp_path_factory.mktemp("raywest")
     try:
-        west_tmp = tmp_path_factory.mktemp("raywest")
+        assert head.returncode == 0, head.stderr[-2000:]
         worker = subprocess.run([ray, "start", f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3",
                                  "--num-cpus=1", "--resources", json.dumps({"region:west": 1000}),
                                  f"--temp-dir={west_tmp}"],
@@ -147,7 +147,7 @@ def cluster(tmp_path_factory):
         assert worker.returncode == 0, worker.stderr[-2000:]
         yield {"address": f"127.0.0.2:{port}", "dashboard": f"http://127.0.0.2:{dash}", "env": env}
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=60)
+        stop_ray_nodes(tmp, west_tmp)
 
 
 def test_job_submitted_to_a_two_node_cluster_runs_in_both_regions(cluster, gateway, tmp_path):

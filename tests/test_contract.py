@@ -14,7 +14,8 @@ PER_SECOND = {"t_s", "fps_out", "fps_in", "latency_ms_p50"}
 IDENTITY = set(SAMPLES.names) - PER_SECOND           # every table's identity columns
 STORED_ELSEWHERE = {
     "started_unix": "sessions.started_at",
-    "latency_samples": "sessions.latency_sample_count; per second in samples.latency_ms_p50",
+    "latency_samples": "sessions.latency_sample_count and the summaries' sketches (the runner sends those, not "
+                       "the list); per second in samples.latency_ms_p50",
     "per_second": "the samples table",
     "events": "the events table",
     "status_samples": "the events table (status_change, orchestrator_swap); kept out of the driver",
@@ -40,3 +41,24 @@ def test_outcomes_and_phases_are_closed_sets_the_code_and_the_docs_share():
     assert OUTCOMES == get_args(Outcome) == ("ok", "degraded", "failed", "skipped_no_capacity")
     assert PHASES == get_args(Phase)
     assert set(PHASES) == {"signaling", "ice", "dtls", "media", "pipeline", "capacity", "timeout", "tester"}
+
+
+def test_a_job_is_frozen_typed_and_crosses_ray_whole():
+    """The driver's hand-over to a runner: a misspelt or reassigned field fails at once, and what a runner
+    gets (through Ray's pickling) equals what the driver sent."""
+    import pickle
+    from dataclasses import FrozenInstanceError
+
+    import pytest
+
+    from fleet.probe.types import PromptChange
+    from fleet.runtime.job import Job
+
+    job = Job("c-00001", "http://gw:8935", 30.0, (PromptChange(0.0, {"prompt": "a cat"}, "p1", "animals"),))
+    leased = job.leased({"id": "L1", "orchestrator": None, "orchestrator_uri": "https://o1:8935"})
+    assert (leased.lease_id, leased.target, job.lease_id) == ("L1", "https://o1:8935", None)
+    with pytest.raises(FrozenInstanceError):
+        leased.duration_s = 60.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Job("c", "http://gw", 30.0, (), orchestrater="x")  # type: ignore[call-arg]
+    assert pickle.loads(pickle.dumps(leased)) == leased

@@ -13,6 +13,7 @@ from fleet.plan import PlannedSession
 from fleet.runtime.broker import SlotBroker
 from fleet.runtime.dispatch import STARVE_STEP_S, Clock, Dispatched, Dispatcher, planned_concurrency
 from fleet.runtime.executor import Finished
+from fleet.runtime.job import Job
 from fleet.scenario import CapacityPolicy
 
 POLL_S = 0.2
@@ -52,8 +53,12 @@ class FakeExecutor:
         return None if lease is None else {"id": lease.id, "orchestrator": lease.orchestrator,
                                            "orchestrator_uri": lease.orchestrator_uri}
 
-    def start(self, region: str, job: dict[str, Any], lease_id: str, tag: Dispatched) -> None:
+    def start(self, region: str, job: Job, lease_id: str, tag: Dispatched) -> None:
         s = tag.session
+        lease = self.broker.leases[lease_id]  # the job goes where its lease is, under its own session id
+        assert (job.lease_id, job.orchestrator, job.orchestrator_uri) == (lease_id, lease.orchestrator,
+                                                                          lease.orchestrator_uri)
+        assert job.session_id == f"s{s.index}" and tag.job is job
         self.started[s.index] = self.clock.t
         self.live[lease_id] = (self.clock.t + self.runs.get(s.index, s.duration_s), tag)
         self.peak = max(self.peak, len(self.live))
@@ -87,8 +92,12 @@ def network(slots: int, orchestrators: int = 1, stagger_s: float = 0.0, per_orch
     return broker, clock
 
 
+def job_for(s: PlannedSession, region: str) -> Job:
+    return Job(f"s{s.index}", "http://gw", s.duration_s, ())
+
+
 def run(sessions: list[PlannedSession], ex: FakeExecutor, lease_wait_s: float, max_turns: int = 10_000):
-    d = Dispatcher(sessions, ex, lease_wait_s, lambda s, region: {"session_id": str(s.index)}, ex.clock.clock(),
+    d = Dispatcher(sessions, ex, lease_wait_s, job_for, ex.clock.clock(),
                    POLL_S)
     ended: dict[int, tuple[float, str]] = {}
     skipped: dict[int, float] = {}
@@ -151,7 +160,7 @@ def test_a_slow_dispatch_pass_counts_as_at_most_the_starve_step():
     """A pass stalled 30 s (the driver's own delay) adds STARVE_STEP_S to a waiting session, not 30 s."""
     broker, clock = network(slots=1)
     ex = FakeExecutor(clock, broker)
-    d = Dispatcher([planned(0, 0.0, 100.0), planned(1, 0.0, 100.0)], ex, 5.0, lambda s, r: {}, clock.clock(), POLL_S)
+    d = Dispatcher([planned(0, 0.0, 100.0), planned(1, 0.0, 100.0)], ex, 5.0, job_for, clock.clock(), POLL_S)
     d.step()
     clock.t += 30.0  # the driver stalled
     turn = d.step()

@@ -4,6 +4,7 @@ and `fleet report` on real campaign directories written by the Parquet sink."""
 
 from __future__ import annotations
 
+import pickle
 import re
 import sys
 import secrets
@@ -21,7 +22,7 @@ from fleet.metrics import METRICS
 from fleet.results.clickhouse import ClickHouseError, ClickHouseSink, ddl, push_campaign
 from fleet.results.compare import NUMBERS, RATES, compare
 from fleet.results.sink import SESSIONS, SUMMARIES, ParquetSink, read_sessions, read_table
-from fleet.results.sketches import ALPHA, Sketches, sketch_from_bytes
+from fleet.results.sketches import ALPHA, QUANTILES, Sketches, session_sketches, sketch_from_bytes
 from fleet.results.verdict import evaluate, junit_xml, sla_score
 from fleet.scenario import ClickHouseOut, Scenario, load_scenario
 
@@ -80,6 +81,46 @@ def test_merged_regional_sketches_are_within_the_documented_bound(regions):
     for q in (0.5, 0.9, 0.95, 0.99):
         truth = exact[int(q * (len(exact) - 1))]  # the value of rank q, as DDSketch defines it
         assert abs(merged.get_quantile_value(q) - truth) <= ALPHA * truth + 1e-9, (q, truth)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.floats(0.5, 5000, allow_nan=False), max_size=300), min_size=1, max_size=8))
+def test_sketches_sent_per_session_merge_to_what_every_value_gives(sessions):
+    """What a runner sends (a serialized sketch per session, no per-frame list) merges, in the driver, to
+    the very sketch every value would have made: the same count and the same quantiles."""
+    rows = [{"region": "r", "latency_samples": [(0, v, "m") for v in values]} for values in sessions]
+    sent = []
+    for r in rows:
+        row = {**r, "sketches": session_sketches(r)}
+        row["latency_sample_count"] = len(row.pop("latency_samples"))
+        sent.append(row)
+    by_value, by_sketch = Sketches(), Sketches()
+    by_value.add_rows(rows)
+    by_sketch.add_rows(sent)
+    a, b = by_value.merged("g2g_latency_ms"), by_sketch.merged("g2g_latency_ms")
+    assert (a is None) == (b is None) == (not any(sessions))
+    if a is not None:
+        assert a.count == b.count == sum(len(v) for v in sessions)
+        assert [a.get_quantile_value(q) for q in QUANTILES] == [b.get_quantile_value(q) for q in QUANTILES]
+
+
+def test_a_long_sessions_sketch_is_small_and_does_not_grow_with_its_length():
+    rng = np.random.default_rng(7)
+    lat = rng.lognormal(np.log(80), 0.25, size=54_000)  # 30 minutes at 30 fps
+    def size(n: int) -> int:
+        return len(session_sketches({"latency_samples": [(k / 30, float(v), "m") for k, v in enumerate(lat[:n])]})
+                   ["g2g_latency_ms"])
+    as_list = len(pickle.dumps([(k / 30, float(v), "rtp_timestamp") for k, v in enumerate(lat)]))
+    assert size(54_000) < 4096 < 1_000_000 < as_list and size(54_000) <= 2 * size(1_800)
+
+
+def test_a_row_sent_with_a_sketch_stores_its_sample_count(tmp_path):
+    (row,) = session_rows(1, 3)
+    sent = {**row, "sketches": session_sketches(row), "latency_sample_count": len(row["latency_samples"])}
+    del sent["latency_samples"]
+    sink = ParquetSink(tmp_path, "c-count", {"scenario": "unit"})
+    sink.write([sent])
+    assert read_table(sink.dir, "sessions").column("latency_sample_count").to_pylist() == [60]
 
 
 def test_summaries_round_trip_through_parquet(tmp_path):

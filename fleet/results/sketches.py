@@ -9,7 +9,9 @@ package). The summaries cover what per-session rows cannot hold in one number:
 - ``output_fps``: every second's output frame count of every session;
 - ``startup_s``: one value per session that started.
 
-Each region's sketches are stored (``summaries`` Parquet table, serialized with the
+A runner sends each finished session's sketches (``session_sketches``), not its per-frame
+lists: what crosses Ray is a few hundred bytes a session, whatever its length, and the
+driver only merges. Each region's sketches are stored (``summaries`` Parquet table, serialized with the
 package's protobuf form) next to the exact per-session rows; campaign-level quantiles
 merge them. tests/test_results.py checks the bound against exact percentiles.
 """
@@ -23,7 +25,7 @@ from ddsketch import DDSketch
 from ddsketch.pb.ddsketch_pb2 import DDSketch as DDSketchPb
 from ddsketch.pb.proto import DDSketchProto
 
-__all__ = ["ALPHA", "QUANTILES", "SKETCHED", "Sketches", "sketch_from_bytes", "sketch_to_bytes"]
+__all__ = ["ALPHA", "QUANTILES", "SKETCHED", "Sketches", "session_sketches", "sketch_from_bytes", "sketch_to_bytes"]
 
 ALPHA = 0.01
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
@@ -49,8 +51,28 @@ def _values(row: dict[str, Any], metric: str) -> Iterable[float]:
     return () if value is None else (value,)
 
 
+def _sketch(values: Iterable[float]) -> DDSketch | None:
+    sketch = None
+    for v in values:
+        if v >= 0:
+            sketch = sketch or DDSketch(ALPHA)
+            sketch.add(float(v))
+    return sketch
+
+
+def session_sketches(row: dict[str, Any]) -> dict[str, bytes]:
+    """One finished session's values of each sketched metric, serialized: what a runner sends for it."""
+    out = {}
+    for metric in SKETCHED:
+        sketch = _sketch(_values(row, metric))
+        if sketch is not None:
+            out[metric] = sketch_to_bytes(sketch)
+    return out
+
+
 class Sketches:
-    """Per-region sketches, fed with session rows as they finish."""
+    """Per-region sketches, fed with session rows as they finish (a row's own ``sketches`` when its runner
+    sent them, else its values)."""
 
     def __init__(self) -> None:
         self.by_region: dict[tuple[str, str], DDSketch] = {}
@@ -58,12 +80,15 @@ class Sketches:
     def add_rows(self, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:
             region = row.get("region") or ""
+            sent: dict[str, bytes] | None = row.get("sketches")
+            if sent is not None:
+                for metric, data in sent.items():
+                    self.add_sketch(region, metric, sketch_from_bytes(data))
+                continue
             for metric in SKETCHED:
-                values = [float(v) for v in _values(row, metric) if v >= 0]
-                if values:
-                    sketch = self.by_region.setdefault((region, metric), DDSketch(ALPHA))
-                    for v in values:
-                        sketch.add(v)
+                sketch = _sketch(_values(row, metric))
+                if sketch is not None:
+                    self.add_sketch(region, metric, sketch)
 
     def add_sketch(self, region: str, metric: str, sketch: DDSketch) -> None:
         key = (region, metric)

@@ -27,13 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from fleet.plan import Plan, PlannedSession, make_plan
+from fleet.probe.types import PromptChange
 from fleet.prompts import PoolEntry, render_params, resolve_pool
-from fleet.results.sink import ParquetSink
+from fleet.results.sink import ParquetSink, read_table
 from fleet.results.verdict import AbortWatch, evaluate, history_baseline, junit_xml
 from fleet.results.writer import ResultsWriter
 from fleet.runtime.broker import read_capacity
 from fleet.runtime.dispatch import Dispatched, Dispatcher
 from fleet.runtime.executor import STOP_GRACE_S, Finished
+from fleet.runtime.job import Job
 from fleet.runtime.lifecycle import (Campaign, CampaignOptions, leaks, open_gateways, open_outputs, prepare,
                                      push, ray_init, results_dir, with_gpu)
 from fleet.runtime.summary import Progress, make_summary, print_summary
@@ -44,7 +46,6 @@ __all__ = ["CampaignOptions", "run_campaign"]
 log = logging.getLogger("fleet.run")
 
 EXIT_OK, EXIT_BREACH, EXIT_TESTER, EXIT_INTERRUPTED = 0, 3, 4, 130
-HEAVY = ("latency_samples", "per_second", "events", "status_samples")  # kept in Parquet, not in the driver's memory
 LIVE_EVERY_S = 5.0   # campaign.json's live status this often
 STATE_EVERY_S = 2.0  # the broker's state for the Prometheus gauges this often
 
@@ -54,14 +55,10 @@ def _prompt_lookup(pool: list[PoolEntry]) -> dict[tuple[str, str], Any]:
 
 
 def _job(scenario: Scenario, s: PlannedSession, campaign_id: str, url: str,
-         prompts: dict[tuple[str, str], Any]) -> dict[str, Any]:
-    steps = []
-    for p in s.prompts:
-        prompt = prompts[(p.set, p.prompt_id)]
-        steps.append({"at_s": p.at_s, "params": render_params(scenario.workflow.params, prompt, s.seed),
-                      "prompt_id": p.prompt_id, "category": p.category})
-    return {"session_id": f"{campaign_id}-{s.index:05d}", "gateway_url": url, "duration_s": s.duration_s,
-            "orchestrator": s.orchestrator, "orchestrator_uri": s.orchestrator_uri, "prompts": steps}
+         prompts: dict[tuple[str, str], Any]) -> Job:
+    steps = tuple(PromptChange(p.at_s, render_params(scenario.workflow.params, prompts[(p.set, p.prompt_id)], s.seed),
+                               p.prompt_id, p.category) for p in s.prompts)
+    return Job(f"{campaign_id}-{s.index:05d}", url, s.duration_s, steps, s.orchestrator, s.orchestrator_uri)
 
 
 def _identity(c: Campaign, plan: Plan, s: PlannedSession, region: str) -> dict[str, Any]:
@@ -74,17 +71,17 @@ def _identity(c: Campaign, plan: Plan, s: PlannedSession, region: str) -> dict[s
 
 def _result_row(c: Campaign, plan: Plan, live: Dispatched, row: dict[str, Any]) -> dict[str, Any]:
     """A runner's result with the campaign's identity columns."""
-    return with_gpu(c, {**row, **_identity(c, plan, live.session, live.region), "session_id": live.job["session_id"],
-                         "orchestrator_address": row.get("orchestrator_address") or live.job["orchestrator"],
-                         "target_orchestrator": live.job.get("orchestrator_uri") or live.job.get("orchestrator")})
+    return with_gpu(c, {**row, **_identity(c, plan, live.session, live.region), "session_id": live.job.session_id,
+                         "orchestrator_address": row.get("orchestrator_address") or live.job.orchestrator,
+                         "target_orchestrator": live.job.target})
 
 
 def _failed_row(c: Campaign, plan: Plan, live: Dispatched, outcome: str, phase: str, error: str, detail: str) -> dict[str, Any]:
-    return with_gpu(c, {**_identity(c, plan, live.session, live.region), "session_id": live.job["session_id"],
+    return with_gpu(c, {**_identity(c, plan, live.session, live.region), "session_id": live.job.session_id,
             "dialect": c.scenario.target.dialect, "outcome": outcome, "error_phase": phase, "error_class": error,
             "error_detail": detail, "started_unix": time.time(), "duration_s": 0.0,
             "orchestrator_address": live.session.orchestrator,
-            "target_orchestrator": live.job.get("orchestrator_uri") or live.job.get("orchestrator")})
+            "target_orchestrator": live.job.target})
 
 
 def _planner_skipped_row(c: Campaign, plan: Plan, index: int, skipped: Any) -> dict[str, Any]:
@@ -124,13 +121,14 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
         stops.install()  # Ray's core worker installs its own fatal SIGTERM handler: ours goes back on top
         code = _drive(c, plan, sink, prompts)
         leaked = leaks(c)
-        summary = make_summary(c, plan, leaked)
+        stored = read_table(sink.dir, "sessions").to_pylist()  # the verdict reads what was stored, not memory
+        summary = make_summary(c, stored, leaked)
         summaries = sink.write_summaries(c.sketches.rows(), {"campaign_id": c.campaign_id, "run_id": c.campaign_id,
                                                              "scenario": scenario.name,
                                                              "scenario_hash": plan.scenario_hash})
         push(c, sink, {"summaries": summaries})
         history = history_baseline(out, scenario.workflow.pipeline, exclude=c.campaign_id)  # NaaP's 7 days
-        verdict = evaluate(scenario, c.rows, *(history or (None, None)))
+        verdict = evaluate(scenario, stored, *(history or (None, None)))
         summary["quantiles"] = c.sketches.campaign_quantiles()
         summary["verdict"] = verdict.to_dict()
         summary["clickhouse"] = c.clickhouse_state
@@ -157,7 +155,8 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
 
 class _Results:
     """Rows as they come: counted, sketched, to Prometheus at once, to the writer's thread (Parquet,
-    ClickHouse, Kafka), kept light in the driver, and held against the abort checks."""
+    ClickHouse, Kafka), and held against the abort checks (each keeps only its metric's values). The
+    driver keeps no row: the verdict and the summary read the stored ones."""
 
     def __init__(self, c: Campaign, sink: ParquetSink, t0: float) -> None:
         self.c, self.t0 = c, t0
@@ -178,7 +177,6 @@ class _Results:
         if c.metrics is not None:
             c.metrics.add(rows)
         self.writer.submit(rows)
-        c.rows.extend({k: v for k, v in r.items() if k not in HEAVY} for r in rows)
         if self.abort.checks and c.aborted is None:
             breached = self.abort.add(rows, time.monotonic() - self.t0)
             if breached is not None:

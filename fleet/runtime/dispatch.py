@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from fleet.plan import PlannedSession
 from fleet.runtime.executor import Finished
+from fleet.runtime.job import Job
 
 __all__ = ["Clock", "Dispatched", "Dispatcher", "Executor", "SYSTEM_CLOCK", "Turn", "planned_concurrency"]
 
@@ -47,7 +48,7 @@ class Executor(Protocol):
     def region_for(self, region: str) -> str: ...
     def lease(self, region: str, preferred: str | None, duration_s: float,
               strict: bool = False) -> dict[str, Any] | None: ...
-    def start(self, region: str, job: dict[str, Any], lease_id: str, tag: Any) -> None: ...
+    def start(self, region: str, job: Job, lease_id: str, tag: Any) -> None: ...
     def poll(self, timeout: float) -> list[Finished]: ...
 
 
@@ -56,7 +57,7 @@ class Dispatched:
     """A planned session and what it became: its job, its lease ("" when it got none), its region."""
 
     session: PlannedSession
-    job: dict[str, Any]
+    job: Job
     lease_id: str
     region: str
 
@@ -79,7 +80,7 @@ def planned_concurrency(sessions: Sequence[PlannedSession]) -> Callable[[float],
 
 class Dispatcher:
     def __init__(self, sessions: Sequence[PlannedSession], executor: Executor, lease_wait_s: float,
-                 job_for: Callable[[PlannedSession, str], dict[str, Any]], clock: Clock = SYSTEM_CLOCK,
+                 job_for: Callable[[PlannedSession, str], Job], clock: Clock = SYSTEM_CLOCK,
                  poll_s: float = POLL_S) -> None:
         self.ex, self.lease_wait_s, self.job_for, self.clock, self.poll_s = \
             executor, lease_wait_s, job_for, clock, poll_s
@@ -130,8 +131,7 @@ class Dispatcher:
         lease = self.ex.lease(region, s.orchestrator, s.duration_s)
         if lease is None:
             return None
-        job = self.job_for(s, region)
-        job["orchestrator"], job["orchestrator_uri"] = lease["orchestrator"], lease["orchestrator_uri"]
+        job = self.job_for(s, region).leased(lease)
         d = Dispatched(s, job, lease["id"], region)
         self.ex.start(region, job, lease["id"], d)
         return d

@@ -17,11 +17,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fleet.capacity import CapacitySnapshot
 from fleet.errors import FleetError
+from fleet.runtime.job import Job
 from fleet.scenario import Scenario
 
 __all__ = ["Finished", "RayExecutor", "REAPED", "RUNNER_CPU", "STOP_GRACE_S"]
@@ -120,8 +121,8 @@ class RayExecutor:
             raise FleetError(f"the slot broker is gone ({type(exc).__name__}): no session can be leased a "
                              "slot") from None
 
-    def start(self, region: str, job: dict[str, Any], lease_id: str, tag: Any) -> None:
-        ref = self.runners[region].run_session.remote({**job, "lease_id": lease_id})
+    def start(self, region: str, job: Job, lease_id: str, tag: Any) -> None:
+        ref = self.runners[region].run_session.remote(replace(job, lease_id=lease_id))
         self.live[ref] = _InFlight(tag, lease_id, region)
 
     def poll(self, timeout: float) -> list[Finished]:

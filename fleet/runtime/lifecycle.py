@@ -53,7 +53,6 @@ class Campaign:
     gateway_proc: Any = None
     urls: dict[str, str] = field(default_factory=dict)
     stop_signal: int | None = None
-    rows: list[dict[str, Any]] = field(default_factory=list)
     sketches: Sketches = field(default_factory=Sketches)
     clickhouse: Any = None
     clickhouse_state: dict[str, Any] | None = None

@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from fleet.capacity import CapacitySnapshot
 from fleet.coverage import ANY_ORCHESTRATOR, Coverage, Pick, Target, targets_of
 from fleet.errors import InputError
+from fleet.probe.types import PromptChange
 from fleet.prompts import render_params, resolve_pool
 from fleet.results.sink import ParquetSink
 from fleet.results.writer import ResultsWriter
@@ -42,6 +43,7 @@ from fleet.runtime.broker import read_capacity
 from fleet.runtime.lifecycle import (Campaign, CampaignOptions, open_gateways, open_outputs, prepare, push,
                                      ray_init, results_dir, with_gpu)
 from fleet.runtime.executor import STOP_GRACE_S, Finished, RayExecutor
+from fleet.runtime.job import Job
 from fleet.scenario import load_scenario
 
 __all__ = ["MonitorOptions", "run_monitor", "stored_rows"]
@@ -69,7 +71,7 @@ class _Session:
     session_id: str
     pick: Pick
     region: str
-    job: dict[str, Any]
+    job: Job
     started: float      # monotonic
 
 
@@ -258,10 +260,10 @@ class _Watch:
                        "started_unix": now, "duration_s": 0.0, "orchestrator_address": pick.target.address}])
 
     def _identity(self, s: _Session) -> dict[str, Any]:
-        first, c = s.job["prompts"][0], self.c
+        first, c = s.job.prompts[0], self.c
         return {"campaign_id": c.campaign_id, "run_id": self.run_id, "scenario": self.scenario.name,
                 "scenario_hash": self.digest, "model": self.model, "region": s.region, "session_id": s.session_id,
-                "prompt_id": first["prompt_id"], "prompt_category": first["category"],
+                "prompt_id": first.prompt_id, "prompt_category": first.category,
                 "planned_start_s": round(s.started - self.t0, 3), "gateway": c.urls[s.region],
                 "target_orchestrator": None if s.pick.target.key == ANY_ORCHESTRATOR else s.pick.target.key}
 
@@ -281,19 +283,19 @@ class _Watch:
             s: _Session = f.tag
             if f.row is not None:
                 row = with_gpu(self.c, {**f.row, **self._identity(s), "orchestrator_address":
-                                        f.row.get("orchestrator_address") or s.job["orchestrator"]})
+                                        f.row.get("orchestrator_address") or s.job.orchestrator})
             else:
                 row = with_gpu(self.c, {**self._identity(s), "dialect": self.scenario.target.dialect,
                                         "outcome": "failed", "error_phase": "tester", "error_class": f.failure[0],
                                         "error_detail": f.failure[1],
                                         "started_unix": time.time() - (time.monotonic() - s.started),
                                         "duration_s": round(time.monotonic() - s.started, 3),
-                                        "orchestrator_address": s.job["orchestrator"]})
+                                        "orchestrator_address": s.job.orchestrator})
             self.cov.finished(s.session_id, float(row.get("duration_s") or 0.0), time.time())
             rows.append(row)
         return rows
 
-    def _job_for(self, session_id: str, pick: Pick, region: str, lease: dict[str, Any]) -> dict[str, Any]:
+    def _job_for(self, session_id: str, pick: Pick, region: str, lease: dict[str, Any]) -> Job:
         """The session's job: its prompts (the picked category's, rotated) at the scenario's switch times."""
         scenario, spec = self.scenario, self.spec
         entries = self.by_category.get(pick.category) or self.pool
@@ -310,11 +312,9 @@ class _Watch:
             i = self.used_prompts.get(pick.category, 0)
             self.used_prompts[pick.category] = i + 1
             e = entries[i % len(entries)]
-            steps.append({"at_s": a, "params": render_params(scenario.workflow.params, e.prompt, seed),
-                          "prompt_id": e.prompt.id, "category": e.prompt.category})
-        return {"session_id": session_id, "gateway_url": self.c.urls[region], "duration_s": spec.session_s,
-                "orchestrator": lease.get("orchestrator"), "orchestrator_uri": lease.get("orchestrator_uri"),
-                "prompts": steps}
+            steps.append(PromptChange(a, render_params(scenario.workflow.params, e.prompt, seed), e.prompt.id,
+                                      e.prompt.category))
+        return Job(session_id, self.c.urls[region], spec.session_s, tuple(steps)).leased(lease)
 
 
 def _at_own_cap(ex: RayExecutor) -> bool:

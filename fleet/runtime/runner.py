@@ -19,7 +19,9 @@ import psutil
 
 from fleet.media import Clip, clip_for
 from fleet.probe.looplag import quiet_gc
-from fleet.probe.session import ProbeOptions, ProbeSpec, PromptChange, new_http_client, run_probe
+from fleet.probe.session import ProbeOptions, ProbeSpec, new_http_client, run_probe
+from fleet.results.sketches import session_sketches
+from fleet.runtime.job import Job
 from fleet.scenario import Scenario
 from fleet.webrtc import IceServer, use_host_addresses
 
@@ -98,36 +100,37 @@ class RegionRunner:
         return await asyncio.to_thread(clip_for, self.scenario.media,
                                        None if self.base_dir is None else Path(self.base_dir))
 
-    async def run_session(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Run one session; ``job`` has gateway_url, session_id, duration_s, prompts, orchestrator, lease_id."""
+    async def run_session(self, job: Job) -> dict[str, Any]:
+        """Run one session (its result row, stored as the sessions table holds it)."""
         self._start()
         s = self.scenario
         token = os.environ.get(s.target.token_env) if s.target.token_env else None
         t = s.workflow.thresholds
         clip = await self._clip()
         spec = ProbeSpec(
-            gateway_url=job["gateway_url"], dialect=s.target.dialect, pipeline=s.workflow.pipeline,
+            gateway_url=job.gateway_url, dialect=s.target.dialect, pipeline=s.workflow.pipeline,
             clip=clip,
-            prompts=tuple(PromptChange(p["at_s"], p["params"], p["prompt_id"], p["category"]) for p in job["prompts"]),
-            duration_s=job["duration_s"], max_s=s.load.session.max_s, token=token,
-            orchestrator=job.get("orchestrator_uri"), session_id=job["session_id"],
+            prompts=job.prompts, duration_s=job.duration_s, max_s=s.load.session.max_s, token=token,
+            orchestrator=job.orchestrator_uri, session_id=job.session_id,
             max_startup_s=t.max_startup_s, min_output_fps=t.min_output_fps, max_g2g_latency_ms=t.max_g2g_latency_ms,
             max_jitter_coeff=t.max_jitter_coeff, max_freeze_s=t.max_freeze_s,
             options=ProbeOptions(verify_tls=s.target.verify_tls, ice_servers=self._ice_servers(),
                                  use_gateway_ice_servers=s.target.ice.use_gateway_servers),
-            on_stream=self._on_stream(job.get("lease_id")))
+            on_stream=self._on_stream(job.lease_id))
         stop = asyncio.Event()
-        self.stops[job["session_id"]] = stop
+        self.stops[job.session_id] = stop
         self._gauge()
         started, cpu = time.monotonic(), self.proc.cpu_times()
         try:
             result = await run_probe(spec, stop, self._client)
         finally:
-            self.stops.pop(job["session_id"], None)
+            self.stops.pop(job.session_id, None)
             self._gauge()
         row = result.to_dict()
         row.pop("timeline", None)
         row.pop("timeline_suspect", None)
+        row["sketches"] = session_sketches(row)  # the per-frame latencies cross Ray as a sketch and a count
+        row["latency_sample_count"] = len(row.pop("latency_samples", None) or [])
         now, spent = time.monotonic(), self.proc.cpu_times()
         used = (spent.user - cpu.user) + (spent.system - cpu.system)
         # the whole process (every session, aiortc's threads) over this session's span, percent of one core

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fleet.plan import Plan
 from fleet.runtime.lifecycle import Campaign
 
 __all__ = ["Progress", "make_summary", "print_summary"]
@@ -43,27 +42,28 @@ class Progress:
             self.bar.stop()
 
 
-def make_summary(c: Campaign, plan: Plan, leaked: int | None) -> dict[str, Any]:
+def make_summary(c: Campaign, rows: list[dict[str, Any]], leaked: int | None) -> dict[str, Any]:
+    """The campaign's summary from its stored session rows."""
     import statistics
 
     def med(key: str) -> float | None:
-        xs = [r[key] for r in c.rows if r.get(key) is not None]
+        xs = [r[key] for r in rows if r.get(key) is not None]
         return round(statistics.median(xs), 3) if xs else None
 
     outcomes: dict[str, int] = {}
     degraded: dict[str, dict[str, int]] = {}  # why sessions were degraded: reason -> GPU (or orchestrator) -> count
-    for r in c.rows:
+    for r in rows:
         outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
         if r["outcome"] == "degraded":
             where = r.get("gpu_name") or r.get("orchestrator_address") or "unknown GPU"
             for reason in r.get("reasons") or []:
                 degraded.setdefault(reason, {}).setdefault(where, 0)
                 degraded[reason][where] += 1
-    return {"finished_at": dt.datetime.now(dt.timezone.utc).isoformat(), "sessions": len(c.rows),
+    return {"finished_at": dt.datetime.now(dt.timezone.utc).isoformat(), "sessions": len(rows),
             "outcomes": outcomes, "degraded_by": degraded, "startup_s_p50": med("startup_s"), "output_fps_p50": med("output_fps"),
             "g2g_latency_ms_p50": med("g2g_latency_ms"), "jitter_coeff_p50": med("jitter_coeff"),
             "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None, "stop_s": c.stop_s,
-            "tester_bottleneck_sessions": sum(1 for r in c.rows if r.get("tester_bottleneck")),
+            "tester_bottleneck_sessions": sum(1 for r in rows if r.get("tester_bottleneck")),
             "broker": c.broker_state, "runner_warmup_s": c.warmup_s, "aborted": c.aborted,
             "leaked_streams": leaked}
 
