@@ -18,12 +18,16 @@ our own boundaries; third-party exceptions are translated with ``raise ... from`
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NewType, get_args
 
 __all__ = [
+    "ERROR_CLASSES",
+    "AnyErrorClass",
     "CapacityError",
     "ClickHouseError",
+    "ErrorClass",
     "FleetError",
     "GatewayStartError",
     "InputError",
@@ -31,7 +35,10 @@ __all__ = [
     "ProbeFailure",
     "PromptSetError",
     "ScenarioError",
+    "StatusError",
     "UsageError",
+    "is_error_class",
+    "status_error",
 ]
 
 
@@ -97,6 +104,36 @@ class GatewayStartError(FleetError):
 # how a session ends, and where it failed: closed sets (the results schema documents them, docs/METRICS.md)
 Outcome = Literal["ok", "degraded", "failed", "skipped_no_capacity"]
 Phase = Literal["signaling", "ice", "dtls", "media", "pipeline", "capacity", "timeout", "tester"]
+# why it failed, as a short stable name: a closed set (mypy holds every producer to it), plus one
+# family per HTTP status, made only by status_error()
+ErrorClass = Literal[
+    # signaling
+    "http_transport", "timeout", "bad_json", "bad_answer", "no_playback_url", "whep_transport", "bad_whep_answer",
+    # connection and output
+    "ice_timeout", "ice_failed", "dtls_timeout", "connection_lost", "disconnected", "no_output", "output_stalled",
+    "session_cap",
+    # the gateway's own error (gateway_status.error, inference_status.last_error)
+    "no_orchestrators_available", "codec_refused", "missing_video", "gateway_ice_failed", "whip_disconnected",
+    "gateway_error",
+    # the fleet's side: capacity it would not take, and the tester's own failures
+    "no_slot_leased", "planner_skipped", "stopped", "cancelled", "runner_died", "ray_error", "no_result",
+    "tester_exception",
+]
+ERROR_CLASSES: frozenset[str] = frozenset(get_args(ErrorClass))
+StatusError = NewType("StatusError", str)  # http_404, whep_http_503, stop_http_500, ...
+StatusFamily = Literal["http", "whep_http", "stop_http"]
+AnyErrorClass = ErrorClass | StatusError
+_STATUS = re.compile(r"(http|whep_http|stop_http)_[1-5]\d\d")
+
+
+def status_error(family: StatusFamily, status: int) -> StatusError:
+    """The error class of an HTTP answer with this status, e.g. ``whep_http_404``."""
+    return StatusError(f"{family}_{status}")
+
+
+def is_error_class(name: str) -> bool:
+    """Whether ``name`` is one of the error classes above (docs/METRICS.md lists them)."""
+    return name in ERROR_CLASSES or _STATUS.fullmatch(name) is not None
 
 
 class ProbeFailure(FleetError):
@@ -106,7 +143,7 @@ class ProbeFailure(FleetError):
     against the orchestrator.
     """
 
-    def __init__(self, phase: Phase, error: str, detail: str = "", skipped: bool = False,
+    def __init__(self, phase: Phase, error: AnyErrorClass, detail: str = "", skipped: bool = False,
                  excused: bool = False) -> None:
         super().__init__(f"{phase}: {error}" + (f" ({detail})" if detail else ""))
         self.phase, self.error, self.detail, self.skipped, self.excused = phase, error, detail, skipped, excused

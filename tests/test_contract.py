@@ -62,3 +62,31 @@ def test_a_job_is_frozen_typed_and_crosses_ray_whole():
     with pytest.raises(TypeError):
         Job("c", "http://gw", 30.0, (), orchestrater="x")  # type: ignore[call-arg]
     assert pickle.loads(pickle.dumps(leased)) == leased
+
+
+def test_error_classes_are_a_closed_set_every_producer_and_the_docs_keep():
+    """mypy holds every typed producer (ProbeFailure, GatewayVerdict, the peers, Finished) to
+    fleet.errors.ErrorClass; rows the runtime builds as dicts are checked here, and docs/METRICS.md
+    names every class."""
+    import ast
+    import re
+    from pathlib import Path
+
+    from fleet.errors import ERROR_CLASSES, is_error_class
+
+    package = Path(__file__).resolve().parent.parent / "fleet"
+    literal = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Dict):
+                for k, v in zip(node.keys, node.values):
+                    if isinstance(k, ast.Constant) and k.value == "error_class" and isinstance(v, ast.Constant):
+                        literal.append((path.name, v.value))
+    assert {v for _, v in literal} >= {"no_slot_leased", "planner_skipped"}, literal
+    assert [x for x in literal if not is_error_class(x[1])] == []
+    assert is_error_class("whep_http_404") and not is_error_class("http_99") and not is_error_class("ValueError")
+    docs = (package.parent / "docs" / "METRICS.md").read_text(encoding="utf-8")
+    row = next(line for line in docs.splitlines() if line.startswith("| `error_class` |"))
+    documented = set(re.findall(r"`([a-z_]+)`", row)) - {"error_class", "error_detail"}
+    assert documented == ERROR_CLASSES, sorted(documented ^ ERROR_CLASSES)
+    assert all(f"`{family}_NNN`" in row for family in ("http", "whep_http", "stop_http"))

@@ -25,7 +25,7 @@ from urllib.parse import urljoin, urlparse
 
 import httpx
 
-from fleet.errors import Outcome, Phase, ProbeFailure
+from fleet.errors import ErrorClass, Outcome, Phase, ProbeFailure, status_error
 from fleet.webrtc import IceServer, parse_ice_links
 
 __all__ = ["Adapter", "ByocAdapter", "DaydreamAdapter", "EXCUSED_ERRORS", "GatewayVerdict", "LivepeerAdapter",
@@ -57,7 +57,7 @@ class GatewayVerdict:
 
     outcome: Outcome    # "skipped_no_capacity" or "failed"
     phase: Phase
-    error: str
+    error: ErrorClass
     excused: bool
 
 
@@ -108,7 +108,7 @@ def _check(resp: httpx.Response, phase: Phase, ok: tuple[int, ...]) -> None:
     text = resp.text.lower()
     if "no orchestrators" in text:  # BYOC: 400 "No orchestrators found for capability ..."
         raise ProbeFailure("capacity", "no_orchestrators_available", _snippet(resp), skipped=True, excused=True)
-    raise ProbeFailure(phase, f"http_{resp.status_code}", _snippet(resp))
+    raise ProbeFailure(phase, status_error("http", resp.status_code), _snippet(resp))
 
 
 async def _request(client: httpx.AsyncClient, phase: Phase, method: str, url: str, **kw: Any) -> httpx.Response:
@@ -214,7 +214,7 @@ class Adapter:
             # the stop request is signalling; its failure is a teardown event, never the session's outcome
             resp = await _request(client, "signaling", req[0], req[1], headers=self.auth())
             if resp.status_code >= 300 and resp.status_code not in (404, 405):
-                raise ProbeFailure("signaling", f"stop_http_{resp.status_code}", _snippet(resp))
+                raise ProbeFailure("signaling", status_error("stop_http", resp.status_code), _snippet(resp))
 
 
 class LivepeerAdapter(Adapter):

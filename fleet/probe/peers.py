@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from fleet.errors import ErrorClass
 from fleet.media import H264_PROFILE_LEVEL_ID, PacketTrack
 from fleet.probe.types import ProbeResult
 from fleet.rtp import FrameTap, TapFrame
@@ -28,7 +29,7 @@ class Peers:
         self.dtls_done = asyncio.Event()
         self.broken = asyncio.Event()      # a peer connection failed or was closed by the far end
         self.broken_why = ""
-        self.broken_error = ""
+        self.broken_error: ErrorClass = "connection_lost"
         self.t_ice: float | None = None
         self.closing = False               # our own close is no break
         self._wire()
@@ -56,7 +57,7 @@ class Peers:
             if self.pc_out.connectionState in ("failed", "closed") and not self.closing:
                 self.break_off(f"egress connection {self.pc_out.connectionState}")
 
-    def break_off(self, why: str, error: str = "connection_lost") -> None:
+    def break_off(self, why: str, error: ErrorClass = "connection_lost") -> None:
         if not self.broken.is_set():
             self.broken_why, self.broken_error = why, error
             self.event("connection_lost", why=why)

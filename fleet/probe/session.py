@@ -37,7 +37,7 @@ import httpx
 from aiortc import RTCSessionDescription
 
 from fleet.media import PacketTrack
-from fleet.errors import Phase
+from fleet.errors import ErrorClass, Phase, status_error
 from fleet.probe.adapters import USER_AGENT, ProbeFailure, adapter_for, gateway_error
 from fleet.probe.classify import blame, classify
 from fleet.probe.looplag import LoopMonitor
@@ -132,7 +132,7 @@ class _Probe:
         finally:
             await self._cancel(*waiters)
 
-    async def _wait(self, event: asyncio.Event, timeout: float, phase: Phase, error: str) -> None:
+    async def _wait(self, event: asyncio.Event, timeout: float, phase: Phase, error: ErrorClass) -> None:
         await self._first_of((event, self.peers.broken, self.stop), timeout)
         if event.is_set():
             return
@@ -213,7 +213,7 @@ class _Probe:
                 break
             await self._first_of((self.peers.broken,), WHEP_RETRY_S)
         if resp.status_code not in (200, 201):
-            raise ProbeFailure("signaling", f"whep_http_{resp.status_code}", resp.text.strip()[:200])
+            raise ProbeFailure("signaling", status_error("whep_http", resp.status_code), resp.text.strip()[:200])
         self.r.whep_signaling_ms = _ms(time.monotonic() - t)
         try:
             await self.peers.pc_out.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
@@ -355,8 +355,8 @@ async def run_probe(spec: ProbeSpec, stop: asyncio.Event | None = None,
         probe.finish()
         raise
     except Exception as exc:  # noqa: BLE001 - a tester bug must still end in a result and a teardown
-        r.outcome, r.error_phase, r.error_class = "failed", "tester", type(exc).__name__
-        r.error_detail = str(exc)[:200]
+        r.outcome, r.error_phase, r.error_class = "failed", "tester", "tester_exception"
+        r.error_detail = f"{type(exc).__name__}: {exc}"[:200]
     if r.outcome == "ok":
         await probe.rtcp()
     await probe.teardown(client)

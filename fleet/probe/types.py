@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 
 import httpx
 
-from fleet.errors import Outcome, Phase
+from fleet.errors import AnyErrorClass, Outcome, Phase
 from fleet.media import Clip
 from fleet.webrtc import IceServer
 
@@ -85,7 +85,7 @@ class ProbeResult:
     pipeline_id: str | None = None
     codec: str | None = None           # what the probe sent
     outcome: Outcome = "ok"
-    error_class: str | None = None
+    error_class: AnyErrorClass | None = None
     error_phase: Phase | None = None
     error_detail: str | None = None
     excused: bool = False              # a failure NaaP does not count against the orchestrator

@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from fleet.errors import AnyErrorClass, Outcome, Phase
 from fleet.plan import Plan, PlannedSession, make_plan
 from fleet.probe.types import PromptChange
 from fleet.prompts import PoolEntry, render_params, resolve_pool
@@ -76,7 +77,8 @@ def _result_row(c: Campaign, plan: Plan, live: Dispatched, row: dict[str, Any]) 
                          "target_orchestrator": live.job.target})
 
 
-def _failed_row(c: Campaign, plan: Plan, live: Dispatched, outcome: str, phase: str, error: str, detail: str) -> dict[str, Any]:
+def _failed_row(c: Campaign, plan: Plan, live: Dispatched, outcome: Outcome, phase: Phase, error: AnyErrorClass,
+                detail: str) -> dict[str, Any]:
     return with_gpu(c, {**_identity(c, plan, live.session, live.region), "session_id": live.job.session_id,
             "dialect": c.scenario.target.dialect, "outcome": outcome, "error_phase": phase, "error_class": error,
             "error_detail": detail, "started_unix": time.time(), "duration_s": 0.0,

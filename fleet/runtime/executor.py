@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fleet.capacity import CapacitySnapshot
-from fleet.errors import FleetError
+from fleet.errors import AnyErrorClass, FleetError
 from fleet.runtime.job import Job
 from fleet.scenario import Scenario
 
@@ -42,10 +42,10 @@ class Finished:
     lease_id: str
     region: str
     row: dict[str, Any] | None = None
-    error: tuple[str, str] | None = None
+    error: tuple[AnyErrorClass, str] | None = None
 
     @property
-    def failure(self) -> tuple[str, str]:
+    def failure(self) -> tuple[AnyErrorClass, str]:
         """(class, detail) of a session that has no row."""
         return self.error or ("no_result", "the runner returned nothing")
 
@@ -154,7 +154,7 @@ class RayExecutor:
         except RayError as exc:
             self.tester_failures += 1
             self.release(info.lease_id, died=True)
-            done.error = (type(exc).__name__, str(exc)[:200])
+            done.error = ("ray_error", f"{type(exc).__name__}: {exc}"[:200])
         return done
 
     def release(self, lease_id: str, died: bool) -> bool:
