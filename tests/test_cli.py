@@ -113,15 +113,24 @@ def test_run_with_an_unset_token_variable_is_one_line_naming_it(cli, tmp_path, m
 
 
 HEAVY = ("aiortc", "av", "ray", "matplotlib", "pyarrow", "duckdb")
+HELP_ALSO = ("asyncio", "importlib.metadata", "pydantic", "yaml")  # --help needs none of them either
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["validate", "scenarios/smoke.yaml"],
                                   ["plan", "scenarios/smoke.yaml", "--capacity", "8"]])
 def test_the_light_commands_import_no_media_ray_or_plotting_library(argv):
     """`fleet --help`, `validate` and `plan` start at once: none of them imports the heavy libraries."""
+    heavy = HEAVY + (HELP_ALSO if argv == ["--help"] else ())
     code = ("import sys\nfrom fleet.cli import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
-            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_version_is_the_installed_packages(cli):
+    from importlib.metadata import version
+
+    out = cli("--version")
+    assert out.code == 0 and out.out.strip() == f"fleet {version('fleet')}"

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from fleet import __version__
 from fleet.cli import compare, dashboard, gateway, monitor, plan, prompts, report, results, run, schema, validate
 from fleet.errors import FleetError
 
@@ -27,9 +26,20 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class _Version(argparse.Action):
+    """``--version``, reading the version only when asked."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from fleet import __version__
+
+        print(f"fleet {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fleet", description="Stream-testing fleet for the Livepeer real-time AI video network.")
-    parser.add_argument("--version", action="version", version=f"fleet {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="show the fleet's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for command in COMMANDS:

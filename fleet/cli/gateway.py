@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import logging
 from typing import Any
@@ -42,5 +41,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not address.is_unspecified:
         use_host_addresses([config.host])  # ICE candidates on the bound address only
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import asyncio
+
     asyncio.run(serve(config))
     return 0
