@@ -19,7 +19,7 @@ from fleet.gateway.process import GatewayProcess
 from fleet.media import synthetic_clip
 from fleet.probe.latency import align, lag_is_exact
 from fleet.probe.session import ProbeOptions, ProbeResult, ProbeSpec, PromptChange, run_probe
-from fleet.probe.timing import analyse, freeze_ends, jitter
+from fleet.probe.timing import analyse, freeze_ends, jitter, output_fps
 from fleet.webrtc import use_host_addresses
 
 use_host_addresses(["127.0.0.1"])
@@ -101,16 +101,22 @@ def assert_matches_truth(r: ProbeResult, url: str) -> tuple[float, float, float]
     true_ms = t["residence_ms_median"]  # arrival of a frame's last packet -> its output's last packet sent
     err_ms = abs(r.g2g_latency_ms - true_ms)
     want = truth_timing(r, t)
-    fps_err = abs(r.output_fps - want.output_fps) / want.output_fps
+    # fps over the same frames: those the probe stamped during its own stall do not end its span
+    true_fps = output_fps(egress_times(r, t), r.timeline_suspect)
+    fps_err = abs(r.output_fps - true_fps) / true_fps
     # jitter over the same intervals: those the probe left out as its own stalls are left out of the truth too
     true_jitter = jitter(egress_times(r, t), suspect_indices=r.timeline_suspect)[0]
     jitter_err = abs(r.jitter_coeff - true_jitter)
     assert err_ms <= LATENCY_TOLERANCE_MS, (r.g2g_latency_ms, true_ms)
-    assert fps_err <= FPS_TOLERANCE, (r.output_fps, want.output_fps)
+    assert fps_err <= FPS_TOLERANCE, (r.output_fps, true_fps, want.output_fps, r.timeline_suspect[:5])
     assert jitter_err <= JITTER_TOLERANCE, (r.jitter_coeff, true_jitter, want.jitter_coeff, r.jitter_suspect_intervals)
-    # startup: the first output frame arrived when the gateway sent it (the same clock: one machine)
+    # startup: the first output frame arrived when the gateway sent it (the same clock: one machine); a first
+    # frame the probe flagged as stamped during its own stall may be late by that stall (measured with a core
+    # taken: 14-15 ms when flagged, at most 5.5 ms when not)
     first_sent = egress_times(r, t)[0]
-    assert abs(r.timeline[0][1] - first_sent) <= FIRST_FRAME_TOLERANCE_MS / 1000, (r.timeline[0][1], first_sent)
+    first_slack = (r.tester_loop_lag_ms_max or 0.0) if 0 in r.timeline_suspect else 0.0
+    assert abs(r.timeline[0][1] - first_sent) <= (FIRST_FRAME_TOLERANCE_MS + first_slack) / 1000, \
+        (r.timeline[0][1], first_sent, first_slack)
     # freezes: every one the gateway made is counted and none is invented, except that one ending on a frame
     # the probe stamped during its own loop stall may be missed: the probe takes such a frame as arriving at
     # the stall's start (documented in fleet/probe/timing.py), so its own stall is never a freeze (seen once

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.probe.looplag import LoopMonitor
-from fleet.probe.timing import PLAYABLE_FRAMES, analyse, freeze_ends, freezes, jitter
+from fleet.probe.timing import PLAYABLE_FRAMES, analyse, freeze_ends, freezes, jitter, output_fps
 
 
 def even(n: int, fps: float = 30.0, t0: float = 100.0) -> list[float]:
@@ -128,3 +128,15 @@ def test_a_gap_made_by_the_testers_own_stall_is_not_a_freeze_and_a_real_one_is_n
     arrivals = before + [late + k / fps for k in range(30)]
     count, total = freezes(arrivals, suspect=[(real_end, late + 0.001)])
     assert count == 1 and abs(total - 1.0) < 1e-6, total
+
+
+def test_fps_is_not_raised_by_a_first_frame_the_tester_stamped_late():
+    """The first frames arrive while the tester's loop is stalled (stamped 0.3 s late, in one burst):
+    the span starts at the first frame stamped soundly, and the rate is the stream's 30 fps."""
+    arrivals = even(240, 30.0)
+    late = [arrivals[2]] * 2 + arrivals[2:]  # frames 0 and 1 stamped with frame 2, when the loop woke
+    stall = [(arrivals[0], arrivals[2] + 0.001)]
+    assert analyse(late).output_fps == pytest.approx(239 / (arrivals[-1] - arrivals[2]), rel=1e-3)  # 30.25: high
+    assert analyse(late, suspect=stall).output_fps == pytest.approx(30.0, rel=1e-3)
+    assert output_fps(late, [0, 1, 2]) == pytest.approx(30.0, rel=1e-3)
+    assert output_fps(late, range(240)) == analyse(late).output_fps  # nothing sound: the whole span

@@ -1,6 +1,9 @@
 """Output timing from a session's frame arrivals: fps, jitter and freezes. Pure: no WebRTC here.
 
-- ``output_fps``: (frames - 1) / (last arrival - first arrival), over the whole session.
+- ``output_fps``: frames per second between the first and the last frame, over the whole session.
+  Its ends are the first and last frames not stamped during the tester's own stall (``suspect``): a
+  first frame stamped late (16 sessions starting at once on two cores) would shorten the span and
+  raise the rate by the tester's delay.
 - ``jitter_coeff``: the coefficient of variation (stddev / mean) of the intervals between output
   frames, over the steady state: from the ``PLAYABLE_FRAMES``-th frame on, so that a start-up ramp
   (cold start, warm-up, the first keyframe) is not counted as jitter, and without the freezes (they
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["FREEZE_MIN_S", "JITTER_WINDOW_S", "PLAYABLE_FRAMES", "Timing", "analyse", "freeze_ends", "freezes", "jitter",
-           "suspect_frames"]
+           "output_fps", "suspect_frames"]
 
 PLAYABLE_FRAMES = 10          # "playable": this many output frames received; the steady state starts there
 FREEZE_MIN_S = 0.150          # W3C: an interval > max(3 x mean, mean + 150 ms) is a freeze
@@ -149,6 +152,16 @@ def freezes(arrivals: Sequence[float], end: float | None = None,
     return count, round(total, 3)
 
 
+def output_fps(arrivals: Sequence[float], suspect_indices: Iterable[int] = ()) -> float | None:
+    """Frames per second between the first and last arrivals whose stamps are sound (not in
+    ``suspect_indices``); all of them when fewer than two are."""
+    flagged = set(suspect_indices)
+    sound = [k for k in range(len(arrivals)) if k not in flagged]
+    first, last = (sound[0], sound[-1]) if len(sound) >= 2 else (0, len(arrivals) - 1)
+    span = arrivals[last] - arrivals[first] if last > first else 0.0
+    return round((last - first) / span, 3) if span > 0 else None
+
+
 def _round4(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
@@ -158,9 +171,9 @@ def analyse(arrivals: Sequence[float], end: float | None = None,
     """Everything above, for one session's arrivals (time.monotonic(), in order)."""
     if len(arrivals) < 2:
         return Timing()
-    span = arrivals[-1] - arrivals[0]
+    fps = output_fps(arrivals, suspect_frames(arrivals, suspect) if suspect else ())
     cv, p50, p95, used, left_out = jitter(arrivals, suspect)
     count, total = freezes(arrivals, end, suspect)
-    return Timing(output_fps=round((len(arrivals) - 1) / span, 3) if span > 0 else None, jitter_coeff=cv,
+    return Timing(output_fps=fps, jitter_coeff=cv,
                   jitter_coeff_p50=p50, jitter_coeff_p95=p95, jitter_intervals=used,
                   jitter_suspect_intervals=left_out, freeze_count=count, freeze_s=total)
