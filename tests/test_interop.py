@@ -35,6 +35,10 @@ PEER_TIMEOUT_S = 40.0
 # and in relay mode each drop holds the output until the next keyframe, so a viewer would get a few frames
 # and the test would say nothing of interop.
 PUBLISH_FPS = 20
+# the viewer joins after the WHIP answer, its own WHEP exchange and the output's next keyframe, which takes
+# longer on a loaded machine (58 of 150 frames seen once on two cores): the exact checks are that it decoded
+# every frame the gateway sent it; this only says it saw a real part of the stream (1.5 s of it)
+MIN_VIEWED_FRAMES = 30
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +94,7 @@ def test_gstreamer_publishes_h264_over_whip_and_decodes_every_frame_over_whep(ga
     # every frame the publisher put on the wire reached the gateway (the first may precede DTLS)
     assert peer["frames_pushed"] - 3 <= t["frames_in"] <= peer["frames_pushed"], (peer, t)
     (viewer,) = t["viewers"]
-    assert viewer["frames_sent"] >= 60, t
+    assert viewer["frames_sent"] >= MIN_VIEWED_FRAMES, t
     # what the gateway sent from the viewer's first keyframe on, webrtcbin decoded: all of it
     assert peer["decoded"] == viewer["frames_sent"], (peer, viewer)
 
@@ -155,7 +159,8 @@ def test_chromium_publishes_h264_over_whip_and_decodes_every_frame_over_whep(gat
     # the browser's own count of frames it encoded is what the gateway received
     assert abs(t["frames_in"] - peer["frames_encoded"]) <= 2, (peer, t)
     (viewer,) = t["viewers"]
-    assert viewer["frames_sent"] >= 60, t
+    assert viewer["frames_sent"] >= MIN_VIEWED_FRAMES, t
+    assert viewer["packets_dropped"] == viewer["packets_lost"] == 0, viewer  # from its first keyframe on: all
     # a second opinion on delivery: Chromium's getStats against the gateway's truth
     assert peer["frames_decoded"] == viewer["frames_sent"], (peer, viewer)
     assert peer["frames_dropped"] == 0, peer
