@@ -259,9 +259,13 @@ def test_a_freeze_an_fps_drop_and_packet_loss_match_the_truth():
         frozen, half, lossy = run(main())
         assert_matches_truth(frozen, proc.url)
         assert_matches_truth(half, proc.url)
-        want = truth_timing(frozen, truth(proc.url, frozen.stream_id))
-        assert want.freeze_count == 1 and 0.95 <= want.freeze_s <= 1.2, want  # the fault, as the gateway did it
-        assert frozen.freeze_count == 1 and "freezes" not in frozen.reasons  # 1 s is within max_freeze_s
+        sent = egress_times(frozen, truth(proc.url, frozen.stream_id))
+        gaps = [sent[k] - sent[k - 1] for k in freeze_ends(sent)]
+        # the fault, as the gateway did it: one stall of a second. Any other freeze is the gateway's own loop
+        # late on two cores (one of 0.28 s was seen); it is real on the wire and the probe matched it above
+        assert sum(0.95 <= g <= 1.2 for g in gaps) == 1 and all(g <= 1.2 for g in gaps) and len(gaps) <= 3, gaps
+        assert frozen.freeze_count == len(gaps) and frozen.freeze_s >= 0.95
+        assert ("freezes" in frozen.reasons) == (frozen.freeze_s > 2.0)  # max_freeze_s, the default
         assert 14.5 <= half.output_fps <= 15.5 and half.jitter_coeff < 0.1  # half of 30, evenly paced
         # packet loss: the share of packets the gateway dropped on the way to the probe and no NACK resend
         # delivered (the probe counts sequence numbers never received: loss after repair)
