@@ -4,11 +4,10 @@ hostile query strings are 400s, strict headers, reports only from inside the res
 
 from __future__ import annotations
 
-import sys
-
 import datetime as dt
 import random
 import secrets
+import sys
 
 import httpx
 import pytest

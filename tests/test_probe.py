@@ -66,11 +66,6 @@ def egress_times(r: ProbeResult, t: dict) -> list[float]:
     return times
 
 
-def truth_timing(r: ProbeResult, t: dict):
-    """fps, jitter and freezes of the frames as the gateway sent them: what the probe should report."""
-    return analyse(egress_times(r, t))
-
-
 def open_streams(url: str) -> int:
     return httpx.get(f"{url}/debug/streams", timeout=10).json()["open"]
 
@@ -100,12 +95,13 @@ def assert_matches_truth(r: ProbeResult, url: str) -> tuple[float, float, float]
     t = truth(url, r.stream_id)
     true_ms = t["residence_ms_median"]  # arrival of a frame's last packet -> its output's last packet sent
     err_ms = abs(r.g2g_latency_ms - true_ms)
-    want = truth_timing(r, t)
+    sent, flagged = egress_times(r, t), set(r.timeline_suspect)
+    want = analyse(sent)  # fps, jitter and freezes of the frames as the gateway sent them
     # fps over the same frames: those the probe stamped during its own stall do not end its span
-    true_fps = output_fps(egress_times(r, t), r.timeline_suspect)
+    true_fps = output_fps(sent, r.timeline_suspect)
     fps_err = abs(r.output_fps - true_fps) / true_fps
     # jitter over the same intervals: those the probe left out as its own stalls are left out of the truth too
-    true_jitter = jitter(egress_times(r, t), suspect_indices=r.timeline_suspect)[0]
+    true_jitter = jitter(sent, suspect_indices=r.timeline_suspect)[0]
     jitter_err = abs(r.jitter_coeff - true_jitter)
     assert err_ms <= LATENCY_TOLERANCE_MS, (r.g2g_latency_ms, true_ms)
     assert fps_err <= FPS_TOLERANCE, (r.output_fps, true_fps, want.output_fps, r.timeline_suspect[:5])
@@ -113,7 +109,7 @@ def assert_matches_truth(r: ProbeResult, url: str) -> tuple[float, float, float]
     # startup: the first output frame arrived when the gateway sent it (the same clock: one machine); a first
     # frame the probe flagged as stamped during its own stall may be late by that stall (measured with a core
     # taken: 14-15 ms when flagged, at most 5.5 ms when not)
-    first_sent = egress_times(r, t)[0]
+    first_sent = sent[0]
     first_slack = (r.tester_loop_lag_ms_max or 0.0) if 0 in r.timeline_suspect else 0.0
     assert abs(r.timeline[0][1] - first_sent) <= (FIRST_FRAME_TOLERANCE_MS + first_slack) / 1000, \
         (r.timeline[0][1], first_sent, first_slack)
@@ -121,9 +117,7 @@ def assert_matches_truth(r: ProbeResult, url: str) -> tuple[float, float, float]
     # the probe stamped during its own loop stall may be missed: the probe takes such a frame as arriving at
     # the stall's start (documented in fleet/probe/timing.py), so its own stall is never a freeze (seen once
     # in ~20 full runs, at 16 sessions on a loaded machine: a 0.33 s freeze whose end fell in a stall)
-    sent, flagged = egress_times(r, t), set(r.timeline_suspect)
     ends = freeze_ends(sent)
-    assert len(ends) == want.freeze_count
     in_stall = [i for i in ends if i in flagged]
     assert len(ends) - len(in_stall) <= r.freeze_count <= len(ends), (r.freeze_count, ends, in_stall)
     # W3C: within one frame interval; a freeze whose end the probe stamped during its own stall is late by
@@ -264,8 +258,7 @@ def test_a_freeze_an_fps_drop_and_packet_loss_match_the_truth():
         # the fault, as the gateway did it: one stall of a second. Any other freeze is the gateway's own loop
         # late on two cores (one of 0.28 s was seen); it is real on the wire and the probe matched it above
         assert sum(0.95 <= g <= 1.2 for g in gaps) == 1 and all(g <= 1.2 for g in gaps) and len(gaps) <= 3, gaps
-        assert frozen.freeze_count == len(gaps) and frozen.freeze_s >= 0.95
-        assert ("freezes" in frozen.reasons) == (frozen.freeze_s > 2.0)  # max_freeze_s, the default
+        assert ("freezes" in frozen.reasons) == (frozen.freeze_s > ProbeSpec.max_freeze_s)  # the default
         assert 14.5 <= half.output_fps <= 15.5 and half.jitter_coeff < 0.1  # half of 30, evenly paced
         # packet loss: the share of packets the gateway dropped on the way to the probe and no NACK resend
         # delivered (the probe counts sequence numbers never received: loss after repair)

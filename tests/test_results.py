@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pickle
 import re
-import sys
 import secrets
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from fleet.metrics import METRICS
 from fleet.results.clickhouse import ClickHouseError, ClickHouseSink, ddl, push_campaign
 from fleet.results.compare import NUMBERS, RATES, compare
 from fleet.results.sink import SESSIONS, SUMMARIES, ParquetSink, read_sessions, read_table
-from fleet.results.sketches import ALPHA, QUANTILES, Sketches, session_sketches, sketch_from_bytes
+from fleet.results.sketches import ALPHA, QUANTILES, Sketches, session_sketches, sketch_from_bytes, sketched
 from fleet.results.verdict import evaluate, junit_xml, sla_score
 from fleet.scenario import ClickHouseOut, Scenario, load_scenario
 
@@ -89,11 +89,8 @@ def test_sketches_sent_per_session_merge_to_what_every_value_gives(sessions):
     """What a runner sends (a serialized sketch per session, no per-frame list) merges, in the driver, to
     the very sketch every value would have made: the same count and the same quantiles."""
     rows = [{"region": "r", "latency_samples": [(0, v, "m") for v in values]} for values in sessions]
-    sent = []
-    for r in rows:
-        row = {**r, "sketches": session_sketches(r)}
-        row["latency_sample_count"] = len(row.pop("latency_samples"))
-        sent.append(row)
+    sent = [sketched(r) for r in rows]
+    assert not any("latency_samples" in r for r in sent)
     by_value, by_sketch = Sketches(), Sketches()
     by_value.add_rows(rows)
     by_sketch.add_rows(sent)
@@ -111,13 +108,12 @@ def test_a_long_sessions_sketch_is_small_and_does_not_grow_with_its_length():
         return len(session_sketches({"latency_samples": [(k / 30, float(v), "m") for k, v in enumerate(lat[:n])]})
                    ["g2g_latency_ms"])
     as_list = len(pickle.dumps([(k / 30, float(v), "rtp_timestamp") for k, v in enumerate(lat)]))
-    assert size(54_000) < 4096 < 1_000_000 < as_list and size(54_000) <= 2 * size(1_800)
+    assert size(54_000) < 4096 and as_list > 1_000_000 and size(54_000) <= 2 * size(1_800)
 
 
 def test_a_row_sent_with_a_sketch_stores_its_sample_count(tmp_path):
     (row,) = session_rows(1, 3)
-    sent = {**row, "sketches": session_sketches(row), "latency_sample_count": len(row["latency_samples"])}
-    del sent["latency_samples"]
+    sent = sketched(row)
     sink = ParquetSink(tmp_path, "c-count", {"scenario": "unit"})
     sink.write([sent])
     assert read_table(sink.dir, "sessions").column("latency_sample_count").to_pylist() == [60]

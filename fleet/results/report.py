@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -126,8 +126,7 @@ class ParquetSink:
         for r in rows:
             row = {k: r.get(k) for k, _ in SESSION_FIELDS}
             row["started_at"] = dt.datetime.fromtimestamp(r.get("started_unix") or 0, dt.timezone.utc)
-            row["latency_sample_count"] = r["latency_sample_count"] if "latency_sample_count" in r \
-                else len(r.get("latency_samples") or [])
+            row["latency_sample_count"] = r.get("latency_sample_count", len(r.get("latency_samples") or ()))
             sessions.append(row)
         samples = [{**i, **s} for i, r in zip(ids, rows) for s in r.get("per_second") or []]
         events = [{**i, "t_s": t, "type": kind, "data": json.dumps(data, default=str)}

@@ -9,7 +9,7 @@ package). The summaries cover what per-session rows cannot hold in one number:
 - ``output_fps``: every second's output frame count of every session;
 - ``startup_s``: one value per session that started.
 
-A runner sends each finished session's sketches (``session_sketches``), not its per-frame
+A runner sends each finished session's sketches (``sketched``), not its per-frame
 lists: what crosses Ray is a few hundred bytes a session, whatever its length, and the
 driver only merges. Each region's sketches are stored (``summaries`` Parquet table, serialized with the
 package's protobuf form) next to the exact per-session rows; campaign-level quantiles
@@ -25,7 +25,8 @@ from ddsketch import DDSketch
 from ddsketch.pb.ddsketch_pb2 import DDSketch as DDSketchPb
 from ddsketch.pb.proto import DDSketchProto
 
-__all__ = ["ALPHA", "QUANTILES", "SKETCHED", "Sketches", "session_sketches", "sketch_from_bytes", "sketch_to_bytes"]
+__all__ = ["ALPHA", "QUANTILES", "SKETCHED", "Sketches", "session_sketches", "sketch_from_bytes", "sketch_to_bytes",
+           "sketched"]
 
 ALPHA = 0.01
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
@@ -67,6 +68,15 @@ def session_sketches(row: dict[str, Any]) -> dict[str, bytes]:
         sketch = _sketch(_values(row, metric))
         if sketch is not None:
             out[metric] = sketch_to_bytes(sketch)
+    return out
+
+
+def sketched(row: dict[str, Any]) -> dict[str, Any]:
+    """The row as a runner sends it across Ray: its per-frame latencies replaced by its sketches and their
+    count (``latency_sample_count``, which the sessions table stores)."""
+    out = {k: v for k, v in row.items() if k != "latency_samples"}
+    out["sketches"] = session_sketches(row)
+    out["latency_sample_count"] = len(row.get("latency_samples") or ())
     return out
 
 

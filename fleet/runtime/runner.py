@@ -20,7 +20,7 @@ import psutil
 from fleet.media import Clip, clip_for
 from fleet.probe.looplag import quiet_gc
 from fleet.probe.session import ProbeOptions, ProbeSpec, new_http_client, run_probe
-from fleet.results.sketches import session_sketches
+from fleet.results.sketches import sketched
 from fleet.runtime.job import Job
 from fleet.scenario import Scenario
 from fleet.webrtc import IceServer, use_host_addresses
@@ -126,11 +126,9 @@ class RegionRunner:
         finally:
             self.stops.pop(job.session_id, None)
             self._gauge()
-        row = result.to_dict()
+        row = sketched(result.to_dict())  # the per-frame latencies cross Ray as a sketch and a count
         row.pop("timeline", None)
         row.pop("timeline_suspect", None)
-        row["sketches"] = session_sketches(row)  # the per-frame latencies cross Ray as a sketch and a count
-        row["latency_sample_count"] = len(row.pop("latency_samples", None) or [])
         now, spent = time.monotonic(), self.proc.cpu_times()
         used = (spent.user - cpu.user) + (spent.system - cpu.system)
         # the whole process (every session, aiortc's threads) over this session's span, percent of one core
