@@ -111,7 +111,7 @@ ErrorClass = Literal[
     "http_transport", "timeout", "bad_json", "bad_answer", "no_playback_url", "whep_transport", "bad_whep_answer",
     # connection and output
     "ice_timeout", "ice_failed", "dtls_timeout", "connection_lost", "disconnected", "no_output", "output_stalled",
-    "session_cap",
+    "session_cap", "startup_deadline",
     # the gateway's own error (gateway_status.error, inference_status.last_error)
     "no_orchestrators_available", "codec_refused", "missing_video", "gateway_ice_failed", "whip_disconnected",
     "gateway_error",

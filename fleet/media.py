@@ -137,7 +137,7 @@ def _base(pattern: str, width: int, height: int, rng: np.random.Generator) -> np
 
 
 @functools.lru_cache(maxsize=8)
-def synthetic_clip(width: int = 512, height: int = 512, fps: float = 30.0, codec: str = "h264", gop: int = 30,
+def synthetic_clip(width: int = 512, height: int = 512, fps: float = 20.0, codec: str = "h264", gop: int = 30,
                    bitrate_kbps: int = 1500, pattern: str = "moving-box", loop_s: float = 10.0,
                    seed: int = 0) -> Clip:
     """The synthetic source, encoded once per process for each set of arguments."""

@@ -17,10 +17,13 @@ Three settings aiortc does not expose are made here, in one place:
   (``on_keyframe_request``): aiortc answers a PLI only when it encodes.
 - **Codec preferences** by name (``codecs_named``), and ICE servers as a
   gateway offers them in WHIP ``Link`` headers (RFC 9725, ``parse_ice_links``).
+- **The selected candidate pair** (``selected_candidate_types``): aiortc's
+  ``getStats`` has no ``candidate-pair``; aioice keeps the nominated pair.
 
 Every use of aiortc's and aioice's private API in the fleet is in this module (the receiver's
 internals the frame tap needs are below: ``request_keyframe``, ``tap_rtp``, ``receiver_codec``,
-``starve_decoder``, ``drop_bandwidth_estimator``, ``timestamp_origin``). pyproject.toml pins both
+``starve_decoder``, ``drop_bandwidth_estimator``, ``timestamp_origin``; the ICE transport's aioice
+connection for ``selected_candidate_types``). pyproject.toml pins both
 packages with ``~=``; on import, this module checks that every private attribute it relies on
 exists and otherwise fails with an ImportError naming it and the installed versions.
 """
@@ -36,13 +39,14 @@ from collections.abc import Awaitable
 from importlib.metadata import version
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCCertificate
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 __all__ = ["LOOPBACK", "IceServer", "accept_rsa_peers", "codecs_named", "drop_bandwidth_estimator", "ice_link_headers",
            "new_peer_connection", "on_keyframe_request", "parse_ice_links", "receiver_codec", "request_keyframe",
-           "set_ice_failed_timeout", "starve_decoder", "tap_rtp", "timestamp_origin", "use_host_addresses"]
+           "selected_candidate_types", "set_ice_failed_timeout", "starve_decoder", "tap_rtp", "timestamp_origin",
+           "use_host_addresses"]
 
 LOOPBACK = ("127.0.0.1",)
 DTLS_CIPHERS = (b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:"
@@ -54,6 +58,8 @@ _PRIVATE = ((aioice.ice, "get_host_addresses"), (aioice.ice, "CONSENT_FAILURES")
             (RTCCertificate, "_create_ssl_context"), (RTCRtpSender, "_send_keyframe"),
             (RTCRtpReceiver, "_send_rtcp_pli"), (RTCRtpReceiver, "_handle_rtp_packet"))
 _RECEIVER_FIELDS = ("__decoder_queue", "__remote_bitrate_estimator", "__codecs", "__timestamp_mapper")
+# instance attributes set in __init__: (class, name)
+_INSTANCE_FIELDS = ((RTCIceTransport, "_connection"), (aioice.ice.Connection, "_nominated"))
 
 
 def check_private_api() -> None:
@@ -61,6 +67,7 @@ def check_private_api() -> None:
     set_in_init = set(RTCRtpReceiver.__init__.__code__.co_names)
     missing = [f"{getattr(o, '__name__', o)}.{n}" for o, n in _PRIVATE if not hasattr(o, n)]
     missing += [f"RTCRtpReceiver.{n}" for n in _RECEIVER_FIELDS if f"_RTCRtpReceiver{n}" not in set_in_init]
+    missing += [f"{c.__name__}.{n}" for c, n in _INSTANCE_FIELDS if n not in c.__init__.__code__.co_names]
     if missing:
         raise ImportError(f"fleet.webrtc relies on {', '.join(missing)}, which aiortc {version('aiortc')} / aioice "
                           f"{version('aioice')} no longer have: install the versions pyproject.toml pins "
@@ -171,6 +178,18 @@ def timestamp_origin(receiver: RTCRtpReceiver | None) -> int | None:
     """The RTP timestamp aiortc maps to a decoded frame's pts 0 (pts + origin = the packet's timestamp)."""
     mapper = getattr(receiver, "_RTCRtpReceiver__timestamp_mapper", None)
     return getattr(mapper, "_origin", None)
+
+
+def selected_candidate_types(pc: RTCPeerConnection) -> tuple[str | None, str | None]:
+    """The types (``host``, ``srflx``, ``prflx``, ``relay``) of the local and the remote candidate of the pair
+    ``pc`` carries media on (aioice's nominated pair for RTP); (None, None) before ICE selected one and after
+    the connection closed (aioice forgets it then)."""
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.sender.transport or transceiver.receiver.transport
+        pair = dtls.transport._connection._nominated.get(1) if dtls is not None else None
+        if pair is not None:
+            return pair.local_candidate.type, pair.remote_candidate.type
+    return None, None
 
 
 def new_peer_connection(ice_servers: Sequence[IceServer] = ()) -> RTCPeerConnection:

@@ -37,7 +37,9 @@ pytestmark = pytest.mark.slow  # real Ray clusters, gateways and WebRTC: the ful
 
 @pytest.fixture(scope="module")
 def gateway():
-    with GatewayProcess(config=default_config(seed=11)) as proc:
+    # a runner's first status comes one status interval after its start (10 s in ai-runner; shorter sessions
+    # aimed at no orchestrator cannot name theirs): 2 s here, for these short sessions
+    with GatewayProcess(config=default_config(seed=11, status_interval_s=2.0)) as proc:
         yield proc.url
 
 
@@ -180,7 +182,7 @@ def test_capacity_shrinking_mid_run_is_respected(tmp_path):
                         "session: {duration: 4, max_s: 10, min_s: 2}}\n"
                         "capacity: {max_fraction: 1.0, idle_reserve: 0, stagger_s: 0, max_per_orchestrator: 2, "
                         "lease_wait_s: 3}\n")
-    with GatewayProcess(config=default_config(seed=5)) as gw:
+    with GatewayProcess(config=default_config(seed=5, status_interval_s=2.0)) as gw:
         proc = subprocess.Popen([str(BIN / "fleet"), "run", str(scenario), "--gateway-url", gw.url, "--out",
                                  str(tmp_path / "results"), "--no-progress"], cwd=tmp_path, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -242,7 +244,7 @@ def test_a_runner_killed_mid_campaign_is_replaced_and_its_streams_stopped(cluste
     scenario.write_text(f"extends: {TINY}\nname: kill\nplacement: {{regions: [{{name: west}}]}}\n"
                         "load: {shape: stages, stages: [{concurrency: 2, duration_s: 14}], "
                         "session: {duration: 6, max_s: 12, min_s: 2}}\n")
-    with GatewayProcess(config=default_config(seed=7)) as gw:
+    with GatewayProcess(config=default_config(seed=7, status_interval_s=2.0)) as gw:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(1) as pool:
@@ -276,7 +278,7 @@ def test_a_job_stopped_mid_campaign_tears_down_and_keeps_its_results(cluster, tm
                         "load: {shape: stages, stages: [{concurrency: 4, duration_s: 60}], "
                         "session: {duration: 30, max_s: 40, min_s: 2}}\n")
     job_id = f"fleet-stop-{secrets.token_hex(4)}"
-    with GatewayProcess(config=default_config(seed=9)) as gw:
+    with GatewayProcess(config=default_config(seed=9, status_interval_s=2.0)) as gw:
         sub = submit(cluster, scenario, tmp_path / "results", gw.url, "--no-wait", "--submission-id", job_id,
                      "--runtime-env-json", json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "25"}}))
         assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-2000:]
@@ -302,7 +304,7 @@ def test_a_monitor_runs_as_a_ray_job_and_ray_job_stop_ends_it_cleanly(cluster, t
                         "capacity: {stagger_s: 1}\nmonitor: {every_min: 0.5, daily_budget: 0.5, session_s: 30, flush_s: 5}\n"
                         "outputs: {kafka: null, prometheus: null}\n")
     job_id = f"fleet-monitor-{secrets.token_hex(4)}"
-    with GatewayProcess(config=default_config(seed=11)) as gw:
+    with GatewayProcess(config=default_config(seed=11, status_interval_s=2.0)) as gw:
         sub = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], "--no-wait",
                               "--submission-id", job_id, "--runtime-env-json",
                               json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "25"}}),

@@ -27,6 +27,17 @@ def test_validate_mixed_reports_bad_and_exits_1(cli):
     assert result.err.startswith(f"{INVALID / 'bad-codec.yaml'}:2:35: media.codec:")
 
 
+def test_validate_notes_a_publish_rate_the_runner_decimates(cli, tmp_path):
+    fast = tmp_path / "fast.yaml"
+    fast.write_text(f"extends: {REPO / 'scenarios' / 'smoke.yaml'}\nmedia: {{fps: 30}}\n")
+    result = cli("validate", str(fast))
+    assert result.code == 0, result.err
+    assert result.out.splitlines()[1] == (
+        f"{fast}: note: media.fps 30 is above the 24 frames a second ai-runner takes (by timestamp): the rest are "
+        "dropped unevenly and the output's jitter shows it (30 fps: a coefficient near 0.35)")
+    assert len(cli("validate", SCENARIOS[0]).out.splitlines()) == 1   # the examples publish 20 fps: no note
+
+
 def test_usage_errors_exit_2(cli):
     assert cli("validate").code == 2
     assert cli("nonsense").code == 2

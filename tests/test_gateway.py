@@ -239,17 +239,16 @@ def test_full_network_answers_201_then_records_no_orchestrators_and_closes():
                 await asyncio.wait_for(rec.got.wait(), DEADLINE_S)
                 pcs += [pc, sub]
             assert await idle_slots(gw) == 0
-            began = time.monotonic()
             pc, full = await whip_publish(gw.url, "f2", SyntheticTrack(frames=300), pipeline=MODEL, streamId="f2")
             assert full.status_code == 201  # never a 503: selection runs after the answer
+            # every orchestrator tried and full: go-livepeer's "no orchestrators available", with its trace
             assert await gateway_error(gw, "f2") == "no orchestrators available"
-            assert time.monotonic() - began >= 0.5  # after the selection window
             t = await truth(gw, "f2")
             assert "gateway_no_orchestrators_available" in [e["type"] for e in t["events"]]
 
-            async def closed():
-                return pc.connectionState in ("closed", "failed")
-            await wait_until(closed, "the gateway to close the peer connection")
+            async def closed():  # before ICE completed: the publisher sees no close, the gateway's side is gone
+                return not (await truth(gw, "f2"))["open"]
+            await wait_until(closed, "the gateway to close the stream")
             async with httpx.AsyncClient() as c:  # and WHEP has no such stream
                 assert (await c.post(full.headers["Livepeer-Playback-URL"], content="v=0",
                                      headers={"Content-Type": "application/sdp"})).status_code == 404
@@ -461,36 +460,21 @@ def test_fault_black_frames_and_fps_drop():
     run(main())
 
 
-def test_fault_disconnect_swap_and_capacity_drop():
+def test_fault_capacity_drop_lowers_what_the_orchestrator_advertises():
+    """(Disconnects and swaps: tests/test_swaps.py.)"""
     async def main():
-        async with running(config(slots=1, orchestrators=3, faults=(
-            Fault(kind="disconnect", after_s=0.5, streams=(1,), orchestrator="orch-0"),
-            # well after the disconnect has freed orch0, the only place the swap can go
-            Fault(kind="orchestrator_swap", after_s=1.5, streams=(1,), orchestrator="orch-1"),
-            Fault(kind="capacity_drop", after_s=0.2, slots=1, streams=(1,), orchestrator="orch-2")))) as gw:
-            pcs = []
-            for i in range(3):
-                pc, resp = await whip_publish(gw.url, f"s{i}", SyntheticTrack(frames=120), pipeline=MODEL,
-                                              orchestrator=f"orch-{i}", streamId=f"s{i}")
-                assert resp.status_code == 201
-                pcs.append(pc)
-            assert await gateway_error(gw, "s0") == "orchestrator disconnected"
-
-            async def swapped():
-                return any(e["type"] == "orchestrator_swap" for e in (await truth(gw, "s1"))["events"])
-            await wait_until(swapped, "the swap fault")
-            t = await truth(gw, "s1")
-            swap = next(e for e in t["events"] if e["type"] == "orchestrator_swap")
-            assert (swap["old"], swap["new"]) == ("0xorch1", "0xorch0")  # the only orchestrator with room
-            assert t["orchestrator"] == "0xorch0"
+        async with running(config(slots=1, orchestrators=2, faults=(
+                Fault(kind="capacity_drop", after_s=0.2, slots=1, streams=(1,), orchestrator="orch-1"),))) as gw:
+            pc, resp = await whip_publish(gw.url, "s1", SyntheticTrack(frames=120), pipeline=MODEL,
+                                          orchestrator="orch-1", streamId="s1")
+            assert resp.status_code == 201
 
             async def dropped():
-                caps = parse_network_capabilities(gw.network.capabilities(), MODEL)
-                return {o.address: o.idle for o in caps.orchestrators}["0xorch1"] == 1
-            await wait_until(dropped, "orch1's slot to be free after the swap")
-            assert gw.network._dropped == {"0xorch2": 1}
-            for p in pcs:
-                await p.close()
+                return gw.network._dropped == {"0xorch1": 1}
+            await wait_until(dropped, "orch1's advertised capacity to drop")
+            caps = parse_network_capabilities(gw.network.capabilities(), MODEL)
+            assert {o.address: o.idle for o in caps.orchestrators} == {"0xorch0": 1, "0xorch1": 0}
+            await pc.close()
     run(main())
 
 
@@ -498,7 +482,7 @@ def test_fault_disconnect_swap_and_capacity_drop():
 
 def test_daydream_facade_follows_the_sdk():
     async def main():
-        async with running(config(token="sekrit")) as gw:
+        async with running(config(token="sekrit", status_interval_s=0.5)) as gw:
             auth = {"Authorization": "Bearer sekrit"}
             body = {"pipeline": "streamdiffusion", "params": {"model_id": "stabilityai/sd-turbo", "prompt": "anime"},
                     "is_smoke_test": True}
@@ -517,6 +501,12 @@ def test_daydream_facade_follows_the_sdk():
             rec = Received(target=5)
             sub = await whep_subscribe(resp.headers["Livepeer-Playback-URL"], rec)
             await asyncio.wait_for(rec.got.wait(), DEADLINE_S)
+
+            async def reported():  # the runner's first report comes one status interval after its start
+                async with httpx.AsyncClient() as c:
+                    body = (await c.get(f"{gw.url}/v1/streams/{sid}/status", headers=auth)).json()
+                return "inference_status" in (body.get("data") or {})
+            await wait_until(reported, "the runner's first status report")
             async with httpx.AsyncClient() as c:
                 got = (await c.get(f"{gw.url}/v1/streams/{sid}/status", headers=auth)).json()
                 assert got["success"] is True and got["data"]["inference_status"]["last_params"]["prompt"] == "anime"
@@ -540,7 +530,7 @@ def test_byoc_facade_follows_byoc_go():
         return base64.b64encode(json.dumps(job).encode()).decode()
 
     async def main():
-        async with running(config()) as gw:
+        async with running(config(status_interval_s=0.5)) as gw:
             flags = {"enable_video_ingress": True, "enable_video_egress": True}
             body = {"stream_name": "", "rtmp_output": "", "stream_id": "b1", "params": json.dumps({"prompt": "x"})}
             async with httpx.AsyncClient() as c:
@@ -560,6 +550,11 @@ def test_byoc_facade_follows_byoc_go():
             rec = Received(target=5)
             sub = await whep_subscribe(started["whep_url"], rec)
             await asyncio.wait_for(rec.got.wait(), DEADLINE_S)
+
+            async def reported():  # the runner's first report comes one status interval after its start
+                async with httpx.AsyncClient() as c:
+                    return "inference_status" in (await c.get(started["status_url"])).json()
+            await wait_until(reported, "the runner's first status report")
             async with httpx.AsyncClient() as c:
                 assert (await c.get(started["status_url"])).json()["inference_status"]["last_params"] == {"prompt": "x"}
                 assert (await c.post(started["update_url"], json={"prompt": "y"})).status_code == 400  # no header
@@ -644,15 +639,16 @@ def test_cold_start_and_warmup_drop_the_first_frames_of_a_gpu():
         cfg = GatewayConfig(port=0, profiles={"p": profile}, orchestrators=(OrchestratorSpec(
             address="0xcold", uri="https://cold", gpus=(Gpu(id="G", profile="p", slots={MODEL: 2}),)),))
         async with running(cfg) as gw:
-            _, pc, resp, rec, sub = await session(gw, name="first", frames=90, target=10)
+            _, pc, resp, rec, sub = await session(gw, name="first", frames=150, target=10)
             await asyncio.wait_for(rec.got.wait(), DEADLINE_S)
             first = await truth(gw, "first")
-            frames = [f for f in first["frames"] if f["dropped"] != "no_orchestrator"]
+            # the runner's own decisions (its decoder's 24 fps cap comes before them)
+            frames = [f for f in first["frames"] if f["dropped"] not in ("no_orchestrator", "max_framerate")]
             reasons = [f["dropped"] for f in frames]
             cold = [f for f in frames if f["dropped"] == "cold_start"]
             assert cold and reasons.count("warmup") == 5
             assert reasons.index("warmup") == len(cold)  # warm-up follows the cold start, then frames pass
-            _, pc2, resp2, rec2, sub2 = await session(gw, name="second", frames=90, target=10)
+            _, pc2, resp2, rec2, sub2 = await session(gw, name="second", frames=150, target=10)
             await asyncio.wait_for(rec2.got.wait(), DEADLINE_S)
             second = await truth(gw, "second")
             assert "cold_start" not in second["dropped"]  # the GPU is warm now

@@ -241,7 +241,7 @@ def test_chromium_and_the_probe_agree_on_the_same_stream(browser, page):
     assert chromium["frames_dropped"] == 0 and abs(chromium["frames_received"] - len(browser_view)) <= 2, \
         (chromium["frames_received"], len(browser_view))
     # ... and the probe against what the gateway sent to the probe
-    assert abs(r.frames_received - len(probe_view)) <= 2 and r.frames_received > 300
+    assert abs(r.frames_received - len(probe_view)) <= 2 and r.frames_received > 200  # 20 fps, 13 s
     # jitter, loosely: the coefficient over every interval Chromium decoded, freeze included, against the same
     # over what the gateway sent it
     mean = chromium["total_inter_frame_delay"] / (n - 1)

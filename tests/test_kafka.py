@@ -136,7 +136,7 @@ def test_a_campaign_feeds_every_session_to_kafka(broker, tmp_path):
                         f"outputs: {{report: false, kafka: {{topic: {topic}}}}}\n")
     collector = Collector(bootstrap(broker), topic)
     try:
-        with GatewayProcess(config=default_config(seed=5)) as gw:
+        with GatewayProcess(config=default_config(seed=5, status_interval_s=2.0)) as gw:
             out = subprocess.run([str(Path(sys.executable).parent / "fleet"), "run", str(scenario), "--gateway-url",
                                   gw.url, "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True,
                                  timeout=180, cwd=tmp_path,

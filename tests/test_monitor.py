@@ -57,7 +57,7 @@ def services(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("monitor")
     tansu = Tansu()
     tansu.start()
-    with Prometheus(tmp) as prom, GatewayProcess(config=default_config(seed=5)) as gw:
+    with Prometheus(tmp) as prom, GatewayProcess(config=default_config(seed=5, status_interval_s=2.0)) as gw:
         yield {"tmp": tmp, "kafka": tansu, "prom": prom, "gw": gw.url}
     tansu.stop()
 

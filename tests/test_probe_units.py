@@ -9,6 +9,7 @@ import pytest
 
 from fleet.media import FILE_STEP_LUMA, Clip, PacketTrack
 from fleet.probe.classify import blame, classify
+from fleet.probe.latency import align, lag_is_exact
 from fleet.probe.output import BLACK_RUN, EFFECT_DELTA, EFFECT_FRAMES, OutputWatch, effect_start, per_second
 from fleet.probe.status import StatusReader
 from fleet.probe.types import EVENT_PREFIX, ProbeResult, ProbeSpec, PromptChange
@@ -73,6 +74,45 @@ def test_the_alignment_recovers_a_known_delay_from_brightness_steps(delay_ms):
     assert len(samples) == 240  # every frame pinned to the input frame it carries
     assert {m for _, _, m in samples} == {"rtp_timestamp"}
     assert all(ms == pytest.approx(delay_ms, abs=1e-3) for _, ms, _ in samples)
+
+
+# what was sent around keyframe jumps: a natural step to dark at 69, the PLI's jump to a keyframe that ends a
+# bright run at 70, dark again at 71 (the frame after that keyframe): one-frame runs, so two dark steps two
+# frames apart, both within the alignment's tolerance (2.5 frames) of the one output step at 69
+JUMPED_RUNS = ((-1, 20), (1, 5), (-1, 5), (1, 16), (-1, 4), (1, 19), (-1, 1), (1, 1), (-1, 15))
+
+
+@pytest.mark.parametrize("fps", [15.0, 20.0, 24.0, 25.0, 30.0])
+def test_one_frame_runs_left_by_a_keyframe_jump_do_not_shift_the_alignment(fps):
+    """Relay: every frame comes out with its timestamp shifted by a known lag, 80 ms after it was sent,
+    decoded from frame 48. Whenever the alignment calls its lag exact it is that lag (it was found two
+    frames short: each output step matched to the latest input step of its direction in the window)."""
+    levels = [level for level, run in JUMPED_RUNS for _ in range(run)]
+    steps = [(n, levels[n]) for n in range(1, len(levels)) if levels[n] != levels[n - 1]]
+    origin, t0 = 30, 1000.0  # the first frame out was the 30th sent: its timestamp is the output's zero
+    lag = -origin / fps
+    seen = [(n, d) for n, d in steps if n >= 50]
+    outs = [((n - origin) / fps, d, t0 + n / fps + 0.08) for n, d in seen]
+    prev = [(n - 1 - origin) / fps for n, _ in seen]
+    exact_at = None
+    for k in range(3, len(outs) + 1):  # as the watch does: again at each new step, until exact
+        inputs = [(n / fps, d, t0 + n / fps) for n, d in steps if t0 + n / fps <= outs[k - 1][2]]
+        fit = align(outs[:k], inputs, tolerance=2.5 / fps, max_latency=5.0)
+        if fit is not None and lag_is_exact(fit[0], prev[:k], inputs, fit[1], 1 / fps):
+            assert fit[0] == pytest.approx(lag, abs=1e-9)
+            assert [steps[j][0] for j in fit[1]] == [n for n, _ in seen[:k]]
+            exact_at = k
+            break
+    assert exact_at is not None
+
+
+def test_a_lag_that_the_frame_before_a_step_rules_out_is_not_exact():
+    """The frame shown before a step still showed the old level: a lag that puts it after its step's
+    input step matched that step to the wrong one, however well the lag below it is ruled out."""
+    fps = 20.0
+    inputs = [(1.0, 1, 1.0), (1.5, -1, 1.5), (2.25, 1, 2.25)]
+    assert lag_is_exact(0.5, [1.45, 1.95, 2.7], inputs, [0, 1, 2], 1 / fps)  # each previous frame: one before
+    assert not lag_is_exact(0.4, [1.45, 1.95, 2.7], inputs, [0, 1, 2], 1 / fps)  # 1.45 - 0.4 is past 1.0
 
 
 def test_a_run_of_black_frames_is_one_black_output_event_and_is_no_brightness_step():

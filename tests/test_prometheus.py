@@ -31,7 +31,7 @@ def test_a_scraping_prometheus_agrees_with_the_parquet_rows(prometheus, tmp_path
     scenario = tmp_path / "prom.yaml"
     scenario.write_text(f"extends: {REPO / 'tests' / 'campaigns' / 'tiny.yaml'}\nname: prom\n"
                         f"outputs: {{report: false, prometheus: {{port: {target}, linger_s: 4}}}}\n")
-    with GatewayProcess(config=default_config(seed=9)) as gw:
+    with GatewayProcess(config=default_config(seed=9, status_interval_s=2.0)) as gw:
         out = subprocess.run([str(Path(sys.executable).parent / "fleet"), "run", str(scenario), "--gateway-url", gw.url,
                               "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True, timeout=180,
                              cwd=tmp_path)

@@ -38,7 +38,9 @@ def run_serve(args: argparse.Namespace) -> int:
         address = ipaddress.ip_address(config.host)
     except ValueError:
         raise UsageError(f"--host must be an IP address, got {config.host!r}") from None
-    if not address.is_unspecified:
+    if config.media_host is not None:
+        use_host_addresses([str(config.media_host)])  # media apart from HTTP (go-livepeer's LIVE_AI_WHIP_ADDR)
+    elif not address.is_unspecified:
         use_host_addresses([config.host])  # ICE candidates on the bound address only
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import asyncio

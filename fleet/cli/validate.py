@@ -29,4 +29,6 @@ def run(args: argparse.Namespace) -> int:
             continue
         if not args.quiet:
             print(f"{name}: ok ({scenario.name}, {scenario.target.dialect}, {scenario.load.shape})")
+        for note in scenario.media.notes():
+            print(f"{name}: note: {note}")
     return 1 if bad else 0

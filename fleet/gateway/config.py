@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, IPvAnyAddress, model_validator
 
 from fleet.capacity import LIVE_VIDEO_TO_VIDEO, CapacitySnapshot, parse_network_capabilities
 from fleet.document import load_document
@@ -109,6 +109,10 @@ class IceServerSpec(Spec):
 class GatewayConfig(Spec):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8937
+    media_host: IPvAnyAddress | None = Field(
+        None, description="the address WebRTC media (ICE host candidates) uses, apart from the HTTP address, as "
+                          "go-livepeer's LIVE_AI_WHIP_ADDR / LIVE_AI_WHEP_ADDR; default: host (every interface if "
+                          "host is unspecified)")
     max_streams: Annotated[int, Field(ge=1, le=10_000)] = 256
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_000_000
     idle_timeout_s: Annotated[float, Field(gt=0)] = Field(
@@ -133,7 +137,7 @@ class GatewayConfig(Spec):
                           "output")
     max_whep_viewers: Annotated[int, Field(ge=1, le=1000)] = Field(5, description="WHEP viewers per stream (429 past it)")
     output_gop_s: Annotated[float, Field(gt=0, le=10)] = Field(
-        1.0, description="seconds between IDR frames of the processed output (an assumption, not read from ai-runner)")
+        2.0, description="seconds between IDR frames of the processed output (ai-runner trickle/encoder.py GOP_SECS)")
     whep_base_url: str | None = Field(
         None, description="LIVE_AI_WHEP_URL: WHEP URLs are this + {stream}-{request}-out/whep; default: the gateway's "
                           "own /live/video-to-video/ handler")

@@ -21,6 +21,17 @@ SUBSCRIBER_QUEUE = 90          # frames buffered per WHEP viewer before the olde
 MAX_TRUTH_FRAMES = 108_000     # per-frame truth kept (an hour at 30 fps); summaries are always kept
 
 
+class Output:
+    """One orchestrator's output at the gateway (go-livepeer: the ring buffer one trickle subscription
+    writes, ``setOutWriter``): ``ready`` once its first frame exists, ``closed`` once that orchestrator is
+    gone (a swap, or the stream's end). A WHEP request attaches to the output current when it arrives."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.ready = asyncio.Event()
+        self.closed = asyncio.Event()
+
+
 class OutputTrack(MediaStreamTrack):
     """What one WHEP viewer receives: encoded frames, from the first keyframe on (go-livepeer: hasIDR)."""
 
@@ -31,6 +42,7 @@ class OutputTrack(MediaStreamTrack):
         self.queue: asyncio.Queue[av.Packet[Any] | None] = asyncio.Queue()
         self.first_pts90: list[int] = []  # the RTP-clock pts of the first frame handed to the sender
         self.started = False              # a keyframe has gone out: the viewer can decode from here
+        self.finished = False             # its output ended (a swap, or the stream's end): nothing more comes
         self.frames_sent = 0
         self.awaiting_keyframe = 0        # frames dropped before the first keyframe
         # truth: (output pts on the RTP clock, loop time its last packet left) per frame sent to this viewer
@@ -49,6 +61,8 @@ class OutputTrack(MediaStreamTrack):
         return self.seq_highest - self.seq_first + 1
 
     def push(self, packet: av.Packet[Any] | None, keyframe: bool = False) -> None:
+        if packet is None:
+            self.finished = True
         if packet is not None and not self.started:
             if not keyframe:
                 self.awaiting_keyframe += 1
@@ -115,13 +129,15 @@ def time_egress(sender: Any, track: OutputTrack, clock: Callable[[], float], dro
 
 
 class H264Encoder:
-    """Processed frames as H.264 constrained baseline, encoded once for every viewer, with an IDR every
-    ``gop`` frames (the runner's output GOP) and the frame's media time kept as the packet's pts."""
+    """Processed frames as H.264 constrained baseline, encoded once for every viewer, with an IDR once
+    ``gop_s`` of media time has passed since the last (ai-runner trickle/encoder.py: by timestamp, not by
+    frame count) and the frame's media time kept as the packet's pts."""
 
-    def __init__(self, gop: int, fps: float) -> None:
-        self.gop, self.fps = max(1, gop), fps
+    def __init__(self, gop_s: float, fps: float) -> None:
+        self.gop_s, self.fps = gop_s, fps
         self.context: Any = None
         self.encoded = 0
+        self.last_idr: float | None = None    # media time of the last IDR
 
     def _open(self, frame: av.VideoFrame) -> Any:
         enc = av.CodecContext.create("libx264", "w")
@@ -130,7 +146,7 @@ class H264Encoder:
         enc.framerate = fractions.Fraction(round(self.fps))
         enc.bit_rate = 1_000_000
         enc.profile = "Baseline"
-        gop = self.gop
+        gop = max(1, round(self.gop_s * self.fps)) * 4   # x264's own keyframes only as a backstop
         enc.options = {"preset": "ultrafast", "tune": "zerolatency", "level": "31", "forced-idr": "1",
                        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:repeat-headers=1"}
         return enc
@@ -138,9 +154,12 @@ class H264Encoder:
     def encode(self, frame: av.VideoFrame) -> av.Packet[Any] | None:
         if self.context is None:
             self.context = self._open(frame)
-        frame.pict_type = av.video.frame.PictureType.I if self.encoded % self.gop == 0 else \
-            av.video.frame.PictureType.NONE
         pts, time_base = frame.pts, frame.time_base
+        media = float(pts * time_base) if pts is not None and time_base else self.encoded / self.fps
+        idr = self.last_idr is None or media - self.last_idr >= self.gop_s or media < self.last_idr
+        if idr:
+            self.last_idr = media
+        frame.pict_type = av.video.frame.PictureType.I if idr else av.video.frame.PictureType.NONE
         frame.pts = round(pts * time_base * VIDEO_CLOCK) if pts is not None and time_base else self.encoded
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
         self.encoded += 1

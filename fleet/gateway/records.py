@@ -11,7 +11,7 @@ import asyncio
 import time
 from typing import Any
 
-from fleet.gateway.runner_state import RunnerClock, runner_state
+from fleet.gateway.runner_state import COMFYUI_RELOAD_ERROR_S, RELOAD_ERROR_S, RunnerClock, runner_state
 from fleet.gateway.state import StreamState
 from fleet.rtp import VIDEO_CLOCK
 
@@ -30,7 +30,8 @@ class StreamRecords(StreamState):
             now=now, start=start, ready=ready, running=self.closed is None, last_input=self.last_in,
             last_output=self.last_out, params_update=self.params_update,
             last_error=self.last_error[1] if self.last_error else None, last_restart=self.last_restart,
-            input_fps=self.in_rate.fps(now, start), output_fps=self.out_rate.fps(now, start)))
+            input_fps=self.in_rate.fps(now, start), output_fps=self.out_rate.fps(now, start),
+            reload_error_s=COMFYUI_RELOAD_ERROR_S if self.pipeline == "comfyui" else RELOAD_ERROR_S))
 
     def _report_now(self) -> None:
         """The runner's status event (ai_stream_status), as the gateway stores it."""
@@ -57,11 +58,15 @@ class StreamRecords(StreamState):
             "timestamp": unix_ms(time.time()),
         }
 
-    async def _report(self) -> None:
-        """The runner reports every ``status_interval_s`` (ai-runner status_report_interval), from its start."""
-        while not self.closed:
-            self._report_now()
+    async def _report(self, generation: int) -> None:
+        """The runner reports every ``status_interval_s`` (ai-runner status_report_interval), the first time
+        one interval after its start; until then the status shows what was there (after a swap: the old
+        runner's last report)."""
+        while True:
             await asyncio.sleep(self.gw.config.status_interval_s)
+            if self.closed or generation != self.generation:
+                return
+            self._report_now()
 
     async def _stats(self) -> None:
         """``gateway_status.ingest_metrics`` every ``stats_interval_s`` (go-livepeer runStats)."""

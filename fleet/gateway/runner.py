@@ -23,6 +23,7 @@ from aiortc.mediastreams import MediaStreamError
 from fleet.gateway.config import Fault
 from fleet.gateway.egress import MAX_TRUTH_FRAMES, SUBSCRIBER_QUEUE, H264Encoder
 from fleet.gateway.state import Rate, StreamState
+from fleet.gateway.swaps import SwapLimiter
 from fleet.gateway.transform import apply_look, prompt_cost
 from fleet.rtp import VIDEO_CLOCK, TapFrame
 from fleet.webrtc import timestamp_origin
@@ -30,12 +31,31 @@ from fleet.webrtc import timestamp_origin
 
 ARRIVALS_KEPT = 512            # arrival times of frames still in aiortc's decoder
 TIMED_FAULTS = ("disconnect", "orchestrator_swap", "capacity_drop")
+MAX_FRAMERATE = 24.0           # ai-runner trickle/decoder.py: input frames closer than 1/24 s in media time are dropped
+GUARD_EVERY_S = 0.5            # the runner's state is checked this often for ERROR (ai-runner's process guardian)
+# why upstream swaps (the cause go-livepeer's stopProcessing gives, server/ai_live_video.go)
+EOS = "trickle subscribe stopping, stream not found, err=EOF"
+CONTROL_LOST = "control channel does not exist"
+
+
+def max_framerate(next_pts: float, t: float, fps: float = MAX_FRAMERATE) -> tuple[bool, float]:
+    """ai-runner's input cap (trickle/decoder.py): (drop the frame at media time ``t``, the next slot).
+    A frame before the slot is dropped; one on time moves the slot a frame on from the slot (some jitter
+    allowed); one more than a frame late moves it a frame on from itself."""
+    step = 1.0 / fps
+    if t < next_pts:
+        return True, next_pts
+    return False, (t + step if t > next_pts + step else next_pts + step)
 
 
 class RunnerModel(StreamState):
     def _init_runner(self) -> None:
         """The runner's state before selection (called by ``Stream.__init__``)."""
         self.restart_count = 0
+        self.restarts = {}
+        self.swaps = SwapLimiter(self.loop.time())   # upstream's swapper starts its clock at the stream's start
+        self.swapping = False
+        self.next_pts = 0.0       # ai-runner's decoder: the earliest media time of the next frame it takes
         self.last_error = None   # the runner's (message, loop time)
         self.last_restart = None
         self.frames_in = 0
@@ -182,8 +202,11 @@ class RunnerModel(StreamState):
         if frame.pts is not None and frame.time_base is not None:
             self.last_in_pts = float(frame.pts * frame.time_base)
         t_ready = self._ready_at(frame, t_in)
-        reason = self._drop_reason(t_ready)
         relay = self.gw.config.relay
+        reason = "no_orchestrator" if self.lease is None or self.ready_at is None else None
+        if reason is None and not relay and self._too_soon(frame):
+            reason = "max_framerate"
+        reason = reason or self._drop_reason(t_ready)
         if relay and not reason and self.relay_need_key and not keyframe:
             reason = "relay_await_keyframe"  # an encoded stream resumes at a keyframe, or decoders break
         if reason:
@@ -201,7 +224,15 @@ class RunnerModel(StreamState):
         index = self._truth(seq, frame.pts, t_in, delay * 1000, None, None)
         if index >= 0:
             self.frames[index][7] = round((self.start_at - t_in) * 1000, 3)
-        self.loop.call_at(due, self._emit, out, self.start_at, index, keyframe)
+        self.loop.call_at(due, self._emit, out, self.start_at, index, keyframe, self.generation)
+
+    def _too_soon(self, frame: av.VideoFrame | av.Packet[Any]) -> bool:
+        """ai-runner's decoder caps its input at ``MAX_FRAMERATE`` by media time: a frame earlier than the
+        next slot is dropped; a late one moves the slot (re-expressed from trickle/decoder.py)."""
+        if frame.pts is None or frame.time_base is None:
+            return False
+        drop, self.next_pts = max_framerate(self.next_pts, float(frame.pts * frame.time_base))
+        return drop
 
     def _ready_at(self, frame: av.VideoFrame | av.Packet[Any], t_in: float) -> float:
         """When the runner may take the frame: its media time on a clock anchored at the first frame plus the
@@ -224,9 +255,10 @@ class RunnerModel(StreamState):
         self.frames.append([seq, pts, round(t_in - self.t0, 6), drawn, actual, reason, None, None])
         return len(self.frames) - 1
 
-    def _emit(self, frame: av.VideoFrame | av.Packet[Any], start: float, index: int, keyframe: bool) -> None:
-        if self.closed:
-            return
+    def _emit(self, frame: av.VideoFrame | av.Packet[Any], start: float, index: int, keyframe: bool,
+              generation: int) -> None:
+        if self.closed or generation != self.generation:
+            return  # the stream ended, or its orchestrator was swapped away while the frame was in flight
         t = self.loop.time()
         packet = frame if isinstance(frame, av.Packet) else self._encode(frame)
         if packet is None:
@@ -239,56 +271,69 @@ class RunnerModel(StreamState):
                 if len(self.unsent) >= ARRIVALS_KEPT:
                     self.unsent.pop(next(iter(self.unsent)))
                 self.unsent[pts90] = index
-        if self.frames_out == 0:
-            self.event("runner_send_first_processed_segment")
-            self.output_ready.set()
+        if self.output is not None and not self.output.ready.is_set():
+            self.event("runner_send_first_processed_segment", generation=generation)
+            self.output.ready.set()
         self.frames_out += 1
         self.out_rate.add(t)
         self.last_out = t
         if packet.pts is not None and packet.time_base is not None:
             self.last_out_pts = float(packet.pts * packet.time_base)
         for _, track in self.whep:
-            track.push(packet, keyframe)
+            if not track.finished:
+                track.push(packet, keyframe)
 
-    async def _watch(self) -> None:
-        """Mid-stream faults on a schedule: disconnect, orchestrator swap, capacity drop."""
-        timed = sorted((f for f in self.faults if f.kind in TIMED_FAULTS),
-                       key=lambda f: f.after_s)
+    async def _watch(self, generation: int) -> None:
+        """Mid-stream faults on a schedule (disconnect, orchestrator swap, capacity drop), then the runner's
+        guard: its ERROR state stops the stream and restarts the runner, and the gateway swaps."""
+        timed = sorted((f for f in self.faults if f.kind in TIMED_FAULTS), key=lambda f: f.after_s)
         for f in timed:
             assert self.runner_start is not None
             await asyncio.sleep(max(0.0, self.runner_start + f.after_s - self.loop.time()))
-            if self.closed:
+            if self.closed or generation != self.generation:
                 return
             self.event("fault", kind=f.kind)
-            if f.kind == "disconnect":
-                self.last_error = ("orchestrator disconnected", self.loop.time())
-                self.fail("orchestrator disconnected")
+            if f.kind in ("disconnect", "orchestrator_swap"):
+                self.swap_soon(CONTROL_LOST if f.kind == "disconnect" else EOS)
                 return
-            if f.kind == "orchestrator_swap":
-                self._swap()
-            else:
-                assert self.lease is not None
-                self.gw.network.drop_capacity(self.lease.orchestrator.address, f.slots)
-                if f.duration_s is not None:
-                    self.loop.call_later(f.duration_s, self.gw.network.restore_capacity,
-                                         self.lease.orchestrator.address, f.slots)
+            assert self.lease is not None
+            self.gw.network.drop_capacity(self.lease.orchestrator.address, f.slots)
+            if f.duration_s is not None:
+                self.loop.call_later(f.duration_s, self.gw.network.restore_capacity,
+                                     self.lease.orchestrator.address, f.slots)
+        while not self.closed and generation == self.generation:
+            if self.state() == "ERROR":
+                self._restart_runner()
+                self.swap_soon(EOS)
+                return
+            await asyncio.sleep(GUARD_EVERY_S)
 
-    def _swap(self) -> None:
-        """The orchestrator-swap fault: the stream moves to another orchestrator, its runner restarts."""
+    def _restart_runner(self) -> None:
+        """ai-runner on ERROR: the stream is stopped and the process restarted (LOADING, restart_count + 1)."""
         assert self.lease is not None
-        old, new = self.lease, self.gw.network.swap(self.lease)
-        if new is None:
-            self.event("orchestrator_swap_failed", reason="no other orchestrator has room")
-            return
-        self.lease = new
-        self.restart_count += 1
+        address = self.lease.orchestrator.address
+        self.restarts[address] = self.restart_count = self.restarts.get(address, 0) + 1
         self.last_restart = self.loop.time()
-        self.event("orchestrator_swap", old=old.orchestrator.address, new=new.orchestrator.address)
+        self.last_error = ("pipeline error: the runner restarts", self.last_restart)
+        self.event("runner_restart", orchestrator=address, restart_count=self.restart_count)
+
+    def new_runner(self) -> None:
+        """A swap: the next orchestrator's runner starts from nothing (its rates, queue, clock and encoder)."""
+        self.in_rate, self.out_rate = Rate(), Rate()
+        self.last_in = self.last_out = None
+        self.media_anchor = None
+        self.busy_until = self.queue_free_at = float("-inf")
+        self.last_due = 0.0
+        self.next_pts = 0.0
+        self.unsent.clear()
+        self.encoder = None          # the new output starts on a keyframe
+        self.relay_need_key = True
+        self.runner_start = self.ready_at = None
 
     def _encode(self, frame: av.VideoFrame) -> av.Packet[Any] | None:
         """The processed frame as H.264, once for every viewer; an IDR every output GOP."""
         if self.encoder is None:
             assert self.lease is not None
             fps = self.lease.profile.fps_cap
-            self.encoder = H264Encoder(round(self.gw.config.output_gop_s * fps), fps)
+            self.encoder = H264Encoder(self.gw.config.output_gop_s, fps)
         return self.encoder.encode(frame)

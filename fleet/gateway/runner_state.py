@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["LOADING_TIMEOUT_S", "RunnerClock", "runner_state"]
+__all__ = ["COMFYUI_RELOAD_ERROR_S", "LOADING_TIMEOUT_S", "RELOAD_ERROR_S", "RunnerClock", "runner_state"]
 
 LOADING_TIMEOUT_S = 180.0       # loading longer than this: ERROR
 INPUT_SHUTDOWN_S = 60.0         # no input this long: the streamer is told to stop (DEGRADED_INPUT)
@@ -20,6 +20,7 @@ RECENT_ERROR_S = 15.0
 RECENT_RESTART_S = 60.0
 STALL_ERROR_S = 5.0             # output stalled this long while input flows: ERROR
 RELOAD_ERROR_S = 10.0           # no output this long after a (re)load with input: ERROR
+COMFYUI_RELOAD_ERROR_S = 30.0   # ... for the comfyui pipeline (process_guardian.py error_threshold)
 DEGRADED_INPUT_FPS = 15.0
 NO_DATA_S = 2.0
 
@@ -40,6 +41,7 @@ class RunnerClock:
     input_fps: float
     output_fps: float
     errored: bool = False           # ERROR is permanent
+    reload_error_s: float = RELOAD_ERROR_S
 
 
 def runner_state(c: RunnerClock) -> str:
@@ -61,7 +63,7 @@ def runner_state(c: RunnerClock) -> str:
             return "ONLINE"
         if since_input > since_load:
             return "DEGRADED_INPUT"
-        return "DEGRADED_INFERENCE" if since_load < RELOAD_ERROR_S else "ERROR"
+        return "DEGRADED_INFERENCE" if since_load < c.reload_error_s else "ERROR"
     if since_output > since_input + 1 and since_output > STALL_ERROR_S:
         return "ERROR"
     if (c.last_error or 0.0) > c.now - RECENT_ERROR_S or (c.last_restart or 0.0) > c.now - RECENT_RESTART_S:

@@ -41,7 +41,6 @@ __all__ = ["ReferenceGateway", "serve"]
 log = logging.getLogger(__name__)
 
 MAX_CLOSED_STREAMS = 1000  # closed streams whose truth is kept; older ones are forgotten
-WHEP_WAIT_S = 60.0         # a WHEP request waits this long at most for the stream's first output
 SDP = "application/sdp"
 
 _CORS = {
@@ -230,7 +229,7 @@ class ReferenceGateway:
         else:
             return _text(404, "Malformed stream ID")
         stream = self.live.get(name)
-        if stream is None or stream.lease is None or (request_id and request_id != stream.request_id):
+        if stream is None or (request_id and request_id != stream.request_id):
             return _text(404, "Stream not found")
         return await self.serve_whep(request, stream)
 
@@ -240,17 +239,15 @@ class ReferenceGateway:
         if stream.viewers_open() >= self.config.max_whep_viewers:
             return _text(429, "Too many viewers for this stream")
         offer = await request.text()
-        # go-livepeer's WHEP blocks until the orchestrator's output exists (mpegts reader Initialize)
-        waiters = [asyncio.ensure_future(stream.output_ready.wait()), asyncio.ensure_future(stream.ended.wait())]
+        # go-livepeer's WHEP blocks until the orchestrator's output exists, during selection too
+        # (getOutWriter, then the mpegts reader's Initialize); an output closed by a swap fails at once
+        out = await stream.wait_output()
+        if out is None:
+            return _text(404, "Stream not found")
         try:
-            await asyncio.wait(waiters, timeout=WHEP_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-        if not stream.output_ready.is_set() or stream.closed:
-            return _text(404, "Failed to initialize mpegts reader")
-        try:
-            answer = await stream.answer_whep(offer)
+            answer = await stream.answer_whep(offer, out)
+            if answer is None:  # the output closed (a swap, or the stream's end) before it had a frame
+                return _text(404, "Failed to initialize mpegts reader")
         except Exception as exc:  # noqa: BLE001 - aiortc raises several types for an unusable offer
             return _text(400, f"SetRemoteDescription failed: {exc}")
         return web.Response(status=201, text=answer, content_type=SDP)  # no Location, as go-livepeer

@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     import random
 
     from fleet.gateway.config import Fault
-    from fleet.gateway.egress import H264Encoder, OutputTrack
+    from fleet.gateway.egress import H264Encoder, Output, OutputTrack
     from fleet.gateway.network import Lease
+    from fleet.gateway.swaps import SwapLimiter
     from fleet.gateway.stream import StreamHost
     from fleet.gateway.transform import Look
     from fleet.rtp import FrameTap, TapFrame
@@ -78,7 +79,9 @@ class StreamState:
     relay_ts0: int | None
     relay_need_key: bool
     first_packet: asyncio.Event
-    output_ready: asyncio.Event
+    output: Output | None          # the current orchestrator's output (None before the first job starts)
+    output_set: asyncio.Event      # set whenever a new output is made (go-livepeer: OutCond.Broadcast)
+    generation: int                # one per orchestrator the stream has had: a swap starts the next
     # the runner
     frames: list[list[Any]]
     unsent: dict[int, int]
@@ -99,7 +102,11 @@ class StreamState:
     runner_start: float | None
     ready_at: float | None
     warmup_left: int
+    next_pts: float
     restart_count: int
+    restarts: dict[str, int]       # per orchestrator address: its runner's restarts (ai-runner restart_count)
+    swaps: SwapLimiter
+    swapping: bool
     last_error: tuple[str, float] | None
     last_restart: float | None
     # reports
@@ -114,3 +121,9 @@ class StreamState:
         def unix(self, t: float | None) -> float | None: ...
         def fps_cap(self) -> float: ...
         def _active(self, kind: str) -> Fault | None: ...
+        def _spawn(self, coro: Any) -> None: ...
+        def state(self) -> str: ...
+        def new_runner(self) -> None: ...
+        def swap_soon(self, cause: str) -> None: ...
+        async def acquire(self, avoid: str = "") -> Lease | None: ...
+        async def start_job(self, lease: Lease) -> None: ...

@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiortc import MediaStreamTrack, RTCSessionDescription
 
 from fleet.gateway.config import Fault
-from fleet.gateway.egress import OutputTrack, time_egress
+from fleet.gateway.egress import Output, OutputTrack, time_egress
 from fleet.gateway.network import Lease
 from fleet.gateway.records import StreamRecords, unix_ms
 from fleet.gateway.runner import RunnerModel
+from fleet.gateway.swaps import StreamSwaps
 from fleet.gateway.transform import look_for
 from fleet.rtp import FrameTap
 from fleet.webrtc import codecs_named, new_peer_connection, request_keyframe
@@ -66,8 +67,13 @@ __all__ = ["NO_ORCHESTRATORS", "OutputTrack", "Stream"]
 log = logging.getLogger(__name__)
 
 NO_ORCHESTRATORS = "no orchestrators available"
+WHEP_HANG_S = 300.0            # a WHEP request waiting for an output that never comes is answered 404 after this
 MAX_EVENTS = 10_000            # lifecycle events kept per stream
-SELECTION_RETRY_S = 0.1        # selection retries this often within selection_timeout_s
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go's ``time.Duration`` prints it, for the whole seconds and milliseconds used here."""
+    return f"{seconds:g}s" if seconds >= 1 else f"{seconds * 1000:g}ms"
 
 
 def _log_crash(task: asyncio.Task[Any]) -> None:
@@ -76,7 +82,7 @@ def _log_crash(task: asyncio.Task[Any]) -> None:
         log.error("stream task crashed", exc_info=task.exception())
 
 
-class Stream(RunnerModel, StreamRecords):
+class Stream(RunnerModel, StreamSwaps, StreamRecords):
     def __init__(self, gateway: StreamHost, name: str, stream_id: str, pipeline: str, params: dict[str, Any],
                  orchestrator: str = "", include_uris: tuple[str, ...] = (), exclude_uris: tuple[str, ...] = (),
                  user_agent: str = "", request_id: str | None = None) -> None:
@@ -109,7 +115,9 @@ class Stream(RunnerModel, StreamRecords):
         self._tasks: list[asyncio.Task[Any]] = []
         self.tap: FrameTap | None = None
         self.first_packet = asyncio.Event()
-        self.output_ready = asyncio.Event()
+        self.output: Output | None = None
+        self.output_set = asyncio.Event()
+        self.generation = 0
         self.ended = asyncio.Event()
         self._closing: asyncio.Task[Any] | None = None
         self.runner_status: dict[str, Any] | None = None   # the runner's last report (ai_stream_status)
@@ -195,9 +203,24 @@ class Stream(RunnerModel, StreamRecords):
     def viewers_open(self) -> int:
         return sum(1 for pc, _ in self.whep if pc.connectionState not in ("failed", "closed"))
 
-    async def answer_whep(self, offer_sdp: str) -> str:
+    async def answer_whep(self, offer_sdp: str, out: Output) -> str | None:
+        """A viewer of ``out``: its reader starts where the output is now (a request that came before the
+        first frame gets the first keyframe; a later one waits for the next), then waits for the output's
+        first frame (the mpegts reader's Initialize). None when the output closes first."""
         pc = new_peer_connection()
         track = OutputTrack()
+        self.whep.append((pc, track))
+        if not out.ready.is_set():
+            waiters = [asyncio.ensure_future(out.ready.wait()), asyncio.ensure_future(out.closed.wait())]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+        if out.closed.is_set():
+            track.push(None)
+            await pc.close()
+            return None
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -209,13 +232,18 @@ class Stream(RunnerModel, StreamRecords):
         # processing mode encodes H.264; relay mode sends what the publisher sent (known: output exists)
         relayed = self.tap.codec if self.gw.config.relay and self.tap is not None else None
         transceiver.setCodecPreferences(codecs_named("video", relayed or "H264"))
-        await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-        self.whep.append((pc, track))
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        except Exception:  # an unusable offer: this viewer never was
+            self.whep.remove((pc, track))
+            await pc.close()
+            raise
         time_egress(transceiver.sender, track, self.loop.time, self._drop_packet,
                     self._residence if len(self.whep) == 1 else None)
         await pc.setLocalDescription(await pc.createAnswer())
-        self.event("whep_subscriber", count=len(self.whep))
-        return pc.localDescription.sdp
+        self.event("whep_subscriber", count=len(self.whep), generation=out.generation)
+        sdp: str = pc.localDescription.sdp
+        return sdp
 
     def _drop_packet(self) -> bool:
         """The packet_loss fault: lose this media packet on the way to a viewer."""
@@ -239,19 +267,38 @@ class Stream(RunnerModel, StreamRecords):
         self.close_soon(message)
 
     async def _select(self) -> None:
+        """The first orchestrator: selection, then its job (go-livepeer processStream's first round)."""
+        lease = await self.acquire()
+        if lease is not None:
+            await self.start_job(lease)
+
+    async def acquire(self, avoid: str = "") -> Lease | None:
+        """A slot, as go-livepeer's processAIRequest finds one: every orchestrator without room is tried
+        past, and when none is left the stream fails with "no orchestrators available" (and its trace);
+        tries that outlast ``selection_timeout_s`` fail with the timeout's own message and no trace. A
+        swap's reselection prefers an orchestrator other than ``avoid`` and keeps the stream's filter."""
         cfg, net = self.gw.config, self.gw.network
         deadline = self.loop.time() + cfg.selection_timeout_s
-        while (lease := net.acquire(self.pipeline, self.orchestrator, include_uris=self.include_uris,
-                                    exclude_uris=self.exclude_uris)) is None:
-            if self.closed:
-                return
+        while True:
             if self.loop.time() >= deadline:
-                self.fail(NO_ORCHESTRATORS, trace="gateway_no_orchestrators_available")
-                return
-            await asyncio.sleep(SELECTION_RETRY_S)
-        if self.closed:
-            net.release(lease)
-            return
+                self.fail(f"{NO_ORCHESTRATORS} within {go_duration(cfg.selection_timeout_s)} timeout")
+                return None
+            lease = net.acquire(self.pipeline, self.orchestrator, exclude=avoid, include_uris=self.include_uris,
+                                exclude_uris=self.exclude_uris) if avoid else None
+            lease = lease or net.acquire(self.pipeline, self.orchestrator, include_uris=self.include_uris,
+                                         exclude_uris=self.exclude_uris)
+            if lease is None:
+                if not self.closed:
+                    self.fail(NO_ORCHESTRATORS, trace="gateway_no_orchestrators_available")
+                return None
+            if self.closed:
+                net.release(lease)
+                return None
+            return lease
+
+    async def start_job(self, lease: Lease) -> None:
+        """The orchestrator starts the job: its faults are drawn, its runner starts, its output is made."""
+        net = self.gw.network
         self.lease = lease
         o = lease.orchestrator
         self.faults = net.faults_for(o.address, o.uri, kinds=tuple(k for k in _JOB_FAULTS + _RUN_FAULTS))
@@ -270,8 +317,26 @@ class Stream(RunnerModel, StreamRecords):
         self.runner_start = self.loop.time()
         self.ready_at = self.runner_start + (lease.profile.cold_start_s if lease.cold_start else 0.0)
         self.warmup_left = lease.profile.warmup_frames
-        self._spawn(self._report())
-        self._spawn(self._watch())
+        self.restart_count = self.restarts.get(o.address, 0)
+        self.output = Output(self.generation)
+        self.event("job_started", orchestrator=o.address, generation=self.generation)
+        self.output_set.set()        # go-livepeer setOutWriter: a WHEP request waiting for output wakes
+        self.output_set = asyncio.Event()
+        self._spawn(self._report(self.generation))
+        self._spawn(self._watch(self.generation))
+
+    async def wait_output(self) -> Output | None:
+        """The output a WHEP request reads (go-livepeer getOutWriter): it waits while the stream has none
+        yet, during selection too. None when it waited ``WHEP_HANG_S`` (upstream waits for good: a stream
+        that fails before its first job never wakes it). The output may already be closed (a swap)."""
+        deadline = self.loop.time() + WHEP_HANG_S
+        while self.output is None:
+            woke = self.output_set
+            try:
+                await asyncio.wait_for(woke.wait(), max(0.0, deadline - self.loop.time()))
+            except asyncio.TimeoutError:
+                return None
+        return self.output
 
     async def _gather(self) -> None:
         """No video within the gather timeout: "missing video"; a non-H.264 video track: "non-h264 video"."""
@@ -309,7 +374,7 @@ class Stream(RunnerModel, StreamRecords):
         # go-livepeer: a close without an error is recorded as "whip disconnected"
         self.gateway_status.setdefault("error", {"error_message": "whip disconnected", "error_time": unix_ms(time.time())})
         self.event("gateway_ingest_stream_closed", reason=reason)
-        if self.runner_status is not None:
+        if self.runner_status is not None and self.lease is not None:
             self._report_now()
         self.gw.released(self)
         current = asyncio.current_task()
@@ -317,8 +382,8 @@ class Stream(RunnerModel, StreamRecords):
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)  # nothing of this stream outlives its close
-        for pc, track in self.whep:
-            track.push(None)
+        self.end_output()
+        for pc, _ in self.whep:
             await pc.close()
         await self.pc.close()
 

@@ -38,6 +38,10 @@ def align(out_steps: list[tuple[float, int, float]], in_steps: list[tuple[float,
     or more than one does. Candidate lags pair the last output step with each input step of the same
     direction sent at most ``max_latency`` before that output step arrived. ``L`` is the smallest
     residual fit, since drops only ever make a step look later.
+
+    Each output step takes the nearest input step in its window, and the steps must come out in the
+    order they went in, each once: a keyframe jump can leave one-frame runs, so two steps of the same
+    direction two frames apart, both within the tolerance of one output step.
     """
     if len(out_steps) < MIN_STEPS:
         return None
@@ -51,14 +55,8 @@ def align(out_steps: list[tuple[float, int, float]], in_steps: list[tuple[float,
         if not 0 <= arrived - in_steps[k][2] <= max_latency:
             continue
         lag = t_last - u
-        matched = []
-        for t, d, _ in out_steps:
-            target = t - lag
-            j = bisect.bisect_right(times[d], target + tolerance) - 1
-            if j < 0 or target - times[d][j] > 2 * tolerance:
-                break
-            matched.append(by_dir[d][j][1])
-        else:
+        matched = _match(out_steps, lag, by_dir, times, tolerance)
+        if matched is not None:
             fits.append((lag, matched))
     if not fits:
         return None
@@ -70,16 +68,37 @@ def align(out_steps: list[tuple[float, int, float]], in_steps: list[tuple[float,
     return lag, matched
 
 
+def _match(out_steps: list[tuple[float, int, float]], lag: float, by_dir: dict[int, list[tuple[float, int]]],
+           times: dict[int, list[float]], tolerance: float) -> list[int] | None:
+    """For each output step, the nearest input step of its direction from ``tolerance`` after its time
+    less ``lag`` to twice that before (the earlier on a tie); None when one has none, or when they do not
+    follow one another (a step cannot come out twice, nor before one that went in before it)."""
+    matched: list[int] = []
+    for t, d, _ in out_steps:
+        target = t - lag
+        best: int | None = None
+        j = bisect.bisect_right(times[d], target + tolerance) - 1
+        while j >= 0 and target - times[d][j] <= 2 * tolerance:
+            if best is None or abs(target - times[d][j]) <= abs(target - times[d][best]):
+                best = j
+            j -= 1
+        if best is None or (matched and by_dir[d][best][1] <= matched[-1]):
+            return None
+        matched.append(by_dir[d][best][1])
+    return matched
+
+
 def lag_is_exact(lag: float, out_prev: list[float | None], in_steps: list[tuple[float, int, float]],
                  matched: list[int], frame_s: float) -> bool:
     """Whether ``lag`` is pinned to one frame: some step's previous output frame rules out ``lag - frame``.
 
     ``lag`` is the latest lag that fits (no step earlier than its input step). If every step seen had
     its first frame dropped, one frame less would fit as well; the frame shown just before a step
-    still showed the old level, so it came from before the input step: lag > prev - u.
+    still showed the old level, so it came from before the input step: lag > prev - u. A step whose
+    previous frame rules out ``lag`` itself was matched to the wrong input step: not exact.
     """
     lower = max((p - in_steps[k][0] for p, k in zip(out_prev, matched) if p is not None), default=None)
-    return lower is not None and lag - frame_s <= lower + 1e-6
+    return lower is not None and lag - frame_s <= lower + 1e-6 and lower < lag - frame_s / 2
 
 
 @dataclass

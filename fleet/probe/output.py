@@ -6,6 +6,10 @@ it decodes only inside short windows (until the latency alignment is found, arou
 switch until its effect is seen, and ``check_window_s`` in every ``check_every_s``), starting at a
 keyframe that it asks for with a PLI through ``ask_keyframe``. The per-session figures it leaves in
 the result (latency samples, per-second counts) are computed by the pure functions at the bottom.
+
+After an orchestrator swap the session subscribes again (``resubscribed``): the new subscription is a
+segment of its own, with its own RTP timestamp origin and its own latency alignment; the latency
+samples of earlier segments are kept, and the gaps between segments are cut out of the timing.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ WINDOW_BEFORE_SWITCH_S = 1.0
 WINDOW_AFTER_EFFECT_S = 0.5
 WINDOW_MAX_S = 10.0
 CHROMA_KEEP = 300             # decoded frames' chroma kept for the effect check (trimmed by a third)
+GOP_KEEP = 150                # frames kept since the last keyframe, so that a window decodes from it at once
 
 Event = Callable[..., None]   # event(kind, **data)
 LatencySample = tuple[float, float, str]  # (t_s from the session's start, ms, method)
@@ -53,6 +58,7 @@ class OutputWatch:
         self.on_first: Callable[[], None] = lambda: None
         # decoding
         self.decoder: Any = None           # av's CodecContext while decoding
+        self.gop: list[tuple[TapFrame, int]] = []  # frames since the last keyframe, while not decoding
         self.windows: list[tuple[float, float]] = []  # (start, end) monotonic
         self.switch_windows: dict[int, tuple[float, float]] = {}  # per prompt switch, until its effect is seen
         self.calibrating = True
@@ -67,10 +73,32 @@ class OutputWatch:
         self.pending_effects: list[tuple[int, float]] = []  # (update index, request time)
         self.prompt_switch_ms: list[float | None] = []  # per prompt switch, once switching starts
         self.latency_method: str | None = None
+        self.segments: list[int] = []      # index of the first frame of each subscription after the first
+        self.earlier_samples: list[LatencySample] = []  # latency samples of the segments before the current
+        self.calibrate_from = t0
+        self._new_alignment()
+
+    def _new_alignment(self) -> None:
         # a latency longer than the clip's loop would be ambiguous (the steps repeat)
+        spec = self.spec
         max_latency = min(self.opt.max_latency_s, 0.9 * spec.clip.frames / spec.clip.fps)
         self.aligner = Aligner(tolerance=2.5 / spec.clip.fps, max_latency=max_latency)
         self.recv_aligner = Aligner(tolerance=0.3, max_latency=max_latency)
+
+    def resubscribed(self, tap: FrameTap, on_first: Callable[[], None]) -> None:
+        """A new subscription after a swap: its frames start a new segment (``on_first`` at its first)."""
+        self.earlier_samples += self.latency_samples()
+        self.tap, self.on_first = tap, on_first
+        self.ts0 = None
+        self.decoder = None
+        self.gop = []
+        self.detector = StepDetector()
+        self.prev_decoded_index = -2
+        self.aligned_at_steps = 0
+        self.latency_method = None
+        self.calibrating = True
+        self.calibrate_from = time.monotonic()
+        self._new_alignment()
 
     # --- windows ---------------------------------------------------------------------
 
@@ -92,6 +120,8 @@ class OutputWatch:
     def on_frame(self, f: TapFrame) -> None:
         if self.ts0 is None:
             self.ts0 = f.timestamp
+            if self.arrivals:
+                self.segments.append(len(self.arrivals))
             self.on_first()
         index = len(self.arrivals)
         self.arrivals.append(f.arrival)
@@ -99,13 +129,29 @@ class OutputWatch:
         if self.tap is not None and self.tap.unsupported:
             return
         if self._want_decode(f.arrival):
+            if self.decoder is None and self.gop:  # a window opens mid-GOP: decode from its keyframe at once
+                for kept, i in self.gop:
+                    self._decode(kept, i)
+            self.gop = []
             self._decode(f, index)
-        elif self.decoder is not None:
+            return
+        if self.decoder is not None:
             self.decoder = None
             self.detector.reset_continuity()
+        self._keep(f, index)
+
+    def _keep(self, f: TapFrame, index: int) -> None:
+        """Frames since the last complete keyframe (the output's GOP is 2 s upstream, and a gateway need
+        not answer a PLI: a window that waited for the next keyframe could miss what it opened for)."""
+        if f.keyframe and f.complete:
+            self.gop = [(f, index)]
+        elif self.gop and len(self.gop) < GOP_KEEP:
+            self.gop.append((f, index))
+        else:
+            self.gop = []
 
     def _want_decode(self, now: float) -> bool:
-        if self.calibrating and now - self.t0 > self.opt.calibrate_max_s:
+        if self.calibrating and now - self.calibrate_from > self.opt.calibrate_max_s:
             self.calibrating = False  # no alignment in time (an output without brightness steps): give up
             self.event("latency_aligned", method=self.latency_method, steps=len(self.detector.steps), exact=False)
         if self.opt.decode == "all" or self.calibrating or self.pending_effects:
@@ -184,8 +230,10 @@ class OutputWatch:
         recv = [(a, d, a) for _, a, d in self.detector.steps]
         recv_in = [(s, d, s) for _, d, s in inputs]
         if self.recv_aligner.update(recv, recv_in):
+            # kept, but calibration goes on while the timestamps may still align (a sample per frame, and
+            # a few steps can fit two lags of a clip whose runs repeat): it ends at calibrate_max_s
             self.latency_method = "brightness_step"
-            return True
+            return False
         self.latency_method = None
         return False
 
@@ -231,7 +279,7 @@ class OutputWatch:
             if len(a) >= PLAYABLE_FRAMES:
                 r.playable_s = round(a[PLAYABLE_FRAMES - 1] - self.t0, 4)
         if len(a) >= 2:
-            t = analyse(a, end=end, suspect=list(suspect))
+            t = analyse(a, end=end, suspect=list(suspect), cuts=self.segments)
             r.output_fps, r.jitter_coeff = t.output_fps, t.jitter_coeff
             r.jitter_coeff_p50, r.jitter_coeff_p95 = t.jitter_coeff_p50, t.jitter_coeff_p95
             r.jitter_intervals, r.jitter_suspect_intervals = t.jitter_intervals, t.jitter_suspect_intervals
@@ -239,8 +287,8 @@ class OutputWatch:
         if self.opt.keep_timeline:
             r.timeline = list(zip(self.out_ts, a))
             r.timeline_suspect = suspect_frames(a, list(suspect))
-        r.latency_samples = self.latency_samples()
-        r.latency_method = self.latency_method
+        r.latency_samples = self.earlier_samples + self.latency_samples()
+        r.latency_method = self.latency_method or next((m for _, _, m in self.earlier_samples), None)
         values = [ms for _, ms, _ in r.latency_samples]
         if values:
             r.g2g_latency_ms = round(percentile(values, 50) or 0.0, 3)
@@ -255,7 +303,8 @@ class OutputWatch:
         if self.calibrating and len(self.detector.steps) >= 3:
             self.align()
         if self.latency_method == "rtp_timestamp" and self.aligner.lag is not None:
-            return rtp_latency(self.out_ts, self.arrivals, self.aligner.lag, self.track.sent,
+            first = self.segments[-1] if self.segments and self.ts0 is not None else 0
+            return rtp_latency(self.out_ts[first:], self.arrivals[first:], self.aligner.lag, self.track.sent,
                                self.spec.clip.fps, self.t0)
         if self.latency_method == "brightness_step":
             inputs = self.input_steps()

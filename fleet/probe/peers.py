@@ -1,8 +1,10 @@
 """The two peer connections of a probe session: publish (WHIP, send only) and watch (WHEP, receive only).
 
 ``Peers`` wires aiortc's state callbacks to events the session waits on (ICE connected, DTLS
-connected, broken) and sets up the transceivers: the pre-encoded clip out, an RTP tap in. aiortc's
-private API is reached only through ``fleet.webrtc``.
+connected, broken) and sets up the transceivers: the pre-encoded clip out, an RTP tap in. An egress
+connection the gateway closes while the ingest lives is no break: go-livepeer closes every viewer on
+an orchestrator swap, and the session subscribes again on a new egress connection
+(``egress_lost``, ``new_egress``). aiortc's private API is reached only through ``fleet.webrtc``.
 """
 
 from __future__ import annotations
@@ -15,15 +17,20 @@ from fleet.errors import ErrorClass
 from fleet.media import H264_PROFILE_LEVEL_ID, PacketTrack
 from fleet.probe.types import ProbeResult
 from fleet.rtp import FrameTap, TapFrame
-from fleet.webrtc import IceServer, codecs_named, new_peer_connection, on_keyframe_request
+from aiortc import RTCPeerConnection
+
+from fleet.webrtc import IceServer, codecs_named, new_peer_connection, on_keyframe_request, selected_candidate_types
 
 Event = Callable[..., None]   # event(kind, **data)
 
 
 class Peers:
     def __init__(self, ice: tuple[IceServer, ...], event: Event) -> None:
+        self.ice = ice
         self.pc_in = new_peer_connection(ice)
         self.pc_out = new_peer_connection(ice)
+        self.old_out: list[RTCPeerConnection] = []   # egress connections a swap closed
+        self.egress_lost = asyncio.Event()  # the gateway closed the egress connection while the ingest lives
         self.event = event
         self.ice_done = asyncio.Event()
         self.dtls_done = asyncio.Event()
@@ -52,10 +59,19 @@ class Peers:
             elif state in ("failed", "closed") and not self.closing:
                 self.break_off(f"ingest connection {state}")
 
-        @self.pc_out.on("connectionstatechange")
+        self._wire_out(self.pc_out)
+
+    def _wire_out(self, pc: RTCPeerConnection) -> None:
+        @pc.on("connectionstatechange")
         def on_out() -> None:
-            if self.pc_out.connectionState in ("failed", "closed") and not self.closing:
-                self.break_off(f"egress connection {self.pc_out.connectionState}")
+            state = pc.connectionState
+            if state not in ("failed", "closed") or self.closing or pc is not self.pc_out:
+                return
+            if state == "closed" and self.pc_in.connectionState == "connected":
+                self.event("egress_closed")
+                self.egress_lost.set()
+            else:
+                self.break_off(f"egress connection {state}")
 
     def break_off(self, why: str, error: ErrorClass = "connection_lost") -> None:
         if not self.broken.is_set():
@@ -72,9 +88,30 @@ class Peers:
             sender.setCodecPreferences(codecs_named("video", "H264", profile_level_id=H264_PROFILE_LEVEL_ID))
         else:
             sender.setCodecPreferences(codecs_named("video", "VP8"))
+        return self._egress(on_frame, bandwidth_feedback)
+
+    def _egress(self, on_frame: Callable[[TapFrame], None], bandwidth_feedback: bool) -> FrameTap:
         recv = self.pc_out.addTransceiver("video", direction="recvonly")
         recv.setCodecPreferences(codecs_named("video", "H264", "VP8"))
         return FrameTap(recv.receiver, on_frame, decode=False, bandwidth_feedback=bandwidth_feedback)
+
+    def new_egress(self, on_frame: Callable[[TapFrame], None], bandwidth_feedback: bool) -> FrameTap:
+        """A fresh egress connection for the same WHEP URL, after the gateway closed the last one."""
+        self.old_out.append(self.pc_out)
+        self.pc_out = new_peer_connection(self.ice)
+        self._wire_out(self.pc_out)
+        self.egress_lost.clear()
+        return self._egress(on_frame, bandwidth_feedback)
+
+    def candidates(self, r: ProbeResult) -> None:
+        """The selected ICE candidate types of both connections (the egress: its latest), read before they close;
+        a connection that never got a pair leaves what an earlier read found."""
+        local, remote = selected_candidate_types(self.pc_in)
+        if local is not None:
+            r.ice_local_candidate, r.ice_remote_candidate = local, remote
+        local, remote = selected_candidate_types(self.pc_out)
+        if local is not None:
+            r.egress_ice_local_candidate, r.egress_ice_remote_candidate = local, remote
 
     async def rtcp(self, r: ProbeResult, frames_sent: int) -> None:
         """Ingest loss and RTT from the gateway's RTCP receiver reports, read before the connections close."""

@@ -37,13 +37,15 @@ import httpx
 from aiortc import RTCSessionDescription
 
 from fleet.media import PacketTrack
-from fleet.errors import ErrorClass, Phase, status_error
+from fleet.errors import ErrorClass, Phase
 from fleet.probe.adapters import USER_AGENT, ProbeFailure, adapter_for, gateway_error
 from fleet.probe.classify import blame, classify
 from fleet.probe.looplag import LoopMonitor
 from fleet.probe.output import WINDOW_BEFORE_SWITCH_S, OutputWatch
 from fleet.probe.peers import Peers
+from fleet.probe.whep import subscribe
 from fleet.probe.status import StatusReader
+from fleet.probe.swaps import SwapTracker
 from fleet.probe.types import (
     EVENT_PREFIX,
     OUTCOMES,
@@ -61,7 +63,7 @@ __all__ = ["OUTCOMES", "PHASES", "ProbeOptions", "ProbeResult", "ProbeSpec", "Pr
            "run_probe"]
 
 CAP_GRACE_S = 2.0             # the session ends itself at max_s; this backstop fires only if it cannot
-WHEP_RETRY_S = 0.25           # WHEP 404 "Stream not found" while the gateway still selects: ask again this often
+MAX_RESUBSCRIBES = 20         # WHEP subscriptions after swaps, per session (go-livepeer allows 2 swaps in 3 min)
 DIAGNOSE_S = 3.0              # after an early end, wait this long at most for the gateway's error in its status
 TEARDOWN_VERIFY_S = 3.0       # after closing, wait this long at most for the status to show the stream ended
 STATUS_POLL_S = 0.25          # status reads while diagnosing or verifying
@@ -93,7 +95,8 @@ class _Probe:
         self.tasks: set[asyncio.Task[Any]] = set()  # every task this session started; teardown awaits them
         self.out = OutputWatch(spec, self.track, self.t0, self.event, self._ask_keyframe)
         self.out.on_first = self.first_frame.set
-        self.status = StatusReader(self.r, self.event)
+        self.swaps = SwapTracker(self.event)
+        self.status = StatusReader(self.r, self.event, self.swaps)
         self.t_end: float | None = None
         self.loop_monitor = LoopMonitor.for_running_loop()
         self.lag_mark = self.loop_monitor.acquire()
@@ -117,6 +120,9 @@ class _Probe:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _headers(self) -> dict[str, str]:
+        return {"User-Agent": USER_AGENT, **self.adapter.auth()}
 
     def _ask_keyframe(self, tap: FrameTap) -> None:
         if tap.ssrc is not None:
@@ -169,6 +175,7 @@ class _Probe:
         try:
             await self._wait(self.peers.ice_done, opt.ice_timeout_s, "ice", "ice_timeout")
             r.ice_ms = _ms(self.peers.t_ice - self.t_answer) if self.peers.t_ice is not None else None
+            self.peers.candidates(r)
             await self._wait(self.peers.dtls_done, opt.ice_timeout_s, "dtls", "dtls_timeout")
             r.dtls_ms = _ms(time.monotonic() - self.peers.t_ice) if self.peers.t_ice is not None else None
             await whep
@@ -197,28 +204,35 @@ class _Probe:
             await self._cancel(*tasks)
 
     async def _whep(self, client: httpx.AsyncClient, url: str) -> None:
-        """Subscribe; a 404 "Stream not found" means the gateway has no output yet (it is still selecting)."""
-        await self.peers.pc_out.setLocalDescription(await self.peers.pc_out.createOffer())
-        deadline = time.monotonic() + self._first_frame_timeout()
-        while True:
-            t = time.monotonic()
+        """Subscribe, within the startup deadline (go-livepeer's WHEP answers once the output exists); then
+        keep subscribed: after a swap closes the egress connection, subscribe again to the same URL."""
+        deadline = self.t0 + self._first_frame_timeout()
+        took = await subscribe(client, url, self.peers.pc_out, self._headers(), deadline,
+                               (self.peers.broken, self.stop), f"the {self._first_frame_timeout():g} s startup deadline")
+        if took is not None:
+            self.r.whep_signaling_ms = _ms(took)
+            self.spawn(self._resubscribe(client, url))
+
+    async def _resubscribe(self, client: httpx.AsyncClient, url: str) -> None:
+        """Each time the gateway closes the egress connection while the ingest lives (a swap), a new one."""
+        end = self.t0 + min(self.spec.duration_s, self.spec.max_s)
+        for _ in range(MAX_RESUBSCRIBES):
+            await self._first_of((self.peers.egress_lost, self.peers.broken, self.stop), end - time.monotonic())
+            if not self.peers.egress_lost.is_set() or self.peers.broken.is_set() or self.stop.is_set():
+                return
+            last = self.out.arrivals[-1] - self.t0 if self.out.arrivals else None
+            self.swaps.viewer_lost(self.now(), last)
+            tap = self.peers.new_egress(self.out.on_frame, self.opt.bandwidth_feedback)
+            self.out.resubscribed(tap, lambda: self.swaps.output_back(self.now()))
             try:
-                resp = await client.post(url, content=self.peers.pc_out.localDescription.sdp,
-                                         headers={"Content-Type": "application/sdp", "User-Agent": USER_AGENT,
-                                                  **self.adapter.auth()})
-            except httpx.HTTPError as exc:
-                raise ProbeFailure("signaling", "whep_transport", type(exc).__name__) from None
-            retry = resp.status_code == 404 and "not found" in resp.text.lower() and "malformed" not in resp.text.lower()
-            if not retry or time.monotonic() >= deadline or self.peers.broken.is_set() or self.stop.is_set():
-                break
-            await self._first_of((self.peers.broken,), WHEP_RETRY_S)
-        if resp.status_code not in (200, 201):
-            raise ProbeFailure("signaling", status_error("whep_http", resp.status_code), resp.text.strip()[:200])
-        self.r.whep_signaling_ms = _ms(time.monotonic() - t)
-        try:
-            await self.peers.pc_out.setRemoteDescription(RTCSessionDescription(resp.text, "answer"))
-        except (ValueError, AttributeError) as exc:
-            raise ProbeFailure("signaling", "bad_whep_answer", str(exc)[:120]) from None
+                took = await subscribe(client, url, self.peers.pc_out, self._headers(), end,
+                                       (self.peers.broken, self.stop), "the session")
+            except ProbeFailure as f:   # the output stays gone: the end-of-session stall check judges it
+                self.event("resubscribe_failed", error=f.error, detail=f.detail)
+                return
+            if took is None:
+                return
+            self.event("resubscribed", whep_ms=_ms(took))
 
     async def _switch_prompts(self, client: httpx.AsyncClient) -> None:
         self.out.prompt_switch_ms = [None] * (len(self.spec.prompts) - 1)
@@ -284,7 +298,9 @@ class _Probe:
             self.t_end = time.monotonic()
         await self._cancel(*self.tasks)
         self.track.stop()
-        steps = [self.peers.pc_out.close(), self.peers.pc_in.close(), self.adapter.stop(client)]
+        self.peers.candidates(self.r)   # before the close: aioice forgets the pair then
+        steps = [*(pc.close() for pc in (self.peers.pc_out, *self.peers.old_out)), self.peers.pc_in.close(),
+                 self.adapter.stop(client)]
         for step in steps:
             try:
                 await asyncio.wait_for(step, self.opt.teardown_timeout_s)
@@ -299,6 +315,8 @@ class _Probe:
         deadline = time.monotonic() + TEARDOWN_VERIFY_S
         while True:
             status = await self._fetch_status(client)  # not recorded: the end we caused is no session error
+            if self.r.orchestrator_address is None and isinstance(status, dict) and "orchestrator_info" in status:
+                self.status.read(status, self.now())   # but who served it, if the runner first reported late
             if status is None or gateway_error(status) or status.get("state") == "OFFLINE":
                 return True
             if not isinstance(status, dict) or time.monotonic() >= deadline:  # a wrong shape proves nothing
@@ -314,6 +332,11 @@ class _Probe:
             lag.mean_ms, lag.max_ms, lag.busy_pct
         suspect = self.loop_monitor.suspect_windows(a[0], a[-1]) if a else []
         self.out.fill(r, None if self.peers.broken.is_set() else end, suspect)
+        swaps = self.swaps.swaps
+        r.swap_count, r.swapped = len(swaps), bool(swaps)
+        gaps = [s.gap_s for s in swaps if s.gap_s is not None]
+        r.swap_gap_s = round(sum(gaps), 3) if gaps else None
+        r.orchestrators = self.swaps.orchestrators
         self.loop_monitor.release()
         return r
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fleet.probe.adapters import gateway_error
+from fleet.probe.swaps import SwapTracker
 from fleet.probe.types import ProbeResult
 
 Event = Callable[..., None]   # event(kind, **data)
@@ -43,8 +44,9 @@ def text(value: Any) -> str | None:
 class StatusReader:
     """Folds each status read into one session's result, with its events."""
 
-    def __init__(self, result: ProbeResult, event: Event) -> None:
+    def __init__(self, result: ProbeResult, event: Event, swaps: SwapTracker | None = None) -> None:
         self.r, self.event = result, event
+        self.swaps = swaps if swaps is not None else SwapTracker(event)
 
     def bad(self, why: str) -> None:
         if "gateway_protocol" not in self.r.reasons:
@@ -92,9 +94,9 @@ class StatusReader:
                   "input_fps": num(obj(s, "input_status", self.bad).get("fps")),
                   "inference_fps": num(inf.get("fps")), "restart_count": restarts,
                   "last_error": text(inf.get("last_error")), "orchestrator": address or None}
-        if r.orchestrator_address and address and address != r.orchestrator_address:
-            r.swapped = True
-            self.event("orchestrator_swap", old=r.orchestrator_address, new=address)
+        # a new runner (another orchestrator, or the same one's new start): a swap, even back to the same one
+        self.swaps.runner_seen(t_s, address or None, s.get("start_time"))
+        r.swapped = bool(self.swaps.swaps)
         # NaaP keys orchestrators by lower-cased address; go-livepeer leaves it empty without ticket params
         r.orchestrator_address = address or r.orchestrator_address
         r.orchestrator_url = text(orch.get("url")) or r.orchestrator_url

@@ -17,6 +17,10 @@
   the session's end counts the same way (an output that stalls for good is a freeze too). A frame
   stamped during the tester's own stall counts as arriving at the stall's start at the latest, so
   the tester's stall is not reported as the stream's freeze.
+- an orchestrator swap's gap (the viewer's output gone from the last frame of one subscription to the
+  first of the next, ``cuts``) is cut out of the timeline before all of the above, less one typical
+  interval: fps, jitter and freezes describe the output while an orchestrator served it, and the gap
+  is reported as the swap's own (``swap_gap_s``), never as a freeze.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["FREEZE_MIN_S", "JITTER_WINDOW_S", "PLAYABLE_FRAMES", "Timing", "analyse", "freeze_ends", "freezes", "jitter",
-           "output_fps", "suspect_frames"]
+           "output_fps", "splice", "suspect_frames"]
 
 PLAYABLE_FRAMES = 10          # "playable": this many output frames received; the steady state starts there
 FREEZE_MIN_S = 0.150          # W3C: an interval > max(3 x mean, mean + 150 ms) is a freeze
@@ -166,11 +170,33 @@ def _round4(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
 
 
+def splice(arrivals: Sequence[float], cuts: Sequence[int], end: float | None = None,
+           suspect: Sequence[tuple[float, float]] = ()) -> tuple[list[float], float | None, list[tuple[float, float]]]:
+    """The timeline with each gap before a ``cuts`` index (the first frame of a new subscription) closed
+    to one typical interval (the median of the up to ``FREEZE_WINDOW`` intervals before it); the
+    session's ``end`` and the suspect spans after the gap move with it."""
+    a, spans = list(arrivals), list(suspect)
+    for c in sorted(set(cuts)):
+        if not 0 < c < len(a):
+            continue
+        before = np.diff(np.asarray(a[max(0, c - FREEZE_WINDOW - 1):c]))
+        shift = a[c] - a[c - 1] - (float(np.median(before)) if len(before) else 0.0)
+        if shift <= 0:
+            continue
+        boundary = a[c - 1]
+        a[c:] = [t - shift for t in a[c:]]
+        end = None if end is None else end - shift
+        spans = [(s - shift, e - shift) if s > boundary else (s, e) for s, e in spans]
+    return a, end, spans
+
+
 def analyse(arrivals: Sequence[float], end: float | None = None,
-            suspect: Sequence[tuple[float, float]] = ()) -> Timing:
+            suspect: Sequence[tuple[float, float]] = (), cuts: Sequence[int] = ()) -> Timing:
     """Everything above, for one session's arrivals (time.monotonic(), in order)."""
     if len(arrivals) < 2:
         return Timing()
+    if cuts:
+        arrivals, end, suspect = splice(arrivals, cuts, end, suspect)
     fps = output_fps(arrivals, suspect_frames(arrivals, suspect) if suspect else ())
     cv, p50, p95, used, left_out = jitter(arrivals, suspect)
     count, total = freezes(arrivals, end, suspect)

@@ -129,6 +129,11 @@ class ProbeResult:
     pacing_late_ms_mean: float | None = None
     pacing_late_ms_max: float | None = None
     keyframes_on_request: int = 0   # keyframe requests (PLI) from the gateway answered by jumping to a keyframe
+    # the selected ICE candidate pair's types (host, srflx, prflx, relay): ingest (WHIP) and egress (WHEP)
+    ice_local_candidate: str | None = None
+    ice_remote_candidate: str | None = None
+    egress_ice_local_candidate: str | None = None
+    egress_ice_remote_candidate: str | None = None
     # the tester's own health over the session (fleet.probe.looplag)
     tester_loop_lag_ms_mean: float | None = None
     tester_loop_lag_ms_max: float | None = None
@@ -146,7 +151,10 @@ class ProbeResult:
     orchestrator_url: str | None = None
     gpu_id: str | None = None
     gpu_name: str | None = None
-    swapped: bool = False
+    swapped: bool = False                # an orchestrator swap happened (NaaP: orchestrator_swap); never a failure
+    swap_count: int = 0
+    swap_gap_s: float | None = None      # seconds the viewer's output was gone over the swaps it saw
+    orchestrators: list[str] = field(default_factory=list)  # every orchestrator that served it, in order
     status_samples: list[dict[str, Any]] = field(default_factory=list)
     per_second: list[dict[str, Any]] = field(default_factory=list)
     events: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)

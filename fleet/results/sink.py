@@ -32,7 +32,9 @@ __all__ = ["EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_FIELDS", 
 # 4: steady-state jitter with windowed p50/p95 and the intervals it used / left out as the tester's own
 #    stalls; tester_loop_busy_pct; tester_cpu_pct per session (it was since the last call, by any session)
 # 5: target_orchestrator (the orchestrator the session was aimed at: the monitor's coverage key)
-SCHEMA_VERSION = 5
+# 6: (issue #22) a session's life on the real network: swaps and every orchestrator that served it, the
+#    capacity evidence of a skip, ICE candidate types, jitter in milliseconds as go-livepeer reports it
+SCHEMA_VERSION = 6
 
 # the identity every row carries
 _IDS = [("campaign_id", pa.string()), ("run_id", pa.string()), ("scenario", pa.string()),
@@ -62,10 +64,13 @@ SESSION_FIELDS = _IDS + [
     ("packets_received", pa.int64()), ("packet_loss_pct", pa.float64()), ("ingest_packet_loss_pct", pa.float64()),
     ("rtt_ms", pa.float64()), ("pacing_late_ms_mean", pa.float64()), ("pacing_late_ms_max", pa.float64()),
     ("keyframes_on_request", pa.int64()),
+    ("ice_local_candidate", pa.string()), ("ice_remote_candidate", pa.string()),
+    ("egress_ice_local_candidate", pa.string()), ("egress_ice_remote_candidate", pa.string()),
     ("gateway_ingest_latency_s", pa.float64()), ("gateway_ingest_jitter_ms", pa.float64()),
     ("gateway_ingest_packet_loss_pct", pa.float64()), ("gateway_ingest_rtt_ms", pa.float64()),
     ("gateway_conn_quality", pa.string()), ("teardown_verified", pa.bool_()),
     ("gateway_state", pa.string()), ("restart_count", pa.int64()), ("swapped", pa.bool_()),
+    ("swap_count", pa.int64()), ("swap_gap_s", pa.float64()), ("orchestrators", pa.list_(pa.string())),
     ("tester_host", pa.string()), ("tester_loop_lag_ms_max", pa.float64()),
     ("tester_loop_lag_ms_mean", pa.float64()), ("tester_loop_busy_pct", pa.float64()), ("tester_cpu_pct", pa.float64()),
     ("tester_bottleneck", pa.bool_()),

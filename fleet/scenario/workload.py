@@ -42,17 +42,31 @@ class Workflow(Spec):
 
 # --- media -----------------------------------------------------------------
 
+RUNNER_MAX_FPS = 24.0   # ai-runner trickle/decoder.py MAX_FRAMERATE
+
 class _Encoding(Spec):
     """How the test media is encoded (once per process; sessions send the packets)."""
 
     width: int = Field(512, ge=64, le=3840, multiple_of=2)
     height: int = Field(512, ge=64, le=2160, multiple_of=2)
-    fps: float = Field(30.0, gt=0, le=120)
+    fps: float = Field(20.0, gt=0, le=120, description=(
+        "Frames per second sent. ai-runner takes at most 24 a second by timestamp (trickle/decoder.py "
+        "MAX_FRAMERATE) and drops the rest: 30 fps comes out as an uneven 24 (4 of every 5 frames, a jitter "
+        "coefficient near 0.35 that the probe reports as it is), and exactly 24 loses a frame now and then to "
+        "rounding. 20 passes whole."))
     codec: Literal["h264", "vp8"] = Field("h264", description="h264 (constrained baseline 42e01f, what go-livepeer "
                                                               "accepts) or vp8 (refused by go-livepeer gateways)")
     gop: int = Field(30, ge=1, le=600, description="Frames between IDR frames; keep it short: go-livepeer cuts "
                                                    "segments only at IDR frames, so the GOP adds to latency.")
     bitrate_kbps: int = Field(1500, ge=50, le=50_000)
+
+    def notes(self) -> list[str]:
+        """What a valid choice will do on the network that its author may not expect."""
+        if self.fps > RUNNER_MAX_FPS:
+            return [f"media.fps {self.fps:g} is above the {RUNNER_MAX_FPS:g} frames a second ai-runner takes (by "
+                    "timestamp): the rest are dropped unevenly and the output's jitter shows it "
+                    "(30 fps: a coefficient near 0.35)"]
+        return []
 
 
 class SyntheticMedia(_Encoding):
