@@ -275,6 +275,9 @@ def test_a_freeze_an_fps_drop_and_packet_loss_match_the_truth():
 
 # --- faults: each maps to the right outcome and phase -----------------------------------------
 
+# NaaP RULE-LIFECYCLE-003 for the failures: output before the fault is a startup success; an ICE that never
+# connects ends in the gateway's excusable "missing video", so NaaP excuses what the fleet counts as ice_failed
+NAAP_STARTUP = {"output_stall": "success", "transient_error": "success", "ice_never": "excused"}
 FAULTS = {
     # kind: (fault fields, expected (outcome, phase, error) or a check)
     # go-livepeer answers 201 first: an orchestrator's failure is read from gateway_status.error
@@ -289,6 +292,8 @@ FAULTS = {
     "orchestrator_swap": ({"after_s": 2.5}, "swap"),
     "capacity_drop": ({"slots": 1, "after_s": 1.0}, "capacity"),
     "malformed_status": ({"after_s": 0.0}, "protocol"),
+    # an error the stream survives comes first and stays gateway_status.error; the stall after it is what failed
+    "transient_error": ({"after_s": 1.0}, ("failed", "pipeline", "output_stalled")),
 }
 
 
@@ -301,6 +306,7 @@ def faulty():
              for kind in [*FAULTS, "spare"]]
     faults = [Fault(kind=kind, orchestrator=f"{kind}.fault", streams=(1,), **fields)
               for kind, (fields, _) in FAULTS.items()]
+    faults.append(Fault(kind="output_stall", orchestrator="transient_error.fault", streams=(1,), after_s=2.5))
     # the runner reports every second here (10 s in ai-runner) so a swap shows within the session
     cfg = GatewayConfig(profiles={"p": profile}, orchestrators=tuple(orchs), faults=tuple(faults), port=0,
                         status_interval_s=1.0)
@@ -323,6 +329,9 @@ def test_every_fault_maps_to_its_outcome_and_phase(faulty):
         if isinstance(expected, tuple):
             assert got == expected, (kind, got, r.error_detail)
             assert not r.excused, kind  # the orchestrator's own failures are never excused
+            assert r.startup_outcome == NAAP_STARTUP.get(kind, "unexcused"), (kind, r.startup_outcome)
+            if kind == "transient_error":   # stored as the gateway said it, not taken as the cause
+                assert r.gateway_error.startswith("Missing next handle"), r.gateway_error
             continue
         assert r.outcome in ("ok", "degraded"), (kind, got, r.error_detail)
         if expected == "slow":
@@ -363,6 +372,8 @@ def test_a_full_network_is_skipped_not_failed(faulty):
     assert (second.outcome, second.error_phase, second.error_class) == (
         "skipped_no_capacity", "capacity", "no_orchestrators_available"), second.error_detail
     assert second.gateway_error == "no orchestrators available" and second.excused
+    # NaaP RULE-LIFECYCLE-003: explicit no-orchestrator evidence excuses; the first one played
+    assert (second.startup_outcome, first.startup_outcome) == ("excused", "success")
     assert first.outcome in ("ok", "degraded")
     assert open_streams(faulty) == 0
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from fleet.gateway.config import Fault
+from fleet.gateway.records import track_stats
 from fleet.gateway.runner import max_framerate
 from fleet.gateway.swaps import RECENT_SWAP_INTERVAL_S, SwapLimiter
 from test_gateway import DEADLINE_S, config, gateway_error, run, running, session, status, truth, wait_until
@@ -32,6 +33,17 @@ def test_a_third_swap_within_three_minutes_of_the_last_is_refused():
     # a swap long after the last allowed one starts counting again
     assert limiter.allow(20.0 + RECENT_SWAP_INTERVAL_S + 1)
     assert SwapLimiter(last=0.0).allow(RECENT_SWAP_INTERVAL_S + 1) and SwapLimiter(last=0.0).allow(1.0)
+
+
+def test_ingest_track_stats_are_in_milliseconds_with_no_rtt_and_go_livepeers_thresholds():
+    """media/whip_connection.go: jitter = RTP jitter / clock rate * 1000 (ms), rtt never measured (0), quality
+    bad above 50 ms jitter or 2 % loss, with one warning each. 90 kHz: 4500 ticks are 50 ms."""
+    track, quality = track_stats(4500, lost=2, received=98, last_in=3.0, last_out=2.5)
+    assert (track["jitter"], track["rtt"], track["packet_loss_pct"], track["latency"]) == (50.0, 0, 2.0, 0.5)
+    assert quality == "good" and "warnings" not in track
+    track, quality = track_stats(4509, lost=3, received=97, last_in=0.0, last_out=0.0)
+    assert track["jitter"] == 50.1 and quality == "bad"
+    assert track["warnings"] == ["jitter greater than 50 ms", "packet loss greater than 2%"]
 
 
 def _kept(fps: float, seconds: float, origin: float = 0.0) -> int:

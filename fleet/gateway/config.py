@@ -38,6 +38,7 @@ FaultKind = Literal[
     "capacity_drop",     # the orchestrator's advertised capacity falls
     "malformed_status",  # a gateway bug: the status answers with objects of the wrong type
     "packet_loss",       # loss_pct of the media packets to each viewer are dropped
+    "transient_error",   # an error the stream survives ("Missing next handle"): gateway_status.error, stream goes on
 ]
 
 

@@ -21,6 +21,32 @@ def unix_ms(unix: float | None) -> int | None:
     return None if unix is None else int(unix * 1000)
 
 
+ACCEPTABLE_JITTER_MS = 50       # media/whip_connection.go acceptableJitterMs
+ACCEPTABLE_PACKET_LOSS_PCT = 2  # acceptablePacketLossPct
+
+
+def track_stats(jitter_rtp: float, lost: int, received: int, last_in: float,
+                last_out: float) -> tuple[dict[str, Any], str]:
+    """One ``track_stats`` entry and the ``conn_quality`` as go-livepeer's ``GetConnectionStats`` writes them:
+    ``jitter`` in milliseconds (the receiver's RTP-clock jitter over the clock rate, times 1000), ``rtt``
+    always 0 (the gateway sends no media on a WHIP connection, so no receiver report measures one), and a
+    warning per threshold crossed."""
+    jitter_ms = jitter_rtp / VIDEO_CLOCK * 1000
+    loss_pct = 100.0 * lost / (received + lost) if received + lost else 0.0
+    warnings = []
+    if jitter_ms > ACCEPTABLE_JITTER_MS:
+        warnings.append(f"jitter greater than {ACCEPTABLE_JITTER_MS} ms")
+    if loss_pct > ACCEPTABLE_PACKET_LOSS_PCT:
+        warnings.append(f"packet loss greater than {ACCEPTABLE_PACKET_LOSS_PCT}%")
+    track: dict[str, Any] = {
+        "type": "video", "jitter": round(jitter_ms, 3), "packets_lost": lost, "packets_received": received,
+        "packet_loss_pct": round(loss_pct, 3), "rtt": 0, "last_input_ts": round(last_in, 3),
+        "last_output_ts": round(last_out, 3), "latency": round(last_in - last_out, 3)}
+    if warnings:
+        track["warnings"] = warnings
+    return track, "bad" if warnings else "good"
+
+
 class StreamRecords(StreamState):
     def state(self) -> str:
         now = self.loop.time()
@@ -82,14 +108,8 @@ class StreamRecords(StreamState):
         tap = self.tap
         received = tap.packets if tap else 0
         lost = tap.packets_lost if tap else 0
-        jitter_s = (inbound.jitter / VIDEO_CLOCK) if inbound is not None else 0.0
-        loss_pct = 100.0 * lost / (received + lost) if received + lost else 0.0
         last_in, last_out = self.last_in_pts or 0.0, self.last_out_pts or 0.0
-        track = {"type": "video", "jitter": round(jitter_s, 6), "packets_lost": lost, "packets_received": received,
-                 "packet_loss_pct": round(loss_pct, 3), "rtt": 0,  # aiortc's receiver measures no RTT (pion does)
-                 "last_input_ts": round(last_in, 3), "last_output_ts": round(last_out, 3),
-                 "latency": round(last_in - last_out, 3)}
-        quality = "good" if jitter_s * 1000 <= 50 and loss_pct <= 2 else "bad"  # media/whip_connection.go
+        track, quality = track_stats(inbound.jitter if inbound is not None else 0, lost, received, last_in, last_out)
         self.gateway_status["ingest_metrics"] = {"stats": {
             "peer_conn_stats": {"ID": transport.id if transport else "",
                                 "BytesReceived": getattr(transport, "bytesReceived", 0) if transport else 0,

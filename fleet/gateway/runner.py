@@ -30,7 +30,9 @@ from fleet.webrtc import timestamp_origin
 
 
 ARRIVALS_KEPT = 512            # arrival times of frames still in aiortc's decoder
-TIMED_FAULTS = ("disconnect", "orchestrator_swap", "capacity_drop")
+TIMED_FAULTS = ("disconnect", "orchestrator_swap", "capacity_drop", "transient_error")
+# server/ai_live_video.go: the trickle publisher found no next segment handle; the segment is dropped, the stream goes on
+MISSING_HANDLE = "Missing next handle: segment writer closed"
 MAX_FRAMERATE = 24.0           # ai-runner trickle/decoder.py: input frames closer than 1/24 s in media time are dropped
 GUARD_EVERY_S = 0.5            # the runner's state is checked this often for ERROR (ai-runner's process guardian)
 # why upstream swaps (the cause go-livepeer's stopProcessing gives, server/ai_live_video.go)
@@ -296,6 +298,9 @@ class RunnerModel(StreamState):
             if f.kind in ("disconnect", "orchestrator_swap"):
                 self.swap_soon(CONTROL_LOST if f.kind == "disconnect" else EOS)
                 return
+            if f.kind == "transient_error":
+                self.error_event(MISSING_HANDLE)
+                continue
             assert self.lease is not None
             self.gw.network.drop_capacity(self.lease.orchestrator.address, f.slots)
             if f.duration_s is not None:

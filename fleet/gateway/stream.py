@@ -259,12 +259,17 @@ class Stream(RunnerModel, StreamSwaps, StreamRecords):
     # --- what go-livepeer does after the 201 -------------------------------------------
 
     def fail(self, message: str, trace: str | None = None) -> None:
-        """The gateway's kickInput: record the error (the first one stays), emit it, close the stream."""
-        self.gateway_status.setdefault("error", {"error_message": message, "error_time": unix_ms(time.time())})
+        """The gateway's kickInput: record the error, emit it, close the stream."""
         if trace:
             self.event(trace)
-        self.event("ai_stream_events", type="error", message=message)
+        self.error_event(message)
         self.close_soon(message)
+
+    def error_event(self, message: str) -> None:
+        """go-livepeer's LiveErrorEventSender: ``gateway_status.error`` keeps the first error only
+        (StoreIfNotExists); every error is an ``ai_stream_events`` error event."""
+        self.gateway_status.setdefault("error", {"error_message": message, "error_time": unix_ms(time.time())})
+        self.event("ai_stream_events", type="error", message=message)
 
     async def _select(self) -> None:
         """The first orchestrator: selection, then its job (go-livepeer processStream's first round)."""
@@ -390,4 +395,4 @@ class Stream(RunnerModel, StreamSwaps, StreamRecords):
 
 _JOB_FAULTS = ("signaling_error", "slow_answer", "signaling_timeout")
 _RUN_FAULTS = ("output_stall", "disconnect", "black_frames", "fps_drop", "orchestrator_swap", "capacity_drop",
-               "malformed_status", "packet_loss")
+               "malformed_status", "packet_loss", "transient_error")

@@ -26,17 +26,14 @@ from urllib.parse import urljoin, urlparse
 import httpx
 
 from fleet.errors import ErrorClass, Outcome, Phase, ProbeFailure, status_error
+from fleet.probe.naap import NO_ORCHESTRATORS, excusable, non_fatal
 from fleet.webrtc import IceServer, parse_ice_links
 
-__all__ = ["Adapter", "ByocAdapter", "DaydreamAdapter", "EXCUSED_ERRORS", "GatewayVerdict", "LivepeerAdapter",
+__all__ = ["Adapter", "ByocAdapter", "DaydreamAdapter", "GatewayVerdict", "LivepeerAdapter",
            "ProbeFailure", "Started", "USER_AGENT", "adapter_for", "classify_gateway_error", "gateway_error",
            "stop_stream"]
 
 MAX_ERROR_TEXT = 200
-NO_CAPACITY = "no orchestrators available"
-# NaaP (docs/metrics-and-sla-reference.md): failures that are not the orchestrator's fault
-EXCUSED_ERRORS = ("no orchestrators available", "whip disconnected", "missing video", "ice connection state failed",
-                  "user disconnected", "mediamtx ingest disconnected")
 BYOC_MIN_TIMEOUT_S = 60
 
 
@@ -61,13 +58,19 @@ class GatewayVerdict:
     excused: bool
 
 
-def classify_gateway_error(message: str) -> GatewayVerdict:
+def classify_gateway_error(message: str) -> GatewayVerdict | None:
+    """What the gateway's error means for a session that ended early; None for an error go-livepeer records
+    while the stream goes on (``fleet.probe.naap.non_fatal``): the probe's own evidence then stands.
+    Excused as NaaP's RULE-LIFECYCLE-004 has it, except "non-h264 video": not excused by NaaP, and the
+    tester's own configuration (its codec), never the orchestrator's."""
     text = message.lower()
-    excused = any(e in text for e in EXCUSED_ERRORS)
-    if NO_CAPACITY in text:
+    if non_fatal(text):
+        return None
+    excused = excusable(text)
+    if NO_ORCHESTRATORS in text:
         return GatewayVerdict("skipped_no_capacity", "capacity", "no_orchestrators_available", True)
     if "non-h264" in text:
-        return GatewayVerdict("failed", "media", "codec_refused", True)  # the tester's codec, not the orchestrator
+        return GatewayVerdict("failed", "tester", "codec_refused", False)
     if "missing video" in text:
         return GatewayVerdict("failed", "media", "missing_video", excused)
     if "ice connection state failed" in text:

@@ -36,8 +36,12 @@ def classify(r: ProbeResult, spec: ProbeSpec, end: float, last_arrival: float | 
 
 
 def blame(r: ProbeResult, message: str) -> None:
-    """After the 201 the gateway reports failures in its status only: its error decides the outcome
-    (no capacity is a skip, NaaP's excused errors are excused)."""
+    """After the 201 the gateway reports failures in its status only: its error decides the outcome of an
+    early end (no capacity is a skip, NaaP's excused errors are excused), unless it is one go-livepeer
+    writes while the stream goes on: ``gateway_status.error`` keeps the first error only, so a transient
+    one never overrides what the probe saw fail."""
     verdict = classify_gateway_error(message)
+    if verdict is None:
+        return
     r.outcome, r.error_phase, r.error_class, r.excused = verdict.outcome, verdict.phase, verdict.error, verdict.excused
     r.error_detail = message[:200]

@@ -41,6 +41,7 @@ from fleet.errors import ErrorClass, Phase
 from fleet.probe.adapters import USER_AGENT, ProbeFailure, adapter_for, gateway_error
 from fleet.probe.classify import blame, classify
 from fleet.probe.looplag import LoopMonitor
+from fleet.probe.naap import no_orchestrator_evidence, startup_outcome
 from fleet.probe.output import WINDOW_BEFORE_SWITCH_S, OutputWatch
 from fleet.probe.peers import Peers
 from fleet.probe.whep import subscribe
@@ -92,6 +93,7 @@ class _Probe:
         self.adapter = adapter_for(spec.dialect, spec.gateway_url, spec.pipeline, spec.token, spec.orchestrator)
         self.first_frame = asyncio.Event()
         self.t_answer: float | None = None
+        self.end_error: str | None = None   # the gateway's error as read after the teardown
         self.tasks: set[asyncio.Task[Any]] = set()  # every task this session started; teardown awaits them
         self.out = OutputWatch(spec, self.track, self.t0, self.event, self._ask_keyframe)
         self.out.on_first = self.first_frame.set
@@ -317,7 +319,10 @@ class _Probe:
             status = await self._fetch_status(client)  # not recorded: the end we caused is no session error
             if self.r.orchestrator_address is None and isinstance(status, dict) and "orchestrator_info" in status:
                 self.status.read(status, self.now())   # but who served it, if the runner first reported late
-            if status is None or gateway_error(status) or status.get("state") == "OFFLINE":
+            error = gateway_error(status)
+            if error:
+                self.end_error = error
+            if status is None or error or status.get("state") == "OFFLINE":
                 return True
             if not isinstance(status, dict) or time.monotonic() >= deadline:  # a wrong shape proves nothing
                 return False
@@ -337,6 +342,9 @@ class _Probe:
         gaps = [s.gap_s for s in swaps if s.gap_s is not None]
         r.swap_gap_s = round(sum(gaps), 3) if gaps else None
         r.orchestrators = self.swaps.orchestrators
+        errors = [m for m in (r.gateway_error, self.end_error) if m]
+        r.startup_outcome = startup_outcome(self.t_answer is not None, bool(a),
+                                            any(no_orchestrator_evidence(m) for m in errors), errors)
         self.loop_monitor.release()
         return r
 

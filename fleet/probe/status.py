@@ -74,8 +74,7 @@ class StatusReader:
         if tracks:
             t = tracks[0]
             r.gateway_ingest_latency_s = num(t.get("latency"))
-            jitter = num(t.get("jitter"))
-            r.gateway_ingest_jitter_ms = None if jitter is None else round(jitter * 1000, 3)
+            r.gateway_ingest_jitter_ms = num(t.get("jitter"))  # milliseconds (media/whip_connection.go)
             r.gateway_ingest_packet_loss_pct = num(t.get("packet_loss_pct"))
             rtt = num(t.get("rtt"))  # a Go time.Duration: nanoseconds
             r.gateway_ingest_rtt_ms = None if rtt is None else round(rtt / 1e6, 3)

@@ -90,6 +90,7 @@ class ProbeResult:
     error_detail: str | None = None
     excused: bool = False              # a failure NaaP does not count against the orchestrator
     gateway_error: str | None = None   # gateway_status.error.error_message, as the gateway said it
+    startup_outcome: str | None = None  # NaaP RULE-LIFECYCLE-003: success, excused, unexcused (None: not known)
     reasons: list[str] = field(default_factory=list)   # why degraded
     started_unix: float = 0.0
     duration_s: float = 0.0

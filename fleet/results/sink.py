@@ -33,7 +33,8 @@ __all__ = ["EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_FIELDS", 
 #    stalls; tester_loop_busy_pct; tester_cpu_pct per session (it was since the last call, by any session)
 # 5: target_orchestrator (the orchestrator the session was aimed at: the monitor's coverage key)
 # 6: (issue #22) a session's life on the real network: swaps and every orchestrator that served it, the
-#    capacity evidence of a skip, ICE candidate types, jitter in milliseconds as go-livepeer reports it
+#    ICE candidate types, NaaP's startup outcome (RULE-LIFECYCLE-003), jitter in milliseconds as go-livepeer
+#    reports it
 SCHEMA_VERSION = 6
 
 # the identity every row carries
@@ -51,6 +52,7 @@ SESSION_FIELDS = _IDS + [
     ("started_at", pa.timestamp("ms", tz="UTC")), ("duration_s", pa.float64()),
     ("outcome", pa.string()), ("error_phase", pa.string()), ("error_class", pa.string()),
     ("error_detail", pa.string()), ("excused", pa.bool_()), ("gateway_error", pa.string()),
+    ("startup_outcome", pa.string()),
     ("reasons", pa.list_(pa.string())),
     ("offer_ms", pa.float64()), ("signaling_ms", pa.float64()), ("ice_ms", pa.float64()), ("dtls_ms", pa.float64()),
     ("first_packet_ms", pa.float64()), ("whep_signaling_ms", pa.float64()), ("startup_s", pa.float64()),
