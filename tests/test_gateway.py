@@ -389,20 +389,41 @@ def fault_config(**fault) -> GatewayConfig:
     return config(faults=(Fault(streams=(1,), **fault),))
 
 
-def test_job_faults_surface_in_the_status_after_the_201():
-    async def main():
-        for fault, error in ((dict(kind="signaling_error", status=502), "orchestrator refused the job: HTTP 502"),
-                             (dict(kind="signaling_timeout", delay_s=0.5), "orchestrator did not start the job")):
-            async with running(fault_config(orchestrator="orch-0", **fault)) as gw:
-                pc, resp = await whip_publish(gw.url, "s", SyntheticTrack(frames=60), pipeline=MODEL, streamId="s",
-                                              orchestrator="orch-0")
-                assert resp.status_code == 201, fault
-                assert (await gateway_error(gw, "s")).startswith(error)
-                await pc.close()
+def test_an_orchestrator_that_refuses_or_never_answers_is_tried_past_as_go_livepeer_does():
+    """processAIRequest: a refusal, an error or a timeout removes the orchestrator from the selection and
+    the next is tried; with none left, "no orchestrators available" and its trace; a selection whose tries
+    outlast the 2 s retry timeout ends with the timeout's message and no trace."""
+    async def pinned(fault: dict, error: str, trace: bool) -> None:
+        async with running(fault_config(orchestrator="orch-0", **fault)) as gw:
+            pc, resp = await whip_publish(gw.url, "s", SyntheticTrack(frames=60), pipeline=MODEL, streamId="s",
+                                          orchestrator="orch-0")
+            assert resp.status_code == 201, fault
+            assert await gateway_error(gw, "s") == error, fault
+            kinds = [e["type"] for e in (await truth(gw, "s"))["events"]]
+            assert kinds.count("orchestrator_refused") == 1 and "orchestrator_selected" not in kinds, kinds
+            assert ("gateway_no_orchestrators_available" in kinds) is trace, kinds
+            await pc.close()
 
-                async def freed():
-                    return await idle_slots(gw) == 4
-                await wait_until(freed, "the failed stream's slot to come back")
+            async def freed():
+                return await idle_slots(gw) == 4
+            await wait_until(freed, "the refused stream's slot to come back")
+
+    async def main():
+        await pinned(dict(kind="signaling_error", status=502), "no orchestrators available", trace=True)
+        await pinned(dict(kind="signaling_timeout", delay_s=0.5), "no orchestrators available", trace=True)
+        await pinned(dict(kind="signaling_timeout", delay_s=2.5), "no orchestrators available within 2s timeout",
+                     trace=False)
+        # a filter both orchestrators match: the refusing one is tried first (most free slots, first listed)
+        async with running(fault_config(orchestrator="orch-0", kind="signaling_error")) as gw:
+            _, pc, resp, rec, sub = await session(gw, frames=120, target=10, orchestrator="orch-")
+            await asyncio.wait_for(rec.got.wait(), DEADLINE_S)
+            t = await truth(gw, "s")
+            tried = [(e["type"], e["orchestrator"]) for e in t["events"]
+                     if e["type"] in ("orchestrator_refused", "orchestrator_selected")]
+            assert tried == [("orchestrator_refused", "0xorch0"), ("orchestrator_selected", "0xorch1")], tried
+            assert t["orchestrator"] == "0xorch1" and t["error"] is None
+            for p in (pc, sub):
+                await p.close()
         async with running(fault_config(kind="slow_answer", delay_s=1.0)) as gw:
             _, pc, resp, rec, sub = await session(gw, frames=120, target=3)
             await asyncio.wait_for(rec.got.wait(), DEADLINE_S)

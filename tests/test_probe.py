@@ -280,9 +280,10 @@ def test_a_freeze_an_fps_drop_and_packet_loss_match_the_truth():
 NAAP_STARTUP = {"output_stall": "success", "transient_error": "success", "ice_never": "excused"}
 FAULTS = {
     # kind: (fault fields, expected (outcome, phase, error) or a check)
-    # go-livepeer answers 201 first: an orchestrator's failure is read from gateway_status.error
-    "signaling_error": ({"status": 502}, ("failed", "pipeline", "gateway_error")),
-    "signaling_timeout": ({"delay_s": 3.0}, ("failed", "pipeline", "gateway_error")),
+    # go-livepeer answers 201 first and tries past an orchestrator that refuses the job or never answers:
+    # pinned to it, the session meets "no orchestrators available", exactly as if it were full
+    "signaling_error": ({"status": 502}, "refused"),
+    "signaling_timeout": ({"delay_s": 3.0}, "refused"),
     "slow_answer": ({"delay_s": 1.0}, "slow"),
     "ice_never": ({}, ("failed", "ice", "ice_failed")),
     "output_stall": ({"after_s": 2.5}, ("failed", "pipeline", "output_stalled")),
@@ -332,6 +333,10 @@ def test_every_fault_maps_to_its_outcome_and_phase(faulty):
             assert r.startup_outcome == NAAP_STARTUP.get(kind, "unexcused"), (kind, r.startup_outcome)
             if kind == "transient_error":   # stored as the gateway said it, not taken as the cause
                 assert r.gateway_error.startswith("Missing next handle"), r.gateway_error
+            continue
+        if expected == "refused":
+            assert got == ("skipped_no_capacity", "capacity", "no_orchestrators_available"), (kind, got)
+            assert r.excused and r.startup_outcome == "excused" and r.frames_received == 0, kind
             continue
         assert r.outcome in ("ok", "degraded"), (kind, got, r.error_detail)
         if expected == "slow":

@@ -10,6 +10,7 @@ profile's cold start. Faults are drawn here too, deterministically per stream.
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,7 @@ class Network:
         total = sum(self._free(g, model) for g in self._gpus if g.orch.address == address)
         return total - self._dropped.get(address, 0)
 
-    def acquire(self, model: str, orchestrator: str = "", exclude: str = "",
+    def acquire(self, model: str, orchestrator: str = "", exclude: str = "", removed: Collection[str] = (),
                 include_uris: tuple[str, ...] = (), exclude_uris: tuple[str, ...] = ()) -> Lease | None:
         """A free slot for ``model`` on an orchestrator whose URI contains ``orchestrator``; None if none has one."""
         best: _GpuState | None = None
@@ -64,8 +65,8 @@ class Network:
             o = g.orch
             if orchestrator and orchestrator not in o.uri:
                 continue
-            if (exclude and o.address == exclude) or (include_uris and o.uri not in include_uris) \
-                    or o.uri in exclude_uris:
+            if (exclude and o.address == exclude) or o.address in removed \
+                    or (include_uris and o.uri not in include_uris) or o.uri in exclude_uris:
                 continue
             if self._free(g, model) <= 0 or self._orch_free(o.address, model) <= 0:
                 continue

@@ -278,47 +278,61 @@ class Stream(RunnerModel, StreamSwaps, StreamRecords):
             await self.start_job(lease)
 
     async def acquire(self, avoid: str = "") -> Lease | None:
-        """A slot, as go-livepeer's processAIRequest finds one: every orchestrator without room is tried
-        past, and when none is left the stream fails with "no orchestrators available" (and its trace);
-        tries that outlast ``selection_timeout_s`` fail with the timeout's own message and no trace. A
-        swap's reselection prefers an orchestrator other than ``avoid`` and keeps the stream's filter."""
+        """A slot, as go-livepeer's processAIRequest finds one: an orchestrator without room, or one that
+        refuses the job, errs or times out, is tried past (removed for this selection); when none is left
+        the stream fails with "no orchestrators available" (and its trace); tries that outlast
+        ``selection_timeout_s`` (checked before each try, as upstream) fail with the timeout's own message
+        and no trace. A swap's reselection prefers an orchestrator other than ``avoid`` and keeps the
+        stream's filter. The lease comes with its orchestrator's faults drawn (``self.faults``)."""
         cfg, net = self.gw.config, self.gw.network
         deadline = self.loop.time() + cfg.selection_timeout_s
+        removed: set[str] = set()
         while True:
             if self.loop.time() >= deadline:
                 self.fail(f"{NO_ORCHESTRATORS} within {go_duration(cfg.selection_timeout_s)} timeout")
                 return None
-            lease = net.acquire(self.pipeline, self.orchestrator, exclude=avoid, include_uris=self.include_uris,
-                                exclude_uris=self.exclude_uris) if avoid else None
-            lease = lease or net.acquire(self.pipeline, self.orchestrator, include_uris=self.include_uris,
-                                         exclude_uris=self.exclude_uris)
+            lease = net.acquire(self.pipeline, self.orchestrator, exclude=avoid, removed=removed,
+                                include_uris=self.include_uris, exclude_uris=self.exclude_uris) if avoid else None
+            lease = lease or net.acquire(self.pipeline, self.orchestrator, removed=removed,
+                                         include_uris=self.include_uris, exclude_uris=self.exclude_uris)
             if lease is None:
                 if not self.closed:
                     self.fail(NO_ORCHESTRATORS, trace="gateway_no_orchestrators_available")
                 return None
+            refused = None if self.closed else await self._submit(lease)
             if self.closed:
                 net.release(lease)
                 return None
-            return lease
+            if refused is None:
+                return lease
+            net.release(lease)   # upstream: sessManager.Remove, then the next try
+            removed.add(lease.orchestrator.address)
+            self.event("orchestrator_refused", orchestrator=lease.orchestrator.address,
+                       url=lease.orchestrator.uri, error=refused)
+
+    async def _submit(self, lease: Lease) -> str | None:
+        """The job request to the orchestrator (submitLiveVideoToVideo): its faults are drawn; None when it
+        takes the job (``slow_answer`` after ``delay_s``), else why not (a refusal at once, a timeout after
+        ``delay_s``)."""
+        o = lease.orchestrator
+        self.faults = self.gw.network.faults_for(o.address, o.uri, kinds=tuple(k for k in _JOB_FAULTS + _RUN_FAULTS))
+        kinds = {f.kind: f for f in self.faults}
+        if "signaling_error" in kinds:
+            return f"HTTP {kinds['signaling_error'].status} (injected fault)"
+        if "signaling_timeout" in kinds or "slow_answer" in kinds:
+            await asyncio.sleep((kinds.get("signaling_timeout") or kinds["slow_answer"]).delay_s)
+            if "signaling_timeout" in kinds:
+                return "timeout (injected fault)"
+        return None
 
     async def start_job(self, lease: Lease) -> None:
-        """The orchestrator starts the job: its faults are drawn, its runner starts, its output is made."""
-        net = self.gw.network
+        """The orchestrator took the job: its runner starts, its output is made."""
         self.lease = lease
         o = lease.orchestrator
-        self.faults = net.faults_for(o.address, o.uri, kinds=tuple(k for k in _JOB_FAULTS + _RUN_FAULTS))
         kinds = {f.kind: f for f in self.faults}
         self.lossy = "packet_loss" in kinds  # checked per packet: the fault list only when it can matter
         self.event("orchestrator_selected", orchestrator=o.address, url=o.uri, gpu=lease.gpu_id,
                    cold_start=lease.cold_start, faults=sorted(kinds))
-        if "signaling_error" in kinds:
-            self.fail(f"orchestrator refused the job: HTTP {kinds['signaling_error'].status} (injected fault)")
-            return
-        if "signaling_timeout" in kinds or "slow_answer" in kinds:
-            await asyncio.sleep((kinds.get("signaling_timeout") or kinds["slow_answer"]).delay_s)
-            if "signaling_timeout" in kinds:
-                self.fail("orchestrator did not start the job (injected fault)")
-                return
         self.runner_start = self.loop.time()
         self.ready_at = self.runner_start + (lease.profile.cold_start_s if lease.cold_start else 0.0)
         self.warmup_left = lease.profile.warmup_frames
