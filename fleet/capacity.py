@@ -66,6 +66,7 @@ class CapacitySnapshot:
     targets: tuple[str, ...] = ()  # service URIs offering the model whose slots are unknown (NaaP discovery)
     source: str = "static"
     notes: tuple[str, ...] = field(default=(), compare=False)
+    read_unix: float | None = field(default=None, compare=False)   # when the fleet read it (None: a file, a count)
 
     @property
     def total(self) -> int:
@@ -76,8 +77,11 @@ class CapacitySnapshot:
         return sum(o.idle for o in self.orchestrators) + self.anonymous_idle
 
     def summary(self) -> dict[str, Any]:
-        return {"model": self.model, "source": self.source, "total_slots": self.total, "idle_slots": self.idle,
-                "orchestrators": len(self.orchestrators) or len(self.targets)}
+        out: dict[str, Any] = {"model": self.model, "source": self.source, "total_slots": self.total,
+                               "idle_slots": self.idle, "orchestrators": len(self.orchestrators) or len(self.targets)}
+        if self.read_unix is not None:   # read live (not a file or a count): when
+            out["read_unix"] = self.read_unix
+        return out
 
 
 def static_capacity(slots: int, model: str = "") -> CapacitySnapshot:

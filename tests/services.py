@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 import uuid
+from typing import Any
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,12 @@ DEADLINE_S = 30.0
 CHROMIUM = os.environ.get("FLEET_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("FLEET_CHROMEDRIVER", "/usr/bin/chromedriver")
 PROMETHEUS = os.environ.get("FLEET_PROMETHEUS", "/usr/bin/prometheus")
+
+
+def gateway_args(gw: Any) -> list[str]:
+    """``fleet run`` / ``fleet monitor`` options for a reference gateway process: its media URL, and its CLI
+    URL, where go-livepeer (and the reference) serves the capacity."""
+    return ["--gateway-url", gw.url, "--capacity-url", gw.cli_url]
 
 
 def open_streams(url: str) -> int:

@@ -26,7 +26,7 @@ import pytest
 from fleet.gateway.config import default_config
 from fleet.gateway.process import GatewayProcess
 from fleet.results.sink import SCHEMA_VERSION, SESSIONS, read_sessions
-from services import fleet_streams, free_port, last_json, open_streams, stop_ray_nodes, wait_for
+from services import fleet_streams, gateway_args, free_port, last_json, open_streams, stop_ray_nodes, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "campaigns" / "tiny.yaml"
@@ -40,7 +40,7 @@ def gateway():
     # a runner's first status comes one status interval after its start (10 s in ai-runner; shorter sessions
     # aimed at no orchestrator cannot name theirs): 2 s here, for these short sessions
     with GatewayProcess(config=default_config(seed=11, status_interval_s=2.0)) as proc:
-        yield proc.url
+        yield proc
 
 
 def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gateway, clickhouse, tmp_path):
@@ -54,7 +54,7 @@ def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gatew
                         "outputs: {junit: junit.xml, clickhouse: {url_env: FLEET_CLICKHOUSE_URL, "
                         "user_env: FLEET_CLICKHOUSE_USER, password_env: FLEET_CLICKHOUSE_PASSWORD, "
                         "database: fleet_e2e}}\n")
-    out = subprocess.run([str(BIN / "fleet"), "run", str(scenario), "--gateway-url", gateway, "--out", str(tmp_path),
+    out = subprocess.run([str(BIN / "fleet"), "run", str(scenario), *gateway_args(gateway), "--out", str(tmp_path),
                           "--no-progress"], capture_output=True, text=True, timeout=180, cwd=tmp_path,
                          env={**os.environ, **clickhouse.env})
     assert out.returncode == 3, out.stdout[-2000:] + out.stderr[-2000:]
@@ -74,7 +74,7 @@ def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gatew
     assert all(r["gpu_id"] is None for r in rows)
     assert all(r["request_id"] and r["stream_id"] and r["codec"] == "h264" and r["teardown_verified"] for r in rows)
     assert pq.read_table(next(Path(summary["results"]).glob("date=*/events-*.parquet"))).num_rows > 0
-    assert open_streams(gateway) == 0
+    assert open_streams(gateway.url) == 0
     junit = (tmp_path / "junit.xml").read_text()
     assert 'failures="1"' in junit and "p50(g2g_latency_ms) &lt;= 1 [region=local]" in junit
     report = Path(summary["report"]).read_text()
@@ -103,7 +103,7 @@ def test_an_abort_check_stops_the_campaign_at_its_first_breach(gateway, tmp_path
                         "checks: [{metric: g2g_latency_ms, aggregate: max, op: '<=', threshold: 1, abort: true, "
                         "abort_min_sessions: 1, abort_after_s: 0}]\n"
                         "outputs: {report: false}\n")
-    out = subprocess.run([str(BIN / "fleet"), "run", str(scenario), "--gateway-url", gateway, "--out", str(tmp_path),
+    out = subprocess.run([str(BIN / "fleet"), "run", str(scenario), *gateway_args(gateway), "--out", str(tmp_path),
                           "--no-progress"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert out.returncode == 3, out.stdout[-2000:] + out.stderr[-2000:]
     summary = last_json(out.stdout)
@@ -117,7 +117,7 @@ def test_an_abort_check_stops_the_campaign_at_its_first_breach(gateway, tmp_path
     assert all("cap of 1" in r["error_detail"] for r in planner), planner[0]["error_detail"]
     assert len(rows) - len(planner) <= 2  # it stopped after the first session that ran
     assert "report" not in summary
-    assert open_streams(gateway) == 0
+    assert open_streams(gateway.url) == 0
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_job_submitted_to_a_two_node_cluster_runs_in_both_regions(cluster, gatew
                         "session: {duration: 4, max_s: 10, min_s: 2}}\n")
     out = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"],
                           "--working-dir", str(REPO), "--", sys.executable, "-m", "fleet", "run", str(scenario),
-                          "--gateway-url", gateway, "--out", str(tmp_path / "results"), "--no-progress"],
+                          *gateway_args(gateway), "--out", str(tmp_path / "results"), "--no-progress"],
                          env=cluster["env"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     summary = last_json(out.stdout)
@@ -168,7 +168,7 @@ def test_job_submitted_to_a_two_node_cluster_runs_in_both_regions(cluster, gatew
     assert {r["region"] for r in rows} == {"east", "west"}
     assert {r["tester_host"] for r in rows} == {os.uname().nodename}  # the runners on both nodes, this machine
     assert all(r["outcome"] in ("ok", "degraded") for r in rows), [(r["outcome"], r["error_class"]) for r in rows]
-    assert open_streams(gateway) == 0
+    assert open_streams(gateway.url) == 0
 
 
 def test_capacity_shrinking_mid_run_is_respected(tmp_path):
@@ -183,7 +183,7 @@ def test_capacity_shrinking_mid_run_is_respected(tmp_path):
                         "capacity: {max_fraction: 1.0, idle_reserve: 0, stagger_s: 0, max_per_orchestrator: 2, "
                         "lease_wait_s: 3}\n")
     with GatewayProcess(config=default_config(seed=5, status_interval_s=2.0)) as gw:
-        proc = subprocess.Popen([str(BIN / "fleet"), "run", str(scenario), "--gateway-url", gw.url, "--out",
+        proc = subprocess.Popen([str(BIN / "fleet"), "run", str(scenario), *gateway_args(gw), "--out",
                                  str(tmp_path / "results"), "--no-progress"], cwd=tmp_path, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
@@ -217,10 +217,47 @@ def test_capacity_shrinking_mid_run_is_respected(tmp_path):
     assert summary["broker"]["refreshes"] >= 5
 
 
-def submit(cluster: dict, scenario: Path, out: Path, gateway: str, *extra: str) -> subprocess.CompletedProcess:
+def test_an_orchestrator_that_refuses_while_advertising_idle_slots_shows_its_refusals(tmp_path):
+    """One of the four orchestrators advertises its slots but refuses every job; go-livepeer tries past it, so
+    each session aimed at it is an excused skip, exactly as if it were full. Each such row carries the
+    evidence (the idle slots the fresh snapshot showed, and its age) and the summary lists the orchestrator
+    with every session aimed at it refused; the others ran and are not listed."""
+    from fleet.gateway.config import Fault
+
+    broken = "https://orch-1.reference.local:8935"
+    scenario = tmp_path / "refuse.yaml"
+    scenario.write_text(f"extends: {TINY}\nname: refuse\n"
+                        "load: {shape: stages, stages: [{concurrency: 4, duration_s: 8}], "
+                        "session: {duration: 4, max_s: 10, min_s: 2}}\n"
+                        "capacity: {max_fraction: 1.0, idle_reserve: 0, stagger_s: 0, max_per_orchestrator: 1}\n"
+                        "outputs: {report: false}\n")
+    faults = (Fault(kind="signaling_error", orchestrator="orch-1.reference", probability=1.0),)
+    with GatewayProcess(config=default_config(seed=3, status_interval_s=2.0, faults=faults)) as gw:
+        out = subprocess.run([str(BIN / "fleet"), "run", str(scenario), *gateway_args(gw), "--out", str(tmp_path),
+                              "--no-progress"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        assert open_streams(gw.url) == 0
+    summary = last_json(out.stdout)
+    rows = read_sessions(summary["results"]).to_pylist()
+    aimed = [r for r in rows if r["target_orchestrator"] == broken]
+    assert aimed and all(r["target_orchestrator"] for r in rows), rows
+    for r in aimed:
+        assert (r["outcome"], r["error_class"], r["excused"]) == ("skipped_no_capacity", "no_orchestrators_available",
+                                                                   True), r
+        # the reference's four slots of it were all idle; refreshed every 5 s, so read well within two refreshes
+        assert r["refused_while_idle"] and r["target_idle_slots"] == 4 and 0 <= r["capacity_age_s"] <= 10, \
+            (r["refused_while_idle"], r["target_idle_slots"], r["capacity_age_s"])
+    others = [r for r in rows if r["target_orchestrator"] != broken]
+    assert others and all(r["outcome"] in ("ok", "degraded") and not r["refused_while_idle"] for r in others)
+    assert [(x["orchestrator"], x["refused"], x["aimed"], x["share"]) for x in summary["refused_while_idle"]] == \
+        [(broken, len(aimed), len(aimed), 1.0)]
+    assert "refused while advertising idle capacity" in out.stdout
+
+
+def submit(cluster: dict, scenario: Path, out: Path, gateway: GatewayProcess, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], *extra,
                            "--working-dir", str(REPO), "--", sys.executable, "-m", "fleet", "run", str(scenario),
-                           "--gateway-url", gateway, "--out", str(out), "--no-progress"],
+                           *gateway_args(gateway), "--out", str(out), "--no-progress"],
                           env=cluster["env"], capture_output=True, text=True, timeout=300)
 
 
@@ -248,7 +285,7 @@ def test_a_runner_killed_mid_campaign_is_replaced_and_its_streams_stopped(cluste
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(1) as pool:
-            job = pool.submit(submit, cluster, scenario, tmp_path / "results", gw.url)
+            job = pool.submit(submit, cluster, scenario, tmp_path / "results", gw)
             wait_for("2 streams open", lambda: open_streams(gw.url) >= 2, 120)
             actors = json.loads(ray_cli(cluster, "list", "actors", "--address", cluster["dashboard"], "--format",
                                         "json", "--filter", "class_name=RegionRunner", "--filter", "state=ALIVE"))
@@ -279,7 +316,7 @@ def test_a_job_stopped_mid_campaign_tears_down_and_keeps_its_results(cluster, tm
                         "session: {duration: 30, max_s: 40, min_s: 2}}\n")
     job_id = f"fleet-stop-{secrets.token_hex(4)}"
     with GatewayProcess(config=default_config(seed=9, status_interval_s=2.0)) as gw:
-        sub = submit(cluster, scenario, tmp_path / "results", gw.url, "--no-wait", "--submission-id", job_id,
+        sub = submit(cluster, scenario, tmp_path / "results", gw, "--no-wait", "--submission-id", job_id,
                      "--runtime-env-json", json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "25"}}))
         assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-2000:]
         wait_for("4 streams flowing", lambda: sum(1 for s in fleet_streams(gw.url)
@@ -309,7 +346,7 @@ def test_a_monitor_runs_as_a_ray_job_and_ray_job_stop_ends_it_cleanly(cluster, t
                               "--submission-id", job_id, "--runtime-env-json",
                               json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "25"}}),
                               "--working-dir", str(REPO), "--", sys.executable, "-m", "fleet", "monitor",
-                              str(scenario), "--gateway-url", gw.url, "--out", str(tmp_path / "results")],
+                              str(scenario), *gateway_args(gw), "--out", str(tmp_path / "results")],
                              env=cluster["env"], capture_output=True, text=True, timeout=300)
         assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-2000:]
         try:

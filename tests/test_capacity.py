@@ -102,7 +102,7 @@ def test_read_capacity_from_naap_with_discovery_over_http():
     import http.server
     import threading
 
-    from fleet.runtime.broker import read_capacity
+    from fleet.runtime.broker import capacity_url, read_capacity
     from fleet.scenario import Scenario
 
     seen = []
@@ -134,11 +134,55 @@ def test_read_capacity_from_naap_with_discovery_over_http():
             "workflow": {"pipeline": "sd"}, "prompts": {"sets": [{"set": "bootstrap"}]},
             "load": {"shape": "stages", "stages": [{"concurrency": 1, "duration_s": 10}],
                      "session": {"duration": 5}}})
-        snap = read_capacity(sc, "http://127.0.0.1:1")
+        snap = read_capacity(sc, capacity_url(sc, "http://127.0.0.1:1"))
     finally:
         server.shutdown()
         server.server_close()
-    assert snap.idle == 6 and snap.targets == ("https://o1:8935",)
+    assert snap.idle == 6 and snap.targets == ("https://o1:8935",) and snap.read_unix is not None
     assert "/v1/discover/orchestrators?caps=live-video-to-video%2Fsd" in seen
     assert any("NaaP discovery lists 1 orchestrator" in n for n in snap.notes)
 
+
+
+def _scenario(capacity: dict):
+    from fleet.scenario import Scenario
+
+    return Scenario.model_validate({
+        "name": "t", "target": {"dialect": "livepeer", "url": "https://gw.example:8935", "capacity": capacity},
+        "workflow": {"pipeline": "sd"}, "prompts": {"sets": [{"set": "bootstrap"}]},
+        "load": {"shape": "stages", "stages": [{"concurrency": 1, "duration_s": 10}], "session": {"duration": 5}}})
+
+
+def test_the_gateways_capacity_is_read_from_its_cli_address_not_its_media_port():
+    """go-livepeer serves /getNetworkCapabilities from its CLI server (server/webserver.go, -cliAddr, default
+    127.0.0.1:5935): by default the gateway's host at port 5935; the scenario's URL, the command line's, or
+    the local reference gateway's CLI URL when given."""
+    from fleet.runtime.broker import capacity_url
+
+    gateway = _scenario({"source": "gateway"})
+    assert capacity_url(gateway, "https://gw.example:8935") == "http://gw.example:5935"
+    assert capacity_url(gateway, "http://[::1]:8935/") == "http://[::1]:5935"
+    assert capacity_url(gateway, "https://gw:8935", local_cli="http://127.0.0.1:41000") == "http://127.0.0.1:41000"
+    named = _scenario({"source": "gateway", "url": "http://10.0.0.5:7935"})
+    assert capacity_url(named, "https://gw:8935") == "http://10.0.0.5:7935"
+    assert capacity_url(named, "https://gw:8935", override="http://127.0.0.1:5936") == "http://127.0.0.1:5936"
+    assert capacity_url(_scenario({"source": "static", "slots": 3}), "https://gw:8935") is None
+
+
+def test_an_unreachable_capacity_source_is_an_error_at_the_scenario_line_that_names_it(tmp_path):
+    from fleet.errors import CapacityError
+    from fleet.runtime.broker import capacity_url, read_capacity
+    from fleet.scenario import load_scenario
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: t\ntarget:\n  dialect: livepeer\n  url: http://127.0.0.1:1\n"
+                    "  capacity: {source: gateway, url: 'http://127.0.0.1:1'}\n"
+                    "workflow: {pipeline: sd}\nprompts: {sets: [{set: bootstrap}]}\n"
+                    "load: {shape: stages, stages: [{concurrency: 1, duration_s: 10}], session: {duration: 5}}\n")
+    sc = load_scenario(path)
+    with pytest.raises(CapacityError) as err:
+        read_capacity(sc, capacity_url(sc, "http://127.0.0.1:1"))
+    message = str(err.value)
+    assert message.startswith(f"{path.resolve()}:5:") and "target.capacity: cannot read capacity from " \
+        "http://127.0.0.1:1/getNetworkCapabilities: ConnectError" in message, message
+    assert "-cliAddr" in message and "\n" not in message

@@ -24,7 +24,7 @@ STORED_ELSEWHERE = {
 }
 ADDED_AFTER_THE_PROBE = {  # by the region runner or the driver
     "tester_cpu_pct", "tester_bottleneck", "tester_host", "target_orchestrator", "planned_start_s",
-    "started_at", "latency_sample_count",
+    "started_at", "latency_sample_count", "target_idle_slots", "capacity_age_s", "refused_while_idle",
 }
 
 

@@ -38,7 +38,7 @@ def config(slots: int = 2, orchestrators: int = 2, faults: tuple = (), delay_ms:
     orchs = tuple(OrchestratorSpec(address=f"0xorch{i}", uri=f"https://orch-{i}.test:8935",
                                    gpus=(Gpu(id=f"GPU-{i}", profile="p", slots={MODEL: slots}),))
                   for i in range(orchestrators))
-    return GatewayConfig(port=0, profiles={"p": profile}, orchestrators=orchs, faults=faults, **kw)
+    return GatewayConfig(port=0, cli_port=0, profiles={"p": profile}, orchestrators=orchs, faults=faults, **kw)
 
 
 def run(coro):
@@ -99,7 +99,7 @@ async def open_count(gw: ReferenceGateway) -> int:
 
 async def idle_slots(gw: ReferenceGateway) -> int:
     async with httpx.AsyncClient() as c:
-        body = (await c.get(f"{gw.url}/getNetworkCapabilities")).json()
+        body = (await c.get(f"{gw.cli_url}/getNetworkCapabilities")).json()
     return parse_network_capabilities(body, MODEL).idle
 
 
@@ -355,7 +355,7 @@ def test_capabilities_and_truth_list_show_leaks():
             await asyncio.wait_for(rec.got.wait(), DEADLINE_S)
             async with httpx.AsyncClient() as c:
                 listing = (await c.get(f"{gw.url}/debug/streams")).json()
-                caps = (await c.get(f"{gw.url}/getNetworkCapabilities")).json()
+                caps = (await c.get(f"{gw.cli_url}/getNetworkCapabilities")).json()
             assert listing["open"] == 1 and listing["streams"][0]["name"] == "leak"
             snap = parse_network_capabilities(caps, MODEL)
             assert (snap.total, snap.idle) == (4, 3)
@@ -627,8 +627,11 @@ def test_serve_as_a_subprocess_and_stop_cleanly(tmp_path):
     cfg.write_text("profiles:\n  p: {name: Sub GPU}\norchestrators:\n"
                    "  - {address: '0xsub', uri: 'https://sub:8935', gpus: [{id: G0, profile: p, slots: {sd: 3}}]}\n")
     with GatewayProcess(cfg) as proc:
-        caps = httpx.get(f"{proc.url}/getNetworkCapabilities", timeout=10).json()
+        caps = httpx.get(f"{proc.cli_url}/getNetworkCapabilities", timeout=10).json()
         assert parse_network_capabilities(caps, "sd").idle == 3
+        # as go-livepeer: the capacity is the CLI server's (server/webserver.go), not the media server's
+        assert proc.cli_url != proc.url
+        assert httpx.get(f"{proc.url}/getNetworkCapabilities", timeout=10).status_code in (404, 405)  # not there
         assert proc.stop() == 0
 
 
@@ -650,7 +653,7 @@ def test_example_config_loads_and_bad_config_is_located(tmp_path):
     assert str(info.value) == (
         f"{bad}:5:12: faults[0].kind: 'meteor' is not allowed (allowed: signaling_error, slow_answer, "
         "signaling_timeout, ice_never, output_stall, disconnect, black_frames, fps_drop, orchestrator_swap, "
-        "capacity_drop, malformed_status, packet_loss)")
+        "capacity_drop, malformed_status, packet_loss, transient_error)")
 
 
 def test_cold_start_and_warmup_drop_the_first_frames_of_a_gpu():

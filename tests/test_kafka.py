@@ -14,7 +14,7 @@ import pytest
 from fleet.errors import InputError
 from fleet.results.kafka import SOURCE, KafkaFeed, messages
 from fleet.scenario import KafkaOut
-from services import DEADLINE_S, Collector, Tansu
+from services import DEADLINE_S, Collector, Tansu, gateway_args
 
 pytestmark = pytest.mark.slow
 
@@ -137,8 +137,8 @@ def test_a_campaign_feeds_every_session_to_kafka(broker, tmp_path):
     collector = Collector(bootstrap(broker), topic)
     try:
         with GatewayProcess(config=default_config(seed=5, status_interval_s=2.0)) as gw:
-            out = subprocess.run([str(Path(sys.executable).parent / "fleet"), "run", str(scenario), "--gateway-url",
-                                  gw.url, "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True,
+            out = subprocess.run([str(Path(sys.executable).parent / "fleet"), "run", str(scenario), *gateway_args(gw),
+                                  "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True,
                                  timeout=180, cwd=tmp_path,
                                  env={**os.environ, "FLEET_KAFKA_BOOTSTRAP": bootstrap(broker)})
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from services import DEADLINE_S, Collector, Prometheus, Tansu, fleet_streams, last_json, open_streams, wait_for
+from services import (DEADLINE_S, Collector, Prometheus, Tansu, fleet_streams, gateway_args, last_json,
+                      open_streams, wait_for)
 
 from fleet.gateway.config import default_config
 from fleet.gateway.process import GatewayProcess
@@ -41,8 +42,8 @@ def scenario(tmp: Path, prom_port: int, topic: str, database: str) -> Path:
     return path
 
 
-def monitor(path: Path, gw: str, out: Path, env: dict, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([FLEET, "monitor", str(path), "--gateway-url", gw, "--out", str(out), *extra],
+def monitor(path: Path, gw: GatewayProcess, out: Path, env: dict, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([FLEET, "monitor", str(path), *gateway_args(gw), "--out", str(out), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=out)
 
 
@@ -58,7 +59,7 @@ def services(tmp_path_factory):
     tansu = Tansu()
     tansu.start()
     with Prometheus(tmp) as prom, GatewayProcess(config=default_config(seed=5, status_interval_s=2.0)) as gw:
-        yield {"tmp": tmp, "kafka": tansu, "prom": prom, "gw": gw.url}
+        yield {"tmp": tmp, "kafka": tansu, "prom": prom, "gw": gw}
     tansu.stop()
 
 
@@ -98,7 +99,7 @@ def test_the_monitor_covers_every_orchestrator_feeds_kafka_and_prometheus_and_re
     assert first["kafka"]["delivered"] == first["kafka"]["produced"] and first["kafka"]["dropped"] == 0
     assert targets and float(targets[0]["value"][1]) == 4
     assert {a["metric"]["orchestrator"] for a in ages} == keys
-    assert open_streams(gw) == 0
+    assert open_streams(gw.url) == 0
 
     # a restart: its state comes back from the stored Parquet, so nobody is tested again before its period
     log2, second = finished(monitor(path, gw, out, env, "--for", f"{INTERVAL_S * 2:g}s"))
@@ -131,7 +132,7 @@ def test_sigterm_stops_the_live_session_stores_it_and_leaves_no_stream_open(serv
     proc = monitor(path, gw, out, dict(os.environ))
     try:
         wait_for("a monitor stream flowing", lambda: any(s["open"] and s["frames_out"] > 30
-                                                         for s in fleet_streams(gw)), DEADLINE_S * 3)
+                                                         for s in fleet_streams(gw.url)), DEADLINE_S * 3)
         proc.send_signal(signal.SIGTERM)
         log, summary = finished(proc, timeout=60)
     finally:
@@ -139,6 +140,6 @@ def test_sigterm_stops_the_live_session_stores_it_and_leaves_no_stream_open(serv
             proc.kill()
     assert "SIGTERM: stopping every live session" in log
     assert summary["stopped_by"] == "SIGTERM" and summary["stop_s"] < 15
-    wait_for("the gateway to list no open stream", lambda: open_streams(gw) == 0, 15)
+    wait_for("the gateway to list no open stream", lambda: open_streams(gw.url) == 0, 15)
     rows = read_sessions(out / "campaign=monitor-stop").to_pylist()
     assert len(rows) >= 1 and rows[-1]["frames_received"] > 0  # the stopped session's measurements were kept

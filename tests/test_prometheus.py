@@ -14,7 +14,7 @@ import pytest
 from fleet.gateway.config import default_config
 from fleet.gateway.process import GatewayProcess
 from fleet.results.sink import read_sessions
-from services import Prometheus, promql
+from services import Prometheus, gateway_args, promql
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ def test_a_scraping_prometheus_agrees_with_the_parquet_rows(prometheus, tmp_path
     scenario.write_text(f"extends: {REPO / 'tests' / 'campaigns' / 'tiny.yaml'}\nname: prom\n"
                         f"outputs: {{report: false, prometheus: {{port: {target}, linger_s: 4}}}}\n")
     with GatewayProcess(config=default_config(seed=9, status_interval_s=2.0)) as gw:
-        out = subprocess.run([str(Path(sys.executable).parent / "fleet"), "run", str(scenario), "--gateway-url", gw.url,
+        out = subprocess.run([str(Path(sys.executable).parent / "fleet"), "run", str(scenario), *gateway_args(gw),
                               "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True, timeout=180,
                              cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]

@@ -18,6 +18,8 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
     serve.add_argument("--config", metavar="FILE", help="gateway config YAML (default: the built-in network)")
     serve.add_argument("--host", help="address to bind (default 127.0.0.1, or the config's)")
     serve.add_argument("--port", type=int, help="port (default 8937, or the config's; 0 picks a free one)")
+    serve.add_argument("--cli-port", type=int, help="the CLI server's port, which serves /getNetworkCapabilities "
+                       "(default 5935 as go-livepeer, or the config's; 0 picks a free one)")
     serve.add_argument("--relay", action="store_true", help="forward frames without transforming them")
     serve.set_defaults(run=run_serve)
 
@@ -29,7 +31,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from fleet.gateway.server import serve
 
     config = load_gateway_config(args.config) if args.config else default_config()
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("cli_port", args.cli_port)) if v is not None}
     if args.relay:
         overrides["relay"] = True
     if overrides:

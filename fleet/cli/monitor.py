@@ -28,6 +28,8 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a private local Ray)")
     p.add_argument("--out", metavar="DIR", help="results directory (default: the scenario's outputs.dir)")
     p.add_argument("--gateway-url", metavar="URL", help="send every region's sessions to this gateway")
+    p.add_argument("--capacity-url", metavar="URL", help="read the gateway's capacity (/getNetworkCapabilities) "
+                   "from this CLI URL (default: target.capacity.url, else the gateway's host at port 5935)")
     p.set_defaults(run=run)
 
 
@@ -35,4 +37,4 @@ def run(args: argparse.Namespace) -> int:
     from fleet.runtime.monitor import MonitorOptions, run_monitor
 
     return run_monitor(args.file, MonitorOptions(address=args.address, out_dir=args.out, for_s=args.for_s,
-                                                 gateway_url=args.gateway_url))
+                                                 gateway_url=args.gateway_url, capacity_url=args.capacity_url))

@@ -14,6 +14,8 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--seed", type=int, default=0, help="plan seed (default 0)")
     p.add_argument("--out", metavar="DIR", help="results directory (default: the scenario's outputs.dir)")
     p.add_argument("--gateway-url", metavar="URL", help="send every region's sessions to this gateway")
+    p.add_argument("--capacity-url", metavar="URL", help="read the gateway's capacity (/getNetworkCapabilities) "
+                   "from this CLI URL (default: target.capacity.url, else the gateway's host at port 5935)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML of the SLA checks here (default: outputs.junit)")
     p.set_defaults(run=run)
@@ -23,6 +25,6 @@ def run(args: argparse.Namespace) -> int:
     from fleet.runtime.campaign import CampaignOptions, run_campaign
 
     opts = CampaignOptions(address=args.address, seed=args.seed, out_dir=args.out, gateway_url=args.gateway_url,
-                           junit=args.junit,
+                           capacity_url=args.capacity_url, junit=args.junit,
                            progress=False if args.no_progress else None)
     return run_campaign(args.file, opts)

@@ -177,23 +177,29 @@ def workflows_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]]) -> 
         rows = q.groups(engine, f, by)
         parts.append(f"<h2>{_e(title)}</h2>" + _table(
             [by, "sessions", "counted", "ok", "failure rate", "startup p50 s", "g2g p50 ms", "g2g p90 ms",
-             "fps p10", "fps p50", "jitter mean"],
+             "fps p10", "fps p50", "jitter mean", "ingest jitter p50 ms (gateway)"],
             [[_e(r["grp"]), str(r["rows_"]), str(r["counted"]), str(r["ok"]),
               _pct(r["failed"] / r["counted"] if r["counted"] else None), _n(r["startup_p50"]), _n(r["g2g_p50"], 4),
-              _n(r["g2g_p90"], 4), _n(r["fps_p10"]), _n(r["fps_p50"]), _n(r["jitter_mean"])] for r in rows],
-            set(range(1, 11))))
+              _n(r["g2g_p90"], 4), _n(r["fps_p10"]), _n(r["fps_p50"]), _n(r["jitter_mean"]),
+              _n(r["ingest_jitter_p50_ms"])] for r in rows],
+            set(range(1, 12))))
     return page("Workflows and prompt categories", "/workflows", f, opts, "".join(parts))
 
 
 def capacity_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], runs: list[dict[str, Any]]) -> str:
     now = (f.now or dt.datetime.now(dt.timezone.utc)).timestamp()
     rows = q.coverage(engine, f)
-    cov = [[_e(r["orchestrator"]), str(r["tested"]), str(r["skipped"]), _n(r["last_tested"]),
+    cov = [[_e(r["orchestrator"]), str(r["tested"]), str(r["skipped"]), str(r["refused"]),
+            _pct(r["refused"] / r["sent"] if r["sent"] else None), _n(r["last_refused"]), _n(r["last_tested"]),
             "never reached" if r["last_tested_unix"] is None else f"{(now - r['last_tested_unix']) / 60:.1f} min"]
            for r in rows]
-    parts = ["<h2>Coverage: each orchestrator's last test</h2>" + (_table(
-        ["orchestrator", "sessions run", "skipped for capacity", "last tested", "age"], cov, {1, 2})
-        if cov else "<p>No sessions in this window.</p>")]
+    parts = ["<h2>Coverage: each orchestrator's last test</h2><p class=note>Refused while idle: the gateway said "
+             "\"no orchestrators available\" for a session aimed at the orchestrator while a fresh capacity "
+             "snapshot showed it idle slots (go-livepeer tries past one that refuses, errs or times out, so to "
+             "one session it looks full); the share is of the sessions sent to it. Outside the SLA score.</p>"
+             + (_table(["orchestrator", "sessions run", "skipped for capacity", "refused while idle",
+                        "refused share", "last refused", "last tested", "age"], cov, {1, 2, 3, 4})
+                if cov else "<p>No sessions in this window.</p>")]
     monitors = [r for r in runs if r.get("kind") == "monitor"]
     budget = []
     for m in monitors:

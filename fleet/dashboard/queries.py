@@ -208,7 +208,8 @@ def groups(engine: Engine, f: Filters, by: str) -> list[dict[str, Any]]:
            f"{_rate(OK)} AS ok, "
            f"{d.quantile('startup_s', 0.5)} AS startup_p50, {d.quantile('g2g_latency_ms', 0.5)} AS g2g_p50, "
            f"{d.quantile('g2g_latency_ms', 0.9)} AS g2g_p90, {d.quantile('output_fps', 0.1)} AS fps_p10, "
-           f"{d.quantile('output_fps', 0.5)} AS fps_p50, avg(jitter_coeff) AS jitter_mean "
+           f"{d.quantile('output_fps', 0.5)} AS fps_p50, avg(jitter_coeff) AS jitter_mean, "
+           f"{d.quantile('gateway_ingest_jitter_ms', 0.5)} AS ingest_jitter_p50_ms "
            f"FROM {engine.tables()['sessions']} {where} GROUP BY 1 ORDER BY 2 DESC")
     return engine.query(sql, params)
 
@@ -218,9 +219,13 @@ def coverage(engine: Engine, f: Filters) -> list[dict[str, Any]]:
     d = engine.dialect
     where, params = f.where(engine)
     ran = "outcome <> 'skipped_no_capacity'"
+    sent = "coalesce(error_class, '') NOT IN ('no_slot_leased', 'planner_skipped')"   # the gateway saw it
+    refused = "coalesce(refused_while_idle, false)"   # fleet.results.refusals: outside the SLA score
     sql = (f"SELECT coalesce(target_orchestrator, orchestrator_url, orchestrator_address, '?') AS orchestrator, "
            f"{_rate(ran)} AS tested, {_rate('NOT (' + ran + ')')} AS skipped, "
+           f"{_rate(refused)} AS refused, {_rate(sent)} AS sent, "
+           f"max(CASE WHEN {refused} THEN started_at ELSE NULL END) AS last_refused, "
            f"max(CASE WHEN {ran} THEN started_at ELSE NULL END) AS last_tested, "
            f"{d.epoch('max(CASE WHEN ' + ran + ' THEN started_at ELSE NULL END)')} AS last_tested_unix, "
-           f"max(started_at) AS last_tried FROM {engine.tables()['sessions']} {where} GROUP BY 1 ORDER BY 5 NULLS FIRST")
+           f"max(started_at) AS last_tried FROM {engine.tables()['sessions']} {where} GROUP BY 1 ORDER BY 8 NULLS FIRST")
     return engine.query(sql, params)

@@ -110,6 +110,9 @@ class IceServerSpec(Spec):
 class GatewayConfig(Spec):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8937
+    cli_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        5935, description="the CLI server's port on host, where /getNetworkCapabilities is served (go-livepeer "
+                          "-cliAddr, default 127.0.0.1:5935; not the media port); 0 picks a free one")
     media_host: IPvAnyAddress | None = Field(
         None, description="the address WebRTC media (ICE host candidates) uses, apart from the HTTP address, as "
                           "go-livepeer's LIVE_AI_WHIP_ADDR / LIVE_AI_WHEP_ADDR; default: host (every interface if "

@@ -17,18 +17,23 @@ from fleet.errors import GatewayStartError
 if TYPE_CHECKING:
     from fleet.gateway.config import GatewayConfig
 
-__all__ = ["GatewayProcess", "READY_PREFIX", "SHUTDOWN_TIMEOUT_S"]
+__all__ = ["CLI_MARK", "GatewayProcess", "READY_PREFIX", "SHUTDOWN_TIMEOUT_S"]
 
 READY_PREFIX = "fleet gateway listening on "  # the line `fleet gateway serve` prints once it accepts requests
+CLI_MARK = "cli "                               # ... then the CLI server's URL (the capacity): "URL cli CLI_URL"
 SHUTDOWN_TIMEOUT_S = 10.0                       # the gateway closes every peer connection within this on SIGTERM
 
 
 class GatewayProcess:
-    """``fleet gateway serve`` in a subprocess; ``url`` once its readiness line is read."""
+    """``fleet gateway serve`` in a subprocess; ``url`` (media: WHIP, WHEP, status) and ``cli_url`` (the
+    capacity, as go-livepeer's CLI server) once its readiness line is read. On ``port`` 0 both ports are
+    picked free."""
 
     def __init__(self, config_path: str | Path | None = None, host: str = "127.0.0.1", port: int = 0,
                  start_timeout_s: float = 30.0, config: GatewayConfig | None = None) -> None:
         self.args = [sys.executable, "-m", "fleet", "gateway", "serve", "--host", host, "--port", str(port)]
+        if port == 0:
+            self.args += ["--cli-port", "0"]
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if config is not None:  # a config object: handed over as a JSON (hence YAML) file
             self._tmp = tempfile.TemporaryDirectory(prefix="fleet-gateway-")
@@ -39,6 +44,7 @@ class GatewayProcess:
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[str] | None = None
         self.url: str | None = None
+        self.cli_url: str | None = None
 
     def __enter__(self) -> GatewayProcess:
         # stderr is inherited: an unread pipe would block a chatty gateway once it filled
@@ -56,7 +62,8 @@ class GatewayProcess:
             self.stop()
             raise GatewayStartError(f"the reference gateway failed to start (exit {self.proc.returncode}; "
                                f"its stderr says why): {line.strip()}")
-        self.url = line[len(READY_PREFIX):].strip()
+        self.url, _, cli = line[len(READY_PREFIX):].strip().partition(f" {CLI_MARK}")
+        self.cli_url = cli or None
         return self
 
     def stop(self) -> int | None:

@@ -10,7 +10,7 @@ source of every behaviour):
     POST   /live/video-to-video/{stream}/update      params update, keyed by stream name
     GET    /live/video-to-video/{streamId}/status    status, keyed by the WHIP streamId query parameter
     *      /live/video-to-video/{stream}/whip/{id}   405: go-livepeer has no DELETE (or PATCH) for WHIP
-    GET    /getNetworkCapabilities                   orchestrators, slots, GPUs
+    GET    /getNetworkCapabilities                   on the CLI port (cli_port, go-livepeer -cliAddr): capacity
     /v1/streams...                                   Daydream facade (fleet.gateway.facades)
     /process/stream/...                              BYOC facade (fleet.gateway.facades)
     GET    /debug/streams, /debug/streams/{key}      ground truth (not part of go-livepeer)
@@ -31,7 +31,7 @@ from aiohttp import web
 
 from fleet.gateway.config import GatewayConfig, default_config
 from fleet.gateway.network import Network
-from fleet.gateway.process import READY_PREFIX, SHUTDOWN_TIMEOUT_S
+from fleet.gateway.process import CLI_MARK, READY_PREFIX, SHUTDOWN_TIMEOUT_S
 from fleet.gateway.stream import Stream
 from fleet.probe.looplag import LagMark, LoopMonitor, quiet_gc
 from fleet.webrtc import IceServer, ice_link_headers, set_ice_failed_timeout
@@ -86,6 +86,8 @@ class ReferenceGateway:
         self.loop_monitor: LoopMonitor | None = None
         self.loop_mark: LagMark | None = None
         self.port: int | None = None
+        self.cli_port: int | None = None
+        self._cli: web.AppRunner | None = None
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -107,13 +109,22 @@ class ReferenceGateway:
             web.post(base + "{path}/whep", self.whep), web.patch(base + "{path}/whep", self.not_implemented),
             web.post(base + "{stream}/update", self.update),
             web.get(base + "{streamId}/status", self.status),
-            web.get("/getNetworkCapabilities", self.capabilities),
             web.get("/debug/streams", self.debug_list), web.get("/debug/streams/{id}", self.debug_stream),
             web.post("/debug/capacity", self.debug_capacity),
             web.options("/{tail:.*}", self.preflight),
             *self.daydream.routes(), *self.byoc.routes(),
         ])
         return app
+
+    def cli_app(self) -> web.Application:
+        """go-livepeer's CLI web server (``server/webserver.go``), on its own port: the capacity."""
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app.add_routes([web.get("/getNetworkCapabilities", self.capabilities)])
+        return app
+
+    @property
+    def cli_url(self) -> str:
+        return f"http://{self.config.host}:{self.cli_port}"
 
     async def start(self) -> None:
         set_ice_failed_timeout(self.config.ice_failed_timeout_s)
@@ -125,14 +136,21 @@ class ReferenceGateway:
         await site.start()
         sockets = list(getattr(site._server, "sockets", None) or [])  # a TCP site serves an asyncio.Server
         self.port = sockets[0].getsockname()[1] if sockets else self.config.port
+        self._cli = web.AppRunner(self.cli_app(), handle_signals=False, access_log=None)
+        await self._cli.setup()
+        cli = web.TCPSite(self._cli, self.config.host, self.config.cli_port)
+        await cli.start()
+        sockets = list(getattr(cli._server, "sockets", None) or [])
+        self.cli_port = sockets[0].getsockname()[1] if sockets else self.config.cli_port
 
     async def stop(self) -> None:
         """Close every stream's peer connections, then the server."""
         await asyncio.wait_for(asyncio.gather(*(s.close("gateway shutdown") for s in list(self.live.values())),
                                               return_exceptions=True), SHUTDOWN_TIMEOUT_S)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        for runner in (self._runner, self._cli):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._cli = None
         if self.loop_monitor is not None:
             self.loop_monitor.release()
             self.loop_monitor = None
@@ -322,7 +340,7 @@ async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> No
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"{READY_PREFIX}{gateway.url}", flush=True)
+    print(f"{READY_PREFIX}{gateway.url} {CLI_MARK}{gateway.cli_url}", flush=True)
     if ready is not None:
         ready.set()
     await stop.wait()

@@ -54,6 +54,9 @@ class StreamState:
     name: str
     request_id: str
     pipeline: str
+    orchestrator: str                 # the stream's orchestrator= filter (a substring of the service URI)
+    include_uris: tuple[str, ...]
+    exclude_uris: tuple[str, ...]
     e2e_test: bool
     rng: random.Random
     closed: str | None

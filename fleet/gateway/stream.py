@@ -40,6 +40,7 @@ from fleet.gateway.egress import Output, OutputTrack, time_egress
 from fleet.gateway.network import Lease
 from fleet.gateway.records import StreamRecords, unix_ms
 from fleet.gateway.runner import RunnerModel
+from fleet.gateway.selection import StreamSelection
 from fleet.gateway.swaps import StreamSwaps
 from fleet.gateway.transform import look_for
 from fleet.rtp import FrameTap
@@ -62,18 +63,12 @@ class StreamHost(Protocol):
     def whep_url(self, name: str, request_id: str) -> str: ...
 
 
-__all__ = ["NO_ORCHESTRATORS", "OutputTrack", "Stream"]
+__all__ = ["OutputTrack", "Stream"]
 
 log = logging.getLogger(__name__)
 
-NO_ORCHESTRATORS = "no orchestrators available"
 WHEP_HANG_S = 300.0            # a WHEP request waiting for an output that never comes is answered 404 after this
 MAX_EVENTS = 10_000            # lifecycle events kept per stream
-
-
-def go_duration(seconds: float) -> str:
-    """A duration as Go's ``time.Duration`` prints it, for the whole seconds and milliseconds used here."""
-    return f"{seconds:g}s" if seconds >= 1 else f"{seconds * 1000:g}ms"
 
 
 def _log_crash(task: asyncio.Task[Any]) -> None:
@@ -82,7 +77,7 @@ def _log_crash(task: asyncio.Task[Any]) -> None:
         log.error("stream task crashed", exc_info=task.exception())
 
 
-class Stream(RunnerModel, StreamSwaps, StreamRecords):
+class Stream(RunnerModel, StreamSelection, StreamSwaps, StreamRecords):
     def __init__(self, gateway: StreamHost, name: str, stream_id: str, pipeline: str, params: dict[str, Any],
                  orchestrator: str = "", include_uris: tuple[str, ...] = (), exclude_uris: tuple[str, ...] = (),
                  user_agent: str = "", request_id: str | None = None) -> None:
@@ -271,60 +266,6 @@ class Stream(RunnerModel, StreamSwaps, StreamRecords):
         self.gateway_status.setdefault("error", {"error_message": message, "error_time": unix_ms(time.time())})
         self.event("ai_stream_events", type="error", message=message)
 
-    async def _select(self) -> None:
-        """The first orchestrator: selection, then its job (go-livepeer processStream's first round)."""
-        lease = await self.acquire()
-        if lease is not None:
-            await self.start_job(lease)
-
-    async def acquire(self, avoid: str = "") -> Lease | None:
-        """A slot, as go-livepeer's processAIRequest finds one: an orchestrator without room, or one that
-        refuses the job, errs or times out, is tried past (removed for this selection); when none is left
-        the stream fails with "no orchestrators available" (and its trace); tries that outlast
-        ``selection_timeout_s`` (checked before each try, as upstream) fail with the timeout's own message
-        and no trace. A swap's reselection prefers an orchestrator other than ``avoid`` and keeps the
-        stream's filter. The lease comes with its orchestrator's faults drawn (``self.faults``)."""
-        cfg, net = self.gw.config, self.gw.network
-        deadline = self.loop.time() + cfg.selection_timeout_s
-        removed: set[str] = set()
-        while True:
-            if self.loop.time() >= deadline:
-                self.fail(f"{NO_ORCHESTRATORS} within {go_duration(cfg.selection_timeout_s)} timeout")
-                return None
-            lease = net.acquire(self.pipeline, self.orchestrator, exclude=avoid, removed=removed,
-                                include_uris=self.include_uris, exclude_uris=self.exclude_uris) if avoid else None
-            lease = lease or net.acquire(self.pipeline, self.orchestrator, removed=removed,
-                                         include_uris=self.include_uris, exclude_uris=self.exclude_uris)
-            if lease is None:
-                if not self.closed:
-                    self.fail(NO_ORCHESTRATORS, trace="gateway_no_orchestrators_available")
-                return None
-            refused = None if self.closed else await self._submit(lease)
-            if self.closed:
-                net.release(lease)
-                return None
-            if refused is None:
-                return lease
-            net.release(lease)   # upstream: sessManager.Remove, then the next try
-            removed.add(lease.orchestrator.address)
-            self.event("orchestrator_refused", orchestrator=lease.orchestrator.address,
-                       url=lease.orchestrator.uri, error=refused)
-
-    async def _submit(self, lease: Lease) -> str | None:
-        """The job request to the orchestrator (submitLiveVideoToVideo): its faults are drawn; None when it
-        takes the job (``slow_answer`` after ``delay_s``), else why not (a refusal at once, a timeout after
-        ``delay_s``)."""
-        o = lease.orchestrator
-        self.faults = self.gw.network.faults_for(o.address, o.uri, kinds=tuple(k for k in _JOB_FAULTS + _RUN_FAULTS))
-        kinds = {f.kind: f for f in self.faults}
-        if "signaling_error" in kinds:
-            return f"HTTP {kinds['signaling_error'].status} (injected fault)"
-        if "signaling_timeout" in kinds or "slow_answer" in kinds:
-            await asyncio.sleep((kinds.get("signaling_timeout") or kinds["slow_answer"]).delay_s)
-            if "signaling_timeout" in kinds:
-                return "timeout (injected fault)"
-        return None
-
     async def start_job(self, lease: Lease) -> None:
         """The orchestrator took the job: its runner starts, its output is made."""
         self.lease = lease
@@ -405,8 +346,3 @@ class Stream(RunnerModel, StreamSwaps, StreamRecords):
         for pc, _ in self.whep:
             await pc.close()
         await self.pc.close()
-
-
-_JOB_FAULTS = ("signaling_error", "slow_answer", "signaling_timeout")
-_RUN_FAULTS = ("output_stall", "disconnect", "black_frames", "fps_drop", "orchestrator_swap", "capacity_drop",
-               "malformed_status", "packet_loss", "transient_error")

@@ -38,7 +38,7 @@ from aiortc import RTCSessionDescription
 
 from fleet.media import PacketTrack
 from fleet.errors import ErrorClass, Phase
-from fleet.probe.adapters import USER_AGENT, ProbeFailure, adapter_for, gateway_error
+from fleet.probe.adapters import USER_AGENT, ProbeFailure, adapter_for, classify_gateway_error, gateway_error
 from fleet.probe.classify import blame, classify
 from fleet.probe.looplag import LoopMonitor
 from fleet.probe.naap import no_orchestrator_evidence, startup_outcome
@@ -258,8 +258,14 @@ class _Probe:
     # --- status ------------------------------------------------------------------------
 
     async def _poll_status(self, client: httpx.AsyncClient) -> None:
+        """The status every ``status_every_s``; an error in it that ends the stream ends the session's waits at
+        once (go-livepeer closes the connection, which ICE alone would notice only at its timeout)."""
         while True:
             await self._read_status(client)
+            message = self.r.gateway_error
+            if message and classify_gateway_error(message) is not None:
+                self.peers.break_off(f"the gateway's error: {message[:120]}", "gateway_error")
+                return
             await asyncio.sleep(self.opt.status_every_s)
 
     async def _fetch_status(self, client: httpx.AsyncClient) -> Any:
@@ -337,11 +343,7 @@ class _Probe:
             lag.mean_ms, lag.max_ms, lag.busy_pct
         suspect = self.loop_monitor.suspect_windows(a[0], a[-1]) if a else []
         self.out.fill(r, None if self.peers.broken.is_set() else end, suspect)
-        swaps = self.swaps.swaps
-        r.swap_count, r.swapped = len(swaps), bool(swaps)
-        gaps = [s.gap_s for s in swaps if s.gap_s is not None]
-        r.swap_gap_s = round(sum(gaps), 3) if gaps else None
-        r.orchestrators = self.swaps.orchestrators
+        self.swaps.fill(r)
         errors = [m for m in (r.gateway_error, self.end_error) if m]
         r.startup_outcome = startup_outcome(self.t_answer is not None, bool(a),
                                             any(no_orchestrator_evidence(m) for m in errors), errors)

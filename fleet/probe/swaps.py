@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fleet.probe.types import ProbeResult
+
 __all__ = ["JOIN_S", "Swap", "SwapTracker"]
 
 JOIN_S = 30.0      # a viewer's loss and a new runner in the status this close together are one swap
@@ -103,3 +105,10 @@ class SwapTracker:
             if s.to_orchestrator:
                 served.append(s.to_orchestrator)
         return served
+
+    def fill(self, r: ProbeResult) -> None:
+        """The session's swap columns: how many, the output's total gap over them, who served it."""
+        gaps = [s.gap_s for s in self.swaps if s.gap_s is not None]
+        r.swap_count, r.swapped = len(self.swaps), bool(self.swaps)
+        r.swap_gap_s = round(sum(gaps), 3) if gaps else None
+        r.orchestrators = self.orchestrators

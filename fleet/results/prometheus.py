@@ -9,6 +9,10 @@ session id):
 - ``fleet_sessions_excused_total{...}``: failures NaaP does not hold against the orchestrator;
 - ``fleet_startup_seconds``, ``fleet_g2g_latency_ms`` (each session's median) and
   ``fleet_output_fps`` histograms, per orchestrator, model and region, over the sessions that ran;
+- ``fleet_refused_while_idle_total{orchestrator, model}`` and
+  ``fleet_refused_while_idle_last_seen_timestamp_seconds{orchestrator, model}``: sessions the gateway
+  skipped ("no orchestrators available") while a fresh snapshot showed their target idle slots (a broken
+  orchestrator looks full to one session; ``fleet.results.refusals``), outside the SLA score;
 - ``fleet_leases_held`` and ``fleet_lease_budget``: the broker's slots in use against its budget;
 - ``fleet_orchestrator_last_tested_timestamp_seconds{orchestrator, model}``: when a session on the
   orchestrator last finished (coverage age = ``time() - that``);
@@ -55,6 +59,11 @@ class CampaignMetrics:
                                  LABELS, buckets=LATENCY_BUCKETS, registry=r)
         self.fps = Histogram("fleet_output_fps", "each session's output fps", LABELS, buckets=FPS_BUCKETS,
                              registry=r)
+        self.refused = Counter("fleet_refused_while_idle", "sessions refused while the target advertised idle slots",
+                               ("orchestrator", "model"), registry=r)
+        self.refused_last = Gauge("fleet_refused_while_idle_last_seen_timestamp_seconds",
+                                  "when a session was last refused while its target advertised idle slots",
+                                  ("orchestrator", "model"), registry=r)
         self.leases = Gauge("fleet_leases_held", "slots the campaign holds now", registry=r)
         self.budget = Gauge("fleet_lease_budget", "slots the campaign may hold now (its capacity budget)",
                             registry=r)
@@ -81,6 +90,11 @@ class CampaignMetrics:
             labels = {"orchestrator": _orchestrator(row), "model": str(row.get("model") or ""),
                       "region": str(row.get("region") or "")}
             self.sessions.labels(**labels, outcome=row["outcome"]).inc()
+            if row.get("refused_while_idle"):
+                target = {"orchestrator": str(row.get("target_orchestrator") or labels["orchestrator"]),
+                          "model": labels["model"]}
+                self.refused.labels(**target).inc()
+                self.refused_last.labels(**target).set(float(row.get("started_unix") or time.time()))
             if row["outcome"] == "skipped_no_capacity":
                 continue
             if row.get("excused") and row["outcome"] == "failed":

@@ -33,8 +33,8 @@ __all__ = ["EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_FIELDS", 
 #    stalls; tester_loop_busy_pct; tester_cpu_pct per session (it was since the last call, by any session)
 # 5: target_orchestrator (the orchestrator the session was aimed at: the monitor's coverage key)
 # 6: (issue #22) a session's life on the real network: swaps and every orchestrator that served it, the
-#    ICE candidate types, NaaP's startup outcome (RULE-LIFECYCLE-003), jitter in milliseconds as go-livepeer
-#    reports it
+#    capacity evidence of a skip (refused_while_idle), ICE candidate types, NaaP's startup outcome
+#    (RULE-LIFECYCLE-003), jitter in milliseconds as go-livepeer reports it
 SCHEMA_VERSION = 6
 
 # the identity every row carries
@@ -48,6 +48,7 @@ _IDS = [("campaign_id", pa.string()), ("run_id", pa.string()), ("scenario", pa.s
 SESSION_FIELDS = _IDS + [
     ("dialect", pa.string()), ("stream_id", pa.string()), ("stream_name", pa.string()), ("request_id", pa.string()),
     ("pipeline_id", pa.string()), ("codec", pa.string()), ("target_orchestrator", pa.string()),
+    ("target_idle_slots", pa.int64()), ("capacity_age_s", pa.float64()), ("refused_while_idle", pa.bool_()),
     ("planned_start_s", pa.float64()),
     ("started_at", pa.timestamp("ms", tz="UTC")), ("duration_s", pa.float64()),
     ("outcome", pa.string()), ("error_phase", pa.string()), ("error_class", pa.string()),

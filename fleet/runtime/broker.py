@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from urllib.parse import urlsplit
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,9 +35,10 @@ import httpx
 from fleet.capacity import CapacitySnapshot, parse_capacity, parse_naap_discovery, static_capacity
 from fleet.errors import CapacityError
 from fleet.rules import CapacityRules
+from fleet.runtime.job import STALE_REFRESHES
 from fleet.scenario import CapacityPolicy, NaapCapacity, Scenario, StaticCapacity
 
-__all__ = ["BrokerActor", "Lease", "SlotBroker", "read_capacity"]
+__all__ = ["BrokerActor", "CLI_PORT", "Lease", "SlotBroker", "capacity_url", "read_capacity"]
 
 log = logging.getLogger("fleet.broker")
 REFRESH_MIN_S = 1.0
@@ -52,6 +54,8 @@ class Lease:
     granted: float = 0.0
     stop: tuple[str, str] | None = None  # (method, url) that stops the stream at the gateway, once it exists
     attached: float | None = None         # when the stream existed at the gateway (it holds a slot there)
+    idle: int | None = None               # the evidence: the place's idle slots in the snapshot it was leased on
+    age_s: float | None = None            # ... and how long before the lease that snapshot was read
 
     @property
     def key(self) -> str | None:
@@ -114,7 +118,10 @@ class SlotBroker:
             return None
         self.last_start[chosen.key] = now
         ttl = self.ttl_s if duration_s is None else duration_s + self.ttl_s
-        lease = Lease(uuid.uuid4().hex, chosen.address or None, chosen.uri or None, holder, now + ttl, now)
+        known = bool(self.snapshot.orchestrators) or chosen.key is None   # discovered URIs: slots unknown
+        lease = Lease(uuid.uuid4().hex, chosen.address or None, chosen.uri or None, holder, now + ttl, now,
+                      idle=chosen.idle if known else None,
+                      age_s=None if self.snapshot_at <= -1e18 else round((now - self.snapshot_at) / (self.ticks_per_s or 1), 3))
         self.leases[lease.id] = lease
         return lease
 
@@ -135,31 +142,59 @@ class SlotBroker:
                 "capacity": self.snapshot.summary()}
 
 
-def read_capacity(scenario: Scenario, gateway_url: str) -> CapacitySnapshot:
-    """A snapshot from the scenario's capacity source (the gateway's, NaaP's, or the static count)."""
+CLI_PORT = 5935   # go-livepeer's default -cliAddr port
+
+
+def capacity_url(scenario: Scenario, gateway_url: str, override: str | None = None,
+                 local_cli: str | None = None) -> str | None:
+    """Where the scenario's capacity is read: NaaP's URL; for the gateway's, ``override`` (``--capacity-url``),
+    else the scenario's ``target.capacity.url``, else the local reference gateway's CLI URL, else the
+    gateway's host at go-livepeer's default CLI port; None for a static count."""
+    source = scenario.target.capacity
+    if isinstance(source, StaticCapacity):
+        return None
+    if isinstance(source, NaapCapacity):
+        return source.url
+    if override or source.url or local_cli:
+        return override or source.url or local_cli
+    host = urlsplit(gateway_url).hostname or "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{CLI_PORT}"
+
+
+def read_capacity(scenario: Scenario, url: str | None) -> CapacitySnapshot:
+    """A snapshot from the scenario's capacity source (the gateway's CLI server at ``url``, NaaP's, or the
+    static count), stamped with when it was read. A source that cannot be read is a CapacityError that
+    names the scenario line of the source."""
     source = scenario.target.capacity
     model = scenario.workflow.pipeline
-    if isinstance(source, StaticCapacity):
-        return static_capacity(source.slots, model)
-    target = source.url if isinstance(source, NaapCapacity) else f"{gateway_url.rstrip('/')}/getNetworkCapabilities"
-    snapshot = parse_capacity(_get_json(target, scenario.target.verify_tls), model)
+    if isinstance(source, StaticCapacity) or url is None:
+        return static_capacity(source.slots if isinstance(source, StaticCapacity) else 0, model)
+    where = scenario.locate("target", "capacity")
+    hint = "" if isinstance(source, NaapCapacity) else (
+        " (go-livepeer serves it from its CLI server, -cliAddr, default 127.0.0.1:5935: set target.capacity.url "
+        "or --capacity-url)")
+    target = url if isinstance(source, NaapCapacity) or url.rstrip("/").endswith("/getNetworkCapabilities") \
+        else f"{url.rstrip('/')}/getNetworkCapabilities"
+    read_at = time.time()
+    snapshot = parse_capacity(_get_json(target, scenario.target.verify_tls, where, hint), model)
     if isinstance(source, NaapCapacity) and source.discover_url:
-        rows = _get_json(source.discover_url, scenario.target.verify_tls,
+        rows = _get_json(source.discover_url, scenario.target.verify_tls, where, "",
                          params={"caps": f"live-video-to-video/{model}"})
         targets = parse_naap_discovery(rows, model)
         note = (f"NaaP discovery lists {len(targets)} orchestrator(s) for {model!r}: sessions are spread across "
                 f"them by service URI",) if targets else (f"NaaP discovery lists no orchestrator for {model!r}",)
         snapshot = dataclasses.replace(snapshot, targets=targets, notes=snapshot.notes + note)
-    return snapshot
+    return dataclasses.replace(snapshot, read_unix=round(read_at, 3))
 
 
-def _get_json(url: str, verify: bool, params: dict[str, str] | None = None) -> Any:
+def _get_json(url: str, verify: bool, where: str, hint: str, params: dict[str, str] | None = None) -> Any:
     try:
         resp = httpx.get(url, params=params, timeout=10, verify=verify)
         resp.raise_for_status()
         return resp.json()
     except (httpx.HTTPError, ValueError) as exc:
-        raise CapacityError(f"cannot read capacity from {url}: {exc}") from None
+        raise CapacityError(f"{where}: cannot read capacity from {url}: {type(exc).__name__}: {exc}{hint}") \
+            from None
 
 
 class BrokerActor:
@@ -169,39 +204,48 @@ class BrokerActor:
     (a source that cannot be read keeps the last snapshot, with a warning in the actor's log).
     """
 
-    def __init__(self, scenario: dict[str, Any], gateway_url: str, snapshot: CapacitySnapshot) -> None:
+    def __init__(self, scenario: dict[str, Any], capacity_url: str | None, snapshot: CapacitySnapshot) -> None:
         self.scenario = Scenario.model_validate(scenario)
-        self.url = gateway_url
+        self.url = capacity_url
         self.broker = SlotBroker(self.scenario.capacity, snapshot)
-        self.broker.update(snapshot)
+        age = 0.0 if snapshot.read_unix is None else max(0.0, time.time() - snapshot.read_unix)
+        self.broker.update(snapshot, self.broker.clock() - age)   # as old as the driver's read
         source = self.scenario.target.capacity
         self.refresh_s = None if isinstance(source, StaticCapacity) else max(REFRESH_MIN_S, source.refresh_s)
         self.refreshes = 0
         self._task: asyncio.Task[Any] | None = None
 
     async def _refresh(self) -> None:
+        """Read the source again one ``refresh_s`` after the last read or try (at once when the snapshot is
+        already that old); a read that fails keeps the last snapshot, and says how old it is."""
         assert self.refresh_s is not None, "a static source is never refreshed"
+        tried = self.broker.snapshot_at
         while True:
-            await asyncio.sleep(self.refresh_s)
-            taken_at = self.broker.clock()
+            await asyncio.sleep(max(0.0, self.refresh_s - (self.broker.clock() - tried)))
+            tried = self.broker.clock()
             try:
                 snapshot = await asyncio.to_thread(read_capacity, self.scenario, self.url)
             except CapacityError as exc:
-                log.warning("%s", exc)
+                log.warning("%s; leasing on the snapshot read %.0f s ago", exc, tried - self.broker.snapshot_at)
                 continue
-            self.broker.update(snapshot, taken_at)
+            self.broker.update(snapshot, tried)
             self.refreshes += 1
 
     def _ensure_refresh(self) -> None:
         if self._task is None and self.refresh_s is not None:
             self._task = asyncio.ensure_future(self._refresh())
 
+    async def refresh_soon(self) -> None:
+        """Start refreshing now (else at the first lease): a snapshot older than ``refresh_s`` is read again at once."""
+        self._ensure_refresh()
+
     async def lease(self, holder: str, preferred: str | None = None, duration_s: float | None = None,
                     strict: bool = False) -> dict[str, Any] | None:
         self._ensure_refresh()
         lease = self.broker.lease(holder, preferred, duration_s, strict)
         return None if lease is None else {"id": lease.id, "orchestrator": lease.orchestrator,
-                                           "orchestrator_uri": lease.orchestrator_uri}
+                                           "orchestrator_uri": lease.orchestrator_uri, "idle": lease.idle,
+                                           "capacity_age_s": lease.age_s}
 
     async def attach(self, lease_id: str, method: str, url: str) -> None:
         self.broker.attach(lease_id, (method, url))
@@ -211,7 +255,9 @@ class BrokerActor:
 
     async def state(self) -> dict[str, Any]:
         self._ensure_refresh()
-        return {**self.broker.state(), "refreshes": self.refreshes}
+        age = round(self.broker.clock() - self.broker.snapshot_at, 1)
+        stale = self.refresh_s is not None and age > STALE_REFRESHES * self.refresh_s
+        return {**self.broker.state(), "refreshes": self.refreshes, "capacity_age_s": age, "capacity_stale": stale}
 
     async def snapshot(self) -> CapacitySnapshot:
         """The capacity it leases against now (the monitor's targets come from it)."""

@@ -105,7 +105,7 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
     stops = prepare(c, path)
     try:
         open_gateways(c, path)
-        snapshot = read_capacity(scenario, c.urls[regions[0]])
+        snapshot = read_capacity(scenario, c.capacity_url)
         c.snapshot = snapshot
         pool = resolve_pool(scenario.prompts.sets, scenario.base_dir, scenario.source)
         plan = make_plan(scenario, snapshot, opts.seed, pool=pool)
@@ -192,7 +192,7 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink, prompts: dict[tuple[str, 
     scenario = c.scenario
     assert c.snapshot is not None, "the capacity is read before the campaign is driven"
     local = not (c.opts.address or os.environ.get("RAY_ADDRESS"))
-    ex = RayExecutor(scenario, c.urls, c.snapshot, [c.opts.host_address] if local else None)
+    ex = RayExecutor(scenario, c.urls, c.snapshot, [c.opts.host_address] if local else None, c.capacity_url)
     c.warmup_s = ex.warm()
     wait_s = scenario.capacity.lease_wait_s
     d = Dispatcher(plan.sessions, ex, wait_s, lambda s, region: _job(scenario, s, c.campaign_id, c.urls[region], prompts))

@@ -59,7 +59,7 @@ class _InFlight:
 
 class RayExecutor:
     def __init__(self, scenario: Scenario, urls: dict[str, str], snapshot: CapacitySnapshot,
-                 host_addresses: list[str] | None) -> None:
+                 host_addresses: list[str] | None, capacity_url: str | None = None) -> None:
         import ray
 
         from fleet.runtime.broker import BrokerActor
@@ -68,7 +68,7 @@ class RayExecutor:
         self.urls = urls
         self.hosts = host_addresses
         self.broker: Any = ray.remote(BrokerActor).options(num_cpus=0, max_concurrency=1000, max_restarts=0).remote(
-            scenario.model_dump(mode="json"), urls[next(iter(urls))], snapshot)
+            scenario.model_dump(mode="json"), capacity_url, snapshot)
         self.runners = {r: self._runner(r) for r in urls}
         self.live: dict[Any, _InFlight] = {}
         self.tester_failures = 0
@@ -93,6 +93,7 @@ class RayExecutor:
         import ray
 
         t = time.monotonic()
+        self.broker.refresh_soon.remote()   # the driver's snapshot is as old as Ray's start-up: refresh meanwhile
         ray.get([r.warm.remote() for r in self.runners.values()])
         return round(time.monotonic() - t, 3)
 

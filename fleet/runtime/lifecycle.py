@@ -26,6 +26,7 @@ from fleet.errors import InputError
 from fleet.results.clickhouse import ClickHouseError, ClickHouseSink
 from fleet.results.sink import ParquetSink
 from fleet.results.sketches import Sketches
+from fleet.runtime.broker import capacity_url
 from fleet.runtime.executor import STOP_GRACE_S
 from fleet.scenario import Scenario
 
@@ -42,6 +43,7 @@ class CampaignOptions:
     ray_ip: str = "127.0.0.2"           # the private Ray's node address
     progress: bool | None = None        # None: a bar when stdout is a terminal
     gateway_url: str | None = None      # override the scenario's target URL (all regions)
+    capacity_url: str | None = None     # override where the gateway's capacity is read (its CLI URL)
     junit: str | None = None            # write JUnit XML of the checks here (overrides outputs.junit)
 
 
@@ -52,6 +54,7 @@ class Campaign:
     campaign_id: str = ""
     gateway_proc: Any = None
     urls: dict[str, str] = field(default_factory=dict)
+    capacity_url: str | None = None        # where the capacity is read (fleet.runtime.broker.capacity_url)
     stop_signal: int | None = None
     sketches: Sketches = field(default_factory=Sketches)
     clickhouse: Any = None
@@ -152,6 +155,9 @@ def open_gateways(c: Campaign, path: str) -> None:
         if not url:
             raise InputError(f"{path}: target: no gateway URL for region {r!r} (give target.url or region_urls)")
         c.urls[r] = url
+    first = c.urls[c.scenario.placement.regions[0].name]
+    local_cli = c.gateway_proc.cli_url if c.gateway_proc is not None else None
+    c.capacity_url = capacity_url(c.scenario, first, opts.capacity_url, local_cli)
 
 
 def open_outputs(c: Campaign, path: str) -> None:

@@ -64,6 +64,7 @@ class MonitorOptions:
     host_address: str = "127.0.0.1"
     ray_ip: str = "127.0.0.2"
     gateway_url: str | None = None
+    capacity_url: str | None = None
 
 
 @dataclass
@@ -98,7 +99,8 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
         raise InputError(f"{path}: no monitor: section; fleet monitor needs one, e.g. "
                          "monitor: {every_min: 60, daily_budget: 0.05, session_s: 30}")
     c = Campaign(scenario, CampaignOptions(address=opts.address, out_dir=opts.out_dir, host_address=opts.host_address,
-                                           ray_ip=opts.ray_ip, gateway_url=opts.gateway_url, progress=False))
+                                           ray_ip=opts.ray_ip, gateway_url=opts.gateway_url, progress=False,
+                                           capacity_url=opts.capacity_url))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_id = f"{scenario.name}-{stamp}-{uuid.uuid4().hex[:4]}"
     c.campaign_id = f"monitor-{scenario.name}"
@@ -106,7 +108,7 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
     stops = prepare(c, path)
     try:
         open_gateways(c, path)
-        c.snapshot = read_capacity(scenario, c.urls[regions[0]])
+        c.snapshot = read_capacity(scenario, c.capacity_url)
         out = results_dir(c)
         open_outputs(c, path)
         pool = resolve_pool(scenario.prompts.sets, scenario.base_dir, scenario.source)
@@ -159,7 +161,8 @@ class _Watch:
         self.digest = self.scenario.digest()
         assert c.snapshot is not None, "the capacity is read before the monitor starts"
         local = not (opts.address or os.environ.get("RAY_ADDRESS"))
-        self.ex = RayExecutor(self.scenario, c.urls, c.snapshot, [opts.host_address] if local else None)
+        self.ex = RayExecutor(self.scenario, c.urls, c.snapshot, [opts.host_address] if local else None,
+                              c.capacity_url)
         self.by_category: dict[str | None, list[Any]] = {}
         for e in pool:
             self.by_category.setdefault(e.prompt.category, []).append(e)

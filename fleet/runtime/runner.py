@@ -21,7 +21,7 @@ from fleet.media import Clip, clip_for
 from fleet.probe.looplag import quiet_gc
 from fleet.probe.session import ProbeOptions, ProbeSpec, new_http_client, run_probe
 from fleet.results.sketches import sketched
-from fleet.runtime.job import Job
+from fleet.runtime.job import Job, capacity_evidence
 from fleet.scenario import Scenario
 from fleet.webrtc import IceServer, use_host_addresses
 
@@ -136,6 +136,7 @@ class RegionRunner:
         row["tester_bottleneck"] = tester_bottleneck(row)
         row["region"] = self.region
         row["tester_host"] = os.uname().nodename
+        row.update(capacity_evidence(row, job, getattr(self.scenario.target.capacity, "refresh_s", None)))
         if self._metrics:
             self._metrics[1].inc(tags={"region": self.region, "outcome": row["outcome"]})
             if row["g2g_latency_ms"] is not None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fleet.results.refusals import refusals
 from fleet.runtime.lifecycle import Campaign
 
 __all__ = ["Progress", "make_summary", "print_summary"]
@@ -64,6 +65,7 @@ def make_summary(c: Campaign, rows: list[dict[str, Any]], leaked: int | None) ->
             "g2g_latency_ms_p50": med("g2g_latency_ms"), "jitter_coeff_p50": med("jitter_coeff"),
             "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None, "stop_s": c.stop_s,
             "tester_bottleneck_sessions": sum(1 for r in rows if r.get("tester_bottleneck")),
+            "refused_while_idle": [x.as_dict() for x in refusals(rows)],
             "broker": c.broker_state, "runner_warmup_s": c.warmup_s, "aborted": c.aborted,
             "leaked_streams": leaked}
 
@@ -102,6 +104,7 @@ def print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
                         for reason, by in sorted(summary["degraded_by"].items()))
         console.print(f"goodput counts sessions that met every threshold; degraded for {why}. The SLA score is "
                       "the network's formula (startup, swaps, fps, latency): jitter and freezes are not in it")
+    _print_capacity(console, summary)
     if c.aborted:
         console.print(f"[red]aborted: {c.aborted}[/]")
     kafka = summary.get("kafka")
@@ -123,6 +126,23 @@ def print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
     slim["verdict"] = {k: verdict[k] for k in ("passed", "breaches", "goodput", "sessions", "counted")}
     slim["sla_score"] = verdict["sla"].get("score")
     print(json.dumps({"campaign_id": c.campaign_id, "results": str(out), **slim}), flush=True)
+
+
+def _print_capacity(console: Any, summary: dict[str, Any]) -> None:
+    """Orchestrators refused while advertising idle slots, and a snapshot that went stale."""
+    from rich.table import Table
+
+    if summary.get("refused_while_idle"):
+        refused = Table("orchestrator", "refused", "of sessions aimed", "share", "last seen (UTC)",
+                        title="refused while advertising idle capacity (outside the SLA score)")
+        for x in summary["refused_while_idle"]:
+            refused.add_row(x["orchestrator"], str(x["refused"]), str(x["aimed"]), f"{x['share']:.0%}",
+                            dt.datetime.fromtimestamp(x["last_unix"], dt.timezone.utc).strftime("%H:%M:%S"))
+        console.print(refused)
+    broker = summary.get("broker") or {}
+    if broker.get("capacity_stale"):
+        console.print(f"[yellow]the capacity snapshot was {broker['capacity_age_s']:g} s old at the end (its source "
+                      "could not be read again): the caps held against stale capacity[/]")
 
 
 def fmt(v: float | None) -> str:

@@ -44,6 +44,7 @@ class Scenario(Spec):
     monitor: MonitorSpec | None = Field(None, description="Continuous probing settings for `fleet monitor`.")
 
     _source: Path | None = PrivateAttr(None)
+    _doc: Document | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _daydream_model(self) -> Scenario:
@@ -68,6 +69,15 @@ class Scenario(Spec):
             raise ValueError(f"no gateway URL for region {', '.join(missing)}: set target.url or "
                              f"target.region_urls.{missing[0]}")
         return self
+
+    def locate(self, *path: str) -> str:
+        """``file:line:col: dotted.path`` of a field, as the scenario's files place it (the file that set
+        it, through ``extends:``), for an error found after loading; the file alone when not known."""
+        dotted = ".".join(path)
+        if self._doc is None:
+            return f"{self._source or '<scenario>'}: {dotted}"
+        pos = self._doc.locate(tuple(path))
+        return f"{pos.file}:{pos.line}:{pos.col}: {dotted}"
 
     @property
     def source(self) -> Path | None:
@@ -155,4 +165,5 @@ def load_scenario(path: str | Path) -> Scenario:
     if problems:
         raise ScenarioError(problems)
     scenario._source = path.resolve()
+    scenario._doc = doc
     return scenario

@@ -17,10 +17,22 @@ Positive = Annotated[float, Field(gt=0)]
 # --- target ---------------------------------------------------------------
 
 class GatewayCapacity(Spec):
-    """Idle slots from the gateway's ``GET /getNetworkCapabilities``."""
+    """Idle slots from the gateway's ``GET /getNetworkCapabilities``, which go-livepeer serves from its CLI
+    server (``-cliAddr``, default 127.0.0.1:5935), not from its media port. go-livepeer itself refreshes the
+    live-AI capacity behind it every 25 minutes by default (``-liveAICapReportInterval``)."""
 
     source: Literal["gateway"]
+    url: str | None = Field(None, description="The gateway's CLI URL (go-livepeer -cliAddr), e.g. "
+                                              "http://127.0.0.1:5935. Default: the gateway's host at port 5935, "
+                                              "go-livepeer's default (which listens on 127.0.0.1 only).")
     refresh_s: Positive = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v
 
 
 class NaapCapacity(Spec):
