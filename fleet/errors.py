@@ -117,7 +117,7 @@ ErrorClass = Literal[
     "gateway_error",
     # the fleet's side: capacity it would not take, and the tester's own failures
     "no_slot_leased", "planner_skipped", "stopped", "cancelled", "runner_died", "ray_error", "no_result",
-    "tester_exception",
+    "tester_exception", "auth_refused",
 ]
 ERROR_CLASSES: frozenset[str] = frozenset(get_args(ErrorClass))
 StatusError = NewType("StatusError", str)  # http_404, whep_http_503, stop_http_500, ...

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import secrets
+import statistics
 import sys
 
 import httpx
@@ -45,13 +46,15 @@ def dataset(n: int = 240, seed: int = 1) -> list[dict]:
                "startup_s": round(rng.uniform(1.0, 4.0) * (2 if orch.startswith("https://weak") else 1), 3),
                "g2g_latency_ms": round(rng.gauss(latency, latency * 0.05), 2),
                "output_fps": round(rng.gauss(fps, 0.5), 2), "jitter_coeff": round(rng.uniform(0.02, 0.2), 3),
-               "swapped": i % 17 == 0}
+               "swapped": i % 17 == 0, "gateway_ingest_jitter_ms": round(rng.uniform(0.5, 8.0), 3)}
         if orch.startswith("https://flaky") and i % 3 == 0:
             row.update(outcome="failed", error_phase="pipeline", error_class="gateway_error", startup_s=None,
                        g2g_latency_ms=None, output_fps=None, excused=i % 2 == 0)
-        elif i % 23 == 0:
+        elif i % 23 == 0:   # the broker's own skips, and the gateway's ("no orchestrators available")
+            gateways = i % 2 == 0
             row.update(outcome="skipped_no_capacity", error_phase="capacity", startup_s=None, g2g_latency_ms=None,
-                       output_fps=None)
+                       output_fps=None, error_class="no_orchestrators_available" if gateways else "no_slot_leased",
+                       refused_while_idle=gateways)
         elif i % 29 == 0:
             row.update(outcome="failed", error_phase="tester", error_class="runner_died", startup_s=None,
                        g2g_latency_ms=None, output_fps=None)
@@ -117,6 +120,18 @@ def test_the_other_views_count_what_the_rows_hold(results):
         assert cov[orch]["skipped"] == sum(1 for r in mine if r["outcome"] == "skipped_no_capacity")
         last = max(r["started_unix"] for r in mine if r["outcome"] != "skipped_no_capacity")
         assert cov[orch]["last_tested_unix"] == pytest.approx(last, abs=0.001)
+        refused = [r for r in mine if r.get("refused_while_idle")]
+        assert cov[orch]["refused"] == len(refused)
+        assert cov[orch]["sent"] == sum(1 for r in mine if r.get("error_class") != "no_slot_leased")
+        if refused:
+            assert cov[orch]["last_refused"].timestamp() == pytest.approx(max(r["started_unix"] for r in refused),
+                                                                           abs=0.001)
+    assert sum(c["refused"] for c in cov.values()) > 0
+    # the gateway's ingest jitter, in milliseconds as go-livepeer reports it, per model
+    for model, g in by_model.items():
+        jitter = sorted(r["gateway_ingest_jitter_ms"] for r in rows if r["model"] == model)
+        assert jitter[0] <= g["ingest_jitter_p50_ms"] <= jitter[-1]
+        assert g["ingest_jitter_p50_ms"] == pytest.approx(statistics.median(jitter), rel=0.05)
     view = q.orchestrator_view(engine, f, "https://flaky.test:8935")
     failures = {(r["phase"], r["error"]): (r["n"], r["excused_n"]) for r in view["failures"]}
     flaky = [r for r in rows if r["orchestrator_url"] == "https://flaky.test:8935" and r["outcome"] == "failed"
@@ -162,6 +177,8 @@ def test_clickhouse_answers_every_view_with_the_same_numbers(results, clickhouse
             assert {k: (v["rows_"], v["counted"]) for k, v in ga.items()} == \
                 {k: (v["rows_"], v["counted"]) for k, v in gb.items()}
             assert all(ga[k]["g2g_p50"] == pytest.approx(gb[k]["g2g_p50"], rel=1e-6) for k in ga)
+            assert [(r["orchestrator"], r["refused"], r["sent"]) for r in q.coverage(duck, f)] == \
+                [(r["orchestrator"], r["refused"], r["sent"]) for r in q.coverage(ch, f)]
             assert [r["n"] for r in q.orchestrator_view(duck, f, "https://flaky.test:8935")["failures"]] == \
                 [r["n"] for r in q.orchestrator_view(ch, f, "https://flaky.test:8935")["failures"]]
     finally:

@@ -175,7 +175,7 @@ def test_whip_answers_201_with_go_livepeer_headers_and_processes_h264():
             await sub.close()
             assert await gateway_error(gw, "s") == "whip disconnected"
             code, st = await status(gw, "s")
-            assert code == 200 and st["state"] in ("OFFLINE", "DEGRADED_INPUT")  # readable after the end ...
+            assert code == 200 and st["state"] != "OFFLINE"  # readable after the end, the last report kept ...
 
             async def forgotten():
                 return (await status(gw, "s"))[0] == 404

@@ -153,6 +153,10 @@ class GatewayConfig(Spec):
         ("H264",), min_length=1, description="video codecs a publisher may send; go-livepeer takes H.264 only "
                                              "(\"non-h264 video\"); VP8 is for relay-mode benchmarks of VP8 testers")
     token: str | None = Field(None, description="Bearer token the Daydream facade checks; None accepts any")
+    refused_streams: tuple[str, ...] = Field(
+        (), description="stream keys the auth webhook refuses (go-livepeer -liveAIAuthWebhookUrl), as shell patterns: "
+                        "a WHIP to such a stream gets 201, then its peer connection is closed and no status is kept; "
+                        "a BYOC start whose stream_name matches gets 403 \"live ai auth failed\"")
     seed: int = 0
     profiles: dict[str, GpuProfile]
     orchestrators: tuple[OrchestratorSpec, ...] = Field(min_length=1)

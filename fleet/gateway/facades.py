@@ -16,7 +16,12 @@ non-zero) and a JSON body ``{stream_name, rtmp_output, stream_id, params}``
 (``params`` a JSON string); the answer names the stream's URLs, with empty
 WHIP / WHEP URLs unless ``enable_video_ingress`` / ``enable_video_egress``.
 No orchestrator for the capability: 400 "No orchestrators found for
-capability …" (``byoc/job_gateway.go``).
+capability …" (``byoc/job_gateway.go``); a ``stream_name`` the auth webhook refuses: 403 "live ai auth
+failed: …" (``setupStream``). The status is go-livepeer's one flat map per stream (``whep_url``,
+``orchestrator``, ``ingest_metrics``, ``error`` at the top level), readable from the start and replaced
+whole by each runner report (``byoc/trickle.go``). go-livepeer serves no BYOC WHEP ("TODO: add WHEP
+support", ``byoc/byoc.go``): its ``whep_url`` names ``LIVE_AI_WHEP_URL`` (mediamtx, fed by the RTMP
+output); here that URL is the gateway's own WHEP handler unless ``whep_base_url`` says otherwise.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from fleet.gateway.auth import AUTH_FAILED, refuses
 
 if TYPE_CHECKING:
     from fleet.gateway.server import ReferenceGateway
@@ -224,19 +231,21 @@ class Byoc:
             return web.Response(status=400, text="invalid JSON request body\n")
         if not isinstance(params, dict):
             return web.Response(status=400, text="invalid model params\n")
+        if refuses(self.gw.config.refused_streams, str(body.get("stream_name") or "")):
+            return web.Response(status=403, text=AUTH_FAILED + "\n")
         sid = str(body.get("stream_id") or secrets.token_hex(8))
         if body.get("stream_name"):
             sid = f"{body['stream_name']}-{sid}"
         if sid in self.created and self.gw.live.get(sid) is not None:
             return web.Response(status=400, text=f"stream already exists: {sid}\n")
         base = f"{self.gw.url}/process/stream/{sid}/"
+        request_id = secrets.token_hex(4)
+        whep_url = self.gw.whep_url(sid, request_id) if parameters.get("enable_video_egress") else ""
         self.created[sid] = {"capability": capability, "params": params, "include": include, "exclude": exclude,
-                             "request_id": secrets.token_hex(4)}
-        request_id = self.created[sid]["request_id"]
+                             "request_id": request_id, "status": {"whep_url": whep_url}}  # StoreKey at the start
         return web.json_response({
             "stream_id": sid, "whip_url": base + "whip" if parameters.get("enable_video_ingress") else "",
-            "whep_url": self.gw.whep_url(sid, request_id) if parameters.get("enable_video_egress") else "",
-            "rtmp_url": "", "rtmp_output_url": "", "update_url": base + "update", "status_url": base + "status",
+            "whep_url": whep_url, "rtmp_url": "", "rtmp_output_url": "", "update_url": base + "update", "status_url": base + "status",
             "data_url": "", "stop_url": base + "stop"})
 
     async def whip(self, request: web.Request) -> web.Response:
@@ -246,7 +255,7 @@ class Byoc:
             return web.Response(status=404, text=f"stream not found: {sid}\n")
         return await self.gw.open_stream(request, sid, job["capability"], job["params"], sid,
                                          include_uris=job["include"], exclude_uris=job["exclude"],
-                                         request_id=job["request_id"])
+                                         request_id=job["request_id"], flat_status=job["status"])
 
     async def update(self, request: web.Request) -> web.Response:
         try:
@@ -266,10 +275,13 @@ class Byoc:
         return web.Response(status=200)
 
     async def status(self, request: web.Request) -> web.Response:
-        stream = self.gw.status_store.get(request.match_info["id"])
-        if stream is None:
+        """The flat status map: the stream's once it has one, before that what the start stored."""
+        sid = request.match_info["id"]
+        stream = self.gw.status_store.get(sid)
+        flat = stream.byoc_status() if stream is not None else (self.created.get(sid) or {}).get("status")
+        if flat is None:
             return web.Response(status=404, text="Stream not found\n")
-        return web.json_response(stream.status())
+        return web.json_response(flat)
 
     async def stop(self, request: web.Request) -> web.Response:
         sid = request.match_info["id"]

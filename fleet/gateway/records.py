@@ -59,8 +59,15 @@ class StreamRecords(StreamState):
             input_fps=self.in_rate.fps(now, start), output_fps=self.out_rate.fps(now, start),
             reload_error_s=COMFYUI_RELOAD_ERROR_S if self.pipeline == "comfyui" else RELOAD_ERROR_S))
 
+    def keep_first(self, key: str, value: Any) -> None:
+        """go-livepeer's StoreIfNotExists on the stream's gateway status (and a BYOC stream's flat status)."""
+        self.gateway_status.setdefault(key, value)
+        if self.flat_status is not None:
+            self.flat_status.setdefault(key, value)
+
     def _report_now(self) -> None:
-        """The runner's status event (ai_stream_status), as the gateway stores it."""
+        """The runner's status event (ai_stream_status), as the gateway stores it: beside ``gateway_status``;
+        for a BYOC stream it replaces the whole flat status (byoc/trickle.go ``statusStore.Store``)."""
         assert self.lease is not None
         now = self.loop.time()
         start = self.runner_start if self.runner_start is not None else self.t0
@@ -83,6 +90,9 @@ class StreamRecords(StreamState):
             "orchestrator_info": {"address": o.address, "url": o.uri},
             "timestamp": unix_ms(time.time()),
         }
+        if self.flat_status is not None:
+            self.flat_status = dict(self.runner_status)
+        self.event("ai_stream_status", state=state)
 
     async def _report(self, generation: int) -> None:
         """The runner reports every ``status_interval_s`` (ai-runner status_report_interval), the first time
@@ -110,11 +120,13 @@ class StreamRecords(StreamState):
         lost = tap.packets_lost if tap else 0
         last_in, last_out = self.last_in_pts or 0.0, self.last_out_pts or 0.0
         track, quality = track_stats(inbound.jitter if inbound is not None else 0, lost, received, last_in, last_out)
-        self.gateway_status["ingest_metrics"] = {"stats": {
+        self.gateway_status["ingest_metrics"] = metrics = {"stats": {
             "peer_conn_stats": {"ID": transport.id if transport else "",
                                 "BytesReceived": getattr(transport, "bytesReceived", 0) if transport else 0,
                                 "BytesSent": getattr(transport, "bytesSent", 0) if transport else 0},
             "track_stats": [track], "conn_quality": quality}}
+        if self.flat_status is not None:  # BYOC runStats: StoreKey(streamID, "ingest_metrics", …), top level
+            self.flat_status["ingest_metrics"] = metrics
 
     def status(self) -> dict[str, Any]:
         """``GET /live/video-to-video/{streamId}/status``: the runner's last report plus ``gateway_status``."""
@@ -124,6 +136,12 @@ class StreamRecords(StreamState):
             body["inference_status"] = "unavailable"
             body["gateway_status"]["ingest_metrics"] = [body["gateway_status"].get("ingest_metrics")]
         return body
+
+    def byoc_status(self) -> dict[str, Any]:
+        """``GET /process/stream/{id}/status`` (byoc/stream_gateway.go ``StreamStatus``): the flat map as stored:
+        ``whep_url``, ``orchestrator``, ``ingest_metrics``, ``error`` at the top level until the runner's first
+        report replaces it; after each report its fields, and what was stored since."""
+        return dict(self.flat_status or {})
 
     def summary(self) -> dict[str, Any]:
         lease = self.lease

@@ -57,7 +57,11 @@ class StreamSelection(StreamState):
                 if not self.closed:
                     self.fail(NO_ORCHESTRATORS, trace="gateway_no_orchestrators_available")
                 return None
-            refused = None if self.closed else await self._submit(lease)
+            try:
+                refused = None if self.closed else await self._submit(lease)
+            except asyncio.CancelledError:   # the stream closed while the job request was pending
+                net.release(lease)
+                raise
             if self.closed:
                 net.release(lease)
                 return None

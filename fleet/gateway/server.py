@@ -29,9 +29,11 @@ from typing import Any
 
 from aiohttp import web
 
+from fleet.gateway.auth import answer_and_close, refuses
 from fleet.gateway.config import GatewayConfig, default_config
 from fleet.gateway.network import Network
 from fleet.gateway.process import CLI_MARK, READY_PREFIX, SHUTDOWN_TIMEOUT_S
+from fleet.gateway.runner import CONTROL_LOST
 from fleet.gateway.stream import Stream
 from fleet.probe.looplag import LagMark, LoopMonitor, quiet_gc
 from fleet.webrtc import IceServer, ice_link_headers, set_ice_failed_timeout
@@ -68,6 +70,16 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 def _text(status: int, message: str) -> web.Response:
     """An error as Go's http.Error writes it: plain text and a newline."""
     return web.Response(status=status, text=message + "\n")
+
+
+def _created(request: web.Request, answer: str, playback: str, ice: tuple[IceServer, ...]) -> web.Response:
+    """media/whip_server.go CreateWHIP's 201: the SDP answer, Location, a weak ETag, Link, the playback URL."""
+    headers = {"Location": f"{request.url.with_query(None)}/{secrets.token_hex(8)}",
+               "ETag": f'W/"{secrets.token_hex(8)}"', "Livepeer-Playback-URL": playback}
+    response = web.Response(status=201, text=answer, content_type=SDP, headers=headers)
+    for link in ice_link_headers(ice):
+        response.headers.add("Link", link)
+    return response
 
 
 class ReferenceGateway:
@@ -177,17 +189,18 @@ class ReferenceGateway:
 
     async def open_stream(self, request: web.Request, name: str, pipeline: str, params: dict[str, Any],
                           stream_id: str, orchestrator: str = "", include_uris: tuple[str, ...] = (),
-                          exclude_uris: tuple[str, ...] = (), request_id: str | None = None) -> web.Response:
-        """go-livepeer CreateWHIP: answer the offer with 201 at once; selection and the gather run after."""
+                          exclude_uris: tuple[str, ...] = (), request_id: str | None = None,
+                          flat_status: dict[str, Any] | None = None) -> web.Response:
+        """go-livepeer CreateWHIP: answer the offer with 201 at once; selection and the gather run after. A live
+        stream of the same name is replaced (``_take_over``). ``flat_status``: a BYOC stream's status map."""
         if request.headers.get("Content-Type") != SDP:  # an exact string compare, as go-livepeer does
             return _text(415, "Unsupported Media Type, expected application/sdp")
-        if name in self.live:
-            return _text(409, f"stream {name} is already live")
-        if len(self.live) >= self.config.max_streams:
+        if name not in self.live and len(self.live) >= self.config.max_streams:
             return _text(503, f"the gateway is at its limit of {self.config.max_streams} streams")
         offer = await request.text()
         stream = Stream(self, name, stream_id, pipeline, params, orchestrator, include_uris, exclude_uris,
                         request.headers.get("User-Agent", ""), request_id)
+        stream.flat_status = flat_status
         try:
             answer = await stream.answer_whip(offer)
         except Exception as exc:  # noqa: BLE001 - aiortc raises several types for an unusable offer
@@ -198,17 +211,41 @@ class ReferenceGateway:
             answer = re.sub(r"a=candidate:[^\r\n]*\r?\n", "", answer)
             answer = re.sub(r"(c=IN IP4 )\S+", r"\g<1>192.0.2.255", answer)
             stream.event("fault", kind="ice_never")
+        older = self.live.get(name)
         self.live[name] = stream
         self.status_store[stream_id] = stream
         self.history[stream.key] = stream
         self._forget_old()
+        if older is not None:
+            self._take_over(older, stream)
         stream.begin()
-        headers = {"Location": f"{request.url.with_query(None)}/{secrets.token_hex(8)}",
-                   "ETag": f'W/"{secrets.token_hex(8)}"', "Livepeer-Playback-URL": stream.gateway_status["whep_url"]}
-        response = web.Response(status=201, text=answer, content_type=SDP, headers=headers)
-        for link in ice_link_headers(self.ice_servers):
-            response.headers.add("Link", link)
-        return response
+        return _created(request, answer, stream.gateway_status["whep_url"], self.ice_servers)
+
+    def _take_over(self, older: Stream, newer: Stream) -> None:
+        """go-livepeer registerControl: a newer stream of the same name replaces the older (no 409). The older's
+        control channel is closed and its entry marked closed, which wakes its waiting WHEP requests (404);
+        its orchestrator's run then ends and, its input no longer owning the name, it does not swap: its
+        error is recorded and its publisher's peer connection closed (kickInput). One status per streamId:
+        with the same streamId, that error lands in the newer stream's status (StoreIfNotExists)."""
+        if older.id == newer.id:
+            older.gateway_status = newer.gateway_status
+        older.replaced = True
+        older.output_set.set()
+        older.event("replaced", request_id=newer.request_id)
+        # with a job: its control publisher closed; still selecting: startControlPublish finds another's entry
+        older.fail(CONTROL_LOST if older.lease is not None else "control session did not exist")
+
+    async def refused(self, request: web.Request) -> web.Response:
+        """go-livepeer CreateWhip when the auth webhook refuses the stream key: CreateWHIP, running beside the
+        webhook, still answers 201; the peer connection is then closed, and nothing is registered or stored."""
+        if request.headers.get("Content-Type") != SDP:
+            return _text(415, "Unsupported Media Type, expected application/sdp")
+        try:
+            answer = await answer_and_close(await request.text())
+        except Exception as exc:  # noqa: BLE001 - aiortc raises several types for an unusable offer
+            return _text(400, f"SetRemoteDescription failed: {exc}")
+        playback = self.whep_url(request.match_info["stream"], secrets.token_hex(4))
+        return _created(request, answer, playback, self.ice_servers)
 
     # --- go-livepeer dialect -----------------------------------------------------
 
@@ -230,6 +267,8 @@ class ReferenceGateway:
             return _text(400, "Invalid pipeline params")
         if not isinstance(params, dict):
             return _text(400, "Invalid pipeline params")
+        if refuses(self.config.refused_streams, name):  # the auth webhook, on the stream key (bearer tokens unread)
+            return await self.refused(request)
         preset = self.daydream.preset(name)  # the auth webhook's answer overrides pipeline, params, streamId
         if preset is not None:
             return await self.open_stream(request, name, preset["pipeline"], preset["params"], preset["id"],

@@ -116,6 +116,9 @@ class StreamState:
     events: deque[tuple[float, str, dict[str, Any]]]
     runner_status: dict[str, Any] | None
     gateway_status: dict[str, Any]
+    # a BYOC stream's status: one flat map, replaced whole by each runner report (None: the live-video dialect)
+    flat_status: dict[str, Any] | None = None
+    replaced = False               # a newer stream of the same name took over (go-livepeer registerControl)
 
     if TYPE_CHECKING:  # defined by Stream and RunnerModel
         def event(self, name: str, **data: Any) -> None: ...

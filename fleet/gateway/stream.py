@@ -263,7 +263,7 @@ class Stream(RunnerModel, StreamSelection, StreamSwaps, StreamRecords):
     def error_event(self, message: str) -> None:
         """go-livepeer's LiveErrorEventSender: ``gateway_status.error`` keeps the first error only
         (StoreIfNotExists); every error is an ``ai_stream_events`` error event."""
-        self.gateway_status.setdefault("error", {"error_message": message, "error_time": unix_ms(time.time())})
+        self.keep_first("error", {"error_message": message, "error_time": unix_ms(time.time())})
         self.event("ai_stream_events", type="error", message=message)
 
     async def start_job(self, lease: Lease) -> None:
@@ -274,6 +274,8 @@ class Stream(RunnerModel, StreamSelection, StreamSwaps, StreamRecords):
         self.lossy = "packet_loss" in kinds  # checked per packet: the fault list only when it can matter
         self.event("orchestrator_selected", orchestrator=o.address, url=o.uri, gpu=lease.gpu_id,
                    cold_start=lease.cold_start, faults=sorted(kinds))
+        if self.flat_status is not None:  # BYOC: StoreKey(streamID, "orchestrator", orch.ServiceAddr)
+            self.flat_status["orchestrator"] = o.uri
         self.runner_start = self.loop.time()
         self.ready_at = self.runner_start + (lease.profile.cold_start_s if lease.cold_start else 0.0)
         self.warmup_left = lease.profile.warmup_frames
@@ -290,7 +292,11 @@ class Stream(RunnerModel, StreamSelection, StreamSwaps, StreamRecords):
         yet, during selection too. None when it waited ``WHEP_HANG_S`` (upstream waits for good: a stream
         that fails before its first job never wakes it). The output may already be closed (a swap)."""
         deadline = self.loop.time() + WHEP_HANG_S
+        if self.output is None:
+            self.event("whep_waiting")
         while self.output is None:
+            if self.replaced:  # registerControl marked it closed and broadcast: getOutWriter gives up
+                return None
             woke = self.output_set
             try:
                 await asyncio.wait_for(woke.wait(), max(0.0, deadline - self.loop.time()))
@@ -334,9 +340,7 @@ class Stream(RunnerModel, StreamSelection, StreamSwaps, StreamRecords):
         # go-livepeer: a close without an error is recorded as "whip disconnected"
         self.gateway_status.setdefault("error", {"error_message": "whip disconnected", "error_time": unix_ms(time.time())})
         self.event("gateway_ingest_stream_closed", reason=reason)
-        if self.runner_status is not None and self.lease is not None:
-            self._report_now()
-        self.gw.released(self)
+        self.gw.released(self)   # no last report: go-livepeer stops reading the runner's events here
         current = asyncio.current_task()
         others = [task for task in self._tasks if task is not current]
         for task in others:

@@ -10,7 +10,13 @@ What the gateway says went wrong comes from its status (``gateway_status.error``
 not from an HTTP code: go-livepeer answers the WHIP offer with 201 before it
 selects an orchestrator, and reports "no orchestrators available" only there
 (and by closing the peer connection). ``classify_gateway_error`` maps that
-message to an outcome; NaaP's excused errors are marked as such.
+message to an outcome; NaaP's excused errors are marked as such. BYOC keeps its
+status as one flat map (``whep_url``, ``orchestrator``, ``ingest_metrics``,
+``error`` at the top level, replaced whole by each runner report): its adapter
+reads it into the live-video shape (``byoc_status_view``), so one reader serves both.
+An auth webhook that refuses the stream is the tester's configuration
+(``auth_refused``): BYOC says so with 403 "live ai auth failed"; the live-video
+WHIP answers 201 and keeps no status (``fleet.probe.classify.blame``).
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ from fleet.probe.naap import NO_ORCHESTRATORS, excusable, non_fatal
 from fleet.webrtc import IceServer, parse_ice_links
 
 __all__ = ["Adapter", "ByocAdapter", "DaydreamAdapter", "GatewayVerdict", "LivepeerAdapter",
-           "ProbeFailure", "Started", "USER_AGENT", "adapter_for", "classify_gateway_error", "gateway_error",
-           "stop_stream"]
+           "ProbeFailure", "Started", "USER_AGENT", "adapter_for", "byoc_status_view", "classify_gateway_error",
+           "gateway_error", "stop_stream"]
 
 MAX_ERROR_TEXT = 200
 BYOC_MIN_TIMEOUT_S = 60
+BYOC_GATEWAY_KEYS = ("whep_url", "orchestrator", "ingest_metrics", "error")   # StoreKey'd into BYOC's flat map
+AUTH_FAILED = "live ai auth failed"   # BYOC's 403 when the auth webhook refuses (byoc/stream_gateway.go)
 
 
 def _fleet_version() -> str:
@@ -91,6 +99,17 @@ def gateway_error(status: Any) -> str | None:
     return str(err) if err else None
 
 
+def byoc_status_view(status: Any) -> Any:
+    """BYOC's flat status map (byoc/stream_gateway.go, byoc/trickle.go: the gateway's keys and the runner's
+    last report side by side) in the live-video shape: the gateway's keys under ``gateway_status``, the
+    runner's fields as they are. Anything but an object is left for the reader to report."""
+    if not isinstance(status, dict):
+        return status
+    view = {k: v for k, v in status.items() if k not in BYOC_GATEWAY_KEYS}
+    view["gateway_status"] = {k: status[k] for k in BYOC_GATEWAY_KEYS if k in status}
+    return view
+
+
 @dataclass
 class Started:
     answer_sdp: str
@@ -111,6 +130,8 @@ def _check(resp: httpx.Response, phase: Phase, ok: tuple[int, ...]) -> None:
     text = resp.text.lower()
     if "no orchestrators" in text:  # BYOC: 400 "No orchestrators found for capability ..."
         raise ProbeFailure("capacity", "no_orchestrators_available", _snippet(resp), skipped=True, excused=True)
+    if resp.status_code == 403 and AUTH_FAILED in text:  # BYOC: the auth webhook refused the stream
+        raise ProbeFailure("tester", "auth_refused", _snippet(resp))
     raise ProbeFailure(phase, status_error("http", resp.status_code), _snippet(resp))
 
 
@@ -314,7 +335,8 @@ class ByocAdapter(Adapter):
         return url
 
     async def status(self, client: httpx.AsyncClient) -> Any:
-        return await super().status(client) if getattr(self, "urls", None) else None  # not started: none yet
+        """The flat map read into the live-video shape (``byoc_status_view``); None before the start."""
+        return byoc_status_view(await super().status(client)) if getattr(self, "urls", None) else None
 
     def stop_request(self) -> tuple[str, str] | None:
         return ("POST", self.urls["stop_url"]) if getattr(self, "urls", None) else None

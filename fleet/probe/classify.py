@@ -10,6 +10,8 @@ from __future__ import annotations
 from fleet.probe.adapters import classify_gateway_error
 from fleet.probe.types import EVENT_PREFIX, ProbeResult, ProbeSpec
 
+AUTH_REFUSED_DETAIL = "201, then no status for the stream: the gateway's auth webhook refused its stream key"
+
 
 def classify(r: ProbeResult, spec: ProbeSpec, end: float, last_arrival: float | None) -> None:
     """Check an ``ok`` session against the spec's thresholds. Output silent for more than
@@ -35,11 +37,23 @@ def classify(r: ProbeResult, spec: ProbeSpec, end: float, last_arrival: float | 
         r.outcome = "degraded"
 
 
-def blame(r: ProbeResult, message: str) -> None:
+def blame(r: ProbeResult, message: str | None, status_seen: bool = True, output_seen: bool = False) -> None:
     """After the 201 the gateway reports failures in its status only: its error decides the outcome of an
     early end (no capacity is a skip, NaaP's excused errors are excused), unless it is one go-livepeer
     writes while the stream goes on: ``gateway_status.error`` keeps the first error only, so a transient
-    one never overrides what the probe saw fail."""
+    one never overrides what the probe saw fail.
+
+    No error, no status ever and no output: go-livepeer's auth webhook refused the stream key. It answers
+    the WHIP with 201 all the same, then closes the peer connection (or, losing the race, leaves it up with
+    nothing behind it) and stores no status: every stream it takes has one from its start
+    (``server/ai_mediaserver.go`` ``CreateWhip``). That is the tester's configuration (its stream key or the
+    gateway's webhook), never the orchestrator's: ``auth_refused`` in phase ``tester``, not excused."""
+    if not message:
+        if not status_seen and not output_seen:
+            r.error_detail = (f"{AUTH_REFUSED_DETAIL} (then {r.error_class}"
+                              + (f": {r.error_detail}" if r.error_detail else "") + ")")[:200]
+            r.outcome, r.error_phase, r.error_class, r.excused = "failed", "tester", "auth_refused", False
+        return
     verdict = classify_gateway_error(message)
     if verdict is None:
         return

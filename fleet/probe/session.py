@@ -345,7 +345,8 @@ class _Probe:
         self.out.fill(r, None if self.peers.broken.is_set() else end, suspect)
         self.swaps.fill(r)
         errors = [m for m in (r.gateway_error, self.end_error) if m]
-        r.startup_outcome = startup_outcome(self.t_answer is not None, bool(a),
+        known = self.t_answer is not None and r.error_class != "auth_refused"  # refused before the trace
+        r.startup_outcome = startup_outcome(known, bool(a),
                                             any(no_orchestrator_evidence(m) for m in errors), errors)
         self.loop_monitor.release()
         return r
@@ -375,9 +376,7 @@ async def run_probe(spec: ProbeSpec, stop: asyncio.Event | None = None,
         r.outcome = "skipped_no_capacity" if f.skipped else "failed"
         r.error_phase, r.error_class, r.error_detail, r.excused = f.phase, f.error, f.detail or None, f.excused
         if probe.t_answer is not None and f.phase != "tester":
-            message = await probe.diagnose(client)
-            if message:
-                blame(r, message)
+            blame(r, await probe.diagnose(client), probe.status.seen, bool(probe.out.arrivals))
     except asyncio.TimeoutError:
         r.outcome, r.error_phase, r.error_class = "failed", "timeout", "session_cap"
         r.error_detail = f"the session ran into its {spec.max_s:g} s cap"

@@ -3,7 +3,9 @@
 go-livepeer's status (keyed by ``streamId``) is the runner's status plus ``gateway_status``
 (``ingest_metrics.stats.track_stats``, ``error``); see ../shared/LIVEPEER.md. A body of the wrong
 shape is the gateway's protocol error: it is recorded (the session degraded with
-``gateway_protocol``), never the tester's, and the values it does hold are kept.
+``gateway_protocol``), never the tester's, and the values it does hold are kept. BYOC's flat
+status comes in this shape too (``fleet.probe.adapters.byoc_status_view``). Whether the gateway
+kept any status at all (``seen``) tells a stream its auth webhook refused.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class StatusReader:
     def __init__(self, result: ProbeResult, event: Event, swaps: SwapTracker | None = None) -> None:
         self.r, self.event = result, event
         self.swaps = swaps if swaps is not None else SwapTracker(event)
+        self.seen = False   # the gateway kept a status for the stream (any body read at all)
 
     def bad(self, why: str) -> None:
         if "gateway_protocol" not in self.r.reasons:
@@ -55,6 +58,7 @@ class StatusReader:
 
     def read(self, s: Any, t_s: float) -> None:
         """One status read, ``t_s`` seconds into the session."""
+        self.seen = True
         if not isinstance(s, dict):
             self.bad(f"the status is a {type(s).__name__}, not an object")
             return

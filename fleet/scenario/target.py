@@ -16,6 +16,12 @@ Positive = Annotated[float, Field(gt=0)]
 
 # --- target ---------------------------------------------------------------
 
+def http_url(v: str | None) -> str | None:
+    if v is not None and not v.startswith(("http://", "https://")):
+        raise ValueError(f"{v!r} is not an http(s) URL")
+    return v
+
+
 class GatewayCapacity(Spec):
     """Idle slots from the gateway's ``GET /getNetworkCapabilities``, which go-livepeer serves from its CLI
     server (``-cliAddr``, default 127.0.0.1:5935), not from its media port. go-livepeer itself refreshes the
@@ -27,12 +33,7 @@ class GatewayCapacity(Spec):
                                               "go-livepeer's default (which listens on 127.0.0.1 only).")
     refresh_s: Positive = 30.0
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError(f"{v!r} is not an http(s) URL")
-        return v
+    _url = field_validator("url")(http_url)
 
 
 class NaapCapacity(Spec):
@@ -82,12 +83,7 @@ class Target(Spec):
     ice: IceSpec = Field(default_factory=IceSpec)
     capacity: CapacitySource = Field(default_factory=lambda: GatewayCapacity(source="gateway"))
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError(f"{v!r} is not an http(s) URL")
-        return v
+    _url = field_validator("url")(http_url)
 
     @field_validator("region_urls")
     @classmethod

@@ -1,0 +1,118 @@
+"""The probe's reading of BYOC's flat status and its rule for a stream the auth webhook refused, on exact
+bodies and answers (httpx's MockTransport stands in for a gateway), without WebRTC.
+
+go-livepeer 176aa415: BYOC keeps one flat map per stream in ``StreamStatusStore`` (byoc/stream_gateway.go
+``StoreKey`` of ``whep_url``, ``orchestrator``, ``ingest_metrics``; byoc/trickle.go ``Store`` of each runner
+report, ``StoreIfNotExists`` of ``error``); the live-video auth webhook's refusal is 201 and no status
+(server/ai_mediaserver.go ``CreateWhip``), BYOC's is 403 "live ai auth failed: …" (``setupStream``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from fleet.errors import ProbeFailure
+from fleet.probe.adapters import ByocAdapter, byoc_status_view, gateway_error
+from fleet.probe.classify import AUTH_REFUSED_DETAIL, blame
+from fleet.probe.status import StatusReader
+from fleet.probe.types import ProbeResult
+
+TRACK = {"type": "video", "latency": 0.2, "jitter": 3.5, "packet_loss_pct": 0.5, "rtt": 0}
+METRICS = {"stats": {"conn_quality": "good", "track_stats": [TRACK]}}
+ERROR = {"error_message": "no orchestrators available", "error_time": 1_700_000_000_000}
+# the runner's report as go-livepeer stores it (the event plus stream_id, request_id, pipeline_id, orchestrator_info)
+REPORT = {"type": "status", "state": "ONLINE", "start_time": 1_700_000_000_000, "input_status": {"fps": 20.0},
+          "inference_status": {"fps": 19.5, "restart_count": 0}, "stream_id": "s1", "request_id": "r1",
+          "pipeline_id": "", "orchestrator_info": {"address": "0xABC", "url": "https://o1:8935"}}
+
+
+def reader() -> tuple[ProbeResult, StatusReader]:
+    r = ProbeResult("s1", "byoc", "http://gw")
+    return r, StatusReader(r, lambda kind, **data: None)
+
+
+def test_byocs_flat_gateway_keys_are_read_as_the_live_video_shape():
+    flat = {"whep_url": "http://mtx/s1-r1-out/whep", "orchestrator": "https://o1:8935", "ingest_metrics": METRICS,
+            "error": ERROR}
+    view = byoc_status_view(flat)
+    assert view == {"gateway_status": flat}
+    assert gateway_error(view) == "no orchestrators available" and gateway_error(flat) is None  # the flat map as is
+    r, st = reader()
+    st.read(view, 1.0)
+    assert r.gateway_error == "no orchestrators available"
+    assert (r.gateway_ingest_latency_s, r.gateway_ingest_jitter_ms, r.gateway_conn_quality) == (0.2, 3.5, "good")
+    assert r.gateway_state is None and not r.reasons and st.seen
+
+
+def test_a_runner_report_in_the_flat_map_is_read_with_what_was_stored_after_it():
+    view = byoc_status_view({**REPORT, "ingest_metrics": METRICS})   # a stats tick after the report
+    assert view["gateway_status"] == {"ingest_metrics": METRICS} and view["state"] == "ONLINE"
+    r, st = reader()
+    st.read(view, 2.0)
+    assert (r.gateway_state, r.request_id, r.orchestrator_address, r.orchestrator_url) == \
+        ("ONLINE", "r1", "0xabc", "https://o1:8935")
+    assert r.gateway_ingest_jitter_ms == 3.5 and r.gateway_error is None and not r.reasons
+    assert byoc_status_view(["not", "a", "map"]) == ["not", "a", "map"]  # left for the reader to report
+
+
+def test_the_byoc_adapter_reads_its_status_flat_and_a_403_from_the_webhook_is_auth_refused():
+    seen: list[str] = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        seen.append(f"{request.method} {request.url.path}")
+        if request.url.path == "/process/stream/start":
+            refused = json.loads(request.content)["stream_id"] == "refused"
+            if refused:
+                return httpx.Response(403, text="live ai auth failed: status=403 error=stream key refused\n")
+            return httpx.Response(200, json={"stream_id": "ok", "whip_url": "/process/stream/ok/whip",
+                                             "whep_url": "http://mtx/ok-r1-out/whep", "update_url": "",
+                                             "status_url": "http://gw/process/stream/ok/status", "stop_url": ""})
+        if request.url.path.endswith("/whip"):
+            return httpx.Response(201, text="v=0\r\n", headers={"Location": "/x"})
+        return httpx.Response(200, json={"whep_url": "http://mtx/ok-r1-out/whep", "error": ERROR})
+
+    async def main() -> tuple:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(gateway)) as client:
+            refused = ByocAdapter("http://gw", "streamdiffusion")
+            refused.name = "refused"
+            with pytest.raises(ProbeFailure) as info:
+                await refused.start(client, "v=0", {})
+            taken = ByocAdapter("http://gw", "streamdiffusion")
+            await taken.start(client, "v=0", {})
+            return info.value, await taken.status(client)
+
+    failure, status = asyncio.run(main())
+    assert (failure.phase, failure.error, failure.skipped, failure.excused) == ("tester", "auth_refused", False, False)
+    assert failure.detail == "live ai auth failed: status=403 error=stream key refused"
+    assert status == {"gateway_status": {"whep_url": "http://mtx/ok-r1-out/whep", "error": ERROR}}
+    assert gateway_error(status) == "no orchestrators available" and "GET /process/stream/ok/status" in seen
+
+
+def early_end(**kw) -> ProbeResult:
+    return ProbeResult("s1", "livepeer", "http://gw", outcome="failed", error_phase="ice", error_class="ice_timeout",
+                       error_detail="not within 5 s", **kw)
+
+
+def test_201_then_no_status_ever_and_no_output_is_the_tester_refused_by_the_auth_webhook():
+    r = early_end()
+    blame(r, None, status_seen=False, output_seen=False)
+    assert (r.outcome, r.error_phase, r.error_class, r.excused) == ("failed", "tester", "auth_refused", False)
+    assert r.error_detail == f"{AUTH_REFUSED_DETAIL} (then ice_timeout: not within 5 s)"
+
+
+@pytest.mark.parametrize(("status_seen", "output_seen"), [(True, False), (False, True), (True, True)])
+def test_a_status_or_any_output_means_the_gateway_took_the_stream(status_seen, output_seen):
+    r = early_end()
+    blame(r, None, status_seen=status_seen, output_seen=output_seen)
+    assert (r.outcome, r.error_phase, r.error_class, r.error_detail) == ("failed", "ice", "ice_timeout", "not within 5 s")
+
+
+def test_the_gateways_own_error_still_decides_when_there_is_one():
+    r = early_end()
+    blame(r, "no orchestrators available", status_seen=False, output_seen=False)
+    assert (r.outcome, r.error_phase, r.error_class, r.excused) == \
+        ("skipped_no_capacity", "capacity", "no_orchestrators_available", True)
