@@ -77,7 +77,10 @@ def test_no_interleaving_breaks_a_cap(slots, fraction, reserve, per_orch, stagge
             assert net.free(None, net.known) >= reserve, "took the idle reserve"
         elif op == "start" and net.ours:
             lid = list(net.ours)[k % len(net.ours)]
-            net.ours[lid] = (net.ours[lid][0], True)
+            i = net.ours[lid][0]
+            if net.slots[i] - net.others[i] - sum(1 for o, on in net.ours.values() if o == i and on) <= 0:
+                continue   # an outside user took the slot after the broker's snapshot: the gateway refuses ours
+            net.ours[lid] = (i, True)
             broker.attach(lid, ("DELETE", f"http://gw/{lid}"))
         elif op == "release" and net.ours:
             lid = list(net.ours)[k % len(net.ours)]
