@@ -136,7 +136,10 @@ def test_whip_answers_201_with_go_livepeer_headers_and_processes_h264():
             await asyncio.wait_for(rec.got.wait(), DEADLINE_S)
             t = await truth(gw, "s")
             assert t["open"] and t["frames_out"] >= 40
-            assert abs(t["delay_ms_median"] - 100.0) <= 1.0  # the delay it applied, within 1 ms
+            assert t["delay_drawn_ms_median"] == 100.0  # a fixed delay draws exactly its mean
+            # the delay it applied: never early, and late only by the event loop's scheduling (one run measured
+            # 101.0 ms with two test processes on two cores; 5 ms still tells a wrong delay from a late timer)
+            assert 99.9 <= t["delay_ms_median"] <= 105.0
             kinds = [e["type"] for e in t["events"]]
             assert kinds[:1] == ["gateway_receive_stream_request"] and "orchestrator_selected" in kinds
             assert "runner_send_first_processed_segment" in kinds
