@@ -17,6 +17,7 @@ from fleet.dashboard import queries as q
 from fleet.dashboard.engine import ClickHouseEngine, DuckDBEngine
 from fleet.dashboard.server import DashboardServer
 from fleet.results.clickhouse import ClickHouseSink
+from fleet.results.row import SessionRow
 from fleet.results.sink import ParquetSink
 from fleet.results.verdict import counted, sla_score
 from fleet.scenario import ClickHouseOut, SessionThresholds
@@ -62,6 +63,12 @@ def dataset(n: int = 240, seed: int = 1) -> list[dict]:
     return rows
 
 
+def as_row(r: dict) -> SessionRow:
+    """A dataset row as the typed row a runner would send (``started_unix`` is its ``started_at``)."""
+    return SessionRow.from_record({**{k: v for k, v in r.items() if k != "started_unix"},
+                                   "started_at": SessionRow.at(r["started_unix"])})
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     d = tmp_path_factory.mktemp("dash")
@@ -71,9 +78,9 @@ def results(tmp_path_factory):
                                     "capacity": {"model": "streamdiffusion", "total_slots": 16, "idle_slots": 12,
                                                  "orchestrators": 4}})
         mine = [r for r in rows if r["campaign_id"] == cid]
-        sink.write(mine[: len(mine) // 2])
-        sink.write(mine[len(mine) // 2:])
-        sink.close({"finished_at": "2026-11-15T00:10:00+00:00", "sessions": len(mine),
+        sink.write([as_row(r) for r in mine[: len(mine) // 2]])
+        sink.write([as_row(r) for r in mine[len(mine) // 2:]])
+        sink.finish({"finished_at": "2026-11-15T00:10:00+00:00", "sessions": len(mine),
                     "verdict": {"passed": cid != "camp-1", "sla": {"score": 90.0}}})
     (d / "campaign=camp-0" / "report.html").write_text("<!doctype html><title>r</title><p>report of camp-0")
     return d, rows

@@ -10,6 +10,7 @@ import pytest
 
 from fleet.capacity import CapacitySnapshot, OrchestratorSlots
 from fleet.plan import PlannedSession
+from fleet.results.row import SessionRow
 from fleet.runtime.broker import SlotBroker
 from fleet.runtime.dispatch import STARVE_STEP_S, Clock, Dispatched, Dispatcher, planned_concurrency
 from fleet.runtime.executor import Finished
@@ -74,7 +75,7 @@ class FakeExecutor:
                 if tag.session.index in self.die:
                     out.append(Finished(tag, lease_id, tag.region, error=("runner_died", "RayActorError")))
                 else:
-                    out.append(Finished(tag, lease_id, tag.region, row={"outcome": "ok"}))
+                    out.append(Finished(tag, lease_id, tag.region, row=SessionRow(session_id=str(lease_id), outcome="ok")))
         return out
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from fleet.errors import InputError
 from fleet.results.kafka import SOURCE, KafkaFeed, messages
+from fleet.results.row import Event, SessionRow, Second
 from fleet.scenario import KafkaOut
 from services import DEADLINE_S, Collector, Tansu, gateway_args
 
@@ -34,13 +35,12 @@ def bootstrap(broker) -> str:
     return broker.bootstrap if broker is not None else os.environ["FLEET_KAFKA_BOOTSTRAP"]
 
 
-def session_row(i: int, campaign: str) -> dict:
-    return {"session_id": f"{campaign}-{i:05d}", "campaign_id": campaign, "gateway": "http://127.0.0.1:8937",
-            "orchestrator_address": "0xabc", "orchestrator_url": "https://o:8935", "model": "streamdiffusion",
-            "region": "local", "outcome": "ok", "started_unix": 1_795_000_000.0 + i, "duration_s": 3.0,
-            "g2g_latency_ms": 90.0 + i, "per_second": [{"t_s": s, "fps_out": 30, "fps_in": 30, "latency_ms_p50": 91.0}
-                                                       for s in range(3)],
-            "events": [(0.1, "fleet_whip_offer_sent", {}), (1.2, "fleet_first_output_frame", {})]}
+def session_row(i: int, campaign: str) -> SessionRow:
+    return SessionRow(session_id=f"{campaign}-{i:05d}", campaign_id=campaign, gateway="http://127.0.0.1:8937",
+                      orchestrator_address="0xabc", orchestrator_url="https://o:8935", model="streamdiffusion",
+                      region="local", outcome="ok", started_at=SessionRow.at(1_795_000_000.0 + i), duration_s=3.0,
+                      g2g_latency_ms=90.0 + i, per_second=tuple(Second(s, 30, 30, 91.0) for s in range(3)),
+                      events=(Event(0.1, "fleet_whip_offer_sent", {}), Event(1.2, "fleet_first_output_frame", {})))
 
 
 def test_messages_use_the_network_envelope_and_mark_the_traffic_synthetic():

@@ -19,6 +19,7 @@ test skips, and fails when ``FLEET_REQUIRE_INTEROP`` is set (.ci/run installs th
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import secrets
@@ -34,6 +35,7 @@ import pytest
 
 from fleet.gateway.config import default_config
 from fleet.gateway.process import GatewayProcess
+from fleet.results.row import SessionRow
 from fleet.results.sink import ParquetSink, read_sessions
 from services import unavailable
 
@@ -195,7 +197,7 @@ def test_a_session_behind_nat_completes_on_the_turn_relay_and_records_it(nat, tm
     assert (row["egress_ice_local_candidate"], row["egress_ice_remote_candidate"]) == ("relay", "host")
     assert net.credential not in printed   # the secret is in no row, log or error
     sink = ParquetSink(tmp_path / "results", "nat", {})
-    sink.write([row])
+    sink.write([SessionRow.from_record({**row, "started_at": dt.datetime.fromisoformat(row["started_at"])})])
     stored = read_sessions(sink.dir).to_pylist()
     assert [(s["ice_local_candidate"], s["egress_ice_local_candidate"]) for s in stored] == [("relay", "relay")]
 

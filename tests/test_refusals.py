@@ -14,6 +14,8 @@ from fleet.capacity import CapacitySnapshot, OrchestratorSlots
 from fleet.probe.types import PromptChange
 from fleet.results.prometheus import CampaignMetrics
 from fleet.results.refusals import refusals
+from fleet.results.row import SessionRow
+from fleet.results.sink import Batch
 from fleet.runtime.broker import SlotBroker
 from fleet.runtime.job import Job, capacity_evidence
 from fleet.scenario import CapacityPolicy
@@ -40,7 +42,7 @@ def job(idle: int | None = 3, age: float | None = 4.0, uri: str | None = URI) ->
     ({"outcome": "ok", "error_class": None}, job(), 30.0, False),
 ])
 def test_a_skip_is_a_refusal_only_on_a_fresh_snapshot_that_showed_idle_slots(row, j, refresh_s, refused):
-    evidence = capacity_evidence(row, j, refresh_s)
+    evidence = capacity_evidence(SessionRow(session_id="s1", **row), j, refresh_s)
     assert evidence == {"target_idle_slots": j.target_idle, "capacity_age_s": j.capacity_age_s,
                         "refused_while_idle": refused}
 
@@ -75,7 +77,9 @@ def test_refusals_per_orchestrator_count_share_and_last_seen():
 
 def test_prometheus_counts_refusals_per_target_with_when_last_seen():
     metrics = CampaignMetrics()
-    metrics.add([_row(URI, True, 1000.0), _row(URI, True, 1500.0), _row(URI, False, 2000.0)])
+    stored = [_row(URI, True, 1000.0), _row(URI, True, 1500.0), _row(URI, False, 2000.0)]
+    metrics.add(Batch.of([SessionRow(session_id=f"s{i}", **{k: v for k, v in r.items() if k != "started_unix"},
+                                     started_at=SessionRow.at(r["started_unix"])) for i, r in enumerate(stored)]))
     labels = {"orchestrator": URI, "model": "m"}
     reg = metrics.registry
     assert reg.get_sample_value("fleet_refused_while_idle_total", labels) == 2

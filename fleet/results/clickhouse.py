@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,10 +33,10 @@ import pyarrow.parquet as pq
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from fleet.errors import ClickHouseError, InputError
-from fleet.results.sink import TABLES, conform, read_manifest
+from fleet.results.sink import TABLES, Batch, conform, read_manifest
 from fleet.scenario import ClickHouseOut
 
-__all__ = ["ClickHouseError", "ClickHouseSink", "ddl", "push_campaign"]
+__all__ = ["ClickHouseError", "ClickHouseFeed", "ClickHouseSink", "ddl", "push_campaign"]
 
 log = logging.getLogger("fleet.clickhouse")
 
@@ -175,6 +176,36 @@ class ClickHouseSink:
 
     def close(self) -> None:
         self.client.close()
+
+
+class ClickHouseFeed:
+    """ClickHouse as an output of a run (``fleet.results.outputs``): each stored batch after its Parquet
+    files, with their name as its dedup token (so ``fleet results push`` repeats it harmlessly). After a
+    failure Parquet alone carries on, and ``state`` says why."""
+
+    stored = True
+
+    def __init__(self, sink: ClickHouseSink, cfg: ClickHouseOut, campaign_id: str, tag: str | None,
+                 results: Path) -> None:
+        self.sink, self.campaign_id, self.tag, self.results = sink, campaign_id, tag, results
+        self.state: dict[str, Any] = {"table_prefix": cfg.table_prefix, "database": cfg.database, "rows": 0,
+                                      "error": None}
+
+    def add(self, batch: Batch) -> None:
+        self.tables(batch.seq, batch.tables)
+
+    def tables(self, seq: int, tables: dict[str, pa.Table]) -> None:
+        if self.state["error"] or not tables:
+            return
+        try:
+            self.state["rows"] += self.sink.insert_batch(self.campaign_id, seq, tables, self.tag)
+        except ClickHouseError as exc:
+            self.state["error"] = str(exc)
+            print(f"fleet: {exc}; results go on to Parquet only (load them later with `fleet results push "
+                  f"{self.results}`)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.sink.close()
 
 
 def push_campaign(campaign_dir: str | Path, sink: ClickHouseSink) -> dict[str, int]:

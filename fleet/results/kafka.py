@@ -31,7 +31,8 @@ from typing import Any
 
 from fleet import __version__
 from fleet.errors import InputError
-from fleet.results.sink import SESSION_FIELDS
+from fleet.results.row import SessionRow
+from fleet.results.sink import Batch
 from fleet.scenario import KafkaOut
 
 __all__ = ["KafkaFeed", "SOURCE", "messages"]
@@ -39,7 +40,6 @@ __all__ = ["KafkaFeed", "SOURCE", "messages"]
 log = logging.getLogger("fleet.kafka")
 
 SOURCE = "livepeer-fleet"
-_SESSION_COLUMNS = tuple(name for name, _ in SESSION_FIELDS)
 
 
 def _ms(unix_s: float) -> str:
@@ -52,23 +52,19 @@ def _envelope(kind: str, unix_s: float, gateway: str | None, data: dict[str, Any
     return json.dumps(body, default=str, separators=(",", ":")).encode()
 
 
-def messages(rows: Iterable[Mapping[str, Any]]) -> Iterator[tuple[bytes, bytes]]:
+def messages(rows: Iterable[SessionRow]) -> Iterator[tuple[bytes, bytes]]:
     """(key, value) for each session row and its samples and events, in order (the session's own last)."""
     for r in rows:
-        sid = str(r.get("session_id") or "")
-        key = sid.encode()
-        started = float(r.get("started_unix") or 0.0)
-        gateway = r.get("gateway")
-        ids = {"session_id": sid, "campaign_id": r.get("campaign_id"), "orchestrator_address":
-               r.get("orchestrator_address"), "orchestrator_url": r.get("orchestrator_url"), "model": r.get("model"),
-               "region": r.get("region")}
-        for sample in r.get("per_second") or []:
-            yield key, _envelope("fleet_sample", started + float(sample.get("t_s", 0)), gateway, {**ids, **sample})
-        for t_s, name, detail in r.get("events") or []:
-            yield key, _envelope("fleet_event", started + float(t_s), gateway,
-                                 {**ids, "t_s": t_s, "event": name, "detail": detail})
-        session = {k: r.get(k) for k in _SESSION_COLUMNS if k in r}
-        yield key, _envelope("fleet_session", started + float(r.get("duration_s") or 0.0), gateway, session)
+        key = r.session_id.encode()
+        started = r.started_unix or 0.0
+        ids = {"session_id": r.session_id, "campaign_id": r.campaign_id, "orchestrator_address": r.orchestrator_address,
+               "orchestrator_url": r.orchestrator_url, "model": r.model, "region": r.region}
+        for sample in r.per_second:
+            yield key, _envelope("fleet_sample", started + sample.t_s, r.gateway, {**ids, **sample._asdict()})
+        for e in r.events:
+            yield key, _envelope("fleet_event", started + e.t_s, r.gateway,
+                                 {**ids, "t_s": e.t_s, "event": e.type, "detail": e.data})
+        yield key, _envelope("fleet_session", started + (r.duration_s or 0.0), r.gateway, r.record())
 
 
 class KafkaFeed:
@@ -113,7 +109,12 @@ class KafkaFeed:
             self.failed += 1
             self.last_error = str(err)
 
-    def publish(self, rows: Iterable[Mapping[str, Any]]) -> None:
+    stored = False   # an output of fleet.results.outputs, fed at once (the producer buffers, never blocks)
+
+    def add(self, batch: Batch) -> None:
+        self.publish(batch.rows)
+
+    def publish(self, rows: Iterable[SessionRow]) -> None:
         for key, value in messages(rows):
             try:
                 self._producer.produce(self.topic, value=value, key=key, on_delivery=self._on_delivery)

@@ -28,10 +28,13 @@ the campaign so a scraper reads the final counts.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from fleet.results.row import SessionRow
+from fleet.results.sink import Batch
 
 __all__ = ["CampaignMetrics"]
 
@@ -41,8 +44,8 @@ LATENCY_BUCKETS = (25, 50, 100, 150, 200, 300, 500, 800, 1200, 2000, 3000, 5000)
 FPS_BUCKETS = (5, 10, 12, 15, 20, 24, 27, 30, 45, 60)
 
 
-def _orchestrator(row: Mapping[str, Any]) -> str:
-    return str(row.get("orchestrator_address") or row.get("orchestrator_url") or "")
+def _orchestrator(row: SessionRow) -> str:
+    return str(row.orchestrator_address or row.orchestrator_url or "")
 
 
 class CampaignMetrics:
@@ -85,23 +88,22 @@ class CampaignMetrics:
         self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return int(self._server.server_port)
 
-    def add(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        for row in rows:
-            labels = {"orchestrator": _orchestrator(row), "model": str(row.get("model") or ""),
-                      "region": str(row.get("region") or "")}
-            self.sessions.labels(**labels, outcome=row["outcome"]).inc()
-            if row.get("refused_while_idle"):
-                target = {"orchestrator": str(row.get("target_orchestrator") or labels["orchestrator"]),
-                          "model": labels["model"]}
+    stored = False   # an output of fleet.results.outputs, fed at once
+
+    def add(self, batch: Batch) -> None:
+        for row in batch.rows:
+            labels = {"orchestrator": _orchestrator(row), "model": row.model or "", "region": row.region or ""}
+            self.sessions.labels(**labels, outcome=row.outcome).inc()
+            if row.refused_while_idle:
+                target = {"orchestrator": row.target_orchestrator or labels["orchestrator"], "model": labels["model"]}
                 self.refused.labels(**target).inc()
-                self.refused_last.labels(**target).set(float(row.get("started_unix") or time.time()))
-            if row["outcome"] == "skipped_no_capacity":
+                self.refused_last.labels(**target).set(row.started_unix or time.time())
+            if row.outcome == "skipped_no_capacity":
                 continue
-            if row.get("excused") and row["outcome"] == "failed":
+            if row.excused and row.outcome == "failed":
                 self.excused.labels(**labels).inc()
-            for metric, key in ((self.startup, "startup_s"), (self.latency, "g2g_latency_ms"),
-                                (self.fps, "output_fps")):
-                value = row.get(key)
+            for metric, value in ((self.startup, row.startup_s), (self.latency, row.g2g_latency_ms),
+                                  (self.fps, row.output_fps)):
                 if value is not None:
                     metric.labels(**labels).observe(float(value))
             if labels["orchestrator"]:

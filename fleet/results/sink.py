@@ -13,6 +13,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +24,10 @@ import pyarrow.parquet as pq
 
 from fleet import __version__
 from fleet.errors import InputError
+from fleet.results.row import IDENTITY, SessionRow, arrow_fields
 
-__all__ = ["EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_FIELDS", "SUMMARIES", "TABLES", "ParquetSink",
-           "conform", "find_campaign", "read_manifest", "read_sessions", "read_table"]
+__all__ = ["Batch", "EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_FIELDS", "SUMMARIES", "TABLES", "ParquetSink",
+           "conform", "find_campaign", "read_manifest", "read_sessions", "read_table", "tables_of"]
 
 # 2: gpu_id, gpu_name on every row; summaries table
 # 3: the network's join keys (request_id, stream_name, pipeline_id), excused failures, the gateway's own
@@ -37,47 +41,8 @@ __all__ = ["EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_FIELDS", 
 #    (RULE-LIFECYCLE-003), jitter in milliseconds as go-livepeer reports it
 SCHEMA_VERSION = 6
 
-# the identity every row carries
-_IDS = [("campaign_id", pa.string()), ("run_id", pa.string()), ("scenario", pa.string()),
-        ("scenario_hash", pa.string()), ("fleet_version", pa.string()), ("schema_version", pa.int16()),
-        ("session_id", pa.string()), ("region", pa.string()), ("gateway", pa.string()),
-        ("orchestrator_address", pa.string()), ("orchestrator_url", pa.string()), ("gpu_id", pa.string()),
-        ("gpu_name", pa.string()), ("model", pa.string()),
-        ("prompt_id", pa.string()), ("prompt_category", pa.string())]
-
-SESSION_FIELDS = _IDS + [
-    ("dialect", pa.string()), ("stream_id", pa.string()), ("stream_name", pa.string()), ("request_id", pa.string()),
-    ("pipeline_id", pa.string()), ("codec", pa.string()), ("target_orchestrator", pa.string()),
-    ("target_idle_slots", pa.int64()), ("capacity_age_s", pa.float64()), ("refused_while_idle", pa.bool_()),
-    ("planned_start_s", pa.float64()),
-    ("started_at", pa.timestamp("ms", tz="UTC")), ("duration_s", pa.float64()),
-    ("outcome", pa.string()), ("error_phase", pa.string()), ("error_class", pa.string()),
-    ("error_detail", pa.string()), ("excused", pa.bool_()), ("gateway_error", pa.string()),
-    ("startup_outcome", pa.string()),
-    ("reasons", pa.list_(pa.string())),
-    ("offer_ms", pa.float64()), ("signaling_ms", pa.float64()), ("ice_ms", pa.float64()), ("dtls_ms", pa.float64()),
-    ("first_packet_ms", pa.float64()), ("whep_signaling_ms", pa.float64()), ("startup_s", pa.float64()),
-    ("playable_s", pa.float64()), ("frames_sent", pa.int64()), ("frames_received", pa.int64()),
-    ("output_fps", pa.float64()), ("jitter_coeff", pa.float64()), ("jitter_coeff_p50", pa.float64()),
-    ("jitter_coeff_p95", pa.float64()), ("jitter_intervals", pa.int64()), ("jitter_suspect_intervals", pa.int64()),
-    ("freeze_count", pa.int64()),
-    ("freeze_s", pa.float64()), ("black_frames", pa.int64()), ("decoded_frames", pa.int64()),
-    ("latency_method", pa.string()), ("g2g_latency_ms", pa.float64()), ("g2g_latency_p95_ms", pa.float64()),
-    ("latency_sample_count", pa.int64()), ("prompt_switch_ms", pa.list_(pa.float64())),
-    ("packets_received", pa.int64()), ("packet_loss_pct", pa.float64()), ("ingest_packet_loss_pct", pa.float64()),
-    ("rtt_ms", pa.float64()), ("pacing_late_ms_mean", pa.float64()), ("pacing_late_ms_max", pa.float64()),
-    ("keyframes_on_request", pa.int64()),
-    ("ice_local_candidate", pa.string()), ("ice_remote_candidate", pa.string()),
-    ("egress_ice_local_candidate", pa.string()), ("egress_ice_remote_candidate", pa.string()),
-    ("gateway_ingest_latency_s", pa.float64()), ("gateway_ingest_jitter_ms", pa.float64()),
-    ("gateway_ingest_packet_loss_pct", pa.float64()), ("gateway_ingest_rtt_ms", pa.float64()),
-    ("gateway_conn_quality", pa.string()), ("teardown_verified", pa.bool_()),
-    ("gateway_state", pa.string()), ("restart_count", pa.int64()), ("swapped", pa.bool_()),
-    ("swap_count", pa.int64()), ("swap_gap_s", pa.float64()), ("orchestrators", pa.list_(pa.string())),
-    ("tester_host", pa.string()), ("tester_loop_lag_ms_max", pa.float64()),
-    ("tester_loop_lag_ms_mean", pa.float64()), ("tester_loop_busy_pct", pa.float64()), ("tester_cpu_pct", pa.float64()),
-    ("tester_bottleneck", pa.bool_()),
-]
+SESSION_FIELDS = arrow_fields()           # the typed row's columns (fleet.results.row.SessionRow)
+_IDS = [f for f in SESSION_FIELDS if f[0] in IDENTITY]  # the identity every table's rows carry
 SESSIONS = pa.schema(SESSION_FIELDS, metadata={"fleet.schema_version": str(SCHEMA_VERSION)})
 SAMPLES = pa.schema(_IDS + [("t_s", pa.float64()), ("fps_out", pa.int32()), ("fps_in", pa.int32()),
                             ("latency_ms_p50", pa.float64())])
@@ -89,7 +54,24 @@ SUMMARIES = pa.schema(_IDS[:5] + [("schema_version", pa.int16()), ("region", pa.
 TABLES = {"sessions": SESSIONS, "samples": SAMPLES, "events": EVENTS, "summaries": SUMMARIES}
 
 
+@dataclass(frozen=True)
+class Batch:
+    seq: int                          # 1, 2, ... per kind of output (stored batches: their file's number)
+    rows: tuple[SessionRow, ...]
+
+    @classmethod
+    def of(cls, rows: Sequence[SessionRow], seq: int = 1) -> Batch:
+        return cls(seq, tuple(rows))
+
+    @cached_property
+    def tables(self) -> dict[str, pa.Table]:
+        """The batch as the sessions, samples and events tables (made once, for every output that stores)."""
+        return tables_of(self.rows)
+
+
 class ParquetSink:
+    stored = True   # an output of fleet.results.outputs, written on the writer's thread
+
     def __init__(self, root: str | Path, campaign_id: str, manifest: dict[str, Any], hourly: bool = False,
                  run_tag: str | None = None) -> None:
         self.dir = Path(root) / f"campaign={campaign_id}"
@@ -123,30 +105,21 @@ class ParquetSink:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
-    def write(self, rows: list[dict[str, Any]]) -> dict[str, pa.Table]:
-        """One batch of finished sessions (rows as the runner returns them, ids filled in); returns its tables."""
+    def add(self, batch: Batch) -> None:
+        """One batch of finished sessions (a ``fleet.results.outputs.Batch``): its files are numbered by it."""
+        self.seq = batch.seq
+        part = self._partition()
+        for kind, table in batch.tables.items():
+            self._write(kind, table, part)
+        self.rows += len(batch.rows)
+
+    def write(self, rows: Sequence[SessionRow]) -> dict[str, pa.Table]:
+        """One batch of rows, numbered after the last; returns its tables (for tools and tests)."""
         if not rows:
             return {}
-        self.seq += 1
-        part = self._partition()
-        ids = [{k: r.get(k) for k, _ in _IDS} for r in rows]
-        sessions = []
-        for r in rows:
-            row = {k: r.get(k) for k, _ in SESSION_FIELDS}
-            row["started_at"] = dt.datetime.fromtimestamp(r.get("started_unix") or 0, dt.timezone.utc)
-            row["latency_sample_count"] = r.get("latency_sample_count", len(r.get("latency_samples") or ()))
-            sessions.append(row)
-        samples = [{**i, **s} for i, r in zip(ids, rows) for s in r.get("per_second") or []]
-        events = [{**i, "t_s": t, "type": kind, "data": json.dumps(data, default=str)}
-                  for i, r in zip(ids, rows) for t, kind, data in r.get("events") or []]
-        for r in sessions + samples + events:
-            r["fleet_version"], r["schema_version"] = __version__, SCHEMA_VERSION
-        tables = {"sessions": pa.Table.from_pylist(sessions, SESSIONS),
-                  "samples": pa.Table.from_pylist(samples, SAMPLES), "events": pa.Table.from_pylist(events, EVENTS)}
-        for kind, table in tables.items():
-            self._write(kind, table, part)
-        self.rows += len(rows)
-        return tables
+        batch = Batch(self.seq + 1, tuple(rows))
+        self.add(batch)
+        return batch.tables
 
     def write_summaries(self, rows: list[dict[str, Any]], ids: dict[str, Any]) -> pa.Table:
         """The campaign's per-region sketches (fleet.results.sketches), written once at the end."""
@@ -156,12 +129,28 @@ class ParquetSink:
         self._write("summaries", table, self._partition())
         return table
 
-    def close(self, summary: dict[str, Any]) -> None:
+    def close(self) -> None:
+        return None
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The manifest with the run's summary."""
         self._write_json(self.dir / "campaign.json", {**self.manifest, **summary})
 
     def progress(self, status: dict[str, Any]) -> None:
         """The manifest with the run's live status (what a dashboard shows of a running monitor)."""
         self._write_json(self.dir / "campaign.json", {**self.manifest, "live": status})
+
+
+def tables_of(rows: Sequence[SessionRow]) -> dict[str, pa.Table]:
+    """A batch of rows as the sessions, samples and events tables."""
+    stamp = {"fleet_version": __version__, "schema_version": SCHEMA_VERSION}
+    sessions = [{**r.record(), **stamp} for r in rows]
+    ids = [{k: s[k] for k in IDENTITY} for s in sessions]
+    samples = [{**i, **s._asdict()} for i, r in zip(ids, rows) for s in r.per_second]
+    events = [{**i, "t_s": e.t_s, "type": e.type, "data": json.dumps(e.data, default=str)}
+              for i, r in zip(ids, rows) for e in r.events]
+    return {"sessions": pa.Table.from_pylist(sessions, SESSIONS), "samples": pa.Table.from_pylist(samples, SAMPLES),
+            "events": pa.Table.from_pylist(events, EVENTS)}
 
 
 def read_table(campaign_dir: str | Path, kind: str) -> pa.Table:

@@ -9,7 +9,7 @@ package). The summaries cover what per-session rows cannot hold in one number:
 - ``output_fps``: every second's output frame count of every session;
 - ``startup_s``: one value per session that started.
 
-A runner sends each finished session's sketches (``sketched``), not its per-frame
+A runner sends each finished session's sketches (``session_sketches``), not its per-frame
 lists: what crosses Ray is a few hundred bytes a session, whatever its length, and the
 driver only merges. Each region's sketches are stored (``summaries`` Parquet table, serialized with the
 package's protobuf form) next to the exact per-session rows; campaign-level quantiles
@@ -25,8 +25,10 @@ from ddsketch import DDSketch
 from ddsketch.pb.ddsketch_pb2 import DDSketch as DDSketchPb
 from ddsketch.pb.proto import DDSketchProto
 
-__all__ = ["ALPHA", "QUANTILES", "SKETCHED", "Sketches", "session_sketches", "sketch_from_bytes", "sketch_to_bytes",
-           "sketched"]
+from fleet.probe.types import ProbeResult
+from fleet.results.sink import Batch
+
+__all__ = ["ALPHA", "QUANTILES", "SKETCHED", "Sketches", "session_sketches", "sketch_from_bytes", "sketch_to_bytes"]
 
 ALPHA = 0.01
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
@@ -43,15 +45,6 @@ def sketch_from_bytes(b: bytes) -> DDSketch:
     return sketch
 
 
-def _values(row: dict[str, Any], metric: str) -> Iterable[float]:
-    if metric == "g2g_latency_ms":
-        return (s[1] for s in row.get("latency_samples") or () if s[1] is not None)
-    if metric == "output_fps":
-        return (p["fps_out"] for p in row.get("per_second") or () if p.get("fps_out") is not None)
-    value = row.get(metric)
-    return () if value is None else (value,)
-
-
 def _sketch(values: Iterable[float]) -> DDSketch | None:
     sketch = None
     for v in values:
@@ -61,44 +54,35 @@ def _sketch(values: Iterable[float]) -> DDSketch | None:
     return sketch
 
 
-def session_sketches(row: dict[str, Any]) -> dict[str, bytes]:
+def session_sketches(result: ProbeResult) -> dict[str, bytes]:
     """One finished session's values of each sketched metric, serialized: what a runner sends for it."""
+    values: dict[str, Iterable[float]] = {
+        "g2g_latency_ms": (s[1] for s in result.latency_samples if s[1] is not None),
+        "output_fps": (p["fps_out"] for p in result.per_second if p.get("fps_out") is not None),
+        "startup_s": () if result.startup_s is None else (result.startup_s,)}
     out = {}
     for metric in SKETCHED:
-        sketch = _sketch(_values(row, metric))
+        sketch = _sketch(values[metric])
         if sketch is not None:
             out[metric] = sketch_to_bytes(sketch)
     return out
 
 
-def sketched(row: dict[str, Any]) -> dict[str, Any]:
-    """The row as a runner sends it across Ray: its per-frame latencies replaced by its sketches and their
-    count (``latency_sample_count``, which the sessions table stores)."""
-    out = {k: v for k, v in row.items() if k != "latency_samples"}
-    out["sketches"] = session_sketches(row)
-    out["latency_sample_count"] = len(row.get("latency_samples") or ())
-    return out
-
-
 class Sketches:
-    """Per-region sketches, fed with session rows as they finish (a row's own ``sketches`` when its runner
-    sent them, else its values)."""
+    """Per-region sketches, fed with session rows as they finish (the sketches each row's runner sent)."""
 
     def __init__(self) -> None:
         self.by_region: dict[tuple[str, str], DDSketch] = {}
 
-    def add_rows(self, rows: Iterable[dict[str, Any]]) -> None:
-        for row in rows:
-            region = row.get("region") or ""
-            sent: dict[str, bytes] | None = row.get("sketches")
-            if sent is not None:
-                for metric, data in sent.items():
-                    self.add_sketch(region, metric, sketch_from_bytes(data))
-                continue
-            for metric in SKETCHED:
-                sketch = _sketch(_values(row, metric))
-                if sketch is not None:
-                    self.add_sketch(region, metric, sketch)
+    stored = False   # an output of fleet.results.outputs, fed at once
+
+    def add(self, batch: Batch) -> None:
+        for row in batch.rows:
+            for metric, data in row.sketches.items():
+                self.add_sketch(row.region or "", metric, sketch_from_bytes(data))
+
+    def close(self) -> None:
+        return None
 
     def add_sketch(self, region: str, metric: str, sketch: DDSketch) -> None:
         key = (region, metric)

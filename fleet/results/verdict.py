@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from fleet.metrics import METRICS, parse_aggregate
+from fleet.results.row import SessionRow
 from fleet.scenario import CheckSpec, Scenario, SessionThresholds
 
 __all__ = ["AbortWatch", "CheckResult", "HISTORY_DAYS", "Verdict", "counted", "evaluate", "evaluate_checks",
@@ -218,9 +219,9 @@ class AbortWatch:
         self.checks = [c for c in checks if c.abort]
         self.values: list[dict[tuple[Any, ...], list[float]]] = [{} for _ in self.checks]
 
-    def add(self, rows: Iterable[dict[str, Any]], elapsed_s: float) -> CheckResult | None:
+    def add(self, batch: Iterable[SessionRow], elapsed_s: float) -> CheckResult | None:
         """Take finished sessions; the first breached check (and group), if any."""
-        rows = list(rows)
+        rows = [r.record() for r in batch]   # as stored: the checks read the stored rows the same way
         for check, groups in zip(self.checks, self.values):
             touched = set()
             for r in rows:

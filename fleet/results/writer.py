@@ -14,17 +14,19 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, TypeVar
 
 __all__ = ["ResultsWriter"]
+
+T = TypeVar("T")
 
 QUEUE_BATCHES = 256   # batches waiting to be written before submit waits for the writer
 
 
-class ResultsWriter:
-    def __init__(self, write: Callable[[list[dict[str, Any]]], None], maxsize: int = QUEUE_BATCHES) -> None:
+class ResultsWriter(Generic[T]):
+    def __init__(self, write: Callable[[T], None], maxsize: int = QUEUE_BATCHES) -> None:
         self._write = write
-        self._queue: queue.Queue[list[dict[str, Any]] | None] = queue.Queue(maxsize=maxsize)
+        self._queue: queue.Queue[T | None] = queue.Queue(maxsize=maxsize)
         self._error: BaseException | None = None
         self._warned = False
         self.batches = 0
@@ -44,11 +46,9 @@ class ResultsWriter:
             except BaseException as exc:  # noqa: BLE001 - handed to the dispatch thread by close()
                 self._error = exc
 
-    def submit(self, rows: list[dict[str, Any]]) -> None:
+    def submit(self, rows: T) -> None:
         if self._error is not None:
             raise self._error
-        if not rows:
-            return
         try:
             self._queue.put_nowait(rows)
         except queue.Full:

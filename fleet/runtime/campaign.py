@@ -23,22 +23,23 @@ import os
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import AnyErrorClass, Outcome, Phase
+from fleet.errors import AnyErrorClass
 from fleet.plan import Plan, PlannedSession, make_plan
 from fleet.probe.types import PromptChange
 from fleet.prompts import PoolEntry, render_params, resolve_pool
+from fleet.results.row import Identity, SessionRow
 from fleet.results.sink import ParquetSink, read_table
 from fleet.results.verdict import AbortWatch, evaluate, history_baseline, junit_xml
-from fleet.results.writer import ResultsWriter
 from fleet.runtime.broker import read_capacity
 from fleet.runtime.dispatch import Dispatched, Dispatcher
 from fleet.runtime.executor import STOP_GRACE_S, Finished
 from fleet.runtime.job import Job
-from fleet.runtime.lifecycle import (Campaign, CampaignOptions, leaks, open_gateways, open_outputs, prepare,
-                                     push, ray_init, results_dir, with_gpu)
+from fleet.runtime.lifecycle import (Campaign, CampaignOptions, leaks, open_gateways, open_outputs, outputs_for,
+                                     prepare, ray_init, results_dir, with_gpu)
 from fleet.runtime.summary import Progress, make_summary, print_summary
 from fleet.scenario import Scenario, load_scenario
 
@@ -62,38 +63,45 @@ def _job(scenario: Scenario, s: PlannedSession, campaign_id: str, url: str,
     return Job(f"{campaign_id}-{s.index:05d}", url, s.duration_s, steps, s.orchestrator, s.orchestrator_uri)
 
 
-def _identity(c: Campaign, plan: Plan, s: PlannedSession, region: str) -> dict[str, Any]:
+def _identity(c: Campaign, plan: Plan, s: PlannedSession, region: str | None, session_id: str,
+              target: str | None = None) -> Identity:
     first = s.prompts[0] if s.prompts else None
-    return {"campaign_id": c.campaign_id, "run_id": c.campaign_id, "scenario": c.scenario.name,
-            "scenario_hash": plan.scenario_hash, "model": c.scenario.workflow.pipeline, "region": region,
-            "prompt_id": first.prompt_id if first else None, "prompt_category": first.category if first else None,
-            "planned_start_s": s.start_s, "gateway": c.urls.get(region)}
+    return Identity(campaign_id=c.campaign_id, run_id=c.campaign_id, scenario=c.scenario.name,
+                    scenario_hash=plan.scenario_hash, model=c.scenario.workflow.pipeline,
+                    dialect=c.scenario.target.dialect, session_id=session_id, region=region,
+                    gateway=c.urls.get(region) if region else None, prompt_id=first.prompt_id if first else None,
+                    prompt_category=first.category if first else None, planned_start_s=s.start_s,
+                    target_orchestrator=target)
 
 
-def _result_row(c: Campaign, plan: Plan, live: Dispatched, row: dict[str, Any]) -> dict[str, Any]:
-    """A runner's result with the campaign's identity columns."""
-    return with_gpu(c, {**row, **_identity(c, plan, live.session, live.region), "session_id": live.job.session_id,
-                         "orchestrator_address": row.get("orchestrator_address") or live.job.orchestrator,
-                         "target_orchestrator": live.job.target})
+def _of(c: Campaign, plan: Plan, live: Dispatched) -> Identity:
+    return _identity(c, plan, live.session, live.region, live.job.session_id, live.job.target)
 
 
-def _failed_row(c: Campaign, plan: Plan, live: Dispatched, outcome: Outcome, phase: Phase, error: AnyErrorClass,
-                detail: str) -> dict[str, Any]:
-    return with_gpu(c, {**_identity(c, plan, live.session, live.region), "session_id": live.job.session_id,
-            "dialect": c.scenario.target.dialect, "outcome": outcome, "error_phase": phase, "error_class": error,
-            "error_detail": detail, "started_unix": time.time(), "duration_s": 0.0,
-            "orchestrator_address": live.session.orchestrator,
-            "target_orchestrator": live.job.target})
+def _result_row(c: Campaign, plan: Plan, live: Dispatched, row: SessionRow) -> SessionRow:
+    """A runner's row with the campaign's identity columns."""
+    return with_gpu(c, replace(row.identified(_of(c, plan, live)),
+                               orchestrator_address=row.orchestrator_address or live.job.orchestrator))
 
 
-def _planner_skipped_row(c: Campaign, plan: Plan, index: int, skipped: Any) -> dict[str, Any]:
+def _failed_row(c: Campaign, plan: Plan, live: Dispatched, error: AnyErrorClass, detail: str) -> SessionRow:
+    return with_gpu(c, SessionRow.failed(_of(c, plan, live), error, detail, started_unix=time.time(),
+                                         orchestrator_address=live.session.orchestrator))
+
+
+def _skipped_row(c: Campaign, plan: Plan, live: Dispatched, wait_s: float) -> SessionRow:
+    return with_gpu(c, SessionRow.skipped(_of(c, plan, live), "no_slot_leased",
+                                          f"no idle slot within the campaign's caps for {wait_s:g} s",
+                                          started_unix=time.time(), orchestrator_address=live.session.orchestrator))
+
+
+def _planner_skipped_row(c: Campaign, plan: Plan, index: int, skipped: Any) -> SessionRow:
     """A row for a session the planner could not fit within the caps: it never ran."""
-    return {"campaign_id": c.campaign_id, "run_id": c.campaign_id, "scenario": c.scenario.name,
-            "scenario_hash": plan.scenario_hash, "model": c.scenario.workflow.pipeline, "region": None,
-            "session_id": f"{c.campaign_id}-skipped-{index:05d}", "dialect": c.scenario.target.dialect,
-            "planned_start_s": skipped.at_s, "outcome": "skipped_no_capacity", "error_phase": "capacity",
-            "error_class": "planner_skipped", "error_detail": skipped.reason, "started_unix": time.time(),
-            "duration_s": 0.0}
+    ident = Identity(campaign_id=c.campaign_id, run_id=c.campaign_id, scenario=c.scenario.name,
+                     scenario_hash=plan.scenario_hash, model=c.scenario.workflow.pipeline,
+                     dialect=c.scenario.target.dialect, session_id=f"{c.campaign_id}-skipped-{index:05d}",
+                     planned_start_s=skipped.at_s)
+    return SessionRow.skipped(ident, "planner_skipped", skipped.reason, started_unix=time.time())
 
 
 def run_campaign(path: str, opts: CampaignOptions) -> int:
@@ -128,16 +136,17 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
         summaries = sink.write_summaries(c.sketches.rows(), {"campaign_id": c.campaign_id, "run_id": c.campaign_id,
                                                              "scenario": scenario.name,
                                                              "scenario_hash": plan.scenario_hash})
-        push(c, sink, {"summaries": summaries})
+        if c.clickhouse_feed is not None:
+            c.clickhouse_feed.tables(sink.seq, {"summaries": summaries})
         history = history_baseline(out, scenario.workflow.pipeline, exclude=c.campaign_id)  # NaaP's 7 days
         verdict = evaluate(scenario, stored, *(history or (None, None)))
         summary["quantiles"] = c.sketches.campaign_quantiles()
         summary["verdict"] = verdict.to_dict()
-        summary["clickhouse"] = c.clickhouse_state
+        summary["clickhouse"] = c.clickhouse_feed.state if c.clickhouse_feed else None
         if c.kafka is not None:
             summary["kafka"] = c.kafka.close(STOP_GRACE_S)
             c.kafka = None
-        sink.close(summary)
+        sink.finish(summary)
         if opts.junit or scenario.outputs.junit:
             junit = Path(str(opts.junit or scenario.outputs.junit))
             junit.parent.mkdir(parents=True, exist_ok=True)
@@ -156,29 +165,20 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
 
 
 class _Results:
-    """Rows as they come: counted, sketched, to Prometheus at once, to the writer's thread (Parquet,
-    ClickHouse, Kafka), and held against the abort checks (each keeps only its metric's values). The
-    driver keeps no row: the verdict and the summary read the stored ones."""
+    """Rows as they come, to the run's outputs (fleet.results.outputs: the tally, the sketches, Prometheus and
+    Kafka at once, Parquet then ClickHouse on the writer's thread), and held against the abort checks (each
+    keeps only its metric's values). The driver keeps no row: the verdict and the summary read the stored ones."""
 
     def __init__(self, c: Campaign, sink: ParquetSink, t0: float) -> None:
         self.c, self.t0 = c, t0
-        self.counts: dict[str, int] = {}
-        self.done = 0
         self.abort = AbortWatch(c.scenario.checks)
-        self.writer = ResultsWriter(lambda rows: _store(c, sink, rows))  # I/O off the dispatch loop
+        self.outputs = outputs_for(c, sink)
 
-    def add(self, rows: list[dict[str, Any]], planned: bool = False) -> None:
+    def add(self, rows: list[SessionRow]) -> None:
         c = self.c
         if not rows:
             return
-        for r in rows:
-            self.counts[r["outcome"]] = self.counts.get(r["outcome"], 0) + 1
-        if not planned:
-            self.done += len(rows)
-        c.sketches.add_rows(rows)
-        if c.metrics is not None:
-            c.metrics.add(rows)
-        self.writer.submit(rows)
+        self.outputs.add(rows)
         if self.abort.checks and c.aborted is None:
             breached = self.abort.add(rows, time.monotonic() - self.t0)
             if breached is not None:
@@ -198,25 +198,25 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink, prompts: dict[tuple[str, 
     d = Dispatcher(plan.sessions, ex, wait_s, lambda s, region: _job(scenario, s, c.campaign_id, c.urls[region], prompts))
     results = _Results(c, sink, d.t0)
     progress = Progress(len(plan.sessions), c.opts.progress)
+    tally = c.tally
 
-    def rows_of(finished: list[Finished]) -> list[dict[str, Any]]:
-        return [_result_row(c, plan, f.tag, f.row) if f.row is not None
-                else _failed_row(c, plan, f.tag, "failed", "tester", *f.failure) for f in finished]
+    def rows_of(finished: list[Finished]) -> list[SessionRow]:
+        return [_result_row(c, plan, f.tag, f.row) if f.row is not None else _failed_row(c, plan, f.tag, *f.failure)
+                for f in finished]
 
     # sessions the planner could not fit are results too: the skipped rate counts them
-    results.add([_planner_skipped_row(c, plan, i, k) for i, k in enumerate(plan.skipped)], planned=True)
+    results.add([_planner_skipped_row(c, plan, i, k) for i, k in enumerate(plan.skipped)])
     shown = 0.0
     try:
         while d.busy() and c.stop_signal is None and c.aborted is None:
             turn = d.step()
-            results.add([_failed_row(c, plan, k, "skipped_no_capacity", "capacity", "no_slot_leased",
-                                     f"no idle slot within the campaign's caps for {wait_s:g} s") for k in turn.skipped])
+            results.add([_skipped_row(c, plan, k, wait_s) for k in turn.skipped])
             results.add(rows_of(turn.finished))
-            progress.update(results.done, len(ex.live), results.counts)
+            progress.update(tally.done, len(ex.live), tally.counts)
             if time.monotonic() - shown >= LIVE_EVERY_S:  # campaign.json's live status, for dashboards
                 shown = time.monotonic()
                 sink.progress({"updated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                               "sessions": dict(results.counts), "done": results.done,
+                               "sessions": dict(tally.counts), "done": tally.done,
                                "planned": len(plan.sessions), "live_sessions": len(ex.live)})
             if c.metrics is not None:  # the broker's leases against its budget, asked without waiting
                 state = ex.broker_state(STATE_EVERY_S)
@@ -228,16 +228,8 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink, prompts: dict[tuple[str, 
             if c.stop_at is not None:
                 c.stop_s = round(time.monotonic() - c.stop_at, 3)
         progress.close()
-        results.writer.close()  # every row on disk before the summary
+        results.outputs.drain()  # every row on disk before the summary
         c.broker_state = ex.final_state()
     if c.stop_signal is not None:
         return EXIT_INTERRUPTED
     return EXIT_TESTER if ex.tester_failures else EXIT_OK
-
-
-def _store(c: Campaign, sink: ParquetSink, rows: list[dict[str, Any]]) -> None:
-    """One batch of finished sessions: Parquet, then ClickHouse, then Kafka (on the writer's thread)."""
-    push(c, sink, sink.write(rows))
-    if c.kafka is not None:
-        c.kafka.publish(rows)
-

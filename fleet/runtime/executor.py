@@ -22,6 +22,7 @@ from typing import Any
 
 from fleet.capacity import CapacitySnapshot
 from fleet.errors import AnyErrorClass, FleetError
+from fleet.results.row import SessionRow
 from fleet.runtime.job import Job
 from fleet.scenario import Scenario
 
@@ -41,7 +42,7 @@ class Finished:
     tag: Any                 # what the caller passed to ``start``
     lease_id: str
     region: str
-    row: dict[str, Any] | None = None
+    row: SessionRow | None = None
     error: tuple[AnyErrorClass, str] | None = None
 
     @property

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fleet.probe.types import PromptChange
+from fleet.results.row import SessionRow
 
 __all__ = ["Job", "STALE_REFRESHES", "capacity_evidence"]
 
@@ -43,7 +44,7 @@ class Job:
                        capacity_age_s=lease.get("capacity_age_s"))
 
 
-def capacity_evidence(row: Mapping[str, Any], job: Job, refresh_s: float | None) -> dict[str, Any]:
+def capacity_evidence(row: SessionRow, job: Job, refresh_s: float | None) -> dict[str, Any]:
     """What a session's row says about the capacity it was sent on: the target's idle slots in the
     broker's snapshot and that snapshot's age at the lease, and ``refused_while_idle``: the gateway said
     "no orchestrators available" for a session aimed at one orchestrator while a fresh snapshot (read within
@@ -53,6 +54,6 @@ def capacity_evidence(row: Mapping[str, Any], job: Job, refresh_s: float | None)
     Never on a stale snapshot, nor without one (a static count names no orchestrator)."""
     age = job.capacity_age_s
     fresh = age is not None and refresh_s is not None and age <= STALE_REFRESHES * refresh_s
-    refused = (row.get("outcome") == "skipped_no_capacity" and row.get("error_class") == "no_orchestrators_available"
+    refused = (row.outcome == "skipped_no_capacity" and row.error_class == "no_orchestrators_available"
                and job.target is not None and (job.target_idle or 0) > 0)
     return {"target_idle_slots": job.target_idle, "capacity_age_s": age, "refused_while_idle": refused and fresh}

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,11 @@ import httpx
 
 from fleet.capacity import CapacitySnapshot
 from fleet.errors import InputError
-from fleet.results.clickhouse import ClickHouseError, ClickHouseSink
+from fleet.results.clickhouse import ClickHouseFeed, ClickHouseSink
+from fleet.results.kafka import KafkaFeed
+from fleet.results.outputs import Outputs, Sink, Tally
+from fleet.results.prometheus import CampaignMetrics
+from fleet.results.row import SessionRow
 from fleet.results.sink import ParquetSink
 from fleet.results.sketches import Sketches
 from fleet.runtime.broker import capacity_url
@@ -31,7 +35,7 @@ from fleet.runtime.executor import STOP_GRACE_S
 from fleet.scenario import Scenario
 
 __all__ = ["Campaign", "CampaignOptions", "StopSignals", "leaks", "open_gateways", "open_outputs",
-           "prepare", "push", "ray_init", "results_dir", "warn_job_stop_wait", "with_gpu"]
+           "outputs_for", "prepare", "ray_init", "results_dir", "warn_job_stop_wait", "with_gpu"]
 
 
 @dataclass
@@ -57,10 +61,11 @@ class Campaign:
     capacity_url: str | None = None        # where the capacity is read (fleet.runtime.broker.capacity_url)
     stop_signal: int | None = None
     sketches: Sketches = field(default_factory=Sketches)
-    clickhouse: Any = None
-    clickhouse_state: dict[str, Any] | None = None
-    kafka: Any = None                      # a KafkaFeed, when outputs.kafka is set
-    metrics: Any = None                    # CampaignMetrics, when outputs.prometheus is set
+    tally: Tally = field(default_factory=Tally)
+    clickhouse: ClickHouseSink | None = None
+    clickhouse_feed: ClickHouseFeed | None = None  # the run's ClickHouse output (outputs_for), with its state
+    kafka: KafkaFeed | None = None            # when outputs.kafka is set
+    metrics: CampaignMetrics | None = None    # when outputs.prometheus is set
     aborted: str | None = None
     snapshot: CapacitySnapshot | None = None
     warmup_s: float | None = None
@@ -70,18 +75,17 @@ class Campaign:
     closing: ExitStack = field(default_factory=ExitStack)  # what undoes each piece opened, last first
 
 
-def with_gpu(c: Campaign, row: dict[str, Any]) -> dict[str, Any]:
+def with_gpu(c: Campaign, row: SessionRow) -> SessionRow:
     """Fill the GPU from the capacity snapshot when the gateway's status named none: its name when
     all the orchestrator's GPUs are one model, its id when it has one GPU."""
-    url, address = row.get("orchestrator_url"), row.get("orchestrator_address")
-    if row.get("gpu_name") or c.snapshot is None or not (url or address):
+    url, address = row.orchestrator_url, row.orchestrator_address
+    if row.gpu_name or c.snapshot is None or not (url or address):
         return row
     for o in c.snapshot.orchestrators:  # by URL first: an orchestrator without ticket params has no address
         if (o.uri == url if url else o.address == address) and o.gpus:
             names = {name for _, name in o.gpus}
-            row["gpu_name"] = names.pop() if len(names) == 1 else None
-            row["gpu_id"] = row.get("gpu_id") or (o.gpus[0][0] if len(o.gpus) == 1 else None)
-            break
+            return replace(row, gpu_name=names.pop() if len(names) == 1 else None,
+                           gpu_id=row.gpu_id or (o.gpus[0][0] if len(o.gpus) == 1 else None))
     return row
 
 
@@ -167,15 +171,9 @@ def open_outputs(c: Campaign, path: str) -> None:
     c.closing.callback(_close_outputs, c)  # whatever of them opened, even if a later one fails
     if outputs.clickhouse is not None:
         c.clickhouse = ClickHouseSink(outputs.clickhouse)
-        c.clickhouse_state = {"table_prefix": outputs.clickhouse.table_prefix,
-                              "database": outputs.clickhouse.database, "rows": 0, "error": None}
     if outputs.kafka is not None:
-        from fleet.results.kafka import KafkaFeed
-
         c.kafka = KafkaFeed(outputs.kafka)
     if outputs.prometheus is not None:
-        from fleet.results.prometheus import CampaignMetrics
-
         prom = outputs.prometheus
         c.metrics = CampaignMetrics()
         try:
@@ -215,16 +213,17 @@ def warn_job_stop_wait() -> None:
               file=sys.stderr, flush=True)
 
 
-def push(c: Campaign, sink: ParquetSink, tables: dict[str, Any]) -> None:
-    """Send a batch just written to Parquet on to ClickHouse; after a failure, Parquet alone carries on."""
-    if c.clickhouse is None or c.clickhouse_state is None or not tables or c.clickhouse_state["error"]:
-        return
-    try:
-        c.clickhouse_state["rows"] += c.clickhouse.insert_batch(c.campaign_id, sink.seq, tables, sink.run_tag)
-    except ClickHouseError as exc:
-        c.clickhouse_state["error"] = str(exc)
-        print(f"fleet: {exc}; results go on to Parquet only (load them later with `fleet results push "
-              f"{sink.dir}`)", file=sys.stderr, flush=True)
+def outputs_for(c: Campaign, sink: ParquetSink, flush_s: float = 0.0) -> Outputs:
+    """The run's outputs, in their one order: the live tally, the sketches, Prometheus and Kafka at once;
+    Parquet, then ClickHouse, on the writer's thread."""
+    sinks: list[Sink] = [c.tally, c.sketches]
+    sinks += [o for o in (c.metrics, c.kafka) if o is not None]
+    sinks.append(sink)
+    if c.clickhouse is not None and c.scenario.outputs.clickhouse is not None:
+        c.clickhouse_feed = ClickHouseFeed(c.clickhouse, c.scenario.outputs.clickhouse, c.campaign_id, sink.run_tag,
+                                           sink.dir)
+        sinks.append(c.clickhouse_feed)
+    return Outputs(sinks, flush_s)
 
 
 def leaks(c: Campaign) -> int | None:

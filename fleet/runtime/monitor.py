@@ -26,7 +26,7 @@ import sys
 import time
 import uuid
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,10 @@ from fleet.coverage import ANY_ORCHESTRATOR, Coverage, Pick, Target, targets_of
 from fleet.errors import InputError
 from fleet.probe.types import PromptChange
 from fleet.prompts import render_params, resolve_pool
+from fleet.results.row import Identity, SessionRow
 from fleet.results.sink import ParquetSink
-from fleet.results.writer import ResultsWriter
 from fleet.runtime.broker import read_capacity
-from fleet.runtime.lifecycle import (Campaign, CampaignOptions, open_gateways, open_outputs, prepare, push,
+from fleet.runtime.lifecycle import (Campaign, CampaignOptions, open_gateways, open_outputs, outputs_for, prepare,
                                      ray_init, results_dir, with_gpu)
 from fleet.runtime.executor import STOP_GRACE_S, Finished, RayExecutor
 from fleet.runtime.job import Job
@@ -135,8 +135,8 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
         if c.kafka is not None:
             summary["kafka"] = c.kafka.close(STOP_GRACE_S)
             c.kafka = None
-        summary["clickhouse"] = c.clickhouse_state
-        sink.close({"live": None, "last_run": summary})
+        summary["clickhouse"] = c.clickhouse_feed.state if c.clickhouse_feed else None
+        sink.finish({"live": None, "last_run": summary})
         _print_summary(summary, sink.dir)
         return 0
     finally:
@@ -168,9 +168,8 @@ class _Watch:
             self.by_category.setdefault(e.prompt.category, []).append(e)
         self.used_prompts: dict[str | None, int] = {}
         self.regions = list(c.urls)
-        self.counts: dict[str, int] = {}
-        self.buffer: list[dict[str, Any]] = []
-        self.writer = ResultsWriter(lambda rows: push(c, sink, sink.write(rows)))  # Parquet, then ClickHouse
+        self.counts = c.tally.counts
+        self.outputs = outputs_for(c, sink, self.spec.flush_s)  # storage every flush_s, the rest at once
         self.t0 = time.monotonic()
         self.deadline = None if opts.for_s is None else self.t0 + opts.for_s
         self.snapshot: CapacitySnapshot = c.snapshot
@@ -188,12 +187,10 @@ class _Watch:
                 pass
         finally:
             if ex.live:
-                self._finish(self._rows_of(ex.stop_all(STOP_GRACE_S)))
+                self.outputs.add(self._rows_of(ex.stop_all(STOP_GRACE_S)))
                 if c.stop_at is not None:
                     c.stop_s = round(time.monotonic() - c.stop_at, 3)
-            if self.buffer:
-                self.writer.submit(self.buffer)
-            self.writer.close()  # every row on disk before the summary
+            self.outputs.drain()  # every row on disk before the summary
         status = _status(self.cov, self.targets, self.snapshot, self.counts, ex, self.run_id)
         status.update({"run_s": round(time.monotonic() - self.t0, 1), "stop_s": c.stop_s,
                        "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None})
@@ -215,12 +212,11 @@ class _Watch:
             if pick is not None:
                 self._start(pick, mono)
         if ex.live:
-            self._finish(self._rows_of(ex.poll(POLL_S)))
+            self.outputs.add(self._rows_of(ex.poll(POLL_S)))
         else:
             time.sleep(POLL_S)
-        if self.buffer and time.monotonic() - self.last_flush >= self.spec.flush_s:
-            self.writer.submit(self.buffer)
-            self.buffer = []
+        if time.monotonic() - self.last_flush >= self.spec.flush_s:
+            self.outputs.flush()
             self.last_flush = time.monotonic()
             self.sink.progress(_status(self.cov, self.targets, self.snapshot, self.counts, ex, self.run_id))
         if time.monotonic() - self.last_log >= LOG_EVERY_S:
@@ -257,44 +253,32 @@ class _Watch:
             self.ex.start(region, s.job, lease["id"], s)
             return
         self.cov.skipped(pick, now)
-        self._finish([{**self._identity(s), "dialect": self.scenario.target.dialect,
-                       "outcome": "skipped_no_capacity", "error_phase": "capacity", "error_class": "no_slot_leased",
-                       "error_detail": f"no idle slot on {pick.target.key} within the monitor's caps",
-                       "started_unix": now, "duration_s": 0.0, "orchestrator_address": pick.target.address}])
+        self.outputs.add([SessionRow.skipped(self._identity(s), "no_slot_leased",
+                                             f"no idle slot on {pick.target.key} within the monitor's caps",
+                                             started_unix=now, orchestrator_address=pick.target.address)])
 
-    def _identity(self, s: _Session) -> dict[str, Any]:
+    def _identity(self, s: _Session) -> Identity:
         first, c = s.job.prompts[0], self.c
-        return {"campaign_id": c.campaign_id, "run_id": self.run_id, "scenario": self.scenario.name,
-                "scenario_hash": self.digest, "model": self.model, "region": s.region, "session_id": s.session_id,
-                "prompt_id": first.prompt_id, "prompt_category": first.category,
-                "planned_start_s": round(s.started - self.t0, 3), "gateway": c.urls[s.region],
-                "target_orchestrator": None if s.pick.target.key == ANY_ORCHESTRATOR else s.pick.target.key}
+        return Identity(campaign_id=c.campaign_id, run_id=self.run_id, scenario=self.scenario.name,
+                        scenario_hash=self.digest, model=self.model, dialect=self.scenario.target.dialect,
+                        session_id=s.session_id, region=s.region, gateway=c.urls[s.region],
+                        prompt_id=first.prompt_id, prompt_category=first.category,
+                        planned_start_s=round(s.started - self.t0, 3),
+                        target_orchestrator=None if s.pick.target.key == ANY_ORCHESTRATOR else s.pick.target.key)
 
-    def _finish(self, rows: list[dict[str, Any]]) -> None:
-        """Rows of ended sessions: to Kafka and Prometheus at once, to the next flush's buffer."""
-        for r in rows:
-            self.counts[r["outcome"]] = self.counts.get(r["outcome"], 0) + 1
-        if self.c.kafka is not None:
-            self.c.kafka.publish(rows)  # at once: the producer buffers, never blocks
-        if self.c.metrics is not None:
-            self.c.metrics.add(rows)
-        self.buffer.extend(rows)
-
-    def _rows_of(self, finished: list[Finished]) -> list[dict[str, Any]]:
+    def _rows_of(self, finished: list[Finished]) -> list[SessionRow]:
         rows = []
         for f in finished:
             s: _Session = f.tag
             if f.row is not None:
-                row = with_gpu(self.c, {**f.row, **self._identity(s), "orchestrator_address":
-                                        f.row.get("orchestrator_address") or s.job.orchestrator})
+                row = replace(f.row.identified(self._identity(s)),
+                              orchestrator_address=f.row.orchestrator_address or s.job.orchestrator)
             else:
-                row = with_gpu(self.c, {**self._identity(s), "dialect": self.scenario.target.dialect,
-                                        "outcome": "failed", "error_phase": "tester", "error_class": f.failure[0],
-                                        "error_detail": f.failure[1],
-                                        "started_unix": time.time() - (time.monotonic() - s.started),
-                                        "duration_s": round(time.monotonic() - s.started, 3),
-                                        "orchestrator_address": s.job.orchestrator})
-            self.cov.finished(s.session_id, float(row.get("duration_s") or 0.0), time.time())
+                spent = round(time.monotonic() - s.started, 3)
+                row = SessionRow.failed(self._identity(s), *f.failure, started_unix=time.time() - spent,
+                                        duration_s=spent, orchestrator_address=s.job.orchestrator)
+            row = with_gpu(self.c, row)
+            self.cov.finished(s.session_id, row.duration_s or 0.0, time.time())
             rows.append(row)
         return rows
 

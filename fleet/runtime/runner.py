@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,8 @@ import psutil
 from fleet.media import Clip, clip_for
 from fleet.probe.looplag import quiet_gc
 from fleet.probe.session import ProbeOptions, ProbeSpec, new_http_client, run_probe
-from fleet.results.sketches import sketched
+from fleet.results.row import SessionRow
+from fleet.results.sketches import session_sketches
 from fleet.runtime.job import Job, capacity_evidence
 from fleet.scenario import Scenario
 from fleet.webrtc import IceServer, use_host_addresses
@@ -36,10 +38,10 @@ TESTER_BUSY_LIMIT = 90.0     # ... or its event loop's thread on the CPU this sh
 TESTER_SUSPECT_LIMIT = 0.5   # ... or this share of the output intervals stamped while the loop was stalled
 
 
-def tester_bottleneck(row: dict[str, Any]) -> bool:
+def tester_bottleneck(row: SessionRow) -> bool:
     """Could the tester itself explain this session's figures?"""
-    lag, busy = row.get("tester_loop_lag_ms_mean"), row.get("tester_loop_busy_pct")
-    used, suspect = row.get("jitter_intervals") or 0, row.get("jitter_suspect_intervals") or 0
+    lag, busy = row.tester_loop_lag_ms_mean, row.tester_loop_busy_pct
+    used, suspect = row.jitter_intervals or 0, row.jitter_suspect_intervals or 0
     return bool((lag is not None and lag > TESTER_LAG_LIMIT_MS) or (busy is not None and busy >= TESTER_BUSY_LIMIT)
                 or (used + suspect and suspect / (used + suspect) > TESTER_SUSPECT_LIMIT))
 
@@ -100,8 +102,8 @@ class RegionRunner:
         return await asyncio.to_thread(clip_for, self.scenario.media,
                                        None if self.base_dir is None else Path(self.base_dir))
 
-    async def run_session(self, job: Job) -> dict[str, Any]:
-        """Run one session (its result row, stored as the sessions table holds it)."""
+    async def run_session(self, job: Job) -> SessionRow:
+        """Run one session: its row (the driver adds the campaign's identity)."""
         self._start()
         s = self.scenario
         token = os.environ.get(s.target.token_env) if s.target.token_env else None
@@ -126,21 +128,19 @@ class RegionRunner:
         finally:
             self.stops.pop(job.session_id, None)
             self._gauge()
-        row = sketched(result.to_dict())  # the per-frame latencies cross Ray as a sketch and a count
-        row.pop("timeline", None)
-        row.pop("timeline_suspect", None)
         now, spent = time.monotonic(), self.proc.cpu_times()
         used = (spent.user - cpu.user) + (spent.system - cpu.system)
-        # the whole process (every session, aiortc's threads) over this session's span, percent of one core
-        row["tester_cpu_pct"] = round(100 * used / (now - started), 1) if now > started else None
-        row["tester_bottleneck"] = tester_bottleneck(row)
-        row["region"] = self.region
-        row["tester_host"] = os.uname().nodename
-        row.update(capacity_evidence(row, job, getattr(self.scenario.target.capacity, "refresh_s", None)))
+        row = SessionRow.measured(
+            result, region=self.region, tester_host=os.uname().nodename,
+            sketches=session_sketches(result),  # the per-frame latencies cross Ray as sketches and a count
+            # the whole process (every session, aiortc's threads) over this session's span, percent of one core
+            tester_cpu_pct=round(100 * used / (now - started), 1) if now > started else None)
+        row = replace(row, tester_bottleneck=tester_bottleneck(row),
+                      **capacity_evidence(row, job, getattr(self.scenario.target.capacity, "refresh_s", None)))
         if self._metrics:
-            self._metrics[1].inc(tags={"region": self.region, "outcome": row["outcome"]})
-            if row["g2g_latency_ms"] is not None:
-                self._metrics[2].observe(row["g2g_latency_ms"], tags={"region": self.region})
+            self._metrics[1].inc(tags={"region": self.region, "outcome": row.outcome})
+            if row.g2g_latency_ms is not None:
+                self._metrics[2].observe(row.g2g_latency_ms, tags={"region": self.region})
         return row
 
     def _ice_servers(self) -> tuple[IceServer, ...]:

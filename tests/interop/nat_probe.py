@@ -24,7 +24,9 @@ async def main(scenario_path: str, gateway_url: str, duration_s: float) -> None:
     runner = RegionRunner("nat", scenario.model_dump(mode="json"), str(scenario.base_dir))
     job = Job("nat-00001", gateway_url, duration_s, (PromptChange(0.0, {"prompt": "a watercolour fox"}),))
     row = await runner.run_session(job)
-    print(json.dumps(row, default=str), flush=True)
+    record = row.record()
+    record["started_at"] = record["started_at"].isoformat() if record["started_at"] else None
+    print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":

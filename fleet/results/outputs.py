@@ -1,0 +1,121 @@
+"""Where finished sessions go: one small protocol every output implements, held in one list.
+
+An output (``Sink``) takes ``Batch``es of typed rows (``fleet.results.row.SessionRow``) and is closed
+once at the end. ``Outputs`` holds the run's outputs in one order and feeds them:
+
+- outputs that never block (``stored = False``: the live tally, the sketches, Prometheus, Kafka,
+  whose producer buffers) get each batch at once, on the driver's loop;
+- storage (``stored = True``: Parquet, then ClickHouse) gets the rows on the results writer's thread
+  (``fleet.results.writer``), so an fsync or a retry never delays a start. Rows are gathered for
+  ``flush_s`` (0: every batch at once) and each stored batch gets the next sequence number, which
+  names its Parquet files and is ClickHouse's dedup token.
+
+Adding an output is one class with ``stored``, ``add`` and ``close``, and one entry in the list
+(``fleet.runtime.lifecycle.open_outputs``). ``MemorySink`` keeps what it is given: driver tests read it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fleet.results.row import SessionRow
+from fleet.results.sink import Batch
+from fleet.results.writer import ResultsWriter
+
+__all__ = ["Batch", "MemorySink", "Outputs", "Sink", "Tally"]
+
+
+class Sink(Protocol):
+    stored: bool   # True: written on the writer's thread, in order (may block); False: at once, never blocks
+
+    def add(self, batch: Batch) -> None: ...
+
+    def close(self) -> object: ...
+
+
+@dataclass
+class MemorySink:
+    """Every batch it is given, in memory (a fake output, for tests of the driver)."""
+
+    stored: bool = False
+    batches: list[Batch] = field(default_factory=list)
+    closed: bool = False
+
+    def add(self, batch: Batch) -> None:
+        self.batches.append(batch)
+
+    def close(self) -> None:
+        self.closed = True
+
+    @property
+    def rows(self) -> list[SessionRow]:
+        return [r for b in self.batches for r in b.rows]
+
+
+@dataclass
+class Tally:
+    """The live summary: sessions by outcome, and how many ran (planner skips are counted, not run)."""
+
+    stored: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+    done: int = 0
+
+    def add(self, batch: Batch) -> None:
+        for r in batch.rows:
+            self.counts[r.outcome] = self.counts.get(r.outcome, 0) + 1
+            if r.error_class != "planner_skipped":
+                self.done += 1
+
+    def close(self) -> None:
+        return None
+
+
+class Outputs:
+    """The run's outputs, fed in their list's order; ``close`` stores everything gathered, then closes each."""
+
+    def __init__(self, sinks: Sequence[Sink], flush_s: float = 0.0) -> None:
+        self.sinks = list(sinks)
+        self.flush_s = flush_s
+        self._now = [s for s in self.sinks if not s.stored]
+        self._stored = [s for s in self.sinks if s.stored]
+        self._seq = {False: 0, True: 0}
+        self._pending: list[SessionRow] = []
+        self._flushed = time.monotonic()
+        self._writer: ResultsWriter[Batch] = ResultsWriter(self._store)
+
+    def _next(self, stored: bool, rows: Sequence[SessionRow]) -> Batch:
+        self._seq[stored] += 1
+        return Batch(self._seq[stored], tuple(rows))
+
+    def _store(self, batch: Batch) -> None:
+        for s in self._stored:
+            s.add(batch)
+
+    def add(self, rows: Sequence[SessionRow]) -> None:
+        if not rows:
+            return
+        batch = self._next(False, rows)
+        for s in self._now:
+            s.add(batch)
+        self._pending.extend(rows)
+        if time.monotonic() - self._flushed >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand what is gathered to storage now (it is written on the writer's thread)."""
+        self._flushed = time.monotonic()
+        if self._pending:
+            self._writer.submit(self._next(True, self._pending))
+            self._pending = []
+
+    def drain(self) -> None:
+        """Everything gathered written (the writer's error, if it had one, raised here)."""
+        self.flush()
+        self._writer.close()
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()
