@@ -36,6 +36,7 @@ __all__ = [
     "PromptSetError",
     "ScenarioError",
     "StatusError",
+    "TesterError",
     "UsageError",
     "is_error_class",
     "status_error",
@@ -87,6 +88,13 @@ class UsageError(FleetError):
     """The command line is wrong."""
 
     exit_code = 2
+
+
+class TesterError(FleetError):
+    """The tester's own machinery failed (Ray, the slot broker, a region's runners): the run measured
+    nothing more of the network. ``fleet run`` and ``fleet monitor`` end with what was stored and exit 4."""
+
+    exit_code = 4
 
 
 class CapacityError(FleetError):

@@ -2,18 +2,15 @@
 
 - a local run: ``fleet run`` starts a private Ray on 127.0.0.2;
 - capacity shrinking mid-run: outside users take the network's idle slots while a local run goes on;
-- a two-node cluster: ``ray start --head`` on 127.0.0.2 (region east) and ``ray start --address``
-  on 127.0.0.3 (region west), campaigns submitted with ``ray job submit``: one across both
-  regions, one whose runner is killed mid-campaign, one cancelled with ``ray job stop``.
-After each, the gateway must list no open stream.
+- an orchestrator that refuses while advertising idle slots.
+Runs on a two-node cluster (``ray job submit``, a runner killed, ``ray job stop``, the exit codes of the
+Ray edge) are in tests/test_cluster.py. After each, the gateway must list no open stream.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +23,7 @@ import pytest
 from fleet.gateway.config import default_config
 from fleet.gateway.process import GatewayProcess
 from fleet.results.sink import SCHEMA_VERSION, SESSIONS, read_sessions
-from services import fleet_streams, gateway_args, free_port, last_json, open_streams, stop_ray_nodes, wait_for
+from services import fleet_streams, gateway_args, last_json, open_streams, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "campaigns" / "tiny.yaml"
@@ -120,57 +117,6 @@ def test_an_abort_check_stops_the_campaign_at_its_first_breach(gateway, tmp_path
     assert open_streams(gateway.url) == 0
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """A two-node Ray cluster on this machine, one region per node; stopped by PID at the end.
-
-    Each node has its own temp dir, as separate machines would: sharing one, the second node unpacks a
-    job's working_dir over the first's copy while the driver imports from it (ModuleNotFoundError)."""
-    if shutil.which("ray", path=str(BIN)) is None:
-        pytest.skip("the ray CLI is not installed next to this Python")
-    tmp = tmp_path_factory.mktemp("ray")
-    port, dash = free_port("127.0.0.2"), free_port("127.0.0.2")
-    token = tmp / "auth_token"  # Ray 2.60 asks for token auth: every node and `ray job submit` share this one
-    token.write_text(secrets.token_hex(32))
-    env = {**os.environ, "FLEET_ICE_ADDRESSES": "127.0.0.1", "RAY_TMPDIR": str(tmp), "RAY_AUTH_MODE": "token",
-           "RAY_AUTH_TOKEN_PATH": str(token)}
-    ray = str(BIN / "ray")
-    head = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.2", f"--port={port}",
-                           "--dashboard-host=127.0.0.2", f"--dashboard-port={dash}", "--num-cpus=1",
-                           "--resources", json.dumps({"region:east": 1000}), f"--temp-dir={tmp}"],
-                          env=env, capture_output=True, text=True, timeout=120)
-    west_tmp = tmp_path_factory.mktemp("raywest")
-    try:
-        assert head.returncode == 0, head.stderr[-2000:]
-        worker = subprocess.run([ray, "start", f"--address=127.0.0.2:{port}", "--node-ip-address=127.0.0.3",
-                                 "--num-cpus=1", "--resources", json.dumps({"region:west": 1000}),
-                                 f"--temp-dir={west_tmp}"],
-                                env=env, capture_output=True, text=True, timeout=120)
-        assert worker.returncode == 0, worker.stderr[-2000:]
-        yield {"address": f"127.0.0.2:{port}", "dashboard": f"http://127.0.0.2:{dash}", "env": env}
-    finally:
-        stop_ray_nodes(tmp, west_tmp)
-
-
-def test_job_submitted_to_a_two_node_cluster_runs_in_both_regions(cluster, gateway, tmp_path):
-    scenario = tmp_path / "two-regions.yaml"
-    scenario.write_text(f"extends: {TINY}\nname: two-regions\n"
-                        "placement: {regions: [{name: east}, {name: west}]}\n"
-                        "load: {shape: stages, stages: [{concurrency: 4, duration_s: 4}], "
-                        "session: {duration: 4, max_s: 10, min_s: 2}}\n")
-    out = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"],
-                          "--working-dir", str(REPO), "--", sys.executable, "-m", "fleet", "run", str(scenario),
-                          *gateway_args(gateway), "--out", str(tmp_path / "results"), "--no-progress"],
-                         env=cluster["env"], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    summary = last_json(out.stdout)
-    rows = read_sessions(summary["results"]).to_pylist()
-    assert {r["region"] for r in rows} == {"east", "west"}
-    assert {r["tester_host"] for r in rows} == {os.uname().nodename}  # the runners on both nodes, this machine
-    assert all(r["outcome"] in ("ok", "degraded") for r in rows), [(r["outcome"], r["error_class"]) for r in rows]
-    assert open_streams(gateway.url) == 0
-
-
 def test_capacity_shrinking_mid_run_is_respected(tmp_path):
     """Outside users take all but one idle slot mid-run: once the broker's next refresh sees it, the
     campaign runs at most one stream (on the one orchestrator with room) and skips the rest
@@ -252,119 +198,6 @@ def test_an_orchestrator_that_refuses_while_advertising_idle_slots_shows_its_ref
     assert [(x["orchestrator"], x["refused"], x["aimed"], x["share"]) for x in summary["refused_while_idle"]] == \
         [(broken, len(aimed), len(aimed), 1.0)]
     assert "refused while advertising idle capacity" in out.stdout
-
-
-def submit(cluster: dict, scenario: Path, out: Path, gateway: GatewayProcess, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], *extra,
-                           "--working-dir", str(REPO), "--", sys.executable, "-m", "fleet", "run", str(scenario),
-                           *gateway_args(gateway), "--out", str(out), "--no-progress"],
-                          env=cluster["env"], capture_output=True, text=True, timeout=300)
-
-
-def ray_cli(cluster: dict, *args: str) -> str:
-    out = subprocess.run([str(BIN / "ray"), *args], env=cluster["env"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    return out.stdout
-
-
-def campaign_rows(out: Path) -> list[dict]:
-    dirs = list(out.glob("campaign=*"))
-    assert len(dirs) == 1, dirs
-    return read_sessions(dirs[0]).to_pylist()
-
-
-def test_a_runner_killed_mid_campaign_is_replaced_and_its_streams_stopped(cluster, tmp_path):
-    """SIGKILL the region's runner while its sessions stream: they become tester failures, the driver
-    stops their streams at the gateway (long before the gateway's own idle timeout), a new runner
-    takes the later sessions."""
-    scenario = tmp_path / "kill.yaml"
-    scenario.write_text(f"extends: {TINY}\nname: kill\nplacement: {{regions: [{{name: west}}]}}\n"
-                        "load: {shape: stages, stages: [{concurrency: 2, duration_s: 14}], "
-                        "session: {duration: 6, max_s: 12, min_s: 2}}\n")
-    with GatewayProcess(config=default_config(seed=7, status_interval_s=2.0)) as gw:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(1) as pool:
-            job = pool.submit(submit, cluster, scenario, tmp_path / "results", gw)
-            wait_for("2 streams open", lambda: open_streams(gw.url) >= 2, 120)
-            actors = json.loads(ray_cli(cluster, "list", "actors", "--address", cluster["dashboard"], "--format",
-                                        "json", "--filter", "class_name=RegionRunner", "--filter", "state=ALIVE"))
-            assert len(actors) == 1, actors
-            os.kill(int(actors[0]["pid"]), 9)
-            killed_at = time.time()
-            out = job.result(timeout=300)
-        rows = campaign_rows(tmp_path / "results")
-        # go-livepeer has no stop call: the killed runner's peer connections fail ICE within the gateway's
-        # 10 s and it closes their streams (long before its 60 s idle-input timeout)
-        wait_for("the gateway to close the killed runner's streams", lambda: open_streams(gw.url) == 0, 30)
-        reaped = [s for s in fleet_streams(gw.url) if s["started_unix"] < killed_at and s["closed_unix"] > killed_at]
-    assert out.returncode != 0  # the campaign had tester failures
-    assert "a new runner takes over" in out.stdout + out.stderr
-    died = [r for r in rows if r["error_class"] == "runner_died"]
-    assert died and all(r["error_phase"] == "tester" and r["outcome"] == "failed" for r in died)
-    assert reaped and {s["closed_reason"] for s in reaped} <= {"ICE connection state failed", "ingest failed",
-                                                               "ingest closed"}
-    assert all(s["closed_unix"] - killed_at < 20 for s in reaped)
-    after = [r for r in rows if r["outcome"] in ("ok", "degraded") and r["started_at"].timestamp() > killed_at]
-    assert after, "no session ran on the replacement runner"
-
-
-def test_a_job_stopped_mid_campaign_tears_down_and_keeps_its_results(cluster, tmp_path):
-    scenario = tmp_path / "stop.yaml"
-    scenario.write_text(f"extends: {TINY}\nname: stop\nplacement: {{regions: [{{name: east}}, {{name: west}}]}}\n"
-                        "load: {shape: stages, stages: [{concurrency: 4, duration_s: 60}], "
-                        "session: {duration: 30, max_s: 40, min_s: 2}}\n")
-    job_id = f"fleet-stop-{secrets.token_hex(4)}"
-    with GatewayProcess(config=default_config(seed=9, status_interval_s=2.0)) as gw:
-        sub = submit(cluster, scenario, tmp_path / "results", gw, "--no-wait", "--submission-id", job_id,
-                     "--runtime-env-json", json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "25"}}))
-        assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-2000:]
-        wait_for("4 streams flowing", lambda: sum(1 for s in fleet_streams(gw.url)
-                                                  if s["open"] and s["frames_out"] > 30) >= 4, 120)
-        ray_cli(cluster, "job", "stop", "--address", cluster["dashboard"], job_id)
-        status = ray_cli(cluster, "job", "status", "--address", cluster["dashboard"], job_id)
-        assert "was stopped" in status, status
-        assert open_streams(gw.url) == 0
-        logs = ray_cli(cluster, "job", "logs", "--address", cluster["dashboard"], job_id)
-    assert "SIGTERM: stopping every live session" in logs, logs[-5000:]
-    rows = campaign_rows(tmp_path / "results")
-    stopped = [r for r in rows if r["error_class"] == "stopped"]
-    assert len(stopped) >= 4 and all(r["frames_received"] > 0 for r in stopped), rows
-
-
-def test_a_monitor_runs_as_a_ray_job_and_ray_job_stop_ends_it_cleanly(cluster, tmp_path):
-    """``ray job submit -- fleet monitor``: it probes from the cluster's regions; ``ray job stop`` stops its
-    live session (torn down at the gateway) and the stopped session's row is stored."""
-    scenario = tmp_path / "monitor.yaml"
-    scenario.write_text(f"extends: {REPO / 'scenarios' / 'monitor.yaml'}\nname: jobmon\n"
-                        "placement: {regions: [{name: east}, {name: west}]}\n"
-                        "capacity: {stagger_s: 1}\nmonitor: {every_min: 0.5, daily_budget: 0.5, session_s: 30, flush_s: 5}\n"
-                        "outputs: {kafka: null, prometheus: null}\n")
-    job_id = f"fleet-monitor-{secrets.token_hex(4)}"
-    with GatewayProcess(config=default_config(seed=11, status_interval_s=2.0)) as gw:
-        sub = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], "--no-wait",
-                              "--submission-id", job_id, "--runtime-env-json",
-                              json.dumps({"env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "25"}}),
-                              "--working-dir", str(REPO), "--", sys.executable, "-m", "fleet", "monitor",
-                              str(scenario), *gateway_args(gw), "--out", str(tmp_path / "results")],
-                             env=cluster["env"], capture_output=True, text=True, timeout=300)
-        assert sub.returncode == 0, sub.stdout[-2000:] + sub.stderr[-2000:]
-        try:
-            wait_for("2 monitor streams flowing", lambda: sum(1 for s in fleet_streams(gw.url)
-                                                              if s["open"] and s["frames_out"] > 30) >= 2, 120)
-        except BaseException:
-            print(ray_cli(cluster, "job", "logs", "--address", cluster["dashboard"], job_id)[-5000:])
-            raise
-        ray_cli(cluster, "job", "stop", "--address", cluster["dashboard"], job_id)
-        status = ray_cli(cluster, "job", "status", "--address", cluster["dashboard"], job_id)
-        assert "was stopped" in status, status
-        assert open_streams(gw.url) == 0
-        logs = ray_cli(cluster, "job", "logs", "--address", cluster["dashboard"], job_id)
-    assert "SIGTERM: stopping every live session" in logs, logs[-5000:]
-    rows = read_sessions(tmp_path / "results" / "campaign=monitor-jobmon").to_pylist()
-    assert len(rows) >= 2 and {r["region"] for r in rows} == {"east", "west"}, rows
-    assert len({r["target_orchestrator"] for r in rows}) == len(rows)  # a different orchestrator each
-    assert all(r["frames_received"] > 0 for r in rows)
 
 
 def test_a_failure_while_opening_undoes_what_was_opened_in_reverse_order(tmp_path):

@@ -217,7 +217,8 @@ class SessionRow:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> SessionRow:
         """A row from its columns by name (as ``record`` gives them, or a stored row): an unknown name fails."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()})
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
+        return cls(**values)
 
     def identified(self, ident: Identity) -> SessionRow:
         """This row with the driver's identity columns (the runner's orchestrator kept where it knows one)."""

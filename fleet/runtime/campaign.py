@@ -27,7 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import AnyErrorClass
+from fleet.errors import AnyErrorClass, TesterError
 from fleet.plan import Plan, PlannedSession, make_plan
 from fleet.probe.types import PromptChange
 from fleet.prompts import PoolEntry, render_params, resolve_pool
@@ -222,6 +222,9 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink, prompts: dict[tuple[str, 
                 state = ex.broker_state(STATE_EVERY_S)
                 if state is not None:
                     c.metrics.broker(state)
+    except TesterError as exc:  # the broker or Ray lost: end here with everything gathered, exit 4
+        c.tester_error = str(exc)
+        print(f"fleet: {exc}; stopping every live session", file=sys.stderr, flush=True)
     finally:
         if ex.live:
             results.add(rows_of(ex.stop_all(STOP_GRACE_S)))
@@ -232,4 +235,4 @@ def _drive(c: Campaign, plan: Plan, sink: ParquetSink, prompts: dict[tuple[str, 
         c.broker_state = ex.final_state()
     if c.stop_signal is not None:
         return EXIT_INTERRUPTED
-    return EXIT_TESTER if ex.tester_failures else EXIT_OK
+    return EXIT_TESTER if ex.tester_failures or c.tester_error else EXIT_OK

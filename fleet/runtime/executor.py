@@ -3,7 +3,12 @@
 ``RayExecutor`` is what the campaign (``fleet run``) and the monitor (``fleet monitor``) share: it
 starts the broker actor and the region runners, asks the broker for a lease, starts a session on its
 region's runner, and hands back each session as it finishes: its row, or why it failed as a tester
-failure. Every wait on Ray has a deadline and every Ray error becomes a row, not a traceback:
+failure. Every wait on Ray has a deadline, and Ray's errors are mapped here and nowhere else:
+
+- a session's own failure (its runner died, Ray lost its result) becomes its row, a tester failure;
+- the machinery's failure (no runner started within ``placement.start_timeout_s``, e.g. a region that
+  no node offers; the broker lost or silent) is a ``TesterError``, which the drivers end on: they
+  stop every live session, store what they have, print the summary and exit 4;
 
 - a runner that dies fails its in-flight sessions as ``tester`` failures (``runner_died``); the
   executor stops their streams at the gateway (the broker knows how, from the lease) and starts a
@@ -21,7 +26,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fleet.capacity import CapacitySnapshot
-from fleet.errors import AnyErrorClass, FleetError
+from fleet.errors import AnyErrorClass, TesterError
 from fleet.results.row import SessionRow
 from fleet.runtime.job import Job
 from fleet.scenario import Scenario
@@ -33,6 +38,19 @@ REAPED = "; the driver stopped its stream"
 RUNNER_CPU = 0.1    # a runner's CPU request: the region resource places it, CPUs are its sessions'
 LEASE_TIMEOUT_S = 30.0
 STATE_TIMEOUT_S = 5.0
+
+
+def _get(ref: Any, timeout_s: float, what: str) -> Any:
+    """``ray.get`` with a deadline; no answer or a Ray error is a ``TesterError`` saying ``what``."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayError
+
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except GetTimeoutError:
+        raise TesterError(f"{what} within {timeout_s:g} s") from None
+    except RayError as exc:
+        raise TesterError(f"{what}: {type(exc).__name__} (the actor is gone)") from None
 
 
 @dataclass
@@ -90,12 +108,27 @@ class RayExecutor:
         return region if region in self.runners else next(iter(self.runners))
 
     def warm(self) -> float:
-        """Start every runner and encode its clip; returns the seconds it took."""
+        """Start every runner and encode its clip, within ``placement.start_timeout_s``; returns the seconds it
+        took. A region whose runner did not start in time is a ``TesterError`` naming it (and whether any node
+        of the cluster offers it)."""
         import ray
 
         t = time.monotonic()
+        timeout_s = self.scenario.placement.start_timeout_s
         self.broker.refresh_soon.remote()   # the driver's snapshot is as old as Ray's start-up: refresh meanwhile
-        ray.get([r.warm.remote() for r in self.runners.values()])
+        refs = {region: runner.warm.remote() for region, runner in self.runners.items()}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+        late = [region for region, ref in refs.items() if ref not in ready]
+        if late:
+            offered = ray.cluster_resources()  # type: ignore[no-untyped-call]
+            region = next((r for r in late if f"region:{r}" not in offered), late[0])
+            why = ("no node of the cluster offers it (start one with --resources "
+                   f"'{{\"region:{region}\": 1000}}', see cluster.yaml)" if f"region:{region}" not in offered
+                   else "its node is busy or starting")
+            raise TesterError(f"the runner for region {region!r} did not start within {timeout_s:g} s "
+                              f"(placement.start_timeout_s): {why}")
+        for region, ref in refs.items():
+            _get(ref, STATE_TIMEOUT_S, f"the runner for region {region!r} failed to start")
         return round(time.monotonic() - t, 3)
 
     def lease(self, region: str, preferred: str | None, duration_s: float,
@@ -112,16 +145,7 @@ class RayExecutor:
 
     @staticmethod
     def _ask(ref: Any, what: str) -> Any:
-        import ray
-        from ray.exceptions import GetTimeoutError, RayError
-
-        try:
-            return ray.get(ref, timeout=LEASE_TIMEOUT_S)
-        except GetTimeoutError:
-            raise FleetError(f"the slot broker did not answer {what} within {LEASE_TIMEOUT_S:g} s") from None
-        except RayError as exc:
-            raise FleetError(f"the slot broker is gone ({type(exc).__name__}): no session can be leased a "
-                             "slot") from None
+        return _get(ref, LEASE_TIMEOUT_S, f"the slot broker did not answer {what}")
 
     def start(self, region: str, job: Job, lease_id: str, tag: Any) -> None:
         ref = self.runners[region].run_session.remote(replace(job, lease_id=lease_id))
@@ -161,15 +185,14 @@ class RayExecutor:
 
     def release(self, lease_id: str, died: bool) -> bool:
         """Free a lease; when its tester died, stop its stream at the gateway. True if we stopped one."""
-        import ray
 
         from fleet.probe.adapters import stop_stream
 
         if not lease_id:
             return False
         try:
-            stop = ray.get(self.broker.release.remote(lease_id), timeout=10)
-        except Exception:  # noqa: BLE001 - a lost broker: the lease expires with it
+            stop = _get(self.broker.release.remote(lease_id), STATE_TIMEOUT_S, "release")
+        except TesterError:  # a lost broker: the lease expires with it
             return False
         if not died or stop is None:
             return False
@@ -178,12 +201,10 @@ class RayExecutor:
 
     @staticmethod
     def _alive(actor: Any) -> bool:
-        import ray
-
         try:
-            ray.get(actor.live.remote(), timeout=STATE_TIMEOUT_S)
+            _get(actor.live.remote(), STATE_TIMEOUT_S, "live")
             return True
-        except Exception:  # noqa: BLE001 - any failure to answer is a dead runner
+        except TesterError:  # no answer: a dead runner
             return False
 
     def stop_all(self, grace_s: float = STOP_GRACE_S) -> list[Finished]:
@@ -191,10 +212,12 @@ class RayExecutor:
         with no result within the grace has its stream stopped here."""
         import ray
 
+        from ray.exceptions import RayError
+
         for actor in self.runners.values():
             try:
                 actor.stop_all.remote()
-            except Exception:  # noqa: BLE001 - a dead runner: its sessions are reaped below
+            except RayError:  # a dead runner: its sessions are reaped below
                 pass
         if not self.live:
             return []
@@ -221,8 +244,8 @@ class RayExecutor:
         answer = None
         if self._state_ref is not None and ray.wait([self._state_ref], timeout=0)[0]:
             try:
-                answer = ray.get(self._state_ref, timeout=STATE_TIMEOUT_S)
-            except Exception:  # noqa: BLE001 - informative only
+                answer = _get(self._state_ref, STATE_TIMEOUT_S, "state")
+            except TesterError:  # informative only: a lost broker shows at the next lease
                 answer = None
             self._state_ref = None
         if self._state_ref is None and time.monotonic() - self._state_asked >= every_s:
@@ -231,10 +254,8 @@ class RayExecutor:
 
     def final_state(self) -> dict[str, Any]:
         """The broker's state now (waits for it, up to a deadline; {} without an answer)."""
-        import ray
-
         try:
-            state: dict[str, Any] = ray.get(self.broker.state.remote(), timeout=STATE_TIMEOUT_S)
+            state: dict[str, Any] = _get(self.broker.state.remote(), STATE_TIMEOUT_S, "state")
             return state
-        except Exception:  # noqa: BLE001 - the state is informative only
+        except TesterError:  # the state is informative only
             return {}

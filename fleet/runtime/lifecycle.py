@@ -67,6 +67,7 @@ class Campaign:
     kafka: KafkaFeed | None = None            # when outputs.kafka is set
     metrics: CampaignMetrics | None = None    # when outputs.prometheus is set
     aborted: str | None = None
+    tester_error: str | None = None        # the tester's machinery failed mid-run (fleet.errors.TesterError)
     snapshot: CapacitySnapshot | None = None
     warmup_s: float | None = None
     stop_at: float | None = None

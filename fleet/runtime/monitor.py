@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from fleet.capacity import CapacitySnapshot
 from fleet.coverage import ANY_ORCHESTRATOR, Coverage, Pick, Target, targets_of
-from fleet.errors import InputError
+from fleet.errors import InputError, TesterError
 from fleet.probe.types import PromptChange
 from fleet.prompts import render_params, resolve_pool
 from fleet.results.row import Identity, SessionRow
@@ -138,7 +138,7 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
         summary["clickhouse"] = c.clickhouse_feed.state if c.clickhouse_feed else None
         sink.finish({"live": None, "last_run": summary})
         _print_summary(summary, sink.dir)
-        return 0
+        return TesterError.exit_code if c.tester_error else 0
     finally:
         c.closing.close()
 
@@ -185,6 +185,9 @@ class _Watch:
         try:
             while c.stop_signal is None and self._tick():
                 pass
+        except TesterError as exc:  # the broker or Ray lost: end here with everything gathered, exit 4
+            c.tester_error = str(exc)
+            print(f"fleet: {exc}; stopping every live session", file=sys.stderr, flush=True)
         finally:
             if ex.live:
                 self.outputs.add(self._rows_of(ex.stop_all(STOP_GRACE_S)))
@@ -192,7 +195,7 @@ class _Watch:
                     c.stop_s = round(time.monotonic() - c.stop_at, 3)
             self.outputs.drain()  # every row on disk before the summary
         status = _status(self.cov, self.targets, self.snapshot, self.counts, ex, self.run_id)
-        status.update({"run_s": round(time.monotonic() - self.t0, 1), "stop_s": c.stop_s,
+        status.update({"run_s": round(time.monotonic() - self.t0, 1), "stop_s": c.stop_s, "tester_error": c.tester_error,
                        "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None})
         return status
 

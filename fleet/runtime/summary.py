@@ -67,6 +67,7 @@ def make_summary(c: Campaign, rows: list[dict[str, Any]], leaked: int | None) ->
             "tester_bottleneck_sessions": sum(1 for r in rows if r.get("tester_bottleneck")),
             "refused_while_idle": [x.as_dict() for x in refusals(rows)],
             "broker": c.broker_state, "runner_warmup_s": c.warmup_s, "aborted": c.aborted,
+            "tester_error": c.tester_error,
             "leaked_streams": leaked}
 
 
@@ -107,6 +108,8 @@ def print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
     _print_capacity(console, summary)
     if c.aborted:
         console.print(f"[red]aborted: {c.aborted}[/]")
+    if c.tester_error:
+        console.print(f"[red]ended early, the tester failed: {c.tester_error}[/]")
     kafka = summary.get("kafka")
     if kafka:
         lost = kafka["undelivered"] + kafka["dropped"] + kafka["failed"]

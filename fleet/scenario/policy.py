@@ -41,6 +41,9 @@ class RegionShare(Spec):
 
 class Placement(Spec):
     regions: tuple[RegionShare, ...] = Field((RegionShare(name="local"),), min_length=1)
+    start_timeout_s: float = Field(120.0, gt=0, le=3600, description=(
+        "How long the region runners may take to start (a node of an autoscaling cluster to come up, the "
+        "clip to encode); a region that no node offers fails the run after it."))
 
     @model_validator(mode="after")
     def _unique(self) -> Placement:
