@@ -25,7 +25,8 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from fleet.capacity import CapacitySnapshot
@@ -126,9 +127,15 @@ class _Planner:
         random.Random(f"orchestrators:{seed}").shuffle(places)
         self.slots = [_Slot(place, i) for i, place in enumerate(places)]
         self.notes: list[str] = list(snapshot.notes) + notes
-        self.cap = min(self.budget, sum(s.place.most for s in self.slots))
-        if isinstance(self.load, ArrivalsLoad):
-            self.cap = min(self.cap, self.load.max_concurrency)
+        room = sum(s.place.most for s in self.slots)
+        self.cap = min(self.budget, room)
+        pol = scenario.capacity
+        self.cap_why = (f"capacity.max_fraction {pol.max_fraction:g} of {snapshot.total} slots, never into the last "
+                        f"{pol.idle_reserve} idle" if self.budget <= room else
+                        f"{len(self.slots)} eligible orchestrator(s), each at most capacity.max_per_orchestrator = "
+                        f"{pol.max_per_orchestrator} or its idle slots")
+        if isinstance(self.load, ArrivalsLoad) and self.load.max_concurrency < self.cap:
+            self.cap, self.cap_why = self.load.max_concurrency, "load.max_concurrency"
         self.running: list[int] = []  # end times of every running session
         self.regions = [(r.name, r.weight, r.max_concurrent) for r in scenario.placement.regions]
         self.region_running: dict[str, list[int]] = {r[0]: [] for r in self.regions}
@@ -246,8 +253,15 @@ class _Planner:
         if self.cap == 0:
             return "capacity budget is 0 slots (max_fraction x total, less the idle reserve)"
         if len(self.running) >= self.cap:
-            return f"campaign at its cap of {self.cap} concurrent streams"
-        return "every eligible orchestrator is at its limit or within its stagger"
+            return f"campaign at its cap of {self.cap} concurrent streams ({self.cap_why})"
+        roomy = [s for s in self.slots if self.rules.has_room(s.place, len(s.running), len(s.running))]
+        if not roomy:
+            return (f"every eligible orchestrator is at its limit (capacity.max_per_orchestrator = "
+                    f"{self.sc.capacity.max_per_orchestrator}, or its idle slots)")
+        stagger = f"capacity.stagger_s = {self.sc.capacity.stagger_s:g} s"
+        if all(s.place.key is None for s in roomy):
+            return f"no orchestrators known: every start waits {stagger} after the last one"
+        return f"every eligible orchestrator with room started a session less than {stagger} ago"
 
     def _duration_at(self, t: int, req: _Request) -> int | None:
         """The request's length if it starts at ``t`` (cut at the campaign end); None if too short to start."""
@@ -342,7 +356,22 @@ def make_plan(scenario: Scenario, snapshot: CapacitySnapshot, seed: int = 0, *, 
     (``fleet.prompts.resolve_pool``, read before planning); same inputs, same plan."""
     planner = _Planner(scenario, snapshot, seed, pool)
     planner.run()
-    return Plan(
+    plan = Plan(
         scenario=scenario.name, scenario_hash=scenario.digest(), seed=seed, capacity=snapshot.summary(),
         budget=planner.cap, window_s=planner.window / MS, end_s=planner.end / MS,
         sessions=tuple(planner.sessions), skipped=tuple(planner.skipped), notes=tuple(planner.notes))
+    short = _shortfall(scenario, plan)
+    return plan if short is None else replace(plan, notes=(*plan.notes, short))
+
+
+def _shortfall(scenario: Scenario, plan: Plan) -> str | None:
+    """When the plan reaches less concurrency than the load asks for, the rule that held it back most."""
+    load = scenario.load
+    asked = (load.max_concurrency if isinstance(load, ArrivalsLoad)
+             else max(s.concurrency for s in (load.stages() if isinstance(load, RampLoad) else load.stages)))
+    peak = plan.max_concurrency()
+    if peak >= asked or not plan.skipped:
+        return None
+    reasons = Counter(k.reason for k in plan.skipped)
+    reason, n = reasons.most_common(1)[0]
+    return f"the load asks for {asked} concurrent sessions, the plan reaches {peak}: {reason} ({n} skipped for it)"

@@ -52,7 +52,7 @@ def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gatew
                         "user_env: FLEET_CLICKHOUSE_USER, password_env: FLEET_CLICKHOUSE_PASSWORD, "
                         "database: fleet_e2e}}\n")
     out = subprocess.run([str(BIN / "fleet"), "run", str(scenario), *gateway_args(gateway), "--out", str(tmp_path),
-                          "--no-progress"], capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                          "--no-progress", "--json"], capture_output=True, text=True, timeout=180, cwd=tmp_path,
                          env={**os.environ, **clickhouse.env})
     assert out.returncode == 3, out.stdout[-2000:] + out.stderr[-2000:]
     summary = last_json(out.stdout)
@@ -101,7 +101,7 @@ def test_an_abort_check_stops_the_campaign_at_its_first_breach(gateway, tmp_path
                         "abort_min_sessions: 1, abort_after_s: 0}]\n"
                         "outputs: {report: false}\n")
     out = subprocess.run([str(BIN / "fleet"), "run", str(scenario), *gateway_args(gateway), "--out", str(tmp_path),
-                          "--no-progress"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+                          "--no-progress", "--json"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert out.returncode == 3, out.stdout[-2000:] + out.stderr[-2000:]
     summary = last_json(out.stdout)
     assert summary["aborted"].startswith("max(g2g_latency_ms) <= 1 [overall] = ")
@@ -130,7 +130,7 @@ def test_capacity_shrinking_mid_run_is_respected(tmp_path):
                         "lease_wait_s: 3}\n")
     with GatewayProcess(config=default_config(seed=5, status_interval_s=2.0)) as gw:
         proc = subprocess.Popen([str(BIN / "fleet"), "run", str(scenario), *gateway_args(gw), "--out",
-                                 str(tmp_path / "results"), "--no-progress"], cwd=tmp_path, text=True,
+                                 str(tmp_path / "results"), "--no-progress", "--json"], cwd=tmp_path, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             wait_for("3 streams open", lambda: open_streams(gw.url) >= 3, 90)
@@ -180,7 +180,7 @@ def test_an_orchestrator_that_refuses_while_advertising_idle_slots_shows_its_ref
     faults = (Fault(kind="signaling_error", orchestrator="orch-1.reference", probability=1.0),)
     with GatewayProcess(config=default_config(seed=3, status_interval_s=2.0, faults=faults)) as gw:
         out = subprocess.run([str(BIN / "fleet"), "run", str(scenario), *gateway_args(gw), "--out", str(tmp_path),
-                              "--no-progress"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+                              "--no-progress", "--json"], capture_output=True, text=True, timeout=180, cwd=tmp_path)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         assert open_streams(gw.url) == 0
     summary = last_json(out.stdout)

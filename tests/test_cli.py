@@ -145,3 +145,17 @@ def test_version_is_the_installed_packages(cli):
 
     out = cli("--version")
     assert out.code == 0 and out.out.strip() == f"fleet {version('fleet')}"
+
+
+def test_every_help_text_is_plain_text(capsys):
+    """The subcommands' descriptions are their modules' docstrings (reStructuredText): --help shows no markup."""
+    from fleet.cli import build_parser
+
+    parser = build_parser()
+    commands = [[name] for name in parser._subparsers._group_actions[0].choices]
+    commands += [["results", "push"], ["prompts", "list"], ["prompts", "show"], ["gateway", "serve"]]
+    for argv in commands:
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*argv, "--help"])
+        text = capsys.readouterr().out
+        assert text.startswith("usage: fleet") and "`" not in text, (argv, text)

@@ -77,7 +77,7 @@ def test_job_submitted_to_a_two_node_cluster_runs_in_both_regions(cluster, gatew
                         "session: {duration: 4, max_s: 10, min_s: 2}}\n")
     out = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"],
                           "--working-dir", str(REPO), "--", sys.executable, "-m", "fleet", "run", str(scenario),
-                          *gateway_args(gateway), "--out", str(tmp_path / "results"), "--no-progress"],
+                          *gateway_args(gateway), "--out", str(tmp_path / "results"), "--no-progress", "--json"],
                          env=cluster["env"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     summary = last_json(out.stdout)
@@ -91,7 +91,7 @@ def test_job_submitted_to_a_two_node_cluster_runs_in_both_regions(cluster, gatew
 def submit(cluster: dict, scenario: Path, out: Path, gateway: GatewayProcess, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "ray"), "job", "submit", "--address", cluster["dashboard"], *extra,
                            "--working-dir", str(REPO), "--", sys.executable, "-m", "fleet", "run", str(scenario),
-                           *gateway_args(gateway), "--out", str(out), "--no-progress"],
+                           *gateway_args(gateway), "--out", str(out), "--no-progress", "--json"],
                           env=cluster["env"], capture_output=True, text=True, timeout=300)
 
 
@@ -211,7 +211,7 @@ def run_on(cluster: dict, scenario: Path, out: Path, gateway: GatewayProcess, ti
 def run_args(cluster: dict, scenario: Path, out: Path, gateway: GatewayProcess) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     return [str(BIN / "fleet"), "run", str(scenario), "--address", cluster["address"], *gateway_args(gateway),
-            "--out", str(out), "--no-progress"]
+            "--out", str(out), "--no-progress", "--json"]
 
 
 def test_a_region_no_node_offers_fails_within_its_start_timeout_naming_it(cluster, gateway, tmp_path):

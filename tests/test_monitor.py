@@ -43,7 +43,7 @@ def scenario(tmp: Path, prom_port: int, topic: str, database: str) -> Path:
 
 
 def monitor(path: Path, gw: GatewayProcess, out: Path, env: dict, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([FLEET, "monitor", str(path), *gateway_args(gw), "--out", str(out), *extra],
+    return subprocess.Popen([FLEET, "monitor", str(path), *gateway_args(gw), "--out", str(out), "--json", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=out)
 
 

@@ -53,7 +53,8 @@ def test_budget_clips_the_load_and_says_why():
     plan = make_plan(sc, network(4, 4), pool=POOL)  # 8 slots -> budget 2
     assert plan.budget == 2 and plan.max_concurrency() == 2
     assert len(plan.sessions) == 4 and len(plan.skipped) == 8
-    assert {s.reason for s in plan.skipped} == {"campaign at its cap of 2 concurrent streams"}
+    assert {s.reason for s in plan.skipped} == {"campaign at its cap of 2 concurrent streams (capacity.max_fraction 0.25 "
+                                                "of 8 slots, never into the last 0 idle)"}
 
 
 def test_stagger_spaces_starts_on_one_orchestrator():
@@ -240,3 +241,22 @@ def test_plan_is_deterministic(load, policy, snap, seed):
     sc = scenario(load, policy)
     first = json.dumps(asdict(make_plan(sc, snap, seed, pool=POOL)), sort_keys=True)
     assert first == json.dumps(asdict(make_plan(sc, snap, seed, pool=POOL)), sort_keys=True)
+
+
+def test_a_plan_short_of_the_concurrency_asked_says_which_rule_holds_it_back():
+    """As a new user tries it: concurrency 2, 40 idle slots, no orchestrators known. The 30 s default stagger
+    then spaces every start, so 30 s sessions never overlap: peak 1, and the note says why."""
+    plan = make_plan(scenario(stages(2, 60, 30)), static_capacity(40), pool=POOL)
+    assert plan.max_concurrency() == 1 and len(plan.skipped) == 1
+    assert plan.notes[-1] == ("the load asks for 2 concurrent sessions, the plan reaches 1: no orchestrators known: "
+                              "every start waits capacity.stagger_s = 30 s after the last one (1 skipped for it)")
+    # two orchestrators known: each has its own stagger, and the same load reaches 2 with nothing to explain
+    full = make_plan(scenario(stages(2, 60, 30)), network(20, 20), pool=POOL)
+    assert full.max_concurrency() == 2 and not any("asks for" in n for n in full.notes)
+    # the per-orchestrator cap holds it back: one orchestrator, at most 1 of ours on it
+    capped = make_plan(scenario(stages(3, 60, 30), {"max_per_orchestrator": 1, "stagger_s": 0, "max_fraction": 1,
+                                                    "idle_reserve": 0}), network(20), pool=POOL)
+    assert capped.max_concurrency() == 1
+    assert capped.notes[-1] == ("the load asks for 3 concurrent sessions, the plan reaches 1: campaign at its cap of 1 "
+                                "concurrent streams (1 eligible orchestrator(s), each at most "
+                                "capacity.max_per_orchestrator = 1 or its idle slots) (2 skipped for it)")

@@ -36,8 +36,12 @@ def test_a_scraping_prometheus_agrees_with_the_parquet_rows(prometheus, tmp_path
                               "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True, timeout=180,
                              cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    summary = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
-    rows = read_sessions(summary["results"]).to_pylist()
+    # without --json the console ends with the human summary; the JSON summary is in campaign.json
+    assert not [line for line in out.stdout.splitlines() if line.startswith("{")], out.stdout[-2000:]
+    (directory,) = tmp_path.glob("campaign=*")
+    assert out.stdout.strip().splitlines()[-1] == f"results: {directory}"
+    summary = json.loads((directory / "campaign.json").read_text())
+    rows = read_sessions(directory).to_pylist()
     # the last scrape inside the linger holds the final counts
     at = dt.datetime.fromisoformat(summary["finished_at"]).timestamp() + 3.0
     total = promql(url, "sum(fleet_sessions_total)", at)

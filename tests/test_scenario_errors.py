@@ -59,6 +59,23 @@ def test_error_in_a_base_file_points_into_the_base(tmp_path: Path):
     assert str(info.value) == f"{tmp_path / 'base.yaml'}:1:33: media.fps: must be greater than 0, got 0"
 
 
+@pytest.mark.parametrize(("name", "text", "why"), [
+    ("set.yaml", "set: mine\nprompts: [{id: a, text: a fox}]\n", "it is a prompt set (name it under prompts.sets)"),
+    ("other.yaml", "orchestrators: 4\nslots: 2\n", "none of its keys (orchestrators, slots) is a scenario's"),
+    ("list.yaml", "- a\n- b\n", "a scenario must be a mapping of keys to values"),
+    ("empty.yaml", "", "the file is empty (a scenario is a mapping)"),
+    ("broken.yaml", "name: [unclosed\n", "")])
+def test_extends_naming_a_file_that_is_no_scenario_is_the_error_of_the_line_that_names_it(tmp_path: Path, name,
+                                                                                           text, why):
+    (tmp_path / name).write_text(text)
+    child = tmp_path / "child.yaml"
+    child.write_text("name: child\nextends: " + name + "\n")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(child)
+    (line,) = str(info.value).splitlines()
+    assert line.startswith(f"{child}:2:10: extends: '{name}' is not a scenario: " + why), line
+
+
 def test_empty_file(tmp_path: Path, cli):
     empty = tmp_path / "empty.yaml"
     empty.write_text("")

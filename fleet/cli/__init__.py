@@ -8,6 +8,7 @@ stderr and its exit code; a user mistake never ends in a traceback.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any, NoReturn
 
@@ -44,7 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for command in COMMANDS:
         command.add(sub)
+    _plain_help(parser)
     return parser
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    """Help as plain text: the modules' docstrings (the subcommands' descriptions) are reStructuredText."""
+    parser.description = _plain(parser.description)
+    for action in parser._actions:
+        action.help = _plain(action.help)
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _plain_help(child)
+            for choice in action._choices_actions:
+                choice.help = _plain(choice.help)
+
+
+def _plain(text: str | None) -> str | None:
+    return None if text is None else re.sub(r"``(.+?)``", r"\1", re.sub(r":[a-z]+:`([^`]+)`", r"\1", text))
 
 
 def main(argv: list[str] | None = None) -> int:

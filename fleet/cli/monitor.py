@@ -30,6 +30,7 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--gateway-url", metavar="URL", help="send every region's sessions to this gateway")
     p.add_argument("--capacity-url", metavar="URL", help="read the gateway's capacity (/getNetworkCapabilities) "
                    "from this CLI URL (default: target.capacity.url, else the gateway's host at port 5935)")
+    p.add_argument("--json", action="store_true", help="after the summary, print it as one JSON line")
     p.set_defaults(run=run)
 
 
@@ -37,4 +38,5 @@ def run(args: argparse.Namespace) -> int:
     from fleet.runtime.monitor import MonitorOptions, run_monitor
 
     return run_monitor(args.file, MonitorOptions(address=args.address, out_dir=args.out, for_s=args.for_s,
-                                                 gateway_url=args.gateway_url, capacity_url=args.capacity_url))
+                                                 gateway_url=args.gateway_url, capacity_url=args.capacity_url,
+                                                 json=args.json))

@@ -18,6 +18,8 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
                    "from this CLI URL (default: target.capacity.url, else the gateway's host at port 5935)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML of the SLA checks here (default: outputs.junit)")
+    p.add_argument("--json", action="store_true", help="after the summary, print it as one JSON line (as "
+                   "campaign.json holds it)")
     p.set_defaults(run=run)
 
 
@@ -25,6 +27,6 @@ def run(args: argparse.Namespace) -> int:
     from fleet.runtime.campaign import CampaignOptions, run_campaign
 
     opts = CampaignOptions(address=args.address, seed=args.seed, out_dir=args.out, gateway_url=args.gateway_url,
-                           capacity_url=args.capacity_url, junit=args.junit,
+                           capacity_url=args.capacity_url, junit=args.junit, json=args.json,
                            progress=False if args.no_progress else None)
     return run_campaign(args.file, opts)

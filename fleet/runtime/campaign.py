@@ -126,6 +126,8 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
                                                  "started_at": stamp})
         print(f"fleet: campaign {c.campaign_id}: {len(plan.sessions)} sessions over {plan.end_s:g} s, "
               f"at most {plan.budget} at once, regions {', '.join(regions)}", flush=True)
+        for note in plan.notes:
+            print(f"fleet: note: {note}", flush=True)
         prompts = _prompt_lookup(pool)  # before Ray: in a job, ray.init may take the working dir away
         ray_init(c, regions)
         stops.install()  # Ray's core worker installs its own fatal SIGTERM handler: ours goes back on top

@@ -49,6 +49,7 @@ class CampaignOptions:
     gateway_url: str | None = None      # override the scenario's target URL (all regions)
     capacity_url: str | None = None     # override where the gateway's capacity is read (its CLI URL)
     junit: str | None = None            # write JUnit XML of the checks here (overrides outputs.junit)
+    json: bool = False                  # also print the JSON summary (campaign.json's) as the last line
 
 
 @dataclass

@@ -65,6 +65,7 @@ class MonitorOptions:
     ray_ip: str = "127.0.0.2"
     gateway_url: str | None = None
     capacity_url: str | None = None
+    json: bool = False                  # also print the JSON summary as the last line
 
 
 @dataclass
@@ -137,7 +138,7 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
             c.kafka = None
         summary["clickhouse"] = c.clickhouse_feed.state if c.clickhouse_feed else None
         sink.finish({"live": None, "last_run": summary})
-        _print_summary(summary, sink.dir)
+        _print_summary(summary, sink.dir, opts.json)
         return TesterError.exit_code if c.tester_error else 0
     finally:
         c.closing.close()
@@ -332,7 +333,7 @@ def _log(status: dict[str, Any], counts: dict[str, int], live: int) -> None:
         print(f"fleet: coverage degraded: {line}", file=sys.stderr, flush=True)
 
 
-def _print_summary(summary: dict[str, Any], out: Path) -> None:
+def _print_summary(summary: dict[str, Any], out: Path, as_json: bool) -> None:
     import json
 
     cov = summary["coverage"]
@@ -345,4 +346,5 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
               + (f" ({kafka['undelivered']} undelivered, {kafka['dropped']} dropped)"
                  if kafka["undelivered"] or kafka["dropped"] else ""), flush=True)
     print(f"fleet: results: {out}", flush=True)
-    print(json.dumps({"monitor": summary["run_id"], "results": str(out), **summary}, default=str), flush=True)
+    if as_json:
+        print(json.dumps({"monitor": summary["run_id"], "results": str(out), **summary}, default=str), flush=True)

@@ -125,6 +125,8 @@ def print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
         console.print(f"JUnit XML: {summary['junit']}")
     if summary.get("report"):
         console.print(f"report: {summary['report']}")
+    if not c.opts.json:
+        return
     slim = {k: v for k, v in summary.items() if k != "verdict"}
     slim["verdict"] = {k: verdict[k] for k in ("passed", "breaches", "goodput", "sessions", "counted")}
     slim["sla_score"] = verdict["sla"].get("score")

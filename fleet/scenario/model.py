@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, PrivateAttr, model_validator
 
@@ -94,13 +95,24 @@ class Scenario(Spec):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _resolve(path: Path, chain: tuple[Path, ...]) -> Document:
-    doc = load_document(path, ScenarioError)
+def _resolve(path: Path, chain: tuple[Path, ...], named_by: tuple[Document, str] | None = None) -> Document:
+    """The scenario at ``path`` merged over its bases. ``named_by``: the document whose ``extends:`` names
+    this file (and the name it gave): a file that is no scenario at all is that line's error, not its own."""
+    try:
+        doc = load_document(path, ScenarioError)
+    except ScenarioError as exc:
+        if named_by is None:
+            raise
+        raise _not_a_scenario(named_by, exc.problems[0].message if exc.problems else str(exc)) from None
     data = doc.data
-    if data is None:
-        raise ScenarioError([Problem(str(path), 1, 1, "", "the file is empty (a scenario is a mapping)")])
-    if not isinstance(data, dict):
-        raise ScenarioError([problem_at(doc, (), "a scenario must be a mapping of keys to values")])
+    why = ("the file is empty (a scenario is a mapping)" if data is None
+           else "a scenario must be a mapping of keys to values" if not isinstance(data, dict)
+           else _other_document(data) if named_by is not None else None)
+    if why is not None:
+        if named_by is not None:
+            raise _not_a_scenario(named_by, why)
+        raise ScenarioError([Problem(str(path), 1, 1, "", why) if data is None else problem_at(doc, (), why)])
+    assert isinstance(data, dict)
     parent = data.get("extends")
     if parent is None:
         return doc
@@ -115,7 +127,22 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> Document:
     if not base_path.is_file():
         raise ScenarioError([problem_at(doc, ("extends",), f"base scenario {parent!r} not found "
                                                            "(paths are relative to this file)")])
-    return merge(_resolve(base_path, (*chain, path.resolve())), doc, kinds=DISCRIMINATORS)
+    return merge(_resolve(base_path, (*chain, path.resolve()), (doc, parent)), doc, kinds=DISCRIMINATORS)
+
+
+def _other_document(data: dict[Any, Any]) -> str | None:
+    """Why a mapping named as a base scenario is some other document (None: it is taken as a scenario,
+    and its own problems are reported in it)."""
+    if "set" in data and isinstance(data.get("prompts"), list):
+        return "it is a prompt set (name it under prompts.sets)"
+    if not set(data) & set(Scenario.model_fields):
+        return f"none of its keys ({', '.join(sorted(map(str, data)))}) is a scenario's"
+    return None
+
+
+def _not_a_scenario(named_by: tuple[Document, str], why: str) -> ScenarioError:
+    doc, name = named_by
+    return ScenarioError([problem_at(doc, ("extends",), f"{name!r} is not a scenario: {why}")])
 
 
 def _file_problems(doc: Document, base: Path) -> list[Problem]:
