@@ -87,7 +87,13 @@ def settles_to_no_open_streams(url: str, deadline_s: float = 15.0) -> bool:
     return run(until_open(url, 0, deadline_s))
 
 
-def assert_matches_truth(r: ProbeResult, url: str) -> tuple[float, float, float]:
+SUSPECT_SHARE_MAX = 0.05   # of a test's frames, the probe may flag at most this share as stamped in its stalls
+LOADED_SHARE_MAX = 0.15    # ... with 16 sessions in its one process on two cores (over the test)
+LOADED_SESSION_SHARE_MAX = 0.2  # ... and in any one of them
+
+
+def assert_matches_truth(r: ProbeResult, url: str, max_suspect_share: float = SUSPECT_SHARE_MAX
+                         ) -> tuple[float, float, float]:
     """Latency (median within 5 ms), output fps (within 2 %), jitter coefficient (within 0.02) and freezes
     (count exact, duration within one frame interval) against the gateway's truth; returns the errors."""
     assert r.outcome in ("ok", "degraded"), (r.outcome, r.error_phase, r.error_class, r.error_detail)
@@ -96,6 +102,9 @@ def assert_matches_truth(r: ProbeResult, url: str) -> tuple[float, float, float]
     true_ms = t["residence_ms_median"]  # arrival of a frame's last packet -> its output's last packet sent
     err_ms = abs(r.g2g_latency_ms - true_ms)
     sent, flagged = egress_times(r, t), set(r.timeline_suspect)
+    # the bounds below widen with the frames the probe flags as stamped in its own stalls: a bounded share
+    share = len(flagged) / len(r.timeline)
+    assert share <= max_suspect_share, f"the probe flagged {share:.1%} of its frames as its own stalls"
     want = analyse(sent)  # fps, jitter and freezes of the frames as the gateway sent them
     # fps over the same frames: those the probe stamped during its own stall do not end its span
     true_fps = output_fps(sent, r.timeline_suspect)
@@ -198,8 +207,12 @@ def test_one_session_latency_fps_and_prompt_switch_match_the_truth(gateway):
     assert len(r.latency_samples) >= 0.8 * r.frames_received  # a sample per frame, not per second
     # the prompt switch: effect seen after the update, within the pipeline delay plus a few frames
     assert r.prompt_switch_ms[0] is not None and 0 < r.prompt_switch_ms[0] < t["delay_ms_median"] + 200
-    # startup covers the cold start the gateway applied to its first stream on that GPU
-    assert r.startup_s >= 0.0 and r.signaling_ms > 0 and r.ice_ms is not None and r.dtls_ms is not None
+    # startup covers the cold start the gateway applied when this was the first stream on its GPU: no output
+    # can come before the pipeline has loaded (the gateway says which it applied; its profile, how long)
+    (selected,) = [e for e in t["events"] if e["type"] == "orchestrator_selected"]
+    cold_s = t["config_cold_start_s"] if selected["cold_start"] else 0.0
+    assert r.startup_s >= cold_s, (r.startup_s, selected, cold_s)
+    assert r.signaling_ms > 0 and r.ice_ms is not None and r.dtls_ms is not None
     assert r.decoded_frames < r.frames_received  # decoding only in windows
     # the join keys, from the WHEP URL and the status; teardown by closing, verified in the status
     assert r.request_id == t["request_id"] and r.stream_id == t["stream_id"] == r.stream_name
@@ -214,8 +227,13 @@ def test_sixteen_concurrent_sessions_in_one_process_match_the_truth(gateway):
     async def main():
         return await asyncio.gather(*(run_probe(spec(gateway, duration_s=8.0, size=128)) for _ in range(16)))
     results = run(main())
+    # 16 sessions in one event loop on two cores do stall it: measured on the 2-vCPU build machine, 8.6 % and
+    # 9.1 % of the frames flagged over two rounds, 12.3 % at most in one session. The caps sit above that,
+    # and still far below what would let the truth bounds excuse a session
     for r in results:
-        assert_matches_truth(r, gateway)
+        assert_matches_truth(r, gateway, max_suspect_share=LOADED_SESSION_SHARE_MAX)
+    flagged, frames = sum(len(r.timeline_suspect) for r in results), sum(len(r.timeline) for r in results)
+    assert flagged <= LOADED_SHARE_MAX * frames, f"{flagged} of {frames} frames flagged"
     assert len({r.orchestrator_address for r in results}) == 4  # the network spread them
     assert open_streams(gateway) == 0
 

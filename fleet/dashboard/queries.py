@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet.dashboard.engine import Engine
+from fleet.results.verdict import sla_combine
 
 __all__ = ["WINDOWS", "Filters", "anchors", "coverage", "groups", "leaderboard", "options", "orchestrator_view",
            "sla_from"]
@@ -141,15 +142,10 @@ def sla_from(r: dict[str, Any]) -> dict[str, Any]:
     counted, eligible = r["counted"], r["rows_"] - r["tester"]
     if not counted:
         return {"score": None, "coverage": None, "reliability": None, "quality": None}
-    startup = r["started_ok"] / counted
-    no_swap = 1 - r["swapped_n"] / counted
-    viable = r["viable"] / counted
-    reliability = 0.4 * startup + 0.2 * no_swap + 0.4 * viable
-    quality = 0.6 * (0.6 * (r["ptff"] or 0.0) + 0.4 * (r["e2e"] or 0.0)) + 0.4 * (r["fps"] or 0.0)
-    coverage = counted / eligible if eligible else None
-    score = 100 * (coverage or 0.0) * (0.7 * reliability + 0.3 * quality)
-    return {"score": round(score, 2), "coverage": coverage, "reliability": reliability, "quality": quality,
-            "startup_success": startup, "no_swap_rate": no_swap, "output_viability": viable}
+    parts = sla_combine(coverage=counted / eligible if eligible else None, startup_success=r["started_ok"] / counted,
+                        no_swap_rate=1 - r["swapped_n"] / counted, output_viability=r["viable"] / counted,
+                        ptff=r["ptff"], e2e=r["e2e"], fps=r["fps"])
+    return {**parts, "score": round(parts["score"] or 0.0, 2)}
 
 
 def orchestrator_view(engine: Engine, f: Filters, key: str) -> dict[str, Any]:

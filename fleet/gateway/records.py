@@ -166,6 +166,7 @@ class StreamRecords(StreamState):
         return {
             **self.summary(),
             "config_delay": self.lease.profile.delay.model_dump() if self.lease else None,
+            "config_cold_start_s": self.lease.profile.cold_start_s if self.lease else None,
             "fps_cap": round(self.fps_cap(), 3),
             "delay_ms_median": _middle(delays), "delay_drawn_ms_median": _middle(drawn),
             "residence_ms_median": _middle(residence),

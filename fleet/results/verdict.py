@@ -189,20 +189,27 @@ def sla_score(all_rows: list[dict[str, Any]], t: SessionThresholds,
     def component(metric: str) -> float | None:
         return _mean([s for s in (_interp(metric_value(r, metric), *bench[metric]) for r in rows) if s is not None])
 
-    coverage = len(rows) / len(eligible)
-    startup_success = _share(rows, lambda r: r.get("startup_s") is not None)
-    no_swap = _share(rows, lambda r: not r.get("swapped"))
-    viable = _share(rows, lambda r: (r.get("output_fps") or 0) >= t.min_output_fps)
-    reliability = 0.4 * startup_success + 0.2 * no_swap + 0.4 * viable
     ptff, e2e, fps = component("startup_s"), component("g2g_latency_ms"), component("output_fps")
-    quality = 0.6 * (0.6 * (ptff or 0.0) + 0.4 * (e2e or 0.0)) + 0.4 * (fps or 0.0)
-    score = 100 * coverage * (0.7 * reliability + 0.3 * quality)
-    r4 = _round4
-    return {"score": round(score, 2), "coverage": r4(coverage), "reliability": r4(reliability),
-            "quality": r4(quality), "startup_success": r4(startup_success), "no_swap_rate": r4(no_swap),
-            "output_viability": r4(viable), "ptff_score": r4(ptff), "e2e_score": r4(e2e), "fps_score": r4(fps),
+    parts = sla_combine(coverage=len(rows) / len(eligible),
+                        startup_success=_share(rows, lambda r: r.get("startup_s") is not None),
+                        no_swap_rate=_share(rows, lambda r: not r.get("swapped")),
+                        output_viability=_share(rows, lambda r: (r.get("output_fps") or 0) >= t.min_output_fps),
+                        ptff=ptff, e2e=e2e, fps=fps)
+    return {**{k: round(v or 0.0, 2) if k == "score" else _round4(v) for k, v in parts.items()},
+            "ptff_score": _round4(ptff), "e2e_score": _round4(e2e), "fps_score": _round4(fps),
             "benchmark": (benchmark or "baseline") if baseline else "thresholds",
             "anchors": {k: [round(a, 3), round(b, 3)] for k, (a, b) in bench.items()}}
+
+
+def sla_combine(coverage: float | None, startup_success: float, no_swap_rate: float, output_viability: float,
+                ptff: float | None, e2e: float | None, fps: float | None) -> dict[str, float | None]:
+    """The network's SLA score from its parts (every share in 0..1; a quality component with no values counts
+    0): the one place its weights are written. The verdict and the dashboard both call it."""
+    reliability = 0.4 * startup_success + 0.2 * no_swap_rate + 0.4 * output_viability
+    quality = 0.6 * (0.6 * (ptff or 0.0) + 0.4 * (e2e or 0.0)) + 0.4 * (fps or 0.0)
+    return {"score": 100 * (coverage or 0.0) * (0.7 * reliability + 0.3 * quality), "coverage": coverage,
+            "reliability": reliability, "quality": quality, "startup_success": startup_success,
+            "no_swap_rate": no_swap_rate, "output_viability": output_viability}
 
 
 def evaluate_checks(checks: Iterable[CheckSpec], all_rows: list[dict[str, Any]]) -> list[CheckResult]:
