@@ -35,7 +35,7 @@ from fleet.rules import CapacityRules, Place
 from fleet.scenario import (ArrivalsLoad, ExponentialDuration, FixedDuration, LognormalDuration, RampLoad,
                             Scenario, Stage, StagesLoad, UniformDuration)
 
-__all__ = ["Plan", "PlannedSession", "PromptStep", "Skipped", "make_plan"]
+__all__ = ["Plan", "PlannedSession", "PromptStep", "Skipped", "make_plan", "prompt_schedule"]
 
 MS = 1000
 
@@ -293,18 +293,7 @@ class _Planner:
         return end
 
     def _schedule(self, duration_ms: int) -> tuple[PromptStep, ...]:
-        switch = self.sc.prompts.switch
-        at = [0]
-        if switch is not None and switch.every_s is not None:
-            step = int(switch.every_s * MS)
-            at += list(range(step, duration_ms, step))
-        elif switch is not None:
-            at += [int(a * MS) for a in switch.at_s if int(a * MS) < duration_ms]
-        steps: list[PromptStep] = []
-        for a in at:
-            e = self.picker.next(avoid=steps[-1].prompt_id if steps else None)
-            steps.append(PromptStep(a / MS, e.set_name, e.prompt.id, e.prompt.category))
-        return tuple(steps)
+        return prompt_schedule(self.sc, duration_ms / MS, self.picker)
 
     # --- the simulation -----------------------------------------------------------
 
@@ -349,6 +338,25 @@ class _Planner:
                 period = self._active_period(stages, who, next_t)
                 if period:
                     push(period[0], _Request(period[0], period[1], self._draw_ms(), who))
+
+
+def prompt_schedule(scenario: Scenario, duration_s: float, picker: PromptPicker) -> tuple[PromptStep, ...]:
+    """A session's prompts: the first at 0 s, then one per switch of ``prompts.switch`` within its length, each
+    drawn by ``picker`` (``prompts.selection``) and never the same prompt twice in a row. The plan and the
+    monitor both schedule prompts with it."""
+    switch = scenario.prompts.switch
+    duration_ms = int(round(duration_s * MS))
+    at = [0]
+    if switch is not None and switch.every_s is not None:
+        step = int(switch.every_s * MS)
+        at += list(range(step, duration_ms, step))
+    elif switch is not None:
+        at += [int(a * MS) for a in switch.at_s if int(a * MS) < duration_ms]
+    steps: list[PromptStep] = []
+    for a in at:
+        e = picker.next(avoid=steps[-1].prompt_id if steps else None)
+        steps.append(PromptStep(a / MS, e.set_name, e.prompt.id, e.prompt.category))
+    return tuple(steps)
 
 
 def make_plan(scenario: Scenario, snapshot: CapacitySnapshot, seed: int = 0, *, pool: list[PoolEntry]) -> Plan:

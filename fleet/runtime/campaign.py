@@ -20,36 +20,33 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import sys
 import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import AnyErrorClass, TesterError
+from fleet.errors import AnyErrorClass
 from fleet.plan import Plan, PlannedSession, make_plan
-from fleet.probe.types import PromptChange
-from fleet.prompts import PoolEntry, render_params, resolve_pool
+from fleet.prompts import PoolEntry, resolve_pool
 from fleet.results.row import Identity, SessionRow
 from fleet.results.sink import ParquetSink, read_table
 from fleet.results.verdict import AbortWatch, evaluate, history_baseline, junit_xml
 from fleet.runtime.broker import read_capacity
-from fleet.runtime.dispatch import Dispatched, Dispatcher
+from fleet.runtime.dispatch import SYSTEM_CLOCK, Clock, Dispatched, Dispatcher, Executor
+from fleet.runtime.driver import drive
 from fleet.runtime.executor import STOP_GRACE_S, Finished
-from fleet.runtime.job import Job
+from fleet.runtime.job import Job, prompt_changes
 from fleet.runtime.lifecycle import (Campaign, CampaignOptions, leaks, open_gateways, open_outputs, outputs_for,
                                      prepare, ray_init, results_dir, with_gpu)
-from fleet.runtime.summary import Progress, make_summary, print_summary
+from fleet.runtime.summary import make_summary, print_summary
 from fleet.scenario import Scenario, load_scenario
 
-__all__ = ["CampaignOptions", "run_campaign"]
+__all__ = ["CampaignOptions", "PlanSource", "run_campaign"]
 
 log = logging.getLogger("fleet.run")
 
 EXIT_OK, EXIT_BREACH, EXIT_TESTER, EXIT_INTERRUPTED = 0, 3, 4, 130
-LIVE_EVERY_S = 5.0   # campaign.json's live status this often
-STATE_EVERY_S = 2.0  # the broker's state for the Prometheus gauges this often
 
 
 def _prompt_lookup(pool: list[PoolEntry]) -> dict[tuple[str, str], Any]:
@@ -58,9 +55,8 @@ def _prompt_lookup(pool: list[PoolEntry]) -> dict[tuple[str, str], Any]:
 
 def _job(scenario: Scenario, s: PlannedSession, campaign_id: str, url: str,
          prompts: dict[tuple[str, str], Any]) -> Job:
-    steps = tuple(PromptChange(p.at_s, render_params(scenario.workflow.params, prompts[(p.set, p.prompt_id)], s.seed),
-                               p.prompt_id, p.category) for p in s.prompts)
-    return Job(f"{campaign_id}-{s.index:05d}", url, s.duration_s, steps, s.orchestrator, s.orchestrator_uri)
+    return Job(f"{campaign_id}-{s.index:05d}", url, s.duration_s, prompt_changes(scenario, s.prompts, prompts, s.seed),
+               s.orchestrator, s.orchestrator_uri)
 
 
 def _identity(c: Campaign, plan: Plan, s: PlannedSession, region: str | None, session_id: str,
@@ -166,75 +162,48 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
         c.closing.close()
 
 
-class _Results:
-    """Rows as they come, to the run's outputs (fleet.results.outputs: the tally, the sketches, Prometheus and
-    Kafka at once, Parquet then ClickHouse on the writer's thread), and held against the abort checks (each
-    keeps only its metric's values). The driver keeps no row: the verdict and the summary read the stored ones."""
+class PlanSource:
+    """The campaign's sessions (``fleet.runtime.driver.Source``): the plan followed in real time by the
+    dispatcher (fleet.runtime.dispatch), each session's row with the campaign's identity; the sessions the
+    planner could not fit come first, as skipped rows."""
 
-    def __init__(self, c: Campaign, sink: ParquetSink, t0: float) -> None:
-        self.c, self.t0 = c, t0
-        self.abort = AbortWatch(c.scenario.checks)
-        self.outputs = outputs_for(c, sink)
+    def __init__(self, c: Campaign, plan: Plan, ex: Executor, prompts: dict[tuple[str, str], Any],
+                 clock: Clock = SYSTEM_CLOCK) -> None:
+        self.c, self.plan = c, plan
+        self.planned: int | None = len(plan.sessions)
+        self.wait_s = c.scenario.capacity.lease_wait_s
+        self.d = Dispatcher(plan.sessions, ex, self.wait_s,
+                            lambda s, region: _job(c.scenario, s, c.campaign_id, c.urls[region], prompts), clock)
+        # sessions the planner could not fit are results too: the skipped rate counts them
+        self.opening = [_planner_skipped_row(c, plan, i, k) for i, k in enumerate(plan.skipped)]
 
-    def add(self, rows: list[SessionRow]) -> None:
-        c = self.c
-        if not rows:
-            return
-        self.outputs.add(rows)
-        if self.abort.checks and c.aborted is None:
-            breached = self.abort.add(rows, time.monotonic() - self.t0)
-            if breached is not None:
-                c.aborted = f"{breached.check} [{breached.group_label}] = {breached.value:g}"
-                print(f"fleet: abort check breached: {c.aborted}; stopping the campaign", file=sys.stderr, flush=True)
+    def busy(self) -> bool:
+        return bool(self.opening) or self.d.busy()
+
+    def step(self) -> list[SessionRow]:
+        if self.opening:
+            rows, self.opening = self.opening, []
+            return rows
+        turn = self.d.step()
+        return [_skipped_row(self.c, self.plan, k, self.wait_s) for k in turn.skipped] + self.ended(turn.finished)
+
+    def ended(self, finished: list[Finished]) -> list[SessionRow]:
+        c, plan = self.c, self.plan
+        return [_result_row(c, plan, f.tag, f.row) if f.row is not None else _failed_row(c, plan, f.tag, *f.failure)
+                for f in finished]
+
+    def status(self) -> dict[str, Any]:
+        return {"planned": len(self.plan.sessions)}
 
 
 def _drive(c: Campaign, plan: Plan, sink: ParquetSink, prompts: dict[tuple[str, str], Any]) -> int:
     from fleet.runtime.executor import RayExecutor
 
-    scenario = c.scenario
     assert c.snapshot is not None, "the capacity is read before the campaign is driven"
     local = not (c.opts.address or os.environ.get("RAY_ADDRESS"))
-    ex = RayExecutor(scenario, c.urls, c.snapshot, [c.opts.host_address] if local else None, c.capacity_url)
+    ex = RayExecutor(c.scenario, c.urls, c.snapshot, [c.opts.host_address] if local else None, c.capacity_url)
     c.warmup_s = ex.warm()
-    wait_s = scenario.capacity.lease_wait_s
-    d = Dispatcher(plan.sessions, ex, wait_s, lambda s, region: _job(scenario, s, c.campaign_id, c.urls[region], prompts))
-    results = _Results(c, sink, d.t0)
-    progress = Progress(len(plan.sessions), c.opts.progress)
-    tally = c.tally
-
-    def rows_of(finished: list[Finished]) -> list[SessionRow]:
-        return [_result_row(c, plan, f.tag, f.row) if f.row is not None else _failed_row(c, plan, f.tag, *f.failure)
-                for f in finished]
-
-    # sessions the planner could not fit are results too: the skipped rate counts them
-    results.add([_planner_skipped_row(c, plan, i, k) for i, k in enumerate(plan.skipped)])
-    shown = 0.0
-    try:
-        while d.busy() and c.stop_signal is None and c.aborted is None:
-            turn = d.step()
-            results.add([_skipped_row(c, plan, k, wait_s) for k in turn.skipped])
-            results.add(rows_of(turn.finished))
-            progress.update(tally.done, len(ex.live), tally.counts)
-            if time.monotonic() - shown >= LIVE_EVERY_S:  # campaign.json's live status, for dashboards
-                shown = time.monotonic()
-                sink.progress({"updated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                               "sessions": dict(tally.counts), "done": tally.done,
-                               "planned": len(plan.sessions), "live_sessions": len(ex.live)})
-            if c.metrics is not None:  # the broker's leases against its budget, asked without waiting
-                state = ex.broker_state(STATE_EVERY_S)
-                if state is not None:
-                    c.metrics.broker(state)
-    except TesterError as exc:  # the broker or Ray lost: end here with everything gathered, exit 4
-        c.tester_error = str(exc)
-        print(f"fleet: {exc}; stopping every live session", file=sys.stderr, flush=True)
-    finally:
-        if ex.live:
-            results.add(rows_of(ex.stop_all(STOP_GRACE_S)))
-            if c.stop_at is not None:
-                c.stop_s = round(time.monotonic() - c.stop_at, 3)
-        progress.close()
-        results.outputs.drain()  # every row on disk before the summary
-        c.broker_state = ex.final_state()
+    drive(c, ex, PlanSource(c, plan, ex, prompts), outputs_for(c, sink), sink, AbortWatch(c.scenario.checks))
     if c.stop_signal is not None:
         return EXIT_INTERRUPTED
     return EXIT_TESTER if ex.tester_failures or c.tester_error else EXIT_OK

@@ -7,14 +7,17 @@ node's environment.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fleet.plan import PromptStep
 from fleet.probe.types import PromptChange
+from fleet.prompts import Prompt, render_params
 from fleet.results.row import SessionRow
+from fleet.scenario import Scenario
 
-__all__ = ["Job", "STALE_REFRESHES", "capacity_evidence"]
+__all__ = ["Job", "STALE_REFRESHES", "capacity_evidence", "prompt_changes"]
 
 STALE_REFRESHES = 2   # a snapshot older than this many of its source's refresh intervals is stale
 
@@ -42,6 +45,14 @@ class Job:
         return replace(self, orchestrator=lease.get("orchestrator"), orchestrator_uri=lease.get("orchestrator_uri"),
                        lease_id=lease.get("id"), target_idle=lease.get("idle"),
                        capacity_age_s=lease.get("capacity_age_s"))
+
+
+def prompt_changes(scenario: Scenario, steps: Iterable[PromptStep], prompts: Mapping[tuple[str, str], Prompt],
+                   seed: int) -> tuple[PromptChange, ...]:
+    """A session's prompt schedule (``fleet.plan.prompt_schedule``) as the probe sends it: each prompt's
+    parameters rendered into the workflow's (``prompts``: every pool prompt by set and id)."""
+    return tuple(PromptChange(p.at_s, render_params(scenario.workflow.params, prompts[(p.set, p.prompt_id)], seed),
+                              p.prompt_id, p.category) for p in steps)
 
 
 def capacity_evidence(row: SessionRow, job: Job, refresh_s: float | None) -> dict[str, Any]:

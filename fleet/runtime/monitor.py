@@ -1,11 +1,13 @@
 """``fleet monitor``: continuous probing of every orchestrator within a period and a daily budget.
 
-The monitor runs the scenario's workflow the way ``fleet run`` does (the same slot broker, region
-runners, probe and outputs) but, instead of following a plan, asks ``fleet.coverage.Coverage`` what
-to test next: the least recently tested orchestrator that is due, paced so the period is spread
-over the network and the daily budget is never exceeded, with the prompt categories rotated per
-orchestrator. Each session is leased a slot on that orchestrator only (``strict``), under every cap
-of ``capacity:``; one with no slot is recorded as ``skipped_no_capacity`` and tried again later.
+The monitor runs the scenario's workflow the way ``fleet run`` does (the same driver, slot broker, region
+runners, probe, prompt schedule and outputs: ``fleet.runtime.driver``) but its session source, instead of
+a plan, is ``CoverageSource``, which asks ``fleet.coverage.Coverage`` what to test next: the least
+recently tested orchestrator that is due, paced so the period is spread over the network and the daily
+budget is never exceeded, with the prompt categories rotated per orchestrator (each category's prompts
+drawn by ``prompts.selection``). Each session is leased a slot on that orchestrator only (``strict``),
+under every cap of ``capacity:``; one with no slot is recorded as ``skipped_no_capacity`` and tried again
+later.
 
 Results flow as sessions end: to Kafka and Prometheus at once, to Parquet (``date=/hour=``
 partitions of ``campaign=monitor-<scenario>``, files named by run) and ClickHouse every
@@ -35,15 +37,16 @@ import pyarrow.parquet as pq
 from fleet.capacity import CapacitySnapshot
 from fleet.coverage import ANY_ORCHESTRATOR, Coverage, Pick, Target, targets_of
 from fleet.errors import InputError, TesterError
-from fleet.probe.types import PromptChange
-from fleet.prompts import render_params, resolve_pool
+from fleet.plan import prompt_schedule
+from fleet.prompts import PoolEntry, PromptPicker, resolve_pool
 from fleet.results.row import Identity, SessionRow
 from fleet.results.sink import ParquetSink
 from fleet.runtime.broker import read_capacity
 from fleet.runtime.lifecycle import (Campaign, CampaignOptions, open_gateways, open_outputs, outputs_for, prepare,
                                      ray_init, results_dir, with_gpu)
 from fleet.runtime.executor import STOP_GRACE_S, Finished, RayExecutor
-from fleet.runtime.job import Job
+from fleet.runtime.driver import drive
+from fleet.runtime.job import Job, prompt_changes
 from fleet.scenario import load_scenario
 
 __all__ = ["MonitorOptions", "run_monitor", "stored_rows"]
@@ -144,122 +147,108 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
         c.closing.close()
 
 
-def _watch(c: Campaign, cov: Coverage, sink: ParquetSink, pool: list[Any], run_id: str,
+def _watch(c: Campaign, cov: Coverage, sink: ParquetSink, pool: list[PoolEntry], run_id: str,
            opts: MonitorOptions) -> dict[str, Any]:
-    return _Watch(c, cov, sink, pool, run_id, opts).run()
+    """Start the runners, drive the coverage source until it ends; the run's status for the summary."""
+    assert c.snapshot is not None, "the capacity is read before the monitor starts"
+    assert c.scenario.monitor is not None
+    local = not (opts.address or os.environ.get("RAY_ADDRESS"))
+    ex = RayExecutor(c.scenario, c.urls, c.snapshot, [opts.host_address] if local else None, c.capacity_url)
+    ex.warm()
+    source = CoverageSource(c, cov, ex, pool, run_id, opts)
+    drive(c, ex, source, outputs_for(c, sink, c.scenario.monitor.flush_s), sink)  # storage every flush_s
+    status = source.status()
+    status.update({"run_s": round(time.monotonic() - source.t0, 1), "stop_s": c.stop_s, "tester_error": c.tester_error,
+                   "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None})
+    return status
 
 
-class _Watch:
-    """The monitor's loop: refresh the targets, start what coverage picks, gather what ends, flush."""
+class CoverageSource:
+    """The monitor's sessions (``fleet.runtime.driver.Source``): refresh the targets, start what coverage
+    picks on a slot leased on that orchestrator only, record a skip when it has none, gather what ends."""
 
-    def __init__(self, c: Campaign, cov: Coverage, sink: ParquetSink, pool: list[Any], run_id: str,
+    planned: int | None = None
+
+    def __init__(self, c: Campaign, cov: Coverage, ex: RayExecutor, pool: list[PoolEntry], run_id: str,
                  opts: MonitorOptions) -> None:
-        self.c, self.cov, self.sink, self.pool, self.run_id, self.opts = c, cov, sink, pool, run_id, opts
-        self.scenario = c.scenario
-        assert self.scenario.monitor is not None
-        self.spec = self.scenario.monitor
-        self.model = self.scenario.workflow.pipeline
-        self.digest = self.scenario.digest()
-        assert c.snapshot is not None, "the capacity is read before the monitor starts"
-        local = not (opts.address or os.environ.get("RAY_ADDRESS"))
-        self.ex = RayExecutor(self.scenario, c.urls, c.snapshot, [opts.host_address] if local else None,
-                              c.capacity_url)
-        self.by_category: dict[str | None, list[Any]] = {}
+        assert c.snapshot is not None and c.scenario.monitor is not None
+        self.c, self.cov, self.ex, self.run_id, self.opts = c, cov, ex, run_id, opts
+        self.scenario, self.spec = c.scenario, c.scenario.monitor
+        self.model, self.digest = self.scenario.workflow.pipeline, self.scenario.digest()
+        self.prompts = {(e.set_name, e.prompt.id): e.prompt for e in pool}
+        selection = self.scenario.prompts.selection
+        by_category: dict[str | None, list[PoolEntry]] = {}
         for e in pool:
-            self.by_category.setdefault(e.prompt.category, []).append(e)
-        self.used_prompts: dict[str | None, int] = {}
+            by_category.setdefault(e.prompt.category, []).append(e)
+        # per category, the scenario's prompts.selection (the plan's own picker), seeded per run
+        self.pickers = {k: PromptPicker(v, selection, f"{opts.seed}:{k}") for k, v in by_category.items()}
+        self.any_picker = PromptPicker(pool, selection, opts.seed)
         self.regions = list(c.urls)
-        self.counts = c.tally.counts
-        self.outputs = outputs_for(c, sink, self.spec.flush_s)  # storage every flush_s, the rest at once
         self.t0 = time.monotonic()
         self.deadline = None if opts.for_s is None else self.t0 + opts.for_s
         self.snapshot: CapacitySnapshot = c.snapshot
         self.targets = targets_of(self.snapshot, self.scenario.capacity.include, self.scenario.capacity.exclude)
         self.n = 0
-        self.refreshed = self.last_flush = self.last_log = time.monotonic()
+        self.refreshed = self.last_log = time.monotonic()
         self.draining = False
         self.held_until = 0.0
 
-    def run(self) -> dict[str, Any]:
-        c, ex = self.c, self.ex
-        ex.warm()
-        try:
-            while c.stop_signal is None and self._tick():
-                pass
-        except TesterError as exc:  # the broker or Ray lost: end here with everything gathered, exit 4
-            c.tester_error = str(exc)
-            print(f"fleet: {exc}; stopping every live session", file=sys.stderr, flush=True)
-        finally:
-            if ex.live:
-                self.outputs.add(self._rows_of(ex.stop_all(STOP_GRACE_S)))
-                if c.stop_at is not None:
-                    c.stop_s = round(time.monotonic() - c.stop_at, 3)
-            self.outputs.drain()  # every row on disk before the summary
-        status = _status(self.cov, self.targets, self.snapshot, self.counts, ex, self.run_id)
-        status.update({"run_s": round(time.monotonic() - self.t0, 1), "stop_s": c.stop_s, "tester_error": c.tester_error,
-                       "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None})
-        return status
-
-    def _tick(self) -> bool:
-        """One turn of the loop; False once it should end (drained)."""
-        ex, mono = self.ex, time.monotonic()
-        if not self.draining and self.deadline is not None and mono >= self.deadline:
+    def busy(self) -> bool:
+        if not self.draining and self.deadline is not None and time.monotonic() >= self.deadline:
             self.draining = True
-            print(f"fleet: --for {self.opts.for_s:g} s reached: no new sessions; waiting for {len(ex.live)} live "
-                  "one(s) to end", flush=True)
-        if self.draining and not ex.live:
-            return False
+            print(f"fleet: --for {self.opts.for_s:g} s reached: no new sessions; waiting for {len(self.ex.live)} "
+                  "live one(s) to end", flush=True)
+        return not (self.draining and not self.ex.live)
+
+    def step(self) -> list[SessionRow]:
+        ex, mono = self.ex, time.monotonic()
+        rows: list[SessionRow] = []
         if mono - self.refreshed >= REFRESH_S:
             self._refresh(mono)
         if not self.draining and mono >= self.held_until:
             pick = self.cov.pick(self.targets, self.snapshot.total, time.time())
             if pick is not None:
-                self._start(pick, mono)
+                rows += self._start(pick, mono)
         if ex.live:
-            self.outputs.add(self._rows_of(ex.poll(POLL_S)))
+            rows += self.ended(ex.poll(POLL_S))
         else:
-            time.sleep(POLL_S)
-        if time.monotonic() - self.last_flush >= self.spec.flush_s:
-            self.outputs.flush()
-            self.last_flush = time.monotonic()
-            self.sink.progress(_status(self.cov, self.targets, self.snapshot, self.counts, ex, self.run_id))
+            time.sleep(POLL_S)  # pacing: nothing live to wait on
         if time.monotonic() - self.last_log >= LOG_EVERY_S:
             self.last_log = time.monotonic()
-            _log(self.cov.status(self.targets, self.snapshot.total, time.time()), self.counts, len(ex.live))
-        return True
+            _log(self.cov.status(self.targets, self.snapshot.total, time.time()), self.c.tally.counts, len(ex.live))
+        return rows
+
+    def status(self) -> dict[str, Any]:
+        return _status(self.cov, self.targets, self.snapshot, self.c.tally.counts, self.ex, self.run_id)
 
     def _refresh(self, mono: float) -> None:
         """The broker's capacity (the targets) and the Prometheus coverage gauges."""
         self.refreshed = mono
         self.snapshot = self.ex.snapshot()
         self.targets = targets_of(self.snapshot, self.scenario.capacity.include, self.scenario.capacity.exclude)
-        metrics = self.c.metrics
-        if metrics is not None:
-            metrics.coverage(self.cov.status(self.targets, self.snapshot.total, time.time()), self.model)
-            state = self.ex.broker_state(0.0)
-            if state is not None:
-                metrics.broker(state)
+        if self.c.metrics is not None:
+            self.c.metrics.coverage(self.cov.status(self.targets, self.snapshot.total, time.time()), self.model)
 
-    def _start(self, pick: Pick, mono: float) -> None:
-        """Lease a slot on the picked orchestrator and start a session there, or record the skip."""
+    def _start(self, pick: Pick, mono: float) -> list[SessionRow]:
+        """Lease a slot on the picked orchestrator and start a session there, or the row of its skip."""
         now = time.time()
         region = self.regions[(self.n + 1) % len(self.regions)]
         preferred = None if pick.target.key == ANY_ORCHESTRATOR else pick.target.key
         lease = self.ex.lease(region, preferred, self.spec.session_s, strict=preferred is not None)
         if lease is None and _at_own_cap(self.ex):
             self.held_until = mono + HOLD_S  # our own live streams fill the caps: wait for one, record nothing
-            return
+            return []
         self.n += 1
         session_id = f"{self.run_id}-{self.n:06d}"
         s = _Session(session_id, pick, region, self._job_for(session_id, pick, region, lease or {}), mono)
         if lease is not None:
             self.cov.started(session_id, pick, now)
             self.ex.start(region, s.job, lease["id"], s)
-            return
+            return []
         self.cov.skipped(pick, now)
-        self.outputs.add([SessionRow.skipped(self._identity(s), "no_slot_leased",
-                                             f"no idle slot on {pick.target.key} within the monitor's caps",
-                                             started_unix=now, orchestrator_address=pick.target.address)])
+        return [SessionRow.skipped(self._identity(s), "no_slot_leased",
+                                   f"no idle slot on {pick.target.key} within the monitor's caps",
+                                   started_unix=now, orchestrator_address=pick.target.address)]
 
     def _identity(self, s: _Session) -> Identity:
         first, c = s.job.prompts[0], self.c
@@ -270,7 +259,7 @@ class _Watch:
                         planned_start_s=round(s.started - self.t0, 3),
                         target_orchestrator=None if s.pick.target.key == ANY_ORCHESTRATOR else s.pick.target.key)
 
-    def _rows_of(self, finished: list[Finished]) -> list[SessionRow]:
+    def ended(self, finished: list[Finished]) -> list[SessionRow]:
         rows = []
         for f in finished:
             s: _Session = f.tag
@@ -287,25 +276,12 @@ class _Watch:
         return rows
 
     def _job_for(self, session_id: str, pick: Pick, region: str, lease: dict[str, Any]) -> Job:
-        """The session's job: its prompts (the picked category's, rotated) at the scenario's switch times."""
-        scenario, spec = self.scenario, self.spec
-        entries = self.by_category.get(pick.category) or self.pool
+        """The session's job: prompts of the picked category, drawn by prompts.selection, at the scenario's
+        switch times (the plan's schedule, fleet.plan.prompt_schedule)."""
         seed = zlib.crc32(f"{self.opts.seed}:{session_id}".encode()) & 0x7FFFFFFF
-        at = [0.0]
-        switch = scenario.prompts.switch
-        if switch is not None and switch.every_s is not None:
-            at += [k * switch.every_s for k in range(1, int(spec.session_s / switch.every_s) + 1)
-                   if k * switch.every_s < spec.session_s]
-        elif switch is not None:
-            at += [a for a in switch.at_s if a < spec.session_s]
-        steps = []
-        for a in at:
-            i = self.used_prompts.get(pick.category, 0)
-            self.used_prompts[pick.category] = i + 1
-            e = entries[i % len(entries)]
-            steps.append(PromptChange(a, render_params(scenario.workflow.params, e.prompt, seed), e.prompt.id,
-                                      e.prompt.category))
-        return Job(session_id, self.c.urls[region], spec.session_s, tuple(steps)).leased(lease)
+        steps = prompt_schedule(self.scenario, self.spec.session_s, self.pickers.get(pick.category, self.any_picker))
+        return Job(session_id, self.c.urls[region], self.spec.session_s,
+                   prompt_changes(self.scenario, steps, self.prompts, seed)).leased(lease)
 
 
 def _at_own_cap(ex: RayExecutor) -> bool:
