@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -47,10 +48,25 @@ ops = st.lists(st.tuples(st.sampled_from(["lease", "start", "release", "other+",
                          st.integers(0, 7)), min_size=1, max_size=80)
 
 
-@settings(max_examples=2000, deadline=None)
-@given(slots=st.lists(st.integers(0, 4), min_size=1, max_size=5), fraction=st.sampled_from([0.05, 0.3, 0.5, 1.0]),
-       reserve=st.integers(0, 2), per_orch=st.integers(1, 3), stagger=st.sampled_from([0.0, 1.0, 5.0]), ops=ops)
+networks = dict(slots=st.lists(st.integers(0, 4), min_size=1, max_size=5), fraction=st.sampled_from([0.05, 0.3, 0.5, 1.0]),
+                reserve=st.integers(0, 2), per_orch=st.integers(1, 3), stagger=st.sampled_from([0.0, 1.0, 5.0]), ops=ops)
+
+
+@settings(max_examples=400, deadline=None)
+@given(**networks)
 def test_no_interleaving_breaks_a_cap(slots, fraction, reserve, per_orch, stagger, ops):
+    """The fast tier's share of the search; the full tier searches five times further (below)."""
+    interleave(slots, fraction, reserve, per_orch, stagger, ops)
+
+
+@pytest.mark.slow
+@settings(max_examples=2000, deadline=None)
+@given(**networks)
+def test_no_interleaving_breaks_a_cap_searched_further(slots, fraction, reserve, per_orch, stagger, ops):
+    interleave(slots, fraction, reserve, per_orch, stagger, ops)
+
+
+def interleave(slots, fraction, reserve, per_orch, stagger, ops):
     net = Net(slots, [0] * len(slots))
     now = [0.0]
     policy = CapacityPolicy(max_fraction=fraction, idle_reserve=reserve, max_per_orchestrator=per_orch,
