@@ -167,8 +167,9 @@ def read_capacity(scenario: Scenario, url: str | None) -> CapacitySnapshot:
     names the scenario line of the source."""
     source = scenario.target.capacity
     model = scenario.workflow.pipeline
-    if isinstance(source, StaticCapacity) or url is None:
-        return static_capacity(source.slots if isinstance(source, StaticCapacity) else 0, model)
+    if isinstance(source, StaticCapacity):
+        return static_capacity(source.slots, model)
+    assert url is not None, "capacity_url gives every source but a static count a URL"
     where = scenario.locate("target", "capacity")
     hint = "" if isinstance(source, NaapCapacity) else (
         " (go-livepeer serves it from its CLI server, -cliAddr, default 127.0.0.1:5935: set target.capacity.url "
