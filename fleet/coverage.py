@@ -82,6 +82,8 @@ class Coverage:
     reserved: dict[str, float] = field(default_factory=dict)      # in-flight session id -> slot-seconds
     last_start: float | None = None
     why: str = ""                            # why the last ``pick`` returned None
+    prior: dict[str, tuple[str, float | None, str | None, float | None]] = field(default_factory=dict)  # in
+    # flight: key, its last test before, the category counted, the last start before (undone on a refusal)
 
     def __post_init__(self) -> None:
         if self.retry_s is None:
@@ -175,6 +177,7 @@ class Coverage:
     def started(self, session_id: str, pick: Pick, now: float) -> None:
         self._roll(now)
         key = pick.target.key
+        self.prior[session_id] = (key, self.last_tested.get(key), pick.category, self.last_start)
         self.last_start = now
         self.last_tried[key] = now
         self.last_tested[key] = now
@@ -187,9 +190,25 @@ class Coverage:
         """No slot for it: tried, not tested (it stays due, retried after ``retry_s``)."""
         self.last_tried[pick.target.key] = now
 
+    def refused(self, session_id: str) -> None:
+        """The gateway found no orchestrator for a started session (a skip after all): it was tried, not
+        tested, so the orchestrator stays due and is retried after ``retry_s``, as ``restore`` reads it."""
+        key, before, category, last_start = self.prior.pop(session_id, ("", None, None, None))
+        if not key:
+            return
+        self.last_start = last_start
+        if before is None:
+            self.last_tested.pop(key, None)
+        else:
+            self.last_tested[key] = before
+        seen = self.seen_today.get(key, {})
+        if category and seen.get(category):
+            seen[category] -= 1
+
     def finished(self, session_id: str, held_s: float, now: float) -> None:
         """Charge what the session held (its reservation is returned)."""
         self._roll(now)
+        self.prior.pop(session_id, None)
         self.reserved.pop(session_id, None)
         self.used_s += max(0.0, held_s)
 

@@ -162,3 +162,14 @@ def test_discovered_orchestrators_are_targeted_by_uri_each_capped_and_staggered(
     now[0] = 10.0
     assert broker.lease("h").orchestrator_uri == "https://b:8935"
     assert all(lease.orchestrator is None for lease in first[:3])  # no address is invented
+
+
+def test_a_skip_gets_the_targets_idle_slots_and_the_snapshots_age():
+    now = [100.0]
+    snap = CapacitySnapshot("m", (OrchestratorSlots("0xa", "https://a:8935", 3, 1),))
+    broker = SlotBroker(CapacityPolicy(), snap, clock=lambda: now[0])
+    broker.update(snap, taken_at=95.0)
+    assert broker.evidence("https://a:8935") == {"target_idle_slots": 3, "capacity_age_s": 5.0}
+    assert broker.evidence("0xa")["target_idle_slots"] == 3
+    assert broker.evidence("https://other:8935") == {"target_idle_slots": None, "capacity_age_s": 5.0}
+    assert broker.evidence(None)["target_idle_slots"] is None

@@ -161,3 +161,24 @@ def test_targets_come_from_the_capacity_source_within_include_and_exclude():
     assert [t.key for t in targets_of(snap, include=("c:8935",))] == ["https://c:8935"]
     assert [t.key for t in targets_of(static_capacity(4, "m"))] == [ANY_ORCHESTRATOR]
     assert targets_of(static_capacity(0, "m")) == []
+
+
+def test_a_session_the_gateway_refuses_leaves_its_orchestrator_due_and_retried_after_retry_s():
+    """The lease was granted and the session started, then the gateway said "no orchestrators available": it was
+    tried, not tested, exactly as a restart reads the stored skip. The orchestrator is picked again once
+    ``retry_s`` has passed (not ``every_s``), and the category it was counted for is given back."""
+    one = [Target("https://o1:8935", "0x1", 4)]
+    cov = coverage(every_s=600.0, retry_s=60.0)
+    first = cov.pick(one, 16, T0)
+    assert first is not None
+    cov.started("s1", first, T0)
+    cov.refused("s1")
+    cov.finished("s1", 0.0, T0 + 1)
+    assert cov.age(first.target.key, T0 + 1) is None and cov.seen_today[first.target.key][first.category] == 0
+    assert cov.pick(one, 16, T0 + 30) is None                       # tried 30 s ago: not yet
+    again = cov.pick(one, 16, T0 + 61)
+    assert again is not None and again.target == first.target      # retried after retry_s, not every_s
+    restored = coverage(every_s=600.0, retry_s=60.0)
+    restored.restore([{"target_orchestrator": first.target.key, "started_unix": T0,
+                       "outcome": "skipped_no_capacity", "duration_s": 0.0}], T0 + 1)
+    assert (restored.last_tested, restored.last_tried) == (cov.last_tested, cov.last_tried)

@@ -52,6 +52,9 @@ class FakeExecutor:
             raise errors.TesterError("the slot broker did not answer a lease: RayActorError (the actor is gone)")
         return {"id": f"l{self.t}-{len(self.live)}"} if len(self.live) < self.slots else None
 
+    def evidence(self, preferred: str | None) -> dict:
+        return {"target_idle_slots": 3, "capacity_age_s": 1.5}   # what the broker's snapshot said
+
     def start(self, region: str, job: Job, lease_id: str, tag: Any) -> None:
         self.live[lease_id] = (self.t + job.duration_s, tag, job)
 
@@ -112,6 +115,14 @@ def test_a_plan_runs_every_session_into_every_output_with_its_identity():
         assert (r.campaign_id, r.scenario, r.region, r.gateway, r.planned_start_s, r.prompt_id) == \
             ("drv-1", "drv", "local", "http://gw", s.start_s, s.prompts[0].prompt_id)
     assert c.tally.counts == {"ok": len(ran), "skipped_no_capacity": len(skipped)} and c.tally.done == len(ran)
+
+
+def test_a_session_no_slot_was_leased_to_is_skipped_with_the_capacity_evidence():
+    c, plan = campaign(concurrency=2, window_s=12, duration_s=10)   # the plan fits 2; the fake leases only 1
+    now, stored = run(c, plan, FakeExecutor(c, slots=1))
+    skipped = [r for r in stored.rows if r.error_class == "no_slot_leased"]
+    assert skipped and all((r.outcome, r.target_idle_slots, r.capacity_age_s) == ("skipped_no_capacity", 3, 1.5)
+                           for r in skipped)
 
 
 def test_a_stop_signal_stops_the_live_sessions_and_stores_them():

@@ -138,7 +138,7 @@ def test_a_campaign_feeds_every_session_to_kafka(broker, tmp_path):
     try:
         with GatewayProcess(config=default_config(seed=5, status_interval_s=2.0)) as gw:
             out = subprocess.run([str(Path(sys.executable).parent / "fleet"), "run", str(scenario), *gateway_args(gw),
-                                  "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True,
+                                  "--out", str(tmp_path), "--no-progress", "--json"], capture_output=True, text=True,
                                  timeout=180, cwd=tmp_path,
                                  env={**os.environ, "FLEET_KAFKA_BOOTSTRAP": bootstrap(broker)})
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]

@@ -92,14 +92,14 @@ def test_the_byoc_adapter_reads_its_status_flat_and_a_403_from_the_webhook_is_au
     assert gateway_error(status) == "no orchestrators available" and "GET /process/stream/ok/status" in seen
 
 
-def early_end(**kw) -> ProbeResult:
-    return ProbeResult("s1", "livepeer", "http://gw", outcome="failed", error_phase="ice", error_class="ice_timeout",
+def early_end(dialect: str = "livepeer", **kw) -> ProbeResult:
+    return ProbeResult("s1", dialect, "http://gw", outcome="failed", error_phase="ice", error_class="ice_timeout",
                        error_detail="not within 5 s", **kw)
 
 
 def test_201_then_no_status_ever_and_no_output_is_the_tester_refused_by_the_auth_webhook():
     r = early_end()
-    blame(r, None, status_seen=False, output_seen=False)
+    blame(r, None, status_seen=False, output_seen=False, said_no_status=True)
     assert (r.outcome, r.error_phase, r.error_class, r.excused) == ("failed", "tester", "auth_refused", False)
     assert r.error_detail == f"{AUTH_REFUSED_DETAIL} (then ice_timeout: not within 5 s)"
 
@@ -111,8 +111,39 @@ def test_a_status_or_any_output_means_the_gateway_took_the_stream(status_seen, o
     assert (r.outcome, r.error_phase, r.error_class, r.error_detail) == ("failed", "ice", "ice_timeout", "not within 5 s")
 
 
+@pytest.mark.parametrize(("dialect", "said_no_status"), [("livepeer", False), ("daydream", True), ("byoc", True)])
+def test_only_a_livepeer_gateway_saying_it_keeps_no_status_is_the_auth_webhook(dialect, said_no_status):
+    """A status that could not be read (unreachable, a 502) says nothing of the stream; Daydream's auth is its
+    bearer token at create and BYOC's its 403: neither is read from a missing status."""
+    r = early_end(dialect)
+    blame(r, None, status_seen=False, output_seen=False, said_no_status=said_no_status)
+    assert (r.outcome, r.error_phase, r.error_class, r.error_detail) == ("failed", "ice", "ice_timeout", "not within 5 s")
+
+
+def test_no_orchestrators_after_output_is_an_excused_failure_not_a_capacity_skip():
+    """A swap that found no orchestrator ends a session that ran: it stays counted, excused (RULE-LIFECYCLE-004),
+    and is no refusal of the orchestrator that served it."""
+    r = early_end()
+    blame(r, "no orchestrators available", status_seen=True, output_seen=True)
+    assert (r.outcome, r.error_phase, r.error_class, r.excused) == \
+        ("failed", "capacity", "no_orchestrators_available", True)
+
+
 def test_the_gateways_own_error_still_decides_when_there_is_one():
     r = early_end()
     blame(r, "no orchestrators available", status_seen=False, output_seen=False)
     assert (r.outcome, r.error_phase, r.error_class, r.excused) == \
         ("skipped_no_capacity", "capacity", "no_orchestrators_available", True)
+
+
+@pytest.mark.parametrize(("code", "said"), [(404, True), (502, False), (500, False)])
+def test_only_a_404_to_a_status_read_says_the_gateway_keeps_no_status(code, said):
+    from fleet.probe.adapters import LivepeerAdapter
+
+    async def main() -> tuple:
+        transport = httpx.MockTransport(lambda request: httpx.Response(code, text="Stream not found"))
+        async with httpx.AsyncClient(transport=transport) as client:
+            adapter = LivepeerAdapter("http://gw", "streamdiffusion")
+            return await adapter.status(client), adapter.said_no_status
+
+    assert asyncio.run(main()) == (None, said)

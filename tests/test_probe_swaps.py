@@ -11,6 +11,7 @@ import pytest
 from fleet.gateway.config import Delay, Fault, GatewayConfig, Gpu, GpuProfile, OrchestratorSpec
 from fleet.gateway.process import GatewayProcess
 from fleet.probe.session import run_probe
+from fleet.probe.types import ProbeResult
 from fleet.probe.swaps import JOIN_S, SwapTracker
 from fleet.probe.timing import analyse
 from test_probe import MODEL, spec
@@ -54,6 +55,20 @@ def test_evidence_far_apart_is_two_swaps_and_a_swap_before_the_first_report_is_f
     t.runner_seen(11.0 + 3 * JOIN_S, "0xd", 4000)  # long after: a swap of its own, seen only by the status
     assert [(s.from_orchestrator, s.to_orchestrator, s.by_viewer) for s in t.swaps] == [
         (None, "0xb", True), ("0xb", "0xc", True), ("0xc", "0xd", False)]
+
+
+def test_a_viewer_closed_with_nothing_after_is_no_swap():
+    """go-livepeer closes the viewers first whenever it ends a stream (idle input, too many swaps, an error),
+    the ingest a moment later: a viewer's loss alone, with no output back and no new runner, is no swap."""
+    t, _ = _tracker()
+    t.runner_seen(10.0, "0xa", 1000)
+    t.viewer_lost(20.0, last_frame_s=19.9)
+    r = ProbeResult("s", "livepeer", "http://gw")
+    t.fill(r)
+    assert (r.swap_count, r.swapped, r.swap_gap_s, r.orchestrators) == (0, False, None, ["0xa"])
+    t.output_back(21.0)   # ... until its output comes back on a new subscription
+    t.fill(r)
+    assert (r.swap_count, r.swapped, r.swap_gap_s) == (1, True, 1.1)
 
 
 def test_the_swap_gap_is_cut_out_of_fps_jitter_and_freezes():

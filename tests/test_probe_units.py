@@ -234,3 +234,19 @@ def test_the_gateways_error_decides_an_early_end(message, verdict):
 
 def test_the_spec_never_prints_the_token():
     assert "s3cret" not in repr(spec(token="s3cret")) and "http://127.0.0.1:1" in repr(spec(token="s3cret"))
+
+
+def test_a_swap_before_the_first_frame_still_tells_the_session_its_first_frame():
+    """The viewer's connection closes after the WHEP answer but before any frame (a swap): the frames of the
+    new subscription are the session's first, so its startup wait ends on them (it used to wait out the
+    startup deadline, then fail as no_output with frames flowing)."""
+    from fleet.rtp import TapFrame
+
+    s, t0 = spec(), 1000.0
+    w, _ = watch(s, sent_track(s.clip, t0, 1), t0)
+    told: list[str] = []
+    w.on_first = w.first_output = lambda: told.append("first frame")
+    w.resubscribed(None, lambda: told.append("output back"))
+    w.on_frame(TapFrame(timestamp=90_000, first_arrival=t0 + 1.0, arrival=t0 + 1.0, data=b"", packets=1,
+                        keyframe=True, complete=True))
+    assert told == ["output back", "first frame"]

@@ -8,6 +8,8 @@ from a full one. The truth here is written out per case, not computed by the cod
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from fleet.capacity import CapacitySnapshot, OrchestratorSlots
@@ -15,7 +17,7 @@ from fleet.probe.types import PromptChange
 from fleet.results.prometheus import CampaignMetrics
 from fleet.results.refusals import refusals
 from fleet.results.row import SessionRow
-from fleet.results.sink import Batch
+from fleet.results.sink import Batch, tables_of
 from fleet.runtime.broker import SlotBroker
 from fleet.runtime.job import Job, capacity_evidence
 from fleet.scenario import CapacityPolicy
@@ -58,29 +60,31 @@ def test_the_broker_hands_each_lease_its_evidence():
     assert job().leased({"id": lease.id, "orchestrator_uri": URI, "idle": 3, "capacity_age_s": 17.5}).target_idle == 3
 
 
-def _row(target: str, refused: bool, started: float, error_class: str = "no_orchestrators_available") -> dict:
-    return {"target_orchestrator": target, "refused_while_idle": refused, "started_unix": started,
-            "outcome": "skipped_no_capacity" if refused else "ok", "error_class": error_class if refused else None,
-            "model": "m", "orchestrator_address": None}
+def _row(target: str, refused: bool, started: float, error_class: str = "no_orchestrators_available",
+         session: str = "s") -> SessionRow:
+    return SessionRow(session_id=session, target_orchestrator=target, refused_while_idle=refused,
+                      started_at=SessionRow.at(started), outcome="skipped_no_capacity" if refused else "ok",
+                      error_class=error_class if refused else None, model="m")
 
 
 def test_refusals_per_orchestrator_count_share_and_last_seen():
     rows = [_row("a", True, 10.0), _row("a", True, 30.0), _row("a", False, 20.0), _row("a", False, 40.0),
             _row("b", False, 5.0), _row("c", True, 7.0),
             # the broker's own skips were never sent: they are not sessions aimed at it
-            {**_row("a", False, 50.0), "outcome": "skipped_no_capacity", "error_class": "no_slot_leased"},
-            {**_row("", True, 60.0)}]
-    got = [r.as_dict() for r in refusals(rows)]
+            replace(_row("a", False, 50.0), outcome="skipped_no_capacity", error_class="no_slot_leased"),
+            _row("", True, 60.0)]
+    stored = tables_of(rows)["sessions"].to_pylist()   # the summary reads the stored rows
+    got = [r.as_dict() for r in refusals(stored)]
     assert got == [{"orchestrator": "a", "refused": 2, "aimed": 4, "share": 0.5, "last_unix": 30.0},
                    {"orchestrator": "c", "refused": 1, "aimed": 1, "share": 1.0, "last_unix": 7.0}]
 
 
 def test_prometheus_counts_refusals_per_target_with_when_last_seen():
     metrics = CampaignMetrics()
-    stored = [_row(URI, True, 1000.0), _row(URI, True, 1500.0), _row(URI, False, 2000.0)]
-    metrics.add(Batch.of([SessionRow(session_id=f"s{i}", **{k: v for k, v in r.items() if k != "started_unix"},
-                                     started_at=SessionRow.at(r["started_unix"])) for i, r in enumerate(stored)]))
+    metrics.add(Batch.of([_row(URI, True, 1000.0, session="1"), _row(URI, True, 1500.0, session="2"),
+                          _row(URI, False, 2000.0, session="3")]))
     labels = {"orchestrator": URI, "model": "m"}
+    assert metrics.registry.get_sample_value("fleet_sessions_aimed_total", labels) == 3  # the share: 2 of 3
     reg = metrics.registry
     assert reg.get_sample_value("fleet_refused_while_idle_total", labels) == 2
     assert reg.get_sample_value("fleet_refused_while_idle_last_seen_timestamp_seconds", labels) == 1500.0

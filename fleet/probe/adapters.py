@@ -181,6 +181,7 @@ class Adapter:
         # go-livepeer splits WHEP paths on '-': a stream name must have none
         self.name = f"fleet_{uuid.uuid4().hex[:16]}"
         self.started: Started | None = None
+        self.said_no_status = False   # the gateway answered a status read with 404: it keeps none for the stream
 
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -221,6 +222,8 @@ class Adapter:
         """The gateway's status of the stream as it sent it (the caller checks its shape); None when it has
         none (yet, or any more). Raises ProbeFailure ``bad_json`` for a body that is not JSON."""
         resp = await _request(client, "pipeline", "GET", self.status_url(), headers=self.auth())
+        if resp.status_code == 404:
+            self.said_no_status = True
         if resp.status_code != 200:
             return None
         return _json(resp)

@@ -37,19 +37,25 @@ def classify(r: ProbeResult, spec: ProbeSpec, end: float, last_arrival: float | 
         r.outcome = "degraded"
 
 
-def blame(r: ProbeResult, message: str | None, status_seen: bool = True, output_seen: bool = False) -> None:
+def blame(r: ProbeResult, message: str | None, status_seen: bool = True, output_seen: bool = False,
+          said_no_status: bool = False) -> None:
     """After the 201 the gateway reports failures in its status only: its error decides the outcome of an
     early end (no capacity is a skip, NaaP's excused errors are excused), unless it is one go-livepeer
     writes while the stream goes on: ``gateway_status.error`` keeps the first error only, so a transient
     one never overrides what the probe saw fail.
 
-    No error, no status ever and no output: go-livepeer's auth webhook refused the stream key. It answers
-    the WHIP with 201 all the same, then closes the peer connection (or, losing the race, leaves it up with
-    nothing behind it) and stores no status: every stream it takes has one from its start
-    (``server/ai_mediaserver.go`` ``CreateWhip``). That is the tester's configuration (its stream key or the
-    gateway's webhook), never the orchestrator's: ``auth_refused`` in phase ``tester``, not excused."""
+    No error, no output, and the gateway said it keeps no status (404, never a body): go-livepeer's auth
+    webhook refused the stream key (``livepeer`` dialect only; Daydream's auth is its bearer token at
+    create, BYOC's its 403). It answers the WHIP with 201 all the same, then closes the peer connection (or,
+    losing the race, leaves it up with nothing behind it) and stores no status: every stream it takes has
+    one from its start (``server/ai_mediaserver.go`` ``CreateWhip``). That is the tester's configuration (its
+    stream key or the gateway's webhook), never the orchestrator's: ``auth_refused`` in phase ``tester``, not
+    excused. A status that could not be read (unreachable, 5xx) says nothing of the kind.
+
+    "No orchestrators available" after output was seen (a swap that found no orchestrator) is a failure,
+    excused as NaaP's RULE-LIFECYCLE-004 excuses it, not a capacity skip: the session ran."""
     if not message:
-        if not status_seen and not output_seen:
+        if said_no_status and not status_seen and not output_seen and r.dialect in ("livepeer", "reference"):
             r.error_detail = (f"{AUTH_REFUSED_DETAIL} (then {r.error_class}"
                               + (f": {r.error_detail}" if r.error_detail else "") + ")")[:200]
             r.outcome, r.error_phase, r.error_class, r.excused = "failed", "tester", "auth_refused", False
@@ -57,5 +63,7 @@ def blame(r: ProbeResult, message: str | None, status_seen: bool = True, output_
     verdict = classify_gateway_error(message)
     if verdict is None:
         return
-    r.outcome, r.error_phase, r.error_class, r.excused = verdict.outcome, verdict.phase, verdict.error, verdict.excused
+    outcome = "failed" if verdict.outcome == "skipped_no_capacity" and output_seen else verdict.outcome
+    r.outcome, r.error_phase, r.error_class = outcome, verdict.phase, verdict.error
+    r.excused = verdict.excused or outcome != verdict.outcome
     r.error_detail = message[:200]

@@ -56,6 +56,7 @@ class OutputWatch:
         self.out_ts: list[int] = []        # RTP timestamps relative to the first output frame
         self.ts0: int | None = None
         self.on_first: Callable[[], None] = lambda: None
+        self.first_output: Callable[[], None] = lambda: None   # the session's first frame, after a swap too
         # decoding
         self.decoder: Any = None           # av's CodecContext while decoding
         self.gop: list[tuple[TapFrame, int]] = []  # frames since the last keyframe, while not decoding
@@ -86,9 +87,15 @@ class OutputWatch:
         self.recv_aligner = Aligner(tolerance=0.3, max_latency=max_latency)
 
     def resubscribed(self, tap: FrameTap, on_first: Callable[[], None]) -> None:
-        """A new subscription after a swap: its frames start a new segment (``on_first`` at its first)."""
+        """A new subscription after a swap: its frames start a new segment (``on_first`` at its first, then
+        ``first_output``: a swap may come before any output)."""
         self.earlier_samples += self.latency_samples()
-        self.tap, self.on_first = tap, on_first
+
+        def first() -> None:
+            on_first()
+            self.first_output()
+
+        self.tap, self.on_first = tap, first
         self.ts0 = None
         self.decoder = None
         self.gop = []

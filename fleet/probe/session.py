@@ -96,7 +96,7 @@ class _Probe:
         self.end_error: str | None = None   # the gateway's error as read after the teardown
         self.tasks: set[asyncio.Task[Any]] = set()  # every task this session started; teardown awaits them
         self.out = OutputWatch(spec, self.track, self.t0, self.event, self._ask_keyframe)
-        self.out.on_first = self.first_frame.set
+        self.out.on_first = self.out.first_output = self.first_frame.set
         self.swaps = SwapTracker(self.event)
         self.status = StatusReader(self.r, self.event, self.swaps)
         self.t_end: float | None = None
@@ -376,7 +376,8 @@ async def run_probe(spec: ProbeSpec, stop: asyncio.Event | None = None,
         r.outcome = "skipped_no_capacity" if f.skipped else "failed"
         r.error_phase, r.error_class, r.error_detail, r.excused = f.phase, f.error, f.detail or None, f.excused
         if probe.t_answer is not None and f.phase != "tester":
-            blame(r, await probe.diagnose(client), probe.status.seen, bool(probe.out.arrivals))
+            blame(r, await probe.diagnose(client), probe.status.seen, bool(probe.out.arrivals),
+                  probe.adapter.said_no_status)
     except asyncio.TimeoutError:
         r.outcome, r.error_phase, r.error_class = "failed", "timeout", "session_cap"
         r.error_detail = f"the session ran into its {spec.max_s:g} s cap"

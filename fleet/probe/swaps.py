@@ -10,8 +10,9 @@ same orchestrator, so a swap is never recognised by a changed address alone:
 - the status's evidence: a runner with another identity (address, or the runner's ``start_time``)
   (``runner_seen``).
 
-The two are joined into one swap when they come within ``JOIN_S`` of each other; either alone is a
-swap too. A swap is never a failure of the orchestrator swapped away from: NaaP counts
+The two are joined into one swap when they come within ``JOIN_S`` of each other. The status's evidence
+alone is a swap; the viewer's only once its output came back (``Swap.confirmed``), since go-livepeer
+closes the viewers first whenever it ends a stream. A swap is never a failure of the orchestrator swapped away from: NaaP counts
 ``orchestrator_swap`` as a swap. Pure: the session feeds it times.
 """
 
@@ -37,6 +38,13 @@ class Swap:
     gap_s: float | None = None          # the viewer's output was gone this long (None: not seen by the viewer)
     by_viewer: bool = False
     by_status: bool = False
+
+    @property
+    def confirmed(self) -> bool:
+        """A swap for sure: the status showed a new runner, or the output came back on a new subscription. A
+        viewer closed with nothing after is no swap: go-livepeer closes the viewers first whenever it ends a
+        stream (idle input, too many swaps, a fatal error, a takeover), the ingest a moment later."""
+        return self.by_status or self.gap_s is not None
 
     def as_event(self) -> dict[str, object]:
         return {"from": self.from_orchestrator, "to": self.to_orchestrator, "gap_s": self.gap_s,
@@ -99,16 +107,19 @@ class SwapTracker:
     @property
     def orchestrators(self) -> list[str]:
         """Every orchestrator known to have served the session, in order (a repeat is listed again)."""
-        first = self.swaps[0].from_orchestrator if self.swaps else self.address
+        swaps = [s for s in self.swaps if s.confirmed]
+        first = swaps[0].from_orchestrator if swaps else self.address
         served = [first] if first else []
-        for s in self.swaps:
+        for s in swaps:
             if s.to_orchestrator:
                 served.append(s.to_orchestrator)
         return served
 
     def fill(self, r: ProbeResult) -> None:
-        """The session's swap columns: how many, the output's total gap over them, who served it."""
-        gaps = [s.gap_s for s in self.swaps if s.gap_s is not None]
-        r.swap_count, r.swapped = len(self.swaps), bool(self.swaps)
+        """The session's swap columns: how many (confirmed ones), the output's total gap over them, who
+        served it."""
+        swaps = [s for s in self.swaps if s.confirmed]
+        gaps = [s.gap_s for s in swaps if s.gap_s is not None]
+        r.swap_count, r.swapped = len(swaps), bool(swaps)
         r.swap_gap_s = round(sum(gaps), 3) if gaps else None
         r.orchestrators = self.orchestrators

@@ -64,6 +64,9 @@ class CampaignMetrics:
                              registry=r)
         self.refused = Counter("fleet_refused_while_idle", "sessions refused while the target advertised idle slots",
                                ("orchestrator", "model"), registry=r)
+        self.aimed = Counter("fleet_sessions_aimed", "sessions sent to a target orchestrator (the refusal share's "
+                             "denominator: fleet_refused_while_idle_total / fleet_sessions_aimed_total)",
+                             ("orchestrator", "model"), registry=r)
         self.refused_last = Gauge("fleet_refused_while_idle_last_seen_timestamp_seconds",
                                   "when a session was last refused while its target advertised idle slots",
                                   ("orchestrator", "model"), registry=r)
@@ -94,8 +97,10 @@ class CampaignMetrics:
         for row in batch.rows:
             labels = {"orchestrator": _orchestrator(row), "model": row.model or "", "region": row.region or ""}
             self.sessions.labels(**labels, outcome=row.outcome).inc()
-            if row.refused_while_idle:
-                target = {"orchestrator": row.target_orchestrator or labels["orchestrator"], "model": labels["model"]}
+            target = {"orchestrator": row.target_orchestrator or "", "model": labels["model"]}
+            if row.target_orchestrator and row.error_class not in ("no_slot_leased", "planner_skipped"):
+                self.aimed.labels(**target).inc()   # as fleet.results.refusals counts them: sent to it
+            if row.refused_while_idle and row.target_orchestrator:
                 self.refused.labels(**target).inc()
                 self.refused_last.labels(**target).set(row.started_unix or time.time())
             if row.outcome == "skipped_no_capacity":

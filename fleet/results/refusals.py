@@ -45,7 +45,8 @@ def refusals(rows: Iterable[Mapping[str, Any]]) -> list[Refusals]:
         aimed[target] = aimed.get(target, 0) + 1
         if r.get("refused_while_idle"):
             refused[target] = refused.get(target, 0) + 1
-            started = float(r.get("started_unix") or 0.0)
+            at = r.get("started_at")   # a stored row's time (a datetime), as the sessions table holds it
+            started = at.timestamp() if at is not None else 0.0
             last[target] = max(last.get(target, started), started)
     found = [Refusals(t, n, aimed[t], last[t]) for t, n in refused.items()]
     return sorted(found, key=lambda x: (-x.refused, x.orchestrator))

@@ -193,11 +193,14 @@ class SessionRow:
 
     @classmethod
     def skipped(cls, ident: Identity, error_class: AnyErrorClass, detail: str, *, started_unix: float,
-                orchestrator_address: str | None = None) -> SessionRow:
-        """A session that never ran: no slot within the caps (``skipped_no_capacity``)."""
+                orchestrator_address: str | None = None, target_idle_slots: int | None = None,
+                capacity_age_s: float | None = None) -> SessionRow:
+        """A session that never ran: no slot within the caps (``skipped_no_capacity``), with the capacity
+        evidence it was skipped on (the target's idle slots in the broker's snapshot, and its age)."""
         return cls(**_ident(ident), outcome="skipped_no_capacity", error_phase="capacity", error_class=error_class,
                    error_detail=detail, started_at=cls.at(started_unix), duration_s=0.0,
-                   orchestrator_address=orchestrator_address)
+                   orchestrator_address=orchestrator_address, target_idle_slots=target_idle_slots,
+                   capacity_age_s=capacity_age_s)
 
     @classmethod
     def measured(cls, result: ProbeResult, **columns: Any) -> SessionRow:

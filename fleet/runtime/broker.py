@@ -125,6 +125,14 @@ class SlotBroker:
         self.leases[lease.id] = lease
         return lease
 
+    def evidence(self, preferred: str | None) -> dict[str, Any]:
+        """What a capacity skip aimed at ``preferred`` (address or URI) stores: that orchestrator's idle slots
+        in the snapshot the broker holds (None when it names none) and the snapshot's age."""
+        idle = next((o.idle for o in self.snapshot.orchestrators if preferred in (o.address, o.uri)), None) \
+            if preferred else None
+        age = None if self.snapshot_at <= -1e18 else round((self.clock() - self.snapshot_at) / (self.ticks_per_s or 1), 3)
+        return {"target_idle_slots": idle, "capacity_age_s": age}
+
     def attach(self, lease_id: str, stop: tuple[str, str]) -> None:
         lease = self.leases.get(lease_id)
         if lease is not None:
@@ -247,6 +255,9 @@ class BrokerActor:
         return None if lease is None else {"id": lease.id, "orchestrator": lease.orchestrator,
                                            "orchestrator_uri": lease.orchestrator_uri, "idle": lease.idle,
                                            "capacity_age_s": lease.age_s}
+
+    async def evidence(self, preferred: str | None) -> dict[str, Any]:
+        return self.broker.evidence(preferred)
 
     async def attach(self, lease_id: str, method: str, url: str) -> None:
         self.broker.attach(lease_id, (method, url))

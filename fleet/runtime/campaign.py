@@ -85,10 +85,11 @@ def _failed_row(c: Campaign, plan: Plan, live: Dispatched, error: AnyErrorClass,
                                          orchestrator_address=live.session.orchestrator))
 
 
-def _skipped_row(c: Campaign, plan: Plan, live: Dispatched, wait_s: float) -> SessionRow:
+def _skipped_row(c: Campaign, plan: Plan, live: Dispatched, wait_s: float, evidence: dict[str, Any]) -> SessionRow:
     return with_gpu(c, SessionRow.skipped(_of(c, plan, live), "no_slot_leased",
                                           f"no idle slot within the campaign's caps for {wait_s:g} s",
-                                          started_unix=time.time(), orchestrator_address=live.session.orchestrator))
+                                          started_unix=time.time(), orchestrator_address=live.session.orchestrator,
+                                          **evidence))
 
 
 def _planner_skipped_row(c: Campaign, plan: Plan, index: int, skipped: Any) -> SessionRow:
@@ -169,7 +170,7 @@ class PlanSource:
 
     def __init__(self, c: Campaign, plan: Plan, ex: Executor, prompts: dict[tuple[str, str], Any],
                  clock: Clock = SYSTEM_CLOCK) -> None:
-        self.c, self.plan = c, plan
+        self.c, self.plan, self.ex = c, plan, ex
         self.planned: int | None = len(plan.sessions)
         self.wait_s = c.scenario.capacity.lease_wait_s
         self.d = Dispatcher(plan.sessions, ex, self.wait_s,
@@ -185,7 +186,8 @@ class PlanSource:
             rows, self.opening = self.opening, []
             return rows
         turn = self.d.step()
-        return [_skipped_row(self.c, self.plan, k, self.wait_s) for k in turn.skipped] + self.ended(turn.finished)
+        skipped = [_skipped_row(self.c, self.plan, k, self.wait_s, self.ex.evidence(k.job.target)) for k in turn.skipped]
+        return skipped + self.ended(turn.finished)
 
     def ended(self, finished: list[Finished]) -> list[SessionRow]:
         c, plan = self.c, self.plan

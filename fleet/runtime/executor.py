@@ -138,6 +138,15 @@ class RayExecutor:
                                                  "a lease")
         return lease
 
+    def evidence(self, preferred: str | None) -> dict[str, Any]:
+        """The capacity evidence of a skip aimed at ``preferred`` (fleet.runtime.broker.SlotBroker.evidence);
+        {} when the broker does not answer (the next lease says why)."""
+        try:
+            evidence: dict[str, Any] = _get(self.broker.evidence.remote(preferred), STATE_TIMEOUT_S, "evidence")
+            return evidence
+        except TesterError:
+            return {}
+
     def snapshot(self) -> CapacitySnapshot:
         """The capacity the broker leases against now (refreshed every ``refresh_s``)."""
         snapshot: CapacitySnapshot = self._ask(self.broker.snapshot.remote(), "its capacity")

@@ -40,13 +40,15 @@ from fleet.errors import InputError, TesterError
 from fleet.plan import prompt_schedule
 from fleet.prompts import PoolEntry, PromptPicker, resolve_pool
 from fleet.results.row import Identity, SessionRow
-from fleet.results.sink import ParquetSink
+from fleet.results.refusals import refusals
+from fleet.results.sink import SESSIONS, ParquetSink, conform
 from fleet.runtime.broker import read_capacity
 from fleet.runtime.lifecycle import (Campaign, CampaignOptions, open_gateways, open_outputs, outputs_for, prepare,
                                      ray_init, results_dir, with_gpu)
 from fleet.runtime.executor import STOP_GRACE_S, Finished, RayExecutor
 from fleet.runtime.driver import drive
 from fleet.runtime.job import Job, prompt_changes
+from fleet.runtime.summary import print_capacity
 from fleet.scenario import load_scenario
 
 __all__ = ["MonitorOptions", "run_monitor", "stored_rows"]
@@ -140,6 +142,7 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
             summary["kafka"] = c.kafka.close(STOP_GRACE_S)
             c.kafka = None
         summary["clickhouse"] = c.clickhouse_feed.state if c.clickhouse_feed else None
+        summary["refused_while_idle"] = [x.as_dict() for x in refusals(_run_rows(sink))]
         sink.finish({"live": None, "last_run": summary})
         _print_summary(summary, sink.dir, opts.json)
         return TesterError.exit_code if c.tester_error else 0
@@ -248,7 +251,8 @@ class CoverageSource:
         self.cov.skipped(pick, now)
         return [SessionRow.skipped(self._identity(s), "no_slot_leased",
                                    f"no idle slot on {pick.target.key} within the monitor's caps",
-                                   started_unix=now, orchestrator_address=pick.target.address)]
+                                   started_unix=now, orchestrator_address=pick.target.address,
+                                   **self.ex.evidence(preferred))]
 
     def _identity(self, s: _Session) -> Identity:
         first, c = s.job.prompts[0], self.c
@@ -271,6 +275,8 @@ class CoverageSource:
                 row = SessionRow.failed(self._identity(s), *f.failure, started_unix=time.time() - spent,
                                         duration_s=spent, orchestrator_address=s.job.orchestrator)
             row = with_gpu(self.c, row)
+            if row.outcome == "skipped_no_capacity":   # the gateway's skip: retried after retry_min
+                self.cov.refused(s.session_id)
             self.cov.finished(s.session_id, row.duration_s or 0.0, time.time())
             rows.append(row)
         return rows
@@ -282,6 +288,12 @@ class CoverageSource:
         steps = prompt_schedule(self.scenario, self.spec.session_s, self.pickers.get(pick.category, self.any_picker))
         return Job(session_id, self.c.urls[region], self.spec.session_s,
                    prompt_changes(self.scenario, steps, self.prompts, seed)).leased(lease)
+
+
+def _run_rows(sink: ParquetSink) -> list[dict[str, Any]]:
+    """This run's stored sessions (its files carry its tag)."""
+    files = sorted(sink.dir.glob(f"date=*/**/sessions-{sink.run_tag}-*.parquet"))
+    return [r for f in files for r in conform(pq.read_table(f), SESSIONS).to_pylist()]
 
 
 def _at_own_cap(ex: RayExecutor) -> bool:
@@ -321,6 +333,10 @@ def _print_summary(summary: dict[str, Any], out: Path, as_json: bool) -> None:
         print(f"fleet: Kafka: {kafka['delivered']} of {kafka['produced']} messages delivered to {kafka['topic']}"
               + (f" ({kafka['undelivered']} undelivered, {kafka['dropped']} dropped)"
                  if kafka["undelivered"] or kafka["dropped"] else ""), flush=True)
+    if summary.get("refused_while_idle"):
+        from rich.console import Console
+
+        print_capacity(Console(width=120), summary)
     print(f"fleet: results: {out}", flush=True)
     if as_json:
         print(json.dumps({"monitor": summary["run_id"], "results": str(out), **summary}, default=str), flush=True)

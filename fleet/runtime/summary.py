@@ -105,7 +105,7 @@ def print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
                         for reason, by in sorted(summary["degraded_by"].items()))
         console.print(f"goodput counts sessions that met every threshold; degraded for {why}. The SLA score is "
                       "the network's formula (startup, swaps, fps, latency): jitter and freezes are not in it")
-    _print_capacity(console, summary)
+    print_capacity(console, summary)
     if c.aborted:
         console.print(f"[red]aborted: {c.aborted}[/]")
     if c.tester_error:
@@ -133,7 +133,7 @@ def print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
     print(json.dumps({"campaign_id": c.campaign_id, "results": str(out), **slim}), flush=True)
 
 
-def _print_capacity(console: Any, summary: dict[str, Any]) -> None:
+def print_capacity(console: Any, summary: dict[str, Any]) -> None:
     """Orchestrators refused while advertising idle slots, and a snapshot that went stale."""
     from rich.table import Table
 
