@@ -166,3 +166,11 @@ def test_every_help_text_is_plain_text(capsys):
             build_parser().parse_args([*argv, "--help"])
         text = capsys.readouterr().out
         assert text.startswith("usage: fleet") and "`" not in text, (argv, text)
+
+
+@pytest.mark.parametrize("command", ["run", "monitor"])
+def test_a_url_option_that_is_no_http_url_is_a_usage_error(cli, command):
+    out = cli(command, "scenarios/smoke.yaml", "--capacity-url", "127.0.0.1:5935")
+    assert out.code == 2 and out.err.splitlines()[-1] == (
+        "fleet: error: argument --capacity-url: '127.0.0.1:5935' is not an http(s) URL (allowed: "
+        "http://HOST[:PORT], https://...)")

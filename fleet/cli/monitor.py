@@ -19,6 +19,13 @@ def duration(text: str) -> float:
     return float(m.group(1)) * UNITS[m.group(2) or "s"]
 
 
+def http_url(text: str) -> str:
+    """A command-line URL: http(s) only (as the scenario's own URLs)."""
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL (allowed: http://HOST[:PORT], https://...)")
+    return text
+
+
 def add(sub: argparse._SubParsersAction[Any]) -> None:
     p = sub.add_parser("monitor", help="probe the network continuously (the scenario's monitor: section)",
                        description=__doc__)
@@ -27,8 +34,8 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
                    help="stop starting sessions after this long, e.g. 10m (default: until SIGINT / SIGTERM)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a private local Ray)")
     p.add_argument("--out", metavar="DIR", help="results directory (default: the scenario's outputs.dir)")
-    p.add_argument("--gateway-url", metavar="URL", help="send every region's sessions to this gateway")
-    p.add_argument("--capacity-url", metavar="URL", help="read the gateway's capacity (/getNetworkCapabilities) "
+    p.add_argument("--gateway-url", metavar="URL", type=http_url, help="send every region's sessions to this gateway")
+    p.add_argument("--capacity-url", metavar="URL", type=http_url, help="read the gateway's capacity (/getNetworkCapabilities) "
                    "from this CLI URL (default: target.capacity.url, else the gateway's host at port 5935)")
     p.add_argument("--json", action="store_true", help="after the summary, print it as one JSON line")
     p.set_defaults(run=run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from fleet.cli.monitor import http_url
+
 
 
 def add(sub: argparse._SubParsersAction[Any]) -> None:
@@ -13,8 +15,8 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a private local Ray)")
     p.add_argument("--seed", type=int, default=0, help="plan seed (default 0)")
     p.add_argument("--out", metavar="DIR", help="results directory (default: the scenario's outputs.dir)")
-    p.add_argument("--gateway-url", metavar="URL", help="send every region's sessions to this gateway")
-    p.add_argument("--capacity-url", metavar="URL", help="read the gateway's capacity (/getNetworkCapabilities) "
+    p.add_argument("--gateway-url", metavar="URL", type=http_url, help="send every region's sessions to this gateway")
+    p.add_argument("--capacity-url", metavar="URL", type=http_url, help="read the gateway's capacity (/getNetworkCapabilities) "
                    "from this CLI URL (default: target.capacity.url, else the gateway's host at port 5935)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML of the SLA checks here (default: outputs.junit)")

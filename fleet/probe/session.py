@@ -346,7 +346,7 @@ class _Probe:
         self.swaps.fill(r)
         errors = [m for m in (r.gateway_error, self.end_error) if m]
         known = self.t_answer is not None and r.error_class != "auth_refused"  # refused before the trace
-        r.startup_outcome = startup_outcome(known, bool(a),
+        r.startup_outcome = startup_outcome(known, r.playable_s is not None,  # playable: PLAYABLE_FRAMES out
                                             any(no_orchestrator_evidence(m) for m in errors), errors)
         self.loop_monitor.release()
         return r

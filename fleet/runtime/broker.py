@@ -169,16 +169,16 @@ def capacity_url(scenario: Scenario, gateway_url: str, override: str | None = No
     return f"http://{f'[{host}]' if ':' in host else host}:{CLI_PORT}"
 
 
-def read_capacity(scenario: Scenario, url: str | None) -> CapacitySnapshot:
+def read_capacity(scenario: Scenario, url: str | None, flag: str | None = None) -> CapacitySnapshot:
     """A snapshot from the scenario's capacity source (the gateway's CLI server at ``url``, NaaP's, or the
     static count), stamped with when it was read. A source that cannot be read is a CapacityError that
-    names the scenario line of the source."""
+    names the scenario line of the source (or ``flag``, the command-line option that gave the URL)."""
     source = scenario.target.capacity
     model = scenario.workflow.pipeline
     if isinstance(source, StaticCapacity):
         return static_capacity(source.slots, model)
     assert url is not None, "capacity_url gives every source but a static count a URL"
-    where = scenario.locate("target", "capacity")
+    where = flag or scenario.locate("target", "capacity")
     hint = "" if isinstance(source, NaapCapacity) else (
         " (go-livepeer serves it from its CLI server, -cliAddr, default 127.0.0.1:5935: set target.capacity.url "
         "or --capacity-url)")

@@ -110,7 +110,7 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
     stops = prepare(c, path)
     try:
         open_gateways(c, path)
-        snapshot = read_capacity(scenario, c.capacity_url)
+        snapshot = read_capacity(scenario, c.capacity_url, "--capacity-url" if opts.capacity_url else None)
         c.snapshot = snapshot
         pool = resolve_pool(scenario.prompts.sets, scenario.base_dir, scenario.source)
         plan = make_plan(scenario, snapshot, opts.seed, pool=pool)

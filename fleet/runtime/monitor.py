@@ -114,7 +114,7 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
     stops = prepare(c, path)
     try:
         open_gateways(c, path)
-        c.snapshot = read_capacity(scenario, c.capacity_url)
+        c.snapshot = read_capacity(scenario, c.capacity_url, "--capacity-url" if opts.capacity_url else None)
         out = results_dir(c)
         open_outputs(c, path)
         pool = resolve_pool(scenario.prompts.sets, scenario.base_dir, scenario.source)
