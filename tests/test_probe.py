@@ -87,7 +87,10 @@ def settles_to_no_open_streams(url: str, deadline_s: float = 15.0) -> bool:
     return run(until_open(url, 0, deadline_s))
 
 
-SUSPECT_SHARE_MAX = 0.05   # of a test's frames, the probe may flag at most this share as stamped in its stalls
+# of a session's frames, the probe may flag at most this share as stamped in its own stalls (the truth bounds
+# widen for those): 10 %, twice the most measured with up to 3 concurrent sessions in full runs on two cores
+# (5.1 %, the half-fps session of the faults test, 118 frames)
+SUSPECT_SHARE_MAX = 0.10
 LOADED_SHARE_MAX = 0.15    # ... with 16 sessions in its one process on two cores (over the test)
 LOADED_SESSION_SHARE_MAX = 0.2  # ... and in any one of them
 
