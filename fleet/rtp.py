@@ -249,14 +249,14 @@ class FrameTap:
                 starts = bool(descriptor.partition_start and descriptor.partition_id == 0)
             else:
                 data, starts = self._h264.push(packet.payload)
-        except ValueError:
-            self._cur_ok = False
-            return
+            unreadable = False
+        except ValueError:  # e.g. a FU-A without its start: the frame lacks a packet, and still ends on its marker
+            data, starts, unreadable = b"", False, True
         if self._cur_ts is None:
             self._cur_ts, self._cur_first, self._cur_parts, self._cur_count = ts, now, [], 0
             self._cur_ok = starts
             self._cur_next_seq = seq
-        if self._cur_next_seq is not None and seq != self._cur_next_seq:
+        if unreadable or (self._cur_next_seq is not None and seq != self._cur_next_seq):
             self._cur_ok = False
         self._cur_next_seq = (seq + 1) & 0xFFFF
         self._cur_parts.append(data)
