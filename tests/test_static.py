@@ -41,20 +41,34 @@ def test_no_module_over_400_lines_and_no_function_over_60():
     assert not too_long, "\n".join(too_long)
 
 
-def test_no_import_circle_inside_the_package():
-    """Module-level imports between fleet's modules form no cycle (imports inside functions and under
-    TYPE_CHECKING are left out: they are the way to break one)."""
+def _fleet_imports(path: Path, everywhere: bool = True) -> set[str]:
+    """The fleet modules ``path`` imports: at module level, under ``if TYPE_CHECKING:`` and (``everywhere``)
+    inside function bodies too; ``from fleet.x import y`` counts ``fleet.x.y`` when that is a module."""
     import ast
 
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = ast.walk(tree) if everywhere else iter(tree.body)
+    deps: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fleet"):
+            deps.add(node.module)
+            for alias in node.names:
+                sub = REPO.joinpath(*node.module.split("."), alias.name)
+                if sub.with_suffix(".py").is_file() or (sub / "__init__.py").is_file():
+                    deps.add(f"{node.module}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            deps.update(a.name for a in node.names if a.name.startswith("fleet"))
+    return deps
+
+
+def test_no_import_circle_inside_the_package():
+    """Imports between fleet's modules form no cycle, counting every import: at module level, under
+    ``if TYPE_CHECKING:`` (a cycle hidden from the interpreter is still one to a reader and to mypy) and
+    inside function bodies (a deferred import breaks a cycle at run time, not in the design)."""
     graph: dict[str, set[str]] = {}
     for path in (REPO / "fleet").rglob("*.py"):
         module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-        deps = graph.setdefault(module, set())
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fleet"):
-                deps.add(node.module)
-            elif isinstance(node, ast.Import):
-                deps.update(a.name for a in node.names if a.name.startswith("fleet"))
+        graph.setdefault(module, set()).update(_fleet_imports(path))
     state: dict[str, int] = {}
 
     def visit(m: str, trail: list[str]) -> None:
@@ -71,6 +85,20 @@ def test_no_import_circle_inside_the_package():
     for m in sorted(graph):
         if not state.get(m):
             visit(m, [])
+
+
+def test_the_reference_gateway_shares_no_code_with_the_probe_it_judges():
+    """The gateway's truth (delivery times, residence, delays, egress timestamps) is computed by its own code:
+    no module of fleet/gateway imports the probe's package or its RTP tap (``fleet.rtp``), anywhere in the
+    module, nor names them (the check ``grep -rn "fleet.probe\\|fleet.rtp" fleet/gateway`` comes back empty)."""
+    shared = []
+    for path in sorted((REPO / "fleet" / "gateway").rglob("*.py")):
+        name = path.relative_to(REPO)
+        shared += [f"{name}: imports {m}" for m in sorted(_fleet_imports(path))
+                   if m == "fleet.rtp" or m.startswith(("fleet.rtp.", "fleet.probe"))]
+        text = path.read_text(encoding="utf-8")
+        shared += [f"{name}: names {word}" for word in ("fleet.probe", "fleet.rtp") if word in text]
+    assert not shared, "\n".join(shared)
 
 
 @pytest.mark.slow

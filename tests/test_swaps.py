@@ -139,6 +139,14 @@ def test_a_third_swap_within_three_minutes_ends_the_stream():
             t = await truth(gw, "s")
             assert len([e for e in t["events"] if e["type"] == "orchestrator_swap"]) == 2
             assert not t["open"]
+            # the stream ended in the step that closed its viewer: the viewer's close is awaited, not cancelled,
+            # so the close goes on to the publisher's peer connection (a cancelled one left it open for good)
+            stream = next(x for x in gw.history.values() if x.name == "s")
+
+            async def publisher_closed():
+                return stream.pc.connectionState == "closed" and all(v.connectionState == "closed"
+                                                                      for v, _ in stream.whep)
+            await wait_until(publisher_closed, "the gateway to close the publisher's and the viewer's connections")
             for p in (pc, sub):
                 await p.close()
     run(main())

@@ -15,10 +15,10 @@ import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from fleet.rtp import VIDEO_CLOCK, unwrap16
+from fleet.gateway.rtpclock import VIDEO_CLOCK, unwrap
+from fleet.gateway.truth import MAX_TRUTH_FRAMES
 
 SUBSCRIBER_QUEUE = 90          # frames buffered per WHEP viewer before the oldest is dropped
-MAX_TRUTH_FRAMES = 108_000     # per-frame truth kept (an hour at 30 fps); summaries are always kept
 
 
 class Output:
@@ -99,7 +99,7 @@ def time_egress(sender: Any, track: OutputTrack, clock: Callable[[], float], dro
         if pt >= 96 and (track.main_pt is None or pt == track.main_pt):
             track.main_pt = pt
             seq = int.from_bytes(data[2:4], "big")
-            unwrapped = unwrap16(track.seq_highest, seq)
+            unwrapped = unwrap(track.seq_highest, seq, 16)
             track.seq_highest = max(unwrapped, track.seq_highest if track.seq_highest is not None else unwrapped)
             if track.seq_first is None:
                 track.seq_first = unwrapped

@@ -31,16 +31,37 @@ import binascii
 import datetime as dt
 import json
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from fleet.gateway.auth import AUTH_FAILED, refuses
+from fleet.gateway.config import GatewayConfig
+from fleet.gateway.network import Network
+from fleet.gateway.stream import Stream
 
-if TYPE_CHECKING:
-    from fleet.gateway.server import ReferenceGateway
 
-__all__ = ["Byoc", "DAYDREAM_PARAMS", "Daydream"]
+class FacadeHost(Protocol):
+    """What a facade needs of the gateway that serves it (``ReferenceGateway`` in server.py): its settings,
+    address and network, its streams, and go-livepeer's own stream opening behind the facade."""
+
+    config: GatewayConfig
+    network: Network
+    port: int | None
+    live: dict[str, Stream]
+    status_store: dict[str, Stream]
+
+    @property
+    def url(self) -> str: ...
+
+    def whep_url(self, name: str, request_id: str) -> str: ...
+
+    async def open_stream(self, request: web.Request, name: str, pipeline: str, params: dict[str, Any],
+                          stream_id: str, orchestrator: str = "", include_uris: tuple[str, ...] = (),
+                          exclude_uris: tuple[str, ...] = (), request_id: str | None = None,
+                          flat_status: dict[str, Any] | None = None) -> web.Response: ...
+
+__all__ = ["Byoc", "DAYDREAM_PARAMS", "Daydream", "FacadeHost"]
 
 DAYDREAM_PIPELINE = "streamdiffusion"
 # the keys of the SDK's StreamDiffusion params schemas (additionalProperties: false)
@@ -78,7 +99,7 @@ def _daydream_params(body: Any) -> tuple[dict[str, Any] | None, str | None]:
 
 
 class Daydream:
-    def __init__(self, gateway: ReferenceGateway) -> None:
+    def __init__(self, gateway: FacadeHost) -> None:
         self.gw = gateway
         self.created: dict[str, dict[str, Any]] = {}   # by stream id
         self.by_key: dict[str, str] = {}                # stream key -> stream id
@@ -141,7 +162,7 @@ class Daydream:
         if refused is not None:
             return refused
         stream = self.gw.status_store.get(sid)
-        data = stream.status() if stream is not None else {}
+        data = stream.reports.status() if stream is not None else {}
         return web.json_response({"success": True, "error": None, "data": {"stream_id": sid, **data}})
 
     async def patch(self, request: web.Request) -> web.Response:
@@ -204,7 +225,7 @@ def _job(header: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 class Byoc:
-    def __init__(self, gateway: ReferenceGateway) -> None:
+    def __init__(self, gateway: FacadeHost) -> None:
         self.gw = gateway
         self.created: dict[str, dict[str, Any]] = {}  # by stream id
 
@@ -278,7 +299,7 @@ class Byoc:
         """The flat status map: the stream's once it has one, before that what the start stored."""
         sid = request.match_info["id"]
         stream = self.gw.status_store.get(sid)
-        flat = stream.byoc_status() if stream is not None else (self.created.get(sid) or {}).get("status")
+        flat = stream.reports.byoc_status() if stream is not None else (self.created.get(sid) or {}).get("status")
         if flat is None:
             return web.Response(status=404, text="Stream not found\n")
         return web.json_response(flat)

@@ -1,21 +1,26 @@
 """What a reference-gateway stream reports: the runner's status events (ai_stream_status), go-livepeer's
 ``gateway_status.ingest_metrics``, the status body the gateway serves, and the truth for tests.
 
-``StreamRecords`` is the reporting part of ``fleet.gateway.stream.Stream`` (a mixin over the state
-declared in ``fleet.gateway.state``).
+``StreamReports`` is the reporting part a stream holds (``Stream.reports``): it keeps the status maps and
+reads what it reports of the stream through ``ReportHost``; the per-frame truth is the runner's
+(``fleet.gateway.truth``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections import deque
+from typing import Any, Protocol
 
-from fleet.gateway.runner_state import COMFYUI_RELOAD_ERROR_S, RELOAD_ERROR_S, RunnerClock, runner_state
-from fleet.gateway.state import StreamState
-from fleet.rtp import VIDEO_CLOCK
+from fleet.gateway.config import GatewayConfig
+from fleet.gateway.egress import OutputTrack
+from fleet.gateway.ingest import Ingest
+from fleet.gateway.network import Lease
+from fleet.gateway.rtpclock import VIDEO_CLOCK
+from fleet.gateway.runner import RunnerModel
 
-
+__all__ = ["ReportHost", "StreamReports", "track_stats", "unix_ms"]
 
 def unix_ms(unix: float | None) -> int | None:
     return None if unix is None else int(unix * 1000)
@@ -47,17 +52,46 @@ def track_stats(jitter_rtp: float, lost: int, received: int, last_in: float,
     return track, "bad" if warnings else "good"
 
 
-class StreamRecords(StreamState):
-    def state(self) -> str:
-        now = self.loop.time()
-        start = self.runner_start if self.runner_start is not None else self.t0
-        ready = self.ready_at if self.ready_at is not None and now >= self.ready_at else None
-        return runner_state(RunnerClock(
-            now=now, start=start, ready=ready, running=self.closed is None, last_input=self.last_in,
-            last_output=self.last_out, params_update=self.params_update,
-            last_error=self.last_error[1] if self.last_error else None, last_restart=self.last_restart,
-            input_fps=self.in_rate.fps(now, start), output_fps=self.out_rate.fps(now, start),
-            reload_error_s=COMFYUI_RELOAD_ERROR_S if self.pipeline == "comfyui" else RELOAD_ERROR_S))
+class ReportHost(Protocol):
+    """What a stream's reports read of it: who it is, its params, its job and runner, its ingest, its viewers
+    and its lifecycle events."""
+
+    config: GatewayConfig
+    loop: asyncio.AbstractEventLoop
+    t0: float
+    id: str
+    request_id: str
+    pipeline: str
+    params: dict[str, Any]
+    params_hash: str
+    params_update: float | None
+    lease: Lease | None
+    closed: str | None
+    generation: int
+    pc: Any
+    ingest: Ingest | None
+    runner: RunnerModel
+    key: str
+    name: str
+    e2e_test: bool
+    t0_unix: float
+    closed_unix: float | None
+    whep: list[tuple[Any, OutputTrack]]
+    prompts: list[tuple[float, str, str]]
+    events: deque[tuple[float, str, dict[str, Any]]]
+
+    def unix(self, t: float | None) -> float | None: ...
+
+    def event(self, name: str, **data: Any) -> None: ...
+
+
+class StreamReports:
+    def __init__(self, host: ReportHost, whep_url: str) -> None:
+        self.host = host
+        self.runner_status: dict[str, Any] | None = None   # the runner's last report (ai_stream_status)
+        self.gateway_status: dict[str, Any] = {"whep_url": whep_url}
+        # a BYOC stream's status: one flat map, replaced whole by each runner report (None: the live-video dialect)
+        self.flat_status: dict[str, Any] | None = None
 
     def keep_first(self, key: str, value: Any) -> None:
         """go-livepeer's StoreIfNotExists on the stream's gateway status (and a BYOC stream's flat status)."""
@@ -65,60 +99,70 @@ class StreamRecords(StreamState):
         if self.flat_status is not None:
             self.flat_status.setdefault(key, value)
 
-    def _report_now(self) -> None:
+    def clear(self) -> None:
+        """clearStreamDelay after an orchestrator's events ended: the whole status goes (the new runner's
+        next report and the next ingest stats bring parts of it back; the WHEP URL does not come back)."""
+        self.runner_status = None
+        self.gateway_status = {}
+
+    def report_now(self) -> None:
         """The runner's status event (ai_stream_status), as the gateway stores it: beside ``gateway_status``;
         for a BYOC stream it replaces the whole flat status (byoc/trickle.go ``statusStore.Store``)."""
-        assert self.lease is not None
-        now = self.loop.time()
-        start = self.runner_start if self.runner_start is not None else self.t0
-        state = self.state()
+        h, r = self.host, self.host.runner
+        assert h.lease is not None
+        now = h.loop.time()
+        start = r.runner_start if r.runner_start is not None else h.t0
+        state = r.state()
         previous = self.runner_status or {}
-        o = self.lease.orchestrator
+        o = h.lease.orchestrator
         self.runner_status = {
-            "type": "status", "pipeline": self.pipeline, "start_time": unix_ms(self.unix(start)), "state": state,
+            "type": "status", "pipeline": h.pipeline, "start_time": unix_ms(h.unix(start)), "state": state,
             "last_state_update_time": (previous.get("last_state_update_time") if previous.get("state") == state
                                        else unix_ms(time.time())),
-            "input_status": {"fps": round(self.in_rate.fps(now, start), 2), "last_input_time": unix_ms(self.unix(self.last_in))},
+            "input_status": {"fps": round(r.in_rate.fps(now, start), 2), "last_input_time": unix_ms(h.unix(r.last_in))},
             "inference_status": {
-                "fps": round(self.out_rate.fps(now, start), 2), "last_output_time": unix_ms(self.unix(self.last_out)),
-                "last_params_update_time": unix_ms(self.unix(self.params_update)), "last_params": self.params,
-                "last_params_hash": self.params_hash,
-                "last_error": self.last_error[0] if self.last_error else None,
-                "last_error_time": unix_ms(self.unix(self.last_error[1])) if self.last_error else None,
-                "last_restart_time": unix_ms(self.unix(self.last_restart)), "restart_count": self.restart_count},
-            "stream_id": self.id, "request_id": self.request_id, "pipeline_id": "",
+                "fps": round(r.out_rate.fps(now, start), 2), "last_output_time": unix_ms(h.unix(r.last_out)),
+                "last_params_update_time": unix_ms(h.unix(h.params_update)), "last_params": h.params,
+                "last_params_hash": h.params_hash,
+                "last_error": r.last_error[0] if r.last_error else None,
+                "last_error_time": unix_ms(h.unix(r.last_error[1])) if r.last_error else None,
+                "last_restart_time": unix_ms(h.unix(r.last_restart)), "restart_count": r.restart_count},
+            "stream_id": h.id, "request_id": h.request_id, "pipeline_id": "",
             "orchestrator_info": {"address": o.address, "url": o.uri},
             "timestamp": unix_ms(time.time()),
         }
         if self.flat_status is not None:
             self.flat_status = dict(self.runner_status)
-        self.event("ai_stream_status", state=state)
+        h.event("ai_stream_status", state=state)
 
-    async def _report(self, generation: int) -> None:
+    async def report(self, generation: int) -> None:
         """The runner reports every ``status_interval_s`` (ai-runner status_report_interval), the first time
         one interval after its start; until then the status shows what was there (after a swap: the old
         runner's last report)."""
+        h = self.host
         while True:
-            await asyncio.sleep(self.gw.config.status_interval_s)
-            if self.closed or generation != self.generation:
+            await asyncio.sleep(h.config.status_interval_s)
+            if h.closed or generation != h.generation:
                 return
-            self._report_now()
+            self.report_now()
 
-    async def _stats(self) -> None:
+    async def stats(self) -> None:
         """``gateway_status.ingest_metrics`` every ``stats_interval_s`` (go-livepeer runStats)."""
-        while not self.closed:
-            await asyncio.sleep(self.gw.config.stats_interval_s)
-            if not self.closed:
+        h = self.host
+        while not h.closed:
+            await asyncio.sleep(h.config.stats_interval_s)
+            if not h.closed:
                 await self._ingest_metrics()
 
     async def _ingest_metrics(self) -> None:
-        stats = await self.pc.getStats()
+        h = self.host
+        stats = await h.pc.getStats()
         transport = next((s for s in stats.values() if s.type == "transport"), None)
         inbound = next((s for s in stats.values() if s.type == "inbound-rtp"), None)
-        tap = self.tap
-        received = tap.packets if tap else 0
-        lost = tap.packets_lost if tap else 0
-        last_in, last_out = self.last_in_pts or 0.0, self.last_out_pts or 0.0
+        ingest = h.ingest
+        received = ingest.packets if ingest else 0
+        lost = ingest.packets_lost if ingest else 0
+        last_in, last_out = h.runner.last_in_pts or 0.0, h.runner.last_out_pts or 0.0
         track, quality = track_stats(inbound.jitter if inbound is not None else 0, lost, received, last_in, last_out)
         self.gateway_status["ingest_metrics"] = metrics = {"stats": {
             "peer_conn_stats": {"ID": transport.id if transport else "",
@@ -132,7 +176,7 @@ class StreamRecords(StreamState):
         """``GET /live/video-to-video/{streamId}/status``: the runner's last report plus ``gateway_status``."""
         body = dict(self.runner_status) if self.runner_status else {}
         body["gateway_status"] = dict(self.gateway_status)
-        if self._active("malformed_status"):  # a gateway bug, for the tester to report as the gateway's
+        if self.host.runner.active("malformed_status"):  # a gateway bug, for the tester to report as the gateway's
             body["inference_status"] = "unavailable"
             body["gateway_status"]["ingest_metrics"] = [body["gateway_status"].get("ingest_metrics")]
         return body
@@ -143,42 +187,41 @@ class StreamRecords(StreamState):
         report replaces it; after each report its fields, and what was stored since."""
         return dict(self.flat_status or {})
 
+    # --- truth --------------------------------------------------------------------
+
     def summary(self) -> dict[str, Any]:
-        lease = self.lease
-        return {"id": self.key, "name": self.name, "stream_id": self.id, "request_id": self.request_id,
-                "open": self.closed is None, "closed_reason": self.closed, "state": self.state(),
-                "pipeline": self.pipeline, "orchestrator": lease.orchestrator.address if lease else None,
+        """The stream as ``/debug/streams`` lists it."""
+        h = self.host
+        lease, r = h.lease, h.runner
+        return {"id": h.key, "name": h.name, "stream_id": h.id, "request_id": h.request_id,
+                "open": h.closed is None, "closed_reason": h.closed, "state": r.state(),
+                "pipeline": h.pipeline, "orchestrator": lease.orchestrator.address if lease else None,
                 "orchestrator_url": lease.orchestrator.uri if lease else None, "gpu": lease.gpu_id if lease else None,
-                "error": (self.gateway_status.get("error") or {}).get("error_message"), "e2e_test": self.e2e_test,
-                "started_unix": round(self.t0_unix, 3), "closed_unix": self.closed_unix,
-                "frames_in": self.frames_in, "frames_out": self.frames_out, "dropped": dict(self.dropped),
-                "arrival_misses": self.arrival_misses,
-                "whep_subscribers": len(self.whep),
+                "error": (self.gateway_status.get("error") or {}).get("error_message"),
+                "e2e_test": h.e2e_test, "started_unix": round(h.t0_unix, 3), "closed_unix": h.closed_unix,
+                "frames_in": r.frames_in, "frames_out": r.frames_out, "dropped": dict(r.dropped),
+                "arrival_misses": r.arrival_misses,
+                "whep_subscribers": len(h.whep),
                 "viewers": [{"frames_sent": t.frames_sent, "dropped_awaiting_keyframe": t.awaiting_keyframe,
                              "packets_sent": t.packets_sent, "packets_dropped": t.packets_dropped,
                              "packets_lost": len(t.undelivered)}
-                            for _, t in self.whep]}
+                            for _, t in h.whep]}
 
     def truth(self) -> dict[str, Any]:
-        delays = sorted(f[4] for f in self.frames if f[4] is not None)
-        residence = sorted(f[6] for f in self.frames if f[6] is not None)
-        drawn = sorted(f[3] for f in self.frames if f[3] is not None)
+        """The stream's ground truth (``/debug/streams/{key}``): the summary, its settings, its events and the
+        truth of every frame (``fleet.gateway.truth``) and of its delivery to each viewer."""
+        h = self.host
+        frames = h.runner.truth.summary()
         return {
             **self.summary(),
-            "config_delay": self.lease.profile.delay.model_dump() if self.lease else None,
-            "config_cold_start_s": self.lease.profile.cold_start_s if self.lease else None,
-            "fps_cap": round(self.fps_cap(), 3),
-            "delay_ms_median": _middle(delays), "delay_drawn_ms_median": _middle(drawn),
-            "residence_ms_median": _middle(residence),
-            "prompts": [{"t": t, "prompt": p, "params_hash": h} for t, p, h in self.prompts],
-            "events": [{"t": t, "type": k, **d} for t, k, d in self.events],  # data keys never 't'/'type'
-            "frames": [{"seq": s, "pts": p, "t_in": t, "queued_ms": q, "delay_drawn_ms": dr, "delay_ms": da,
-                        "dropped": r, "residence_ms": rs} for s, p, t, dr, da, r, rs, q in self.frames],
+            "config_delay": h.lease.profile.delay.model_dump() if h.lease else None,
+            "config_cold_start_s": h.lease.profile.cold_start_s if h.lease else None,
+            "fps_cap": round(h.runner.fps_cap(), 3),
+            "delay_ms_median": frames["delay_ms_median"], "delay_drawn_ms_median": frames["delay_drawn_ms_median"],
+            "residence_ms_median": frames["residence_ms_median"],
+            "prompts": [{"t": t, "prompt": p, "params_hash": ph} for t, p, ph in h.prompts],
+            "events": [{"t": t, "type": k, **d} for t, k, d in h.events],  # data keys never 't'/'type'
+            "frames": frames["frames"],
             # per viewer, per frame sent: [output pts (90 kHz), when its last packet left (time.monotonic())]
-            "egress": [[[p, round(t, 6)] for p, t in track.egress] for _, track in self.whep],
+            "egress": [[[p, round(t, 6)] for p, t in track.egress] for _, track in h.whep],
         }
-
-
-def _middle(xs: list[float]) -> float | None:
-    """The upper median of sorted values."""
-    return xs[len(xs) // 2] if xs else None

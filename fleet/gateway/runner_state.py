@@ -3,14 +3,17 @@
 Read from livepeer/ai-runner ``runner/src/runner/live/process/process_guardian.py``
 (``_compute_current_state``) and ``status.py`` (``PipelineState``,
 ``status_report_interval = 10``); re-expressed here, not copied. Pure: the
-reference gateway's stream feeds it times and rates, a test feeds it numbers.
+reference gateway's stream feeds it times and rates, a test feeds it numbers. With it, the other
+pure rules of the runner: its fps over a window (``Rate``) and its decoder's input cap (``max_framerate``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
-__all__ = ["COMFYUI_RELOAD_ERROR_S", "LOADING_TIMEOUT_S", "RELOAD_ERROR_S", "RunnerClock", "runner_state"]
+__all__ = ["COMFYUI_RELOAD_ERROR_S", "LOADING_TIMEOUT_S", "MAX_FRAMERATE", "RELOAD_ERROR_S", "Rate", "RunnerClock",
+           "max_framerate", "runner_state"]
 
 LOADING_TIMEOUT_S = 180.0       # loading longer than this: ERROR
 INPUT_SHUTDOWN_S = 60.0         # no input this long: the streamer is told to stop (DEGRADED_INPUT)
@@ -73,3 +76,36 @@ def runner_state(c: RunnerClock) -> str:
     if since_output > NO_DATA_S or c.output_fps < min(10.0, 0.8 * c.input_fps):
         return "DEGRADED_INFERENCE"
     return "ONLINE"
+
+
+FPS_WINDOW_S = 10.0            # the runner's fps is counted over this window (ai-runner FPS_LOG_INTERVAL)
+MAX_FRAMERATE = 24.0           # ai-runner trickle/decoder.py: input frames closer than 1/24 s in media time are dropped
+
+
+@dataclass
+class Rate:
+    """Events per second over a sliding window."""
+
+    window: float = FPS_WINDOW_S
+    times: deque[float] = field(default_factory=deque)
+
+    def add(self, t: float) -> None:
+        self.times.append(t)
+        while self.times and self.times[0] < t - self.window:
+            self.times.popleft()
+
+    def fps(self, now: float, since: float) -> float:
+        while self.times and self.times[0] < now - self.window:
+            self.times.popleft()
+        span = min(self.window, now - since)
+        return len(self.times) / span if span > 0.5 else 0.0
+
+
+def max_framerate(next_pts: float, t: float, fps: float = MAX_FRAMERATE) -> tuple[bool, float]:
+    """ai-runner's input cap (trickle/decoder.py): (drop the frame at media time ``t``, the next slot).
+    A frame before the slot is dropped; one on time moves the slot a frame on from the slot (some jitter
+    allowed); one more than a frame late moves it a frame on from itself."""
+    step = 1.0 / fps
+    if t < next_pts:
+        return True, next_pts
+    return False, (t + step if t > next_pts + step else next_pts + step)

@@ -31,11 +31,12 @@ from aiohttp import web
 
 from fleet.gateway.auth import answer_and_close, refuses
 from fleet.gateway.config import GatewayConfig, default_config
+from fleet.gateway.facades import Byoc, Daydream
+from fleet.gateway.health import LoopLag, freeze_gc
 from fleet.gateway.network import Network
 from fleet.gateway.process import CLI_MARK, READY_PREFIX, SHUTDOWN_TIMEOUT_S
 from fleet.gateway.runner import CONTROL_LOST
 from fleet.gateway.stream import Stream
-from fleet.probe.looplag import LagMark, LoopMonitor, quiet_gc
 from fleet.webrtc import IceServer, ice_link_headers, set_ice_failed_timeout
 
 __all__ = ["ReferenceGateway", "serve"]
@@ -84,8 +85,6 @@ def _created(request: web.Request, answer: str, playback: str, ice: tuple[IceSer
 
 class ReferenceGateway:
     def __init__(self, config: GatewayConfig | None = None) -> None:
-        from fleet.gateway.facades import Byoc, Daydream
-
         self.config = config or default_config()
         self.network = Network(self.config)
         self.live: dict[str, Stream] = {}            # by stream name
@@ -95,8 +94,7 @@ class ReferenceGateway:
         self.daydream = Daydream(self)
         self.byoc = Byoc(self)
         self._runner: web.AppRunner | None = None
-        self.loop_monitor: LoopMonitor | None = None
-        self.loop_mark: LagMark | None = None
+        self.loop_lag: LoopLag | None = None
         self.port: int | None = None
         self.cli_port: int | None = None
         self._cli: web.AppRunner | None = None
@@ -140,8 +138,8 @@ class ReferenceGateway:
 
     async def start(self) -> None:
         set_ice_failed_timeout(self.config.ice_failed_timeout_s)
-        self.loop_monitor = LoopMonitor.for_running_loop()
-        self.loop_mark = self.loop_monitor.acquire()
+        self.loop_lag = LoopLag()
+        self.loop_lag.start()
         self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
@@ -163,9 +161,9 @@ class ReferenceGateway:
             if runner is not None:
                 await runner.cleanup()
         self._runner = self._cli = None
-        if self.loop_monitor is not None:
-            self.loop_monitor.release()
-            self.loop_monitor = None
+        if self.loop_lag is not None:
+            self.loop_lag.stop()
+            self.loop_lag = None
 
     # --- network bookkeeping ------------------------------------------------------
 
@@ -200,7 +198,7 @@ class ReferenceGateway:
         offer = await request.text()
         stream = Stream(self, name, stream_id, pipeline, params, orchestrator, include_uris, exclude_uris,
                         request.headers.get("User-Agent", ""), request_id)
-        stream.flat_status = flat_status
+        stream.reports.flat_status = flat_status
         try:
             answer = await stream.answer_whip(offer)
         except Exception as exc:  # noqa: BLE001 - aiortc raises several types for an unusable offer
@@ -219,7 +217,7 @@ class ReferenceGateway:
         if older is not None:
             self._take_over(older, stream)
         stream.begin()
-        return _created(request, answer, stream.gateway_status["whep_url"], self.ice_servers)
+        return _created(request, answer, stream.reports.gateway_status["whep_url"], self.ice_servers)
 
     def _take_over(self, older: Stream, newer: Stream) -> None:
         """go-livepeer registerControl: a newer stream of the same name replaces the older (no 409). The older's
@@ -228,7 +226,7 @@ class ReferenceGateway:
         error is recorded and its publisher's peer connection closed (kickInput). One status per streamId:
         with the same streamId, that error lands in the newer stream's status (StoreIfNotExists)."""
         if older.id == newer.id:
-            older.gateway_status = newer.gateway_status
+            older.reports.gateway_status = newer.reports.gateway_status
         older.replaced = True
         older.output_set.set()
         older.event("replaced", request_id=newer.request_id)
@@ -326,7 +324,7 @@ class ReferenceGateway:
         stream = self.status_store.get(request.match_info["streamId"])
         if stream is None:
             return _text(404, "Stream not found")
-        return web.json_response(stream.status())
+        return web.json_response(stream.reports.status())
 
     async def capabilities(self, request: web.Request) -> web.Response:
         return web.json_response(self.network.capabilities())
@@ -334,20 +332,17 @@ class ReferenceGateway:
     # --- truth -----------------------------------------------------------------
 
     async def debug_list(self, request: web.Request) -> web.Response:
-        streams = [s.summary() for s in self.history.values()]
-        loop = self.loop_monitor.since(self.loop_mark) if self.loop_monitor and self.loop_mark else None
+        streams = [s.reports.summary() for s in self.history.values()]
         return web.json_response({"open": sum(1 for s in streams if s["open"]), "streams": streams,
                                   # the gateway's own health: a loop that ran late stamped frames late
-                                  "loop": None if loop is None else {"lag_ms_mean": loop.mean_ms,
-                                                                     "lag_ms_max": loop.max_ms,
-                                                                     "busy_pct": loop.busy_pct}})
+                                  "loop": self.loop_lag.report() if self.loop_lag else None})
 
     async def debug_stream(self, request: web.Request) -> web.Response:
         key = request.match_info["id"]
         stream = self.history.get(key) or next((s for s in self.history.values() if key in (s.id, s.name)), None)
         if stream is None:
             return _error(404, "no such stream")
-        return web.json_response(stream.truth())
+        return web.json_response(stream.reports.truth())
 
     async def debug_capacity(self, request: web.Request) -> web.Response:
         """``{"orchestrator": "<substring>", "take": N}`` (or ``"give": N``): outside users take slots.
@@ -374,7 +369,7 @@ async def serve(config: GatewayConfig, ready: asyncio.Event | None = None) -> No
     """Run until SIGINT / SIGTERM, then shut down cleanly (every peer connection closed)."""
     gateway = ReferenceGateway(config)
     await gateway.start()
-    quiet_gc()  # a full collection over every module would stall the loop ~40 ms: frames stamped late
+    freeze_gc()  # a full collection over every module would stall the loop ~40 ms: frames stamped late
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

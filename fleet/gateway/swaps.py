@@ -9,23 +9,29 @@ its ERROR state), when no output segment came for ``OUT_SEGMENT_TIMEOUT_S``, whe
 stream ("Too many swaps"). The swapper's clock starts at the stream's start, as upstream's
 ``lastSwapped`` does. ``SwapLimiter`` is pure: the stream asks it, a test feeds it times.
 
-``StreamSwaps`` is the swap itself, the part of ``fleet.gateway.stream.Stream`` that moves a live
+``Swapper`` is the swap itself, a part the stream holds (``Stream.swapper``) that moves a live
 stream: the old orchestrator's output is closed (every WHEP viewer's peer connection with it, while
 the WHEP URL stays valid), its slot given back, the ``orchestrator_swap`` trace emitted with the
 cause and the old orchestrator, and a new one selected with the stream's own filter (preferring
 another, so a pinned stream may come back to the same one). The status keeps the old runner's last
 report until the new runner's first, and is cleared ``status_retention_s`` after the swap, as
-go-livepeer clears it when an orchestrator's event subscription ends.
+go-livepeer clears it when an orchestrator's event subscription ends. What it needs of the stream is
+``SwapHost``.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from fleet.gateway.state import StreamState
+from fleet.gateway.config import GatewayConfig
+from fleet.gateway.network import Lease
+from fleet.gateway.selection import Selector
 
-__all__ = ["MAX_EVENT_GAP_S", "MAX_RECENT_SWAPS", "OUT_SEGMENT_TIMEOUT_S", "RECENT_SWAP_INTERVAL_S", "StreamSwaps",
-           "SwapLimiter", "TOO_MANY_SWAPS"]
+__all__ = ["MAX_EVENT_GAP_S", "MAX_RECENT_SWAPS", "OUT_SEGMENT_TIMEOUT_S", "RECENT_SWAP_INTERVAL_S", "SwapHost",
+           "SwapLimiter", "Swapper", "TOO_MANY_SWAPS"]
 
 RECENT_SWAP_INTERVAL_S = 180.0   # recentSwapInterval
 MAX_RECENT_SWAPS = 2             # maxRecentSwapsCount
@@ -49,46 +55,50 @@ class SwapLimiter:
         return True
 
 
-class StreamSwaps(StreamState):
+class SwapHost(Protocol):
+    """What a swap does to its stream: end the current job (its output, slot and runner), start the next one
+    (selected by the stream's ``Selector``); the stream's trace, failure and status clearing."""
+
+    config: GatewayConfig
+    loop: asyncio.AbstractEventLoop
+    lease: Lease | None
+    closed: str | None
+
+    def end_job(self) -> Lease: ...
+
+    async def start_job(self, lease: Lease) -> None: ...
+
+    def fail(self, message: str, trace: str | None = None) -> None: ...
+
+    def event(self, name: str, **data: Any) -> None: ...
+
+    def clear_status(self) -> None: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
+
+
+class Swapper:
+    def __init__(self, host: SwapHost, selector: Selector) -> None:
+        self.host, self.selector = host, selector
+        self.limiter = SwapLimiter(host.loop.time())   # upstream's swapper starts its clock at the stream's start
+        self.swapping = False
+
     def swap_soon(self, cause: str) -> None:
         """The orchestrator's context ended with ``cause``: swap, unless one is under way or the input is gone."""
-        if not self.swapping and not self.closed and self.lease is not None:
+        if not self.swapping and not self.host.closed and self.host.lease is not None:
             self.swapping = True
-            self._spawn(self._swap(cause))
-
-    def end_output(self) -> None:
-        """The current output's writer closes: each WHEP viewer's read fails and its peer connection is
-        closed (media/whep_server.go); a WHEP request waiting on it is answered 404."""
-        if self.output is not None:
-            self.output.closed.set()
-        for pc, track in self.whep:
-            if not track.finished:
-                track.push(None)
-                self._spawn(pc.close())
+            self.host.spawn(self._swap(cause))
 
     async def _swap(self, cause: str) -> None:
-        old = self.lease
-        assert old is not None
-        self.generation += 1           # the old runner's frames, reports and faults stop here
-        self.end_output()
-        self.gw.network.release(old)
-        self.lease = None
-        self.new_runner()
-        if not self.swaps.allow(self.loop.time()):
-            self.fail(f"{TOO_MANY_SWAPS}: {cause}")
+        h = self.host
+        old = h.end_job()              # the old runner's frames, reports and faults stop here
+        if not self.limiter.allow(h.loop.time()):
+            h.fail(f"{TOO_MANY_SWAPS}: {cause}")
             return
         o = old.orchestrator
-        self.event("orchestrator_swap", message=cause, old=o.address, old_url=o.uri)
-        self.loop.call_later(self.gw.config.status_retention_s, self._clear_status)
-        lease = await self.acquire(avoid=o.address)
+        h.event("orchestrator_swap", message=cause, old=o.address, old_url=o.uri)
+        h.loop.call_later(h.config.status_retention_s, h.clear_status)
+        lease = await self.selector.acquire(avoid=o.address)
         self.swapping = False
         if lease is not None:
-            await self.start_job(lease)
-
-    def _clear_status(self) -> None:
-        """clearStreamDelay after an orchestrator's events ended: the whole status goes (the new runner's
-        next report and the next ingest stats bring parts of it back; the WHEP URL does not come back)."""
-        if not self.closed:
-            self.runner_status = None
-            self.gateway_status = {}
-            self.event("status_cleared")
+            await h.start_job(lease)
