@@ -8,6 +8,7 @@
     ├── CapacityError               a capacity snapshot cannot be read or parsed
     ├── ClickHouseError             ClickHouse refused or could not be reached (names the variable, never a secret)
     ├── GatewayStartError           the local reference gateway did not start
+    ├── TesterError                 the tester's machinery failed: Ray, the slot broker, a region's runners (exit 4)
     └── ProbeFailure                why one session failed (its phase and error class): caught by the probe
                                     and turned into the session's outcome, never shown as an error
 

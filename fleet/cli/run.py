@@ -20,8 +20,8 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
                    "from this CLI URL (default: target.capacity.url, else the gateway's host at port 5935)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML of the SLA checks here (default: outputs.junit)")
-    p.add_argument("--json", action="store_true", help="after the summary, print it as one JSON line (as "
-                   "campaign.json holds it)")
+    p.add_argument("--json", action="store_true", help="after the summary, print a slim one as one JSON line "
+                   "(campaign.json holds the whole summary)")
     p.set_defaults(run=run)
 
 
