@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -214,6 +216,29 @@ def run_args(cluster: dict, scenario: Path, out: Path, gateway: GatewayProcess) 
             "--out", str(out), "--no-progress", "--json"]
 
 
+def short_run(tmp_path: Path, name: str, region: str, window_s: float, duration_s: float, max_s: float) -> Path:
+    """A scenario of 2 concurrent sessions in one region, started at once."""
+    scenario = tmp_path / f"{name}.yaml"
+    scenario.write_text(f"extends: {TINY}\nname: {name}\nplacement: {{regions: [{{name: {region}}}]}}\n"
+                        f"load: {{shape: stages, stages: [{{concurrency: 2, duration_s: {window_s}}}], "
+                        f"session: {{duration: {duration_s}, max_s: {max_s}, min_s: 2}}}}\ncapacity: {{stagger_s: 0}}\n"
+                        "outputs: {report: false}\n")
+    return scenario
+
+
+@contextmanager
+def campaign_on(cluster: dict, scenario: Path, out: Path, gateway: GatewayProcess) -> Iterator[subprocess.Popen]:
+    """``fleet run`` joining the cluster, as a process the test acts on; killed if the test leaves it running."""
+    proc = subprocess.Popen(run_args(cluster, scenario, out, gateway), env=cluster["env"], cwd=out.parent, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 def test_a_region_no_node_offers_fails_within_its_start_timeout_naming_it(cluster, gateway, tmp_path):
     """No node offers region:mars. With the default start timeout (120 s) the run would outlive the 90 s
     this test gives it; with 5 s it ends in time, with one line naming the region, and exit 4."""
@@ -232,15 +257,9 @@ def test_a_region_no_node_offers_fails_within_its_start_timeout_naming_it(cluste
 def test_a_lost_broker_ends_the_campaign_with_exit_4_its_summary_and_the_rows_so_far(cluster, tmp_path):
     """SIGKILL the slot broker mid-campaign: the next lease finds it gone; the driver stops every live
     session, stores every row, prints its summary naming the cause and exits 4."""
-    scenario = tmp_path / "nobroker.yaml"
-    scenario.write_text(f"extends: {TINY}\nname: nobroker\nplacement: {{regions: [{{name: east}}]}}\n"
-                        "load: {shape: stages, stages: [{concurrency: 2, duration_s: 40}], "
-                        "session: {duration: 3, max_s: 10, min_s: 2}}\ncapacity: {stagger_s: 0}\n"
-                        "outputs: {report: false}\n")
+    scenario = short_run(tmp_path, "nobroker", "east", window_s=40, duration_s=3, max_s=10)
     with GatewayProcess(config=default_config(seed=13, status_interval_s=2.0)) as gw:
-        proc = subprocess.Popen(run_args(cluster, scenario, tmp_path / "results", gw), env=cluster["env"],
-                                cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
+        with campaign_on(cluster, scenario, tmp_path / "results", gw) as proc:
             wait_for("2 sessions over and 1 running", lambda: sum(1 for s in fleet_streams(gw.url) if not s["open"])
                      >= 2 and open_streams(gw.url) >= 1, 120)
             ended_before = sum(1 for s in fleet_streams(gw.url) if not s["open"])
@@ -249,9 +268,6 @@ def test_a_lost_broker_ends_the_campaign_with_exit_4_its_summary_and_the_rows_so
             assert len(brokers) == 1, brokers
             os.kill(int(brokers[0]["pid"]), signal.SIGKILL)
             stdout, stderr = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         wait_for("every stream closed", lambda: open_streams(gw.url) == 0, 30)
     assert proc.returncode == 4, stdout[-2000:] + stderr[-2000:]
     assert "the slot broker" in stderr and "Traceback" not in stderr, stderr[-2000:]
@@ -262,22 +278,13 @@ def test_a_lost_broker_ends_the_campaign_with_exit_4_its_summary_and_the_rows_so
 
 
 def test_sigint_stops_every_live_session_stores_them_and_exits_130(cluster, tmp_path):
-    scenario = tmp_path / "sigint.yaml"
-    scenario.write_text(f"extends: {TINY}\nname: sigint\nplacement: {{regions: [{{name: west}}]}}\n"
-                        "load: {shape: stages, stages: [{concurrency: 2, duration_s: 30}], "
-                        "session: {duration: 30, max_s: 40, min_s: 2}}\ncapacity: {stagger_s: 0}\n"
-                        "outputs: {report: false}\n")
+    scenario = short_run(tmp_path, "sigint", "west", window_s=30, duration_s=30, max_s=40)
     with GatewayProcess(config=default_config(seed=17, status_interval_s=2.0)) as gw:
-        proc = subprocess.Popen(run_args(cluster, scenario, tmp_path / "results", gw), env=cluster["env"],
-                                cwd=tmp_path, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
+        with campaign_on(cluster, scenario, tmp_path / "results", gw) as proc:
             wait_for("2 streams flowing", lambda: sum(1 for s in fleet_streams(gw.url)
                                                       if s["open"] and s["frames_out"] > 30) >= 2, 120)
             proc.send_signal(signal.SIGINT)
             stdout, stderr = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
         assert open_streams(gw.url) == 0
     assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
     rows = read_sessions(last_json(stdout)["results"]).to_pylist()
