@@ -228,7 +228,7 @@ def test_a_failure_while_opening_undoes_what_was_opened_in_reverse_order(tmp_pat
         proc = c.gateway_proc.proc
         assert proc.poll() is None  # the reference gateway runs
         with pytest.raises(InputError, match=rf"outputs.prometheus: cannot listen on 127.0.0.1:{port}"):
-            open_outputs(c, str(scenario))
+            open_outputs(c, str(scenario), lambda: pytest.fail("no Parquet output once Prometheus failed"))
     finally:
         c.closing.close()
         taken.close()

@@ -174,3 +174,12 @@ def test_a_url_option_that_is_no_http_url_is_a_usage_error(cli, command):
     assert out.code == 2 and out.err.splitlines()[-1] == (
         "fleet: error: argument --capacity-url: '127.0.0.1:5935' is not an http(s) URL (allowed: "
         "http://HOST[:PORT], https://...)")
+
+
+def test_a_monitor_of_a_scenario_without_a_monitor_section_is_invalid_input(cli):
+    """README: ``fleet monitor`` exits 1 on invalid input, "or no ``monitor:`` section"; nothing starts."""
+    out = cli("monitor", "scenarios/smoke.yaml", "--for", "10s")
+    assert out.code == 1 and out.err.splitlines() == [
+        "scenarios/smoke.yaml: no monitor: section; fleet monitor needs one, e.g. "
+        "monitor: {every_min: 60, daily_budget: 0.05, session_s: 30}"], out.err
+    assert out.out == ""

@@ -239,18 +239,29 @@ def campaign_on(cluster: dict, scenario: Path, out: Path, gateway: GatewayProces
             proc.communicate()
 
 
-def test_a_region_no_node_offers_fails_within_its_start_timeout_naming_it(cluster, gateway, tmp_path):
+@pytest.mark.parametrize("command", ["run", "monitor"])
+def test_a_region_no_node_offers_fails_within_its_start_timeout_naming_it(cluster, gateway, tmp_path, command):
     """No node offers region:mars. With the default start timeout (120 s) the run would outlive the 90 s
-    this test gives it; with 5 s it ends in time, with one line naming the region, and exit 4."""
+    this test gives it; with 5 s it ends in time, with one line naming the region, its summary (no session
+    ran) and exit 4: for a campaign and for a monitor alike."""
     scenario = tmp_path / "mars.yaml"
     scenario.write_text(f"extends: {TINY}\nname: mars\nplacement: {{regions: [{{name: mars}}], start_timeout_s: 5}}\n"
                         "load: {shape: stages, stages: [{concurrency: 1, duration_s: 4}], "
-                        "session: {duration: 4, max_s: 10, min_s: 2}}\n")
-    out = run_on(cluster, scenario, tmp_path / "results", gateway, timeout_s=90)
+                        "session: {duration: 4, max_s: 10, min_s: 2}}\n"
+                        "monitor: {every_min: 1, daily_budget: 0.5, session_s: 4}\noutputs: {report: false}\n")
+    args = run_args(cluster, scenario, tmp_path / "results", gateway)
+    if command == "monitor":
+        args = [a for a in args if a != "--no-progress"] + ["--for", "60s"]
+        args[1] = "monitor"
+    out = subprocess.run(args, env=cluster["env"], capture_output=True, text=True, timeout=90, cwd=tmp_path)
     assert out.returncode == 4, out.stdout[-2000:] + out.stderr[-2000:]
     named = [line for line in out.stderr.splitlines() if "'mars'" in line]
     assert len(named) == 1 and "within 5 s" in named[0] and "no node of the cluster offers it" in named[0], out.stderr
     assert "Traceback" not in out.stderr
+    summary = last_json(out.stdout)
+    assert "'mars'" in summary["tester_error"], summary
+    assert summary["sessions"] == (0 if command == "run" else {}), summary
+    assert "the tester failed" in out.stdout
     assert open_streams(gateway.url) == 0
 
 

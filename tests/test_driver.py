@@ -37,6 +37,7 @@ class FakeExecutor:
         self.t = 0.0
         self.live: dict[str, tuple[float, Any, Job]] = {}
         self.stopped: list[str] = []
+        self.started = 0
 
     def clock(self) -> Clock:
         return Clock(lambda: self.t, self._sleep)
@@ -56,6 +57,7 @@ class FakeExecutor:
         return {"target_idle_slots": 3, "capacity_age_s": 1.5}   # what the broker's snapshot said
 
     def start(self, region: str, job: Job, lease_id: str, tag: Any) -> None:
+        self.started += 1
         self.live[lease_id] = (self.t + job.duration_s, tag, job)
 
     def poll(self, timeout: float) -> list[Finished]:
@@ -74,6 +76,9 @@ class FakeExecutor:
     def stop_all(self, grace_s: float = 10.0) -> list[Finished]:
         self.stopped = [job.session_id for _, _, job in self.live.values()]
         return [self._finish(k, "stopped") for k in list(self.live)]
+
+    def warm(self) -> float:
+        return 0.0
 
     def broker_state(self, every_s: float) -> dict | None:
         return None
@@ -142,6 +147,49 @@ def test_a_lost_broker_ends_the_run_with_everything_gathered():
     ok = [r for r in stored.rows if r.outcome == "ok"]
     assert len(ok) >= 2 and set(ex.stopped) == {r.session_id for r in stored.rows if r.error_class == "stopped"}
     assert not ex.live
+
+
+def test_a_runner_that_does_not_start_ends_the_run_before_any_session_with_every_output_closed():
+    """warm() fails (a region no node offers): no session starts, the error is the run's tester error (exit
+    4, the summary still made), and every output is drained and closed once, in the list's order."""
+    c, plan = campaign(concurrency=2, window_s=30, duration_s=4)
+    ex = FakeExecutor(c, slots=2)
+    order: list[str] = []
+
+    def refuse() -> float:
+        raise errors.TesterError("the runner for region 'local' did not start within 1 s")
+    ex.warm = refuse  # type: ignore[method-assign]
+    now, stored = MemorySink(name="now"), MemorySink(name="stored", stored=True)
+    for sink in (now, stored):
+        sink.close = lambda s=sink: order.append(s.name) or {"rows": len(s.rows)}  # type: ignore[method-assign]
+    outputs = Outputs([c.tally, now, stored])
+    drive(c, ex, PlanSource(c, plan, ex, _prompt_lookup(POOL), ex.clock()), outputs)
+    assert c.tester_error is not None and "region 'local'" in c.tester_error
+    assert ex.started == 0 and not now.rows and not stored.rows
+    assert outputs.close() == {"now": {"rows": 0}, "stored": {"rows": 0}} and order == ["now", "stored"]
+    assert outputs.close() is outputs.states and order == ["now", "stored"]   # once
+
+
+def test_outputs_store_the_last_tables_after_every_row_and_close_each_even_after_one_fails():
+    import pyarrow as pa
+
+    from fleet.results.sink import SUMMARIES
+
+    class Failing(MemorySink):
+        def close(self) -> dict[str, Any]:
+            raise OSError("disk gone")
+
+    first, stored, last = Failing(name="first"), MemorySink(name="stored", stored=True), MemorySink(name="last")
+    outputs = Outputs([first, stored, last], flush_s=3600)   # rows gathered until store() / close()
+    outputs.add([SessionRow(session_id="a", outcome="ok"), SessionRow(session_id="b", outcome="ok")])
+    assert [r.session_id for r in first.rows] == ["a", "b"] and not stored.batches   # at once vs gathered
+    outputs.store({"summaries": SUMMARIES.empty_table()})
+    with pytest.raises(OSError, match="disk gone"):
+        outputs.close()
+    assert [(b.seq, [r.session_id for r in b.rows], sorted(b.tables)) for b in stored.batches] == \
+        [(1, ["a", "b"], ["events", "samples", "sessions"]), (2, [], ["summaries"])]
+    assert isinstance(stored.batches[1].tables["summaries"], pa.Table)
+    assert stored.closed and last.closed and outputs.states == {"stored": {"rows": 2}, "last": {"rows": 2}}
 
 
 @pytest.mark.parametrize("selection", ["round_robin", "random"])

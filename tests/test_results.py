@@ -26,7 +26,8 @@ from fleet.results.clickhouse import ClickHouseError, ClickHouseSink, ddl, push_
 from fleet.results.compare import NUMBERS, RATES, compare
 from fleet.probe.types import ProbeResult
 from fleet.results.row import SessionRow
-from fleet.results.sink import SESSIONS, SUMMARIES, Batch, ParquetSink, read_sessions, read_table, tables_of
+from fleet.results.sink import (SESSIONS, SUMMARIES, Batch, ParquetSink, read_sessions, read_table, summaries_table,
+                                tables_of)
 from fleet.results.sketches import ALPHA, QUANTILES, Sketches, session_sketches, sketch_from_bytes
 from fleet.results.verdict import evaluate, junit_xml, sla_score
 from fleet.scenario import ClickHouseOut, Scenario, load_scenario
@@ -88,7 +89,8 @@ def write_campaign(root: Path, campaign_id: str, rows: list[SessionRow], batch: 
         part = [replace(r, campaign_id=campaign_id, run_id=campaign_id) for r in rows[i:i + batch]]
         sink.write(part)
         sk.add(Batch.of(part))
-    sink.write_summaries(sk.rows(), {"campaign_id": campaign_id, "run_id": campaign_id, "scenario": "unit"})
+    ids = {"campaign_id": campaign_id, "run_id": campaign_id, "scenario": "unit"}
+    sink.add(Batch(sink.seq + 1, (), {"summaries": summaries_table(sk.rows(), ids)}))
     sink.finish({"verdict": None})
     return sink.dir
 

@@ -183,6 +183,7 @@ class ClickHouseFeed:
     files, with their name as its dedup token (so ``fleet results push`` repeats it harmlessly). After a
     failure Parquet alone carries on, and ``state`` says why."""
 
+    name = "clickhouse"
     stored = True
 
     def __init__(self, sink: ClickHouseSink, cfg: ClickHouseOut, campaign_id: str, tag: str | None,
@@ -192,20 +193,18 @@ class ClickHouseFeed:
                                       "error": None}
 
     def add(self, batch: Batch) -> None:
-        self.tables(batch.seq, batch.tables)
-
-    def tables(self, seq: int, tables: dict[str, pa.Table]) -> None:
-        if self.state["error"] or not tables:
+        if self.state["error"] or not batch.tables:
             return
         try:
-            self.state["rows"] += self.sink.insert_batch(self.campaign_id, seq, tables, self.tag)
+            self.state["rows"] += self.sink.insert_batch(self.campaign_id, batch.seq, batch.tables, self.tag)
         except ClickHouseError as exc:
             self.state["error"] = str(exc)
             print(f"fleet: {exc}; results go on to Parquet only (load them later with `fleet results push "
                   f"{self.results}`)", file=sys.stderr, flush=True)
 
-    def close(self) -> None:
+    def close(self) -> dict[str, Any]:
         self.sink.close()
+        return self.state
 
 
 def push_campaign(campaign_dir: str | Path, sink: ClickHouseSink) -> dict[str, int]:

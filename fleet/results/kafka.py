@@ -70,7 +70,10 @@ def messages(rows: Iterable[SessionRow]) -> Iterator[tuple[bytes, bytes]]:
 class KafkaFeed:
     """One producer for a campaign (or a monitor). ``publish`` never blocks; ``close`` flushes."""
 
-    def __init__(self, cfg: KafkaOut, env: Mapping[str, str] | None = None) -> None:
+    name = "kafka"
+    stored = False   # an output of fleet.results.outputs, fed at once (the producer buffers, never blocks)
+
+    def __init__(self, cfg: KafkaOut, env: Mapping[str, str] | None = None, flush_s: float = 10.0) -> None:
         from confluent_kafka import Producer
 
         env = os.environ if env is None else env
@@ -93,7 +96,8 @@ class KafkaFeed:
                          "sasl.mechanism": "PLAIN", "sasl.username": user, "sasl.password": password})
         elif cfg.tls:
             conf["security.protocol"] = "SSL"
-        self.topic = cfg.topic
+        self.topic, self.flush_s = cfg.topic, flush_s
+        self.state: dict[str, Any] | None = None   # once closed, what close() reported
         self._producer = Producer(conf)
         self.produced = self.delivered = self.failed = self.dropped = 0
         self.last_error: str | None = None
@@ -108,8 +112,6 @@ class KafkaFeed:
         else:
             self.failed += 1
             self.last_error = str(err)
-
-    stored = False   # an output of fleet.results.outputs, fed at once (the producer buffers, never blocks)
 
     def add(self, batch: Batch) -> None:
         self.publish(batch.rows)
@@ -127,8 +129,11 @@ class KafkaFeed:
     def pending(self) -> int:
         return len(self._producer)
 
-    def close(self, timeout_s: float = 10.0) -> dict[str, Any]:
-        """Deliver what is queued, for ``timeout_s`` at most; the counts, for the summary."""
-        left = self._producer.flush(timeout_s)
-        return {"topic": self.topic, "produced": self.produced, "delivered": self.delivered,
-                "failed": self.failed, "dropped": self.dropped, "undelivered": left, "last_error": self.last_error}
+    def close(self) -> dict[str, Any]:
+        """Deliver what is queued, for ``flush_s`` at most (once); the counts, for the summary."""
+        if self.state is None:
+            left = self._producer.flush(self.flush_s)
+            self.state = {"topic": self.topic, "produced": self.produced, "delivered": self.delivered,
+                          "failed": self.failed, "dropped": self.dropped, "undelivered": left,
+                          "last_error": self.last_error}
+        return self.state

@@ -10,16 +10,23 @@ once at the end. ``Outputs`` holds the run's outputs in one order and feeds them
   ``flush_s`` (0: every batch at once) and each stored batch gets the next sequence number, which
   names its Parquet files and is ClickHouse's dedup token.
 
-Adding an output is one class with ``stored``, ``add`` and ``close``, and one entry in the list
+At the end, ``store`` hands storage the run's last tables (the campaign's sketches), ``drain`` waits for
+everything to be written, and ``close`` closes every output in the list's order, once, on every exit path
+(the run's ``ExitStack`` holds it), and gathers what each reports for the summary (Kafka's deliveries,
+ClickHouse's rows or error) under the output's ``name``.
+
+Adding an output is one class with ``name``, ``stored``, ``add`` and ``close``, and one entry in the list
 (``fleet.runtime.lifecycle.open_outputs``). ``MemorySink`` keeps what it is given: driver tests read it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+import pyarrow as pa
 
 from fleet.results.row import SessionRow
 from fleet.results.sink import Batch
@@ -29,17 +36,20 @@ __all__ = ["Batch", "MemorySink", "Outputs", "Sink", "Tally"]
 
 
 class Sink(Protocol):
+    name: str      # the key of what close() reports, in the summary
     stored: bool   # True: written on the writer's thread, in order (may block); False: at once, never blocks
 
     def add(self, batch: Batch) -> None: ...
 
-    def close(self) -> object: ...
+    def close(self) -> dict[str, Any] | None:
+        """No more batches: end, and report what the summary should say of this output (or None)."""
 
 
 @dataclass
 class MemorySink:
     """Every batch it is given, in memory (a fake output, for tests of the driver)."""
 
+    name: str = "memory"
     stored: bool = False
     batches: list[Batch] = field(default_factory=list)
     closed: bool = False
@@ -47,8 +57,9 @@ class MemorySink:
     def add(self, batch: Batch) -> None:
         self.batches.append(batch)
 
-    def close(self) -> None:
+    def close(self) -> dict[str, Any]:
         self.closed = True
+        return {"rows": len(self.rows)}
 
     @property
     def rows(self) -> list[SessionRow]:
@@ -59,6 +70,7 @@ class MemorySink:
 class Tally:
     """The live summary: sessions by outcome, and how many ran (planner skips are counted, not run)."""
 
+    name: str = "tally"
     stored: bool = False
     counts: dict[str, int] = field(default_factory=dict)
     done: int = 0
@@ -76,30 +88,37 @@ class Tally:
 class Outputs:
     """The run's outputs, fed in their list's order; ``close`` stores everything gathered, then closes each."""
 
-    def __init__(self, sinks: Sequence[Sink], flush_s: float = 0.0) -> None:
-        self.sinks = list(sinks)
+    def __init__(self, sinks: Sequence[Sink] = (), flush_s: float = 0.0) -> None:
+        self.sinks: list[Sink] = []
         self.flush_s = flush_s
-        self._now = [s for s in self.sinks if not s.stored]
-        self._stored = [s for s in self.sinks if s.stored]
         self._seq = {False: 0, True: 0}
         self._pending: list[SessionRow] = []
         self._flushed = time.monotonic()
         self._writer: ResultsWriter[Batch] = ResultsWriter(self._store)
+        self.states: dict[str, dict[str, Any]] | None = None   # what close() gathered, once closed
+        for s in sinks:
+            self.append(s)
 
-    def _next(self, stored: bool, rows: Sequence[SessionRow]) -> Batch:
+    def append(self, sink: Sink) -> None:
+        """One more output, after those already held."""
+        self.sinks.append(sink)
+
+    def _next(self, stored: bool, rows: Sequence[SessionRow], extra: Mapping[str, pa.Table] | None = None) -> Batch:
         self._seq[stored] += 1
-        return Batch(self._seq[stored], tuple(rows))
+        return Batch(self._seq[stored], tuple(rows), dict(extra or {}))
 
     def _store(self, batch: Batch) -> None:
-        for s in self._stored:
-            s.add(batch)
+        for s in self.sinks:
+            if s.stored:
+                s.add(batch)
 
     def add(self, rows: Sequence[SessionRow]) -> None:
         if not rows:
             return
         batch = self._next(False, rows)
-        for s in self._now:
-            s.add(batch)
+        for s in self.sinks:
+            if not s.stored:
+                s.add(batch)
         self._pending.extend(rows)
         if time.monotonic() - self._flushed >= self.flush_s:
             self.flush()
@@ -111,11 +130,35 @@ class Outputs:
             self._writer.submit(self._next(True, self._pending))
             self._pending = []
 
+    def store(self, tables: Mapping[str, pa.Table]) -> None:
+        """The run's last tables (its summaries), to storage after every row gathered."""
+        self.flush()
+        if tables:
+            self._writer.submit(self._next(True, (), tables))
+
     def drain(self) -> None:
         """Everything gathered written (the writer's error, if it had one, raised here)."""
         self.flush()
-        self._writer.close()
+        self._writer.wait()
 
-    def close(self) -> None:
-        for s in self.sinks:
-            s.close()
+    def close(self) -> dict[str, dict[str, Any]]:
+        """Close every output once, in order, each even when one before it failed; what each reports."""
+        if self.states is not None:
+            return self.states
+        self.states = {}
+        try:
+            self.flush()
+            self._writer.close()
+        finally:
+            failure: BaseException | None = None
+            for s in self.sinks:
+                try:
+                    state = s.close()
+                except Exception as exc:  # noqa: BLE001 - the others still close; the first failure is raised
+                    failure = failure or exc
+                    continue
+                if state is not None:
+                    self.states[s.name] = state
+            if failure is not None:
+                raise failure
+        return self.states

@@ -91,6 +91,7 @@ class CampaignMetrics:
         self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return int(self._server.server_port)
 
+    name = "prometheus"
     stored = False   # an output of fleet.results.outputs, fed at once
 
     def add(self, batch: Batch) -> None:
@@ -132,6 +133,14 @@ class CampaignMetrics:
         self.budget_s.labels(model=model, kind="used").set(status["used_s"])
 
     def close(self) -> None:
+        """No more sessions. The endpoint still serves the last figures until ``stop`` (the run's teardown,
+        after ``linger_s``), so a last scrape sees them."""
+        return None
+
+    def stop(self, linger_s: float = 0.0) -> None:
+        """Stop the endpoint, after keeping it up ``linger_s`` (a wait for a scrape, not synchronisation)."""
+        if self._server is not None and linger_s:
+            time.sleep(linger_s)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from fleet.errors import InputError
 from fleet.results.row import IDENTITY, SessionRow, arrow_fields
 
 __all__ = ["Batch", "EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_FIELDS", "SUMMARIES", "TABLES", "ParquetSink",
-           "conform", "find_campaign", "read_manifest", "read_sessions", "read_table", "tables_of"]
+           "conform", "find_campaign", "read_manifest", "read_sessions", "read_table", "summaries_table", "tables_of"]
 
 # 2: gpu_id, gpu_name on every row; summaries table
 # 3: the network's join keys (request_id, stream_name, pipeline_id), excused failures, the gateway's own
@@ -58,6 +58,7 @@ TABLES = {"sessions": SESSIONS, "samples": SAMPLES, "events": EVENTS, "summaries
 class Batch:
     seq: int                          # 1, 2, ... per kind of output (stored batches: their file's number)
     rows: tuple[SessionRow, ...]
+    extra: Mapping[str, pa.Table] = field(default_factory=dict)   # the run's last tables (its summaries)
 
     @classmethod
     def of(cls, rows: Sequence[SessionRow], seq: int = 1) -> Batch:
@@ -65,11 +66,19 @@ class Batch:
 
     @cached_property
     def tables(self) -> dict[str, pa.Table]:
-        """The batch as the sessions, samples and events tables (made once, for every output that stores)."""
-        return tables_of(self.rows)
+        """The batch as the sessions, samples and events tables (made once, for every output that stores),
+        and its extra tables."""
+        return {**(tables_of(self.rows) if self.rows else {}), **self.extra}
+
+
+def summaries_table(rows: Sequence[Mapping[str, Any]], ids: Mapping[str, Any]) -> pa.Table:
+    """The campaign's per-region sketches (``fleet.results.sketches``) as the ``summaries`` table."""
+    return pa.Table.from_pylist([{**ids, "fleet_version": __version__, "schema_version": SCHEMA_VERSION, **r}
+                                 for r in rows], SUMMARIES)
 
 
 class ParquetSink:
+    name = "parquet"
     stored = True   # an output of fleet.results.outputs, written on the writer's thread
 
     def __init__(self, root: str | Path, campaign_id: str, manifest: dict[str, Any], hourly: bool = False,
@@ -120,14 +129,6 @@ class ParquetSink:
         batch = Batch(self.seq + 1, tuple(rows))
         self.add(batch)
         return batch.tables
-
-    def write_summaries(self, rows: list[dict[str, Any]], ids: dict[str, Any]) -> pa.Table:
-        """The campaign's per-region sketches (fleet.results.sketches), written once at the end."""
-        self.seq += 1
-        table = pa.Table.from_pylist([{**ids, "fleet_version": __version__, "schema_version": SCHEMA_VERSION, **r}
-                                      for r in rows], SUMMARIES)
-        self._write("summaries", table, self._partition())
-        return table
 
     def close(self) -> None:
         return None

@@ -74,6 +74,7 @@ class Sketches:
     def __init__(self) -> None:
         self.by_region: dict[tuple[str, str], DDSketch] = {}
 
+    name = "sketches"
     stored = False   # an output of fleet.results.outputs, fed at once
 
     def add(self, batch: Batch) -> None:

@@ -4,8 +4,9 @@ The dispatch loop starts sessions on time and times how long due sessions wait f
 Parquet write or a ClickHouse retry inside it would delay starts and be charged to those sessions as
 capacity starvation. ``ResultsWriter`` takes finished batches on a bounded queue and writes them, in
 order, on its own thread. Nothing is dropped: a full queue makes ``submit`` wait (and says so once),
-and ``close`` writes everything still queued before it returns. An error in the writer is raised by
-``close`` (and by the next ``submit``), so it is never silent.
+``wait`` returns when everything queued is written, and ``close`` writes everything still queued before
+it returns. An error in the writer is raised by ``wait``, ``close`` and the next ``submit``, so it is
+never silent.
 """
 
 from __future__ import annotations
@@ -36,15 +37,17 @@ class ResultsWriter(Generic[T]):
     def _run(self) -> None:
         while True:
             rows = self._queue.get()
-            if rows is None:
-                return
-            if self._error is not None:
-                continue  # keep draining so submit never blocks on a dead writer
             try:
+                if rows is None:
+                    return
+                if self._error is not None:
+                    continue  # keep draining so submit never blocks on a dead writer
                 self._write(rows)
                 self.batches += 1
             except BaseException as exc:  # noqa: BLE001 - handed to the dispatch thread by close()
                 self._error = exc
+            finally:
+                self._queue.task_done()
 
     def submit(self, rows: T) -> None:
         if self._error is not None:
@@ -57,6 +60,13 @@ class ResultsWriter(Generic[T]):
                 print("fleet: the results writer is behind (storage slow?): starts wait for it", file=sys.stderr,
                       flush=True)
             self._queue.put(rows)
+
+    def wait(self) -> None:
+        """Everything queued so far written; raise the writer's error if it had one."""
+        if self._thread.is_alive():
+            self._queue.join()
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
         """Write everything queued, stop the thread; raise the writer's error if it had one."""

@@ -30,15 +30,16 @@ from fleet.errors import AnyErrorClass
 from fleet.plan import Plan, PlannedSession, make_plan
 from fleet.prompts import PoolEntry, resolve_pool
 from fleet.results.row import Identity, SessionRow
-from fleet.results.sink import ParquetSink, read_table
+from fleet.results.outputs import Outputs
+from fleet.results.sink import ParquetSink, read_table, summaries_table
 from fleet.results.verdict import AbortWatch, evaluate, history_baseline, junit_xml
 from fleet.runtime.broker import read_capacity
 from fleet.runtime.dispatch import SYSTEM_CLOCK, Clock, Dispatched, Dispatcher, Executor
 from fleet.runtime.driver import drive
-from fleet.runtime.executor import STOP_GRACE_S, Finished
+from fleet.runtime.executor import Finished
 from fleet.runtime.job import Job, prompt_changes
-from fleet.runtime.lifecycle import (Campaign, CampaignOptions, leaks, open_gateways, open_outputs, outputs_for,
-                                     prepare, ray_init, results_dir, with_gpu)
+from fleet.runtime.lifecycle import (Campaign, CampaignOptions, leaks, open_gateways, open_outputs, prepare, ray_init,
+                                     results_dir, with_gpu)
 from fleet.runtime.summary import make_summary, print_summary
 from fleet.scenario import Scenario, load_scenario
 
@@ -115,12 +116,10 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
         pool = resolve_pool(scenario.prompts.sets, scenario.base_dir, scenario.source)
         plan = make_plan(scenario, snapshot, opts.seed, pool=pool)
         out = results_dir(c)
-        open_outputs(c, path)
-        sink = ParquetSink(out, c.campaign_id, {"scenario": scenario.name, "scenario_hash": plan.scenario_hash,
-                                                 "seed": opts.seed, "planned_sessions": len(plan.sessions),
-                                                 "planner_skipped": len(plan.skipped),
-                                                 "capacity": snapshot.summary(), "regions": regions,
-                                                 "started_at": stamp})
+        outputs, sink = open_outputs(c, path, lambda: ParquetSink(out, c.campaign_id, {
+            "scenario": scenario.name, "scenario_hash": plan.scenario_hash, "seed": opts.seed,
+            "planned_sessions": len(plan.sessions), "planner_skipped": len(plan.skipped),
+            "capacity": snapshot.summary(), "regions": regions, "started_at": stamp}))
         print(f"fleet: campaign {c.campaign_id}: {len(plan.sessions)} sessions over {plan.end_s:g} s, "
               f"at most {plan.budget} at once, regions {', '.join(regions)}", flush=True)
         for note in plan.notes:
@@ -128,23 +127,20 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
         prompts = _prompt_lookup(pool)  # before Ray: in a job, ray.init may take the working dir away
         ray_init(c, regions)
         stops.install()  # Ray's core worker installs its own fatal SIGTERM handler: ours goes back on top
-        code = _drive(c, plan, sink, prompts)
+        code = _drive(c, plan, outputs, sink, prompts)
         leaked = leaks(c)
         stored = read_table(sink.dir, "sessions").to_pylist()  # the verdict reads what was stored, not memory
         summary = make_summary(c, stored, leaked)
-        summaries = sink.write_summaries(c.sketches.rows(), {"campaign_id": c.campaign_id, "run_id": c.campaign_id,
-                                                             "scenario": scenario.name,
-                                                             "scenario_hash": plan.scenario_hash})
-        if c.clickhouse_feed is not None:
-            c.clickhouse_feed.tables(sink.seq, {"summaries": summaries})
+        outputs.store({"summaries": summaries_table(c.sketches.rows(), {
+            "campaign_id": c.campaign_id, "run_id": c.campaign_id, "scenario": scenario.name,
+            "scenario_hash": plan.scenario_hash})})
+        closed = outputs.close()   # Kafka's deliveries, ClickHouse's rows or error
         history = history_baseline(out, scenario.workflow.pipeline, exclude=c.campaign_id)  # NaaP's 7 days
         verdict = evaluate(scenario, stored, *(history or (None, None)))
         summary["quantiles"] = c.sketches.campaign_quantiles()
         summary["verdict"] = verdict.to_dict()
-        summary["clickhouse"] = c.clickhouse_feed.state if c.clickhouse_feed else None
-        if c.kafka is not None:
-            summary["kafka"] = c.kafka.close(STOP_GRACE_S)
-            c.kafka = None
+        summary["clickhouse"] = closed.get("clickhouse")
+        summary["kafka"] = closed.get("kafka")
         sink.finish(summary)
         if opts.junit or scenario.outputs.junit:
             junit = Path(str(opts.junit or scenario.outputs.junit))
@@ -198,14 +194,13 @@ class PlanSource:
         return {"planned": len(self.plan.sessions)}
 
 
-def _drive(c: Campaign, plan: Plan, sink: ParquetSink, prompts: dict[tuple[str, str], Any]) -> int:
+def _drive(c: Campaign, plan: Plan, outputs: Outputs, sink: ParquetSink, prompts: dict[tuple[str, str], Any]) -> int:
     from fleet.runtime.executor import RayExecutor
 
     assert c.snapshot is not None, "the capacity is read before the campaign is driven"
     local = not (c.opts.address or os.environ.get("RAY_ADDRESS"))
     ex = RayExecutor(c.scenario, c.urls, c.snapshot, [c.opts.host_address] if local else None, c.capacity_url)
-    c.warmup_s = ex.warm()
-    drive(c, ex, PlanSource(c, plan, ex, prompts), outputs_for(c, sink), sink, AbortWatch(c.scenario.checks))
+    drive(c, ex, PlanSource(c, plan, ex, prompts), outputs, sink, AbortWatch(c.scenario.checks))
     if c.stop_signal is not None:
         return EXIT_INTERRUPTED
     return EXIT_TESTER if ex.tester_failures or c.tester_error else EXIT_OK

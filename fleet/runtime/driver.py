@@ -52,6 +52,8 @@ class RunExecutor(Protocol):
     @property
     def live(self) -> Sized: ...
 
+    def warm(self) -> float: ...
+
     def stop_all(self, grace_s: float = STOP_GRACE_S) -> list[Finished]: ...
 
     def broker_state(self, every_s: float) -> dict[str, Any] | None: ...
@@ -74,6 +76,8 @@ def drive(c: Campaign, ex: RunExecutor, source: Source, outputs: Outputs, sink: 
                 print(f"fleet: abort check breached: {c.aborted}; stopping the run", file=sys.stderr, flush=True)
 
     try:
+        c.warmup_s = ex.warm()   # every runner started (a deadline, a TesterError naming the region), else no session
+        t0 = shown = time.monotonic()
         while source.busy() and c.stop_signal is None and c.aborted is None:
             add(source.step())
             if bar is not None:
@@ -87,15 +91,17 @@ def drive(c: Campaign, ex: RunExecutor, source: Source, outputs: Outputs, sink: 
                 state = ex.broker_state(STATE_EVERY_S)
                 if state is not None:
                     c.metrics.broker(state)
-    except TesterError as exc:  # the broker or Ray lost: end here with everything gathered, exit 4
+    except TesterError as exc:  # the broker or Ray lost, a runner not started: end here, exit 4
         c.tester_error = str(exc)
-        print(f"fleet: {exc}; stopping every live session", file=sys.stderr, flush=True)
+        print(f"fleet: {exc}; ending the run (every live session is stopped)", file=sys.stderr, flush=True)
     finally:
-        if len(ex.live):
-            add(source.ended(ex.stop_all(STOP_GRACE_S)))
-            if c.stop_at is not None:
-                c.stop_s = round(time.monotonic() - c.stop_at, 3)
-        if bar is not None:
-            bar.close()
-        outputs.drain()  # every row on disk before the summary
-        c.broker_state = ex.final_state()
+        try:
+            if len(ex.live):
+                add(source.ended(ex.stop_all(STOP_GRACE_S)))
+                if c.stop_at is not None:
+                    c.stop_s = round(time.monotonic() - c.stop_at, 3)
+        finally:
+            if bar is not None:
+                bar.close()
+            outputs.drain()  # every row on disk before the summary
+            c.broker_state = ex.final_state()

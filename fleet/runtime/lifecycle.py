@@ -1,7 +1,7 @@
 """What a run on Ray (``fleet run`` or ``fleet monitor``) sets up and tears down, in one place.
 
-``Campaign`` is the run's context: its scenario and options, the gateway URLs per region, the
-outputs it feeds (ClickHouse, Kafka, Prometheus) and whether a stop signal came. Each function
+``Campaign`` is the run's context: its scenario and options, the gateway URLs per region, the live
+tally, sketches and Prometheus metrics of its outputs (``open_outputs``) and whether a stop signal came. Each function
 that opens a piece registers how to close it on the run's ``contextlib.ExitStack``
 (``Campaign.closing``); the run closes the stack on every exit path, which undoes everything in
 the reverse order of opening (the private Ray, the outputs with what is queued handed over, the
@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from contextlib import ExitStack
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from fleet.capacity import CapacitySnapshot
 from fleet.errors import InputError
 from fleet.results.clickhouse import ClickHouseFeed, ClickHouseSink
 from fleet.results.kafka import KafkaFeed
-from fleet.results.outputs import Outputs, Sink, Tally
+from fleet.results.outputs import Outputs, Tally
 from fleet.results.prometheus import CampaignMetrics
 from fleet.results.row import SessionRow
 from fleet.results.sink import ParquetSink
@@ -35,7 +36,7 @@ from fleet.runtime.executor import STOP_GRACE_S
 from fleet.scenario import Scenario
 
 __all__ = ["Campaign", "CampaignOptions", "StopSignals", "leaks", "open_gateways", "open_outputs",
-           "outputs_for", "prepare", "ray_init", "results_dir", "warn_job_stop_wait", "with_gpu"]
+           "prepare", "ray_init", "results_dir", "warn_job_stop_wait", "with_gpu"]
 
 
 @dataclass
@@ -63,10 +64,7 @@ class Campaign:
     stop_signal: int | None = None
     sketches: Sketches = field(default_factory=Sketches)
     tally: Tally = field(default_factory=Tally)
-    clickhouse: ClickHouseSink | None = None
-    clickhouse_feed: ClickHouseFeed | None = None  # the run's ClickHouse output (outputs_for), with its state
-    kafka: KafkaFeed | None = None            # when outputs.kafka is set
-    metrics: CampaignMetrics | None = None    # when outputs.prometheus is set
+    metrics: CampaignMetrics | None = None    # when outputs.prometheus is set (the driver feeds it broker state)
     aborted: str | None = None
     tester_error: str | None = None        # the tester's machinery failed mid-run (fleet.errors.TesterError)
     snapshot: CapacitySnapshot | None = None
@@ -166,38 +164,39 @@ def open_gateways(c: Campaign, path: str) -> None:
     c.capacity_url = capacity_url(c.scenario, first, opts.capacity_url, local_cli)
 
 
-def open_outputs(c: Campaign, path: str) -> None:
-    """ClickHouse, Kafka and the Prometheus endpoint, as the scenario asks (each fails early on a missing
-    variable or a port it cannot listen on)."""
-    outputs = c.scenario.outputs
-    c.closing.callback(_close_outputs, c)  # whatever of them opened, even if a later one fails
-    if outputs.clickhouse is not None:
-        c.clickhouse = ClickHouseSink(outputs.clickhouse)
-    if outputs.kafka is not None:
-        c.kafka = KafkaFeed(outputs.kafka)
-    if outputs.prometheus is not None:
-        prom = outputs.prometheus
-        c.metrics = CampaignMetrics()
+def open_outputs(c: Campaign, path: str, parquet: Callable[[], ParquetSink],
+                 flush_s: float = 0.0) -> tuple[Outputs, ParquetSink]:
+    """The run's outputs, in their one order: the live tally, the sketches, Prometheus and Kafka at once;
+    Parquet (made by ``parquet``, once the others opened), then ClickHouse, on the writer's thread (storage
+    every ``flush_s``). Each fails early on a missing variable or a port it cannot listen on; whatever
+    opened is closed with the run (``Outputs.close`` on the run's stack), what Kafka holds handed over."""
+    spec = c.scenario.outputs
+    outputs = Outputs([c.tally, c.sketches], flush_s)
+    c.closing.callback(outputs.close)
+    if spec.prometheus is not None:
+        metrics = c.metrics = CampaignMetrics()
         try:
-            port = c.metrics.serve(prom.host, prom.port)
+            port = metrics.serve(spec.prometheus.host, spec.prometheus.port)
         except OSError as exc:
-            raise InputError(f"{path}: outputs.prometheus: cannot listen on {prom.host}:{prom.port} "
-                             f"({exc.strerror or exc})") from None
-        print(f"fleet: Prometheus metrics at http://{prom.host}:{port}/metrics", flush=True)
-
-
-def _close_outputs(c: Campaign) -> None:
-    """ClickHouse, Kafka (what is queued is handed over) and the Prometheus endpoint (after its linger)."""
-    if c.clickhouse is not None:
-        c.clickhouse.close()
-    if c.kafka is not None:  # an early exit: still hand over what is queued
-        c.kafka.close(STOP_GRACE_S)
-    if c.metrics is not None:
-        prom = c.scenario.outputs.prometheus
-        linger = prom.linger_s if prom else 0.0
-        if linger and c.stop_signal is None:
-            time.sleep(linger)  # the endpoint stays up for a last scrape (a wait, not synchronisation)
-        c.metrics.close()
+            raise InputError(f"{path}: outputs.prometheus: cannot listen on {spec.prometheus.host}:"
+                             f"{spec.prometheus.port} ({exc.strerror or exc})") from None
+        linger = spec.prometheus.linger_s
+        c.closing.callback(lambda: metrics.stop(linger if c.stop_signal is None else 0.0))
+        print(f"fleet: Prometheus metrics at http://{spec.prometheus.host}:{port}/metrics", flush=True)
+        outputs.append(metrics)
+    if spec.kafka is not None:
+        outputs.append(KafkaFeed(spec.kafka, flush_s=STOP_GRACE_S))
+    clickhouse = None if spec.clickhouse is None else ClickHouseSink(spec.clickhouse)
+    try:
+        sink = parquet()
+    except BaseException:
+        if clickhouse is not None:  # not in the list yet
+            clickhouse.close()
+        raise
+    outputs.append(sink)
+    if clickhouse is not None and spec.clickhouse is not None:
+        outputs.append(ClickHouseFeed(clickhouse, spec.clickhouse, c.campaign_id, sink.run_tag, sink.dir))
+    return outputs, sink
 
 
 def warn_job_stop_wait() -> None:
@@ -213,19 +212,6 @@ def warn_job_stop_wait() -> None:
               f"sessions are torn down; submit with --runtime-env-json "
               f"'{{\"env_vars\": {{\"RAY_JOB_STOP_WAIT_TIME_S\": \"{int(STOP_GRACE_S + 10)}\"}}}}'",
               file=sys.stderr, flush=True)
-
-
-def outputs_for(c: Campaign, sink: ParquetSink, flush_s: float = 0.0) -> Outputs:
-    """The run's outputs, in their one order: the live tally, the sketches, Prometheus and Kafka at once;
-    Parquet, then ClickHouse, on the writer's thread."""
-    sinks: list[Sink] = [c.tally, c.sketches]
-    sinks += [o for o in (c.metrics, c.kafka) if o is not None]
-    sinks.append(sink)
-    if c.clickhouse is not None and c.scenario.outputs.clickhouse is not None:
-        c.clickhouse_feed = ClickHouseFeed(c.clickhouse, c.scenario.outputs.clickhouse, c.campaign_id, sink.run_tag,
-                                           sink.dir)
-        sinks.append(c.clickhouse_feed)
-    return Outputs(sinks, flush_s)
 
 
 def leaks(c: Campaign) -> int | None:

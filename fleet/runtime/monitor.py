@@ -40,12 +40,13 @@ from fleet.errors import InputError, TesterError
 from fleet.plan import prompt_schedule
 from fleet.prompts import PoolEntry, PromptPicker, resolve_pool
 from fleet.results.row import Identity, SessionRow
+from fleet.results.outputs import Outputs
 from fleet.results.refusals import refusals
 from fleet.results.sink import SESSIONS, ParquetSink, conform
 from fleet.runtime.broker import read_capacity
-from fleet.runtime.lifecycle import (Campaign, CampaignOptions, open_gateways, open_outputs, outputs_for, prepare,
+from fleet.runtime.lifecycle import (Campaign, CampaignOptions, open_gateways, open_outputs, prepare,
                                      ray_init, results_dir, with_gpu)
-from fleet.runtime.executor import STOP_GRACE_S, Finished, RayExecutor
+from fleet.runtime.executor import Finished, RayExecutor
 from fleet.runtime.driver import drive
 from fleet.runtime.job import Job, prompt_changes
 from fleet.runtime.summary import print_capacity
@@ -116,15 +117,14 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
         open_gateways(c, path)
         c.snapshot = read_capacity(scenario, c.capacity_url, "--capacity-url" if opts.capacity_url else None)
         out = results_dir(c)
-        open_outputs(c, path)
         pool = resolve_pool(scenario.prompts.sets, scenario.base_dir, scenario.source)
         categories = list(dict.fromkeys(e.prompt.category for e in pool))
         cov = Coverage(spec.every_min * 60, spec.session_s, spec.daily_budget, categories,
                        None if spec.retry_min is None else spec.retry_min * 60)
-        sink = ParquetSink(out, c.campaign_id, {"kind": "monitor", "scenario": scenario.name,
-                                                 "scenario_hash": scenario.digest(), "run_id": run_id,
-                                                 "monitor": spec.model_dump(), "regions": regions,
-                                                 "started_at": stamp}, hourly=True, run_tag=run_id[len(scenario.name) + 1:])
+        outputs, sink = open_outputs(c, path, lambda: ParquetSink(out, c.campaign_id, {
+            "kind": "monitor", "scenario": scenario.name, "scenario_hash": scenario.digest(), "run_id": run_id,
+            "monitor": spec.model_dump(), "regions": regions, "started_at": stamp},
+            hourly=True, run_tag=run_id[len(scenario.name) + 1:]), spec.flush_s)   # storage every flush_s
         now = time.time()
         restored = cov.restore(stored_rows(sink.dir, now, days=1 + math.ceil(cov.every_s / 86_400)), now)
         targets = targets_of(c.snapshot, scenario.capacity.include, scenario.capacity.exclude)
@@ -137,11 +137,10 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
             print(f"fleet: coverage degraded: {line}", file=sys.stderr, flush=True)
         ray_init(c, regions)
         stops.install()  # Ray's core worker installs its own fatal SIGTERM handler: ours goes back on top
-        summary = _watch(c, cov, sink, pool, run_id, opts)
-        if c.kafka is not None:
-            summary["kafka"] = c.kafka.close(STOP_GRACE_S)
-            c.kafka = None
-        summary["clickhouse"] = c.clickhouse_feed.state if c.clickhouse_feed else None
+        summary = _watch(c, cov, outputs, sink, pool, run_id, opts)
+        closed = outputs.close()   # Kafka's deliveries, ClickHouse's rows or error
+        summary["kafka"] = closed.get("kafka")
+        summary["clickhouse"] = closed.get("clickhouse")
         summary["refused_while_idle"] = [x.as_dict() for x in refusals(_run_rows(sink))]
         sink.finish({"live": None, "last_run": summary})
         _print_summary(summary, sink.dir, opts.json)
@@ -150,16 +149,15 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
         c.closing.close()
 
 
-def _watch(c: Campaign, cov: Coverage, sink: ParquetSink, pool: list[PoolEntry], run_id: str,
+def _watch(c: Campaign, cov: Coverage, outputs: Outputs, sink: ParquetSink, pool: list[PoolEntry], run_id: str,
            opts: MonitorOptions) -> dict[str, Any]:
     """Start the runners, drive the coverage source until it ends; the run's status for the summary."""
     assert c.snapshot is not None, "the capacity is read before the monitor starts"
     assert c.scenario.monitor is not None
     local = not (opts.address or os.environ.get("RAY_ADDRESS"))
     ex = RayExecutor(c.scenario, c.urls, c.snapshot, [opts.host_address] if local else None, c.capacity_url)
-    ex.warm()
     source = CoverageSource(c, cov, ex, pool, run_id, opts)
-    drive(c, ex, source, outputs_for(c, sink, c.scenario.monitor.flush_s), sink)  # storage every flush_s
+    drive(c, ex, source, outputs, sink)
     status = source.status()
     status.update({"run_s": round(time.monotonic() - source.t0, 1), "stop_s": c.stop_s, "tester_error": c.tester_error,
                    "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None})
@@ -333,6 +331,8 @@ def _print_summary(summary: dict[str, Any], out: Path, as_json: bool) -> None:
         print(f"fleet: Kafka: {kafka['delivered']} of {kafka['produced']} messages delivered to {kafka['topic']}"
               + (f" ({kafka['undelivered']} undelivered, {kafka['dropped']} dropped)"
                  if kafka["undelivered"] or kafka["dropped"] else ""), flush=True)
+    if summary.get("tester_error"):
+        print(f"fleet: monitor ended early, the tester failed: {summary['tester_error']}", flush=True)
     if summary.get("refused_while_idle"):
         from rich.console import Console
 
