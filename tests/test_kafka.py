@@ -67,10 +67,10 @@ def test_a_missing_variable_is_a_clear_error_and_no_secret_is_printed():
 
 def test_sessions_arrive_in_order_per_session(broker):
     topic = f"fleet-test-{uuid.uuid4().hex[:8]}"
-    feed = KafkaFeed(KafkaOut(topic=topic), env={"FLEET_KAFKA_BOOTSTRAP": bootstrap(broker)})
+    feed = KafkaFeed(KafkaOut(topic=topic), env={"FLEET_KAFKA_BOOTSTRAP": bootstrap(broker)}, flush_s=DEADLINE_S)
     rows = [session_row(i, "ordered") for i in range(5)]
     feed.publish(rows)
-    stats = feed.close(DEADLINE_S)
+    stats = feed.close()
     assert stats["delivered"] == stats["produced"] == 30 and stats["undelivered"] == stats["dropped"] == 0, stats
     collector = Collector(bootstrap(broker), topic)
     got = collector.wait_for(30)
@@ -91,7 +91,7 @@ def test_a_broker_outage_loses_nothing_and_duplicates_nothing(broker):
         pytest.skip("FLEET_KAFKA_BOOTSTRAP names a real Kafka: this test does not stop it")
     topic = f"fleet-outage-{uuid.uuid4().hex[:8]}"
     cfg = KafkaOut(topic=topic, idempotent=False)
-    feed = KafkaFeed(cfg, env={"FLEET_KAFKA_BOOTSTRAP": broker.bootstrap})
+    feed = KafkaFeed(cfg, env={"FLEET_KAFKA_BOOTSTRAP": broker.bootstrap}, flush_s=DEADLINE_S)
     first = Collector(broker.bootstrap, topic)
     try:
         feed.publish([session_row(i, "before") for i in range(5)])
@@ -104,7 +104,7 @@ def test_a_broker_outage_loses_nothing_and_duplicates_nothing(broker):
     assert feed.pending > 0
     broker.start()
     feed.publish([session_row(i, "after") for i in range(5)])
-    stats = feed.close(DEADLINE_S)
+    stats = feed.close()
     assert stats["undelivered"] == stats["dropped"] == stats["failed"] == 0, stats
     # the restarted memory store holds what arrived since: read it from its start
     second = Collector(broker.bootstrap, topic)

@@ -62,8 +62,7 @@ def test_error_in_a_base_file_points_into_the_base(tmp_path: Path):
     ("set.yaml", "set: mine\nprompts: [{id: a, text: a fox}]\n", "it is a prompt set (name it under prompts.sets)"),
     ("other.yaml", "orchestrators: 4\nslots: 2\n", "none of its keys (orchestrators, slots) is a scenario's"),
     ("list.yaml", "- a\n- b\n", "a scenario must be a mapping of keys to values"),
-    ("empty.yaml", "", "the file is empty (a scenario is a mapping)"),
-    ("broken.yaml", "name: [unclosed\n", "")])
+    ("empty.yaml", "", "the file is empty (a scenario is a mapping)")])
 def test_extends_naming_a_file_that_is_no_scenario_is_the_error_of_the_line_that_names_it(tmp_path: Path, name,
                                                                                            text, why):
     (tmp_path / name).write_text(text)
@@ -73,6 +72,18 @@ def test_extends_naming_a_file_that_is_no_scenario_is_the_error_of_the_line_that
         load_scenario(child)
     (line,) = str(info.value).splitlines()
     assert line.startswith(f"{child}:2:10: extends: '{name}' is not a scenario: " + why), line
+
+
+def test_a_base_scenario_that_is_not_valid_yaml_is_its_own_error_naming_the_line_that_extends_it(tmp_path: Path):
+    """The mistake is in the base, at its own line; the line that named it is said too."""
+    (tmp_path / "broken.yaml").write_text("name: base\nworkflow: {pipeline: [unclosed\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("name: child\nextends: broken.yaml\n")
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(child)
+    (line,) = str(info.value).splitlines()
+    assert line.startswith(f"{tmp_path / 'broken.yaml'}:3:1: not valid YAML: "), line
+    assert line.endswith(f" (the base scenario that {child}:2:10 extends)"), line
 
 
 def test_empty_file(tmp_path: Path, cli):

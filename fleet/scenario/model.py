@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,13 +98,16 @@ class Scenario(Spec):
 
 def _resolve(path: Path, chain: tuple[Path, ...], named_by: tuple[Document, str] | None = None) -> Document:
     """The scenario at ``path`` merged over its bases. ``named_by``: the document whose ``extends:`` names
-    this file (and the name it gave): a file that is no scenario at all is that line's error, not its own."""
+    this file (and the name it gave): a file that is no scenario at all is that line's error, not its own;
+    a base that cannot be read (not YAML, too big) is its own error, at its own line, naming that line."""
     try:
         doc = load_document(path, ScenarioError)
     except ScenarioError as exc:
         if named_by is None:
             raise
-        raise _not_a_scenario(named_by, exc.problems[0].message if exc.problems else str(exc)) from None
+        at = named_by[0].locate(("extends",))
+        raise ScenarioError([replace(p, message=f"{p.message} (the base scenario that {at.file}:{at.line}:{at.col} "
+                                                f"extends)") for p in exc.problems]) from None
     data = doc.data
     why = ("the file is empty (a scenario is a mapping)" if data is None
            else "a scenario must be a mapping of keys to values" if not isinstance(data, dict)
