@@ -291,9 +291,11 @@ class OutputWatch:
             r.jitter_coeff_p50, r.jitter_coeff_p95 = t.jitter_coeff_p50, t.jitter_coeff_p95
             r.jitter_intervals, r.jitter_suspect_intervals = t.jitter_intervals, t.jitter_suspect_intervals
             r.freeze_count, r.freeze_s = t.freeze_count, t.freeze_s
+        flagged = suspect_frames(a, list(suspect)) if suspect else []
+        r.tester_stall_frames = len(flagged)
         if self.opt.keep_timeline:
             r.timeline = list(zip(self.out_ts, a))
-            r.timeline_suspect = suspect_frames(a, list(suspect))
+            r.timeline_suspect = flagged
         r.latency_samples = self.earlier_samples + self.latency_samples()
         r.latency_method = self.latency_method or next((m for _, _, m in self.earlier_samples), None)
         values = [ms for _, ms, _ in r.latency_samples]

@@ -112,6 +112,7 @@ class ProbeResult:
     jitter_coeff_p95: float | None = None
     jitter_intervals: int = 0
     jitter_suspect_intervals: int = 0    # left out: stamped while the tester's own loop was stalled
+    tester_stall_frames: int = 0         # output frames stamped while the tester's own loop was stalled
     freeze_count: int = 0
     freeze_s: float = 0.0
     black_frames: int = 0

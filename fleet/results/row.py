@@ -132,6 +132,7 @@ class SessionRow:
     jitter_coeff_p95: float | None = None
     jitter_intervals: int | None = None
     jitter_suspect_intervals: int | None = None
+    tester_stall_frames: int | None = None
     freeze_count: int | None = None
     freeze_s: float | None = None
     black_frames: int | None = None

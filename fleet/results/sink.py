@@ -39,7 +39,9 @@ __all__ = ["Batch", "EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_
 # 6: (issue #22) a session's life on the real network: swaps and every orchestrator that served it, the
 #    capacity evidence of a skip (refused_while_idle), ICE candidate types, NaaP's startup outcome
 #    (RULE-LIFECYCLE-003), jitter in milliseconds as go-livepeer reports it
-SCHEMA_VERSION = 6
+# 7: tester_stall_frames (output frames the probe stamped while its own loop stalled: their share of
+#    frames_received is how much the tester excused itself)
+SCHEMA_VERSION = 7
 
 SESSION_FIELDS = arrow_fields()           # the typed row's columns (fleet.results.row.SessionRow)
 _IDS = [f for f in SESSION_FIELDS if f[0] in IDENTITY]  # the identity every table's rows carry
