@@ -182,6 +182,8 @@ class FrameTap:
         self._cur_count = 0
         self._cur_next_seq: int | None = None
         self._cur_ok = True
+        self._expect: int | None = None   # the sequence number after the last packet taken, across frames
+        self._ended_on_marker = True      # the frame before ended on its marker (not cut by a new timestamp)
         self._seq_unwrapped: int | None = None
         self._kinds: dict[int, str | None] = {}
         self.codec: str | None = None      # "VP8" or "H264", once a packet of it arrived
@@ -243,6 +245,7 @@ class FrameTap:
         self._last_ts = ts
         if self._cur_ts is not None and ts != self._cur_ts:
             self._finish(complete=False, now=self._cur_last)  # the previous frame lost its last packet
+            self._ended_on_marker = False
         try:
             if kind == "VP8":
                 descriptor, data = VpxPayloadDescriptor.parse(packet.payload)
@@ -254,16 +257,20 @@ class FrameTap:
             data, starts, unreadable = b"", False, True
         if self._cur_ts is None:
             self._cur_ts, self._cur_first, self._cur_parts, self._cur_count = ts, now, [], 0
-            self._cur_ok = starts
+            # packets missing just before this one were this frame's head, unless the frame before was cut
+            # (it lost its marker packet) and only that one is missing
+            gap = 0 if self._expect is None else (seq - self._expect) & 0xFFFF
+            self._cur_ok = starts and (gap == 0 or (gap == 1 and not self._ended_on_marker))
             self._cur_next_seq = seq
         if unreadable or (self._cur_next_seq is not None and seq != self._cur_next_seq):
             self._cur_ok = False
-        self._cur_next_seq = (seq + 1) & 0xFFFF
+        self._cur_next_seq = self._expect = (seq + 1) & 0xFFFF
         self._cur_parts.append(data)
         self._cur_count += 1
         self._cur_last = now
         if packet.marker:
             self._finish(complete=self._cur_ok, now=now)
+            self._ended_on_marker = True
 
     def _finish(self, complete: bool, now: float) -> None:
         data = b"".join(self._cur_parts)

@@ -210,6 +210,26 @@ def test_lost_marker_packet_hands_the_frame_over_incomplete_when_the_next_timest
     assert (after.timestamp, after.data, after.complete) == (363_000, SC + SLICE, True)
 
 
+def test_a_frame_whose_first_packet_was_lost_is_incomplete_though_its_next_unit_starts_one() -> None:
+    """H.264 units are whole NAL units: a keyframe whose SPS packet is lost still starts, to the depacketizer,
+    with its PPS. The gap after the frame before (which ended on its marker) is this frame's."""
+    t = Tapped()
+    t.feed((9.0, wire(100, 900_000, SLICE, marker=True)))
+    # 101 (SPS) lost
+    (frame,) = t.feed((9.1, wire(102, 903_000, PPS)), (9.2, wire(103, 903_000, IDR, marker=True)))
+    assert frame.data == SC + PPS + SC + IDR and not frame.complete and not frame.keyframe
+
+
+def test_after_a_cut_frame_two_lost_packets_leave_the_next_frame_unproven() -> None:
+    """The frame before lost its marker packet (cut by the next timestamp): one missing packet is that one, and
+    the next frame is whole; two missing may include the next frame's head, so it is not called complete."""
+    t = Tapped()
+    t.feed((9.5, wire(200, 990_000, IDR_START)))
+    # 201 (IDR_END, marker) and 202 (the next frame's SPS) lost
+    cut, after = t.feed((9.7, wire(203, 993_000, PPS)), (9.8, wire(204, 993_000, IDR, marker=True)))
+    assert not cut.complete and after.timestamp == 993_000 and not after.complete
+
+
 def test_reordered_packet_inside_a_frame_is_counted_as_received_but_not_reassembled() -> None:
     t = Tapped()
     (frame,) = t.feed((5.0, wire(80, 450_000, IDR_START)), (5.1, wire(82, 450_000, IDR_END, marker=True)))
