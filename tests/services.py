@@ -56,7 +56,7 @@ def last_json(stdout: str) -> dict:
     return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
 
 
-def stop_ray_nodes(*temp_dirs: Path, grace_s: float = 15.0) -> int:
+def stop_ray_nodes(*temp_dirs: Path, grace_s: float = 5.0) -> int:
     """End, by PID, the Ray nodes started with these ``--temp-dir`` values: every process whose command
     line names one of them, and its descendants (workers, job drivers). SIGTERM, then SIGKILL after
     ``grace_s``. Never ``ray stop``: it ends every Ray process on the machine, and anything whose command

@@ -22,7 +22,7 @@ import pytest
 
 from fleet.gateway.config import default_config
 from fleet.gateway.process import GatewayProcess
-from fleet.results.sink import SCHEMA_VERSION, SESSIONS, read_sessions
+from fleet.results.sink import SCHEMA_VERSION, SESSIONS, read_sessions, read_table
 from services import fleet_streams, gateway_args, last_json, open_streams, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,6 +88,14 @@ def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gatew
                         " ORDER BY session_id", {"c": summary["campaign_id"]}).to_pylist()
     assert stored == sorted(({"session_id": r["session_id"], "g2g_latency_ms": r["g2g_latency_ms"]} for r in rows),
                             key=lambda r: r["session_id"])
+    # the capacity series: the same snapshot rows in Parquet and in ClickHouse (the first read at least: 4
+    # orchestrators of the reference network)
+    series = sorted((r["orchestrator_address"], r["read_at"], r["idle"]) for r in
+                    read_table(summary["results"], "capacity").to_pylist())
+    in_clickhouse = sink.query("SELECT orchestrator_address, read_at, idle FROM fleet_e2e.fleet_capacity WHERE "
+                               "campaign_id = {c:String} ORDER BY orchestrator_address, read_at",
+                               {"c": summary["campaign_id"]}).to_pylist()
+    assert len(series) >= 4 and [(r["orchestrator_address"], r["read_at"], r["idle"]) for r in in_clickhouse] == series
     sink.client.command("DROP DATABASE IF EXISTS fleet_e2e")
     sink.close()
 
@@ -129,7 +137,7 @@ def test_capacity_shrinking_mid_run_is_respected(tmp_path):
                         "load: {shape: stages, stages: [{concurrency: 4, duration_s: 22}], "
                         "session: {duration: 4, max_s: 10, min_s: 2}}\n"
                         "capacity: {max_fraction: 1.0, idle_reserve: 0, stagger_s: 0, max_per_orchestrator: 2, "
-                        "lease_wait_s: 3}\n")
+                        "lease_wait_s: 3}\noutputs: {report: false, capacity_series: {min_s: 0}}\n")
     with GatewayProcess(config=default_config(seed=5, status_interval_s=2.0)) as gw:
         proc = subprocess.Popen([str(BIN / "fleet"), "run", str(scenario), *gateway_args(gw), "--out",
                                  str(tmp_path / "results"), "--no-progress", "--json"], cwd=tmp_path, text=True,
@@ -163,6 +171,17 @@ def test_capacity_shrinking_mid_run_is_respected(tmp_path):
     # once the broker has seen the drop it keeps the campaign out; the gateway refuses nothing
     assert all(r["error_class"] == "no_slot_leased" for r in skipped if r["started_at"].timestamp() > settled), skipped
     assert summary["broker"]["refreshes"] >= 5
+    # the capacity series: every read that changed (min_s 0), each a snapshot of the reference network's 4
+    # orchestrators; after the drop, the three taken whole show no idle slot
+    series = read_table(summary["results"], "capacity").to_pylist()
+    snapshots: dict = {}
+    for r in series:
+        snapshots.setdefault(r["read_at"], {})[r["orchestrator_address"]] = (r["idle"], r["in_use"])
+    assert all(len(s) == 4 for s in snapshots.values()) and len(snapshots) <= summary["broker"]["refreshes"] + 1
+    ordered = [snapshots[t] for t in sorted(snapshots)]
+    assert all(a != b for a, b in zip(ordered, ordered[1:])), "an unchanged read was stored"
+    after = [s for t, s in snapshots.items() if t.timestamp() > settled]
+    assert after and all(s[f"0x{i:040x}"][0] == 0 for s in after for i in (2, 3, 4)), after
 
 
 def test_an_orchestrator_that_refuses_while_advertising_idle_slots_shows_its_refusals(tmp_path):

@@ -80,6 +80,9 @@ class FakeExecutor:
     def warm(self) -> float:
         return 0.0
 
+    def capacity_reads(self, every_s: float) -> list:
+        return []
+
     def broker_state(self, every_s: float) -> dict | None:
         return None
 

@@ -278,7 +278,7 @@ def test_clickhouse_ddl_orders_for_per_orchestrator_time_ranges():
     sessions = next(s for s in stmts if "fleet.fleet_sessions" in s)
     assert "ORDER BY (orchestrator_address, started_at, session_id)" in sessions
     assert "PARTITION BY toYYYYMM(started_at)" in sessions and "non_replicated_deduplication_window" in sessions
-    assert len([s for s in stmts if s.startswith("CREATE")]) == 5 and all(f.name in sessions for f in SESSIONS)
+    assert len([s for s in stmts if s.startswith("CREATE")]) == 6 and all(f.name in sessions for f in SESSIONS)
 
 
 @pytest.mark.slow

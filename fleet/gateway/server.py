@@ -43,6 +43,7 @@ __all__ = ["ReferenceGateway", "serve"]
 
 log = logging.getLogger(__name__)
 
+HANDLER_GRACE_S = 2.0       # on shutdown, a request still in its handler this long after the streams closed is cancelled
 MAX_CLOSED_STREAMS = 1000  # closed streams whose truth is kept; older ones are forgotten
 SDP = "application/sdp"
 
@@ -140,13 +141,15 @@ class ReferenceGateway:
         set_ice_failed_timeout(self.config.ice_failed_timeout_s)
         self.loop_lag = LoopLag()
         self.loop_lag.start()
-        self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None,
+                                     shutdown_timeout=HANDLER_GRACE_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
         await site.start()
         sockets = list(getattr(site._server, "sockets", None) or [])  # a TCP site serves an asyncio.Server
         self.port = sockets[0].getsockname()[1] if sockets else self.config.port
-        self._cli = web.AppRunner(self.cli_app(), handle_signals=False, access_log=None)
+        self._cli = web.AppRunner(self.cli_app(), handle_signals=False, access_log=None,
+                                  shutdown_timeout=HANDLER_GRACE_S)
         await self._cli.setup()
         cli = web.TCPSite(self._cli, self.config.host, self.config.cli_port)
         await cli.start()
@@ -154,9 +157,13 @@ class ReferenceGateway:
         self.cli_port = sockets[0].getsockname()[1] if sockets else self.config.cli_port
 
     async def stop(self) -> None:
-        """Close every stream's peer connections, then the server."""
-        await asyncio.wait_for(asyncio.gather(*(s.close("gateway shutdown") for s in list(self.live.values())),
-                                              return_exceptions=True), SHUTDOWN_TIMEOUT_S)
+        """Close every stream's peer connections (within SHUTDOWN_TIMEOUT_S), then the server: a request
+        still in its handler HANDLER_GRACE_S after that is cancelled."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*(s.close("gateway shutdown") for s in list(self.live.values())),
+                                                  return_exceptions=True), SHUTDOWN_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("gateway shutdown: streams still closing after %g s; stopping the server", SHUTDOWN_TIMEOUT_S)
         for runner in (self._runner, self._cli):
             if runner is not None:
                 await runner.cleanup()

@@ -55,6 +55,7 @@ LAYOUT = {
     "samples": (("orchestrator_address", "campaign_id", "session_id", "t_s"), None),
     "events": (("orchestrator_address", "campaign_id", "session_id", "t_s"), None),
     "summaries": (("campaign_id", "metric", "region"), None),
+    "capacity": (("model", "orchestrator_uri", "read_at"), "read_at"),
 }
 
 
@@ -69,7 +70,7 @@ def _ch_type(t: pa.DataType, key: bool) -> str:
 
 
 def ddl(database: str, prefix: str) -> list[str]:
-    """The statements that create the database and the four tables, and add any column a table made by an
+    """The statements that create the database and its tables (``TABLES``), and add any column a table made by an
     older schema lacks (all idempotent)."""
     out = [f"CREATE DATABASE IF NOT EXISTS {database}"]
     for kind, schema in TABLES.items():

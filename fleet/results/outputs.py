@@ -93,6 +93,7 @@ class Outputs:
         self.flush_s = flush_s
         self._seq = {False: 0, True: 0}
         self._pending: list[SessionRow] = []
+        self._tables: dict[str, list[pa.Table]] = {}   # other tables for the next stored batch (capacity)
         self._flushed = time.monotonic()
         self._writer: ResultsWriter[Batch] = ResultsWriter(self._store)
         self.states: dict[str, dict[str, Any]] | None = None   # what close() gathered, once closed
@@ -123,15 +124,20 @@ class Outputs:
         if time.monotonic() - self._flushed >= self.flush_s:
             self.flush()
 
+    def add_table(self, kind: str, table: pa.Table) -> None:
+        """Rows of another table (the capacity series), stored with the next batch."""
+        self._tables.setdefault(kind, []).append(table)
+
     def flush(self) -> None:
         """Hand what is gathered to storage now (it is written on the writer's thread)."""
         self._flushed = time.monotonic()
-        if self._pending:
-            self._writer.submit(self._next(True, self._pending))
-            self._pending = []
+        if self._pending or self._tables:
+            tables = {kind: pa.concat_tables(parts) for kind, parts in self._tables.items()}
+            self._writer.submit(self._next(True, self._pending, tables))
+            self._pending, self._tables = [], {}
 
     def store(self, tables: Mapping[str, pa.Table]) -> None:
-        """The run's last tables (its summaries), to storage after every row gathered."""
+        """The run's last tables (its summaries), to storage after everything gathered."""
         self.flush()
         if tables:
             self._writer.submit(self._next(True, (), tables))

@@ -26,7 +26,7 @@ from fleet import __version__
 from fleet.errors import InputError
 from fleet.results.row import IDENTITY, SessionRow, arrow_fields
 
-__all__ = ["Batch", "EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_FIELDS", "SUMMARIES", "TABLES", "ParquetSink",
+__all__ = ["Batch", "CAPACITY", "EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_FIELDS", "SUMMARIES", "TABLES", "ParquetSink",
            "conform", "find_campaign", "read_manifest", "read_sessions", "read_table", "summaries_table", "tables_of"]
 
 # 2: gpu_id, gpu_name on every row; summaries table
@@ -41,7 +41,8 @@ __all__ = ["Batch", "EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS", "SESSION_
 #    (RULE-LIFECYCLE-003), jitter in milliseconds as go-livepeer reports it
 # 7: tester_stall_frames (output frames the probe stamped while its own loop stalled: their share of
 #    frames_received is how much the tester excused itself)
-SCHEMA_VERSION = 7
+# 8: the capacity table (every capacity snapshot a run read that changed, or one every few minutes)
+SCHEMA_VERSION = 8
 
 SESSION_FIELDS = arrow_fields()           # the typed row's columns (fleet.results.row.SessionRow)
 _IDS = [f for f in SESSION_FIELDS if f[0] in IDENTITY]  # the identity every table's rows carry
@@ -53,7 +54,15 @@ SUMMARIES = pa.schema(_IDS[:5] + [("schema_version", pa.int16()), ("region", pa.
                                   ("count", pa.int64()), ("relative_accuracy", pa.float64()),
                                   ("sketch", pa.binary()), ("p50", pa.float64()), ("p90", pa.float64()),
                                   ("p95", pa.float64()), ("p99", pa.float64())])
-TABLES = {"sessions": SESSIONS, "samples": SAMPLES, "events": EVENTS, "summaries": SUMMARIES}
+# the capacity series (fleet.results.capacity_series): one row per orchestrator of each stored snapshot
+CAPACITY = pa.schema([("campaign_id", pa.string()), ("run_id", pa.string()), ("scenario", pa.string()),
+                      ("fleet_version", pa.string()), ("schema_version", pa.int16()),
+                      ("read_at", pa.timestamp("ms", tz="UTC")), ("age_s", pa.float64()), ("source", pa.string()),
+                      ("model", pa.string()), ("orchestrator_address", pa.string()), ("orchestrator_uri", pa.string()),
+                      ("gpu_ids", pa.list_(pa.string())), ("gpu_names", pa.list_(pa.string())), ("warm", pa.bool_()),
+                      ("idle", pa.int32()), ("in_use", pa.int32()), ("capacity", pa.int32()),
+                      ("price_per_unit", pa.int64()), ("pixels_per_unit", pa.int64())])
+TABLES = {"sessions": SESSIONS, "samples": SAMPLES, "events": EVENTS, "summaries": SUMMARIES, "capacity": CAPACITY}
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from urllib.parse import urlsplit
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +42,7 @@ __all__ = ["BrokerActor", "CLI_PORT", "Lease", "SlotBroker", "capacity_url", "re
 
 log = logging.getLogger("fleet.broker")
 REFRESH_MIN_S = 1.0
+READS_KEPT = 1000   # capacity reads the broker holds until the driver takes them (the oldest go first)
 
 
 @dataclass
@@ -222,6 +223,7 @@ class BrokerActor:
         source = self.scenario.target.capacity
         self.refresh_s = None if isinstance(source, StaticCapacity) else max(REFRESH_MIN_S, source.refresh_s)
         self.refreshes = 0
+        self.reads: deque[CapacitySnapshot] = deque(maxlen=READS_KEPT)   # for the capacity series
         self._task: asyncio.Task[Any] | None = None
 
     async def _refresh(self) -> None:
@@ -239,6 +241,7 @@ class BrokerActor:
                 continue
             self.broker.update(snapshot, tried)
             self.refreshes += 1
+            self.reads.append(snapshot)
 
     def _ensure_refresh(self) -> None:
         if self._task is None and self.refresh_s is not None:
@@ -270,6 +273,13 @@ class BrokerActor:
         age = round(self.broker.clock() - self.broker.snapshot_at, 1)
         stale = self.refresh_s is not None and age > STALE_REFRESHES * self.refresh_s
         return {**self.broker.state(), "refreshes": self.refreshes, "capacity_age_s": age, "capacity_stale": stale}
+
+    async def take_reads(self) -> list[CapacitySnapshot]:
+        """The snapshots read since the last call, oldest first (the driver stores the capacity series)."""
+        self._ensure_refresh()
+        reads = list(self.reads)
+        self.reads.clear()
+        return reads
 
     async def snapshot(self) -> CapacitySnapshot:
         """The capacity it leases against now (the monitor's targets come from it)."""

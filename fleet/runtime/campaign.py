@@ -106,7 +106,7 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
     scenario = load_scenario(path)
     c = Campaign(scenario, opts)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    c.campaign_id = f"{scenario.name}-{stamp}-{uuid.uuid4().hex[:4]}"
+    c.campaign_id = c.run_id = f"{scenario.name}-{stamp}-{uuid.uuid4().hex[:4]}"
     regions = [r.name for r in scenario.placement.regions]
     stops = prepare(c, path)
     try:

@@ -21,7 +21,9 @@ import time
 from collections.abc import Sized
 from typing import Any, Protocol
 
+from fleet.capacity import CapacitySnapshot
 from fleet.errors import TesterError
+from fleet.results.capacity_series import CapacitySeries
 from fleet.results.outputs import Outputs
 from fleet.results.row import SessionRow
 from fleet.results.sink import ParquetSink
@@ -54,6 +56,8 @@ class RunExecutor(Protocol):
 
     def warm(self) -> float: ...
 
+    def capacity_reads(self, every_s: float) -> list[CapacitySnapshot]: ...
+
     def stop_all(self, grace_s: float = STOP_GRACE_S) -> list[Finished]: ...
 
     def broker_state(self, every_s: float) -> dict[str, Any] | None: ...
@@ -66,6 +70,14 @@ def drive(c: Campaign, ex: RunExecutor, source: Source, outputs: Outputs, sink: 
     """Run ``source`` until it is done or the run must end; every row to ``outputs``, written when it returns."""
     t0 = shown = time.monotonic()
     bar = Progress(source.planned, c.opts.progress) if source.planned is not None else None
+    series = CapacitySeries(c.scenario.outputs.capacity_series,
+                            {"campaign_id": c.campaign_id, "run_id": c.run_id, "scenario": c.scenario.name})
+
+    def capacity(reads: list[CapacitySnapshot]) -> None:
+        for snapshot in reads:
+            table = series.offer(snapshot)
+            if table is not None:
+                outputs.add_table("capacity", table)
 
     def add(rows: list[SessionRow]) -> None:
         outputs.add(rows)
@@ -78,8 +90,10 @@ def drive(c: Campaign, ex: RunExecutor, source: Source, outputs: Outputs, sink: 
     try:
         c.warmup_s = ex.warm()   # every runner started (a deadline, a TesterError naming the region), else no session
         t0 = shown = time.monotonic()
+        capacity([c.snapshot] if c.snapshot is not None else [])   # the first read, the driver's own
         while source.busy() and c.stop_signal is None and c.aborted is None:
             add(source.step())
+            capacity(ex.capacity_reads(STATE_EVERY_S))
             if bar is not None:
                 bar.update(c.tally.done, len(ex.live), c.tally.counts)
             if sink is not None and time.monotonic() - shown >= LIVE_EVERY_S:  # for dashboards

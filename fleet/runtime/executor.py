@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, replace
+from collections.abc import Callable
 from typing import Any
 
 from fleet.capacity import CapacitySnapshot
@@ -91,8 +92,7 @@ class RayExecutor:
         self.runners = {r: self._runner(r) for r in urls}
         self.live: dict[Any, _InFlight] = {}
         self.tester_failures = 0
-        self._state_ref: Any = None
-        self._state_asked = 0.0
+        self._polls: dict[str, tuple[Any, float]] = {}   # the broker's answers asked without waiting
 
     def _runner(self, region: str) -> Any:
         import ray
@@ -246,20 +246,32 @@ class RayExecutor:
                                 error=("stopped", "no result within the stop grace" + (REAPED if reaped else ""))))
         return out
 
-    def broker_state(self, every_s: float) -> dict[str, Any] | None:
-        """The broker's state, asked without waiting: a new answer at most every ``every_s``, else None."""
+    def _poll(self, what: str, ask: Callable[[], Any], every_s: float) -> Any:
+        """An answer of the broker, asked without waiting: a new one at most every ``every_s``, else None."""
         import ray
 
+        ref, asked = self._polls.get(what, (None, 0.0))
         answer = None
-        if self._state_ref is not None and ray.wait([self._state_ref], timeout=0)[0]:
+        if ref is not None and ray.wait([ref], timeout=0)[0]:
             try:
-                answer = _get(self._state_ref, STATE_TIMEOUT_S, "state")
+                answer = _get(ref, STATE_TIMEOUT_S, what)
             except TesterError:  # informative only: a lost broker shows at the next lease
                 answer = None
-            self._state_ref = None
-        if self._state_ref is None and time.monotonic() - self._state_asked >= every_s:
-            self._state_ref, self._state_asked = self.broker.state.remote(), time.monotonic()
+            ref = None
+        if ref is None and time.monotonic() - asked >= every_s:
+            ref, asked = ask(), time.monotonic()
+        self._polls[what] = (ref, asked)
         return answer
+
+    def broker_state(self, every_s: float) -> dict[str, Any] | None:
+        """The broker's state (leases, budget, the capacity's age), asked without waiting."""
+        state: dict[str, Any] | None = self._poll("state", self.broker.state.remote, every_s)
+        return state
+
+    def capacity_reads(self, every_s: float) -> list[CapacitySnapshot]:
+        """The capacity snapshots the broker read since the last answer, asked without waiting."""
+        reads: list[CapacitySnapshot] | None = self._poll("capacity reads", self.broker.take_reads.remote, every_s)
+        return reads or []
 
     def final_state(self) -> dict[str, Any]:
         """The broker's state now (waits for it, up to a deadline; {} without an answer)."""

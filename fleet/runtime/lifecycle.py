@@ -58,6 +58,7 @@ class Campaign:
     scenario: Scenario
     opts: CampaignOptions
     campaign_id: str = ""
+    run_id: str = ""              # this run of it (a campaign: its id; a monitor: each start of it)
     gateway_proc: Any = None
     urls: dict[str, str] = field(default_factory=dict)
     capacity_url: str | None = None        # where the capacity is read (fleet.runtime.broker.capacity_url)

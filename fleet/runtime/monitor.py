@@ -110,7 +110,7 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
                                            capacity_url=opts.capacity_url))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_id = f"{scenario.name}-{stamp}-{uuid.uuid4().hex[:4]}"
-    c.campaign_id = f"monitor-{scenario.name}"
+    c.campaign_id, c.run_id = f"monitor-{scenario.name}", run_id
     regions = [r.name for r in scenario.placement.regions]
     stops = prepare(c, path)
     try:

@@ -149,8 +149,25 @@ class MonitorSpec(Spec):
                           "default a quarter of every_min).")
 
 
+class CapacitySeriesOut(Spec):
+    """The capacity snapshots the run read, stored as the ``capacity`` table: a read that differs from the
+    last one stored, at most every ``min_s``; an unchanged one every ``max_s``."""
+
+    min_s: Annotated[float, Field(ge=0, le=86_400)] = Field(
+        60.0, description="Least time between two stored snapshots (seconds).")
+    max_s: Annotated[float, Field(gt=0, le=86_400)] = Field(
+        600.0, description="A snapshot is stored at least this often, changed or not (seconds).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CapacitySeriesOut:
+        if self.min_s > self.max_s:
+            raise ValueError(f"min_s ({self.min_s:g}) must not exceed max_s ({self.max_s:g})")
+        return self
+
+
 class Outputs(Spec):
     dir: str = "results"
+    capacity_series: CapacitySeriesOut = Field(default_factory=CapacitySeriesOut)
     clickhouse: ClickHouseOut | None = None
     kafka: KafkaOut | None = None
     prometheus: PrometheusOut | None = None
