@@ -257,9 +257,10 @@ class FrameTap:
             data, starts, unreadable = b"", False, True
         if self._cur_ts is None:
             self._cur_ts, self._cur_first, self._cur_parts, self._cur_count = ts, now, [], 0
-            # packets missing just before this one were this frame's head, unless the frame before was cut
-            # (it lost its marker packet) and only that one is missing
-            gap = 0 if self._expect is None else (seq - self._expect) & 0xFFFF
+            # H.264: packets missing just before this one were this frame's head (a unit that starts an access
+            # unit cannot be told from one inside it), unless the frame before was cut (it lost its marker
+            # packet) and only that one is missing. VP8's first packet says it is one (S=1, partition 0).
+            gap = 0 if self._expect is None or kind == "VP8" else (seq - self._expect) & 0xFFFF
             self._cur_ok = starts and (gap == 0 or (gap == 1 and not self._ended_on_marker))
             self._cur_next_seq = seq
         if unreadable or (self._cur_next_seq is not None and seq != self._cur_next_seq):

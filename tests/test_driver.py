@@ -38,6 +38,8 @@ class FakeExecutor:
         self.live: dict[str, tuple[float, Any, Job]] = {}
         self.stopped: list[str] = []
         self.started = 0
+        self.starts: list[tuple[float, str]] = []
+        self.warm_s = 0.0
 
     def clock(self) -> Clock:
         return Clock(lambda: self.t, self._sleep)
@@ -58,6 +60,7 @@ class FakeExecutor:
 
     def start(self, region: str, job: Job, lease_id: str, tag: Any) -> None:
         self.started += 1
+        self.starts.append((self.t, job.session_id))
         self.live[lease_id] = (self.t + job.duration_s, tag, job)
 
     def poll(self, timeout: float) -> list[Finished]:
@@ -78,7 +81,8 @@ class FakeExecutor:
         return [self._finish(k, "stopped") for k in list(self.live)]
 
     def warm(self) -> float:
-        return 0.0
+        self.t += self.warm_s
+        return self.warm_s
 
     def capacity_reads(self, every_s: float) -> list:
         return []
@@ -123,6 +127,18 @@ def test_a_plan_runs_every_session_into_every_output_with_its_identity():
         assert (r.campaign_id, r.scenario, r.region, r.gateway, r.planned_start_s, r.prompt_id) == \
             ("drv-1", "drv", "local", "http://gw", s.start_s, s.prompts[0].prompt_id)
     assert c.tally.counts == {"ok": len(ran), "skipped_no_capacity": len(skipped)} and c.tally.done == len(ran)
+
+
+def test_the_plans_clock_starts_once_every_runner_is_up():
+    """Runners that take 50 s to start delay the plan by 50 s: no session falls due during the warm-up and
+    then starts in a bunch with the others."""
+    c, plan = campaign(concurrency=2, window_s=30, duration_s=4)
+    ex = FakeExecutor(c, slots=16)   # room for every session: only the plan's clock paces them
+    ex.warm_s = 50.0
+    run(c, plan, ex)
+    planned = {f"drv-1-{s.index:05d}": s.start_s for s in plan.sessions}
+    assert len(ex.starts) == len(planned) and len(planned) >= 4
+    assert all(0 <= t - 50.0 - planned[sid] <= 1.0 for t, sid in ex.starts), (ex.starts, planned)
 
 
 def test_a_session_no_slot_was_leased_to_is_skipped_with_the_capacity_evidence():
@@ -213,3 +229,29 @@ def test_the_monitor_draws_its_prompts_by_the_scenarios_selection(selection):
     firsts = [source._job_for(f"s{i}", pick, "local", {}).prompts[0].prompt_id for i in range(12)]
     in_order = [f"p{i % 4}" for i in range(12)]
     assert (firsts == in_order) is (selection == "round_robin"), firsts
+
+
+def test_an_error_after_the_run_keeps_its_rows_closes_every_output_once_and_stays_the_error(tmp_path, capsys):
+    """The summary code fails after drive() returned (here: raises at once). The run's stack still stores
+    every row gathered and closes every output once; an output that then fails to close is told in one
+    line, and the run's own error is the one raised."""
+    from fleet.results.sink import ParquetSink, read_sessions
+    from fleet.runtime.lifecycle import open_outputs
+
+    c, _ = campaign(concurrency=1, window_s=10, duration_s=4)
+    closed: list[str] = []
+
+    class Broken(MemorySink):
+        def close(self) -> dict[str, Any]:
+            closed.append(self.name)
+            raise OSError("the disk is gone")
+
+    with pytest.raises(RuntimeError, match="the summary failed"):
+        with c.closing:
+            outputs, sink = open_outputs(c, "drv.yaml", lambda: ParquetSink(tmp_path, c.campaign_id, {}), flush_s=3600)
+            outputs.append(Broken(name="broken"))
+            outputs.add([SessionRow(session_id="drv-1-00000", outcome="ok")])
+            raise RuntimeError("the summary failed")
+    assert read_sessions(sink.dir).column("session_id").to_pylist() == ["drv-1-00000"]
+    assert closed == ["broken"] and outputs.close() is outputs.states   # once
+    assert capsys.readouterr().err.splitlines() == ["fleet: closing the outputs failed too: the disk is gone"]

@@ -111,7 +111,6 @@ def assert_matches_truth(r: ProbeResult, url: str, max_suspect_share: float = SU
     share = len(flagged) / len(r.timeline)
     assert len(flagged) <= max(max_suspect_share * len(r.timeline), SUSPECT_FRAMES_FLOOR), \
         f"the probe flagged {len(flagged)} of its {len(r.timeline)} frames ({share:.1%}) as its own stalls"
-    assert r.tester_stall_frames == len(flagged)   # the share is in the results, as the row's column
     want = analyse(sent)  # fps, jitter and freezes of the frames as the gateway sent them
     # fps over the same frames: those the probe stamped during its own stall do not end its span
     true_fps = output_fps(sent, r.timeline_suspect)

@@ -493,3 +493,11 @@ def test_noise_across_many_groups_is_not_a_regression_once_the_comparisons_are_c
         lone += sum(1 for f in findings if f.why and f.p_value is not None and f.p_value < 0.05)
         flagged += sum(f.regression for f in findings)
     assert lone >= 5 and flagged == 0
+
+
+def test_the_frames_a_probe_flagged_as_its_own_stalls_are_stored_with_the_session():
+    """tester_stall_frames goes from the probe's result to the stored sessions column (schema 7), so a
+    reader can tell how much of a session's measurements excused the tester."""
+    row = runner_row(probe_result(outcome="ok", frames_received=240, tester_stall_frames=7))
+    stored = tables_of([row])["sessions"].to_pylist()[0]
+    assert (stored["tester_stall_frames"], stored["frames_received"]) == (7, 240)

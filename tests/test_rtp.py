@@ -307,6 +307,9 @@ def test_vp8_frame_is_reassembled_from_its_partitions_without_descriptors() -> N
     # 4, the first packet of the next keyframe, is lost: its continuation cannot start a frame
     (headless,) = t.feed((1.4, wire(5, 2 * FRAME, bytes([0x00, 0x07]), marker=True, pt=VP8_PT)))
     assert (headless.data, headless.complete, headless.keyframe) == (bytes([0x07]), False, False)
+    # 6, a whole frame, is lost: the keyframe after it proves its own start, so it is whole
+    (after_loss,) = t.feed((1.6, wire(7, 4 * FRAME, bytes([0x10, 0x9C, 0x01, 0x2A]), marker=True, pt=VP8_PT)))
+    assert (after_loss.complete, after_loss.keyframe) == (True, True)
 
 
 # --- a real encoder's stream, packetized by aiortc --------------------------------------------------------------

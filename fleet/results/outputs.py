@@ -21,6 +21,7 @@ Adding an output is one class with ``name``, ``stored``, ``add`` and ``close``, 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -148,23 +149,37 @@ class Outputs:
         self._writer.wait()
 
     def close(self) -> dict[str, dict[str, Any]]:
-        """Close every output once, in order, each even when one before it failed; what each reports."""
+        """Close every output once, in order, each even when one before it failed; what each reports. The
+        first failure is raised once every output was tried."""
         if self.states is not None:
             return self.states
-        self.states = {}
+        states: dict[str, dict[str, Any]] = {}
+        failure: BaseException | None = None
         try:
             self.flush()
             self._writer.close()
-        finally:
-            failure: BaseException | None = None
-            for s in self.sinks:
-                try:
-                    state = s.close()
-                except Exception as exc:  # noqa: BLE001 - the others still close; the first failure is raised
-                    failure = failure or exc
-                    continue
-                if state is not None:
-                    self.states[s.name] = state
-            if failure is not None:
-                raise failure
-        return self.states
+        except Exception as exc:  # noqa: BLE001 - the outputs still close; raised below
+            failure = exc
+        for s in self.sinks:
+            try:
+                state = s.close()
+            except Exception as exc:  # noqa: BLE001 - the others still close; the first failure is raised
+                failure = failure or exc
+                continue
+            if state is not None:
+                states[s.name] = state
+        self.states = states
+        if failure is not None:
+            raise failure
+        return states
+
+    def exit(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
+        """The run's stack closing (``ExitStack.push``): close every output. Ending on an error already, a
+        failure to close is told in one line, never raised over that error."""
+        try:
+            self.close()
+        except Exception as failure:  # noqa: BLE001 - see above
+            if exc is None:
+                raise
+            print(f"fleet: closing the outputs failed too: {failure}", file=sys.stderr, flush=True)
+        return False

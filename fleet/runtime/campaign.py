@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fleet.errors import AnyErrorClass
+from fleet.errors import AnyErrorClass, TesterError
 from fleet.plan import Plan, PlannedSession, make_plan
 from fleet.prompts import PoolEntry, resolve_pool
 from fleet.results.row import Identity, SessionRow
@@ -47,7 +47,8 @@ __all__ = ["CampaignOptions", "PlanSource", "run_campaign"]
 
 log = logging.getLogger("fleet.run")
 
-EXIT_OK, EXIT_BREACH, EXIT_TESTER, EXIT_INTERRUPTED = 0, 3, 4, 130
+EXIT_OK, EXIT_BREACH, EXIT_INTERRUPTED = 0, 3, 130
+EXIT_TESTER = TesterError.exit_code   # 4: the one place it is set
 
 
 def _prompt_lookup(pool: list[PoolEntry]) -> dict[tuple[str, str], Any]:
@@ -109,7 +110,7 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
     c.campaign_id = c.run_id = f"{scenario.name}-{stamp}-{uuid.uuid4().hex[:4]}"
     regions = [r.name for r in scenario.placement.regions]
     stops = prepare(c, path)
-    try:
+    with c.closing:   # undone on every exit path, last opened first
         open_gateways(c, path)
         snapshot = read_capacity(scenario, c.capacity_url, "--capacity-url" if opts.capacity_url else None)
         c.snapshot = snapshot
@@ -155,8 +156,6 @@ def run_campaign(path: str, opts: CampaignOptions) -> int:
         if code == EXIT_OK and (verdict.breached or c.aborted):
             return EXIT_BREACH
         return code
-    finally:
-        c.closing.close()
 
 
 class PlanSource:
@@ -173,6 +172,9 @@ class PlanSource:
                             lambda s, region: _job(c.scenario, s, c.campaign_id, c.urls[region], prompts), clock)
         # sessions the planner could not fit are results too: the skipped rate counts them
         self.opening = [_planner_skipped_row(c, plan, i, k) for i, k in enumerate(plan.skipped)]
+
+    def begin(self) -> None:
+        self.d.begin()
 
     def busy(self) -> bool:
         return bool(self.opening) or self.d.busy()

@@ -92,6 +92,10 @@ class Dispatcher:
         self.t0 = clock.monotonic()
         self.last = 0.0
 
+    def begin(self) -> None:
+        """The plan's clock starts now (once the runners are up)."""
+        self.t0 = self.clock.monotonic()
+
     def elapsed(self) -> float:
         return self.clock.monotonic() - self.t0
 

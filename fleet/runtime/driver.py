@@ -41,6 +41,9 @@ STATE_EVERY_S = 2.0  # the broker's state for the Prometheus gauges this often
 class Source(Protocol):
     planned: int | None   # sessions it will run (a progress bar's total); None: open-ended
 
+    def begin(self) -> None:
+        """Every runner is up: its clock starts now (the plan's times, the monitor's --for)."""
+
     def busy(self) -> bool: ...
 
     def step(self) -> list[SessionRow]: ...
@@ -89,6 +92,7 @@ def drive(c: Campaign, ex: RunExecutor, source: Source, outputs: Outputs, sink: 
 
     try:
         c.warmup_s = ex.warm()   # every runner started (a deadline, a TesterError naming the region), else no session
+        source.begin()
         t0 = shown = time.monotonic()
         capacity([c.snapshot] if c.snapshot is not None else [])   # the first read, the driver's own
         while source.busy() and c.stop_signal is None and c.aborted is None:

@@ -173,7 +173,8 @@ def open_outputs(c: Campaign, path: str, parquet: Callable[[], ParquetSink],
     opened is closed with the run (``Outputs.close`` on the run's stack), what Kafka holds handed over."""
     spec = c.scenario.outputs
     outputs = Outputs([c.tally, c.sketches], flush_s)
-    c.closing.callback(outputs.close)
+    c.closing.callback(_stop_metrics, c)   # after every output closed (the stack runs last first)
+    c.closing.push(outputs.exit)
     if spec.prometheus is not None:
         metrics = c.metrics = CampaignMetrics()
         try:
@@ -181,8 +182,6 @@ def open_outputs(c: Campaign, path: str, parquet: Callable[[], ParquetSink],
         except OSError as exc:
             raise InputError(f"{path}: outputs.prometheus: cannot listen on {spec.prometheus.host}:"
                              f"{spec.prometheus.port} ({exc.strerror or exc})") from None
-        linger = spec.prometheus.linger_s
-        c.closing.callback(lambda: metrics.stop(linger if c.stop_signal is None else 0.0))
         print(f"fleet: Prometheus metrics at http://{spec.prometheus.host}:{port}/metrics", flush=True)
         outputs.append(metrics)
     if spec.kafka is not None:
@@ -198,6 +197,16 @@ def open_outputs(c: Campaign, path: str, parquet: Callable[[], ParquetSink],
     if clickhouse is not None and spec.clickhouse is not None:
         outputs.append(ClickHouseFeed(clickhouse, spec.clickhouse, c.campaign_id, sink.run_tag, sink.dir))
     return outputs, sink
+
+
+def _stop_metrics(c: Campaign) -> None:
+    """The Prometheus endpoint, if one was opened: kept up ``linger_s`` for a last scrape when the run
+    ended as it should (its sessions ran, no signal), then stopped."""
+    if c.metrics is None:
+        return
+    prom = c.scenario.outputs.prometheus
+    ran = c.warmup_s is not None and c.stop_signal is None and c.tester_error is None
+    c.metrics.stop(prom.linger_s if prom is not None and ran else 0.0)
 
 
 def warn_job_stop_wait() -> None:

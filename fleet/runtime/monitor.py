@@ -113,7 +113,7 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
     c.campaign_id, c.run_id = f"monitor-{scenario.name}", run_id
     regions = [r.name for r in scenario.placement.regions]
     stops = prepare(c, path)
-    try:
+    with c.closing:   # undone on every exit path, last opened first
         open_gateways(c, path)
         c.snapshot = read_capacity(scenario, c.capacity_url, "--capacity-url" if opts.capacity_url else None)
         out = results_dir(c)
@@ -145,8 +145,6 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
         sink.finish({"live": None, "last_run": summary})
         _print_summary(summary, sink.dir, opts.json)
         return TesterError.exit_code if c.tester_error else 0
-    finally:
-        c.closing.close()
 
 
 def _watch(c: Campaign, cov: Coverage, outputs: Outputs, sink: ParquetSink, pool: list[PoolEntry], run_id: str,
@@ -193,6 +191,10 @@ class CoverageSource:
         self.refreshed = self.last_log = time.monotonic()
         self.draining = False
         self.held_until = 0.0
+
+    def begin(self) -> None:
+        self.t0 = self.refreshed = self.last_log = time.monotonic()   # once every runner is up
+        self.deadline = None if self.opts.for_s is None else self.t0 + self.opts.for_s
 
     def busy(self) -> bool:
         if not self.draining and self.deadline is not None and time.monotonic() >= self.deadline:
