@@ -77,3 +77,21 @@ def test_the_table_is_one_of_the_stored_kinds_with_a_clickhouse_layout():
     create = next(s for s in ddl("db", "fleet_") if s.startswith("CREATE TABLE IF NOT EXISTS db.fleet_capacity"))
     assert "PARTITION BY toYYYYMM(read_at)" in create and "ORDER BY (model, orchestrator_uri, read_at)" in create
     assert "`gpu_names` Array(String)" in create and isinstance(CAPACITY.field("read_at").type, pa.TimestampType)
+
+
+def test_the_dashboards_engine_reads_the_stored_series(tmp_path):
+    """DuckDB over the results directory: the capacity table as stored, and an empty one of its schema
+    before any campaign stored a snapshot."""
+    from fleet.dashboard.engine import DuckDBEngine
+    from fleet.results.sink import Batch, ParquetSink
+
+    engine = DuckDBEngine(tmp_path)
+    t = engine.tables()["capacity"]
+    assert engine.query(f"SELECT count(*) AS n FROM {t}", {}) == [{"n": 0}]
+    sink = ParquetSink(tmp_path, "c1", {})
+    sink.add(Batch(1, (), {"capacity": capacity_table(snap(3, T0), IDS, T0 + 1)}))
+    engine = DuckDBEngine(tmp_path)
+    rows = engine.query(f"SELECT orchestrator_uri, idle, capacity FROM {engine.tables()['capacity']} "
+                        "WHERE orchestrator_uri <> '' ORDER BY orchestrator_uri", {})
+    assert rows == [{"orchestrator_uri": "https://a:8935", "idle": 3, "capacity": 4},
+                    {"orchestrator_uri": "https://b:8935", "idle": 0, "capacity": 0}]

@@ -21,7 +21,7 @@ from services import (DEADLINE_S, Collector, Prometheus, Tansu, fleet_streams, g
 from fleet.gateway.config import default_config
 from fleet.gateway.process import GatewayProcess
 from fleet.results.clickhouse import ClickHouseSink
-from fleet.results.sink import read_sessions
+from fleet.results.sink import read_sessions, read_table
 from fleet.scenario import ClickHouseOut
 
 pytestmark = pytest.mark.slow
@@ -115,10 +115,19 @@ def test_the_monitor_covers_every_orchestrator_feeds_kafka_and_prometheus_and_re
     sink = ClickHouseSink(ClickHouseOut(url_env="FLEET_CLICKHOUSE_URL", database=database), clickhouse.env)
     try:
         in_ch = sink.query(f"SELECT count() AS n FROM {sink.table('sessions')}").column("n")[0].as_py()
+        capacity_in_ch = sink.query(f"SELECT count() AS n FROM {sink.table('capacity')}").column("n")[0].as_py()
         sink.client.command(f"DROP DATABASE IF EXISTS {database}")
     finally:
         sink.close()
     assert in_ch == stored == len(rows) + len(rows2)
+    # the capacity series: each run's first read at least, the reference network's 4 orchestrators in each
+    # snapshot, with the run it belongs to; the same rows in ClickHouse
+    series = read_table(out / "campaign=monitor-mon", "capacity").to_pylist()
+    by_run: dict = {}
+    for r in series:
+        by_run.setdefault((r["run_id"], r["read_at"]), set()).add(r["orchestrator_uri"])
+    assert {run for run, _ in by_run} == {first["run_id"], second["run_id"]}, by_run
+    assert all(uris == keys for uris in by_run.values()) and capacity_in_ch == len(series)
 
 
 def test_sigterm_stops_the_live_session_stores_it_and_leaves_no_stream_open(services):

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fleet.errors import InputError
-from fleet.results.sink import SAMPLES, SESSIONS
+from fleet.results.sink import TABLES
 
-__all__ = ["ClickHouseEngine", "Dialect", "DuckDBEngine", "Engine"]
+__all__ = ["KINDS", "ClickHouseEngine", "Dialect", "DuckDBEngine", "Engine"]
+
+KINDS = ("sessions", "samples", "capacity")   # the tables the views read
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Engine(Protocol):
 
 
 class DuckDBEngine:
-    """DuckDB in process over ``DIR/campaign=*/date=*/**/{sessions,samples}-*.parquet`` (no server)."""
+    """DuckDB in process over ``DIR/campaign=*/date=*/**/{sessions,samples,capacity}-*.parquet`` (no server)."""
 
     dialect = Dialect("duckdb")
 
@@ -71,18 +73,18 @@ class DuckDBEngine:
                              "union_by_name = true)")
             self._views.add(kind)
         else:
-            empty = (SESSIONS if kind == "sessions" else SAMPLES).empty_table()
+            empty = TABLES[kind].empty_table()
             self.con.register(f"{kind}_empty", empty)
             self.con.execute(f"CREATE OR REPLACE VIEW {kind} AS SELECT * FROM {kind}_empty")
         return kind
 
     def tables(self) -> dict[str, str]:
         with self.lock:
-            return {kind: self._view(kind) for kind in ("sessions", "samples")}
+            return {kind: self._view(kind) for kind in KINDS}
 
     def query(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         with self.lock:
-            for kind in ("sessions", "samples"):
+            for kind in KINDS:
                 self._view(kind)
             cur = self.con.execute(sql, params)
             names = [c[0] for c in cur.description]
@@ -104,7 +106,7 @@ class ClickHouseEngine:
         self.prefix = f"{cfg.database}.{cfg.table_prefix}"
 
     def tables(self) -> dict[str, str]:
-        return {"sessions": f"{self.prefix}sessions", "samples": f"{self.prefix}samples"}
+        return {kind: f"{self.prefix}{kind}" for kind in KINDS}
 
     def query(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.sink.query(sql, params).to_pylist()
