@@ -130,3 +130,17 @@ def test_qualified_capacity_on_clickhouse_gives_the_same_answers(stored, clickho
     finally:
         sink.client.command(f"DROP DATABASE IF EXISTS {cfg.database}")
         sink.close()
+
+
+def test_the_capacity_view_shows_the_qualified_slots_with_links_to_each_orchestrator(stored):
+    from fleet.dashboard.pages import capacity_page
+
+    d, rows = stored
+    engine = DuckDBEngine(d)
+    page = capacity_page(engine, q.Filters(window="7d", model=MODEL, now=NOW), {}, [])
+    section = page[page.index("<h2>SLA-qualified capacity</h2>"):]
+    want = [status for status, _, _ in expected(rows, 95.0, 10).values()] + ["unproven"]   # NaaP's target; + anonymous
+    for status in ("qualified", "failing", "unproven"):
+        assert section.count(f">{status}<") == want.count(status), (status, want)
+    assert "/orchestrator?window=7d&amp;model=streamdiffusion&amp;id=https%3A%2F%2Ffast.test%3A8935" in section
+    assert "Choose a model" in capacity_page(engine, q.Filters(window="7d", now=NOW), {}, [])

@@ -213,6 +213,7 @@ def capacity_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], runs
     parts.append("<h2>The monitor's budget</h2>" + (_table(
         ["monitor", "day (UTC)", "slot-s used", "daily budget", "used", "orchestrators", "overdue", "degraded"],
         budget, {2, 3, 4}) if budget else "<p class=note>No monitor has run here.</p>"))
+    parts.append(_qualified(engine, f))
     slots = [r for r in runs if isinstance(r.get("capacity"), dict)]
     slots.sort(key=lambda r: str(r.get("started_at")))
     parts.append("<h2>Slots seen when each campaign started</h2>" + (_table(
@@ -222,6 +223,29 @@ def capacity_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], runs
           _n(r["capacity"].get("orchestrators"))] for r in slots[-100:]], {3, 4, 5})
         if slots else "<p class=note>No campaign manifests here.</p>"))
     return page("Capacity and coverage", "/capacity", f, opts, "".join(parts))
+
+
+def _qualified(engine: Engine, f: q.Filters) -> str:
+    """The model's slots at the window's end by SLA status (fleet.dashboard.qualified)."""
+    from fleet.dashboard.qualified import MIN_SESSIONS, SLA_TARGET, qualified_capacity
+
+    head = "<h2>SLA-qualified capacity</h2>"
+    if f.model is None:
+        return head + "<p class=note>Choose a model: qualified capacity is per workflow.</p>"
+    got = qualified_capacity(engine, f)
+    if not got["orchestrators"]:
+        return head + "<p class=note>No capacity snapshot of this model in this window.</p>"
+    rows = [[f"<a href='{_link('/orchestrator', f, id=r['orchestrator'])}'>{_e(r['orchestrator'])}</a>"
+             if r["orchestrator"] else "(no known orchestrator)", _e(r["gpu"]), str(r["slots"]), str(r["idle"]),
+             str(r["counted"]), _n(r["score"]), _e(r["status"])] for r in got["orchestrators"]]
+    gpus = [[_e(g["gpu"]), str(g["qualified_slots"]), str(g["failing_slots"]), str(g["unproven_slots"]),
+             str(g["slots"])] for g in got["by_gpu"]]
+    return (head + f"<p class=note>The last capacity snapshot in the window; an orchestrator's slots qualify when "
+            f"its GPU's sessions scored at least {SLA_TARGET:g} (NaaP's SLA target), and are unproven with fewer "
+            f"than {MIN_SESSIONS} counted sessions.</p>"
+            + _table(["GPU model", "qualified slots", "failing slots", "unproven slots", "slots"], gpus, {1, 2, 3, 4})
+            + _table(["orchestrator", "GPU model", "slots", "idle", "counted sessions", "SLA score", "status"], rows,
+                     {2, 3, 4, 5}))
 
 
 def campaigns_page(f: q.Filters, opts: dict[str, list[str]], runs: list[dict[str, Any]]) -> str:
