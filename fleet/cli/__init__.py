@@ -12,12 +12,13 @@ import re
 import sys
 from typing import Any, NoReturn
 
-from fleet.cli import compare, dashboard, gateway, monitor, plan, prompts, report, results, run, schema, validate
+from fleet.cli import (compare, dashboard, gateway, graduation, monitor, plan, prompts, report, results, run, schema,
+                       validate)
 from fleet.errors import FleetError
 
 __all__ = ["main"]
 
-COMMANDS = (validate, schema, plan, run, monitor, report, compare, results, dashboard, prompts, gateway)
+COMMANDS = (validate, schema, plan, run, monitor, report, compare, results, dashboard, graduation, prompts, gateway)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -42,6 +42,7 @@ class Filters:
     region: str | None = None
     category: str | None = None
     now: dt.datetime | None = None   # the window ends here (tests pin it); default: the current time
+    until: dt.datetime | None = None  # sessions started before this only (one day of a daily series)
 
     def where(self, engine: Engine, extra: str = "") -> tuple[str, dict[str, Any]]:
         d = engine.dialect
@@ -51,6 +52,9 @@ class Filters:
             now = self.now or dt.datetime.now(dt.timezone.utc)
             clauses.append(f"started_at >= {d.param('since', 'DateTime64')}")
             params["since"] = now - span
+        if self.until is not None:
+            clauses.append(f"started_at < {d.param('until', 'DateTime64')}")
+            params["until"] = self.until
         for name, column in (("model", "model"), ("region", "region"), ("category", "prompt_category")):
             value = getattr(self, name)
             if value is not None:
