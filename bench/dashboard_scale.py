@@ -1,9 +1,10 @@
-"""Is the dashboard fast at network scale? Each view's queries over 1 million sessions and 30 million
-per-second samples, engine against engine.
+"""Is the dashboard fast at network scale? Each view's queries over 1 million sessions, 30 million
+per-second samples and 30 days of capacity snapshots, engine against engine.
 
 It writes a synthetic dataset in the fleet's own Parquet layout (``--sessions`` rows over 30 days,
 500 orchestrators, 3 GPU types, 4 models, 8 prompt categories, 5 regions; ``--samples`` rows
-of per-second samples), then times every query each view runs (``--repeat`` times, the median):
+of per-second samples; a capacity snapshot of the 500 orchestrators every ``--snapshot-min``
+minutes for 30 days), then times every query each view runs (``--repeat`` times, the median):
 
 - DuckDB in process over the Parquet files (the dashboard's default);
 - ClickHouse's engine (chdb, in process, behind the tests' HTTP front, MergeTree tables made by
@@ -37,7 +38,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from fleet.dashboard import queries as q  # noqa: E402
 from fleet.dashboard.engine import DuckDBEngine  # noqa: E402
-from fleet.results.sink import SAMPLES, SESSIONS  # noqa: E402
+from fleet.dashboard.graduation import daily  # noqa: E402
+from fleet.dashboard.qualified import qualified_capacity  # noqa: E402
+from fleet.results.sink import CAPACITY, SAMPLES, SESSIONS  # noqa: E402
 
 NOW = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
 ORCHS, CHUNK = 500, 250_000
@@ -98,6 +101,30 @@ def build(out: Path, sessions: int, samples: int) -> None:
         print(f"built {start + n} sessions, {(start + n) * per_session} samples", flush=True)
 
 
+def build_capacity(out: Path, every_min: float) -> int:
+    """A snapshot of every orchestrator every ``every_min`` minutes for 30 days (two GPUs each, its type)."""
+    rng = np.random.default_rng(2)
+    reads = np.arange(NOW.timestamp() - 30 * 86400, NOW.timestamp(), every_min * 60)
+    n = len(reads) * ORCHS
+    orch = np.tile(np.arange(ORCHS), len(reads))
+    slots = 2 + orch % 4
+    in_use = rng.integers(0, 3, n) % (slots + 1)
+    names = np.repeat(GPUS[orch % 3], 2)
+    cols = {"campaign_id": pa.array(np.full(n, "bench-monitor")), "run_id": pa.array(np.full(n, "bench-monitor")),
+            "read_at": pa.array((np.repeat(reads, ORCHS) * 1000).astype("int64")).cast(pa.timestamp("ms", tz="UTC")),
+            "source": pa.array(np.full(n, "gateway")), "model": pa.array(np.full(n, "streamdiffusion")),
+            "orchestrator_uri": pa.array(np.char.add(np.char.add("https://orch-", orch.astype(str)), ".example:8935")),
+            "orchestrator_address": pa.array(np.char.add("0x", orch.astype(str))),
+            "gpu_names": pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype="int32")), pa.array(names)),
+            "capacity": pa.array(slots), "in_use": pa.array(in_use), "idle": pa.array(slots - in_use),
+            "age_s": pa.array(np.zeros(n))}
+    d = out / "campaign=bench-monitor" / "date=2026-11-20"
+    d.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table(CAPACITY, cols, n), d / "capacity-00001.parquet")
+    print(f"built {n} capacity rows ({len(reads)} snapshots)", flush=True)
+    return n
+
+
 def views(engine) -> dict[str, float]:
     """Seconds per view: every query it runs (the leaderboard's anchors included)."""
     f = q.Filters(window="7d", now=NOW)
@@ -110,7 +137,10 @@ def views(engine) -> dict[str, float]:
                       ("workflows", lambda: [q.groups(engine, f, by) for by in q.GROUP_COLUMNS]),
                       ("capacity", lambda: q.coverage(engine, f)),
                       ("leaderboard_30d_one_model", lambda: q.leaderboard(engine, q.Filters("30d", model="comfyui",
-                                                                                             now=NOW)))):
+                                                                                             now=NOW))),
+                      ("qualified_capacity", lambda: qualified_capacity(
+                          engine, q.Filters("7d", model="streamdiffusion", now=NOW))),
+                      ("graduation_30_days", lambda: daily(engine, "streamdiffusion", 30, NOW))):
         t = time.perf_counter()
         run()
         out[name] = time.perf_counter() - t
@@ -134,7 +164,7 @@ def clickhouse_engine(out: Path):
     sink = ClickHouseSink(cfg, {"FLEET_CLICKHOUSE_URL": front.url})
     for stmt in ddl("bench", "fleet_"):
         sink.client.command(stmt)
-    for kind in ("sessions", "samples"):
+    for kind in ("sessions", "samples", "capacity"):
         for f in sorted(out.glob(f"campaign=*/date=*/{kind}-*.parquet")):
             sink.client.command(f"INSERT INTO bench.fleet_{kind} SELECT * FROM file('{f}', Parquet) "
                                 "SETTINGS input_format_null_as_default = 1")
@@ -146,12 +176,14 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=1_000_000)
     ap.add_argument("--samples", type=int, default=30_000_000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--snapshot-min", type=float, default=10.0)
     ap.add_argument("--no-clickhouse", action="store_true")
     args = ap.parse_args()
     out = Path(tempfile.mkdtemp(prefix="fleet-dash-"))
     t = time.perf_counter()
     build(out, args.sessions, args.samples)
-    result = {"machine": f"{platform.machine()} {os.cpu_count()} CPU, {platform.python_implementation()} "
+    snapshots = build_capacity(out, args.snapshot_min)
+    result = {"capacity_rows": snapshots, "machine": f"{platform.machine()} {os.cpu_count()} CPU, {platform.python_implementation()} "
                          f"{platform.python_version()}", "sessions": args.sessions, "samples": args.samples,
               "build_s": round(time.perf_counter() - t, 1)}
     result["duckdb"] = timed(DuckDBEngine(out), args.repeat)

@@ -1,7 +1,8 @@
 """The graduation board: each orchestrator x GPU's graduation state for a workflow, from its daily scores.
 
-Each UTC day of the series is scored as the leaderboard scores a window (``fleet.dashboard.queries``: the
-sessions that count, the network's formula, that day's network benchmark); the rules
+Each UTC day of the series is scored as the leaderboard scores a window, in one query for the whole series
+(``fleet.dashboard.queries.daily_scores``: the sessions that count, the network's formula, each day's own
+network benchmark); the rules
 (``fleet.graduation``) turn the days into a state and its changes, each with the days that made it.
 """
 
@@ -11,7 +12,7 @@ import datetime as dt
 from typing import Any
 
 from fleet.dashboard.engine import Engine
-from fleet.dashboard.queries import Filters, leaderboard
+from fleet.dashboard.queries import daily_scores
 from fleet.graduation import Day, GraduationRules, graduate, rule_for
 
 __all__ = ["board", "daily"]
@@ -20,12 +21,11 @@ __all__ = ["board", "daily"]
 def daily(engine: Engine, model: str, days: int, now: dt.datetime) -> dict[tuple[str, str], list[Day]]:
     """Each pair's days over the ``days`` UTC days up to ``now``'s: counted sessions and their score."""
     today = dt.datetime(now.year, now.month, now.day, tzinfo=dt.timezone.utc)
+    since, until = today - dt.timedelta(days=days - 1), today + dt.timedelta(days=1)
     out: dict[tuple[str, str], list[Day]] = {}
-    for back in range(days - 1, -1, -1):
-        start = today - dt.timedelta(days=back)
-        f = Filters(window="24h", model=model, now=start + dt.timedelta(days=1), until=start + dt.timedelta(days=1))
-        for r in leaderboard(engine, f, by_gpu=True)[0]:
-            out.setdefault((r["orchestrator"], r["gpu"]), []).append(Day(start.date(), int(r["counted"]), r["score"]))
+    for r in daily_scores(engine, model, since, until):
+        day = dt.datetime.fromtimestamp(float(r["day_unix"]), dt.timezone.utc).date()
+        out.setdefault((r["orchestrator"], r["gpu"]), []).append(Day(day, int(r["counted"]), r["score"]))
     return out
 
 

@@ -16,8 +16,8 @@ from typing import Any
 from fleet.dashboard.engine import Engine
 from fleet.results.verdict import sla_combine
 
-__all__ = ["WINDOWS", "Filters", "anchors", "coverage", "groups", "leaderboard", "options", "orchestrator_view",
-           "sla_from"]
+__all__ = ["WINDOWS", "Filters", "anchors", "coverage", "daily_scores", "groups", "leaderboard", "options",
+           "orchestrator_view", "sla_from"]
 
 WINDOWS = {"1h": dt.timedelta(hours=1), "24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7),
            "30d": dt.timedelta(days=30), "all": None}
@@ -42,7 +42,6 @@ class Filters:
     region: str | None = None
     category: str | None = None
     now: dt.datetime | None = None   # the window ends here (tests pin it); default: the current time
-    until: dt.datetime | None = None  # sessions started before this only (one day of a daily series)
 
     def where(self, engine: Engine, extra: str = "") -> tuple[str, dict[str, Any]]:
         d = engine.dialect
@@ -52,9 +51,6 @@ class Filters:
             now = self.now or dt.datetime.now(dt.timezone.utc)
             clauses.append(f"started_at >= {d.param('since', 'DateTime64')}")
             params["since"] = now - span
-        if self.until is not None:
-            clauses.append(f"started_at < {d.param('until', 'DateTime64')}")
-            params["until"] = self.until
         for name, column in (("model", "model"), ("region", "region"), ("category", "prompt_category")):
             value = getattr(self, name)
             if value is not None:
@@ -139,6 +135,40 @@ def leaderboard(engine: Engine, f: Filters, by_gpu: bool = False) -> tuple[list[
         r.update(sla_from(r))
     rows.sort(key=lambda r: (r["score"] is None, -(r["score"] or 0.0), r["orchestrator"]))
     return rows, bench
+
+
+def daily_scores(engine: Engine, model: str, since: dt.datetime, until: dt.datetime) -> list[dict[str, Any]]:
+    """Per UTC day and orchestrator x GPU, the leaderboard's score with that day's network benchmark as its
+    anchors (what the leaderboard gives for each day's window), in one query: the graduation series."""
+    d, t = engine.dialect, engine.tables()["sessions"]
+    day = d.bucket("day", "started_at")
+    counted = f"CASE WHEN {COUNTED} THEN 1 ELSE NULL END"
+
+    def score(column: str, good: str, bad: str, name: str, fps: bool = False) -> str:
+        bad = f"(CASE WHEN a.{bad} = a.{good} THEN a.{good} {'-' if fps else '+'} 1e-6 ELSE a.{bad} END)"
+        return (f"avg(CASE WHEN {column} IS NULL THEN NULL ELSE least(1.0, greatest(0.0, ({bad} - {column}) / "
+                f"({bad} - a.{good}))) END) AS {name}")
+
+    sql = (
+        f"WITH s AS (SELECT *, {day} AS day FROM {t} WHERE model = {d.param('model', 'String')} AND started_at >= "
+        f"{d.param('since', 'DateTime64')} AND started_at < {d.param('until', 'DateTime64')}), "
+        f"a AS (SELECT day, {d.quantile('startup_s', 0.5)} AS s50, {d.quantile('startup_s', 0.9)} AS s90, "
+        f"{d.quantile('g2g_latency_ms', 0.5)} AS l50, {d.quantile('g2g_latency_ms', 0.9)} AS l90, "
+        f"{d.quantile('output_fps', 0.5)} AS f50, {d.quantile('output_fps', 0.1)} AS f10 FROM s WHERE {COUNTED} "
+        f"GROUP BY day) "
+        f"SELECT {d.epoch('s.day')} AS day_unix, {ORCH} AS orchestrator, coalesce(gpu_name, '?') AS gpu, "
+        f"count(*) AS rows_, {_rate(COUNTED)} AS counted, {_rate(TESTER)} AS tester, "
+        f"{_rate(f'{COUNTED} AND startup_s IS NOT NULL')} AS started_ok, "
+        f"{_rate(f'{COUNTED} AND coalesce(swapped, false)')} AS swapped_n, "
+        f"{_rate(f'{COUNTED} AND coalesce(output_fps, 0) >= {MIN_FPS}')} AS viable, "
+        f"{score(f'startup_s * {counted}', 's50', 's90', 'ptff')}, "
+        f"{score(f'g2g_latency_ms * {counted}', 'l50', 'l90', 'e2e')}, "
+        f"{score(f'output_fps * {counted}', 'f50', 'f10', 'fps', fps=True)} "
+        f"FROM s LEFT JOIN a ON s.day = a.day GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+    rows = engine.query(sql, {"model": model, "since": since, "until": until})
+    for r in rows:
+        r.update(sla_from(r))
+    return rows
 
 
 def sla_from(r: dict[str, Any]) -> dict[str, Any]:
