@@ -109,13 +109,14 @@ def build_capacity(out: Path, every_min: float) -> int:
     orch = np.tile(np.arange(ORCHS), len(reads))
     slots = 2 + orch % 4
     in_use = rng.integers(0, 3, n) % (slots + 1)
-    names = np.repeat(GPUS[orch % 3], 2)
+    names = pa.array(np.repeat(GPUS[orch % 3], 2))
+    names = names.combine_chunks() if isinstance(names, pa.ChunkedArray) else names   # pyarrow chunks big ones
     cols = {"campaign_id": pa.array(np.full(n, "bench-monitor")), "run_id": pa.array(np.full(n, "bench-monitor")),
             "read_at": pa.array((np.repeat(reads, ORCHS) * 1000).astype("int64")).cast(pa.timestamp("ms", tz="UTC")),
             "source": pa.array(np.full(n, "gateway")), "model": pa.array(np.full(n, "streamdiffusion")),
             "orchestrator_uri": pa.array(np.char.add(np.char.add("https://orch-", orch.astype(str)), ".example:8935")),
             "orchestrator_address": pa.array(np.char.add("0x", orch.astype(str))),
-            "gpu_names": pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype="int32")), pa.array(names)),
+            "gpu_names": pa.ListArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype="int32")), names),
             "capacity": pa.array(slots), "in_use": pa.array(in_use), "idle": pa.array(slots - in_use),
             "age_s": pa.array(np.zeros(n))}
     d = out / "campaign=bench-monitor" / "date=2026-11-20"
