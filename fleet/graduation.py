@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fleet.document import load_document
 from fleet.errors import InputError
@@ -53,6 +53,14 @@ class GraduationRule(Spec):
 class GraduationRules(Spec):
     rules: tuple[GraduationRule, ...] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _one_rule_per_model(self) -> GraduationRules:
+        models = [r.model for r in self.rules]
+        twice = sorted({m for m in models if models.count(m) > 1})
+        if twice:
+            raise ValueError(f"model {', '.join(map(repr, twice))} has more than one rule (give each model one)")
+        return self
+
 
 def load_rules(path: str | Path) -> GraduationRules:
     """A rules file, or an InputError with one located line per mistake."""
@@ -65,7 +73,7 @@ def rule_for(rules: GraduationRules, model: str) -> GraduationRule | None:
         next((r for r in rules.rules if r.model == "*"), None)
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Day:
     """One UTC day of a pair: its counted sessions and their SLA score (None without any)."""
 
@@ -84,7 +92,7 @@ class Change:
 def graduate(days: Iterable[Day], rule: GraduationRule) -> tuple[str, list[Change]]:
     """The pair's state after these days, and every change on the way."""
     state, run, changes = "unproven", list[dt.date](), list[Change]()
-    for d in sorted(days):
+    for d in sorted(days, key=lambda d: d.day):
         if d.score is None or d.counted < rule.graduate.min_sessions:
             continue   # not judged: neither counts nor breaks a run
         good = d.score >= rule.graduate.min_score

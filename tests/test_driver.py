@@ -87,6 +87,9 @@ class FakeExecutor:
     def capacity_reads(self, every_s: float) -> list:
         return []
 
+    def final_capacity_reads(self) -> list:
+        return []
+
     def broker_state(self, every_s: float) -> dict | None:
         return None
 

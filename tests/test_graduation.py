@@ -74,6 +74,15 @@ def test_a_rules_file_mistake_is_one_located_line(tmp_path):
     assert line == f"{bad}:3:22: rules[0].graduate.days: must be greater than or equal to 1, got 0", line
 
 
+def test_a_model_with_two_rules_is_refused_at_the_rules_line(tmp_path):
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("rules:\n  - model: sd\n  - model: sd\n    demote: {days: 9}\n")
+    with pytest.raises(InputError) as info:
+        load_rules(bad)
+    (line,) = str(info.value).splitlines()
+    assert line.endswith("model 'sd' has more than one rule (give each model one)"), line
+
+
 def test_the_rule_for_a_model_is_its_own_else_the_catch_all():
     rules = GraduationRules.model_validate({"rules": [{"model": "sd"}, {"model": "*", "demote": {"days": 5}}]})
     assert rule_for(rules, "sd").model == "sd" and rule_for(rules, "other").demote.days == 5
@@ -104,7 +113,13 @@ def truth_days(rows: list[dict], model: str, n: int) -> dict[str, list[Day]]:
     return out
 
 
-def test_the_boards_daily_scores_are_the_verdict_codes(stored):
+@pytest.mark.parametrize("host_tz", ["UTC", "Asia/Tokyo"])
+def test_the_boards_daily_scores_are_the_verdict_codes(stored, host_tz, monkeypatch):
+    """UTC days whatever the host's zone (DuckDB truncates in its connection's zone: the host's by default)."""
+    import time
+
+    monkeypatch.setenv("TZ", host_tz)
+    time.tzset()
     d, rows = stored
     got = daily(DuckDBEngine(d), "streamdiffusion", 8, NOW)
     want = truth_days(rows, "streamdiffusion", 8)
@@ -131,14 +146,20 @@ def test_the_board_graduates_the_pairs_the_rules_graduate(stored):
             assert all(any(x["day"] == e and x["counted"] >= 3 for x in r["days"]) for e in c["evidence"])
 
 
-def test_the_command_prints_the_board_and_refuses_a_model_no_rule_names(stored, cli, tmp_path):
+def test_the_command_prints_the_board_and_refuses_a_model_no_rule_names(stored, cli, tmp_path, monkeypatch):
+    from fleet.dashboard import graduation as board_module
+
+    monkeypatch.setattr(board_module, "utc_now", lambda: NOW)   # the dataset's days
     d, _ = stored
     out = cli("graduation", "scenarios/rules/graduation.yaml", "--model", "streamdiffusion", "--results", str(d),
               "--days", "400", "--json")
     assert out.code == 1 and out.err == "--days 400: give 1 to 366 days\n"
     out = cli("graduation", "scenarios/rules/graduation.yaml", "--model", "streamdiffusion", "--results", str(d),
               "--json")
-    assert out.code == 0 and {p["orchestrator"] for p in json.loads(out.out)["pairs"]} <= set(ORCHS)
+    assert out.code == 0 and {p["orchestrator"] for p in json.loads(out.out)["pairs"]} == set(ORCHS)
+    out = cli("graduation", "scenarios/rules/graduation.yaml", "--model", "streamdiffusion", "--results", str(d))
+    lines = out.out.splitlines()
+    assert out.code == 0 and len(lines) == 4 and all(": unproven" in x and "judged day(s)" in x for x in lines), lines
     rules = tmp_path / "only.yaml"
     rules.write_text("rules:\n  - model: sd\n")
     out = cli("graduation", str(rules), "--model", "other", "--results", str(d))

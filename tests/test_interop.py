@@ -229,9 +229,9 @@ def test_chromium_and_the_probe_agree_on_the_same_stream(browser, page):
         assert "error" not in chromium and chromium["whep_status"] == 201, chromium
         t = httpx.get(f"{gw.url}/debug/streams/{r.stream_id}", timeout=10).json()
     probe_view, browser_view = t["egress"]
-    # the freeze. What the gateway sent Chromium holds exactly one, by the stats spec's rule as Chromium
-    # implements it (an interval over max(3 x mean, mean + 150 ms), the mean of the last 30 intervals that
-    # were not freezes, once 5 are known), written here apart from the probe's code. The probe sees one of
+    # the freeze. What the gateway sent Chromium holds exactly one, by the webrtc-stats freeze rule (an
+    # interval over max(3 x mean, mean + 150 ms); the mean here over the last 30 intervals that were not
+    # freezes, once 5 are known), written here apart from the probe's code. The probe sees one of
     # about the same length as Chromium. Chromium times frames at decode, so a CPU-starved browser (two
     # cores, a probe, a gateway and Chromium) may add stalls of its own: each shorter than the gateway's.
     times = [when for _, when in browser_view]

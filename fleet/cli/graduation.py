@@ -2,8 +2,9 @@
 
 Reads the stored sessions (the Parquet results under ``--results``, or ClickHouse with ``--clickhouse``
 as ``fleet dashboard`` does), scores each pair's UTC days over ``--days`` and applies the rules
-(``fleet schema graduation`` gives their JSON Schema). Prints each pair's state, when it changed and
-the days that made it; ``--json`` prints the board as one JSON document instead.
+(``fleet schema graduation`` gives their JSON Schema). Every pair starts unproven on the first of those
+days: its state is what they earned. Prints each pair's state, when it changed and the days that made
+it; ``--json`` prints the board as one JSON document instead.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         engine = DuckDBEngine(args.results)
     rows = board(engine, rules, args.model, args.days)
+    rule = rule_for(rules, args.model)
+    assert rule is not None
     if args.json:
         print(json.dumps({"model": args.model, "days": args.days, "pairs": rows}))
         return 0
@@ -54,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         last = r["changes"][-1] if r["changes"] else None
         since = f" since {last['day']} ({', '.join(last['evidence'])})" if last else ""
-        judged = sum(1 for d in r["days"] if d["score"] is not None)
-        print(f"{r['orchestrator']}  {r['gpu']}: {r['state']}{since}; {judged} day(s) with sessions")
+        judged = sum(1 for d in r["days"] if d["score"] is not None and d["counted"] >= rule.graduate.min_sessions)
+        print(f"{r['orchestrator']}  {r['gpu']}: {r['state']}{since}; {judged} judged day(s)")
     return 0

@@ -60,6 +60,7 @@ class DuckDBEngine:
         if not self.dir.is_dir():
             raise InputError(f"{self.dir}: no results directory (run a campaign first, or give --results DIR)")
         self.con = duckdb.connect(":memory:")
+        self.con.execute("SET TimeZone = 'UTC'")   # days are UTC days, as in ClickHouse (not the host's)
         self.lock = threading.Lock()
         self._views: set[str] = set()
 

@@ -3,7 +3,8 @@
 Each UTC day of the series is scored as the leaderboard scores a window, in one query for the whole series
 (``fleet.dashboard.queries.daily_scores``: the sessions that count, the network's formula, each day's own
 network benchmark); the rules
-(``fleet.graduation``) turn the days into a state and its changes, each with the days that made it.
+(``fleet.graduation``) turn the days into a state and its changes, each with the days that made it. Every
+pair starts ``unproven`` on the series' first day: a state is what the days of the series earned.
 """
 
 from __future__ import annotations
@@ -15,11 +16,16 @@ from fleet.dashboard.engine import Engine
 from fleet.dashboard.queries import daily_scores
 from fleet.graduation import Day, GraduationRules, graduate, rule_for
 
-__all__ = ["board", "daily"]
+__all__ = ["board", "daily", "utc_now"]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
 
 def daily(engine: Engine, model: str, days: int, now: dt.datetime) -> dict[tuple[str, str], list[Day]]:
     """Each pair's days over the ``days`` UTC days up to ``now``'s: counted sessions and their score."""
+    now = now.astimezone(dt.timezone.utc)
     today = dt.datetime(now.year, now.month, now.day, tzinfo=dt.timezone.utc)
     since, until = today - dt.timedelta(days=days - 1), today + dt.timedelta(days=1)
     out: dict[tuple[str, str], list[Day]] = {}
@@ -35,7 +41,7 @@ def board(engine: Engine, rules: GraduationRules, model: str, days: int = 30,
     rule = rule_for(rules, model)
     if rule is None:
         return []
-    series = daily(engine, model, days, now or dt.datetime.now(dt.timezone.utc))
+    series = daily(engine, model, days, now or utc_now())
     rows = []
     for (orch, gpu), pair_days in sorted(series.items()):
         state, changes = graduate(pair_days, rule)

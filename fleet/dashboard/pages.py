@@ -242,7 +242,8 @@ def _qualified(engine: Engine, f: q.Filters) -> str:
              str(g["slots"])] for g in got["by_gpu"]]
     return (head + f"<p class=note>The last capacity snapshot in the window; an orchestrator's slots qualify when "
             f"its GPU's sessions scored at least {SLA_TARGET:g} (NaaP's SLA target), and are unproven with fewer "
-            f"than {MIN_SESSIONS} counted sessions.</p>"
+            f"than {MIN_SESSIONS} counted sessions; every session of the model counts, whatever the region and "
+            f"category filters say.</p>"
             + _table(["GPU model", "qualified slots", "failing slots", "unproven slots", "slots"], gpus, {1, 2, 3, 4})
             + _table(["orchestrator", "GPU model", "slots", "idle", "counted sessions", "SLA score", "status"], rows,
                      {2, 3, 4, 5}))

@@ -128,6 +128,8 @@ class Outputs:
     def add_table(self, kind: str, table: pa.Table) -> None:
         """Rows of another table (the capacity series), stored with the next batch."""
         self._tables.setdefault(kind, []).append(table)
+        if time.monotonic() - self._flushed >= self.flush_s:
+            self.flush()
 
     def flush(self) -> None:
         """Hand what is gathered to storage now (it is written on the writer's thread)."""

@@ -61,6 +61,8 @@ class RunExecutor(Protocol):
 
     def capacity_reads(self, every_s: float) -> list[CapacitySnapshot]: ...
 
+    def final_capacity_reads(self) -> list[CapacitySnapshot]: ...
+
     def stop_all(self, grace_s: float = STOP_GRACE_S) -> list[Finished]: ...
 
     def broker_state(self, every_s: float) -> dict[str, Any] | None: ...
@@ -121,5 +123,6 @@ def drive(c: Campaign, ex: RunExecutor, source: Source, outputs: Outputs, sink: 
         finally:
             if bar is not None:
                 bar.close()
+            capacity(ex.final_capacity_reads())   # the reads since the last poll
             outputs.drain()  # every row on disk before the summary
             c.broker_state = ex.final_state()

@@ -273,6 +273,18 @@ class RayExecutor:
         reads: list[CapacitySnapshot] | None = self._poll("capacity reads", self.broker.take_reads.remote, every_s)
         return reads or []
 
+    def final_capacity_reads(self) -> list[CapacitySnapshot]:
+        """The reads in flight and those the broker holds now (waits up to a deadline; none without)."""
+        ref, _ = self._polls.pop("capacity reads", (None, 0.0))
+        reads: list[CapacitySnapshot] = []
+        try:
+            if ref is not None:
+                reads += _get(ref, STATE_TIMEOUT_S, "capacity reads") or []
+            reads += _get(self.broker.take_reads.remote(), STATE_TIMEOUT_S, "capacity reads")
+        except TesterError:   # the series is informative: a lost broker's last reads are lost with it
+            pass
+        return reads
+
     def final_state(self) -> dict[str, Any]:
         """The broker's state now (waits for it, up to a deadline; {} without an answer)."""
         try:

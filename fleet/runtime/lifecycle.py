@@ -79,7 +79,7 @@ class Campaign:
 def with_gpu(c: Campaign, row: SessionRow) -> SessionRow:
     """Fill the GPU from the capacity snapshot when the gateway's status named none: its name when
     all the orchestrator's GPUs are one model, its id when it has one GPU."""
-    url, address = row.orchestrator_url, row.orchestrator_address
+    url, address = row.orchestrator_url or row.target_orchestrator, row.orchestrator_address
     if row.gpu_name or c.snapshot is None or not (url or address):
         return row
     for o in c.snapshot.orchestrators:  # by URL first: an orchestrator without ticket params has no address
