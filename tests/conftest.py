@@ -54,3 +54,22 @@ def clickhouse():
 
     with ChdbHttp() as ch:
         yield ClickHouse(ch.url, {"FLEET_CLICKHOUSE_URL": ch.url}, ch)
+
+
+@pytest.fixture
+def clickhouse_db(clickhouse):
+    """A fresh database on the ``clickhouse`` fixture, as a fleet ClickHouse sink (the fleet's tables made),
+    dropped afterwards."""
+    import secrets
+
+    from fleet.results.clickhouse import ClickHouseSink
+    from fleet.scenario import ClickHouseOut
+
+    cfg = ClickHouseOut(url_env="FLEET_CLICKHOUSE_URL", user_env="FLEET_CLICKHOUSE_USER",
+                        password_env="FLEET_CLICKHOUSE_PASSWORD", database=f"fleet_t{secrets.token_hex(3)}")
+    sink = ClickHouseSink(cfg, clickhouse.env)
+    try:
+        yield sink
+    finally:
+        sink.client.command(f"DROP DATABASE IF EXISTS {cfg.database}")
+        sink.close()

@@ -169,23 +169,13 @@ def test_the_command_prints_the_board_and_refuses_a_model_no_rule_names(stored, 
 
 
 @pytest.mark.slow
-def test_clickhouse_gives_the_same_daily_scores(stored, clickhouse):
-    import secrets
-
+def test_clickhouse_gives_the_same_daily_scores(stored, clickhouse_db):
     from fleet.dashboard.engine import ClickHouseEngine
-    from fleet.results.clickhouse import ClickHouseSink, push_campaign
-    from fleet.scenario import ClickHouseOut
+    from fleet.results.clickhouse import push_campaign
 
     d, _ = stored
-    cfg = ClickHouseOut(url_env="FLEET_CLICKHOUSE_URL", user_env="FLEET_CLICKHOUSE_USER",
-                        password_env="FLEET_CLICKHOUSE_PASSWORD", database=f"fleet_g{secrets.token_hex(3)}")
-    sink = ClickHouseSink(cfg, clickhouse.env)
-    try:
-        push_campaign(d / "campaign=camp-g", sink)
-        ch, duck = daily(ClickHouseEngine(sink), "streamdiffusion", 8, NOW), daily(DuckDBEngine(d), "streamdiffusion", 8, NOW)
-    finally:
-        sink.client.command(f"DROP DATABASE IF EXISTS {cfg.database}")
-        sink.close()
+    push_campaign(d / "campaign=camp-g", clickhouse_db)
+    ch, duck = daily(ClickHouseEngine(clickhouse_db), "streamdiffusion", 8, NOW), daily(DuckDBEngine(d), "streamdiffusion", 8, NOW)
     assert set(ch) == set(duck)
     for pair, series in duck.items():
         assert [(x.day, x.counted) for x in ch[pair]] == [(x.day, x.counted) for x in series], pair

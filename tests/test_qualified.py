@@ -7,7 +7,6 @@ the same answers on DuckDB and on ClickHouse."""
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 
 import pytest
 from test_dashboard import NOW, ORCHS, as_row, dataset, truth
@@ -18,10 +17,9 @@ from fleet.dashboard.engine import ClickHouseEngine, DuckDBEngine
 from fleet.dashboard.qualified import qualified_capacity
 from fleet.errors import InputError
 from fleet.results.capacity_series import capacity_table
-from fleet.results.clickhouse import ClickHouseSink, push_campaign
+from fleet.results.clickhouse import push_campaign
 from fleet.results.sink import Batch, ParquetSink
 from fleet.results.verdict import counted
-from fleet.scenario import ClickHouseOut
 
 MODEL = "streamdiffusion"
 NEW = "https://new.test:8935"       # 3 sessions: unproven
@@ -119,17 +117,10 @@ def test_qualified_capacity_needs_a_model(stored):
 
 
 @pytest.mark.slow
-def test_qualified_capacity_on_clickhouse_gives_the_same_answers(stored, clickhouse):
+def test_qualified_capacity_on_clickhouse_gives_the_same_answers(stored, clickhouse_db):
     d, rows = stored
-    cfg = ClickHouseOut(url_env="FLEET_CLICKHOUSE_URL", user_env="FLEET_CLICKHOUSE_USER",
-                        password_env="FLEET_CLICKHOUSE_PASSWORD", database=f"fleet_q{secrets.token_hex(3)}")
-    sink = ClickHouseSink(cfg, clickhouse.env)
-    try:
-        push_campaign(d / "campaign=camp-q", sink)
-        check(ClickHouseEngine(sink), rows)
-    finally:
-        sink.client.command(f"DROP DATABASE IF EXISTS {cfg.database}")
-        sink.close()
+    push_campaign(d / "campaign=camp-q", clickhouse_db)
+    check(ClickHouseEngine(clickhouse_db), rows)
 
 
 def test_the_capacity_view_shows_the_qualified_slots_with_links_to_each_orchestrator(stored):
