@@ -408,7 +408,9 @@ def test_an_orchestrator_that_refuses_or_never_answers_is_tried_past_as_go_livep
             _, pc, resp, rec, sub = await session(gw, frames=120, target=3)
             await asyncio.wait_for(rec.got.wait(), DEADLINE_S)
             t = await truth(gw, "s")
-            assert t["dropped"].get("no_orchestrator", 0) >= 20  # a second of input before the job started
+            # a second of input before the job started is dropped, not queued: 20 frames at the publisher's
+            # 20 fps, 19 in a full run on two loaded cores; at least half of them
+            assert t["dropped"].get("no_orchestrator", 0) >= 10
             for p in (pc, sub):
                 await p.close()
     run(main())
