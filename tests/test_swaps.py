@@ -132,7 +132,9 @@ def test_a_swap_closes_the_viewers_and_the_same_whep_url_serves_the_new_output()
 @pytest.mark.slow
 def test_a_third_swap_within_three_minutes_ends_the_stream():
     async def main():
-        every = Fault(kind="orchestrator_swap", after_s=0.3, probability=1.0, orchestrator="orch-0")
+        # a swap 2 s into each run of the stream: the viewer is subscribed before the first one even on loaded
+        # cores (at 0.3 s a full run's WHEP answer met a viewer the first swap had closed)
+        every = Fault(kind="orchestrator_swap", after_s=2.0, probability=1.0, orchestrator="orch-0")
         async with running(config(slots=1, orchestrators=1, faults=(every,))) as gw:
             _, pc, resp, rec, sub = await session(gw, name="s", frames=600, target=1, orchestrator="orch-0")
             assert await gateway_error(gw, "s") == f"Too many swaps: {EOS}"
