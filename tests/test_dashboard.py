@@ -214,7 +214,7 @@ def test_a_hostile_query_string_gets_a_one_line_400(server, path):
 
 
 def test_every_view_is_read_only_escaped_and_sent_with_strict_headers(server, results):
-    for path in ("/", "/?by=gpu", "/workflows", "/capacity", "/campaigns",
+    for path in ("/", "/?by=gpu", "/workflows", "/capacity", "/campaigns", "/workflows?window=all&model=&region=&category=",
                  "/orchestrator?id=https%3A%2F%2Fflaky.test%3A8935&window=all"):
         r = httpx.get(server.url + path, timeout=30)
         assert r.status_code == 200, (path, r.text[:300])

@@ -14,12 +14,13 @@ from test_dashboard import NOW, ORCHS, as_row, dataset, truth
 from fleet.capacity import CapacitySnapshot, OrchestratorSlots
 from fleet.dashboard import queries as q
 from fleet.dashboard.engine import ClickHouseEngine, DuckDBEngine
-from fleet.dashboard.qualified import qualified_capacity
+from fleet.dashboard.qualified import qualified_capacity, qualified_series
 from fleet.errors import InputError
 from fleet.results.capacity_series import capacity_table
 from fleet.results.clickhouse import push_campaign
 from fleet.results.sink import Batch, ParquetSink
-from fleet.results.verdict import counted
+from fleet.results.verdict import counted, sla_score
+from fleet.scenario import SessionThresholds
 
 MODEL = "streamdiffusion"
 NEW = "https://new.test:8935"       # 3 sessions: unproven
@@ -130,8 +131,183 @@ def test_the_capacity_view_shows_the_qualified_slots_with_links_to_each_orchestr
     engine = DuckDBEngine(d)
     page = capacity_page(engine, q.Filters(window="7d", model=MODEL, now=NOW), {}, [])
     section = page[page.index("<h2>SLA-qualified capacity</h2>"):]
+    section = section.split("SLA-qualified capacity over time")[0]   # the snapshot's tables, not the series' chart
     want = [status for status, _, _ in expected(rows, 95.0, 10).values()] + ["unproven"]   # NaaP's target; + anonymous
     for status in ("qualified", "failing", "unproven"):
         assert section.count(f">{status}<") == want.count(status), (status, want)
     assert "/orchestrator?window=7d&amp;model=streamdiffusion&amp;id=https%3A%2F%2Ffast.test%3A8935" in section
     assert "Choose a model" in capacity_page(engine, q.Filters(window="7d", now=NOW), {}, [])
+
+
+# SLA-qualified capacity over time (qualified_series): a dataset of its own, where capacity changes from day to day
+# and orchestrators change quality from one day to the next. Day buckets for a 7-day window, hour buckets for 24h.
+SERIES = "series-model"
+A, B, C, D = "https://a.test:8935", "https://b.test:8935", "https://c.test:8935", "https://d.test:8935"
+G4090, L40S = "NVIDIA GeForce RTX 4090", "NVIDIA L40S"
+DAY = dt.datetime(2026, 11, 17, tzinfo=dt.timezone.utc)   # NOW is 2026-11-20 12:00: the 7d window starts on the 13th
+GOOD, BAD = (1.0, 50.0, 30.0), (6.0, 300.0, 8.0)          # startup_s, g2g_latency_ms, output_fps
+# (orchestrator, GPU, day offset from DAY, sessions, quality): A good on the 17th (its 4090; its few L40S sessions
+# are bad and are not its 4090's), bad on the 18th; B the other way round; C (GPUs of two models) good on both of
+# its GPUs on the 17th; D only three sessions; sessions on the 19th, a day with no snapshot.
+PLAN = [(A, G4090, 0, 12, GOOD), (A, L40S, 0, 4, BAD), (B, L40S, 0, 12, BAD), (C, G4090, 0, 6, GOOD),
+        (C, L40S, 0, 6, GOOD), (A, G4090, 1, 12, BAD), (B, L40S, 1, 12, GOOD), (D, G4090, 1, 3, GOOD),
+        (A, G4090, 2, 12, GOOD), (B, L40S, 2, 12, GOOD)]
+
+
+def series_sessions() -> list[dict]:
+    rows = []
+    for orch_uri, gpu, day, n, (startup, latency, fps) in PLAN:
+        for i in range(n):
+            row = {"campaign_id": "camp-s", "run_id": "camp-s", "scenario": "series",
+                   "session_id": f"{orch_uri[8]}{gpu[-4:]}{day}-{i}", "region": "local", "orchestrator_url": orch_uri,
+                   "target_orchestrator": orch_uri, "orchestrator_address": f"0x{orch_uri[8]}", "gpu_name": gpu,
+                   "gpu_id": f"GPU-{gpu[-4:]}", "model": SERIES, "prompt_category": "portraits",
+                   "started_unix": (DAY + dt.timedelta(days=day, hours=1 + i)).timestamp(), "duration_s": 20.0,
+                   "outcome": "ok", "excused": False, "startup_s": startup + i * 0.05,
+                   "g2g_latency_ms": latency + i, "output_fps": fps - i * 0.1, "swapped": False}
+            if (startup, latency, fps) == BAD and i % 3 == 0:   # a bad one fails a third of its sessions
+                row.update(outcome="failed", error_phase="pipeline", error_class="gateway_error", startup_s=None,
+                           g2g_latency_ms=None, output_fps=None)
+            rows.append(row)
+    return rows
+
+
+def series_orch(uri: str, slots: int) -> OrchestratorSlots:
+    names = (G4090, L40S) if uri == C else (G4090,) * 2 if uri in (A, D) else (L40S,)
+    return OrchestratorSlots(f"0x{uri[8]}", uri, idle=slots - 1, in_use=1, gpus=tuple((f"g{i}", n) for i, n in
+                                                                                       enumerate(names)))
+
+
+def series_snapshot(at: dt.datetime, slots: dict[str, int], anonymous: int = 0, model: str = SERIES) -> CapacitySnapshot:
+    return CapacitySnapshot(model=model, source="gateway", read_unix=at.timestamp(), anonymous_idle=anonymous,
+                            orchestrators=tuple(series_orch(u, n) for u, n in slots.items()))
+
+
+READS = [series_snapshot(DAY - dt.timedelta(days=5), {A: 10}),                        # the 12th: before a 7d window
+         series_snapshot(DAY + dt.timedelta(hours=8), {A: 4, B: 2, C: 3}, anonymous=1),
+         series_snapshot(DAY + dt.timedelta(hours=20), {A: 5, B: 2, C: 3}, anonymous=1),  # the 17th's last
+         series_snapshot(DAY + dt.timedelta(days=1, hours=10), {A: 6, B: 3, D: 1}),
+         series_snapshot(DAY + dt.timedelta(days=1, hours=11), {A: 9}, model="other"),    # another model's
+         series_snapshot(NOW - dt.timedelta(minutes=105), {A: 1, B: 1}),                  # the 20th, 10:15
+         series_snapshot(NOW - dt.timedelta(minutes=60), {A: 2, B: 3}, anonymous=4)]      # the 20th's last, 11:00
+
+
+def write_series(d, rows: list[dict], reads: list[CapacitySnapshot]) -> None:
+    sink = ParquetSink(d, "camp-s", {"scenario": "series"})
+    sink.write([as_row(r) for r in rows])
+    ids = {"campaign_id": "camp-s", "run_id": "camp-s", "scenario": "series"}
+    for r in reads:
+        sink.add(Batch(sink.seq + 1, (), {"capacity": capacity_table(r, ids, r.read_unix or 0.0)}))
+
+
+@pytest.fixture(scope="module")
+def series_stored(tmp_path_factory):
+    d = tmp_path_factory.mktemp("series")
+    rows = series_sessions()
+    write_series(d, rows, READS)
+    return d, rows
+
+
+def day_truth(rows: list[dict], day: int, orch_uri: str, gpu: str | None) -> tuple[int, float | None]:
+    """One orchestrator's (x GPU's, unless None) counted sessions and score on a day, from the verdict code
+    with that day's sessions on the model as the network's baseline."""
+    start = (DAY + dt.timedelta(days=day)).timestamp()
+    window = [r for r in rows if start <= r["started_unix"] < start + 86400]
+    mine = [r for r in window if r["orchestrator_url"] == orch_uri and (gpu is None or r["gpu_name"] == gpu)]
+    return len(counted(mine)), sla_score(mine, SessionThresholds(), baseline=counted(window))["score"] if mine else None
+
+
+# the expected statuses and slots per day bucket, written by hand: (orchestrator, GPU, slots, status, truth's GPU)
+WANT_DAYS = {
+    0: [(None, "unknown", 1, "unproven", None), (A, G4090, 5, "qualified", G4090), (B, L40S, 2, "failing", L40S),
+        (C, "mixed", 3, "qualified", None)],
+    1: [(A, G4090, 6, "failing", G4090), (B, L40S, 3, "qualified", L40S), (D, G4090, 1, "unproven", G4090)],
+    3: [(None, "unknown", 4, "unproven", None), (A, G4090, 2, "unproven", G4090), (B, L40S, 3, "unproven", L40S)],
+}
+WANT_TOTALS = {0: {"qualified_slots": 8, "failing_slots": 2, "unproven_slots": 1, "slots": 11},
+               1: {"qualified_slots": 3, "failing_slots": 6, "unproven_slots": 1, "slots": 10},
+               3: {"qualified_slots": 0, "failing_slots": 0, "unproven_slots": 9, "slots": 9}}
+SERIES_SLA = 80.0
+
+
+def check_series(engine, rows: list[dict]) -> None:
+    goods = [day_truth(rows, 0, A, G4090)[1], day_truth(rows, 0, C, None)[1], day_truth(rows, 1, B, L40S)[1]]
+    bads = [day_truth(rows, 0, B, L40S)[1], day_truth(rows, 1, A, G4090)[1]]
+    assert min(goods) >= SERIES_SLA + 5 and max(bads) <= SERIES_SLA - 5, (goods, bads)   # the hand statuses hold
+    got = qualified_series(engine, q.Filters(window="7d", model=SERIES, now=NOW), sla=SERIES_SLA, min_sessions=10)
+    assert (got["model"], got["window"], got["unit"], got["sla"], got["min_sessions"]) == (
+        SERIES, "7d", "day", SERIES_SLA, 10)
+    days = [(DAY + dt.timedelta(days=k)).timestamp() for k in WANT_DAYS]   # the 19th: no snapshot, no bucket
+    assert [b["t_unix"] for b in got["buckets"]] == days
+    assert [b["read_unix"] for b in got["buckets"]] == [
+        (DAY + dt.timedelta(hours=20)).timestamp(), (DAY + dt.timedelta(days=1, hours=10)).timestamp(),
+        (NOW - dt.timedelta(minutes=60)).timestamp()]
+    for bucket, (k, want) in zip(got["buckets"], WANT_DAYS.items()):
+        orchs = sorted(bucket["orchestrators"], key=lambda r: r["orchestrator"] or "")
+        assert [(r["orchestrator"], r["gpu"], r["slots"], r["status"]) for r in orchs] == [w[:4] for w in want], k
+        for r, (uri, _, _, _, gpu) in zip(orchs, want):
+            n, score = day_truth(rows, k, uri, gpu) if uri else (0, None)
+            assert r["counted"] == n, (k, uri)
+            assert r["score"] == (pytest.approx(score, abs=0.01) if score is not None else None), (k, uri)
+        assert bucket["totals"] == WANT_TOTALS[k], k
+        by_gpu = {g["gpu"]: g for g in bucket["by_gpu"]}
+        for g in by_gpu.values():
+            assert g["slots"] == sum(g[f"{s}_slots"] for s in ("qualified", "failing", "unproven"))
+        assert {gpu: sum(w[2] for w in want if w[1] == gpu) for gpu in by_gpu} == {
+            gpu: g["slots"] for gpu, g in by_gpu.items()} and len(by_gpu) == len({w[1] for w in want})
+    day0 = {g["gpu"]: g for g in got["buckets"][0]["by_gpu"]}
+    assert (day0[G4090]["qualified_slots"], day0[L40S]["failing_slots"], day0["mixed"]["qualified_slots"]) == (5, 2, 3)
+    hours = qualified_series(engine, q.Filters(window="24h", model=SERIES, now=NOW), sla=SERIES_SLA, min_sessions=10)
+    assert hours["unit"] == "hour"
+    assert [(b["t_unix"], b["totals"]["slots"]) for b in hours["buckets"]] == [
+        ((NOW - dt.timedelta(hours=2)).timestamp(), 2), ((NOW - dt.timedelta(hours=1)).timestamp(), 9)]
+    everything = qualified_series(engine, q.Filters(window="all", model=SERIES, now=NOW), sla=SERIES_SLA)
+    assert [b["t_unix"] for b in everything["buckets"]] == [(DAY - dt.timedelta(days=5)).timestamp(), *days]
+    assert everything["buckets"][0]["totals"] == {"qualified_slots": 0, "failing_slots": 0, "unproven_slots": 10,
+                                                  "slots": 10}
+
+
+def test_qualified_series_on_duckdb_judges_each_day_on_its_own_sessions(series_stored):
+    d, rows = series_stored
+    check_series(DuckDBEngine(d), rows)
+
+
+@pytest.mark.slow
+def test_qualified_series_on_clickhouse_gives_the_same_answers(series_stored, clickhouse_db):
+    d, rows = series_stored
+    push_campaign(d / "campaign=camp-s", clickhouse_db)
+    check_series(ClickHouseEngine(clickhouse_db), rows)
+
+
+def test_qualified_series_needs_a_model(series_stored):
+    with pytest.raises(InputError, match="per workflow: give a model"):
+        qualified_series(DuckDBEngine(series_stored[0]), q.Filters(window="7d", now=NOW))
+
+
+class Counting:
+    """An engine that counts the queries it is asked."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.dialect, self.queries = engine, engine.dialect, 0
+
+    def tables(self):
+        return self.engine.tables()
+
+    def query(self, sql, params):
+        self.queries += 1
+        return self.engine.query(sql, params)
+
+
+def test_qualified_series_asks_a_bounded_number_of_queries_whatever_the_number_of_buckets(series_stored, tmp_path):
+    """Thirty days of snapshots and sessions ask no more queries than three days of them."""
+    month = [series_snapshot(NOW - dt.timedelta(days=k, hours=1), {A: 1 + k % 4, C: 2}) for k in range(30)]
+    rows = [{**r, "session_id": f"{r['session_id']}-{k}", "started_unix": r["started_unix"] - k * 86400}
+            for r in series_sessions()[:12] for k in range(0, 30, 3)]
+    write_series(tmp_path, rows, month)
+    counts = {}
+    for name, d, window in (("few", series_stored[0], "7d"), ("month", tmp_path, "30d")):
+        engine = Counting(DuckDBEngine(d))
+        got = qualified_series(engine, q.Filters(window=window, model=SERIES, now=NOW), sla=SERIES_SLA)
+        counts[name] = (len(got["buckets"]), engine.queries)
+    assert counts["month"][0] == 30 and counts["few"][0] == 3
+    assert counts["month"][1] == counts["few"][1] == 3, counts   # the snapshots, the scores by GPU, by orchestrator

@@ -3,13 +3,13 @@
 By default it reads the Parquet results under ``--results`` (DuckDB in process: no server needed);
 with ``--clickhouse`` it queries ClickHouse with the same views (FLEET_CLICKHOUSE_URL, _USER,
 _PASSWORD; database FLEET_CLICKHOUSE_DATABASE, table prefix FLEET_CLICKHOUSE_PREFIX). It binds
-127.0.0.1 unless ``--host`` says otherwise.
+127.0.0.1 unless ``--host`` says otherwise. Beside the pages it serves a read-only JSON API under /v1/,
+described by the OpenAPI document at /openapi.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,11 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
     src.add_argument("--clickhouse", action="store_true", help="query ClickHouse instead of the Parquet files")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--graduation", metavar="RULES", help="graduation rules (fleet schema graduation; default: "
+                   "every model graduates after 3 good days of 10 sessions at score 95, demoted after 2 bad ones)")
+    p.add_argument("--demand", metavar="FILE", help="demand per region and the orchestrators' regions, for the "
+                   "demand-gap view (fleet schema demand)")
     p.set_defaults(run=run)
-
-
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends the server as Ctrl-C does
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,16 +45,24 @@ def run(args: argparse.Namespace) -> int:
     else:
         assert results is not None
         engine = DuckDBEngine(results)
+    context: dict[str, Any] = {}
+    if args.graduation:
+        from fleet.graduation import load_rules
+
+        context["rules"] = load_rules(args.graduation)
+    if args.demand:
+        from fleet.demand import load_demand, naap_base_url
+
+        context["demand"] = load_demand(args.demand)
+        naap_base_url(context["demand"])   # a NaaP address the file names but the environment lacks: say so now
     try:
-        server = DashboardServer(engine, results, args.host, args.port)
+        server = DashboardServer(engine, results, args.host, args.port, **context)
     except OSError as exc:
         raise InputError(f"fleet dashboard: cannot listen on {args.host}:{args.port} ({exc.strerror or exc})") from None
-    print(f"fleet: dashboard at {server.url}/ (Ctrl-C to stop)", flush=True)
-    signal.signal(signal.SIGTERM, _interrupt)
+    print(f"fleet: dashboard at {server.url}/, its API's OpenAPI document at {server.url}/openapi.json "
+          "(Ctrl-C to stop)", flush=True)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.serve_forever()   # uvicorn ends on SIGINT and SIGTERM
     finally:
         server.close()
     return 0

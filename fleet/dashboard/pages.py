@@ -1,95 +1,27 @@
-"""The dashboard's pages: HTML rendered on the server from the queries' rows.
-
-No JavaScript at all: filters are a plain GET form (so every view is a URL that can be shared),
-charts are SVG drawn by matplotlib on the server (fleet.results.charts; without the charts
-extra each chart is a note saying how to get it). Every value from the data is escaped
-(``_e``); numbers are formatted, never interpolated raw.
-"""
+"""The dashboard's pages over the stored sessions: leaderboard, orchestrator, workflows, capacity and
+coverage, sessions, campaigns (fleet.dashboard.html renders them; fleet.dashboard.planning adds the
+planning views: qualified capacity, graduation, demand gaps)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import html
 import json
-from collections.abc import Iterable
-from collections.abc import Set as AbstractSet
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
+
+from markupsafe import Markup
 
 from fleet.dashboard import queries as q
 from fleet.dashboard.engine import Engine
-from fleet.results.charts import COLORS, figure, render, svg
+from fleet.dashboard.html import Section, Table, anchor, chart, link, num, page, pct, sessions_link
+from fleet.dashboard.planning import demand_page, graduation_page, qualified_sections
+from fleet.results.charts import COLORS, figure, svg
 
-__all__ = ["CSS", "campaigns_page", "capacity_page", "leaderboard_page", "orchestrator_page", "workflows_page"]
-
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem auto;max-width:1200px;color:#111;
-padding:0 1rem} h1{font-size:1.4rem;margin:.2rem 0} h2{font-size:1.1rem;margin-top:1.8rem;border-bottom:1px solid #ddd}
-nav a{margin-right:1rem} nav{margin-bottom:.8rem} table{border-collapse:collapse;margin:.6rem 0;font-size:.92em}
-td,th{padding:.25rem .55rem;border-bottom:1px solid #eee;text-align:left} th{background:#f6f6f6}
-td.n{text-align:right;font-variant-numeric:tabular-nums} .note{color:#555;font-size:.9em}
-form{display:flex;gap:.6rem;flex-wrap:wrap;align-items:end;margin:.6rem 0} label{display:flex;flex-direction:column;
-font-size:.85em;color:#444} svg{max-width:100%;height:auto} .bad{color:#b91c1c} .good{color:#15803d}
-"""
-PAGES = (("/", "Leaderboard"), ("/workflows", "Workflows & prompts"), ("/capacity", "Capacity & coverage"),
-         ("/campaigns", "Campaigns"))
-
-
-def _e(v: Any) -> str:
-    return html.escape(str(v), quote=True)
-
-
-def _n(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    if isinstance(v, dt.datetime):
-        return v.strftime("%Y-%m-%d %H:%M")
-    return _e(v)
-
-
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f} %"
-
-
-def _table(head: list[str], rows: Iterable[list[str]], numeric: AbstractSet[int] = frozenset()) -> str:
-    th = "".join(f"<th>{_e(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td class=n>{c}</td>" if i in numeric else f"<td>{c}</td>"
-                                    for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _link(path: str, f: q.Filters, **extra: str) -> str:
-    params = {"window": f.window, **{k: v for k, v in (("model", f.model), ("region", f.region),
-                                                        ("category", f.category)) if v}, **extra}
-    return _e(f"{path}?{urlencode(params)}")
-
-
-def page(title: str, path: str, f: q.Filters, opts: dict[str, list[str]], body: str,
-         hidden: dict[str, str] | None = None) -> str:
-    nav = "".join(f"<a href='{_link(p, f)}'>{_e(name)}</a>" for p, name in PAGES)
-
-    def select(name: str, values: list[str], current: str | None, any_label: str = "all") -> str:
-        items = [f"<option value=''>{_e(any_label)}</option>"]
-        items += [f"<option{' selected' if v == current else ''} value='{_e(v)}'>{_e(v)}</option>" for v in values]
-        return f"<label>{_e(name)}<select name='{_e(name)}'>{''.join(items)}</select></label>"
-
-    windows = "".join(f"<option{' selected' if w == f.window else ''} value='{w}'>{w}</option>" for w in q.WINDOWS)
-    keep = "".join(f"<input type=hidden name='{_e(k)}' value='{_e(v)}'>" for k, v in (hidden or {}).items())
-    form = (f"<form method=get action='{_e(path)}'>{keep}<label>window<select name=window>{windows}</select></label>"
-            + select("model", opts.get("model", []), f.model) + select("region", opts.get("region", []), f.region)
-            + select("category", opts.get("category", []), f.category) + "<button type=submit>apply</button></form>")
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport "
-            f"content='width=device-width,initial-scale=1'><title>fleet · {_e(title)}</title>"
-            f"<link rel=icon href='data:,'><link rel=stylesheet href='/static/dashboard.css'></head><body><nav>{nav}</nav>"
-            f"<h1>{_e(title)}</h1>{form}{body}<p class=note>Sessions counted as the SLA counts them: not skipped "
-            f"for capacity, not the tester's failures, not failures the network excuses. Made "
-            f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC.</p></body></html>")
+__all__ = ["campaigns_page", "capacity_page", "demand_page", "graduation_page", "leaderboard_page",
+           "orchestrator_page", "read_runs", "sessions_page", "workflows_page"]
 
 
 def leaderboard_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], by_gpu: bool) -> str:
@@ -100,21 +32,24 @@ def leaderboard_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], b
     out = []
     for i, r in enumerate(rows, 1):
         ran = r["rows_"] - r["skipped"] - r["tester"]
-        link = f"<a href='{_link('/orchestrator', f, id=r['orchestrator'])}'>{_e(r['orchestrator'])}</a>"
-        out.append([str(i), link, *([_e(r["gpu"])] if by_gpu else []), _n(r["score"], 4),
-                    _pct(r.get("startup_success")), _pct(r.get("no_swap_rate")), _pct(r.get("output_viability")),
-                    _n(r["ptff"]), _n(r["e2e"]), _n(r["fps"]), _pct(r["failed"] / ran if ran else None),
-                    _pct(r["excused_n"] / ran if ran else None), _n(r["g2g_p50"], 4), _n(r["g2g_p90"], 4),
-                    _n(r["fps_p10"]), _n(r["fps_p50"]), str(r["counted"]), str(r["skipped"]), _n(r["last_tested"])])
-    toggle = (f"<a href='{_link('/', f)}'>by orchestrator</a>" if by_gpu
-              else f"<a href='{_link('/', f, by='gpu')}'>by orchestrator and GPU</a>")
+        gpu = r["gpu"] if by_gpu else None
+        out.append([str(i), anchor(link("/orchestrator", f, id=r["orchestrator"]), r["orchestrator"]),
+                    *([r["gpu"]] if by_gpu else []), num(r["score"], 4),
+                    pct(r.get("startup_success")), pct(r.get("no_swap_rate")), pct(r.get("output_viability")),
+                    num(r["ptff"]), num(r["e2e"]), num(r["fps"]), pct(r["failed"] / ran if ran else None),
+                    pct(r["excused_n"] / ran if ran else None), num(r["g2g_p50"], 4), num(r["g2g_p90"], 4),
+                    num(r["fps_p10"]), num(r["fps_p50"]),
+                    sessions_link(f, r["counted"], orchestrator=r["orchestrator"], gpu=gpu, counted="yes"),
+                    sessions_link(f, r["skipped"], orchestrator=r["orchestrator"], gpu=gpu,
+                                  outcome="skipped_no_capacity"), num(r["last_tested"])])
+    toggle = (anchor(link("/", f), "by orchestrator") if by_gpu else anchor(link("/", f, by="gpu"), "by orchestrator and GPU"))
     anchors = ", ".join(f"{k} {a:.4g} → {b:.4g}" for k, (a, b) in bench.items()) or "no sessions in the window"
-    body = (f"<p class=note>Ranked by the network's SLA score, 100 · coverage · (0.7 · reliability + 0.3 · quality); "
-            f"the component scores are measured against the whole network over the same window (good → bad: "
-            f"{_e(anchors)}). {toggle}</p>"
-            + (_table(head, out, numeric=set(range(3 if by_gpu else 2, len(head) - 1)))
-               if out else "<p>No sessions in this window.</p>"))
-    return page("Leaderboard", "/", f, opts, body, {"by": "gpu"} if by_gpu else None)
+    note = Markup("{} {}").format(
+        "Ranked by the network's SLA score, 100 · coverage · (0.7 · reliability + 0.3 · quality); the component "
+        f"scores are measured against the whole network over the same window (good → bad: {anchors}).", toggle)
+    table = Table(head, out, frozenset(range(3 if by_gpu else 2, len(head) - 1)))
+    return page("Leaderboard", "/", f, opts, [Section(note=note, table=table, empty="No sessions in this window.")],
+                {"by": "gpu"} if by_gpu else None)
 
 
 def _series_chart(rows: list[dict[str, Any]], band: list[dict[str, Any]], metric: str, label: str,
@@ -140,113 +75,131 @@ def _series_chart(rows: list[dict[str, Any]], band: list[dict[str, Any]], metric
     return svg(fig)
 
 
-def _campaign_link(campaign_id: str) -> str:
+def _campaign_link(campaign_id: str) -> Markup:
     """A campaign's report; a monitor has none (its runs are listed on /campaigns)."""
     target = "/campaigns" if campaign_id.startswith("monitor-") else f"/campaign/{quote(campaign_id, safe='')}/report"
-    return f"<a href='{_e(target)}'>{_e(campaign_id)}</a>"
+    return anchor(target, campaign_id)
 
 
 def orchestrator_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], key: str) -> str:
     v = q.orchestrator_view(engine, f, key)
-    parts = []
-    for metric, label in (("g2g", "glass-to-glass latency p50 (ms)"), ("fps", "output fps p50")):
-        chart = render(partial(_series_chart, v["series"], v["band"], metric, label, v["bucket_s"]),
-                       "No sessions in this window.")
-        parts.append(f"<h2>{_e(label)}</h2>" + chart)
-    parts.append("<h2>GPUs</h2>" + _table(["GPU id", "GPU", "sessions", "counted", "g2g p50 ms", "fps p50"],
-                                          [[_e(g["gpu_id"]), _e(g["gpu_name"]), str(g["sessions"]), str(g["counted"]),
-                                            _n(g["g2g_p50"], 4), _n(g["fps_p50"])] for g in v["gpus"]], {2, 3, 4, 5}))
-    parts.append("<h2>Failures by phase and error class</h2>" + (_table(
+    sections = [Section(label, chart=chart(partial(_series_chart, v["series"], v["band"], metric, label, v["bucket_s"]),
+                                            "No sessions in this window."))
+                for metric, label in (("g2g", "glass-to-glass latency p50 (ms)"), ("fps", "output fps p50"))]
+    sections.append(Section("GPUs", table=Table(
+        ["GPU id", "GPU", "sessions", "counted", "g2g p50 ms", "fps p50"],
+        [[g["gpu_id"], g["gpu_name"], sessions_link(f, g["sessions"], orchestrator=key, gpu=g["gpu_name"]),
+          sessions_link(f, g["counted"], orchestrator=key, gpu=g["gpu_name"], counted="yes"),
+          num(g["g2g_p50"], 4), num(g["fps_p50"])] for g in v["gpus"]], frozenset({2, 3, 4, 5})),
+        empty="No sessions in this window."))
+    sections.append(Section("Failures by phase and error class", table=Table(
         ["phase", "error class", "sessions", "excused"],
-        [[_e(r["phase"]), _e(r["error"]), str(r["n"]), str(r["excused_n"])] for r in v["failures"]], {2, 3})
-        if v["failures"] else "<p>No failures in this window.</p>"))
-    recent = [[_n(r["started_at"]), _campaign_link(str(r["campaign_id"])), _e(r["outcome"]),
-               _e(r["error_phase"] or ""), _e(r["error_class"] or ""),
-               _n(r["excused"]), _e(r["gpu_name"] or ""), _e(r["prompt_category"] or ""), _n(r["startup_s"]),
-               _n(r["g2g_latency_ms"], 4), _n(r["output_fps"])] for r in v["recent"]]
-    parts.append("<h2>Recent sessions</h2>" + _table(
-        ["started", "campaign", "outcome", "phase", "error", "excused", "GPU", "category", "startup s", "g2g ms",
-         "fps"], recent, {8, 9, 10}))
-    return page(f"Orchestrator {key}", "/orchestrator", f, opts, "".join(parts), {"id": key})
+        [[r["phase"], r["error"], sessions_link(f, r["n"], orchestrator=key, outcome="failed"), str(r["excused_n"])]
+         for r in v["failures"]], frozenset({2, 3})), empty="No failures in this window."))
+    recent = [_session_cells(r) for r in v["recent"]]
+    sections.append(Section("Recent sessions", note=anchor(link("/sessions", f, orchestrator=key), "all its sessions"),
+                            table=Table(SESSION_HEAD, recent, SESSION_NUMERIC), empty="No sessions in this window."))
+    return page(f"Orchestrator {key}", "/orchestrator", f, opts, sections, {"id": key})
+
+
+SESSION_HEAD = ["started", "campaign", "session", "orchestrator", "outcome", "phase", "error", "excused", "GPU",
+                "category", "startup s", "g2g ms", "fps"]
+SESSION_NUMERIC = frozenset({10, 11, 12})
+
+
+def _session_cells(r: dict[str, Any]) -> list[Any]:
+    return [num(r["started_at"]), _campaign_link(str(r["campaign_id"])), r["session_id"], r.get("orchestrator") or "",
+            r["outcome"], r["error_phase"] or "", r["error_class"] or "", num(r["excused"]), r["gpu_name"] or "",
+            r["prompt_category"] or "", num(r["startup_s"]), num(r["g2g_latency_ms"], 4), num(r["output_fps"])]
+
+
+def sessions_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], which: dict[str, str],
+                  limit: int, offset: int) -> str:
+    """The sessions behind a number: the filters plus orchestrator, GPU, day, outcome and counted-only."""
+    from fleet.dashboard.sessions import sessions
+
+    rows, more = sessions(engine, f, limit=limit, offset=offset, **which)
+    said = "; ".join(f"{k} {v}" for k, v in which.items()) or "every session"
+    nav: list[Markup] = []
+    if offset:
+        nav.append(anchor(link("/sessions", f, **which, offset=max(0, offset - limit) or None), "newer"))
+    if more:
+        nav.append(anchor(link("/sessions", f, **which, offset=offset + limit), "older"))
+    note = Markup("{} in the window, newest first; {} from {}. {}").format(
+        said, len(rows), offset + 1 if rows else 0, Markup(" · ").join(nav))
+    return page("Sessions", "/sessions", f, opts,
+                [Section(note=note, table=Table(SESSION_HEAD, [_session_cells(r) for r in rows], SESSION_NUMERIC),
+                         empty="No such session in this window.")], which)
+
+
+def _group_link(f: q.Filters, by: str, group: str, n: Any, **extra: str) -> Markup | str:
+    """A group's count as a link to its sessions: a GPU is a sessions filter, the others the view's own."""
+    if group == "?":   # no value stored: no filter finds these
+        return num(n)
+    if by == "gpu":
+        return sessions_link(f, n, gpu=group, **extra)
+    narrowed = replace(f, model=group) if by == "model" else replace(f, region=group) if by == "region" else \
+        replace(f, category=group)
+    return sessions_link(narrowed, n, **extra)
 
 
 def workflows_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]]) -> str:
-    parts = []
+    sections = []
     for by, title in (("model", "Per model (workflow)"), ("gpu", "Per GPU type"),
                       ("category", "Per prompt category"), ("region", "Per tester region")):
         rows = q.groups(engine, f, by)
-        parts.append(f"<h2>{_e(title)}</h2>" + _table(
+
+        sections.append(Section(title, table=Table(
             [by, "sessions", "counted", "ok", "failure rate", "startup p50 s", "g2g p50 ms", "g2g p90 ms",
              "fps p10", "fps p50", "jitter mean", "ingest jitter p50 ms (gateway)"],
-            [[_e(r["grp"]), str(r["rows_"]), str(r["counted"]), str(r["ok"]),
-              _pct(r["failed"] / r["counted"] if r["counted"] else None), _n(r["startup_p50"]), _n(r["g2g_p50"], 4),
-              _n(r["g2g_p90"], 4), _n(r["fps_p10"]), _n(r["fps_p50"]), _n(r["jitter_mean"]),
-              _n(r["ingest_jitter_p50_ms"])] for r in rows],
-            set(range(1, 12))))
-    return page("Workflows and prompt categories", "/workflows", f, opts, "".join(parts))
+            [[r["grp"], _group_link(f, by, r["grp"], r["rows_"]),
+              _group_link(f, by, r["grp"], r["counted"], counted="yes"), str(r["ok"]),
+              pct(r["failed"] / r["counted"] if r["counted"] else None), num(r["startup_p50"]), num(r["g2g_p50"], 4),
+              num(r["g2g_p90"], 4), num(r["fps_p10"]), num(r["fps_p50"]), num(r["jitter_mean"]),
+              num(r["ingest_jitter_p50_ms"])] for r in rows], frozenset(range(1, 12))),
+            empty="No sessions in this window."))
+    return page("Workflows and prompt categories", "/workflows", f, opts, sections)
 
 
 def capacity_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], runs: list[dict[str, Any]]) -> str:
     now = (f.now or dt.datetime.now(dt.timezone.utc)).timestamp()
     rows = q.coverage(engine, f)
-    cov = [[_e(r["orchestrator"]), str(r["tested"]), str(r["skipped"]), str(r["refused"]),
-            _pct(r["refused"] / r["sent"] if r["sent"] else None), _n(r["last_refused"]), _n(r["last_tested"]),
+    cov = [[anchor(link("/orchestrator", f, id=r["orchestrator"]), r["orchestrator"]),
+            sessions_link(f, r["tested"], target=r["orchestrator"], ran="yes"),
+            sessions_link(f, r["skipped"], target=r["orchestrator"], outcome="skipped_no_capacity"),
+            sessions_link(f, r["refused"], target=r["orchestrator"], refused="yes"),
+            pct(r["refused"] / r["sent"] if r["sent"] else None), num(r["last_refused"]), num(r["last_tested"]),
             "never reached" if r["last_tested_unix"] is None else f"{(now - r['last_tested_unix']) / 60:.1f} min"]
            for r in rows]
-    parts = ["<h2>Coverage: each orchestrator's last test</h2><p class=note>Refused while idle: the gateway said "
-             "\"no orchestrators available\" for a session aimed at the orchestrator while a fresh capacity "
-             "snapshot showed it idle slots (go-livepeer tries past one that refuses, errs or times out, so to "
-             "one session it looks full); the share is of the sessions sent to it. Outside the SLA score.</p>"
-             + (_table(["orchestrator", "sessions run", "skipped for capacity", "refused while idle",
-                        "refused share", "last refused", "last tested", "age"], cov, {1, 2, 3, 4})
-                if cov else "<p>No sessions in this window.</p>")]
-    monitors = [r for r in runs if r.get("kind") == "monitor"]
+    sections = [Section(
+        "Coverage: each orchestrator's last test",
+        note="Refused while idle: the gateway said \"no orchestrators available\" for a session aimed at the "
+             "orchestrator while a fresh capacity snapshot showed it idle slots (go-livepeer tries past one that "
+             "refuses, errs or times out, so to one session it looks full); the share is of the sessions sent to it. "
+             "Outside the SLA score.",
+        table=Table(["orchestrator", "sessions run", "skipped for capacity", "refused while idle", "refused share",
+                     "last refused", "last tested", "age"], cov, frozenset({1, 2, 3, 4})),
+        empty="No sessions in this window.")]
     budget = []
-    for m in monitors:
+    for m in (r for r in runs if r.get("kind") == "monitor"):
         status = (m.get("live") or {}).get("coverage") or (m.get("last_run") or {}).get("coverage") or {}
         if status:
-            budget.append([_e(m.get("campaign_id")), _e(status.get("day")), _n(status.get("used_s"), 6),
-                           _n(status.get("budget_s"), 6), _pct(status["used_s"] / status["budget_s"])
-                           if status.get("budget_s") else "–", str(status.get("targets")),
-                           _e(", ".join(status.get("overdue") or [])) or "none",
-                           _e("; ".join(status.get("degraded") or [])) or "–"])
-    parts.append("<h2>The monitor's budget</h2>" + (_table(
+            budget.append([m.get("campaign_id"), status.get("day"), num(status.get("used_s"), 6),
+                           num(status.get("budget_s"), 6),
+                           pct(status["used_s"] / status["budget_s"]) if status.get("budget_s") else "–",
+                           str(status.get("targets")), ", ".join(status.get("overdue") or []) or "none",
+                           "; ".join(status.get("degraded") or []) or "–"])
+    sections.append(Section("The monitor's budget", table=Table(
         ["monitor", "day (UTC)", "slot-s used", "daily budget", "used", "orchestrators", "overdue", "degraded"],
-        budget, {2, 3, 4}) if budget else "<p class=note>No monitor has run here.</p>"))
-    parts.append(_qualified(engine, f))
-    slots = [r for r in runs if isinstance(r.get("capacity"), dict)]
-    slots.sort(key=lambda r: str(r.get("started_at")))
-    parts.append("<h2>Slots seen when each campaign started</h2>" + (_table(
+        budget, frozenset({2, 3, 4})), empty="No monitor has run here.", quiet=True))
+    sections += qualified_sections(engine, f)
+    slots = sorted((r for r in runs if isinstance(r.get("capacity"), dict)), key=lambda r: str(r.get("started_at")))
+    sections.append(Section("Slots seen when each campaign started", table=Table(
         ["started", "campaign", "model", "total slots", "idle slots", "orchestrators"],
-        [[_e(r.get("started_at")), _e(r.get("campaign_id")), _e(r["capacity"].get("model")),
-          _n(r["capacity"].get("total_slots")), _n(r["capacity"].get("idle_slots")),
-          _n(r["capacity"].get("orchestrators"))] for r in slots[-100:]], {3, 4, 5})
-        if slots else "<p class=note>No campaign manifests here.</p>"))
-    return page("Capacity and coverage", "/capacity", f, opts, "".join(parts))
-
-
-def _qualified(engine: Engine, f: q.Filters) -> str:
-    """The model's slots at the window's end by SLA status (fleet.dashboard.qualified)."""
-    from fleet.dashboard.qualified import MIN_SESSIONS, SLA_TARGET, qualified_capacity
-
-    head = "<h2>SLA-qualified capacity</h2>"
-    if f.model is None:
-        return head + "<p class=note>Choose a model: qualified capacity is per workflow.</p>"
-    got = qualified_capacity(engine, f)
-    if not got["orchestrators"]:
-        return head + "<p class=note>No capacity snapshot of this model in this window.</p>"
-    rows = [[f"<a href='{_link('/orchestrator', f, id=r['orchestrator'])}'>{_e(r['orchestrator'])}</a>"
-             if r["orchestrator"] else "(no known orchestrator)", _e(r["gpu"]), str(r["slots"]), str(r["idle"]),
-             str(r["counted"]), _n(r["score"]), _e(r["status"])] for r in got["orchestrators"]]
-    gpus = [[_e(g["gpu"]), str(g["qualified_slots"]), str(g["failing_slots"]), str(g["unproven_slots"]),
-             str(g["slots"])] for g in got["by_gpu"]]
-    return (head + f"<p class=note>The last capacity snapshot in the window; an orchestrator's slots qualify when "
-            f"its GPU's sessions scored at least {SLA_TARGET:g} (NaaP's SLA target), and are unproven with fewer "
-            f"than {MIN_SESSIONS} counted sessions; every session of the model counts, whatever the region and "
-            f"category filters say.</p>"
-            + _table(["GPU model", "qualified slots", "failing slots", "unproven slots", "slots"], gpus, {1, 2, 3, 4})
-            + _table(["orchestrator", "GPU model", "slots", "idle", "counted sessions", "SLA score", "status"], rows,
-                     {2, 3, 4, 5}))
+        [[r.get("started_at"), r.get("campaign_id"), r["capacity"].get("model"), num(r["capacity"].get("total_slots")),
+          num(r["capacity"].get("idle_slots")), num(r["capacity"].get("orchestrators"))] for r in slots[-100:]],
+        frozenset({3, 4, 5})), empty="No campaign manifests here.", quiet=True))
+    return page("Capacity and coverage", "/capacity", f, opts, sections)
 
 
 def campaigns_page(f: q.Filters, opts: dict[str, list[str]], runs: list[dict[str, Any]]) -> str:
@@ -260,15 +213,15 @@ def campaigns_page(f: q.Filters, opts: dict[str, list[str]], runs: list[dict[str
         progress = ""
         if live:
             sessions = live.get("sessions") or {}
-            progress = _e(", ".join(f"{k} {v}" for k, v in sorted(sessions.items())) + f"; {live.get('live_sessions', 0)} "
-                          f"live; updated {live.get('updated_at', '?')}")
-        report = (f"<a href='/campaign/{quote(cid, safe='')}/report'>report</a>" if r.get("_report") else "")
-        rows.append([_e(cid), _e(r.get("scenario", "")), _e(r.get("started_at", "")), _e(state),
-                     _n(r.get("sessions")), "–" if not verdict else ("pass" if verdict.get("passed") else "BREACH"),
-                     _n((verdict.get("sla") or {}).get("score")), progress, report])
-    body = _table(["campaign", "scenario", "started", "state", "sessions", "checks", "SLA score", "progress",
-                   "report"], rows, {4, 6}) if rows else "<p>No campaigns here yet.</p>"
-    return page("Campaigns", "/campaigns", f, opts, body)
+            progress = (", ".join(f"{k} {v}" for k, v in sorted(sessions.items())) + f"; {live.get('live_sessions', 0)} "
+                        f"live; updated {live.get('updated_at', '?')}")
+        report = anchor(f"/campaign/{quote(cid, safe='')}/report", "report") if r.get("_report") else ""
+        rows.append([cid, r.get("scenario", ""), r.get("started_at", ""), state, num(r.get("sessions")),
+                     "–" if not verdict else ("pass" if verdict.get("passed") else "BREACH"),
+                     num((verdict.get("sla") or {}).get("score")), progress, report])
+    return page("Campaigns", "/campaigns", f, opts, [Section(table=Table(
+        ["campaign", "scenario", "started", "state", "sessions", "checks", "SLA score", "progress", "report"], rows,
+        frozenset({4, 6})), empty="No campaigns here yet.")])
 
 
 def read_runs(results_dir: Path | None) -> list[dict[str, Any]]:
@@ -285,3 +238,4 @@ def read_runs(results_dir: Path | None) -> list[dict[str, Any]]:
             m["_report"] = (path.parent / "report.html").is_file()
             runs.append(m)
     return runs
+

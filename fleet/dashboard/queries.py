@@ -16,7 +16,7 @@ from typing import Any
 from fleet.dashboard.engine import Engine
 from fleet.results.verdict import sla_combine
 
-__all__ = ["WINDOWS", "Filters", "anchors", "coverage", "daily_scores", "groups", "leaderboard", "options",
+__all__ = ["WINDOWS", "Filters", "anchors", "bucket_scores", "coverage", "daily_scores", "groups", "leaderboard", "options",
            "orchestrator_view", "sla_from"]
 
 WINDOWS = {"1h": dt.timedelta(hours=1), "24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7),
@@ -140,8 +140,24 @@ def leaderboard(engine: Engine, f: Filters, by_gpu: bool = False) -> tuple[list[
 def daily_scores(engine: Engine, model: str, since: dt.datetime, until: dt.datetime) -> list[dict[str, Any]]:
     """Per UTC day and orchestrator x GPU, the leaderboard's score with that day's network benchmark as its
     anchors (what the leaderboard gives for each day's window), in one query: the graduation series."""
+    rows = bucket_scores(engine, model, since, until, "day")
+    for r in rows:
+        r["day_unix"] = r.pop("t_unix")
+    return rows
+
+
+def bucket_scores(engine: Engine, model: str, since: dt.datetime | None, until: dt.datetime, unit: str,
+                  by_gpu: bool = True) -> list[dict[str, Any]]:
+    """Per UTC time bucket (``unit``: minute, hour or day) and orchestrator x GPU (or orchestrator, without
+    ``by_gpu``), the leaderboard's score with that bucket's network benchmark as its anchors (what the
+    leaderboard gives for each bucket's window), in one query over the sessions on the model started in
+    [since, until) (no lower bound when ``since`` is None). Each row's ``t_unix`` is its bucket's start;
+    beside the score, the counted sessions' mean fps and latency (``fps_mean``, ``g2g_mean``), an address of
+    the orchestrator and its GPU id when the pair's sessions saw only one (``n_gpu_ids``, ``one_gpu_id``)."""
+    if unit not in UNIT_S:
+        raise ValueError(f"bucket unit {unit!r}: one of {', '.join(UNIT_S)}")
     d, t = engine.dialect, engine.tables()["sessions"]
-    day = d.bucket("day", "started_at")
+    bucket = d.bucket(unit, "started_at")
     counted = f"CASE WHEN {COUNTED} THEN 1 ELSE NULL END"
 
     def score(column: str, good: str, bad: str, name: str, fps: bool = False) -> str:
@@ -149,23 +165,31 @@ def daily_scores(engine: Engine, model: str, since: dt.datetime, until: dt.datet
         return (f"avg(CASE WHEN {column} IS NULL THEN NULL ELSE least(1.0, greatest(0.0, ({bad} - {column}) / "
                 f"({bad} - a.{good}))) END) AS {name}")
 
+    params: dict[str, Any] = {"model": model, "until": until}
+    lower = ""
+    if since is not None:
+        lower, params["since"] = f" AND started_at >= {d.param('since', 'DateTime64')}", since
+    keys, group = (f"{ORCH} AS orchestrator, coalesce(gpu_name, '?') AS gpu", "1, 2, 3") if by_gpu else \
+        (f"{ORCH} AS orchestrator", "1, 2")
     sql = (
-        f"WITH s AS (SELECT *, {day} AS day FROM {t} WHERE model = {d.param('model', 'String')} AND started_at >= "
-        f"{d.param('since', 'DateTime64')} AND started_at < {d.param('until', 'DateTime64')}), "
-        f"a AS (SELECT day, {d.quantile('startup_s', 0.5)} AS s50, {d.quantile('startup_s', 0.9)} AS s90, "
+        f"WITH s AS (SELECT *, {bucket} AS bucket FROM {t} WHERE model = {d.param('model', 'String')}{lower} "
+        f"AND started_at < {d.param('until', 'DateTime64')}), "
+        f"a AS (SELECT bucket, {d.quantile('startup_s', 0.5)} AS s50, {d.quantile('startup_s', 0.9)} AS s90, "
         f"{d.quantile('g2g_latency_ms', 0.5)} AS l50, {d.quantile('g2g_latency_ms', 0.9)} AS l90, "
         f"{d.quantile('output_fps', 0.5)} AS f50, {d.quantile('output_fps', 0.1)} AS f10 FROM s WHERE {COUNTED} "
-        f"GROUP BY day) "
-        f"SELECT {d.epoch('s.day')} AS day_unix, {ORCH} AS orchestrator, coalesce(gpu_name, '?') AS gpu, "
+        f"GROUP BY bucket) "
+        f"SELECT {d.epoch('s.bucket')} AS t_unix, {keys}, "
         f"count(*) AS rows_, {_rate(COUNTED)} AS counted, {_rate(TESTER)} AS tester, "
         f"{_rate(f'{COUNTED} AND startup_s IS NOT NULL')} AS started_ok, "
         f"{_rate(f'{COUNTED} AND coalesce(swapped, false)')} AS swapped_n, "
         f"{_rate(f'{COUNTED} AND coalesce(output_fps, 0) >= {MIN_FPS}')} AS viable, "
         f"{score(f'startup_s * {counted}', 's50', 's90', 'ptff')}, "
         f"{score(f'g2g_latency_ms * {counted}', 'l50', 'l90', 'e2e')}, "
-        f"{score(f'output_fps * {counted}', 'f50', 'f10', 'fps', fps=True)} "
-        f"FROM s LEFT JOIN a ON s.day = a.day GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
-    rows = engine.query(sql, {"model": model, "since": since, "until": until})
+        f"{score(f'output_fps * {counted}', 'f50', 'f10', 'fps', fps=True)}, "
+        f"avg(output_fps * {counted}) AS fps_mean, avg(g2g_latency_ms * {counted}) AS g2g_mean, "
+        f"max(orchestrator_address) AS address, count(DISTINCT gpu_id) AS n_gpu_ids, max(gpu_id) AS one_gpu_id "
+        f"FROM s LEFT JOIN a ON s.bucket = a.bucket GROUP BY {group} ORDER BY {group}")
+    rows = engine.query(sql, params)
     for r in rows:
         r.update(sla_from(r))
     return rows
