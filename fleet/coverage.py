@@ -3,8 +3,10 @@
 Pure (no Ray, no network; the caller passes the clock, in Unix seconds). The rules:
 
 - **coverage**: an orchestrator is *due* when it has never been tested or its last test started
-  ``every_s`` ago or more; the due one tested least recently goes first (never-tested first, then
-  by key, so the order is stable);
+  ``every_s`` ago or more; of the due ones, an *unproven* one (fewer than ``proven_sessions``
+  counted sessions in the stored results read back, and since) goes first, so the pairs that
+  qualified capacity and graduation cannot judge yet get their evidence first; then the one tested
+  least recently (never-tested first, then by key, so the order is stable);
 - **pacing**: starts are at least ``interval`` apart, the period spread over the targets
   (``every_s / targets``), or wider when the budget needs it. A fresh start with nothing stored
   therefore ramps through the network one orchestrator at a time, and a restart, which rebuilds
@@ -28,10 +30,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ANY_ORCHESTRATOR", "Coverage", "Pick", "Target", "targets_of", "utc_day"]
+from fleet.results.verdict import counted as sla_counted
+
+__all__ = ["ANY_ORCHESTRATOR", "Coverage", "Pick", "Target", "counts", "targets_of", "utc_day"]
 
 DAY_S = 86_400.0
 ANY_ORCHESTRATOR = "(gateway's choice)"  # the one target when the capacity source names no orchestrators
+
+
+def counts(row: Mapping[str, Any]) -> bool:
+    """The SLA counts the session (fleet.results.verdict.counted: not skipped, not ours, not excused)."""
+    return bool(sla_counted([{"outcome": row.get("outcome"), "error_phase": row.get("error_phase"),
+                              "excused": row.get("excused")}]))
 
 
 def utc_day(unix: float) -> str:
@@ -74,6 +84,8 @@ class Coverage:
     daily_budget: float                      # a fraction of the network's slot-seconds per day
     categories: Sequence[str] = ()
     retry_s: float | None = None
+    proven_sessions: int = 0                 # counted sessions that prove an orchestrator (0: no priority)
+    counted: dict[str, int] = field(default_factory=dict)         # key -> counted sessions (read back, since)
     last_tested: dict[str, float] = field(default_factory=dict)   # key -> start of its last session that ran
     last_tried: dict[str, float] = field(default_factory=dict)    # key -> last attempt (skipped ones too)
     seen_today: dict[str, dict[str, int]] = field(default_factory=dict)  # key -> category -> tests today
@@ -93,7 +105,8 @@ class Coverage:
 
     def restore(self, rows: Iterable[Mapping[str, Any]], now: float) -> int:
         """Rebuild the state from stored session rows (``target_orchestrator``, ``started_unix``,
-        ``duration_s``, ``outcome``, ``prompt_category``); returns how many rows it used."""
+        ``duration_s``, ``outcome``, ``error_phase``, ``excused``, ``prompt_category``); returns how many rows
+        it used."""
         self._roll(now)
         n = 0
         for r in rows:
@@ -105,6 +118,8 @@ class Coverage:
             if r.get("outcome") == "skipped_no_capacity":
                 continue
             self.last_tested[key] = max(self.last_tested.get(key, started), started)
+            if counts(r):
+                self.counted[key] = self.counted.get(key, 0) + 1
             self.last_start = started if self.last_start is None else max(self.last_start, started)
             if utc_day(started) == self.day:
                 self.used_s += float(r.get("duration_s") or 0.0)
@@ -157,8 +172,11 @@ class Coverage:
         if not due:
             self.why = "nothing is due"
             return None
-        target = min(due, key=lambda t: (self.last_tested.get(t.key, -math.inf), t.key))
+        target = min(due, key=lambda t: (self.proven(t.key), self.last_tested.get(t.key, -math.inf), t.key))
         return Pick(target, self._category(target.key))
+
+    def proven(self, key: str) -> bool:
+        return self.counted.get(key, 0) >= self.proven_sessions
 
     def age(self, key: str, now: float) -> float | None:
         last = self.last_tested.get(key)
@@ -205,10 +223,12 @@ class Coverage:
         if category and seen.get(category):
             seen[category] -= 1
 
-    def finished(self, session_id: str, held_s: float, now: float) -> None:
-        """Charge what the session held (its reservation is returned)."""
+    def finished(self, session_id: str, held_s: float, now: float, counts: bool = False) -> None:
+        """Charge what the session held (its reservation is returned); ``counts``: the SLA counts it."""
         self._roll(now)
-        self.prior.pop(session_id, None)
+        key = self.prior.pop(session_id, ("",))[0]
+        if counts and key:
+            self.counted[key] = self.counted.get(key, 0) + 1
         self.reserved.pop(session_id, None)
         self.used_s += max(0.0, held_s)
 
@@ -231,5 +251,6 @@ class Coverage:
             limits.append(f"today's budget of {budget:.0f} slot-seconds is spent")
         return {"targets": len(targets), "every_s": self.every_s, "interval_s": round(gap, 3),
                 "period_s": round(period, 3), "ages_s": {k: None if a is None else round(a, 1) for k, a in ages.items()},
-                "overdue": overdue, "budget_s": round(budget, 1), "used_s": round(self.spent_s(), 1),
+                "overdue": overdue, "unproven": sorted(t.key for t in targets if not self.proven(t.key)),
+                "budget_s": round(budget, 1), "used_s": round(self.spent_s(), 1),
                 "day": self.day, "degraded": limits}

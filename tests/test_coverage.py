@@ -182,3 +182,42 @@ def test_a_session_the_gateway_refuses_leaves_its_orchestrator_due_and_retried_a
     restored.restore([{"target_orchestrator": first.target.key, "started_unix": T0,
                        "outcome": "skipped_no_capacity", "duration_s": 0.0}], T0 + 1)
     assert (restored.last_tested, restored.last_tried) == (cov.last_tested, cov.last_tried)
+
+
+def test_of_the_due_orchestrators_the_unproven_go_first_until_they_have_their_sessions():
+    """Three orchestrators, all due. o1 has 12 counted sessions read back; o2 only 3 (its tester failures,
+    excused failures and skips do not count); o3 has 10 and was tested longest ago. Least recently tested first
+    would take o3; with ``proven_sessions`` 10, o2 goes first, every time it is due, until its own sessions make
+    it proven; then the order is least recently tested again."""
+    o1, o2, o3 = (Target(f"https://o{i}.test:8935") for i in (1, 2, 3))
+    ok = {"outcome": "ok", "duration_s": 10.0}
+    rows = ([{**ok, "target_orchestrator": o1.key, "started_unix": T0 - 7200 + i} for i in range(12)]
+            + [{**ok, "target_orchestrator": o2.key, "started_unix": T0 - 5400 + i} for i in range(3)]
+            + [{"target_orchestrator": o2.key, "started_unix": T0 - 5300 + i, "outcome": "failed",
+                "error_phase": "tester", "duration_s": 1.0} for i in range(5)]
+            + [{"target_orchestrator": o2.key, "started_unix": T0 - 5200 + i, "outcome": "failed",
+                "error_phase": "pipeline", "excused": True, "duration_s": 1.0} for i in range(4)]
+            + [{"target_orchestrator": o2.key, "started_unix": T0 - 5100 + i, "outcome": "skipped_no_capacity",
+                "duration_s": 0.0} for i in range(6)]
+            + [{**ok, "target_orchestrator": o3.key, "started_unix": T0 - 9000 + i} for i in range(10)])
+    plain = coverage(every_s=600.0)
+    plain.restore(rows, T0)
+    assert plain.pick([o1, o2, o3], 64, T0).target == o3            # no priority: least recently tested
+    cov = coverage(every_s=600.0, proven_sessions=10)
+    cov.restore(rows, T0)
+    assert cov.counted == {o1.key: 12, o2.key: 3, o3.key: 10}
+    assert cov.status([o1, o2, o3], 64, T0)["unproven"] == [o2.key]
+    picked, t = [], T0
+    for _ in range(12):   # o2 is due again every 600 s; each time it goes first while unproven
+        pick = cov.pick([o1, o2, o3], 64, t)
+        assert pick is not None
+        picked.append(pick.target.key)
+        sid = f"s{len(picked)}"
+        cov.started(sid, pick, t)
+        cov.finished(sid, 10.0, t + 10, counts=pick.target != o2 or len(picked) != 2)   # its 2nd did not count
+        if pick.target != o2:
+            break
+        t += 600.0
+    # 3 read back + 7 that count (8 sessions, one a failure of ours): proven; then o3, tested longest ago
+    assert picked == [o2.key] * 8 + [o3.key] and cov.counted[o2.key] == 10 and cov.proven(o2.key)
+    assert cov.status([o1, o2, o3], 64, t)["unproven"] == []

@@ -188,9 +188,11 @@ def capacity_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], runs
                            num(status.get("budget_s"), 6),
                            pct(status["used_s"] / status["budget_s"]) if status.get("budget_s") else "–",
                            str(status.get("targets")), ", ".join(status.get("overdue") or []) or "none",
+                           ", ".join(status.get("unproven") or []) or "none",
                            "; ".join(status.get("degraded") or []) or "–"])
     sections.append(Section("The monitor's budget", table=Table(
-        ["monitor", "day (UTC)", "slot-s used", "daily budget", "used", "orchestrators", "overdue", "degraded"],
+        ["monitor", "day (UTC)", "slot-s used", "daily budget", "used", "orchestrators", "overdue",
+         "unproven (tested first)", "degraded"],
         budget, frozenset({2, 3, 4})), empty="No monitor has run here.", quiet=True))
     sections += qualified_sections(engine, f)
     slots = sorted((r for r in runs if isinstance(r.get("capacity"), dict)), key=lambda r: str(r.get("started_at")))

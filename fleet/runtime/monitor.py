@@ -35,7 +35,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from fleet.capacity import CapacitySnapshot
-from fleet.coverage import ANY_ORCHESTRATOR, Coverage, Pick, Target, targets_of
+from fleet.coverage import ANY_ORCHESTRATOR, Coverage, Pick, Target, counts, targets_of
 from fleet.errors import InputError, TesterError
 from fleet.plan import prompt_schedule
 from fleet.prompts import PoolEntry, PromptPicker, resolve_pool
@@ -58,7 +58,7 @@ POLL_S = 0.2
 REFRESH_S = 2.0      # the broker's capacity (the targets) and the Prometheus coverage gauges this often
 LOG_EVERY_S = 60.0   # a status line this often
 HOLD_S = 1.0         # when our own live sessions fill the concurrency cap, ask again after this
-RESTORE_COLUMNS = ["target_orchestrator", "started_at", "duration_s", "outcome", "prompt_category"]
+RESTORE_COLUMNS = ["target_orchestrator", "started_at", "duration_s", "outcome", "error_phase", "excused", "prompt_category"]
 
 
 @dataclass
@@ -120,13 +120,14 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
         pool = resolve_pool(scenario.prompts.sets, scenario.base_dir, scenario.source)
         categories = list(dict.fromkeys(e.prompt.category for e in pool))
         cov = Coverage(spec.every_min * 60, spec.session_s, spec.daily_budget, categories,
-                       None if spec.retry_min is None else spec.retry_min * 60)
+                       None if spec.retry_min is None else spec.retry_min * 60, spec.proven_sessions)
         outputs, sink = open_outputs(c, path, lambda: ParquetSink(out, c.campaign_id, {
             "kind": "monitor", "scenario": scenario.name, "scenario_hash": scenario.digest(), "run_id": run_id,
             "monitor": spec.model_dump(), "regions": regions, "started_at": stamp},
             hourly=True, run_tag=run_id[len(scenario.name) + 1:]), spec.flush_s)   # storage every flush_s
         now = time.time()
-        restored = cov.restore(stored_rows(sink.dir, now, days=1 + math.ceil(cov.every_s / 86_400)), now)
+        restored = cov.restore(stored_rows(sink.dir, now, days=max(spec.proven_days, 1 + math.ceil(cov.every_s / 86_400))),
+                               now)
         targets = targets_of(c.snapshot, scenario.capacity.include, scenario.capacity.exclude)
         status = cov.status(targets, c.snapshot.total, now)
         print(f"fleet: monitor {run_id}: {len(targets)} orchestrator(s) of {scenario.workflow.pipeline!r}, each "
@@ -277,7 +278,7 @@ class CoverageSource:
             row = with_gpu(self.c, row)
             if row.outcome == "skipped_no_capacity":   # the gateway's skip: retried after retry_min
                 self.cov.refused(s.session_id)
-            self.cov.finished(s.session_id, row.duration_s or 0.0, time.time())
+            self.cov.finished(s.session_id, row.duration_s or 0.0, time.time(), counts(row.record()))
             rows.append(row)
         return rows
 

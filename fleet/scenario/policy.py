@@ -131,8 +131,9 @@ class PrometheusOut(Spec):
 
 class MonitorSpec(Spec):
     """Continuous probing (``fleet monitor``): every orchestrator the capacity source shows for the
-    workflow's model is tested at least every ``every_min`` minutes, least recently tested first,
-    within ``daily_budget`` of the network's slot-seconds per day and every cap of ``capacity:``."""
+    workflow's model is tested at least every ``every_min`` minutes, unproven ones (fewer than
+    ``proven_sessions`` counted sessions) first, then least recently tested first, within
+    ``daily_budget`` of the network's slot-seconds per day and every cap of ``capacity:``."""
 
     every_min: Annotated[float, Field(gt=0, le=7 * 24 * 60)] = Field(
         60.0, description="Test each orchestrator x model at least this often (minutes).")
@@ -147,6 +148,12 @@ class MonitorSpec(Spec):
     retry_min: Annotated[float, Field(gt=0)] | None = Field(
         None, description="An orchestrator skipped for capacity is tried again after this long (minutes; "
                           "default a quarter of every_min).")
+    proven_sessions: Annotated[int, Field(ge=0, le=100_000)] = Field(
+        10, description="An orchestrator is unproven until it has this many counted sessions (as the SLA "
+                        "counts them) over the last proven_days; of the due ones, the unproven are tested "
+                        "first (0: no such priority). 10 is the qualified-capacity and graduation default.")
+    proven_days: Annotated[int, Field(ge=1, le=90)] = Field(
+        7, description="The days of stored results (UTC, today included) that count towards proven_sessions.")
 
 
 class CapacitySeriesOut(Spec):
