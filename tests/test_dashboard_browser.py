@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import pytest
 from services import chromium
-from test_dashboard import ORCHS, dataset  # noqa: F401 - the same known dataset
+from test_dashboard import NOW, ORCHS, dataset  # noqa: F401 - the same known dataset
 from test_dashboard import results as results  # noqa: F401 - the module fixture, reused
+from test_demand import SPEC
+from test_qualified import MODEL
+from test_qualified import stored as stored  # noqa: F401 - the capacity series' dataset, reused
 
 from fleet.dashboard import queries as q
 from fleet.dashboard.engine import DuckDBEngine
+from fleet.dashboard.demand import demand_gaps
+from fleet.dashboard.graduation import board
+from fleet.dashboard.qualified import qualified_series
 from fleet.dashboard.server import DashboardServer
+from fleet.graduation import GraduationRules
 
 pytestmark = pytest.mark.slow
 VIEWS = ("/", "/?by=gpu", "/workflows", "/capacity", "/campaigns")
@@ -97,3 +104,57 @@ def test_the_filter_form_narrows_the_view_through_the_query_string(site):
     assert int(per_model[0][1]) == want["comfyui"]
     driver.get(srv.url + "/?window=1y")
     assert "bad request" in driver.find_element(By.TAG_NAME, "body").text
+
+
+RULES = GraduationRules.model_validate({"rules": [{"model": "*", "graduate": {"days": 2, "min_sessions": 3,
+                                                                             "min_score": 50}}]})
+
+
+@pytest.fixture(scope="module")
+def planning(stored, site):  # noqa: F811 - pytest's fixtures by name
+    """The planning views over the capacity series' dataset, in the same browser."""
+    d, _ = stored
+    _, driver, _ = site
+    driver.get_log("browser")   # what earlier tests left (a 400 they asked for)
+    srv = DashboardServer(DuckDBEngine(d), d, port=0, quiet=True, rules=RULES,
+                          demand=SPEC.model_copy(update={"naap": None}), clock=lambda: NOW).start()
+    yield srv, driver, d
+    srv.close()
+
+
+def test_the_planning_views_load_draw_and_show_the_queries_numbers(planning):
+    from selenium.webdriver.common.by import By
+
+    srv, driver, d = planning
+    engine = DuckDBEngine(d)
+    driver.get(srv.url + f"/capacity?model={MODEL}&window=30d")
+    assert not console_errors(driver)
+    charts = driver.find_elements(By.CSS_SELECTOR, "svg")
+    assert len(charts) == 1 and charts[0].size["width"] > 200 and charts[0].find_elements(By.CSS_SELECTOR, "path")
+    series = qualified_series(engine, q.Filters(window="30d", model=MODEL, now=NOW))
+    over_time = cells(driver, 3)   # budget (empty: no table), GPUs, orchestrators, then the series
+    assert [int(r[1]) for r in over_time] == [b["totals"]["qualified_slots"] for b in series["buckets"]]
+
+    driver.get(srv.url + f"/graduation?model={MODEL}")
+    assert not console_errors(driver)
+    want = board(engine, RULES, MODEL, 30, NOW)
+    rows = cells(driver)
+    assert [(r[0], r[1], r[2]) for r in rows] == [(w["orchestrator"], w["gpu"], w["state"]) for w in want]
+    driver.get(srv.url + f"/demand?model={MODEL}")
+    assert not console_errors(driver)
+    gaps = demand_gaps(engine, q.Filters(window="7d", model=MODEL, now=NOW), SPEC)
+    assert [(r[0], float(r[7])) for r in cells(driver)] == [(g["region"], g["gap"]) for g in gaps["regions"]]
+
+
+def test_a_count_links_to_exactly_the_sessions_it_counted(planning):
+    from selenium.webdriver.common.by import By
+
+    srv, driver, _ = planning
+    driver.get(srv.url + "/?window=7d")
+    first = cells(driver)[0]
+    counted_n = int(first[15])
+    driver.find_element(By.LINK_TEXT, first[15]).click()
+    url = navigated(driver, "/sessions?")
+    assert "counted=yes" in url and "orchestrator=" in url
+    assert len(cells(driver)) == counted_n and not console_errors(driver)
+    assert {r[3] for r in cells(driver)} == {first[1]}   # the orchestrator column

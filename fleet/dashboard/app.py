@@ -251,6 +251,10 @@ def _pages(app: FastAPI, ctx: Context) -> None:
     def stylesheet() -> Response:
         return Response(css, media_type="text/css; charset=utf-8")
 
+    @site.get("/favicon.ico")
+    def favicon() -> Response:
+        return Response(status_code=204)   # none: a browser asks for it on a plain-text page (a 400)
+
     @site.get("/healthz")
     def healthz() -> Response:
         return PlainTextResponse("ok\n")
