@@ -203,3 +203,34 @@ def test_an_error_of_our_own_is_a_one_line_500_and_one_log_line(stored, capfd): 
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 2 and all("RuntimeError: the database went away" in line for line in lines), err
     assert "Traceback" not in err
+
+
+def test_fleet_dashboard_serves_the_api_and_ends_cleanly_on_sigterm(stored):  # noqa: F811
+    """The command itself, as a user runs it: it prints where it listens, answers, and SIGTERM ends it with 0."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    d, _ = stored
+    proc = subprocess.Popen([sys.executable, "-m", "fleet", "dashboard", "--results", str(d), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()   # its first line, printed once the socket is bound
+        assert line.startswith("fleet: dashboard at http://127.0.0.1:"), line
+        url = line.split(" at ", 1)[1].split("/,", 1)[0]
+        deadline = time.monotonic() + 30
+        while True:   # the socket listens at once; uvicorn accepts once it has started
+            try:
+                r = httpx.get(url + "/v1/streaming/models?window=all", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "no answer within 30 s"
+        assert r.status_code == 200 and {m["model"] for m in r.json()} >= {MODEL}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"fleet: dashboard at {server.url}/, its API's OpenAPI document at {server.url}/openapi.json "
           "(Ctrl-C to stop)", flush=True)
     try:
-        server.serve_forever()   # uvicorn ends on SIGINT and SIGTERM
+        server.serve_forever()   # returns on SIGINT or SIGTERM, once stopped gracefully
     finally:
         server.close()
     return 0

@@ -2,14 +2,17 @@
 
 The socket is bound when the server is made, so a port in use is an error at once and ``url`` is known
 (port 0 picks a free one); ``start()`` serves from a thread (tests, benchmarks), ``serve_forever()``
-from the caller's (the CLI: uvicorn ends on SIGINT and SIGTERM), ``close()`` stops either.
+from the caller's (the CLI: SIGINT and SIGTERM end it gracefully, and it returns), ``close()`` stops either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,23 @@ __all__ = ["DashboardServer"]
 
 STOP_S = 10.0          # close(): how long the serving thread gets to end
 BACKLOG = 128
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that SIGINT and SIGTERM end it gracefully and that is all: uvicorn would raise
+    the signal again once it has stopped, and the command would die of it instead of exiting 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 class DashboardServer:
@@ -44,7 +64,7 @@ class DashboardServer:
                                 access_log=not quiet, lifespan="off", server_header=False, date_header=False)
         if quiet:
             logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-        self.server = uvicorn.Server(config)
+        self.server = _Server(config)
         self._thread: threading.Thread | None = None
 
     def serve_forever(self) -> None:
