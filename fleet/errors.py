@@ -7,6 +7,7 @@
     ├── UsageError                  the command line itself is wrong (exit code 2)
     ├── CapacityError               a capacity snapshot cannot be read or parsed
     ├── ClickHouseError             ClickHouse refused or could not be reached (names the variable, never a secret)
+    ├── ResultsError                the stored results cannot be read (a corrupt or foreign Parquet file)
     ├── GatewayStartError           the local reference gateway did not start
     ├── TesterError                 the tester's machinery failed: Ray, the slot broker, a region's runners (exit 4)
     └── ProbeFailure                why one session failed (its phase and error class): caught by the probe
@@ -35,6 +36,7 @@ __all__ = [
     "Problem",
     "ProbeFailure",
     "PromptSetError",
+    "ResultsError",
     "ScenarioError",
     "StatusError",
     "TesterError",
@@ -104,6 +106,10 @@ class CapacityError(FleetError):
 
 class ClickHouseError(FleetError):
     """ClickHouse refused a statement or could not be reached."""
+
+
+class ResultsError(FleetError):
+    """The stored results cannot be read (a Parquet file that is corrupt or not the fleet's)."""
 
 
 class GatewayStartError(FleetError):

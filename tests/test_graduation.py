@@ -168,6 +168,15 @@ def test_the_command_prints_the_board_and_refuses_a_model_no_rule_names(stored, 
     assert schema["title"] == "fleet graduation rules" and "rules" in schema["properties"]
 
 
+def test_a_corrupt_parquet_file_is_one_line_naming_it(cli, tmp_path):
+    day = tmp_path / "campaign=x" / "date=2026-11-20"
+    day.mkdir(parents=True)
+    (day / "sessions-1.parquet").write_bytes(b"not parquet")
+    out = cli("graduation", "scenarios/rules/graduation.yaml", "--model", "streamdiffusion", "--results", str(tmp_path))
+    assert out.code == 1 and out.err.count("\n") == 1 and "Traceback" not in out.err, out.err
+    assert out.err.startswith(f"{tmp_path}: cannot read the stored results (") and "sessions-1.parquet" in out.err
+
+
 @pytest.mark.slow
 def test_clickhouse_gives_the_same_daily_scores(stored, clickhouse_db):
     from fleet.dashboard.engine import ClickHouseEngine

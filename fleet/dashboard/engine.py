@@ -7,12 +7,14 @@ spelling differs between the two (quantiles, time buckets, parameters) taken fro
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from fleet.errors import InputError
+from fleet.errors import InputError, ResultsError
 from fleet.results.sink import TABLES
 
 __all__ = ["KINDS", "ClickHouseEngine", "Dialect", "DuckDBEngine", "Engine"]
@@ -80,16 +82,28 @@ class DuckDBEngine:
         return kind
 
     def tables(self) -> dict[str, str]:
-        with self.lock:
+        with self.lock, self._unreadable():
             return {kind: self._view(kind) for kind in KINDS}
 
     def query(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        with self.lock:
+        with self.lock, self._unreadable():
             for kind in KINDS:
                 self._view(kind)
             cur = self.con.execute(sql, params)
             names = [c[0] for c in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    @contextlib.contextmanager
+    def _unreadable(self) -> Iterator[None]:
+        """DuckDB's I/O and input errors (a corrupt Parquet file, one not the fleet's) as one line; its other
+        errors are our own SQL's bugs and stay what they are."""
+        import duckdb
+
+        try:
+            yield
+        except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ResultsError(f"{self.dir}: cannot read the stored results ({first[:300]})") from None
 
 
 def _quote(text: str) -> str:

@@ -105,6 +105,7 @@ class ClickHouseSink:
     def __init__(self, cfg: ClickHouseOut, env: Mapping[str, str] | None = None, retries: int = RETRIES,
                  backoff_s: float = BACKOFF_S) -> None:
         env = os.environ if env is None else env
+        logging.getLogger("clickhouse_connect").setLevel(logging.CRITICAL)   # its errors reach us: we say them once
         self.cfg = cfg
         self.retries, self.backoff_s = retries, backoff_s
         url = env.get(cfg.url_env)
