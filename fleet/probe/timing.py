@@ -11,9 +11,11 @@
   end stamped while the tester's own event loop was stalled (``suspect``) are left out and counted
   apart: the tester's noise is never reported as the network's jitter. The same coefficient over consecutive
   ``JITTER_WINDOW_S`` windows gives ``jitter_coeff_p50`` / ``_p95``: jitter that comes in bursts.
-- freezes, by the W3C webrtc-stats rule as Chromium implements it: an interval is a freeze when it
+- freezes, by the W3C webrtc-stats threshold with one difference: an interval is a freeze when it
   is at least max(3 x mean, mean + 150 ms), the mean taken over the last 30 intervals that were not
-  freezes (once 5 are known). Its whole length counts to ``freeze_s``. Silence from the last frame to
+  freezes (once 5 are known). The W3C text and libwebrtc (video_quality_observer2.cc) average the last
+  30 intervals with the freezes in them, so one long freeze raises the bar for the next; here a freeze
+  does not hide the one after it. Its whole length counts to ``freeze_s``. Silence from the last frame to
   the session's end counts the same way (an output that stalls for good is a freeze too). A frame
   stamped during the tester's own stall counts as arriving at the stall's start at the latest, so
   the tester's stall is not reported as the stream's freeze.
@@ -37,7 +39,7 @@ __all__ = ["FREEZE_MIN_S", "JITTER_WINDOW_S", "PLAYABLE_FRAMES", "Timing", "anal
 
 PLAYABLE_FRAMES = 10          # "playable": this many output frames received; the steady state starts there
 FREEZE_MIN_S = 0.150          # W3C: an interval > max(3 x mean, mean + 150 ms) is a freeze
-FREEZE_WINDOW = 30            # ... the mean over this many recent non-freeze intervals (Chromium)
+FREEZE_WINDOW = 30            # ... the mean over this many recent non-freeze intervals (W3C's 30)
 FREEZE_MIN_SAMPLES = 5        # ... once this many are known
 JITTER_WINDOW_S = 5.0         # windowed jitter: non-overlapping windows of this length
 JITTER_WINDOW_MIN = 20        # ... each with at least this many intervals
@@ -103,7 +105,7 @@ def jitter(arrivals: Sequence[float], suspect: Sequence[tuple[float, float]] = (
 
 
 class _FreezeRule:
-    """The W3C / Chromium rule, fed one interval at a time."""
+    """The W3C threshold over the recent non-freeze intervals (module docstring), one interval at a time."""
 
     def __init__(self) -> None:
         self.recent: deque[float] = deque(maxlen=FREEZE_WINDOW)
