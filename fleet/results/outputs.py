@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from fleet.errors import FleetError, TesterError
 from fleet.results.row import SessionRow
 from fleet.results.sink import Batch
 from fleet.results.writer import ResultsWriter
@@ -152,7 +153,8 @@ class Outputs:
 
     def close(self) -> dict[str, dict[str, Any]]:
         """Close every output once, in order, each even when one before it failed; what each reports. The
-        first failure is raised once every output was tried."""
+        first failure is raised once every output was tried (a FleetError as it is, any other as a
+        TesterError saying it in one line: the CLI's exit 4, never a traceback)."""
         if self.states is not None:
             return self.states
         states: dict[str, dict[str, Any]] = {}
@@ -171,8 +173,11 @@ class Outputs:
             if state is not None:
                 states[s.name] = state
         self.states = states
-        if failure is not None:
+        if isinstance(failure, FleetError):
             raise failure
+        if failure is not None:   # a disk full, a file system gone: the tester's own failure, in one line
+            raise TesterError(f"storing the results failed ({type(failure).__name__}: "
+                              f"{str(failure).splitlines()[0] if str(failure) else ''})") from failure
         return states
 
     def exit(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
