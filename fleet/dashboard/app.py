@@ -5,7 +5,8 @@ HTML views (GET and HEAD; the filters are query parameters: ``window`` = 1h, 24h
 
 - ``/``: the leaderboard (``?by=gpu``: orchestrator x GPU); ``/orchestrator?id=KEY``: one orchestrator;
 - ``/workflows``: per model, GPU type, prompt category, region;
-- ``/capacity``: coverage, the monitor's budget, SLA-qualified capacity now and over time, slots seen;
+- ``/capacity``: coverage, the monitor's budget, SLA-qualified capacity, slots seen; ``/capacity/series``:
+  SLA-qualified capacity over time;
 - ``/graduation``: the graduation board of a model; ``/demand``: demand gaps per region;
 - ``/sessions``: the sessions behind any number the other views show;
 - ``/campaigns``: campaigns and monitors; ``/campaign/ID/report``: a campaign's HTML report;
@@ -34,7 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException
 
-from fleet.dashboard import pages
+from fleet.dashboard import pages, planning
 from fleet.dashboard.context import Context
 from fleet.dashboard.params import (
     BadRequest,
@@ -217,6 +218,10 @@ def _pages(app: FastAPI, ctx: Context) -> None:
     @site.get("/capacity")
     def capacity(v: Annotated[ViewQuery, Query()]) -> str:
         return pages.capacity_page(ctx.engine, v.filters(ctx.now()), ctx.options(), pages.read_runs(ctx.results_dir))
+
+    @site.get("/capacity/series")
+    def capacity_series(v: Annotated[ViewQuery, Query()]) -> str:
+        return planning.series_page(ctx.engine, v.filters(ctx.now()), ctx.options())
 
     @site.get("/sessions")
     def sessions(v: Annotated[SessionsQuery, Query()]) -> str:

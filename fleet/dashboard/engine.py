@@ -38,6 +38,15 @@ class Dialect:
     def bucket(self, unit: str, expr: str) -> str:
         return f"date_trunc('{unit}', {expr})"
 
+    def bucket_unix(self, unit: str, expr: str) -> str:
+        """The start of the UTC ``unit`` (minute, hour, day) holding the time ``expr``, in Unix seconds. DuckDB by
+        arithmetic on the epoch: its date_trunc on a time zone's timestamps goes through ICU's calendar, five
+        times slower over the capacity series' millions of rows."""
+        if self.name == "duckdb":
+            width = {"minute": 60, "hour": 3600, "day": 86_400}[unit]
+            return f"(floor(epoch({expr}) / {width}) * {width})"
+        return self.epoch(self.bucket(unit, expr))
+
     def epoch(self, expr: str) -> str:
         return f"epoch({expr})" if self.name == "duckdb" else f"toUnixTimestamp64Milli({expr}) / 1000.0"
 

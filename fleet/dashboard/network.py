@@ -44,12 +44,7 @@ def models(engine: Engine, window: str, now: dt.datetime | None = None) -> list[
 
 
 def hourly(engine: Engine, start: dt.datetime, end: dt.datetime) -> list[dict[str, Any]]:
-    """Per hour and orchestrator x model x GPU model in [start, end): the bucket scores, each with its model."""
-    d = engine.dialect
-    found = engine.query(
-        f"SELECT DISTINCT model FROM {engine.tables()['sessions']} WHERE started_at >= "
-        f"{d.param('since', 'DateTime64')} AND started_at < {d.param('until', 'DateTime64')} ORDER BY model",
-        {"since": start, "until": end})
-    rows = [{**r, "model": m["model"]} for m in found for r in bucket_scores(engine, m["model"], start, end, "hour")]
+    """Per hour and orchestrator x model x GPU model in [start, end): the bucket scores (one query)."""
+    rows = bucket_scores(engine, None, start, end, "hour", extras=True)
     rows.sort(key=lambda r: (r["t_unix"], r["orchestrator"], r["model"], r["gpu"]))
     return rows

@@ -15,7 +15,7 @@ from fleet.dashboard.html import Section, Table, anchor, chart, link, num, page,
 from fleet.demand import DemandSpec, NaapDemandRow
 from fleet.results.charts import figure, svg
 
-__all__ = ["demand_page", "graduation_page", "qualified_sections"]
+__all__ = ["demand_page", "graduation_page", "qualified_sections", "series_page"]
 
 
 def qualified_sections(engine: Engine, f: q.Filters) -> list[Section]:
@@ -35,19 +35,25 @@ def qualified_sections(engine: Engine, f: q.Filters) -> list[Section]:
              if r["orchestrator"] else "0", num(r["score"]), r["status"]] for r in got["orchestrators"]]
     gpus = [[g["gpu"], str(g["qualified_slots"]), str(g["failing_slots"]), str(g["unproven_slots"]), str(g["slots"])]
             for g in got["by_gpu"]]
-    note = (f"The last capacity snapshot in the window; an orchestrator's slots qualify when its GPU's sessions "
-            f"scored at least {SLA_TARGET:g} (NaaP's SLA target), and are unproven with fewer than {MIN_SESSIONS} "
-            f"counted sessions; every session of the model counts, whatever the region and category filters say.")
+    note = Markup("{} {}").format(
+        f"The last capacity snapshot in the window; an orchestrator's slots qualify when its GPU's sessions scored "
+        f"at least {SLA_TARGET:g} (NaaP's SLA target), and are unproven with fewer than {MIN_SESSIONS} counted "
+        f"sessions; every session of the model counts, whatever the region and category filters say.",
+        anchor(link("/capacity/series", f), "Over time →"))
     return [Section(title, note=note, table=Table(["GPU model", "qualified slots", "failing slots", "unproven slots",
                                                    "slots"], gpus, frozenset({1, 2, 3, 4}))),
             Section(table=Table(["orchestrator", "GPU model", "slots", "idle", "counted sessions", "SLA score",
-                                 "status"], rows, frozenset({2, 3, 4, 5}))),
-            *_qualified_series(engine, f)]
+                                 "status"], rows, frozenset({2, 3, 4, 5})))]
 
 
-def _qualified_series(engine: Engine, f: q.Filters) -> list[Section]:
+def series_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]]) -> str:
+    """SLA-qualified capacity over the window, a chart and a table per bucket."""
     from fleet.dashboard.qualified import STATUSES, qualified_series
 
+    title = "SLA-qualified capacity over time"
+    if f.model is None:
+        return page(title, "/capacity/series", f, opts,
+                    [Section(empty="Choose a model: qualified capacity is per workflow.", quiet=True)])
     got = qualified_series(engine, f)
     buckets = got["buckets"]
 
@@ -63,16 +69,22 @@ def _qualified_series(engine: Engine, f: q.Filters) -> list[Section]:
         fig.autofmt_xdate()
         return svg(fig)
 
-    rows = [[num(dt.datetime.fromtimestamp(b["t_unix"], dt.timezone.utc)),
+    def when(b: dict[str, Any]) -> Markup | str:
+        at = dt.datetime.fromtimestamp(b["t_unix"], dt.timezone.utc)
+        if got["unit"] != "day":
+            return num(at)
+        return anchor(link("/sessions", f, day=at.date().isoformat(), counted="yes"), at.date().isoformat())
+
+    rows = [[when(b),
              *(str(b["totals"][f"{s}_slots"]) for s in STATUSES), str(b["totals"]["slots"]),
              ", ".join(f"{g['gpu']} {g['qualified_slots']}" for g in b["by_gpu"] if g["qualified_slots"]) or "–"]
             for b in buckets]
-    return [Section(f"SLA-qualified capacity over time (per {got['unit']})",
-                    note=f"Each {got['unit']}: the last snapshot read in it, each orchestrator × GPU judged on that "
-                         f"{got['unit']}'s own sessions.",
-                    chart=chart(draw, "No capacity snapshot of this model in this window."),
-                    table=Table([got["unit"] + " (UTC)", *(f"{s} slots" for s in STATUSES), "slots",
-                                 "qualified by GPU"], rows[-60:], frozenset({1, 2, 3, 4})))]
+    return page(title, "/capacity/series", f, opts, [Section(
+        f"Per {got['unit']}", note=f"Each {got['unit']}: the last snapshot read in it, each orchestrator × GPU judged "
+                                   f"on that {got['unit']}'s own sessions (a day links to them).",
+        chart=chart(draw, "No capacity snapshot of this model in this window."),
+        table=Table([got["unit"] + " (UTC)", *(f"{s} slots" for s in STATUSES), "slots", "qualified by GPU"],
+                    rows[-60:], frozenset({1, 2, 3, 4})))])
 
 
 def graduation_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], rules: Any, days: int) -> str:

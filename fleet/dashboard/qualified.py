@@ -25,6 +25,7 @@ slots are not split by region; the sessions' region is the tester's.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Any
 
 from fleet.dashboard.engine import Engine
@@ -70,18 +71,21 @@ def _last_per_bucket(engine: Engine, f: Filters, unit: str) -> list[dict[str, An
     """The rows of the last capacity snapshot of the model read in each bucket of the window, in one query."""
     d, t = engine.dialect, engine.tables()["capacity"]
     cond, params = _window(engine, f)
+    bucket = d.bucket_unix(unit, "read_at")
     return engine.query(
-        f"WITH c AS (SELECT orchestrator_uri, orchestrator_address, gpu_names, capacity, idle, read_at, "
-        f"{d.bucket(unit, 'read_at')} AS bucket FROM {t} WHERE {cond}), "
-        f"l AS (SELECT bucket, max(read_at) AS last_at FROM c GROUP BY bucket) "
-        f"SELECT {d.epoch('c.bucket')} AS t_unix, {d.epoch('c.read_at')} AS read_unix, c.orchestrator_uri AS "
-        f"orchestrator_uri, c.orchestrator_address AS orchestrator_address, c.gpu_names AS gpu_names, "
-        f"c.capacity AS capacity, c.idle AS idle FROM c JOIN l ON c.bucket = l.bucket AND c.read_at = l.last_at "
-        f"ORDER BY t_unix, orchestrator_uri", params)
+        f"SELECT {bucket} AS t_unix, {d.epoch('read_at')} AS read_unix, orchestrator_uri, "
+        f"orchestrator_address, gpu_names, capacity, idle FROM {t} WHERE {cond} AND read_at IN "
+        f"(SELECT max(read_at) FROM {t} WHERE {cond} GROUP BY {bucket}) ORDER BY t_unix, orchestrator_uri", params)
 
 
 def _gpu(names: list[str] | None) -> str:
-    models = set(names or ())
+    return _model_of(tuple(names or ()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _model_of(names: tuple[str, ...]) -> str:
+    """The GPU model of a list of GPU names (one per GPU): most lists repeat, across thousands of snapshot rows."""
+    models = set(names)
     return models.pop() if len(models) == 1 else MIXED if models else UNKNOWN
 
 
@@ -119,7 +123,8 @@ def qualified_capacity(engine: Engine, f: Filters, sla: float = SLA_TARGET,
     snapshot = _latest(engine, f)
     unfiltered = Filters(window=f.window, model=f.model, now=f.now)   # every session on the model, any region
     by_gpu = {(r["orchestrator"], r["gpu"]): r for r in leaderboard(engine, unfiltered, by_gpu=True)[0]}
-    whole = {r["orchestrator"]: r for r in leaderboard(engine, unfiltered)[0]}
+    whole = {r["orchestrator"]: r for r in leaderboard(engine, unfiltered)[0]} \
+        if any(c["orchestrator_uri"] and _gpu(c["gpu_names"]) in (MIXED, UNKNOWN) for c in snapshot) else {}
     rows = []
     for c in snapshot:
         r = _judge(c, by_gpu, whole, sla, min_sessions)

@@ -146,18 +146,20 @@ def daily_scores(engine: Engine, model: str, since: dt.datetime, until: dt.datet
     return rows
 
 
-def bucket_scores(engine: Engine, model: str, since: dt.datetime | None, until: dt.datetime, unit: str,
-                  by_gpu: bool = True) -> list[dict[str, Any]]:
+def bucket_scores(engine: Engine, model: str | None, since: dt.datetime | None, until: dt.datetime, unit: str,
+                  by_gpu: bool = True, extras: bool = False) -> list[dict[str, Any]]:
     """Per UTC time bucket (``unit``: minute, hour or day) and orchestrator x GPU (or orchestrator, without
     ``by_gpu``), the leaderboard's score with that bucket's network benchmark as its anchors (what the
     leaderboard gives for each bucket's window), in one query over the sessions on the model started in
-    [since, until) (no lower bound when ``since`` is None). Each row's ``t_unix`` is its bucket's start;
-    beside the score, the counted sessions' mean fps and latency (``fps_mean``, ``g2g_mean``), an address of
-    the orchestrator and its GPU id when the pair's sessions saw only one (``n_gpu_ids``, ``one_gpu_id``)."""
+    [since, until) (no lower bound when ``since`` is None). With ``model`` None, every model's, each scored
+    against its own benchmark, in the same one query (rows keyed by ``model`` too). Each row's ``t_unix`` is
+    its bucket's start. With ``extras``, beside the score, the counted sessions' mean fps and latency
+    (``fps_mean``, ``g2g_mean``), an address of the orchestrator and its GPU id when the pair's sessions saw
+    only one (``n_gpu_ids``, ``one_gpu_id``)."""
     if unit not in UNIT_S:
         raise ValueError(f"bucket unit {unit!r}: one of {', '.join(UNIT_S)}")
     d, t = engine.dialect, engine.tables()["sessions"]
-    bucket = d.bucket(unit, "started_at")
+    bucket = d.bucket_unix(unit, "started_at")
     counted = f"CASE WHEN {COUNTED} THEN 1 ELSE NULL END"
 
     def score(column: str, good: str, bad: str, name: str, fps: bool = False) -> str:
@@ -165,30 +167,36 @@ def bucket_scores(engine: Engine, model: str, since: dt.datetime | None, until: 
         return (f"avg(CASE WHEN {column} IS NULL THEN NULL ELSE least(1.0, greatest(0.0, ({bad} - {column}) / "
                 f"({bad} - a.{good}))) END) AS {name}")
 
-    params: dict[str, Any] = {"model": model, "until": until}
-    lower = ""
+    params: dict[str, Any] = {"until": until}
+    where = f"started_at < {d.param('until', 'DateTime64')}"
+    if model is not None:
+        where += f" AND model = {d.param('model', 'String')}"
+        params["model"] = model
     if since is not None:
-        lower, params["since"] = f" AND started_at >= {d.param('since', 'DateTime64')}", since
-    keys, group = (f"{ORCH} AS orchestrator, coalesce(gpu_name, '?') AS gpu", "1, 2, 3") if by_gpu else \
-        (f"{ORCH} AS orchestrator", "1, 2")
+        where += f" AND started_at >= {d.param('since', 'DateTime64')}"
+        params["since"] = since
+    keys = [f"{ORCH} AS orchestrator"] + (["coalesce(gpu_name, '?') AS gpu"] if by_gpu else []) + \
+        (["s.model AS model"] if model is None else [])
+    group = ", ".join(str(i) for i in range(1, len(keys) + 2))
     sql = (
-        f"WITH s AS (SELECT *, {bucket} AS bucket FROM {t} WHERE model = {d.param('model', 'String')}{lower} "
-        f"AND started_at < {d.param('until', 'DateTime64')}), "
-        f"a AS (SELECT bucket, {d.quantile('startup_s', 0.5)} AS s50, {d.quantile('startup_s', 0.9)} AS s90, "
+        f"WITH s AS (SELECT *, {bucket} AS bucket FROM {t} WHERE {where}), "
+        f"a AS (SELECT bucket, model AS a_model, {d.quantile('startup_s', 0.5)} AS s50, "
+        f"{d.quantile('startup_s', 0.9)} AS s90, "
         f"{d.quantile('g2g_latency_ms', 0.5)} AS l50, {d.quantile('g2g_latency_ms', 0.9)} AS l90, "
         f"{d.quantile('output_fps', 0.5)} AS f50, {d.quantile('output_fps', 0.1)} AS f10 FROM s WHERE {COUNTED} "
-        f"GROUP BY bucket) "
-        f"SELECT {d.epoch('s.bucket')} AS t_unix, {keys}, "
+        f"GROUP BY bucket, model) "
+        f"SELECT s.bucket AS t_unix, {', '.join(keys)}, "
         f"count(*) AS rows_, {_rate(COUNTED)} AS counted, {_rate(TESTER)} AS tester, "
         f"{_rate(f'{COUNTED} AND startup_s IS NOT NULL')} AS started_ok, "
         f"{_rate(f'{COUNTED} AND coalesce(swapped, false)')} AS swapped_n, "
         f"{_rate(f'{COUNTED} AND coalesce(output_fps, 0) >= {MIN_FPS}')} AS viable, "
         f"{score(f'startup_s * {counted}', 's50', 's90', 'ptff')}, "
         f"{score(f'g2g_latency_ms * {counted}', 'l50', 'l90', 'e2e')}, "
-        f"{score(f'output_fps * {counted}', 'f50', 'f10', 'fps', fps=True)}, "
-        f"avg(output_fps * {counted}) AS fps_mean, avg(g2g_latency_ms * {counted}) AS g2g_mean, "
-        f"max(orchestrator_address) AS address, count(DISTINCT gpu_id) AS n_gpu_ids, max(gpu_id) AS one_gpu_id "
-        f"FROM s LEFT JOIN a ON s.bucket = a.bucket GROUP BY {group} ORDER BY {group}")
+        f"{score(f'output_fps * {counted}', 'f50', 'f10', 'fps', fps=True)}"
+        + (f", avg(output_fps * {counted}) AS fps_mean, avg(g2g_latency_ms * {counted}) AS g2g_mean, "
+           f"max(orchestrator_address) AS address, count(DISTINCT gpu_id) AS n_gpu_ids, max(gpu_id) AS one_gpu_id"
+           if extras else "") +
+        f" FROM s LEFT JOIN a ON s.bucket = a.bucket AND s.model = a.a_model GROUP BY {group} ORDER BY {group}")
     rows = engine.query(sql, params)
     for r in rows:
         r.update(sla_from(r))
@@ -215,14 +223,14 @@ def orchestrator_view(engine: Engine, f: Filters, key: str) -> dict[str, Any]:
     span = engine.query(f"SELECT {d.epoch('min(started_at)')} AS a, {d.epoch('max(started_at)')} AS b "
                         f"FROM {t['sessions']} {where} AND {mine}", {**params, "orch": key})[0]
     unit = _unit((span["b"] or 0) - (span["a"] or 0), BUCKETS[f.window])
-    bucket = d.bucket(unit, "started_at")
+    bucket = d.bucket_unix(unit, "started_at")
     series = engine.query(
-        f"SELECT {d.epoch(bucket)} AS t, {d.quantile('g2g_latency_ms', 0.5)} AS g2g_p50, "
+        f"SELECT {bucket} AS t, {d.quantile('g2g_latency_ms', 0.5)} AS g2g_p50, "
         f"{d.quantile('output_fps', 0.5)} AS fps_p50, {d.quantile('startup_s', 0.5)} AS startup_p50, "
         f"count(*) AS n FROM {t['sessions']} {where} AND {mine} GROUP BY 1 ORDER BY 1",
         {**params, "orch": key})
     band = engine.query(
-        f"SELECT {d.epoch(bucket)} AS t, {d.quantile('g2g_latency_ms', 0.1)} AS g2g_p10, "
+        f"SELECT {bucket} AS t, {d.quantile('g2g_latency_ms', 0.1)} AS g2g_p10, "
         f"{d.quantile('g2g_latency_ms', 0.5)} AS g2g_p50, {d.quantile('g2g_latency_ms', 0.9)} AS g2g_p90, "
         f"{d.quantile('output_fps', 0.1)} AS fps_p10, {d.quantile('output_fps', 0.5)} AS fps_p50, "
         f"{d.quantile('output_fps', 0.9)} AS fps_p90 FROM {t['sessions']} {where} GROUP BY 1 ORDER BY 1", params)
