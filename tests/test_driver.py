@@ -15,7 +15,7 @@ from fleet.capacity import static_capacity
 from fleet import errors
 from fleet.plan import make_plan
 from fleet.prompts import PoolEntry, Prompt
-from fleet.errors import TesterError
+from fleet import errors
 from fleet.results.outputs import MemorySink, Outputs
 from fleet.results.row import SessionRow
 from fleet.runtime.campaign import PlanSource, _prompt_lookup
@@ -207,7 +207,7 @@ def test_outputs_store_the_last_tables_after_every_row_and_close_each_even_after
     outputs.add([SessionRow(session_id="a", outcome="ok"), SessionRow(session_id="b", outcome="ok")])
     assert [r.session_id for r in first.rows] == ["a", "b"] and not stored.batches   # at once vs gathered
     outputs.store({"summaries": SUMMARIES.empty_table()})
-    with pytest.raises(TesterError) as failed:   # the CLI's one line and exit 4, not a traceback
+    with pytest.raises(errors.TesterError) as failed:   # the CLI's one line and exit 4, not a traceback
         outputs.close()
     assert str(failed.value) == "storing the results failed (OSError: disk gone)"
     assert failed.value.exit_code == 4 and isinstance(failed.value.__cause__, OSError)
@@ -260,4 +260,5 @@ def test_an_error_after_the_run_keeps_its_rows_closes_every_output_once_and_stay
             raise RuntimeError("the summary failed")
     assert read_sessions(sink.dir).column("session_id").to_pylist() == ["drv-1-00000"]
     assert closed == ["broken"] and outputs.close() is outputs.states   # once
-    assert capsys.readouterr().err.splitlines() == ["fleet: closing the outputs failed too: storing the results failed (OSError: the disk is gone)"]
+    assert capsys.readouterr().err.splitlines() == [
+        "fleet: closing the outputs failed too: storing the results failed (OSError: the disk is gone)"]

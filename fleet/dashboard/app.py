@@ -241,6 +241,13 @@ def _pages(app: FastAPI, ctx: Context) -> None:
     def campaigns(v: Annotated[ViewQuery, Query()]) -> str:
         return pages.campaigns_page(v.filters(ctx.now()), ctx.options(), pages.read_runs(ctx.results_dir))
 
+    _files(site, ctx)
+    app.include_router(site)
+
+
+def _files(site: APIRouter, ctx: Context) -> None:
+    """The routes that serve files and fixed answers: reports, the stylesheet, the icon, the health check."""
+
     @site.get("/campaign/{campaign_id}/report")
     def report(campaign_id: str) -> Response:
         if ctx.results_dir is None or not CAMPAIGN_ID.match(campaign_id):
@@ -263,6 +270,4 @@ def _pages(app: FastAPI, ctx: Context) -> None:
     @site.get("/healthz")
     def healthz() -> Response:
         return PlainTextResponse("ok\n")
-
-    app.include_router(site)
 
