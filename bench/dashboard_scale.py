@@ -82,6 +82,7 @@ ROUTES = (  # (name, path): every page and every API call
     ("page /orchestrator", "/orchestrator?" + urlencode({"id": ONE})),
     ("page /workflows", "/workflows"),
     ("page /capacity 30d model", "/capacity?model=streamdiffusion&window=30d"),
+    ("page /capacity/series 30d", "/capacity/series?model=streamdiffusion&window=30d"),
     ("page /graduation", "/graduation?model=streamdiffusion"),
     ("page /demand", "/demand?model=streamdiffusion"),
     ("page /sessions", "/sessions?" + urlencode({"orchestrator": ONE, "counted": "yes"})),

@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
-from fleet.capacity import static_capacity
 from fleet import errors
+from fleet.capacity import static_capacity
 from fleet.plan import make_plan
 from fleet.prompts import PoolEntry, Prompt
-from fleet import errors
 from fleet.results.outputs import MemorySink, Outputs
 from fleet.results.row import SessionRow
 from fleet.runtime.campaign import PlanSource, _prompt_lookup
