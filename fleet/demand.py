@@ -150,13 +150,21 @@ def naap_base_url(spec: DemandSpec, environ: Mapping[str, str] | None = None) ->
     if not url:
         raise InputError(f"{spec.naap.url_env} is not set: the demand file's naap.url_env names it as NaaP's "
                          "base URL (set it, or remove naap:)")
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host or (parsed.port or 0) > 65535:
+        raise InputError(f"{spec.naap.url_env} is not an http(s) URL: it should hold NaaP's base URL, "
+                         "e.g. https://naap-api.livepeer.cloud")
     return url
 
 
 def _shown(url: httpx.URL) -> str:
-    """The URL without credentials or query: safe in a message."""
+    """The URL's scheme, host and port only: no credentials, query or path (a proxy may carry a key in its
+    path), so it is safe in a message a page shows."""
     port = f":{url.port}" if url.port else ""
-    return f"{url.scheme}://{url.host}{port}{url.path}"
+    return f"{url.scheme}://{url.host}{port}"
 
 
 def _num(row: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
@@ -202,7 +210,7 @@ def read_naap_demand(base_url: str, start: dt.datetime, end: dt.datetime, *, tim
     CapacityError of one line naming NaaP's host and path (never the URL's credentials or query)."""
     base = httpx.URL(base_url)
     url = base.copy_with(path=base.path.rstrip("/") + DEMAND_PATH)
-    where = f"NaaP demand ({_shown(url)})"
+    where = f"NaaP demand ({_shown(url)}{DEMAND_PATH})"   # its own path: the base path may carry a key
     window = {"start": _rfc3339(start), "end": _rfc3339(end), "limit": str(NAAP_PAGE_SIZE)}
     rows: list[NaapDemandRow] = []
     cursor: str | None = None

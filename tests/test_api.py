@@ -96,7 +96,7 @@ def test_the_leaderboard_scores_as_the_verdict_code_and_every_count_lists_its_se
 
 
 def test_qualified_capacity_graduation_and_gaps_give_the_known_answers(api):
-    client, d, _ = api
+    client, d, rows = api
     got = client.get("/v1/capacity/qualified", params={"model": MODEL, "sla": 80}).json()
     assert {r["orchestrator"]: r["status"] for r in got["data"] if r["orchestrator"]} == STATUS
     assert got["totals"]["slots"] == sum(LATEST.values()) + ANONYMOUS
@@ -107,35 +107,77 @@ def test_qualified_capacity_graduation_and_gaps_give_the_known_answers(api):
     assert gaps == {"ap-south": (4, 0, 4, 0), "eu-west": (3, 0, 3, 0), "unknown": (0, 0, 0, 0),
                     "us-east": (5, 8, 0, 3)}
     grad = client.get("/v1/graduation", params={"model": MODEL, "days": 10}).json()
+    # the API carries the board as fleet.dashboard.graduation computes it (tested against hand-made days in
+    # tests/test_graduation.py); here, that nothing is lost or renamed on the way, and that its links hold
     want = board(DuckDBEngine(d), RULES, MODEL, 10, NOW)
     assert [(r["orchestrator"], r["gpu"], r["state"]) for r in grad["data"]] == \
         [(r["orchestrator"], r["gpu"], r["state"]) for r in want]
+    since = (NOW - dt.timedelta(days=9)).replace(hour=0, minute=0, second=0, microsecond=0)
     for pair in grad["data"]:
-        for day in pair["days"][:2]:
+        for day in pair["days"]:
             listed = client.get(day["sessions_url"] + "&limit=1000").json()["data"]
-            assert len(listed) == day["counted_sessions"]
-            assert {s["started_at"][:10] for s in listed} <= {day["day"]}
+            mine = [r for r in counted(rows) if r["orchestrator_url"] == pair["orchestrator"] and r["model"] == MODEL
+                    and r["gpu_name"] == pair["gpu"] and r["started_unix"] >= since.timestamp()
+                    and dt.datetime.fromtimestamp(r["started_unix"], dt.timezone.utc).date().isoformat() == day["day"]]
+            assert len(listed) == day["counted_sessions"] == len(mine) > 0, (pair["orchestrator"], day)
+            assert {s["started_at"][:10] for s in listed} == {day["day"]}
 
 
-def test_the_naap_shaped_rows_follow_their_cursor_and_count_every_session(api):
+def naap_truth(rows: list[dict], start: dt.datetime, end: dt.datetime) -> dict:
+    """NaaP's RULE-AGGREGATE-005 support counts per hour x orchestrator x model x GPU model, from the raw rows,
+    written here apart from the SQL judged: sessions handed to an orchestrator are the denominator."""
+    out: dict = {}
+    for r in rows:
+        if not start.timestamp() <= r["started_unix"] < end.timestamp():
+            continue
+        if r["outcome"] == "skipped_no_capacity" or r.get("error_phase") == "tester":
+            continue
+        hour = dt.datetime.fromtimestamp(r["started_unix"] // 3600 * 3600, dt.timezone.utc)
+        key = (hour, r["orchestrator_url"], r["model"], r.get("gpu_name") or "?")
+        t = out.setdefault(key, {"requested": 0, "started": 0, "failed": 0, "swapped": 0, "fps": []})
+        t["requested"] += 1
+        t["started"] += r["startup_s"] is not None
+        excused = r["outcome"] == "failed" and r.get("excused")
+        t["failed"] += not excused and (r["startup_s"] is None or not r.get("output_fps"))
+        t["swapped"] += bool(r.get("swapped"))
+        if not excused and r.get("output_fps") is not None:
+            t["fps"].append(r["output_fps"])
+    return out
+
+
+def test_the_naap_shaped_rows_hold_naaps_rates_newest_first_over_one_pinned_window(api):
     client, _, rows = api
     end = NOW
     start = end - dt.timedelta(hours=24)
     seen, cursor = [], None
     for _ in range(100):
-        params = {"start": start.isoformat(), "end": end.isoformat(), "limit": 7, **({"cursor": cursor} if cursor else {})}
+        # once a cursor is given, its window holds: the other parameters do not move it
+        params = ({"cursor": cursor, "limit": 7, "end": (end - dt.timedelta(hours=5)).isoformat()} if cursor else
+                  {"start": start.isoformat(), "end": end.isoformat(), "limit": 7})
         page = client.get("/v1/streaming/sla", params=params).json()
+        assert page["meta"]["start"].startswith(start.isoformat()[:19])
         seen += page["data"]
         if not page["pagination"]["has_more"]:
             break
         cursor = page["pagination"]["next_cursor"]
-    keys = [(r["window_start"], r["orchestrator_uri"], r["model_id"], r["gpu_model_name"]) for r in seen]
-    assert len(keys) == len(set(keys)) > 7
-    window = [r for r in rows if start.timestamp() <= r["started_unix"] < end.timestamp()]
-    assert sum(r["requested_sessions"] for r in seen) == sum(1 for r in window if r.get("error_phase") != "tester")
-    assert sum(r["startup_success_sessions"] for r in seen) == \
-        sum(1 for r in counted(window) if r["startup_s"] is not None)
-    assert all(r["org"] == "fleet" and r["pipeline_id"] == "live-video-to-video" for r in seen)
+    want = naap_truth(rows, start, end)
+    got = {(dt.datetime.fromisoformat(r["window_start"].replace("Z", "+00:00")), r["orchestrator_uri"], r["model_id"],
+            r["gpu_model_name"]): r for r in seen}
+    assert len(got) == len(seen) > 7 and set(got) == set(want)
+    starts = [r["window_start"] for r in seen]
+    assert starts == sorted(starts, reverse=True)   # newest hour first, as NaaP
+    for key, t in want.items():
+        r = got[key]
+        assert (r["requested_sessions"], r["startup_success_sessions"]) == (t["requested"], t["started"]), key
+        assert r["effective_success_rate"] == pytest.approx(1 - t["failed"] / t["requested"]), key
+        assert r["no_swap_rate"] == pytest.approx(1 - t["swapped"] / t["requested"]), key
+        assert r["avg_output_fps"] == (pytest.approx(sum(t["fps"]) / len(t["fps"])) if t["fps"] else None), key
+        assert r["org"] == "fleet" and r["pipeline_id"] == "live-video-to-video"
+    assert any(t["failed"] for t in want.values()) and any(t["swapped"] for t in want.values())  # rates told apart
+    metrics = client.get("/v1/streaming/gpu-metrics", params={"start": start.isoformat(), "end": end.isoformat(),
+                                                               "limit": 1000}).json()["data"]
+    assert {(r["orchestrator_uri"], r["known_sessions_count"]) for r in metrics} <= \
+        {(k[1], t["requested"]) for k, t in want.items()} and metrics
     models = {m["model"]: m for m in client.get("/v1/streaming/models", params={"window": "7d"}).json()}
     assert models[MODEL]["gpu_slots"] == sum(LATEST.values()) + ANONYMOUS
     assert models[MODEL]["active_streams"] == len(LATEST)   # each orchestrator's snapshot has one in use
@@ -155,6 +197,9 @@ def test_the_naap_shaped_rows_follow_their_cursor_and_count_every_session(api):
     ("/v1/streaming/sla?cursor=bm9wZQ", "query parameter 'cursor': not a cursor this API gave"),
     ("/v1/streaming/sla?start=2026-11-20T00:00:00Z&end=2026-11-19T00:00:00Z", "'start': must be before 'end'"),
     ("/v1/streaming/sla?start=2026-01-01T00:00:00Z&end=2026-11-19T00:00:00Z", "at most 31 days apart"),
+    ("/v1/streaming/sla?end=0001-01-01T00:00:00Z", "query parameter 'end': between 2000 and 2999 only"),
+    ("/v1/streaming/sla?start=0001-01-01T00:00:00%2B14:00", "query parameter 'start': between 2000 and 2999 only"),
+    ("/v1/sessions?day=9999-12-31", "query parameter 'day': "),
 ])
 def test_a_bad_request_is_a_one_line_problem(api, path, said):
     client, _, _ = api
@@ -234,3 +279,36 @@ def test_fleet_dashboard_serves_the_api_and_ends_cleanly_on_sigterm(stored):  # 
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_counts_under_a_region_filter_link_to_the_sessions_they_counted(api):
+    """Qualified capacity judges every session of the model whatever the region: its links say so too."""
+    client, _, _ = api
+    got = client.get("/v1/capacity/qualified", params={"model": MODEL, "sla": 80, "region": "local"}).json()
+    named = [r for r in got["data"] if r["orchestrator"] and r["counted_sessions"]]
+    assert named
+    for r in named:
+        assert "region=" not in r["sessions_url"]
+        listed = client.get(r["sessions_url"] + "&limit=1000").json()["data"]
+        assert len(listed) == r["counted_sessions"], r
+    coverage = client.get("/v1/coverage", params={"window": "7d"}).json()["data"]
+    for r in coverage:
+        listed = client.get(r["sessions_url"] + "&limit=1000").json()["data"]
+        assert len(listed) == r["tested_sessions"], r
+
+
+def test_demand_without_a_file_is_a_404_and_an_unreadable_naap_a_502(stored):  # noqa: F811
+    d, _ = stored
+    none = DashboardServer(DuckDBEngine(d), d, port=0, quiet=True, clock=lambda: NOW).start()
+    naap = DashboardServer(DuckDBEngine(d), d, port=0, quiet=True, clock=lambda: NOW, demand=SPEC).start()  # unset var
+    try:
+        r = httpx.get(none.url + "/v1/demand/gaps", params={"model": MODEL}, timeout=30)
+        assert r.status_code == 404 and r.json()["detail"].startswith("no demand declared: start the dashboard with "
+                                                                      "--demand FILE")
+        r = httpx.get(naap.url + "/v1/demand/gaps", params={"model": MODEL}, timeout=30)
+        assert (r.status_code, r.json()["title"]) == (502, "Bad Gateway") and "FAKE_NAAP_URL is not set" in r.text
+        page = httpx.get(naap.url + "/demand", params={"model": MODEL}, timeout=30)   # the page says why, and goes on
+        assert page.status_code == 200 and "NaaP could not be read, so the file&#39;s demand is shown" in page.text
+    finally:
+        none.close()
+        naap.close()

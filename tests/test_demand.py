@@ -231,6 +231,29 @@ def test_a_file_naming_naap_needs_its_variable():
     assert str(info.value) == ("FAKE_NAAP_URL is not set: the demand file's naap.url_env names it as NaaP's base URL "
                                "(set it, or remove naap:)")
     assert naap_rows_for(DemandSpec(), q.Filters(window="7d", model=MODEL, now=NOW), {}) is None
+    for bad in ("not a url", "ftp://naap.example", "http://naap.example:99999"):
+        with pytest.raises(InputError) as info:
+            naap_rows_for(SPEC, q.Filters(window="7d", model=MODEL, now=NOW), {"FAKE_NAAP_URL": bad})
+        assert str(info.value) == ("FAKE_NAAP_URL is not an http(s) URL: it should hold NaaP's base URL, e.g. "
+                                   "https://naap-api.livepeer.cloud"), bad   # never the value itself
+
+
+def test_naap_is_read_over_whole_hours_once_for_every_request_within_its_ttl(stored, fake_naap,  # noqa: F811
+                                                                             monkeypatch):
+    """A window ending at 12:40 reads NaaP up to 12:00 (the 12:00 hour is still filling); the dashboard reads it
+    once for any number of requests within NAAP_TTL_S."""
+    from fleet.dashboard.context import Context
+
+    at = NOW.replace(minute=40, second=7)
+    ctx = Context(DuckDBEngine(stored[0]), None, demand=SPEC)
+    monkeypatch.setenv("FAKE_NAAP_URL", fake_naap["url"])
+    for _ in range(3):
+        rows, failed = ctx.naap(q.Filters(window="1h", model=MODEL, now=at))
+        assert failed is None and rows
+    starts = {query["start"] for _, query in fake_naap["seen"]}
+    ends = {query["end"] for _, query in fake_naap["seen"]}
+    assert (starts, ends) == ({"2026-11-20T11:00:00Z"}, {"2026-11-20T12:00:00Z"})
+    assert len({query.get("cursor") for _, query in fake_naap["seen"]}) == len(fake_naap["seen"])   # one read
 
 
 @pytest.mark.parametrize("answer,message", [
@@ -240,12 +263,13 @@ def test_a_file_naming_naap_needs_its_variable():
 ])
 def test_a_naap_that_fails_is_one_line_without_its_credentials(fake_naap, answer, message):
     fake_naap["answer"] = answer
-    base = fake_naap["url"].replace("http://", "http://user:s3cret@") + "/naap?token=s3cret"
+    base = fake_naap["url"].replace("http://", "http://user:s3cret@") + "/k3y-in-path?token=s3cret"
     with pytest.raises(CapacityError) as info:
         read_naap_demand(base, NOW - dt.timedelta(hours=1), NOW)
     port = fake_naap["url"].rsplit(":", 1)[1]
-    assert str(info.value) == f"NaaP demand (http://127.0.0.1:{port}/naap/v1/streaming/demand): {message}"
-    assert fake_naap["seen"][0][0] == "/naap/v1/streaming/demand" and fake_naap["seen"][0][1]["token"] == "s3cret"
+    # no credentials, query or base path (a proxy may carry a key there) in the message
+    assert str(info.value) == f"NaaP demand (http://127.0.0.1:{port}/v1/streaming/demand): {message}"
+    assert fake_naap["seen"][0][0] == "/k3y-in-path/v1/streaming/demand" and fake_naap["seen"][0][1]["token"] == "s3cret"
 
 
 def test_an_unreachable_naap_is_one_line():

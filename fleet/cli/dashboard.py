@@ -32,7 +32,6 @@ def add(sub: argparse._SubParsersAction[Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fleet.dashboard.engine import ClickHouseEngine, DuckDBEngine
-    from fleet.dashboard.server import DashboardServer
 
     results: Path | None = Path(args.results)
     engine: ClickHouseEngine | DuckDBEngine
@@ -45,6 +44,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         assert results is not None
         engine = DuckDBEngine(results)
+    try:
+        serve(args, engine, results)
+    finally:
+        engine.close()
+    return 0
+
+
+def serve(args: argparse.Namespace, engine: Any, results: Path | None) -> None:
+    """Load the rule files, bind, serve until SIGINT or SIGTERM."""
     context: dict[str, Any] = {}
     if args.graduation:
         from fleet.graduation import load_rules
@@ -55,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
         context["demand"] = load_demand(args.demand)
         naap_base_url(context["demand"])   # a NaaP address the file names but the environment lacks: say so now
+    from fleet.dashboard.server import DashboardServer
+
     try:
         server = DashboardServer(engine, results, args.host, args.port, **context)
     except OSError as exc:
@@ -65,4 +75,3 @@ def run(args: argparse.Namespace) -> int:
         server.serve_forever()   # returns on SIGINT or SIGTERM, once stopped gracefully
     finally:
         server.close()
-    return 0

@@ -18,7 +18,13 @@ from pydantic import Field
 
 from fleet.dashboard import queries as q
 from fleet.dashboard.answers import Meta, Out, Page, context_of, meta, paged, sessions_url, unix
-from fleet.dashboard.params import VALUE_PATTERN, BadRequest, LeaderboardQuery, Limits, SessionsQuery, Unavailable, ViewQuery
+from fleet.dashboard.params import (
+    VALUE_PATTERN,
+    LeaderboardQuery,
+    Limits,
+    SessionsQuery,
+    ViewQuery,
+)
 
 __all__ = ["router"]
 
@@ -147,7 +153,7 @@ def sessions(request: Request, p: Annotated[SessionsQuery, Query()]) -> Sessions
 
 class CoverageRow(Out):
     orchestrator: str = Field(description="The orchestrator sessions were aimed at.")
-    tested_sessions: int
+    tested_sessions: int = Field(description="Sessions that ran (sessions_url lists them).")
     skipped_sessions: int
     refused_while_idle_sessions: int
     refused_share: float | None = Field(description="Refused while idle, of the sessions the gateway saw.")
@@ -175,7 +181,7 @@ def coverage(request: Request, p: Annotated[CoverageParams, Query()]) -> Coverag
         orchestrator=r["orchestrator"], tested_sessions=r["tested"], skipped_sessions=r["skipped"],
         refused_while_idle_sessions=r["refused"], refused_share=r["refused"] / r["sent"] if r["sent"] else None,
         last_refused=r["last_refused"], last_tested=r["last_tested"],
-        sessions_url=sessions_url(f, target=r["orchestrator"])) for r in part], pagination=page, meta=meta(f))
+        sessions_url=sessions_url(f, target=r["orchestrator"], ran="yes")) for r in part], pagination=page, meta=meta(f))
 
 
 # --------------------------------------------------------------------------- qualified capacity
@@ -236,11 +242,12 @@ def qualified(request: Request, p: Annotated[QualifiedParams, Query()]) -> Quali
 
     f = p.filters(context_of(request).now())
     got = qualified_capacity(context_of(request).engine, f, sla=p.sla, min_sessions=p.min_sessions)
+    judged = q.Filters(window=f.window, model=f.model, now=f.now)   # what the counts read: any region or category
     part, page = paged(got["orchestrators"], p)
     data = [QualifiedOrchestrator(
         orchestrator=r["orchestrator"], address=r["address"], gpu=r["gpu"], slots=r["slots"], idle_slots=r["idle"],
         counted_sessions=r["counted"], sla_score=r["score"], status=r["status"],
-        sessions_url=sessions_url(f, orchestrator=r["orchestrator"], counted="yes",
+        sessions_url=sessions_url(judged, orchestrator=r["orchestrator"], counted="yes",
                                   gpu=r["gpu"] if r["gpu"] not in ("mixed", "unknown") else None)
         if r["orchestrator"] else None) for r in part]
     return QualifiedCapacity(model=got["model"], window=got["window"], sla=got["sla"], min_sessions=got["min_sessions"],
@@ -277,122 +284,3 @@ def qualified_over_time(request: Request, p: Annotated[QualifiedParams, Query()]
                            min_sessions=got["min_sessions"], pagination=page, data=[QualifiedBucket(
                                start=unix(b["t_unix"]), read_at=unix(b["read_unix"]), totals=SlotTotals(**b["totals"]),
                                by_gpu=[GPUSlots(**g) for g in b["by_gpu"]]) for b in part])
-
-
-# --------------------------------------------------------------------------- graduation
-
-
-class GraduationDay(Out):
-    day: dt.date
-    counted_sessions: int
-    sla_score: float | None
-    sessions_url: str
-
-
-class GraduationChange(Out):
-    day: dt.date
-    state: Literal["unproven", "graduated", "demoted"]
-    evidence: list[dt.date] = Field(description="The judged days that made the change.")
-
-
-class GraduationPair(Out):
-    orchestrator: str
-    gpu: str
-    model: str
-    state: Literal["unproven", "graduated", "demoted"]
-    changes: list[GraduationChange]
-    days: list[GraduationDay]
-
-
-class GraduationRuleOut(Out):
-    model: str
-    graduate_days: int
-    min_sessions: int
-    min_score: float
-    demote_days: int
-
-
-class GraduationBoard(Out):
-    model: str
-    days: int
-    rule: GraduationRuleOut | None
-    data: list[GraduationPair]
-    pagination: Page
-
-
-class GraduationParams(Limits):
-    model: Annotated[str, Field(pattern=VALUE_PATTERN, max_length=300, description="The workflow's model id.")]
-    days: int = Field(30, ge=1, le=90, description="UTC days of the series, today included.")
-
-
-@router.get("/graduation", response_model=GraduationBoard, tags=["fleet"],
-            summary="Each orchestrator x GPU's graduation state for a workflow, its changes and their evidence")
-def graduation(request: Request, p: Annotated[GraduationParams, Query()]) -> GraduationBoard:
-    from fleet.dashboard.graduation import board
-    from fleet.graduation import rule_for
-
-    ctx = context_of(request)
-    rule = rule_for(ctx.rules, p.model)
-    rows = board(ctx.engine, ctx.rules, p.model, p.days, ctx.now())
-    part, page = paged(rows, p)
-    f = q.Filters(window="all", model=p.model, now=ctx.now())
-    return GraduationBoard(
-        model=p.model, days=p.days, pagination=page,
-        rule=GraduationRuleOut(model=rule.model, graduate_days=rule.graduate.days, min_sessions=rule.graduate.min_sessions,
-                               min_score=rule.graduate.min_score, demote_days=rule.demote.days) if rule else None,
-        data=[GraduationPair(
-            orchestrator=r["orchestrator"], gpu=r["gpu"], model=r["model"], state=r["state"],
-            changes=[GraduationChange(**c) for c in r["changes"]],
-            days=[GraduationDay(day=d["day"], counted_sessions=d["counted"], sla_score=d["score"],
-                                sessions_url=sessions_url(f, orchestrator=r["orchestrator"], gpu=r["gpu"], day=d["day"],
-                                                          counted="yes")) for d in r["days"]]) for r in part])
-
-
-# --------------------------------------------------------------------------- demand gaps
-
-
-class RegionGap(Out):
-    region: str = Field(description="A region of the demand file's map; 'unknown' for orchestrators it places nowhere.")
-    demand_streams: float = Field(description="Streams the workflow wants at once in the region.")
-    unmet_requests: int | None = Field(description="NaaP's no-orchestrator sessions over the window (NaaP only).")
-    peak_hour: str | None = Field(description="The hour NaaP's demand peaked (NaaP only).")
-    slots: int
-    qualified_slots: int
-    qualified_by_gpu: dict[str, int]
-    failing_slots: int
-    unproven_slots: int
-    gap: float = Field(description="Demand the qualified slots cannot serve (streams, at least 0).")
-    surplus: float = Field(description="Qualified slots beyond the demand (at least 0).")
-
-
-class DemandGaps(Out):
-    model: str
-    window: str
-    source: Literal["file", "naap", "none"] = Field(description="Where the demand came from.")
-    data: list[RegionGap]
-    pagination: Page
-
-
-class DemandParams(QualifiedParams):
-    pass
-
-
-@router.get("/demand/gaps", response_model=DemandGaps, tags=["fleet"],
-            summary="Per region: a workflow's demand against its SLA-qualified capacity")
-def demand_gaps(request: Request, p: Annotated[DemandParams, Query()]) -> DemandGaps:
-    from fleet.dashboard.demand import demand_gaps as gaps
-
-    ctx = context_of(request)
-    if ctx.demand is None:
-        raise BadRequest("no demand declared: start the dashboard with --demand FILE (fleet schema demand)")
-    f = p.filters(context_of(request).now())
-    naap, failed = ctx.naap(f)
-    if failed:
-        raise Unavailable(failed)
-    got = gaps(ctx.engine, f, ctx.demand, naap, sla=p.sla, min_sessions=p.min_sessions)
-    part, page = paged(got["regions"], p)
-    return DemandGaps(model=p.model, window=p.window, source=got["demand_source"], pagination=page,
-                      data=[RegionGap(**{k: r[k] for k in RegionGap.model_fields}) for r in part])
-
-
-

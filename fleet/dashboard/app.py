@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import sys
+from functools import partial
 from collections.abc import Awaitable, Callable, MutableMapping
 from importlib.resources import files
 from typing import Annotated, Any
@@ -41,6 +42,7 @@ from fleet.dashboard.params import (
     BadRequest,
     GraduationQuery,
     LeaderboardQuery,
+    NotConfigured,
     OrchestratorQuery,
     SessionsQuery,
     Unavailable,
@@ -95,9 +97,8 @@ class Guard:
     """The edge of every response: HEAD served as GET without its body, the strict headers on everything,
     and an exception of our own turned into a one-line 500 (logged as one line, never a traceback)."""
 
-    def __init__(self, app: ASGI, quiet: bool = False) -> None:
+    def __init__(self, app: ASGI) -> None:
         self.app = app
-        self.quiet = quiet
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
                        send: Callable[[Message], Awaitable[None]]) -> None:
@@ -130,9 +131,9 @@ class Guard:
                 await guarded({"type": "http.response.body", "body": b"internal error (see the server log)\n"})
 
 
-def create_app(ctx: Context, quiet: bool = False) -> FastAPI:
+def create_app(ctx: Context) -> FastAPI:
     """The dashboard's ASGI application over ``ctx``."""
-    from fleet.dashboard import api, streaming
+    from fleet.dashboard import api, planning_api, streaming
 
     app = FastAPI(title="fleet results API", version="1", docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json", description=API_DESCRIPTION)
@@ -147,6 +148,10 @@ def create_app(ctx: Context, quiet: bool = False) -> FastAPI:
     async def _bad(request: Request, exc: BadRequest) -> Response:
         return _refusal(request, 400, str(exc))
 
+    @app.exception_handler(NotConfigured)
+    async def _not_configured(request: Request, exc: NotConfigured) -> Response:
+        return _refusal(request, 404, str(exc))
+
     @app.exception_handler(Unavailable)
     async def _unavailable(request: Request, exc: Unavailable) -> Response:
         return _refusal(request, 502, str(exc))
@@ -159,33 +164,37 @@ def create_app(ctx: Context, quiet: bool = False) -> FastAPI:
         return _refusal(request, exc.status_code, detail)
 
     _pages(app, ctx)
-    for router in (api.router, streaming.router):
+    for router in (api.router, planning_api.router, streaming.router):
         app.include_router(router, dependencies=[Depends(no_repeats)])
 
-    def openapi() -> dict[str, Any]:
-        """FastAPI's document, saying what the API really answers on a refusal: a 400 (not FastAPI's 422), and
-        a 502 where an upstream source (NaaP) is read, both RFC 7807 problems."""
-        if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            doc.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
-            problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-            for path, item in doc.get("paths", {}).items():
-                for op in item.values():
-                    op["responses"].pop("422", None)
-                    op["responses"]["400"] = {"description": "A parameter outside what is allowed (one line).",
-                                              "content": problem}
-                    if path == "/v1/demand/gaps":
-                        op["responses"]["502"] = {"description": "NaaP's demand could not be read.", "content": problem}
-            for name in ("HTTPValidationError", "ValidationError"):
-                doc["components"]["schemas"].pop(name, None)
-            app.openapi_schema = doc
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(Guard, quiet=quiet)   # inside Starlette's own error middleware, so ours answers first
+    app.openapi = partial(_document, app)  # type: ignore[method-assign]
+    app.add_middleware(Guard)   # inside Starlette's own error middleware, so ours answers first
     return app
+
+
+def _document(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, saying what the API really answers on a refusal: a 400 (not FastAPI's 422), and
+    a 502 where an upstream source (NaaP) is read, both RFC 7807 problems."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        doc.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
+        problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for path, item in doc.get("paths", {}).items():
+            for op in item.values():
+                op["responses"].pop("422", None)
+                op["responses"]["400"] = {"description": "A parameter outside what is allowed (one line).",
+                                          "content": problem}
+                if path == "/v1/demand/gaps":
+                    op["responses"]["502"] = {"description": "NaaP's demand could not be read.", "content": problem}
+                    op["responses"]["404"] = {"description": "The dashboard was started without --demand.",
+                                              "content": problem}
+        for name in ("HTTPValidationError", "ValidationError"):
+            doc["components"]["schemas"].pop(name, None)
+        app.openapi_schema = doc
+    return app.openapi_schema
+
 
 
 PROBLEM_SCHEMA = {"type": "object", "title": "Problem", "required": ["type", "title", "status", "detail"],

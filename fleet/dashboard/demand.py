@@ -26,16 +26,19 @@ from fleet.demand import DemandSpec, NaapDemandRow, demand_for, naap_base_url, r
 __all__ = ["NAAP_ALL_WINDOW", "demand_gaps", "naap_rows_for"]
 
 NAAP_ALL_WINDOW = dt.timedelta(days=30)   # how far back NaaP's demand is read for the "all" window
+HOUR = dt.timedelta(hours=1)
 
 
 def naap_rows_for(spec: DemandSpec, f: Filters, environ: Mapping[str, str] | None = None
                   ) -> list[NaapDemandRow] | None:
-    """NaaP's demand rows over the filter's window, when the demand file names NaaP (else None)."""
+    """NaaP's demand rows over the filter's window, when the demand file names NaaP (else None): the whole
+    hours that end by the window's end (at least the last one)."""
     base = naap_base_url(spec, environ)
     if base is None:
         return None
-    end = f.now or dt.datetime.now(dt.timezone.utc)
-    return read_naap_demand(base, end - (WINDOWS[f.window] or NAAP_ALL_WINDOW), end)
+    # whole hours only: NaaP's rows are hourly, and the current hour's is still filling (it would read low)
+    end = (f.now or dt.datetime.now(dt.timezone.utc)).replace(minute=0, second=0, microsecond=0)
+    return read_naap_demand(base, end - max(HOUR, WINDOWS[f.window] or NAAP_ALL_WINDOW), end)
 
 
 def _slots() -> dict[str, Any]:

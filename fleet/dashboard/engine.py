@@ -90,6 +90,10 @@ class DuckDBEngine:
             self.con.execute(f"CREATE OR REPLACE VIEW {kind} AS SELECT * FROM {kind}_empty")
         return kind
 
+    def close(self) -> None:
+        with self.lock:
+            self.con.close()
+
     def tables(self) -> dict[str, str]:
         with self.lock, self._unreadable():
             return {kind: self._view(kind) for kind in KINDS}
@@ -128,6 +132,9 @@ class ClickHouseEngine:
         self.sink = sink
         cfg = sink.cfg
         self.prefix = f"{cfg.database}.{cfg.table_prefix}"
+
+    def close(self) -> None:
+        self.sink.close()
 
     def tables(self) -> dict[str, str]:
         return {kind: f"{self.prefix}{kind}" for kind in KINDS}

@@ -28,14 +28,16 @@ def models(engine: Engine, window: str, now: dt.datetime | None = None) -> list[
         since, params["since"] = f" AND read_at >= {d.param('since', 'DateTime64')}", now - span
     cond = f"read_at <= {d.param('until', 'DateTime64')}{since}"
     slots = engine.query(
-        f"SELECT c.model AS model, sum(CASE WHEN c.warm AND c.orchestrator_uri <> '' THEN 1 ELSE 0 END) AS warm, "
+        f"SELECT c.model AS model, count(DISTINCT CASE WHEN c.warm AND c.orchestrator_uri <> '' THEN c.orchestrator_uri "
+        f"ELSE NULL END) AS warm, "
         f"sum(c.capacity) AS slots, sum(c.in_use) AS active FROM {t['capacity']} c JOIN "
         f"(SELECT model, max(read_at) AS last FROM {t['capacity']} WHERE {cond} GROUP BY model) l "
         f"ON c.model = l.model AND c.read_at = l.last GROUP BY c.model ORDER BY c.model", params)
-    sparams: dict[str, Any] = {}
-    swhere = ""
+    sparams: dict[str, Any] = {"until": now}
+    swhere = f" AND started_at <= {d.param('until', 'DateTime64')}"
     if span is not None:
-        swhere, sparams["since"] = f" AND started_at >= {d.param('since', 'DateTime64')}", now - span
+        swhere += f" AND started_at >= {d.param('since', 'DateTime64')}"
+        sparams["since"] = now - span
     fps = {r["model"]: r["fps"] for r in engine.query(
         f"SELECT model, avg(output_fps) AS fps FROM {t['sessions']} WHERE {COUNTED}{swhere} GROUP BY model", sparams)}
     return [{"model": r["model"], "warm_orch_count": int(r["warm"] or 0), "gpu_slots": int(r["slots"] or 0),
@@ -44,7 +46,8 @@ def models(engine: Engine, window: str, now: dt.datetime | None = None) -> list[
 
 
 def hourly(engine: Engine, start: dt.datetime, end: dt.datetime) -> list[dict[str, Any]]:
-    """Per hour and orchestrator x model x GPU model in [start, end): the bucket scores (one query)."""
+    """Per hour and orchestrator x model x GPU model in [start, end), newest hour first: the bucket scores and
+    NaaP's support counts (one query)."""
     rows = bucket_scores(engine, None, start, end, "hour", extras=True)
-    rows.sort(key=lambda r: (r["t_unix"], r["orchestrator"], r["model"], r["gpu"]))
+    rows.sort(key=lambda r: (-r["t_unix"], r["orchestrator"], r["model"], r["gpu"]))   # newest hour first (NaaP)
     return rows

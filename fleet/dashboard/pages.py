@@ -17,6 +17,7 @@ from markupsafe import Markup
 from fleet.dashboard import queries as q
 from fleet.dashboard.engine import Engine
 from fleet.dashboard.html import Section, Table, anchor, chart, link, num, page, pct, sessions_link
+from fleet.dashboard.params import DEFAULT_LIMIT
 from fleet.dashboard.planning import demand_page, graduation_page, qualified_sections
 from fleet.results.charts import COLORS, figure, svg
 
@@ -121,10 +122,11 @@ def sessions_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], whic
     rows, more = sessions(engine, f, limit=limit, offset=offset, **which)
     said = "; ".join(f"{k} {v}" for k, v in which.items()) or "every session"
     nav: list[Markup] = []
+    size = None if limit == DEFAULT_LIMIT else limit   # the page's size carried to the next
     if offset:
-        nav.append(anchor(link("/sessions", f, **which, offset=max(0, offset - limit) or None), "newer"))
+        nav.append(anchor(link("/sessions", f, **which, limit=size, offset=max(0, offset - limit) or None), "newer"))
     if more:
-        nav.append(anchor(link("/sessions", f, **which, offset=offset + limit), "older"))
+        nav.append(anchor(link("/sessions", f, **which, limit=size, offset=offset + limit), "older"))
     note = Markup("{} in the window, newest first; {} from {}. {}").format(
         said, len(rows), offset + 1 if rows else 0, Markup(" · ").join(nav))
     return page("Sessions", "/sessions", f, opts,

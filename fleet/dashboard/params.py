@@ -17,16 +17,22 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 from fleet.dashboard import queries as q
 
-__all__ = ["VALUE_PATTERN", "BadRequest", "GraduationQuery", "LeaderboardQuery", "Limits", "OrchestratorQuery",
-           "SessionsQuery", "Text", "Unavailable", "ViewQuery", "allowed", "no_repeats", "said"]
+__all__ = ["DEFAULT_LIMIT", "VALUE_PATTERN", "BadRequest", "GraduationQuery", "LeaderboardQuery", "Limits", "OrchestratorQuery",
+           "NotConfigured", "SessionsQuery", "Text", "Unavailable", "ViewQuery", "allowed", "no_repeats", "said"]
 
-VALUE_PATTERN = r"^[\w .:/@+,()#=-]+$"
-VALUE_SAID = ("letters, digits, spaces and . : / @ + , ( ) # = - only, at most 300 characters")
+VALUE_PATTERN = r"^[\w .:/@+,()#=?\[\]%~!*-]+$"   # no quotes, angle brackets, braces, backslash or controls
+VALUE_SAID = "letters, digits, spaces and . : / @ + , ( ) # = ? [ ] % ~ ! * - only, at most 300 characters"
 MAX_FIELDS = 20
+DEFAULT_LIMIT = 100   # rows per page when a list is asked for without a limit
+FIRST_DAY, LAST_DAY = dt.date(2000, 1, 1), dt.date(2998, 12, 31)   # days the fleet can have stored
 
 
 class BadRequest(Exception):
     """A request the API refuses, in one line."""
+
+
+class NotConfigured(Exception):
+    """The answer needs a file the dashboard was not started with (--demand): a 404, in one line."""
 
 
 class Unavailable(Exception):
@@ -43,7 +49,10 @@ def _utc_day(v: Any) -> Any:
         return None
     if not isinstance(v, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
         raise ValueError("not a UTC day (YYYY-MM-DD)")
-    return dt.date.fromisoformat(v)
+    day = dt.date.fromisoformat(v)
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ValueError(f"a day from {FIRST_DAY} to {LAST_DAY}")
+    return day
 
 
 Value = Annotated[str, StringConstraints(pattern=VALUE_PATTERN, max_length=300)]
@@ -84,7 +93,7 @@ class SessionsQuery(ViewQuery):
     counted: Yes = Field(None, description="yes: only the sessions the SLA counts.")
     ran: Yes = Field(None, description="yes: only the sessions that ran (not skipped for capacity).")
     refused: Yes = Field(None, description="yes: only the sessions refused while their orchestrator was idle.")
-    limit: int = Field(100, ge=1, le=1000, description="Sessions per page.")
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=1000, description="Sessions per page.")
     offset: int = Field(0, ge=0, le=1_000_000, description="Sessions to skip (newest first).")
 
     def which(self) -> dict[str, str]:
@@ -102,7 +111,7 @@ class Limits(BaseModel):
     """A list's page: every list the API answers takes these."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    limit: int = Field(100, ge=1, le=1000, description="Rows per page.")
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=1000, description="Rows per page.")
     offset: int = Field(0, ge=0, le=1_000_000, description="Rows to skip.")
 
 

@@ -15,6 +15,8 @@ from fleet.dashboard.html import Section, Table, anchor, chart, link, num, page,
 from fleet.demand import DemandSpec, NaapDemandRow
 from fleet.results.charts import figure, svg
 
+SERIES_ROWS = 60   # the latest buckets tabled under the series chart (the chart draws them all)
+
 __all__ = ["demand_page", "graduation_page", "qualified_sections", "series_page"]
 
 
@@ -26,11 +28,12 @@ def qualified_sections(engine: Engine, f: q.Filters) -> list[Section]:
     if f.model is None:
         return [Section(title, empty="Choose a model: qualified capacity is per workflow.", quiet=True)]
     got = qualified_capacity(engine, f)
+    judged = q.Filters(window=f.window, model=f.model, now=f.now)   # what the counts read: any region or category
     if not got["orchestrators"]:
         return [Section(title, empty="No capacity snapshot of this model in this window.", quiet=True)]
     rows = [[anchor(link("/orchestrator", f, id=r["orchestrator"]), r["orchestrator"]) if r["orchestrator"]
              else "(no known orchestrator)", r["gpu"], str(r["slots"]), str(r["idle"]),
-             sessions_link(f, r["counted"], orchestrator=r["orchestrator"], counted="yes",
+             sessions_link(judged, r["counted"], orchestrator=r["orchestrator"], counted="yes",
                            gpu=r["gpu"] if r["gpu"] not in ("mixed", "unknown") else None)
              if r["orchestrator"] else "0", num(r["score"]), r["status"]] for r in got["orchestrators"]]
     gpus = [[g["gpu"], str(g["qualified_slots"]), str(g["failing_slots"]), str(g["unproven_slots"]), str(g["slots"])]
@@ -84,7 +87,7 @@ def series_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]]) -> str
                                    f"on that {got['unit']}'s own sessions (a day links to them).",
         chart=chart(draw, "No capacity snapshot of this model in this window."),
         table=Table([got["unit"] + " (UTC)", *(f"{s} slots" for s in STATUSES), "slots", "qualified by GPU"],
-                    rows[-60:], frozenset({1, 2, 3, 4})))])
+                    rows[-SERIES_ROWS:], frozenset({1, 2, 3, 4})))])
 
 
 def graduation_page(engine: Engine, f: q.Filters, opts: dict[str, list[str]], rules: Any, days: int) -> str:

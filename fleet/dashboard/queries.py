@@ -28,6 +28,7 @@ COUNTED = ("outcome <> 'skipped_no_capacity' AND coalesce(error_phase, '') <> 't
 FAILED = "outcome = 'failed' AND NOT coalesce(excused, false)"
 EXCUSED = "outcome = 'failed' AND coalesce(excused, false)"
 SKIPPED = "outcome = 'skipped_no_capacity'"
+HANDED = "outcome <> 'skipped_no_capacity' AND coalesce(error_phase, '') <> 'tester'"   # reached an orchestrator
 TESTER = "coalesce(error_phase, '') = 'tester'"
 OK = "outcome = 'ok'"
 MIN_FPS = 12.0   # output viability: the default min_output_fps threshold of a scenario
@@ -155,7 +156,9 @@ def bucket_scores(engine: Engine, model: str | None, since: dt.datetime | None, 
     against its own benchmark, in the same one query (rows keyed by ``model`` too). Each row's ``t_unix`` is
     its bucket's start. With ``extras``, beside the score, the counted sessions' mean fps and latency
     (``fps_mean``, ``g2g_mean``), an address of the orchestrator and its GPU id when the pair's sessions saw
-    only one (``n_gpu_ids``, ``one_gpu_id``)."""
+    only one (``n_gpu_ids``, ``one_gpu_id``), and NaaP's support counts over the sessions handed to the
+    orchestrator (``HANDED``): ``requested``, ``requested_started``, ``requested_swapped``, ``effective_failed``
+    (an unexcused startup failure or no output, RULE-AGGREGATE-005)."""
     if unit not in UNIT_S:
         raise ValueError(f"bucket unit {unit!r}: one of {', '.join(UNIT_S)}")
     d, t = engine.dialect, engine.tables()["sessions"]
@@ -172,6 +175,8 @@ def bucket_scores(engine: Engine, model: str | None, since: dt.datetime | None, 
     if model is not None:
         where += f" AND model = {d.param('model', 'String')}"
         params["model"] = model
+    else:
+        where += " AND model IS NOT NULL"
     if since is not None:
         where += f" AND started_at >= {d.param('since', 'DateTime64')}"
         params["since"] = since
@@ -193,14 +198,22 @@ def bucket_scores(engine: Engine, model: str | None, since: dt.datetime | None, 
         f"{score(f'startup_s * {counted}', 's50', 's90', 'ptff')}, "
         f"{score(f'g2g_latency_ms * {counted}', 'l50', 'l90', 'e2e')}, "
         f"{score(f'output_fps * {counted}', 'f50', 'f10', 'fps', fps=True)}"
-        + (f", avg(output_fps * {counted}) AS fps_mean, avg(g2g_latency_ms * {counted}) AS g2g_mean, "
-           f"max(orchestrator_address) AS address, count(DISTINCT gpu_id) AS n_gpu_ids, max(gpu_id) AS one_gpu_id"
-           if extras else "") +
+        + (_naap_counts(counted) if extras else "") +
         f" FROM s LEFT JOIN a ON s.bucket = a.bucket AND s.model = a.a_model GROUP BY {group} ORDER BY {group}")
     rows = engine.query(sql, params)
     for r in rows:
         r.update(sla_from(r))
     return rows
+
+
+def _naap_counts(counted: str) -> str:
+    """bucket_scores' extra columns: means, identities and NaaP's support counts (RULE-AGGREGATE-005)."""
+    return (f", avg(output_fps * {counted}) AS fps_mean, avg(g2g_latency_ms * {counted}) AS g2g_mean, "
+            f"max(orchestrator_address) AS address, count(DISTINCT gpu_id) AS n_gpu_ids, max(gpu_id) AS one_gpu_id, "
+            f"{_rate(HANDED)} AS requested, {_rate(f'{HANDED} AND startup_s IS NOT NULL')} AS requested_started, "
+            f"{_rate(f'{HANDED} AND coalesce(swapped, false)')} AS requested_swapped, "
+            f"{_rate(f'{HANDED} AND NOT ({EXCUSED}) AND (startup_s IS NULL OR coalesce(output_fps, 0) = 0)')} "
+            f"AS effective_failed")
 
 
 def sla_from(r: dict[str, Any]) -> dict[str, Any]:

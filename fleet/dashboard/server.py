@@ -60,7 +60,7 @@ class DashboardServer:
             raise
         bound = self.sock.getsockname()[1]
         self.url = f"http://{'[' + host + ']' if family == socket.AF_INET6 else host}:{bound}"
-        config = uvicorn.Config(create_app(self.context, quiet), log_level="warning" if quiet else "info",
+        config = uvicorn.Config(create_app(self.context), log_level="warning" if quiet else "info",
                                 access_log=not quiet, lifespan="off", server_header=False, date_header=False)
         if quiet:
             logging.getLogger("uvicorn.error").setLevel(logging.WARNING)

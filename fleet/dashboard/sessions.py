@@ -52,7 +52,7 @@ def sessions(engine: Engine, f: Filters, limit: int = 100, offset: int = 0, orch
     where, fparams = f.where(engine, " AND ".join(extra))
     rows = engine.query(
         f"SELECT {COLUMNS}, {ORCH} AS orchestrator, {TARGET} AS target FROM {engine.tables()['sessions']} {where} "
-        f"ORDER BY started_at DESC, session_id LIMIT {int(min(limit, MAX_LIMIT)) + 1} OFFSET {int(offset)}",
+        f"ORDER BY started_at DESC, campaign_id, session_id LIMIT {int(min(limit, MAX_LIMIT)) + 1} OFFSET {int(offset)}",
         {**fparams, **params})
     return rows[:limit], len(rows) > limit
 
