@@ -265,7 +265,9 @@ class QualifiedBucket(Out):
 class QualifiedSeries(Out):
     model: str
     window: str
-    unit: Literal["hour", "day"]
+    unit: Literal["hour", "day"] = Field(description="The bucket: hours for 1h and 24h, else days. Each pair is "
+                                                      "judged on its bucket's own sessions, so an hour seldom holds "
+                                                      "min_sessions of one pair: hourly buckets are mostly unproven.")
     sla: float
     min_sessions: int
     data: list[QualifiedBucket]
