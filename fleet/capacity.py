@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +69,11 @@ class CapacitySnapshot:
     notes: tuple[str, ...] = field(default=(), compare=False)
     read_unix: float | None = field(default=None, compare=False)   # when the fleet read it (None: a file, a count)
 
-    @property
+    @cached_property   # asked at every lease: summed once per snapshot (frozen, so it cannot go stale)
     def total(self) -> int:
         return self.idle + sum(o.in_use for o in self.orchestrators) + self.anonymous_in_use
 
-    @property
+    @cached_property
     def idle(self) -> int:
         return sum(o.idle for o in self.orchestrators) + self.anonymous_idle
 

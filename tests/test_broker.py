@@ -8,6 +8,8 @@ read while our leases are granted but their streams not yet started.
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
@@ -173,3 +175,52 @@ def test_a_skip_gets_the_targets_idle_slots_and_the_snapshots_age():
     assert broker.evidence("0xa")["target_idle_slots"] == 3
     assert broker.evidence("https://other:8935") == {"target_idle_slots": None, "capacity_age_s": 5.0}
     assert broker.evidence(None)["target_idle_slots"] is None
+
+
+def _rules_choice(broker: SlotBroker, preferred: str | None, strict: bool) -> tuple[str | None, str | None] | str:
+    """What ``fleet.rules`` chooses, asked the plain way: every place of the snapshot filtered, then ``choose``."""
+    broker._expire()
+    if len(broker.leases) >= broker.budget():
+        return "refused"
+    now = broker.clock()
+    ours = Counter(lease.key for lease in broker.leases.values())
+    unseen = broker._unseen()
+    places, _ = broker.rules.places(broker.snapshot)
+    open_ = [p for p in places if (not strict or p.named(preferred))
+             and broker.rules.has_room(p, ours[p.key], unseen[p.key])
+             and broker.rules.past_stagger(broker.last_start.get(p.key), now)]
+    chosen = broker.rules.choose(open_, broker.last_start, preferred)
+    return "refused" if chosen is None else (chosen.key, chosen.address)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_brokers_ordered_places_choose_exactly_what_the_rules_choose(seed):
+    """The broker keeps its places in the rules' order (a heap, so a lease does not look at every place of a
+    large network); over random leases, releases, ties in time and refreshes it picks what the rules pick."""
+    rng = random.Random(seed)
+    now = [0.0]
+    addrs = [f"0x{i % 9:02x}" for i in range(12)]   # some addresses behind two URIs, one URI listed twice
+
+    def snap() -> CapacitySnapshot:
+        return CapacitySnapshot("m", tuple(OrchestratorSlots(a, f"https://o{i % 11}:8935", rng.randint(0, 3),
+                                                             rng.randint(0, 2))
+                                           for i, a in enumerate(addrs)), source="gateway")
+
+    policy = CapacityPolicy(max_fraction=rng.choice([0.5, 1.0]), idle_reserve=rng.randint(0, 2),
+                            max_per_orchestrator=rng.randint(1, 3), stagger_s=rng.choice([0.0, 1.0, 3.0]))
+    broker = SlotBroker(policy, snap(), clock=lambda: now[0])
+    broker.update(broker.snapshot)
+    names = [None, "", "https://nowhere:8935", *addrs, *(f"https://o{i}:8935" for i in range(12))]
+    for _ in range(400):
+        op = rng.random()
+        if op < 0.6:
+            preferred, strict = rng.choice(names), rng.random() < 0.3
+            expected = _rules_choice(broker, preferred, strict)
+            lease = broker.lease("h", preferred, 5.0, strict)
+            assert ((lease.key, lease.orchestrator) if lease else "refused") == expected
+        elif op < 0.75 and broker.leases:
+            broker.release(rng.choice(list(broker.leases)))
+        elif op < 0.85:
+            broker.update(snap())
+        else:
+            now[0] += rng.choice([0.0, 0.5, 1.0, 2.0])

@@ -228,8 +228,9 @@ class CoverageSource:
     def _refresh(self, mono: float) -> None:
         """The broker's capacity (the targets) and the Prometheus coverage gauges."""
         self.refreshed = mono
-        self.snapshot = self.ex.snapshot()
-        self.targets = targets_of(self.snapshot, self.scenario.capacity.include, self.scenario.capacity.exclude)
+        snapshot, self.snapshot = self.snapshot, self.ex.snapshot()
+        if self.snapshot.read_unix is None or self.snapshot.read_unix != snapshot.read_unix:   # a new read
+            self.targets = targets_of(self.snapshot, self.scenario.capacity.include, self.scenario.capacity.exclude)
         if self.c.metrics is not None:
             self.c.metrics.coverage(self.cov.status(self.targets, self.snapshot.total, time.time()), self.model)
 
