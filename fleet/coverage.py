@@ -19,12 +19,19 @@ Pure (no Ray, no network; the caller passes the clock, in Unix seconds). The rul
   has seen least today (ties in the scenario's order, starting at an offset of the orchestrator's
   own), so over a day it sees them all;
 - an orchestrator skipped for capacity is tried again after ``retry_s``, not at once.
+
+``pick`` does not scan the targets: a queue (``_Queue``) keeps the due ones in pick order and the others by
+the time they next become due, and every method that changes what the order reads (``started``, ``skipped``,
+``refused``, ``finished``) re-files the one orchestrator it changed; so a pick costs O(log n), amortised, not
+O(n), and a day of a network's picks is not quadratic in its size. It picks what the scan picked, always
+(tests/test_coverage.py holds the scan and checks it on random histories).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +78,43 @@ def targets_of(snapshot: Any, include: Sequence[str] = (), exclude: Sequence[str
     return sorted(found, key=lambda t: t.key)
 
 
+QUEUE_SLACK = 4   # the queue is rebuilt when it holds this many entries per target (the rest are stale)
+
+
+def _early(t: float, span: float) -> float:
+    """``t + span``, less far more than rounding can account for (see ``Coverage._due_from``)."""
+    at = t + span
+    return at - 1e-12 * (abs(t) + abs(span) + 1.0) if math.isfinite(at) else at
+
+
+def _first_per_key(targets: Sequence[Target]) -> dict[str, Target]:
+    by_key: dict[str, Target] = {}
+    for t in targets:
+        by_key.setdefault(t.key, t)   # of two with one key, the first (the scan's ``min`` took the first)
+    return by_key
+
+
+@dataclass
+class _Queue:
+    """The targets of one key set in pick order, for ``Coverage.pick``: ``ready`` holds the due ones as
+    (proven, last tested, key, version), ``waiting`` the others as (when due, key, version). An entry whose
+    version is not its key's current one is stale and dropped when it surfaces. Needs a clock that does not
+    go back (``Coverage._queue_for`` rebuilds when it does): what is due stays due until its state changes."""
+
+    source: Sequence[Target]
+    rules: tuple[float, float | None, int]
+    by_key: dict[str, Target]
+    size: int = 0
+    now: float = -math.inf
+    version: dict[str, int] = field(default_factory=dict)
+    ready: list[tuple[bool, float, str, int]] = field(default_factory=list)
+    waiting: list[tuple[float, str, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.size = len(self.source)
+        self.version = dict.fromkeys(self.by_key, 0)
+
+
 @dataclass(frozen=True)
 class Pick:
     target: Target
@@ -97,6 +141,8 @@ class Coverage:
     prior: dict[str, tuple[str, float | None, str | None, float | None]] = field(default_factory=dict)  # in
     # flight: key, its last test before, the category counted, the last start before (undone on a refusal)
 
+    _queue: _Queue | None = field(default=None, init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         if self.retry_s is None:
             self.retry_s = self.every_s / 4
@@ -108,6 +154,7 @@ class Coverage:
         ``duration_s``, ``outcome``, ``error_phase``, ``excused``, ``prompt_category``); returns how many rows
         it used."""
         self._roll(now)
+        self._queue = None   # many orchestrators change: the next pick files them all afresh
         n = 0
         for r in rows:
             key, started = r.get("target_orchestrator"), r.get("started_unix")
@@ -153,7 +200,8 @@ class Coverage:
         return self.used_s + sum(self.reserved.values())
 
     def pick(self, targets: Sequence[Target], total_slots: int, now: float) -> Pick | None:
-        """The next test to start now, or None (``why`` says what holds it back)."""
+        """The next test to start now, or None (``why`` says what holds it back). ``targets`` is read once
+        per list: pass a new list when they change (as ``targets_of`` does), not the same one changed."""
         self._roll(now)
         if not targets:
             self.why = "the capacity source shows no orchestrator for the model"
@@ -165,15 +213,19 @@ class Coverage:
         if self.last_start is not None and now - self.last_start < gap:
             self.why = "pacing"
             return None
-        due = [t for t in targets if (age := self.age(t.key, now)) is None or age >= self.every_s]
-        retry_s = self.retry_s if self.retry_s is not None else self.every_s / 4
-        due = [t for t in due if now - self.last_tried.get(t.key, -math.inf) >= retry_s
-               or self.last_tried.get(t.key, -math.inf) <= self.last_tested.get(t.key, -math.inf)]
-        if not due:
+        target = self._first_due(self._queue_for(targets, now), now)
+        if target is None:
             self.why = "nothing is due"
             return None
-        target = min(due, key=lambda t: (self.proven(t.key), self.last_tested.get(t.key, -math.inf), t.key))
         return Pick(target, self._category(target.key))
+
+    def due(self, key: str, now: float) -> bool:
+        """Due (never tested, or its period is up) and not held back by a retry (tried, not tested, within
+        ``retry_s``): what ``pick`` may take. Once true it stays true until the state of ``key`` changes."""
+        tested, tried = self.last_tested.get(key, -math.inf), self.last_tried.get(key, -math.inf)
+        retry_s = self.retry_s if self.retry_s is not None else self.every_s / 4
+        return (key not in self.last_tested or now - tested >= self.every_s) and (
+            now - tried >= retry_s or tried <= tested)
 
     def proven(self, key: str) -> bool:
         return self.counted.get(key, 0) >= self.proven_sessions
@@ -190,6 +242,61 @@ class Coverage:
         order = {c: (i - offset) % len(self.categories) for i, c in enumerate(self.categories)}
         return min(self.categories, key=lambda c: (seen.get(c, 0), order[c]))
 
+    # --- the queue behind ``pick`` ----------------------------------------------------------------
+
+    def _due_from(self, key: str) -> float:
+        """When ``key`` becomes due (``due``), a hair early: rounding may make ``due`` true a few ulps before
+        the sum says; ``_first_due`` checks ``due`` itself, so early is only a second look, late would be wrong."""
+        tested, tried = self.last_tested.get(key, -math.inf), self.last_tried.get(key, -math.inf)
+        retry_s = self.retry_s if self.retry_s is not None else self.every_s / 4
+        at = -math.inf if key not in self.last_tested else _early(tested, self.every_s)
+        return at if tried <= tested else max(at, _early(tried, retry_s))
+
+    def _queue_for(self, targets: Sequence[Target], now: float) -> _Queue:
+        """The queue for these targets at ``now``: kept while the keys, the rules and the clock's direction
+        hold, re-pointed at a new list of the same keys, else built afresh (O(n), as rare as those changes)."""
+        q, rules = self._queue, (self.every_s, self.retry_s, self.proven_sessions)
+        if q is not None and (targets is not q.source or len(targets) != q.size):
+            by_key = _first_per_key(targets)
+            if by_key.keys() == q.version.keys():
+                q.source, q.size, q.by_key = targets, len(targets), by_key
+            else:
+                q = None
+        if (q is None or q.rules != rules or now < q.now
+                or len(q.ready) + len(q.waiting) > QUEUE_SLACK * len(q.version) + 64):   # stale entries
+            q = _Queue(targets, rules, _first_per_key(targets) if q is None else q.by_key)
+            q.waiting = [(self._due_from(k), k, 0) for k in q.version]
+            heapq.heapify(q.waiting)
+        q.now = now
+        self._queue = q
+        return q
+
+    def _first_due(self, q: _Queue, now: float) -> Target | None:
+        """The first due target in pick order (unproven first, then least recently tested, then key):
+        those whose time has come move from ``waiting`` to ``ready``; stale entries are dropped."""
+        again = []
+        while q.waiting and q.waiting[0][0] <= now:
+            entry = heapq.heappop(q.waiting)
+            _, key, version = entry
+            if version != q.version[key]:
+                continue
+            if self.due(key, now):
+                heapq.heappush(q.ready, (self.proven(key), self.last_tested.get(key, -math.inf), key, version))
+            else:
+                again.append(entry)   # looked at a hair early (``_due_from``): not yet
+        for entry in again:
+            heapq.heappush(q.waiting, entry)
+        while q.ready and q.ready[0][3] != q.version[q.ready[0][2]]:
+            heapq.heappop(q.ready)
+        return q.by_key[q.ready[0][2]] if q.ready else None
+
+    def _changed(self, key: str) -> None:
+        """``key``'s state changed: its entries are stale; it is filed again by when it is due."""
+        q = self._queue
+        if q is not None and key in q.version:
+            q.version[key] += 1
+            heapq.heappush(q.waiting, (self._due_from(key), key, q.version[key]))
+
     # --- what happened -----------------------------------------------------------------------
 
     def started(self, session_id: str, pick: Pick, now: float) -> None:
@@ -203,10 +310,12 @@ class Coverage:
         if pick.category:
             seen = self.seen_today.setdefault(key, {})
             seen[pick.category] = seen.get(pick.category, 0) + 1
+        self._changed(key)
 
     def skipped(self, pick: Pick, now: float) -> None:
         """No slot for it: tried, not tested (it stays due, retried after ``retry_s``)."""
         self.last_tried[pick.target.key] = now
+        self._changed(pick.target.key)
 
     def refused(self, session_id: str) -> None:
         """The gateway found no orchestrator for a started session (a skip after all): it was tried, not
@@ -222,6 +331,7 @@ class Coverage:
         seen = self.seen_today.get(key, {})
         if category and seen.get(category):
             seen[category] -= 1
+        self._changed(key)
 
     def finished(self, session_id: str, held_s: float, now: float, counts: bool = False) -> None:
         """Charge what the session held (its reservation is returned); ``counts``: the SLA counts it."""
@@ -229,6 +339,7 @@ class Coverage:
         key = self.prior.pop(session_id, ("",))[0]
         if counts and key:
             self.counted[key] = self.counted.get(key, 0) + 1
+            self._changed(key)
         self.reserved.pop(session_id, None)
         self.used_s += max(0.0, held_s)
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.capacity import CapacitySnapshot, OrchestratorSlots, static_capacity
-from fleet.coverage import ANY_ORCHESTRATOR, DAY_S, Coverage, Target, targets_of
+from fleet.coverage import ANY_ORCHESTRATOR, DAY_S, Coverage, Pick, Target, targets_of
 
 T0 = 1_795_000_000.0 - (1_795_000_000.0 % DAY_S)  # a UTC midnight
 TARGETS = [Target(f"https://orch-{i}.test:8935") for i in range(1, 5)]
@@ -221,3 +221,139 @@ def test_of_the_due_orchestrators_the_unproven_go_first_until_they_have_their_se
     # 3 read back + 7 that count (8 sessions, one a failure of ours): proven; then o3, tested longest ago
     assert picked == [o2.key] * 8 + [o3.key] and cov.counted[o2.key] == 10 and cov.proven(o2.key)
     assert cov.status([o1, o2, o3], 64, t)["unproven"] == []
+
+
+class ScanCoverage(Coverage):
+    """The pick as it was before the queue (a scan of every target per pick), re-stated here as the reference:
+    the rules themselves, not fleet.coverage's code for them."""
+
+    def pick(self, targets, total_slots, now):
+        self._roll(now)
+        if not targets:
+            self.why = "the capacity source shows no orchestrator for the model"
+            return None
+        if self.spent_s() + self.session_s > self.budget_s(total_slots):
+            self.why = "today's budget is spent"
+            return None
+        gap = self.interval(len(targets), total_slots)
+        if self.last_start is not None and now - self.last_start < gap:
+            self.why = "pacing"
+            return None
+        inf = float("inf")
+        due = [t for t in targets if t.key not in self.last_tested or now - self.last_tested[t.key] >= self.every_s]
+        due = [t for t in due if now - self.last_tried.get(t.key, -inf) >= self.retry_s
+               or self.last_tried.get(t.key, -inf) <= self.last_tested.get(t.key, -inf)]
+        if not due:
+            self.why = "nothing is due"
+            return None
+        target = min(due, key=lambda t: (self.counted.get(t.key, 0) >= self.proven_sessions,
+                                         self.last_tested.get(t.key, -inf), t.key))
+        return Pick(target, self._category(target.key))
+
+
+def scan(**kw) -> ScanCoverage:
+    return ScanCoverage(**({"every_s": 60.0, "session_s": 10.0, "daily_budget": 0.05, "categories": CATEGORIES} | kw))
+
+
+KEYS = [f"https://o{i}.test:8935" for i in range(7)]
+STEPS = [0.0, 0.1, 0.2, 0.3, 1.0, 2.5, 7.5, 14.999999, 15.0, 15.000001, 20.0, 30.0, 59.99, 60.0, 60.1, 90.0,
+         600.0, 3600.0, DAY_S / 3]
+target_lists = st.lists(st.tuples(st.integers(0, len(KEYS) - 1), st.sampled_from([None, 0, 1, 3])),
+                        min_size=0, max_size=9)
+steps = st.one_of(st.sampled_from(STEPS), st.floats(0.0, 200.0), st.floats(-50.0, 0.0))
+ops = st.one_of(
+    st.tuples(st.just("pick"), steps, st.sampled_from(["start", "start", "skip", ""])),
+    st.tuples(st.just("pick"), steps, st.sampled_from(["start", "skip", ""])),
+    st.tuples(st.just("pick"), steps, st.sampled_from(["start", "skip", ""])),
+    st.tuples(st.just("refuse"), st.integers(0, 5)),
+    st.tuples(st.just("finish"), st.integers(0, 5), st.booleans(), st.floats(0.0, 20.0)),
+    st.tuples(st.just("targets"), target_lists),
+    st.tuples(st.just("copy")),
+    st.tuples(st.just("restore"), st.lists(st.tuples(st.integers(0, len(KEYS) - 1), st.floats(-7200.0, 10.0),
+                                                     st.sampled_from(["ok", "failed", "skipped_no_capacity"]),
+                                                     st.sampled_from([None, "pipeline", "tester"])),
+                                           max_size=8)),
+    st.tuples(st.just("status")),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(every_s=st.sampled_from([30.0, 60.0, 61.7, 600.0]), retry=st.sampled_from([None, 0.0, 7.3, 45.0]),
+       proven=st.integers(0, 3), budget=st.sampled_from([0.0002, 0.05, 1.0, 1.0]), slots=st.integers(0, 8),
+       start=st.floats(0.0, 2 * DAY_S), first=target_lists.filter(bool), script=st.lists(ops, min_size=10, max_size=150))
+def test_the_queued_pick_picks_what_the_scan_picked_on_any_history(every_s, retry, proven, budget, slots, start,
+                                                                     first, script):
+    """Random histories of picks, starts, skips, refusals, ends (counted or not), restores from stored rows,
+    changed target lists (same keys or not, duplicate keys with different idle slots), clock jumps (back too)
+    and UTC day rolls, on the queued Coverage and on the scan it replaced: the same pick, every time."""
+    kw = {"every_s": every_s, "session_s": 10.0, "daily_budget": budget, "categories": CATEGORIES,
+          "retry_s": retry, "proven_sessions": proven}
+    cov, ref = Coverage(**kw), ScanCoverage(**kw)
+
+    def listed(spec):
+        return [Target(KEYS[i], f"0x{i}", idle) for i, idle in spec]
+
+    targets, now, last, live, n = listed(first), T0 + start, None, [], 0
+    for op in script:
+        kind = op[0]
+        if kind == "pick":
+            now += op[1]
+            last = cov.pick(targets, slots, now)
+            assert last == ref.pick(targets, slots, now) and cov.why == ref.why, (op, now - T0)
+            assert last is None or last.target is next(t for t in targets if t.key == last.target.key)
+            if last is not None and op[2] == "start":
+                n += 1
+                live.append(f"s{n}")
+                for c in (cov, ref):
+                    c.started(live[-1], last, now)
+            elif last is not None and op[2] == "skip":
+                for c in (cov, ref):
+                    c.skipped(last, now)
+        elif kind in ("refuse", "finish") and live:
+            sid = live.pop(op[1] % len(live))
+            if kind == "refuse":
+                for c in (cov, ref):
+                    c.refused(sid)
+                    c.finished(sid, 0.0, now)
+            else:
+                for c in (cov, ref):
+                    c.finished(sid, op[3], now, counts=op[2])
+        elif kind == "targets":
+            targets = listed(op[1])
+        elif kind == "copy":
+            targets = list(targets)   # a new list of the same targets, as each capacity read gives
+        elif kind == "restore":
+            rows = [{"target_orchestrator": KEYS[i], "started_unix": now + dt_, "outcome": outcome,
+                     "error_phase": phase, "duration_s": 10.0} for i, dt_, outcome, phase in op[1]]
+            assert cov.restore(rows, now) == ref.restore(rows, now)
+        elif kind == "status":
+            assert cov.status(targets, slots, now) == ref.status(targets, slots, now)
+        assert (cov.last_tested, cov.last_tried, cov.counted, cov.last_start) == \
+            (ref.last_tested, ref.last_tried, ref.counted, ref.last_start)
+
+
+def test_a_count_that_proves_an_orchestrator_already_due_moves_it_behind_the_unproven():
+    """o1 is due and was looked at (filed as due, unproven) when its session's count proves it: the next
+    pick takes o2, unproven though tested later, as the scan would."""
+    o1, o2 = Target("https://o1.test:8935"), Target("https://o2.test:8935")
+    for cov in (coverage(proven_sessions=1), scan(proven_sessions=1)):
+        first = cov.pick([o1, o2], 16, T0)
+        cov.started("s1", first, T0)
+        second = cov.pick([o1, o2], 16, T0 + 30)
+        cov.started("s2", second, T0 + 30)
+        assert (first.target, second.target) == (o1, o2)
+        assert cov.pick([o1, o2], 16, T0 + 60).target == o1        # due again, its session not yet counted
+        cov.finished("s1", 10.0, T0 + 60, counts=True)              # ... now it is: o1 is proven
+        assert cov.pick([o1, o2], 16, T0 + 90).target == o2, type(cov).__name__
+
+
+def test_a_clock_that_goes_back_makes_due_what_was_due_then_only():
+    """The wall clock may step back (NTP): an orchestrator due at t is not due at t - 20 s if its retry is not
+    up then; the queue that filed it as due at t must not return it."""
+    o1, o2 = Target("https://o1.test:8935"), Target("https://o2.test:8935")
+    for cov in (coverage(retry_s=30.0), scan(retry_s=30.0)):
+        cov.skipped(Pick(o1, None), T0)
+        cov.skipped(Pick(o2, None), T0 + 10)
+        assert cov.pick([o1, o2], 16, T0 + 45).target == o1         # both retried: o1 first, by key
+        assert cov.pick([o1, o2], 16, T0 + 25) is None and cov.why == "nothing is due", type(cov).__name__
+        assert cov.pick([o1, o2], 16, T0 + 35).target == o1

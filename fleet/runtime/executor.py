@@ -14,7 +14,9 @@ failure. Every wait on Ray has a deadline, and Ray's errors are mapped here and 
   executor stops their streams at the gateway (the broker knows how, from the lease) and starts a
   new runner for the region;
 - ``stop_all`` ends every live session (each tears its stream down) and, for a session with no
-  result within the grace, stops its stream itself.
+  result within the grace, stops its stream itself;
+- a broker that missed a deadline (a lease, a release) is sent releases without waiting for them until
+  it answers again: a silent broker costs one deadline, not one per live session.
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class RayExecutor:
         self.runners = {r: self._runner(r) for r in urls}
         self.live: dict[Any, _InFlight] = {}
         self.tester_failures = 0
+        self.broker_silent = False   # it missed a deadline: until it answers again, releases are sent, not awaited
         self._polls: dict[str, tuple[Any, float]] = {}   # the broker's answers asked without waiting
 
     def _runner(self, region: str) -> Any:
@@ -152,9 +155,14 @@ class RayExecutor:
         snapshot: CapacitySnapshot = self._ask(self.broker.snapshot.remote(), "its capacity")
         return snapshot
 
-    @staticmethod
-    def _ask(ref: Any, what: str) -> Any:
-        return _get(ref, LEASE_TIMEOUT_S, f"the slot broker did not answer {what}")
+    def _ask(self, ref: Any, what: str) -> Any:
+        try:
+            answer = _get(ref, LEASE_TIMEOUT_S, f"the slot broker did not answer {what}")
+        except TesterError:
+            self.broker_silent = True
+            raise
+        self.broker_silent = False
+        return answer
 
     def start(self, region: str, job: Job, lease_id: str, tag: Any) -> None:
         ref = self.runners[region].run_session.remote(replace(job, lease_id=lease_id))
@@ -199,10 +207,20 @@ class RayExecutor:
 
         if not lease_id:
             return False
+        if self.broker_silent:   # n sessions to release must not cost n more deadlines (stop_all's grace holds)
+            from ray.exceptions import RayError
+
+            try:
+                self.broker.release.remote(lease_id)
+            except RayError:  # a lost broker: the lease expires with it
+                pass
+            return False
         try:
             stop = _get(self.broker.release.remote(lease_id), STATE_TIMEOUT_S, "release")
         except TesterError:  # a lost broker: the lease expires with it
+            self.broker_silent = True
             return False
+        self.broker_silent = False
         if not died or stop is None:
             return False
         env = self.scenario.target.token_env
