@@ -97,6 +97,7 @@ def test_the_shipped_example_loads_and_its_schema_is_printed(cli):
     spec = load_demand("scenarios/rules/demand.yaml")
     assert {d.model for d in spec.demand} == {"streamdiffusion", "streamdiffusion-sdxl"}
     assert region_of(spec, "https://orch-1.reference.local:8935") == "us-east"
+    assert spec.naap is None   # the example works offline: NaaP is commented out
     out = cli("schema", "demand")
     schema = json.loads(out.out)
     assert out.code == 0 and schema["title"] == "fleet demand"
