@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 from typing import Any
-from urllib.parse import urlencode
 
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict
@@ -43,10 +42,7 @@ def meta(f: q.Filters) -> Meta:
 
 def sessions_url(f: q.Filters, **which: Any) -> str:
     """The /v1/sessions query listing the sessions behind a count."""
-    params = {"window": f.window, **{k: v for k, v in (("model", f.model), ("region", f.region),
-                                                        ("category", f.category)) if v},
-              **{k: str(v) for k, v in which.items() if v is not None}}
-    return f"/v1/sessions?{urlencode(params)}"
+    return f"/v1/sessions?{f.query(**which)}"
 
 
 def paged(rows: list[Any], lim: Limits) -> tuple[list[Any], Page]:

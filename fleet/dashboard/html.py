@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
@@ -89,14 +88,9 @@ def anchor(href: str, text: Any) -> Markup:
     return Markup('<a href="{}">{}</a>').format(href, text)
 
 
-def _params(f: q.Filters) -> dict[str, str]:
-    return {"window": f.window, **{k: v for k, v in (("model", f.model), ("region", f.region),
-                                                      ("category", f.category)) if v}}
-
-
 def link(path: str, f: q.Filters, **extra: Any) -> str:
     """The path with the view's filters and ``extra`` (None values left out) as its query string."""
-    return f"{path}?{urlencode({**_params(f), **{k: str(v) for k, v in extra.items() if v is not None}})}"
+    return f"{path}?{f.query(**extra)}"
 
 
 def sessions_link(f: q.Filters, count: Any, **which: Any) -> Markup | str:

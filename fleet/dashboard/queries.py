@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from fleet.dashboard.engine import Engine
 from fleet.results.verdict import sla_combine
@@ -43,6 +44,12 @@ class Filters:
     region: str | None = None
     category: str | None = None
     now: dt.datetime | None = None   # the window ends here (tests pin it); default: the current time
+
+    def query(self, **extra: Any) -> str:
+        """The filters and ``extra`` (None values left out) as a URL's query string: what a link carries."""
+        given = {"window": self.window, **{k: v for k, v in (("model", self.model), ("region", self.region),
+                                                              ("category", self.category)) if v}}
+        return urlencode({**given, **{k: str(v) for k, v in extra.items() if v is not None}})
 
     def where(self, engine: Engine, extra: str = "") -> tuple[str, dict[str, Any]]:
         d = engine.dialect

@@ -188,6 +188,10 @@ def _naap(r: dict[str, Any]) -> dict[str, Any]:
             "startup_success_sessions": r["requested_started"], "avg_output_fps": r["fps_mean"]}
 
 
+def _complement(share: float | None) -> float | None:
+    return None if share is None else 1 - share
+
+
 def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
@@ -198,8 +202,8 @@ def streaming_sla(request: Request, p: Annotated[NaapParams, Query()]) -> Cursor
     part, page, meta = _hourly(request, p)
     return CursorEnvelopeStreamingSLA(pagination=page, meta=meta, data=[StreamingSLARow(
         **_naap(r), requested_sessions=r["requested"],
-        effective_success_rate=None if not r["requested"] else 1 - r["effective_failed"] / r["requested"],
-        no_swap_rate=None if not r["requested"] else 1 - r["requested_swapped"] / r["requested"],
+        effective_success_rate=_complement(_share(r["effective_failed"], r["requested"])),
+        no_swap_rate=_complement(_share(r["requested_swapped"], r["requested"])),
         sla_score=r["score"]) for r in part])
 
 
