@@ -5,9 +5,10 @@ What runs is the code ``fleet run`` and ``fleet monitor`` run, minus Ray and the
 - ``fleet.runtime.dispatch.Dispatcher`` follows a campaign of ``--sessions-per-hour`` Poisson arrivals (half
   of them naming an orchestrator, as a plan does), each leasing its slot from the one
   ``fleet.runtime.broker.SlotBroker``;
-- the monitor's loop (``fleet.runtime.monitor.CoverageSource.step``, re-stated here on the simulated clock:
-  the real one reads the wall clock) asks ``fleet.coverage.Coverage`` what to test next over every
+- the monitor's own source, ``fleet.runtime.monitor.CoverageSource`` (its step and its handling of ended
+  sessions, on the simulated clock it is given), asks ``fleet.coverage.Coverage`` what to test next over every
   orchestrator and leases it strictly through the same broker (one broker for both: the caps are the fleet's);
+  its status line comes once a simulated hour (``fleet monitor``'s: every minute);
 - ``FakeNetwork`` (a fake, named so) is ``--orchestrators`` orchestrators with a mix of GPUs and slots, other
   users whose load follows the day and wanders, some orchestrators full all day, some refusing every session;
   the broker re-reads its snapshot every ``CAPACITY_REFRESH_S``, as ``BrokerActor`` does;
@@ -25,7 +26,9 @@ printed and the exit code is 1.
 
     python bench/control_plane.py [--orchestrators 1000] [--sessions-per-hour 10000] [--hours 24] [--seed 1]
 
-Prints a line per simulated hour and, last, one JSON object: CPU per dispatched session and per simulated hour,
+First it plans (``fleet.plan.make_plan``) ``--plan-hours`` of the same campaign on the network's first snapshot and on
+the baseline's, and prints the planner's CPU per requested session and its ratio. Then it prints a line per
+simulated hour and, last, one JSON object: CPU per dispatched session and per simulated hour,
 that as a % of one core per real-time hour of the network, peak memory, and the same per-session figure for a
 ``--baseline-orchestrators`` network (its sessions per hour scaled to its size) over ``--baseline-hours`` in the
 same run: their ratio shows a per-session cost that grows with the network. CPU is ``time.process_time``; the
@@ -54,14 +57,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fleet.capacity import CapacitySnapshot, OrchestratorSlots  # noqa: E402
-from fleet.coverage import Coverage, Pick, Target, targets_of  # noqa: E402
-from fleet.plan import PlannedSession  # noqa: E402
+from fleet.coverage import Coverage  # noqa: E402
+from fleet.plan import PlannedSession, make_plan  # noqa: E402
+from fleet.prompts import PoolEntry, Prompt  # noqa: E402
 from fleet.results.row import SessionRow  # noqa: E402
 from fleet.runtime.broker import Lease, SlotBroker  # noqa: E402
 from fleet.runtime.dispatch import Clock, Dispatcher  # noqa: E402
 from fleet.runtime.executor import Finished  # noqa: E402
 from fleet.runtime.job import Job  # noqa: E402
-from fleet.scenario import CapacityPolicy  # noqa: E402
+from fleet.runtime.lifecycle import Campaign, CampaignOptions  # noqa: E402
+from fleet.runtime.monitor import CoverageSource, MonitorOptions  # noqa: E402
+from fleet.scenario import CapacityPolicy, Scenario  # noqa: E402
 
 HOUR_S = 3600.0
 DAY_S = 86_400.0
@@ -78,8 +84,6 @@ CAPACITY_REFRESH_S = 30.0  # the broker re-reads capacity this often (GatewayCap
 LOAD_CHANGE_S = 60.0       # other users' load moves this often ...
 LOAD_CHANGE_SHARE = 0.2    # ... on this share of the orchestrators
 POLL_S = 0.2               # the dispatcher's and the monitor's poll (fleet.runtime.dispatch / monitor)
-MONITOR_REFRESH_S = 2.0    # the monitor re-reads its targets this often (fleet.runtime.monitor.REFRESH_S)
-MONITOR_HOLD_S = 1.0       # ... and waits this long when its own leases fill the caps (monitor.HOLD_S)
 POLICY = CapacityPolicy(max_fraction=0.05, idle_reserve=20, max_per_orchestrator=1, stagger_s=30.0,
                         lease_wait_s=30.0)
 MONITOR_EVERY_S = 3600.0
@@ -305,7 +309,7 @@ class FakeExecutor:
         self.events: list[tuple[float, int, int, str]] = []   # (time, order, seq, lease id): 0 end, 2 attach
         self.seq = 0
         self.done: list[Finished] = []
-        self.monitor_done: list[tuple[_Run, float]] = []
+        self.monitor_done: list[Finished] = []
         self.next_read = self.next_change = self.next_second = t
         self.fake_cpu = self.check_cpu = 0.0
         self.refused = 0
@@ -410,67 +414,73 @@ class FakeExecutor:
             self.net.by_key[run.key].ours -= 1
         self.broker.release(lease_id)
         self.check.released(lease_id, self.t)
+        outcome = "skipped_no_capacity" if run.refused else "ok"
         if run.monitor:
             del self.monitor_live[lease_id]
-            self.monitor_done.append((run, self.t - run.granted))
+            self.monitor_done.append(Finished(run.tag, lease_id, run.region, row=SessionRow(
+                session_id=str(lease_id), outcome=outcome, duration_s=self.t - run.granted)))
             return
         del self.live[lease_id]
-        outcome = "skipped_no_capacity" if run.refused else "ok"
         self.done.append(Finished(run.tag, lease_id, run.region,
                                   row=SessionRow(session_id=str(lease_id), outcome=outcome)))
 
 
 # --- the monitor on the simulated clock ----------------------------------------------------------------------
 
-class SimulatedMonitor:
-    """``fleet.runtime.monitor.CoverageSource.step`` on the simulated clock: refresh the targets, start what
-    ``Coverage`` picks on a strict lease, hold while our own leases fill the caps, record skips and ends."""
+class MonitorExecutor:
+    """A fake executor (``fleet.runtime.executor.RayExecutor``'s face to ``CoverageSource``): the monitor's leases
+    and sessions on the shared ``FakeExecutor``. Its poll does not move the time: the dispatcher's does, and the
+    monitor's step runs in the same pass."""
 
-    def __init__(self, ex: FakeExecutor, cov: Coverage) -> None:
-        self.ex, self.cov = ex, cov
-        self.snapshot = ex.broker.snapshot
-        self.targets: list[Target] = targets_of(self.snapshot)
-        self.refreshed = ex.t
-        self.held_until = -math.inf
-        self.n = self.started = self.skipped = 0
+    tester_failures = 0
 
-    def step(self, starting: bool = True) -> None:
-        ex, t = self.ex, self.ex.t
-        unix = DAY0_UNIX + t
-        if t - self.refreshed >= MONITOR_REFRESH_S:
-            self.refreshed = t
-            snapshot, self.snapshot = self.snapshot, ex.broker.snapshot
-            if self.snapshot.read_unix is None or self.snapshot.read_unix != snapshot.read_unix:   # a new read
-                self.targets = targets_of(self.snapshot)
-        if starting and t >= self.held_until:
-            pick = self.cov.pick(self.targets, self.snapshot.total, unix)
-            if pick is not None:
-                self._start(pick, t, unix)
-        for run, held in ex.monitor_done:
-            if run.refused:
-                self.cov.refused(run.tag)
-            self.cov.finished(run.tag, held, unix, counts=not run.refused)
-        ex.monitor_done.clear()
+    def __init__(self, ex: FakeExecutor) -> None:
+        self.ex = ex
+        self.started = 0
 
-    def _start(self, pick: Pick, t: float, unix: float) -> None:
-        ex = self.ex
-        region = REGIONS[(self.n + 1) % len(REGIONS)]
-        lease = ex.lease(region, pick.target.key, MONITOR_SESSION_S, strict=True, monitor=True)
-        if lease is None and ex.monitor_live:
-            state = ex.broker.state()
-            if state["leases"] >= state["budget"]:
-                self.held_until = t + MONITOR_HOLD_S
-                return
-        self.n += 1
-        session_id = f"monitor-{self.n:06d}"
-        if lease is None:
-            self.cov.skipped(pick, unix)
-            self.skipped += 1
-            return
-        job = Job(session_id, "http://gateway.example", MONITOR_SESSION_S, ()).leased(lease)
-        self.cov.started(session_id, pick, unix)
-        ex.start(region, job, lease["id"], session_id, monitor=True)
+    @property
+    def live(self) -> dict[str, _Run]:
+        return self.ex.monitor_live
+
+    def snapshot(self) -> CapacitySnapshot:
+        return self.ex.broker.snapshot
+
+    def final_state(self) -> dict[str, Any]:
+        return self.ex.broker.state()
+
+    def lease(self, region: str, preferred: str | None, duration_s: float, strict: bool = False) -> dict[str, Any] | None:
+        return self.ex.lease(region, preferred, duration_s, strict, monitor=True)
+
+    def start(self, region: str, job: Job, lease_id: str, tag: Any) -> None:
         self.started += 1
+        self.ex.start(region, job, lease_id, tag, monitor=True)
+
+    def poll(self, timeout: float) -> list[Finished]:
+        done, self.ex.monitor_done = self.ex.monitor_done, []
+        return done
+
+    def evidence(self, preferred: str | None) -> dict[str, Any]:
+        return self.ex.evidence(preferred)
+
+
+def monitor_source(ex: FakeExecutor, cov: Coverage, policy: CapacityPolicy, hours: float,
+                   seed: int) -> tuple[CoverageSource, MonitorExecutor]:
+    """``fleet monitor``'s source on the simulated clock, for ``hours`` (its ``--for``), over the broker's snapshot."""
+    scenario = Scenario.model_validate({
+        "name": "control-plane", "target": {"dialect": "reference"}, "workflow": {"pipeline": MODEL},
+        "prompts": {"sets": [{"set": "bootstrap"}]},
+        "load": {"shape": "stages", "stages": [{"concurrency": 1, "duration_s": 1}], "session": {"duration": 1}},
+        "capacity": policy.model_dump(),
+        "monitor": {"every_min": cov.every_s / 60, "daily_budget": cov.daily_budget, "session_s": MONITOR_SESSION_S}})
+    c = Campaign(scenario, CampaignOptions(progress=False))
+    c.campaign_id, c.urls, c.snapshot = "monitor-control-plane", {r: "http://gateway.example" for r in REGIONS}, \
+        ex.broker.snapshot
+    pool = [PoolEntry("bench", 1.0, Prompt(id=f"p{i}", text=f"prompt {i}", category=f"c{i % 2}")) for i in range(4)]
+    view = MonitorExecutor(ex)
+    clock = Clock(ex.monotonic, lambda s: None, lambda: DAY0_UNIX + ex.t)   # the dispatcher's poll moves the time
+    source = CoverageSource(c, cov, view, pool, "control-plane-run",  # type: ignore[arg-type]  # a fake RayExecutor
+                            MonitorOptions(for_s=hours * HOUR_S, seed=seed), clock=clock, log_every_s=HOUR_S)
+    return source, view
 
 
 # --- the run --------------------------------------------------------------------------------------------------
@@ -522,9 +532,11 @@ def simulate(orchestrators: int, per_hour: float, hours: float, seed: int, broke
     ex = FakeExecutor(broker, net, check)
     broker.clock = ex.monotonic
     dispatcher = Dispatcher(sessions, ex, policy.lease_wait_s, job_for, ex.clock(), POLL_S)
-    monitor = SimulatedMonitor(ex, coverage_cls(MONITOR_EVERY_S, MONITOR_SESSION_S, daily_budget))
+    monitor, view = monitor_source(ex, coverage_cls(MONITOR_EVERY_S, MONITOR_SESSION_S, daily_budget), policy, hours,
+                                   seed)
     ex.advance(0.0)   # the first read, and the checker's first second
     dispatcher.begin()
+    monitor.begin()
     per_hour_rows: list[Hour] = []
     hour = Hour(0)
     started = skipped = 0
@@ -535,7 +547,8 @@ def simulate(orchestrators: int, per_hour: float, hours: float, seed: int, broke
     end = hours * HOUR_S
     try:
         while ex.t < end or dispatcher.busy():
-            monitor.step(ex.t < end)
+            if monitor.busy():
+                monitor.step()
             turn = dispatcher.step()
             hour.started += len(turn.started)
             hour.skipped += len(turn.skipped)
@@ -545,9 +558,9 @@ def simulate(orchestrators: int, per_hour: float, hours: float, seed: int, broke
                 hour.cpu_fake_s, hour.cpu_s = fake - fake0, (cpu - hour_cpu) - (fake - fake0)
                 hour.real_s = time.perf_counter() - hour_real
                 hour.planned = planned_in[hour.hour]
-                hour.monitor_started, hour.monitor_skipped = monitor.started - started, monitor.skipped - skipped
+                hour.monitor_started, hour.monitor_skipped = view.started - started, monitor.n - view.started - skipped
                 hour.rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-                started, skipped = monitor.started, monitor.skipped
+                started, skipped = view.started, monitor.n - view.started
                 per_hour_rows.append(hour)
                 if progress:
                     show(hour, per_hour_rows[0])
@@ -558,7 +571,7 @@ def simulate(orchestrators: int, per_hour: float, hours: float, seed: int, broke
     cpu_total = time.process_time() - cpu0
     real = time.perf_counter() - real0
     control = cpu_total - ex.fake_cpu - ex.check_cpu
-    dispatched = sum(h.started for h in per_hour_rows) + monitor.started
+    dispatched = sum(h.started for h in per_hour_rows) + view.started
     sim_hours = ex.t / HOUR_S
     status = monitor.cov.status(monitor.targets, monitor.snapshot.total, DAY0_UNIX + ex.t)
     return {
@@ -567,7 +580,7 @@ def simulate(orchestrators: int, per_hour: float, hours: float, seed: int, broke
         "campaign": {"planned": len(sessions), "started": sum(h.started for h in per_hour_rows),
                      "skipped_lease_wait": sum(h.skipped for h in per_hour_rows),
                      "refused_by_gateway": sum(h.refused for h in per_hour_rows)},
-        "monitor": {"started": monitor.started, "skipped": monitor.skipped, "targets": status["targets"],
+        "monitor": {"started": view.started, "skipped": monitor.n - view.started, "targets": status["targets"],
                     "overdue_at_end": len(status["overdue"]), "budget_slot_s": status["budget_s"],
                     "used_slot_s": status["used_s"],   # of the UTC day the run ended in
                     "peak_share_of_daily_budget": round(check.monitor_peak_share, 4)},
@@ -582,6 +595,28 @@ def simulate(orchestrators: int, per_hour: float, hours: float, seed: int, broke
         "checked": {"grants": check.grants, "seconds": check.seconds},
         "caps_held": breach is None, "first_breach": breach,
     }
+
+
+def plan_campaign(orchestrators: int, per_hour: float, hours: float, seed: int) -> dict[str, Any]:
+    """``fleet plan`` (``fleet.plan.make_plan``) of a ``per_hour`` Poisson campaign over ``hours`` on the fake
+    network's first snapshot, under the bench's caps: its CPU, per planned and per requested session."""
+    net = FakeNetwork(orchestrators, random.Random(seed))
+    scenario = Scenario.model_validate({
+        "name": "control-plane-plan", "target": {"dialect": "reference"}, "workflow": {"pipeline": MODEL},
+        "prompts": {"sets": [{"set": "bootstrap"}]},
+        "load": {"shape": "arrivals", "process": "poisson", "rate_per_min": per_hour / 60, "duration_s": hours * HOUR_S,
+                 "max_concurrency": 10_000, "max_wait_s": POLICY.lease_wait_s,
+                 "session": {"duration": {"dist": "lognormal", "median_s": 45, "sigma": 0.5}, "max_s": 300, "min_s": 10}},
+        "capacity": POLICY.model_dump(), "placement": {"regions": [{"name": r} for r in REGIONS]}})
+    pool = [PoolEntry("bench", 1.0, Prompt(id=f"p{i}", text=f"prompt {i}", category=f"c{i % 2}")) for i in range(4)]
+    snap = net.snapshot()
+    c0 = time.process_time()
+    plan = make_plan(scenario, snap, seed, pool=pool)
+    cpu = time.process_time() - c0
+    asked = len(plan.sessions) + len(plan.skipped)
+    return {"orchestrators": orchestrators, "sessions_per_hour": per_hour, "hours": hours, "requested": asked,
+            "planned": len(plan.sessions), "skipped": len(plan.skipped), "peak_concurrency": plan.max_concurrency(),
+            "budget": plan.budget, "cpu_s": round(cpu, 3), "cpu_ms_per_requested_session": round(1000 * cpu / max(1, asked), 4)}
 
 
 def show(h: Hour, first: Hour) -> None:
@@ -603,7 +638,18 @@ def main() -> int:
     ap.add_argument("--baseline-orchestrators", type=int, default=250,
                     help="a smaller network run first, sessions per hour scaled to its size (0: none)")
     ap.add_argument("--baseline-hours", type=float, default=2.0)
+    ap.add_argument("--plan-hours", type=float, default=1.0, help="plan this long a campaign (0: no planning)")
     args = ap.parse_args()
+    planned = None
+    if args.plan_hours:
+        small = max(1, args.baseline_orchestrators or args.orchestrators // 4)
+        plan_base = plan_campaign(small, args.sessions_per_hour * small / args.orchestrators, args.plan_hours, args.seed)
+        plan_full = plan_campaign(args.orchestrators, args.sessions_per_hour, args.plan_hours, args.seed)
+        planned = {**plan_full, "baseline": plan_base, "per_session_cpu_ratio_vs_baseline": round(
+            plan_full["cpu_ms_per_requested_session"] / max(plan_base["cpu_ms_per_requested_session"], 1e-9), 3)}
+        print(f"plan: {plan_full['requested']} sessions over {args.plan_hours:g} h on {args.orchestrators} orchestrators: "
+              f"{plan_full['cpu_s']:.2f} s CPU, {plan_full['cpu_ms_per_requested_session']:.3f} ms/session "
+              f"(x{planned['per_session_cpu_ratio_vs_baseline']:.2f} of {small} orchestrators')", flush=True)
     base = None
     if args.baseline_orchestrators:
         base = simulate(args.baseline_orchestrators,   # the same load for its size: sessions scale with the network
@@ -618,6 +664,8 @@ def main() -> int:
                                                 "core_pct_per_network_hour", "caps_held")}
         out["per_session_cpu_ratio_vs_baseline"] = round(
             out["cpu_ms_per_dispatched_session"] / max(base["cpu_ms_per_dispatched_session"], 1e-9), 3)
+    if planned is not None:
+        out["plan"] = planned
     hours = out["per_hour_cpu_s"]
     if len(hours) >= 3 and hours[1] > 0:
         out["last_to_second_hour_cpu_ratio"] = round(hours[-2] / hours[1], 3)   # the last hour may be partial

@@ -71,7 +71,7 @@ def targets_of(snapshot: Any, include: Sequence[str] = (), exclude: Sequence[str
         return (not include or any(s in text for s in include)) and not any(s in text for s in exclude)
 
     found = [Target(o.key, o.address or None, o.idle) for o in snapshot.orchestrators
-             if eligible(f"{o.address} {o.uri}")]
+             if not (include or exclude) or eligible(f"{o.address} {o.uri}")]
     found += [Target(uri) for uri in snapshot.targets if eligible(uri)]
     if not found and not snapshot.orchestrators and not snapshot.targets and snapshot.total > 0:
         found = [Target(ANY_ORCHESTRATOR, None, snapshot.idle)]

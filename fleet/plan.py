@@ -30,8 +30,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from fleet.capacity import CapacitySnapshot
+from fleet.planslots import Slot as _Slot
+from fleet.planslots import SlotOrder, expire
 from fleet.prompts import PoolEntry, PromptPicker
-from fleet.rules import CapacityRules, Place
+from fleet.rules import CapacityRules
 from fleet.scenario import (ArrivalsLoad, ExponentialDuration, FixedDuration, LognormalDuration, RampLoad,
                             Scenario, Stage, StagesLoad, UniformDuration)
 
@@ -97,16 +99,6 @@ class Plan:
 
 
 @dataclass
-class _Slot:
-    """A place (fleet.rules) and the sessions the plan runs on it."""
-
-    place: Place
-    order: int  # the seeded tie-break
-    running: list[int] = field(default_factory=list)  # end times (ms)
-    last_start: int | None = None
-
-
-@dataclass
 class _Request:
     first_ms: int
     deadline_ms: int
@@ -125,7 +117,8 @@ class _Planner:
         self.window = min(int(self.load.window_s * MS), self.end)
         places, notes = self.rules.places(snapshot)
         random.Random(f"orchestrators:{seed}").shuffle(places)
-        self.slots = [_Slot(place, i) for i, place in enumerate(places)]
+        self.order = SlotOrder(places, self.rules)   # fleet.planslots: not a scan of every slot per session
+        self.slots = self.order.slots
         self.notes: list[str] = list(snapshot.notes) + notes
         room = sum(s.place.most for s in self.slots)
         self.cap = min(self.budget, room)
@@ -136,7 +129,7 @@ class _Planner:
                         f"{pol.max_per_orchestrator} or its idle slots")
         if isinstance(self.load, ArrivalsLoad) and self.load.max_concurrency < self.cap:
             self.cap, self.cap_why = self.load.max_concurrency, "load.max_concurrency"
-        self.running: list[int] = []  # end times of every running session
+        self.running: list[int] = []  # end times of every running session (a heap, as every list of ends here)
         self.regions = [(r.name, r.weight, r.max_concurrent) for r in scenario.placement.regions]
         self.region_running: dict[str, list[int]] = {r[0]: [] for r in self.regions}
         self.region_credit = {r[0]: 0.0 for r in self.regions}
@@ -210,18 +203,10 @@ class _Planner:
 
     @staticmethod
     def _expire(ends: list[int], t: int) -> None:
-        ends[:] = [e for e in ends if e > t]
+        expire(ends, t)
 
     def _free_slot(self, t: int) -> _Slot | None:
-        open_: dict[str | None, _Slot] = {}
-        for slot in self.slots:
-            self._expire(slot.running, t)
-            ours = len(slot.running)  # the snapshot predates every planned session: all are unseen
-            if self.rules.has_room(slot.place, ours, ours) and self.rules.past_stagger(slot.last_start, t):
-                open_[slot.place.key] = slot
-        last = {k: float(s.last_start) for k, s in open_.items() if s.last_start is not None}
-        place = self.rules.choose([s.place for s in open_.values()], last, tiebreak=lambda p: open_[p.key].order)
-        return None if place is None else open_[place.key]
+        return self.order.free(t)
 
     def _region(self, t: int) -> str | None:
         """Smooth weighted round-robin over the regions with room."""
@@ -240,12 +225,13 @@ class _Planner:
         return chosen
 
     def _next_change(self, t: int) -> int | None:
-        times = [e for e in self.running if e > t]
-        for slot in self.slots:
-            free_at = self.rules.next_start(slot.last_start)
-            if free_at is not None and free_at > t:
-                times.append(int(free_at))
-        return min(times) if times else None
+        """The next session end or stagger expiry after ``t``."""
+        self._expire(self.running, t)
+        times = self.running[:1]
+        stagger = self.order.next_stagger(t)
+        if stagger is not None:
+            times.append(stagger)
+        return min(times, default=None)
 
     def _why(self, t: int) -> str:
         if not self.slots:
@@ -254,6 +240,8 @@ class _Planner:
             return "capacity budget is 0 slots (max_fraction x total, less the idle reserve)"
         if len(self.running) >= self.cap:
             return f"campaign at its cap of {self.cap} concurrent streams ({self.cap_why})"
+        for slot in self.slots:
+            self._expire(slot.running, t)
         roomy = [s for s in self.slots if self.rules.has_room(s.place, len(s.running), len(s.running))]
         if not roomy:
             return (f"every eligible orchestrator is at its limit (capacity.max_per_orchestrator = "
@@ -283,9 +271,9 @@ class _Planner:
         if region is None:
             return None
         end = t + duration
-        for ends in (self.running, slot.running, self.region_running[region]):
-            ends.append(end)
-        slot.last_start = t
+        for ends in (self.running, self.region_running[region]):
+            heapq.heappush(ends, end)
+        self.order.started(slot, t, end)
         self.sessions.append(PlannedSession(
             index=len(self.sessions), start_s=t / MS, duration_s=duration / MS, region=region,
             orchestrator=slot.place.address or None, orchestrator_uri=slot.place.uri or None,

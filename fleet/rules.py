@@ -67,6 +67,9 @@ class CapacityRules:
         return s if self.ticks_per_s is None else math.ceil(s * self.ticks_per_s)
 
     def eligible(self, address: str, uri: str) -> bool:
+        if not self.policy.include and not self.policy.exclude:
+            return True   # asked of every orchestrator at every capacity read
+
         def hit(needles: tuple[str, ...]) -> bool:
             return any(n in address or n in uri for n in needles)
 

@@ -80,6 +80,24 @@ class SlotBroker:
     def __post_init__(self) -> None:
         self.rules = CapacityRules(self.policy, self.ticks_per_s)
         self._order = _Order(None)
+        # Kept as leases come and go, not recounted at every lease (that was O(live leases) per lease): our
+        # leases per place, those the snapshot cannot know of, and when each lease expires (a heap).
+        self._ours: Counter[str | None] = Counter()
+        self._unseen_n: Counter[str | None] = Counter()
+        self._expiry: list[tuple[float, str]] = []
+        for lease in self.leases.values():
+            self._count(lease, 1)
+
+    def _is_unseen(self, lease: Lease) -> bool:
+        return lease.attached is None or lease.attached >= self.snapshot_at  # a tie: assume unseen
+
+    def _count(self, lease: Lease, n: int) -> None:
+        """Count a lease in (``n`` 1) or out (-1)."""
+        self._ours[lease.key] += n
+        if self._is_unseen(lease):
+            self._unseen_n[lease.key] += n
+        if n > 0:
+            heapq.heappush(self._expiry, (lease.expires, lease.id))
 
     def _ordered(self) -> _Order:
         """The snapshot's places (fleet.rules) in the rules' order, worked out once per snapshot, not per lease."""
@@ -89,18 +107,22 @@ class SlotBroker:
 
     def _expire(self) -> None:
         now = self.clock()
-        for lid in [lid for lid, lease in self.leases.items() if lease.expires <= now]:
-            del self.leases[lid]
+        while self._expiry and self._expiry[0][0] <= now:
+            lid = heapq.heappop(self._expiry)[1]
+            lease = self.leases.get(lid)
+            if lease is not None and lease.expires <= now:
+                del self.leases[lid]
+                self._count(lease, -1)
 
     def update(self, snapshot: CapacitySnapshot, taken_at: float | None = None) -> None:
         """New capacity, read at ``taken_at``: it counts streams leased before then as in use."""
         self.snapshot = snapshot
         self.snapshot_at = self.clock() if taken_at is None else taken_at
+        self._unseen_n = Counter(lease.key for lease in self.leases.values() if self._is_unseen(lease))
 
     def _unseen(self) -> Counter[str | None]:
         """Our leases the snapshot cannot know of, per place: their streams did not exist yet when it was read."""
-        return Counter(lease.key for lease in self.leases.values()
-                       if lease.attached is None or lease.attached >= self.snapshot_at)  # a tie: assume unseen
+        return self._unseen_n
 
     def budget(self) -> int:
         """Most concurrent test streams now (the rules' budget, counting the streams the snapshot saw as ours)."""
@@ -115,8 +137,7 @@ class SlotBroker:
             self.refused += 1
             return None
         now = self.clock()
-        ours = Counter(lease.key for lease in self.leases.values())
-        unseen = self._unseen()
+        ours, unseen = self._ours, self._unseen_n
 
         def open_(p: Place) -> bool:
             return self.rules.has_room(p, ours[p.key], unseen[p.key]) and \
@@ -138,6 +159,7 @@ class SlotBroker:
                       idle=chosen.idle if known else None,
                       age_s=None if self.snapshot_at <= -1e18 else round((now - self.snapshot_at) / (self.ticks_per_s or 1), 3))
         self.leases[lease.id] = lease
+        self._count(lease, 1)
         return lease
 
     def evidence(self, preferred: str | None) -> dict[str, Any]:
@@ -151,12 +173,24 @@ class SlotBroker:
     def attach(self, lease_id: str, stop: tuple[str, str]) -> None:
         lease = self.leases.get(lease_id)
         if lease is not None:
+            self._count(lease, -1)
             lease.stop = stop
             lease.attached = self.clock()
+            self._ours[lease.key] += 1   # counted back in (its expiry is already in the heap)
+            if self._is_unseen(lease):
+                self._unseen_n[lease.key] += 1
+
+    def stop_of(self, lease_id: str) -> tuple[str, str] | None:
+        """How to stop a lease's stream, the lease kept: its holder died, and the slot stays taken at the
+        gateway until the stream is gone."""
+        lease = self.leases.get(lease_id)
+        return lease.stop if lease else None
 
     def release(self, lease_id: str) -> tuple[str, str] | None:
         """End a lease; returns how to stop its stream (for a holder that died), if one was attached."""
         lease = self.leases.pop(lease_id, None)
+        if lease is not None:
+            self._count(lease, -1)
         return lease.stop if lease else None
 
     def state(self) -> dict[str, Any]:
@@ -324,6 +358,9 @@ class BrokerActor:
 
     async def attach(self, lease_id: str, method: str, url: str) -> None:
         self.broker.attach(lease_id, (method, url))
+
+    async def stop_of(self, lease_id: str) -> tuple[str, str] | None:
+        return self.broker.stop_of(lease_id)
 
     async def release(self, lease_id: str) -> tuple[str, str] | None:
         return self.broker.release(lease_id)

@@ -35,6 +35,7 @@ STARVE_STEP_S = 2 * POLL_S  # at most this much of one dispatch pass counts as a
 class Clock:
     monotonic: Callable[[], float]
     sleep: Callable[[float], None]
+    wall: Callable[[], float] = time.time   # the UTC day and the stored times (the monitor's coverage)
 
 
 SYSTEM_CLOCK = Clock(time.monotonic, time.sleep)

@@ -46,6 +46,7 @@ from fleet.results.sink import SESSIONS, ParquetSink, conform
 from fleet.runtime.broker import read_capacity
 from fleet.runtime.lifecycle import (Campaign, CampaignOptions, open_gateways, open_outputs, prepare,
                                      ray_init, results_dir, with_gpu)
+from fleet.runtime.dispatch import SYSTEM_CLOCK, Clock
 from fleet.runtime.executor import Finished, RayExecutor
 from fleet.runtime.driver import drive
 from fleet.runtime.job import Job, prompt_changes
@@ -158,21 +159,23 @@ def _watch(c: Campaign, cov: Coverage, outputs: Outputs, sink: ParquetSink, pool
     source = CoverageSource(c, cov, ex, pool, run_id, opts)
     drive(c, ex, source, outputs, sink)
     status = source.status()
-    status.update({"run_s": round(time.monotonic() - source.t0, 1), "stop_s": c.stop_s, "tester_error": c.tester_error,
+    status.update({"run_s": round(source.clock.monotonic() - source.t0, 1), "stop_s": c.stop_s, "tester_error": c.tester_error,
                    "stopped_by": signal.Signals(c.stop_signal).name if c.stop_signal else None})
     return status
 
 
 class CoverageSource:
     """The monitor's sessions (``fleet.runtime.driver.Source``): refresh the targets, start what coverage
-    picks on a slot leased on that orchestrator only, record a skip when it has none, gather what ends."""
+    picks on a slot leased on that orchestrator only, record a skip when it has none, gather what ends.
+    Every time it reads is ``clock``'s (bench/control_plane.py runs it on a simulated one)."""
 
     planned: int | None = None
 
     def __init__(self, c: Campaign, cov: Coverage, ex: RayExecutor, pool: list[PoolEntry], run_id: str,
-                 opts: MonitorOptions) -> None:
+                 opts: MonitorOptions, clock: Clock = SYSTEM_CLOCK, log_every_s: float = LOG_EVERY_S) -> None:
         assert c.snapshot is not None and c.scenario.monitor is not None
         self.c, self.cov, self.ex, self.run_id, self.opts = c, cov, ex, run_id, opts
+        self.clock, self.log_every_s = clock, log_every_s
         self.scenario, self.spec = c.scenario, c.scenario.monitor
         self.model, self.digest = self.scenario.workflow.pipeline, self.scenario.digest()
         self.prompts = {(e.set_name, e.prompt.id): e.prompt for e in pool}
@@ -184,46 +187,48 @@ class CoverageSource:
         self.pickers = {k: PromptPicker(v, selection, f"{opts.seed}:{k}") for k, v in by_category.items()}
         self.any_picker = PromptPicker(pool, selection, opts.seed)
         self.regions = list(c.urls)
-        self.t0 = time.monotonic()
+        self.t0 = clock.monotonic()
         self.deadline = None if opts.for_s is None else self.t0 + opts.for_s
         self.snapshot: CapacitySnapshot = c.snapshot
         self.targets = targets_of(self.snapshot, self.scenario.capacity.include, self.scenario.capacity.exclude)
         self.n = 0
-        self.refreshed = self.last_log = time.monotonic()
+        self.refreshed = self.last_log = clock.monotonic()
         self.draining = False
         self.held_until = 0.0
 
     def begin(self) -> None:
-        self.t0 = self.refreshed = self.last_log = time.monotonic()   # once every runner is up
+        self.t0 = self.refreshed = self.last_log = self.clock.monotonic()   # once every runner is up
         self.deadline = None if self.opts.for_s is None else self.t0 + self.opts.for_s
 
     def busy(self) -> bool:
-        if not self.draining and self.deadline is not None and time.monotonic() >= self.deadline:
+        if not self.draining and self.deadline is not None and self.clock.monotonic() >= self.deadline:
             self.draining = True
             print(f"fleet: --for {self.opts.for_s:g} s reached: no new sessions; waiting for {len(self.ex.live)} "
                   "live one(s) to end", flush=True)
         return not (self.draining and not self.ex.live)
 
     def step(self) -> list[SessionRow]:
-        ex, mono = self.ex, time.monotonic()
+        ex, mono = self.ex, self.clock.monotonic()
         rows: list[SessionRow] = []
         if mono - self.refreshed >= REFRESH_S:
             self._refresh(mono)
         if not self.draining and mono >= self.held_until:
-            pick = self.cov.pick(self.targets, self.snapshot.total, time.time())
+            pick = self.cov.pick(self.targets, self.snapshot.total, self.clock.wall())
             if pick is not None:
                 rows += self._start(pick, mono)
         if ex.live:
             rows += self.ended(ex.poll(POLL_S))
         else:
-            time.sleep(POLL_S)  # pacing: nothing live to wait on
-        if time.monotonic() - self.last_log >= LOG_EVERY_S:
-            self.last_log = time.monotonic()
-            _log(self.cov.status(self.targets, self.snapshot.total, time.time()), self.c.tally.counts, len(ex.live))
+            self.clock.sleep(POLL_S)  # pacing: nothing live to wait on
+        if self.clock.monotonic() - self.last_log >= self.log_every_s:
+            self.last_log = self.clock.monotonic()
+            _log(self.cov.status(self.targets, self.snapshot.total, self.clock.wall()), self.c.tally.counts,
+                 len(ex.live))
         return rows
 
     def status(self) -> dict[str, Any]:
-        return _status(self.cov, self.targets, self.snapshot, self.c.tally.counts, self.ex, self.run_id)
+        return _status(self.cov, self.targets, self.snapshot, self.c.tally.counts, self.ex, self.run_id,
+                       self.clock.wall())
 
     def _refresh(self, mono: float) -> None:
         """The broker's capacity (the targets) and the Prometheus coverage gauges."""
@@ -232,11 +237,11 @@ class CoverageSource:
         if self.snapshot.read_unix is None or self.snapshot.read_unix != snapshot.read_unix:   # a new read
             self.targets = targets_of(self.snapshot, self.scenario.capacity.include, self.scenario.capacity.exclude)
         if self.c.metrics is not None:
-            self.c.metrics.coverage(self.cov.status(self.targets, self.snapshot.total, time.time()), self.model)
+            self.c.metrics.coverage(self.cov.status(self.targets, self.snapshot.total, self.clock.wall()), self.model)
 
     def _start(self, pick: Pick, mono: float) -> list[SessionRow]:
         """Lease a slot on the picked orchestrator and start a session there, or the row of its skip."""
-        now = time.time()
+        now = self.clock.wall()
         region = self.regions[(self.n + 1) % len(self.regions)]
         preferred = None if pick.target.key == ANY_ORCHESTRATOR else pick.target.key
         lease = self.ex.lease(region, preferred, self.spec.session_s, strict=preferred is not None)
@@ -273,13 +278,13 @@ class CoverageSource:
                 row = replace(f.row.identified(self._identity(s)),
                               orchestrator_address=f.row.orchestrator_address or s.job.orchestrator)
             else:
-                spent = round(time.monotonic() - s.started, 3)
-                row = SessionRow.failed(self._identity(s), *f.failure, started_unix=time.time() - spent,
+                spent = round(self.clock.monotonic() - s.started, 3)
+                row = SessionRow.failed(self._identity(s), *f.failure, started_unix=self.clock.wall() - spent,
                                         duration_s=spent, orchestrator_address=s.job.orchestrator)
             row = with_gpu(self.c, row)
             if row.outcome == "skipped_no_capacity":   # the gateway's skip: retried after retry_min
                 self.cov.refused(s.session_id)
-            self.cov.finished(s.session_id, row.duration_s or 0.0, time.time(), counts(row.record()))
+            self.cov.finished(s.session_id, row.duration_s or 0.0, self.clock.wall(), counts(row.record()))
             rows.append(row)
         return rows
 
@@ -308,9 +313,9 @@ def _at_own_cap(ex: RayExecutor) -> bool:
 
 
 def _status(cov: Coverage, targets: list[Target], snapshot: Any, counts: dict[str, int], ex: RayExecutor,
-            run_id: str) -> dict[str, Any]:
-    return {"run_id": run_id, "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(), "sessions": dict(counts),
-            "live_sessions": len(ex.live), "coverage": cov.status(targets, snapshot.total, time.time()),
+            run_id: str, now: float) -> dict[str, Any]:
+    return {"run_id": run_id, "updated_at": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(),
+            "sessions": dict(counts), "live_sessions": len(ex.live), "coverage": cov.status(targets, snapshot.total, now),
             "tester_failures": ex.tester_failures}
 
 
