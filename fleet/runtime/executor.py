@@ -10,11 +10,14 @@ failure. Every wait on Ray has a deadline, and Ray's errors are mapped here and 
   no node offers; the broker lost or silent) is a ``TesterError``, which the drivers end on: they
   stop every live session, store what they have, print the summary and exit 4;
 
-- a runner that dies fails its in-flight sessions as ``tester`` failures (``runner_died``); the
-  executor stops their streams at the gateway (the broker knows how, from the lease) and starts a
-  new runner for the region;
+- a runner that dies (its process killed, its node lost) fails its in-flight sessions as ``tester``
+  failures (``runner_died``); the executor stops their streams at the gateway (the broker knows how,
+  from the lease) and starts a new runner for the region. A stream it cannot stop (go-livepeer has no
+  stop call: the gateway drops it once ICE fails) keeps its lease for ``ORPHAN_HOLD_S``, so the slot is
+  not leased again while the gateway still runs the orphan and the campaign's caps hold at the gateway;
 - ``stop_all`` ends every live session (each tears its stream down) and, for a session with no
   result within the grace, stops its stream itself;
+- the broker is placed on the driver's node: a lost region node costs that region's sessions, not the run;
 - a broker that missed a deadline (a lease, a release) is sent releases without waiting for them until
   it answers again: a silent broker costs one deadline, not one per live session.
 """
@@ -41,6 +44,7 @@ REAPED = "; the driver stopped its stream"
 RUNNER_CPU = 0.1    # a runner's CPU request: the region resource places it, CPUs are its sessions'
 LEASE_TIMEOUT_S = 30.0
 STATE_TIMEOUT_S = 5.0
+ORPHAN_HOLD_S = 15.0  # go-livepeer's ICE failure timeout (10 s, from the tester's death, which we learn later) + margin
 
 
 def _get(ref: Any, timeout_s: float, what: str) -> Any:
@@ -54,6 +58,17 @@ def _get(ref: Any, timeout_s: float, what: str) -> Any:
         raise TesterError(f"{what} within {timeout_s:g} s") from None
     except RayError as exc:
         raise TesterError(f"{what}: {type(exc).__name__} (the actor is gone)") from None
+
+
+def _on_this_node() -> Any:
+    """The broker's place: the driver's own node. Left to Ray, it lands on any node, a region's among them,
+    and losing that node would end the campaign (a lost broker) instead of failing that region's sessions;
+    on the driver's node it shares the fate of the campaign, which ends with that node anyway. Hard: Ray 2.60
+    spills a soft affinity to another node even when the driver's node has room (a 0-CPU actor included)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
 
 
 @dataclass
@@ -89,13 +104,15 @@ class RayExecutor:
         self.scenario = scenario
         self.urls = urls
         self.hosts = host_addresses
-        self.broker: Any = ray.remote(BrokerActor).options(num_cpus=0, max_concurrency=1000, max_restarts=0).remote(
+        self.broker: Any = ray.remote(BrokerActor).options(
+            num_cpus=0, max_concurrency=1000, max_restarts=0, scheduling_strategy=_on_this_node()).remote(
             scenario.model_dump(mode="json"), capacity_url, snapshot)
         self.runners = {r: self._runner(r) for r in urls}
         self.live: dict[Any, _InFlight] = {}
         self.tester_failures = 0
         self.broker_silent = False   # it missed a deadline: until it answers again, releases are sent, not awaited
         self._polls: dict[str, tuple[Any, float]] = {}   # the broker's answers asked without waiting
+        self.held: dict[str, float] = {}   # a dead session's lease -> when to release it (its orphan stream is gone)
 
     def _runner(self, region: str) -> Any:
         import ray
@@ -172,6 +189,7 @@ class RayExecutor:
         """Sessions that finished within ``timeout`` (waits at most that long)."""
         import ray
 
+        self._release_held(time.monotonic())
         if not self.live:
             return []
         ready, _ = ray.wait(list(self.live), num_returns=len(self.live), timeout=timeout)
@@ -188,7 +206,7 @@ class RayExecutor:
             self.release(info.lease_id, died=False)
         except RayActorError as exc:
             self.tester_failures += 1
-            reaped = self.release(info.lease_id, died=True)
+            reaped = self._reap(info.lease_id)
             done.error = ("runner_died", type(exc).__name__ + (REAPED if reaped else ""))
             if not self._alive(self.runners[info.region]):
                 print(f"fleet: the runner for region {info.region} died; its sessions count as tester failures "
@@ -225,6 +243,33 @@ class RayExecutor:
             return False
         env = self.scenario.target.token_env
         return stop_stream(stop[0], stop[1], os.environ.get(env) if env else None)
+
+    def _reap(self, lease_id: str) -> bool:
+        """A session that died with its runner: stop its stream and free its lease (True), or, with no way to
+        stop it, hold the lease until the gateway has dropped the orphan stream (False)."""
+        from fleet.probe.adapters import stop_stream
+
+        if not lease_id:
+            return False
+        stop = None
+        if not self.broker_silent:
+            try:
+                stop = _get(self.broker.stop_of.remote(lease_id), STATE_TIMEOUT_S, "stop_of")
+            except TesterError:  # a lost broker: the lease expires with it
+                self.broker_silent = True
+        env = self.scenario.target.token_env
+        if stop is not None and stop_stream(stop[0], stop[1], os.environ.get(env) if env else None):
+            self.release(lease_id, died=False)
+            return True
+        self.held[lease_id] = time.monotonic() + ORPHAN_HOLD_S
+        return False
+
+    def _release_held(self, now: float) -> None:
+        """Free the held leases whose orphan streams are gone by ``now``."""
+        for lease_id, due in list(self.held.items()):
+            if due <= now:
+                del self.held[lease_id]
+                self.release(lease_id, died=False)
 
     @staticmethod
     def _alive(actor: Any) -> bool:
@@ -304,7 +349,9 @@ class RayExecutor:
         return reads
 
     def final_state(self) -> dict[str, Any]:
-        """The broker's state now (waits for it, up to a deadline; {} without an answer)."""
+        """The broker's state now (waits for it, up to a deadline; {} without an answer). The run is over:
+        the leases still held for orphan streams go back first."""
+        self._release_held(float("inf"))
         try:
             state: dict[str, Any] = _get(self.broker.state.remote(), STATE_TIMEOUT_S, "state")
             return state
