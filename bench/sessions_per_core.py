@@ -1,15 +1,25 @@
-"""How many 512x512 @ 30 fps sessions one core sustains, H.264 and VP8: the fleet's probe against a naive client.
+"""How many 512x512 @ 30 fps sessions one core sustains, H.264 and VP8: the fleet's probe against a naive
+aiortc client and headless Chromium publisher+viewer pairs, with both sides' CPU measured at every step.
 
-The reference gateway runs in relay mode in its own process, pinned to one core; each ramp step
-runs N concurrent sessions in a fresh worker process pinned to the other core. A step is
-sustained when the tester received >= 99 % of the frames the gateway sent, the median session's
-output fps is >= 29.5, and (for the probe) the median session's latency is within 5 ms of the
-gateway's truth. The naive client is an aiortc ``VideoStreamTrack`` that encodes live and
-decodes every received frame; it has no latency method, so only frames and fps judge it. Each
-codec is ramped for both (H.264 is what go-livepeer takes; the gateway accepts VP8 here only for
-this comparison).
+The reference gateway runs in relay mode in its own process, pinned to one core; each ramp step runs N
+concurrent sessions in a fresh tester process (for Chromium: chromedriver and every browser process it
+starts) pinned to the other core. The probe may be given a known share of its core (a cgroup CPU quota,
+``--probe-share``; "sessions per core" is then the sessions it sustains divided by that share), meant to make
+its side saturate before the gateway's; measured, a quota throttles its pacing and raises its cost per session,
+so the default is none. At every step both sides' CPU is read from /proc
+over the steady window only (every session of the step flowing, by the gateway's truth; ramp-up and teardown
+excluded), each as a fraction of what it has (the tester: its share; the gateway: its core), and the step
+says which side saturated (>= 0.9). Memory per session is the tester's PSS in the window minus its idle PSS
+before the sessions started, over N.
 
-    python bench/sessions_per_core.py [--duration 10] [--max 200] [--codecs h264,vp8] [--quick]
+A step is sustained when the tester received >= 99 % of the frames the gateway sent its viewers, the median
+session's output fps is >= 29.5, and (for the probe) the median session's latency is within 5 ms of the
+gateway's truth. The naive client is an aiortc ``VideoStreamTrack`` that encodes live and decodes every
+received frame; Chromium's pairs publish a canvas and play the output in a <video> (frames counted by the
+viewer's getStats against the gateway's frames sent to that viewer); neither has a latency method.
+
+    python bench/sessions_per_core.py [--duration 10] [--max 200] [--codecs h264,vp8]
+                                      [--testers probe,naive,chromium] [--probe-share 1.0] [--quick]
 
 Prints a line per step and, last, one JSON object.
 """
@@ -18,13 +28,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
+import http.server
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +47,18 @@ sys.path.insert(0, str(ROOT))
 DELIVERED_MIN = 0.99
 FPS_MIN = 29.5
 LATENCY_ERROR_MAX_MS = 5.0
+SATURATED = 0.9                 # a side using this fraction of what it has is saturated
 SIZE, FPS = 512, 30.0
+TESTERS = ("probe", "naive", "chromium")
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+CFS_PERIOD_US = 10_000          # short quota periods: a throttled tester stalls <= 10 ms, not 100 ms
+STEADY_POLL_S = 0.25            # how often the driver asks the gateway whether every session flows
+STEADY_TIMEOUT_S = 60.0         # ... and for how long at most
+WINDOW_MARGIN_S = 3.0           # the steady window ends this long before the first session can end
+WINDOW_MIN_S = 2.0
+CHROMIUM = os.environ.get("FLEET_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("FLEET_CHROMEDRIVER", "/usr/bin/chromedriver")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def gateway_config():
@@ -46,14 +71,90 @@ def gateway_config():
                          orchestrators=(OrchestratorSpec(address="0xbench", uri="https://bench:8935", gpus=gpus),))
 
 
-# --- the worker: N sessions in this process ---------------------------------------------------
+# --- /proc: CPU and memory of a process tree --------------------------------------------------
 
-async def probe_sessions(url: str, n: int, duration: float, stagger: float, codec: str) -> list[dict]:
+def process_tree(root: int) -> list[int]:
+    """``root`` and every live descendant (chromedriver's browser processes are its grandchildren)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """utime + stime of every thread of each of these processes (and of its reaped children)."""
+    seconds = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended
+        seconds[pid] = sum(int(f) for f in fields[11:15]) / CLK_TCK  # utime stime cutime cstime
+    return seconds
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU spent between two readings; a process born in between counts whole (a browser starts renderers)."""
+    return sum(t - before.get(pid, 0.0) for pid, t in after.items())
+
+
+def pss_mb(pids: list[int]) -> float:
+    """Proportional set size (shared pages split among their users), summed: a browser's processes share much."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+    return total / 1024
+
+
+# --- the tester's share of its core -----------------------------------------------------------
+
+@contextlib.contextmanager
+def cpu_share(share: float) -> Iterator[Path | None]:
+    """A cgroup (v1 cpu controller) whose tasks get ``share`` of one core; None when ``share`` is 1. Removed
+    on every exit path (its tasks, if any are left, moved back to the root group first)."""
+    if share >= 1.0:
+        yield None
+        return
+    group = CGROUP_V1_CPU / f"fleet-bench-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(round(share * CFS_PERIOD_US)))
+        yield group
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (CGROUP_V1_CPU / "cgroup.procs").write_text(pid)
+        group.rmdir()
+
+
+# --- the workers: N sessions in this process --------------------------------------------------
+
+async def probe_sessions(url: str, n: int, duration: float, stagger: float, codec: str, idle: list[float]) -> list[dict]:
     from fleet.media import synthetic_clip
     from fleet.probe.session import ProbeOptions, ProbeSpec, PromptChange, new_http_client, run_probe
 
     clip = synthetic_clip(SIZE, SIZE, FPS, codec=codec)
     client = new_http_client()
+    idle.append(pss_mb(process_tree(os.getpid())))
 
     async def one(i: int) -> dict:
         await asyncio.sleep(stagger * i / n)
@@ -61,13 +162,12 @@ async def probe_sessions(url: str, n: int, duration: float, stagger: float, code
                          duration_s=duration, options=ProbeOptions(status_every_s=5.0))
         r = await run_probe(spec, client=client)
         return {"stream": r.stream_id, "outcome": r.outcome, "error": r.error_class, "fps": r.output_fps,
-                "received": r.frames_received, "latency_ms": r.g2g_latency_ms, "decoded": r.decoded_frames,
-                "late_ms_max": r.pacing_late_ms_max}
+                "received": r.frames_received, "latency_ms": r.g2g_latency_ms}
 
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-async def naive_sessions(url: str, n: int, duration: float, stagger: float, codec: str) -> list[dict]:
+async def naive_sessions(url: str, n: int, duration: float, stagger: float, codec: str, idle: list[float]) -> list[dict]:
     import av
     import httpx
     import numpy as np
@@ -91,6 +191,8 @@ async def naive_sessions(url: str, n: int, duration: float, stagger: float, code
             frame.pts, frame.time_base = pts, time_base
             self.count += 1
             return frame
+
+    idle.append(pss_mb(process_tree(os.getpid())))
 
     async def one(i: int) -> dict:
         await asyncio.sleep(stagger * i / n)
@@ -139,35 +241,121 @@ async def naive_sessions(url: str, n: int, duration: float, stagger: float, code
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def chromium_sessions(url: str, n: int, duration: float, codec: str, idle: list[float]) -> list[dict]:
+    """N publisher+viewer pairs in one headless Chromium page (bench/chromium_pairs.html), served from loopback.
+    chromedriver and the browser are this process's children: they inherit its core and its cgroup."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    handler = functools.partial(_QuietHandler, directory=str(Path(__file__).resolve().parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
+                "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(arg)
+    try:
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        try:
+            driver.set_script_timeout(duration + 30 + 10 * n)
+            driver.get(f"http://127.0.0.1:{server.server_port}/chromium_pairs.html")
+            idle.append(pss_mb(process_tree(os.getpid())))
+            names = [f"chromium_{os.getpid()}_{i}" for i in range(n)]
+            pairs = driver.execute_async_script(
+                "const done = arguments[arguments.length - 1];"
+                "window.pairs(arguments[0]).then(done, (e) => done([{error: String(e)}]));",
+                {"base": url, "names": names, "codec": codec, "size": SIZE, "fps": FPS, "seconds": duration})
+        finally:
+            driver.quit()
+    finally:
+        server.shutdown()
+        server.server_close()
+    return [{"stream": p.get("stream"), "outcome": "failed" if p.get("error") else "ok", "error": p.get("error"),
+             "fps": p.get("fps") or 0.0, "received": p.get("decoded") or 0, "latency_ms": None,
+             "dropped": p.get("dropped"), "drawn": p.get("drawn"), "encoded": p.get("encoded"),
+             "limited_by": p.get("limited_by"), "sent_width": p.get("sent_width")} for p in pairs]
+
+
 def worker(args: argparse.Namespace) -> None:
+    if args.cgroup:  # before anything starts: every thread and child inherits the share
+        Path(args.cgroup, "cgroup.procs").write_text(str(os.getpid()))
     os.sched_setaffinity(0, {args.cpu})
     from fleet.webrtc import use_host_addresses
 
     use_host_addresses(["127.0.0.1"])
-    run = probe_sessions if args.mode == "probe" else naive_sessions
-    t0, c0 = time.monotonic(), time.process_time()
-    sessions = asyncio.run(run(args.url, args.n, args.duration, args.stagger, args.codec))
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"sessions": sessions, "cpu_s": time.process_time() - c0, "wall_s": time.monotonic() - t0,
-                      "max_rss_mb": usage.ru_maxrss / 1024}))
+    idle: list[float] = []
+    if args.mode == "chromium":
+        sessions = chromium_sessions(args.url, args.n, args.duration, args.codec, idle)
+    else:
+        run = probe_sessions if args.mode == "probe" else naive_sessions
+        sessions = asyncio.run(run(args.url, args.n, args.duration, args.stagger, args.codec, idle))
+    print(json.dumps({"sessions": sessions, "idle_pss_mb": idle[0] if idle else None}))
 
 
 # --- the driver -------------------------------------------------------------------------------
 
-def step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int) -> dict:
+def flowing(c, url: str, known: set[str]) -> tuple[int, int]:
+    """Of the streams this step opened (not in ``known``): how many are open, and how many of those have a
+    viewer the gateway has sent frames to."""
+    streams = [s for s in c.get(f"{url}/debug/streams").json()["streams"] if s["name"] not in known]
+    open_ = [s for s in streams if s["open"]]
+    return len(open_), sum(1 for s in open_ if any(v["frames_sent"] > 0 for v in s["viewers"]))
+
+
+def steady_window(c, url: str, known: set[str], n: int, window_s: float, proc: subprocess.Popen,
+                  gateway_pid: int) -> dict | None:
+    """Both sides' CPU and the tester's PSS over the window in which all ``n`` sessions flow; None when they
+    never all flowed (or not for the whole window)."""
+    deadline = time.monotonic() + STEADY_TIMEOUT_S
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return None
+        if flowing(c, url, known)[1] >= n:
+            break
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(STEADY_POLL_S)  # a poll interval that ends early if the worker does
+    tree = process_tree(proc.pid)
+    t0, tester0, gateway0 = time.monotonic(), cpu_seconds(tree), cpu_seconds([gateway_pid])
+    pss = pss_mb(tree)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(window_s)  # the window's length; it ends early if the worker does
+    tester1, gateway1, t1 = cpu_seconds(process_tree(proc.pid)), cpu_seconds([gateway_pid]), time.monotonic()
+    still = flowing(c, url, known)[1]
+    return {"window_s": t1 - t0, "tester_cpu_s": cpu_spent(tester0, tester1), "gateway_cpu_s": cpu_spent(gateway0, gateway1),
+            "pss_mb": pss, "all_flowing_at_end": still >= n}
+
+
+def step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int, share: float, group: Path | None,
+         gateway_pid: int) -> dict:
     import httpx
 
-    out = subprocess.run([sys.executable, __file__, "--worker", "--mode", mode, "--codec", codec, "--url", url,
-                          "--n", str(n),
-                          "--duration", str(duration), "--cpu", str(cpu), "--stagger", str(min(4.0, n * 0.05))],
-                         capture_output=True, text=True, timeout=duration * 4 + 120)
-    if out.returncode != 0:
-        return {"n": n, "ok": False, "error": out.stderr.strip().splitlines()[-1:] or ["worker failed"]}
-    data = json.loads(out.stdout.strip().splitlines()[-1])
-    sent = received = 0
-    errors = []
+    stagger = 0.0 if mode == "chromium" else min(4.0, n * 0.05)
+    window_s = max(WINDOW_MIN_S, duration - stagger - WINDOW_MARGIN_S)
     with httpx.Client(timeout=30) as c:
-        streams = {s["name"]: s for s in c.get(f"{url}/debug/streams").json()["streams"]}
+        known = {s["name"] for s in c.get(f"{url}/debug/streams").json()["streams"]}
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", "--mode", mode, "--codec", codec, "--url", url,
+                                 "--n", str(n), "--duration", str(duration), "--cpu", str(cpu), "--stagger", str(stagger),
+                                 "--cgroup", str(group or "")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            window = steady_window(c, url, known, n, window_s, proc, gateway_pid)
+            out, err = proc.communicate(timeout=duration * 4 + 120 + 10 * n * (mode == "chromium"))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        if proc.returncode != 0:
+            return {"n": n, "ok": False, "saturated": "neither", "error": err.strip().splitlines()[-1:] or ["worker failed"]}
+        data = json.loads(out.strip().splitlines()[-1])
+        sent = received = 0
+        errors = []
+        streams = {s["name"]: s for s in c.get(f"{url}/debug/streams").json()["streams"] if s["name"] not in known}
         for s in data["sessions"]:
             t = streams.get(s["stream"])
             if t is None:
@@ -182,51 +370,90 @@ def step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int) -> 
     delivered = received / sent if sent else 0.0
     median = lambda xs: xs[len(xs) // 2] if xs else None  # noqa: E731
     err50 = median(sorted(errors))
-    ok = (delivered >= DELIVERED_MIN and median(fps) >= FPS_MIN
+    ok = (delivered >= DELIVERED_MIN and median(fps) >= FPS_MIN and window is not None
           and all(s["outcome"] in ("ok", "degraded") for s in data["sessions"])
-          and (mode == "naive" or (err50 is not None and err50 <= LATENCY_ERROR_MAX_MS)))
-    return {"n": n, "ok": ok, "delivered": round(delivered, 4), "fps_p50": round(median(fps), 2),
-            "fps_p10": round(fps[len(fps) // 10], 2), "latency_error_ms_p50": err50 and round(err50, 3),
-            "cpu_per_session_ms_per_s": round(1000 * data["cpu_s"] / data["wall_s"] / n, 2),
-            "max_rss_mb": round(data["max_rss_mb"]), "outcomes": sorted({s["outcome"] for s in data["sessions"]})}
+          and (mode != "probe" or (err50 is not None and err50 <= LATENCY_ERROR_MAX_MS)))
+    r = {"n": n, "ok": ok, "delivered": round(delivered, 4), "fps_p50": round(median(fps), 2),
+         "fps_p10": round(fps[len(fps) // 10], 2), "latency_error_ms_p50": err50 and round(err50, 3),
+         "outcomes": sorted({s["outcome"] for s in data["sessions"]})}
+    if window is None:
+        return {**r, "ok": False, "saturated": "neither", "window": "the sessions never all flowed at once"}
+    tester_load = window["tester_cpu_s"] / window["window_s"] / share   # of what it has: its share of its core
+    gateway_load = window["gateway_cpu_s"] / window["window_s"]         # of its core
+    sides = [name for name, load in (("tester", tester_load), ("gateway", gateway_load)) if load >= SATURATED]
+    idle = data.get("idle_pss_mb")
+    return {**r, "tester_load": round(tester_load, 3), "gateway_load": round(gateway_load, 3),
+            "saturated": "+".join(sides) or "neither", "share": share,
+            "cpu_ms_per_session_s": round(1000 * window["tester_cpu_s"] / window["window_s"] / n, 2),
+            "gateway_cpu_ms_per_session_s": round(1000 * window["gateway_cpu_s"] / window["window_s"] / n, 2),
+            "mb_per_session": round((window["pss_mb"] - idle) / n, 2) if idle is not None else None,
+            "window_s": round(window["window_s"], 2), "window_all_flowing": window["all_flowing_at_end"]}
 
 
-def ramp(url: str, mode: str, codec: str, start: int, grow: int, limit: int, duration: float,
-         cpu: int) -> tuple[int, dict | None]:
-    best, best_step, n, bad = 0, None, start, None
-    while n <= limit:
-        r = step(url, mode, codec, n, duration, cpu)
-        print(f"{codec:4} {mode:5} n={n:4}  {json.dumps(r)}", flush=True)
-        if not r["ok"]:
-            bad = n
-            break
-        best, best_step = n, r
-        n += grow
-    if bad is not None and bad - best > max(2, grow // 4):  # refine between the last good and the first bad
-        lo, hi = best, bad
-        while hi - lo > max(2, grow // 4):
-            mid = (lo + hi) // 2
-            r = step(url, mode, codec, mid, duration, cpu)
-            print(f"{codec:4} {mode:5} n={mid:4}  {json.dumps(r)}", flush=True)
-            if r["ok"]:
-                lo, best, best_step = mid, mid, r
-            else:
-                hi = mid
-    return best, best_step
+def ramp(url: str, mode: str, codec: str, start: int, grow: int, limit: int, duration: float, cpu: int,
+         share: float, gateway_pid: int) -> tuple[int, dict | None, dict | None]:
+    """The most sessions sustained, its step, and the first failed step (which side saturated there)."""
+    best, best_step, n, bad, bad_step = 0, None, start, None, None
+    with cpu_share(share) as group:
+        def run(k: int) -> dict:
+            r = step(url, mode, codec, k, duration, cpu, share, group, gateway_pid)
+            print(f"{codec:4} {mode:8} n={k:4}  saturated={r['saturated']:14} {json.dumps(r)}", flush=True)
+            return r
+
+        while n <= limit:
+            r = run(n)
+            if not r["ok"]:
+                bad, bad_step = n, r
+                break
+            best, best_step = n, r
+            n += grow
+        if bad is not None and bad - best > max(1, grow // 4):  # refine between the last good and the first bad
+            lo, hi = best, bad
+            while hi - lo > max(1, grow // 4):
+                mid = (lo + hi) // 2
+                r = run(mid)
+                if r["ok"]:
+                    lo, best, best_step = mid, mid, r
+                else:
+                    hi, bad_step = mid, r
+    return best, best_step, bad_step
+
+
+RAMPS = {  # tester: (first step, growth, growth with --quick)
+    "probe": (10, 10, 20), "naive": (2, 2, 4), "chromium": (1, 1, 1)}
+
+
+def figures_of(n: int, good: dict | None, bad: dict | None, share: float) -> dict:
+    return {"sessions_sustained": n, "share_of_core": share, "sessions_per_core": round(n / share, 1),
+            "cpu_ms_per_session_s": good and good.get("cpu_ms_per_session_s"),
+            "mb_per_session": good and good.get("mb_per_session"),
+            "gateway_cpu_ms_per_session_s": good and good.get("gateway_cpu_ms_per_session_s"),
+            "saturated_at_limit": bad["saturated"] if bad else "none (the ramp hit --max)",
+            "loads_at_limit": bad and {"tester": bad.get("tester_load"), "gateway": bad.get("gateway_load")},
+            "latency_error_ms_p50": good and good.get("latency_error_ms_p50")}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--mode", choices=("probe", "naive"), default="probe", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=TESTERS, default="probe", help=argparse.SUPPRESS)
     ap.add_argument("--codec", choices=("h264", "vp8"), default="h264", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--cpu", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--stagger", type=float, default=2.0, help=argparse.SUPPRESS)
+    ap.add_argument("--cgroup", default="", help=argparse.SUPPRESS)
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per session at each step")
     ap.add_argument("--max", type=int, default=200, help="most sessions tried")
     ap.add_argument("--codecs", default="h264,vp8", help="codecs to ramp, comma-separated (h264, vp8)")
+    ap.add_argument("--testers", default=",".join(TESTERS), help="testers to ramp, comma-separated")
+    ap.add_argument("--probe-share", type=float, default=1.0,
+                    help="the probe's share of its core (a cgroup CPU quota; 1: none); a quota throttles the probe's "
+                         "pacing and raises its cost per session (measured: 27 ms against 22 ms at 0.5)")
     ap.add_argument("--quick", action="store_true", help="coarser steps (a faster, rougher answer)")
     args = ap.parse_args()
     if args.worker:
@@ -238,25 +465,45 @@ def main() -> None:
     unknown = sorted(set(codecs) - {"h264", "vp8"})
     if unknown or not codecs:
         ap.error(f"--codecs: {', '.join(unknown) or 'none given'}; allowed: h264, vp8")
+    testers = [t.strip() for t in args.testers.split(",") if t.strip()]
+    if set(testers) - set(TESTERS) or not testers:
+        ap.error(f"--testers: allowed: {', '.join(TESTERS)}")
+    if not 0 < args.probe_share <= 1:
+        ap.error("--probe-share: a fraction of one core, in (0, 1]")
+    shares = {"probe": args.probe_share, "naive": 1.0, "chromium": 1.0}
     cpus = sorted(os.sched_getaffinity(0))
-    probe_cpu, gateway_cpu = cpus[0], cpus[-1]
-    figures = {}
+    tester_cpu, gateway_cpu = cpus[0], cpus[-1]
+    figures: dict = {}
     with GatewayProcess(config=gateway_config()) as gw:
+        assert gw.proc is not None and gw.url is not None
         os.sched_setaffinity(gw.proc.pid, {gateway_cpu})
-        grow = 40 if args.quick else 20
         for codec in codecs:
-            probe_n, probe_step = ramp(gw.url, "probe", codec, 20, grow, args.max, args.duration, probe_cpu)
-            naive_n, naive_step = ramp(gw.url, "naive", codec, 2, 4 if args.quick else 2, args.max, args.duration,
-                                       probe_cpu)
-            figures[codec] = {
-                "sessions_per_core": probe_n, "baseline_sessions_per_core": naive_n,
-                "ratio": round(probe_n / naive_n, 2) if naive_n else None,
-                "latency_error_ms_p50": probe_step and probe_step["latency_error_ms_p50"],
-                "probe_cpu_ms_per_session_s": probe_step and probe_step["cpu_per_session_ms_per_s"],
-                "baseline_cpu_ms_per_session_s": naive_step and naive_step["cpu_per_session_ms_per_s"],
-                "media": f"{SIZE}x{SIZE}@{FPS:g} {codec.upper()}"}
+            figures[codec] = {}
+            for tester in testers:
+                start, grow, quick = RAMPS[tester]
+                n, good, bad = ramp(gw.url, tester, codec, start, quick if args.quick else grow, args.max, args.duration,
+                                    tester_cpu, shares[tester], gw.proc.pid)
+                figures[codec][tester] = figures_of(n, good, bad, shares[tester])
+            per = figures[codec]
+            for other in ("naive", "chromium"):
+                if "probe" in per and other in per:
+                    per[f"probe_vs_{other}"] = {
+                        "sessions_per_core": ratio(per["probe"]["sessions_per_core"], per[other]["sessions_per_core"]),
+                        "cpu_ms_per_session_s": ratio(per[other]["cpu_ms_per_session_s"], per["probe"]["cpu_ms_per_session_s"])}
+    print(f"{'codec':5} {'tester':8} {'sessions/core':>13} {'CPU ms/session-s':>16} {'MB/session':>10}  saturated at the limit")
+    for codec, per in figures.items():
+        for tester in testers:
+            f = per[tester]
+            print(f"{codec:5} {tester:8} {f['sessions_per_core']:>13} {f['cpu_ms_per_session_s']!s:>16} "
+                  f"{f['mb_per_session']!s:>10}  {f['saturated_at_limit']}")
+        for other in ("naive", "chromium"):
+            if f"probe_vs_{other}" in per:
+                q = per[f"probe_vs_{other}"]
+                print(f"{codec:5} probe vs {other}: {q['sessions_per_core']}x the sessions per core, "
+                      f"{q['cpu_ms_per_session_s']}x less CPU per session-second")
     print(json.dumps({
         **figures, "gateway": "reference, relay mode, its own core",
+        "ratios": "probe_vs_X: sessions per core = probe / X; cpu_ms_per_session_s = X / probe (times cheaper)",
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_implementation()} "
                    f"{platform.python_version()}",
     }))

@@ -1,0 +1,245 @@
+"""Where a probe session's CPU goes: N probe sessions in one process against the reference gateway.
+
+The reference gateway runs in relay mode in its own process, pinned to one core; N probe sessions (default 40)
+run in one worker process pinned to the other core for D seconds. The probe's CPU is read from /proc over the
+steady window only (every session flowing, by the gateway's truth; ramp-up and teardown excluded) and reported
+as CPU ms per session-second. Each session's latency is compared with the gateway's truth
+(``/debug/streams/{id}`` residence_ms_median) and the median error reported, with fps and delivery (frames the
+tester received over frames the gateway sent its viewers).
+
+With ``--profile`` the worker runs under cProfile from the moment every session started until the first one
+ends, and the top functions by tottime are grouped into the probe's cost centres (packetization/sending,
+SRTP, receive tap, decode windows, latency/timing, status polling, timers/event loop, other), as percentages of
+the profiled time, with the cumulative time under each side's entry point (aiortc's send loop, its receive
+loop, the decode windows). cProfile roughly doubles the worker's cost, so profile at about half the N that is
+measured (the worker must not saturate, or the profile shows a backlog), and never quote a ``--profile`` run's
+CPU figure. aiortc's clock helpers (``clock.py``: NTP times per sent packet, a datetime per received one) are
+called from both sides and land in "other".
+
+    python bench/probe_profile.py [--n 40] [--duration 12] [--codec h264|vp8] [--profile [PSTATS_PATH]]
+
+Prints a few lines and, last, one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import os
+import platform
+import pstats
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from sessions_per_core import WINDOW_MARGIN_S, WINDOW_MIN_S, gateway_config, steady_window  # noqa: E402
+
+SIZE, FPS = 512, 30
+STAGGER_PER_SESSION_S = 0.05    # sessions start spread out, as a fleet worker's would
+STAGGER_MAX_S = 4.0
+TOP_FUNCTIONS = 25
+
+# cost centres, first match wins: (name, substrings of "file:function")
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("srtp", ("pylibsrtp", "srtp_protect", "srtp_unprotect")),
+    ("decode_windows", ("fleet/probe/output.py", "codeccontext", "av.codec", "av.packet", "av.video")),
+    ("receive_tap", ("fleet/rtp.py", "rtcrtpreceiver", "jitterbuffer", "aiortc/rtp.py:parse", "aiortc/rtp.py:unpack",
+                     "aiortc/codecs/__init__.py:depayload", "codecs/h264.py:parse", "codecs/vpx.py:parse",
+                     "rate.py", "stats", "recvfrom", "_recv_next", "datagram_received")),
+    ("packetization_sending", ("fleet/media.py", "rtcrtpsender", "codecs/h264.py", "codecs/vpx.py", "aiortc/rtp.py",
+                               "rtcdtlstransport.py:_send_rtp", "aioice", "sendto")),
+    ("latency_timing", ("fleet/probe/latency.py", "fleet/probe/timing.py", "numpy", "statistics", "bisect")),
+    ("status_polling", ("fleet/probe/status.py", "httpx", "httpcore", "h11", "json", "ssl", "anyio")),
+    ("timers_event_loop", ("asyncio", "selectors", "select", "epoll", "fleet/probe/looplag.py", "pyee", "heapq")),
+)
+# entry points whose cumulative time splits the session's work by side
+ENTRY_POINTS = {"send (aiortc _run_rtp, all it calls)": "rtcrtpsender.py:_run_rtp",
+                "receive (aiortc _recv_next: unprotect, demux, tap, jitter buffer)": "rtcdtlstransport.py:_recv_next",
+                "decode windows (OutputWatch._decode)": "fleet/probe/output.py:_decode",
+                "rtcp (both sides)": "_run_rtcp",
+                "status parsing (StatusReader.read; the HTTP is in the groups)": "fleet/probe/status.py:read"}
+
+
+# --- the worker: N probe sessions, optionally under cProfile ---------------------------------
+
+def group_of(where: str) -> str:
+    w = where.lower()
+    for name, keys in GROUPS:
+        if any(k in w for k in keys):
+            return name
+    return "other"
+
+
+def profile_breakdown(prof: cProfile.Profile) -> dict:
+    """tottime per cost centre (percent of the profile's total) and the top functions by tottime."""
+    stats = pstats.Stats(prof)
+    rows, cumulative = [], dict.fromkeys(ENTRY_POINTS, 0.0)
+    for (file, _line, func), (_cc, _nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        where = f"{file.replace(str(ROOT) + '/', '')}:{func}"
+        rows.append((tt, where))
+        for name, key in ENTRY_POINTS.items():
+            if where.endswith(key) or (key.startswith("_") and where.endswith(":" + key)):
+                cumulative[name] += ct
+    total = sum(tt for tt, _ in rows) or 1.0
+    groups: dict[str, float] = {}
+    for tt, where in rows:
+        g = group_of(where)
+        groups[g] = groups.get(g, 0.0) + tt
+    rows.sort(reverse=True)
+    return {"total_s": round(total, 3),
+            "entry_points_cumulative_pct": {k: round(100 * v / total, 1) for k, v in cumulative.items()},
+            "groups_pct": {g: round(100 * t / total, 1) for g, t in sorted(groups.items(), key=lambda kv: -kv[1])},
+            "top": [{"tottime_s": round(tt, 4), "fn": w, "group": group_of(w)} for tt, w in rows[:TOP_FUNCTIONS]]}
+
+
+async def sessions(url: str, n: int, duration: float, stagger: float, codec: str, profile: str) -> tuple[list[dict], dict | None]:
+    from fleet.media import synthetic_clip
+    from fleet.probe.session import ProbeOptions, ProbeSpec, PromptChange, new_http_client, run_probe
+
+    clip = synthetic_clip(SIZE, SIZE, FPS, codec=codec)
+    client = new_http_client()
+    # CPU time, not wall time: the event loop's idle wait in epoll is no cost of the sessions
+    prof = cProfile.Profile(time.process_time) if profile else None
+    started = 0
+    ended = 0
+
+    async def one(i: int) -> dict:
+        nonlocal started, ended
+        await asyncio.sleep(stagger * i / n)
+        spec = ProbeSpec(url, "livepeer", "streamdiffusion", clip, (PromptChange(0, {"prompt": "bench"}),),
+                         duration_s=duration, options=ProbeOptions(status_every_s=5.0))
+        started += 1
+        if prof is not None and started == n:
+            prof.enable()   # every session started: from here on, the steady state
+        try:
+            r = await run_probe(spec, client=client)
+        finally:
+            ended += 1
+            if prof is not None and ended == 1 and started == n:
+                prof.disable()
+        return {"stream": r.stream_id, "outcome": r.outcome, "error": r.error_class, "fps": r.output_fps,
+                "received": r.frames_received, "latency_ms": r.g2g_latency_ms}
+
+    try:
+        out = list(await asyncio.gather(*(one(i) for i in range(n))))
+    finally:
+        if prof is not None:
+            prof.disable()
+        await client.aclose()
+    if prof is None:
+        return out, None
+    if profile != "-":
+        prof.dump_stats(profile)  # for pstats: callers, callees
+    return out, profile_breakdown(prof)
+
+
+def worker(args: argparse.Namespace) -> None:
+    os.sched_setaffinity(0, {args.cpu})
+    from fleet.webrtc import use_host_addresses
+
+    use_host_addresses(["127.0.0.1"])
+    out, prof = asyncio.run(sessions(args.url, args.n, args.duration, args.stagger, args.codec, args.profile))
+    print(json.dumps({"sessions": out, "profile": prof}))
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, gateway_pid: int) -> dict:
+    import httpx
+
+    stagger = min(STAGGER_MAX_S, n * STAGGER_PER_SESSION_S)
+    window_s = max(WINDOW_MIN_S, duration - stagger - WINDOW_MARGIN_S)
+    with httpx.Client(timeout=30) as c:
+        known = {s["name"] for s in c.get(f"{url}/debug/streams").json()["streams"]}
+        cmd = [sys.executable, __file__, "--worker", "--codec", codec, "--url", url, "--n", str(n),
+               "--duration", str(duration), "--cpu", str(cpu), "--stagger", str(stagger)] + ["--profile", profile] * bool(profile)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            window = steady_window(c, url, known, n, window_s, proc, gateway_pid)
+            out, err = proc.communicate(timeout=duration * 4 + 120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        if proc.returncode != 0:
+            raise SystemExit(f"worker failed: {err.strip().splitlines()[-1:]}")
+        data = json.loads(out.strip().splitlines()[-1])
+        streams = {s["name"]: s for s in c.get(f"{url}/debug/streams").json()["streams"] if s["name"] not in known}
+        sent = received = 0
+        errors = []
+        for s in data["sessions"]:
+            t = streams.get(s["stream"])
+            if t is None:
+                continue
+            sent += sum(v["frames_sent"] for v in t["viewers"])
+            received += s["received"]
+            if s["latency_ms"] is not None:
+                truth = c.get(f"{url}/debug/streams/{t['id']}").json()["residence_ms_median"]
+                if truth is not None:
+                    errors.append(abs(s["latency_ms"] - truth))
+    fps = sorted(s["fps"] or 0.0 for s in data["sessions"])
+    errors.sort()
+    r: dict = {"codec": codec, "n": n, "duration_s": duration, "profiled": bool(profile),
+               "outcomes": sorted({s["outcome"] for s in data["sessions"]}),
+               "delivered": round(received / sent, 4) if sent else None,
+               "fps_p50": round(fps[len(fps) // 2], 2), "fps_p10": round(fps[len(fps) // 10], 2),
+               "latency_error_ms_p50": round(errors[len(errors) // 2], 3) if errors else None,
+               "latency_error_ms_max": round(errors[-1], 3) if errors else None,
+               "latency_samples": len(errors)}
+    if window is None:
+        r["window"] = "the sessions never all flowed at once"
+    else:
+        r.update(cpu_ms_per_session_s=round(1000 * window["tester_cpu_s"] / window["window_s"] / n, 2),
+                 tester_load=round(window["tester_cpu_s"] / window["window_s"], 3),
+                 gateway_load=round(window["gateway_cpu_s"] / window["window_s"], 3), window_s=round(window["window_s"], 2),
+                 window_all_flowing=window["all_flowing_at_end"])
+    if data.get("profile"):
+        r["profile"] = data["profile"]
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    ap.add_argument("--cpu", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--stagger", type=float, default=2.0, help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=40, help="concurrent probe sessions")
+    ap.add_argument("--duration", type=float, default=12.0, help="seconds per session")
+    ap.add_argument("--codec", choices=("h264", "vp8"), default="h264")
+    ap.add_argument("--profile", nargs="?", const="-", default="",
+                    help="run the worker under cProfile and group its time; with a path, also dump the pstats there")
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    from fleet.gateway.process import GatewayProcess
+
+    cpus = sorted(os.sched_getaffinity(0))
+    tester_cpu, gateway_cpu = cpus[0], cpus[-1]
+    with GatewayProcess(config=gateway_config()) as gw:
+        assert gw.proc is not None and gw.url is not None
+        os.sched_setaffinity(gw.proc.pid, {gateway_cpu})
+        r = run(gw.url, args.codec, args.n, args.duration, tester_cpu, args.profile, gw.proc.pid)
+    print(f"{r['codec']} n={r['n']}: {r.get('cpu_ms_per_session_s')} CPU ms per session-second, "
+          f"latency error p50 {r['latency_error_ms_p50']} ms, fps p50 {r['fps_p50']}, delivered {r['delivered']}")
+    if "profile" in r:
+        for g, pct in r["profile"]["groups_pct"].items():
+            print(f"  {g:24} {pct:5.1f} %")
+        for g, pct in r["profile"]["entry_points_cumulative_pct"].items():
+            print(f"  cumulative {pct:5.1f} %  {g}")
+        for row in r["profile"]["top"]:
+            print(f"    {row['tottime_s']:8.3f} s  {row['group']:22} {row['fn']}")
+    r["machine"] = f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_implementation()} {platform.python_version()}"
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
