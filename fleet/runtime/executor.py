@@ -154,6 +154,7 @@ class RayExecutor:
     def lease(self, region: str, preferred: str | None, duration_s: float,
               strict: bool = False) -> dict[str, Any] | None:
         """A slot from the broker, or None when the caps leave none now (``strict``: on ``preferred`` only)."""
+        self._release_held(time.monotonic())   # with no session live, poll() is not called to free them
         lease: dict[str, Any] | None = self._ask(self.broker.lease.remote(region, preferred, duration_s, strict),
                                                  "a lease")
         return lease
@@ -214,7 +215,7 @@ class RayExecutor:
                 self.runners[info.region] = self._runner(info.region)
         except RayError as exc:
             self.tester_failures += 1
-            self.release(info.lease_id, died=True)
+            self._reap(info.lease_id)
             done.error = ("ray_error", f"{type(exc).__name__}: {exc}"[:200])
         return done
 
@@ -349,9 +350,12 @@ class RayExecutor:
         return reads
 
     def final_state(self) -> dict[str, Any]:
-        """The broker's state now (waits for it, up to a deadline; {} without an answer). The run is over:
-        the leases still held for orphan streams go back first."""
+        """The broker's state at the run's end: the leases still held for orphan streams go back first."""
         self._release_held(float("inf"))
+        return self.broker_state()
+
+    def broker_state(self) -> dict[str, Any]:
+        """The broker's state now, changing nothing (waits for it, up to a deadline; {} without an answer)."""
         try:
             state: dict[str, Any] = _get(self.broker.state.remote(), STATE_TIMEOUT_S, "state")
             return state
