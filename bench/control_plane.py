@@ -448,7 +448,7 @@ class MonitorExecutor:
     def final_state(self) -> dict[str, Any]:
         return self.ex.broker.state()
 
-    def broker_state(self) -> dict[str, Any]:
+    def state_now(self) -> dict[str, Any]:
         return self.ex.broker.state()
 
     def lease(self, region: str, preferred: str | None, duration_s: float, strict: bool = False) -> dict[str, Any] | None:

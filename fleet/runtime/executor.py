@@ -352,9 +352,9 @@ class RayExecutor:
     def final_state(self) -> dict[str, Any]:
         """The broker's state at the run's end: the leases still held for orphan streams go back first."""
         self._release_held(float("inf"))
-        return self.broker_state()
+        return self.state_now()
 
-    def broker_state(self) -> dict[str, Any]:
+    def state_now(self) -> dict[str, Any]:
         """The broker's state now, changing nothing (waits for it, up to a deadline; {} without an answer)."""
         try:
             state: dict[str, Any] = _get(self.broker.state.remote(), STATE_TIMEOUT_S, "state")

@@ -308,7 +308,7 @@ def _at_own_cap(ex: RayExecutor) -> bool:
     orchestrator's lack of capacity: nothing to record, the next start waits for one to end)."""
     if not ex.live:
         return False
-    state = ex.broker_state()   # mid-run: final_state would hand back the leases held for orphan streams
+    state = ex.state_now()   # mid-run: final_state would hand back the leases held for orphan streams
     return bool(state) and state.get("leases", 0) >= state.get("budget", 0)
 
 
