@@ -56,11 +56,9 @@ def last_json(stdout: str) -> dict:
     return json.loads([line for line in stdout.splitlines() if line.startswith("{")][-1])
 
 
-def stop_ray_nodes(*temp_dirs: Path, grace_s: float = 5.0) -> int:
-    """End, by PID, the Ray nodes started with these ``--temp-dir`` values: every process whose command
-    line names one of them, and its descendants (workers, job drivers). SIGTERM, then SIGKILL after
-    ``grace_s``. Never ``ray stop``: it ends every Ray process on the machine, and anything whose command
-    line holds ``monitor.py`` -- a pytest run naming tests/test_monitor.py among them. Returns how many."""
+def ray_node_procs(*temp_dirs: Path) -> dict[int, Any]:
+    """The processes of the Ray nodes started with these ``--temp-dir`` values (every process whose command
+    line names one of them) and their descendants (workers, job drivers), by PID; never this process."""
     import psutil
 
     ours = re.compile("|".join(re.escape(str(d)) for d in temp_dirs) + r"(/|$|\s)")  # the dir itself, not ray10
@@ -73,6 +71,17 @@ def stop_ray_nodes(*temp_dirs: Path, grace_s: float = 5.0) -> int:
             except psutil.Error:
                 pass
     procs.pop(os.getpid(), None)
+    return procs
+
+
+def stop_ray_nodes(*temp_dirs: Path, grace_s: float = 5.0) -> int:
+    """End, by PID, the Ray nodes started with these ``--temp-dir`` values: every process whose command
+    line names one of them, and its descendants (workers, job drivers). SIGTERM, then SIGKILL after
+    ``grace_s``. Never ``ray stop``: it ends every Ray process on the machine, and anything whose command
+    line holds ``monitor.py`` -- a pytest run naming tests/test_monitor.py among them. Returns how many."""
+    import psutil
+
+    procs = ray_node_procs(*temp_dirs)
     for p in procs.values():
         try:
             p.terminate()

@@ -33,7 +33,7 @@ import pytest
 from fleet.gateway.config import Delay, GatewayConfig, Gpu, GpuProfile, OrchestratorSpec
 from fleet.gateway.process import GatewayProcess
 from fleet.results.sink import read_sessions
-from services import fleet_streams, free_port, gateway_args, last_json, open_streams, stop_ray_nodes, wait_for
+from services import fleet_streams, free_port, gateway_args, last_json, open_streams, ray_node_procs, stop_ray_nodes, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "tests" / "campaigns" / "tiny.yaml"
@@ -109,16 +109,7 @@ def actor_nodes(cluster: dict, class_name: str) -> list[str]:
 def kill_node(temp_dir: Path) -> int:
     """SIGKILL a node as a machine lost: every process whose command line names its temp dir (its raylet,
     agents, log monitor) and their descendants (the workers). No SIGTERM first: nothing may say goodbye."""
-    procs: dict[int, psutil.Process] = {}
-    for p in psutil.process_iter(["cmdline"]):
-        if any(arg.startswith(f"--temp-dir={temp_dir}") or str(temp_dir) + "/" in arg or arg == str(temp_dir)
-               for arg in p.info["cmdline"] or ()):
-            procs[p.pid] = p
-            try:
-                procs.update((c.pid, c) for c in p.children(recursive=True))
-            except psutil.Error:
-                pass
-    procs.pop(os.getpid(), None)
+    procs = ray_node_procs(temp_dir)
     for p in procs.values():
         try:
             p.send_signal(signal.SIGKILL)
