@@ -3,14 +3,15 @@ aiortc client and headless Chromium publisher+viewer pairs, with both sides' CPU
 
 The reference gateway runs in relay mode in its own process, pinned to one core; each ramp step runs N
 concurrent sessions in a fresh tester process (for Chromium: chromedriver and every browser process it
-starts) pinned to the other core. The probe may be given a known share of its core (a cgroup CPU quota,
-``--probe-share``; "sessions per core" is then the sessions it sustains divided by that share), meant to make
-its side saturate before the gateway's; measured, a quota throttles its pacing and raises its cost per session,
-so the default is none. At every step both sides' CPU is read from /proc
-over the steady window only (every session of the step flowing, by the gateway's truth; ramp-up and teardown
-excluded), each as a fraction of what it has (the tester: its share; the gateway: its core), and the step
-says which side saturated (>= 0.9). Memory per session is the tester's PSS in the window minus its idle PSS
-before the sessions started, over N.
+starts) pinned to the other core. The probe gets a known share of its core (a cgroup CPU quota,
+``--probe-share``, default 0.5; "sessions per core" is the sessions it sustains divided by that share): the
+gateway costs about what the probe does per session, so with a whole core each the two would saturate
+together, and the probe's side is to saturate first. Every step runs against a fresh gateway, whose ingest
+buffer (``INGEST_BUFFER_MS``) keeps a tester's short stalls from reaching its runner model. At every step
+both sides' CPU is read from /proc over the steady window only (every session of the step flowing, by the
+gateway's truth; ramp-up and teardown excluded), each as a fraction of what it has (the tester: its share;
+the gateway: its core), and the step says which side saturated (>= 0.9). Memory per session is the tester's
+PSS in the window minus its idle PSS before the sessions started, over N.
 
 A step is sustained when the tester received >= 99 % of the frames the gateway sent its viewers, the median
 session's output fps is >= 29.5, and (for the probe) the median session's latency is within 5 ms of the
@@ -19,7 +20,7 @@ received frame; Chromium's pairs publish a canvas and play the output in a <vide
 viewer's getStats against the gateway's frames sent to that viewer); neither has a latency method.
 
     python bench/sessions_per_core.py [--duration 10] [--max 200] [--codecs h264,vp8]
-                                      [--testers probe,naive,chromium] [--probe-share 1.0] [--quick]
+                                      [--testers probe,naive,chromium] [--probe-share 0.5] [--quick]
 
 Prints a line per step and, last, one JSON object.
 """
@@ -49,6 +50,7 @@ FPS_MIN = 29.5
 LATENCY_ERROR_MAX_MS = 5.0
 SATURATED = 0.9                 # a side using this fraction of what it has is saturated
 SIZE, FPS = 512, 30.0
+INGEST_BUFFER_MS = 250.0        # the gateway's ingest buffer (see gateway_config)
 TESTERS = ("probe", "naive", "chromium")
 CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 CFS_PERIOD_US = 10_000          # short quota periods: a throttled tester stalls <= 10 ms, not 100 ms
@@ -67,7 +69,12 @@ def gateway_config():
     profile = GpuProfile(name="Bench GPU", fps_cap=60, cold_start_s=0, warmup_frames=0, prompt_cost=0,
                          delay=Delay(dist="fixed", mean_ms=50.0, jitter_ms=0.0))
     gpus = tuple(Gpu(id=f"G{i}", profile="p", slots={"streamdiffusion": 64}) for i in range(4))
+    # Frames reach the runner model on their media clock INGEST_BUFFER_MS after they were due: a tester's stall
+    # shorter than that (a full garbage collection of a loaded probe: up to ~100 ms) does not reach it. With the
+    # default 20 ms, a stall's burst finds the runner busy and a frame is dropped; in relay mode the stream then
+    # waits for its next keyframe (up to a GOP), which a real gateway, re-encoding its output, never does.
     return GatewayConfig(profiles={"p": profile}, relay=True, max_streams=256, port=0, video_codecs=("H264", "VP8"),
+                         ingest_buffer_ms=INGEST_BUFFER_MS,
                          orchestrators=(OrchestratorSpec(address="0xbench", uri="https://bench:8935", gpus=gpus),))
 
 
@@ -150,10 +157,12 @@ def cpu_share(share: float) -> Iterator[Path | None]:
 
 async def probe_sessions(url: str, n: int, duration: float, stagger: float, codec: str, idle: list[float]) -> list[dict]:
     from fleet.media import synthetic_clip
+    from fleet.probe.looplag import quiet_gc
     from fleet.probe.session import ProbeOptions, ProbeSpec, PromptChange, new_http_client, run_probe
 
     clip = synthetic_clip(SIZE, SIZE, FPS, codec=codec)
     client = new_http_client()
+    quiet_gc()  # as the fleet's runner does once its clip is built
     idle.append(pss_mb(process_tree(os.getpid())))
 
     async def one(i: int) -> dict:
@@ -332,8 +341,20 @@ def steady_window(c, url: str, known: set[str], n: int, window_s: float, proc: s
             "pss_mb": pss, "all_flowing_at_end": still >= n}
 
 
-def step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int, share: float, group: Path | None,
-         gateway_pid: int) -> dict:
+def step(mode: str, codec: str, n: int, duration: float, cpu: int, share: float, group: Path | None,
+         gateway_cpu: int) -> dict:
+    """One step against a fresh gateway: a gateway that kept every earlier step's streams (their per-frame
+    truth) would pause longer in its garbage collections at every step, and its pauses would be the tester's."""
+    from fleet.gateway.process import GatewayProcess
+
+    with GatewayProcess(config=gateway_config()) as gw:
+        assert gw.proc is not None and gw.url is not None
+        os.sched_setaffinity(gw.proc.pid, {gateway_cpu})
+        return _step(gw.url, mode, codec, n, duration, cpu, share, group, gw.proc.pid)
+
+
+def _step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int, share: float, group: Path | None,
+          gateway_pid: int) -> dict:
     import httpx
 
     stagger = 0.0 if mode == "chromium" else min(4.0, n * 0.05)
@@ -390,13 +411,13 @@ def step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int, sha
             "window_s": round(window["window_s"], 2), "window_all_flowing": window["all_flowing_at_end"]}
 
 
-def ramp(url: str, mode: str, codec: str, start: int, grow: int, limit: int, duration: float, cpu: int,
-         share: float, gateway_pid: int) -> tuple[int, dict | None, dict | None]:
+def ramp(mode: str, codec: str, start: int, grow: int, limit: int, duration: float, cpu: int,
+         share: float, gateway_cpu: int) -> tuple[int, dict | None, dict | None]:
     """The most sessions sustained, its step, and the first failed step (which side saturated there)."""
     best, best_step, n, bad, bad_step = 0, None, start, None, None
     with cpu_share(share) as group:
         def run(k: int) -> dict:
-            r = step(url, mode, codec, k, duration, cpu, share, group, gateway_pid)
+            r = step(mode, codec, k, duration, cpu, share, group, gateway_cpu)
             print(f"{codec:4} {mode:8} n={k:4}  saturated={r['saturated']:14} {json.dumps(r)}", flush=True)
             return r
 
@@ -451,16 +472,14 @@ def main() -> None:
     ap.add_argument("--max", type=int, default=200, help="most sessions tried")
     ap.add_argument("--codecs", default="h264,vp8", help="codecs to ramp, comma-separated (h264, vp8)")
     ap.add_argument("--testers", default=",".join(TESTERS), help="testers to ramp, comma-separated")
-    ap.add_argument("--probe-share", type=float, default=1.0,
-                    help="the probe's share of its core (a cgroup CPU quota; 1: none); a quota throttles the probe's "
-                         "pacing and raises its cost per session (measured: 27 ms against 22 ms at 0.5)")
+    ap.add_argument("--probe-share", type=float, default=0.5,
+                    help="the probe's share of its core (a cgroup CPU quota; 1: none), so that its side saturates "
+                         "before the gateway's")
     ap.add_argument("--quick", action="store_true", help="coarser steps (a faster, rougher answer)")
     args = ap.parse_args()
     if args.worker:
         worker(args)
         return
-    from fleet.gateway.process import GatewayProcess
-
     codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
     unknown = sorted(set(codecs) - {"h264", "vp8"})
     if unknown or not codecs:
@@ -470,26 +489,26 @@ def main() -> None:
         ap.error(f"--testers: allowed: {', '.join(TESTERS)}")
     if not 0 < args.probe_share <= 1:
         ap.error("--probe-share: a fraction of one core, in (0, 1]")
+    if args.probe_share < 1 and "probe" in testers and not (CGROUP_V1_CPU / "cpu.cfs_quota_us").exists():
+        ap.error(f"--probe-share {args.probe_share:g} needs cgroup v1's cpu controller at {CGROUP_V1_CPU} (and root); "
+                 "--probe-share 1 runs the probe on its whole core")
     shares = {"probe": args.probe_share, "naive": 1.0, "chromium": 1.0}
     cpus = sorted(os.sched_getaffinity(0))
     tester_cpu, gateway_cpu = cpus[0], cpus[-1]
     figures: dict = {}
-    with GatewayProcess(config=gateway_config()) as gw:
-        assert gw.proc is not None and gw.url is not None
-        os.sched_setaffinity(gw.proc.pid, {gateway_cpu})
-        for codec in codecs:
-            figures[codec] = {}
-            for tester in testers:
-                start, grow, quick = RAMPS[tester]
-                n, good, bad = ramp(gw.url, tester, codec, start, quick if args.quick else grow, args.max, args.duration,
-                                    tester_cpu, shares[tester], gw.proc.pid)
-                figures[codec][tester] = figures_of(n, good, bad, shares[tester])
-            per = figures[codec]
-            for other in ("naive", "chromium"):
-                if "probe" in per and other in per:
-                    per[f"probe_vs_{other}"] = {
-                        "sessions_per_core": ratio(per["probe"]["sessions_per_core"], per[other]["sessions_per_core"]),
-                        "cpu_ms_per_session_s": ratio(per[other]["cpu_ms_per_session_s"], per["probe"]["cpu_ms_per_session_s"])}
+    for codec in codecs:
+        figures[codec] = {}
+        for tester in testers:
+            start, grow, quick = RAMPS[tester]
+            n, good, bad = ramp(tester, codec, start, quick if args.quick else grow, args.max, args.duration,
+                                tester_cpu, shares[tester], gateway_cpu)
+            figures[codec][tester] = figures_of(n, good, bad, shares[tester])
+        per = figures[codec]
+        for other in ("naive", "chromium"):
+            if "probe" in per and other in per:
+                per[f"probe_vs_{other}"] = {
+                    "sessions_per_core": ratio(per["probe"]["sessions_per_core"], per[other]["sessions_per_core"]),
+                    "cpu_ms_per_session_s": ratio(per[other]["cpu_ms_per_session_s"], per["probe"]["cpu_ms_per_session_s"])}
     print(f"{'codec':5} {'tester':8} {'sessions/core':>13} {'CPU ms/session-s':>16} {'MB/session':>10}  saturated at the limit")
     for codec, per in figures.items():
         for tester in testers:
