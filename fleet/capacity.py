@@ -77,6 +77,21 @@ class CapacitySnapshot:
     def idle(self) -> int:
         return sum(o.idle for o in self.orchestrators) + self.anonymous_idle
 
+    def gpus_of(self, uri: str | None = None, address: str | None = None) -> OrchestratorSlots | None:
+        """The first orchestrator that lists GPUs with the URI ``uri`` when given, else the address ``address``."""
+        by_uri, by_address = self._with_gpus
+        return by_uri.get(uri) if uri else by_address.get(address or "")
+
+    @cached_property   # asked for every session row: indexed once per snapshot
+    def _with_gpus(self) -> tuple[dict[str, OrchestratorSlots], dict[str, OrchestratorSlots]]:
+        by_uri: dict[str, OrchestratorSlots] = {}
+        by_address: dict[str, OrchestratorSlots] = {}
+        for o in self.orchestrators:
+            if o.gpus:
+                by_uri.setdefault(o.uri, o)
+                by_address.setdefault(o.address, o)
+        return by_uri, by_address
+
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"model": self.model, "source": self.source, "total_slots": self.total,
                                "idle_slots": self.idle, "orchestrators": len(self.orchestrators) or len(self.targets)}

@@ -64,14 +64,24 @@ class Target:
     idle: int | None = None   # idle slots now, when the source says
 
 
-def targets_of(snapshot: Any, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[Target]:
+def targets_of(snapshot: Any, include: Sequence[str] = (), exclude: Sequence[str] = (),
+               known: Sequence[Target] = ()) -> list[Target]:
     """Every orchestrator a capacity snapshot shows for its model, within ``include`` / ``exclude``
-    (substrings of the address or URI); with none named (a static count), the gateway's choice."""
+    (substrings of the address or URI); with none named (a static count), the gateway's choice. ``known``:
+    the targets of an earlier snapshot; an orchestrator's target that is unchanged is reused, not made again
+    (a capacity read changes few of them, and the monitor reads one every few seconds)."""
     def eligible(text: str) -> bool:
         return (not include or any(s in text for s in include)) and not any(s in text for s in exclude)
 
-    found = [Target(o.key, o.address or None, o.idle) for o in snapshot.orchestrators
-             if not (include or exclude) or eligible(f"{o.address} {o.uri}")]
+    earlier = {t.key: t for t in known}
+
+    def target(o: Any) -> Target:
+        t = earlier.get(o.key)
+        if t is not None and t.address == (o.address or None) and t.idle == o.idle:
+            return t
+        return Target(o.key, o.address or None, o.idle)
+
+    found = [target(o) for o in snapshot.orchestrators if not (include or exclude) or eligible(f"{o.address} {o.uri}")]
     found += [Target(uri) for uri in snapshot.targets if eligible(uri)]
     if not found and not snapshot.orchestrators and not snapshot.targets and snapshot.total > 0:
         found = [Target(ANY_ORCHESTRATOR, None, snapshot.idle)]

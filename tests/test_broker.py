@@ -224,3 +224,86 @@ def test_the_brokers_ordered_places_choose_exactly_what_the_rules_choose(seed):
             broker.update(snap())
         else:
             now[0] += rng.choice([0.0, 0.5, 1.0, 2.0])
+
+
+def _scratch_choice(broker: SlotBroker, preferred: str | None, strict: bool) -> tuple[str, str, int] | str:
+    """The place a lease takes, worked out from scratch with the test's own code (not fleet.rules): every
+    orchestrator of the snapshot with an idle slot, room under the cap and past the stagger; the named one
+    first, then never started, then least recently started, then by key, then the snapshot's order."""
+    broker._expire()
+    if len(broker.leases) >= broker.budget():
+        return "refused"
+    now, policy, last = broker.clock(), broker.policy, broker.last_start
+    ours = Counter(lease.key for lease in broker.leases.values())
+    unseen = Counter(lease.key for lease in broker.leases.values()
+                     if lease.attached is None or lease.attached >= broker.snapshot_at)
+    open_ = [(not (preferred is not None and preferred in (o.address, o.uri)), o.key in last, last.get(o.key, 0),
+              o.key, i, o)
+             for i, o in enumerate(broker.snapshot.orchestrators)
+             if o.idle > 0 and ours[o.key] < policy.max_per_orchestrator and o.idle - unseen[o.key] > 0
+             and (o.key not in last or now - last[o.key] >= policy.stagger_s)
+             and (not strict or (preferred is not None and preferred in (o.address, o.uri)))]
+    if not open_:
+        return "refused"
+    o = min(open_, key=lambda c: c[:5])[5]
+    return o.key, o.address, o.idle
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_place_order_kept_across_snapshots_chooses_what_a_fresh_look_chooses(seed):
+    """The broker keeps its place order across capacity reads, redoing only the orchestrators whose entry
+    changed (a new object with new slots, or an equal copy), and starting afresh when the orchestrators or
+    their order change; over random reads, leases, streams, releases and time it takes what a from-scratch
+    look at the snapshot takes."""
+    rng = random.Random(seed)
+    now = [0.0]
+
+    def row(i: int) -> OrchestratorSlots:
+        return OrchestratorSlots(f"0x{i % 7:02x}", f"https://o{i % 9}:8935", rng.choice([0, 0, 1, 2, 3]),
+                                 rng.randint(0, 2))
+
+    rows = [row(i) for i in range(rng.randint(0, 12))]
+    policy = CapacityPolicy(max_fraction=1.0, idle_reserve=rng.randint(0, 1), max_per_orchestrator=rng.randint(1, 2),
+                            stagger_s=rng.choice([0.0, 1.0, 3.0]))
+    broker = SlotBroker(policy, CapacitySnapshot("m", tuple(rows), source="gateway"), clock=lambda: now[0])
+    names = [None, "", "https://nowhere:8935", *(f"0x{i:02x}" for i in range(7)), *(f"https://o{i}:8935" for i in range(9))]
+    for _ in range(500):
+        op = rng.random()
+        if op < 0.5:
+            preferred, strict = rng.choice(names), rng.random() < 0.3
+            expected = _scratch_choice(broker, preferred, strict)
+            lease = broker.lease("h", preferred, 5.0, strict)
+            assert ((lease.key, lease.orchestrator or "", lease.idle) if lease else "refused") == expected
+        elif op < 0.6 and broker.leases:
+            broker.release(rng.choice(list(broker.leases)))
+        elif op < 0.7 and broker.leases:
+            broker.attach(rng.choice(list(broker.leases)), ("DELETE", "http://g/x"))
+        elif op < 0.85:   # a capacity read: most entries the same objects, some new, some equal copies
+            for i, o in enumerate(rows):
+                u = rng.random()
+                if u < 0.2:
+                    rows[i] = OrchestratorSlots(o.address, o.uri, rng.choice([0, 1, 2, 3]), o.in_use)
+                elif u < 0.3:
+                    rows[i] = OrchestratorSlots(o.address, o.uri, o.idle, o.in_use)
+            u = rng.random()
+            if u < 0.1:
+                rows.insert(rng.randint(0, len(rows)), row(rng.randint(0, 20)))
+            elif u < 0.2 and rows:
+                del rows[rng.randrange(len(rows))]
+            elif u < 0.25:
+                rng.shuffle(rows)
+            broker.update(CapacitySnapshot("m", tuple(rows), source="gateway"))
+        else:
+            now[0] += rng.choice([0.0, 0.5, 1.0, 2.0])
+
+
+def test_a_capacity_read_redoes_only_the_orchestrators_that_changed():
+    """Kept across a read that changes one orchestrator: the others' places are the same objects."""
+    rows = tuple(OrchestratorSlots(f"0x{i}", f"https://o{i}:8935", 2, 0) for i in range(4))
+    broker = SlotBroker(CapacityPolicy(), CapacitySnapshot("m", rows, source="gateway"))
+    before = list(broker._ordered().places)
+    broker.update(CapacitySnapshot("m", (*rows[:3], OrchestratorSlots("0x3", "https://o3:8935", 1, 1)),
+                                   source="gateway"))
+    after = broker._ordered().places
+    assert after[:3] == before[:3] and all(a is b for a, b in zip(after[:3], before[:3]))
+    assert after[3] is not None and after[3].idle == 1

@@ -3,8 +3,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fleet.capacity import load_capacity_file, parse_capacity, parse_naap, parse_naap_discovery, parse_network_capabilities
+from fleet.capacity import (CapacitySnapshot, OrchestratorSlots, load_capacity_file, parse_capacity, parse_naap,
+                            parse_naap_discovery, parse_network_capabilities)
 from fleet.errors import CapacityError
 from fleet.gateway.config import capabilities_body, default_config, reference_capacity
 
@@ -186,3 +189,31 @@ def test_an_unreachable_capacity_source_is_an_error_at_the_scenario_line_that_na
     assert message.startswith(f"{path.resolve()}:5:") and "target.capacity: cannot read capacity from " \
         "http://127.0.0.1:1/getNetworkCapabilities: ConnectError" in message, message
     assert "-cliAddr" in message and "\n" not in message
+
+
+_GPUS = st.lists(st.tuples(st.sampled_from(["0", "1"]), st.sampled_from(["RTX 4090", "A100"])), max_size=2)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["", "0xa", "0xb"]), st.sampled_from(["", "https://a", "https://b"]), _GPUS),
+                max_size=5),
+       st.sampled_from([None, "", "https://a", "https://b", "https://c"]),
+       st.sampled_from([None, "", "0xa", "0xb", "0xc"]),
+       st.sampled_from([None, "g7"]))
+def test_a_rows_gpu_comes_from_the_first_orchestrator_with_gpus_by_url_else_by_address(rows, url, address, gpu_id):
+    """``with_gpu`` (through the snapshot's index) fills what a scan of the orchestrators in order fills."""
+    from types import SimpleNamespace
+
+    from fleet.results.row import SessionRow
+    from fleet.runtime.lifecycle import with_gpu
+
+    snap = CapacitySnapshot("m", tuple(OrchestratorSlots(a, u, 1, 0, tuple(g)) for a, u, g in rows), source="gateway")
+    row = SessionRow(session_id="s", outcome="ok", orchestrator_url=url, orchestrator_address=address, gpu_id=gpu_id)
+    found = next((o for o in snap.orchestrators if o.gpus and (o.uri == url if url else o.address == address)), None)
+    filled = with_gpu(SimpleNamespace(snapshot=snap), row)   # type: ignore[arg-type]  # only its snapshot is read
+    if found is None or not (url or address):
+        assert filled == row
+    else:
+        names = {n for _, n in found.gpus}
+        assert (filled.gpu_name, filled.gpu_id) == (names.pop() if len(names) == 1 else None,
+                                                     gpu_id or (found.gpus[0][0] if len(found.gpus) == 1 else None))

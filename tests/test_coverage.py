@@ -163,6 +163,26 @@ def test_targets_come_from_the_capacity_source_within_include_and_exclude():
     assert targets_of(static_capacity(0, "m")) == []
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["", "0xa", "0xb"]), st.sampled_from(["", "https://a", "https://b", "https://c"]),
+                          st.integers(0, 3)), max_size=6),
+       st.lists(st.tuples(st.sampled_from(["", "0xa", "0xb"]), st.sampled_from(["", "https://a", "https://b", "https://c"]),
+                          st.integers(0, 3)), max_size=6),
+       st.sampled_from([((), ()), (("a",), ()), ((), ("0xb",))]))
+def test_targets_made_with_an_earlier_snapshots_are_the_targets_made_afresh(before, after, within):
+    """``known`` only saves making a target again: the targets are equal to those made without it, and an
+    unchanged orchestrator's is the earlier object."""
+    def snap(rows: list[tuple[str, str, int]]) -> CapacitySnapshot:
+        return CapacitySnapshot("m", tuple(OrchestratorSlots(a, u, idle, 0) for a, u, idle in rows), source="gateway")
+
+    include, exclude = within
+    earlier = targets_of(snap(before), include, exclude)
+    again = targets_of(snap(after), include, exclude, known=earlier)
+    assert again == targets_of(snap(after), include, exclude)
+    first = {t.key: t for t in earlier}
+    assert all(t is first[t.key] for t in again if first.get(t.key) == t)
+
+
 def test_a_session_the_gateway_refuses_leaves_its_orchestrator_due_and_retried_after_retry_s():
     """The lease was granted and the session started, then the gateway said "no orchestrators available": it was
     tried, not tested, exactly as a restart reads the stored skip. The orchestrator is picked again once

@@ -27,7 +27,7 @@ import time
 import uuid
 from urllib.parse import urlsplit
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ import httpx
 
 from fleet.capacity import CapacitySnapshot, parse_capacity, parse_naap_discovery, static_capacity
 from fleet.errors import CapacityError
-from fleet.rules import CapacityRules, Place
+from fleet.rules import CapacityRules, Place, PlaceOrder
 from fleet.runtime.job import STALE_REFRESHES
 from fleet.scenario import CapacityPolicy, NaapCapacity, Scenario, StaticCapacity
 
@@ -79,7 +79,7 @@ class SlotBroker:
 
     def __post_init__(self) -> None:
         self.rules = CapacityRules(self.policy, self.ticks_per_s)
-        self._order = _Order(None)
+        self._order = PlaceOrder(self.rules)
         # Kept as leases come and go, not recounted at every lease (that was O(live leases) per lease): our
         # leases per place, those the snapshot cannot know of, and when each lease expires (a heap).
         self._ours: Counter[str | None] = Counter()
@@ -99,10 +99,12 @@ class SlotBroker:
         if n > 0:
             heapq.heappush(self._expiry, (lease.expires, lease.id))
 
-    def _ordered(self) -> _Order:
+    def _ordered(self) -> PlaceOrder:
         """The snapshot's places (fleet.rules) in the rules' order, worked out once per snapshot, not per lease."""
+        if self._order.rules is not self.rules:   # its places are the rules': kept only while they hold
+            self._order = PlaceOrder(self.rules)
         if self._order.snapshot is not self.snapshot:
-            self._order = _Order(self.snapshot, self.rules.places(self.snapshot)[0], self.last_start)
+            self._order.refresh(self.snapshot, self.last_start)
         return self._order
 
     def _expire(self) -> None:
@@ -144,10 +146,10 @@ class SlotBroker:
                 self.rules.past_stagger(self.last_start.get(p.key), now)
 
         order = self._ordered()   # the preferred place first (the rules' order), else the least recently started
-        named = order.named.get(preferred, []) if preferred is not None else []
+        named = order.named_places(preferred) if preferred is not None else []
         chosen = self.rules.choose([p for p in named if open_(p)], self.last_start, preferred)
         if chosen is None and not strict:
-            chosen = order.first(open_, self.last_start)
+            chosen = order.first(open_)
         if chosen is None:
             self.refused += 1
             return None
@@ -197,52 +199,6 @@ class SlotBroker:
         self._expire()
         return {"leases": len(self.leases), "budget": self.budget(), "refused": self.refused,
                 "capacity": self.snapshot.summary()}
-
-
-class _Order:
-    """A snapshot's places least recently started first: ``CapacityRules.choose``'s order when no place is
-    preferred (never started, by key; then by last start, by key), kept as a heap so that a lease looks only at
-    the places ahead of the one it takes, not at every place in the network. An entry whose place started
-    since is stale and dropped when it comes up; a start pushes the place again."""
-
-    def __init__(self, snapshot: CapacitySnapshot | None, places: Sequence[Place] = (),
-                 last_start: Mapping[str | None, float] | None = None) -> None:
-        self.snapshot = snapshot
-        self.named: dict[str, list[Place]] = {}   # address and URI -> its places (Place.named), in order
-        self.by_key: dict[str | None, list[Place]] = {}
-        for p in places:
-            for name in dict.fromkeys((p.address, p.uri)):
-                self.named.setdefault(name, []).append(p)
-            self.by_key.setdefault(p.key, []).append(p)
-        last = last_start or {}
-        self.heap = [self._entry(p, last.get(p.key), i) for i, p in enumerate(places)]
-        heapq.heapify(self.heap)
-        self.seq = len(self.heap)
-
-    @staticmethod
-    def _entry(p: Place, last: float | None, seq: int) -> tuple[bool, float, str, int, Place]:
-        return (last is not None, last or 0, p.key or "", seq, p)
-
-    def first(self, open_: Callable[[Place], bool], last_start: Mapping[str | None, float]) -> Place | None:
-        """The first place in the order that ``open_`` admits."""
-        ahead, chosen = [], None
-        while self.heap:
-            entry = heapq.heappop(self.heap)
-            started, last, _, _, p = entry
-            if started != (p.key in last_start) or (started and last != last_start[p.key]):
-                continue   # stale: started since
-            ahead.append(entry)
-            if open_(p):
-                chosen = p
-                break
-        for entry in ahead:
-            heapq.heappush(self.heap, entry)
-        return chosen
-
-    def started(self, key: str | None, now: float) -> None:
-        for p in self.by_key.get(key, ()):
-            heapq.heappush(self.heap, self._entry(p, now, self.seq))
-            self.seq += 1
 
 
 CLI_PORT = 5935   # go-livepeer's default -cliAddr port

@@ -82,12 +82,12 @@ def with_gpu(c: Campaign, row: SessionRow) -> SessionRow:
     url, address = row.orchestrator_url or row.target_orchestrator, row.orchestrator_address
     if row.gpu_name or c.snapshot is None or not (url or address):
         return row
-    for o in c.snapshot.orchestrators:  # by URL first: an orchestrator without ticket params has no address
-        if (o.uri == url if url else o.address == address) and o.gpus:
-            names = {name for _, name in o.gpus}
-            return replace(row, gpu_name=names.pop() if len(names) == 1 else None,
-                           gpu_id=row.gpu_id or (o.gpus[0][0] if len(o.gpus) == 1 else None))
-    return row
+    o = c.snapshot.gpus_of(url, address)   # by URL first: an orchestrator without ticket params has no address
+    if o is None:
+        return row
+    names = {name for _, name in o.gpus}
+    return replace(row, gpu_name=names.pop() if len(names) == 1 else None,
+                   gpu_id=row.gpu_id or (o.gpus[0][0] if len(o.gpus) == 1 else None))
 
 
 def ray_init(c: Campaign, regions: list[str]) -> bool:

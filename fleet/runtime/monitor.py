@@ -235,7 +235,8 @@ class CoverageSource:
         self.refreshed = mono
         snapshot, self.snapshot = self.snapshot, self.ex.snapshot()
         if self.snapshot.read_unix is None or self.snapshot.read_unix != snapshot.read_unix:   # a new read
-            self.targets = targets_of(self.snapshot, self.scenario.capacity.include, self.scenario.capacity.exclude)
+            self.targets = targets_of(self.snapshot, self.scenario.capacity.include, self.scenario.capacity.exclude,
+                                      known=self.targets)
         if self.c.metrics is not None:
             self.c.metrics.coverage(self.cov.status(self.targets, self.snapshot.total, self.clock.wall()), self.model)
 
