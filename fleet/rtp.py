@@ -10,7 +10,8 @@ cheaply, needs the packets themselves:
   with the arrival time of their last packet. aiortc still does RTCP, NACK and
   statistics; with ``decode=False`` its decoder thread is starved so no frame
   is decoded unless the caller decodes it, and with ``bandwidth_feedback=False``
-  no REMB is computed or sent.
+  no REMB is computed or sent; with both, aiortc's jitter buffer and depayloader are
+  skipped too (``fleet.leanrtp.lean_receive``: reports and NACKs still go out).
 - ``PacketTrack`` sends pre-encoded frames (``av.Packet``): aiortc packetizes
   them without encoding (and ignores keyframe requests on that path).
 
@@ -31,6 +32,7 @@ from typing import Any
 from aiortc import RTCRtpReceiver
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
+from fleet.leanrtp import lean_receive
 from fleet.webrtc import drop_bandwidth_estimator, receiver_codec, starve_decoder, tap_rtp
 
 __all__ = ["FrameTap", "TapFrame", "VIDEO_CLOCK", "H264Depacketizer", "annexb_nal_types", "h264_is_keyframe",
@@ -193,6 +195,8 @@ class FrameTap:
         if not bandwidth_feedback:
             drop_bandwidth_estimator(receiver)
         self._original = tap_rtp(receiver, self._handle)
+        # nothing decoded by aiortc and no bandwidth estimate: its handler would assemble frames only to drop them
+        self._lean = lean_receive(receiver, self.packet) if not decode and not bandwidth_feedback else None
 
     def _kind(self, payload_type: int) -> str | None:
         """'VP8', another codec's name, or None (unknown / retransmission); cached per payload type."""
@@ -206,7 +210,10 @@ class FrameTap:
 
     async def _handle(self, packet: Any, arrival_time_ms: int) -> None:
         self.packet(packet, time.monotonic())
-        await self._original(packet, arrival_time_ms)
+        if self._lean is not None:
+            await self._lean(packet)
+        else:
+            await self._original(packet, arrival_time_ms)
 
     @property
     def packets_expected(self) -> int:

@@ -20,10 +20,11 @@ Three settings aiortc does not expose are made here, in one place:
 - **The selected candidate pair** (``selected_candidate_types``): aiortc's
   ``getStats`` has no ``candidate-pair``; aioice keeps the nominated pair.
 
-Every use of aiortc's and aioice's private API in the fleet is in this module (the receiver's
-internals the frame tap needs are below: ``request_keyframe``, ``tap_rtp``, ``receiver_codec``,
-``starve_decoder``, ``drop_bandwidth_estimator``, ``timestamp_origin``; the ICE transport's aioice
-connection for ``selected_candidate_types``). pyproject.toml pins both
+Every use of aiortc's and aioice's private API in the fleet is in this module and in ``fleet.leanrtp``
+(the probe's cheaper RTP data path: the sender's send loop, the receiver's RTP duties, the transports
+under them). Here, the receiver's internals the frame tap needs: ``request_keyframe``, ``tap_rtp``,
+``receiver_codec``, ``starve_decoder``, ``drop_bandwidth_estimator``, ``timestamp_origin``; the ICE
+transport's aioice connection for ``selected_candidate_types``. pyproject.toml pins both
 packages with ``~=``; on import, this module checks that every private attribute it relies on
 exists and otherwise fails with an ImportError naming it and the installed versions.
 """
@@ -31,33 +32,36 @@ exists and otherwise fails with an ImportError naming it and the installed versi
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-
-import aioice.ice
-from collections.abc import Awaitable
 from importlib.metadata import version
 from typing import Any
 
+import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCCertificate
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-__all__ = ["LOOPBACK", "IceServer", "accept_rsa_peers", "codecs_named", "drop_bandwidth_estimator", "ice_link_headers",
-           "new_peer_connection", "on_keyframe_request", "parse_ice_links", "receiver_codec", "request_keyframe",
-           "selected_candidate_types", "set_ice_failed_timeout", "starve_decoder", "tap_rtp", "timestamp_origin",
-           "use_host_addresses"]
+__all__ = ["LOOPBACK", "IceServer", "accept_rsa_peers", "codecs_named", "drop_bandwidth_estimator",
+           "ice_link_headers", "new_peer_connection", "on_keyframe_request",
+           "parse_ice_links", "receiver_codec", "request_keyframe", "selected_candidate_types",
+           "set_ice_failed_timeout", "starve_decoder", "tap_rtp", "timestamp_origin", "use_host_addresses"]
 
 LOOPBACK = ("127.0.0.1",)
 DTLS_CIPHERS = (b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:"
                 b"ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:"
                 b"ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA")
 # the private attributes the fleet relies on: (owner, name); a receiver's mangled instance attributes are
-# checked among the names its __init__ sets
+# checked among the names its __init__ sets (a sender's: its __init__ and replaceTrack)
 _PRIVATE = ((aioice.ice, "get_host_addresses"), (aioice.ice, "CONSENT_FAILURES"), (aioice.ice, "CONSENT_INTERVAL"),
             (RTCCertificate, "_create_ssl_context"), (RTCRtpSender, "_send_keyframe"),
-            (RTCRtpReceiver, "_send_rtcp_pli"), (RTCRtpReceiver, "_handle_rtp_packet"))
-_RECEIVER_FIELDS = ("__decoder_queue", "__remote_bitrate_estimator", "__codecs", "__timestamp_mapper")
+            (RTCRtpSender, "_run_rtp"), (RTCRtpSender, "_retransmit"), (RTCRtpSender, "_next_encoded_frame"),
+            (RTCRtpReceiver, "_send_rtcp_pli"), (RTCRtpReceiver, "_send_rtcp_nack"), (RTCRtpReceiver, "_handle_rtp_packet"))
+_RECEIVER_FIELDS = ("__decoder_queue", "__remote_bitrate_estimator", "__codecs", "__timestamp_mapper", "__active_ssrc",
+                    "__remote_streams", "__rtx_ssrc", "__nack_generator")
+_SENDER_FIELDS = ("__rtp_history", "__rtp_header_extensions_map", "__rtp_started", "__rtp_exited", "__mid", "__track",
+                  "__encoder", "__ntp_timestamp", "__rtp_timestamp", "__octet_count", "__packet_count",
+                  "__rtx_payload_type", "__rtx_sequence_number")
 # instance attributes set in __init__: (class, name)
 _INSTANCE_FIELDS = ((RTCIceTransport, "_connection"), (aioice.ice.Connection, "_nominated"))
 
@@ -67,6 +71,8 @@ def check_private_api() -> None:
     set_in_init = set(RTCRtpReceiver.__init__.__code__.co_names)
     missing = [f"{getattr(o, '__name__', o)}.{n}" for o, n in _PRIVATE if not hasattr(o, n)]
     missing += [f"RTCRtpReceiver.{n}" for n in _RECEIVER_FIELDS if f"_RTCRtpReceiver{n}" not in set_in_init]
+    sender_init = set(RTCRtpSender.__init__.__code__.co_names) | set(RTCRtpSender.replaceTrack.__code__.co_names)
+    missing += [f"RTCRtpSender.{n}" for n in _SENDER_FIELDS if f"_RTCRtpSender{n}" not in sender_init]
     missing += [f"{c.__name__}.{n}" for c, n in _INSTANCE_FIELDS if n not in c.__init__.__code__.co_names]
     if missing:
         raise ImportError(f"fleet.webrtc relies on {', '.join(missing)}, which aiortc {version('aiortc')} / aioice "

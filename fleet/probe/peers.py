@@ -19,6 +19,7 @@ from fleet.probe.types import ProbeResult
 from fleet.rtp import FrameTap, TapFrame
 from aiortc import RTCPeerConnection
 
+from fleet.leanrtp import lean_sender
 from fleet.webrtc import (IceServer, codecs_named, drop_bandwidth_estimator, new_peer_connection, on_keyframe_request,
                           selected_candidate_types)
 
@@ -87,6 +88,7 @@ class Peers:
         # a send-only transceiver's receiver never sees RTP; its idle estimator is 1,001 objects every garbage
         # collection walks (a full one paused a 40-session probe for ~90 ms)
         drop_bandwidth_estimator(sender.receiver)
+        lean_sender(sender.sender)  # pre-encoded packets: a cheaper send loop, the same packets
         on_keyframe_request(sender.sender, track.request_keyframe)  # a PLI: jump to the next keyframe
         if track.clip.codec == "h264":
             sender.setCodecPreferences(codecs_named("video", "H264", profile_level_id=H264_PROFILE_LEVEL_ID))

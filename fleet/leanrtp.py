@@ -1,0 +1,258 @@
+"""The probe's cheaper RTP data path, under aiortc's peer connection: the same packets on the wire.
+
+aiortc builds an ``RtpPacket`` per packet sent (its header extensions set one by one, two clock reads
+through ``datetime``, a serialization, three coroutines down to the socket) and, per packet received, a
+queue hop, the DTLS transport's loop, a parse with every header extension, then a depayloader and a jitter
+buffer whose frames the probe throws away (its decoder is starved: ``fleet.rtp``). Measured, that is most of
+a probe session's CPU. ``lean_sender`` and ``lean_receive`` keep every duty the far end can see (the same
+packets and header extensions; sender reports; NACKs answered, with RTX when negotiated; receiver reports
+and NACKs sent) and drop the rest. Signalling, ICE, DTLS, SRTP keys and RTCP stay aiortc's.
+
+The private attributes used here are checked on import by ``fleet.webrtc`` (``check_private_api``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from struct import Struct, pack
+from typing import Any
+
+import pylibsrtp
+from aiortc import RTCRtpReceiver, RTCRtpSender, clock
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, RtpPacket, unwrap_rtx, wrap_rtx
+
+import fleet.webrtc  # noqa: F401 - its import checks the private API used here
+
+__all__ = ["RtpView", "lean_receive", "lean_sender", "parse_rtp"]
+
+_RTP_HEADER = Struct("!BBHLL")
+_NTP_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
+
+
+def _ntp_now() -> int:
+    """The NTP time now, 32.32 fixed point (aiortc's clock.current_ntp_time, read without datetime)."""
+    return int((time.time() + _NTP_OFFSET) * (1 << 32))
+
+
+def lean_sender(sender: RTCRtpSender) -> None:
+    """Give ``sender`` (whose track hands out pre-encoded ``av.Packet``s) a send loop that costs less per packet
+    than aiortc's, and the retransmission that goes with it. Call before negotiation starts the sender.
+
+    On the wire nothing changes: the same RTP header, the same header extensions (mid, abs-send-time) serialized
+    by aiortc's own extension map, once per frame instead of once per packet (a frame's packets leave in one loop
+    iteration; abs-send-time's unit is 3.8 µs), the same sequence numbers and timestamps. The history kept for
+    NACKs holds each packet's bytes; a retransmission parses them back and goes out as aiortc's would (RTX when
+    negotiated). Sender reports read the same counters, updated once per frame."""
+    lean = _LeanSender(sender)
+    sender._run_rtp = lean.run  # type: ignore[method-assign]
+    sender._retransmit = lean.retransmit  # type: ignore[method-assign]
+
+
+_P = "_RTCRtpSender__"  # the sender's private attributes
+
+
+class _LeanSender:
+    def __init__(self, sender: RTCRtpSender) -> None:
+        self.sender = sender
+        self.history: dict[int, bytes] = getattr(sender, _P + "rtp_history")
+        self.extensions = getattr(sender, _P + "rtp_header_extensions_map")
+        self.seq = random.randint(0, 0xFFFF)
+        self.origin = random.getrandbits(32)
+
+    def send(self, data: bytes) -> None:
+        """SRTP-protect a packet and hand it to the ICE connection's nominated pair, as aiortc's transports do
+        through three coroutines."""
+        dtls = self.sender.transport
+        pair = dtls.transport._connection._nominated.get(1)
+        if dtls.state != "connected" or pair is None:
+            raise ConnectionError("cannot send RTP, not connected")
+        pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
+
+    def frame(self, payloads: list[bytes], rtp_timestamp: int, payload_type: int) -> None:
+        """One frame's packets out, and the counters sender reports read."""
+        s = self.sender
+        timestamp = (self.origin + rtp_timestamp) & 0xFFFFFFFF
+        values = HeaderExtensions()
+        values.mid = getattr(s, _P + "mid")
+        values.abs_send_time = (_ntp_now() >> 14) & 0x00FFFFFF
+        profile, ext = self.extensions.set(values)
+        head0, ext_block = (0x90, pack("!HH", profile, len(ext) >> 2) + ext) if ext else (0x80, b"")
+        last, octets = len(payloads) - 1, 0
+        for i, payload in enumerate(payloads):
+            data = pack("!BBHLL", head0, payload_type | (0x80 if i == last else 0), self.seq, timestamp, s._ssrc)
+            data += ext_block + payload
+            self.history[self.seq % RTP_HISTORY_SIZE] = data
+            self.send(data)
+            octets += len(payload)
+            self.seq = (self.seq + 1) & 0xFFFF
+        setattr(s, _P + "ntp_timestamp", _ntp_now())
+        setattr(s, _P + "rtp_timestamp", timestamp)
+        setattr(s, _P + "octet_count", getattr(s, _P + "octet_count") + octets)
+        setattr(s, _P + "packet_count", getattr(s, _P + "packet_count") + len(payloads))
+
+    async def run(self, codec: Any) -> None:
+        """aiortc's ``_run_rtp``: frames from the track until it ends or the sender stops; the exit signalled."""
+        s = self.sender
+        getattr(s, _P + "rtp_started").set()
+        try:
+            while True:
+                if not s.track:
+                    await asyncio.sleep(0.02)
+                    continue
+                encoded = await s._next_encoded_frame(codec)
+                if encoded is not None:
+                    self.frame(encoded.payloads, encoded.timestamp, codec.payloadType)
+        except (asyncio.CancelledError, ConnectionError, MediaStreamError):
+            pass
+        except Exception:  # noqa: BLE001 - as aiortc's loop: the exit must be signalled, or stop() hangs
+            logging.getLogger(__name__).warning("RTP send loop failed", exc_info=True)
+        if s.track:
+            s.track.stop()
+            setattr(s, _P + "track", None)
+        setattr(s, _P + "encoder", None)
+        getattr(s, _P + "rtp_exited").set()
+
+    async def retransmit(self, sequence_number: int) -> None:
+        """aiortc's ``_retransmit``: the packet a NACK names, from the history, as RTX when negotiated."""
+        s = self.sender
+        data = self.history.get(sequence_number % RTP_HISTORY_SIZE)
+        if data is None:
+            return
+        packet = RtpPacket.parse(data, self.extensions)
+        if packet.sequence_number != sequence_number:
+            return
+        rtx_pt = getattr(s, _P + "rtx_payload_type")
+        if rtx_pt is not None:
+            rtx_seq = getattr(s, _P + "rtx_sequence_number")
+            packet = wrap_rtx(packet, payload_type=rtx_pt, sequence_number=rtx_seq, ssrc=s._rtx_ssrc)
+            setattr(s, _P + "rtx_sequence_number", (rtx_seq + 1) & 0xFFFF)
+        await s.transport._send_rtp(packet.serialize(self.extensions))
+
+
+@dataclass(slots=True)
+class RtpView:
+    """The fields of an RTP packet the probe reads (``aiortc.rtp.RtpPacket``'s names), its payload a slice."""
+
+    payload_type: int
+    marker: int
+    sequence_number: int
+    timestamp: int
+    ssrc: int
+    payload: bytes
+
+
+def parse_rtp(data: bytes) -> RtpView | None:
+    """An RTP packet's fixed header and payload (RFC 3550 5.1; CSRCs, a header extension and padding skipped);
+    None when it is not one."""
+    if len(data) < 12 or data[0] >> 6 != 2:
+        return None
+    b0, b1, seq, ts, ssrc = _RTP_HEADER.unpack_from(data)
+    pos, end = 12 + 4 * (b0 & 0x0F), len(data)
+    if b0 & 0x10:
+        if end < pos + 4:
+            return None
+        pos += 4 + 4 * int.from_bytes(data[pos + 2:pos + 4], "big")
+    if b0 & 0x20:
+        end -= data[-1]
+    if pos > end:
+        return None
+    return RtpView(b1 & 0x7F, b1 >> 7, seq, ts, ssrc, data[pos:end])
+
+
+def _receiver_duties(receiver: RTCRtpReceiver) -> Callable[[Any], Any]:
+    """What aiortc's receiver must still do with a packet when nothing is decoded from its frames: keep the
+    source active and count the packet for receiver reports; returns whether packets are missing (a NACK is due)
+    once the packet is a media one (a retransmission unwrapped)."""
+    p = "_RTCRtpReceiver__"
+    active: dict[int, Any] = getattr(receiver, p + "active_ssrc")
+    codecs: dict[int, Any] = getattr(receiver, p + "codecs")
+    streams: dict[int, StreamStatistics] = getattr(receiver, p + "remote_streams")
+    rtx_ssrc: dict[int, int] = getattr(receiver, p + "rtx_ssrc")
+    nack = getattr(receiver, p + "nack_generator")
+
+    def duties(packet: Any) -> Any:
+        """The media packet to NACK against, or None."""
+        if not receiver._enabled:
+            return None
+        active[packet.ssrc] = clock.current_datetime()
+        codec = codecs.get(packet.payload_type)
+        if codec is None:
+            return None
+        stream = streams.get(packet.ssrc)
+        if stream is None:
+            stream = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
+        stream.add(packet)
+        if codec.name.lower() == "rtx":
+            original = rtx_ssrc.get(packet.ssrc)
+            apt = codec.parameters.get("apt")
+            if original is None or len(packet.payload) < 2 or not isinstance(apt, int) or apt not in codecs:
+                return None
+            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original)
+        return packet if nack is not None and nack.add(packet) else None
+
+    return duties
+
+
+def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], None]) -> Callable[[Any], Awaitable[None]]:
+    """The probe's receive path for a receiver aiortc decodes nothing for (a starved decoder, no bandwidth
+    estimate): aiortc's depayloader and jitter buffer, whose frames would be thrown away, are skipped (the
+    keyframe requests they would send on a gap are the probe's own to make: fleet.probe.output asks for one
+    when a decode window needs it), and every media packet is taken from the ICE connection as it arrives,
+    SRTP-unprotected and handed to ``on_packet(packet, time.monotonic())`` at once, without the queue, the
+    DTLS transport's loop and the RtpPacket aiortc would build for it. The far end sees no difference: the
+    receiver still counts every packet for its receiver reports and NACKs missing ones.
+
+    Packets that are not the receiver's media (DTLS, RTCP, retransmissions, other payload types) and any that
+    arrive before SRTP is keyed or while older data waits in aiortc's queue take aiortc's own path; the handler
+    returned is what the receiver's RTP handler (``tap_rtp``) must await for those."""
+    p = "_RTCRtpReceiver__"
+    duties = _receiver_duties(receiver)
+    codecs: dict[int, Any] = getattr(receiver, p + "codecs")
+    generator = getattr(receiver, p + "nack_generator")
+    dtls = receiver.transport
+    connection = dtls.transport._connection
+    queued = connection._queue
+    original = connection.data_received
+    nacks: set[asyncio.Task[None]] = set()
+
+    def nack(packet: Any) -> None:
+        missing = sorted(generator.missing)
+        task = asyncio.ensure_future(receiver._send_rtcp_nack(packet.ssrc, missing))
+        nacks.add(task)
+        task.add_done_callback(nacks.discard)
+
+    def data_received(data: bytes, component: int) -> None:
+        srtp = dtls._rx_srtp
+        if srtp is None or len(data) < 12 or not 127 < data[0] < 192 or 192 <= data[1] <= 223 or not queued.empty():
+            original(data, component)  # DTLS, RTCP, SRTP not keyed yet, or older data still queued
+            return
+        codec = codecs.get(data[1] & 0x7F)  # the RTP header is not encrypted
+        if codec is None or codec.name.lower() == "rtx":
+            original(data, component)
+            return
+        try:
+            packet = parse_rtp(srtp.unprotect(data))
+        except pylibsrtp.Error:
+            return  # as aiortc: an SRTP failure drops the packet
+        if packet is None:
+            return
+        on_packet(packet, time.monotonic())
+        lost = duties(packet)
+        if lost is not None:
+            nack(lost)
+
+    connection.data_received = data_received  # type: ignore[method-assign]
+
+    async def handle(packet: Any) -> None:
+        lost = duties(packet)
+        if lost is not None:
+            await receiver._send_rtcp_nack(lost.ssrc, sorted(generator.missing))
+
+    return handle

@@ -1,0 +1,257 @@
+"""The probe's cheaper RTP data path (fleet.leanrtp ``lean_sender``, ``lean_receive``, ``parse_rtp``) against
+aiortc's own: the far end must see the same packets, reports and repairs.
+
+- ``parse_rtp`` is judged against aiortc's ``RtpPacket`` on packets aiortc serialized (CSRCs, header
+  extensions and padding included).
+- Over real peer connections on loopback (slow): a lean sender's packets, parsed by an untouched aiortc
+  receiver, carry what aiortc's own send loop would put there (the mid and abs-send-time extensions, the
+  marker on each frame's last packet, consecutive sequence numbers, the frame clock) and the payloads
+  aiortc's own packetizer makes of each clip frame; a NACK is answered with the packet it names; sender
+  reports arrive. An untouched aiortc sender, in turn, gets receiver reports and NACKs from a lean receiver
+  (a packet dropped on purpose on the sender's side), and the lean receiver's tap hands over every frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from fractions import Fraction
+
+import av
+import pytest
+from aiortc import RTCRtpReceiver
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleet.media import H264_PROFILE_LEVEL_ID, PacketTrack, synthetic_clip
+from fleet.rtp import FrameTap, TapFrame
+from fleet.leanrtp import lean_sender, parse_rtp
+from fleet.webrtc import codecs_named, new_peer_connection, tap_rtp, use_host_addresses
+
+MID_ID, ABS_SEND_TIME_ID = 1, 3
+FPS = 30.0
+FRAMES = 75            # 2.5 s: long enough for RTCP reports (aiortc sends them every 0.5 to 1.5 s)
+DEADLINE_S = 20.0
+
+
+def extension_map() -> HeaderExtensionsMap:
+    m = HeaderExtensionsMap()
+    m.configure(RTCRtpParameters(headerExtensions=[
+        RTCRtpHeaderExtensionParameters(id=MID_ID, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+        RTCRtpHeaderExtensionParameters(id=ABS_SEND_TIME_ID,
+                                        uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time")]))
+    return m
+
+
+# --- parse_rtp ---------------------------------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(pt=st.integers(0, 127), marker=st.integers(0, 1), seq=st.integers(0, 0xFFFF), ts=st.integers(0, 0xFFFFFFFF),
+       ssrc=st.integers(0, 0xFFFFFFFF), csrc=st.lists(st.integers(0, 0xFFFFFFFF), max_size=15),
+       mid=st.none() | st.text("0123456789abc", min_size=1, max_size=8),
+       abs_send_time=st.none() | st.integers(0, 0xFFFFFF), padding=st.integers(0, 255),
+       payload=st.binary(max_size=1200))
+def test_parse_rtp_reads_what_aiortc_serialized(pt, marker, seq, ts, ssrc, csrc, mid, abs_send_time, padding,
+                                                payload) -> None:
+    packet = RtpPacket(payload_type=pt, marker=marker, sequence_number=seq, timestamp=ts, ssrc=ssrc)
+    packet.csrc, packet.payload, packet.padding_size = csrc, payload, padding
+    packet.extensions.mid, packet.extensions.abs_send_time = mid, abs_send_time
+    data = packet.serialize(extension_map())
+    truth = RtpPacket.parse(data, extension_map())
+    view = parse_rtp(data)
+    assert view is not None
+    assert (view.payload_type, view.marker, view.sequence_number, view.timestamp, view.ssrc, view.payload) == \
+        (truth.payload_type, truth.marker, truth.sequence_number, truth.timestamp, truth.ssrc, truth.payload)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x80" * 11, bytes([0x40]) + bytes(15),          # short; version 1
+                                  struct.pack("!BBHII", 0x90, 96, 1, 2, 3) + b"\xbe\xde",  # extension cut short
+                                  struct.pack("!BBHII", 0x90, 96, 1, 2, 3) + b"\xbe\xde\x00\x05" + bytes(8),
+                                  struct.pack("!BBHII", 0xA0, 96, 1, 2, 3) + b"\x01\x02\x20"])  # padding > payload
+def test_parse_rtp_refuses_what_is_not_an_rtp_packet(data: bytes) -> None:
+    assert parse_rtp(data) is None
+
+
+# --- over real peer connections -----------------------------------------------------------------------------
+
+async def until(condition, what: str) -> None:
+    """Wait for ``condition()`` on the event loop, at most DEADLINE_S."""
+    deadline = asyncio.get_running_loop().time() + DEADLINE_S
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def eventually(read) -> list:
+    """``await read()`` until it is not empty, at most DEADLINE_S."""
+    deadline = asyncio.get_running_loop().time() + DEADLINE_S
+    while not (found := await read()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out waiting for stats")
+        await asyncio.sleep(0.05)
+    return found
+
+
+async def close(*pcs) -> None:
+    """Close the peers, each within a deadline (aiortc's close waits forever for a sender that never started)."""
+    for pc in pcs:
+        await asyncio.wait_for(pc.close(), DEADLINE_S)
+
+
+async def connected_pair(track: PacketTrack, lean_send: bool, on_receiver) -> tuple:
+    """A send-only peer with ``track`` (its sender lean or aiortc's own) and a receive-only peer whose receiver
+    ``on_receiver`` prepares before negotiation; both connected over loopback."""
+    use_host_addresses(["127.0.0.1"])
+    a, b = new_peer_connection(), new_peer_connection()
+    sending = a.addTransceiver(track, direction="sendonly")
+    sending.setCodecPreferences(codecs_named("video", "H264", profile_level_id=H264_PROFILE_LEVEL_ID))
+    if lean_send:
+        lean_sender(sending.sender)
+    receiving = b.addTransceiver("video", direction="recvonly")
+    receiving.setCodecPreferences(codecs_named("video", "H264", profile_level_id=H264_PROFILE_LEVEL_ID))
+    on_receiver(receiving.receiver)
+    await a.setLocalDescription(await a.createOffer())
+    await b.setRemoteDescription(a.localDescription)
+    await b.setLocalDescription(await b.createAnswer())
+    await a.setRemoteDescription(b.localDescription)
+    return a, b, sending.sender, receiving.receiver
+
+
+def aiortc_payloads(clip, n: int) -> list[bytes]:
+    """aiortc's own packetization of clip frame ``n`` (its H.264 encoder's pack, a fresh one)."""
+    packet = av.Packet(clip.packets[n % clip.frames])
+    packet.pts, packet.time_base = 0, Fraction(1, 90_000)
+    return H264Encoder().pack(packet)[0]
+
+
+async def stats_of(pc, kind: str) -> list:
+    return [s for s in (await pc.getStats()).values() if s.type == kind]
+
+
+@pytest.mark.slow
+def test_a_lean_sender_puts_on_the_wire_what_aiortc_would_and_answers_a_nack() -> None:
+    clip = synthetic_clip(160, 96, FPS, codec="h264", gop=30)
+    track = PacketTrack(clip, max_frames=FRAMES)
+    packets: list[RtpPacket] = []
+
+    async def main() -> None:
+        def plain(receiver: RTCRtpReceiver) -> None:
+            async def record(packet: RtpPacket, arrival_time_ms: int) -> None:
+                packets.append(packet)
+                await original(packet, arrival_time_ms)
+
+            original = tap_rtp(receiver, record)
+
+        a, b, sender, receiver = await connected_pair(track, lean_send=True, on_receiver=plain)
+        try:
+            await until(lambda: len(track.sent) >= FRAMES and bool(packets) and packets[-1].marker, "every frame")
+            media = list(packets)  # nothing but the media yet: no retransmission was asked for
+            mid = a.getTransceivers()[0].mid
+            # frame by frame: consecutive sequence numbers, the marker on the last, the 90 kHz frame clock
+            frames: list[list[RtpPacket]] = [[]]
+            for p in media:
+                frames[-1].append(p)
+                if p.marker:
+                    frames.append([])
+            frames.pop()
+            assert len(frames) == FRAMES
+            seqs = [p.sequence_number for p in media]
+            assert all((y - x) & 0xFFFF == 1 for x, y in zip(seqs, seqs[1:]))
+            ts0 = frames[0][0].timestamp
+            for n, frame in enumerate(frames):
+                assert {p.timestamp for p in frame} == {(ts0 + round(n * 90_000 / FPS)) & 0xFFFFFFFF}
+                assert [p.marker for p in frame] == [0] * (len(frame) - 1) + [1]
+                assert [p.payload for p in frame] == aiortc_payloads(clip, n)
+                assert all(p.extensions.mid == mid and p.extensions.abs_send_time is not None for p in frame)
+                assert all(p.ssrc == sender._ssrc for p in frame)
+            # sender reports (RTCP SR) reached the receiver, with the sender's counts
+            sent_report = await eventually(lambda: stats_of(b, "remote-outbound-rtp"))
+            assert 0 < sent_report[0].packetsSent <= len(media)
+            # a NACK for a packet already received is answered with that packet (RTX, unwrapped here)
+            wanted = media[len(media) // 2]
+            before = len(packets)
+            await receiver._send_rtcp_nack(wanted.ssrc, [wanted.sequence_number])
+            await until(lambda: len(packets) > before, "the retransmission")
+            rtx = packets[before]
+            apt = wanted.payload_type
+            repaired = unwrap_rtx(rtx, payload_type=apt, ssrc=wanted.ssrc) if rtx.payload_type != apt else rtx
+            assert (repaired.sequence_number, repaired.timestamp, repaired.payload) == \
+                (wanted.sequence_number, wanted.timestamp, wanted.payload)
+        finally:
+            await close(a, b)
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks() -> None:
+    clip = synthetic_clip(160, 96, FPS, codec="h264", gop=30)
+    track = PacketTrack(clip, max_frames=FRAMES)
+    frames: list[TapFrame] = []
+    taps: list[FrameTap] = []
+    nacked: list[int] = []
+    dropped: list[int] = []
+
+    async def main() -> None:
+        def lean(receiver: RTCRtpReceiver) -> None:
+            taps.append(FrameTap(receiver, frames.append, decode=False, bandwidth_feedback=False))
+
+        a, b, sender, receiver = await connected_pair(track, lean_send=False, on_receiver=lean)
+        assert taps[0]._lean is not None  # the lean path is the one under test
+        transport = sender.transport
+        send_rtp, retransmit = transport._send_rtp, sender._retransmit
+
+        media_sent = [0]
+        sent_ts: dict[int, int] = {}  # sequence number -> RTP timestamp of every media packet sent, in order
+        media_pt: list[int] = []      # the first RTP packet is media (retransmissions come only after a NACK)
+
+        async def lossy_send(data: bytes) -> None:
+            # drop the 40th media packet (not RTCP, not a retransmission), once: the receiver must NACK it
+            if not 192 <= data[1] <= 223 and not media_pt:
+                media_pt.append(data[1] & 0x7F)
+            if not 192 <= data[1] <= 223 and data[1] & 0x7F == media_pt[0]:
+                media_sent[0] += 1
+                seq, ts = struct.unpack_from("!HI", data, 2)
+                sent_ts[seq] = ts
+                if media_sent[0] == 40:
+                    dropped.append(seq)
+                    return
+            await send_rtp(data)
+
+        async def recording_retransmit(seq: int) -> None:
+            nacked.append(seq)
+            await retransmit(seq)
+
+        transport._send_rtp = lossy_send
+        sender._retransmit = recording_retransmit
+        try:
+            last = round((FRAMES - 1) * 90_000 / FPS)
+            await until(lambda: bool(frames) and frames[-1].timestamp - frames[0].timestamp >= last, "the last frame")
+            await until(lambda: bool(nacked), "a NACK")
+            assert dropped and dropped[0] in nacked
+            # every media packet that left reached the tap (the retransmission is aiortc's, left out of it)
+            tap = taps[0]
+            assert tap.packets == media_sent[0] - 1 and tap.packets_lost == 1
+            # every frame came through whole but the one that lost a packet (gone, if that was its only one, or
+            # incomplete) and the one after it (whose head cannot be proven then)
+            lost = round((sent_ts[dropped[0]] - next(iter(sent_ts.values()))) * FPS / 90_000)
+            by_n = {round((f.timestamp - frames[0].timestamp) * FPS / 90_000): f for f in frames}
+            assert set(range(FRAMES)) - {lost} <= set(by_n) <= set(range(FRAMES))
+            assert all(f.complete for n, f in by_n.items() if n not in (lost, lost + 1))
+            assert lost not in by_n or not by_n[lost].complete
+            assert frames[0].keyframe
+            # receiver reports (RTCP RR) from the lean receiver reach the sender, and count as it did: every
+            # media packet but the one dropped (its repair came on the RTX stream)
+            async def final_report() -> list:
+                return [s for s in await stats_of(a, "remote-inbound-rtp") if s.packetsReceived == media_sent[0] - 1]
+
+            (report,) = await eventually(final_report)
+            assert report.packetsLost == 1
+        finally:
+            await close(a, b)
+
+    asyncio.run(main())
