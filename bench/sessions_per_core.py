@@ -13,7 +13,7 @@ gateway's truth; ramp-up and teardown excluded), each as a fraction of what it h
 the gateway: its core), and the step says which side saturated (>= 0.9). Memory per session is the tester's
 PSS in the window minus its idle PSS before the sessions started, over N.
 
-A step is sustained when the tester received >= 99 % of the frames the gateway sent its viewers, the median
+A step is sustained when, in one of two tries, the tester received >= 99 % of the frames the gateway sent its viewers, the median
 session's output fps is >= 29.5, and (for the probe) the median session's latency is within 5 ms of the
 gateway's truth. The naive client is an aiortc ``VideoStreamTrack`` that encodes live and decodes every
 received frame; Chromium's pairs publish a canvas and play the output in a <video> (frames counted by the
@@ -417,8 +417,13 @@ def ramp(mode: str, codec: str, start: int, grow: int, limit: int, duration: flo
     best, best_step, n, bad, bad_step = 0, None, start, None, None
     with cpu_share(share) as group:
         def run(k: int) -> dict:
-            r = step(mode, codec, k, duration, cpu, share, group, gateway_cpu)
-            print(f"{codec:4} {mode:8} n={k:4}  saturated={r['saturated']:14} {json.dumps(r)}", flush=True)
+            """A step; one that fails is tried once more (one noisy step, say a browser's slow start at n=1, would
+            end the ramp): it fails when both tries do."""
+            for _ in range(2):
+                r = step(mode, codec, k, duration, cpu, share, group, gateway_cpu)
+                print(f"{codec:4} {mode:8} n={k:4}  saturated={r['saturated']:14} {json.dumps(r)}", flush=True)
+                if r["ok"]:
+                    break
             return r
 
         while n <= limit:

@@ -92,6 +92,7 @@ class _InFlight:
     tag: Any
     lease_id: str
     region: str
+    runner: Any = None   # the runner actor it was started on
 
 
 class RayExecutor:
@@ -183,8 +184,9 @@ class RayExecutor:
         return answer
 
     def start(self, region: str, job: Job, lease_id: str, tag: Any) -> None:
-        ref = self.runners[region].run_session.remote(replace(job, lease_id=lease_id))
-        self.live[ref] = _InFlight(tag, lease_id, region)
+        runner = self.runners[region]
+        ref = runner.run_session.remote(replace(job, lease_id=lease_id))
+        self.live[ref] = _InFlight(tag, lease_id, region, runner)
 
     def poll(self, timeout: float) -> list[Finished]:
         """Sessions that finished within ``timeout`` (waits at most that long)."""
@@ -209,7 +211,10 @@ class RayExecutor:
             self.tester_failures += 1
             reaped = self._reap(info.lease_id)
             done.error = ("runner_died", type(exc).__name__ + (REAPED if reaped else ""))
-            if not self._alive(self.runners[info.region]):
+            # the region's runner is asked once: the sessions of a runner already replaced need no check (a
+            # node loss ends many sessions at once, and each check may wait its deadline for a runner that is
+            # still being placed)
+            if info.runner is self.runners[info.region] and not self._alive(info.runner):
                 print(f"fleet: the runner for region {info.region} died; its sessions count as tester failures "
                       "and a new runner takes over", file=sys.stderr, flush=True)
                 self.runners[info.region] = self._runner(info.region)
