@@ -4,9 +4,16 @@ aiortc builds an ``RtpPacket`` per packet sent (its header extensions set one by
 through ``datetime``, a serialization, three coroutines down to the socket) and, per packet received, a
 queue hop, the DTLS transport's loop, a parse with every header extension, then a depayloader and a jitter
 buffer whose frames the probe throws away (its decoder is starved: ``fleet.rtp``). Measured, that is most of
-a probe session's CPU. ``lean_sender`` and ``lean_receive`` keep every duty the far end can see (the same
-packets and header extensions; sender reports; NACKs answered, with RTX when negotiated; receiver reports
-and NACKs sent) and drop the rest. Signalling, ICE, DTLS, SRTP keys and RTCP stay aiortc's.
+a probe session's CPU. ``lean_sender`` and ``lean_receive`` keep the duties the far end relies on (the same
+video packets and header extensions; sender reports; NACKs answered, with RTX when negotiated; receiver
+reports and NACKs sent) and drop the rest. Signalling, ICE, DTLS, SRTP keys and RTCP stay aiortc's.
+
+Differences a far end could see, all on paths the probe does not take or does not need: the sender is for
+video (no audio-level extension); the DTLS transport's own byte and packet counters (its ``getStats``)
+leave out the media sent and received here; and aiortc's jitter buffer would send a keyframe request (PLI)
+when a hole stayed unrepaired for its whole 512-packet buffer (about 6 s of a probe's stream) or the
+sequence jumped back by 100 or more; the lean receiver sends none then: the probe asks for a keyframe when
+a decode window needs one, and a gateway that re-encodes its output (go-livepeer) starts a GOP every 2 s.
 
 The private attributes used here are checked on import by ``fleet.webrtc`` (``check_private_api``).
 """
@@ -42,7 +49,7 @@ def _ntp_now() -> int:
 
 
 def lean_sender(sender: RTCRtpSender) -> None:
-    """Give ``sender`` (whose track hands out pre-encoded ``av.Packet``s) a send loop that costs less per packet
+    """Give ``sender`` (video; its track hands out pre-encoded ``av.Packet``s) a send loop that costs less per packet
     than aiortc's, and the retransmission that goes with it. Call before negotiation starts the sender.
 
     On the wire nothing changes: the same RTP header, the same header extensions (mid, abs-send-time) serialized
@@ -202,25 +209,26 @@ def _receiver_duties(receiver: RTCRtpReceiver) -> Callable[[Any], Any]:
 
 def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], None]) -> Callable[[Any], Awaitable[None]]:
     """The probe's receive path for a receiver aiortc decodes nothing for (a starved decoder, no bandwidth
-    estimate): aiortc's depayloader and jitter buffer, whose frames would be thrown away, are skipped (the
-    keyframe requests they would send on a gap are the probe's own to make: fleet.probe.output asks for one
-    when a decode window needs it), and every media packet is taken from the ICE connection as it arrives,
-    SRTP-unprotected and handed to ``on_packet(packet, time.monotonic())`` at once, without the queue, the
-    DTLS transport's loop and the RtpPacket aiortc would build for it. The far end sees no difference: the
-    receiver still counts every packet for its receiver reports and NACKs missing ones.
+    estimate): aiortc's depayloader and jitter buffer, whose frames would be thrown away, are skipped, and every
+    media packet is taken from the ICE connection as it arrives, SRTP-unprotected and handed to
+    ``on_packet(packet, time.monotonic())`` at once, without the queue, the DTLS transport's loop and the
+    RtpPacket aiortc would build for it. The receiver still counts every packet for its receiver reports and
+    NACKs missing ones (see the module's notes for what differs).
 
-    Packets that are not the receiver's media (DTLS, RTCP, retransmissions, other payload types) and any that
-    arrive before SRTP is keyed or while older data waits in aiortc's queue take aiortc's own path; the handler
-    returned is what the receiver's RTP handler (``tap_rtp``) must await for those."""
-    p = "_RTCRtpReceiver__"
+    The connection must carry this receiver's media alone (the probe's egress connection has one transceiver,
+    never bundled with another): the first media packet's SSRC is the one taken; packets of any other, and
+    those that are not the receiver's media (DTLS, RTCP, retransmissions, other payload types), or that arrive
+    before SRTP is keyed or while older data waits in aiortc's queue, take aiortc's own path; the handler
+    returned (its ``taken``: the packets the lean path took) is what ``tap_rtp``'s handler awaits for those."""
     duties = _receiver_duties(receiver)
-    codecs: dict[int, Any] = getattr(receiver, p + "codecs")
-    generator = getattr(receiver, p + "nack_generator")
+    codecs: dict[int, Any] = getattr(receiver, "_RTCRtpReceiver__codecs")  # noqa: B009 - a private name
+    generator = getattr(receiver, "_RTCRtpReceiver__nack_generator")  # noqa: B009
     dtls = receiver.transport
     connection = dtls.transport._connection
     queued = connection._queue
     original = connection.data_received
     nacks: set[asyncio.Task[None]] = set()
+    ours: dict[int, int] = {}   # 0 -> the SSRC this path takes
 
     def nack(packet: Any) -> None:
         missing = sorted(generator.missing)
@@ -234,7 +242,8 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
             original(data, component)  # DTLS, RTCP, SRTP not keyed yet, or older data still queued
             return
         codec = codecs.get(data[1] & 0x7F)  # the RTP header is not encrypted
-        if codec is None or codec.name.lower() == "rtx":
+        ssrc = int.from_bytes(data[8:12], "big")
+        if codec is None or codec.name.lower() == "rtx" or ssrc != ours.setdefault(0, ssrc):
             original(data, component)
             return
         try:
@@ -243,6 +252,7 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
             return  # as aiortc: an SRTP failure drops the packet
         if packet is None:
             return
+        handle.taken += 1  # type: ignore[attr-defined]
         on_packet(packet, time.monotonic())
         lost = duties(packet)
         if lost is not None:
@@ -255,4 +265,5 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
         if lost is not None:
             await receiver._send_rtcp_nack(lost.ssrc, sorted(generator.missing))
 
+    handle.taken = 0  # type: ignore[attr-defined]
     return handle

@@ -14,12 +14,13 @@ aiortc's own: the far end must see the same packets, reports and repairs.
 from __future__ import annotations
 
 import asyncio
+import re
 import struct
 from fractions import Fraction
 
 import av
 import pytest
-from aiortc import RTCRtpReceiver
+from aiortc import RTCRtpReceiver, clock
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
@@ -137,11 +138,13 @@ def test_a_lean_sender_puts_on_the_wire_what_aiortc_would_and_answers_a_nack() -
     clip = synthetic_clip(160, 96, FPS, codec="h264", gop=30)
     track = PacketTrack(clip, max_frames=FRAMES)
     packets: list[RtpPacket] = []
+    arrivals_ntp: list[int] = []   # aiortc's NTP clock when each packet reached the receiver
 
     async def main() -> None:
         def plain(receiver: RTCRtpReceiver) -> None:
             async def record(packet: RtpPacket, arrival_time_ms: int) -> None:
                 packets.append(packet)
+                arrivals_ntp.append(clock.current_ntp_time())
                 await original(packet, arrival_time_ms)
 
             original = tap_rtp(receiver, record)
@@ -149,7 +152,7 @@ def test_a_lean_sender_puts_on_the_wire_what_aiortc_would_and_answers_a_nack() -
         a, b, sender, receiver = await connected_pair(track, lean_send=True, on_receiver=plain)
         try:
             await until(lambda: len(track.sent) >= FRAMES and bool(packets) and packets[-1].marker, "every frame")
-            media = list(packets)  # nothing but the media yet: no retransmission was asked for
+            media = [p for p in packets if p.payload_type == packets[0].payload_type and p.ssrc == sender._ssrc]
             mid = a.getTransceivers()[0].mid
             # frame by frame: consecutive sequence numbers, the marker on the last, the 90 kHz frame clock
             frames: list[list[RtpPacket]] = [[]]
@@ -166,11 +169,16 @@ def test_a_lean_sender_puts_on_the_wire_what_aiortc_would_and_answers_a_nack() -
                 assert {p.timestamp for p in frame} == {(ts0 + round(n * 90_000 / FPS)) & 0xFFFFFFFF}
                 assert [p.marker for p in frame] == [0] * (len(frame) - 1) + [1]
                 assert [p.payload for p in frame] == aiortc_payloads(clip, n)
-                assert all(p.extensions.mid == mid and p.extensions.abs_send_time is not None for p in frame)
-                assert all(p.ssrc == sender._ssrc for p in frame)
-            # sender reports (RTCP SR) reached the receiver, with the sender's counts
-            sent_report = await eventually(lambda: stats_of(b, "remote-outbound-rtp"))
-            assert 0 < sent_report[0].packetsSent <= len(media)
+                assert all(p.extensions.mid == mid for p in frame)
+            # abs-send-time: the 6.18 fixed-point NTP seconds (mod 64) of sending, within a second before arrival
+            for p, ntp in zip(packets, arrivals_ntp):
+                assert (((ntp >> 14) - p.extensions.abs_send_time) & 0xFFFFFF) < 1 << 18, (p.extensions, ntp)
+            # sender reports (RTCP SR) reached the receiver, with the sender's final counts
+            async def final_report() -> list:
+                return [s for s in await stats_of(b, "remote-outbound-rtp") if s.packetsSent == len(media)]
+
+            (sent_report,) = await eventually(final_report)
+            assert sent_report.bytesSent == sum(len(p.payload) for p in media)
             # a NACK for a packet already received is answered with that packet (RTX, unwrapped here)
             wanted = media[len(media) // 2]
             before = len(packets)
@@ -178,7 +186,9 @@ def test_a_lean_sender_puts_on_the_wire_what_aiortc_would_and_answers_a_nack() -
             await until(lambda: len(packets) > before, "the retransmission")
             rtx = packets[before]
             apt = wanted.payload_type
-            repaired = unwrap_rtx(rtx, payload_type=apt, ssrc=wanted.ssrc) if rtx.payload_type != apt else rtx
+            rtx_pt = int(re.search(r"a=rtpmap:(\d+) rtx/90000", b.localDescription.sdp)[1])  # as negotiated
+            assert (rtx.payload_type, rtx.ssrc) == (rtx_pt, sender._rtx_ssrc)  # as RTX, on its own stream
+            repaired = unwrap_rtx(rtx, payload_type=apt, ssrc=wanted.ssrc)
             assert (repaired.sequence_number, repaired.timestamp, repaired.payload) == \
                 (wanted.sequence_number, wanted.timestamp, wanted.payload)
         finally:
@@ -201,7 +211,8 @@ def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks() ->
             taps.append(FrameTap(receiver, frames.append, decode=False, bandwidth_feedback=False))
 
         a, b, sender, receiver = await connected_pair(track, lean_send=False, on_receiver=lean)
-        assert taps[0]._lean is not None  # the lean path is the one under test
+        lean_path = taps[0]._lean
+        assert lean_path is not None
         transport = sender.transport
         send_rtp, retransmit = transport._send_rtp, sender._retransmit
 
@@ -236,6 +247,9 @@ def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks() ->
             # every media packet that left reached the tap (the retransmission is aiortc's, left out of it)
             tap = taps[0]
             assert tap.packets == media_sent[0] - 1 and tap.packets_lost == 1
+            # ... and the lean path took nearly all of them (aiortc's path takes those that arrive while its queue
+            # holds older data: the handshake's tail, an RTCP packet not yet read)
+            assert 0.9 * (media_sent[0] - 1) <= lean_path.taken <= media_sent[0] - 1, (lean_path.taken, media_sent)
             # every frame came through whole but the one that lost a packet (gone, if that was its only one, or
             # incomplete) and the one after it (whose head cannot be proven then)
             lost = round((sent_ts[dropped[0]] - next(iter(sent_ts.values()))) * FPS / 90_000)
