@@ -175,8 +175,9 @@ def parse_rtp(data: bytes) -> RtpView | None:
 
 def _receiver_duties(receiver: RTCRtpReceiver) -> Callable[[Any], Any]:
     """What aiortc's receiver must still do with a packet when nothing is decoded from its frames: keep the
-    source active and count the packet for receiver reports; returns whether packets are missing (a NACK is due)
-    once the packet is a media one (a retransmission unwrapped)."""
+    source active (its time read once per frame, at the marker: ``getSynchronizationSources`` looks 10 s back)
+    and count the packet for receiver reports; returns whether packets are missing (a NACK is due) once the
+    packet is a media one (a retransmission unwrapped)."""
     p = "_RTCRtpReceiver__"
     active: dict[int, Any] = getattr(receiver, p + "active_ssrc")
     codecs: dict[int, Any] = getattr(receiver, p + "codecs")
@@ -188,7 +189,8 @@ def _receiver_duties(receiver: RTCRtpReceiver) -> Callable[[Any], Any]:
         """The media packet to NACK against, or None."""
         if not receiver._enabled:
             return None
-        active[packet.ssrc] = clock.current_datetime()
+        if packet.marker or packet.ssrc not in active:
+            active[packet.ssrc] = clock.current_datetime()
         codec = codecs.get(packet.payload_type)
         if codec is None:
             return None
@@ -207,33 +209,50 @@ def _receiver_duties(receiver: RTCRtpReceiver) -> Callable[[Any], Any]:
     return duties
 
 
+def _skip_stun(connection: Any, component: int, data_received: Callable[[bytes, int], None]) -> bool:
+    """Hand the nominated pair's datagrams whose first byte says RTP or RTCP (128-191, RFC 7983 section 7)
+    straight to ``data_received``, without aioice's attempt to parse each as STUN first (a STUN message's first
+    byte is 0-3: the attempt fails for every one); False while no pair is nominated."""
+    pair = connection._nominated.get(component)
+    if pair is None:
+        return False
+    parse_first = pair.protocol.datagram_received
+
+    def datagram_received(data: bytes, addr: Any) -> None:
+        if data and 127 < data[0] < 192:
+            data_received(data, component)
+        else:
+            parse_first(data, addr)  # STUN (consent checks) and DTLS
+
+    pair.protocol.datagram_received = datagram_received
+    return True
+
+
 def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], None]) -> Callable[[Any], Awaitable[None]]:
     """The probe's receive path for a receiver aiortc decodes nothing for (a starved decoder, no bandwidth
     estimate): aiortc's depayloader and jitter buffer, whose frames would be thrown away, are skipped, and every
     media packet is taken from the ICE connection as it arrives, SRTP-unprotected and handed to
     ``on_packet(packet, time.monotonic())`` at once, without the queue, the DTLS transport's loop and the
     RtpPacket aiortc would build for it. The receiver still counts every packet for its receiver reports and
-    NACKs missing ones (see the module's notes for what differs).
-
-    The connection must carry this receiver's media alone (the probe's egress connection has one transceiver,
-    never bundled with another): the first media packet's SSRC is the one taken; packets of any other, and
-    those that are not the receiver's media (DTLS, RTCP, retransmissions, other payload types), or that arrive
-    before SRTP is keyed or while older data waits in aiortc's queue, take aiortc's own path; the handler
-    returned (its ``taken``: the packets the lean path took) is what ``tap_rtp``'s handler awaits for those."""
+    NACKs missing ones (see the module's notes for what differs), and once media flows, the nominated pair's
+    datagrams come here without aioice's STUN attempt (``_skip_stun``). The connection must carry this
+    receiver's media alone (the probe's egress connection has one transceiver, never bundled with another):
+    the first media packet's SSRC is the one taken; packets of any other, and those that are not the receiver's
+    media (DTLS, RTCP, retransmissions, other payload types), or that arrive before SRTP is keyed or while older
+    data waits in aiortc's queue, take aiortc's own path; the handler returned (its ``taken``: the packets the
+    lean path took) is what ``tap_rtp``'s handler awaits for those."""
     duties = _receiver_duties(receiver)
     codecs: dict[int, Any] = getattr(receiver, "_RTCRtpReceiver__codecs")  # noqa: B009 - a private name
     generator = getattr(receiver, "_RTCRtpReceiver__nack_generator")  # noqa: B009
     dtls = receiver.transport
     connection = dtls.transport._connection
-    queued = connection._queue
-    original = connection.data_received
+    queued, original = connection._queue, connection.data_received
     nacks: set[asyncio.Task[None]] = set()
     ours: dict[int, int] = {}   # 0 -> the SSRC this path takes
+    direct = [False]            # whether the nominated pair's datagrams come straight to data_received
 
     def nack(packet: Any) -> None:
-        missing = sorted(generator.missing)
-        task = asyncio.ensure_future(receiver._send_rtcp_nack(packet.ssrc, missing))
-        nacks.add(task)
+        nacks.add(task := asyncio.ensure_future(receiver._send_rtcp_nack(packet.ssrc, sorted(generator.missing))))
         task.add_done_callback(nacks.discard)
 
     def data_received(data: bytes, component: int) -> None:
@@ -249,10 +268,12 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
         try:
             packet = parse_rtp(srtp.unprotect(data))
         except pylibsrtp.Error:
-            return  # as aiortc: an SRTP failure drops the packet
+            packet = None  # as aiortc: an SRTP failure drops the packet
         if packet is None:
             return
         handle.taken += 1  # type: ignore[attr-defined]
+        if not direct[0]:
+            direct[0] = _skip_stun(connection, component, data_received)
         on_packet(packet, time.monotonic())
         lost = duties(packet)
         if lost is not None:

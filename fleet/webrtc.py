@@ -54,6 +54,7 @@ DTLS_CIPHERS = (b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:EC
 # the private attributes the fleet relies on: (owner, name); a receiver's mangled instance attributes are
 # checked among the names its __init__ sets (a sender's: its __init__ and replaceTrack)
 _PRIVATE = ((aioice.ice, "get_host_addresses"), (aioice.ice, "CONSENT_FAILURES"), (aioice.ice, "CONSENT_INTERVAL"),
+            (aioice.ice.StunProtocol, "datagram_received"),
             (RTCCertificate, "_create_ssl_context"), (RTCRtpSender, "_send_keyframe"),
             (RTCRtpSender, "_run_rtp"), (RTCRtpSender, "_retransmit"), (RTCRtpSender, "_next_encoded_frame"),
             (RTCRtpReceiver, "_send_rtcp_pli"), (RTCRtpReceiver, "_send_rtcp_nack"), (RTCRtpReceiver, "_handle_rtp_packet"))
@@ -63,7 +64,8 @@ _SENDER_FIELDS = ("__rtp_history", "__rtp_header_extensions_map", "__rtp_started
                   "__encoder", "__ntp_timestamp", "__rtp_timestamp", "__octet_count", "__packet_count",
                   "__rtx_payload_type", "__rtx_sequence_number")
 # instance attributes set in __init__: (class, name)
-_INSTANCE_FIELDS = ((RTCIceTransport, "_connection"), (aioice.ice.Connection, "_nominated"))
+_INSTANCE_FIELDS = ((RTCIceTransport, "_connection"), (aioice.ice.Connection, "_nominated"),
+                    (aioice.ice.CandidatePair, "protocol"))
 
 
 def check_private_api() -> None:

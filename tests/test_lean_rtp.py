@@ -17,7 +17,9 @@ import asyncio
 import re
 import struct
 from fractions import Fraction
+from typing import Any
 
+import aioice.stun
 import av
 import pytest
 from aiortc import RTCRtpReceiver, clock
@@ -198,8 +200,17 @@ def test_a_lean_sender_puts_on_the_wire_what_aiortc_would_and_answers_a_nack() -
 
 
 @pytest.mark.slow
-def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks() -> None:
+def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks(monkeypatch: pytest.MonkeyPatch) -> None:
     clip = synthetic_clip(160, 96, FPS, codec="h264", gop=30)
+    parse_message = aioice.stun.parse_message
+    rtp_tried_as_stun = [0]
+
+    def counting_parse(data: bytes, *args: Any, **kwargs: Any) -> Any:
+        if data and 127 < data[0] < 192:
+            rtp_tried_as_stun[0] += 1
+        return parse_message(data, *args, **kwargs)
+
+    monkeypatch.setattr(aioice.stun, "parse_message", counting_parse)
     track = PacketTrack(clip, max_frames=FRAMES)
     frames: list[TapFrame] = []
     taps: list[FrameTap] = []
@@ -250,6 +261,8 @@ def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks() ->
             # ... and the lean path took nearly all of them (aiortc's path takes those that arrive while its queue
             # holds older data: the handshake's tail, an RTCP packet not yet read)
             assert 0.9 * (media_sent[0] - 1) <= lean_path.taken <= media_sent[0] - 1, (lean_path.taken, media_sent)
+            # ... and, once media flowed, its datagrams (RTP and RTCP alike) were no longer tried as STUN first
+            assert rtp_tried_as_stun[0] <= 0.1 * media_sent[0], (rtp_tried_as_stun, media_sent)
             # every frame came through whole but the one that lost a packet (gone, if that was its only one, or
             # incomplete) and the one after it (whose head cannot be proven then)
             lost = round((sent_ts[dropped[0]] - next(iter(sent_ts.values()))) * FPS / 90_000)

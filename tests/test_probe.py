@@ -369,13 +369,13 @@ def test_every_fault_maps_to_its_outcome_and_phase(faulty):
             assert r.startup_s >= 1.0  # the job started a second late; the WHIP answer did not wait
         elif expected == "black":
             assert r.outcome == "degraded" and "black_output" in r.reasons and r.black_frames >= 10
-            # black output has no brightness steps to align on: calibration gives up (at calibrate_max_s), and
-            # decoding goes back to windows instead of every frame for the rest of the session. Here the windows
-            # are 0.5 s in every 1 s, each decoding from the output's last keyframe (a 2 s GOP), so well over half
-            # the frames are still decoded: the bound only tells windows from every frame.
+            # black output has no brightness steps to align on: calibration gives up (at calibrate_max_s, 2 of the 7 s)
+            # and decoding goes back to windows instead of every frame. A 0.5 s check window every 1 s waits for the
+            # output's next keyframe (a 2 s GOP), or starts at once if asked while one runs: at most 1 s decoded per
+            # GOP, 2/7 + 5/7 x 1/2 (0.64) of the frames, against all of them without windows (measured: 60 of 132)
             gave_up = [d for _, k, d in r.events if k.endswith("latency_aligned") and d.get("exact") is False]
             assert gave_up, [k for _, k, _ in r.events]
-            assert r.decoded_frames < 0.85 * r.frames_received, (r.decoded_frames, r.frames_received)
+            assert r.decoded_frames < 0.7 * r.frames_received, (r.decoded_frames, r.frames_received)
         elif expected == "low_fps":
             assert r.outcome == "degraded" and "low_fps" in r.reasons and r.output_fps < 12
         elif expected == "swap":

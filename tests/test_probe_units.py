@@ -250,3 +250,73 @@ def test_a_swap_before_the_first_frame_still_tells_the_session_its_first_frame()
     w.on_frame(TapFrame(timestamp=90_000, first_arrival=t0 + 1.0, arrival=t0 + 1.0, data=b"", packets=1,
                         keyframe=True, complete=True))
     assert told == ["output back", "first frame"]
+
+
+def encoded_output(gop: int) -> tuple[ProbeSpec, list]:
+    """A real VP8 clip (a keyframe every ``gop`` frames) as the tap would hand it over, one frame per 1/FPS."""
+    from fleet.media import synthetic_clip
+    from fleet.rtp import TapFrame
+
+    c = synthetic_clip(64, 64, FPS, codec="vp8", gop=gop, loop_s=4.0)
+    s = ProbeSpec("http://127.0.0.1:1", "livepeer", "streamdiffusion", c, (PromptChange(0, {}),), 20.0)
+    frames = [TapFrame(timestamp=3000 * n, first_arrival=n / FPS, arrival=n / FPS, data=bytes(c.packets[n]),
+                       packets=1, keyframe=c.keyframes[n], complete=True) for n in range(c.frames)]
+    return s, frames
+
+
+def test_a_check_window_decodes_from_the_next_keyframe_not_the_gop_before_it():
+    """A check asked for mid-GOP (frame 40 of 30-frame GOPs) decodes nothing until the keyframe at 60, then
+    exactly the check_window_s after it: 15 frames, none of the 10 since the keyframe at 30, no PLI."""
+    from types import SimpleNamespace
+
+    s, frames = encoded_output(gop=30)
+    w, events = watch(s, sent_track(s.clip, 0.0, 1), 0.0)
+    w.calibrating = False   # as after the alignment: decoding is back to windows
+    w.tap = SimpleNamespace(ssrc=1, codec="VP8", unsupported=None)
+    asked: list[float] = []
+    w._ask = lambda tap: asked.append(1.0)
+    decoded: list[int] = []
+    look = w.look_at
+    w.look_at = lambda means, arrival, index: (decoded.append(index), look(means, arrival, index))
+    for n, f in enumerate(frames[:100]):
+        if n == 40:
+            w.check_window(now=f.arrival)
+        w.on_frame(f)
+    assert frames[60].keyframe and not any(f.keyframe for f in frames[31:60])
+    assert decoded == list(range(60, 75)), decoded
+    assert w.decoded_frames == 15 and asked == [] and events == []
+
+
+def test_a_check_window_with_no_keyframe_asks_for_one_then_is_given_up_as_missed():
+    """An output that brings no keyframe: the check asks with a PLI after CHECK_KEYFRAME_WAIT_S, then every
+    PLI_EVERY_S, decodes nothing, and is given up at WINDOW_MAX_S with one event."""
+    from types import SimpleNamespace
+
+    from fleet.probe.output import CHECK_KEYFRAME_WAIT_S, PLI_EVERY_S, WINDOW_MAX_S
+    from fleet.rtp import TapFrame
+
+    s, _ = encoded_output(gop=30)
+    w, events = watch(s, sent_track(s.clip, 0.0, 1), 0.0)
+    w.calibrating = False
+    w.tap = SimpleNamespace(ssrc=1, codec="VP8", unsupported=None)
+    asked: list[float] = []
+    seconds = int((WINDOW_MAX_S + 2) * FPS)
+    frames = [TapFrame(timestamp=3000 * n, first_arrival=n / FPS, arrival=n / FPS, data=b"\x00", packets=1,
+                       keyframe=False, complete=True) for n in range(seconds)]
+    w._ask = lambda tap: asked.append(w.arrivals[-1])
+    w.check_window(now=0.0)
+    for f in frames:
+        w.on_frame(f)
+    # the asks, by a clock that does not share the watch's arithmetic: the first frame past the wait, then
+    # the first frame at least PLI_EVERY_S after the last ask, until the give-up
+    want, last = [], None
+    for f in frames:
+        t = f.arrival
+        if t > WINDOW_MAX_S:
+            break
+        if t > CHECK_KEYFRAME_WAIT_S and (last is None or t - last >= PLI_EVERY_S):
+            want.append(t)
+            last = t
+    assert asked == want and len(want) == 15, (asked, want)
+    assert w.decoded_frames == 0
+    assert [k for k, _ in events] == ["check_window_missed"] and events[0][1]["waited_s"] > WINDOW_MAX_S

@@ -22,9 +22,14 @@ Two clocks can carry that match:
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["Aligner", "StepDetector", "align", "lag_is_exact"]
+from fleet.rtp import VIDEO_CLOCK
+
+__all__ = ["Aligner", "LatencySample", "StepDetector", "align", "lag_is_exact", "rtp_latency"]
+
+LatencySample = tuple[float, float, str]  # (t_s from the session's start, ms, method)
 
 MIN_STEPS = 3  # output steps needed before an alignment is trusted
 
@@ -158,3 +163,16 @@ class Aligner:
             return False
         self.lag, self.matched = fit
         return True
+
+
+def rtp_latency(out_ts: Sequence[int], arrivals: Sequence[float], lag: float, sent: Sequence[float],
+                fps: float, t0: float) -> list[LatencySample]:
+    """Per output frame whose RTP timestamp, less the aligned ``lag``, lands on an input frame (within
+    a tenth of a frame): its arrival less that frame's send time."""
+    samples = []
+    for ts, arrival in zip(out_ts, arrivals):
+        exact = (ts / VIDEO_CLOCK - lag) * fps
+        n = round(exact)
+        if abs(exact - n) < 0.1 and 0 <= n < len(sent):
+            samples.append((round(arrival - t0, 4), round((arrival - sent[n]) * 1000, 3), "rtp_timestamp"))
+    return samples

@@ -2,9 +2,11 @@
 latency alignment against the input's brightness steps, black output and prompt effects.
 
 ``OutputWatch`` is fed ``TapFrame``s by the RTP tap (fleet.rtp) and knows nothing of WebRTC or HTTP:
-it decodes only inside short windows (until the latency alignment is found, around each prompt
-switch until its effect is seen, and ``check_window_s`` in every ``check_every_s``), starting at a
-keyframe that it asks for with a PLI through ``ask_keyframe``. The per-session figures it leaves in
+it decodes only inside short windows: until the latency alignment is found; around each prompt switch
+until its effect is seen, from the last keyframe before the switch's second (the frames since it are
+kept); and ``check_window_s`` in every ``check_every_s``, from the next keyframe the output brings (a
+check has no moment to catch, so it waits for one rather than decoding the GOP before it), asked for
+with a PLI through ``ask_keyframe`` only when none came within ``CHECK_KEYFRAME_WAIT_S``. The per-session figures it leaves in
 the result (latency samples, per-second counts) are computed by the pure functions at the bottom.
 
 After an orchestrator swap the session subscribes again (``resubscribed``): the new subscription is a
@@ -14,7 +16,6 @@ samples of earlier segments are kept, and the gaps between segments are cut out 
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -24,8 +25,8 @@ import av
 import numpy as np
 
 from fleet.media import PacketTrack
-from fleet.probe.latency import Aligner, StepDetector, lag_is_exact
-from fleet.probe.timing import PLAYABLE_FRAMES, analyse, suspect_frames
+from fleet.probe.latency import Aligner, LatencySample, StepDetector, lag_is_exact, rtp_latency
+from fleet.probe.timing import PLAYABLE_FRAMES, analyse, per_second, percentile, suspect_frames
 from fleet.probe.types import ProbeResult, ProbeSpec
 from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame
 
@@ -39,9 +40,10 @@ WINDOW_AFTER_EFFECT_S = 0.5
 WINDOW_MAX_S = 10.0
 CHROMA_KEEP = 300             # decoded frames' chroma kept for the effect check (trimmed by a third)
 GOP_KEEP = 150                # frames kept since the last keyframe, so that a window decodes from it at once
+CHECK_KEYFRAME_WAIT_S = 2.5   # a check window waits this long for the output's own keyframe (go-livepeer: a
+                              # 2 s GOP) before asking for one; it is given up at WINDOW_MAX_S
 
 Event = Callable[..., None]   # event(kind, **data)
-LatencySample = tuple[float, float, str]  # (t_s from the session's start, ms, method)
 
 
 class OutputWatch:
@@ -61,6 +63,7 @@ class OutputWatch:
         self.decoder: Any = None           # av's CodecContext while decoding
         self.gop: list[tuple[TapFrame, int]] = []  # frames since the last keyframe, while not decoding
         self.windows: list[tuple[float, float]] = []  # (start, end) monotonic
+        self.check_due: float | None = None  # a check window waiting for a keyframe since then
         self.switch_windows: dict[int, tuple[float, float]] = {}  # per prompt switch, until its effect is seen
         self.calibrating = True
         self.aligned_at_steps = 0          # detected output steps when the alignment last ran
@@ -99,6 +102,7 @@ class OutputWatch:
         self.ts0 = None
         self.decoder = None
         self.gop = []
+        self.check_due = None
         self.detector = StepDetector()
         self.prev_decoded_index = -2
         self.aligned_at_steps = 0
@@ -109,10 +113,37 @@ class OutputWatch:
 
     # --- windows ---------------------------------------------------------------------
 
-    def check_window(self) -> None:
-        """Decode the next ``check_window_s``: black output, the look, the alignment."""
-        start = time.monotonic()
-        self.windows.append((start, start + self.opt.check_window_s))
+    def check_window(self, now: float | None = None) -> None:
+        """Decode ``check_window_s`` (black output, the look): at once while decoding already, else from the
+        next keyframe (``_check_opens``)."""
+        now = time.monotonic() if now is None else now
+        if self.decoder is not None:
+            self.windows.append((now, now + self.opt.check_window_s))
+        elif self.check_due is None:
+            self.check_due = now
+
+    def _check_opens(self, f: TapFrame) -> bool:
+        """Whether a waiting check window opens at ``f``: a complete keyframe, or any frame while the decoder
+        runs. Waiting past CHECK_KEYFRAME_WAIT_S asks for a keyframe; past WINDOW_MAX_S the check is missed."""
+        due = self.check_due
+        if due is None:
+            return False
+        if self.decoder is not None or (f.keyframe and f.complete):
+            self.check_due = None
+            self.windows.append((f.arrival, f.arrival + self.opt.check_window_s))
+            return True
+        waited = f.arrival - due
+        if waited > WINDOW_MAX_S:
+            self.check_due = None
+            self.event("check_window_missed", waited_s=round(waited, 3))
+        elif waited > CHECK_KEYFRAME_WAIT_S:
+            self._pli(f.arrival)
+        return False
+
+    def _pli(self, now: float) -> None:
+        if self.tap is not None and self.tap.ssrc is not None and now - self.last_pli >= PLI_EVERY_S:
+            self.last_pli = now
+            self._ask(self.tap)
 
     def switch_coming(self, k: int) -> None:
         """Prompt switch ``k`` is a second away: decode from now until its effect is seen."""
@@ -135,8 +166,9 @@ class OutputWatch:
         self.out_ts.append(f.timestamp - self.ts0)
         if self.tap is not None and self.tap.unsupported:
             return
-        if self._want_decode(f.arrival):
-            if self.decoder is None and self.gop:  # a window opens mid-GOP: decode from its keyframe at once
+        if self._want_decode(f.arrival) or self._check_opens(f):
+            if self.decoder is None and self.gop and not (f.keyframe and f.complete):
+                # a window opens mid-GOP: decode from its keyframe at once
                 for kept, i in self.gop:
                     self._decode(kept, i)
             self.gop = []
@@ -148,8 +180,8 @@ class OutputWatch:
         self._keep(f, index)
 
     def _keep(self, f: TapFrame, index: int) -> None:
-        """Frames since the last complete keyframe (the output's GOP is 2 s upstream, and a gateway need
-        not answer a PLI: a window that waited for the next keyframe could miss what it opened for)."""
+        """Frames since the last complete keyframe, for a prompt switch's window (the output's GOP is 2 s
+        upstream, and a gateway need not answer a PLI: waiting for the next keyframe could miss the switch)."""
         if f.keyframe and f.complete:
             self.gop = [(f, index)]
         elif self.gop and len(self.gop) < GOP_KEEP:
@@ -172,9 +204,7 @@ class OutputWatch:
             self.detector.reset_continuity()
         if self.decoder is None:
             if not (f.keyframe and f.complete):
-                if self.tap is not None and self.tap.ssrc is not None and f.arrival - self.last_pli >= PLI_EVERY_S:
-                    self.last_pli = f.arrival
-                    self._ask(self.tap)
+                self._pli(f.arrival)
                 return
             codec = self.tap.codec if self.tap is not None else None
             self.decoder = av.CodecContext.create("h264" if codec == "H264" else "vp8", "r")
@@ -351,40 +381,5 @@ def effect_start(chroma: Sequence[tuple[float, float, float]], t_req: float) -> 
     return None
 
 
-def rtp_latency(out_ts: Sequence[int], arrivals: Sequence[float], lag: float, sent: Sequence[float],
-                fps: float, t0: float) -> list[LatencySample]:
-    """Per output frame whose RTP timestamp, less the aligned ``lag``, lands on an input frame (within
-    a tenth of a frame): its arrival less that frame's send time."""
-    samples = []
-    for ts, arrival in zip(out_ts, arrivals):
-        exact = (ts / VIDEO_CLOCK - lag) * fps
-        n = round(exact)
-        if abs(exact - n) < 0.1 and 0 <= n < len(sent):
-            samples.append((round(arrival - t0, 4), round((arrival - sent[n]) * 1000, 3), "rtp_timestamp"))
-    return samples
-
-
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(np.asarray(values), q)) if len(values) else None
-
-
-def per_second(duration_s: float, t0: float, arrivals: Sequence[float], sent: Sequence[float],
-               latency: Sequence[LatencySample]) -> list[dict[str, Any]]:
-    """Per whole second of the session: frames out, frames in, median latency."""
-    seconds = max(1, math.ceil(duration_s))
-    frames_out, frames_in = [0] * seconds, [0] * seconds
-    for times, counts in ((arrivals, frames_out), (sent, frames_in)):
-        for t in times:
-            i = int(t - t0)
-            if 0 <= i < seconds:
-                counts[i] += 1
-    lat: list[list[float]] = [[] for _ in range(seconds)]
-    for t, ms, _ in latency:
-        if 0 <= int(t) < seconds:
-            lat[int(t)].append(ms)
-    return [{"t_s": i, "fps_out": frames_out[i], "fps_in": frames_in[i], "latency_ms_p50": percentile(lat[i], 50)}
-            for i in range(seconds)]

@@ -28,14 +28,16 @@
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 __all__ = ["FREEZE_MIN_S", "JITTER_WINDOW_S", "PLAYABLE_FRAMES", "Timing", "analyse", "freeze_ends", "freezes", "jitter",
-           "output_fps", "splice", "suspect_frames"]
+           "output_fps", "per_second", "percentile", "splice", "suspect_frames"]
 
 PLAYABLE_FRAMES = 10          # "playable": this many output frames received; the steady state starts there
 FREEZE_MIN_S = 0.150          # W3C: an interval > max(3 x mean, mean + 150 ms) is a freeze
@@ -205,3 +207,25 @@ def analyse(arrivals: Sequence[float], end: float | None = None,
     return Timing(output_fps=fps, jitter_coeff=cv,
                   jitter_coeff_p50=p50, jitter_coeff_p95=p95, jitter_intervals=used,
                   jitter_suspect_intervals=left_out, freeze_count=count, freeze_s=total)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(np.asarray(values), q)) if len(values) else None
+
+
+def per_second(duration_s: float, t0: float, arrivals: Sequence[float], sent: Sequence[float],
+               latency: Sequence[tuple[float, float, str]]) -> list[dict[str, Any]]:
+    """Per whole second of the session: frames out, frames in, median latency."""
+    seconds = max(1, math.ceil(duration_s))
+    frames_out, frames_in = [0] * seconds, [0] * seconds
+    for times, counts in ((arrivals, frames_out), (sent, frames_in)):
+        for t in times:
+            i = int(t - t0)
+            if 0 <= i < seconds:
+                counts[i] += 1
+    lat: list[list[float]] = [[] for _ in range(seconds)]
+    for t, ms, _ in latency:
+        if 0 <= int(t) < seconds:
+            lat[int(t)].append(ms)
+    return [{"t_s": i, "fps_out": frames_out[i], "fps_in": frames_in[i], "latency_ms_p50": percentile(lat[i], 50)}
+            for i in range(seconds)]
