@@ -16,7 +16,12 @@ measured (the worker must not saturate, or the profile shows a backlog), and nev
 CPU figure. aiortc's clock helpers (``clock.py``: NTP times per sent packet, a datetime per received one) are
 called from both sides and land in "other".
 
-    python bench/probe_profile.py [--n 40] [--duration 12] [--codec h264|vp8] [--profile [PSTATS_PATH]]
+With ``--floor`` the same run also measures the data path alone: N bare pairs in one worker on the same core,
+each a lean sender (``fleet.leanrtp``) sending the clip to a lean receiver's frame tap over loopback, with no
+gateway, no session logic and no decoding; their CPU ms per pair-second (sending and receiving, what a probe
+session's RTP costs) is printed beside the probe's, as a share of it.
+
+    python bench/probe_profile.py [--n 40] [--duration 12] [--codec h264|vp8] [--profile [PSTATS_PATH]] [--floor]
 
 Prints a few lines and, last, one JSON object.
 """
@@ -140,11 +145,50 @@ async def sessions(url: str, n: int, duration: float, stagger: float, codec: str
     return out, profile_breakdown(prof)
 
 
+async def bare_pairs(n: int, duration: float, codec: str) -> dict:
+    """N lean sender -> lean receiver pairs over loopback: the CPU of their steady state (from 3 s in to 2 s
+    before the end), per pair-second, and the frames received per pair-second."""
+    from fleet.leanrtp import lean_sender
+    from fleet.media import H264_PROFILE_LEVEL_ID, PacketTrack, synthetic_clip
+    from fleet.rtp import FrameTap
+    from fleet.webrtc import codecs_named, new_peer_connection
+
+    clip = synthetic_clip(SIZE, SIZE, FPS, codec=codec)
+    named = codecs_named("video", "H264", profile_level_id=H264_PROFILE_LEVEL_ID) if codec == "h264" else codecs_named("video", "VP8")
+    frames = [0]
+    pcs = []
+    try:
+        for _ in range(n):
+            a, b = new_peer_connection(), new_peer_connection()
+            pcs += [a, b]
+            sending = a.addTransceiver(PacketTrack(clip), direction="sendonly")
+            sending.setCodecPreferences(named)
+            lean_sender(sending.sender)
+            receiving = b.addTransceiver("video", direction="recvonly")
+            receiving.setCodecPreferences(named)
+            FrameTap(receiving.receiver, lambda f: frames.__setitem__(0, frames[0] + 1), decode=False, bandwidth_feedback=False)
+            await a.setLocalDescription(await a.createOffer())
+            await b.setRemoteDescription(a.localDescription)
+            await b.setLocalDescription(await b.createAnswer())
+            await a.setRemoteDescription(b.localDescription)
+        await asyncio.sleep(3.0)  # connected and flowing: load, not synchronisation
+        c0, f0, t0 = time.process_time(), frames[0], time.monotonic()
+        await asyncio.sleep(max(2.0, duration - 5.0))
+        c1, f1, t1 = time.process_time(), frames[0], time.monotonic()
+    finally:
+        for pc in pcs:
+            await pc.close()
+    return {"cpu_ms_per_pair_s": round(1000 * (c1 - c0) / (t1 - t0) / n, 2), "fps": round((f1 - f0) / (t1 - t0) / n, 2)}
+
+
 def worker(args: argparse.Namespace) -> None:
     os.sched_setaffinity(0, {args.cpu})
     from fleet.webrtc import use_host_addresses
 
     use_host_addresses(["127.0.0.1"])
+    if args.pairs:
+        print(json.dumps(asyncio.run(bare_pairs(args.n, args.duration, args.codec))))
+        return
     out, prof = asyncio.run(sessions(args.url, args.n, args.duration, args.stagger, args.codec, args.profile))
     print(json.dumps({"sessions": out, "profile": prof}))
 
@@ -214,6 +258,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40, help="concurrent probe sessions")
     ap.add_argument("--duration", type=float, default=12.0, help="seconds per session")
     ap.add_argument("--codec", choices=("h264", "vp8"), default="h264")
+    ap.add_argument("--pairs", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--floor", action="store_true",
+                    help="also run N bare lean sender->receiver pairs over loopback: the data path's own CPU")
     ap.add_argument("--profile", nargs="?", const="-", default="",
                     help="run the worker under cProfile and group its time; with a path, also dump the pstats there")
     args = ap.parse_args()
@@ -228,8 +275,21 @@ def main() -> None:
         assert gw.proc is not None and gw.url is not None
         os.sched_setaffinity(gw.proc.pid, {gateway_cpu})
         r = run(gw.url, args.codec, args.n, args.duration, tester_cpu, args.profile, gw.proc.pid)
+    if args.floor:
+        cmd = [sys.executable, __file__, "--worker", "--pairs", "--codec", args.codec, "--n", str(args.n),
+               "--duration", str(args.duration), "--cpu", str(tester_cpu)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration * 4 + 120)
+        if done.returncode != 0:
+            raise SystemExit(f"pairs worker failed: {done.stderr.strip().splitlines()[-1:]}")
+        r["data_path_only"] = floor = json.loads(done.stdout.strip().splitlines()[-1])
+        if r.get("cpu_ms_per_session_s"):
+            floor["share_of_probe"] = round(floor["cpu_ms_per_pair_s"] / r["cpu_ms_per_session_s"], 3)
     print(f"{r['codec']} n={r['n']}: {r.get('cpu_ms_per_session_s')} CPU ms per session-second, "
           f"latency error p50 {r['latency_error_ms_p50']} ms, fps p50 {r['fps_p50']}, delivered {r['delivered']}")
+    if "data_path_only" in r:
+        f = r["data_path_only"]
+        print(f"data path alone ({args.n} bare pairs): {f['cpu_ms_per_pair_s']} CPU ms per pair-second at {f['fps']} fps, "
+              f"{f.get('share_of_probe')} of the probe's")
     if "profile" in r:
         for g, pct in r["profile"]["groups_pct"].items():
             print(f"  {g:24} {pct:5.1f} %")

@@ -20,8 +20,11 @@ gateway's shorter buffer would pass on: see ``gateway_config``). Each step's JSO
 took. The naive client is an aiortc ``VideoStreamTrack`` that encodes live and decodes every
 received frame; Chromium's pairs publish a canvas and play the output in a <video> (frames counted by the
 viewer's getStats against the gateway's frames sent to that viewer); neither has a latency method.
+Sessions last ``--duration`` (20 s, the shortest of the shipped scenarios): the window then holds each probe
+session's one-time latency calibration (about 2 s of decoding every frame) as a real session of that length
+would; at 10 s it weighed twice as much.
 
-    python bench/sessions_per_core.py [--duration 10] [--max 200] [--codecs h264,vp8]
+    python bench/sessions_per_core.py [--duration 20] [--max 200] [--codecs h264,vp8]
                                       [--testers probe,naive,chromium] [--probe-share 0.5] [--quick]
 
 Prints a line per step and, last, one JSON object.
@@ -475,7 +478,9 @@ def main() -> None:
     ap.add_argument("--cpu", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--stagger", type=float, default=2.0, help=argparse.SUPPRESS)
     ap.add_argument("--cgroup", default="", help=argparse.SUPPRESS)
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds per session at each step")
+    ap.add_argument("--duration", type=float, default=20.0,
+                    help="seconds per session at each step (20: the shortest session the shipped scenarios run; a "
+                         "probe's one-time costs, its latency calibration's decoding, weigh more in shorter ones)")
     ap.add_argument("--max", type=int, default=200, help="most sessions tried")
     ap.add_argument("--codecs", default="h264,vp8", help="codecs to ramp, comma-separated (h264, vp8)")
     ap.add_argument("--testers", default=",".join(TESTERS), help="testers to ramp, comma-separated")

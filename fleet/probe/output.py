@@ -6,8 +6,9 @@ it decodes only inside short windows: until the latency alignment is found; arou
 until its effect is seen, from the last keyframe before the switch's second (the frames since it are
 kept); and ``check_window_s`` in every ``check_every_s``, from the next keyframe the output brings (a
 check has no moment to catch, so it waits for one rather than decoding the GOP before it), asked for
-with a PLI through ``ask_keyframe`` only when none came within ``CHECK_KEYFRAME_WAIT_S``. The per-session figures it leaves in
-the result (latency samples, per-second counts) are computed by the pure functions at the bottom.
+with a PLI through ``ask_keyframe`` only when none came within ``CHECK_KEYFRAME_WAIT_S``. The
+per-session figures it leaves in the result (latency samples, per-second counts) are computed by pure
+functions (``rtp_latency`` in fleet.probe.latency, ``per_second`` in fleet.probe.timing).
 
 After an orchestrator swap the session subscribes again (``resubscribed``): the new subscription is a
 segment of its own, with its own RTP timestamp origin and its own latency alignment; the latency
