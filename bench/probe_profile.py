@@ -49,6 +49,8 @@ from sessions_per_core import WINDOW_MARGIN_S, WINDOW_MIN_S, gateway_config, ste
 SIZE, FPS = 512, 30
 STAGGER_PER_SESSION_S = 0.05    # sessions start spread out, as a fleet worker's would
 STAGGER_MAX_S = 4.0
+PAIRS_FLOWING_S = 30.0          # every bare pair delivers its first frame within this, or the floor is not measured
+PAIRS_MIN_FPS = 29.5            # a floor measured below this (the pairs' worker saturated) is no floor
 TOP_FUNCTIONS = 25
 
 # cost centres, first match wins: (name, substrings of "file:function")
@@ -145,36 +147,42 @@ async def sessions(url: str, n: int, duration: float, stagger: float, codec: str
     return out, profile_breakdown(prof)
 
 
-async def bare_pairs(n: int, duration: float, codec: str) -> dict:
-    """N lean sender -> lean receiver pairs over loopback: the CPU of their steady state (from 3 s in to 2 s
-    before the end), per pair-second, and the frames received per pair-second."""
+async def bare_pairs(n: int, duration: float, codec: str, stagger: float) -> dict:
+    """N lean sender -> lean receiver pairs over loopback, started ``stagger`` seconds apart in all (as the
+    probe's sessions are): the CPU of their steady state (from the moment every pair delivered a frame, for
+    ``duration`` less the stagger and a margin), per pair-second, and the frames received per pair-second."""
     from fleet.leanrtp import lean_sender
     from fleet.media import H264_PROFILE_LEVEL_ID, PacketTrack, synthetic_clip
     from fleet.rtp import FrameTap
-    from fleet.webrtc import codecs_named, new_peer_connection
+    from fleet.webrtc import codecs_named, loopback_pair
 
     clip = synthetic_clip(SIZE, SIZE, FPS, codec=codec)
     named = codecs_named("video", "H264", profile_level_id=H264_PROFILE_LEVEL_ID) if codec == "h264" else codecs_named("video", "VP8")
-    frames = [0]
-    pcs = []
+    frames = [0] * n
+    pcs: list = []
+
+    async def start(i: int) -> None:
+        await asyncio.sleep(stagger * i / n)
+
+        def tap(receiver) -> None:
+            def count(_frame) -> None:
+                frames[i] += 1
+            FrameTap(receiver, count, decode=False, bandwidth_feedback=False)
+        a, b, _, _ = await loopback_pair(PacketTrack(clip), named, on_sender=lean_sender, on_receiver=tap)
+        pcs.extend((a, b))
+
+    loop = asyncio.get_running_loop()
     try:
-        for _ in range(n):
-            a, b = new_peer_connection(), new_peer_connection()
-            pcs += [a, b]
-            sending = a.addTransceiver(PacketTrack(clip), direction="sendonly")
-            sending.setCodecPreferences(named)
-            lean_sender(sending.sender)
-            receiving = b.addTransceiver("video", direction="recvonly")
-            receiving.setCodecPreferences(named)
-            FrameTap(receiving.receiver, lambda f: frames.__setitem__(0, frames[0] + 1), decode=False, bandwidth_feedback=False)
-            await a.setLocalDescription(await a.createOffer())
-            await b.setRemoteDescription(a.localDescription)
-            await b.setLocalDescription(await b.createAnswer())
-            await a.setRemoteDescription(b.localDescription)
-        await asyncio.sleep(3.0)  # connected and flowing: load, not synchronisation
-        c0, f0, t0 = time.process_time(), frames[0], time.monotonic()
-        await asyncio.sleep(max(2.0, duration - 5.0))
-        c1, f1, t1 = time.process_time(), frames[0], time.monotonic()
+        await asyncio.gather(*(start(i) for i in range(n)))
+        deadline = loop.time() + PAIRS_FLOWING_S
+        while not all(frames):
+            if loop.time() > deadline:
+                raise SystemExit(f"{frames.count(0)} of {n} pairs delivered no frame in {PAIRS_FLOWING_S:.0f} s")
+            await asyncio.sleep(0.05)
+        measure_s = max(WINDOW_MIN_S, duration - stagger - WINDOW_MARGIN_S)
+        c0, f0, t0 = time.process_time(), sum(frames), time.monotonic()
+        await asyncio.sleep(measure_s)  # the measured span itself, not a wait for anything
+        c1, f1, t1 = time.process_time(), sum(frames), time.monotonic()
     finally:
         for pc in pcs:
             await pc.close()
@@ -186,8 +194,11 @@ def worker(args: argparse.Namespace) -> None:
     from fleet.webrtc import use_host_addresses
 
     use_host_addresses(["127.0.0.1"])
+    if args.loop == "uvloop":
+        import uvloop  # the loop Ray gives the fleet's runner (an async actor) when uvloop is installed
+        uvloop.install()
     if args.pairs:
-        print(json.dumps(asyncio.run(bare_pairs(args.n, args.duration, args.codec))))
+        print(json.dumps(asyncio.run(bare_pairs(args.n, args.duration, args.codec, args.stagger))))
         return
     out, prof = asyncio.run(sessions(args.url, args.n, args.duration, args.stagger, args.codec, args.profile))
     print(json.dumps({"sessions": out, "profile": prof}))
@@ -195,25 +206,27 @@ def worker(args: argparse.Namespace) -> None:
 
 # --- the driver ------------------------------------------------------------------------------
 
-def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, gateway_pid: int) -> dict:
+def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, gateway_pid: int, loop: str) -> dict:
     import httpx
 
     stagger = min(STAGGER_MAX_S, n * STAGGER_PER_SESSION_S)
     window_s = max(WINDOW_MIN_S, duration - stagger - WINDOW_MARGIN_S)
     with httpx.Client(timeout=30) as c:
         known = {s["name"] for s in c.get(f"{url}/debug/streams").json()["streams"]}
-        cmd = [sys.executable, __file__, "--worker", "--codec", codec, "--url", url, "--n", str(n),
+        cmd = [sys.executable, __file__, "--worker", "--loop", loop, "--codec", codec, "--url", url, "--n", str(n),
                "--duration", str(duration), "--cpu", str(cpu), "--stagger", str(stagger)] + ["--profile", profile] * bool(profile)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             window = steady_window(c, url, known, n, window_s, proc, gateway_pid)
             out, err = proc.communicate(timeout=duration * 4 + 120)
+        except subprocess.TimeoutExpired:
+            raise SystemExit(f"worker: no answer in {duration * 4 + 120:.0f} s") from None
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
         if proc.returncode != 0:
-            raise SystemExit(f"worker failed: {err.strip().splitlines()[-1:]}")
+            raise SystemExit(f"worker failed (exit {proc.returncode}): {(err.strip() or 'no output').splitlines()[-1]}")
         data = json.loads(out.strip().splitlines()[-1])
         streams = {s["name"]: s for s in c.get(f"{url}/debug/streams").json()["streams"] if s["name"] not in known}
         sent = received = 0
@@ -230,7 +243,7 @@ def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, g
                     errors.append(abs(s["latency_ms"] - truth))
     fps = sorted(s["fps"] or 0.0 for s in data["sessions"])
     errors.sort()
-    r: dict = {"codec": codec, "n": n, "duration_s": duration, "profiled": bool(profile),
+    r: dict = {"codec": codec, "n": n, "duration_s": duration, "loop": loop, "profiled": bool(profile),
                "outcomes": sorted({s["outcome"] for s in data["sessions"]}),
                "delivered": round(received / sent, 4) if sent else None,
                "fps_p50": round(fps[len(fps) // 2], 2), "fps_p10": round(fps[len(fps) // 10], 2),
@@ -258,6 +271,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40, help="concurrent probe sessions")
     ap.add_argument("--duration", type=float, default=12.0, help="seconds per session")
     ap.add_argument("--codec", choices=("h264", "vp8"), default="h264")
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                    help="the worker's event loop: uvloop (what Ray runs the fleet's runner on) or asyncio's own")
     ap.add_argument("--pairs", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--floor", action="store_true",
                     help="also run N bare lean sender->receiver pairs over loopback: the data path's own CPU")
@@ -274,22 +289,30 @@ def main() -> None:
     with GatewayProcess(config=gateway_config()) as gw:
         assert gw.proc is not None and gw.url is not None
         os.sched_setaffinity(gw.proc.pid, {gateway_cpu})
-        r = run(gw.url, args.codec, args.n, args.duration, tester_cpu, args.profile, gw.proc.pid)
+        r = run(gw.url, args.codec, args.n, args.duration, tester_cpu, args.profile, gw.proc.pid, args.loop)
     if args.floor:
-        cmd = [sys.executable, __file__, "--worker", "--pairs", "--codec", args.codec, "--n", str(args.n),
-               "--duration", str(args.duration), "--cpu", str(tester_cpu)]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration * 4 + 120)
+        stagger = min(STAGGER_MAX_S, args.n * STAGGER_PER_SESSION_S)
+        cmd = [sys.executable, __file__, "--worker", "--pairs", "--loop", args.loop, "--codec", args.codec, "--n", str(args.n),
+               "--duration", str(args.duration), "--cpu", str(tester_cpu), "--stagger", str(stagger)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration * 4 + 120)
+        except subprocess.TimeoutExpired:
+            raise SystemExit(f"pairs worker: no answer in {args.duration * 4 + 120:.0f} s") from None
         if done.returncode != 0:
-            raise SystemExit(f"pairs worker failed: {done.stderr.strip().splitlines()[-1:]}")
+            lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
+            raise SystemExit(f"pairs worker failed (exit {done.returncode}): {lines[-1]}")
         r["data_path_only"] = floor = json.loads(done.stdout.strip().splitlines()[-1])
-        if r.get("cpu_ms_per_session_s"):
+        if floor["fps"] < PAIRS_MIN_FPS:
+            floor["share_of_probe"] = None
+            floor["refused"] = f"the pairs ran at {floor['fps']} fps, under {PAIRS_MIN_FPS}: their core saturated"
+        elif r.get("cpu_ms_per_session_s"):
             floor["share_of_probe"] = round(floor["cpu_ms_per_pair_s"] / r["cpu_ms_per_session_s"], 3)
     print(f"{r['codec']} n={r['n']}: {r.get('cpu_ms_per_session_s')} CPU ms per session-second, "
           f"latency error p50 {r['latency_error_ms_p50']} ms, fps p50 {r['fps_p50']}, delivered {r['delivered']}")
     if "data_path_only" in r:
         f = r["data_path_only"]
         print(f"data path alone ({args.n} bare pairs): {f['cpu_ms_per_pair_s']} CPU ms per pair-second at {f['fps']} fps, "
-              f"{f.get('share_of_probe')} of the probe's")
+              f"{f.get('share_of_probe')} of the probe's" + (f" ({f['refused']})" if f.get("refused") else ""))
     if "profile" in r:
         for g, pct in r["profile"]["groups_pct"].items():
             print(f"  {g:24} {pct:5.1f} %")

@@ -309,6 +309,9 @@ def worker(args: argparse.Namespace) -> None:
         sessions = chromium_sessions(args.url, args.n, args.duration, args.codec, idle)
     else:
         run = probe_sessions if args.mode == "probe" else naive_sessions
+        if args.loop == "uvloop":
+            import uvloop
+            uvloop.install()
         sessions = asyncio.run(run(args.url, args.n, args.duration, args.stagger, args.codec, idle))
     print(json.dumps({"sessions": sessions, "idle_pss_mb": idle[0] if idle else None}))
 
@@ -347,7 +350,7 @@ def steady_window(c, url: str, known: set[str], n: int, window_s: float, proc: s
 
 
 def step(mode: str, codec: str, n: int, duration: float, cpu: int, share: float, group: Path | None,
-         gateway_cpu: int) -> dict:
+         gateway_cpu: int, loop: str = "uvloop") -> dict:
     """One step against a fresh gateway: a gateway that kept every earlier step's streams (their per-frame
     truth) would pause longer in its garbage collections at every step, and its pauses would be the tester's."""
     from fleet.gateway.process import GatewayProcess
@@ -355,11 +358,11 @@ def step(mode: str, codec: str, n: int, duration: float, cpu: int, share: float,
     with GatewayProcess(config=gateway_config()) as gw:
         assert gw.proc is not None and gw.url is not None
         os.sched_setaffinity(gw.proc.pid, {gateway_cpu})
-        return _step(gw.url, mode, codec, n, duration, cpu, share, group, gw.proc.pid)
+        return _step(gw.url, mode, codec, n, duration, cpu, share, group, gw.proc.pid, loop)
 
 
 def _step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int, share: float, group: Path | None,
-          gateway_pid: int) -> dict:
+          gateway_pid: int, loop: str = "uvloop") -> dict:
     import httpx
 
     stagger = 0.0 if mode == "chromium" else min(4.0, n * 0.05)
@@ -368,7 +371,7 @@ def _step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int, sh
         known = {s["name"] for s in c.get(f"{url}/debug/streams").json()["streams"]}
         proc = subprocess.Popen([sys.executable, __file__, "--worker", "--mode", mode, "--codec", codec, "--url", url,
                                  "--n", str(n), "--duration", str(duration), "--cpu", str(cpu), "--stagger", str(stagger),
-                                 "--cgroup", str(group or "")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 "--cgroup", str(group or ""), "--loop", loop], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             window = steady_window(c, url, known, n, window_s, proc, gateway_pid)
             out, err = proc.communicate(timeout=duration * 4 + 120 + 10 * n * (mode == "chromium"))
@@ -417,7 +420,7 @@ def _step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int, sh
 
 
 def ramp(mode: str, codec: str, start: int, grow: int, limit: int, duration: float, cpu: int,
-         share: float, gateway_cpu: int) -> tuple[int, dict | None, dict | None]:
+         share: float, gateway_cpu: int, loop: str = "uvloop") -> tuple[int, dict | None, dict | None]:
     """The most sessions sustained, its step, and the first failed step (which side saturated there)."""
     best, best_step, n, bad, bad_step = 0, None, start, None, None
     with cpu_share(share) as group:
@@ -425,7 +428,7 @@ def ramp(mode: str, codec: str, start: int, grow: int, limit: int, duration: flo
             """A step; one that fails is tried once more (one noisy step, say a browser's slow start at n=1, would
             end the ramp): it fails when both tries do."""
             for tries in (1, 2):
-                r = {**step(mode, codec, k, duration, cpu, share, group, gateway_cpu), "tries": tries}
+                r = {**step(mode, codec, k, duration, cpu, share, group, gateway_cpu, loop), "tries": tries}
                 print(f"{codec:4} {mode:8} n={k:4}  saturated={r['saturated']:14} {json.dumps(r)}", flush=True)
                 if r["ok"]:
                     break
@@ -478,6 +481,9 @@ def main() -> None:
     ap.add_argument("--cpu", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--stagger", type=float, default=2.0, help=argparse.SUPPRESS)
     ap.add_argument("--cgroup", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                    help="the event loop of the probe's and the naive client's workers: uvloop (what Ray runs the "
+                         "fleet's runner on, an async actor) or asyncio's own")
     ap.add_argument("--duration", type=float, default=20.0,
                     help="seconds per session at each step (20: the shortest session the shipped scenarios run; a "
                          "probe's one-time costs, its latency calibration's decoding, weigh more in shorter ones)")
@@ -515,7 +521,7 @@ def main() -> None:
         for tester in testers:
             start, grow, quick = RAMPS[tester]
             n, good, bad = ramp(tester, codec, start, quick if args.quick else grow, args.max, args.duration,
-                                tester_cpu, shares[tester], gateway_cpu)
+                                tester_cpu, shares[tester], gateway_cpu, args.loop)
             figures[codec][tester] = figures_of(n, good, bad, shares[tester])
         per = figures[codec]
         for other in ("naive", "chromium"):

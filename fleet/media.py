@@ -32,7 +32,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from fleet.errors import InputError
-from fleet.rtp import VIDEO_CLOCK
+from fleet.rtpclock import VIDEO_CLOCK
 
 __all__ = ["CODECS", "Clip", "H264_PROFILE_LEVEL_ID", "PacketTrack", "clip_for", "file_clip", "synthetic_clip"]
 

@@ -35,11 +35,8 @@ from aiortc.codecs.vpx import VpxPayloadDescriptor
 from fleet.leanrtp import lean_receive
 from fleet.webrtc import drop_bandwidth_estimator, receiver_codec, starve_decoder, tap_rtp
 
-__all__ = ["FrameTap", "TapFrame", "VIDEO_CLOCK", "H264Depacketizer", "annexb_nal_types", "h264_is_keyframe",
+__all__ = ["FrameTap", "TapFrame", "H264Depacketizer", "annexb_nal_types", "h264_is_keyframe",
            "unwrap16", "unwrap32", "vp8_is_keyframe"]
-
-VIDEO_CLOCK = 90_000  # RTP clock rate of video
-
 
 def _unwrap(previous: int | None, value: int, bits: int) -> int:
     if previous is None:

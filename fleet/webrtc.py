@@ -38,12 +38,13 @@ from importlib.metadata import version
 from typing import Any
 
 import aioice.ice
-from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCIceTransport, RTCPeerConnection, RTCRtpReceiver,
+                    RTCRtpSender)
 from aiortc.rtcdtlstransport import RTCCertificate
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 __all__ = ["LOOPBACK", "IceServer", "accept_rsa_peers", "codecs_named", "drop_bandwidth_estimator",
-           "ice_link_headers", "new_peer_connection", "on_keyframe_request",
+           "ice_link_headers", "loopback_pair", "new_peer_connection", "on_keyframe_request",
            "parse_ice_links", "receiver_codec", "request_keyframe", "selected_candidate_types",
            "set_ice_failed_timeout", "starve_decoder", "tap_rtp", "timestamp_origin", "use_host_addresses"]
 
@@ -203,6 +204,34 @@ def selected_candidate_types(pc: RTCPeerConnection) -> tuple[str | None, str | N
 def new_peer_connection(ice_servers: Sequence[IceServer] = ()) -> RTCPeerConnection:
     """A peer connection with exactly these STUN/TURN servers (none: host candidates only)."""
     return RTCPeerConnection(RTCConfiguration(iceServers=[s.rtc() for s in ice_servers]))
+
+
+async def loopback_pair(track: MediaStreamTrack, codecs: list[RTCRtpCodecCapability],
+                        on_sender: Callable[[RTCRtpSender], None] = lambda s: None,
+                        on_receiver: Callable[[RTCRtpReceiver], None] = lambda r: None,
+                        ) -> tuple[RTCPeerConnection, RTCPeerConnection, RTCRtpSender, RTCRtpReceiver]:
+    """A send-only peer with ``track`` and a receive-only peer, both offering ``codecs`` only, negotiated with
+    each other on loopback host candidates (they connect once this returns; nothing here waits for media).
+    ``on_sender`` and ``on_receiver`` prepare each side before the negotiation (a lean path, a frame tap).
+    For the data path's own tests and benches: no gateway in between. The caller closes both peers."""
+    use_host_addresses(list(LOOPBACK))
+    a, b = new_peer_connection(), new_peer_connection()
+    try:
+        sending = a.addTransceiver(track, direction="sendonly")
+        sending.setCodecPreferences(codecs)
+        on_sender(sending.sender)
+        receiving = b.addTransceiver("video", direction="recvonly")
+        receiving.setCodecPreferences(codecs)
+        on_receiver(receiving.receiver)
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        await b.setLocalDescription(await b.createAnswer())
+        await a.setRemoteDescription(b.localDescription)
+    except BaseException:
+        await a.close()
+        await b.close()
+        raise
+    return a, b, sending.sender, receiving.receiver
 
 
 def codecs_named(kind: str, *names: str, profile_level_id: str | None = None) -> list[RTCRtpCodecCapability]:

@@ -372,7 +372,9 @@ def test_every_fault_maps_to_its_outcome_and_phase(faulty):
             # black output has no brightness steps to align on: calibration gives up (at calibrate_max_s, 2 of the 7 s)
             # and decoding goes back to windows instead of every frame. A 0.5 s check window every 1 s waits for the
             # output's next keyframe (a 2 s GOP), or starts at once if asked while one runs: at most 1 s decoded per
-            # GOP, 2/7 + 5/7 x 1/2 (0.64) of the frames, against all of them without windows (measured: 60 of 132)
+            # GOP, 2/7 + 5/7 x 1/2 (0.64) of the frames, against all of them without windows (measured: 60 of 132).
+            # The bound tells windows from decoding every frame; it does not tell when a window opens (decoding the
+            # GOP before a check, the old rule, measured 0.63): the unit tests in test_probe_units pin that
             gave_up = [d for _, k, d in r.events if k.endswith("latency_aligned") and d.get("exact") is False]
             assert gave_up, [k for _, k, _ in r.events]
             assert r.decoded_frames < 0.7 * r.frames_received, (r.decoded_frames, r.frames_received)

@@ -10,8 +10,9 @@ import pytest
 from fleet.media import FILE_STEP_LUMA, Clip, PacketTrack
 from fleet.probe.classify import blame, classify
 from fleet.probe.latency import align, lag_is_exact
-from fleet.probe.output import BLACK_RUN, EFFECT_DELTA, EFFECT_FRAMES, OutputWatch, effect_start, per_second
+from fleet.probe.output import BLACK_RUN, EFFECT_DELTA, EFFECT_FRAMES, OutputWatch, effect_start
 from fleet.probe.status import StatusReader
+from fleet.probe.timing import per_second
 from fleet.probe.types import EVENT_PREFIX, ProbeResult, ProbeSpec, PromptChange
 
 FPS = 30.0
@@ -303,20 +304,77 @@ def test_a_check_window_with_no_keyframe_asks_for_one_then_is_given_up_as_missed
     seconds = int((WINDOW_MAX_S + 2) * FPS)
     frames = [TapFrame(timestamp=3000 * n, first_arrival=n / FPS, arrival=n / FPS, data=b"\x00", packets=1,
                        keyframe=False, complete=True) for n in range(seconds)]
-    w._ask = lambda tap: asked.append(w.arrivals[-1])
+    w._ask = lambda tap: asked.append(len(w.arrivals) - 1)   # the index of the frame that asked
     w.check_window(now=0.0)
     for f in frames:
         w.on_frame(f)
-    # the asks, by a clock that does not share the watch's arithmetic: the first frame past the wait, then
-    # the first frame at least PLI_EVERY_S after the last ask, until the give-up
-    want, last = [], None
-    for f in frames:
-        t = f.arrival
-        if t > WINDOW_MAX_S:
-            break
-        if t > CHECK_KEYFRAME_WAIT_S and (last is None or t - last >= PLI_EVERY_S):
-            want.append(t)
-            last = t
-    assert asked == want and len(want) == 15, (asked, want)
+    # frame 76 is the first past 2.5 s (76/30 = 2.53), then one every 15 frames (0.5 s) up to 286; frame 301
+    # is the first past 10 s, where the check is given up
+    assert (CHECK_KEYFRAME_WAIT_S, PLI_EVERY_S, WINDOW_MAX_S, FPS) == (2.5, 0.5, 10.0, 30.0)
+    assert asked == [76, 91, 106, 121, 136, 151, 166, 181, 196, 211, 226, 241, 256, 271, 286], asked
     assert w.decoded_frames == 0
     assert [k for k, _ in events] == ["check_window_missed"] and events[0][1]["waited_s"] > WINDOW_MAX_S
+
+
+def check_watch(gop: int = 30):
+    """A watch past its calibration over a real 30-frame-GOP VP8 output, recording the indices it decodes."""
+    from types import SimpleNamespace
+
+    s, frames = encoded_output(gop=gop)
+    w, events = watch(s, sent_track(s.clip, 0.0, 1), 0.0)
+    w.calibrating = False
+    w.tap = SimpleNamespace(ssrc=1, codec="VP8", unsupported=None)
+    decoded: list[int] = []
+    look = w.look_at
+    w.look_at = lambda means, arrival, index: (decoded.append(index), look(means, arrival, index))
+    return w, events, frames, decoded
+
+
+def test_a_check_waiting_for_a_keyframe_is_served_by_a_switch_window_that_opens_meanwhile():
+    """A check asked at frame 40 waits for a keyframe; a prompt switch's window opens at 45 (decoding from the
+    kept keyframe at 30) and ends at 50. The check opens with it, at 45, and runs its 0.5 s: decoding ends
+    after frame 59, and nothing more is decoded at the keyframe at 60 (no second window after the first)."""
+    w, events, frames, decoded = check_watch()
+    for n, f in enumerate(frames[:100]):
+        if n == 40:
+            w.check_window(now=f.arrival)
+        if n == 45:
+            w.switch_windows[0] = (f.arrival, frames[50].arrival)
+        w.on_frame(f)
+    assert decoded == list(range(30, 60)), decoded
+    assert w.check_due is None and events == []
+
+
+def test_a_check_asked_while_decoding_runs_from_that_moment():
+    """A switch window decodes frames 45 to 49 (from the kept keyframe at 30); a check asked 10 ms after frame
+    47 extends the decoding by its 0.5 s from there: to frame 62 (62/30 s is inside it, 63/30 s is not)."""
+    w, _, frames, decoded = check_watch()
+    for n, f in enumerate(frames[:100]):
+        if n == 45:
+            w.switch_windows[0] = (f.arrival, frames[50].arrival)
+        if n == 47:
+            w.check_window(now=f.arrival + 0.01)
+        w.on_frame(f)
+    assert decoded == list(range(30, 63)), decoded
+
+
+def test_a_switch_window_opening_on_a_keyframe_decodes_from_it_and_not_the_gop_before():
+    w, _, frames, decoded = check_watch()
+    for n, f in enumerate(frames[:100]):
+        if n == 60:
+            w.switch_windows[0] = (f.arrival, frames[65].arrival)
+        w.on_frame(f)
+    assert frames[60].keyframe and decoded == [60, 61, 62, 63, 64], decoded
+
+
+def test_a_check_waiting_when_the_session_subscribes_again_is_dropped():
+    """A swap (``resubscribed``) starts a new segment with its own calibration: the old segment's waiting
+    check is not carried over, so it is neither opened nor reported missed."""
+    w, events, frames, _ = check_watch()
+    w.check_window(now=frames[0].arrival)
+    w.resubscribed(w.tap, lambda: None)
+    assert w.check_due is None
+    w.calibrating = False
+    for f in frames[1:59]:
+        w.on_frame(f)
+    assert w.decoded_frames == 0 and events == []

@@ -25,7 +25,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from fleet.rtp import VIDEO_CLOCK
+from fleet.rtpclock import VIDEO_CLOCK
 
 __all__ = ["Aligner", "LatencySample", "StepDetector", "align", "lag_is_exact", "rtp_latency"]
 

@@ -96,9 +96,11 @@ class LoopMonitor:
 
     async def _run(self) -> None:
         while True:
-            due = self.loop.time() + PERIOD_S
+            # time.monotonic(), not loop.time(): marks and frame stamps are monotonic, and uvloop's clock (the
+            # loop Ray runs async actors on) counts whole milliseconds
+            due = time.monotonic() + PERIOD_S
             await asyncio.sleep(PERIOD_S)
-            woke = self.loop.time()
+            woke = time.monotonic()
             lag = max(0.0, woke - due)
             self.ticks += 1
             self.lag_sum_s += lag

@@ -29,7 +29,8 @@ from fleet.media import PacketTrack
 from fleet.probe.latency import Aligner, LatencySample, StepDetector, lag_is_exact, rtp_latency
 from fleet.probe.timing import PLAYABLE_FRAMES, analyse, per_second, percentile, suspect_frames
 from fleet.probe.types import ProbeResult, ProbeSpec
-from fleet.rtp import VIDEO_CLOCK, FrameTap, TapFrame
+from fleet.rtp import FrameTap, TapFrame
+from fleet.rtpclock import VIDEO_CLOCK
 
 BLACK_LUMA = 24.0             # a decoded frame this dark, with neutral chroma, is black
 BLACK_RUN = 10                # decoded black frames in a row that make the output "black"
@@ -123,21 +124,24 @@ class OutputWatch:
         elif self.check_due is None:
             self.check_due = now
 
-    def _check_opens(self, f: TapFrame) -> bool:
-        """Whether a waiting check window opens at ``f``: a complete keyframe, or any frame while the decoder
-        runs. Waiting past CHECK_KEYFRAME_WAIT_S asks for a keyframe; past WINDOW_MAX_S the check is missed."""
+    def _check_opens(self, f: TapFrame, decoding: bool) -> bool:
+        """Whether a waiting check window opens at ``f``: at once when another window decodes it (or the
+        decoder still runs), else on a complete keyframe. A check still waiting past WINDOW_MAX_S is given up
+        (missed); past CHECK_KEYFRAME_WAIT_S it asks for a keyframe."""
         due = self.check_due
         if due is None:
             return False
-        if self.decoder is not None or (f.keyframe and f.complete):
+        waited = f.arrival - due
+        opens = decoding or self.decoder is not None
+        if not opens and waited > WINDOW_MAX_S:
+            self.check_due = None
+            self.event("check_window_missed", waited_s=round(waited, 3))
+            return False
+        if opens or (f.keyframe and f.complete):
             self.check_due = None
             self.windows.append((f.arrival, f.arrival + self.opt.check_window_s))
             return True
-        waited = f.arrival - due
-        if waited > WINDOW_MAX_S:
-            self.check_due = None
-            self.event("check_window_missed", waited_s=round(waited, 3))
-        elif waited > CHECK_KEYFRAME_WAIT_S:
+        if waited > CHECK_KEYFRAME_WAIT_S:
             self._pli(f.arrival)
         return False
 
@@ -167,7 +171,8 @@ class OutputWatch:
         self.out_ts.append(f.timestamp - self.ts0)
         if self.tap is not None and self.tap.unsupported:
             return
-        if self._want_decode(f.arrival) or self._check_opens(f):
+        want = self._want_decode(f.arrival)
+        if self._check_opens(f, want) or want:
             if self.decoder is None and self.gop and not (f.keyframe and f.complete):
                 # a window opens mid-GOP: decode from its keyframe at once
                 for kept, i in self.gop:
