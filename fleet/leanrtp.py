@@ -24,20 +24,23 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from struct import Struct, pack
 from typing import Any
 
 import pylibsrtp
+from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
+from pylibsrtp._binding import lib as srtp_lib
 from aiortc import RTCRtpReceiver, RTCRtpSender, clock
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, RtpPacket, unwrap_rtx, wrap_rtx
 
 import fleet.webrtc  # noqa: F401 - its import checks the private API used here
+from fleet.media import PacketTrack, clip_payloads
 
-__all__ = ["RtpView", "lean_receive", "lean_sender", "parse_rtp"]
+__all__ = ["RtpView", "SrtpCalls", "lean_receive", "lean_sender", "parse_rtp", "srtp_calls"]
 
 _RTP_HEADER = Struct("!BBHLL")
 _NTP_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
@@ -46,6 +49,47 @@ _NTP_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
 def _ntp_now() -> int:
     """The NTP time now, 32.32 fixed point (aiortc's clock.current_ntp_time, read without datetime)."""
     return int((time.time() + _NTP_OFFSET) * (1 << 32))
+
+
+class SrtpCalls:
+    """``protect`` and ``unprotect`` of one pylibsrtp ``Session`` (aiortc's, which also protects its RTCP), called
+    on the session's own C buffer without the wrapper's per-call checks and allocation: the same libsrtp calls on
+    the same state. A packet too long for the buffer goes through the wrapper, which refuses it."""
+
+    def __init__(self, session: pylibsrtp.Session) -> None:
+        self.session = session
+        self.srtp = session._srtp[0]
+        self.cdata, self.buffer = session._cdata, session._buffer
+        self.size = srtp_ffi.new("int *")
+        self.protect_max = len(self.buffer) - pylibsrtp.SRTP_MAX_TRAILER_LEN
+
+    def protect(self, data: bytes) -> bytes:
+        n = len(data)
+        if n > self.protect_max:
+            return self.session.protect(data)
+        return self._call(data, n, srtp_lib.srtp_protect)
+
+    def unprotect(self, data: bytes) -> bytes:
+        n = len(data)
+        if n > len(self.buffer):
+            return self.session.unprotect(data)
+        return self._call(data, n, srtp_lib.srtp_unprotect)
+
+    def _call(self, data: bytes, n: int, func: Any) -> bytes:
+        self.buffer[0:n] = data
+        self.size[0] = n
+        status = func(self.srtp, self.cdata, self.size)
+        if status != srtp_lib.srtp_err_status_ok:
+            raise pylibsrtp.Error(pylibsrtp.ERRORS[status])
+        out: bytes = self.buffer[0 : self.size[0]]
+        return out
+
+
+def srtp_calls(kept: SrtpCalls | None, session: pylibsrtp.Session | None) -> SrtpCalls | None:
+    """``kept`` while it is still for ``session`` (aiortc keys a transport's sessions once), else anew."""
+    if session is None:
+        return None
+    return kept if kept is not None and kept.session is session else SrtpCalls(session)
 
 
 def lean_sender(sender: RTCRtpSender) -> None:
@@ -72,6 +116,28 @@ class _LeanSender:
         self.extensions = getattr(sender, _P + "rtp_header_extensions_map")
         self.seq = random.randint(0, 0xFFFF)
         self.origin = random.getrandbits(32)
+        self.block: tuple[str | None, int, bytes, bytes, bool] | None = None  # (mid, _extension_block(mid))
+        self.srtp: SrtpCalls | None = None
+
+    def _extension_block(self, mid: str | None) -> tuple[int, bytes, bytes, bool]:
+        """The RTP header's first byte and its extension block, serialized once by aiortc's extension map and
+        split around abs-send-time's 3 bytes (found as the bytes two serializations of it differ in), which
+        ``frame`` fills in per frame: (first byte, block before, block after, whether abs-send-time is in it)."""
+        def block(abs_send_time: int) -> bytes:
+            values = HeaderExtensions()
+            values.mid, values.abs_send_time = mid, abs_send_time
+            profile, ext = self.extensions.set(values)
+            return pack("!HH", profile, len(ext) >> 2) + ext if ext else b""
+
+        low, high = block(0), block(0xFFFFFF)
+        if not low:
+            return 0x80, b"", b"", False
+        at = [k for k in range(len(low)) if low[k] != high[k]]
+        if not at:
+            return 0x90, low, b"", False
+        if at != [at[0], at[0] + 1, at[0] + 2]:
+            raise RuntimeError("aiortc's abs-send-time extension is no longer 3 bytes in one place")
+        return 0x90, low[: at[0]], low[at[0] + 3:], True
 
     def send(self, data: bytes) -> None:
         """SRTP-protect a packet and hand it to the ICE connection's nominated pair, as aiortc's transports do
@@ -80,17 +146,19 @@ class _LeanSender:
         pair = dtls.transport._connection._nominated.get(1)
         if dtls.state != "connected" or pair is None:
             raise ConnectionError("cannot send RTP, not connected")
-        pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
+        self.srtp = srtp = srtp_calls(self.srtp, dtls._tx_srtp)
+        assert srtp is not None  # keyed once DTLS is connected
+        pair.protocol.transport.sendto(srtp.protect(data), pair.remote_addr)
 
-    def frame(self, payloads: list[bytes], rtp_timestamp: int, payload_type: int) -> None:
+    def frame(self, payloads: Sequence[bytes], rtp_timestamp: int, payload_type: int) -> None:
         """One frame's packets out, and the counters sender reports read."""
         s = self.sender
         timestamp = (self.origin + rtp_timestamp) & 0xFFFFFFFF
-        values = HeaderExtensions()
-        values.mid = getattr(s, _P + "mid")
-        values.abs_send_time = (_ntp_now() >> 14) & 0x00FFFFFF
-        profile, ext = self.extensions.set(values)
-        head0, ext_block = (0x90, pack("!HH", profile, len(ext) >> 2) + ext) if ext else (0x80, b"")
+        mid = getattr(s, _P + "mid")
+        if self.block is None or self.block[0] != mid:
+            self.block = (mid, *self._extension_block(mid))
+        _, head0, before, after, timed = self.block
+        ext_block = before + ((_ntp_now() >> 14) & 0xFFFFFF).to_bytes(3, "big") + after if timed else before
         last, octets = len(payloads) - 1, 0
         for i, payload in enumerate(payloads):
             data = pack("!BBHLL", head0, payload_type | (0x80 if i == last else 0), self.seq, timestamp, s._ssrc)
@@ -108,10 +176,20 @@ class _LeanSender:
         """aiortc's ``_run_rtp``: frames from the track until it ends or the sender stops; the exit signalled."""
         s = self.sender
         getattr(s, _P + "rtp_started").set()
+        name = codec.name.lower()
+        picture_id = random.randint(0, 0x7FFF)  # as aiortc's VP8 encoder starts it
         try:
             while True:
-                if not s.track:
+                track = s.track
+                if not track:
                     await asyncio.sleep(0.02)
+                    continue
+                if isinstance(track, PacketTrack) and track.clip.codec == name:
+                    # the clip's frames packetized once (``fleet.media.ClipPayloads``), what aiortc's pack would give
+                    index, pts = await track.next_frame()
+                    if s._enabled:
+                        self.frame(clip_payloads(track.clip).frame(index, picture_id), pts, codec.payloadType)
+                        picture_id = (picture_id + 1) & 0x7FFF
                     continue
                 encoded = await s._next_encoded_frame(codec)
                 if encoded is not None:
@@ -230,17 +308,17 @@ def _skip_stun(connection: Any, component: int, data_received: Callable[[bytes, 
 
 def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], None]) -> Callable[[Any], Awaitable[None]]:
     """The probe's receive path for a receiver aiortc decodes nothing for (a starved decoder, no bandwidth
-    estimate): aiortc's depayloader and jitter buffer, whose frames would be thrown away, are skipped, and every
-    media packet is taken from the ICE connection as it arrives, SRTP-unprotected and handed to
+    estimate): its depayloader and jitter buffer, whose frames would be thrown away, are skipped; every media
+    packet is taken from the ICE connection as it arrives, SRTP-unprotected (``SrtpCalls``) and handed to
     ``on_packet(packet, time.monotonic())`` at once, without the queue, the DTLS transport's loop and the
-    RtpPacket aiortc would build for it. The receiver still counts every packet for its receiver reports and
-    NACKs missing ones (see the module's notes for what differs), and once media flows, the nominated pair's
-    datagrams come here without aioice's STUN attempt (``_skip_stun``). The connection must carry this
-    receiver's media alone (the probe's egress connection has one transceiver, never bundled with another):
-    the first media packet's SSRC is the one taken; packets of any other, and those that are not the receiver's
-    media (DTLS, RTCP, retransmissions, other payload types), or that arrive before SRTP is keyed or while older
-    data waits in aiortc's queue, take aiortc's own path; the handler returned (its ``taken``: the packets the
-    lean path took) is what ``tap_rtp``'s handler awaits for those."""
+    RtpPacket aiortc would build. The receiver still counts every packet for its receiver reports and NACKs
+    missing ones (the module's notes say what differs); once media flows, the nominated pair's datagrams come
+    here without aioice's STUN attempt (``_skip_stun``). The connection must carry this receiver's media alone
+    (the probe's egress connection has one transceiver, never bundled): the first media packet's SSRC is the
+    one taken; packets of any other, and those that are not the receiver's media (DTLS, RTCP, retransmissions,
+    other payload types), or that arrive before SRTP is keyed or while older data waits in aiortc's queue, take
+    aiortc's own path; the handler returned (its ``taken``: the packets the lean path took) is what
+    ``tap_rtp``'s handler awaits for those."""
     duties = _receiver_duties(receiver)
     codecs: dict[int, Any] = getattr(receiver, "_RTCRtpReceiver__codecs")  # noqa: B009 - a private name
     generator = getattr(receiver, "_RTCRtpReceiver__nack_generator")  # noqa: B009
@@ -249,14 +327,14 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
     queued, original = connection._queue, connection.data_received
     nacks: set[asyncio.Task[None]] = set()
     ours: dict[int, int] = {}   # 0 -> the SSRC this path takes
-    direct = [False]            # whether the nominated pair's datagrams come straight to data_received
+    direct: list[Any] = [False, None]  # whether the pair's datagrams come straight here; the SrtpCalls in use
 
     def nack(packet: Any) -> None:
         nacks.add(task := asyncio.ensure_future(receiver._send_rtcp_nack(packet.ssrc, sorted(generator.missing))))
         task.add_done_callback(nacks.discard)
 
     def data_received(data: bytes, component: int) -> None:
-        srtp = dtls._rx_srtp
+        srtp = direct[1] = srtp_calls(direct[1], dtls._rx_srtp)
         if srtp is None or len(data) < 12 or not 127 < data[0] < 192 or 192 <= data[1] <= 223 or not queued.empty():
             original(data, component)  # DTLS, RTCP, SRTP not keyed yet, or older data still queued
             return

@@ -23,20 +23,26 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from struct import Struct
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
 from aiortc import MediaStreamTrack
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError
 
 from fleet.errors import InputError
 from fleet.rtpclock import VIDEO_CLOCK
 
-__all__ = ["CODECS", "Clip", "H264_PROFILE_LEVEL_ID", "PacketTrack", "clip_for", "file_clip", "synthetic_clip"]
+__all__ = ["CODECS", "Clip", "ClipPayloads", "H264_PROFILE_LEVEL_ID", "PacketTrack", "clip_for", "clip_payloads", "file_clip",
+           "synthetic_clip"]
 
 DARK, BRIGHT = 56, 176
+VP8_DESCRIPTOR = Struct("!BBH")   # S bit (first packet of a frame), I bit, M bit + 15-bit picture ID (RFC 7741 4.2)
+CLIPS_PACKETIZED = 8              # clips whose packetized frames are kept (a runner has one per scenario media)
 RUN_S = (0.27, 0.93)        # brightness run lengths, seconds
 TEXTURE_AMPLITUDE = 24
 FILE_STEP_LUMA = 20.0       # a file frame whose mean luma moves this much is a brightness step
@@ -247,6 +253,15 @@ class PacketTrack(MediaStreamTrack):
         return i
 
     async def recv(self) -> av.Packet[Any]:
+        i, pts = await self.next_frame()
+        packet = av.Packet(self.clip.packets[i])
+        packet.pts = pts
+        packet.time_base = self.time_base
+        return packet
+
+    async def next_frame(self) -> tuple[int, int]:
+        """The next frame, when it is due: its index in the clip and its RTP-clock timestamp (``recv`` without
+        the ``av.Packet``, for a sender that packetizes the clip once: fleet.leanrtp)."""
         n = len(self.sent)
         if self.readyState != "live" or (self.max_frames is not None and n >= self.max_frames):
             self.stop()
@@ -267,12 +282,58 @@ class PacketTrack(MediaStreamTrack):
             if abs(d) >= FILE_STEP_LUMA:
                 self.steps_sent.append((n, 1 if d > 0 else -1))
         self.index.append(i)
-        packet = av.Packet(self.clip.packets[i])
-        packet.pts = self.clip.pts(n)
-        packet.time_base = self.time_base
         self.sent.append(now)
-        return packet
+        return i, self.clip.pts(n)
 
     def level_steps(self, upto: int) -> list[tuple[int, int]]:
         """(frame number, direction) of every brightness step among the first ``upto`` frames sent."""
         return self.steps_sent[:bisect.bisect_left(self.steps_sent, (upto, -2))]
+
+
+class ClipPayloads:
+    """A clip's frames packetized once, by aiortc's own packetizers, for every session that sends the clip.
+
+    aiortc packs a pre-encoded frame again each time it is sent (about a tenth of a probe session's CPU,
+    measured). H.264's packing depends on the frame alone, so its payloads are kept as they are. VP8's
+    payload descriptor carries a picture ID that counts the frames one sender sent; the payloads are kept
+    without it (each after a 4-byte descriptor, as aiortc always writes one: extended, I and M bits set) and
+    ``frame`` puts it back. What comes out is byte for byte what aiortc's encoder would pack
+    (tests/test_lean_rtp.py)."""
+
+    def __init__(self, clip: Clip) -> None:
+        self.clip = clip
+        self.vp8 = clip.codec == "vp8"
+        self._frames: list[tuple[bytes, ...] | None] = [None] * clip.frames
+
+    def frame(self, index: int, picture_id: int) -> tuple[bytes, ...] | list[bytes]:
+        """The payloads of clip frame ``index``; for VP8, as the frame ``picture_id`` of its sender."""
+        kept = self._frames[index]
+        if kept is None:
+            kept = self._frames[index] = self._packetize(self.clip.packets[index])
+        if not self.vp8:
+            return kept
+        head = VP8_DESCRIPTOR.pack(0x90, 0x80, 0x8000 | picture_id)
+        rest = VP8_DESCRIPTOR.pack(0x80, 0x80, 0x8000 | picture_id)
+        return [(rest if k else head) + body for k, body in enumerate(kept)]
+
+    def _packetize(self, data: bytes) -> tuple[bytes, ...]:
+        if not self.vp8:
+            return tuple(H264Encoder._packetize(H264Encoder._split_bitstream(data)))
+        payloads = Vp8Encoder._packetize(data, 0)
+        expected = [VP8_DESCRIPTOR.pack(0x80 | (k == 0) << 4, 0x80, 0x8000) for k in range(len(payloads))]
+        if [p[:4] for p in payloads] != expected:
+            raise RuntimeError("aiortc's VP8 packetizer no longer writes the 4-byte descriptor fleet.leanrtp keeps")
+        return tuple(p[4:] for p in payloads)
+
+
+_clips: dict[int, ClipPayloads] = {}
+
+
+def clip_payloads(clip: Clip) -> ClipPayloads:
+    """The clip's packetized frames, shared by every sender of it in this process (the last CLIPS_PACKETIZED clips)."""
+    kept = _clips.get(id(clip))
+    if kept is None or kept.clip is not clip:
+        if len(_clips) >= CLIPS_PACKETIZED:
+            _clips.pop(next(iter(_clips)))
+        kept = _clips[id(clip)] = ClipPayloads(clip)
+    return kept

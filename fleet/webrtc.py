@@ -38,8 +38,12 @@ from importlib.metadata import version
 from typing import Any
 
 import aioice.ice
+import pylibsrtp
+from pylibsrtp._binding import lib as srtp_lib  # type: ignore[import-not-found]
 from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCIceTransport, RTCPeerConnection, RTCRtpReceiver,
                     RTCRtpSender)
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcdtlstransport import RTCCertificate
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
@@ -55,7 +59,9 @@ DTLS_CIPHERS = (b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:EC
 # the private attributes the fleet relies on: (owner, name); a receiver's mangled instance attributes are
 # checked among the names its __init__ sets (a sender's: its __init__ and replaceTrack)
 _PRIVATE = ((aioice.ice, "get_host_addresses"), (aioice.ice, "CONSENT_FAILURES"), (aioice.ice, "CONSENT_INTERVAL"),
-            (aioice.ice.StunProtocol, "datagram_received"),
+            (aioice.ice.StunProtocol, "datagram_received"), (H264Encoder, "_packetize"),
+            (H264Encoder, "_split_bitstream"), (Vp8Encoder, "_packetize"), (pylibsrtp, "ERRORS"),
+            (pylibsrtp, "SRTP_MAX_TRAILER_LEN"), (srtp_lib, "srtp_protect"), (srtp_lib, "srtp_unprotect"),
             (RTCCertificate, "_create_ssl_context"), (RTCRtpSender, "_send_keyframe"),
             (RTCRtpSender, "_run_rtp"), (RTCRtpSender, "_retransmit"), (RTCRtpSender, "_next_encoded_frame"),
             (RTCRtpReceiver, "_send_rtcp_pli"), (RTCRtpReceiver, "_send_rtcp_nack"), (RTCRtpReceiver, "_handle_rtp_packet"))
@@ -66,7 +72,8 @@ _SENDER_FIELDS = ("__rtp_history", "__rtp_header_extensions_map", "__rtp_started
                   "__rtx_payload_type", "__rtx_sequence_number")
 # instance attributes set in __init__: (class, name)
 _INSTANCE_FIELDS = ((RTCIceTransport, "_connection"), (aioice.ice.Connection, "_nominated"),
-                    (aioice.ice.CandidatePair, "protocol"))
+                    (aioice.ice.CandidatePair, "protocol"), (RTCRtpSender, "_enabled"), (pylibsrtp.Session, "_srtp"),
+                    (pylibsrtp.Session, "_cdata"), (pylibsrtp.Session, "_buffer"))
 
 
 def check_private_api() -> None:
@@ -79,8 +86,9 @@ def check_private_api() -> None:
     missing += [f"{c.__name__}.{n}" for c, n in _INSTANCE_FIELDS if n not in c.__init__.__code__.co_names]
     if missing:
         raise ImportError(f"fleet.webrtc relies on {', '.join(missing)}, which aiortc {version('aiortc')} / aioice "
-                          f"{version('aioice')} no longer have: install the versions pyproject.toml pins "
-                          "(aiortc~=1.16.0, aioice~=0.13.0) or update fleet.webrtc for this release")
+                          f"{version('aioice')} / pylibsrtp {version('pylibsrtp')} no longer have: install the "
+                          "versions pyproject.toml pins (aiortc~=1.16.0, aioice~=0.13.0, pylibsrtp~=1.0) or update "
+                          "fleet.webrtc for this release")
 
 
 check_private_api()

@@ -20,18 +20,20 @@ from fractions import Fraction
 from typing import Any
 
 import aioice.stun
+import pylibsrtp
 import av
 import pytest
 from aiortc import RTCRtpReceiver, clock
 from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.media import H264_PROFILE_LEVEL_ID, PacketTrack, synthetic_clip
+from fleet.media import H264_PROFILE_LEVEL_ID, PacketTrack, clip_payloads, synthetic_clip
 from fleet.rtp import FrameTap, TapFrame
-from fleet.leanrtp import lean_sender, parse_rtp
+from fleet.leanrtp import SrtpCalls, lean_sender, parse_rtp
 from fleet.webrtc import codecs_named, loopback_pair, tap_rtp
 
 MID_ID, ABS_SEND_TIME_ID = 1, 3
@@ -47,6 +49,68 @@ def extension_map() -> HeaderExtensionsMap:
         RTCRtpHeaderExtensionParameters(id=ABS_SEND_TIME_ID,
                                         uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time")]))
     return m
+
+
+# --- the clip packetized once ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def clips() -> dict:
+    """A 2 s clip per codec, large enough that keyframes take several packets."""
+    return {codec: synthetic_clip(320, 240, FPS, codec=codec, gop=30, bitrate_kbps=1500, loop_s=2.0)
+            for codec in ("h264", "vp8")}
+
+
+def aiortc_pack(clip, index: int, picture_id: int) -> list[bytes]:
+    """aiortc's own encoder packing clip frame ``index`` (a VP8 encoder whose next picture ID is ``picture_id``)."""
+    encoder = H264Encoder() if clip.codec == "h264" else Vp8Encoder()
+    if clip.codec == "vp8":
+        encoder.picture_id = picture_id
+    packet = av.Packet(clip.packets[index])
+    packet.pts, packet.time_base = 0, Fraction(1, 90_000)
+    return encoder.pack(packet)[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(codec=st.sampled_from(["h264", "vp8"]), index=st.integers(0, 59), picture_id=st.integers(0, 0x7FFF))
+def test_a_clip_packetized_once_is_what_aiortc_packs_each_time(clips, codec, index, picture_id) -> None:
+    clip = clips[codec]
+    assert list(clip_payloads(clip).frame(index, picture_id)) == aiortc_pack(clip, index, picture_id)
+
+
+def test_the_clips_packetized_once_have_frames_of_several_packets_and_are_shared(clips) -> None:
+    """The property above covers frames split over packets (each keyframe here), and one clip's payloads are
+    built once for every sender of it."""
+    for clip in clips.values():
+        assert all(len(aiortc_pack(clip, i, 200)) > 1 for i in range(0, clip.frames, 30))
+        assert clip_payloads(clip) is clip_payloads(clip)
+
+
+# --- SRTP on the session's own buffer ---------------------------------------------------------------------
+
+def srtp_session(direction: int) -> pylibsrtp.Session:
+    key = bytes(range(30))  # one fixed key: protection is deterministic for a given key, SSRC and sequence
+    return pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=direction))
+
+
+@settings(max_examples=50, deadline=None)
+@given(sizes=st.lists(st.integers(0, 1300), min_size=1, max_size=20), seq0=st.integers(0, 0xFFFF))
+def test_srtp_calls_protect_and_unprotect_as_pylibsrtp_does(sizes, seq0) -> None:
+    """The same packets through SrtpCalls and through pylibsrtp's own wrapper, on sessions keyed alike: the same
+    bytes out, unprotected back to the packets; a tampered packet is refused with pylibsrtp's error."""
+    ours_tx, theirs_tx = SrtpCalls(srtp_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)), srtp_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    ours_rx = SrtpCalls(srtp_session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    for k, size in enumerate(sizes):
+        plain = struct.pack("!BBHII", 0x80, 96, (seq0 + k) & 0xFFFF, 1000 * k, 1234) + bytes((k + i) % 251 for i in range(size))
+        protected = ours_tx.protect(plain)
+        assert protected == theirs_tx.protect(plain) and protected != plain
+        assert ours_rx.unprotect(protected) == plain
+    with pytest.raises(pylibsrtp.Error):
+        ours_rx.unprotect(protected[:-1] + bytes([protected[-1] ^ 1]))
+
+
+def test_srtp_calls_leave_a_packet_too_long_for_the_buffer_to_pylibsrtp() -> None:
+    with pytest.raises(ValueError, match="too long"):
+        SrtpCalls(srtp_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)).protect(bytes(1400))
 
 
 # --- parse_rtp ---------------------------------------------------------------------------------------------
