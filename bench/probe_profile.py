@@ -173,7 +173,9 @@ async def bare_pairs(n: int, duration: float, codec: str, stagger: float) -> dic
 
     loop = asyncio.get_running_loop()
     try:
-        await asyncio.gather(*(start(i) for i in range(n)))
+        async with asyncio.TaskGroup() as starting:  # one failure cancels the other starts
+            for i in range(n):
+                starting.create_task(start(i))
         deadline = loop.time() + PAIRS_FLOWING_S
         while not all(frames):
             if loop.time() > deadline:

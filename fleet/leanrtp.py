@@ -33,12 +33,14 @@ import pylibsrtp
 from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
 from pylibsrtp._binding import lib as srtp_lib
 from aiortc import RTCRtpReceiver, RTCRtpSender, clock
+from aiortc.codecs import get_encoder
+from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, RtpPacket, unwrap_rtx, wrap_rtx
 
 import fleet.webrtc  # noqa: F401 - its import checks the private API used here
-from fleet.media import PacketTrack, clip_payloads
+from fleet.media import ClipPayloads, PacketTrack, clip_payloads
 
 __all__ = ["RtpView", "SrtpCalls", "lean_receive", "lean_sender", "parse_rtp", "srtp_calls"]
 
@@ -96,9 +98,11 @@ def lean_sender(sender: RTCRtpSender) -> None:
     """Give ``sender`` (video; its track hands out pre-encoded ``av.Packet``s) a send loop that costs less per packet
     than aiortc's, and the retransmission that goes with it. Call before negotiation starts the sender.
 
-    On the wire nothing changes: the same RTP header, the same header extensions (mid, abs-send-time) serialized
-    by aiortc's own extension map, once per frame instead of once per packet (a frame's packets leave in one loop
-    iteration; abs-send-time's unit is 3.8 µs), the same sequence numbers and timestamps. The history kept for
+    On the wire nothing changes: the same payloads (a ``PacketTrack``'s clip packetized once per process by
+    aiortc's own packetizers, ``fleet.media.ClipPayloads``; VP8's picture ID counted by the sender's encoder), the
+    same RTP header, the same header extensions (mid, abs-send-time) serialized by aiortc's own extension map
+    once per mid, abs-send-time filled in per frame (a frame's packets leave in one loop iteration; its unit is
+    3.8 µs), the same sequence numbers and timestamps. The history kept for
     NACKs holds each packet's bytes; a retransmission parses them back and goes out as aiortc's would (RTX when
     negotiated). Sender reports read the same counters, updated once per frame."""
     lean = _LeanSender(sender)
@@ -172,24 +176,40 @@ class _LeanSender:
         setattr(s, _P + "octet_count", getattr(s, _P + "octet_count") + octets)
         setattr(s, _P + "packet_count", getattr(s, _P + "packet_count") + len(payloads))
 
+    def _picture_id(self, codec: Any) -> int:
+        """VP8's next picture ID, from the sender's own encoder (made as aiortc makes it, with a random first
+        ID), which counts on: a track that aiortc packs later goes on from it. 0 for H.264 (unused)."""
+        encoder = getattr(self.sender, _P + "encoder")
+        if encoder is None:
+            encoder = get_encoder(codec)
+            setattr(self.sender, _P + "encoder", encoder)
+        if not isinstance(encoder, Vp8Encoder):
+            return 0
+        picture_id = encoder.picture_id
+        encoder.picture_id = (picture_id + 1) % (1 << 15)
+        return picture_id
+
     async def run(self, codec: Any) -> None:
         """aiortc's ``_run_rtp``: frames from the track until it ends or the sender stops; the exit signalled."""
         s = self.sender
         getattr(s, _P + "rtp_started").set()
         name = codec.name.lower()
-        picture_id = random.randint(0, 0x7FFF)  # as aiortc's VP8 encoder starts it
+        packed: tuple[Any, PacketTrack | None, ClipPayloads | None] = (None, None, None)  # track; as a clip's, its payloads
         try:
             while True:
                 track = s.track
                 if not track:
                     await asyncio.sleep(0.02)
                     continue
-                if isinstance(track, PacketTrack) and track.clip.codec == name:
-                    # the clip's frames packetized once (``fleet.media.ClipPayloads``), what aiortc's pack would give
-                    index, pts = await track.next_frame()
+                if track is not packed[0]:
+                    clip = track if isinstance(track, PacketTrack) and track.clip.codec == name else None
+                    packed = (track, clip, clip_payloads(clip.clip) if clip is not None else None)
+                _, clip, payloads = packed
+                if clip is not None and payloads is not None:
+                    # the clip's frames packetized once, what aiortc's pack would give (``ClipPayloads``)
+                    index, pts = await clip.next_frame()
                     if s._enabled:
-                        self.frame(clip_payloads(track.clip).frame(index, picture_id), pts, codec.payloadType)
-                        picture_id = (picture_id + 1) & 0x7FFF
+                        self.frame(payloads.frame(index, self._picture_id(codec)), pts, codec.payloadType)
                     continue
                 encoded = await s._next_encoded_frame(codec)
                 if encoded is not None:
@@ -345,8 +365,8 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
             return
         try:
             packet = parse_rtp(srtp.unprotect(data))
-        except pylibsrtp.Error:
-            packet = None  # as aiortc: an SRTP failure drops the packet
+        except (pylibsrtp.Error, ValueError):
+            packet = None  # as aiortc: an SRTP failure drops the packet (ValueError: longer than SRTP's buffer)
         if packet is None:
             return
         handle.taken += 1  # type: ignore[attr-defined]

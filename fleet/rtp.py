@@ -12,8 +12,10 @@ cheaply, needs the packets themselves:
   is decoded unless the caller decodes it, and with ``bandwidth_feedback=False``
   no REMB is computed or sent; with both, aiortc's jitter buffer and depayloader are
   skipped too (``fleet.leanrtp.lean_receive``: reports and NACKs still go out).
-- ``PacketTrack`` sends pre-encoded frames (``av.Packet``): aiortc packetizes
-  them without encoding (and ignores keyframe requests on that path).
+- ``PacketTrack`` (fleet.media) sends pre-encoded frames: aiortc packetizes them
+  without encoding, and the lean sender (``fleet.leanrtp``) sends its clip as
+  packetized once per process; a keyframe request moves it to the clip's next
+  keyframe.
 
 VP8 (RFC 7741) and H.264 (RFC 6184: single NAL unit, STAP-A and FU-A
 packets, packetization-mode 1) are reassembled; an H.264 frame comes out as

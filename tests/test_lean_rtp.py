@@ -96,13 +96,17 @@ def srtp_session(direction: int) -> pylibsrtp.Session:
 @given(sizes=st.lists(st.integers(0, 1300), min_size=1, max_size=20), seq0=st.integers(0, 0xFFFF))
 def test_srtp_calls_protect_and_unprotect_as_pylibsrtp_does(sizes, seq0) -> None:
     """The same packets through SrtpCalls and through pylibsrtp's own wrapper, on sessions keyed alike: the same
-    bytes out, unprotected back to the packets; a tampered packet is refused with pylibsrtp's error."""
+    bytes out, unprotected back to the packets; a tampered packet is refused with pylibsrtp's error. Between
+    packets, the wrapper protects an RTCP report on the very session SrtpCalls uses (as aiortc does with its
+    own sender reports): neither disturbs the other."""
     ours_tx, theirs_tx = SrtpCalls(srtp_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)), srtp_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
     ours_rx = SrtpCalls(srtp_session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
     for k, size in enumerate(sizes):
         plain = struct.pack("!BBHII", 0x80, 96, (seq0 + k) & 0xFFFF, 1000 * k, 1234) + bytes((k + i) % 251 for i in range(size))
         protected = ours_tx.protect(plain)
         assert protected == theirs_tx.protect(plain) and protected != plain
+        report = struct.pack("!BBHI", 0x80, 200, 6, 1234) + bytes(20)   # a sender report's header and body
+        assert ours_tx.session.protect_rtcp(report) == theirs_tx.protect_rtcp(report)
         assert ours_rx.unprotect(protected) == plain
     with pytest.raises(pylibsrtp.Error):
         ours_rx.unprotect(protected[:-1] + bytes([protected[-1] ^ 1]))

@@ -265,20 +265,26 @@ def encoded_output(gop: int) -> tuple[ProbeSpec, list]:
     return s, frames
 
 
-def test_a_check_window_decodes_from_the_next_keyframe_not_the_gop_before_it():
-    """A check asked for mid-GOP (frame 40 of 30-frame GOPs) decodes nothing until the keyframe at 60, then
-    exactly the check_window_s after it: 15 frames, none of the 10 since the keyframe at 30, no PLI."""
+def check_watch(gop: int = 30):
+    """A watch past its calibration over a real 30-frame-GOP VP8 output, recording the indices it decodes."""
     from types import SimpleNamespace
 
-    s, frames = encoded_output(gop=30)
+    s, frames = encoded_output(gop=gop)
     w, events = watch(s, sent_track(s.clip, 0.0, 1), 0.0)
-    w.calibrating = False   # as after the alignment: decoding is back to windows
+    w.calibrating = False
     w.tap = SimpleNamespace(ssrc=1, codec="VP8", unsupported=None)
-    asked: list[float] = []
-    w._ask = lambda tap: asked.append(1.0)
     decoded: list[int] = []
     look = w.look_at
     w.look_at = lambda means, arrival, index: (decoded.append(index), look(means, arrival, index))
+    return w, events, frames, decoded
+
+
+def test_a_check_window_decodes_from_the_next_keyframe_not_the_gop_before_it():
+    """A check asked for mid-GOP (frame 40 of 30-frame GOPs) decodes nothing until the keyframe at 60, then
+    exactly the check_window_s after it: 15 frames, none of the 10 since the keyframe at 30, no PLI."""
+    w, events, frames, decoded = check_watch()
+    asked: list[float] = []
+    w._ask = lambda tap: asked.append(1.0)
     for n, f in enumerate(frames[:100]):
         if n == 40:
             w.check_window(now=f.arrival)
@@ -314,20 +320,6 @@ def test_a_check_window_with_no_keyframe_asks_for_one_then_is_given_up_as_missed
     assert asked == [76, 91, 106, 121, 136, 151, 166, 181, 196, 211, 226, 241, 256, 271, 286], asked
     assert w.decoded_frames == 0
     assert [k for k, _ in events] == ["check_window_missed"] and events[0][1]["waited_s"] > WINDOW_MAX_S
-
-
-def check_watch(gop: int = 30):
-    """A watch past its calibration over a real 30-frame-GOP VP8 output, recording the indices it decodes."""
-    from types import SimpleNamespace
-
-    s, frames = encoded_output(gop=gop)
-    w, events = watch(s, sent_track(s.clip, 0.0, 1), 0.0)
-    w.calibrating = False
-    w.tap = SimpleNamespace(ssrc=1, codec="VP8", unsupported=None)
-    decoded: list[int] = []
-    look = w.look_at
-    w.look_at = lambda means, arrival, index: (decoded.append(index), look(means, arrival, index))
-    return w, events, frames, decoded
 
 
 def test_a_check_waiting_for_a_keyframe_is_served_by_a_switch_window_that_opens_meanwhile():
@@ -378,3 +370,40 @@ def test_a_check_waiting_when_the_session_subscribes_again_is_dropped():
     for f in frames[1:59]:
         w.on_frame(f)
     assert w.decoded_frames == 0 and events == []
+
+
+def test_a_check_does_not_open_with_a_window_that_cannot_decode_yet():
+    """A switch window (frames 5 to 9, from the kept keyframe at 0) ends mid-GOP, so nothing is kept until the
+    keyframe at 30. A check asked at 12 waits; a second switch window (15 to 19) has nothing to decode from
+    (it asks for a keyframe), so the check goes on waiting and opens at the keyframe at 30: 15 frames decoded
+    there, not a window spent on frames that could not be decoded."""
+    w, events, frames, decoded = check_watch()
+    for n, f in enumerate(frames[:100]):
+        if n == 5:
+            w.switch_windows[0] = (f.arrival, frames[10].arrival)
+        if n == 12:
+            w.check_window(now=f.arrival)
+        if n == 15:
+            w.switch_windows[1] = (f.arrival, frames[20].arrival)
+        w.on_frame(f)
+    assert decoded == list(range(10)) + list(range(30, 45)), decoded
+    assert events == []
+
+
+def test_a_check_still_waiting_past_window_max_s_is_missed_even_if_a_keyframe_comes_then():
+    """The first frame past WINDOW_MAX_S (frame 301 at 30 fps) is a keyframe: the check was given up by then."""
+    from types import SimpleNamespace
+
+    from fleet.probe.output import WINDOW_MAX_S
+    from fleet.rtp import TapFrame
+
+    s, _ = encoded_output(gop=30)
+    w, events = watch(s, sent_track(s.clip, 0.0, 1), 0.0)
+    w.calibrating = False
+    w.tap = SimpleNamespace(ssrc=1, codec="VP8", unsupported=None)
+    assert (WINDOW_MAX_S, FPS) == (10.0, 30.0)
+    w.check_window(now=0.0)
+    for n in range(310):
+        w.on_frame(TapFrame(timestamp=3000 * n, first_arrival=n / FPS, arrival=n / FPS, data=b"\x00", packets=1,
+                            keyframe=n == 301, complete=True))
+    assert [k for k, _ in events] == ["check_window_missed"] and w.windows == [] and w.decoded_frames == 0

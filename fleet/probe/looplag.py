@@ -96,12 +96,13 @@ class LoopMonitor:
 
     async def _run(self) -> None:
         while True:
-            # time.monotonic(), not loop.time(): marks and frame stamps are monotonic, and uvloop's clock (the
-            # loop Ray runs async actors on) counts whole milliseconds
-            due = time.monotonic() + PERIOD_S
+            # the lag on the loop's own clock, the one its timers keep (uvloop, the loop Ray runs async actors
+            # on, counts whole milliseconds: its lag is too); when it woke on time.monotonic(), as marks and
+            # frame stamps are (asyncio's loop clock is that one)
+            due = self.loop.time() + PERIOD_S
             await asyncio.sleep(PERIOD_S)
+            lag = max(0.0, self.loop.time() - due)
             woke = time.monotonic()
-            lag = max(0.0, woke - due)
             self.ticks += 1
             self.lag_sum_s += lag
             if lag * 1000 >= RECORD_MS:

@@ -6,7 +6,8 @@ it decodes only inside short windows: until the latency alignment is found; arou
 until its effect is seen, from the last keyframe before the switch's second (the frames since it are
 kept); and ``check_window_s`` in every ``check_every_s``, from the next keyframe the output brings (a
 check has no moment to catch, so it waits for one rather than decoding the GOP before it), asked for
-with a PLI through ``ask_keyframe`` only when none came within ``CHECK_KEYFRAME_WAIT_S``. The
+with a PLI through ``ask_keyframe`` only when none came within ``CHECK_KEYFRAME_WAIT_S`` (or with any other
+window that decodes meanwhile). The
 per-session figures it leaves in the result (latency samples, per-second counts) are computed by pure
 functions (``rtp_latency`` in fleet.probe.latency, ``per_second`` in fleet.probe.timing).
 
@@ -125,14 +126,15 @@ class OutputWatch:
             self.check_due = now
 
     def _check_opens(self, f: TapFrame, decoding: bool) -> bool:
-        """Whether a waiting check window opens at ``f``: at once when another window decodes it (or the
-        decoder still runs), else on a complete keyframe. A check still waiting past WINDOW_MAX_S is given up
-        (missed); past CHECK_KEYFRAME_WAIT_S it asks for a keyframe."""
+        """Whether a waiting check window opens at ``f``: on a frame that gets decoded, because another window
+        decodes it (its decoder running, or starting from the kept GOP) or because it is a complete keyframe. A
+        check still waiting past WINDOW_MAX_S is given up (missed); past CHECK_KEYFRAME_WAIT_S it asks for a
+        keyframe."""
         due = self.check_due
         if due is None:
             return False
         waited = f.arrival - due
-        opens = decoding or self.decoder is not None
+        opens = decoding and (self.decoder is not None or bool(self.gop))
         if not opens and waited > WINDOW_MAX_S:
             self.check_due = None
             self.event("check_window_missed", waited_s=round(waited, 3))

@@ -36,7 +36,8 @@ class ProbeOptions:
     first_frame_timeout_s: float | None = None   # None: max(2 x max_startup_s, 20 s)
     http_timeout_s: float = 10.0
     status_every_s: float = 2.0
-    check_every_s: float = 5.0                   # a check_window_s decode window this often (from a keyframe)
+    check_every_s: float = 5.0                   # a check_window_s decode window this often (from a keyframe,
+                                                 # or with another decode window)
     decode: Literal["windows", "all"] = "windows"
     stall_fail_s: float = 5.0                    # output silent this long at the end: failed
     max_latency_s: float = 20.0
