@@ -30,8 +30,6 @@ from struct import Struct, pack
 from typing import Any
 
 import pylibsrtp
-from pylibsrtp._binding import ffi as srtp_ffi  # type: ignore[import-not-found]
-from pylibsrtp._binding import lib as srtp_lib
 from aiortc import RTCRtpReceiver, RTCRtpSender, clock
 from aiortc.codecs import get_encoder
 from aiortc.codecs.vpx import Vp8Encoder
@@ -40,9 +38,10 @@ from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, RtpPacket, unwrap_rtx, wrap_rtx
 
 import fleet.webrtc  # noqa: F401 - its import checks the private API used here
+from fleet.srtpcalls import SrtpCalls, srtp_calls
 from fleet.media import ClipPayloads, PacketTrack, clip_payloads
 
-__all__ = ["RtpView", "SrtpCalls", "lean_receive", "lean_sender", "parse_rtp", "srtp_calls"]
+__all__ = ["RtpView", "lean_receive", "lean_sender", "parse_rtp"]
 
 _RTP_HEADER = Struct("!BBHLL")
 _NTP_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
@@ -51,47 +50,6 @@ _NTP_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
 def _ntp_now() -> int:
     """The NTP time now, 32.32 fixed point (aiortc's clock.current_ntp_time, read without datetime)."""
     return int((time.time() + _NTP_OFFSET) * (1 << 32))
-
-
-class SrtpCalls:
-    """``protect`` and ``unprotect`` of one pylibsrtp ``Session`` (aiortc's, which also protects its RTCP), called
-    on the session's own C buffer without the wrapper's per-call checks and allocation: the same libsrtp calls on
-    the same state. A packet too long for the buffer goes through the wrapper, which refuses it."""
-
-    def __init__(self, session: pylibsrtp.Session) -> None:
-        self.session = session
-        self.srtp = session._srtp[0]
-        self.cdata, self.buffer = session._cdata, session._buffer
-        self.size = srtp_ffi.new("int *")
-        self.protect_max = len(self.buffer) - pylibsrtp.SRTP_MAX_TRAILER_LEN
-
-    def protect(self, data: bytes) -> bytes:
-        n = len(data)
-        if n > self.protect_max:
-            return self.session.protect(data)
-        return self._call(data, n, srtp_lib.srtp_protect)
-
-    def unprotect(self, data: bytes) -> bytes:
-        n = len(data)
-        if n > len(self.buffer):
-            return self.session.unprotect(data)
-        return self._call(data, n, srtp_lib.srtp_unprotect)
-
-    def _call(self, data: bytes, n: int, func: Any) -> bytes:
-        self.buffer[0:n] = data
-        self.size[0] = n
-        status = func(self.srtp, self.cdata, self.size)
-        if status != srtp_lib.srtp_err_status_ok:
-            raise pylibsrtp.Error(pylibsrtp.ERRORS[status])
-        out: bytes = self.buffer[0 : self.size[0]]
-        return out
-
-
-def srtp_calls(kept: SrtpCalls | None, session: pylibsrtp.Session | None) -> SrtpCalls | None:
-    """``kept`` while it is still for ``session`` (aiortc keys a transport's sessions once), else anew."""
-    if session is None:
-        return None
-    return kept if kept is not None and kept.session is session else SrtpCalls(session)
 
 
 def lean_sender(sender: RTCRtpSender) -> None:
@@ -143,16 +101,16 @@ class _LeanSender:
             raise RuntimeError("aiortc's abs-send-time extension is no longer 3 bytes in one place")
         return 0x90, low[: at[0]], low[at[0] + 3:], True
 
-    def send(self, data: bytes) -> None:
-        """SRTP-protect a packet and hand it to the ICE connection's nominated pair, as aiortc's transports do
-        through three coroutines."""
+    def route(self) -> tuple[Callable[[bytes], bytes], Callable[[bytes, Any], None], Any]:
+        """SRTP protection, the nominated ICE pair's ``sendto`` and its address: what aiortc's transports go
+        through per packet in three coroutines, resolved once per frame (its packets leave in one loop turn)."""
         dtls = self.sender.transport
         pair = dtls.transport._connection._nominated.get(1)
         if dtls.state != "connected" or pair is None:
             raise ConnectionError("cannot send RTP, not connected")
         self.srtp = srtp = srtp_calls(self.srtp, dtls._tx_srtp)
         assert srtp is not None  # keyed once DTLS is connected
-        pair.protocol.transport.sendto(srtp.protect(data), pair.remote_addr)
+        return srtp.protect, pair.protocol.transport.sendto, pair.remote_addr
 
     def frame(self, payloads: Sequence[bytes], rtp_timestamp: int, payload_type: int) -> None:
         """One frame's packets out, and the counters sender reports read."""
@@ -163,14 +121,15 @@ class _LeanSender:
             self.block = (mid, *self._extension_block(mid))
         _, head0, before, after, timed = self.block
         ext_block = before + ((_ntp_now() >> 14) & 0xFFFFFF).to_bytes(3, "big") + after if timed else before
-        last, octets = len(payloads) - 1, 0
+        protect, sendto, address = self.route()
+        last, octets, seq, ssrc, history = len(payloads) - 1, 0, self.seq, s._ssrc, self.history
         for i, payload in enumerate(payloads):
-            data = pack("!BBHLL", head0, payload_type | (0x80 if i == last else 0), self.seq, timestamp, s._ssrc)
+            data = _RTP_HEADER.pack(head0, payload_type | (0x80 if i == last else 0), seq, timestamp, ssrc)
             data += ext_block + payload
-            self.history[self.seq % RTP_HISTORY_SIZE] = data
-            self.send(data)
+            history[seq % RTP_HISTORY_SIZE] = data
+            sendto(protect(data), address)
             octets += len(payload)
-            self.seq = (self.seq + 1) & 0xFFFF
+            seq = self.seq = (seq + 1) & 0xFFFF
         setattr(s, _P + "ntp_timestamp", _ntp_now())
         setattr(s, _P + "rtp_timestamp", timestamp)
         setattr(s, _P + "octet_count", getattr(s, _P + "octet_count") + octets)
@@ -326,6 +285,15 @@ def _skip_stun(connection: Any, component: int, data_received: Callable[[bytes, 
     return True
 
 
+def _is_media(codecs: dict[int, Any], known: dict[int, bool], payload_type: int) -> bool:
+    """Whether ``payload_type`` is a negotiated media codec's, not RTX's; kept in ``known`` once negotiated."""
+    codec = codecs.get(payload_type)
+    if codec is None:
+        return False
+    known[payload_type] = codec.name.lower() != "rtx"
+    return known[payload_type]
+
+
 def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], None]) -> Callable[[Any], Awaitable[None]]:
     """The probe's receive path for a receiver aiortc decodes nothing for (a starved decoder, no bandwidth
     estimate): its depayloader and jitter buffer, whose frames would be thrown away, are skipped; every media
@@ -347,6 +315,7 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
     queued, original = connection._queue, connection.data_received
     nacks: set[asyncio.Task[None]] = set()
     ours: dict[int, int] = {}   # 0 -> the SSRC this path takes
+    media: dict[int, bool] = {}  # payload type -> a media codec's (not RTX), once negotiated
     direct: list[Any] = [False, None]  # whether the pair's datagrams come straight here; the SrtpCalls in use
 
     def nack(packet: Any) -> None:
@@ -358,9 +327,8 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
         if srtp is None or len(data) < 12 or not 127 < data[0] < 192 or 192 <= data[1] <= 223 or not queued.empty():
             original(data, component)  # DTLS, RTCP, SRTP not keyed yet, or older data still queued
             return
-        codec = codecs.get(data[1] & 0x7F)  # the RTP header is not encrypted
-        ssrc = int.from_bytes(data[8:12], "big")
-        if codec is None or codec.name.lower() == "rtx" or ssrc != ours.setdefault(0, ssrc):
+        pt, ssrc = data[1] & 0x7F, int.from_bytes(data[8:12], "big")  # the RTP header is not encrypted
+        if not (media[pt] if pt in media else _is_media(codecs, media, pt)) or ssrc != ours.setdefault(0, ssrc):
             original(data, component)
             return
         try:

@@ -33,7 +33,8 @@ from hypothesis import strategies as st
 
 from fleet.media import H264_PROFILE_LEVEL_ID, PacketTrack, clip_payloads, synthetic_clip
 from fleet.rtp import FrameTap, TapFrame
-from fleet.leanrtp import SrtpCalls, lean_sender, parse_rtp
+from fleet.srtpcalls import SrtpCalls
+from fleet.leanrtp import lean_sender, parse_rtp
 from fleet.webrtc import codecs_named, loopback_pair, tap_rtp
 
 MID_ID, ABS_SEND_TIME_ID = 1, 3
