@@ -253,7 +253,7 @@ def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, g
                "latency_error_ms_max": round(errors[-1], 3) if errors else None,
                "latency_samples": len(errors)}
     if window is None:
-        r["window"] = "the sessions never all flowed at once"
+        r["window"] = "the sessions never all flowed at once, or the worker ended inside the window"
     else:
         r.update(cpu_ms_per_session_s=round(1000 * window["tester_cpu_s"] / window["window_s"] / n, 2),
                  tester_load=round(window["tester_cpu_s"] / window["window_s"], 3),

@@ -329,7 +329,7 @@ def flowing(c, url: str, known: set[str]) -> tuple[int, int]:
 def steady_window(c, url: str, known: set[str], n: int, window_s: float, proc: subprocess.Popen,
                   gateway_pid: int) -> dict | None:
     """Both sides' CPU and the tester's PSS over the window in which all ``n`` sessions flow; None when they
-    never all flowed (or not for the whole window)."""
+    never all flowed, or the worker ended inside the window (its sessions ended before it closed)."""
     deadline = time.monotonic() + STEADY_TIMEOUT_S
     while True:
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -343,6 +343,8 @@ def steady_window(c, url: str, known: set[str], n: int, window_s: float, proc: s
     pss = pss_mb(tree)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(window_s)  # the window's length; it ends early if the worker does
+    if proc.poll() is not None:
+        return None  # the worker ended inside the window: its CPU cannot be read at the end (no /proc entry)
     tester1, gateway1, t1 = cpu_seconds(process_tree(proc.pid)), cpu_seconds([gateway_pid]), time.monotonic()
     still = flowing(c, url, known)[1]
     return {"window_s": t1 - t0, "tester_cpu_s": cpu_spent(tester0, tester1), "gateway_cpu_s": cpu_spent(gateway0, gateway1),
@@ -406,7 +408,8 @@ def _step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int, sh
          "fps_p10": round(fps[len(fps) // 10], 2), "latency_error_ms_p50": err50 and round(err50, 3),
          "outcomes": sorted({s["outcome"] for s in data["sessions"]})}
     if window is None:
-        return {**r, "ok": False, "saturated": "neither", "window": "the sessions never all flowed at once"}
+        return {**r, "ok": False, "saturated": "neither",
+                "window": "the sessions never all flowed at once, or the worker ended inside the window"}
     tester_load = window["tester_cpu_s"] / window["window_s"] / share   # of what it has: its share of its core
     gateway_load = window["gateway_cpu_s"] / window["window_s"]         # of its core
     sides = [name for name, load in (("tester", tester_load), ("gateway", gateway_load)) if load >= SATURATED]

@@ -14,6 +14,7 @@ leave out the media sent and received here; and aiortc's jitter buffer would sen
 when a hole stayed unrepaired for its whole 512-packet buffer (about 6 s of a probe's stream) or the
 sequence jumped back by 100 or more; the lean receiver sends none then: the probe asks for a keyframe when
 a decode window needs one, and a gateway that re-encodes its output (go-livepeer) starts a GOP every 2 s.
+A media datagram longer than SRTP's 1500-byte buffer is dropped here; aiortc would close its DTLS transport.
 
 The private attributes used here are checked on import by ``fleet.webrtc`` (``check_private_api``).
 """
@@ -122,18 +123,21 @@ class _LeanSender:
         _, head0, before, after, timed = self.block
         ext_block = before + ((_ntp_now() >> 14) & 0xFFFFFF).to_bytes(3, "big") + after if timed else before
         protect, sendto, address = self.route()
-        last, octets, seq, ssrc, history = len(payloads) - 1, 0, self.seq, s._ssrc, self.history
-        for i, payload in enumerate(payloads):
-            data = _RTP_HEADER.pack(head0, payload_type | (0x80 if i == last else 0), seq, timestamp, ssrc)
-            data += ext_block + payload
-            history[seq % RTP_HISTORY_SIZE] = data
-            sendto(protect(data), address)
-            octets += len(payload)
-            seq = self.seq = (seq + 1) & 0xFFFF
-        setattr(s, _P + "ntp_timestamp", _ntp_now())
-        setattr(s, _P + "rtp_timestamp", timestamp)
-        setattr(s, _P + "octet_count", getattr(s, _P + "octet_count") + octets)
-        setattr(s, _P + "packet_count", getattr(s, _P + "packet_count") + len(payloads))
+        last, octets, sent, seq, ssrc, history = len(payloads) - 1, 0, 0, self.seq, s._ssrc, self.history
+        try:
+            for i, payload in enumerate(payloads):
+                data = _RTP_HEADER.pack(head0, payload_type | (0x80 if i == last else 0), seq, timestamp, ssrc)
+                data += ext_block + payload
+                history[seq % RTP_HISTORY_SIZE] = data
+                sendto(protect(data), address)
+                octets, sent = octets + len(payload), sent + 1
+                seq = self.seq = (seq + 1) & 0xFFFF
+        finally:  # the packets that left, as aiortc counts them (its reports go on after a failed send)
+            if sent:
+                setattr(s, _P + "ntp_timestamp", _ntp_now())
+                setattr(s, _P + "rtp_timestamp", timestamp)
+                setattr(s, _P + "octet_count", getattr(s, _P + "octet_count") + octets)
+                setattr(s, _P + "packet_count", getattr(s, _P + "packet_count") + sent)
 
     def _picture_id(self, codec: Any) -> int:
         """VP8's next picture ID, from the sender's own encoder (made as aiortc makes it, with a random first
@@ -334,7 +338,7 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
         try:
             packet = parse_rtp(srtp.unprotect(data))
         except (pylibsrtp.Error, ValueError):
-            packet = None  # as aiortc: an SRTP failure drops the packet (ValueError: longer than SRTP's buffer)
+            packet = None  # an SRTP failure drops the packet, as aiortc; so does one longer than SRTP's buffer
         if packet is None:
             return
         handle.taken += 1  # type: ignore[attr-defined]

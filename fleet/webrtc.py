@@ -20,11 +20,13 @@ Three settings aiortc does not expose are made here, in one place:
 - **The selected candidate pair** (``selected_candidate_types``): aiortc's
   ``getStats`` has no ``candidate-pair``; aioice keeps the nominated pair.
 
-Every use of aiortc's and aioice's private API in the fleet is in this module and in ``fleet.leanrtp``
-(the probe's cheaper RTP data path: the sender's send loop, the receiver's RTP duties, the transports
-under them). Here, the receiver's internals the frame tap needs: ``request_keyframe``, ``tap_rtp``,
+Every use of aiortc's, aioice's and pylibsrtp's private API in the fleet is in this module, in
+``fleet.leanrtp`` (the probe's cheaper RTP data path: the sender's send loop, the receiver's RTP duties,
+the transports under them), ``fleet.srtpcalls`` (libsrtp on pylibsrtp's session buffer) and
+``fleet.media.ClipPayloads`` (aiortc's packetizers, called once per clip frame); all are checked here.
+Here, the receiver's internals the frame tap needs: ``request_keyframe``, ``tap_rtp``,
 ``receiver_codec``, ``starve_decoder``, ``drop_bandwidth_estimator``, ``timestamp_origin``; the ICE
-transport's aioice connection for ``selected_candidate_types``. pyproject.toml pins both
+transport's aioice connection for ``selected_candidate_types``. pyproject.toml pins the three
 packages with ``~=``; on import, this module checks that every private attribute it relies on
 exists and otherwise fails with an ImportError naming it and the installed versions.
 """
@@ -73,6 +75,7 @@ _SENDER_FIELDS = ("__rtp_history", "__rtp_header_extensions_map", "__rtp_started
 # instance attributes set in __init__: (class, name)
 _INSTANCE_FIELDS = ((RTCIceTransport, "_connection"), (aioice.ice.Connection, "_nominated"),
                     (aioice.ice.CandidatePair, "protocol"), (RTCRtpSender, "_enabled"), (pylibsrtp.Session, "_srtp"),
+                    (Vp8Encoder, "picture_id"),
                     (pylibsrtp.Session, "_cdata"), (pylibsrtp.Session, "_buffer"))
 
 

@@ -25,7 +25,7 @@ import av
 import pytest
 from aiortc import RTCRtpReceiver, clock
 from aiortc.codecs.h264 import H264Encoder
-from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.codecs.vpx import Vp8Encoder, VpxPayloadDescriptor
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
 from hypothesis import given, settings
@@ -257,6 +257,39 @@ def test_a_lean_sender_puts_on_the_wire_what_aiortc_would_and_answers_a_nack() -
 
 
 @pytest.mark.slow
+def test_a_lean_vp8_sender_puts_on_the_wire_what_aiortc_would_with_picture_ids_counting_up() -> None:
+    """VP8 on the wire: each frame's payloads are what aiortc's encoder packs for that frame and picture ID, and
+    the IDs count up by one a frame (modulo 2^15) from the first one sent."""
+    clip = synthetic_clip(160, 96, FPS, codec="vp8", gop=30)
+    track = PacketTrack(clip, max_frames=30)
+    packets: list[RtpPacket] = []
+
+    async def main() -> None:
+        def plain(receiver: RTCRtpReceiver) -> None:
+            async def record(packet: RtpPacket, arrival_time_ms: int) -> None:
+                packets.append(packet)
+                await original(packet, arrival_time_ms)
+
+            original = tap_rtp(receiver, record)
+
+        a, b, sender, _ = await loopback_pair(track, codecs_named("video", "VP8"), on_sender=lean_sender,
+                                              on_receiver=plain)
+        try:
+            await until(lambda: sum(1 for p in packets if p.marker and p.ssrc == sender._ssrc) >= 30, "every frame")
+        finally:
+            await close(a, b)
+        media = [p for p in packets if p.payload_type == packets[0].payload_type and p.ssrc == sender._ssrc]
+        frames: dict[int, list[bytes]] = {}
+        for p in media:
+            frames.setdefault(p.timestamp, []).append(p.payload)
+        assert len(frames) == 30
+        first_id = VpxPayloadDescriptor.parse(media[0].payload)[0].picture_id
+        for n, payloads in enumerate(frames.values()):  # in the order sent (loopback keeps it)
+            assert payloads == aiortc_pack(clip, n, (first_id + n) % (1 << 15)), n
+
+    asyncio.run(main())
+
+
 def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks(monkeypatch: pytest.MonkeyPatch) -> None:
     clip = synthetic_clip(160, 96, FPS, codec="h264", gop=30)
     parse_message = aioice.stun.parse_message

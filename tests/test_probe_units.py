@@ -378,6 +378,8 @@ def test_a_check_does_not_open_with_a_window_that_cannot_decode_yet():
     (it asks for a keyframe), so the check goes on waiting and opens at the keyframe at 30: 15 frames decoded
     there, not a window spent on frames that could not be decoded."""
     w, events, frames, decoded = check_watch()
+    asked: list[int] = []
+    w._ask = lambda tap: asked.append(len(w.arrivals) - 1)
     for n, f in enumerate(frames[:100]):
         if n == 5:
             w.switch_windows[0] = (f.arrival, frames[10].arrival)
@@ -387,7 +389,7 @@ def test_a_check_does_not_open_with_a_window_that_cannot_decode_yet():
             w.switch_windows[1] = (f.arrival, frames[20].arrival)
         w.on_frame(f)
     assert decoded == list(range(10)) + list(range(30, 45)), decoded
-    assert events == []
+    assert asked == [15] and events == []   # the second window asked for a keyframe, once in its half second
 
 
 def test_a_check_still_waiting_past_window_max_s_is_missed_even_if_a_keyframe_comes_then():

@@ -5,9 +5,9 @@ latency alignment against the input's brightness steps, black output and prompt 
 it decodes only inside short windows: until the latency alignment is found; around each prompt switch
 until its effect is seen, from the last keyframe before the switch's second (the frames since it are
 kept); and ``check_window_s`` in every ``check_every_s``, from the next keyframe the output brings (a
-check has no moment to catch, so it waits for one rather than decoding the GOP before it), asked for
-with a PLI through ``ask_keyframe`` only when none came within ``CHECK_KEYFRAME_WAIT_S`` (or with any other
-window that decodes meanwhile). The
+check has no moment to catch, so it waits for one rather than decoding the GOP before it, or opens with
+another window that decodes meanwhile); a keyframe is asked for with a PLI through ``ask_keyframe`` only
+when none came within ``CHECK_KEYFRAME_WAIT_S``. The
 per-session figures it leaves in the result (latency samples, per-second counts) are computed by pure
 functions (``rtp_latency`` in fleet.probe.latency, ``per_second`` in fleet.probe.timing).
 
@@ -126,8 +126,9 @@ class OutputWatch:
             self.check_due = now
 
     def _check_opens(self, f: TapFrame, decoding: bool) -> bool:
-        """Whether a waiting check window opens at ``f``: on a frame that gets decoded, because another window
-        decodes it (its decoder running, or starting from the kept GOP) or because it is a complete keyframe. A
+        """Whether a waiting check window opens at ``f``: on a frame that can be decoded, because another window
+        decodes it (its decoder running, or starting from the kept GOP) or because it is a complete keyframe (a
+        frame or a kept one found incomplete then resets the decoder, which asks for a keyframe). A
         check still waiting past WINDOW_MAX_S is given up (missed); past CHECK_KEYFRAME_WAIT_S it asks for a
         keyframe."""
         due = self.check_due
