@@ -38,9 +38,9 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, RtpPacket, unwrap_rtx, wrap_rtx
 
-import fleet.webrtc  # noqa: F401 - its import checks the private API used here
-from fleet.srtpcalls import SrtpCalls, srtp_calls
 from fleet.media import ClipPayloads, PacketTrack, clip_payloads
+from fleet.srtpcalls import SrtpCalls, srtp_calls
+from fleet.webrtc import payload_kind  # its import also checks the private API used here
 
 __all__ = ["RtpView", "lean_receive", "lean_sender", "parse_rtp"]
 
@@ -289,15 +289,6 @@ def _skip_stun(connection: Any, component: int, data_received: Callable[[bytes, 
     return True
 
 
-def _is_media(codecs: dict[int, Any], known: dict[int, bool], payload_type: int) -> bool:
-    """Whether ``payload_type`` is a negotiated media codec's, not RTX's; kept in ``known`` once negotiated."""
-    codec = codecs.get(payload_type)
-    if codec is None:
-        return False
-    known[payload_type] = codec.name.lower() != "rtx"
-    return known[payload_type]
-
-
 def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], None]) -> Callable[[Any], Awaitable[None]]:
     """The probe's receive path for a receiver aiortc decodes nothing for (a starved decoder, no bandwidth
     estimate): its depayloader and jitter buffer, whose frames would be thrown away, are skipped; every media
@@ -312,14 +303,13 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
     aiortc's own path; the handler returned (its ``taken``: the packets the lean path took) is what
     ``tap_rtp``'s handler awaits for those."""
     duties = _receiver_duties(receiver)
-    codecs: dict[int, Any] = getattr(receiver, "_RTCRtpReceiver__codecs")  # noqa: B009 - a private name
     generator = getattr(receiver, "_RTCRtpReceiver__nack_generator")  # noqa: B009
     dtls = receiver.transport
     connection = dtls.transport._connection
     queued, original = connection._queue, connection.data_received
     nacks: set[asyncio.Task[None]] = set()
     ours: dict[int, int] = {}   # 0 -> the SSRC this path takes
-    media: dict[int, bool] = {}  # payload type -> a media codec's (not RTX), once negotiated
+    kinds: dict[int, str | None] = {}  # payload type -> its media codec (None: RTX), once negotiated
     direct: list[Any] = [False, None]  # whether the pair's datagrams come straight here; the SrtpCalls in use
 
     def nack(packet: Any) -> None:
@@ -332,7 +322,7 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
             original(data, component)  # DTLS, RTCP, SRTP not keyed yet, or older data still queued
             return
         pt, ssrc = data[1] & 0x7F, int.from_bytes(data[8:12], "big")  # the RTP header is not encrypted
-        if not (media[pt] if pt in media else _is_media(codecs, media, pt)) or ssrc != ours.setdefault(0, ssrc):
+        if payload_kind(receiver, kinds, pt) is None or ssrc != ours.setdefault(0, ssrc):
             original(data, component)
             return
         try:

@@ -23,8 +23,8 @@ import math
 import random
 import time
 from dataclasses import dataclass
-from struct import Struct
 from pathlib import Path
+from struct import Struct
 from typing import Any
 
 import av

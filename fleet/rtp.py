@@ -35,7 +35,7 @@ from aiortc import RTCRtpReceiver
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
 from fleet.leanrtp import lean_receive
-from fleet.webrtc import drop_bandwidth_estimator, receiver_codec, starve_decoder, tap_rtp
+from fleet.webrtc import drop_bandwidth_estimator, payload_kind, starve_decoder, tap_rtp
 
 __all__ = ["FrameTap", "TapFrame", "H264Depacketizer", "annexb_nal_types", "h264_is_keyframe",
            "unwrap16", "unwrap32", "vp8_is_keyframe"]
@@ -197,16 +197,6 @@ class FrameTap:
         # nothing decoded by aiortc and no bandwidth estimate: its handler would assemble frames only to drop them
         self._lean = lean_receive(receiver, self.packet) if not decode and not bandwidth_feedback else None
 
-    def _kind(self, payload_type: int) -> str | None:
-        """'VP8', another codec's name, or None (unknown / retransmission); cached per payload type."""
-        kind = self._kinds.get(payload_type, "")
-        if kind == "":
-            codec = receiver_codec(self.receiver, payload_type)
-            kind = None if codec is None or codec.name.lower() == "rtx" else codec.name
-            if codec is not None:  # codecs are known once negotiated; do not cache "unknown" before that
-                self._kinds[payload_type] = kind
-        return kind
-
     async def _handle(self, packet: Any, arrival_time_ms: int) -> None:
         self.packet(packet, time.monotonic())
         if self._lean is not None:
@@ -225,7 +215,7 @@ class FrameTap:
         return max(0, self.packets_expected - self.packets)
 
     def packet(self, packet: Any, now: float) -> None:
-        kind = self._kind(packet.payload_type)
+        kind = payload_kind(self.receiver, self._kinds, packet.payload_type)
         if kind is None:
             return  # retransmissions are left to aiortc
         if kind not in ("VP8", "H264"):

@@ -51,7 +51,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 __all__ = ["LOOPBACK", "IceServer", "accept_rsa_peers", "codecs_named", "drop_bandwidth_estimator",
            "ice_link_headers", "loopback_pair", "new_peer_connection", "on_keyframe_request",
-           "parse_ice_links", "receiver_codec", "request_keyframe", "selected_candidate_types",
+           "parse_ice_links", "payload_kind", "receiver_codec", "request_keyframe", "selected_candidate_types",
            "set_ice_failed_timeout", "starve_decoder", "tap_rtp", "timestamp_origin", "use_host_addresses"]
 
 LOOPBACK = ("127.0.0.1",)
@@ -181,6 +181,18 @@ def tap_rtp(receiver: RTCRtpReceiver, handler: Callable[[Any, int], Awaitable[No
 def receiver_codec(receiver: RTCRtpReceiver, payload_type: int) -> Any:
     """The negotiated codec for a payload type, or None before negotiation / when unknown."""
     return receiver._RTCRtpReceiver__codecs.get(payload_type)  # type: ignore[attr-defined]
+
+
+def payload_kind(receiver: RTCRtpReceiver, known: dict[int, str | None], payload_type: int) -> str | None:
+    """The media codec's name ('VP8', 'H264', ...) for a payload type, or None (unknown, or RTX); kept in
+    ``known`` once negotiated (an unknown type is not kept: codecs are known once negotiation ends)."""
+    if payload_type in known:
+        return known[payload_type]
+    codec = receiver_codec(receiver, payload_type)
+    if codec is None:
+        return None
+    known[payload_type] = None if codec.name.lower() == "rtx" else codec.name
+    return known[payload_type]
 
 
 def starve_decoder(receiver: RTCRtpReceiver, queue: Any) -> None:
