@@ -21,7 +21,15 @@ each a lean sender (``fleet.leanrtp``) sending the clip to a lean receiver's fra
 gateway, no session logic and no decoding; their CPU ms per pair-second (sending and receiving, what a probe
 session's RTP costs) is printed beside the probe's, as a share of it.
 
-    python bench/probe_profile.py [--n 40] [--duration 12] [--codec h264|vp8] [--profile [PSTATS_PATH]] [--floor]
+``--parts`` splits both figures by leaving one part out per run, each run otherwise the same (the pairs: five
+runs in all, the probe: three; about seven times as long as one run). The pairs leave out, over the measured
+span, the receive side's work, then the packets, then the frame timers: what each saved splits the floor into
+the connections' upkeep (ICE, DTLS, RTCP), the frame timers, and the packets, of which the receive side's
+work in Python and the kernel's (system time). The probe leaves out, from the start, its decoding (the
+latency calibration and the check windows) and then its status reads: the probe's CPU is then the data path,
+decoding, status reads, and the rest (the frame bookkeeping, timing, the session's timers).
+
+    python bench/probe_profile.py [--n 40] [--duration 12] [--codec h264|vp8] [--profile [PSTATS_PATH]] [--floor | --parts]
 
 Prints a few lines and, last, one JSON object.
 """
@@ -109,6 +117,7 @@ def profile_breakdown(prof: cProfile.Profile) -> dict:
 async def sessions(url: str, n: int, duration: float, stagger: float, codec: str, profile: str) -> tuple[list[dict], dict | None]:
     from fleet.media import synthetic_clip
     from fleet.probe.session import ProbeOptions, ProbeSpec, PromptChange, new_http_client, run_probe
+    from fleet.probe.types import EVENT_PREFIX
 
     clip = synthetic_clip(SIZE, SIZE, FPS, codec=codec)
     client = new_http_client()
@@ -131,8 +140,10 @@ async def sessions(url: str, n: int, duration: float, stagger: float, codec: str
             ended += 1
             if prof is not None and ended == 1 and started == n:
                 prof.disable()
+        aligned = next((t for t, kind, _ in r.events if kind == EVENT_PREFIX + "latency_aligned"), None)
         return {"stream": r.stream_id, "outcome": r.outcome, "error": r.error_class, "fps": r.output_fps,
-                "received": r.frames_received, "latency_ms": r.g2g_latency_ms}
+                "received": r.frames_received, "latency_ms": r.g2g_latency_ms, "decoded": r.decoded_frames,
+                "calibrated_at_s": aligned}
 
     try:
         out = list(await asyncio.gather(*(one(i) for i in range(n))))
@@ -147,15 +158,61 @@ async def sessions(url: str, n: int, duration: float, stagger: float, codec: str
     return out, profile_breakdown(prof)
 
 
-async def bare_pairs(n: int, duration: float, codec: str, stagger: float) -> dict:
+def without(part: str) -> list[bool]:
+    """Patch this worker to leave out ``part`` once the flag returned is set. Of the lean data path (bare
+    pairs): "receive" (media datagrams dropped as they arrive: no SRTP, parsing, report duties or frame tap),
+    "packets" (frames paced but no packet built or sent), "pacing" (no frame timer at all). Of a probe
+    session: "decoding" (no frame decoded: no latency, no checks), "status" (no status read while the
+    session runs). Empty: nothing."""
+    import fleet.leanrtp as leanrtp
+    from fleet.media import PacketTrack
+    from fleet.probe import session
+    from fleet.probe.output import OutputWatch
+
+    flag = [False]
+    if part == "decoding":
+        decode = OutputWatch._decode
+        OutputWatch._decode = lambda self, *a: None if flag[0] else decode(self, *a)  # type: ignore[method-assign]
+    elif part == "status":
+        poll = session._Probe._poll_status
+
+        async def no_poll(self, client):
+            return None if flag[0] else await poll(self, client)
+        session._Probe._poll_status = no_poll  # type: ignore[method-assign]
+    elif part == "receive":
+        install = leanrtp._skip_stun
+
+        def skip_stun(connection, component, data_received):
+            def gated(data: bytes, c: int) -> None:
+                if not flag[0] or 192 <= data[1] <= 223:  # RTCP still handled
+                    data_received(data, c)
+            return install(connection, component, gated)
+        leanrtp._skip_stun = skip_stun
+    elif part == "packets":
+        frame = leanrtp._LeanSender.frame
+        leanrtp._LeanSender.frame = lambda self, *a: None if flag[0] else frame(self, *a)  # type: ignore[method-assign]
+    elif part == "pacing":
+        next_frame = PacketTrack.next_frame
+
+        async def paused(self):
+            if flag[0]:
+                await asyncio.get_running_loop().create_future()  # until the pair closes
+            return await next_frame(self)
+        PacketTrack.next_frame = paused  # type: ignore[method-assign]
+    return flag
+
+
+async def bare_pairs(n: int, duration: float, codec: str, stagger: float, part: str = "") -> dict:
     """N lean sender -> lean receiver pairs over loopback, started ``stagger`` seconds apart in all (as the
     probe's sessions are): the CPU of their steady state (from the moment every pair delivered a frame, for
-    ``duration`` less the stagger and a margin), per pair-second, and the frames received per pair-second."""
+    ``duration`` less the stagger and a margin), per pair-second, and the frames received per pair-second.
+    With ``part``, that part of the data path is left out over the measured span (``without``)."""
     from fleet.leanrtp import lean_sender
     from fleet.media import H264_PROFILE_LEVEL_ID, PacketTrack, synthetic_clip
     from fleet.rtp import FrameTap
     from fleet.webrtc import codecs_named, loopback_pair
 
+    leave_out = without(part)
     clip = synthetic_clip(SIZE, SIZE, FPS, codec=codec)
     named = codecs_named("video", "H264", profile_level_id=H264_PROFILE_LEVEL_ID) if codec == "h264" else codecs_named("video", "VP8")
     frames = [0] * n
@@ -182,13 +239,57 @@ async def bare_pairs(n: int, duration: float, codec: str, stagger: float) -> dic
                 raise SystemExit(f"{frames.count(0)} of {n} pairs delivered no frame in {PAIRS_FLOWING_S:.0f} s")
             await asyncio.sleep(0.05)
         measure_s = max(WINDOW_MIN_S, duration - stagger - WINDOW_MARGIN_S)
-        c0, f0, t0 = time.process_time(), sum(frames), time.monotonic()
+        leave_out[0] = bool(part)
+        c0, s0, f0, t0 = time.process_time(), os.times().system, sum(frames), time.monotonic()
         await asyncio.sleep(measure_s)  # the measured span itself, not a wait for anything
-        c1, f1, t1 = time.process_time(), sum(frames), time.monotonic()
+        c1, s1, f1, t1 = time.process_time(), os.times().system, sum(frames), time.monotonic()
     finally:
         for pc in pcs:
             await pc.close()
-    return {"cpu_ms_per_pair_s": round(1000 * (c1 - c0) / (t1 - t0) / n, 2), "fps": round((f1 - f0) / (t1 - t0) / n, 2)}
+    per_pair_s = 1000 / (t1 - t0) / n
+    return {"cpu_ms_per_pair_s": round((c1 - c0) * per_pair_s, 2), "kernel_ms_per_pair_s": round((s1 - s0) * per_pair_s, 2),
+            "fps": round((f1 - f0) / (t1 - t0) / n, 2)}
+
+
+def bare_pairs_run(args: argparse.Namespace, cpu: int, part: str = "") -> dict:
+    """``bare_pairs`` in a worker of its own pinned to ``cpu``, ``part`` left out (``without``)."""
+    stagger = min(STAGGER_MAX_S, args.n * STAGGER_PER_SESSION_S)
+    cmd = [sys.executable, __file__, "--worker", "--pairs", "--loop", args.loop, "--codec", args.codec, "--n", str(args.n),
+           "--duration", str(args.duration), "--cpu", str(cpu), "--stagger", str(stagger), "--without", part]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration * 4 + 120)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"pairs worker: no answer in {args.duration * 4 + 120:.0f} s") from None
+    if done.returncode != 0:
+        lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
+        raise SystemExit(f"pairs worker failed (exit {done.returncode}): {lines[-1]}")
+    out: dict = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def floor_parts(full: dict, without_part: dict[str, dict]) -> dict[str, float]:
+    """The bare pairs' CPU per pair-second split by what leaving each part out saved: the connections' upkeep
+    (ICE, DTLS, RTCP: what is left with no frame timer), the frame timers, the packets (both sides), and
+    within the packets, the receive side's work in Python and the kernel's share (system time)."""
+    cpu = {p: r["cpu_ms_per_pair_s"] for p, r in without_part.items()}
+    return {"upkeep": round(cpu["pacing"], 2),
+            "pacing": round(cpu["packets"] - cpu["pacing"], 2),
+            "packets": round(full["cpu_ms_per_pair_s"] - cpu["packets"], 2),
+            "of_which_receive_work": round(full["cpu_ms_per_pair_s"] - cpu["receive"], 2),
+            "of_which_kernel": round(full["kernel_ms_per_pair_s"] - without_part["packets"]["kernel_ms_per_pair_s"], 2)}
+
+
+def probe_parts(full: float, floor: float, without_part: dict[str, float | None]) -> dict[str, float | None]:
+    """The probe's CPU per session-second beyond the data path, split by what leaving each part out saved."""
+    parts = {p: None if v is None else round(full - v, 2) for p, v in without_part.items()}
+    known = [v for v in parts.values() if v is not None]
+    return {"data_path": floor, **parts,
+            "the_rest": round(full - floor - sum(known), 2) if len(known) == len(parts) else None}
+
+
+def median_or_none(values: list) -> float | None:
+    known = sorted(v for v in values if v is not None)
+    return known[len(known) // 2] if known else None
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -200,15 +301,17 @@ def worker(args: argparse.Namespace) -> None:
         import uvloop  # the loop Ray gives the fleet's runner (an async actor) when uvloop is installed
         uvloop.install()
     if args.pairs:
-        print(json.dumps(asyncio.run(bare_pairs(args.n, args.duration, args.codec, args.stagger))))
+        print(json.dumps(asyncio.run(bare_pairs(args.n, args.duration, args.codec, args.stagger, args.without))))
         return
+    without(args.without)[0] = True  # a probe's part is left out from the start
     out, prof = asyncio.run(sessions(args.url, args.n, args.duration, args.stagger, args.codec, args.profile))
     print(json.dumps({"sessions": out, "profile": prof}))
 
 
 # --- the driver ------------------------------------------------------------------------------
 
-def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, gateway_pid: int, loop: str) -> dict:
+def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, gateway_pid: int, loop: str,
+        part: str = "") -> dict:
     import httpx
 
     stagger = min(STAGGER_MAX_S, n * STAGGER_PER_SESSION_S)
@@ -216,7 +319,8 @@ def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, g
     with httpx.Client(timeout=30) as c:
         known = {s["name"] for s in c.get(f"{url}/debug/streams").json()["streams"]}
         cmd = [sys.executable, __file__, "--worker", "--loop", loop, "--codec", codec, "--url", url, "--n", str(n),
-               "--duration", str(duration), "--cpu", str(cpu), "--stagger", str(stagger)] + ["--profile", profile] * bool(profile)
+               "--duration", str(duration), "--cpu", str(cpu), "--stagger", str(stagger), "--without", part]
+        cmd += ["--profile", profile] * bool(profile)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             window = steady_window(c, url, known, n, window_s, proc, gateway_pid)
@@ -251,7 +355,10 @@ def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, g
                "fps_p50": round(fps[len(fps) // 2], 2), "fps_p10": round(fps[len(fps) // 10], 2),
                "latency_error_ms_p50": round(errors[len(errors) // 2], 3) if errors else None,
                "latency_error_ms_max": round(errors[-1], 3) if errors else None,
-               "latency_samples": len(errors)}
+               "latency_samples": len(errors),
+               # decoding per session: the latency calibration (every frame until aligned) and the check windows
+               "decoded_per_session_p50": sorted(s["decoded"] for s in data["sessions"])[n // 2],
+               "calibrated_at_s_p50": median_or_none([s["calibrated_at_s"] for s in data["sessions"]])}
     if window is None:
         r["window"] = "the sessions never all flowed at once, or the worker ended inside the window"
     else:
@@ -264,57 +371,44 @@ def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, g
     return r
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--url", help=argparse.SUPPRESS)
-    ap.add_argument("--cpu", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--stagger", type=float, default=2.0, help=argparse.SUPPRESS)
-    ap.add_argument("--n", type=int, default=40, help="concurrent probe sessions")
-    ap.add_argument("--duration", type=float, default=12.0, help="seconds per session")
-    ap.add_argument("--codec", choices=("h264", "vp8"), default="h264")
-    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
-                    help="the worker's event loop: uvloop (what Ray runs the fleet's runner on) or asyncio's own")
-    ap.add_argument("--pairs", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--floor", action="store_true",
-                    help="also run N bare lean sender->receiver pairs over loopback: the data path's own CPU")
-    ap.add_argument("--profile", nargs="?", const="-", default="",
-                    help="run the worker under cProfile and group its time; with a path, also dump the pstats there")
-    args = ap.parse_args()
-    if args.worker:
-        worker(args)
-        return
+def probe_run(args: argparse.Namespace, cpus: list[int], part: str = "") -> dict:
+    """The probe sessions against a fresh reference gateway (pinned to the last core; the worker to the first),
+    ``part`` left out (``without``)."""
     from fleet.gateway.process import GatewayProcess
 
-    cpus = sorted(os.sched_getaffinity(0))
-    tester_cpu, gateway_cpu = cpus[0], cpus[-1]
     with GatewayProcess(config=gateway_config()) as gw:
         assert gw.proc is not None and gw.url is not None
-        os.sched_setaffinity(gw.proc.pid, {gateway_cpu})
-        r = run(gw.url, args.codec, args.n, args.duration, tester_cpu, args.profile, gw.proc.pid, args.loop)
-    if args.floor:
-        stagger = min(STAGGER_MAX_S, args.n * STAGGER_PER_SESSION_S)
-        cmd = [sys.executable, __file__, "--worker", "--pairs", "--loop", args.loop, "--codec", args.codec, "--n", str(args.n),
-               "--duration", str(args.duration), "--cpu", str(tester_cpu), "--stagger", str(stagger)]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration * 4 + 120)
-        except subprocess.TimeoutExpired:
-            raise SystemExit(f"pairs worker: no answer in {args.duration * 4 + 120:.0f} s") from None
-        if done.returncode != 0:
-            lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
-            raise SystemExit(f"pairs worker failed (exit {done.returncode}): {lines[-1]}")
-        r["data_path_only"] = floor = json.loads(done.stdout.strip().splitlines()[-1])
-        if floor["fps"] < PAIRS_MIN_FPS:
-            floor["share_of_probe"] = None
-            floor["refused"] = f"the pairs ran at {floor['fps']} fps, under {PAIRS_MIN_FPS}: their core saturated"
-        elif r.get("cpu_ms_per_session_s"):
-            floor["share_of_probe"] = round(floor["cpu_ms_per_pair_s"] / r["cpu_ms_per_session_s"], 3)
+        os.sched_setaffinity(gw.proc.pid, {cpus[-1]})
+        return run(gw.url, args.codec, args.n, args.duration, cpus[0], "" if part else args.profile, gw.proc.pid,
+                   args.loop, part)
+
+
+def floor_run(args: argparse.Namespace, cpu: int, r: dict, parts: bool) -> dict:
+    """The bare pairs beside the probe's run ``r``; with ``parts``, three more runs that split their CPU."""
+    floor = bare_pairs_run(args, cpu)
+    if floor["fps"] < PAIRS_MIN_FPS:
+        floor["share_of_probe"] = None
+        floor["refused"] = f"the pairs ran at {floor['fps']} fps, under {PAIRS_MIN_FPS}: their core saturated"
+        return floor
+    if r.get("cpu_ms_per_session_s"):
+        floor["share_of_probe"] = round(floor["cpu_ms_per_pair_s"] / r["cpu_ms_per_session_s"], 3)
+    if parts:
+        floor["parts"] = floor_parts(floor, {p: bare_pairs_run(args, cpu, p) for p in ("receive", "packets", "pacing")})
+    return floor
+
+
+def report(r: dict) -> None:
     print(f"{r['codec']} n={r['n']}: {r.get('cpu_ms_per_session_s')} CPU ms per session-second, "
           f"latency error p50 {r['latency_error_ms_p50']} ms, fps p50 {r['fps_p50']}, delivered {r['delivered']}")
+    print(f"  per session: {r['decoded_per_session_p50']} frames decoded, latency calibrated at {r['calibrated_at_s_p50']} s (p50)")
     if "data_path_only" in r:
         f = r["data_path_only"]
-        print(f"data path alone ({args.n} bare pairs): {f['cpu_ms_per_pair_s']} CPU ms per pair-second at {f['fps']} fps, "
+        print(f"data path alone ({r['n']} bare pairs): {f['cpu_ms_per_pair_s']} CPU ms per pair-second at {f['fps']} fps, "
               f"{f.get('share_of_probe')} of the probe's" + (f" ({f['refused']})" if f.get("refused") else ""))
+        if "parts" in f:
+            print("  its parts: " + ", ".join(f"{k.replace('_', ' ')} {v} ms" for k, v in f["parts"].items()))
+    if "parts" in r:
+        print("the probe's parts: " + ", ".join(f"{k.replace('_', ' ')} {v} ms" for k, v in r["parts"].items()))
     if "profile" in r:
         for g, pct in r["profile"]["groups_pct"].items():
             print(f"  {g:24} {pct:5.1f} %")
@@ -324,6 +418,39 @@ def main() -> None:
             print(f"    {row['tottime_s']:8.3f} s  {row['group']:22} {row['fn']}")
     r["machine"] = f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_implementation()} {platform.python_version()}"
     print(json.dumps(r))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    ap.add_argument("--cpu", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--stagger", type=float, default=2.0, help=argparse.SUPPRESS)
+    ap.add_argument("--pairs", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--without", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=40, help="concurrent probe sessions")
+    ap.add_argument("--duration", type=float, default=12.0, help="seconds per session")
+    ap.add_argument("--codec", choices=("h264", "vp8"), default="h264")
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                    help="the worker's event loop: uvloop (what Ray runs the fleet's runner on) or asyncio's own")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run N bare lean sender->receiver pairs over loopback: the data path's own CPU")
+    ap.add_argument("--parts", action="store_true",
+                    help="--floor, and five more runs, each leaving one part out: the pairs' parts and the probe's")
+    ap.add_argument("--profile", nargs="?", const="-", default="",
+                    help="run the worker under cProfile and group its time; with a path, also dump the pstats there")
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    r = probe_run(args, cpus)
+    if args.floor or args.parts:
+        r["data_path_only"] = floor_run(args, cpus[0], r, args.parts)
+    if args.parts and r.get("cpu_ms_per_session_s") and "refused" not in r["data_path_only"]:
+        left_out = {p: probe_run(args, cpus, p).get("cpu_ms_per_session_s") for p in ("decoding", "status")}
+        r["parts"] = probe_parts(r["cpu_ms_per_session_s"], r["data_path_only"]["cpu_ms_per_pair_s"], left_out)
+    report(r)
 
 
 if __name__ == "__main__":

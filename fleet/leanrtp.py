@@ -35,7 +35,7 @@ from aiortc import RTCRtpReceiver, RTCRtpSender, clock
 from aiortc.codecs import get_encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, RtpPacket, unwrap_rtx, wrap_rtx
 
 from fleet.media import ClipPayloads, PacketTrack, clip_payloads
@@ -234,11 +234,11 @@ def parse_rtp(data: bytes) -> RtpView | None:
     return RtpView(b1 & 0x7F, b1 >> 7, seq, ts, ssrc, data[pos:end])
 
 
-def _receiver_duties(receiver: RTCRtpReceiver) -> Callable[[Any], Any]:
+def _receiver_duties(receiver: RTCRtpReceiver) -> Callable[..., Any]:
     """What aiortc's receiver must still do with a packet when nothing is decoded from its frames: keep the
     source active (its time read once per frame, at the marker: ``getSynchronizationSources`` looks 10 s back)
     and count the packet for receiver reports; returns whether packets are missing (a NACK is due) once the
-    packet is a media one (a retransmission unwrapped)."""
+    packet is a media one (a retransmission unwrapped; ``media``: the caller knows it is no retransmission)."""
     p = "_RTCRtpReceiver__"
     active: dict[int, Any] = getattr(receiver, p + "active_ssrc")
     codecs: dict[int, Any] = getattr(receiver, p + "codecs")
@@ -246,7 +246,7 @@ def _receiver_duties(receiver: RTCRtpReceiver) -> Callable[[Any], Any]:
     rtx_ssrc: dict[int, int] = getattr(receiver, p + "rtx_ssrc")
     nack = getattr(receiver, p + "nack_generator")
 
-    def duties(packet: Any) -> Any:
+    def duties(packet: Any, media: bool = False) -> Any:
         """The media packet to NACK against, or None."""
         if not receiver._enabled:
             return None
@@ -259,15 +259,25 @@ def _receiver_duties(receiver: RTCRtpReceiver) -> Callable[[Any], Any]:
         if stream is None:
             stream = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
         stream.add(packet)
-        if codec.name.lower() == "rtx":
+        if not media and codec.name.lower() == "rtx":
             original = rtx_ssrc.get(packet.ssrc)
             apt = codec.parameters.get("apt")
             if original is None or len(packet.payload) < 2 or not isinstance(apt, int) or apt not in codecs:
                 return None
             packet = unwrap_rtx(packet, payload_type=apt, ssrc=original)
-        return packet if nack is not None and nack.add(packet) else None
+        return packet if nack is not None and _nack_add(nack, packet) else None
 
     return duties
+
+
+def _nack_add(nack: NackGenerator, packet: Any) -> bool:
+    """``nack.add(packet)``: marks the packet received, returns whether packets are missing. The next packet in
+    order with none missing (most packets) moves the generator on as ``add`` would, without its calls."""
+    seq = packet.sequence_number
+    if not nack.missing and nack.max_seq is not None and seq == (nack.max_seq + 1) & 0xFFFF:
+        nack.max_seq = seq
+        return False
+    return nack.add(packet)
 
 
 def _skip_stun(connection: Any, component: int, data_received: Callable[[bytes, int], None]) -> bool:
@@ -312,17 +322,16 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
     kinds: dict[int, str | None] = {}  # payload type -> its media codec (None: RTX), once negotiated
     direct: list[Any] = [False, None]  # whether the pair's datagrams come straight here; the SrtpCalls in use
 
-    def nack(packet: Any) -> None:
-        nacks.add(task := asyncio.ensure_future(receiver._send_rtcp_nack(packet.ssrc, sorted(generator.missing))))
-        task.add_done_callback(nacks.discard)
-
     def data_received(data: bytes, component: int) -> None:
-        srtp = direct[1] = srtp_calls(direct[1], dtls._rx_srtp)
+        srtp = direct[1]
+        if srtp is None or srtp.session is not dtls._rx_srtp:
+            srtp = direct[1] = srtp_calls(srtp, dtls._rx_srtp)
         if srtp is None or len(data) < 12 or not 127 < data[0] < 192 or 192 <= data[1] <= 223 or not queued.empty():
             original(data, component)  # DTLS, RTCP, SRTP not keyed yet, or older data still queued
             return
         pt, ssrc = data[1] & 0x7F, int.from_bytes(data[8:12], "big")  # the RTP header is not encrypted
-        if payload_kind(receiver, kinds, pt) is None or ssrc != ours.setdefault(0, ssrc):
+        kind = kinds[pt] if pt in kinds else payload_kind(receiver, kinds, pt)
+        if kind is None or ssrc != ours.setdefault(0, ssrc):
             original(data, component)
             return
         try:
@@ -335,9 +344,10 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
         if not direct[0]:
             direct[0] = _skip_stun(connection, component, data_received)
         on_packet(packet, time.monotonic())
-        lost = duties(packet)
+        lost = duties(packet, True)
         if lost is not None:
-            nack(lost)
+            nacks.add(task := asyncio.ensure_future(receiver._send_rtcp_nack(lost.ssrc, sorted(generator.missing))))
+            task.add_done_callback(nacks.discard)
 
     connection.data_received = data_received  # type: ignore[method-assign]
 

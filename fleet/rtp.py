@@ -215,7 +215,8 @@ class FrameTap:
         return max(0, self.packets_expected - self.packets)
 
     def packet(self, packet: Any, now: float) -> None:
-        kind = payload_kind(self.receiver, self._kinds, packet.payload_type)
+        kinds, pt = self._kinds, packet.payload_type
+        kind = kinds[pt] if pt in kinds else payload_kind(self.receiver, kinds, pt)
         if kind is None:
             return  # retransmissions are left to aiortc
         if kind not in ("VP8", "H264"):

@@ -47,6 +47,7 @@ from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCIceTran
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcdtlstransport import RTCCertificate
+from aiortc.rtcrtpreceiver import NackGenerator
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 __all__ = ["LOOPBACK", "IceServer", "accept_rsa_peers", "codecs_named", "drop_bandwidth_estimator",
@@ -75,7 +76,7 @@ _SENDER_FIELDS = ("__rtp_history", "__rtp_header_extensions_map", "__rtp_started
 # instance attributes set in __init__: (class, name)
 _INSTANCE_FIELDS = ((RTCIceTransport, "_connection"), (aioice.ice.Connection, "_nominated"),
                     (aioice.ice.CandidatePair, "protocol"), (RTCRtpSender, "_enabled"), (pylibsrtp.Session, "_srtp"),
-                    (Vp8Encoder, "picture_id"),
+                    (Vp8Encoder, "picture_id"), (NackGenerator, "max_seq"), (NackGenerator, "missing"),
                     (pylibsrtp.Session, "_cdata"), (pylibsrtp.Session, "_buffer"))
 
 

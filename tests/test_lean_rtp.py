@@ -27,6 +27,7 @@ from aiortc import RTCRtpReceiver, clock
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder, VpxPayloadDescriptor
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtcrtpreceiver import NackGenerator
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,7 +35,7 @@ from hypothesis import strategies as st
 from fleet.media import H264_PROFILE_LEVEL_ID, PacketTrack, clip_payloads, synthetic_clip
 from fleet.rtp import FrameTap, TapFrame
 from fleet.srtpcalls import SrtpCalls
-from fleet.leanrtp import lean_sender, parse_rtp
+from fleet.leanrtp import _nack_add, lean_sender, parse_rtp
 from fleet.webrtc import codecs_named, loopback_pair, tap_rtp
 
 MID_ID, ABS_SEND_TIME_ID = 1, 3
@@ -145,6 +146,23 @@ def test_parse_rtp_reads_what_aiortc_serialized(pt, marker, seq, ts, ssrc, csrc,
                                   struct.pack("!BBHII", 0xA0, 96, 1, 2, 3) + b"\x01\x02\x20"])  # padding > payload
 def test_parse_rtp_refuses_what_is_not_an_rtp_packet(data: bytes) -> None:
     assert parse_rtp(data) is None
+
+
+# --- the NACK generator's fast path -------------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(start=st.integers(0, 0xFFFF),
+       steps=st.lists(st.one_of(st.just(1), st.integers(-40, 40), st.integers(-0x8000, 0x8000)), max_size=200))
+def test_the_nack_fast_path_leaves_the_generator_as_aiortcs_add_does(start: int, steps: list[int]) -> None:
+    """Packets in order (most), gaps, repeats, late ones and sequence wrap-arounds: after each, ``_nack_add``
+    answers and leaves the generator as aiortc's own ``NackGenerator.add`` does on a twin."""
+    ours, theirs = NackGenerator(), NackGenerator()
+    seq = start
+    for step in [0, *steps]:
+        seq = (seq + step) & 0xFFFF
+        packet = RtpPacket(sequence_number=seq)
+        assert _nack_add(ours, packet) == theirs.add(packet)
+        assert (ours.max_seq, ours.missing) == (theirs.max_seq, theirs.missing)
 
 
 # --- over real peer connections -----------------------------------------------------------------------------
