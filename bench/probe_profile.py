@@ -21,13 +21,16 @@ each a lean sender (``fleet.leanrtp``) sending the clip to a lean receiver's fra
 gateway, no session logic and no decoding; their CPU ms per pair-second (sending and receiving, what a probe
 session's RTP costs) is printed beside the probe's, as a share of it.
 
-``--parts`` splits both figures by leaving one part out per run, each run otherwise the same (the pairs: five
+``--parts`` splits both figures by leaving one part out per run, each run otherwise the same (the pairs: four
 runs in all, the probe: three; about seven times as long as one run). The pairs leave out, over the measured
 span, the receive side's work, then the packets, then the frame timers: what each saved splits the floor into
 the connections' upkeep (ICE, DTLS, RTCP), the frame timers, and the packets, of which the receive side's
-work in Python and the kernel's (system time). The probe leaves out, from the start, its decoding (the
-latency calibration and the check windows) and then its status reads: the probe's CPU is then the data path,
-decoding, status reads, and the rest (the frame bookkeeping, timing, the session's timers).
+work in Python and the kernel's (system time); leaving out the packets also leaves out the payloads' lookup
+(VP8: the picture ID put in each). The probe leaves out, from the start, its decoding (the latency calibration
+and the check windows; with nothing decoded, calibration keeps wanting frames until it gives up at 15 s, at
+no cost beyond the calls) and then its status reads: the probe's CPU is then the data path, decoding, status
+reads, and the rest (the frame bookkeeping, timing, the session's timers). Each part is the difference of two
+single runs, so it carries both runs' spread (about 10 % of each).
 
     python bench/probe_profile.py [--n 40] [--duration 12] [--codec h264|vp8] [--profile [PSTATS_PATH]] [--floor | --parts]
 
@@ -140,7 +143,8 @@ async def sessions(url: str, n: int, duration: float, stagger: float, codec: str
             ended += 1
             if prof is not None and ended == 1 and started == n:
                 prof.disable()
-        aligned = next((t for t, kind, _ in r.events if kind == EVENT_PREFIX + "latency_aligned"), None)
+        aligned = next((t for t, kind, data in r.events if kind == EVENT_PREFIX + "latency_aligned" and data.get("exact")),
+                       None)  # not when calibration gave up
         return {"stream": r.stream_id, "outcome": r.outcome, "error": r.error_class, "fps": r.output_fps,
                 "received": r.frames_received, "latency_ms": r.g2g_latency_ms, "decoded": r.decoded_frames,
                 "calibrated_at_s": aligned}
@@ -165,7 +169,7 @@ def without(part: str) -> list[bool]:
     session: "decoding" (no frame decoded: no latency, no checks), "status" (no status read while the
     session runs). Empty: nothing."""
     import fleet.leanrtp as leanrtp
-    from fleet.media import PacketTrack
+    from fleet.media import ClipPayloads, PacketTrack
     from fleet.probe import session
     from fleet.probe.output import OutputWatch
 
@@ -188,9 +192,11 @@ def without(part: str) -> list[bool]:
                     data_received(data, c)
             return install(connection, component, gated)
         leanrtp._skip_stun = skip_stun
-    elif part == "packets":
-        frame = leanrtp._LeanSender.frame
+    elif part == "packets":  # the frame's payloads (VP8: a picture ID put in each), their headers, SRTP, sending
+        frame, payloads, picture_id = leanrtp._LeanSender.frame, ClipPayloads.frame, leanrtp._LeanSender._picture_id
         leanrtp._LeanSender.frame = lambda self, *a: None if flag[0] else frame(self, *a)  # type: ignore[method-assign]
+        ClipPayloads.frame = lambda self, *a: () if flag[0] else payloads(self, *a)  # type: ignore[method-assign]
+        leanrtp._LeanSender._picture_id = lambda self, *a: 0 if flag[0] else picture_id(self, *a)  # type: ignore[method-assign]
     elif part == "pacing":
         next_frame = PacketTrack.next_frame
 
@@ -288,6 +294,7 @@ def probe_parts(full: float, floor: float, without_part: dict[str, float | None]
 
 
 def median_or_none(values: list) -> float | None:
+    """The median of the values that are not None (the upper one of an even count); None when there are none."""
     known = sorted(v for v in values if v is not None)
     return known[len(known) // 2] if known else None
 
@@ -400,13 +407,16 @@ def floor_run(args: argparse.Namespace, cpu: int, r: dict, parts: bool) -> dict:
 def report(r: dict) -> None:
     print(f"{r['codec']} n={r['n']}: {r.get('cpu_ms_per_session_s')} CPU ms per session-second, "
           f"latency error p50 {r['latency_error_ms_p50']} ms, fps p50 {r['fps_p50']}, delivered {r['delivered']}")
-    print(f"  per session: {r['decoded_per_session_p50']} frames decoded, latency calibrated at {r['calibrated_at_s_p50']} s (p50)")
+    print(f"  per session: {r['decoded_per_session_p50']} frames decoded, latency aligned {r['calibrated_at_s_p50']} s "
+          "after its start (p50 of exact alignments)")
     if "data_path_only" in r:
         f = r["data_path_only"]
         print(f"data path alone ({r['n']} bare pairs): {f['cpu_ms_per_pair_s']} CPU ms per pair-second at {f['fps']} fps, "
               f"{f.get('share_of_probe')} of the probe's" + (f" ({f['refused']})" if f.get("refused") else ""))
         if "parts" in f:
             print("  its parts: " + ", ".join(f"{k.replace('_', ' ')} {v} ms" for k, v in f["parts"].items()))
+    if "parts_refused" in r:
+        print(f"the probe's parts: not measured ({r['parts_refused']})")
     if "parts" in r:
         print("the probe's parts: " + ", ".join(f"{k.replace('_', ' ')} {v} ms" for k, v in r["parts"].items()))
     if "profile" in r:
@@ -443,11 +453,17 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    if args.parts and args.profile:
+        ap.error("--parts compares CPU figures and --profile roughly doubles them: use one at a time")
     cpus = sorted(os.sched_getaffinity(0))
     r = probe_run(args, cpus)
     if args.floor or args.parts:
         r["data_path_only"] = floor_run(args, cpus[0], r, args.parts)
-    if args.parts and r.get("cpu_ms_per_session_s") and "refused" not in r["data_path_only"]:
+    if args.parts and not r.get("cpu_ms_per_session_s"):
+        r["parts_refused"] = "the probe's run gave no CPU figure (no steady window)"
+    elif args.parts and "refused" in r["data_path_only"]:
+        r["parts_refused"] = "the bare pairs' run was refused"
+    elif args.parts:
         left_out = {p: probe_run(args, cpus, p).get("cpu_ms_per_session_s") for p in ("decoding", "status")}
         r["parts"] = probe_parts(r["cpu_ms_per_session_s"], r["data_path_only"]["cpu_ms_per_pair_s"], left_out)
     report(r)

@@ -9,9 +9,10 @@ SRTP, history, counters), and those datagrams are handed to the receiving ICE pa
 CPU of each read with ``time.process_time``. Neither figure holds the system calls or the event loop's
 callback per datagram (``probe_profile.py --floor`` measures those with the rest).
 
-As a yardstick from the same run, the same RTP packets (kept from one more round) go through aiortc's own
-per-packet steps: ``RtpPacket`` parse and serialize with its header extensions, and protect and unprotect by
-pylibsrtp ``Session``s of the SRTP profile the pair negotiated. The lean sides are reported in µs per packet
+As a yardstick from the same run, the same RTP packets (kept from one more round, built as aiortc's
+``RtpPacket``s before the timing) go through aiortc's own per-packet steps: serialize with its header
+extensions and protect; unprotect and parse; pylibsrtp ``Session``s of the SRTP profile the pair negotiated,
+best of the same number of rounds. The lean sides are reported in µs per packet
 and as multiples of that yardstick.
 
     python bench/rtp_path.py [--codec h264|vp8] [--frames 3000] [--repeat 5]
@@ -35,6 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 SIZE, FPS = 512, 30
 FLOWING_S = 20.0    # the pair delivers its first frames within this
+FLOWING_FRAMES = 10  # frames the live pair delivers before the measured rounds
+DRAIN_S = 0.2       # after the live sender pauses, for the datagrams already sent to be read
+TAKEN_MIN = 0.99    # the frame tap must take this share of the frames sent, or the receive side was not measured
 
 
 async def measure(codec: str, frames: int, repeat: int) -> dict:
@@ -53,21 +57,28 @@ async def measure(codec: str, frames: int, repeat: int) -> dict:
         on_receiver=lambda r: taps.append(FrameTap(r, got.append, decode=False, bandwidth_feedback=False)))
     try:
         deadline = time.monotonic() + FLOWING_S
-        while len(got) < 10:
+        while len(got) < FLOWING_FRAMES:
             if time.monotonic() > deadline:
                 raise SystemExit(f"the loopback pair delivered {len(got)} frames in {FLOWING_S:.0f} s")
             await asyncio.sleep(0.05)
         sender._enabled = False  # the live send loop skips its frames from here on
-        await asyncio.sleep(0.2)  # datagrams already sent are read now; the measured rounds below hold the loop
+        await asyncio.sleep(DRAIN_S)  # datagrams already sent are read now; the measured rounds below hold the loop
         lean = sender._run_rtp.__self__
-        protect, _, address = lean.route()
+        real_route = lean.route
         captured: list[bytes] = []
         plain: list[bytes] = []
 
-        def protect_kept(data: bytes) -> bytes:  # the RTP packets kept for the yardstick (not measured)
-            plain.append(data)
-            return protect(data)
-        lean.route = lambda: (protect_kept if keep else protect, lambda data, _addr: captured.append(data), address)
+        def route():
+            """The sender's own route per frame (its checks, SRTP, address), the socket's sendto a list."""
+            protect, _, address = real_route()
+            if not keep:
+                return protect, lambda data, _addr: captured.append(data), address
+
+            def protect_kept(data: bytes) -> bytes:  # the RTP packets kept for the yardstick (not measured)
+                plain.append(data)
+                return protect(data)
+            return protect_kept, lambda data, _addr: captured.append(data), address
+        lean.route = route
         codecs = receiver._RTCRtpReceiver__codecs
         pt = next(p for p, c in codecs.items() if c.name.lower() == codec)
         payloads = clip_payloads(clip)
@@ -93,13 +104,12 @@ async def measure(codec: str, frames: int, repeat: int) -> dict:
             if not keep:
                 best_recv = min(best_recv, time.process_time() - t0)
         delivered = len(got) - received0
-        if delivered < (repeat + 1) * frames * 0.99:
+        if delivered < (repeat + 1) * frames * TAKEN_MIN:
             raise SystemExit(f"the frame tap took {delivered} of {(repeat + 1) * frames} frames: the receive side was not measured")
 
-        yard_send, yard_recv = yardstick(sender, plain)
+        yard_send, yard_recv = yardstick(sender, plain, repeat)
     finally:
-        await a.close()
-        await b.close()
+        await asyncio.gather(a.close(), b.close(), return_exceptions=True)
     us = 1e6 / n
     return {"codec": codec, "frames": frames, "packets": n, "repeat": repeat,
             "send_us_per_packet": round(best_send * us, 2), "receive_us_per_packet": round(best_recv * us, 2),
@@ -108,31 +118,35 @@ async def measure(codec: str, frames: int, repeat: int) -> dict:
             "machine": f"{platform.machine()} {os.cpu_count()} cpu, CPython {platform.python_version()}"}
 
 
-def yardstick(sender, plain: list[bytes]) -> tuple[float, float]:
-    """CPU seconds of aiortc's own per-packet steps on these RTP packets: parse and serialize with the sender's
-    header extensions, then protect; unprotect, then parse. Fresh SRTP sessions of the profile the sender's
-    DTLS transport negotiated."""
+def yardstick(sender, plain: list[bytes], repeat: int) -> tuple[float, float]:
+    """CPU seconds of aiortc's own per-packet steps on these RTP packets, best of ``repeat`` rounds: serialize
+    (with the sender's header extensions), then protect; unprotect, then parse. The packets are built before
+    the timing, and each round has fresh SRTP sessions of the profile the sender's DTLS transport negotiated."""
     import pylibsrtp
     from aiortc.rtcdtlstransport import SRTP_PROFILES
     from aiortc.rtp import HeaderExtensions, RtpPacket
 
     selected = sender.transport._ssl.get_selected_srtp_profile()
     profile = next(p for p in SRTP_PROFILES if p.openssl_profile == selected)
-    key = os.urandom(profile.key_length + profile.salt_length)
-    tx, rx = (pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=kind, srtp_profile=profile.libsrtp_profile))
-              for kind in (pylibsrtp.Policy.SSRC_ANY_OUTBOUND, pylibsrtp.Policy.SSRC_ANY_INBOUND))
     extensions = sender._RTCRtpSender__rtp_header_extensions_map
-    t0 = time.process_time()
-    protected = []
+    packets = []
     for d in plain:
         p = RtpPacket.parse(d, extensions)
         p.extensions = HeaderExtensions(mid=p.extensions.mid, abs_send_time=p.extensions.abs_send_time)
-        protected.append(tx.protect(p.serialize(extensions)))
-    send_s = time.process_time() - t0
-    t0 = time.process_time()
-    for d in protected:
-        RtpPacket.parse(rx.unprotect(d), extensions)
-    return send_s, time.process_time() - t0
+        packets.append(p)
+    best_send = best_recv = float("inf")
+    for _ in range(repeat):
+        key = os.urandom(profile.key_length + profile.salt_length)
+        tx, rx = (pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=kind, srtp_profile=profile.libsrtp_profile))
+                  for kind in (pylibsrtp.Policy.SSRC_ANY_OUTBOUND, pylibsrtp.Policy.SSRC_ANY_INBOUND))
+        t0 = time.process_time()
+        protected = [tx.protect(p.serialize(extensions)) for p in packets]
+        best_send = min(best_send, time.process_time() - t0)
+        t0 = time.process_time()
+        for d in protected:
+            RtpPacket.parse(rx.unprotect(d), extensions)
+        best_recv = min(best_recv, time.process_time() - t0)
+    return best_send, best_recv
 
 
 def main() -> None:
@@ -142,6 +156,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--cpu", type=int, default=0, help="the core this process is pinned to")
     args = ap.parse_args()
+    if args.repeat < 1 or args.frames < 1:
+        ap.error("--frames and --repeat must be at least 1")
     os.sched_setaffinity(0, {args.cpu})
     import uvloop
 
