@@ -47,6 +47,7 @@ import os
 import platform
 import pstats
 import subprocess
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -147,7 +148,7 @@ async def sessions(url: str, n: int, duration: float, stagger: float, codec: str
                        None)  # not when calibration gave up
         return {"stream": r.stream_id, "outcome": r.outcome, "error": r.error_class, "fps": r.output_fps,
                 "received": r.frames_received, "latency_ms": r.g2g_latency_ms, "decoded": r.decoded_frames,
-                "calibrated_at_s": aligned}
+                "latency_aligned_at_s": aligned}
 
     try:
         out = list(await asyncio.gather(*(one(i) for i in range(n))))
@@ -293,12 +294,6 @@ def probe_parts(full: float, floor: float, without_part: dict[str, float | None]
             "the_rest": round(full - floor - sum(known), 2) if len(known) == len(parts) else None}
 
 
-def median_or_none(values: list) -> float | None:
-    """The median of the values that are not None (the upper one of an even count); None when there are none."""
-    known = sorted(v for v in values if v is not None)
-    return known[len(known) // 2] if known else None
-
-
 def worker(args: argparse.Namespace) -> None:
     os.sched_setaffinity(0, {args.cpu})
     from fleet.webrtc import use_host_addresses
@@ -364,8 +359,9 @@ def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, g
                "latency_error_ms_max": round(errors[-1], 3) if errors else None,
                "latency_samples": len(errors),
                # decoding per session: the latency calibration (every frame until aligned) and the check windows
-               "decoded_per_session_p50": sorted(s["decoded"] for s in data["sessions"])[n // 2],
-               "calibrated_at_s_p50": median_or_none([s["calibrated_at_s"] for s in data["sessions"]])}
+               "decoded_per_session_p50": statistics.median_high(s["decoded"] for s in data["sessions"]),
+               "latency_aligned_at_s_p50": statistics.median_high(aligned) if (aligned := [
+                   s["latency_aligned_at_s"] for s in data["sessions"] if s["latency_aligned_at_s"] is not None]) else None}
     if window is None:
         r["window"] = "the sessions never all flowed at once, or the worker ended inside the window"
     else:
@@ -407,7 +403,7 @@ def floor_run(args: argparse.Namespace, cpu: int, r: dict, parts: bool) -> dict:
 def report(r: dict) -> None:
     print(f"{r['codec']} n={r['n']}: {r.get('cpu_ms_per_session_s')} CPU ms per session-second, "
           f"latency error p50 {r['latency_error_ms_p50']} ms, fps p50 {r['fps_p50']}, delivered {r['delivered']}")
-    print(f"  per session: {r['decoded_per_session_p50']} frames decoded, latency aligned {r['calibrated_at_s_p50']} s "
+    print(f"  per session: {r['decoded_per_session_p50']} frames decoded, latency aligned {r['latency_aligned_at_s_p50']} s "
           "after its start (p50 of exact alignments)")
     if "data_path_only" in r:
         f = r["data_path_only"]

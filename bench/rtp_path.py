@@ -50,11 +50,10 @@ async def measure(codec: str, frames: int, repeat: int) -> dict:
     use_host_addresses(["127.0.0.1"])
     clip = synthetic_clip(SIZE, SIZE, FPS, codec=codec)
     named = codecs_named("video", "H264", profile_level_id=H264_PROFILE_LEVEL_ID) if codec == "h264" else codecs_named("video", "VP8")
-    got: list = []
-    taps: list = []
+    got: list = []  # the frames the receiving tap hands over (the tap is kept by the receiver it hooks)
     a, b, sender, receiver = await loopback_pair(
         PacketTrack(clip), named, on_sender=lean_sender,
-        on_receiver=lambda r: taps.append(FrameTap(r, got.append, decode=False, bandwidth_feedback=False)))
+        on_receiver=lambda r: FrameTap(r, got.append, decode=False, bandwidth_feedback=False))
     try:
         deadline = time.monotonic() + FLOWING_S
         while len(got) < FLOWING_FRAMES:

@@ -40,7 +40,7 @@ from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, RtpPacket, unwrap_rtx
 
 from fleet.media import ClipPayloads, PacketTrack, clip_payloads
 from fleet.srtpcalls import SrtpCalls, srtp_calls
-from fleet.webrtc import payload_kind  # its import also checks the private API used here
+from fleet.webrtc import PayloadKinds  # its import also checks the private API used here
 
 __all__ = ["RtpView", "lean_receive", "lean_sender", "parse_rtp"]
 
@@ -319,7 +319,7 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
     queued, original = connection._queue, connection.data_received
     nacks: set[asyncio.Task[None]] = set()
     ours: dict[int, int] = {}   # 0 -> the SSRC this path takes
-    kinds: dict[int, str | None] = {}  # payload type -> its media codec (None: RTX), once negotiated
+    kinds = PayloadKinds(receiver)  # payload type -> its media codec (None: RTX or unknown)
     direct: list[Any] = [False, None]  # whether the pair's datagrams come straight here; the SrtpCalls in use
 
     def data_received(data: bytes, component: int) -> None:
@@ -330,8 +330,7 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
             original(data, component)  # DTLS, RTCP, SRTP not keyed yet, or older data still queued
             return
         pt, ssrc = data[1] & 0x7F, int.from_bytes(data[8:12], "big")  # the RTP header is not encrypted
-        kind = kinds[pt] if pt in kinds else payload_kind(receiver, kinds, pt)
-        if kind is None or ssrc != ours.setdefault(0, ssrc):
+        if kinds[pt] is None or ssrc != ours.setdefault(0, ssrc):
             original(data, component)
             return
         try:
@@ -344,7 +343,7 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
         if not direct[0]:
             direct[0] = _skip_stun(connection, component, data_received)
         on_packet(packet, time.monotonic())
-        lost = duties(packet, True)
+        lost = duties(packet, media=True)
         if lost is not None:
             nacks.add(task := asyncio.ensure_future(receiver._send_rtcp_nack(lost.ssrc, sorted(generator.missing))))
             task.add_done_callback(nacks.discard)

@@ -35,7 +35,7 @@ from aiortc import RTCRtpReceiver
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
 from fleet.leanrtp import lean_receive
-from fleet.webrtc import drop_bandwidth_estimator, payload_kind, starve_decoder, tap_rtp
+from fleet.webrtc import PayloadKinds, drop_bandwidth_estimator, starve_decoder, tap_rtp
 
 __all__ = ["FrameTap", "TapFrame", "H264Depacketizer", "annexb_nal_types", "h264_is_keyframe",
            "unwrap16", "unwrap32", "vp8_is_keyframe"]
@@ -186,7 +186,7 @@ class FrameTap:
         self._expect: int | None = None   # the sequence number after the last packet taken, across frames
         self._ended_on_marker = True      # the frame before ended on its marker (not cut by a new timestamp)
         self._seq_unwrapped: int | None = None
-        self._kinds: dict[int, str | None] = {}
+        self._kinds = PayloadKinds(receiver)
         self.codec: str | None = None      # "VP8" or "H264", once a packet of it arrived
         self._h264 = H264Depacketizer()
         if not decode:
@@ -215,8 +215,7 @@ class FrameTap:
         return max(0, self.packets_expected - self.packets)
 
     def packet(self, packet: Any, now: float) -> None:
-        kinds, pt = self._kinds, packet.payload_type
-        kind = kinds[pt] if pt in kinds else payload_kind(self.receiver, kinds, pt)
+        kind = self._kinds[packet.payload_type]
         if kind is None:
             return  # retransmissions are left to aiortc
         if kind not in ("VP8", "H264"):

@@ -50,9 +50,9 @@ from aiortc.rtcdtlstransport import RTCCertificate
 from aiortc.rtcrtpreceiver import NackGenerator
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-__all__ = ["LOOPBACK", "IceServer", "accept_rsa_peers", "codecs_named", "drop_bandwidth_estimator",
+__all__ = ["LOOPBACK", "IceServer", "PayloadKinds", "accept_rsa_peers", "codecs_named", "drop_bandwidth_estimator",
            "ice_link_headers", "loopback_pair", "new_peer_connection", "on_keyframe_request",
-           "parse_ice_links", "payload_kind", "receiver_codec", "request_keyframe", "selected_candidate_types",
+           "parse_ice_links", "receiver_codec", "request_keyframe", "selected_candidate_types",
            "set_ice_failed_timeout", "starve_decoder", "tap_rtp", "timestamp_origin", "use_host_addresses"]
 
 LOOPBACK = ("127.0.0.1",)
@@ -184,16 +184,21 @@ def receiver_codec(receiver: RTCRtpReceiver, payload_type: int) -> Any:
     return receiver._RTCRtpReceiver__codecs.get(payload_type)  # type: ignore[attr-defined]
 
 
-def payload_kind(receiver: RTCRtpReceiver, known: dict[int, str | None], payload_type: int) -> str | None:
-    """The media codec's name ('VP8', 'H264', ...) for a payload type, or None (unknown, or RTX); kept in
-    ``known`` once negotiated (an unknown type is not kept: codecs are known once negotiation ends)."""
-    if payload_type in known:
-        return known[payload_type]
-    codec = receiver_codec(receiver, payload_type)
-    if codec is None:
-        return None
-    known[payload_type] = None if codec.name.lower() == "rtx" else codec.name
-    return known[payload_type]
+class PayloadKinds(dict[int, str | None]):
+    """A receiver's payload types to their media codec's name ('VP8', 'H264', ...) or None (unknown, or RTX):
+    ``kinds[pt]``, a plain lookup per packet once the type is negotiated (kept then); a type not negotiated
+    (yet) is looked up again each time, not kept (codecs are known once negotiation ends)."""
+
+    def __init__(self, receiver: RTCRtpReceiver) -> None:
+        super().__init__()
+        self.receiver = receiver
+
+    def __missing__(self, payload_type: int) -> str | None:
+        codec = receiver_codec(self.receiver, payload_type)
+        if codec is None:
+            return None
+        kind = self[payload_type] = None if codec.name.lower() == "rtx" else codec.name
+        return kind
 
 
 def starve_decoder(receiver: RTCRtpReceiver, queue: Any) -> None:

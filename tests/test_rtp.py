@@ -23,9 +23,10 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from fleet.rtp import FrameTap, H264Depacketizer, TapFrame
+from fleet.webrtc import PayloadKinds
 
 SSRC = 0x1234ABCD
-H264_PT, VP8_PT, RTX_PT, VP9_PT = 96, 97, 98, 100
+H264_PT, VP8_PT, RTX_PT, VP9_PT, UNKNOWN_PT = 96, 97, 98, 100, 111
 FRAME = 3000  # RTP ticks of one frame at 30 fps on the 90 kHz video clock
 
 SC = b"\x00\x00\x00\x01"  # the Annex B start code the depacketizer writes before each NAL unit
@@ -60,6 +61,17 @@ def receiver() -> RTCRtpReceiver:
     for pt, mime in ((H264_PT, "video/H264"), (VP8_PT, "video/VP8"), (RTX_PT, "video/rtx"), (VP9_PT, "video/VP9")):
         codecs[pt] = RTCRtpCodecParameters(mimeType=mime, clockRate=90_000, payloadType=pt)
     return recv
+
+
+def test_payload_kinds_name_media_keep_negotiated_types_and_look_again_for_unknown_ones() -> None:
+    recv = receiver()
+    kinds = PayloadKinds(recv)
+    assert (kinds[H264_PT], kinds[VP8_PT], kinds[VP9_PT], kinds[RTX_PT], kinds[UNKNOWN_PT]) == \
+        ("H264", "VP8", "VP9", None, None)
+    assert dict(kinds) == {H264_PT: "H264", VP8_PT: "VP8", VP9_PT: "VP9", RTX_PT: None}  # the unknown one not kept
+    vars(recv)["_RTCRtpReceiver__codecs"][UNKNOWN_PT] = RTCRtpCodecParameters(
+        mimeType="video/VP8", clockRate=90_000, payloadType=UNKNOWN_PT)  # negotiated later
+    assert kinds[UNKNOWN_PT] == "VP8"
 
 
 class Tapped:
