@@ -39,6 +39,7 @@ from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, RtpPacket, unwrap_rtx, wrap_rtx
 
 from fleet.media import ClipPayloads, PacketTrack, clip_payloads
+from fleet.sockstamp import arrival_clock
 from fleet.srtpcalls import SrtpCalls, srtp_calls
 from fleet.webrtc import PayloadKinds  # its import also checks the private API used here
 
@@ -280,18 +281,20 @@ def _nack_add(nack: NackGenerator, packet: Any) -> bool:
     return nack.add(packet)
 
 
-def _skip_stun(connection: Any, component: int, data_received: Callable[[bytes, int], None]) -> bool:
+def _skip_stun(connection: Any, component: int, data_received: Callable[[bytes, int, float | None], None]) -> bool:
     """Hand the nominated pair's datagrams whose first byte says RTP or RTCP (128-191, RFC 7983 section 7)
-    straight to ``data_received``, without aioice's attempt to parse each as STUN first (a STUN message's first
-    byte is 0-3: the attempt fails for every one); False while no pair is nominated."""
+    straight to ``data_received``, with when each reached the socket (``fleet.sockstamp``; None where the
+    kernel cannot tell), without aioice's attempt to parse each as STUN first (a STUN message's first byte is
+    0-3: the attempt fails for every one); False while no pair is nominated."""
     pair = connection._nominated.get(component)
     if pair is None:
         return False
     parse_first = pair.protocol.datagram_received
+    arrival = arrival_clock(pair.protocol.transport)
 
     def datagram_received(data: bytes, addr: Any) -> None:
         if data and 127 < data[0] < 192:
-            data_received(data, component)
+            data_received(data, component, None if arrival is None else arrival())
         else:
             parse_first(data, addr)  # STUN (consent checks) and DTLS
 
@@ -299,19 +302,21 @@ def _skip_stun(connection: Any, component: int, data_received: Callable[[bytes, 
     return True
 
 
-def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], None]) -> Callable[[Any], Awaitable[None]]:
+def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float, bool], None]
+                 ) -> Callable[[Any], Awaitable[None]]:
     """The probe's receive path for a receiver aiortc decodes nothing for (a starved decoder, no bandwidth
     estimate): its depayloader and jitter buffer, whose frames would be thrown away, are skipped; every media
     packet is taken from the ICE connection as it arrives, SRTP-unprotected (``SrtpCalls``) and handed to
-    ``on_packet(packet, time.monotonic())`` at once, without the queue, the DTLS transport's loop and the
-    RtpPacket aiortc would build. The receiver still counts every packet for its receiver reports and NACKs
-    missing ones (the module's notes say what differs); once media flows, the nominated pair's datagrams come
-    here without aioice's STUN attempt (``_skip_stun``). The connection must carry this receiver's media alone
-    (the probe's egress connection has one transceiver, never bundled): the first media packet's SSRC is the
-    one taken; packets of any other, and those that are not the receiver's media (DTLS, RTCP, retransmissions,
-    other payload types), or that arrive before SRTP is keyed or while older data waits in aiortc's queue, take
-    aiortc's own path; the handler returned (its ``taken``: the packets the lean path took) is what
-    ``tap_rtp``'s handler awaits for those."""
+    ``on_packet(packet, arrival, exact)`` at once, without the queue, the DTLS transport's loop and the
+    RtpPacket aiortc would build (``arrival``: when it reached the socket, ``exact``, once the pair's datagrams
+    come here on a kernel that tells; else ``time.monotonic()``). The receiver still counts every packet for
+    its receiver reports and NACKs missing ones (the module's notes say what differs); once media flows, the
+    nominated pair's datagrams come here without aioice's STUN attempt (``_skip_stun``). The connection must
+    carry this receiver's media alone (the probe's egress connection has one transceiver, never bundled): the
+    first media packet's SSRC is the one taken; packets of any other, and those that are not the receiver's
+    media (DTLS, RTCP, retransmissions, other payload types), or that arrive before SRTP is keyed or while older
+    data waits in aiortc's queue, take aiortc's own path; the handler returned (its ``taken``: the packets the
+    lean path took) is what ``tap_rtp``'s handler awaits for those."""
     duties = _receiver_duties(receiver)
     generator = getattr(receiver, "_RTCRtpReceiver__nack_generator")  # noqa: B009
     dtls = receiver.transport
@@ -322,7 +327,7 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
     kinds = PayloadKinds(receiver)  # payload type -> its media codec (None: RTX or unknown)
     direct: list[Any] = [False, None]  # whether the pair's datagrams come straight here; the SrtpCalls in use
 
-    def data_received(data: bytes, component: int) -> None:
+    def data_received(data: bytes, component: int, arrival: float | None = None) -> None:
         srtp = direct[1]
         if srtp is None or srtp.session is not dtls._rx_srtp:
             srtp = direct[1] = srtp_calls(srtp, dtls._rx_srtp)
@@ -342,7 +347,7 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float], Non
         handle.taken += 1  # type: ignore[attr-defined]
         if not direct[0]:
             direct[0] = _skip_stun(connection, component, data_received)
-        on_packet(packet, time.monotonic())
+        on_packet(packet, time.monotonic() if arrival is None else arrival, arrival is not None)
         lost = duties(packet, media=True)
         if lost is not None:
             nacks.add(task := asyncio.ensure_future(receiver._send_rtcp_nack(lost.ssrc, sorted(generator.missing))))

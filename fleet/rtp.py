@@ -143,6 +143,8 @@ class TapFrame:
     packets: int
     keyframe: bool
     complete: bool        # no packet of it was missing
+    exact: bool = False   # ``arrival`` is when the last packet reached the socket (fleet.sockstamp), not when
+                          # the tester's event loop handled it (then late by any stall of that loop)
 
 
 class _StarvedQueue:
@@ -180,6 +182,7 @@ class FrameTap:
         self._cur_parts: list[bytes] = []
         self._cur_first = 0.0
         self._cur_last = 0.0
+        self._cur_exact = False           # whether _cur_last is a socket's stamp
         self._cur_count = 0
         self._cur_next_seq: int | None = None
         self._cur_ok = True
@@ -214,7 +217,7 @@ class FrameTap:
     def packets_lost(self) -> int:
         return max(0, self.packets_expected - self.packets)
 
-    def packet(self, packet: Any, now: float) -> None:
+    def packet(self, packet: Any, now: float, exact: bool = False) -> None:
         kind = self._kinds[packet.payload_type]
         if kind is None:
             return  # retransmissions are left to aiortc
@@ -264,7 +267,7 @@ class FrameTap:
         self._cur_next_seq = self._expect = (seq + 1) & 0xFFFF
         self._cur_parts.append(data)
         self._cur_count += 1
-        self._cur_last = now
+        self._cur_last, self._cur_exact = now, exact
         if packet.marker:
             self._finish(complete=self._cur_ok, now=now)
             self._ended_on_marker = True
@@ -277,7 +280,7 @@ class FrameTap:
         else:
             key = complete and vp8_is_keyframe(data)
         frame = TapFrame(timestamp=self._cur_ts or 0, first_arrival=self._cur_first, arrival=now, data=data,
-                         packets=self._cur_count, keyframe=key, complete=complete)
+                         packets=self._cur_count, keyframe=key, complete=complete, exact=self._cur_exact)
         self._cur_ts = None
         self._cur_parts = []
         self._cur_next_seq = None

@@ -375,6 +375,10 @@ def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks(monk
             # ... and, from its first packet on, the receiving peer's datagrams (RTP and RTCP alike) were no longer
             # tried as STUN first
             assert rtp_tried_as_stun[0] == 0, (rtp_tried_as_stun, media_sent)
+            # ... and timed by when they reached the socket (fleet.sockstamp): every frame but those whose last
+            # packet took aiortc's path, or was the lean path's first (handled before its datagrams came direct)
+            loop_stamped = sum(not f.exact for f in frames)
+            assert loop_stamped <= tap.packets - lean_path.taken + 1, (loop_stamped, tap.packets, lean_path.taken)
             # every frame came through whole but the one that lost a packet (gone, if that was its only one, or
             # incomplete) and the one after it (whose head cannot be proven then)
             lost = round((sent_ts[dropped[0]] - next(iter(sent_ts.values()))) * FPS / 90_000)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.probe.looplag import LoopMonitor
-from fleet.probe.timing import PLAYABLE_FRAMES, analyse, freeze_ends, freezes, jitter, output_fps
+from fleet.probe.timing import PLAYABLE_FRAMES, analyse, freeze_ends, freezes, holding, jitter, output_fps
 
 
 def even(n: int, fps: float = 30.0, t0: float = 100.0) -> list[float]:
@@ -65,6 +65,20 @@ def test_intervals_stamped_during_the_testers_stall_are_left_out():
     cv, _, _, used, left_out = jitter(late, suspect=[(arrivals[150] - 0.002, late[150] + 0.001)])
     assert cv_noisy > 0.05 and cv == pytest.approx(0.0, abs=1e-9)
     assert left_out == 2 and used == 300 - PLAYABLE_FRAMES - 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), n=st.integers(1, 40))
+def test_a_stall_is_suspect_only_while_it_holds_a_frame_the_loop_stamped(data, n):
+    """A frame timed by its socket (fleet.sockstamp) is not late by a stall of the loop: a stall window is kept
+    for the timing only when a frame stamped by the loop itself falls in it, ends included."""
+    arrivals = even(n, fps=20.0, t0=0.0)
+    loop_stamped = data.draw(st.lists(st.integers(0, n - 1), unique=True))
+    windows = data.draw(st.lists(st.tuples(st.floats(-0.1, 2.1), st.floats(0.0, 0.3)).map(lambda w: (w[0], w[0] + w[1])),
+                                 max_size=6))
+    kept = holding(arrivals, loop_stamped, windows)
+    assert kept == [w for w in windows if any(w[0] <= arrivals[i] <= w[1] for i in loop_stamped)]
+    assert holding(arrivals, [], windows) == [] and holding(arrivals, range(n), [(0.0, 0.0)]) == [(0.0, 0.0)]
 
 
 def test_freezes_follow_the_w3c_rule():

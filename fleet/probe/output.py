@@ -28,7 +28,7 @@ import numpy as np
 
 from fleet.media import PacketTrack
 from fleet.probe.latency import Aligner, LatencySample, StepDetector, lag_is_exact, rtp_latency
-from fleet.probe.timing import PLAYABLE_FRAMES, analyse, per_second, percentile, suspect_frames
+from fleet.probe.timing import PLAYABLE_FRAMES, analyse, holding, per_second, percentile, suspect_frames
 from fleet.probe.types import ProbeResult, ProbeSpec
 from fleet.rtp import FrameTap, TapFrame
 from fleet.rtpclock import VIDEO_CLOCK
@@ -58,6 +58,7 @@ class OutputWatch:
         self.event, self._ask = event, ask_keyframe
         self.tap: FrameTap | None = None
         self.arrivals: list[float] = []
+        self.loop_stamped: list[int] = []  # frames whose arrival is when the loop handled them (not ``exact``)
         self.out_ts: list[int] = []        # RTP timestamps relative to the first output frame
         self.ts0: int | None = None
         self.on_first: Callable[[], None] = lambda: None
@@ -171,6 +172,8 @@ class OutputWatch:
             self.on_first()
         index = len(self.arrivals)
         self.arrivals.append(f.arrival)
+        if not f.exact:
+            self.loop_stamped.append(index)
         self.out_ts.append(f.timestamp - self.ts0)
         if self.tap is not None and self.tap.unsupported:
             return
@@ -306,8 +309,10 @@ class OutputWatch:
 
     def fill(self, r: ProbeResult, end: float | None, suspect: Sequence[tuple[float, float]]) -> None:
         """Put what was seen into the result: ``end`` is the session's end (None when it broke off, so
-        the silence before a break is no freeze), ``suspect`` the tester's own loop stalls."""
+        the silence before a break is no freeze), ``suspect`` the tester's own loop stalls (those that hold no
+        frame stamped by the loop itself are dropped: a socket's stamp is not late by them)."""
         a, track, tap = self.arrivals, self.track, self.tap
+        suspect = holding(a, self.loop_stamped, suspect)
         r.frames_sent, r.frames_received = len(track.sent), len(a)
         if track.sent:
             r.first_packet_ms = _ms(track.start - self.t0) if track.start else None

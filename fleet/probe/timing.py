@@ -1,5 +1,8 @@
 """Output timing from a session's frame arrivals: fps, jitter and freezes. Pure: no WebRTC here.
 
+``suspect`` spans are the tester's own loop stalls that hold a frame the loop stamped as it handled it
+(``holding``): a frame timed by its socket (``fleet.sockstamp``) is not late by any stall.
+
 - ``output_fps``: frames per second between the first and the last frame, over the whole session.
   Its ends are the first and last frames not stamped during the tester's own stall (``suspect``): a
   first frame stamped late (16 sessions starting at once on two cores) would shorten the span and
@@ -37,7 +40,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["FREEZE_MIN_S", "JITTER_WINDOW_S", "PLAYABLE_FRAMES", "Timing", "analyse", "freeze_ends", "freezes", "jitter",
-           "output_fps", "per_second", "percentile", "splice", "suspect_frames"]
+           "holding", "output_fps", "per_second", "percentile", "splice", "suspect_frames"]
 
 PLAYABLE_FRAMES = 10          # "playable": this many output frames received; the steady state starts there
 FREEZE_MIN_S = 0.150          # W3C: an interval > max(3 x mean, mean + 150 ms) is a freeze
@@ -69,6 +72,15 @@ def _cv(intervals: np.ndarray) -> float | None:
 def _inside(t: float, starts: list[float], windows: Sequence[tuple[float, float]]) -> bool:
     i = bisect.bisect_right(starts, t) - 1
     return i >= 0 and windows[i][0] <= t <= windows[i][1]
+
+
+def holding(arrivals: Sequence[float], indices: Iterable[int], suspect: Sequence[tuple[float, float]]
+            ) -> list[tuple[float, float]]:
+    """The suspect spans that hold the arrival of a frame at one of ``indices`` (the frames the tester's loop
+    stamped as it handled them; the others carry when they reached the socket, which no stall of the loop
+    makes late)."""
+    stamps = sorted(arrivals[i] for i in indices)
+    return [(lo, hi) for lo, hi in suspect if bisect.bisect_left(stamps, lo) < bisect.bisect_right(stamps, hi)]
 
 
 def suspect_frames(arrivals: Sequence[float], suspect: Sequence[tuple[float, float]]) -> list[int]:

@@ -1,0 +1,61 @@
+"""When a datagram reached the tester's socket, not when its event loop got to it.
+
+An output frame is timed by its last packet. Stamped with ``time.monotonic()`` when the event loop hands
+the packet over, every stall of the tester's own loop (a garbage collection, a burst of other sessions'
+packets, a decode) makes the frame look late: latency, jitter and freezes then carry the tester's noise.
+Linux stamps every datagram as it enters the receive path once a socket asks for it (``SIOCGSTAMPNS``:
+the stamp of the datagram last read from the socket, socket(7)), and both uvloop and asyncio call
+``datagram_received`` right after reading each datagram, before the next, so asking in that call gives
+that datagram's stamp. The kernel's clock is the wall clock; it is moved onto ``time.monotonic()`` by the
+two clocks' offset read at the same moment (a wall-clock step between the datagram's arrival and the call
+is the one error left).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import struct
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["SIOCGSTAMPNS", "arrival_clock"]
+
+SIOCGSTAMPNS = 0x8907           # linux/sockios.h: the last datagram's receive time as a struct timespec
+_TIMESPEC = struct.Struct("@qq")  # tv_sec, tv_nsec: 64-bit on the 64-bit platforms this is used on
+_SUPPORTED = sys.platform.startswith("linux") and struct.calcsize("P") == 8
+
+
+def arrival_clock(transport: Any) -> Callable[[], float] | None:
+    """A function that gives, on ``time.monotonic()``'s clock, when the datagram just read from
+    ``transport``'s socket arrived; call it inside ``datagram_received``. None where the kernel cannot
+    tell (not Linux on 64 bits, or a transport without a socket of its own). Stamping starts here: a
+    datagram that reached the socket before is given the time of the call."""
+    if not _SUPPORTED:
+        return None
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    try:
+        fd = sock.fileno() if sock is not None else -1
+    except (AttributeError, OSError):
+        fd = -1
+    if fd < 0:
+        return None
+    buffer = bytearray(_TIMESPEC.size)
+    try:  # the first call turns stamping on for the socket (and finds no datagram read yet)
+        fcntl.ioctl(fd, SIOCGSTAMPNS, buffer)
+    except OSError:
+        pass
+    unpack, ioctl, monotonic, wall = _TIMESPEC.unpack, fcntl.ioctl, time.monotonic, time.time
+
+    def arrival() -> float:
+        now = monotonic()
+        try:
+            ioctl(fd, SIOCGSTAMPNS, buffer)
+        except OSError:  # the socket closed under the call, or nothing read yet
+            return now
+        seconds, nanoseconds = unpack(buffer)
+        stamp = seconds + nanoseconds * 1e-9 - wall() + now
+        return stamp if stamp <= now else now  # never later than its reading (a wall-clock step back)
+
+    return arrival
