@@ -1,5 +1,6 @@
-"""fleet.sockstamp: a datagram's arrival is when it reached the socket, on real UDP sockets over loopback, read by
-a real event loop (asyncio's and uvloop's) that the test stalls on purpose."""
+"""A datagram's arrival is when it reached the socket, on real UDP sockets over loopback, read by a real event
+loop (asyncio's and uvloop's) that the test stalls on purpose: the probe's (fleet.sockstamp) and the reference
+gateway's own (fleet.gateway.arrivals, the truth's input times)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable
 import pytest
 import uvloop
 
+from fleet.gateway.arrivals import SocketArrivals
 from fleet.sockstamp import arrival_clock
 
 STALL_S = 0.08       # the loop is kept busy this long after each datagram is sent
@@ -97,3 +99,93 @@ def test_there_is_no_clock_for_a_transport_without_a_socket() -> None:
             return None
 
     assert arrival_clock(NoSocket()) is None and arrival_clock(None) is None
+
+
+# --- the reference gateway's own stamps ---------------------------------------------------------------------
+
+SSRC = 0x1234ABCD
+
+
+def rtp(seq: int, payload_type: int = 96, ssrc: int = SSRC) -> bytes:
+    return bytes([0x80, payload_type]) + seq.to_bytes(2, "big") + bytes(4) + ssrc.to_bytes(4, "big") + b"media"
+
+
+class Handled(asyncio.DatagramProtocol):
+    """The ICE pair's protocol as aiortc's path has it: it only hands datagrams on (here: when each was handled)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.BaseTransport | None = None
+        self.handled: list[tuple[bytes, float]] = []
+        self.changed = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self.handled.append((data, time.monotonic()))
+        self.changed.set()
+
+    async def until(self, count: int) -> None:
+        while len(self.handled) < count:
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), DEADLINE_S)
+
+
+class FakePair:
+    """A fake of aioice's candidate pair: only its ``protocol``, a real datagram endpoint's."""
+
+    def __init__(self, protocol: Handled) -> None:
+        self.protocol = protocol
+
+
+class FakeConnection:
+    """A fake of aioice's Connection: only its nominated pairs by component."""
+
+    def __init__(self, pair: FakePair | None) -> None:
+        self._nominated = {1: pair} if pair is not None else {}
+
+
+async def gateway_stamps_through_a_stall() -> tuple[SocketArrivals, list[float], Handled]:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(Handled, local_addr=("127.0.0.1", 0))
+    arrivals = SocketArrivals()
+    assert not SocketArrivals().watch(FakeConnection(None))  # no pair nominated yet
+    assert arrivals.watch(FakeConnection(FakePair(protocol)))
+    sent: list[float] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+        def stall(datagrams: list[bytes], seconds: float) -> None:
+            for data in datagrams:
+                sent.append(time.monotonic())
+                out.sendto(data, transport.get_extra_info("sockname"))
+                busy(seconds)
+
+        try:
+            for seq in range(WARM_UP_TRIES):  # until the kernel's stamps are on (see above)
+                loop.call_soon(stall, [rtp(seq)], WARM_UP_STALL_S)
+                await protocol.until(seq + 1)
+                stamp = arrivals.arrival(SSRC, seq)
+                if stamp is not None and protocol.handled[-1][1] - stamp >= WARM_UP_STALL_S / 2:
+                    break
+            else:
+                raise AssertionError("no datagram was stamped on arrival")
+            warm = len(protocol.handled)
+            sent.clear()
+            loop.call_soon(stall, [rtp(1000), rtp(1001, payload_type=200), rtp(1002)], STALL_S)
+            await protocol.until(warm + 3)
+        finally:
+            transport.close()
+    return arrivals, sent, protocol
+
+
+@pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_the_gateway_keeps_when_each_rtp_packet_reached_its_socket(new_loop) -> None:
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        arrivals, sent, protocol = runner.run(gateway_stamps_through_a_stall())
+    assert [d for d, _ in protocol.handled[-3:]] == [rtp(1000), rtp(1001, payload_type=200), rtp(1002)]
+    for seq, at in ((1000, sent[0]), (1002, sent[2])):
+        stamp = arrivals.arrival(SSRC, seq)
+        assert stamp is not None and at - TOLERANCE_S <= stamp <= at + TOLERANCE_S, (seq, stamp, at)
+    assert protocol.handled[-3][1] - sent[0] >= 3 * STALL_S - TOLERANCE_S  # handled after the whole stall
+    # RTCP (payload type 200 here) is not stamped; neither is another stream's packet nor one not seen
+    assert arrivals.arrival(SSRC, 1001) is None and arrivals.arrival(SSRC + 1, 1000) is None
+    assert arrivals.arrival(SSRC, 1003) is None

@@ -89,16 +89,17 @@ def test_no_import_circle_inside_the_package():
 
 def test_the_reference_gateway_shares_no_code_with_the_probe_it_judges():
     """The gateway's truth (delivery times, residence, delays, egress timestamps) is computed by its own code:
-    no module of fleet/gateway imports the probe's package, its RTP tap (``fleet.rtp``) or its RTP data path
-    (``fleet.leanrtp``), anywhere in the module, nor names them (the check
-    ``grep -rn "fleet.probe\\|fleet.rtp\\|fleet.leanrtp" fleet/gateway`` comes back empty)."""
+    no module of fleet/gateway imports the probe's package, its RTP tap (``fleet.rtp``), its RTP data path
+    (``fleet.leanrtp``) or its socket stamps (``fleet.sockstamp``), anywhere in the module, nor names them (the
+    check ``grep -rn "fleet.probe\\|fleet.rtp\\|fleet.leanrtp\\|fleet.sockstamp" fleet/gateway`` comes back empty)."""
     shared = []
     for path in sorted((REPO / "fleet" / "gateway").rglob("*.py")):
         name = path.relative_to(REPO)
         shared += [f"{name}: imports {m}" for m in sorted(_fleet_imports(path))
-                   if m in ("fleet.rtp", "fleet.leanrtp") or m.startswith(("fleet.rtp.", "fleet.probe"))]
+                   if m in ("fleet.rtp", "fleet.leanrtp", "fleet.sockstamp") or m.startswith(("fleet.rtp.", "fleet.probe"))]
         text = path.read_text(encoding="utf-8")
-        shared += [f"{name}: names {word}" for word in ("fleet.probe", "fleet.rtp", "fleet.leanrtp") if word in text]
+        shared += [f"{name}: names {word}" for word in ("fleet.probe", "fleet.rtp", "fleet.leanrtp", "fleet.sockstamp")
+                   if word in text]
     assert not shared, "\n".join(shared)
 
 

@@ -4,9 +4,10 @@ the truth judges, so the gateway does not use it).
 Every packet of the WHIP receiver is seen on arrival (aiortc still does RTCP, NACK, statistics and, in
 processing mode, the decoding: the gateway is a peer like any other). The gateway needs of it: the codec
 (the media gather refuses one it does not take), the SSRC (its keyframe requests), packet counts and
-losses (``ingest_metrics``), when each frame's last packet arrived (the runner's input time: the marker
-bit, or the last packet seen when the marker was lost), and, in relay mode, the encoded frames themselves,
-which aiortc's own payload descriptors depacketize (H.264 as an Annex B access unit, VP8 as its payload).
+losses (``ingest_metrics``), when each frame's last packet reached the socket (the runner's input time:
+the marker bit, or the last packet seen when the marker was lost; ``fleet.gateway.arrivals``), and, in
+relay mode, the encoded frames themselves, which aiortc's own payload descriptors depacketize (H.264 as an
+Annex B access unit, VP8 as its payload).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiortc import RTCRtpReceiver
 from aiortc.codecs.h264 import H264PayloadDescriptor
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
+from fleet.gateway.arrivals import SocketArrivals
 from fleet.gateway.rtpclock import unwrap
 from fleet.webrtc import receiver_codec, starve_decoder, tap_rtp
 
@@ -35,7 +37,7 @@ class InFrame:
     """One frame of the publisher's, as it arrived."""
 
     timestamp: int        # RTP timestamp, unwrapped (still carries the sender's random origin)
-    arrival: float        # time.monotonic() of its last packet
+    arrival: float        # when its last packet reached the gateway's socket (time.monotonic()'s clock)
     data: bytes           # the encoded frame (relay mode; empty otherwise)
     keyframe: bool        # a decoder can start here (relay mode)
     complete: bool        # no packet of it was missing
@@ -83,6 +85,7 @@ class Ingest:
         self._last = 0.0
         self._ok = True
         self._next_seq: int | None = None
+        self._arrivals = SocketArrivals()    # when each packet reached the socket, not when it was handled
         if relay:
             starve_decoder(receiver, _NoDecoding())  # before receive() starts the decoder thread
         self._original = tap_rtp(receiver, self._handle)
@@ -93,7 +96,10 @@ class Ingest:
         return max(0, expected - self.packets)
 
     async def _handle(self, packet: Any, arrival_time_ms: int) -> None:
-        self.packet(packet, time.monotonic())
+        if not self._arrivals.watching:  # the pair is nominated once media flows
+            self._arrivals.watch(self.receiver.transport.transport._connection)
+        at = self._arrivals.arrival(packet.ssrc, packet.sequence_number)
+        self.packet(packet, time.monotonic() if at is None else at)
         await self._original(packet, arrival_time_ms)
 
     def _kind(self, payload_type: int) -> str | None:
