@@ -226,10 +226,30 @@ def test_the_brokers_ordered_places_choose_exactly_what_the_rules_choose(seed):
             now[0] += rng.choice([0.0, 0.5, 1.0, 2.0])
 
 
-def _scratch_choice(broker: SlotBroker, preferred: str | None, strict: bool) -> tuple[str, str, int] | str:
+Spot = tuple[str | None, str, str, int | None, int, int | None]
+
+
+def _scratch_places(snapshot: CapacitySnapshot, cap: int) -> list[Spot]:
+    """(key, address, uri, most of ours at once or None, idle slots, the idle slots a lease names as its
+    evidence) of every place a snapshot offers, by the rules as this test states them: each listed
+    orchestrator; without any, each discovered URI with the whole anonymous pool's idle slots and the
+    per-orchestrator cap (its own slots unknown: no evidence); without those, the pool itself, uncapped, under
+    the key None; nothing when the pool has no idle slot."""
+    if snapshot.orchestrators:
+        return [(o.key, o.address, o.uri, cap, o.idle, o.idle) for o in snapshot.orchestrators]
+    pool = snapshot.anonymous_idle
+    if pool <= 0:
+        return []
+    if snapshot.targets:
+        return [(uri, "", uri, cap, pool, None) for uri in snapshot.targets]
+    return [(None, "", "", None, pool, pool)]
+
+
+def _scratch_choice(broker: SlotBroker, preferred: str | None, strict: bool) -> tuple[str | None, str, int | None] | str:
     """The place a lease takes, worked out from scratch with the test's own code (not fleet.rules): every
-    orchestrator of the snapshot with an idle slot, room under the cap and past the stagger; the named one
-    first, then never started, then least recently started, then by key, then the snapshot's order."""
+    place of the snapshot (``_scratch_places``) with an idle slot, room under its cap and past the stagger;
+    the named one first, then never started, then least recently started, then by key, then the snapshot's
+    order."""
     broker._expire()
     if len(broker.leases) >= broker.budget():
         return "refused"
@@ -237,23 +257,27 @@ def _scratch_choice(broker: SlotBroker, preferred: str | None, strict: bool) -> 
     ours = Counter(lease.key for lease in broker.leases.values())
     unseen = Counter(lease.key for lease in broker.leases.values()
                      if lease.attached is None or lease.attached >= broker.snapshot_at)
-    open_ = [(not (preferred is not None and preferred in (o.address, o.uri)), o.key in last, last.get(o.key, 0),
-              o.key, i, o)
-             for i, o in enumerate(broker.snapshot.orchestrators)
-             if o.idle > 0 and ours[o.key] < policy.max_per_orchestrator and o.idle - unseen[o.key] > 0
-             and (o.key not in last or now - last[o.key] >= policy.stagger_s)
-             and (not strict or (preferred is not None and preferred in (o.address, o.uri)))]
+
+    def named(address: str, uri: str) -> bool:
+        return preferred is not None and preferred in (address, uri)
+
+    open_ = [(not named(address, uri), key in last, last.get(key, 0), key or "", i, (key, address, evidence))
+             for i, (key, address, uri, most, idle, evidence) in enumerate(_scratch_places(broker.snapshot,
+                                                                                policy.max_per_orchestrator))
+             if idle > 0 and (most is None or ours[key] < most) and idle - unseen[key] > 0
+             and (key not in last or now - last[key] >= policy.stagger_s)
+             and (not strict or named(address, uri))]
     if not open_:
         return "refused"
-    o = min(open_, key=lambda c: c[:5])[5]
-    return o.key, o.address, o.idle
+    return min(open_, key=lambda c: c[:5])[5]
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_the_place_order_kept_across_snapshots_chooses_what_a_fresh_look_chooses(seed):
     """The broker keeps its place order across capacity reads, redoing only the orchestrators whose entry
     changed (a new object with new slots, or an equal copy), and starting afresh when the orchestrators or
-    their order change; over random reads, leases, streams, releases and time it takes what a from-scratch
+    their order change (also to and from a source that knows no orchestrators: discovered URIs, or the
+    anonymous pool alone); over random reads, leases, streams, releases and time it takes what a from-scratch
     look at the snapshot takes."""
     rng = random.Random(seed)
     now = [0.0]
@@ -292,7 +316,12 @@ def test_the_place_order_kept_across_snapshots_chooses_what_a_fresh_look_chooses
                 del rows[rng.randrange(len(rows))]
             elif u < 0.25:
                 rng.shuffle(rows)
-            broker.update(CapacitySnapshot("m", tuple(rows), source="gateway"))
+            if rng.random() < 0.15:   # a source that knows no orchestrators: discovered URIs, or the pool alone
+                uris = tuple(rng.sample([f"https://o{i}:8935" for i in range(9)], rng.choice([0, 0, 1, 3])))
+                broker.update(CapacitySnapshot("m", anonymous_idle=rng.randint(0, 4), anonymous_in_use=rng.randint(0, 2),
+                                               targets=uris, source="naap"))
+            else:
+                broker.update(CapacitySnapshot("m", tuple(rows), source="gateway"))
         else:
             now[0] += rng.choice([0.0, 0.5, 1.0, 2.0])
 
