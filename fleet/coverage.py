@@ -4,7 +4,9 @@ Pure (no Ray, no network; the caller passes the clock, in Unix seconds). The rul
 
 - **coverage**: an orchestrator is *due* when it has never been tested or its last test started
   ``every_s`` ago or more; of the due ones, an *unproven* one (fewer than ``proven_sessions``
-  counted sessions in the stored results read back, and since) goes first, so the pairs that
+  counted sessions started on the last ``proven_days`` UTC days, today included: those in the stored
+  results read back, and those counted since; a monitor that runs on sees them age out as the days
+  roll, as the dashboard's windows do) goes first, so the pairs that
   qualified capacity and graduation cannot judge yet get their evidence first; then the one tested
   least recently (never-tested first, then by key, so the order is stable);
 - **pacing**: starts are at least ``interval`` apart, the period spread over the targets
@@ -29,6 +31,7 @@ O(n), and a day of a network's picks is not quadratic in its size. It picks what
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
 import heapq
@@ -112,7 +115,7 @@ class _Queue:
     go back (``Coverage._queue_for`` rebuilds when it does): what is due stays due until its state changes."""
 
     source: Sequence[Target]
-    rules: tuple[float, float | None, int]
+    rules: tuple[float, float | None, int, float]   # every_s, retry_s, proven_sessions, proven_from
     by_key: dict[str, Target]
     size: int = 0
     now: float = -math.inf
@@ -139,7 +142,10 @@ class Coverage:
     categories: Sequence[str] = ()
     retry_s: float | None = None
     proven_sessions: int = 0                 # counted sessions that prove an orchestrator (0: no priority)
-    counted: dict[str, int] = field(default_factory=dict)         # key -> counted sessions (read back, since)
+    proven_days: int = 7                     # ... started on this many UTC days, today included
+    counted: dict[str, list[float]] = field(default_factory=dict)  # key -> starts of its counted sessions, in
+    # order (read back, and since), from a day before ``proven_from`` on (older ones dropped as the days roll)
+    proven_from: float = -math.inf           # the first instant that counts: midnight UTC, proven_days - 1 days ago
     last_tested: dict[str, float] = field(default_factory=dict)   # key -> start of its last session that ran
     last_tried: dict[str, float] = field(default_factory=dict)    # key -> last attempt (skipped ones too)
     seen_today: dict[str, dict[str, int]] = field(default_factory=dict)  # key -> category -> tests today
@@ -148,8 +154,9 @@ class Coverage:
     reserved: dict[str, float] = field(default_factory=dict)      # in-flight session id -> slot-seconds
     last_start: float | None = None
     why: str = ""                            # why the last ``pick`` returned None
-    prior: dict[str, tuple[str, float | None, str | None, float | None]] = field(default_factory=dict)  # in
-    # flight: key, its last test before, the category counted, the last start before (undone on a refusal)
+    prior: dict[str, tuple[str, float | None, str | None, float | None, float]] = field(default_factory=dict)
+    # in flight: key, its last test before, the category counted, the last start before (those undone on a
+    # refusal), its start
 
     _queue: _Queue | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -176,7 +183,7 @@ class Coverage:
                 continue
             self.last_tested[key] = max(self.last_tested.get(key, started), started)
             if counts(r):
-                self.counted[key] = self.counted.get(key, 0) + 1
+                self._count(key, started)
             self.last_start = started if self.last_start is None else max(self.last_start, started)
             if utc_day(started) == self.day:
                 self.used_s += float(r.get("duration_s") or 0.0)
@@ -189,7 +196,18 @@ class Coverage:
     def _roll(self, now: float) -> None:
         day = utc_day(now)
         if day != self.day:
+            forward = day > self.day
             self.day, self.used_s, self.seen_today = day, 0.0, {}
+            midnight = dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc).timestamp()
+            self.proven_from = midnight - (self.proven_days - 1) * DAY_S
+            if forward:   # sessions that no longer count are let go, a day late (a clock stepped back over
+                for starts in self.counted.values():   # midnight, as NTP may, still finds its day's)
+                    del starts[:bisect.bisect_left(starts, self.proven_from - DAY_S)]
+
+    def _count(self, key: str, started: float) -> None:
+        """A counted session of ``key`` that started at ``started``, kept while it counts towards ``proven``."""
+        if started >= self.proven_from - DAY_S:
+            bisect.insort(self.counted.setdefault(key, []), started)
 
     # --- the rules ---------------------------------------------------------------------------
 
@@ -238,7 +256,10 @@ class Coverage:
             now - tried >= retry_s or tried <= tested)
 
     def proven(self, key: str) -> bool:
-        return self.counted.get(key, 0) >= self.proven_sessions
+        """``key`` has ``proven_sessions`` counted sessions started since ``proven_from`` (as of the last call
+        given the clock)."""
+        starts = self.counted.get(key, ())
+        return len(starts) - bisect.bisect_left(starts, self.proven_from) >= self.proven_sessions
 
     def age(self, key: str, now: float) -> float | None:
         last = self.last_tested.get(key)
@@ -265,7 +286,7 @@ class Coverage:
     def _queue_for(self, targets: Sequence[Target], now: float) -> _Queue:
         """The queue for these targets at ``now``: kept while the keys, the rules and the clock's direction
         hold, re-pointed at a new list of the same keys, else built afresh (O(n), as rare as those changes)."""
-        q, rules = self._queue, (self.every_s, self.retry_s, self.proven_sessions)
+        q, rules = self._queue, (self.every_s, self.retry_s, self.proven_sessions, self.proven_from)
         if q is not None and (targets is not q.source or len(targets) != q.size):
             by_key = _first_per_key(targets)
             if by_key.keys() == q.version.keys():
@@ -312,7 +333,7 @@ class Coverage:
     def started(self, session_id: str, pick: Pick, now: float) -> None:
         self._roll(now)
         key = pick.target.key
-        self.prior[session_id] = (key, self.last_tested.get(key), pick.category, self.last_start)
+        self.prior[session_id] = (key, self.last_tested.get(key), pick.category, self.last_start, now)
         self.last_start = now
         self.last_tried[key] = now
         self.last_tested[key] = now
@@ -330,7 +351,7 @@ class Coverage:
     def refused(self, session_id: str) -> None:
         """The gateway found no orchestrator for a started session (a skip after all): it was tried, not
         tested, so the orchestrator stays due and is retried after ``retry_s``, as ``restore`` reads it."""
-        key, before, category, last_start = self.prior.pop(session_id, ("", None, None, None))
+        key, before, category, last_start, _ = self.prior.pop(session_id, ("", None, None, None, 0.0))
         if not key:
             return
         self.last_start = last_start
@@ -346,9 +367,9 @@ class Coverage:
     def finished(self, session_id: str, held_s: float, now: float, counts: bool = False) -> None:
         """Charge what the session held (its reservation is returned); ``counts``: the SLA counts it."""
         self._roll(now)
-        key = self.prior.pop(session_id, ("",))[0]
+        key, *_, started = self.prior.pop(session_id, ("", 0.0))
         if counts and key:
-            self.counted[key] = self.counted.get(key, 0) + 1
+            self._count(key, started)
             self._changed(key)
         self.reserved.pop(session_id, None)
         self.used_s += max(0.0, held_s)

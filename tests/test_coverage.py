@@ -3,6 +3,7 @@ restart from stored rows, prompt-category rotation, retries after a capacity ski
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 from hypothesis import given, settings
@@ -225,7 +226,7 @@ def test_of_the_due_orchestrators_the_unproven_go_first_until_they_have_their_se
     assert plain.pick([o1, o2, o3], 64, T0).target == o3            # no priority: least recently tested
     cov = coverage(every_s=600.0, proven_sessions=10)
     cov.restore(rows, T0)
-    assert cov.counted == {o1.key: 12, o2.key: 3, o3.key: 10}
+    assert {k: len(v) for k, v in cov.counted.items()} == {o1.key: 12, o2.key: 3, o3.key: 10}
     assert cov.status([o1, o2, o3], 64, T0)["unproven"] == [o2.key]
     picked, t = [], T0
     for _ in range(12):   # o2 is due again every 600 s; each time it goes first while unproven
@@ -239,13 +240,58 @@ def test_of_the_due_orchestrators_the_unproven_go_first_until_they_have_their_se
             break
         t += 600.0
     # 3 read back + 7 that count (8 sessions, one a failure of ours): proven; then o3, tested longest ago
-    assert picked == [o2.key] * 8 + [o3.key] and cov.counted[o2.key] == 10 and cov.proven(o2.key)
+    assert picked == [o2.key] * 8 + [o3.key] and len(cov.counted[o2.key]) == 10 and cov.proven(o2.key)
     assert cov.status([o1, o2, o3], 64, t)["unproven"] == []
+
+
+def test_counted_sessions_age_out_of_proven_with_the_days_a_monitor_runs_on():
+    """proven_days 2, proven_sessions 2: a session counts on the UTC day it started and the next. Read back
+    on day D: one from three days before (never counts) and one from D-1 at noon: unproven. s1 starts on D
+    at 23:59:50 and is counted after midnight (it counts for D, its start); s2 starts on D+1 at noon."""
+    o1 = Target("https://o1.test:8935")
+    d = T0 + 3 * DAY_S                  # a UTC midnight
+    cov = coverage(every_s=600.0, proven_sessions=2, proven_days=2)
+    ok = {"outcome": "ok", "duration_s": 10.0, "target_orchestrator": o1.key}
+    assert cov.restore([{**ok, "started_unix": d - 3 * DAY_S + 60}, {**ok, "started_unix": d - DAY_S / 2}], d) == 2
+    assert cov.status([o1], 16, d)["unproven"] == [o1.key]   # D-1's noon only
+
+    def session(sid: str, start: float, end: float) -> None:
+        pick = cov.pick([o1], 16, start)
+        assert pick is not None and pick.target == o1
+        cov.started(sid, pick, start)
+        cov.finished(sid, end - start, end, counts=True)
+
+    session("s1", d + DAY_S - 10, d + DAY_S + 1)
+    assert cov.status([o1], 16, d + DAY_S + 2)["unproven"] == [o1.key]   # D+1: s1 only (D-1 aged out)
+    assert cov.status([o1], 16, d + DAY_S - 28)["unproven"] == []        # the clock back on D: D-1's noon, s1
+    session("s2", d + 1.5 * DAY_S, d + 1.5 * DAY_S + 10)
+    assert cov.status([o1], 16, d + 1.5 * DAY_S + 20)["unproven"] == []  # D+1: s1 (D), s2
+    assert cov.status([o1], 16, d + 2 * DAY_S + 5)["unproven"] == [o1.key]   # D+2: s2 only
 
 
 class ScanCoverage(Coverage):
     """The pick as it was before the queue (a scan of every target per pick), re-stated here as the reference:
-    the rules themselves, not fleet.coverage's code for them."""
+    the rules themselves, not fleet.coverage's code for them (proven: of every counted session it was told
+    of, kept here in full, those that started on one of the last ``proven_days`` UTC days by the calendar)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.every_count = {}
+
+    def _count(self, key, started):
+        self.every_count.setdefault(key, []).append(started)
+
+    def _roll(self, now):
+        super()._roll(now)
+        self.clock_read = now
+
+    def proven(self, key):   # as of the last clock read, as Coverage's
+        return self.proven_now(key, self.clock_read)
+
+    def proven_now(self, key, now):
+        first_day = dt.datetime.fromtimestamp(now, dt.timezone.utc).date() - dt.timedelta(days=self.proven_days - 1)
+        return sum(dt.datetime.fromtimestamp(s, dt.timezone.utc).date() >= first_day
+                   for s in self.every_count.get(key, ())) >= self.proven_sessions
 
     def pick(self, targets, total_slots, now):
         self._roll(now)
@@ -266,7 +312,7 @@ class ScanCoverage(Coverage):
         if not due:
             self.why = "nothing is due"
             return None
-        target = min(due, key=lambda t: (self.counted.get(t.key, 0) >= self.proven_sessions,
+        target = min(due, key=lambda t: (self.proven_now(t.key, now),
                                          self.last_tested.get(t.key, -inf), t.key))
         return Pick(target, self._category(target.key))
 
@@ -277,7 +323,7 @@ def scan(**kw) -> ScanCoverage:
 
 KEYS = [f"https://o{i}.test:8935" for i in range(7)]
 STEPS = [0.0, 0.1, 0.2, 0.3, 1.0, 2.5, 7.5, 14.999999, 15.0, 15.000001, 20.0, 30.0, 59.99, 60.0, 60.1, 90.0,
-         600.0, 3600.0, DAY_S / 3]
+         600.0, 3600.0, DAY_S / 3, DAY_S]
 target_lists = st.lists(st.tuples(st.integers(0, len(KEYS) - 1), st.sampled_from([None, 0, 1, 3])),
                         min_size=0, max_size=9)
 steps = st.one_of(st.sampled_from(STEPS), st.floats(0.0, 200.0), st.floats(-50.0, 0.0))
@@ -289,7 +335,7 @@ ops = st.one_of(
     st.tuples(st.just("finish"), st.integers(0, 5), st.booleans(), st.floats(0.0, 20.0)),
     st.tuples(st.just("targets"), target_lists),
     st.tuples(st.just("copy")),
-    st.tuples(st.just("restore"), st.lists(st.tuples(st.integers(0, len(KEYS) - 1), st.floats(-7200.0, 10.0),
+    st.tuples(st.just("restore"), st.lists(st.tuples(st.integers(0, len(KEYS) - 1), st.floats(-3 * DAY_S, 10.0),
                                                      st.sampled_from(["ok", "failed", "skipped_no_capacity"]),
                                                      st.sampled_from([None, "pipeline", "tester"])),
                                            max_size=8)),
@@ -299,15 +345,15 @@ ops = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(every_s=st.sampled_from([30.0, 60.0, 61.7, 600.0]), retry=st.sampled_from([None, 0.0, 7.3, 45.0]),
-       proven=st.integers(0, 3), budget=st.sampled_from([0.0002, 0.05, 1.0, 1.0]), slots=st.integers(0, 8),
+       proven=st.integers(0, 3), days=st.sampled_from([1, 2, 7]), budget=st.sampled_from([0.0002, 0.05, 1.0, 1.0]), slots=st.integers(0, 8),
        start=st.floats(0.0, 2 * DAY_S), first=target_lists.filter(bool), script=st.lists(ops, min_size=10, max_size=150))
-def test_the_queued_pick_picks_what_the_scan_picked_on_any_history(every_s, retry, proven, budget, slots, start,
-                                                                     first, script):
+def test_the_queued_pick_picks_what_the_scan_picked_on_any_history(every_s, retry, proven, days, budget, slots,
+                                                                     start, first, script):
     """Random histories of picks, starts, skips, refusals, ends (counted or not), restores from stored rows,
     changed target lists (same keys or not, duplicate keys with different idle slots), clock jumps (back too)
     and UTC day rolls, on the queued Coverage and on the scan it replaced: the same pick, every time."""
     kw = {"every_s": every_s, "session_s": 10.0, "daily_budget": budget, "categories": CATEGORIES,
-          "retry_s": retry, "proven_sessions": proven}
+          "retry_s": retry, "proven_sessions": proven, "proven_days": days}
     cov, ref = Coverage(**kw), ScanCoverage(**kw)
 
     def listed(spec):
@@ -348,8 +394,9 @@ def test_the_queued_pick_picks_what_the_scan_picked_on_any_history(every_s, retr
             assert cov.restore(rows, now) == ref.restore(rows, now)
         elif kind == "status":
             assert cov.status(targets, slots, now) == ref.status(targets, slots, now)
-        assert (cov.last_tested, cov.last_tried, cov.counted, cov.last_start) == \
-            (ref.last_tested, ref.last_tried, ref.counted, ref.last_start)
+        assert (cov.last_tested, cov.last_tried, cov.last_start) == (ref.last_tested, ref.last_tried, ref.last_start)
+        if cov.day:   # the clock read: whether each is proven now, the queue's counts aged against the reference's
+            assert [cov.proven(k) for k in KEYS] == [ref.proven(k) for k in KEYS], (op, now - T0)
 
 
 def test_a_count_that_proves_an_orchestrator_already_due_moves_it_behind_the_unproven():

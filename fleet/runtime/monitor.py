@@ -121,7 +121,7 @@ def run_monitor(path: str, opts: MonitorOptions) -> int:
         pool = resolve_pool(scenario.prompts.sets, scenario.base_dir, scenario.source)
         categories = list(dict.fromkeys(e.prompt.category for e in pool))
         cov = Coverage(spec.every_min * 60, spec.session_s, spec.daily_budget, categories,
-                       None if spec.retry_min is None else spec.retry_min * 60, spec.proven_sessions)
+                       None if spec.retry_min is None else spec.retry_min * 60, spec.proven_sessions, spec.proven_days)
         outputs, sink = open_outputs(c, path, lambda: ParquetSink(out, c.campaign_id, {
             "kind": "monitor", "scenario": scenario.name, "scenario_hash": scenario.digest(), "run_id": run_id,
             "monitor": spec.model_dump(), "regions": regions, "started_at": stamp},
