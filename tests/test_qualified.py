@@ -14,6 +14,7 @@ from test_dashboard import NOW, ORCHS, as_row, dataset, truth
 from fleet.capacity import CapacitySnapshot, OrchestratorSlots
 from fleet.dashboard import queries as q
 from fleet.dashboard.engine import ClickHouseEngine, DuckDBEngine
+from fleet.dashboard.network import models
 from fleet.dashboard.qualified import qualified_capacity, qualified_series
 from fleet.errors import InputError
 from fleet.results.capacity_series import capacity_table
@@ -30,6 +31,13 @@ GPUS = {**{o: g for o, (g, _, _) in ORCHS.items()}, NEW: "NVIDIA GeForce RTX 409
 LATEST = {"https://fast.test:8935": 6, "https://slow.test:8935": 2, "https://flaky.test:8935": 3,
           "https://weak.test:8935": 2, NEW: 1, IDLE: 2}
 ANONYMOUS = 5
+
+
+# a scenario's static count read after the network's snapshot: what it assumed, not the network's slots
+STATIC_LATER = CapacitySnapshot(model=MODEL, source="static", read_unix=(NOW - dt.timedelta(minutes=5)).timestamp(),
+                                anonymous_idle=40)
+STATIC_ONLY = CapacitySnapshot(model="static-only", source="static", anonymous_idle=7, anonymous_in_use=1,
+                               read_unix=(NOW - dt.timedelta(minutes=20)).timestamp())   # a model with nothing else
 
 
 def orch(uri: str, slots: int) -> OrchestratorSlots:
@@ -62,7 +70,8 @@ def stored(tmp_path_factory):
     reads = [snapshot(NOW - dt.timedelta(days=8), {"https://fast.test:8935": 10}),          # before the window
              snapshot(NOW - dt.timedelta(days=3), {**LATEST, "https://fast.test:8935": 4}),  # fast grew since
              snapshot(NOW - dt.timedelta(hours=1), LATEST, anonymous=ANONYMOUS),
-             snapshot(NOW - dt.timedelta(minutes=10), {"https://fast.test:8935": 9}, model="comfyui")]
+             snapshot(NOW - dt.timedelta(minutes=10), {"https://fast.test:8935": 9}, model="comfyui"),
+             STATIC_LATER, STATIC_ONLY]
     for r in reads:
         sink.add(Batch(sink.seq + 1, (), {"capacity": capacity_table(r, ids, r.read_unix or 0.0)}))
     return d, rows
@@ -107,9 +116,22 @@ def check(engine, rows: list[dict]) -> None:
     assert got["read_unix"] == pytest.approx((NOW - dt.timedelta(hours=1)).timestamp())
 
 
+def check_static_counts(engine) -> None:
+    """A model whose only snapshot is a static count: that count (``check`` shows a later one is not taken over
+    the network's read), in the qualified view and the network's per-model slots."""
+    f = q.Filters(window="7d", model="static-only", now=NOW)
+    got = qualified_capacity(engine, f)
+    assert [(r["orchestrator"], r["slots"], r["status"]) for r in got["orchestrators"]] == [(None, 8, "unproven")]
+    assert got["read_unix"] == pytest.approx(STATIC_ONLY.read_unix)
+    per_model = {r["model"]: (r["gpu_slots"], r["active_streams"]) for r in models(engine, "7d", NOW)}
+    assert per_model[MODEL] == (sum(LATEST.values()) + ANONYMOUS, len(LATEST))   # the network's read (1 in use each)
+    assert per_model["static-only"] == (8, 1)
+
+
 def test_qualified_capacity_on_duckdb_matches_the_verdict_code(stored):
     d, rows = stored
     check(DuckDBEngine(d), rows)
+    check_static_counts(DuckDBEngine(d))
 
 
 def test_qualified_capacity_needs_a_model(stored):
@@ -122,6 +144,7 @@ def test_qualified_capacity_on_clickhouse_gives_the_same_answers(stored, clickho
     d, rows = stored
     push_campaign(d / "campaign=camp-q", clickhouse_db)
     check(ClickHouseEngine(clickhouse_db), rows)
+    check_static_counts(ClickHouseEngine(clickhouse_db))
 
 
 def test_the_capacity_view_shows_the_qualified_slots_with_links_to_each_orchestrator(stored):
@@ -186,6 +209,8 @@ def series_snapshot(at: dt.datetime, slots: dict[str, int], anonymous: int = 0, 
 READS = [series_snapshot(DAY - dt.timedelta(days=5), {A: 10}),                        # the 12th: before a 7d window
          series_snapshot(DAY + dt.timedelta(hours=8), {A: 4, B: 2, C: 3}, anonymous=1),
          series_snapshot(DAY + dt.timedelta(hours=20), {A: 5, B: 2, C: 3}, anonymous=1),  # the 17th's last
+         CapacitySnapshot(model=SERIES, source="static", read_unix=(DAY + dt.timedelta(hours=22)).timestamp(),
+                          anonymous_idle=40),                                         # ... a static count after it
          series_snapshot(DAY + dt.timedelta(days=1, hours=10), {A: 6, B: 3, D: 1}),
          series_snapshot(DAY + dt.timedelta(days=1, hours=11), {A: 9}, model="other"),    # another model's
          series_snapshot(NOW - dt.timedelta(minutes=105), {A: 1, B: 1}),                  # the 20th, 10:15

@@ -50,6 +50,11 @@ class Dialect:
     def epoch(self, expr: str) -> str:
         return f"epoch({expr})" if self.name == "duckdb" else f"toUnixTimestamp64Milli({expr}) / 1000.0"
 
+    def null_float(self) -> str:
+        """A NULL of a floating-point column (ClickHouse's DOUBLE cannot hold one: a model without sessions in
+        the window, so without a benchmark, failed its leaderboard there)."""
+        return "CAST(NULL AS DOUBLE)" if self.name == "duckdb" else "CAST(NULL AS Nullable(Float64))"
+
 
 class Engine(Protocol):
     dialect: Dialect

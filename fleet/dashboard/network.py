@@ -12,13 +12,14 @@ import datetime as dt
 from typing import Any
 
 from fleet.dashboard.engine import Engine
-from fleet.dashboard.queries import COUNTED, WINDOWS, bucket_scores
+from fleet.dashboard.queries import COUNTED, WINDOWS, bucket_scores, last_snapshots, measured
 
 __all__ = ["hourly", "models"]
 
 
 def models(engine: Engine, window: str, now: dt.datetime | None = None) -> list[dict[str, Any]]:
-    """Per model: warm orchestrators, slots and streams in its last snapshot in the window; mean output fps."""
+    """Per model: warm orchestrators, slots and streams in its last snapshot in the window (one read from the
+    network before a static count: ``last_snapshots``); mean output fps."""
     d, t = engine.dialect, engine.tables()
     now = now or dt.datetime.now(dt.timezone.utc)
     span = WINDOWS[window]
@@ -31,8 +32,9 @@ def models(engine: Engine, window: str, now: dt.datetime | None = None) -> list[
         f"SELECT c.model AS model, count(DISTINCT CASE WHEN c.warm AND c.orchestrator_uri <> '' THEN c.orchestrator_uri "
         f"ELSE NULL END) AS warm, "
         f"sum(c.capacity) AS slots, sum(c.in_use) AS active FROM {t['capacity']} c JOIN "
-        f"(SELECT model, max(read_at) AS last FROM {t['capacity']} WHERE {cond} GROUP BY model) l "
-        f"ON c.model = l.model AND c.read_at = l.last GROUP BY c.model ORDER BY c.model", params)
+        f"{last_snapshots(t['capacity'], cond, {'model': 'model'})} l "
+        f"ON c.model = l.model AND c.read_at = l.last AND {measured('c.')} = l.measured "
+        f"GROUP BY c.model ORDER BY c.model", params)
     sparams: dict[str, Any] = {"until": now}
     swhere = f" AND started_at <= {d.param('until', 'DateTime64')}"
     if span is not None:

@@ -1,7 +1,8 @@
 """SLA-qualified capacity: how many of a workflow's slots sit on orchestrator x GPU pairs that met an SLA.
 
 For a model and a window (``fleet.dashboard.queries.Filters``): the network's capacity at the window's end
-(the last snapshot of the capacity series, ``fleet.results.capacity_series``, read within the window) and
+(the last snapshot of the capacity series, ``fleet.results.capacity_series``, read within the window; one
+read from the network is taken over a later static count, which states only what a scenario assumed) and
 each orchestrator's SLA score over the window from the sessions that ran on it (the leaderboard's score,
 the network's formula, ``fleet.results.verdict.sla_combine``). An orchestrator's slots are
 
@@ -29,7 +30,7 @@ import functools
 from typing import Any
 
 from fleet.dashboard.engine import Engine
-from fleet.dashboard.queries import WINDOWS, Filters, bucket_scores, leaderboard
+from fleet.dashboard.queries import WINDOWS, Filters, bucket_scores, last_snapshots, leaderboard, measured
 from fleet.errors import InputError
 
 __all__ = ["MIN_SESSIONS", "SLA_TARGET", "STATUSES", "UNITS", "qualified_capacity", "qualified_series"]
@@ -58,24 +59,29 @@ def _end(f: Filters) -> dt.datetime:
 
 
 def _latest(engine: Engine, f: Filters) -> list[dict[str, Any]]:
-    """The rows of the last capacity snapshot of the model read within the window."""
+    """The rows of the last capacity snapshot of the model read within the window (``last_snapshots``: one read
+    from the network before a static count)."""
     d, t = engine.dialect, engine.tables()["capacity"]
     cond, params = _window(engine, f)
     return engine.query(
-        f"SELECT orchestrator_uri, orchestrator_address, gpu_names, capacity, idle, "
-        f"{d.epoch('read_at')} AS read_unix FROM {t} WHERE {cond} AND read_at = "
-        f"(SELECT max(read_at) FROM {t} WHERE {cond}) ORDER BY orchestrator_uri", params)
+        f"SELECT c.orchestrator_uri AS orchestrator_uri, c.orchestrator_address AS orchestrator_address, "
+        f"c.gpu_names AS gpu_names, c.capacity AS capacity, c.idle AS idle, {d.epoch('c.read_at')} AS read_unix "
+        f"FROM {t} c JOIN {last_snapshots(t, cond, {'model': 'model'})} l ON c.model = l.model "
+        f"AND c.read_at = l.last AND {measured('c.')} = l.measured ORDER BY orchestrator_uri", params)
 
 
 def _last_per_bucket(engine: Engine, f: Filters, unit: str) -> list[dict[str, Any]]:
-    """The rows of the last capacity snapshot of the model read in each bucket of the window, in one query."""
+    """The rows of the last capacity snapshot of the model read in each bucket of the window, in one query
+    (``last_snapshots``: one read from the network before a static count)."""
     d, t = engine.dialect, engine.tables()["capacity"]
     cond, params = _window(engine, f)
-    bucket = d.bucket_unix(unit, "read_at")
+    last = last_snapshots(t, cond, {"t_unix": d.bucket_unix(unit, "read_at")})
     return engine.query(
-        f"SELECT {bucket} AS t_unix, {d.epoch('read_at')} AS read_unix, orchestrator_uri, "
-        f"orchestrator_address, gpu_names, capacity, idle FROM {t} WHERE {cond} AND read_at IN "
-        f"(SELECT max(read_at) FROM {t} WHERE {cond} GROUP BY {bucket}) ORDER BY t_unix, orchestrator_uri", params)
+        f"SELECT l.t_unix AS t_unix, {d.epoch('c.read_at')} AS read_unix, c.orchestrator_uri AS orchestrator_uri, "
+        f"c.orchestrator_address AS orchestrator_address, c.gpu_names AS gpu_names, c.capacity AS capacity, "
+        f"c.idle AS idle FROM {t} c JOIN {last} l ON {d.bucket_unix(unit, 'c.read_at')} = l.t_unix "
+        f"AND c.read_at = l.last AND {measured('c.')} = l.measured WHERE c.model = {d.param('model', 'String')} "
+        f"ORDER BY t_unix, orchestrator_uri", params)
 
 
 def _gpu(names: list[str] | None) -> str:

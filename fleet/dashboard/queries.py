@@ -17,8 +17,8 @@ from urllib.parse import urlencode
 from fleet.dashboard.engine import Engine
 from fleet.results.verdict import sla_combine
 
-__all__ = ["WINDOWS", "Filters", "anchors", "bucket_scores", "coverage", "daily_scores", "groups", "leaderboard", "options",
-           "orchestrator_view", "sla_from"]
+__all__ = ["WINDOWS", "Filters", "anchors", "bucket_scores", "coverage", "daily_scores", "groups", "last_snapshots",
+           "leaderboard", "measured", "options", "orchestrator_view", "sla_from"]
 
 WINDOWS = {"1h": dt.timedelta(hours=1), "24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7),
            "30d": dt.timedelta(days=30), "all": None}
@@ -33,6 +33,28 @@ HANDED = "outcome <> 'skipped_no_capacity' AND coalesce(error_phase, '') <> 'tes
 TESTER = "coalesce(error_phase, '') = 'tester'"
 OK = "outcome = 'ok'"
 MIN_FPS = 12.0   # output viability: the default min_output_fps threshold of a scenario
+
+
+def measured(alias: str = "") -> str:
+    """1 for a capacity row read from the network (a gateway, NaaP), 0 for a scenario's static count."""
+    return f"CASE WHEN {alias}source = 'static' THEN 0 ELSE 1 END"
+
+
+def last_snapshots(table: str, cond: str, keys: dict[str, str]) -> str:
+    """A derived table naming the last capacity snapshot per group of ``keys`` (column name -> expression) among
+    the rows of ``table`` meeting ``cond``: the columns ``keys``, ``measured`` and ``last`` (its ``read_at``).
+    A snapshot read from the network is taken over a later static count, which only states what a scenario
+    assumed (a campaign with ``capacity.source: static`` would otherwise replace the network's slots with its
+    own count); a static one only where the group has no other. Join a row ``c`` on the keys, on
+    ``c.read_at = l.last`` and on ``measured('c.') = l.measured``."""
+    sel = ", ".join(f"{expr} AS {name}" for name, expr in keys.items())
+    group = ", ".join(keys.values())
+    on = " AND ".join(f"b.{name} = r.{name}" for name in keys)
+    return (f"(SELECT {', '.join('r.' + name for name in keys)}, r.measured AS measured, r.last AS last FROM "
+            f"(SELECT {sel}, {measured()} AS measured, max(read_at) AS last FROM {table} WHERE {cond} "
+            f"GROUP BY {group}, {measured()}) r JOIN "
+            f"(SELECT {sel}, max({measured()}) AS best FROM {table} WHERE {cond} GROUP BY {group}) b "
+            f"ON {on} AND r.measured = b.best)")
 GROUP_COLUMNS = {"model": "model", "gpu": "coalesce(gpu_name, '?')", "category": "coalesce(prompt_category, '?')",
                  "region": "coalesce(region, '?')"}
 
@@ -106,7 +128,7 @@ def anchors(engine: Engine, f: Filters) -> dict[str, tuple[float, float]]:
 def _score(d: Any, column: str, anchor: tuple[float, float] | None, name: str, params: dict[str, Any]) -> str:
     """The mean per-session component score: 1 at or better than good, 0 at or worse than bad."""
     if anchor is None:
-        return f"CAST(NULL AS DOUBLE) AS {name}"
+        return f"{d.null_float()} AS {name}"
     params[f"{name}_good"], params[f"{name}_bad"] = anchor
     good, bad = d.param(f"{name}_good", "Float64"), d.param(f"{name}_bad", "Float64")
     # greatest / least skip NULLs in DuckDB: a session without the value must stay out of the mean
