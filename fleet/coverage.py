@@ -198,8 +198,7 @@ class Coverage:
         if day != self.day:
             forward = day > self.day
             self.day, self.used_s, self.seen_today = day, 0.0, {}
-            midnight = dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.timezone.utc).timestamp()
-            self.proven_from = midnight - (self.proven_days - 1) * DAY_S
+            self.proven_from = now - now % DAY_S - (self.proven_days - 1) * DAY_S   # Unix time has no leap seconds
             if forward:   # sessions that no longer count are let go, a day late (a clock stepped back over
                 for starts in self.counted.values():   # midnight, as NTP may, still finds its day's)
                     del starts[:bisect.bisect_left(starts, self.proven_from - DAY_S)]

@@ -79,8 +79,8 @@ def _last_per_bucket(engine: Engine, f: Filters, unit: str) -> list[dict[str, An
     return engine.query(
         f"SELECT l.t_unix AS t_unix, {d.epoch('c.read_at')} AS read_unix, c.orchestrator_uri AS orchestrator_uri, "
         f"c.orchestrator_address AS orchestrator_address, c.gpu_names AS gpu_names, c.capacity AS capacity, "
-        f"c.idle AS idle FROM {t} c JOIN {last} l ON {d.bucket_unix(unit, 'c.read_at')} = l.t_unix "
-        f"AND c.read_at = l.last AND {measured('c.')} = l.measured WHERE c.model = {d.param('model', 'String')} "
+        f"c.idle AS idle FROM {t} c JOIN {last} l ON c.read_at = l.last AND {measured('c.')} = l.measured "
+        f"WHERE c.model = {d.param('model', 'String')} "
         f"ORDER BY t_unix, orchestrator_uri", params)
 
 
