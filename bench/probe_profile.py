@@ -188,9 +188,9 @@ def without(part: str) -> list[bool]:
         install = leanrtp._skip_stun
 
         def skip_stun(connection, component, data_received):
-            def gated(data: bytes, c: int) -> None:
+            def gated(data: bytes, c: int, arrival: float | None = None) -> None:
                 if not flag[0] or 192 <= data[1] <= 223:  # RTCP still handled
-                    data_received(data, c)
+                    data_received(data, c, arrival)
             return install(connection, component, gated)
         leanrtp._skip_stun = skip_stun
     elif part == "packets":  # the frame's payloads (VP8: a picture ID put in each), their headers, SRTP, sending

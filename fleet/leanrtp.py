@@ -25,7 +25,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from struct import Struct, pack
 from typing import Any
@@ -43,7 +43,7 @@ from fleet.sockstamp import arrival_clock
 from fleet.srtpcalls import SrtpCalls, srtp_calls
 from fleet.webrtc import PayloadKinds  # its import also checks the private API used here
 
-__all__ = ["RtpView", "lean_receive", "lean_sender", "parse_rtp"]
+__all__ = ["LeanReceive", "RtpView", "lean_receive", "lean_sender", "parse_rtp"]
 
 _RTP_HEADER = Struct("!BBHLL")
 _NTP_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
@@ -283,9 +283,9 @@ def _nack_add(nack: NackGenerator, packet: Any) -> bool:
 
 def _skip_stun(connection: Any, component: int, data_received: Callable[[bytes, int, float | None], None]) -> bool:
     """Hand the nominated pair's datagrams whose first byte says RTP or RTCP (128-191, RFC 7983 section 7)
-    straight to ``data_received``, with when each reached the socket (``fleet.sockstamp``; None where the
-    kernel cannot tell), without aioice's attempt to parse each as STUN first (a STUN message's first byte is
-    0-3: the attempt fails for every one); False while no pair is nominated."""
+    straight to ``data_received``, with when each reached the socket (``fleet.sockstamp``, whose stamping
+    starts here; None where the kernel cannot tell), without aioice's attempt to parse each as STUN first (a
+    STUN message's first byte is 0-3: the attempt fails for every one); False while no pair is nominated."""
     pair = connection._nominated.get(component)
     if pair is None:
         return False
@@ -302,41 +302,63 @@ def _skip_stun(connection: Any, component: int, data_received: Callable[[bytes, 
     return True
 
 
-def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float, bool], None]
-                 ) -> Callable[[Any], Awaitable[None]]:
+HELD_STAMPS = 1024  # stamps of packets left to aiortc's path, kept until its handler asks (a handful at a time)
+
+
+def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float, bool], None]) -> LeanReceive:
     """The probe's receive path for a receiver aiortc decodes nothing for (a starved decoder, no bandwidth
     estimate): its depayloader and jitter buffer, whose frames would be thrown away, are skipped; every media
     packet is taken from the ICE connection as it arrives, SRTP-unprotected (``SrtpCalls``) and handed to
     ``on_packet(packet, arrival, exact)`` at once, without the queue, the DTLS transport's loop and the
-    RtpPacket aiortc would build (``arrival``: when it reached the socket, ``exact``, once the pair's datagrams
-    come here on a kernel that tells; else ``time.monotonic()``). The receiver still counts every packet for
-    its receiver reports and NACKs missing ones (the module's notes say what differs); once media flows, the
-    nominated pair's datagrams come here without aioice's STUN attempt (``_skip_stun``). The connection must
-    carry this receiver's media alone (the probe's egress connection has one transceiver, never bundled): the
-    first media packet's SSRC is the one taken; packets of any other, and those that are not the receiver's
-    media (DTLS, RTCP, retransmissions, other payload types), or that arrive before SRTP is keyed or while older
-    data waits in aiortc's queue, take aiortc's own path; the handler returned (its ``taken``: the packets the
-    lean path took) is what ``tap_rtp``'s handler awaits for those."""
-    duties = _receiver_duties(receiver)
-    generator = getattr(receiver, "_RTCRtpReceiver__nack_generator")  # noqa: B009
-    dtls = receiver.transport
-    connection = dtls.transport._connection
-    queued, original = connection._queue, connection.data_received
-    nacks: set[asyncio.Task[None]] = set()
-    ours: dict[int, int] = {}   # 0 -> the SSRC this path takes
-    kinds = PayloadKinds(receiver)  # payload type -> its media codec (None: RTX or unknown)
-    direct: list[Any] = [False, None]  # whether the pair's datagrams come straight here; the SrtpCalls in use
+    RtpPacket aiortc would build. ``arrival`` is when it reached the socket (``exact``) on a kernel that tells,
+    else ``time.monotonic()``. The receiver still counts every packet for its receiver reports and NACKs
+    missing ones (the module's notes say what differs). From the first datagram after ICE nominated a pair
+    (the DTLS handshake's, before any media), the pair's RTP and RTCP come here stamped and without aioice's
+    STUN attempt (``_skip_stun``). The connection must carry this receiver's media alone (the probe's egress
+    connection has one transceiver, never bundled): the first media packet's SSRC is the one taken; packets of
+    any other, and those that are not the receiver's media (DTLS, RTCP, retransmissions, other payload types),
+    take aiortc's own path, as do this SSRC's packets that arrive before SRTP is keyed or while older data
+    waits in aiortc's queue (kept in order behind it): their stamps are held for ``LeanReceive.arrival``. The
+    object returned is what ``tap_rtp``'s handler awaits for the packets of aiortc's path."""
+    return LeanReceive(receiver, on_packet)
 
-    def data_received(data: bytes, component: int, arrival: float | None = None) -> None:
-        srtp = direct[1]
-        if srtp is None or srtp.session is not dtls._rx_srtp:
-            srtp = direct[1] = srtp_calls(srtp, dtls._rx_srtp)
-        if srtp is None or len(data) < 12 or not 127 < data[0] < 192 or 192 <= data[1] <= 223 or not queued.empty():
-            original(data, component)  # DTLS, RTCP, SRTP not keyed yet, or older data still queued
+
+class LeanReceive:
+    """``lean_receive``'s path for one receiver; called (awaited) with each packet of aiortc's path."""
+
+    def __init__(self, receiver: RTCRtpReceiver, on_packet: Callable[[Any, float, bool], None]) -> None:
+        self.receiver, self.on_packet = receiver, on_packet
+        self.duties = _receiver_duties(receiver)
+        self.generator = getattr(receiver, "_RTCRtpReceiver__nack_generator")  # noqa: B009
+        self.dtls = receiver.transport
+        self.connection = self.dtls.transport._connection
+        self.queued, self.original = self.connection._queue, self.connection.data_received
+        self.nacks: set[asyncio.Task[None]] = set()
+        self.ssrc: int | None = None      # the SSRC this path takes
+        self.kinds = PayloadKinds(receiver)  # payload type -> its media codec (None: RTX or unknown)
+        self.direct = False               # whether the pair's datagrams come straight here
+        self.srtp: SrtpCalls | None = None
+        self.held: dict[int, float] = {}  # sequence number -> arrival, of this SSRC's packets left to aiortc
+        self.taken = 0                    # packets this path took
+        self.connection.data_received = self.data_received  # type: ignore[method-assign]
+
+    def data_received(self, data: bytes, component: int, arrival: float | None = None) -> None:
+        if not self.direct:
+            self.direct = _skip_stun(self.connection, component, self.data_received)
+        if len(data) < 12 or not 127 < data[0] < 192 or 192 <= data[1] <= 223:
+            self.original(data, component)  # DTLS, RTCP
             return
         pt, ssrc = data[1] & 0x7F, int.from_bytes(data[8:12], "big")  # the RTP header is not encrypted
-        if kinds[pt] is None or ssrc != ours.setdefault(0, ssrc):
-            original(data, component)
+        if self.kinds[pt] is None or (self.ssrc is not None and ssrc != self.ssrc):
+            self.original(data, component)
+            return
+        self.ssrc = ssrc
+        srtp = self.srtp
+        if srtp is None or srtp.session is not self.dtls._rx_srtp:
+            srtp = self.srtp = srtp_calls(srtp, self.dtls._rx_srtp)
+        if srtp is None or not self.queued.empty():  # SRTP not keyed yet, or older data still queued
+            self.hold(int.from_bytes(data[2:4], "big"), arrival)
+            self.original(data, component)
             return
         try:
             packet = parse_rtp(srtp.unprotect(data))
@@ -344,21 +366,28 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float, bool
             packet = None  # an SRTP failure drops the packet, as aiortc; so does one longer than SRTP's buffer
         if packet is None:
             return
-        handle.taken += 1  # type: ignore[attr-defined]
-        if not direct[0]:
-            direct[0] = _skip_stun(connection, component, data_received)
-        on_packet(packet, time.monotonic() if arrival is None else arrival, arrival is not None)
-        lost = duties(packet, media=True)
+        self.taken += 1
+        self.on_packet(packet, time.monotonic() if arrival is None else arrival, arrival is not None)
+        lost = self.duties(packet, media=True)
         if lost is not None:
-            nacks.add(task := asyncio.ensure_future(receiver._send_rtcp_nack(lost.ssrc, sorted(generator.missing))))
-            task.add_done_callback(nacks.discard)
+            task = asyncio.ensure_future(self.receiver._send_rtcp_nack(lost.ssrc, sorted(self.generator.missing)))
+            self.nacks.add(task)
+            task.add_done_callback(self.nacks.discard)
 
-    connection.data_received = data_received  # type: ignore[method-assign]
+    def hold(self, seq: int, arrival: float | None) -> None:
+        """Keep the stamp of a packet of this SSRC's left to aiortc's path (none known: forget an older one)."""
+        if arrival is None:
+            self.held.pop(seq, None)
+            return
+        if len(self.held) >= HELD_STAMPS:  # packets aiortc dropped (before SRTP was keyed) never asked for theirs
+            self.held.clear()
+        self.held[seq] = arrival
 
-    async def handle(packet: Any) -> None:
-        lost = duties(packet)
+    def arrival(self, packet: Any) -> float | None:
+        """When a packet of aiortc's path reached the socket, if it is this SSRC's and was stamped."""
+        return self.held.pop(packet.sequence_number, None) if packet.ssrc == self.ssrc else None
+
+    async def __call__(self, packet: Any) -> None:
+        lost = self.duties(packet)
         if lost is not None:
-            await receiver._send_rtcp_nack(lost.ssrc, sorted(generator.missing))
-
-    handle.taken = 0  # type: ignore[attr-defined]
-    return handle
+            await self.receiver._send_rtcp_nack(lost.ssrc, sorted(self.generator.missing))

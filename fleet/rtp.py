@@ -201,9 +201,11 @@ class FrameTap:
         self._lean = lean_receive(receiver, self.packet) if not decode and not bandwidth_feedback else None
 
     async def _handle(self, packet: Any, arrival_time_ms: int) -> None:
-        self.packet(packet, time.monotonic())
-        if self._lean is not None:
-            await self._lean(packet)
+        lean = self._lean
+        at = lean.arrival(packet) if lean is not None else None  # stamped at the socket, held for aiortc's path
+        self.packet(packet, time.monotonic() if at is None else at, at is not None)
+        if lean is not None:
+            await lean(packet)
         else:
             await self._original(packet, arrival_time_ms)
 

@@ -13,6 +13,7 @@ is the one error left).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import struct
 import sys
@@ -23,15 +24,17 @@ from typing import Any
 __all__ = ["SIOCGSTAMPNS", "arrival_clock"]
 
 SIOCGSTAMPNS = 0x8907           # linux/sockios.h: the last datagram's receive time as a struct timespec
-_TIMESPEC = struct.Struct("@qq")  # tv_sec, tv_nsec: 64-bit on the 64-bit platforms this is used on
+_TIMESPEC = struct.Struct("@qq")  # tv_sec, tv_nsec: 64-bit on 64-bit Linux, the one platform this is used on
 _SUPPORTED = sys.platform.startswith("linux") and struct.calcsize("P") == 8
 
 
-def arrival_clock(transport: Any) -> Callable[[], float] | None:
+def arrival_clock(transport: Any) -> Callable[[], float | None] | None:
     """A function that gives, on ``time.monotonic()``'s clock, when the datagram just read from
-    ``transport``'s socket arrived; call it inside ``datagram_received``. None where the kernel cannot
-    tell (not Linux on 64 bits, or a transport without a socket of its own). Stamping starts here: a
-    datagram that reached the socket before is given the time of the call."""
+    ``transport``'s socket arrived; call it inside ``datagram_received``; it gives None when the kernel
+    does not answer (the socket closed under the call). Stamping starts here: a datagram that reached the
+    socket before is given the time of the call (the kernel's own answer then). None instead of the
+    function where the kernel cannot tell: not 64-bit Linux, a transport without a socket of its own, or a
+    socket that refuses the first ask."""
     if not _SUPPORTED:
         return None
     sock = transport.get_extra_info("socket") if transport is not None else None
@@ -42,18 +45,19 @@ def arrival_clock(transport: Any) -> Callable[[], float] | None:
     if fd < 0:
         return None
     buffer = bytearray(_TIMESPEC.size)
-    try:  # the first call turns stamping on for the socket (and finds no datagram read yet)
+    try:  # the first ask turns stamping on for the socket; ENOENT: no datagram read from it yet
         fcntl.ioctl(fd, SIOCGSTAMPNS, buffer)
-    except OSError:
-        pass
+    except OSError as e:
+        if e.errno != errno.ENOENT:
+            return None
     unpack, ioctl, monotonic, wall = _TIMESPEC.unpack, fcntl.ioctl, time.monotonic, time.time
 
-    def arrival() -> float:
-        now = monotonic()
+    def arrival() -> float | None:
         try:
             ioctl(fd, SIOCGSTAMPNS, buffer)
-        except OSError:  # the socket closed under the call, or nothing read yet
-            return now
+        except OSError:  # the socket closed under the call (or, outside datagram_received, nothing read yet)
+            return None
+        now = monotonic()
         seconds, nanoseconds = unpack(buffer)
         stamp = seconds + nanoseconds * 1e-9 - wall() + now
         return stamp if stamp <= now else now  # never later than its reading (a wall-clock step back)

@@ -101,6 +101,32 @@ def test_there_is_no_clock_for_a_transport_without_a_socket() -> None:
     assert arrival_clock(NoSocket()) is None and arrival_clock(None) is None
 
 
+class OwnSocket:
+    """A fake of an asyncio transport: only its ``socket``, a real one."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> socket.socket | None:
+        return self.sock if name == "socket" else None
+
+
+def test_a_socket_that_refuses_the_first_ask_has_no_clock() -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)  # no receive stamps on a Unix socket (ENOTTY)
+    with a, b:
+        assert arrival_clock(OwnSocket(a)) is None
+
+
+def test_a_stamp_the_kernel_does_not_give_is_none_not_the_time_of_the_call() -> None:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    arrival = arrival_clock(OwnSocket(receiver))
+    assert arrival is not None
+    assert arrival() is None  # nothing read from the socket yet (ENOENT)
+    receiver.close()
+    assert arrival() is None  # the socket closed under the call (EBADF)
+
+
 # --- the reference gateway's own stamps ---------------------------------------------------------------------
 
 SSRC = 0x1234ABCD

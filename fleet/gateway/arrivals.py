@@ -12,6 +12,7 @@ another call (a ``timeval``): the truth shares no code with what it judges.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import struct
 import sys
@@ -42,13 +43,16 @@ class SocketArrivals:
             return False
         self.watching = True
         sock = pair.protocol.transport.get_extra_info("socket") if _WORKS else None
-        if sock is None:
-            return True
-        fd, cell = sock.fileno(), bytearray(_TIMEVAL.size)
+        fd, cell = -1, bytearray(_TIMEVAL.size)
         try:
-            fcntl.ioctl(fd, SIOCGSTAMP, cell)  # the first ask turns the socket's stamps on
-        except OSError:
-            pass
+            fd = sock.fileno() if sock is not None else -1
+            if fd >= 0:
+                fcntl.ioctl(fd, SIOCGSTAMP, cell)  # the first ask turns the socket's stamps on
+        except OSError as e:
+            if e.errno != errno.ENOENT:  # ENOENT: on, with no datagram read yet; anything else: no stamps here
+                fd = -1
+        if fd < 0:
+            return True
         inner = pair.protocol.datagram_received
 
         def datagram_received(data: bytes, addr: Any) -> None:

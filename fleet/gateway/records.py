@@ -222,6 +222,7 @@ class StreamReports:
             "prompts": [{"t": t, "prompt": p, "params_hash": ph} for t, p, ph in h.prompts],
             "events": [{"t": t, "type": k, **d} for t, k, d in h.events],  # data keys never 't'/'type'
             "frames": frames["frames"],
+            "pts_origin": h.runner.pts_origin(),  # the publisher's RTP timestamp of a frame's pts 0
             # per viewer, per frame sent: [output pts (90 kHz), when its last packet left (time.monotonic())]
             "egress": [[[p, round(t, 6)] for p, t in track.egress] for _, track in h.whep],
         }

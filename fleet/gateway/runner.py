@@ -192,6 +192,14 @@ class RunnerModel:
             self.arrivals.pop(next(iter(self.arrivals)))
         self.arrivals[frame.timestamp & 0xFFFFFFFF] = frame.arrival
 
+    def pts_origin(self) -> int | None:
+        """The publisher's RTP timestamp of the truth's pts 0 (the truth's frame ``pts`` + it = the packets'
+        timestamp, mod 2**32), once a frame came in."""
+        if self.host.config.relay:
+            return None if self.relay_ts0 is None else self.relay_ts0 & 0xFFFFFFFF
+        ingest = self.host.ingest
+        return timestamp_origin(ingest.receiver if ingest else None)
+
     def _arrival_of(self, frame: av.VideoFrame) -> float:
         """When the frame's last packet arrived (before aiortc's jitter buffer and decoder), else now."""
         ingest = self.host.ingest

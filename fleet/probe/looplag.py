@@ -4,8 +4,9 @@ An output frame timed when the event loop handles its last packet is stamped
 late by a loop that was busy elsewhere: that is the tester's jitter, not the
 network's. (The probe's own receive path times frames by when their packet
 reached the socket instead, ``fleet.sockstamp``: only the frames the loop
-stamped itself, on aiortc's path or on another platform, can be late.) One ``LoopMonitor`` per event loop (shared by all
-the sessions on it) wakes every ``PERIOD_S``; a wake-up that comes late by
+stamped itself, on aiortc's path or on another platform, can be late.) One
+``LoopMonitor`` per event loop (shared by all the sessions on it) wakes
+every ``PERIOD_S``; a wake-up that comes late by
 ``lag`` means the loop could not look at a socket for that long. A session
 asks for the windows in which the loop was late by at least ``SUSPECT_MS``
 (``suspect_windows``): a frame stamped inside one may have arrived up to that
