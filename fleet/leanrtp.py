@@ -283,9 +283,11 @@ def _nack_add(nack: NackGenerator, packet: Any) -> bool:
 
 def _skip_stun(connection: Any, component: int, data_received: Callable[[bytes, int, float | None], None]) -> bool:
     """Hand the nominated pair's datagrams whose first byte says RTP or RTCP (128-191, RFC 7983 section 7)
-    straight to ``data_received``, with when each reached the socket (``fleet.sockstamp``, whose stamping
-    starts here; None where the kernel cannot tell), without aioice's attempt to parse each as STUN first (a
-    STUN message's first byte is 0-3: the attempt fails for every one); False while no pair is nominated."""
+    straight to ``data_received``, without aioice's attempt to parse each as STUN first (a STUN message's first
+    byte is 0-3: the attempt fails for every one); False while no pair is nominated. A datagram whose second
+    byte has its top bit set (an RTP packet with the marker bit, a frame's last, which times the frame; or RTCP)
+    comes with when it reached the socket (``fleet.sockstamp``, whose stamping starts here; None where the
+    kernel cannot tell); the others with None (asking costs a system call, 1 µs, per packet)."""
     pair = connection._nominated.get(component)
     if pair is None:
         return False
@@ -294,7 +296,7 @@ def _skip_stun(connection: Any, component: int, data_received: Callable[[bytes, 
 
     def datagram_received(data: bytes, addr: Any) -> None:
         if data and 127 < data[0] < 192:
-            data_received(data, component, None if arrival is None else arrival())
+            data_received(data, component, arrival() if arrival is not None and len(data) > 1 and data[1] & 0x80 else None)
         else:
             parse_first(data, addr)  # STUN (consent checks) and DTLS
 
@@ -310,16 +312,18 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float, bool
     estimate): its depayloader and jitter buffer, whose frames would be thrown away, are skipped; every media
     packet is taken from the ICE connection as it arrives, SRTP-unprotected (``SrtpCalls``) and handed to
     ``on_packet(packet, arrival, exact)`` at once, without the queue, the DTLS transport's loop and the
-    RtpPacket aiortc would build. ``arrival`` is when it reached the socket (``exact``) on a kernel that tells,
-    else ``time.monotonic()``. The receiver still counts every packet for its receiver reports and NACKs
-    missing ones (the module's notes say what differs). From the first datagram after ICE nominated a pair
-    (the DTLS handshake's, before any media), the pair's RTP and RTCP come here stamped and without aioice's
-    STUN attempt (``_skip_stun``). The connection must carry this receiver's media alone (the probe's egress
-    connection has one transceiver, never bundled): the first media packet's SSRC is the one taken; packets of
-    any other, and those that are not the receiver's media (DTLS, RTCP, retransmissions, other payload types),
-    take aiortc's own path, as do this SSRC's packets that arrive before SRTP is keyed or while older data
-    waits in aiortc's queue (kept in order behind it): their stamps are held for ``LeanReceive.arrival``. The
-    object returned is what ``tap_rtp``'s handler awaits for the packets of aiortc's path."""
+    RtpPacket aiortc would build. ``arrival`` is, for a frame's last packet (the marker bit), when it reached
+    the socket (``exact``) on a kernel that tells, else ``time.monotonic()``. The receiver still counts every
+    packet for its receiver reports and NACKs missing ones (the module's notes say what differs). From the
+    first datagram after ICE nominated a pair (the DTLS handshake's, before any media), the pair's RTP and
+    RTCP come here, frames' last packets stamped, without aioice's STUN attempt (``_skip_stun``).
+
+    The connection must carry this receiver's media alone (the probe's egress connection has one
+    transceiver, never bundled): the first media packet's SSRC is the one taken; packets of any other, and
+    those that are not the receiver's media (DTLS, RTCP, retransmissions, other payload types), take aiortc's
+    own path, as do this SSRC's packets that arrive before SRTP is keyed or while older data waits in aiortc's
+    queue (kept in order behind it): their stamps are held for ``LeanReceive.arrival``. The object returned
+    is what ``tap_rtp``'s handler awaits for the packets of aiortc's path."""
     return LeanReceive(receiver, on_packet)
 
 

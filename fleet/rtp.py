@@ -137,7 +137,7 @@ class TapFrame:
     """One reassembled encoded frame."""
 
     timestamp: int        # RTP timestamp, unwrapped (still carries the sender's random origin)
-    first_arrival: float  # time.monotonic() of its first packet
+    first_arrival: float  # time.monotonic() of its first packet (when the event loop handled it)
     arrival: float        # time.monotonic() of its last packet (marker bit): when it became decodable
     data: bytes
     packets: int
