@@ -188,10 +188,16 @@ def without(part: str) -> list[bool]:
         install = leanrtp._skip_stun
 
         def skip_stun(connection, component, data_received):
-            def gated(data: bytes, c: int, arrival: float | None = None) -> None:
-                if not flag[0] or 192 <= data[1] <= 223:  # RTCP still handled
-                    data_received(data, c, arrival)
-            return install(connection, component, gated)
+            if not install(connection, component, data_received):
+                return False
+            protocol = connection._nominated[component].protocol
+            inner = protocol.datagram_received
+
+            def gated(data: bytes, addr) -> None:  # media dropped as it arrives, before its stamp is asked for
+                if not flag[0] or not (data and 127 < data[0] < 192) or 192 <= data[1] <= 223:  # RTCP still handled
+                    inner(data, addr)
+            protocol.datagram_received = gated
+            return True
         leanrtp._skip_stun = skip_stun
     elif part == "packets":  # the frame's payloads (VP8: a picture ID put in each), their headers, SRTP, sending
         frame, payloads, picture_id = leanrtp._LeanSender.frame, ClipPayloads.frame, leanrtp._LeanSender._picture_id

@@ -321,9 +321,10 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float, bool
     The connection must carry this receiver's media alone (the probe's egress connection has one
     transceiver, never bundled): the first media packet's SSRC is the one taken; packets of any other, and
     those that are not the receiver's media (DTLS, RTCP, retransmissions, other payload types), take aiortc's
-    own path, as do this SSRC's packets that arrive before SRTP is keyed or while older data waits in aiortc's
-    queue (kept in order behind it): their stamps are held for ``LeanReceive.arrival``. The object returned
-    is what ``tap_rtp``'s handler awaits for the packets of aiortc's path."""
+    own path (before SRTP is keyed aiortc has not set the receiver's codecs yet, so every packet does), as do
+    this SSRC's packets that arrive while older data waits in aiortc's queue (kept in order behind it): their
+    stamps are held for ``LeanReceive.arrival``. The object returned is what ``tap_rtp``'s handler awaits for
+    the packets of aiortc's path."""
     return LeanReceive(receiver, on_packet)
 
 
@@ -360,7 +361,7 @@ class LeanReceive:
         srtp = self.srtp
         if srtp is None or srtp.session is not self.dtls._rx_srtp:
             srtp = self.srtp = srtp_calls(srtp, self.dtls._rx_srtp)
-        if srtp is None or not self.queued.empty():  # SRTP not keyed yet, or older data still queued
+        if srtp is None or not self.queued.empty():  # older data still queued (or, defensively, SRTP not keyed)
             self.hold(int.from_bytes(data[2:4], "big"), arrival)
             self.original(data, component)
             return
@@ -383,7 +384,7 @@ class LeanReceive:
         if arrival is None:
             self.held.pop(seq, None)
             return
-        if len(self.held) >= HELD_STAMPS:  # packets aiortc dropped (before SRTP was keyed) never asked for theirs
+        if len(self.held) >= HELD_STAMPS:  # packets aiortc dropped (an SRTP replay or failed check) never ask
             self.held.clear()
         self.held[seq] = arrival
 

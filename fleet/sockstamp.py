@@ -31,10 +31,12 @@ _SUPPORTED = sys.platform.startswith("linux") and struct.calcsize("P") == 8
 def arrival_clock(transport: Any) -> Callable[[], float | None] | None:
     """A function that gives, on ``time.monotonic()``'s clock, when the datagram just read from
     ``transport``'s socket arrived; call it inside ``datagram_received``; it gives None when the kernel
-    does not answer (the socket closed under the call). Stamping starts here: a datagram that reached the
-    socket before is given the time of the call (the kernel's own answer then). None instead of the
-    function where the kernel cannot tell: not 64-bit Linux, a transport without a socket of its own, or a
-    socket that refuses the first ask."""
+    does not answer (the socket closed under the call). Stamping starts here: a datagram read before is
+    given the time of the call (the kernel's own answer then), and so is one that waited in the socket while
+    stamping came on, unless another socket on the machine had it on already (the kernel stamps on arrival
+    only then); the probe asks before any media. None instead of the function where the kernel cannot tell:
+    not 64-bit Linux, a transport without a socket of its own (aioice's TURN relay), or a socket that refuses
+    the first ask."""
     if not _SUPPORTED:
         return None
     sock = transport.get_extra_info("socket") if transport is not None else None

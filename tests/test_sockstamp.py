@@ -118,12 +118,11 @@ def test_a_socket_that_refuses_the_first_ask_has_no_clock() -> None:
 
 
 def test_a_stamp_the_kernel_does_not_give_is_none_not_the_time_of_the_call() -> None:
-    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    receiver.bind(("127.0.0.1", 0))
-    arrival = arrival_clock(OwnSocket(receiver))
-    assert arrival is not None
-    assert arrival() is None  # nothing read from the socket yet (ENOENT)
-    receiver.close()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("127.0.0.1", 0))
+        arrival = arrival_clock(OwnSocket(receiver))
+        assert arrival is not None
+        assert arrival() is None  # nothing read from the socket yet (ENOENT)
     assert arrival() is None  # the socket closed under the call (EBADF)
 
 

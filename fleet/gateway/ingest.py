@@ -5,9 +5,9 @@ Every packet of the WHIP receiver is seen on arrival (aiortc still does RTCP, NA
 processing mode, the decoding: the gateway is a peer like any other). The gateway needs of it: the codec
 (the media gather refuses one it does not take), the SSRC (its keyframe requests), packet counts and
 losses (``ingest_metrics``), when each frame's last packet reached the socket (the runner's input time:
-the marker bit, or the last packet seen when the marker was lost; ``fleet.gateway.arrivals``), and, in
-relay mode, the encoded frames themselves, which aiortc's own payload descriptors depacketize (H.264 as an
-Annex B access unit, VP8 as its payload).
+the marker bit, or the last packet seen when the marker was lost; ``fleet.gateway.arrivals``, asked from
+ICE's completion on, before any media), and, in relay mode, the encoded frames themselves, which aiortc's
+own payload descriptors depacketize (H.264 as an Annex B access unit, VP8 as its payload).
 """
 
 from __future__ import annotations
@@ -89,6 +89,12 @@ class Ingest:
         if relay:
             starve_decoder(receiver, _NoDecoding())  # before receive() starts the decoder thread
         self._original = tap_rtp(receiver, self._handle)
+        ice = receiver.transport.transport
+        ice.on("statechange", self._watch)  # ICE completes with its pair nominated, before DTLS and any media
+
+    def _watch(self) -> None:
+        if not self._arrivals.watching:
+            self._arrivals.watch(self.receiver.transport.transport._connection)
 
     @property
     def packets_lost(self) -> int:
@@ -96,8 +102,7 @@ class Ingest:
         return max(0, expected - self.packets)
 
     async def _handle(self, packet: Any, arrival_time_ms: int) -> None:
-        if not self._arrivals.watching:  # the pair is nominated once media flows
-            self._arrivals.watch(self.receiver.transport.transport._connection)
+        self._watch()  # in case ICE's completion came before this receiver (the pair is nominated once media flows)
         at = self._arrivals.arrival(packet.ssrc, packet.sequence_number)
         self.packet(packet, time.monotonic() if at is None else at)
         await self._original(packet, arrival_time_ms)

@@ -198,7 +198,8 @@ class RunnerModel:
         if self.host.config.relay:
             return None if self.relay_ts0 is None else self.relay_ts0 & 0xFFFFFFFF
         ingest = self.host.ingest
-        return timestamp_origin(ingest.receiver if ingest else None)
+        origin = timestamp_origin(ingest.receiver if ingest else None)
+        return None if origin is None else origin & 0xFFFFFFFF  # aiortc's goes below 0 as the clock wraps
 
     def _arrival_of(self, frame: av.VideoFrame) -> float:
         """When the frame's last packet arrived (before aiortc's jitter buffer and decoder), else now."""
