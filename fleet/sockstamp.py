@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import socket
 import struct
 import sys
 import time
@@ -28,6 +29,17 @@ _TIMESPEC = struct.Struct("@qq")  # tv_sec, tv_nsec: 64-bit on 64-bit Linux, the
 _SUPPORTED = sys.platform.startswith("linux") and struct.calcsize("P") == 8
 
 
+def _turn_socket(transport: Any) -> Any:
+    """The socket of aioice's TURN client under a relayed ``transport``, when it is a datagram one: it reads
+    the server's ChannelData (or Data indication) datagrams and hands each payload on in the same call, so the
+    stamp of the datagram it read last is the payload's. None for anything else (TURN over TCP or TLS: a
+    stream carries no datagram stamps)."""
+    inner = getattr(transport, "_TurnTransport__inner_protocol", None)  # checked by fleet.webrtc
+    outer = getattr(inner, "transport", None)
+    sock = outer.get_extra_info("socket") if outer is not None else None
+    return sock if getattr(sock, "type", None) == socket.SOCK_DGRAM else None
+
+
 def arrival_clock(transport: Any) -> Callable[[], float | None] | None:
     """A function that gives, on ``time.monotonic()``'s clock, when the datagram just read from
     ``transport``'s socket arrived; call it inside ``datagram_received``; it gives None when the kernel
@@ -35,11 +47,13 @@ def arrival_clock(transport: Any) -> Callable[[], float | None] | None:
     given the time of the call (the kernel's own answer then), and so is one that waited in the socket while
     stamping came on, unless another socket on the machine had it on already (the kernel stamps on arrival
     only then); the probe asks before any media. None instead of the function where the kernel cannot tell:
-    not 64-bit Linux, a transport without a socket of its own (aioice's TURN relay), or a socket that refuses
-    the first ask."""
+    not 64-bit Linux, a transport without a datagram socket (of its own, or its TURN client's), or a socket
+    that refuses the first ask."""
     if not _SUPPORTED:
         return None
     sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        sock = _turn_socket(transport)
     try:
         fd = sock.fileno() if sock is not None else -1
     except (AttributeError, OSError):

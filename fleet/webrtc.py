@@ -40,6 +40,7 @@ from importlib.metadata import version
 from typing import Any
 
 import aioice.ice
+import aioice.turn
 import pylibsrtp
 from pylibsrtp._binding import lib as srtp_lib  # type: ignore[import-not-found]
 from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCIceTransport, RTCPeerConnection, RTCRtpReceiver,
@@ -77,7 +78,8 @@ _SENDER_FIELDS = ("__rtp_history", "__rtp_header_extensions_map", "__rtp_started
 _INSTANCE_FIELDS = ((RTCIceTransport, "_connection"), (aioice.ice.Connection, "_nominated"),
                     (aioice.ice.CandidatePair, "protocol"), (RTCRtpSender, "_enabled"), (pylibsrtp.Session, "_srtp"),
                     (Vp8Encoder, "picture_id"), (NackGenerator, "max_seq"), (NackGenerator, "missing"),
-                    (pylibsrtp.Session, "_cdata"), (pylibsrtp.Session, "_buffer"))
+                    (pylibsrtp.Session, "_cdata"), (pylibsrtp.Session, "_buffer"),
+                    (aioice.turn.TurnTransport, "_TurnTransport__inner_protocol"))
 
 
 def check_private_api() -> None:

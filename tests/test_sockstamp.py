@@ -5,15 +5,24 @@ gateway's own (fleet.gateway.arrivals, the truth's input times)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import socket
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
+import aioice.turn
 import pytest
 import uvloop
 
 from fleet.gateway.arrivals import SocketArrivals
 from fleet.sockstamp import arrival_clock
+from services import free_port, unavailable, wait_for
+
+TURNSERVER = os.environ.get("FLEET_TURNSERVER", "/usr/bin/turnserver")
 
 STALL_S = 0.08       # the loop is kept busy this long after each datagram is sent
 TOLERANCE_S = 0.003  # a stamp's distance from its send on loopback (measured: under 0.1 ms)
@@ -22,10 +31,49 @@ WARM_UP_STALL_S = 0.005
 WARM_UP_TRIES = 100
 
 
+TURN_IP = "127.0.0.2"  # coturn listens and relays here; the sender is here too (coturn lets loopback peers in
+                       # only when told: allow-loopback-peers)
+
+
+@dataclass(frozen=True)
+class Turn:
+    address: tuple[str, int]
+    user: str
+    credential: str
+
+
+@pytest.fixture(scope="module")
+def turn(tmp_path_factory) -> Iterator[Turn]:
+    """Debian's coturn on loopback, long-term credentials made up here."""
+    if not os.path.exists(TURNSERVER):
+        unavailable(f"coturn ({TURNSERVER}) is not installed")
+    tmp = tmp_path_factory.mktemp("turn")
+    server = Turn((TURN_IP, free_port(TURN_IP)), "fleet", secrets.token_hex(16))
+    conf = tmp / "turnserver.conf"
+    conf.write_text("\n".join([
+        f"listening-ip={TURN_IP}", f"listening-port={server.address[1]}", f"relay-ip={TURN_IP}", "min-port=49300",
+        "max-port=49400", "lt-cred-mech", f"user={server.user}:{server.credential}", "realm=fleet.test", "no-tls",
+        "no-dtls", "no-tcp-relay", "no-cli", "allow-loopback-peers", f"log-file={tmp / 'turnserver.log'}",
+        "simple-log", f"pidfile={tmp / 'turnserver.pid'}", ""]))
+    proc = subprocess.Popen([TURNSERVER, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for("coturn to listen", lambda: proc.poll() is not None or f"{TURN_IP}:{server.address[1]} " in
+                 subprocess.run(["ss", "-Hlun"], capture_output=True, text=True).stdout, DEADLINE_S)
+        assert proc.poll() is None, (tmp / "turnserver.log").read_text(errors="replace")[-2000:]
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(DEADLINE_S)
+
+
 class Receiver(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.arrival: Callable[[], float] | None = None
-        self.seen: list[tuple[bytes, float, float]] = []  # (data, stamp, when the loop handed it over)
+        self.seen: list[tuple[bytes, float | None, float]] = []  # (data, stamp, when the loop handed it over)
         self.changed = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -49,15 +97,31 @@ def busy(seconds: float) -> None:
         pass
 
 
-async def stamped_through_a_stall() -> tuple[list[float], list[tuple[bytes, float, float]]]:
+async def open_receiver(out: socket.socket, turn: Turn | None) -> tuple[asyncio.BaseTransport, Receiver, Any]:
+    """A Receiver on its own socket, or on a TURN relay (aioice's client; the sender ``out`` let in by a first
+    datagram the other way, which binds a channel): its transport, itself, and the address to send to."""
     loop = asyncio.get_running_loop()
-    transport, receiver = await loop.create_datagram_endpoint(Receiver, local_addr=("127.0.0.1", 0))
+    if turn is None:
+        transport, receiver = await loop.create_datagram_endpoint(Receiver, local_addr=("127.0.0.1", 0))
+        return transport, receiver, transport.get_extra_info("sockname")
+    turned, relayed = await aioice.turn.create_turn_endpoint(Receiver, turn.address, turn.user, turn.credential)
+    out.bind((TURN_IP, 0))
+    out.settimeout(DEADLINE_S)
+    turned.sendto(b"let me in", out.getsockname())
+    _, to = await loop.run_in_executor(None, out.recvfrom, 64)  # from the relayed address, once the channel is bound
+    return turned, relayed, to
+
+
+async def stamped_through_a_stall(turn: Turn | None = None) -> tuple[list[float], list[tuple[bytes, float | None, float]]]:
+    loop = asyncio.get_running_loop()
     sent: list[float] = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+        transport, receiver, to = await open_receiver(out, turn)
+
         def stall(names: tuple[bytes, ...], seconds: float) -> None:
             for name in names:
                 sent.append(time.monotonic())
-                out.sendto(name, transport.get_extra_info("sockname"))
+                out.sendto(name, to)
                 busy(seconds)
 
         try:
@@ -67,7 +131,7 @@ async def stamped_through_a_stall() -> tuple[list[float], list[tuple[bytes, floa
                 loop.call_soon(stall, (b"w",), WARM_UP_STALL_S)
                 await receiver.until(len(receiver.seen) + 1)
                 _, stamp, handled = receiver.seen[-1]
-                if handled - stamp >= WARM_UP_STALL_S / 2:
+                if stamp is not None and handled - stamp >= WARM_UP_STALL_S / 2:
                     break
             else:
                 raise AssertionError("no datagram was stamped on arrival")
@@ -80,17 +144,30 @@ async def stamped_through_a_stall() -> tuple[list[float], list[tuple[bytes, floa
     return sent, receiver.seen[warm:]
 
 
-@pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
-def test_a_datagram_read_after_a_stall_of_the_loop_carries_when_it_arrived(new_loop) -> None:
-    with asyncio.Runner(loop_factory=new_loop) as runner:
-        sent, seen = runner.run(stamped_through_a_stall())
+def check_stamps(sent: list[float], seen: list[tuple[bytes, float | None, float]]) -> None:
     assert [data for data, _, _ in seen] == [b"a", b"b"]
     for at, (data, stamp, handled) in zip(sent, seen):
         # the loop handed both over after the whole stall: stamped then, each would be late by it
         assert handled - at >= STALL_S * (2 if data == b"a" else 1) - TOLERANCE_S, (data, handled - at)
-        assert at - TOLERANCE_S <= stamp <= at + TOLERANCE_S, (data, stamp - at)
+        assert stamp is not None and at - TOLERANCE_S <= stamp <= at + TOLERANCE_S, (data, stamp, at)
     # each datagram its own stamp, not the stamp of the last one read
-    assert abs((seen[1][1] - seen[0][1]) - (sent[1] - sent[0])) <= TOLERANCE_S
+    first, second = seen[0][1], seen[1][1]
+    assert first is not None and second is not None
+    assert abs((second - first) - (sent[1] - sent[0])) <= TOLERANCE_S
+
+
+@pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_a_datagram_read_after_a_stall_of_the_loop_carries_when_it_arrived(new_loop) -> None:
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        check_stamps(*runner.run(stamped_through_a_stall()))
+
+
+@pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_a_datagram_relayed_by_turn_carries_when_it_reached_the_turn_clients_socket(turn, new_loop) -> None:
+    """Media relayed through TURN (over UDP) reaches aioice's TURN client socket, which hands each payload on
+    in the same call: its stamp is the payload's (coturn in between, on loopback)."""
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        check_stamps(*runner.run(stamped_through_a_stall(turn)))
 
 
 def test_there_is_no_clock_for_a_transport_without_a_socket() -> None:
