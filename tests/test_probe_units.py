@@ -205,6 +205,8 @@ def finished(**kw) -> ProbeResult:
     ({"g2g_latency_ms": 3000.1}, ["high_latency"]),
     ({"output_fps": 5.0, "g2g_latency_ms": 5000.0}, ["low_fps", "high_latency"]),
     ({"events": [(3.0, EVENT_PREFIX + "black_output", {})]}, ["black_output"]),
+    # on each threshold exactly: met ("more than" the maximum, "less than" the minimum misses it)
+    ({"startup_s": 10.0, "output_fps": 12.0, "jitter_coeff": 0.1, "freeze_s": 2.0, "g2g_latency_ms": 3000.0}, []),
 ])
 def test_each_threshold_missed_is_a_reason_that_degrades_the_session(change, reasons):
     r = finished(**change)
@@ -217,6 +219,9 @@ def test_output_silent_at_the_end_fails_the_session_and_a_failed_one_is_left_alo
     classify(r, spec(), end=100.0, last_arrival=94.0)
     assert (r.outcome, r.error_phase, r.error_class) == ("failed", "pipeline", "output_stalled")
     assert r.error_detail == "no output for the last 6.0 s"
+    quiet = finished()  # silent exactly stall_fail_s (5 s): not yet failed
+    classify(quiet, spec(), end=100.0, last_arrival=95.0)
+    assert quiet.outcome == "ok"
     gone = finished(outcome="failed", output_fps=1.0)
     classify(gone, spec(), end=100.0, last_arrival=None)
     assert gone.outcome == "failed" and gone.reasons == []

@@ -110,6 +110,7 @@ def check(engine, rows: list[dict]) -> None:
     unproven = sum(LATEST[u] for u, (st, _, _) in want.items() if st == "unproven") + ANONYMOUS
     assert got["totals"] == {"qualified_slots": totals["qualified"], "failing_slots": totals["failing"],
                              "unproven_slots": unproven, "slots": sum(LATEST.values()) + ANONYMOUS}
+    assert {g["gpu"] for g in got["by_gpu"]} == {GPUS.get(u) if u != IDLE else "mixed" for u in LATEST} | {"unknown"}
     for g in got["by_gpu"]:   # per GPU model: the slots of the orchestrators whose GPUs are that model
         uris = [u for u in LATEST if (GPUS.get(u) if u != IDLE else "mixed") == g["gpu"]]
         assert g["slots"] == sum(LATEST[u] for u in uris) + (ANONYMOUS if g["gpu"] == "unknown" else 0), g

@@ -91,6 +91,13 @@ def test_freezes_follow_the_w3c_rule():
     count, total = freezes(gap(0.5) + even(60, fps, t0=100 + 119 / fps + 0.5 + 1.0))
     assert count == 2 and total == pytest.approx(0.5 + 1.0 + 1 / fps, abs=1e-3)
     assert freeze_ends(gap(0.18)) == [] and freeze_ends(gap(0.19)) == [60]  # the first frame after the pause
+    # unlike W3C's mean (the last 30 intervals, freezes in them), a freeze stays out of the mean, so a second
+    # freeze 10 frames after a 1 s one is still one (in W3C's, the mean of 30 with 1 s in it is ~65 ms: its
+    # threshold ~215 ms would hide a 0.2 s gap)
+    first = even(60, fps)
+    after = even(10, fps, t0=first[-1] + 1.0)
+    second = even(60, fps, t0=after[-1] + 0.2)
+    assert freezes(first + after + second) == (2, pytest.approx(1.2, abs=1e-3))
 
 
 def test_a_silent_end_is_a_freeze_and_the_rule_needs_five_intervals_first():
