@@ -26,6 +26,8 @@ TURNSERVER = os.environ.get("FLEET_TURNSERVER", "/usr/bin/turnserver")
 
 STALL_S = 0.08       # the loop is kept busy this long after each datagram is sent
 TOLERANCE_S = 0.003  # a stamp's distance from its send on loopback (measured: under 0.1 ms)
+RELAY_TOLERANCE_S = 0.03  # through coturn, a process of its own: its relay waits for a core (measured: 0.1 to
+                          # 4.5 ms on two cores under the full suite); a stamp at handling is STALL_S late or more
 DEADLINE_S = 10.0
 WARM_UP_STALL_S = 0.005
 WARM_UP_TRIES = 100
@@ -144,16 +146,17 @@ async def stamped_through_a_stall(turn: Turn | None = None) -> tuple[list[float]
     return sent, receiver.seen[warm:]
 
 
-def check_stamps(sent: list[float], seen: list[tuple[bytes, float | None, float]]) -> None:
+def check_stamps(sent: list[float], seen: list[tuple[bytes, float | None, float]], tolerance_s: float = TOLERANCE_S
+                 ) -> None:
     assert [data for data, _, _ in seen] == [b"a", b"b"]
     for at, (data, stamp, handled) in zip(sent, seen):
         # the loop handed both over after the whole stall: stamped then, each would be late by it
         assert handled - at >= STALL_S * (2 if data == b"a" else 1) - TOLERANCE_S, (data, handled - at)
-        assert stamp is not None and at - TOLERANCE_S <= stamp <= at + TOLERANCE_S, (data, stamp, at)
+        assert stamp is not None and at - TOLERANCE_S <= stamp <= at + tolerance_s, (data, stamp, at)
     # each datagram its own stamp, not the stamp of the last one read
     first, second = seen[0][1], seen[1][1]
     assert first is not None and second is not None
-    assert abs((second - first) - (sent[1] - sent[0])) <= TOLERANCE_S
+    assert abs((second - first) - (sent[1] - sent[0])) <= tolerance_s
 
 
 @pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
@@ -167,7 +170,7 @@ def test_a_datagram_relayed_by_turn_carries_when_it_reached_the_turn_clients_soc
     """Media relayed through TURN (over UDP) reaches aioice's TURN client socket, which hands each payload on
     in the same call: its stamp is the payload's (coturn in between, on loopback)."""
     with asyncio.Runner(loop_factory=new_loop) as runner:
-        check_stamps(*runner.run(stamped_through_a_stall(turn)))
+        check_stamps(*runner.run(stamped_through_a_stall(turn)), tolerance_s=RELAY_TOLERANCE_S)
 
 
 def test_there_is_no_clock_for_a_transport_without_a_socket() -> None:
