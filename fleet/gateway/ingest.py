@@ -102,7 +102,8 @@ class Ingest:
         return max(0, expected - self.packets)
 
     async def _handle(self, packet: Any, arrival_time_ms: int) -> None:
-        self._watch()  # in case ICE's completion came before this receiver (the pair is nominated once media flows)
+        if not self._arrivals.watching:  # ICE completed before this receiver (the pair is nominated once media flows)
+            self._watch()
         at = self._arrivals.arrival(packet.ssrc, packet.sequence_number)
         self.packet(packet, time.monotonic() if at is None else at)
         await self._original(packet, arrival_time_ms)
