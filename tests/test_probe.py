@@ -335,7 +335,8 @@ def test_a_freeze_an_fps_drop_and_packet_loss_match_the_truth():
         # the fault, as the gateway did it: one stall of a second. Any other freeze is the gateway's own loop
         # late on two cores (one of 0.28 s was seen); it is real on the wire and the probe matched it above
         assert sum(0.95 <= g <= 1.2 for g in gaps) == 1 and all(g <= 1.2 for g in gaps) and len(gaps) <= 3, gaps
-        assert ("freezes" in frozen.reasons) == (frozen.freeze_s > ProbeSpec.max_freeze_s)  # the default
+        # the default allows 2 s of freezes in a session: judged on the freezes the gateway made, not the probe's
+        assert ("freezes" in frozen.reasons) == (sum(gaps) > 2.0), (frozen.reasons, gaps)
         assert 14.5 <= half.output_fps <= 15.5 and half.jitter_coeff < 0.1  # half of 30, evenly paced
         # packet loss: the share of packets the gateway dropped on the way to the probe and no NACK resend
         # delivered (the probe counts sequence numbers never received: loss after repair)

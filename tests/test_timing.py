@@ -107,23 +107,32 @@ def test_a_silent_end_is_a_freeze_and_the_rule_needs_five_intervals_first():
     assert freezes([0.0, 0.033, 1.0]) == (0, 0.0)  # too few intervals to know the mean
 
 
+async def ticked(monitor: LoopMonitor, ticks: int, deadline_s: float = 5.0) -> None:
+    """Wait until the monitor has woken ``ticks`` times in all (it wakes every 10 ms), or fail at the deadline."""
+    end = time.monotonic() + deadline_s
+    while monitor.ticks < ticks:
+        assert time.monotonic() < end, f"the monitor woke {monitor.ticks} times in {deadline_s} s, not {ticks}"
+        await asyncio.sleep(0.002)
+
+
 def test_the_loop_monitor_sees_a_stall_and_marks_its_window():
     async def main():
         monitor = LoopMonitor.for_running_loop()
         mark = monitor.acquire()
-        await asyncio.sleep(0.05)
-        t_block = time.monotonic()
-        while time.monotonic() < t_block + 0.03:  # the loop is busy elsewhere: what the monitor exists to see
+        await ticked(monitor, 1)   # running
+        t_block, before = time.monotonic(), monitor.ticks
+        while time.monotonic() < t_block + 0.04:  # the loop is busy elsewhere: what the monitor exists to see
             pass
-        await asyncio.sleep(0.05)
+        await ticked(monitor, before + 1)   # the wake-up the stall made late
         stats = monitor.since(mark)
         windows = monitor.suspect_windows(t_block - 1, time.monotonic())
         monitor.release()
         return stats, windows, t_block
 
     stats, windows, t_block = asyncio.run(main())
+    # the wake-up was due at most one period (10 ms) into the 40 ms stall: at least 30 ms late
     assert stats.max_ms >= 25 and stats.mean_ms > 0
-    assert stats.busy_pct > 10  # 30 ms of the loop thread's CPU in ~130 ms
+    assert stats.busy_pct > 10  # 40 ms of the loop thread's CPU in ~60 ms
     assert any(a <= t_block + 0.015 <= b for a, b in windows)
 
 
