@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import signal
@@ -184,6 +185,31 @@ def test_whip_answers_201_with_go_livepeer_headers_and_processes_h264():
                 return (await status(gw, "s"))[0] == 404
             await wait_until(forgotten, "the status to be cleared after status_retention_s")  # ... for a while
     run(main())
+
+
+def test_a_client_that_goes_away_mid_request_is_a_line_in_the_log_not_a_traceback(caplog):
+    """A tester's node lost while its WHIP offer was on the wire: the gateway notes it in one line (no
+    aiohttp traceback), opens no stream, and serves on."""
+    async def main():
+        async with running(config()) as gw:
+            url = httpx.URL(gw.url)
+            reader, writer = await asyncio.open_connection(url.host, url.port)
+            writer.write(b"POST /live/video-to-video/gone/whip HTTP/1.1\r\nHost: gw\r\nContent-Type: application/sdp\r\n"
+                         b"Content-Length: 4000\r\n\r\nv=0\r\n")  # 5 of the 4,000 bytes it announced
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+            async def noted():
+                return any("went away" in r.getMessage() for r in caplog.records)
+            await wait_until(noted, "the gateway to note the client gone")
+            assert await open_count(gw) == 0
+            async with httpx.AsyncClient() as c:
+                assert (await c.get(f"{gw.url}/debug/streams")).status_code == 200
+    with caplog.at_level(logging.INFO):
+        run(main())
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], \
+        [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 def test_content_type_and_params_are_checked_as_go_livepeer_does():

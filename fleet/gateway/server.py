@@ -60,7 +60,11 @@ async def _cors(request: web.Request, handler: Any) -> web.StreamResponse:
     """Browser WHIP/WHEP clients: answer preflights, expose the WHIP headers."""
     if request.method == "OPTIONS":
         return web.Response(status=204, headers={**_CORS, "Accept-Post": SDP})
-    response: web.StreamResponse = await handler(request)
+    try:
+        response: web.StreamResponse = await handler(request)
+    except ConnectionResetError:  # the client went away mid-request (its machine lost): no one to answer
+        log.warning("%s %s: the client went away before its request was read", request.method, request.path)
+        return web.Response(status=499)  # nginx's "client closed request"; never sent
     response.headers.update(_CORS)
     return response
 
