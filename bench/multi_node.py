@@ -12,9 +12,18 @@ from the gateway's record and the stored rows (counted here, not by the fleet):
 - the tester: rows marked ``tester_bottleneck``, their event-loop lag (mean, max);
 - the gateway's CPU (share of one core over the step);
 - the node kill: the lost node's sessions (``runner_died``), seconds to their rows, west sessions after it,
-  the exit code (4 documented).
+  the exit code (4 documented);
+- the outcomes, and the reasons of those degraded;
+- where the jitter came from, by the gateway's truth of each stream: the jitter coefficient of its frames as
+  they reached the gateway's socket (what the tester's sender put in), of its output as the gateway sent it,
+  and as the probe measured it; how many sessions each puts over the campaign's 0.1, and in how many the
+  probe's verdict is the one the gateway's own sending gives.
 
-    python bench/multi_node.py [--steps 48,64] [--session 30] [--window 90] [--kill-after S] [--quick]
+Before each step's kill, the same campaign runs once without it, in the same cluster (its baseline): the kill's
+step is also given as ratios of it (sessions ok or degraded, rows, sessions held, the runners' and the gateway's
+CPU). ``--no-baseline`` leaves it out.
+
+    python bench/multi_node.py [--steps 48,64] [--session 30] [--window 90] [--kill-after S] [--quick] [--no-baseline]
 
 Every node it started is stopped by PID on every exit path. The last line is one JSON object.
 """
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -48,6 +58,7 @@ BIN = Path(sys.executable).parent
 HEAD, WEST = "127.0.0.2", ("127.0.0.3", "127.0.0.4")
 ORCHS, SLOTS, FRACTION = 4, 32, 0.5          # 128 slots, 64 for the campaign; 16 per orchestrator
 SAMPLE_S = 1.0
+JITTER_LIMIT = 0.1   # the campaign's max_jitter_coeff (scenarios/base/streamdiffusion.yaml)
 HEALTH_CHECK = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
                 "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 
@@ -204,13 +215,15 @@ class Sampler:
         return self.samples
 
 
-def step(cluster: Cluster, gw: Any, n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def step(cluster: Cluster, gw: Any, n: int, args: argparse.Namespace, work: Path, kill: bool = True) -> dict[str, Any]:
+    """One campaign of ``n`` concurrent sessions; with ``kill``, the west runner's node SIGKILLed mid-run."""
     from fleet.results.sink import read_sessions
 
     per_orch = int(ORCHS * SLOTS * FRACTION) // ORCHS
-    scenario = work / f"multinode{n}.yaml"
+    name = f"{n}{'' if kill else '-baseline'}"
+    scenario = work / f"multinode{name}.yaml"
     scenario.write_text(scenario_text(n, args.session, args.window, per_orch))
-    out_dir = work / f"results{n}"
+    out_dir = work / f"results{name}"
     out_dir.mkdir()
     gw_proc = psutil.Process(gw.proc.pid)
     before = {s["name"] for s in streams(gw.url)}
@@ -223,13 +236,16 @@ def step(cluster: Cluster, gw: Any, n: int, args: argparse.Namespace, work: Path
         wait(f"{n} streams flowing", lambda: proc.poll() is not None or sum(
             1 for s in streams(gw.url) if s["open"] and s["frames_out"] > 20) >= n, 180)
         # the first wave ends before the kill: its rows measure the tester at steady load, undisturbed
-        flowing = time.monotonic()
-        wait("the kill's moment", lambda: proc.poll() is not None or time.monotonic() - flowing >= args.kill_after,
-             args.kill_after + 5)
-        west = [ip for ip in cluster.actor_nodes("RegionRunner") if ip != HEAD]
-        broker = cluster.actor_nodes("BrokerActor")
-        killed_at = time.time()
-        killed = cluster.kill(west[0]) if west and west[0] not in broker else 0
+        west: list[str] = []
+        killed_at, killed = math.inf, 0
+        if kill:
+            flowing = time.monotonic()
+            wait("the kill's moment", lambda: proc.poll() is not None or time.monotonic() - flowing >= args.kill_after,
+                 args.kill_after + 5)
+            west = [ip for ip in cluster.actor_nodes("RegionRunner") if ip != HEAD]
+            broker = cluster.actor_nodes("BrokerActor")
+            killed_at = time.time()
+            killed = cluster.kill(west[0]) if west and west[0] not in broker else 0
         stdout, stderr = proc.communicate(timeout=args.window + args.session + 300)
     finally:
         if proc.poll() is None:
@@ -245,10 +261,14 @@ def step(cluster: Cluster, gw: Any, n: int, args: argparse.Namespace, work: Path
     ids = [r["session_id"] for r in rows]
     names = {r["stream_name"] for r in rows if r["stream_name"]}
     died = [r for r in rows if r["error_class"] == "runner_died"]
+    jitter = jitter_sources(gw.url, mine, rows)
     orphans = [s for s in mine if s["name"] not in names]
     outcomes: dict[str, int] = {}
+    reasons: dict[str, int] = {}   # why sessions were degraded or failed, as the rows say
     for r in rows:
         outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+        for why in r["reasons"] or ():
+            reasons[why] = reasons.get(why, 0) + 1
     before_kill = [r for r in rows if r["started_at"].timestamp() + (r["duration_s"] or 0) < killed_at
                    and r["outcome"] in ("ok", "degraded")]
     lags = [r["tester_loop_lag_ms_mean"] for r in rows if r["tester_loop_lag_ms_mean"] is not None]
@@ -257,12 +277,12 @@ def step(cluster: Cluster, gw: Any, n: int, args: argparse.Namespace, work: Path
            for o in {s["orchestrator"] for s in mine}]
     steady = samples[len(samples) // 5: -max(1, len(samples) // 5)] or samples
     return {
-        "n": n, "exit_code": proc.returncode, "elapsed_s": round(t1 - t0, 1),
+        "n": n, "kill": kill, "exit_code": proc.returncode, "elapsed_s": round(t1 - t0, 1),
         "held_max": max_overlap([(s["started_unix"], s["closed_unix"]) for s in mine]),
         "held_median": statistics.median(steady) if steady else 0,
         "rows": len(rows), "planned": planned, "summary_sessions": summary["sessions"],
         "duplicate_rows": len(ids) - len(set(ids)), "streams_without_row": len(orphans) - min(len(orphans), len(died)),
-        "outcomes": outcomes,
+        "outcomes": outcomes, "reasons": reasons, "jitter": jitter,
         "cap": int(ORCHS * SLOTS * FRACTION), "per_orchestrator_cap": per_orch, "per_orchestrator_max": max(per or [0]),
         "tester_bottleneck_rows": sum(1 for r in rows if r["tester_bottleneck"]),
         # the sessions that ended before the kill: the tester at steady load, not the kill's disturbance
@@ -275,12 +295,66 @@ def step(cluster: Cluster, gw: Any, n: int, args: argparse.Namespace, work: Path
         "gateway_cpu_pct": round(100 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / (t1 - t0), 1),
         "killed_node": west[0] if killed else None, "killed_processes": killed,
         "runner_died": len(died), "orphan_streams": len(orphans),
-        "died_rows_after_s": round(max(r["started_at"].timestamp() for r in died) - killed_at, 1) if died else None,
+        "died_rows_after_s": round(max(r["started_at"].timestamp() for r in died) - killed_at, 1) if died and kill else None,
         "west_ok_after_kill": sum(1 for r in rows if r["region"] == "west" and r["outcome"] in ("ok", "degraded")
                                   and r["started_at"].timestamp() > killed_at),
         "broker_leases_at_end": (summary.get("broker") or {}).get("leases"),
         "replaced": "a new runner takes over" in stderr,
     }
+
+
+def cv(times: list[float]) -> float | None:
+    """Jitter coefficient of a frame sequence: std / mean of its intervals from the 10th frame on (playable)."""
+    steps = [b - a for a, b in zip(times[9:], times[10:])]
+    return statistics.pstdev(steps) / statistics.fmean(steps) if len(steps) >= 10 else None
+
+
+def jitter_sources(url: str, mine: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the measured jitter came from, by the gateway's truth of each session's stream: the jitter of the
+    frames as they reached the gateway's socket (what the tester's sender put in, gaps in, as the probe's
+    ``tester_send_jitter_coeff``), of the output as the gateway sent it to the probe (freezes out, as the
+    probe's ``jitter_coeff``), and as the probe measured it; medians, and how many sessions exceed
+    ``JITTER_LIMIT`` by each."""
+    from fleet.probe.timing import jitter
+
+    by_name = {s["name"]: s for s in mine}
+    measured = []
+    for r in rows:
+        s = by_name.get(r["stream_name"] or "")
+        if s is None or r["jitter_coeff"] is None:
+            continue
+        t = httpx.get(f"{url}/debug/streams/{s['id']}", timeout=10).json()
+        sent_in = cv([f["t_in"] for f in t["frames"] if f["t_in"] is not None])
+        # the output by the probe's own definition (freezes out), on the gateway's send times
+        sent_out = jitter([when for _, when in t["egress"][0]])[0] if t["egress"] and t["egress"][0] else None
+        if sent_in is not None and sent_out is not None:
+            measured.append((sent_in, sent_out, r["jitter_coeff"], r["tester_send_jitter_coeff"]))
+    if not measured:
+        return {}
+    cols = list(zip(*measured))[:3]
+    return {"sessions": len(measured), "limit": JITTER_LIMIT,
+            **{f"{k}_p50": round(statistics.median(c), 3) for k, c in zip(("tester_sent", "gateway_sent", "probe"), cols)},
+            **{f"{k}_over": sum(v > JITTER_LIMIT for v in c) for k, c in zip(("tester_sent", "gateway_sent", "probe"), cols)},
+            # sessions the probe judged as the gateway's own sending would have them judged (over the limit or not)
+            "probe_agrees": sum((p > JITTER_LIMIT) == (g > JITTER_LIMIT) for _, g, p, _ in measured),
+            # the probe's own figure for its sending (tester_send_jitter_coeff) against the gateway's socket's
+            "probe_send_p50": round(statistics.median(s for *_, s in measured if s is not None), 3)
+            if any(s is not None for *_, s in measured) else None,
+            "probe_send_error_max": max((abs(s - i) for i, _, _, s in measured if s is not None), default=None)}
+
+
+def ok_rows(r: dict[str, Any]) -> int:
+    return int(r["outcomes"].get("ok", 0) + r["outcomes"].get("degraded", 0))
+
+
+def against(kill: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The kill's step as ratios of the same step run without it, in the same cluster and run."""
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a is not None and b else None
+    return {"ok_or_degraded": ratio(ok_rows(kill), ok_rows(base)), "rows": ratio(kill["rows"], base["rows"]),
+            "held_median": ratio(kill["held_median"], base["held_median"]),
+            "runner_cpu_pct_median": ratio(kill["tester_cpu_pct_median"], base["tester_cpu_pct_median"]),
+            "gateway_cpu_pct": ratio(kill["gateway_cpu_pct"], base["gateway_cpu_pct"])}
 
 
 def median_of(rows: list[dict[str, Any]], column: str) -> float | None:
@@ -289,6 +363,12 @@ def median_of(rows: list[dict[str, Any]], column: str) -> float | None:
 
 
 def line(r: dict[str, Any]) -> str:
+    if not r["kill"]:
+        return (f"n={r['n']} baseline (no kill): held max {r['held_max']} (median {r['held_median']}), rows {r['rows']}/"
+                f"{r['planned']} planned (dup {r['duplicate_rows']}, streams without row {r['streams_without_row']}), "
+                f"ok or degraded {ok_rows(r)}, bottleneck rows {r['tester_bottleneck_rows']}, runner CPU med "
+                f"{r['tester_cpu_pct_median']} %, gateway CPU {r['gateway_cpu_pct']} %, exit {r['exit_code']}, "
+                f"outcomes {r['outcomes']} (reasons {r['reasons']}), jitter {r['jitter']}, {r['elapsed_s']} s")
     return (f"n={r['n']}: held max {r['held_max']} (median {r['held_median']}), rows {r['rows']}/{r['planned']} planned "
             f"(dup {r['duplicate_rows']}, streams without row {r['streams_without_row']}), caps {r['held_max']}<={r['cap']} "
             f"per-orch {r['per_orchestrator_max']}<={r['per_orchestrator_cap']}, bottleneck rows "
@@ -297,7 +377,8 @@ def line(r: dict[str, Any]) -> str:
             f"loop lag mean med {r['loop_lag_ms_mean_median']} ms max {r['loop_lag_ms_max']} ms, "
             f"gateway CPU {r['gateway_cpu_pct']} %, kill {r['killed_node']}: {r['runner_died']} runner_died "
             f"(rows {r['died_rows_after_s']} s after), {r['west_ok_after_kill']} west ok after, "
-            f"replaced {r['replaced']}, exit {r['exit_code']}, outcomes {r['outcomes']}, {r['elapsed_s']} s")
+            f"replaced {r['replaced']}, exit {r['exit_code']}, outcomes {r['outcomes']} (reasons {r['reasons']}), "
+            f"jitter {r['jitter']}, {r['elapsed_s']} s")
 
 
 def main() -> None:
@@ -308,6 +389,8 @@ def main() -> None:
     ap.add_argument("--kill-after", type=float, default=None,
                     help="seconds from all N streams flowing to the kill (default: a session's length + 5)")
     ap.add_argument("--quick", action="store_true", help="one step of 48, shorter sessions")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="skip each step's run without the kill (its figures are the kill's baseline)")
     args = ap.parse_args()
     steps = [48] if args.quick else [int(x) for x in args.steps.split(",")]
     if args.quick:
@@ -324,8 +407,16 @@ def main() -> None:
                 cluster.start(ip)
             with GatewayProcess(config=gateway_config()) as gw:
                 for n in steps:
+                    base = None
+                    if not args.no_baseline:
+                        base = step(cluster, gw, n, args, Path(tmp), kill=False)
+                        print(line(base), flush=True)
+                        results.append(base)
                     r = step(cluster, gw, n, args, Path(tmp))
                     print(line(r), flush=True)
+                    if base is not None:
+                        r["against_baseline"] = against(r, base)
+                        print(f"n={n}: the kill against its baseline: {r['against_baseline']}", flush=True)
                     results.append(r)
                     if r["killed_node"]:
                         cluster.start(r["killed_node"])  # the machine back for the next step

@@ -30,6 +30,7 @@ MODEL = "streamdiffusion"
 LATENCY_TOLERANCE_MS = 5.0
 FPS_TOLERANCE = 0.02
 JITTER_TOLERANCE = 0.02
+SEND_JITTER_TOLERANCE = 0.01  # a frame stamped as it is handed to the sender, against its last packet at the gateway
 # one sample (not a median), an IDR of many packets, at the busiest moment: 16 sessions starting at once on two
 # cores stamped it up to 5.7 ms late (measured); the bound says so rather than the 5 ms of the medians
 FIRST_FRAME_TOLERANCE_MS = 10.0
@@ -154,6 +155,10 @@ def assert_matches_truth(r: ProbeResult, url: str, max_suspect_share: float = SU
     missed_s = sum(sent[i] - sent[i - 1] for i in in_stall)  # at most, if each was missed
     assert abs(r.freeze_s - want.freeze_s) <= 1 / want.output_fps + slack + missed_s, \
         (r.freeze_s, want.freeze_s, slack, missed_s)
+    # the tester's own sending: its frames' intervals as they reached the gateway's socket, from the 10th on
+    arrived = np.diff([f["t_in"] for f in t["frames"]][9:])
+    assert r.tester_send_jitter_coeff == pytest.approx(arrived.std() / arrived.mean(), abs=SEND_JITTER_TOLERANCE), \
+        (r.tester_send_jitter_coeff, arrived.std() / arrived.mean())
     return err_ms, fps_err, jitter_err
 
 

@@ -408,7 +408,7 @@ def test_an_abort_check_waits_for_its_minimum_sessions_and_grace_and_reads_each_
     assert watch.add([replace(bad, region="west")], 30.0) is None
 
 
-def test_the_tester_is_a_bottleneck_when_its_loop_lags_is_busy_or_stamped_most_frames_in_stalls():
+def test_the_tester_is_a_bottleneck_when_its_loop_lags_is_busy_stamped_most_frames_in_stalls_or_sent_unevenly():
     from fleet.runtime.runner import tester_bottleneck
 
     quiet = SessionRow(session_id="q", outcome="ok", tester_loop_lag_ms_mean=0.9, tester_loop_busy_pct=12.0,
@@ -417,6 +417,14 @@ def test_the_tester_is_a_bottleneck_when_its_loop_lags_is_busy_or_stamped_most_f
     assert tester_bottleneck(replace(quiet, tester_loop_lag_ms_mean=25.0))
     assert tester_bottleneck(replace(quiet, tester_loop_busy_pct=95.0))  # one core: the loop's thread, not the host
     assert tester_bottleneck(replace(quiet, jitter_intervals=40, jitter_suspect_intervals=60))
+    # its own sending's jitter explains the session's miss of 0.1: 0.12 less 0.07 (as squares) is 0.0975
+    missed = replace(quiet, jitter_coeff=0.12, tester_send_jitter_coeff=0.07)
+    assert tester_bottleneck(missed, max_jitter_coeff=0.1)
+    assert not tester_bottleneck(replace(missed, tester_send_jitter_coeff=0.06), 0.1)  # 0.1058 left: the network's
+    assert not tester_bottleneck(replace(missed, jitter_coeff=0.1, tester_send_jitter_coeff=0.1), 0.1)  # no miss
+    # exactly the threshold left (binary fractions: 0.625^2 - 0.375^2 = 0.5^2 with no rounding): within it
+    assert tester_bottleneck(replace(missed, jitter_coeff=0.625, tester_send_jitter_coeff=0.375), 0.5)
+    assert not tester_bottleneck(missed)  # no threshold given: not judged
     assert not tester_bottleneck(SessionRow(session_id="n", outcome="ok"))
 
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.probe.looplag import LoopMonitor
-from fleet.probe.timing import PLAYABLE_FRAMES, analyse, freeze_ends, freezes, holding, jitter, output_fps
+from fleet.probe.timing import PLAYABLE_FRAMES, analyse, freeze_ends, freezes, holding, jitter, output_fps, send_jitter
 
 
 def even(n: int, fps: float = 30.0, t0: float = 100.0) -> list[float]:
@@ -98,6 +98,18 @@ def test_freezes_follow_the_w3c_rule():
     after = even(10, fps, t0=first[-1] + 1.0)
     second = even(60, fps, t0=after[-1] + 0.2)
     assert freezes(first + after + second) == (2, pytest.approx(1.2, abs=1e-3))
+
+
+def test_the_testers_sending_jitter_counts_its_stalls_and_not_its_start():
+    """Worked by hand: 20 fps, a 0.3 s stall between frames 49 and 50 (the interval 0.3 s where 0.05 was due);
+    from the 10th frame on, 69 intervals of 0.05 s and that one: mean 3.75 / 70 s, std 0.029667 s."""
+    first = even(50, 20.0)
+    sent = first + even(30, 20.0, t0=first[-1] + 0.3)
+    assert send_jitter(sent) == pytest.approx(0.5538, abs=1e-4)
+    assert send_jitter(even(80, 20.0)) == pytest.approx(0.0, abs=1e-9)
+    late_start = [100.0 + 2.0 * i for i in range(9)] + even(60, 20.0, t0=118.0)  # uneven before the 10th: not counted
+    assert send_jitter(late_start) == pytest.approx(0.0, abs=1e-9)
+    assert send_jitter(even(11, 20.0)) is None  # one interval: no spread
 
 
 def test_a_silent_end_is_a_freeze_and_the_rule_needs_five_intervals_first():

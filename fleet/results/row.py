@@ -148,6 +148,7 @@ class SessionRow:
     rtt_ms: float | None = None
     pacing_late_ms_mean: float | None = None
     pacing_late_ms_max: float | None = None
+    tester_send_jitter_coeff: float | None = None
     keyframes_on_request: int | None = None
     ice_local_candidate: str | None = None
     ice_remote_candidate: str | None = None

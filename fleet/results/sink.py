@@ -42,7 +42,9 @@ __all__ = ["Batch", "CAPACITY", "EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS
 # 7: tester_stall_frames (output frames the probe stamped while its own loop stalled: their share of
 #    frames_received is how much the tester excused itself)
 # 8: the capacity table (every capacity snapshot a run read that changed, or one every few minutes)
-SCHEMA_VERSION = 8
+# 9: tester_send_jitter_coeff (the jitter of the frames as the tester sent them: the output carries it; a
+#    jitter miss it explains makes the session tester_bottleneck)
+SCHEMA_VERSION = 9
 
 SESSION_FIELDS = arrow_fields()           # the typed row's columns (fleet.results.row.SessionRow)
 _IDS = [f for f in SESSION_FIELDS if f[0] in IDENTITY]  # the identity every table's rows carry

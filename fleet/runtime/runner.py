@@ -38,12 +38,18 @@ TESTER_BUSY_LIMIT = 90.0     # ... or its event loop's thread on the CPU this sh
 TESTER_SUSPECT_LIMIT = 0.5   # ... or this share of the output intervals stamped while the loop was stalled
 
 
-def tester_bottleneck(row: SessionRow) -> bool:
-    """Could the tester itself explain this session's figures?"""
-    lag, busy = row.tester_loop_lag_ms_mean, row.tester_loop_busy_pct
+def tester_bottleneck(row: SessionRow, max_jitter_coeff: float | None = None) -> bool:
+    """Could the tester itself explain this session's figures? Its loop lagged or was busy, it stamped most
+    output intervals in its own stalls, or (given the session's threshold) the session missed
+    ``max_jitter_coeff`` and what is left of its jitter without the tester's own sending's is within it (the
+    output carries the publisher's unevenness; independent spreads add as squares)."""
+    lag, busy, sending = row.tester_loop_lag_ms_mean, row.tester_loop_busy_pct, row.tester_send_jitter_coeff
     used, suspect = row.jitter_intervals or 0, row.jitter_suspect_intervals or 0
+    jitter = row.jitter_coeff
     return bool((lag is not None and lag > TESTER_LAG_LIMIT_MS) or (busy is not None and busy >= TESTER_BUSY_LIMIT)
-                or (used + suspect and suspect / (used + suspect) > TESTER_SUSPECT_LIMIT))
+                or (used + suspect and suspect / (used + suspect) > TESTER_SUSPECT_LIMIT)
+                or (max_jitter_coeff is not None and jitter is not None and sending is not None
+                    and jitter > max_jitter_coeff and jitter ** 2 - sending ** 2 <= max_jitter_coeff ** 2))
 
 
 class RegionRunner:
@@ -135,7 +141,7 @@ class RegionRunner:
             sketches=session_sketches(result),  # the per-frame latencies cross Ray as sketches and a count
             # the whole process (every session, aiortc's threads) over this session's span, percent of one core
             tester_cpu_pct=round(100 * used / (now - started), 1) if now > started else None)
-        row = replace(row, tester_bottleneck=tester_bottleneck(row),
+        row = replace(row, tester_bottleneck=tester_bottleneck(row, s.workflow.thresholds.max_jitter_coeff),
                       **capacity_evidence(row, job, getattr(self.scenario.target.capacity, "refresh_s", None)))
         if self._metrics:
             self._metrics[1].inc(tags={"region": self.region, "outcome": row.outcome})

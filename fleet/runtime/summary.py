@@ -84,8 +84,8 @@ def print_summary(c: Campaign, summary: dict[str, Any], out: Path) -> None:
                   fmt(summary["g2g_latency_ms_p50"]))
     console.print(table)
     if summary["tester_bottleneck_sessions"]:
-        console.print(f"[yellow]{summary['tester_bottleneck_sessions']} sessions ran on a saturated tester "
-                      "(event-loop lag or CPU): their numbers include the tester's own delay[/]")
+        console.print(f"[yellow]{summary['tester_bottleneck_sessions']} sessions ran on a tester that was itself a bottleneck "
+                      "(loop lag or CPU, or its own sending's jitter): their numbers include its own delay[/]")
     if summary["stopped_by"]:
         console.print(f"stopped by {summary['stopped_by']}: every live session ended within {summary['stop_s']} s")
     if summary["leaked_streams"]:
