@@ -424,6 +424,10 @@ def test_the_tester_is_a_bottleneck_when_its_loop_lags_is_busy_stamped_most_fram
     assert not tester_bottleneck(replace(missed, jitter_coeff=0.1, tester_send_jitter_coeff=0.1), 0.1)  # no miss
     # exactly the threshold left (binary fractions: 0.625^2 - 0.375^2 = 0.5^2 with no rounding): within it
     assert tester_bottleneck(replace(missed, jitter_coeff=0.625, tester_send_jitter_coeff=0.375), 0.5)
+    # a healthy tester's sending (0.05 at most) is never the bottleneck, though it would explain a miss by a hair
+    assert not tester_bottleneck(replace(missed, jitter_coeff=0.1012, tester_send_jitter_coeff=0.0165), 0.1)
+    assert not tester_bottleneck(replace(missed, jitter_coeff=0.1, tester_send_jitter_coeff=0.05), 0.09)
+    assert tester_bottleneck(replace(missed, jitter_coeff=0.1, tester_send_jitter_coeff=0.0501), 0.09)
     assert not tester_bottleneck(missed)  # no threshold given: not judged
     assert not tester_bottleneck(SessionRow(session_id="n", outcome="ok"))
 

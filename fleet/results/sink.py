@@ -43,7 +43,7 @@ __all__ = ["Batch", "CAPACITY", "EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS
 #    frames_received is how much the tester excused itself)
 # 8: the capacity table (every capacity snapshot a run read that changed, or one every few minutes)
 # 9: tester_send_jitter_coeff (the jitter of the frames as the tester sent them: the output carries it; a
-#    jitter miss it explains makes the session tester_bottleneck)
+#    jitter miss it explains, over a healthy tester's 0.05, makes the session tester_bottleneck)
 SCHEMA_VERSION = 9
 
 SESSION_FIELDS = arrow_fields()           # the typed row's columns (fleet.results.row.SessionRow)

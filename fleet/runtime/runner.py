@@ -36,20 +36,24 @@ ICE_ADDRESSES_ENV = "FLEET_ICE_ADDRESSES"  # comma-separated host candidate addr
 TESTER_LAG_LIMIT_MS = 20.0   # mean event-loop lag above this during a session: the tester was a bottleneck
 TESTER_BUSY_LIMIT = 90.0     # ... or its event loop's thread on the CPU this share of the session (one core)
 TESTER_SUSPECT_LIMIT = 0.5   # ... or this share of the output intervals stamped while the loop was stalled
+TESTER_SEND_JITTER_FLOOR = 0.05  # a sender's own jitter at or under this is a healthy tester's (its timers fire to
+# the millisecond: 0.012 to 0.035 measured at 20 fps in the smoke campaign), whatever a marginal miss it could explain
 
 
 def tester_bottleneck(row: SessionRow, max_jitter_coeff: float | None = None) -> bool:
     """Could the tester itself explain this session's figures? Its loop lagged or was busy, it stamped most
     output intervals in its own stalls, or (given the session's threshold) the session missed
     ``max_jitter_coeff`` and what is left of its jitter without the tester's own sending's is within it (the
-    output carries the publisher's unevenness; independent spreads add as squares)."""
+    output carries the publisher's unevenness; independent spreads add as squares), its sending uneven beyond
+    a healthy tester's (``TESTER_SEND_JITTER_FLOOR``)."""
     lag, busy, sending = row.tester_loop_lag_ms_mean, row.tester_loop_busy_pct, row.tester_send_jitter_coeff
     used, suspect = row.jitter_intervals or 0, row.jitter_suspect_intervals or 0
     jitter = row.jitter_coeff
     return bool((lag is not None and lag > TESTER_LAG_LIMIT_MS) or (busy is not None and busy >= TESTER_BUSY_LIMIT)
                 or (used + suspect and suspect / (used + suspect) > TESTER_SUSPECT_LIMIT)
                 or (max_jitter_coeff is not None and jitter is not None and sending is not None
-                    and jitter > max_jitter_coeff and jitter ** 2 - sending ** 2 <= max_jitter_coeff ** 2))
+                    and sending > TESTER_SEND_JITTER_FLOOR and jitter > max_jitter_coeff
+                    and jitter ** 2 - sending ** 2 <= max_jitter_coeff ** 2))
 
 
 class RegionRunner:
