@@ -303,28 +303,28 @@ def step(cluster: Cluster, gw: Any, n: int, args: argparse.Namespace, work: Path
     }
 
 
-def cv(times: list[float]) -> float | None:
-    """Jitter coefficient of a frame sequence: std / mean of its intervals from the 10th frame on (playable)."""
-    steps = [b - a for a, b in zip(times[9:], times[10:])]
-    return statistics.pstdev(steps) / statistics.fmean(steps) if len(steps) >= 10 else None
-
-
 def jitter_sources(url: str, mine: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Where the measured jitter came from, by the gateway's truth of each session's stream: the jitter of the
-    frames as they reached the gateway's socket (what the tester's sender put in, gaps in, as the probe's
+    frames as they reached the gateway's socket (what the tester's sender put in, freezes out, as the probe's
     ``tester_send_jitter_coeff``), of the output as the gateway sent it to the probe (freezes out, as the
     probe's ``jitter_coeff``), and as the probe measured it; medians, and how many sessions exceed
-    ``JITTER_LIMIT`` by each."""
+    ``JITTER_LIMIT`` by each. The output's figure is the probe's own definition on the gateway's send times:
+    this judges the probe's timestamps, not its formula (tests/test_probe.py works that out apart)."""
     from fleet.probe.timing import jitter
 
     by_name = {s["name"]: s for s in mine}
     measured = []
+    unread = 0
     for r in rows:
         s = by_name.get(r["stream_name"] or "")
         if s is None or r["jitter_coeff"] is None:
             continue
-        t = httpx.get(f"{url}/debug/streams/{s['id']}", timeout=10).json()
-        sent_in = cv([f["t_in"] for f in t["frames"] if f["t_in"] is not None])
+        try:
+            t = httpx.get(f"{url}/debug/streams/{s['id']}", timeout=10).json()
+        except (httpx.HTTPError, ValueError):
+            unread += 1   # counted, and the step's other figures kept
+            continue
+        sent_in = jitter([f["t_in"] for f in t["frames"] if f["t_in"] is not None])[0]
         # the output by the probe's own definition (freezes out), on the gateway's send times
         sent_out = jitter([when for _, when in t["egress"][0]])[0] if t["egress"] and t["egress"][0] else None
         if sent_in is not None and sent_out is not None:
@@ -332,7 +332,7 @@ def jitter_sources(url: str, mine: list[dict[str, Any]], rows: list[dict[str, An
     if not measured:
         return {}
     cols = list(zip(*measured))[:3]
-    return {"sessions": len(measured), "limit": JITTER_LIMIT,
+    return {"sessions": len(measured), "truth_unread": unread, "limit": JITTER_LIMIT,
             **{f"{k}_p50": round(statistics.median(c), 3) for k, c in zip(("tester_sent", "gateway_sent", "probe"), cols)},
             **{f"{k}_over": sum(v > JITTER_LIMIT for v in c) for k, c in zip(("tester_sent", "gateway_sent", "probe"), cols)},
             # sessions the probe judged as the gateway's own sending would have them judged (over the limit or not)

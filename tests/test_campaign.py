@@ -67,8 +67,8 @@ def test_local_campaign_writes_every_output_and_exits_with_the_breach_code(gatew
                                   "counted": 2}
     assert {r["region"] for r in rows} == {"local"} and {r["schema_version"] for r in rows} == {SCHEMA_VERSION}
     assert all(r["frames_received"] > 30 and r["g2g_latency_ms"] for r in rows)
-    # the tester's own sending, measured and stored: two sessions on an idle machine send evenly
-    assert all(0 <= r["tester_send_jitter_coeff"] < 0.05 for r in rows), [r["tester_send_jitter_coeff"] for r in rows]
+    # the tester's own sending, measured and stored (its value is judged in tests/test_probe.py)
+    assert all(r["tester_send_jitter_coeff"] is not None and r["tester_send_jitter_coeff"] >= 0 for r in rows)
     assert all(r["orchestrator_address"] and r["orchestrator_url"] and r["prompt_id"] and r["gpu_name"] for r in rows)
     # no status names the GPU: it comes from the capacity snapshot, and with two GPUs per orchestrator
     # the one a stream ran on is ambiguous, so no id is guessed

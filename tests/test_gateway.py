@@ -210,6 +210,8 @@ def test_a_client_that_goes_away_mid_request_is_a_line_in_the_log_not_a_tracebac
         run(main())
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], \
         [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    noted = [r.getMessage() for r in caplog.records if "went away" in r.getMessage()]
+    assert noted and not any("gone" in m for m in noted), noted  # the route, never the path's stream key
 
 
 def test_content_type_and_params_are_checked_as_go_livepeer_does():

@@ -7,6 +7,7 @@ campaign. Every number is held against what the gateway knows it did.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 
@@ -30,7 +31,7 @@ MODEL = "streamdiffusion"
 LATENCY_TOLERANCE_MS = 5.0
 FPS_TOLERANCE = 0.02
 JITTER_TOLERANCE = 0.02
-SEND_JITTER_TOLERANCE = 0.01  # a frame stamped as it is handed to the sender, against its last packet at the gateway
+SEND_JITTER_TOLERANCE = 0.005  # a frame stamped as it is handed to the sender, against its last packet at the gateway
 # one sample (not a median), an IDR of many packets, at the busiest moment: 16 sessions starting at once on two
 # cores stamped it up to 5.7 ms late (measured); the bound says so rather than the 5 ms of the medians
 FIRST_FRAME_TOLERANCE_MS = 10.0
@@ -100,8 +101,8 @@ LOADED_SHARE_MAX = 0.15    # ... with 16 sessions in its one process on two core
 LOADED_SESSION_SHARE_MAX = 0.2  # ... and in any one of them
 
 
-def assert_matches_truth(r: ProbeResult, url: str, max_suspect_share: float = SUSPECT_SHARE_MAX
-                         ) -> tuple[float, float, float]:
+def assert_matches_truth(r: ProbeResult, url: str, max_suspect_share: float = SUSPECT_SHARE_MAX,
+                         judge_sending: bool = False) -> tuple[float, float, float]:
     """Latency (median within 5 ms), output fps (within 2 %), jitter coefficient (within 0.02) and freezes
     (count exact, duration within one frame interval) against the gateway's truth; returns the errors."""
     assert r.outcome in ("ok", "degraded"), (r.outcome, r.error_phase, r.error_class, r.error_detail)
@@ -155,10 +156,15 @@ def assert_matches_truth(r: ProbeResult, url: str, max_suspect_share: float = SU
     missed_s = sum(sent[i] - sent[i - 1] for i in in_stall)  # at most, if each was missed
     assert abs(r.freeze_s - want.freeze_s) <= 1 / want.output_fps + slack + missed_s, \
         (r.freeze_s, want.freeze_s, slack, missed_s)
-    # the tester's own sending: its frames' intervals as they reached the gateway's socket, from the 10th on
+    # the tester's own sending: its frames' intervals as they reached the gateway's socket, from the 10th on, where
+    # every frame is there but the last one or two sent (still on the way at the close), socket-stamped, and no
+    # interval could be a freeze (those are out of the figure)
     arrived = np.diff([f["t_in"] for f in t["frames"]][9:])
-    assert r.tester_send_jitter_coeff == pytest.approx(arrived.std() / arrived.mean(), abs=SEND_JITTER_TOLERANCE), \
-        (r.tester_send_jitter_coeff, arrived.std() / arrived.mean())
+    judgeable = t["arrival_misses"] == 0 and 0 <= r.frames_sent - len(t["frames"]) <= 2 and arrived.max() < 0.15
+    assert judgeable or not judge_sending, (t["arrival_misses"], len(t["frames"]), r.frames_sent, arrived.max())
+    if judgeable:
+        assert r.tester_send_jitter_coeff == pytest.approx(arrived.std() / arrived.mean(), abs=SEND_JITTER_TOLERANCE), \
+            (r.tester_send_jitter_coeff, arrived.std() / arrived.mean())
     return err_ms, fps_err, jitter_err
 
 
@@ -223,7 +229,7 @@ def gateway():
 @pytest.mark.slow
 def test_one_session_latency_fps_and_prompt_switch_match_the_truth(gateway):
     r = run(run_probe(spec(gateway, duration_s=7.0, size=512, switch_at=4.5)))
-    assert_matches_truth(r, gateway)
+    assert_matches_truth(r, gateway, judge_sending=True)
     t = truth(gateway, r.stream_id)
     assert r.orchestrator_address == t["orchestrator"]
     assert len(r.latency_samples) >= 0.8 * r.frames_received  # a sample per frame, not per second
@@ -329,9 +335,10 @@ def test_a_freeze_an_fps_drop_and_packet_loss_match_the_truth():
     cfg = GatewayConfig(profiles={"p": profile}, orchestrators=orchs, faults=faults, port=0)
     with GatewayProcess(config=cfg) as proc:
         async def main():
-            return await asyncio.gather(*(run_probe(spec(proc.url, duration_s=8.0, size=128, max_jitter_coeff=1.0,
-                                                         orchestrator=f"{name}.truth"))
-                                          for name in ("freeze", "half", "lossy")))
+            specs = [spec(proc.url, duration_s=8.0, size=128, max_jitter_coeff=1.0, orchestrator=f"{name}.truth")
+                     for name in ("freeze", "half", "lossy")]
+            specs[0] = dataclasses.replace(specs[0], max_freeze_s=0.5)  # under the fault's 1 s stall
+            return await asyncio.gather(*(run_probe(s) for s in specs))
         frozen, half, lossy = run(main())
         assert_matches_truth(frozen, proc.url)
         assert_matches_truth(half, proc.url)
@@ -340,8 +347,12 @@ def test_a_freeze_an_fps_drop_and_packet_loss_match_the_truth():
         # the fault, as the gateway did it: one stall of a second. Any other freeze is the gateway's own loop
         # late on two cores (one of 0.28 s was seen); it is real on the wire and the probe matched it above
         assert sum(0.95 <= g <= 1.2 for g in gaps) == 1 and all(g <= 1.2 for g in gaps) and len(gaps) <= 3, gaps
-        # the default allows 2 s of freezes in a session: judged on the freezes the gateway made, not the probe's
-        assert ("freezes" in frozen.reasons) == (sum(gaps) > 2.0), (frozen.reasons, gaps)
+        # the freezes SLA, judged on the gateway's own sending: the stall (over 0.95 s) breaks the frozen session's
+        # 0.5 s; the half-fps session keeps the default 2 s (its gaps that could be freezes, at 15 fps over 0.2 s,
+        # sum to less)
+        assert "freezes" in frozen.reasons, (frozen.reasons, gaps)
+        half_sent = np.diff(egress_times(half, truth(proc.url, half.stream_id)))
+        assert half_sent[half_sent > 0.2].sum() < 2.0 and "freezes" not in half.reasons, (half.reasons, half.freeze_s)
         assert 14.5 <= half.output_fps <= 15.5 and half.jitter_coeff < 0.1  # half of 30, evenly paced
         # packet loss: the share of packets the gateway dropped on the way to the probe and no NACK resend
         # delivered (the probe counts sequence numbers never received: loss after repair)

@@ -418,7 +418,7 @@ def test_the_tester_is_a_bottleneck_when_its_loop_lags_is_busy_stamped_most_fram
     assert tester_bottleneck(replace(quiet, tester_loop_busy_pct=95.0))  # one core: the loop's thread, not the host
     assert tester_bottleneck(replace(quiet, jitter_intervals=40, jitter_suspect_intervals=60))
     # its own sending's jitter explains the session's miss of 0.1: 0.12 less 0.07 (as squares) is 0.0975
-    missed = replace(quiet, jitter_coeff=0.12, tester_send_jitter_coeff=0.07)
+    missed = replace(quiet, jitter_coeff=0.12, tester_send_jitter_coeff=0.07, frames_sent=600, frames_received=600)
     assert tester_bottleneck(missed, max_jitter_coeff=0.1)
     assert not tester_bottleneck(replace(missed, tester_send_jitter_coeff=0.06), 0.1)  # 0.1058 left: the network's
     assert not tester_bottleneck(replace(missed, jitter_coeff=0.1, tester_send_jitter_coeff=0.1), 0.1)  # no miss
@@ -429,6 +429,9 @@ def test_the_tester_is_a_bottleneck_when_its_loop_lags_is_busy_stamped_most_fram
     assert not tester_bottleneck(replace(missed, jitter_coeff=0.1, tester_send_jitter_coeff=0.05), 0.09)
     assert tester_bottleneck(replace(missed, jitter_coeff=0.1, tester_send_jitter_coeff=0.0501), 0.09)
     assert not tester_bottleneck(missed)  # no threshold given: not judged
+    # an output of every other frame carries half the sending's jitter: 0.035 is a healthy tester's
+    assert not tester_bottleneck(replace(missed, frames_received=300), 0.1)
+    assert not tester_bottleneck(replace(missed, frames_sent=None), 0.1)  # nothing sent: nothing to judge
     assert not tester_bottleneck(SessionRow(session_id="n", outcome="ok"))
 
 

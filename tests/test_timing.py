@@ -100,16 +100,18 @@ def test_freezes_follow_the_w3c_rule():
     assert freezes(first + after + second) == (2, pytest.approx(1.2, abs=1e-3))
 
 
-def test_the_testers_sending_jitter_counts_its_stalls_and_not_its_start():
-    """Worked by hand: 20 fps, a 0.3 s stall between frames 49 and 50 (the interval 0.3 s where 0.05 was due);
-    from the 10th frame on, 69 intervals of 0.05 s and that one: mean 3.75 / 70 s, std 0.029667 s."""
+def test_the_testers_sending_jitter_is_the_outputs_definition_on_its_send_times():
+    """Worked by hand: intervals of 45 and 55 ms in turn have a mean of 50 ms and a spread of 5 ms, 0.1; a
+    0.3 s stall is a freeze, out of it, as out of the output's; frames before the 10th do not count."""
+    alternating = [100.0]
+    for i in range(81):   # 72 intervals from the 10th frame: 36 of each
+        alternating.append(alternating[-1] + (0.045 if i % 2 else 0.055))
+    assert send_jitter(alternating) == pytest.approx(0.1, abs=1e-9)
     first = even(50, 20.0)
-    sent = first + even(30, 20.0, t0=first[-1] + 0.3)
-    assert send_jitter(sent) == pytest.approx(0.5538, abs=1e-4)
-    assert send_jitter(even(80, 20.0)) == pytest.approx(0.0, abs=1e-9)
+    assert send_jitter(first + even(30, 20.0, t0=first[-1] + 0.3)) == pytest.approx(0.0, abs=1e-9)
     late_start = [100.0 + 2.0 * i for i in range(9)] + even(60, 20.0, t0=118.0)  # uneven before the 10th: not counted
     assert send_jitter(late_start) == pytest.approx(0.0, abs=1e-9)
-    assert send_jitter(even(11, 20.0)) is None  # one interval: no spread
+    assert send_jitter(even(2, 20.0)) is None  # too few frames to know
 
 
 def test_a_silent_end_is_a_freeze_and_the_rule_needs_five_intervals_first():

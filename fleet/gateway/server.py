@@ -62,8 +62,13 @@ async def _cors(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.Response(status=204, headers={**_CORS, "Accept-Post": SDP})
     try:
         response: web.StreamResponse = await handler(request)
-    except ConnectionResetError:  # the client went away mid-request (its machine lost): no one to answer
-        log.warning("%s %s: the client went away before its request was read", request.method, request.path)
+    except ConnectionResetError:
+        if request.transport is not None and not request.transport.is_closing():
+            raise  # not this request's own connection
+        # the client went away mid-request (its machine lost): no one to answer. The route, not the path: a
+        # path names the stream key
+        log.warning("%s %s: the client went away before its request was read", request.method,
+                    request.match_info.route.resource.canonical if request.match_info.route.resource else "?")
         return web.Response(status=499)  # nginx's "client closed request"; never sent
     response.headers.update(_CORS)
     return response

@@ -183,10 +183,9 @@ def output_fps(arrivals: Sequence[float], suspect_indices: Iterable[int] = ()) -
 
 
 def send_jitter(sent: Sequence[float]) -> float | None:
-    """The jitter coefficient of the tester's own sending (``jitter``'s steady state, from the
-    ``PLAYABLE_FRAMES``-th frame sent), with its gaps in: a stall of the sender is the tester's, not a freeze
-    of the stream, whatever the output shows of it."""
-    return _round4(_cv(np.diff(np.asarray(sent[PLAYABLE_FRAMES - 1:], dtype=float))))
+    """The jitter coefficient of the tester's own sending, by ``jitter``'s definition (the steady state from
+    the ``PLAYABLE_FRAMES``-th frame, freezes out), so that it compares with the output's ``jitter_coeff``."""
+    return jitter(sent)[0]
 
 
 def _round4(x: float | None) -> float | None:

@@ -44,16 +44,21 @@ def tester_bottleneck(row: SessionRow, max_jitter_coeff: float | None = None) ->
     """Could the tester itself explain this session's figures? Its loop lagged or was busy, it stamped most
     output intervals in its own stalls, or (given the session's threshold) the session missed
     ``max_jitter_coeff`` and what is left of its jitter without the tester's own sending's is within it (the
-    output carries the publisher's unevenness; independent spreads add as squares), its sending uneven beyond
-    a healthy tester's (``TESTER_SEND_JITTER_FLOOR``)."""
+    output can carry the publisher's unevenness; independent spreads add as squares, and an output of every
+    k-th frame carries 1/k of it), its sending uneven beyond a healthy tester's (``TESTER_SEND_JITTER_FLOOR``).
+    An upper bound: a gateway that re-paces its input carries less of it."""
     lag, busy, sending = row.tester_loop_lag_ms_mean, row.tester_loop_busy_pct, row.tester_send_jitter_coeff
     used, suspect = row.jitter_intervals or 0, row.jitter_suspect_intervals or 0
     jitter = row.jitter_coeff
+    if sending is not None and row.frames_sent and row.frames_received is not None:
+        carried = sending * min(1.0, row.frames_received / row.frames_sent)  # the output's share of the sending's
+    else:
+        carried = None
     return bool((lag is not None and lag > TESTER_LAG_LIMIT_MS) or (busy is not None and busy >= TESTER_BUSY_LIMIT)
                 or (used + suspect and suspect / (used + suspect) > TESTER_SUSPECT_LIMIT)
-                or (max_jitter_coeff is not None and jitter is not None and sending is not None
-                    and sending > TESTER_SEND_JITTER_FLOOR and jitter > max_jitter_coeff
-                    and jitter ** 2 - sending ** 2 <= max_jitter_coeff ** 2))
+                or (max_jitter_coeff is not None and jitter is not None and carried is not None
+                    and carried > TESTER_SEND_JITTER_FLOOR and jitter > max_jitter_coeff
+                    and jitter ** 2 - carried ** 2 <= max_jitter_coeff ** 2))
 
 
 class RegionRunner:
