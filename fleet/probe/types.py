@@ -131,7 +131,7 @@ class ProbeResult:
     rtt_ms: float | None = None
     pacing_late_ms_mean: float | None = None
     pacing_late_ms_max: float | None = None
-    tester_send_jitter_coeff: float | None = None  # the jitter of the frames as the tester sent them (gaps in)
+    tester_send_jitter_coeff: float | None = None  # the jitter of the frames as sent (jitter_coeff's definition)
     keyframes_on_request: int = 0   # keyframe requests (PLI) from the gateway answered by jumping to a keyframe
     # the selected ICE candidate pair's types (host, srflx, prflx, relay): ingest (WHIP) and egress (WHEP)
     ice_local_candidate: str | None = None
