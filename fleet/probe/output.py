@@ -28,7 +28,7 @@ import numpy as np
 
 from fleet.media import PacketTrack
 from fleet.probe.latency import Aligner, LatencySample, StepDetector, lag_is_exact, rtp_latency
-from fleet.probe.timing import PLAYABLE_FRAMES, analyse, holding, per_second, percentile, send_jitter, suspect_frames
+from fleet.probe.timing import PLAYABLE_FRAMES, analyse, holding, jitter, per_second, percentile, suspect_frames
 from fleet.probe.types import ProbeResult, ProbeSpec
 from fleet.rtp import FrameTap, TapFrame
 from fleet.rtpclock import VIDEO_CLOCK
@@ -317,7 +317,7 @@ class OutputWatch:
         if track.sent:
             r.first_packet_ms = _ms(track.start - self.t0) if track.start else None
             r.pacing_late_ms_mean = _ms(track.late_s_total / len(track.sent))
-            r.pacing_late_ms_max, r.tester_send_jitter_coeff = _ms(track.late_s_max), send_jitter(track.sent)
+            r.pacing_late_ms_max, r.tester_send_jitter_coeff = _ms(track.late_s_max), jitter(track.sent)[0]  # as the output's
             r.keyframes_on_request = track.keyframe_jumps
         if tap is not None:
             r.packets_received = tap.packets

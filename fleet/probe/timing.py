@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["FREEZE_MIN_S", "JITTER_WINDOW_S", "PLAYABLE_FRAMES", "Timing", "analyse", "freeze_ends", "freezes", "jitter",
-           "holding", "output_fps", "per_second", "percentile", "send_jitter", "splice", "suspect_frames"]
+           "holding", "output_fps", "per_second", "percentile", "splice", "suspect_frames"]
 
 PLAYABLE_FRAMES = 10          # "playable": this many output frames received; the steady state starts there
 FREEZE_MIN_S = 0.150          # W3C: an interval > max(3 x mean, mean + 150 ms) is a freeze
@@ -180,12 +180,6 @@ def output_fps(arrivals: Sequence[float], suspect_indices: Iterable[int] = ()) -
     first, last = (sound[0], sound[-1]) if len(sound) >= 2 else (0, len(arrivals) - 1)
     span = arrivals[last] - arrivals[first] if last > first else 0.0
     return round((last - first) / span, 3) if span > 0 else None
-
-
-def send_jitter(sent: Sequence[float]) -> float | None:
-    """The jitter coefficient of the tester's own sending, by ``jitter``'s definition (the steady state from
-    the ``PLAYABLE_FRAMES``-th frame, freezes out), so that it compares with the output's ``jitter_coeff``."""
-    return jitter(sent)[0]
 
 
 def _round4(x: float | None) -> float | None:

@@ -150,7 +150,7 @@ class RegionRunner:
             sketches=session_sketches(result),  # the per-frame latencies cross Ray as sketches and a count
             # the whole process (every session, aiortc's threads) over this session's span, percent of one core
             tester_cpu_pct=round(100 * used / (now - started), 1) if now > started else None)
-        row = replace(row, tester_bottleneck=tester_bottleneck(row, s.workflow.thresholds.max_jitter_coeff),
+        row = replace(row, tester_bottleneck=tester_bottleneck(row, spec.max_jitter_coeff),
                       **capacity_evidence(row, job, getattr(self.scenario.target.capacity, "refresh_s", None)))
         if self._metrics:
             self._metrics[1].inc(tags={"region": self.region, "outcome": row.outcome})
