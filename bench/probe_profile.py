@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import cProfile
 import json
 import os
@@ -149,7 +150,7 @@ async def sessions(url: str, n: int, duration: float, stagger: float, codec: str
                        None)  # not when calibration gave up
         return {"stream": r.stream_id, "outcome": r.outcome, "error": r.error_class, "fps": r.output_fps,
                 "received": r.frames_received, "latency_ms": r.g2g_latency_ms, "decoded": r.decoded_frames,
-                "latency_aligned_at_s": aligned}
+                "latency_aligned_at_s": aligned, "reasons": r.reasons}
 
     try:
         out = list(await asyncio.gather(*(one(i) for i in range(n))))
@@ -364,6 +365,7 @@ def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, g
     errors.sort()
     r: dict = {"codec": codec, "n": n, "duration_s": duration, "loop": loop, "profiled": bool(profile),
                "outcomes": sorted({s["outcome"] for s in data["sessions"]}),
+               "reasons": dict(collections.Counter(x for s in data["sessions"] for x in s["reasons"])),
                "delivered": round(received / sent, 4) if sent else None,
                "fps_p50": round(fps[len(fps) // 2], 2), "fps_p10": round(fps[len(fps) // 10], 2),
                "latency_error_ms_p50": round(errors[len(errors) // 2], 3) if errors else None,

@@ -284,9 +284,9 @@ def check_watch(gop: int = 30):
     return w, events, frames, decoded
 
 
-def test_a_check_window_decodes_from_the_next_keyframe_not_the_gop_before_it():
+def test_a_check_decodes_the_next_keyframe_alone_not_the_gop_before_it():
     """A check asked for mid-GOP (frame 40 of 30-frame GOPs) decodes nothing until the keyframe at 60, then
-    exactly the check_window_s after it: 15 frames, none of the 10 since the keyframe at 30, no PLI."""
+    that keyframe alone (it is not black): none of the 10 frames since the keyframe at 30, no PLI."""
     w, events, frames, decoded = check_watch()
     asked: list[float] = []
     w._ask = lambda tap: asked.append(1.0)
@@ -295,8 +295,8 @@ def test_a_check_window_decodes_from_the_next_keyframe_not_the_gop_before_it():
             w.check_window(now=f.arrival)
         w.on_frame(f)
     assert frames[60].keyframe and not any(f.keyframe for f in frames[31:60])
-    assert decoded == list(range(60, 75)), decoded
-    assert w.decoded_frames == 15 and asked == [] and events == []
+    assert decoded == [60], decoded
+    assert w.decoded_frames == 1 and asked == [] and events == []
 
 
 def test_a_check_window_with_no_keyframe_asks_for_one_then_is_given_up_as_missed():
@@ -329,8 +329,8 @@ def test_a_check_window_with_no_keyframe_asks_for_one_then_is_given_up_as_missed
 
 def test_a_check_waiting_for_a_keyframe_is_served_by_a_switch_window_that_opens_meanwhile():
     """A check asked at frame 40 waits for a keyframe; a prompt switch's window opens at 45 (decoding from the
-    kept keyframe at 30) and ends at 50. The check opens with it, at 45, and runs its 0.5 s: decoding ends
-    after frame 59, and nothing more is decoded at the keyframe at 60 (no second window after the first)."""
+    kept keyframe at 30) and ends at 50. The check takes its frame 45: decoding ends with the switch's window
+    after frame 49, and nothing is decoded at the keyframe at 60 (the check was served)."""
     w, events, frames, decoded = check_watch()
     for n, f in enumerate(frames[:100]):
         if n == 40:
@@ -338,13 +338,13 @@ def test_a_check_waiting_for_a_keyframe_is_served_by_a_switch_window_that_opens_
         if n == 45:
             w.switch_windows[0] = (f.arrival, frames[50].arrival)
         w.on_frame(f)
-    assert decoded == list(range(30, 60)), decoded
+    assert decoded == list(range(30, 50)), decoded
     assert w.check_due is None and events == []
 
 
-def test_a_check_asked_while_decoding_runs_from_that_moment():
+def test_a_check_asked_while_decoding_takes_the_next_frame_decoded():
     """A switch window decodes frames 45 to 49 (from the kept keyframe at 30); a check asked 10 ms after frame
-    47 extends the decoding by its 0.5 s from there: to frame 62 (62/30 s is inside it, 63/30 s is not)."""
+    47 takes frame 48 and decodes nothing beyond the switch's window (none of it is black)."""
     w, _, frames, decoded = check_watch()
     for n, f in enumerate(frames[:100]):
         if n == 45:
@@ -352,7 +352,44 @@ def test_a_check_asked_while_decoding_runs_from_that_moment():
         if n == 47:
             w.check_window(now=f.arrival + 0.01)
         w.on_frame(f)
-    assert decoded == list(range(30, 63)), decoded
+    assert decoded == list(range(30, 50)) and w.check_due is None, decoded
+
+
+def black_from(w, black: set[int]) -> None:
+    """The watch sees the frames in ``black`` as black (their means replaced), the others as decoded."""
+    look = w.look_at
+    w.look_at = lambda means, arrival, index: look((5.0, 128.0, 128.0) if index in black else means, arrival, index)
+
+
+def test_a_black_check_frame_decodes_on_until_the_run_is_seen_then_later_checks_take_one_frame():
+    """The output is black from frame 50. A check asked at 40 takes the keyframe at 60: black, so it decodes
+    on, frame by frame, until BLACK_RUN black frames in a row (60 to 69: one black_output event) and stops
+    there; a check asked at 75 takes the keyframe at 90 alone (the run is already known)."""
+    w, events, frames, decoded = check_watch()
+    black_from(w, set(range(50, len(frames))))
+    for n, f in enumerate(frames):
+        if n in (40, 75):
+            w.check_window(now=f.arrival)
+        w.on_frame(f)
+    assert BLACK_RUN == 10 and len(frames) > 91
+    assert decoded == list(range(60, 70)) + [90], decoded
+    assert [k for k, _ in events] == ["black_output"] and w.black_frames == 11
+
+
+def test_black_frames_too_few_for_a_run_keep_decoding_black_window_s_after_the_last():
+    """Frames 60 and 61 are black, the rest not: decoding goes on to the last frame before 61/30 + 0.49 s
+    (frame 75), then stops; no black_output."""
+    import dataclasses
+
+    w, events, frames, decoded = check_watch()
+    w.opt = dataclasses.replace(w.opt, black_window_s=0.49)
+    black_from(w, {60, 61})
+    for n, f in enumerate(frames[:100]):
+        if n == 40:
+            w.check_window(now=f.arrival)
+        w.on_frame(f)
+    assert decoded == list(range(60, 76)), decoded
+    assert events == [] and w.black_frames == 2
 
 
 def test_a_switch_window_opening_on_a_keyframe_decodes_from_it_and_not_the_gop_before():
@@ -380,8 +417,8 @@ def test_a_check_waiting_when_the_session_subscribes_again_is_dropped():
 def test_a_check_does_not_open_with_a_window_that_cannot_decode_yet():
     """A switch window (frames 5 to 9, from the kept keyframe at 0) ends mid-GOP, so nothing is kept until the
     keyframe at 30. A check asked at 12 waits; a second switch window (15 to 19) has nothing to decode from
-    (it asks for a keyframe), so the check goes on waiting and opens at the keyframe at 30: 15 frames decoded
-    there, not a window spent on frames that could not be decoded."""
+    (it asks for a keyframe), so the check goes on waiting and takes the keyframe at 30, not a frame that
+    could not be decoded."""
     w, events, frames, decoded = check_watch()
     asked: list[int] = []
     w._ask = lambda tap: asked.append(len(w.arrivals) - 1)
@@ -393,7 +430,7 @@ def test_a_check_does_not_open_with_a_window_that_cannot_decode_yet():
         if n == 15:
             w.switch_windows[1] = (f.arrival, frames[20].arrival)
         w.on_frame(f)
-    assert decoded == list(range(10)) + list(range(30, 45)), decoded
+    assert decoded == list(range(10)) + [30], decoded
     assert asked == [15] and events == []   # the second window asked for a keyframe, once in its half second
 
 

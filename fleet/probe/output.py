@@ -4,10 +4,11 @@ latency alignment against the input's brightness steps, black output and prompt 
 ``OutputWatch`` is fed ``TapFrame``s by the RTP tap (fleet.rtp) and knows nothing of WebRTC or HTTP:
 it decodes only inside short windows: until the latency alignment is found; around each prompt switch
 until its effect is seen, from the last keyframe before the switch's second (the frames since it are
-kept); and ``check_window_s`` in every ``check_every_s``, from the next keyframe the output brings (a
-check has no moment to catch, so it waits for one rather than decoding the GOP before it, or opens with
-another window that decodes meanwhile); a keyframe is asked for with a PLI through ``ask_keyframe`` only
-when none came within ``CHECK_KEYFRAME_WAIT_S``. The
+kept); and one frame every ``check_every_s``, the next keyframe the output brings (a check has no moment
+to catch, so it waits for one rather than decoding the GOP before it, or takes a frame another window
+decodes meanwhile), decoding on for ``black_window_s`` after each black frame until ``BLACK_RUN`` of them
+in a row make the output black; a keyframe is asked for with a PLI through ``ask_keyframe`` only when
+none came within ``CHECK_KEYFRAME_WAIT_S``. The
 per-session figures it leaves in the result (latency samples, per-second counts) are computed by pure
 functions (``rtp_latency`` in fleet.probe.latency, ``per_second`` in fleet.probe.timing).
 
@@ -67,7 +68,8 @@ class OutputWatch:
         self.decoder: Any = None           # av's CodecContext while decoding
         self.gop: list[tuple[TapFrame, int]] = []  # frames since the last keyframe, while not decoding
         self.windows: list[tuple[float, float]] = []  # (start, end) monotonic
-        self.check_due: float | None = None  # a check window waiting for a keyframe since then
+        self.check_due: float | None = None  # a check waiting for a keyframe since then
+        self.black_until = 0.0             # decoding on after a black frame, to see whether a run follows
         self.switch_windows: dict[int, tuple[float, float]] = {}  # per prompt switch, until its effect is seen
         self.calibrating = True
         self.aligned_at_steps = 0          # detected output steps when the alignment last ran
@@ -118,16 +120,13 @@ class OutputWatch:
     # --- windows ---------------------------------------------------------------------
 
     def check_window(self, now: float | None = None) -> None:
-        """Decode ``check_window_s`` (black output, the look): at once while decoding already, else from the
-        next keyframe (``_check_opens``)."""
-        now = time.monotonic() if now is None else now
-        if self.decoder is not None:
-            self.windows.append((now, now + self.opt.check_window_s))
-        elif self.check_due is None:
-            self.check_due = now
+        """Decode one frame (is the output black?): the next one another window decodes, or the next keyframe
+        (``_check_opens``); a black one keeps decoding on (``look_at``)."""
+        if self.check_due is None:
+            self.check_due = time.monotonic() if now is None else now
 
     def _check_opens(self, f: TapFrame, decoding: bool) -> bool:
-        """Whether a waiting check window opens at ``f``: on a frame that can be decoded, because another window
+        """Whether a waiting check is served by ``f``: on a frame that can be decoded, because another window
         decodes it (its decoder running, or starting from the kept GOP) or because it is a complete keyframe (a
         frame or a kept one found incomplete then resets the decoder, which asks for a keyframe). A
         check still waiting past WINDOW_MAX_S is given up (missed); past CHECK_KEYFRAME_WAIT_S it asks for a
@@ -143,7 +142,6 @@ class OutputWatch:
             return False
         if opens or (f.keyframe and f.complete):
             self.check_due = None
-            self.windows.append((f.arrival, f.arrival + self.opt.check_window_s))
             return True
         if waited > CHECK_KEYFRAME_WAIT_S:
             self._pli(f.arrival)
@@ -205,7 +203,7 @@ class OutputWatch:
         if self.calibrating and now - self.calibrate_from > self.opt.calibrate_max_s:
             self.calibrating = False  # no alignment in time (an output without brightness steps): give up
             self.event("latency_aligned", method=self.latency_method, steps=len(self.detector.steps), exact=False)
-        if self.opt.decode == "all" or self.calibrating or self.pending_effects:
+        if self.opt.decode == "all" or self.calibrating or self.pending_effects or now < self.black_until:
             return True
         self.windows = [w for w in self.windows if w[1] > now]
         return any(start <= now < end for start, end in (*self.windows, *self.switch_windows.values()))
@@ -243,6 +241,8 @@ class OutputWatch:
         self.black_run = self.black_run + 1 if black else 0
         if black:
             self.black_frames += 1
+            # a run not yet seen whole: decode on to see whether it is one; seen: no longer for it
+            self.black_until = arrival + self.opt.black_window_s if self.black_run < BLACK_RUN else 0.0
             if self.black_run == BLACK_RUN:
                 self.event("black_output")
         else:

@@ -250,7 +250,7 @@ class _Probe:
             self.out.switched(k, t_req)
 
     async def _checks(self) -> None:
-        """A decode window every ``check_every_s`` (from a keyframe or with another window): black output, the look."""
+        """A frame decoded every ``check_every_s`` (a keyframe, or one another window decodes): is the output black?"""
         while self.opt.check_every_s:
             await asyncio.sleep(self.opt.check_every_s)
             self.out.check_window()

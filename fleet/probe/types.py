@@ -36,13 +36,13 @@ class ProbeOptions:
     first_frame_timeout_s: float | None = None   # None: max(2 x max_startup_s, 20 s)
     http_timeout_s: float = 10.0
     status_every_s: float = 2.0
-    check_every_s: float = 5.0                   # a check_window_s decode window this often (from a keyframe,
-                                                 # or with another decode window)
+    check_every_s: float = 5.0                   # one frame decoded this often (black output?): the next keyframe,
+                                                 # or a frame another decode window decodes
     decode: Literal["windows", "all"] = "windows"
     stall_fail_s: float = 5.0                    # output silent this long at the end: failed
     max_latency_s: float = 20.0
     bandwidth_feedback: bool = False             # send REMB like a browser (costs ~10 % of a session's CPU)
-    check_window_s: float = 0.5
+    black_window_s: float = 0.5                  # a decoded black frame keeps decoding on this long (a run?)
     teardown_timeout_s: float = 5.0
     verify_tls: bool = True
     ice_servers: tuple[IceServer, ...] = ()      # the scenario's STUN/TURN servers (credentials resolved)
