@@ -27,10 +27,10 @@ span, the receive side's work, then the packets, then the frame timers: what eac
 the connections' upkeep (ICE, DTLS, RTCP), the frame timers, and the packets, of which the receive side's
 work in Python and the kernel's (system time); leaving out the packets also leaves out the payloads' lookup
 (VP8: the picture ID put in each). The probe leaves out, from the start, its decoding (the latency calibration
-and the check windows; with nothing decoded, calibration keeps wanting frames until it gives up at 15 s, at
+and the black-output checks; with nothing decoded, calibration keeps wanting frames until it gives up at 15 s, at
 no cost beyond the calls) and then its status reads: the probe's CPU is then the data path, decoding, status
-reads, and the rest (the frame bookkeeping, timing, the session's timers). One more run leaves out the check
-windows alone (the latency calibration still decodes): what they cost, within decoding. Each part is the difference of two
+reads, and the rest (the frame bookkeeping, timing, the session's timers). One more run leaves out the black-output
+checks alone (the latency calibration still decodes): what they cost, within decoding. Each part is the difference of two
 single runs, so it carries both runs' spread (about 10 % of each).
 
     python bench/probe_profile.py [--n 40] [--duration 12] [--codec h264|vp8] [--profile [PSTATS_PATH]] [--floor | --parts]
@@ -169,7 +169,7 @@ def without(part: str) -> list[bool]:
     """Patch this worker to leave out ``part`` once the flag returned is set. Of the lean data path (bare
     pairs): "receive" (media datagrams dropped as they arrive: no SRTP, parsing, report duties or frame tap),
     "packets" (frames paced but no packet built or sent), "pacing" (no frame timer at all). Of a probe
-    session: "decoding" (no frame decoded: no latency, no checks), "windows" (no check window opened: the
+    session: "decoding" (no frame decoded: no latency, no checks), "checks" (no black-output check asked: the
     latency calibration and a prompt switch's window still decode), "status" (no status read while the session
     runs). Empty: nothing."""
     import fleet.leanrtp as leanrtp
@@ -181,7 +181,7 @@ def without(part: str) -> list[bool]:
     if part == "decoding":
         decode = OutputWatch._decode
         OutputWatch._decode = lambda self, *a: None if flag[0] else decode(self, *a)  # type: ignore[method-assign]
-    elif part == "windows":
+    elif part == "checks":
         check = OutputWatch.check_window
         OutputWatch.check_window = lambda self, *a, **k: None if flag[0] else check(self, *a, **k)  # type: ignore[method-assign]
     elif part == "status":
@@ -371,7 +371,7 @@ def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, g
                "latency_error_ms_p50": round(errors[len(errors) // 2], 3) if errors else None,
                "latency_error_ms_max": round(errors[-1], 3) if errors else None,
                "latency_samples": len(errors),
-               # decoding per session: the latency calibration (every frame until aligned) and the check windows
+               # decoding per session: the latency calibration (every frame until aligned) and the black-output checks
                "decoded_per_session_p50": statistics.median_high(s["decoded"] for s in data["sessions"]),
                "latency_aligned_at_s_p50": statistics.median_high(aligned) if (aligned := [
                    s["latency_aligned_at_s"] for s in data["sessions"] if s["latency_aligned_at_s"] is not None]) else None}
@@ -475,8 +475,8 @@ def main() -> None:
     elif args.parts:
         left_out = {p: probe_run(args, cpus, p).get("cpu_ms_per_session_s") for p in ("decoding", "status")}
         r["parts"] = probe_parts(r["cpu_ms_per_session_s"], r["data_path_only"]["cpu_ms_per_pair_s"], left_out)
-        windows = probe_run(args, cpus, "windows").get("cpu_ms_per_session_s")  # a share of decoding, not summed
-        r["parts"]["decoding_of_which_check_windows"] = None if windows is None else round(r["cpu_ms_per_session_s"] - windows, 2)
+        checks = probe_run(args, cpus, "checks").get("cpu_ms_per_session_s")  # a share of decoding, not summed
+        r["parts"]["decoding_of_which_black_checks"] = None if checks is None else round(r["cpu_ms_per_session_s"] - checks, 2)
     report(r)
 
 

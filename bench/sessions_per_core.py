@@ -10,8 +10,10 @@ together, and the probe's side is to saturate first. Every step runs against a f
 buffer (``INGEST_BUFFER_MS``) keeps a tester's short stalls from reaching its runner model. At every step
 both sides' CPU is read from /proc over the steady window only (every session of the step flowing, by the
 gateway's truth; ramp-up and teardown excluded), each as a fraction of what it has (the tester: its share;
-the gateway: its core), and the step says which side saturated (>= 0.9). Memory per session is the tester's
-PSS in the window minus its idle PSS before the sessions started, over N.
+the gateway: its core), and the step says which side saturated (>= 0.9); a step whose sessions never all
+flowed at once (a tester too slow to start them all before the first ended) has no such window and fails,
+and says which side saturated over its polls until then (``before_the_window``, start-up included). Memory
+per session is the tester's PSS in the window minus its idle PSS before the sessions started, over N.
 
 A step is sustained when, in one of two tries, the tester received >= 99 % of the frames the gateway sent
 its viewers, the median session's output fps is >= 29.5, and (for the probe) the median session's latency is within 5 ms of the
@@ -327,14 +329,18 @@ def flowing(c, url: str, known: set[str]) -> tuple[int, int]:
 
 
 def steady_window(c, url: str, known: set[str], n: int, window_s: float, proc: subprocess.Popen,
-                  gateway_pid: int) -> dict | None:
+                  gateway_pid: int, samples: list | None = None) -> dict | None:
     """Both sides' CPU and the tester's PSS over the window in which all ``n`` sessions flow; None when they
-    never all flowed, or the worker ended inside the window (its sessions ended before it closed)."""
+    never all flowed, or the worker ended inside the window (its sessions ended before it closed). Until the
+    window opens, each poll's (time, the tester's CPU, the gateway's, sessions flowing) goes to ``samples``."""
     deadline = time.monotonic() + STEADY_TIMEOUT_S
     while True:
         if proc.poll() is not None or time.monotonic() > deadline:
             return None
-        if flowing(c, url, known)[1] >= n:
+        count = flowing(c, url, known)[1]
+        if samples is not None:
+            samples.append((time.monotonic(), cpu_seconds(process_tree(proc.pid)), cpu_seconds([gateway_pid]), count))
+        if count >= n:
             break
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(STEADY_POLL_S)  # a poll interval that ends early if the worker does
@@ -349,6 +355,22 @@ def steady_window(c, url: str, known: set[str], n: int, window_s: float, proc: s
     still = flowing(c, url, known)[1]
     return {"window_s": t1 - t0, "tester_cpu_s": cpu_spent(tester0, tester1), "gateway_cpu_s": cpu_spent(gateway0, gateway1),
             "pss_mb": pss, "all_flowing_at_end": still >= n}
+
+
+def run_loads(samples: list, share: float) -> dict | None:
+    """Both sides' load over a step's polls (start-up included), for a step whose sessions never all flowed at
+    once: which side held them back."""
+    if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
+        return None
+    (t0, tester0, gateway0, _), (t1, tester1, gateway1, _) = samples[0], samples[-1]
+    return {"span_s": round(t1 - t0, 2), "most_flowing": max(s[3] for s in samples),
+            "tester_load": round(cpu_spent(tester0, tester1) / (t1 - t0) / share, 3),
+            "gateway_load": round(cpu_spent(gateway0, gateway1) / (t1 - t0), 3)}
+
+
+def saturated(tester_load: float, gateway_load: float) -> str:
+    return "+".join(name for name, load in (("tester", tester_load), ("gateway", gateway_load)) if load >= SATURATED) \
+        or "neither"
 
 
 def step(mode: str, codec: str, n: int, duration: float, cpu: int, share: float, group: Path | None,
@@ -374,8 +396,9 @@ def _step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int, sh
         proc = subprocess.Popen([sys.executable, __file__, "--worker", "--mode", mode, "--codec", codec, "--url", url,
                                  "--n", str(n), "--duration", str(duration), "--cpu", str(cpu), "--stagger", str(stagger),
                                  "--cgroup", str(group or ""), "--loop", loop], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        samples: list = []
         try:
-            window = steady_window(c, url, known, n, window_s, proc, gateway_pid)
+            window = steady_window(c, url, known, n, window_s, proc, gateway_pid, samples)
             out, err = proc.communicate(timeout=duration * 4 + 120 + 10 * n * (mode == "chromium"))
         finally:
             if proc.poll() is None:
@@ -407,15 +430,16 @@ def _step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int, sh
     r = {"n": n, "ok": ok, "delivered": round(delivered, 4), "fps_p50": round(median(fps), 2),
          "fps_p10": round(fps[len(fps) // 10], 2), "latency_error_ms_p50": err50 and round(err50, 3),
          "outcomes": sorted({s["outcome"] for s in data["sessions"]})}
-    if window is None:
-        return {**r, "ok": False, "saturated": "neither",
-                "window": "the sessions never all flowed at once, or the worker ended inside the window"}
+    if window is None:  # which side held them back: the loads over the polls before (start-up included)
+        run = run_loads(samples, share)
+        return {**r, "ok": False, "saturated": saturated(run["tester_load"], run["gateway_load"]) if run else "neither",
+                "window": "the sessions never all flowed at once, or the worker ended inside the window",
+                "before_the_window": run}
     tester_load = window["tester_cpu_s"] / window["window_s"] / share   # of what it has: its share of its core
     gateway_load = window["gateway_cpu_s"] / window["window_s"]         # of its core
-    sides = [name for name, load in (("tester", tester_load), ("gateway", gateway_load)) if load >= SATURATED]
     idle = data.get("idle_pss_mb")
     return {**r, "tester_load": round(tester_load, 3), "gateway_load": round(gateway_load, 3),
-            "saturated": "+".join(sides) or "neither", "share": share,
+            "saturated": saturated(tester_load, gateway_load), "share": share,
             "cpu_ms_per_session_s": round(1000 * window["tester_cpu_s"] / window["window_s"] / n, 2),
             "gateway_cpu_ms_per_session_s": round(1000 * window["gateway_cpu_s"] / window["window_s"] / n, 2),
             "mb_per_session": round((window["pss_mb"] - idle) / n, 2) if idle is not None else None,

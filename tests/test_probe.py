@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import random
 import time
 
@@ -21,6 +22,7 @@ from fleet.gateway.config import Delay, Fault, GatewayConfig, Gpu, GpuProfile, O
 from fleet.gateway.process import GatewayProcess
 from fleet.media import synthetic_clip
 from fleet.probe.latency import align, lag_is_exact
+from fleet.probe.output import BLACK_RUN
 from fleet.probe.session import ProbeOptions, ProbeResult, ProbeSpec, PromptChange, run_probe
 from fleet.probe.timing import analyse, freeze_ends, jitter, output_fps
 from fleet.webrtc import use_host_addresses
@@ -380,7 +382,7 @@ FAULTS = {
     "ice_never": ({}, ("failed", "ice", "ice_failed")),
     "output_stall": ({"after_s": 2.5}, ("failed", "pipeline", "output_stalled")),
     "disconnect": ({"after_s": 3.0}, "swap"),   # the control channel lost: go-livepeer swaps
-    "black_frames": ({"after_s": 1.0}, "black"),
+    "black_frames": ({"after_s": 3.0}, "black"),   # after calibration (2 s): a check must find it
     "fps_drop": ({"fps_factor": 0.3}, "low_fps"),
     "orchestrator_swap": ({"after_s": 2.5}, "swap"),
     "capacity_drop": ({"slots": 1, "after_s": 1.0}, "capacity"),
@@ -435,15 +437,18 @@ def test_every_fault_maps_to_its_outcome_and_phase(faulty):
             assert r.startup_s >= 1.0  # the job started a second late; the WHIP answer did not wait
         elif expected == "black":
             assert r.outcome == "degraded" and "black_output" in r.reasons and r.black_frames >= 10
-            # black output has no brightness steps to align on: calibration gives up (at calibrate_max_s, 2 of the 7 s)
-            # and decoding goes back to windows instead of every frame. A 0.5 s check window every 1 s waits for the
-            # output's next keyframe (a 2 s GOP), or starts at once if asked while one runs: at most 1 s decoded per
-            # GOP, 2/7 + 5/7 x 1/2 (0.64) of the frames, against all of them without windows (measured: 60 of 132).
-            # The bound tells windows from decoding every frame; it does not tell when a window opens (decoding the
-            # GOP before a check, the old rule, measured 0.63): the unit tests in test_probe_units pin that
-            gave_up = [d for _, k, d in r.events if k.endswith("latency_aligned") and d.get("exact") is False]
-            assert gave_up, [k for _, k, _ in r.events]
-            assert r.decoded_frames < 0.7 * r.frames_received, (r.decoded_frames, r.frames_received)
+            # the output turns black at 3 s, after the calibration's decoding ended (at 2 s at the latest): a check
+            # (one frame every 1 s, the output's next keyframe) sees it, and decodes on until BLACK_RUN black frames
+            # in a row. Decoded: at most the calibration's frames (those arrived by its end), the run, and a frame
+            # per check; a 0.5 s window per check (the old rule: 10 frames at 20 fps) would pass that bound by
+            # about 9 frames for each check served after the first
+            aligned_t = next(t for t, k, _ in r.events if k.endswith("latency_aligned"))
+            black_t = next(t for t, k, _ in r.events if k.endswith("black_output"))
+            assert black_t > aligned_t, r.events   # seen by a check, not by the calibration
+            t0 = r.timeline[0][1] - r.startup_s
+            calibration = sum(1 for _, arrival in r.timeline if arrival - t0 <= aligned_t)
+            checks = math.ceil(r.duration_s / 1.0)
+            assert r.decoded_frames <= calibration + BLACK_RUN + checks, (r.decoded_frames, calibration, checks)
         elif expected == "low_fps":
             assert r.outcome == "degraded" and "low_fps" in r.reasons and r.output_fps < 12
         elif expected == "swap":

@@ -258,36 +258,48 @@ def test_a_swap_before_the_first_frame_still_tells_the_session_its_first_frame()
     assert told == ["output back", "first frame"]
 
 
-def encoded_output(gop: int) -> tuple[ProbeSpec, list]:
-    """A real VP8 clip (a keyframe every ``gop`` frames) as the tap would hand it over, one frame per 1/FPS."""
+def encoded_output(gop: int, codec: str = "vp8") -> tuple[ProbeSpec, list]:
+    """A real clip (a keyframe every ``gop`` frames) as the tap would hand it over, one frame per 1/FPS."""
     from fleet.media import synthetic_clip
     from fleet.rtp import TapFrame
 
-    c = synthetic_clip(64, 64, FPS, codec="vp8", gop=gop, loop_s=4.0)
+    c = synthetic_clip(64, 64, FPS, codec=codec, gop=gop, loop_s=4.0)
     s = ProbeSpec("http://127.0.0.1:1", "livepeer", "streamdiffusion", c, (PromptChange(0, {}),), 20.0)
     frames = [TapFrame(timestamp=3000 * n, first_arrival=n / FPS, arrival=n / FPS, data=bytes(c.packets[n]),
                        packets=1, keyframe=c.keyframes[n], complete=True) for n in range(c.frames)]
     return s, frames
 
 
-def check_watch(gop: int = 30):
-    """A watch past its calibration over a real 30-frame-GOP VP8 output, recording the indices it decodes."""
+def check_watch(gop: int = 30, codec: str = "vp8"):
+    """A watch past its calibration over a real 30-frame-GOP output, recording the indices it decodes and (in
+    ``w.served``) the frames that served a waiting check."""
     from types import SimpleNamespace
 
-    s, frames = encoded_output(gop=gop)
+    s, frames = encoded_output(gop=gop, codec=codec)
     w, events = watch(s, sent_track(s.clip, 0.0, 1), 0.0)
     w.calibrating = False
-    w.tap = SimpleNamespace(ssrc=1, codec="VP8", unsupported=None)
+    w.tap = SimpleNamespace(ssrc=1, codec="H264" if codec == "h264" else "VP8", unsupported=None)
     decoded: list[int] = []
+    w.served = []
     look = w.look_at
-    w.look_at = lambda means, arrival, index: (decoded.append(index), look(means, arrival, index))
+
+    def looked(means, arrival, index):
+        decoded.append(index)
+        waiting = w.check_due is not None
+        look(means, arrival, index)
+        if waiting and w.check_due is None:
+            w.served.append(index)
+
+    w.look_at = looked
     return w, events, frames, decoded
 
 
-def test_a_check_decodes_the_next_keyframe_alone_not_the_gop_before_it():
+@pytest.mark.parametrize("codec", ["vp8", "h264"])
+def test_a_check_decodes_the_next_keyframe_alone_not_the_gop_before_it(codec):
     """A check asked for mid-GOP (frame 40 of 30-frame GOPs) decodes nothing until the keyframe at 60, then
-    that keyframe alone (it is not black): none of the 10 frames since the keyframe at 30, no PLI."""
-    w, events, frames, decoded = check_watch()
+    that keyframe alone (it is not black): none of the 10 frames since the keyframe at 30, no PLI. A fresh
+    decoder given that one frame hands it back at once (or the check would go on waiting)."""
+    w, events, frames, decoded = check_watch(codec=codec)
     asked: list[float] = []
     w._ask = lambda tap: asked.append(1.0)
     for n, f in enumerate(frames[:100]):
@@ -295,8 +307,25 @@ def test_a_check_decodes_the_next_keyframe_alone_not_the_gop_before_it():
             w.check_window(now=f.arrival)
         w.on_frame(f)
     assert frames[60].keyframe and not any(f.keyframe for f in frames[31:60])
-    assert decoded == [60], decoded
+    assert decoded == [60] and w.served == [60] and w.check_due is None, decoded
     assert w.decoded_frames == 1 and asked == [] and events == []
+
+
+def test_a_check_whose_keyframe_does_not_decode_waits_for_the_next_one():
+    """The keyframe at 60 is garbage: no frame is looked at, so the check is not served there and takes the
+    keyframe at 90 (1.67 s after it was asked: no PLI yet, nothing missed)."""
+    import dataclasses
+
+    w, events, frames, decoded = check_watch()
+    frames[60] = dataclasses.replace(frames[60], data=b"\x00" * 16)
+    asked: list[int] = []
+    w._ask = lambda tap: asked.append(len(w.arrivals) - 1)
+    for n, f in enumerate(frames):
+        if n == 40:
+            w.check_window(now=f.arrival)
+        w.on_frame(f)
+    assert frames[90].keyframe and len(frames) > 90
+    assert decoded == [90] and w.served == [90] and asked == [] and events == [], (decoded, asked, events)
 
 
 def test_a_check_window_with_no_keyframe_asks_for_one_then_is_given_up_as_missed():
@@ -329,8 +358,9 @@ def test_a_check_window_with_no_keyframe_asks_for_one_then_is_given_up_as_missed
 
 def test_a_check_waiting_for_a_keyframe_is_served_by_a_switch_window_that_opens_meanwhile():
     """A check asked at frame 40 waits for a keyframe; a prompt switch's window opens at 45 (decoding from the
-    kept keyframe at 30) and ends at 50. The check takes its frame 45: decoding ends with the switch's window
-    after frame 49, and nothing is decoded at the keyframe at 60 (the check was served)."""
+    kept keyframe at 30) and ends at 50. The check takes frame 40, the first of the kept ones that came after
+    it was asked: decoding ends with the switch's window after frame 49, and nothing is decoded at the keyframe
+    at 60 (the check was served)."""
     w, events, frames, decoded = check_watch()
     for n, f in enumerate(frames[:100]):
         if n == 40:
@@ -338,13 +368,14 @@ def test_a_check_waiting_for_a_keyframe_is_served_by_a_switch_window_that_opens_
         if n == 45:
             w.switch_windows[0] = (f.arrival, frames[50].arrival)
         w.on_frame(f)
-    assert decoded == list(range(30, 50)), decoded
+    assert decoded == list(range(30, 50)) and w.served == [40], (decoded, w.served)
     assert w.check_due is None and events == []
 
 
 def test_a_check_asked_while_decoding_takes_the_next_frame_decoded():
     """A switch window decodes frames 45 to 49 (from the kept keyframe at 30); a check asked 10 ms after frame
-    47 takes frame 48 and decodes nothing beyond the switch's window (none of it is black)."""
+    47 arrived, before it is handed over, takes frame 48 (47 came before the check) and decodes nothing beyond
+    the switch's window (none of it is black)."""
     w, _, frames, decoded = check_watch()
     for n, f in enumerate(frames[:100]):
         if n == 45:
@@ -352,7 +383,7 @@ def test_a_check_asked_while_decoding_takes_the_next_frame_decoded():
         if n == 47:
             w.check_window(now=f.arrival + 0.01)
         w.on_frame(f)
-    assert decoded == list(range(30, 50)) and w.check_due is None, decoded
+    assert decoded == list(range(30, 50)) and w.served == [48] and w.check_due is None, (decoded, w.served)
 
 
 def black_from(w, black: set[int]) -> None:
@@ -376,20 +407,46 @@ def test_a_black_check_frame_decodes_on_until_the_run_is_seen_then_later_checks_
     assert [k for k, _ in events] == ["black_output"] and w.black_frames == 11
 
 
-def test_black_frames_too_few_for_a_run_keep_decoding_black_window_s_after_the_last():
-    """Frames 60 and 61 are black, the rest not: decoding goes on to the last frame before 61/30 + 0.49 s
-    (frame 75), then stops; no black_output."""
+@pytest.mark.parametrize("black, expected", [({60, 61}, [60, 61, 62]), (set(range(60, 120, 2)), [60, 61])],
+                         ids=["two", "flickering"])
+def test_a_black_run_that_ends_before_black_run_frames_stops_the_decoding_at_its_first_other_frame(black, expected):
+    """Frames 60 and 61 black, or every other frame from 60 (a dark scene about the threshold): the check at
+    the keyframe at 60 decodes on while the run lasts and stops after the first frame that is not black; no
+    black_output, and never decoding every frame."""
+    w, events, frames, decoded = check_watch()
+    black_from(w, black)
+    for n, f in enumerate(frames):
+        if n == 40:
+            w.check_window(now=f.arrival)
+        w.on_frame(f)
+    assert decoded == expected and events == [], decoded
+
+
+def test_decoding_after_a_black_frame_ends_exactly_black_window_s_after_it():
+    """Frames 2 fps apart, the keyframe at 30 s black: the next frame, at exactly 30 s + black_window_s (0.5 s),
+    is past it and is not decoded."""
     import dataclasses
 
-    w, events, frames, decoded = check_watch()
-    w.opt = dataclasses.replace(w.opt, black_window_s=0.49)
-    black_from(w, {60, 61})
+    w, _, frames, decoded = check_watch()
+    frames = [dataclasses.replace(f, first_arrival=n / 2, arrival=n / 2) for n, f in enumerate(frames)]
+    black_from(w, set(range(len(frames))))
     for n, f in enumerate(frames[:100]):
         if n == 40:
             w.check_window(now=f.arrival)
         w.on_frame(f)
-    assert decoded == list(range(60, 76)), decoded
-    assert events == [] and w.black_frames == 2
+    assert w.opt.black_window_s == 0.5 and frames[61].arrival == frames[60].arrival + 0.5
+    assert decoded == [60], decoded
+
+
+def test_a_black_run_is_one_orchestrators_a_swap_starts_it_again():
+    """Six black frames before a swap and four after are no run of BLACK_RUN."""
+    s, t0 = spec(), 1000.0
+    w, events = watch(s, sent_track(s.clip, t0, 10), t0)
+    for i in range(10):
+        if i == 6:
+            w.resubscribed(None, lambda: None)
+        w.look_at((5.0, 128.0, 128.0), t0 + i / FPS, i)
+    assert events == [] and w.black_run == 4 and w.black_frames == 10
 
 
 def test_a_switch_window_opening_on_a_keyframe_decodes_from_it_and_not_the_gop_before():

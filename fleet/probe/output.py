@@ -6,11 +6,10 @@ it decodes only inside short windows: until the latency alignment is found; arou
 until its effect is seen, from the last keyframe before the switch's second (the frames since it are
 kept); and one frame every ``check_every_s``, the next keyframe the output brings (a check has no moment
 to catch, so it waits for one rather than decoding the GOP before it, or takes a frame another window
-decodes meanwhile), decoding on for ``black_window_s`` after each black frame until ``BLACK_RUN`` of them
+decodes meanwhile), decoding on while black frames come (up to ``black_window_s`` apart) until ``BLACK_RUN``
 in a row make the output black; a keyframe is asked for with a PLI through ``ask_keyframe`` only when
-none came within ``CHECK_KEYFRAME_WAIT_S``. The
-per-session figures it leaves in the result (latency samples, per-second counts) are computed by pure
-functions (``rtp_latency`` in fleet.probe.latency, ``per_second`` in fleet.probe.timing).
+none came within ``CHECK_KEYFRAME_WAIT_S``. The per-session figures it leaves in the result (latency
+samples, per-second counts) come from pure functions: ``rtp_latency``, ``per_second``.
 
 After an orchestrator swap the session subscribes again (``resubscribed``): the new subscription is a
 segment of its own, with its own RTP timestamp origin and its own latency alignment; the latency
@@ -44,7 +43,7 @@ WINDOW_AFTER_EFFECT_S = 0.5
 WINDOW_MAX_S = 10.0
 CHROMA_KEEP = 300             # decoded frames' chroma kept for the effect check (trimmed by a third)
 GOP_KEEP = 150                # frames kept since the last keyframe, so that a window decodes from it at once
-CHECK_KEYFRAME_WAIT_S = 2.5   # a check window waits this long for the output's own keyframe (go-livepeer: a
+CHECK_KEYFRAME_WAIT_S = 2.5   # a check waits this long for the output's own keyframe (go-livepeer: a
                               # 2 s GOP) before asking for one; it is given up at WINDOW_MAX_S
 
 Event = Callable[..., None]   # event(kind, **data)
@@ -108,7 +107,7 @@ class OutputWatch:
         self.ts0 = None
         self.decoder = None
         self.gop = []
-        self.check_due = None
+        self.check_due, self.black_run, self.black_until = None, 0, 0.0  # a run is one orchestrator's
         self.detector = StepDetector()
         self.prev_decoded_index = -2
         self.aligned_at_steps = 0
@@ -141,8 +140,7 @@ class OutputWatch:
             self.event("check_window_missed", waited_s=round(waited, 3))
             return False
         if opens or (f.keyframe and f.complete):
-            self.check_due = None
-            return True
+            return True  # served once a frame is looked at (``look_at``): a frame that fails to decode is none
         if waited > CHECK_KEYFRAME_WAIT_S:
             self._pli(f.arrival)
         return False
@@ -235,14 +233,16 @@ class OutputWatch:
         """One decoded frame's mean Y, U and V (black output, the look, the latency steps)."""
         luma, mu, mv = means
         self.decoded_frames += 1
+        if self.check_due is not None and arrival >= self.check_due:
+            self.check_due = None  # a waiting check is served (by a frame that came after it was asked)
         consecutive = index == self.prev_decoded_index + 1
         self.prev_decoded_index = index
         black = luma < BLACK_LUMA and abs(mu - 128) < 8 and abs(mv - 128) < 8
         self.black_run = self.black_run + 1 if black else 0
+        # a run begun, not yet seen whole: decode on to see whether it is one (ended or seen: no longer for it)
+        self.black_until = arrival + self.opt.black_window_s if 0 < self.black_run < BLACK_RUN else 0.0
         if black:
             self.black_frames += 1
-            # a run not yet seen whole: decode on to see whether it is one; seen: no longer for it
-            self.black_until = arrival + self.opt.black_window_s if self.black_run < BLACK_RUN else 0.0
             if self.black_run == BLACK_RUN:
                 self.event("black_output")
         else:

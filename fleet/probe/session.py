@@ -191,7 +191,7 @@ class _Probe:
         return self.opt.first_frame_timeout_s or max(2 * self.spec.max_startup_s, 20.0)
 
     async def _hold(self, client: httpx.AsyncClient) -> None:
-        """Output flows: switch prompts and check windows until the session's end, a break or a stop."""
+        """Output flows: switch prompts and check for black output until the session's end, a break or a stop."""
         tasks = [self.spawn(self._switch_prompts(client)), self.spawn(self._checks())]
         try:
             await self._first_of((self.peers.broken, self.stop), min(self.spec.duration_s, self.spec.max_s) - self.now())
