@@ -392,6 +392,8 @@ def main() -> None:
     ap.add_argument("--no-baseline", action="store_true",
                     help="skip each step's run without the kill (its figures are the kill's baseline)")
     args = ap.parse_args()
+    # a kill (SIGTERM) unwinds as an exception: the gateway, workers and Ray nodes started here are ended
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     steps = [48] if args.quick else [int(x) for x in args.steps.split(",")]
     if args.quick:
         args.session, args.window = 10.0, 30.0

@@ -48,6 +48,7 @@ import json
 import os
 import platform
 import pstats
+import signal
 import subprocess
 import statistics
 import sys
@@ -459,6 +460,8 @@ def main() -> None:
     ap.add_argument("--profile", nargs="?", const="-", default="",
                     help="run the worker under cProfile and group its time; with a path, also dump the pstats there")
     args = ap.parse_args()
+    # a kill (SIGTERM) unwinds as an exception: the gateway, workers and Ray nodes started here are ended
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.worker:
         worker(args)
         return

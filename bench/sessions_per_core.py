@@ -42,6 +42,7 @@ import http.server
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -523,6 +524,8 @@ def main() -> None:
                          "27 ms against 22 ms), so the figure is conservative")
     ap.add_argument("--quick", action="store_true", help="coarser steps (a faster, rougher answer)")
     args = ap.parse_args()
+    # a kill (SIGTERM) unwinds as an exception: the gateway, workers and Ray nodes started here are ended
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.worker:
         worker(args)
         return
