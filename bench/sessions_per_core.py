@@ -10,9 +10,9 @@ together, and the probe's side is to saturate first. Every step runs against a f
 buffer (``INGEST_BUFFER_MS``) keeps a tester's short stalls from reaching its runner model. At every step
 both sides' CPU is read from /proc over the steady window only (every session of the step flowing, by the
 gateway's truth; ramp-up and teardown excluded), each as a fraction of what it has (the tester: its share;
-the gateway: its core), and the step says which side saturated (>= 0.9); a step whose sessions never all
-flowed at once (a tester too slow to start them all before the first ended) has no such window and fails,
-and says which side saturated over its polls until then (``before_the_window``, start-up included). Memory
+the gateway: its core), and the step says which side saturated (>= 0.9); a step with no such window (its
+sessions never all flowed at once, or they ended inside it: a tester too slow to start them all in time)
+fails, and says which side saturated over its polls before (``before_the_window``, start-up included). Memory
 per session is the tester's PSS in the window minus its idle PSS before the sessions started, over N.
 
 A step is sustained when, in one of two tries, the tester received >= 99 % of the frames the gateway sent
@@ -359,8 +359,8 @@ def steady_window(c, url: str, known: set[str], n: int, window_s: float, proc: s
 
 
 def run_loads(samples: list, share: float) -> dict | None:
-    """Both sides' load over a step's polls (start-up included), for a step whose sessions never all flowed at
-    once: which side held them back."""
+    """Both sides' load over a step's polls before its window (start-up included), for a step that has none:
+    which side held its sessions back."""
     if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
         return None
     (t0, tester0, gateway0, _), (t1, tester1, gateway1, _) = samples[0], samples[-1]
@@ -431,7 +431,7 @@ def _step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int, sh
     r = {"n": n, "ok": ok, "delivered": round(delivered, 4), "fps_p50": round(median(fps), 2),
          "fps_p10": round(fps[len(fps) // 10], 2), "latency_error_ms_p50": err50 and round(err50, 3),
          "outcomes": sorted({s["outcome"] for s in data["sessions"]})}
-    if window is None:  # which side held them back: the loads over the polls before (start-up included)
+    if window is None:  # which side held the sessions back: the loads over the polls before (start-up included)
         run = run_loads(samples, share)
         return {**r, "ok": False, "saturated": saturated(run["tester_load"], run["gateway_load"]) if run else "neither",
                 "window": "the sessions never all flowed at once, or the worker ended inside the window",
