@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from sessions_per_core import WINDOW_MARGIN_S, WINDOW_MIN_S, gateway_config, steady_window  # noqa: E402
+from sessions_per_core import WINDOW_MARGIN_S, WINDOW_MIN_S, end_tree, gateway_config, steady_window  # noqa: E402
 
 SIZE, FPS = 512, 30
 STAGGER_PER_SESSION_S = 0.05    # sessions start spread out, as a fleet worker's would
@@ -343,9 +343,7 @@ def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, g
         except subprocess.TimeoutExpired:
             raise SystemExit(f"worker: no answer in {duration * 4 + 120:.0f} s") from None
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+            end_tree(proc)
         if proc.returncode != 0:
             raise SystemExit(f"worker failed (exit {proc.returncode}): {(err.strip() or 'no output').splitlines()[-1]}")
         data = json.loads(out.strip().splitlines()[-1])
@@ -460,7 +458,7 @@ def main() -> None:
     ap.add_argument("--profile", nargs="?", const="-", default="",
                     help="run the worker under cProfile and group its time; with a path, also dump the pstats there")
     args = ap.parse_args()
-    # a kill (SIGTERM) unwinds as an exception: the gateway, workers and Ray nodes started here are ended
+    # a kill (SIGTERM) unwinds as an exception: the gateway and the workers started here are ended
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.worker:
         worker(args)

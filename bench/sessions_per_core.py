@@ -4,9 +4,10 @@ aiortc client and headless Chromium publisher+viewer pairs, with both sides' CPU
 The reference gateway runs in relay mode in its own process, pinned to one core; each ramp step runs N
 concurrent sessions in a fresh tester process (for Chromium: chromedriver and every browser process it
 starts) pinned to the other core. The probe gets a known share of its core (a cgroup CPU quota,
-``--probe-share``, default 0.5; "sessions per core" is the sessions it sustains divided by that share): the
-gateway costs about what the probe does per session, so with a whole core each the two would saturate
-together, and the probe's side is to saturate first. Every step runs against a fresh gateway, whose ingest
+``--probe-share``, default 0.35; "sessions per core" is the sessions it sustains divided by that share): the
+gateway costs about twice what the probe does per session (11 ms per session-second against 5 in relay
+mode), so with half a core or more the probe would outlast the gateway's core, and the probe's side is to
+saturate first. Every step runs against a fresh gateway, whose ingest
 buffer (``INGEST_BUFFER_MS``) keeps a tester's short stalls from reaching its runner model. At every step
 both sides' CPU is read from /proc over the steady window only (every session of the step flowing, by the
 gateway's truth; ramp-up and teardown excluded), each as a fraction of what it has (the tester: its share;
@@ -27,7 +28,7 @@ session's one-time latency calibration (about 2 s of decoding every frame) as a 
 would; at 10 s it weighed twice as much.
 
     python bench/sessions_per_core.py [--duration 20] [--max 200] [--codecs h264,vp8]
-                                      [--testers probe,naive,chromium] [--probe-share 0.5] [--quick]
+                                      [--testers probe,naive,chromium] [--probe-share 0.35] [--quick]
 
 Prints a line per step and, last, one JSON object.
 """
@@ -106,6 +107,21 @@ def process_tree(root: int) -> list[int]:
         tree.append(pid)
         todo.extend(children.get(pid, []))
     return tree
+
+
+def end_tree(proc: subprocess.Popen) -> None:
+    """A worker still running, and everything it started (chromedriver's browsers are its grandchildren): asked
+    to stop (SIGTERM: it unwinds and quits its browsers), then, 10 s on, whatever is left is killed."""
+    if proc.poll() is not None:
+        return
+    tree = process_tree(proc.pid)
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(10)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait(10)
 
 
 def cpu_seconds(pids: list[int]) -> dict[int, float]:
@@ -359,8 +375,10 @@ def steady_window(c, url: str, known: set[str], n: int, window_s: float, proc: s
 
 
 def run_loads(samples: list, share: float) -> dict | None:
-    """Both sides' load over a step's polls before its window (start-up included), for a step that has none:
-    which side held its sessions back."""
+    """Both sides' load over a step's polls before its window, from the first with a session flowing (the
+    worker's own start, its imports and the clip's encoding, left out), for a step that has none: which side
+    held its sessions back."""
+    samples = [x for x in samples if x[3] > 0]
     if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
         return None
     (t0, tester0, gateway0, _), (t1, tester1, gateway1, _) = samples[0], samples[-1]
@@ -402,9 +420,7 @@ def _step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int, sh
             window = steady_window(c, url, known, n, window_s, proc, gateway_pid, samples)
             out, err = proc.communicate(timeout=duration * 4 + 120 + 10 * n * (mode == "chromium"))
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
+            end_tree(proc)
         if proc.returncode != 0:
             return {"n": n, "ok": False, "saturated": "neither", "error": err.strip().splitlines()[-1:] or ["worker failed"]}
         data = json.loads(out.strip().splitlines()[-1])
@@ -433,8 +449,10 @@ def _step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int, sh
          "outcomes": sorted({s["outcome"] for s in data["sessions"]})}
     if window is None:  # which side held the sessions back: the loads over the polls before (start-up included)
         run = run_loads(samples, share)
+        late = run is not None and run["most_flowing"] >= n
         return {**r, "ok": False, "saturated": saturated(run["tester_load"], run["gateway_load"]) if run else "neither",
-                "window": "the sessions never all flowed at once, or the worker ended inside the window",
+                "window": f"every session flowed only {run['span_s']} s after the first did: the sessions ended inside the "
+                          "window" if late and run else "the sessions never all flowed at once",
                 "before_the_window": run}
     tester_load = window["tester_cpu_s"] / window["window_s"] / share   # of what it has: its share of its core
     gateway_load = window["gateway_cpu_s"] / window["window_s"]         # of its core
@@ -518,13 +536,13 @@ def main() -> None:
     ap.add_argument("--max", type=int, default=200, help="most sessions tried")
     ap.add_argument("--codecs", default="h264,vp8", help="codecs to ramp, comma-separated (h264, vp8)")
     ap.add_argument("--testers", default=",".join(TESTERS), help="testers to ramp, comma-separated")
-    ap.add_argument("--probe-share", type=float, default=0.5,
+    ap.add_argument("--probe-share", type=float, default=0.35,
                     help="the probe's share of its core (a cgroup CPU quota; 1: none), so that its side saturates "
                          "before the gateway's; throttling raises its cost per session a little (measured at 0.5: "
                          "27 ms against 22 ms), so the figure is conservative")
     ap.add_argument("--quick", action="store_true", help="coarser steps (a faster, rougher answer)")
     args = ap.parse_args()
-    # a kill (SIGTERM) unwinds as an exception: the gateway, workers and Ray nodes started here are ended
+    # a kill (SIGTERM) unwinds as an exception: the gateway and the worker (and what it started) are ended
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.worker:
         worker(args)

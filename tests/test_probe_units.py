@@ -311,6 +311,17 @@ def test_a_check_decodes_the_next_keyframe_alone_not_the_gop_before_it(codec):
     assert w.decoded_frames == 1 and asked == [] and events == []
 
 
+def test_a_keyframe_that_arrived_before_the_check_was_asked_is_not_decoded_for_it():
+    """The check is asked 10 ms after the keyframe at 60 reached the socket, before it is handed over: that
+    keyframe cannot serve it (it came before), so it is not decoded; the keyframe at 90 is."""
+    w, events, frames, decoded = check_watch()
+    for n, f in enumerate(frames):
+        if n == 60:
+            w.check_window(now=f.arrival + 0.01)
+        w.on_frame(f)
+    assert decoded == [90] and w.served == [90] and events == [], decoded
+
+
 def test_a_check_whose_keyframe_does_not_decode_waits_for_the_next_one():
     """The keyframe at 60 is garbage: no frame is looked at, so the check is not served there and takes the
     keyframe at 90 (1.67 s after it was asked: no PLI yet, nothing missed)."""
@@ -423,19 +434,40 @@ def test_a_black_run_that_ends_before_black_run_frames_stops_the_decoding_at_its
 
 
 def test_decoding_after_a_black_frame_ends_exactly_black_window_s_after_it():
-    """Frames 2 fps apart, the keyframe at 30 s black: the next frame, at exactly 30 s + black_window_s (0.5 s),
-    is past it and is not decoded."""
+    """Frames 2 fps apart, a check asked at frame 57 (1.5 s before the keyframe at 60: no PLI, nothing missed),
+    the keyframe black: the next frame, at exactly 30 s + black_window_s (0.5 s), is past it and not decoded."""
     import dataclasses
 
-    w, _, frames, decoded = check_watch()
+    w, events, frames, decoded = check_watch()
     frames = [dataclasses.replace(f, first_arrival=n / 2, arrival=n / 2) for n, f in enumerate(frames)]
     black_from(w, set(range(len(frames))))
+    asked: list[int] = []
+    w._ask = lambda tap: asked.append(len(w.arrivals) - 1)
     for n, f in enumerate(frames[:100]):
-        if n == 40:
+        if n == 57:
             w.check_window(now=f.arrival)
         w.on_frame(f)
     assert w.opt.black_window_s == 0.5 and frames[61].arrival == frames[60].arrival + 0.5
-    assert decoded == [60], decoded
+    assert decoded == [60] and asked == [] and events == [], (decoded, asked, events)
+
+
+def test_a_gap_in_the_decoding_starts_a_black_run_again():
+    """All black from frame 60. The check at the keyframe at 60 decodes 60 to 64; then the output freezes for
+    1 s (frames from 65 on come 1 s late), past black_window_s, so decoding stops with a run of 5. The check
+    asked at 75 takes the keyframe at 90: a run begins again there and is seen whole at 99 (one black_output),
+    not at 94 by adding the 5 before the gap."""
+    import dataclasses
+
+    w, events, frames, decoded = check_watch()
+    frames = [f if n < 65 else dataclasses.replace(f, first_arrival=f.arrival + 1.0, arrival=f.arrival + 1.0)
+              for n, f in enumerate(frames)]
+    black_from(w, set(range(60, len(frames))))
+    for n, f in enumerate(frames):
+        if n in (40, 75):
+            w.check_window(now=f.arrival)
+        w.on_frame(f)
+    assert decoded == list(range(60, 65)) + list(range(90, 100)), decoded
+    assert [k for k, _ in events] == ["black_output"] and w.black_frames == 15
 
 
 def test_a_black_run_is_one_orchestrators_a_swap_starts_it_again():
@@ -507,4 +539,4 @@ def test_a_check_still_waiting_past_window_max_s_is_missed_even_if_a_keyframe_co
     for n in range(310):
         w.on_frame(TapFrame(timestamp=3000 * n, first_arrival=n / FPS, arrival=n / FPS, data=b"\x00", packets=1,
                             keyframe=n == 301, complete=True))
-    assert [k for k, _ in events] == ["check_window_missed"] and w.windows == [] and w.decoded_frames == 0
+    assert [k for k, _ in events] == ["check_window_missed"] and w.decoded_frames == 0

@@ -139,7 +139,7 @@ class OutputWatch:
             self.check_due = None
             self.event("check_window_missed", waited_s=round(waited, 3))
             return False
-        if opens or (f.keyframe and f.complete):
+        if opens or (f.keyframe and f.complete and f.arrival >= due):  # one that came after it was asked
             return True  # served once a frame is looked at (``look_at``): a frame that fails to decode is none
         if waited > CHECK_KEYFRAME_WAIT_S:
             self._pli(f.arrival)
@@ -238,7 +238,8 @@ class OutputWatch:
         consecutive = index == self.prev_decoded_index + 1
         self.prev_decoded_index = index
         black = luma < BLACK_LUMA and abs(mu - 128) < 8 and abs(mv - 128) < 8
-        self.black_run = self.black_run + 1 if black else 0
+        run = self.black_run if consecutive or self.black_run >= BLACK_RUN else 0  # in a row: a gap starts it again
+        self.black_run = run + 1 if black else 0
         # a run begun, not yet seen whole: decode on to see whether it is one (ended or seen: no longer for it)
         self.black_until = arrival + self.opt.black_window_s if 0 < self.black_run < BLACK_RUN else 0.0
         if black:
