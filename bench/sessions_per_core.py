@@ -13,7 +13,7 @@ both sides' CPU is read from /proc over the steady window only (every session of
 gateway's truth; ramp-up and teardown excluded), each as a fraction of what it has (the tester: its share;
 the gateway: its core), and the step says which side saturated (>= 0.9); a step with no such window (its
 sessions never all flowed at once, or they ended inside it: a tester too slow to start them all in time)
-fails, and says which side saturated over its polls before (``before_the_window``, start-up included). Memory
+fails, and says which side saturated from its first session flowing until the last (``before_the_window``). Memory
 per session is the tester's PSS in the window minus its idle PSS before the sessions started, over N.
 
 A step is sustained when, in one of two tries, the tester received >= 99 % of the frames the gateway sent
@@ -447,12 +447,14 @@ def _step(url: str, mode: str, codec: str, n: int, duration: float, cpu: int, sh
     r = {"n": n, "ok": ok, "delivered": round(delivered, 4), "fps_p50": round(median(fps), 2),
          "fps_p10": round(fps[len(fps) // 10], 2), "latency_error_ms_p50": err50 and round(err50, 3),
          "outcomes": sorted({s["outcome"] for s in data["sessions"]})}
-    if window is None:  # which side held the sessions back: the loads over the polls before (start-up included)
+    if window is None:  # which side held the sessions back: the loads from the first session flowing
         run = run_loads(samples, share)
-        late = run is not None and run["most_flowing"] >= n
-        return {**r, "ok": False, "saturated": saturated(run["tester_load"], run["gateway_load"]) if run else "neither",
-                "window": f"every session flowed only {run['span_s']} s after the first did: the sessions ended inside the "
-                          "window" if late and run else "the sessions never all flowed at once",
+        if run is None:
+            return {**r, "ok": False, "saturated": "neither", "before_the_window": None,
+                    "window": "the sessions never all flowed at once (too few polls with one flowing to say which side)"}
+        why = (f"every session flowed only {run['span_s']} s after the first did: the sessions ended inside the window"
+               if run["most_flowing"] >= n else "the sessions never all flowed at once")
+        return {**r, "ok": False, "saturated": saturated(run["tester_load"], run["gateway_load"]), "window": why,
                 "before_the_window": run}
     tester_load = window["tester_cpu_s"] / window["window_s"] / share   # of what it has: its share of its core
     gateway_load = window["gateway_cpu_s"] / window["window_s"]         # of its core
