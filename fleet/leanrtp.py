@@ -6,7 +6,9 @@ queue hop, the DTLS transport's loop, a parse with every header extension, then 
 buffer whose frames the probe throws away (its decoder is starved: ``fleet.rtp``). Measured, that is most of
 a probe session's CPU. ``lean_sender`` and ``lean_receive`` keep the duties the far end relies on (the same
 video packets and header extensions; sender reports; NACKs answered, with RTX when negotiated; receiver
-reports and NACKs sent) and drop the rest. Signalling, ICE, DTLS, SRTP keys and RTCP stay aiortc's.
+reports and NACKs sent) and drop the rest. Signalling, ICE, DTLS, SRTP keys and RTCP stay aiortc's. Where
+the C extension was built (``fleet.srtpcalls.NATIVE``), a frame's packets are built, protected and sent in one
+native call (one ``sendmmsg``) and a received packet unprotected and parsed in one; the rest stays here.
 
 Differences a far end could see, all on paths the probe does not take or does not need: the sender is for
 video (no audio-level extension); the DTLS transport's own byte and packet counters (its ``getStats``)
@@ -26,26 +28,25 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from struct import Struct, pack
+from struct import pack
 from typing import Any
 
-import pylibsrtp
 from aiortc import RTCRtpReceiver, RTCRtpSender, clock
 from aiortc.codecs import get_encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, RtpPacket, unwrap_rtx, wrap_rtx
+from aioice.turn import TurnTransport
 
 from fleet.media import ClipPayloads, PacketTrack, clip_payloads
 from fleet.sockstamp import arrival_clock
-from fleet.srtpcalls import SrtpCalls, srtp_calls
+from fleet.srtpcalls import RTP_HEADER as _RTP_HEADER
+from fleet.srtpcalls import RtpView, SrtpCalls, parse_rtp, srtp_calls
 from fleet.webrtc import PayloadKinds  # its import also checks the private API used here
 
 __all__ = ["LeanReceive", "RtpView", "lean_receive", "lean_sender", "parse_rtp"]
 
-_RTP_HEADER = Struct("!BBHLL")
 _NTP_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
 
 
@@ -103,16 +104,24 @@ class _LeanSender:
             raise RuntimeError("aiortc's abs-send-time extension is no longer 3 bytes in one place")
         return 0x90, low[: at[0]], low[at[0] + 3:], True
 
-    def route(self) -> tuple[Callable[[bytes], bytes], Callable[[bytes, Any], None], Any]:
-        """SRTP protection, the nominated ICE pair's ``sendto`` and its address: what aiortc's transports go
-        through per packet in three coroutines, resolved once per frame (its packets leave in one loop turn)."""
+    def route(self) -> tuple[SrtpCalls, Any, Any, int | None]:
+        """SRTP, the nominated ICE pair's transport, its address and, for the native path, the file descriptor
+        of the transport's own datagram socket (None: no native path, or a TURN relay, or data already queued
+        in the transport): what aiortc's transports go through per packet in three coroutines, resolved once
+        per frame (its packets leave in one loop turn)."""
         dtls = self.sender.transport
         pair = dtls.transport._connection._nominated.get(1)
         if dtls.state != "connected" or pair is None:
             raise ConnectionError("cannot send RTP, not connected")
         self.srtp = srtp = srtp_calls(self.srtp, dtls._tx_srtp)
         assert srtp is not None  # keyed once DTLS is connected
-        return srtp.protect, pair.protocol.transport.sendto, pair.remote_addr
+        transport: Any = pair.protocol.transport
+        fd = None
+        if srtp.native and not isinstance(transport, TurnTransport) and not transport.is_closing() \
+                and not transport.get_write_buffer_size():
+            sock = transport.get_extra_info("socket")
+            fd = sock.fileno() if sock is not None else None
+        return srtp, transport, pair.remote_addr, fd
 
     def frame(self, payloads: Sequence[bytes], rtp_timestamp: int, payload_type: int) -> None:
         """One frame's packets out, and the counters sender reports read."""
@@ -123,9 +132,19 @@ class _LeanSender:
             self.block = (mid, *self._extension_block(mid))
         _, head0, before, after, timed = self.block
         ext_block = before + ((_ntp_now() >> 14) & 0xFFFFFF).to_bytes(3, "big") + after if timed else before
-        protect, sendto, address = self.route()
+        srtp, transport, address, fd = self.route()
         last, octets, sent, seq, ssrc, history = len(payloads) - 1, 0, 0, self.seq, s._ssrc, self.history
         try:
+            if fd is not None:  # built, protected and sent in one native call
+                sent, octets, unsent, error = srtp.send_frame(fd, address, (head0, payload_type, seq, timestamp, ssrc),
+                                                              ext_block, payloads, history, RTP_HISTORY_SIZE)
+                self.seq = (seq + sent) & 0xFFFF
+                for data in unsent:
+                    transport.sendto(data, address)
+                if error is not None:
+                    raise error
+                return
+            protect, sendto = srtp.protect, transport.sendto
             for i, payload in enumerate(payloads):
                 data = _RTP_HEADER.pack(head0, payload_type | (0x80 if i == last else 0), seq, timestamp, ssrc)
                 data += ext_block + payload
@@ -203,36 +222,6 @@ class _LeanSender:
             packet = wrap_rtx(packet, payload_type=rtx_pt, sequence_number=rtx_seq, ssrc=s._rtx_ssrc)
             setattr(s, _P + "rtx_sequence_number", (rtx_seq + 1) & 0xFFFF)
         await s.transport._send_rtp(packet.serialize(self.extensions))
-
-
-@dataclass(slots=True)
-class RtpView:
-    """The fields of an RTP packet the probe reads (``aiortc.rtp.RtpPacket``'s names), its payload a slice."""
-
-    payload_type: int
-    marker: int
-    sequence_number: int
-    timestamp: int
-    ssrc: int
-    payload: bytes
-
-
-def parse_rtp(data: bytes) -> RtpView | None:
-    """An RTP packet's fixed header and payload (RFC 3550 5.1; CSRCs, a header extension and padding skipped);
-    None when it is not one."""
-    if len(data) < 12 or data[0] >> 6 != 2:
-        return None
-    b0, b1, seq, ts, ssrc = _RTP_HEADER.unpack_from(data)
-    pos, end = 12 + 4 * (b0 & 0x0F), len(data)
-    if b0 & 0x10:
-        if end < pos + 4:
-            return None
-        pos += 4 + 4 * int.from_bytes(data[pos + 2:pos + 4], "big")
-    if b0 & 0x20:
-        end -= data[-1]
-    if pos > end:
-        return None
-    return RtpView(b1 & 0x7F, b1 >> 7, seq, ts, ssrc, data[pos:end])
 
 
 def _receiver_duties(receiver: RTCRtpReceiver) -> Callable[..., Any]:
@@ -365,10 +354,7 @@ class LeanReceive:
             self.hold(int.from_bytes(data[2:4], "big"), arrival)
             self.original(data, component)
             return
-        try:
-            packet = parse_rtp(srtp.unprotect(data))
-        except (pylibsrtp.Error, ValueError):
-            packet = None  # an SRTP failure drops the packet, as aiortc; so does one longer than SRTP's buffer
+        packet = srtp.read(data)  # an SRTP failure drops the packet, as aiortc; so does one longer than SRTP's buffer
         if packet is None:
             return
         self.taken += 1

@@ -34,6 +34,7 @@ from aiortc.rtp import HeaderExtensionsMap, RtcpRrPacket, RtpPacket, unwrap_rtx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleet import srtpcalls
 from fleet.media import H264_PROFILE_LEVEL_ID, PacketTrack, clip_payloads, synthetic_clip
 from fleet.rtp import FrameTap, TapFrame
 from fleet.srtpcalls import SrtpCalls
@@ -219,12 +220,21 @@ def aiortc_payloads(clip, n: int) -> list[bytes]:
     return H264Encoder().pack(packet)[0]
 
 
+@pytest.fixture(params=["native", "python"])
+def rtp_path(request, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A wire test on each per-packet path: the native one (``fleet._rtpnative``, where it was built) and Python's."""
+    if request.param == "native" and srtpcalls._rtpnative is None:
+        pytest.skip("fleet._rtpnative was not built (no C compiler)")
+    monkeypatch.setenv("FLEET_RTP_NATIVE", "1" if request.param == "native" else "0")
+    return request.param
+
+
 async def stats_of(pc, kind: str) -> list:
     return [s for s in (await pc.getStats()).values() if s.type == kind]
 
 
 @pytest.mark.slow
-def test_a_lean_sender_puts_on_the_wire_what_aiortc_would_and_answers_a_nack() -> None:
+def test_a_lean_sender_puts_on_the_wire_what_aiortc_would_and_answers_a_nack(rtp_path: str) -> None:
     clip = synthetic_clip(160, 96, FPS, codec="h264", gop=30)
     track = PacketTrack(clip, max_frames=FRAMES)
     packets: list[RtpPacket] = []
@@ -289,7 +299,7 @@ def test_a_lean_sender_puts_on_the_wire_what_aiortc_would_and_answers_a_nack() -
 
 
 @pytest.mark.slow
-def test_a_lean_vp8_sender_puts_on_the_wire_what_aiortc_would_with_picture_ids_counting_up() -> None:
+def test_a_lean_vp8_sender_puts_on_the_wire_what_aiortc_would_with_picture_ids_counting_up(rtp_path: str) -> None:
     """VP8 on the wire: each frame's payloads are what aiortc's encoder packs for that frame and picture ID, and
     the IDs count up by one a frame (modulo 2^15) from the first one sent."""
     clip = synthetic_clip(160, 96, FPS, codec="vp8", gop=30)
@@ -322,7 +332,7 @@ def test_a_lean_vp8_sender_puts_on_the_wire_what_aiortc_would_with_picture_ids_c
     asyncio.run(main())
 
 
-def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks(monkeypatch: pytest.MonkeyPatch, rtp_path: str) -> None:
     clip = synthetic_clip(160, 96, FPS, codec="h264", gop=30)
     parse_message = aioice.stun.parse_message
     rtp_tried_as_stun = [0]   # by the receiving peer, once the lean path took a packet
