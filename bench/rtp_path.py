@@ -2,15 +2,17 @@
 native per-packet path (``fleet._rtpnative``) in the same run.
 
 The probe's session cost moves by up to 20 % from run to run (``probe_profile.py``), too much to tell a change
-of a few per cent in the per-packet path. Here one loopback pair (a lean sender, a frame tap on a lean
-receiver) connects and carries media; then its sender is paused and F frames of the clip are sent through the
-lean sender's ``frame`` onto a socket of the bench's own (the send side: header, extensions, SRTP, history,
-counters, and the system calls: a ``sendto`` per packet on the Python path, one ``sendmmsg`` per frame on the
-native one), read back off the clock, and handed to the receiving ICE pair's ``datagram_received`` (the
-receive side: SRTP, parsing, the receiver's report and NACK duties, the frame tap's reassembly), the CPU of
-each read with ``time.process_time``. The receive figure holds no system call or event-loop callback per
-datagram (``probe_profile.py --floor`` measures those with the rest). Each path has ``--repeat`` rounds of
-its own; the native one is left out where the extension was not built (or ``FLEET_RTP_NATIVE=0``).
+of a few per cent in the per-packet path. Here one loopback pair (a lean sender, a frame tap on a lean receiver)
+connects and carries media; then its sender is paused and F frames of the clip are sent through the lean
+sender's ``frame`` onto a socket of the bench's own (the send side: header, extensions, SRTP, history, counters,
+and the system calls: a ``sendto`` per packet on the Python path, one ``sendmmsg`` per frame (per 32 packets) on
+the native one; over loopback the kernel also delivers each datagram to the receiving socket within the send, a
+cost both paths carry alike, which draws their ratio towards 1), read back off the clock, and handed to the
+receiving ICE pair's ``datagram_received`` (the receive side: SRTP, parsing, the receiver's report and NACK
+duties, the frame tap's reassembly), the CPU of each read with ``time.process_time``. The receive figure holds
+no system call or event-loop callback per datagram (``probe_profile.py --floor`` measures those with the rest).
+Each path has ``--repeat`` rounds of its own, the two taking turns (drift is shared); the native one is left out
+where the extension cannot be used (or ``FLEET_RTP_NATIVE=0``).
 
 As a yardstick from the same run, the same RTP packets (kept from one more round, built as aiortc's
 ``RtpPacket``s before the timing) go through aiortc's own per-packet steps: serialize with its header
@@ -94,23 +96,22 @@ async def measure(codec: str, frames: int, repeat: int) -> dict:
 
         def deliver(data: bytes) -> None:
             pair.protocol.datagram_received(data, pair.remote_addr)
+        paths = [p for p in PATHS if p == "python" or native_enabled()]
+        best = {p: [float("inf"), float("inf"), 0] for p in paths}  # send, receive, datagrams
+        taken = dict.fromkeys(paths, 0)
         r = 0
-        result = {}
-        for path in PATHS:
-            if path == "native" and not native_enabled():
-                continue
-            state["native"] = path == "native"
-            best_send = best_recv = float("inf")
-            received0 = len(got)
-            for _ in range(repeat):
-                lean_rx.srtp.native = state["native"]
+        for k in range(repeat):  # the paths take turns, each round's order the other way round (drift shared)
+            for path in paths if k % 2 == 0 else paths[::-1]:
+                state["native"] = lean_rx.srtp.native = path == "native"
+                received0 = len(got)
                 send, recv, n = wire.round(frames_from(r * frames), frames, deliver)
                 r += 1
-                best_send, best_recv = min(best_send, send), min(best_recv, recv)
-            delivered = len(got) - received0
+                taken[path] += len(got) - received0
+                best[path] = [min(best[path][0], send), min(best[path][1], recv), n]
+        for path, delivered in taken.items():
             if delivered < repeat * frames * TAKEN_MIN:
                 raise SystemExit(f"{path}: the frame tap took {delivered} of {repeat * frames} frames: the receive side was not measured")
-            result[path] = (best_send, best_recv, n)
+        result = {p: tuple(v) for p, v in best.items()}
         plain: list[bytes] = []  # one more round on the Python path keeps the RTP packets for the yardstick
         state["native"], state["keep"] = False, plain
         wire.round(frames_from(r * frames), frames, deliver)
@@ -132,8 +133,6 @@ async def measure(codec: str, frames: int, repeat: int) -> dict:
 
 class Kept:
     """SrtpCalls whose protect also keeps each RTP packet (the yardstick's, in a round not measured)."""
-
-    native = False
 
     def __init__(self, srtp, plain: list[bytes]) -> None:
         self.srtp, self.plain = srtp, plain

@@ -2,27 +2,37 @@
  * sent in one call (sendmmsg), and a received datagram SRTP-unprotected and parsed in one call.
  *
  * libsrtp is the one pylibsrtp bundles and aiortc keys: its srtp_protect / srtp_unprotect are passed in as
- * addresses (cffi's ffi.addressof on pylibsrtp's compiled binding) with the session's srtp_t, so the packets
- * go through the very session state aiortc uses for its RTCP; nothing here links libsrtp. What is sent and
- * what a parse hands back is judged against aiortc's and pylibsrtp's own in tests/test_lean_rtp.py.
+ * addresses (cffi's ffi.addressof on pylibsrtp's compiled binding; fleet.srtpcalls checks their C signature is
+ * libsrtp 2's before using them) with the session's srtp_t, so the packets go through the very session state
+ * aiortc uses for its RTCP; nothing here links libsrtp. What is sent and what a parse hands back is judged
+ * against aiortc's and pylibsrtp's own in tests/test_rtp_native.py, and over real peer connections in
+ * tests/test_lean_rtp.py.
  *
  * Built by setuptools as an optional extension: without a C compiler the install still succeeds and
- * fleet.leanrtp keeps its Python path (fleet.leanrtp.NATIVE says which one runs).
+ * fleet.srtpcalls keeps the Python path (fleet.srtpcalls.native_enabled() says which one runs). API names this
+ * file's interface: fleet.srtpcalls uses a build only when it matches, so a stale build is never called.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <arpa/inet.h>
-#include <errno.h>
 #include <netinet/in.h>
+#include <stdalign.h>
 #include <string.h>
 #include <sys/socket.h>
 
-typedef int (*srtp_call)(void *ctx, void *header, int *length);
+#define API 1
+
+typedef int (*srtp_call)(void *ctx, void *header, int *length);  /* libsrtp 2: srtp_err_status_t (srtp_t, void *, int *) */
 
 #define BUFFER 1500      /* pylibsrtp's buffer: the longest SRTP packet, as aiortc's path takes them */
 #define TRAILER_MAX 144  /* libsrtp 2's SRTP_MAX_TRAILER_LEN: authentication tag and MKI */
 #define PACKET_MAX (BUFFER - TRAILER_MAX)  /* the longest RTP packet protected, as pylibsrtp's */
 #define BATCH 32         /* packets per sendmmsg */
+
+typedef struct {
+    alignas(16) unsigned char data[BUFFER];  /* libsrtp reads the packet in 32-bit words */
+    int length;
+} Packet;
 
 static PyTypeObject *RtpView;  /* a struct sequence with aiortc RtpPacket's field names */
 
@@ -33,6 +43,7 @@ static PyStructSequence_Field view_fields[] = {
 static PyStructSequence_Desc view_desc = {
     "fleet._rtpnative.RtpView", "The fields of an RTP packet the probe reads, its payload a copy.", view_fields, 6};
 
+/* (host, port) as a socket address; 0 for what inet_pton does not read (a scoped IPv6 address, a name) */
 static int address_of(PyObject *host, int port, struct sockaddr_storage *to, socklen_t *length) {
     const char *text = PyUnicode_AsUTF8(host);
     if (text == NULL) {
@@ -54,11 +65,116 @@ static int address_of(PyObject *host, int port, struct sockaddr_storage *to, soc
         *length = sizeof(*v6);
         return 1;
     }
-    return 0;  /* a scoped or unusual address: the caller sends through its transport */
+    return 0;
 }
 
 static void put32(unsigned char *at, uint32_t value) {
     at[0] = value >> 24; at[1] = value >> 16; at[2] = value >> 8; at[3] = value;
+}
+
+static uint32_t get32(const unsigned char *at) {
+    return ((uint32_t)at[0] << 24) | ((uint32_t)at[1] << 16) | ((uint32_t)at[2] << 8) | at[3];
+}
+
+typedef struct {
+    int head0, payload_type;
+    unsigned int seq, timestamp, ssrc;
+    Py_buffer ext;
+    srtp_call protect;
+    void *srtp;
+    PyObject *history;
+    int history_size;
+} Frame;
+
+/* Packets built, kept unprotected in the history and protected, up to the first one libsrtp refuses; -1 with an
+ * exception set if keeping one failed. *status is libsrtp's status for the refused one (0: none was), *octets the
+ * protected packets' payload bytes. */
+static Py_ssize_t build_and_protect(const Frame *f, PyObject *payloads, Packet *packets, int *status, long long *octets) {
+    Py_ssize_t count = PyTuple_GET_SIZE(payloads), protected = 0;
+    *status = 0;
+    *octets = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *payload = PyTuple_GET_ITEM(payloads, i);
+        Py_ssize_t size = PyBytes_GET_SIZE(payload), length = 12 + f->ext.len + size;
+        unsigned char *packet = packets[i].data;
+        uint16_t number = (uint16_t)(f->seq + i);
+        packet[0] = (unsigned char)f->head0;
+        packet[1] = (unsigned char)((f->payload_type & 0x7F) | (i == count - 1 ? 0x80 : 0));
+        packet[2] = number >> 8;
+        packet[3] = number & 0xFF;
+        put32(packet + 4, f->timestamp);
+        put32(packet + 8, f->ssrc);
+        memcpy(packet + 12, f->ext.buf, f->ext.len);
+        memcpy(packet + 12 + f->ext.len, PyBytes_AS_STRING(payload), size);
+        PyObject *plain = PyBytes_FromStringAndSize((const char *)packet, length);
+        PyObject *key = plain ? PyLong_FromLong(number % f->history_size) : NULL;
+        int kept = key ? PyDict_SetItem(f->history, key, plain) : -1;
+        Py_XDECREF(key);
+        Py_XDECREF(plain);
+        if (kept < 0)
+            return -1;
+        packets[i].length = (int)length;
+        *status = f->protect(f->srtp, packet, &packets[i].length);
+        if (*status != 0)
+            break;
+        protected++;
+        *octets += size;
+    }
+    return protected;
+}
+
+/* How many of the first count packets the socket took, in batches of BATCH, stopping at the first refusal */
+static Py_ssize_t send_batches(int fd, const struct sockaddr_storage *to, socklen_t to_length, Packet *packets, Py_ssize_t count) {
+    struct mmsghdr messages[BATCH];
+    struct iovec vectors[BATCH];
+    Py_ssize_t sent = 0;
+    while (sent < count) {
+        int batch = (int)(count - sent < BATCH ? count - sent : BATCH);
+        memset(messages, 0, batch * sizeof(messages[0]));
+        for (int k = 0; k < batch; k++) {
+            vectors[k].iov_base = packets[sent + k].data;
+            vectors[k].iov_len = packets[sent + k].length;
+            messages[k].msg_hdr.msg_name = (void *)to;
+            messages[k].msg_hdr.msg_namelen = to_length;
+            messages[k].msg_hdr.msg_iov = &vectors[k];
+            messages[k].msg_hdr.msg_iovlen = 1;
+        }
+        int n = sendmmsg(fd, messages, batch, MSG_DONTWAIT);
+        if (n <= 0)
+            break;  /* would block, or failed: the rest go through the caller's transport, which handles both */
+        sent += n;
+    }
+    return sent;
+}
+
+/* The packets from first to count as a list of bytes */
+static PyObject *packet_list(const Packet *packets, Py_ssize_t first, Py_ssize_t count) {
+    PyObject *list = PyList_New(count - first);
+    for (Py_ssize_t i = first; list != NULL && i < count; i++) {
+        PyObject *data = PyBytes_FromStringAndSize((const char *)packets[i].data, packets[i].length);
+        if (data == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i - first, data);
+    }
+    return list;
+}
+
+/* NULL with TypeError or ValueError set unless every payload is bytes and fits a packet with this extension block */
+static PyObject *checked_payloads(PyObject *payloads, Py_ssize_t ext_length) {
+    PyObject *items = PySequence_Tuple(payloads);
+    for (Py_ssize_t i = 0; items != NULL && i < PyTuple_GET_SIZE(items); i++) {
+        PyObject *payload = PyTuple_GET_ITEM(items, i);
+        if (!PyBytes_Check(payload)) {
+            PyErr_SetString(PyExc_TypeError, "payloads must be bytes");
+            Py_CLEAR(items);
+        } else if (12 + ext_length + PyBytes_GET_SIZE(payload) > PACKET_MAX) {
+            PyErr_SetString(PyExc_ValueError, "an RTP packet too long for SRTP's 1500-byte buffer");
+            Py_CLEAR(items);
+        }
+    }
+    return items;
 }
 
 PyDoc_STRVAR(send_frame_doc,
@@ -66,119 +182,54 @@ PyDoc_STRVAR(send_frame_doc,
 "--\n\n"
 "One frame's RTP packets: each built (the header's first byte head0, the marker on the last packet, sequence\n"
 "numbers from seq, the extension block ext, then its payload), kept unprotected in history[seq % history_size],\n"
-"protected by protect(srtp, ...) and sent to (host, port) on the datagram socket fd with sendmmsg.\n"
-"Returns (protected, octets, status, unsent): how many packets were protected (the first ones; a failed protection\n"
-"stops there with libsrtp's status, else status is 0), their payloads' bytes, and the protected packets the socket\n"
-"did not take (it would block, or failed, or the address is not one inet_pton reads): the caller's transport sends\n"
-"those. A packet too long for SRTP's buffer (PACKET_MAX) raises ValueError before anything is kept or sent.");
+"protected by protect(srtp, ...) and sent to (host, port) on the datagram socket fd with sendmmsg (BATCH packets\n"
+"a call). Returns (protected, octets, status, unsent): how many packets were protected (the first ones; a failed\n"
+"protection stops there with libsrtp's status, else status is 0), their payloads' bytes, and the protected packets\n"
+"the socket did not take (it would block, or failed, or the address is not one inet_pton reads): the caller's\n"
+"transport sends those. A payload that is not bytes, or a packet too long for SRTP's buffer (PACKET_MAX), raises\n"
+"TypeError or ValueError before anything is kept or sent.");
 
-static PyObject *send_frame(PyObject *self, PyObject *args) {
-    int fd, port, head0, payload_type, history_size;
-    unsigned int seq, timestamp, ssrc;
+static PyObject *send_frame(PyObject *module, PyObject *args) {
+    (void)module;
+    Frame f;
+    int fd, port;
     unsigned long long protect_address, srtp;
-    PyObject *host, *payloads, *history;
-    Py_buffer ext;
-    if (!PyArg_ParseTuple(args, "iUiKKiiIIIy*OO!i", &fd, &host, &port, &protect_address, &srtp, &head0,
-                          &payload_type, &seq, &timestamp, &ssrc, &ext, &payloads, &PyDict_Type, &history,
-                          &history_size))
+    PyObject *host, *payloads, *result = NULL;
+    if (!PyArg_ParseTuple(args, "iUiKKiiIIIy*OO!i", &fd, &host, &port, &protect_address, &srtp, &f.head0,
+                          &f.payload_type, &f.seq, &f.timestamp, &f.ssrc, &f.ext, &payloads, &PyDict_Type, &f.history,
+                          &f.history_size))
         return NULL;
-    PyObject *result = NULL, *unsent = NULL, *items = PySequence_Fast(payloads, "payloads must be a sequence");
-    unsigned char (*buffers)[BUFFER] = NULL;
-    int *lengths = NULL;
+    f.protect = (srtp_call)(uintptr_t)protect_address;
+    f.srtp = (void *)(uintptr_t)srtp;
+    PyObject *items = checked_payloads(payloads, f.ext.len);
+    Packet *packets = NULL;
     if (items == NULL)
         goto done;
-    if (history_size <= 0) {
+    if (f.history_size <= 0) {
         PyErr_SetString(PyExc_ValueError, "history_size must be positive");
         goto done;
     }
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(items);
-    buffers = PyMem_Malloc((count ? count : 1) * sizeof(*buffers));
-    lengths = PyMem_Malloc((count ? count : 1) * sizeof(int));
-    if (buffers == NULL || lengths == NULL) {
+    packets = PyMem_New(Packet, PyTuple_GET_SIZE(items) ? PyTuple_GET_SIZE(items) : 1);
+    if (packets == NULL) {
         PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t i = 0; i < count; i++) {  /* every payload checked before any packet is kept or sent */
-        PyObject *payload = PySequence_Fast_GET_ITEM(items, i);
-        if (!PyBytes_Check(payload)) {
-            PyErr_SetString(PyExc_TypeError, "payloads must be bytes");
-            goto done;
-        }
-        if (12 + ext.len + PyBytes_GET_SIZE(payload) > PACKET_MAX) {
-            PyErr_SetString(PyExc_ValueError, "an RTP packet too long for SRTP's 1500-byte buffer");
-            goto done;
-        }
-    }
-    srtp_call protect = (srtp_call)(uintptr_t)protect_address;
-    Py_ssize_t protected = 0;
-    long long octets = 0;
-    int status = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *payload = PySequence_Fast_GET_ITEM(items, i);
-        Py_ssize_t size = PyBytes_GET_SIZE(payload), length = 12 + ext.len + size;
-        unsigned char *packet = buffers[i];
-        uint16_t number = (uint16_t)(seq + i);
-        packet[0] = (unsigned char)head0;
-        packet[1] = (unsigned char)((payload_type & 0x7F) | (i == count - 1 ? 0x80 : 0));
-        packet[2] = number >> 8;
-        packet[3] = number & 0xFF;
-        put32(packet + 4, timestamp);
-        put32(packet + 8, ssrc);
-        memcpy(packet + 12, ext.buf, ext.len);
-        memcpy(packet + 12 + ext.len, PyBytes_AS_STRING(payload), size);
-        PyObject *plain = PyBytes_FromStringAndSize((const char *)packet, length);
-        PyObject *key = plain ? PyLong_FromLong(number % history_size) : NULL;
-        int kept = key ? PyDict_SetItem(history, key, plain) : -1;
-        Py_XDECREF(key);
-        Py_XDECREF(plain);
-        if (kept < 0)
-            goto done;
-        lengths[i] = (int)length;
-        status = protect((void *)(uintptr_t)srtp, packet, &lengths[i]);
-        if (status != 0)
-            break;
-        protected++;
-        octets += size;
-    }
+    int status;
+    long long octets;
+    Py_ssize_t protected = build_and_protect(&f, items, packets, &status, &octets), sent = 0;
+    if (protected < 0)
+        goto done;
     struct sockaddr_storage to;
     socklen_t to_length = 0;
-    Py_ssize_t sent = 0;
-    if (protected && address_of(host, port, &to, &to_length)) {
-        struct mmsghdr messages[BATCH];
-        struct iovec vectors[BATCH];
-        while (sent < protected) {
-            int batch = (int)(protected - sent < BATCH ? protected - sent : BATCH);
-            memset(messages, 0, batch * sizeof(messages[0]));
-            for (int k = 0; k < batch; k++) {
-                vectors[k].iov_base = buffers[sent + k];
-                vectors[k].iov_len = lengths[sent + k];
-                messages[k].msg_hdr.msg_name = &to;
-                messages[k].msg_hdr.msg_namelen = to_length;
-                messages[k].msg_hdr.msg_iov = &vectors[k];
-                messages[k].msg_hdr.msg_iovlen = 1;
-            }
-            int n = sendmmsg(fd, messages, batch, MSG_DONTWAIT);
-            if (n <= 0)
-                break;  /* would block or failed: the rest go through the caller's transport, which handles both */
-            sent += n;
-        }
-    }
-    unsent = PyList_New(protected - sent);
-    for (Py_ssize_t i = sent; unsent != NULL && i < protected; i++) {
-        PyObject *data = PyBytes_FromStringAndSize((const char *)buffers[i], lengths[i]);
-        if (data == NULL) {
-            Py_CLEAR(unsent);
-            break;
-        }
-        PyList_SET_ITEM(unsent, i - sent, data);
-    }
+    if (protected && address_of(host, port, &to, &to_length))
+        sent = send_batches(fd, &to, to_length, packets, protected);
+    PyObject *unsent = packet_list(packets, sent, protected);
     if (unsent != NULL)
         result = Py_BuildValue("nLiN", protected, octets, status, unsent);
 done:
-    PyMem_Free(lengths);
-    PyMem_Free(buffers);
+    PyMem_Free(packets);
     Py_XDECREF(items);
-    PyBuffer_Release(&ext);
+    PyBuffer_Release(&f.ext);
     return result;
 }
 
@@ -189,53 +240,53 @@ PyDoc_STRVAR(unprotect_parse_doc,
 "extension and padding skipped): an RtpView, or None when libsrtp refuses it, it is longer than SRTP's buffer, or\n"
 "what it holds is not an RTP packet (all dropped, as aiortc drops them).");
 
-static PyObject *unprotect_parse(PyObject *self, PyObject *args) {
+static PyObject *unprotect_parse(PyObject *module, PyObject *args) {
+    (void)module;
     unsigned long long unprotect_address, srtp;
     Py_buffer data;
     if (!PyArg_ParseTuple(args, "KKy*", &unprotect_address, &srtp, &data))
         return NULL;
-    unsigned char packet[BUFFER];
-    int length = (int)data.len;
+    Packet in;
+    in.length = (int)data.len;
     if (data.len > BUFFER) {
         PyBuffer_Release(&data);
         Py_RETURN_NONE;
     }
-    memcpy(packet, data.buf, data.len);
+    memcpy(in.data, data.buf, data.len);
     PyBuffer_Release(&data);
+    const unsigned char *packet = in.data;
     srtp_call unprotect = (srtp_call)(uintptr_t)unprotect_address;
-    if (unprotect((void *)(uintptr_t)srtp, packet, &length) != 0 || length < 12 || packet[0] >> 6 != 2)
+    if (unprotect((void *)(uintptr_t)srtp, in.data, &in.length) != 0 || in.length < 12 || packet[0] >> 6 != 2)
         Py_RETURN_NONE;
-    int at = 12 + 4 * (packet[0] & 0x0F), end = length;
+    int at = 12 + 4 * (packet[0] & 0x0F), end = in.length;
     if (packet[0] & 0x10) {
         if (end < at + 4)
             Py_RETURN_NONE;
         at += 4 + 4 * ((packet[at + 2] << 8) | packet[at + 3]);
     }
     if (packet[0] & 0x20)
-        end -= packet[length - 1];
+        end -= packet[in.length - 1];
     if (at > end)
         Py_RETURN_NONE;
     PyObject *view = PyStructSequence_New(RtpView);
     if (view == NULL)
         return NULL;
-    PyObject *fields[6] = {
-        PyLong_FromLong(packet[1] & 0x7F),
-        PyLong_FromLong(packet[1] >> 7),
-        PyLong_FromLong((packet[2] << 8) | packet[3]),
-        PyLong_FromUnsignedLong(((uint32_t)packet[4] << 24) | (packet[5] << 16) | (packet[6] << 8) | packet[7]),
-        PyLong_FromUnsignedLong(((uint32_t)packet[8] << 24) | (packet[9] << 16) | (packet[10] << 8) | packet[11]),
-        PyBytes_FromStringAndSize((const char *)packet + at, end - at)};
-    for (int k = 0; k < 6; k++) {
-        if (fields[k] == NULL) {
-            for (int j = 0; j < 6; j++)
-                Py_XDECREF(fields[j]);
-            Py_DECREF(view);
-            return NULL;
-        }
+    PyObject *fields[6] = {NULL};
+    int k = 0;
+    fields[k] = PyLong_FromLong(packet[1] & 0x7F);
+    if (fields[k] != NULL && (fields[++k] = PyLong_FromLong(packet[1] >> 7)) != NULL
+        && (fields[++k] = PyLong_FromLong((packet[2] << 8) | packet[3])) != NULL
+        && (fields[++k] = PyLong_FromUnsignedLong(get32(packet + 4))) != NULL
+        && (fields[++k] = PyLong_FromUnsignedLong(get32(packet + 8))) != NULL
+        && (fields[++k] = PyBytes_FromStringAndSize((const char *)packet + at, end - at)) != NULL) {
+        for (k = 0; k < 6; k++)
+            PyStructSequence_SET_ITEM(view, k, fields[k]);
+        return view;
     }
-    for (int k = 0; k < 6; k++)
-        PyStructSequence_SET_ITEM(view, k, fields[k]);
-    return view;
+    for (k = 0; k < 6; k++)
+        Py_XDECREF(fields[k]);
+    Py_DECREF(view);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
@@ -243,18 +294,22 @@ static PyMethodDef methods[] = {
     {"unprotect_parse", unprotect_parse, METH_VARARGS, unprotect_parse_doc},
     {NULL, NULL, 0, NULL}};
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "fleet._rtpnative",
-                                    "The probe's per-packet RTP work in native code (see fleet.leanrtp).", -1, methods};
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "fleet._rtpnative", "The probe's per-packet RTP work in native code (see fleet.srtpcalls).",
+    -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__rtpnative(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
     RtpView = PyStructSequence_NewType(&view_desc);
-    if (RtpView == NULL || PyModule_AddObjectRef(m, "RtpView", (PyObject *)RtpView) < 0) {
+    if (RtpView == NULL || PyModule_AddObjectRef(m, "RtpView", (PyObject *)RtpView) < 0
+        || PyModule_AddIntConstant(m, "PACKET_MAX", PACKET_MAX) < 0 || PyModule_AddIntConstant(m, "BUFFER", BUFFER) < 0
+        || PyModule_AddIntConstant(m, "TRAILER_MAX", TRAILER_MAX) < 0 || PyModule_AddIntConstant(m, "BATCH", BATCH) < 0
+        || PyModule_AddIntConstant(m, "API", API) < 0) {
+        Py_XDECREF(RtpView);
         Py_DECREF(m);
         return NULL;
     }
-    PyModule_AddIntConstant(m, "PACKET_MAX", PACKET_MAX);
     return m;
 }

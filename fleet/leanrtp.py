@@ -7,7 +7,7 @@ buffer whose frames the probe throws away (its decoder is starved: ``fleet.rtp``
 a probe session's CPU. ``lean_sender`` and ``lean_receive`` keep the duties the far end relies on (the same
 video packets and header extensions; sender reports; NACKs answered, with RTX when negotiated; receiver
 reports and NACKs sent) and drop the rest. Signalling, ICE, DTLS, SRTP keys and RTCP stay aiortc's. Where
-the C extension was built (``fleet.srtpcalls.NATIVE``), a frame's packets are built, protected and sent in one
+the C extension was built (``fleet.srtpcalls.native_enabled``), a frame's packets are built, protected and sent in one
 native call (one ``sendmmsg``) and a received packet unprotected and parsed in one; the rest stays here.
 
 Differences a far end could see, all on paths the probe does not take or does not need: the sender is for

@@ -4,16 +4,19 @@ pylibsrtp's ``Session.protect`` / ``unprotect`` check their argument, allocate a
 generic wrapper on every call; per packet, at 30 fps both ways, that is a measurable share of a probe session.
 ``SrtpCalls`` makes the same libsrtp calls on the same session state and buffer, with the cell allocated once.
 
-Where the optional C extension ``fleet._rtpnative`` was built (``NATIVE``), the per-packet work goes there
-instead: a frame's packets built, protected and sent in one call (``SrtpCalls.send_frame``, sendmmsg), a
-datagram unprotected and parsed in one (``SrtpCalls.read``), on the same session state through libsrtp's own
-functions, whose addresses cffi gives from pylibsrtp's binding. ``FLEET_RTP_NATIVE=0`` in the environment
-keeps the Python path (the benches compare the two in one run).
+Where the optional C extension ``fleet._rtpnative`` was built and can be used here (``native_enabled``), the
+per-packet work goes there instead: a frame's packets built, protected and sent in one call
+(``SrtpCalls.send_frame``, sendmmsg), a datagram unprotected and parsed in one (``SrtpCalls.read``), on the
+same session state through libsrtp's own functions, whose addresses cffi gives from pylibsrtp's binding (their C
+signature checked first). ``FLEET_RTP_NATIVE=0`` in the environment keeps the Python path (the benches compare
+the two in one run). One difference no packetizer here can reach: a frame with a packet longer than SRTP's
+buffer allows is refused whole by the native call, where the Python path sends the packets before it.
 The private names used here are checked on import by ``fleet.webrtc`` (``check_private_api``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,18 +34,41 @@ try:
 except ImportError:  # built without a C compiler: the Python path
     _rtpnative = None  # type: ignore[assignment]
 
-__all__ = ["NATIVE", "RtpView", "SrtpCalls", "native_enabled", "parse_rtp", "srtp_calls"]
+__all__ = ["NATIVE_UNUSABLE", "RtpView", "SrtpCalls", "native_enabled", "parse_rtp", "srtp_calls"]
 
 RTP_HEADER = Struct("!BBHLL")
+NATIVE_API = 1  # the interface of fleet/_rtpnative.c this module calls (its API constant)
+LIBSRTP_CALL = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"  # libsrtp 2's srtp_protect, srtp_unprotect
+_OFF = ("0", "false", "no", "off")
+
+
+def _native_unusable() -> str | None:
+    """Why ``fleet._rtpnative`` cannot be used here, or None: not built, a build of another interface (a stale
+    one left by an earlier install), or a pylibsrtp whose libsrtp functions or buffer are not the ones it was
+    written for (it would corrupt memory, not fail)."""
+    if _rtpnative is None:
+        return "fleet._rtpnative was not built (no C compiler or Python headers at install: pip install -v -e . says why)"
+    api = getattr(_rtpnative, "API", None)
+    if api != NATIVE_API:
+        return f"fleet._rtpnative is a stale build (interface {api}, not {NATIVE_API}): reinstall (pip install -e .)"
+    calls = {name: srtp_ffi.typeof(srtp_ffi.addressof(srtp_lib, name)).cname for name in ("srtp_protect", "srtp_unprotect")}
+    if any(cname != LIBSRTP_CALL for cname in calls.values()):
+        return f"pylibsrtp {pylibsrtp.__version__}'s libsrtp calls are {calls}, not libsrtp 2's {LIBSRTP_CALL}"
+    if pylibsrtp.SRTP_MAX_TRAILER_LEN != _rtpnative.TRAILER_MAX:
+        return (f"pylibsrtp {pylibsrtp.__version__}'s longest SRTP trailer is {pylibsrtp.SRTP_MAX_TRAILER_LEN} bytes, "
+                f"not {_rtpnative.TRAILER_MAX}")
+    return None
 
 
 def native_enabled() -> bool:
-    """Whether the per-packet work goes through ``fleet._rtpnative``: built, and not turned off by
-    ``FLEET_RTP_NATIVE=0``."""
-    return _rtpnative is not None and os.environ.get("FLEET_RTP_NATIVE", "1") != "0"
+    """Whether the per-packet work goes through ``fleet._rtpnative``: usable here (``NATIVE_UNUSABLE``), and
+    not turned off by ``FLEET_RTP_NATIVE`` (0, false, no or off)."""
+    return NATIVE_UNUSABLE is None and os.environ.get("FLEET_RTP_NATIVE", "1").strip().lower() not in _OFF
 
 
-NATIVE = native_enabled()
+NATIVE_UNUSABLE = _native_unusable()
+if NATIVE_UNUSABLE is not None and _rtpnative is not None:
+    logging.getLogger(__name__).warning("the probe's per-packet RTP work stays in Python: %s", NATIVE_UNUSABLE)
 _PROTECT = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect")))
 _UNPROTECT = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_unprotect")))
 
@@ -90,7 +116,8 @@ class SrtpCalls:
         self.size = srtp_ffi.new("int *")
         self.protect_max = len(self.buffer) - pylibsrtp.SRTP_MAX_TRAILER_LEN
         self.address = int(srtp_ffi.cast("uintptr_t", self.srtp))
-        self.native = native_enabled()
+        # the native calls keep pylibsrtp's limits: its buffer is the longest packet either path takes
+        self.native = native_enabled() and len(self.buffer) == _rtpnative.BUFFER
 
     def read(self, data: bytes) -> RtpView | None:
         """A received SRTP packet unprotected and parsed (an ``RtpView``, or the native one), or None when

@@ -221,12 +221,31 @@ def aiortc_payloads(clip, n: int) -> list[bytes]:
 
 
 @pytest.fixture(params=["native", "python"])
-def rtp_path(request, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A wire test on each per-packet path: the native one (``fleet._rtpnative``, where it was built) and Python's."""
-    if request.param == "native" and srtpcalls._rtpnative is None:
-        pytest.skip("fleet._rtpnative was not built (no C compiler)")
-    monkeypatch.setenv("FLEET_RTP_NATIVE", "1" if request.param == "native" else "0")
-    return request.param
+def rtp_path(request, monkeypatch: pytest.MonkeyPatch):
+    """A wire test on each per-packet path: the native one (``fleet._rtpnative``, where it can be used) and
+    Python's. On the native one its calls are counted, and the test must have made some: frames the socket took
+    whole (nothing handed back to the transport), or packets read."""
+    native = request.param == "native"
+    if native and srtpcalls.NATIVE_UNUSABLE is not None:
+        pytest.skip(srtpcalls.NATIVE_UNUSABLE)
+    monkeypatch.setenv("FLEET_RTP_NATIVE", "1" if native else "0")
+    calls = {"frames_taken_whole": 0, "reads": 0}
+    if native:
+        send_frame, unprotect_parse = srtpcalls._rtpnative.send_frame, srtpcalls._rtpnative.unprotect_parse
+
+        def counted_send(*args: Any) -> Any:
+            result = send_frame(*args)
+            calls["frames_taken_whole"] += not result[3]
+            return result
+
+        def counted_read(*args: Any) -> Any:
+            calls["reads"] += 1
+            return unprotect_parse(*args)
+        monkeypatch.setattr(srtpcalls._rtpnative, "send_frame", counted_send)
+        monkeypatch.setattr(srtpcalls._rtpnative, "unprotect_parse", counted_read)
+    yield request.param
+    if native:
+        assert calls["frames_taken_whole"] + calls["reads"] > 0, "the native path was never taken"
 
 
 async def stats_of(pc, kind: str) -> list:
@@ -234,7 +253,7 @@ async def stats_of(pc, kind: str) -> list:
 
 
 @pytest.mark.slow
-def test_a_lean_sender_puts_on_the_wire_what_aiortc_would_and_answers_a_nack(rtp_path: str) -> None:
+def test_a_lean_sender_puts_on_the_wire_what_aiortc_would_and_answers_a_nack(rtp_path) -> None:
     clip = synthetic_clip(160, 96, FPS, codec="h264", gop=30)
     track = PacketTrack(clip, max_frames=FRAMES)
     packets: list[RtpPacket] = []
@@ -299,7 +318,7 @@ def test_a_lean_sender_puts_on_the_wire_what_aiortc_would_and_answers_a_nack(rtp
 
 
 @pytest.mark.slow
-def test_a_lean_vp8_sender_puts_on_the_wire_what_aiortc_would_with_picture_ids_counting_up(rtp_path: str) -> None:
+def test_a_lean_vp8_sender_puts_on_the_wire_what_aiortc_would_with_picture_ids_counting_up(rtp_path) -> None:
     """VP8 on the wire: each frame's payloads are what aiortc's encoder packs for that frame and picture ID, and
     the IDs count up by one a frame (modulo 2^15) from the first one sent."""
     clip = synthetic_clip(160, 96, FPS, codec="vp8", gop=30)
@@ -332,7 +351,7 @@ def test_a_lean_vp8_sender_puts_on_the_wire_what_aiortc_would_with_picture_ids_c
     asyncio.run(main())
 
 
-def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks(monkeypatch: pytest.MonkeyPatch, rtp_path: str) -> None:
+def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks(monkeypatch: pytest.MonkeyPatch, rtp_path) -> None:
     clip = synthetic_clip(160, 96, FPS, codec="h264", gop=30)
     parse_message = aioice.stun.parse_message
     rtp_tried_as_stun = [0]   # by the receiving peer, once the lean path took a packet

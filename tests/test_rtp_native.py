@@ -9,15 +9,18 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from types import SimpleNamespace
 
 import pylibsrtp
 import pytest
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
-from hypothesis import given, settings
+from aioice.turn import TurnTransport
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fleet import srtpcalls
+from fleet.leanrtp import _LeanSender
 from fleet.srtpcalls import SrtpCalls
 
 needs_native = pytest.mark.skipif(srtpcalls._rtpnative is None, reason="fleet._rtpnative was not built (no C compiler)")
@@ -61,6 +64,7 @@ def aiortc_packets(pt: int, seq: int, ts: int, ssrc: int, mid: str | None, abs_s
 def wire():
     """A datagram socket to send from and one to receive on, over loopback."""
     out, into = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    into.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # a frame of many packets waits whole
     into.bind(("127.0.0.1", 0))
     into.settimeout(5.0)
     out.setblocking(False)
@@ -71,6 +75,7 @@ def wire():
 
 @needs_native
 @settings(max_examples=60, deadline=None)
+@example(sizes=[1000] * 70, pt=96, seq=0xFFF0, ts=1, ssrc=2, mid="0", abs_send_time=5)  # three sendmmsg batches, a wrap
 @given(sizes=st.lists(st.integers(0, 1200), min_size=1, max_size=40), pt=st.integers(0, 127), seq=st.integers(0, 0xFFFF),
        ts=st.integers(0, 0xFFFFFFFF), ssrc=st.integers(0, 0xFFFFFFFF),
        mid=st.none() | st.text("0123456789abc", min_size=1, max_size=8), abs_send_time=st.none() | st.integers(0, 0xFFFFFF))
@@ -98,7 +103,7 @@ def test_a_frame_sent_natively_is_what_aiortc_serializes_and_pylibsrtp_protects(
 
 
 @needs_native
-@pytest.mark.parametrize("fd, host", [(-1, "127.0.0.1"), (None, "localhost")], ids=["closed socket", "a name, not an address"])
+@pytest.mark.parametrize("fd, host", [(-1, "127.0.0.1"), (None, "localhost")], ids=["no socket (fd -1)", "a name, not an address"])
 def test_what_the_socket_did_not_take_is_handed_back_protected(wire, fd, host) -> None:
     """A socket that refuses (here: no socket) or an address inet_pton does not read: every packet is handed
     back protected, for the caller's transport, and counted as protected."""
@@ -128,6 +133,7 @@ def test_a_frame_with_a_packet_too_long_or_not_bytes_is_refused_before_anything_
     ours, history = native(OUT), {}
     longest = srtpcalls._rtpnative.PACKET_MAX - 12 - 8  # as pylibsrtp's: its buffer less SRTP's longest trailer
     assert ours.send_frame(-1, ("127.0.0.1", 9), (0x90, 96, 1, 1, 2), bytes(8), [bytes(longest)], history, HISTORY)[0] == 1
+    assert SrtpCalls(session(OUT)).protect(bytes(12 + 8 + longest))  # pylibsrtp's own limit: this one in, one more out
     with pytest.raises(ValueError, match="too long"):
         SrtpCalls(session(OUT)).protect(bytes(12 + 8 + longest + 1))
     history.clear()
@@ -156,8 +162,108 @@ def test_a_received_packet_the_native_read_refuses_is_none() -> None:
 
 
 def test_the_native_path_is_built_where_ci_requires_it() -> None:
-    """CI (``.ci/run`` exports FLEET_REQUIRE_NATIVE=1) must build the extension: the probe's figures are the
-    native path's."""
+    """CI (``.ci/run`` exports FLEET_REQUIRE_NATIVE=1 where it installs a compiler) must build and use the
+    extension: the probe's figures are the native path's."""
     if os.environ.get("FLEET_REQUIRE_NATIVE") != "1":
         pytest.skip("FLEET_REQUIRE_NATIVE is not set")
-    assert srtpcalls.native_enabled()
+    assert srtpcalls.NATIVE_UNUSABLE is None, srtpcalls.NATIVE_UNUSABLE
+
+
+@needs_native
+@settings(max_examples=200, deadline=None)
+@given(pt=st.integers(0, 127), marker=st.integers(0, 1), seq=st.integers(0, 0xFFFF), ts=st.integers(0, 0xFFFFFFFF),
+       ssrc=st.integers(0, 0xFFFFFFFF), csrc=st.lists(st.integers(0, 0xFFFFFFFF), max_size=15),
+       mid=st.none() | st.text("0123456789abc", min_size=1, max_size=8),
+       abs_send_time=st.none() | st.integers(0, 0xFFFFFF), padding=st.integers(0, 255), payload=st.binary(max_size=1000))
+def test_a_packet_read_natively_is_what_aiortc_parses(pt, marker, seq, ts, ssrc, csrc, mid, abs_send_time, padding, payload) -> None:
+    """CSRCs, header extensions and padding as aiortc serializes them, protected by pylibsrtp: the native read
+    gives aiortc's parse of the unprotected packet."""
+    packet = RtpPacket(payload_type=pt, marker=marker, sequence_number=seq, timestamp=ts, ssrc=ssrc)
+    packet.csrc, packet.payload, packet.padding_size = csrc, payload, padding
+    packet.extensions.mid, packet.extensions.abs_send_time = mid, abs_send_time
+    data = packet.serialize(extension_map())
+    truth, view = RtpPacket.parse(data, extension_map()), native(IN).read(session(OUT).protect(data))
+    assert view is not None
+    assert (view.payload_type, view.marker, view.sequence_number, view.timestamp, view.ssrc, view.payload) == \
+        (truth.payload_type, truth.marker, truth.sequence_number, truth.timestamp, truth.ssrc, truth.payload)
+
+
+@needs_native
+def test_a_frame_goes_natively_to_an_ipv6_peer() -> None:
+    try:
+        out, into = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM), socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        into.bind(("::1", 0))
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    with out, into:
+        into.settimeout(5.0)
+        payloads = [b"one", b"two"]
+        result = native(OUT).send_frame(out.fileno(), into.getsockname()[:2], (0x80, 96, 7, 1, 2), b"", payloads, {}, HISTORY)
+        assert result == (2, 6, [], None)
+        twin = session(OUT)
+        assert [into.recv(2048) for _ in payloads] == [twin.protect(d) for d in aiortc_packets(96, 7, 1, 2, None, None, payloads)]
+
+
+# --- the lean sender's use of it: its route and the transport's share ----------------------------------------
+
+class FakeTransport:
+    """A stand-in for aioice's datagram transport (a fake: the route's choice is judged, not the network):
+    records what it is asked to send."""
+
+    def __init__(self, fd: int, closing: bool = False, queued: int = 0) -> None:
+        self.fd, self.closing, self.queued, self.sent = fd, closing, queued, []
+
+    def sendto(self, data: bytes, address) -> None:
+        self.sent.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.queued
+
+    def get_extra_info(self, name: str):
+        return SimpleNamespace(fileno=lambda: self.fd) if name == "socket" else None
+
+
+def lean_sender_on(transport) -> _LeanSender:
+    """A lean sender whose aiortc sender is a stand-in with the private attributes it reads, connected through
+    ``transport`` with an SRTP session keyed with KEY."""
+    p = "_RTCRtpSender__"
+    sender = SimpleNamespace(_ssrc=1234, transport=SimpleNamespace(
+        state="connected", _tx_srtp=session(OUT), transport=SimpleNamespace(_connection=SimpleNamespace(
+            _nominated={1: SimpleNamespace(protocol=SimpleNamespace(transport=transport), remote_addr=("127.0.0.1", 9))}))))
+    for name, value in (("rtp_history", {}), ("rtp_header_extensions_map", extension_map()), ("mid", "0"),
+                        ("octet_count", 0), ("packet_count", 0), ("ntp_timestamp", 0), ("rtp_timestamp", 0)):
+        setattr(sender, p + name, value)
+    return _LeanSender(sender)  # type: ignore[arg-type]
+
+
+@needs_native
+@pytest.mark.parametrize("transport, native_route", [
+    (FakeTransport(5), True), (FakeTransport(5, closing=True), False), (FakeTransport(5, queued=1), False),
+    (TurnTransport.__new__(TurnTransport), False)], ids=["open", "closing", "data queued", "TURN relay"])
+def test_only_an_open_socket_of_its_own_with_nothing_queued_takes_the_native_send(transport, native_route, monkeypatch) -> None:
+    lean = lean_sender_on(transport)
+    assert lean.route()[3] == (5 if native_route else None)
+    monkeypatch.setenv("FLEET_RTP_NATIVE", "off")
+    assert lean_sender_on(transport).route()[3] is None
+
+
+@needs_native
+def test_what_the_native_send_hands_back_goes_through_the_transport_in_order_and_is_counted() -> None:
+    """No socket (fd -1): every packet through the transport, in order; the sender reports' counters and the
+    sequence number as if the socket had taken them. Then a frame whose third packet libsrtp refuses (its
+    sequence number used already): the two before it go through the transport and are counted, then the error."""
+    transport = FakeTransport(-1)
+    lean = lean_sender_on(transport)
+    lean.seq = 10
+    s, reader = lean.sender, native(IN)
+    lean.frame([b"aa", b"bbb", b"c"], 0, 96)
+    assert [reader.read(d).sequence_number for d in transport.sent] == [10, 11, 12]
+    assert (s._RTCRtpSender__packet_count, s._RTCRtpSender__octet_count, lean.seq) == (3, 6, 13)
+    lean.seq = 8
+    with pytest.raises(pylibsrtp.Error, match="replay"):
+        lean.frame([b"dd", b"e", b"ffff"], 3000, 96)
+    assert [reader.read(d).sequence_number for d in transport.sent[3:]] == [8, 9]
+    assert (s._RTCRtpSender__packet_count, s._RTCRtpSender__octet_count, lean.seq) == (5, 9, 10)
