@@ -43,8 +43,11 @@ static PyStructSequence_Field view_fields[] = {
 static PyStructSequence_Desc view_desc = {
     "fleet._rtpnative.RtpView", "The fields of an RTP packet the probe reads, its payload a copy.", view_fields, 6};
 
-/* (host, port) as a socket address; 0 for what inet_pton does not read (a scoped IPv6 address, a name) */
+/* (host, port) as a socket address; 0 for what inet_pton does not read (a scoped IPv6 address, a name) or a port
+ * out of range */
 static int address_of(PyObject *host, int port, struct sockaddr_storage *to, socklen_t *length) {
+    if (port < 0 || port > 65535)
+        return 0;
     const char *text = PyUnicode_AsUTF8(host);
     if (text == NULL) {
         PyErr_Clear();
@@ -307,7 +310,7 @@ PyMODINIT_FUNC PyInit__rtpnative(void) {
         || PyModule_AddIntConstant(m, "PACKET_MAX", PACKET_MAX) < 0 || PyModule_AddIntConstant(m, "BUFFER", BUFFER) < 0
         || PyModule_AddIntConstant(m, "TRAILER_MAX", TRAILER_MAX) < 0 || PyModule_AddIntConstant(m, "BATCH", BATCH) < 0
         || PyModule_AddIntConstant(m, "API", API) < 0) {
-        Py_XDECREF(RtpView);
+        Py_CLEAR(RtpView);
         Py_DECREF(m);
         return NULL;
     }

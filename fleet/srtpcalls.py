@@ -67,7 +67,7 @@ def native_enabled() -> bool:
 
 
 NATIVE_UNUSABLE = _native_unusable()
-if NATIVE_UNUSABLE is not None and _rtpnative is not None:
+if NATIVE_UNUSABLE is not None:
     logging.getLogger(__name__).warning("the probe's per-packet RTP work stays in Python: %s", NATIVE_UNUSABLE)
 _PROTECT = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect")))
 _UNPROTECT = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_unprotect")))

@@ -223,14 +223,15 @@ def aiortc_payloads(clip, n: int) -> list[bytes]:
 @pytest.fixture(params=["native", "python"])
 def rtp_path(request, monkeypatch: pytest.MonkeyPatch):
     """A wire test on each per-packet path: the native one (``fleet._rtpnative``, where it can be used) and
-    Python's. On the native one its calls are counted, and the test must have made some: frames the socket took
-    whole (nothing handed back to the transport), or packets read."""
+    Python's: (the path, the native calls made). The native calls are counted on both: the test asks its own
+    side's count of the native run (frames the socket took whole, nothing handed back to the transport; or
+    packets read); the Python run must have made none."""
     native = request.param == "native"
     if native and srtpcalls.NATIVE_UNUSABLE is not None:
         pytest.skip(srtpcalls.NATIVE_UNUSABLE)
     monkeypatch.setenv("FLEET_RTP_NATIVE", "1" if native else "0")
     calls = {"frames_taken_whole": 0, "reads": 0}
-    if native:
+    if srtpcalls._rtpnative is not None:
         send_frame, unprotect_parse = srtpcalls._rtpnative.send_frame, srtpcalls._rtpnative.unprotect_parse
 
         def counted_send(*args: Any) -> Any:
@@ -243,9 +244,15 @@ def rtp_path(request, monkeypatch: pytest.MonkeyPatch):
             return unprotect_parse(*args)
         monkeypatch.setattr(srtpcalls._rtpnative, "send_frame", counted_send)
         monkeypatch.setattr(srtpcalls._rtpnative, "unprotect_parse", counted_read)
-    yield request.param
-    if native:
-        assert calls["frames_taken_whole"] + calls["reads"] > 0, "the native path was never taken"
+    yield request.param, calls
+    if not native:
+        assert calls == {"frames_taken_whole": 0, "reads": 0}, "the Python run took the native path"
+
+
+def took_native(rtp_path: tuple[str, dict[str, int]], side: str) -> bool:
+    """Whether the run was the Python one, or the native one made calls of ``side``."""
+    path, calls = rtp_path
+    return path == "python" or calls[side] > 0
 
 
 async def stats_of(pc, kind: str) -> list:
@@ -315,6 +322,7 @@ def test_a_lean_sender_puts_on_the_wire_what_aiortc_would_and_answers_a_nack(rtp
             await close(a, b)
 
     asyncio.run(main())
+    assert took_native(rtp_path, "frames_taken_whole")
 
 
 @pytest.mark.slow
@@ -348,7 +356,8 @@ def test_a_lean_vp8_sender_puts_on_the_wire_what_aiortc_would_with_picture_ids_c
         for n, payloads in enumerate(frames.values()):  # in the order sent (loopback keeps it)
             assert payloads == aiortc_pack(clip, n, (first_id + n) % (1 << 15)), n
 
-    asyncio.run(main())
+    uvloop.run(main())  # the loop Ray runs the probe on: its transports are what the native send checks
+    assert took_native(rtp_path, "frames_taken_whole")
 
 
 def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks(monkeypatch: pytest.MonkeyPatch, rtp_path) -> None:
@@ -438,6 +447,7 @@ def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks(monk
             await close(a, b)
 
     asyncio.run(main())
+    assert took_native(rtp_path, "reads")
 
 
 STALL_S = 0.06            # the loop kept busy right after a stalled frame's last packet left

@@ -23,7 +23,7 @@ from fleet import srtpcalls
 from fleet.leanrtp import _LeanSender
 from fleet.srtpcalls import SrtpCalls
 
-needs_native = pytest.mark.skipif(srtpcalls._rtpnative is None, reason="fleet._rtpnative was not built (no C compiler)")
+needs_native = pytest.mark.skipif(srtpcalls.NATIVE_UNUSABLE is not None, reason=str(srtpcalls.NATIVE_UNUSABLE))
 
 KEY = bytes(range(30))  # one fixed key: protection is deterministic for a given key, SSRC and sequence number
 HISTORY = 128
@@ -60,6 +60,17 @@ def aiortc_packets(pt: int, seq: int, ts: int, ssrc: int, mid: str | None, abs_s
     return out
 
 
+def drain(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.recv(2048)
+    except BlockingIOError:
+        pass
+    finally:
+        sock.settimeout(5.0)
+
+
 @pytest.fixture(scope="module")
 def wire():
     """A datagram socket to send from and one to receive on, over loopback."""
@@ -84,6 +95,7 @@ def test_a_frame_sent_natively_is_what_aiortc_serializes_and_pylibsrtp_protects(
     """Every packet of the frame on the wire, in order, byte for byte the twin's; the history holds the
     unprotected packets under their sequence numbers; the receiving side reads each back as aiortc parses it."""
     out, into = wire
+    drain(into)  # what a failed example before this one left
     payloads = [os.urandom(n) for n in sizes]
     truth = aiortc_packets(pt, seq, ts, ssrc, mid, abs_send_time, payloads)
     head0, ext_block = truth[0][0] & 0xF0, truth[0][12:len(truth[0]) - len(payloads[0])]
@@ -252,18 +264,24 @@ def test_only_an_open_socket_of_its_own_with_nothing_queued_takes_the_native_sen
 
 @needs_native
 def test_what_the_native_send_hands_back_goes_through_the_transport_in_order_and_is_counted() -> None:
-    """No socket (fd -1): every packet through the transport, in order; the sender reports' counters and the
-    sequence number as if the socket had taken them. Then a frame whose third packet libsrtp refuses (its
-    sequence number used already): the two before it go through the transport and are counted, then the error."""
+    """No socket (fd -1, on the native route): every packet through the transport, in order, read back by
+    pylibsrtp and aiortc; the sender reports' counters and the sequence number as if the socket had taken them.
+    Then a frame whose third packet libsrtp refuses (its sequence number used already): the two before it go
+    through the transport and are counted, then the error."""
     transport = FakeTransport(-1)
     lean = lean_sender_on(transport)
+    assert lean.route()[3] == -1  # the native route, to a socket that takes nothing
     lean.seq = 10
-    s, reader = lean.sender, native(IN)
+    s, reader = lean.sender, session(IN)
+
+    def read(data: bytes) -> tuple[int, int, bytes]:
+        packet = RtpPacket.parse(reader.unprotect(data), extension_map())
+        return packet.sequence_number, packet.marker, packet.payload
     lean.frame([b"aa", b"bbb", b"c"], 0, 96)
-    assert [reader.read(d).sequence_number for d in transport.sent] == [10, 11, 12]
+    assert [read(d) for d in transport.sent] == [(10, 0, b"aa"), (11, 0, b"bbb"), (12, 1, b"c")]
     assert (s._RTCRtpSender__packet_count, s._RTCRtpSender__octet_count, lean.seq) == (3, 6, 13)
     lean.seq = 8
     with pytest.raises(pylibsrtp.Error, match="replay"):
         lean.frame([b"dd", b"e", b"ffff"], 3000, 96)
-    assert [reader.read(d).sequence_number for d in transport.sent[3:]] == [8, 9]
+    assert [read(d) for d in transport.sent[3:]] == [(8, 0, b"dd"), (9, 0, b"e")]
     assert (s._RTCRtpSender__packet_count, s._RTCRtpSender__octet_count, lean.seq) == (5, 9, 10)
