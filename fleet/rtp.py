@@ -90,13 +90,17 @@ class H264Depacketizer:
 
     ``push`` returns the bytes the payload contributes and whether it could start a frame (not a
     FU-A continuation). A FU-A whose start fragment was lost yields nothing until the next start.
+    ``idr``: whether a NAL unit pushed since the last ``reset`` is an IDR slice (read from each unit's
+    header as it is taken, where ``h264_is_keyframe`` would scan the access unit for it).
     """
 
     def __init__(self) -> None:
         self._in_fu = False
+        self.idr = False
 
     def reset(self) -> None:
         self._in_fu = False
+        self.idr = False
 
     def push(self, payload: bytes) -> tuple[bytes, bool]:
         if not payload:
@@ -104,6 +108,7 @@ class H264Depacketizer:
         kind = payload[0] & 0x1F
         if 1 <= kind <= 23:
             self._in_fu = False
+            self.idr = self.idr or kind == NAL_IDR
             return START_CODE + payload, True
         if kind == NAL_STAP_A:
             self._in_fu = False
@@ -113,6 +118,7 @@ class H264Depacketizer:
                 i += 2
                 if size == 0 or i + size > len(payload):
                     raise ValueError("truncated STAP-A")
+                self.idr = self.idr or payload[i] & 0x1F == NAL_IDR
                 out.append(START_CODE + payload[i:i + size])
                 i += size
             return b"".join(out), True
@@ -122,6 +128,7 @@ class H264Depacketizer:
             start, end = bool(payload[1] & 0x80), bool(payload[1] & 0x40)
             if start:
                 self._in_fu = not end
+                self.idr = self.idr or payload[1] & 0x1F == NAL_IDR
                 header = bytes([(payload[0] & 0xE0) | (payload[1] & 0x1F)])
                 return START_CODE + header + payload[2:], True
             if not self._in_fu:
@@ -277,8 +284,8 @@ class FrameTap:
     def _finish(self, complete: bool, now: float) -> None:
         data = b"".join(self._cur_parts)
         if self.codec == "H264":
+            key = complete and self._h264.idr  # the units' own types, as h264_is_keyframe would scan them
             self._h264.reset()
-            key = complete and h264_is_keyframe(data)
         else:
             key = complete and vp8_is_keyframe(data)
         frame = TapFrame(timestamp=self._cur_ts or 0, first_arrival=self._cur_first, arrival=now, data=data,

@@ -17,6 +17,8 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport, RTCRtpReceiver
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -362,3 +364,28 @@ def test_x264_stream_packetized_by_aiortc_comes_back_unit_for_unit() -> None:
     assert [f.data for f in t.frames] == expected
     assert [f.timestamp for f in t.frames] == [i * FRAME for i in range(len(units))]
     assert all(f.complete for f in t.frames) and [f.keyframe for f in t.frames] == [True] + [False] * (len(units) - 1)
+
+
+# --- a keyframe told from its units' types --------------------------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@example(frames=[[(7, 3, b"\x01" * 10), (8, 3, b"\x02" * 4), (5, 3, b"\x03" * 2500)], [(1, 2, b"\x04" * 2500)]])  # FU-As
+@given(frames=st.lists(st.lists(st.tuples(st.sampled_from([1, 5, 6, 7, 8, 9]), st.integers(1, 3),
+                                          st.binary(min_size=1, max_size=3000).map(lambda b: b.replace(b"\x00", b"\x01"))),
+                                min_size=1, max_size=5), min_size=1, max_size=6))
+def test_an_h264_frame_is_a_keyframe_when_one_of_its_nal_units_is_an_idr_slice(frames) -> None:
+    """Access units of NAL units of the types drawn (no zero byte in their bodies: no start code inside one),
+    packetized by aiortc's own H.264 encoder (single units, STAP-A, FU-A), one frame after another: each frame
+    handed over is complete, holds the units, and is a keyframe exactly when a unit drawn is an IDR slice."""
+    t, seq, got = Tapped(), 100, []
+    for n, units in enumerate(frames):
+        access_unit = b"".join(SC + bytes([nri << 5 | kind]) + body for kind, nri, body in units)
+        packet = av.Packet(access_unit)
+        packet.pts, packet.time_base = n * FRAME, Fraction(1, 90_000)
+        payloads = H264Encoder().pack(packet)[0]
+        for i, payload in enumerate(payloads):
+            got += t.feed((float(n), wire(seq, n * FRAME, payload, marker=i == len(payloads) - 1)))
+            seq += 1
+    assert [(f.complete, f.keyframe, f.data) for f in got] == [
+        (True, any(kind == 5 for kind, _, _ in units), b"".join(SC + bytes([nri << 5 | kind]) + body for kind, nri, body in units))
+        for units in frames]
