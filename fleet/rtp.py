@@ -37,8 +37,7 @@ from aiortc.codecs.vpx import VpxPayloadDescriptor
 from fleet.leanrtp import lean_receive
 from fleet.webrtc import PayloadKinds, drop_bandwidth_estimator, starve_decoder, tap_rtp
 
-__all__ = ["FrameTap", "TapFrame", "H264Depacketizer", "annexb_nal_types", "h264_is_keyframe",
-           "unwrap16", "unwrap32", "vp8_is_keyframe"]
+__all__ = ["FrameTap", "TapFrame", "H264Depacketizer", "unwrap16", "unwrap32", "vp8_is_keyframe"]
 
 def _unwrap(previous: int | None, value: int, bits: int) -> int:
     if previous is None:
@@ -68,30 +67,13 @@ START_CODE = b"\x00\x00\x00\x01"
 NAL_IDR, NAL_STAP_A, NAL_FU_A = 5, 24, 28
 
 
-def annexb_nal_types(data: bytes) -> list[int]:
-    """The NAL unit types of an Annex B access unit, in order."""
-    types: list[int] = []
-    i = 0
-    while True:
-        i = data.find(b"\x00\x00\x01", i)
-        if i < 0 or i + 3 >= len(data):
-            return types
-        types.append(data[i + 3] & 0x1F)
-        i += 3
-
-
-def h264_is_keyframe(access_unit: bytes) -> bool:
-    """An Annex B access unit a decoder can start at: it holds an IDR slice."""
-    return NAL_IDR in annexb_nal_types(access_unit)
-
-
 class H264Depacketizer:
     """RTP payloads of one frame in, Annex B NAL units out (RFC 6184, packetization-mode 1).
 
     ``push`` returns the bytes the payload contributes and whether it could start a frame (not a
     FU-A continuation). A FU-A whose start fragment was lost yields nothing until the next start.
-    ``idr``: whether a NAL unit pushed since the last ``reset`` is an IDR slice (read from each unit's
-    header as it is taken, where ``h264_is_keyframe`` would scan the access unit for it).
+    ``idr``: whether a NAL unit pushed since the last ``reset`` is an IDR slice, read from each unit's
+    header as it is taken: a complete access unit with one is one a decoder can start at (a keyframe).
     """
 
     def __init__(self) -> None:
@@ -283,11 +265,9 @@ class FrameTap:
 
     def _finish(self, complete: bool, now: float) -> None:
         data = b"".join(self._cur_parts)
-        if self.codec == "H264":
-            key = complete and self._h264.idr  # the units' own types, as h264_is_keyframe would scan them
-            self._h264.reset()
-        else:
-            key = complete and vp8_is_keyframe(data)
+        idr = self._h264.idr
+        self._h264.reset()  # whatever the codec now: an H.264 frame cut by another codec's packet leaves nothing behind
+        key = complete and (idr if self.codec == "H264" else vp8_is_keyframe(data))
         frame = TapFrame(timestamp=self._cur_ts or 0, first_arrival=self._cur_first, arrival=now, data=data,
                          packets=self._cur_count, keyframe=key, complete=complete, exact=self._cur_exact)
         self._cur_ts = None

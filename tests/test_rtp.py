@@ -221,7 +221,7 @@ def test_lost_marker_packet_hands_the_frame_over_incomplete_when_the_next_timest
     cut, after = t.feed((4.3, wire(63, 363_000, SLICE, marker=True)))
     assert (cut.timestamp, cut.data, cut.packets) == (360_000, SC + SPS + SC + PPS + SC + bytes([0x65]) + IDR[1:17], 2)
     assert cut.arrival == 4.1 and not cut.complete and not cut.keyframe  # arrival: its last packet, not the next one's
-    assert (after.timestamp, after.data, after.complete) == (363_000, SC + SLICE, True)
+    assert (after.timestamp, after.data, after.complete, after.keyframe) == (363_000, SC + SLICE, True, False)
 
 
 def test_a_frame_whose_first_packet_was_lost_is_incomplete_though_its_next_unit_starts_one() -> None:
@@ -242,6 +242,17 @@ def test_after_a_cut_frame_two_lost_packets_leave_the_next_frame_unproven() -> N
     # 201 (IDR_END, marker) and 202 (the next frame's SPS) lost
     cut, after = t.feed((9.7, wire(203, 993_000, PPS)), (9.8, wire(204, 993_000, IDR, marker=True)))
     assert not cut.complete and after.timestamp == 993_000 and not after.complete
+
+
+def test_an_h264_keyframe_cut_by_another_codecs_packet_leaves_no_keyframe_behind() -> None:
+    """An IDR frame loses its last packet and a VP8 packet (the same SSRC, a new timestamp) cuts it; after
+    the VP8 frame, an H.264 slice frame is complete and no keyframe."""
+    t = Tapped()
+    (cut,) = t.feed((8.0, wire(300, 900_000, IDR_START)), (8.2, wire(302, 903_000, bytes([0x10, 0x01, 0x02]), pt=VP8_PT)))
+    assert not cut.complete and not cut.keyframe
+    (vp8,) = t.feed((8.3, wire(303, 903_000, bytes([0x10, 0x01, 0x03]), marker=True, pt=VP8_PT)))
+    (after,) = t.feed((8.4, wire(304, 906_000, SLICE, marker=True)))
+    assert (after.complete, after.keyframe, after.data) == (True, False, SC + SLICE)
 
 
 def test_reordered_packet_inside_a_frame_is_counted_as_received_but_not_reassembled() -> None:
@@ -370,9 +381,10 @@ def test_x264_stream_packetized_by_aiortc_comes_back_unit_for_unit() -> None:
 
 @settings(max_examples=200, deadline=None)
 @example(frames=[[(7, 3, b"\x01" * 10), (8, 3, b"\x02" * 4), (5, 3, b"\x03" * 2500)], [(1, 2, b"\x04" * 2500)]])  # FU-As
-@given(frames=st.lists(st.lists(st.tuples(st.sampled_from([1, 5, 6, 7, 8, 9]), st.integers(1, 3),
-                                          st.binary(min_size=1, max_size=3000).map(lambda b: b.replace(b"\x00", b"\x01"))),
-                                min_size=1, max_size=5), min_size=1, max_size=6))
+@given(frames=st.lists(st.lists(st.tuples(st.sampled_from([1, 5, 6, 7, 8, 9]), st.integers(1, 3), st.one_of(
+    st.binary(min_size=1, max_size=40).map(lambda b: b.replace(b"\x00", b"\x01")),   # single units and STAP-As
+    st.integers(1300, 3000).map(lambda n: bytes([0x02]) * n))),                       # FU-As
+    min_size=1, max_size=5), min_size=1, max_size=6))
 def test_an_h264_frame_is_a_keyframe_when_one_of_its_nal_units_is_an_idr_slice(frames) -> None:
     """Access units of NAL units of the types drawn (no zero byte in their bodies: no start code inside one),
     packetized by aiortc's own H.264 encoder (single units, STAP-A, FU-A), one frame after another: each frame
