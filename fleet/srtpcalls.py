@@ -44,8 +44,8 @@ _OFF = ("0", "false", "no", "off")
 
 def _native_unusable() -> str | None:
     """Why ``fleet._rtpnative`` cannot be used here, or None: not built, a build of another interface (a stale
-    one left by an earlier install), or a pylibsrtp whose libsrtp functions or buffer are not the ones it was
-    written for (it would corrupt memory, not fail)."""
+    one left by an earlier install), or a pylibsrtp whose libsrtp functions or longest trailer are not the ones
+    it was written for (it would corrupt memory, not fail). A session's buffer is checked as it is wrapped."""
     if _rtpnative is None:
         return "fleet._rtpnative was not built (no C compiler or Python headers at install: pip install -v -e . says why)"
     api = getattr(_rtpnative, "API", None)
@@ -141,10 +141,7 @@ class SrtpCalls:
         sent, octets, status, unsent = _rtpnative.send_frame(
             fd, address[0], address[1], _PROTECT, self.address, head0, payload_type, seq, timestamp, ssrc, ext_block,
             payloads, history, history_size)
-        error = None
-        if status:
-            error = pylibsrtp.Error(pylibsrtp.ERRORS[status] if 0 <= status < len(pylibsrtp.ERRORS) else f"libsrtp status {status}")
-        return sent, octets, unsent, error
+        return sent, octets, unsent, _srtp_error(status) if status else None
 
     def protect(self, data: bytes) -> bytes:
         n = len(data)
@@ -163,9 +160,14 @@ class SrtpCalls:
         self.size[0] = n
         status = func(self.srtp, self.cdata, self.size)
         if status != srtp_lib.srtp_err_status_ok:
-            raise pylibsrtp.Error(pylibsrtp.ERRORS[status])
+            raise _srtp_error(status)
         out: bytes = self.buffer[0 : self.size[0]]
         return out
+
+
+def _srtp_error(status: int) -> pylibsrtp.Error:
+    """libsrtp's status as pylibsrtp's own error says it."""
+    return pylibsrtp.Error(pylibsrtp.ERRORS[status] if 0 <= status < len(pylibsrtp.ERRORS) else f"libsrtp status {status}")
 
 
 def srtp_calls(kept: SrtpCalls | None, session: pylibsrtp.Session | None) -> SrtpCalls | None:

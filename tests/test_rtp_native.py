@@ -13,8 +13,7 @@ from types import SimpleNamespace
 
 import pylibsrtp
 import pytest
-from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
-from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+from aiortc.rtp import RtpPacket
 from aioice.turn import TurnTransport
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -22,30 +21,19 @@ from hypothesis import strategies as st
 from fleet import srtpcalls
 from fleet.leanrtp import _LeanSender
 from fleet.srtpcalls import SrtpCalls
+from tests.test_lean_rtp import extension_map
+from tests.test_lean_rtp import srtp_session as session  # keyed with one fixed key: protection is deterministic
 
 needs_native = pytest.mark.skipif(srtpcalls.NATIVE_UNUSABLE is not None, reason=str(srtpcalls.NATIVE_UNUSABLE))
 
-KEY = bytes(range(30))  # one fixed key: protection is deterministic for a given key, SSRC and sequence number
 HISTORY = 128
 OUT, IN = pylibsrtp.Policy.SSRC_ANY_OUTBOUND, pylibsrtp.Policy.SSRC_ANY_INBOUND
-
-
-def session(direction: int) -> pylibsrtp.Session:
-    return pylibsrtp.Session(pylibsrtp.Policy(key=KEY, ssrc_type=direction))
 
 
 def native(direction: int) -> SrtpCalls:
     calls = SrtpCalls(session(direction))
     calls.native = True
     return calls
-
-
-def extension_map() -> HeaderExtensionsMap:
-    m = HeaderExtensionsMap()
-    m.configure(RTCRtpParameters(headerExtensions=[
-        RTCRtpHeaderExtensionParameters(id=1, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
-        RTCRtpHeaderExtensionParameters(id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time")]))
-    return m
 
 
 def aiortc_packets(pt: int, seq: int, ts: int, ssrc: int, mid: str | None, abs_send_time: int | None,
@@ -240,7 +228,7 @@ class FakeTransport:
 
 def lean_sender_on(transport) -> _LeanSender:
     """A lean sender whose aiortc sender is a stand-in with the private attributes it reads, connected through
-    ``transport`` with an SRTP session keyed with KEY."""
+    ``transport`` with an SRTP session keyed as ``session``'s."""
     p = "_RTCRtpSender__"
     sender = SimpleNamespace(_ssrc=1234, transport=SimpleNamespace(
         state="connected", _tx_srtp=session(OUT), transport=SimpleNamespace(_connection=SimpleNamespace(
