@@ -29,20 +29,20 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from struct import pack
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiortc import RTCRtpReceiver, RTCRtpSender, clock
 from aiortc.codecs import get_encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError
-from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
-from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, RtpPacket, unwrap_rtx, wrap_rtx
+from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, RtpPacket, wrap_rtx
 from aioice.turn import TurnTransport
 
+from fleet.duties import NativeNack, NativeStreamStatistics, nack_add, receiver_duties
 from fleet.media import ClipPayloads, PacketTrack, clip_payloads
 from fleet.sockstamp import arrival_clock
 from fleet.srtpcalls import RTP_HEADER as _RTP_HEADER
-from fleet.srtpcalls import RtpView, SrtpCalls, parse_rtp, srtp_calls
+from fleet.srtpcalls import MARKER, NACK_DUE, TAP_CODECS, RtpView, SrtpCalls, is_native_tap, parse_rtp, srtp_calls
 from fleet.webrtc import PayloadKinds  # its import also checks the private API used here
 
 __all__ = ["LeanReceive", "RtpView", "lean_receive", "lean_sender", "parse_rtp"]
@@ -224,52 +224,6 @@ class _LeanSender:
         await s.transport._send_rtp(packet.serialize(self.extensions))
 
 
-def _receiver_duties(receiver: RTCRtpReceiver) -> Callable[..., Any]:
-    """What aiortc's receiver must still do with a packet when nothing is decoded from its frames: keep the
-    source active (its time read once per frame, at the marker: ``getSynchronizationSources`` looks 10 s back)
-    and count the packet for receiver reports; returns whether packets are missing (a NACK is due) once the
-    packet is a media one (a retransmission unwrapped; ``media``: the caller knows it is no retransmission)."""
-    p = "_RTCRtpReceiver__"
-    active: dict[int, Any] = getattr(receiver, p + "active_ssrc")
-    codecs: dict[int, Any] = getattr(receiver, p + "codecs")
-    streams: dict[int, StreamStatistics] = getattr(receiver, p + "remote_streams")
-    rtx_ssrc: dict[int, int] = getattr(receiver, p + "rtx_ssrc")
-    nack = getattr(receiver, p + "nack_generator")
-
-    def duties(packet: Any, media: bool = False) -> Any:
-        """The media packet to NACK against, or None."""
-        if not receiver._enabled:
-            return None
-        if packet.marker or packet.ssrc not in active:
-            active[packet.ssrc] = clock.current_datetime()
-        codec = codecs.get(packet.payload_type)
-        if codec is None:
-            return None
-        stream = streams.get(packet.ssrc)
-        if stream is None:
-            stream = streams[packet.ssrc] = StreamStatistics(codec.clockRate)
-        stream.add(packet)
-        if not media and codec.name.lower() == "rtx":
-            original = rtx_ssrc.get(packet.ssrc)
-            apt = codec.parameters.get("apt")
-            if original is None or len(packet.payload) < 2 or not isinstance(apt, int) or apt not in codecs:
-                return None
-            packet = unwrap_rtx(packet, payload_type=apt, ssrc=original)
-        return packet if nack is not None and _nack_add(nack, packet) else None
-
-    return duties
-
-
-def _nack_add(nack: NackGenerator, packet: Any) -> bool:
-    """``nack.add(packet)``: marks the packet received, returns whether packets are missing. The next packet in
-    order with none missing (most packets) moves the generator on as ``add`` would, without its calls."""
-    seq = packet.sequence_number
-    if not nack.missing and nack.max_seq is not None and seq == (nack.max_seq + 1) & 0xFFFF:
-        nack.max_seq = seq
-        return False
-    return nack.add(packet)
-
-
 def _skip_stun(connection: Any, component: int, data_received: Callable[[bytes, int, float | None], None]) -> bool:
     """Hand the nominated pair's datagrams whose first byte says RTP or RTCP (128-191, RFC 7983 section 7)
     straight to ``data_received``, without aioice's attempt to parse each as STUN first (a STUN message's first
@@ -293,10 +247,17 @@ def _skip_stun(connection: Any, component: int, data_received: Callable[[bytes, 
     return True
 
 
+class _Sequence(NamedTuple):
+    """What the NACK generator reads of a packet."""
+
+    sequence_number: int
+
+
+_R = "_RTCRtpReceiver__"
 HELD_STAMPS = 1024  # stamps of packets left to aiortc's path, kept until its handler asks (a handful at a time)
 
 
-def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float, bool], None]) -> LeanReceive:
+def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float, bool], None], core: Any = None) -> LeanReceive:
     """The probe's receive path for a receiver aiortc decodes nothing for (a starved decoder, no bandwidth
     estimate): its depayloader and jitter buffer, whose frames would be thrown away, are skipped; every media
     packet is taken from the ICE connection as it arrives, SRTP-unprotected (``SrtpCalls``) and handed to
@@ -313,17 +274,27 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float, bool
     own path (before SRTP is keyed aiortc has not set the receiver's codecs yet, so every packet does), as do
     this SSRC's packets that arrive while older data waits in aiortc's queue (kept in order behind it): their
     stamps are held for ``LeanReceive.arrival``. The object returned is what ``tap_rtp``'s handler awaits for
-    the packets of aiortc's path."""
-    return LeanReceive(receiver, on_packet)
+    the packets of aiortc's path. With ``core``, a native frame tap (``fleet._rtpnative.Tap``: what ``on_packet``
+    hands its packets to), a VP8 or H.264 packet goes to it in the same call that unprotects it, without
+    ``on_packet``, where the session's SRTP is native too."""
+    return LeanReceive(receiver, on_packet, core)
 
 
 class LeanReceive:
     """``lean_receive``'s path for one receiver; called (awaited) with each packet of aiortc's path."""
 
-    def __init__(self, receiver: RTCRtpReceiver, on_packet: Callable[[Any, float, bool], None]) -> None:
+    def __init__(self, receiver: RTCRtpReceiver, on_packet: Callable[[Any, float, bool], None], core: Any = None) -> None:
         self.receiver, self.on_packet = receiver, on_packet
-        self.duties = _receiver_duties(receiver)
-        self.generator = getattr(receiver, "_RTCRtpReceiver__nack_generator")  # noqa: B009
+        nack = getattr(receiver, _R + "nack_generator")
+        # a native tap takes its packets with their duties, on its own state (fleet.duties)
+        self.core = core if is_native_tap(core) and nack is not None else None
+        if self.core is not None:
+            setattr(receiver, _R + "nack_generator", NativeNack(self.core, taken_over=nack))
+        self.duties = receiver_duties(receiver)
+        self.generator = getattr(receiver, _R + "nack_generator")
+        self.active: dict[int, Any] = getattr(receiver, _R + "active_ssrc")
+        self.streams: dict[int, Any] = getattr(receiver, _R + "remote_streams")
+        self.stats: NativeStreamStatistics | None = None  # the taken SSRC's, once the native tap counts it
         self.dtls = receiver.transport
         self.connection = self.dtls.transport._connection
         self.queued, self.original = self.connection._queue, self.connection.data_received
@@ -343,7 +314,8 @@ class LeanReceive:
             self.original(data, component)  # DTLS, RTCP
             return
         pt, ssrc = data[1] & 0x7F, int.from_bytes(data[8:12], "big")  # the RTP header is not encrypted
-        if self.kinds[pt] is None or (self.ssrc is not None and ssrc != self.ssrc):
+        kind = self.kinds[pt]
+        if kind is None or (self.ssrc is not None and ssrc != self.ssrc):
             self.original(data, component)
             return
         self.ssrc = ssrc
@@ -354,6 +326,10 @@ class LeanReceive:
             self.hold(int.from_bytes(data[2:4], "big"), arrival)
             self.original(data, component)
             return
+        codec = TAP_CODECS.get(kind) if self.core is not None and srtp.native and self.receiver._enabled else None
+        if codec is not None:
+            self.take(srtp, data, codec, pt, ssrc, arrival)
+            return
         packet = srtp.read(data)  # an SRTP failure drops the packet, as aiortc; so does one longer than SRTP's buffer
         if packet is None:
             return
@@ -361,9 +337,28 @@ class LeanReceive:
         self.on_packet(packet, time.monotonic() if arrival is None else arrival, arrival is not None)
         lost = self.duties(packet, media=True)
         if lost is not None:
-            task = asyncio.ensure_future(self.receiver._send_rtcp_nack(lost.ssrc, sorted(self.generator.missing)))
-            self.nacks.add(task)
-            task.add_done_callback(self.nacks.discard)
+            self.nack(lost.ssrc)
+
+    def take(self, srtp: SrtpCalls, data: bytes, codec: int, pt: int, ssrc: int, arrival: float | None) -> None:
+        """A media packet unprotected, parsed, reassembled and counted for reports in one native call (the
+        NACK generator moved on there too for the next packet in order with none missing)."""
+        if self.stats is None:  # carries on what aiortc's path counted for the source before
+            clockrate = getattr(self.receiver, _R + "codecs")[pt].clockRate
+            self.stats = self.streams[ssrc] = NativeStreamStatistics(self.core, clockrate, self.streams.get(ssrc))
+            self.active[ssrc] = clock.current_datetime()
+        done = srtp.take(self.core, data, codec, arrival)
+        if not done:  # dropped, as ``read`` drops
+            return
+        self.taken += 1
+        if done & MARKER:
+            self.active[ssrc] = clock.current_datetime()
+        if done & NACK_DUE and nack_add(self.generator, _Sequence(int.from_bytes(data[2:4], "big"))):
+            self.nack(ssrc)
+
+    def nack(self, ssrc: int) -> None:
+        task = asyncio.ensure_future(self.receiver._send_rtcp_nack(ssrc, sorted(self.generator.missing)))
+        self.nacks.add(task)
+        task.add_done_callback(self.nacks.discard)
 
     def hold(self, seq: int, arrival: float | None) -> None:
         """Keep the stamp of a packet of this SSRC's left to aiortc's path (none known: forget an older one)."""

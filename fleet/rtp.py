@@ -25,6 +25,7 @@ codec is reported as unsupported rather than guessed at.
 
 from __future__ import annotations
 
+import builtins
 import queue
 import time
 from collections.abc import Callable
@@ -35,9 +36,10 @@ from aiortc import RTCRtpReceiver
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 
 from fleet.leanrtp import lean_receive
+from fleet.srtpcalls import CODEC_H264, CODEC_NAMES, CODEC_VP8, TAP_CODECS, native_tap
 from fleet.webrtc import PayloadKinds, drop_bandwidth_estimator, starve_decoder, tap_rtp
 
-__all__ = ["FrameTap", "TapFrame", "H264Depacketizer", "unwrap16", "unwrap32", "vp8_is_keyframe"]
+__all__ = ["FrameTap", "TapCore", "TapFrame", "H264Depacketizer", "tap_core", "unwrap16", "unwrap32", "vp8_is_keyframe"]
 
 def _unwrap(previous: int | None, value: int, bits: int) -> int:
     if previous is None:
@@ -153,19 +155,20 @@ class _StarvedQueue:
         return self._q.get()
 
 
-class FrameTap:
-    """Sees every RTP packet of one receiver and reassembles VP8 or H.264 frames on the marker bit."""
+class TapCore:
+    """The frame tap's reassembly: one source's VP8 or H.264 RTP packets in (the first packet's SSRC is the one
+    taken), frames out on the marker bit, handed to ``finish(timestamp, first_arrival, arrival, data, packets,
+    keyframe, complete, exact)``. ``fleet._rtpnative.Tap`` is its native twin (``tap_core`` picks), judged
+    against it packet for packet in tests/test_rtp_native.py."""
 
-    def __init__(self, receiver: RTCRtpReceiver, on_frame: Callable[[TapFrame], None], decode: bool = False,
-                 bandwidth_feedback: bool = True) -> None:
-        self.on_frame = on_frame
-        self.receiver = receiver
+    def __init__(self, finish: Callable[..., Any]) -> None:
+        self.finish = finish
         self.packets = 0
         self.bytes = 0
-        self.highest_seq: int | None = None
-        self.first_seq: int | None = None
+        self.codec = 0                      # the last packet's (TAP_CODECS), 0 before any
         self.ssrc: int | None = None
-        self.unsupported: str | None = None
+        self.first_seq: int | None = None
+        self.seq_unwrapped: int | None = None
         self._last_ts: int | None = None
         self._cur_ts: int | None = None
         self._cur_parts: list[bytes] = []
@@ -177,17 +180,95 @@ class FrameTap:
         self._cur_ok = True
         self._expect: int | None = None   # the sequence number after the last packet taken, across frames
         self._ended_on_marker = True      # the frame before ended on its marker (not cut by a new timestamp)
-        self._seq_unwrapped: int | None = None
-        self._kinds = PayloadKinds(receiver)
-        self.codec: str | None = None      # "VP8" or "H264", once a packet of it arrived
         self._h264 = H264Depacketizer()
+
+    def packet(self, codec: int, ssrc: int, seq: int, timestamp: int, marker: bool, payload: bytes, now: float,
+               exact: bool) -> None:
+        """One packet of ``codec`` (``CODEC_VP8`` or ``CODEC_H264``), arrived at ``now``."""
+        if codec not in (CODEC_VP8, CODEC_H264):
+            raise ValueError(f"codec must be {CODEC_VP8} (VP8) or {CODEC_H264} (H.264), not {codec}")
+        self.codec = codec
+        if self.ssrc is None:
+            self.ssrc = ssrc
+        elif ssrc != self.ssrc:
+            return
+        self.packets += 1
+        self.bytes += len(payload)
+        if self.seq_unwrapped is None:
+            self.seq_unwrapped = self.first_seq = seq
+        else:
+            delta = (seq - self.seq_unwrapped) & 0xFFFF
+            if delta < 0x8000:
+                self.seq_unwrapped += delta
+            else:
+                return  # late or duplicate: counted as received, not reassembled
+        ts = unwrap32(self._last_ts, timestamp)
+        self._last_ts = ts
+        if self._cur_ts is not None and ts != self._cur_ts:
+            self._finish(complete=False, now=self._cur_last)  # the previous frame lost its last packet
+            self._ended_on_marker = False
+        try:
+            if codec == CODEC_VP8:
+                descriptor, data = VpxPayloadDescriptor.parse(payload)
+                starts = bool(descriptor.partition_start and descriptor.partition_id == 0)
+            else:
+                data, starts = self._h264.push(payload)
+            unreadable = False
+        except ValueError:  # e.g. a FU-A without its start: the frame lacks a packet, and still ends on its marker
+            data, starts, unreadable = b"", False, True
+        if self._cur_ts is None:
+            self._cur_ts, self._cur_first, self._cur_parts, self._cur_count = ts, now, [], 0
+            # H.264: packets missing just before this one were this frame's head (a unit that starts an access
+            # unit cannot be told from one inside it), unless the frame before was cut (it lost its marker
+            # packet) and only that one is missing. VP8's first packet says it is one (S=1, partition 0).
+            gap = 0 if self._expect is None or codec == CODEC_VP8 else (seq - self._expect) & 0xFFFF
+            self._cur_ok = starts and (gap == 0 or (gap == 1 and not self._ended_on_marker))
+            self._cur_next_seq = seq
+        if unreadable or (self._cur_next_seq is not None and seq != self._cur_next_seq):
+            self._cur_ok = False
+        self._cur_next_seq = self._expect = (seq + 1) & 0xFFFF
+        self._cur_parts.append(data)
+        self._cur_count += 1
+        self._cur_last, self._cur_exact = now, exact
+        if marker:
+            self._finish(complete=self._cur_ok, now=now)
+            self._ended_on_marker = True
+
+    def _finish(self, complete: bool, now: float) -> None:
+        data = b"".join(self._cur_parts)
+        idr = self._h264.idr
+        self._h264.reset()  # whatever the codec now: an H.264 frame cut by another codec's packet leaves nothing behind
+        key = complete and (idr if self.codec == CODEC_H264 else vp8_is_keyframe(data))
+        timestamp, first, count, exact = self._cur_ts or 0, self._cur_first, self._cur_count, self._cur_exact
+        self._cur_ts = None
+        self._cur_parts = []
+        self._cur_next_seq = None
+        self.finish(timestamp, first, now, data, count, key, complete, exact)
+
+
+def tap_core(finish: Callable[..., Any]) -> Any:
+    """The native reassembly (``fleet._rtpnative.Tap``) where the per-packet work is native
+    (``fleet.srtpcalls.native_enabled``), else ``TapCore``."""
+    return native_tap(finish) or TapCore(finish)
+
+
+class FrameTap:
+    """Sees every RTP packet of one receiver and reassembles VP8 or H.264 frames on the marker bit."""
+
+    def __init__(self, receiver: RTCRtpReceiver, on_frame: Callable[[TapFrame], None], decode: bool = False,
+                 bandwidth_feedback: bool = True) -> None:
+        self.on_frame = on_frame
+        self.receiver = receiver
+        self.unsupported: str | None = None
+        self._kinds = PayloadKinds(receiver)
+        self.core = tap_core(self._frame)
         if not decode:
             starve_decoder(receiver, _StarvedQueue())  # before receive() starts the decoder thread
         if not bandwidth_feedback:
             drop_bandwidth_estimator(receiver)
         self._original = tap_rtp(receiver, self._handle)
         # nothing decoded by aiortc and no bandwidth estimate: its handler would assemble frames only to drop them
-        self._lean = lean_receive(receiver, self.packet) if not decode and not bandwidth_feedback else None
+        self._lean = lean_receive(receiver, self.packet, self.core) if not decode and not bandwidth_feedback else None
 
     async def _handle(self, packet: Any, arrival_time_ms: int) -> None:
         lean = self._lean
@@ -199,10 +280,26 @@ class FrameTap:
             await self._original(packet, arrival_time_ms)
 
     @property
+    def codec(self) -> str | None:
+        """"VP8" or "H264", once a packet of it arrived (the last one's)."""
+        return CODEC_NAMES.get(self.core.codec)
+
+    @property
+    def ssrc(self) -> int | None:
+        return self.core.ssrc  # type: ignore[no-any-return]
+
+    @property
+    def packets(self) -> int:
+        return self.core.packets  # type: ignore[no-any-return]
+
+    @property
+    def bytes(self) -> int:
+        return self.core.bytes  # type: ignore[no-any-return]
+
+    @property
     def packets_expected(self) -> int:
-        if self.first_seq is None or self._seq_unwrapped is None:
-            return 0
-        return self._seq_unwrapped - self.first_seq + 1
+        first, last = self.core.first_seq, self.core.seq_unwrapped
+        return 0 if first is None or last is None else last - first + 1
 
     @property
     def packets_lost(self) -> int:
@@ -212,65 +309,13 @@ class FrameTap:
         kind = self._kinds[packet.payload_type]
         if kind is None:
             return  # retransmissions are left to aiortc
-        if kind not in ("VP8", "H264"):
+        codec = TAP_CODECS.get(kind)
+        if codec is None:
             self.unsupported = kind
             return
-        self.codec = kind
-        if self.ssrc is None:
-            self.ssrc = packet.ssrc
-        elif packet.ssrc != self.ssrc:
-            return
-        self.packets += 1
-        self.bytes += len(packet.payload)
-        seq = packet.sequence_number
-        if self._seq_unwrapped is None:
-            self._seq_unwrapped = self.first_seq = seq
-        else:
-            delta = (seq - self._seq_unwrapped) & 0xFFFF
-            if delta < 0x8000:
-                self._seq_unwrapped += delta
-            else:
-                return  # late or duplicate: counted as received, not reassembled
-        ts = unwrap32(self._last_ts, packet.timestamp)
-        self._last_ts = ts
-        if self._cur_ts is not None and ts != self._cur_ts:
-            self._finish(complete=False, now=self._cur_last)  # the previous frame lost its last packet
-            self._ended_on_marker = False
-        try:
-            if kind == "VP8":
-                descriptor, data = VpxPayloadDescriptor.parse(packet.payload)
-                starts = bool(descriptor.partition_start and descriptor.partition_id == 0)
-            else:
-                data, starts = self._h264.push(packet.payload)
-            unreadable = False
-        except ValueError:  # e.g. a FU-A without its start: the frame lacks a packet, and still ends on its marker
-            data, starts, unreadable = b"", False, True
-        if self._cur_ts is None:
-            self._cur_ts, self._cur_first, self._cur_parts, self._cur_count = ts, now, [], 0
-            # H.264: packets missing just before this one were this frame's head (a unit that starts an access
-            # unit cannot be told from one inside it), unless the frame before was cut (it lost its marker
-            # packet) and only that one is missing. VP8's first packet says it is one (S=1, partition 0).
-            gap = 0 if self._expect is None or kind == "VP8" else (seq - self._expect) & 0xFFFF
-            self._cur_ok = starts and (gap == 0 or (gap == 1 and not self._ended_on_marker))
-            self._cur_next_seq = seq
-        if unreadable or (self._cur_next_seq is not None and seq != self._cur_next_seq):
-            self._cur_ok = False
-        self._cur_next_seq = self._expect = (seq + 1) & 0xFFFF
-        self._cur_parts.append(data)
-        self._cur_count += 1
-        self._cur_last, self._cur_exact = now, exact
-        if packet.marker:
-            self._finish(complete=self._cur_ok, now=now)
-            self._ended_on_marker = True
+        self.core.packet(codec, packet.ssrc, packet.sequence_number, packet.timestamp, packet.marker, packet.payload,
+                         now, exact)
 
-    def _finish(self, complete: bool, now: float) -> None:
-        data = b"".join(self._cur_parts)
-        idr = self._h264.idr
-        self._h264.reset()  # whatever the codec now: an H.264 frame cut by another codec's packet leaves nothing behind
-        key = complete and (idr if self.codec == "H264" else vp8_is_keyframe(data))
-        frame = TapFrame(timestamp=self._cur_ts or 0, first_arrival=self._cur_first, arrival=now, data=data,
-                         packets=self._cur_count, keyframe=key, complete=complete, exact=self._cur_exact)
-        self._cur_ts = None
-        self._cur_parts = []
-        self._cur_next_seq = None
-        self.on_frame(frame)
+    def _frame(self, timestamp: int, first: float, arrival: float, data: builtins.bytes, packets: int, keyframe: bool,
+               complete: bool, exact: bool) -> None:
+        self.on_frame(TapFrame(timestamp, first, arrival, data, packets, keyframe, complete, exact))

@@ -34,12 +34,17 @@ try:
 except ImportError:  # built without a C compiler: the Python path
     _rtpnative = None  # type: ignore[assignment]
 
-__all__ = ["NATIVE_UNUSABLE", "RtpView", "SrtpCalls", "native_enabled", "parse_rtp", "srtp_calls"]
+__all__ = ["CODEC_H264", "CODEC_NAMES", "CODEC_VP8", "MARKER", "NACK_DUE", "NATIVE_UNUSABLE", "TAKEN", "TAP_CODECS",
+           "RtpView", "SrtpCalls", "is_native_tap", "native_enabled", "native_tap", "parse_rtp", "srtp_calls"]
 
 RTP_HEADER = Struct("!BBHLL")
-NATIVE_API = 1  # the interface of fleet/_rtpnative.c this module calls (its API constant)
+NATIVE_API = 3  # the interface of fleet/_rtpnative.c this module calls (its API constant)
 LIBSRTP_CALL = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"  # libsrtp 2's srtp_protect, srtp_unprotect
 _OFF = ("0", "false", "no", "off")
+CODEC_VP8, CODEC_H264 = 1, 2  # the frame tap's codecs (fleet.rtp.TapCore; fleet/_rtpnative.c's CODEC_ constants)
+TAP_CODECS = {"VP8": CODEC_VP8, "H264": CODEC_H264}
+CODEC_NAMES = {code: name for name, code in TAP_CODECS.items()}
+TAKEN, MARKER, NACK_DUE = 1, 2, 4  # what the native tap's take says of a packet (fleet/_rtpnative.c's constants)
 
 
 def _native_unusable() -> str | None:
@@ -51,6 +56,9 @@ def _native_unusable() -> str | None:
     api = getattr(_rtpnative, "API", None)
     if api != NATIVE_API:
         return f"fleet._rtpnative is a stale build (interface {api}, not {NATIVE_API}): reinstall (pip install -e .)"
+    if (_rtpnative.CODEC_VP8, _rtpnative.CODEC_H264, _rtpnative.TAKEN, _rtpnative.MARKER, _rtpnative.NACK_DUE) != \
+            (CODEC_VP8, CODEC_H264, TAKEN, MARKER, NACK_DUE):
+        return "fleet._rtpnative's constants are not this module's: reinstall (pip install -e .)"
     calls = {name: srtp_ffi.typeof(srtp_ffi.addressof(srtp_lib, name)).cname for name in ("srtp_protect", "srtp_unprotect")}
     if any(cname != LIBSRTP_CALL for cname in calls.values()):
         return f"pylibsrtp {pylibsrtp.__version__}'s libsrtp calls are {calls}, not libsrtp 2's {LIBSRTP_CALL}"
@@ -64,6 +72,15 @@ def native_enabled() -> bool:
     """Whether the per-packet work goes through ``fleet._rtpnative``: usable here (``NATIVE_UNUSABLE``), and
     not turned off by ``FLEET_RTP_NATIVE`` (0, false, no or off)."""
     return NATIVE_UNUSABLE is None and os.environ.get("FLEET_RTP_NATIVE", "1").strip().lower() not in _OFF
+
+
+def native_tap(finish: Any) -> Any:
+    """A native frame tap (``fleet._rtpnative.Tap``, fleet.rtp.TapCore's twin) where ``native_enabled``, else None."""
+    return _rtpnative.Tap(finish) if native_enabled() else None
+
+
+def is_native_tap(core: Any) -> bool:
+    return _rtpnative is not None and isinstance(core, _rtpnative.Tap)
 
 
 NATIVE_UNUSABLE = _native_unusable()
@@ -128,6 +145,13 @@ class SrtpCalls:
             return parse_rtp(self.unprotect(data))
         except (pylibsrtp.Error, ValueError):
             return None
+
+    def take(self, core: Any, data: bytes, codec: int, arrival: float | None) -> int:
+        """A received SRTP packet of ``codec`` unprotected, parsed, handed to the native frame tap ``core`` and
+        counted for reports on its state (``fleet._rtpnative.Tap.take``: what ``read``, ``core.packet`` and the
+        receiver's duties do, in one call): 0 when dropped as ``read`` drops, else ``TAKEN`` with ``MARKER`` and
+        ``NACK_DUE`` as they apply. Only where this session is native (``native``)."""
+        return int(core.take(_UNPROTECT, self.address, data, codec, arrival))
 
     def send_frame(self, fd: int, address: Any, head: tuple[int, int, int, int, int], ext_block: bytes,
                    payloads: Sequence[bytes], history: dict[int, bytes],

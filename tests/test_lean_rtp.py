@@ -38,7 +38,8 @@ from fleet import srtpcalls
 from fleet.media import H264_PROFILE_LEVEL_ID, PacketTrack, clip_payloads, synthetic_clip
 from fleet.rtp import FrameTap, TapFrame
 from fleet.srtpcalls import SrtpCalls
-from fleet.leanrtp import _nack_add, lean_sender, parse_rtp
+from fleet.duties import nack_add as _nack_add
+from fleet.leanrtp import lean_sender, parse_rtp
 from fleet.webrtc import codecs_named, loopback_pair, tap_rtp
 
 MID_ID, ABS_SEND_TIME_ID = 1, 3
@@ -224,13 +225,19 @@ def aiortc_payloads(clip, n: int) -> list[bytes]:
 def rtp_path(request, monkeypatch: pytest.MonkeyPatch):
     """A wire test on each per-packet path: the native one (``fleet._rtpnative``, where it can be used) and
     Python's: (the path, the native calls made). The native calls are counted on both: the test asks its own
-    side's count of the native run (frames the socket took whole, nothing handed back to the transport; or
-    packets read); the Python run must have made none."""
+    side's count of the native run (frames the socket took whole, nothing handed back to the transport; packets
+    read; or packets read into the native frame tap); the Python run must have made none."""
     native = request.param == "native"
     if native and srtpcalls.NATIVE_UNUSABLE is not None:
         pytest.skip(srtpcalls.NATIVE_UNUSABLE)
     monkeypatch.setenv("FLEET_RTP_NATIVE", "1" if native else "0")
-    calls = {"frames_taken_whole": 0, "reads": 0}
+    calls = {"frames_taken_whole": 0, "reads": 0, "takes": 0}
+    take = srtpcalls.SrtpCalls.take
+
+    def counted_take(*args: Any) -> Any:
+        calls["takes"] += 1
+        return take(*args)
+    monkeypatch.setattr(srtpcalls.SrtpCalls, "take", counted_take)
     if srtpcalls._rtpnative is not None:
         send_frame, unprotect_parse = srtpcalls._rtpnative.send_frame, srtpcalls._rtpnative.unprotect_parse
 
@@ -246,7 +253,7 @@ def rtp_path(request, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setattr(srtpcalls._rtpnative, "unprotect_parse", counted_read)
     yield request.param, calls
     if not native:
-        assert calls == {"frames_taken_whole": 0, "reads": 0}, "the Python run took the native path"
+        assert calls == {"frames_taken_whole": 0, "reads": 0, "takes": 0}, "the Python run took the native path"
 
 
 def took_native(rtp_path: tuple[str, dict[str, int]], side: str) -> bool:
@@ -447,7 +454,7 @@ def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks(monk
             await close(a, b)
 
     asyncio.run(main())
-    assert took_native(rtp_path, "reads")
+    assert took_native(rtp_path, "takes")
 
 
 STALL_S = 0.06            # the loop kept busy right after a stalled frame's last packet left

@@ -3,7 +3,8 @@ tap that reassembles access units on the marker bit, with loss, reordering and w
 
 Every packet is built as wire bytes here (RTP header by hand, parsed by aiortc's ``RtpPacket``) and every
 expected access unit is written out by hand from the NAL units below, never by calling fleet.rtp's helpers.
-The tap runs on a real aiortc receiver that is never started: ``FrameTap.packet`` takes the packet and its
+Every test runs on both reassemblies, the native one and its Python twin (``reassembly``). The tap runs on a
+real aiortc receiver that is never started: ``FrameTap.packet`` takes the packet and its
 arrival time directly, so no network, no event loop and no clock are involved.
 """
 
@@ -24,7 +25,8 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from fleet.rtp import FrameTap, H264Depacketizer, TapFrame
+from fleet import srtpcalls
+from fleet.rtp import FrameTap, H264Depacketizer, TapCore, TapFrame
 from fleet.webrtc import PayloadKinds
 
 SSRC = 0x1234ABCD
@@ -76,12 +78,22 @@ def test_payload_kinds_name_media_keep_negotiated_types_and_look_again_for_unkno
     assert kinds[UNKNOWN_PT] == "VP8"
 
 
+@pytest.fixture(autouse=True, params=["native", "python"])
+def reassembly(request, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on both reassemblies: ``fleet._rtpnative.Tap`` (where it can be used) and ``fleet.rtp.TapCore``."""
+    if request.param == "native" and srtpcalls.NATIVE_UNUSABLE is not None:
+        pytest.skip(srtpcalls.NATIVE_UNUSABLE)
+    monkeypatch.setenv("FLEET_RTP_NATIVE", "1" if request.param == "native" else "0")
+    return str(request.param)
+
+
 class Tapped:
     """A frame tap and the frames it handed over."""
 
     def __init__(self) -> None:
         self.frames: list[TapFrame] = []
         self.tap = FrameTap(receiver(), self.frames.append)
+        assert isinstance(self.tap.core, TapCore) != srtpcalls.native_enabled()
 
     def feed(self, *packets: tuple[float, RtpPacket]) -> list[TapFrame]:
         """Deliver ``(arrival, packet)`` pairs in order; return the frames handed over meanwhile."""
