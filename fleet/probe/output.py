@@ -43,8 +43,7 @@ WINDOW_AFTER_EFFECT_S = 0.5
 WINDOW_MAX_S = 10.0
 CHROMA_KEEP = 300             # decoded frames' chroma kept for the effect check (trimmed by a third)
 GOP_KEEP = 150                # frames kept since the last keyframe, so that a window decodes from it at once
-CHECK_KEYFRAME_WAIT_S = 2.5   # a check waits this long for the output's own keyframe (go-livepeer: a
-                              # 2 s GOP) before asking for one; it is given up at WINDOW_MAX_S
+CHECK_KEYFRAME_WAIT_S = 2.5   # a check waits this long for the output's keyframe (go-livepeer: 2 s GOP), then asks
 
 Event = Callable[..., None]   # event(kind, **data)
 
@@ -203,8 +202,9 @@ class OutputWatch:
             self.event("latency_aligned", method=self.latency_method, steps=len(self.detector.steps), exact=False)
         if self.opt.decode == "all" or self.calibrating or self.pending_effects or now < self.black_until:
             return True
-        self.windows = [w for w in self.windows if w[1] > now]
-        return any(start <= now < end for start, end in (*self.windows, *self.switch_windows.values()))
+        if self.windows:  # most frames come with no window open: nothing to look through
+            self.windows = [w for w in self.windows if w[1] > now]
+        return bool(self.windows or self.switch_windows) and any(s <= now < e for s, e in (*self.windows, *self.switch_windows.values()))
 
     def _decode(self, f: TapFrame, index: int) -> None:
         if not f.complete:
