@@ -1,12 +1,14 @@
 /* The probe's per-packet RTP work in native code (fleet.leanrtp): a frame's packets built, SRTP-protected and
- * sent in one call (sendmmsg), and a received datagram SRTP-unprotected and parsed in one call.
+ * sent in one call (sendmmsg); a received datagram SRTP-unprotected and parsed in one call, or (Tap.take)
+ * unprotected, parsed, counted for the receiver's reports and NACKs and reassembled into frames in one call, the
+ * frame tap's reassembly (fleet.rtp.TapCore's twin) and the receiver's duties (fleet.duties) kept here.
  *
  * libsrtp is the one pylibsrtp bundles and aiortc keys: its srtp_protect / srtp_unprotect are passed in as
  * addresses (cffi's ffi.addressof on pylibsrtp's compiled binding; fleet.srtpcalls checks their C signature is
  * libsrtp 2's before using them) with the session's srtp_t, so the packets go through the very session state
  * aiortc uses for its RTCP; nothing here links libsrtp. What is sent and what a parse hands back is judged
- * against aiortc's and pylibsrtp's own in tests/test_rtp_native.py, and over real peer connections in
- * tests/test_lean_rtp.py.
+ * against aiortc's and pylibsrtp's own in tests/test_rtp_native.py, the tap against TapCore and aiortc's statistics
+ * and NACK generator in tests/test_tap_native.py, and all of it over real peer connections in tests/test_lean_rtp.py.
  *
  * Built by setuptools as an optional extension: without a C compiler the install still succeeds and
  * fleet.srtpcalls keeps the Python path (fleet.srtpcalls.native_enabled() says which one runs). API names this
@@ -320,7 +322,7 @@ static PyObject *unprotect_parse(PyObject *module, PyObject *args) {
     return view_of(&r, 1);
 }
 
-/* The frame tap's reassembly (fleet.rtp.TapCore's twin, judged against it in tests/test_rtp_native.py): the RTP
+/* The frame tap's reassembly (fleet.rtp.TapCore's twin, judged against it in tests/test_tap_native.py): the RTP
  * packets of one source in, VP8 (RFC 7741) and H.264 (RFC 6184, packetization-mode 1) frames out on the marker
  * bit, handed to finish(timestamp, first_arrival, arrival, data, packets, keyframe, complete, exact). */
 
@@ -342,7 +344,7 @@ typedef struct {
     unsigned char *data;                /* the frame's bytes so far */
     Py_ssize_t length, capacity;
     /* the receiver's duties (take): aiortc's StreamStatistics and NackGenerator state for the SSRC taken, which
-     * fleet.leanrtp's NativeStreamStatistics and NativeNack read and write as their attributes */
+     * fleet.duties' NativeStreamStatistics and NativeNack read and write as their attributes */
     int has_base, has_max, has_last, clockrate, nack_has;
     long long base_seq, max_seq, cycles, received, jitter_q4, last_arrival, last_timestamp, nack_max;
     PyObject *missing;                  /* the NackGenerator's set of missing sequence numbers */
@@ -401,10 +403,14 @@ static int reserve(Tap *t, Py_ssize_t more) {
 }
 
 static int append(Tap *t, const unsigned char *head, Py_ssize_t head_length, const unsigned char *body, Py_ssize_t length) {
+    if (head_length + length == 0)
+        return 0;
     if (reserve(t, head_length + length) < 0)
         return -1;
-    memcpy(t->data + t->length, head, head_length);
-    memcpy(t->data + t->length + head_length, body, length);
+    if (head_length)
+        memcpy(t->data + t->length, head, head_length);
+    if (length)
+        memcpy(t->data + t->length + head_length, body, length);
     t->length += head_length + length;
     return 0;
 }
@@ -503,7 +509,7 @@ static long long unwrap(long long previous, long long value, int bits) {
     return previous + (delta >= span / 2 ? delta - span : delta);
 }
 
-/* One packet taken (FrameTap.packet's work after its payload type's lookup); -1 if finish raised */
+/* One packet taken (TapCore.packet's work); -1 if finish raised */
 static int tap_packet(Tap *t, int codec, uint32_t ssrc, unsigned int seq, uint32_t timestamp, int marker,
                       const unsigned char *payload, Py_ssize_t size, double now, int exact) {
     t->codec = codec;
@@ -575,8 +581,10 @@ static PyObject *tap_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
         return NULL;
     }
     Tap *t = (Tap *)type->tp_alloc(type, 0);
-    if (t != NULL)
+    if (t != NULL) {
         t->finish = Py_NewRef(finish);
+        t->ended_on_marker = 1;  /* as TapCore: no frame before was cut */
+    }
     return (PyObject *)t;
 }
 
@@ -675,14 +683,15 @@ static PyObject *tap_take(Tap *t, PyObject *args) {
     PyBuffer_Release(&data);
     if (!ok)
         return PyLong_FromLong(0);
-    if (tap_packet(t, codec, r.ssrc, r.seq, r.timestamp, r.marker, r.in.data + r.at, r.end - r.at, now, arrival != Py_None) < 0)
-        return NULL;
+    /* the duties first, as aiortc's receiver orders them: a frame's consumer that raises leaves the packet counted */
     stats_add(t, r.seq, r.timestamp, wall_arg == Py_None ? wall_now() : wall);
     int result = TAKEN | (r.marker ? MARKER : 0);
     if (PySet_GET_SIZE(t->missing) == 0 && t->nack_has && r.seq == ((t->nack_max + 1) & 0xFFFF))
         t->nack_max = r.seq;
     else
         result |= NACK_DUE;
+    if (tap_packet(t, codec, r.ssrc, r.seq, r.timestamp, r.marker, r.in.data + r.at, r.end - r.at, now, arrival != Py_None) < 0)
+        return NULL;
     return PyLong_FromLong(result);
 }
 

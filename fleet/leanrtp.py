@@ -8,7 +8,9 @@ a probe session's CPU. ``lean_sender`` and ``lean_receive`` keep the duties the 
 video packets and header extensions; sender reports; NACKs answered, with RTX when negotiated; receiver
 reports and NACKs sent) and drop the rest. Signalling, ICE, DTLS, SRTP keys and RTCP stay aiortc's. Where
 the C extension was built (``fleet.srtpcalls.native_enabled``), a frame's packets are built, protected and sent in one
-native call (one ``sendmmsg``) and a received packet unprotected and parsed in one; the rest stays here.
+native call (one ``sendmmsg``), and a received media packet is unprotected, parsed, counted for the receiver's
+reports and NACKs (``fleet.duties``) and reassembled by the frame tap (``fleet._rtpnative.Tap``) in one; the rest
+stays here.
 
 Differences a far end could see, all on paths the probe does not take or does not need: the sender is for
 video (no audio-level extension); the DTLS transport's own byte and packet counters (its ``getStats``)
@@ -326,6 +328,8 @@ class LeanReceive:
             self.hold(int.from_bytes(data[2:4], "big"), arrival)
             self.original(data, component)
             return
+        if self.core is not None and self.core.ssrc not in (None, ssrc):  # the tap took another source first
+            self.core = None
         codec = TAP_CODECS.get(kind) if self.core is not None and srtp.native and self.receiver._enabled else None
         if codec is not None:
             self.take(srtp, data, codec, pt, ssrc, arrival)
@@ -334,24 +338,29 @@ class LeanReceive:
         if packet is None:
             return
         self.taken += 1
-        self.on_packet(packet, time.monotonic() if arrival is None else arrival, arrival is not None)
-        lost = self.duties(packet, media=True)
+        lost = self.duties(packet, media=True)  # first, as aiortc orders them: a frame's consumer that raises leaves it counted
         if lost is not None:
             self.nack(lost.ssrc)
+        self.on_packet(packet, time.monotonic() if arrival is None else arrival, arrival is not None)
 
     def take(self, srtp: SrtpCalls, data: bytes, codec: int, pt: int, ssrc: int, arrival: float | None) -> None:
         """A media packet unprotected, parsed, reassembled and counted for reports in one native call (the
         NACK generator moved on there too for the next packet in order with none missing)."""
-        if self.stats is None:  # carries on what aiortc's path counted for the source before
+        stream = self.streams.get(ssrc)
+        if self.stats is None or (stream is not None and stream is not self.stats):
+            # the tap's statistics, carrying on what aiortc's path counted for the source (if it did); in aiortc's
+            # streams at once if so, else once a packet is counted (its reports read a stream with one)
             clockrate = getattr(self.receiver, _R + "codecs")[pt].clockRate
-            self.stats = self.streams[ssrc] = NativeStreamStatistics(self.core, clockrate, self.streams.get(ssrc))
-            self.active[ssrc] = clock.current_datetime()
+            self.stats = NativeStreamStatistics(self.core, clockrate, stream)
+            if stream is not None:
+                self.streams[ssrc] = self.stats
         done = srtp.take(self.core, data, codec, arrival)
         if not done:  # dropped, as ``read`` drops
             return
         self.taken += 1
-        if done & MARKER:
+        if done & MARKER or stream is not self.stats:
             self.active[ssrc] = clock.current_datetime()
+            self.streams[ssrc] = self.stats
         if done & NACK_DUE and nack_add(self.generator, _Sequence(int.from_bytes(data[2:4], "big"))):
             self.nack(ssrc)
 

@@ -6,12 +6,15 @@ in a thread. A tester that must time frames without its own buffering, and
 cheaply, needs the packets themselves:
 
 - ``FrameTap`` wraps an ``RTCRtpReceiver``: every RTP packet is seen on
-  arrival, frames are reassembled on the marker bit and handed to a callback
-  with the arrival time of their last packet. aiortc still does RTCP, NACK and
-  statistics; with ``decode=False`` its decoder thread is starved so no frame
+  arrival, frames are reassembled on the marker bit (``TapCore``, or its native
+  twin ``fleet._rtpnative.Tap`` where the per-packet work is native) and handed
+  to a callback with the arrival time of their last packet. aiortc still does
+  RTCP, NACK and statistics; with ``decode=False`` its decoder thread is starved so no frame
   is decoded unless the caller decodes it, and with ``bandwidth_feedback=False``
   no REMB is computed or sent; with both, aiortc's jitter buffer and depayloader are
-  skipped too (``fleet.leanrtp.lean_receive``: reports and NACKs still go out).
+  skipped too (``fleet.leanrtp.lean_receive``: reports and NACKs still go out, their
+  counting done with the native tap's reassembly in one call, on aiortc's own
+  objects: ``fleet.duties``).
 - ``PacketTrack`` (fleet.media) sends pre-encoded frames: aiortc packetizes them
   without encoding, and the lean sender (``fleet.leanrtp``) sends its clip as
   packetized once per process; a keyframe request moves it to the clip's next
@@ -159,7 +162,7 @@ class TapCore:
     """The frame tap's reassembly: one source's VP8 or H.264 RTP packets in (the first packet's SSRC is the one
     taken), frames out on the marker bit, handed to ``finish(timestamp, first_arrival, arrival, data, packets,
     keyframe, complete, exact)``. ``fleet._rtpnative.Tap`` is its native twin (``tap_core`` picks), judged
-    against it packet for packet in tests/test_rtp_native.py."""
+    against it packet for packet in tests/test_tap_native.py."""
 
     def __init__(self, finish: Callable[..., Any]) -> None:
         self.finish = finish

@@ -6,7 +6,8 @@ generic wrapper on every call; per packet, at 30 fps both ways, that is a measur
 
 Where the optional C extension ``fleet._rtpnative`` was built and can be used here (``native_enabled``), the
 per-packet work goes there instead: a frame's packets built, protected and sent in one call
-(``SrtpCalls.send_frame``, sendmmsg), a datagram unprotected and parsed in one (``SrtpCalls.read``), on the
+(``SrtpCalls.send_frame``, sendmmsg), a datagram unprotected and parsed in one (``SrtpCalls.read``) or
+unprotected, parsed, counted and reassembled by the native frame tap in one (``SrtpCalls.take``), on the
 same session state through libsrtp's own functions, whose addresses cffi gives from pylibsrtp's binding (their C
 signature checked first). ``FLEET_RTP_NATIVE=0`` in the environment keeps the Python path (the benches compare
 the two in one run). One difference no packetizer here can reach: a frame with a packet longer than SRTP's

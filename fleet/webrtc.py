@@ -48,7 +48,7 @@ from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCIceTran
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcdtlstransport import RTCCertificate
-from aiortc.rtcrtpreceiver import NackGenerator
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 __all__ = ["LOOPBACK", "IceServer", "PayloadKinds", "accept_rsa_peers", "codecs_named", "drop_bandwidth_estimator",
@@ -80,6 +80,8 @@ _INSTANCE_FIELDS = ((RTCIceTransport, "_connection"), (aioice.ice.Connection, "_
                     (Vp8Encoder, "picture_id"), (NackGenerator, "max_seq"), (NackGenerator, "missing"),
                     (pylibsrtp.Session, "_cdata"), (pylibsrtp.Session, "_buffer"),
                     (aioice.turn.TurnTransport, "_TurnTransport__inner_protocol"))
+_STATISTICS_FIELDS = ("base_seq", "max_seq", "cycles", "packets_received", "_jitter_q4", "_last_arrival",  # fleet.duties
+                      "_last_timestamp", "_clockrate", "_expected_prior", "_received_prior")  # keeps them on its tap
 
 
 def check_private_api() -> None:
@@ -90,6 +92,7 @@ def check_private_api() -> None:
     sender_init = set(RTCRtpSender.__init__.__code__.co_names) | set(RTCRtpSender.replaceTrack.__code__.co_names)
     missing += [f"RTCRtpSender.{n}" for n in _SENDER_FIELDS if f"_RTCRtpSender{n}" not in sender_init]
     missing += [f"{c.__name__}.{n}" for c, n in _INSTANCE_FIELDS if n not in c.__init__.__code__.co_names]
+    missing += [f"StreamStatistics.{n}" for n in _STATISTICS_FIELDS if n not in StreamStatistics.__init__.__code__.co_names]
     if missing:
         raise ImportError(f"fleet.webrtc relies on {', '.join(missing)}, which aiortc {version('aiortc')} / aioice "
                           f"{version('aioice')} / pylibsrtp {version('pylibsrtp')} no longer have: install the "

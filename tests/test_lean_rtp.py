@@ -34,11 +34,12 @@ from aiortc.rtp import HeaderExtensionsMap, RtcpRrPacket, RtpPacket, unwrap_rtx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fleet.rtp
 from fleet import srtpcalls
+from fleet.duties import NativeStreamStatistics, nack_add
 from fleet.media import H264_PROFILE_LEVEL_ID, PacketTrack, clip_payloads, synthetic_clip
 from fleet.rtp import FrameTap, TapFrame
 from fleet.srtpcalls import SrtpCalls
-from fleet.duties import nack_add as _nack_add
 from fleet.leanrtp import lean_sender, parse_rtp
 from fleet.webrtc import codecs_named, loopback_pair, tap_rtp
 
@@ -158,14 +159,14 @@ def test_parse_rtp_refuses_what_is_not_an_rtp_packet(data: bytes) -> None:
 @given(start=st.integers(0, 0xFFFF),
        steps=st.lists(st.one_of(st.just(1), st.integers(-40, 40), st.integers(-0x8000, 0x8000)), max_size=200))
 def test_the_nack_fast_path_leaves_the_generator_as_aiortcs_add_does(start: int, steps: list[int]) -> None:
-    """Packets in order (most), gaps, repeats, late ones and sequence wrap-arounds: after each, ``_nack_add``
+    """Packets in order (most), gaps, repeats, late ones and sequence wrap-arounds: after each, ``nack_add``
     answers and leaves the generator as aiortc's own ``NackGenerator.add`` does on a twin."""
     ours, theirs = NackGenerator(), NackGenerator()
     seq = start
     for step in [0, *steps]:
         seq = (seq + step) & 0xFFFF
         packet = RtpPacket(sequence_number=seq)
-        assert _nack_add(ours, packet) == theirs.add(packet)
+        assert nack_add(ours, packet) == theirs.add(packet)
         assert (ours.max_seq, ours.missing) == (theirs.max_seq, theirs.missing)
 
 
@@ -226,18 +227,24 @@ def rtp_path(request, monkeypatch: pytest.MonkeyPatch):
     """A wire test on each per-packet path: the native one (``fleet._rtpnative``, where it can be used) and
     Python's: (the path, the native calls made). The native calls are counted on both: the test asks its own
     side's count of the native run (frames the socket took whole, nothing handed back to the transport; packets
-    read; or packets read into the native frame tap); the Python run must have made none."""
+    read; packets read into the native frame tap; or native frame taps made); the Python run must have made none."""
     native = request.param == "native"
     if native and srtpcalls.NATIVE_UNUSABLE is not None:
         pytest.skip(srtpcalls.NATIVE_UNUSABLE)
     monkeypatch.setenv("FLEET_RTP_NATIVE", "1" if native else "0")
-    calls = {"frames_taken_whole": 0, "reads": 0, "takes": 0}
-    take = srtpcalls.SrtpCalls.take
+    calls = {"frames_taken_whole": 0, "reads": 0, "takes": 0, "taps": 0}
+    take, native_tap = srtpcalls.SrtpCalls.take, fleet.rtp.native_tap
 
     def counted_take(*args: Any) -> Any:
         calls["takes"] += 1
         return take(*args)
+
+    def counted_tap(*args: Any) -> Any:
+        tap = native_tap(*args)
+        calls["taps"] += tap is not None
+        return tap
     monkeypatch.setattr(srtpcalls.SrtpCalls, "take", counted_take)
+    monkeypatch.setattr(fleet.rtp, "native_tap", counted_tap)
     if srtpcalls._rtpnative is not None:
         send_frame, unprotect_parse = srtpcalls._rtpnative.send_frame, srtpcalls._rtpnative.unprotect_parse
 
@@ -253,7 +260,7 @@ def rtp_path(request, monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setattr(srtpcalls._rtpnative, "unprotect_parse", counted_read)
     yield request.param, calls
     if not native:
-        assert calls == {"frames_taken_whole": 0, "reads": 0, "takes": 0}, "the Python run took the native path"
+        assert calls == {"frames_taken_whole": 0, "reads": 0, "takes": 0, "taps": 0}, "the Python run took the native path"
 
 
 def took_native(rtp_path: tuple[str, dict[str, int]], side: str) -> bool:
@@ -450,11 +457,15 @@ def test_a_lean_receiver_hands_over_every_frame_and_sends_reports_and_nacks(monk
 
             (report,) = await eventually(final_report)
             assert report.packetsLost == 1
+            # ... the repair marked the missing packet found, and the native run counted on the tap's state
+            assert not lean_path.generator.missing
+            streams = vars(taps[0].receiver)["_RTCRtpReceiver__remote_streams"]
+            assert (type(streams[tap.ssrc]) is NativeStreamStatistics) == (rtp_path[0] == "native")
         finally:
             await close(a, b)
 
     asyncio.run(main())
-    assert took_native(rtp_path, "takes")
+    assert took_native(rtp_path, "takes") and took_native(rtp_path, "taps")
 
 
 STALL_S = 0.06            # the loop kept busy right after a stalled frame's last packet left

@@ -22,6 +22,7 @@ from aiortc.rtp import RtpPacket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fleet.duties
 from fleet import srtpcalls
 from fleet.duties import NativeNack, NativeStreamStatistics, nack_add
 from fleet.rtp import TapCore
@@ -128,75 +129,86 @@ def rtp(seq: int, ts: int, marker: bool, payload: bytes, ssrc: int = SSRC, pt: i
 
 
 def stats(stream: StreamStatistics) -> tuple:
+    """What receiver reports and ``getStats`` read (``fraction_lost`` moves its priors: asked of both in step)."""
     return (stream.base_seq, stream.max_seq, stream.cycles, stream.packets_received, stream._jitter_q4,
-            stream._last_arrival, stream._last_timestamp, stream.packets_expected, stream.packets_lost, stream.jitter)
+            stream._last_arrival, stream._last_timestamp, stream.packets_expected, stream.packets_lost, stream.jitter,
+            stream.fraction_lost)
+
+
+def media(codec: int, first: bool, body: bytes) -> bytes:
+    """A payload: an H.264 single NAL unit (type 1), or VP8 after a descriptor (S on a frame's first packet)."""
+    return (b"\x41" if codec == CODEC_H264 else b"\x10" if first else b"\x00") + body
 
 
 @settings(max_examples=300, deadline=None)
-@given(frames=st.lists(st.tuples(st.lists(st.tuples(st.binary(min_size=1, max_size=1100), st.sampled_from("ddddddlrt")),
-                                          min_size=1, max_size=5),
-                                 st.integers(0, 20), st.integers(0, 3), st.integers(-40, 40)), min_size=1, max_size=10),
-       seq=st.integers(0, 0xFFFF), taken_over=st.integers(0, 3))
-def test_take_unprotects_reassembles_and_counts_as_pylibsrtp_aiortc_and_the_python_tap(frames, seq, taken_over) -> None:
-    """Single NAL units (type 1) in SRTP, each delivered (d), lost (l), delivered after the next one (r) or
-    tampered with (t): taken natively, against pylibsrtp's unprotect and aiortc's parse fed to ``TapCore``, to
-    aiortc's ``StreamStatistics`` (the same wall clock) and to aiortc's ``NackGenerator``. After every packet:
-    the same frames, the same report counters through ``NativeStreamStatistics`` and the same missing packets
-    through ``NativeNack`` (``take`` steps it for the next packet in order, ``nack_add`` for the others); a
-    tampered packet is dropped (0) and counted by neither. The first ``taken_over`` packets go through aiortc's
-    objects, then both carry on on the tap's state (as the lean receiver takes over a source aiortc's path saw)."""
+@given(frames=st.lists(st.tuples(st.lists(st.tuples(st.binary(min_size=1, max_size=1100), st.sampled_from("ddddddlrta"),
+                                                    st.integers(0, 30)), min_size=1, max_size=5),
+                                 st.integers(0, 20), st.integers(0, 3)), min_size=1, max_size=10),
+       seq=st.integers(0, 0xFFFF), taken_over=st.integers(0, 3), codec=st.sampled_from([CODEC_H264, CODEC_VP8]))
+def test_take_unprotects_reassembles_and_counts_as_pylibsrtp_aiortc_and_the_python_tap(frames, seq, taken_over,
+                                                                                        codec) -> None:
+    """Packets in SRTP, each delivered (d), lost (l), delivered after the next one (r), tampered with (t) or
+    delivered through aiortc's path (a: the tap's ``packet``, ``NativeStreamStatistics.add``, ``nack_add``, as the
+    lean receiver hands a held packet on), each at its own wall time: taken natively, against pylibsrtp's
+    unprotect and aiortc's parse fed to ``TapCore``, to aiortc's ``StreamStatistics`` (the same wall clock) and
+    to aiortc's ``NackGenerator``. After every packet: the same frames, the same report counters through
+    ``NativeStreamStatistics`` and the same missing packets through ``NativeNack`` (``take`` steps it for the next
+    packet in order, ``nack_add`` for the others); a tampered packet is dropped (0) and counted by neither. The
+    first ``taken_over`` packets go through aiortc's own objects, then both carry on on the tap's state (as the
+    lean receiver takes over a source aiortc's path saw)."""
     tx, rx = srtp_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND), SrtpCalls(srtp_session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
     twin_rx = srtp_session(pylibsrtp.Policy.SSRC_ANY_INBOUND)
     assert rx.native
-    wall = [1.7e9]
-    with pytest.MonkeyPatch.context() as patch:  # aiortc's statistics read this wall clock
+    wall = [0.0]
+    with pytest.MonkeyPatch.context() as patch:  # aiortc's statistics and NativeStreamStatistics read this wall clock
         patch.setattr(aiortc.rtcrtpreceiver, "time", SimpleNamespace(time=lambda: wall[0]))
-        judge_take(tx, rx, twin_rx, frames, seq, taken_over, wall)
+        patch.setattr(fleet.duties, "time", SimpleNamespace(time=lambda: wall[0]))
+        judge_take(tx, rx, twin_rx, frames, seq, taken_over, codec, wall)
 
 
-def judge_take(tx: Any, rx: SrtpCalls, twin_rx: Any, frames: list, seq: int, taken_over: int, wall: list[float]) -> None:
+def judge_take(tx: Any, rx: SrtpCalls, twin_rx: Any, frames: list, seq: int, taken_over: int, codec: int,
+               wall: list[float]) -> None:
     ours, theirs = Recorder(), Recorder()
     native, python = srtpcalls._rtpnative.Tap(ours), TapCore(theirs)
     their_stream, their_nack = StreamStatistics(90000), NackGenerator()
     our_stream, our_nack = StreamStatistics(90000), NackGenerator()  # until taken over
-    wire: list[tuple[bytes, bool]] = []
-    ts = 90000
-    for bodies, padding, csrcs, jitter in frames:
+    wire: list[tuple[bytes, bool, str, float]] = []
+    ts, at = 90000, 1.7e9
+    for bodies, padding, csrcs in frames:
         ts += 3000
-        for i, (body, fate) in enumerate(bodies):
-            seq, marker = (seq + 1) & 0xFFFF, i == len(bodies) - 1
-            data = tx.protect(rtp(seq, ts, marker, b"\x41" + body, padding=padding, csrcs=csrcs))
+        for i, (body, fate, late_ms) in enumerate(bodies):
+            seq, marker, at = (seq + 1) & 0xFFFF, i == len(bodies) - 1, at + 0.01
+            data = tx.protect(rtp(seq, ts, marker, media(codec, i == 0, body), padding=padding, csrcs=csrcs))
             if fate == "t":
                 data = data[:-1] + bytes([data[-1] ^ 1])
+            sent = (data, marker, fate, at + late_ms / 1000)  # arrival on the wall clock: the sender's pace, late by a jitter
             if fate == "r" and wire:
-                wire.insert(len(wire) - 1, (data, marker))
+                wire.insert(len(wire) - 1, sent)
             elif fate != "l":
-                wire.append((data, marker))
-        wall[0] += 3000 / 90000 + jitter / 1000
-    for n, (data, marker) in enumerate(wire):
+                wire.append(sent)
+    for n, (data, marker, fate, wall[0]) in enumerate(wire):
         now = 10.0 + n / 100
         try:
             packet = RtpPacket.parse(twin_rx.unprotect(data))
         except pylibsrtp.Error:
             packet = None
         if n == taken_over:  # from here on the tap counts, carrying on what aiortc's objects counted
-            native.clockrate = 90000
             our_stream, our_nack = NativeStreamStatistics(native, 90000, our_stream), NativeNack(native, our_nack)
-        if n < taken_over:  # aiortc's path unprotects on the same session
+        if n < taken_over or fate == "a":  # aiortc's path unprotects on the same session
             done = TAKEN | (MARKER if marker else 0) if rx.read(data) is not None else 0
             if packet is not None:
-                native.packet(CODEC_H264, packet.ssrc, packet.sequence_number, packet.timestamp, packet.marker,
-                              packet.payload, now, True)
                 our_stream.add(packet)
-                our_missed = our_nack.add(packet)
+                our_missed = nack_add(our_nack, packet)
+                native.packet(codec, packet.ssrc, packet.sequence_number, packet.timestamp, packet.marker,
+                              packet.payload, now, True)
         else:
-            done = native.take(srtpcalls._UNPROTECT, rx.address, data, CODEC_H264, now, wall[0])  # SrtpCalls.take's call
+            done = native.take(srtpcalls._UNPROTECT, rx.address, data, codec, now, wall[0])  # SrtpCalls.take's call
             our_missed = bool(done & NACK_DUE) and nack_add(our_nack, packet)
         if packet is None:
             assert done == 0
             continue
         assert done & ~NACK_DUE == TAKEN | (MARKER if marker else 0)
-        python.packet(CODEC_H264, packet.ssrc, packet.sequence_number, packet.timestamp, packet.marker,
+        python.packet(codec, packet.ssrc, packet.sequence_number, packet.timestamp, packet.marker,
                       packet.payload, now, True)
         their_stream.add(packet)
         assert our_missed == their_nack.add(packet), n
@@ -205,12 +217,25 @@ def judge_take(tx: Any, rx: SrtpCalls, twin_rx: Any, frames: list, seq: int, tak
         assert ours.frames == theirs.frames, n
 
 
+def test_a_frame_past_the_first_buffer_comes_whole() -> None:
+    """An IDR slice of 100 FU-As of 1,200 bytes (120 kB: past the tap's first 64 KiB buffer, which doubles)."""
+    body = bytes(range(256)) * 470
+    pieces = [body[i:i + 1200] for i in range(0, len(body), 1200)]
+    for make in (srtpcalls._rtpnative.Tap, TapCore):
+        frames = Recorder()
+        core = make(frames)
+        for i, piece in enumerate(pieces):
+            fu = (0x80 if i == 0 else 0) | (0x40 if i == len(pieces) - 1 else 0) | 5
+            core.packet(CODEC_H264, SSRC, i, 3000, i == len(pieces) - 1, bytes([0x7C, fu]) + piece, 1.0, False)
+        assert frames.frames == [(3000, 1.0, 1.0, b"\x00\x00\x00\x01\x65" + body, len(pieces), True, True, False)]
+
+
 def test_take_without_a_stamp_times_the_packet_on_time_monotonic() -> None:
     tx, rx = srtp_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND), SrtpCalls(srtp_session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
     frames = Recorder()
     native = srtpcalls._rtpnative.Tap(frames)
     before = time.monotonic()
-    native.clockrate, native.missing = 90000, set()
+    NativeStreamStatistics(native, 90000), NativeNack(native)
     rx.take(native, tx.protect(rtp(7, 3000, True, b"\x65\x01")), CODEC_H264, None)
     after = time.monotonic()
     [(ts, first, arrival, data, count, key, complete, exact)] = frames.frames
