@@ -241,3 +241,32 @@ def test_take_without_a_stamp_times_the_packet_on_time_monotonic() -> None:
     [(ts, first, arrival, data, count, key, complete, exact)] = frames.frames
     assert before <= first == arrival <= after and not exact
     assert (ts, data, count, key, complete) == (3000, b"\x00\x00\x00\x01\x65\x01", 1, True, True)
+
+
+def test_the_lean_receiver_shows_aiortc_the_taps_statistics_once_a_packet_is_counted() -> None:
+    """A receiver never started (test_rtp's), its lean path taking packets directly: a first datagram that is
+    dropped leaves aiortc's streams without the source (a stream there with no packet would break its reports);
+    the next one puts the tap's statistics there; a source aiortc's path counted first is carried on."""
+    from fleet.leanrtp import LeanReceive
+    from tests.test_rtp import H264_PT, receiver
+
+    tx, rx = srtp_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND), SrtpCalls(srtp_session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    frames = Recorder()
+    recv = receiver()
+    lean = LeanReceive(recv, lambda *a: None, srtpcalls._rtpnative.Tap(frames))
+    streams = vars(recv)["_RTCRtpReceiver__remote_streams"]
+    first = tx.protect(rtp(1, 3000, True, b"\x65\x01"))
+    lean.take(rx, first[:-1] + bytes([first[-1] ^ 1]), CODEC_H264, H264_PT, SSRC, 1.0)
+    assert SSRC not in streams and lean.taken == 0
+    lean.take(rx, tx.protect(rtp(2, 6000, True, b"\x65\x02")), CODEC_H264, H264_PT, SSRC, 2.0)
+    assert type(streams[SSRC]) is NativeStreamStatistics and lean.taken == 1
+    assert (streams[SSRC].packets_expected, streams[SSRC].packets_received, len(frames.frames)) == (1, 1, 1)
+
+    recv = receiver()  # aiortc's path saw the source first: its counts go on
+    lean = LeanReceive(recv, lambda *a: None, srtpcalls._rtpnative.Tap(Recorder()))
+    streams = vars(recv)["_RTCRtpReceiver__remote_streams"]
+    lean.duties(RtpPacket.parse(rtp(10, 3000, True, b"\x65\x01")))
+    lean.take(rx, tx.protect(rtp(12, 6000, True, b"\x65\x02")), CODEC_H264, H264_PT, SSRC, 2.0)
+    assert type(streams[SSRC]) is NativeStreamStatistics
+    assert (streams[SSRC].base_seq, streams[SSRC].max_seq, streams[SSRC].packets_received, streams[SSRC].packets_lost) \
+        == (10, 12, 2, 1)
