@@ -100,7 +100,8 @@ class NativeStreamStatistics(StreamStatistics):
     _clockrate = _on_core("clockrate")
 
     def __init__(self, core: Any, clockrate: int, taken_over: StreamStatistics | None = None) -> None:
-        """``taken_over``: the statistics aiortc kept for the source so far, carried on."""
+        """``taken_over``: the statistics aiortc kept for the source so far, carried on. Making one sets the
+        tap's counters to ``taken_over``'s, or to none counted: one tap, one source's statistics at a time."""
         self._core = core
         super().__init__(clockrate)
         if taken_over is not None:

@@ -218,7 +218,7 @@ def judge_take(tx: Any, rx: SrtpCalls, twin_rx: Any, frames: list, seq: int, tak
 
 
 def test_a_frame_past_the_first_buffer_comes_whole() -> None:
-    """An IDR slice of 100 FU-As of 1,200 bytes (120 kB: past the tap's first 64 KiB buffer, which doubles)."""
+    """An IDR slice of 101 FU-As of up to 1,200 bytes (120 kB: past the tap's first 64 KiB buffer, which doubles)."""
     body = bytes(range(256)) * 470
     pieces = [body[i:i + 1200] for i in range(0, len(body), 1200)]
     for make in (srtpcalls._rtpnative.Tap, TapCore):
@@ -255,12 +255,23 @@ def test_the_lean_receiver_shows_aiortc_the_taps_statistics_once_a_packet_is_cou
     recv = receiver()
     lean = LeanReceive(recv, lambda *a: None, srtpcalls._rtpnative.Tap(frames))
     streams = vars(recv)["_RTCRtpReceiver__remote_streams"]
+    active = vars(recv)["_RTCRtpReceiver__active_ssrc"]
     first = tx.protect(rtp(1, 3000, True, b"\x65\x01"))
     lean.take(rx, first[:-1] + bytes([first[-1] ^ 1]), CODEC_H264, H264_PT, SSRC, 1.0)
     assert SSRC not in streams and lean.taken == 0
     lean.take(rx, tx.protect(rtp(2, 6000, True, b"\x65\x02")), CODEC_H264, H264_PT, SSRC, 2.0)
-    assert type(streams[SSRC]) is NativeStreamStatistics and lean.taken == 1
+    assert type(streams[SSRC]) is NativeStreamStatistics and lean.taken == 1 and SSRC in active
     assert (streams[SSRC].packets_expected, streams[SSRC].packets_received, len(frames.frames)) == (1, 1, 1)
+
+    recv = receiver()  # a dropped take, then aiortc's path counts: the next take carries that count on
+    lean = LeanReceive(recv, lambda *a: None, srtpcalls._rtpnative.Tap(Recorder()))
+    streams = vars(recv)["_RTCRtpReceiver__remote_streams"]
+    dropped = tx.protect(rtp(3, 9000, True, b"\x65\x03"))
+    lean.take(rx, dropped[:-1] + bytes([dropped[-1] ^ 1]), CODEC_H264, H264_PT, SSRC, 3.0)
+    lean.duties(RtpPacket.parse(rtp(5, 9000, True, b"\x65\x01")))
+    lean.take(rx, tx.protect(rtp(6, 12000, True, b"\x65\x02")), CODEC_H264, H264_PT, SSRC, 4.0)
+    assert type(streams[SSRC]) is NativeStreamStatistics
+    assert (streams[SSRC].base_seq, streams[SSRC].max_seq, streams[SSRC].packets_received) == (5, 6, 2)
 
     recv = receiver()  # aiortc's path saw the source first: its counts go on
     lean = LeanReceive(recv, lambda *a: None, srtpcalls._rtpnative.Tap(Recorder()))
