@@ -358,9 +358,11 @@ class LeanReceive:
         if not done:  # dropped, as ``read`` drops
             return
         self.taken += 1
-        if done & MARKER or stream is not self.stats:
-            self.active[ssrc] = clock.current_datetime()
+        if stream is not self.stats:  # its first packet counted: aiortc's reports read it from here on
             self.streams[ssrc] = self.stats
+            self.active[ssrc] = clock.current_datetime()
+        elif done & MARKER:
+            self.active[ssrc] = clock.current_datetime()
         if done & NACK_DUE and nack_add(self.generator, _Sequence(int.from_bytes(data[2:4], "big"))):
             self.nack(ssrc)
 
