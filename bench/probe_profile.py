@@ -174,6 +174,7 @@ def without(part: str) -> list[bool]:
     latency calibration and a prompt switch's window still decode), "status" (no status read while the session
     runs). Empty: nothing."""
     import fleet.leanrtp as leanrtp
+    import fleet.leansend as leansend
     from fleet.media import ClipPayloads, PacketTrack
     from fleet.probe import session
     from fleet.probe.output import OutputWatch
@@ -207,10 +208,10 @@ def without(part: str) -> list[bool]:
             return True
         leanrtp._skip_stun = skip_stun
     elif part == "packets":  # the frame's payloads (VP8: a picture ID put in each), their headers, SRTP, sending
-        frame, payloads, picture_id = leanrtp._LeanSender.frame, ClipPayloads.frame, leanrtp._LeanSender._picture_id
-        leanrtp._LeanSender.frame = lambda self, *a: None if flag[0] else frame(self, *a)  # type: ignore[method-assign]
+        frame, payloads, picture_id = leansend._LeanSender.frame, ClipPayloads.frame, leansend._LeanSender._picture_id
+        leansend._LeanSender.frame = lambda self, *a: None if flag[0] else frame(self, *a)  # type: ignore[method-assign]
         ClipPayloads.frame = lambda self, *a: () if flag[0] else payloads(self, *a)  # type: ignore[method-assign]
-        leanrtp._LeanSender._picture_id = lambda self, *a: 0 if flag[0] else picture_id(self, *a)  # type: ignore[method-assign]
+        leansend._LeanSender._picture_id = lambda self, *a: 0 if flag[0] else picture_id(self, *a)  # type: ignore[method-assign]
     elif part == "pacing":
         next_frame = PacketTrack.next_frame
 

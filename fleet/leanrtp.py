@@ -6,7 +6,8 @@ queue hop, the DTLS transport's loop, a parse with every header extension, then 
 buffer whose frames the probe throws away (its decoder is starved: ``fleet.rtp``). Measured, that is most of
 a probe session's CPU. ``lean_sender`` and ``lean_receive`` keep the duties the far end relies on (the same
 video packets and header extensions; sender reports; NACKs answered, with RTX when negotiated; receiver
-reports and NACKs sent) and drop the rest. Signalling, ICE, DTLS, SRTP keys and RTCP stay aiortc's. Where
+reports and NACKs sent) and drop the rest. Signalling, ICE, DTLS, SRTP keys and RTCP stay aiortc's (its
+RTCP handlers called as a datagram arrives, without its queue: ``fleet.leanice``). Where
 the C extension was built (``fleet.srtpcalls.native_enabled``), a frame's packets are built, protected and sent in one
 native call (one ``sendmmsg``), and a received media packet is unprotected, parsed, counted for the receiver's
 reports and NACKs (``fleet.duties``) and reassembled by the frame tap (``fleet._rtpnative.Tap``) in one; the rest
@@ -26,227 +27,20 @@ The private attributes used here are checked on import by ``fleet.webrtc`` (``ch
 from __future__ import annotations
 
 import asyncio
-import logging
-import random
 import time
-from collections.abc import Callable, Sequence
-from struct import pack
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from aiortc import RTCRtpReceiver, RTCRtpSender, clock
-from aiortc.codecs import get_encoder
-from aiortc.codecs.vpx import Vp8Encoder
-from aiortc.mediastreams import MediaStreamError
-from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, RtpPacket, wrap_rtx
-from aioice.turn import TurnTransport
+from aiortc import RTCRtpReceiver, clock
 
 from fleet.duties import NativeNack, NativeStreamStatistics, nack_add, receiver_duties
-from fleet.media import ClipPayloads, PacketTrack, clip_payloads
-from fleet.sockstamp import arrival_clock
-from fleet.srtpcalls import RTP_HEADER as _RTP_HEADER
+from fleet.leanice import is_rtcp, rtcp_now
+from fleet.leanice import skip_stun as _skip_stun
+from fleet.leansend import lean_sender
 from fleet.srtpcalls import MARKER, NACK_DUE, TAP_CODECS, RtpView, SrtpCalls, is_native_tap, parse_rtp, srtp_calls
 from fleet.webrtc import PayloadKinds  # its import also checks the private API used here
 
 __all__ = ["LeanReceive", "RtpView", "lean_receive", "lean_sender", "parse_rtp"]
-
-_NTP_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
-
-
-def _ntp_now() -> int:
-    """The NTP time now, 32.32 fixed point (aiortc's clock.current_ntp_time, read without datetime)."""
-    return int((time.time() + _NTP_OFFSET) * (1 << 32))
-
-
-def lean_sender(sender: RTCRtpSender) -> None:
-    """Give ``sender`` (video; its track hands out pre-encoded ``av.Packet``s) a send loop that costs less per packet
-    than aiortc's, and the retransmission that goes with it. Call before negotiation starts the sender.
-
-    On the wire nothing changes: the same payloads (a ``PacketTrack``'s clip packetized once per process by
-    aiortc's own packetizers, ``fleet.media.ClipPayloads``; VP8's picture ID counted by the sender's encoder), the
-    same RTP header, the same header extensions (mid, abs-send-time) serialized by aiortc's own extension map
-    once per mid, abs-send-time filled in per frame (a frame's packets leave in one loop iteration; its unit is
-    3.8 µs), the same sequence numbers and timestamps. The history kept for
-    NACKs holds each packet's bytes; a retransmission parses them back and goes out as aiortc's would (RTX when
-    negotiated). Sender reports read the same counters, updated once per frame."""
-    lean = _LeanSender(sender)
-    sender._run_rtp = lean.run  # type: ignore[method-assign]
-    sender._retransmit = lean.retransmit  # type: ignore[method-assign]
-
-
-_P = "_RTCRtpSender__"  # the sender's private attributes
-
-
-class _LeanSender:
-    def __init__(self, sender: RTCRtpSender) -> None:
-        self.sender = sender
-        self.history: dict[int, bytes] = getattr(sender, _P + "rtp_history")
-        self.extensions = getattr(sender, _P + "rtp_header_extensions_map")
-        self.seq = random.randint(0, 0xFFFF)
-        self.origin = random.getrandbits(32)
-        self.block: tuple[str | None, int, bytes, bytes, bool] | None = None  # (mid, _extension_block(mid))
-        self.srtp: SrtpCalls | None = None
-
-    def _extension_block(self, mid: str | None) -> tuple[int, bytes, bytes, bool]:
-        """The RTP header's first byte and its extension block, serialized once by aiortc's extension map and
-        split around abs-send-time's 3 bytes (found as the bytes two serializations of it differ in), which
-        ``frame`` fills in per frame: (first byte, block before, block after, whether abs-send-time is in it)."""
-        def block(abs_send_time: int) -> bytes:
-            values = HeaderExtensions()
-            values.mid, values.abs_send_time = mid, abs_send_time
-            profile, ext = self.extensions.set(values)
-            return pack("!HH", profile, len(ext) >> 2) + ext if ext else b""
-
-        low, high = block(0), block(0xFFFFFF)
-        if not low:
-            return 0x80, b"", b"", False
-        at = [k for k in range(len(low)) if low[k] != high[k]]
-        if not at:
-            return 0x90, low, b"", False
-        if at != [at[0], at[0] + 1, at[0] + 2]:
-            raise RuntimeError("aiortc's abs-send-time extension is no longer 3 bytes in one place")
-        return 0x90, low[: at[0]], low[at[0] + 3:], True
-
-    def route(self) -> tuple[SrtpCalls, Any, Any, int | None]:
-        """SRTP, the nominated ICE pair's transport, its address and, for the native path, the file descriptor
-        of the transport's own datagram socket (None: no native path, or a TURN relay, or data already queued
-        in the transport): what aiortc's transports go through per packet in three coroutines, resolved once
-        per frame (its packets leave in one loop turn)."""
-        dtls = self.sender.transport
-        pair = dtls.transport._connection._nominated.get(1)
-        if dtls.state != "connected" or pair is None:
-            raise ConnectionError("cannot send RTP, not connected")
-        self.srtp = srtp = srtp_calls(self.srtp, dtls._tx_srtp)
-        assert srtp is not None  # keyed once DTLS is connected
-        transport: Any = pair.protocol.transport
-        fd = None
-        if srtp.native and not isinstance(transport, TurnTransport) and not transport.is_closing() \
-                and not transport.get_write_buffer_size():
-            sock = transport.get_extra_info("socket")
-            fd = sock.fileno() if sock is not None else None
-        return srtp, transport, pair.remote_addr, fd
-
-    def frame(self, payloads: Sequence[bytes], rtp_timestamp: int, payload_type: int) -> None:
-        """One frame's packets out, and the counters sender reports read."""
-        s = self.sender
-        timestamp = (self.origin + rtp_timestamp) & 0xFFFFFFFF
-        mid = getattr(s, _P + "mid")
-        if self.block is None or self.block[0] != mid:
-            self.block = (mid, *self._extension_block(mid))
-        _, head0, before, after, timed = self.block
-        ext_block = before + ((_ntp_now() >> 14) & 0xFFFFFF).to_bytes(3, "big") + after if timed else before
-        srtp, transport, address, fd = self.route()
-        last, octets, sent, seq, ssrc, history = len(payloads) - 1, 0, 0, self.seq, s._ssrc, self.history
-        try:
-            if fd is not None:  # built, protected and sent in one native call
-                sent, octets, unsent, error = srtp.send_frame(fd, address, (head0, payload_type, seq, timestamp, ssrc),
-                                                              ext_block, payloads, history, RTP_HISTORY_SIZE)
-                self.seq = (seq + sent) & 0xFFFF
-                for data in unsent:
-                    transport.sendto(data, address)
-                if error is not None:
-                    raise error
-                return
-            protect, sendto = srtp.protect, transport.sendto
-            for i, payload in enumerate(payloads):
-                data = _RTP_HEADER.pack(head0, payload_type | (0x80 if i == last else 0), seq, timestamp, ssrc)
-                data += ext_block + payload
-                history[seq % RTP_HISTORY_SIZE] = data
-                sendto(protect(data), address)
-                octets, sent = octets + len(payload), sent + 1
-                seq = self.seq = (seq + 1) & 0xFFFF
-        finally:  # the packets that left, as aiortc counts them (its reports go on after a failed send)
-            if sent:
-                setattr(s, _P + "ntp_timestamp", _ntp_now())
-                setattr(s, _P + "rtp_timestamp", timestamp)
-                setattr(s, _P + "octet_count", getattr(s, _P + "octet_count") + octets)
-                setattr(s, _P + "packet_count", getattr(s, _P + "packet_count") + sent)
-
-    def _picture_id(self, codec: Any) -> int:
-        """VP8's next picture ID, from the sender's own encoder (made as aiortc makes it, with a random first
-        ID), which counts on: a track that aiortc packs later goes on from it. 0 for H.264 (unused)."""
-        encoder = getattr(self.sender, _P + "encoder")
-        if encoder is None:
-            encoder = get_encoder(codec)
-            setattr(self.sender, _P + "encoder", encoder)
-        if not isinstance(encoder, Vp8Encoder):
-            return 0
-        picture_id = encoder.picture_id
-        encoder.picture_id = (picture_id + 1) % (1 << 15)
-        return picture_id
-
-    async def run(self, codec: Any) -> None:
-        """aiortc's ``_run_rtp``: frames from the track until it ends or the sender stops; the exit signalled."""
-        s = self.sender
-        getattr(s, _P + "rtp_started").set()
-        name = codec.name.lower()
-        packed: tuple[Any, PacketTrack | None, ClipPayloads | None] = (None, None, None)  # track; as a clip's, its payloads
-        try:
-            while True:
-                track = s.track
-                if not track:
-                    await asyncio.sleep(0.02)
-                    continue
-                if track is not packed[0]:
-                    clip = track if isinstance(track, PacketTrack) and track.clip.codec == name else None
-                    packed = (track, clip, clip_payloads(clip.clip) if clip is not None else None)
-                _, clip, payloads = packed
-                if clip is not None and payloads is not None:
-                    # the clip's frames packetized once, what aiortc's pack would give (``ClipPayloads``)
-                    index, pts = await clip.next_frame()
-                    if s._enabled:
-                        self.frame(payloads.frame(index, self._picture_id(codec)), pts, codec.payloadType)
-                    continue
-                encoded = await s._next_encoded_frame(codec)
-                if encoded is not None:
-                    self.frame(encoded.payloads, encoded.timestamp, codec.payloadType)
-        except (asyncio.CancelledError, ConnectionError, MediaStreamError):
-            pass
-        except Exception:  # noqa: BLE001 - as aiortc's loop: the exit must be signalled, or stop() hangs
-            logging.getLogger(__name__).warning("RTP send loop failed", exc_info=True)
-        if s.track:
-            s.track.stop()
-            setattr(s, _P + "track", None)
-        setattr(s, _P + "encoder", None)
-        getattr(s, _P + "rtp_exited").set()
-
-    async def retransmit(self, sequence_number: int) -> None:
-        """aiortc's ``_retransmit``: the packet a NACK names, from the history, as RTX when negotiated."""
-        s = self.sender
-        data = self.history.get(sequence_number % RTP_HISTORY_SIZE)
-        if data is None:
-            return
-        packet = RtpPacket.parse(data, self.extensions)
-        if packet.sequence_number != sequence_number:
-            return
-        rtx_pt = getattr(s, _P + "rtx_payload_type")
-        if rtx_pt is not None:
-            rtx_seq = getattr(s, _P + "rtx_sequence_number")
-            packet = wrap_rtx(packet, payload_type=rtx_pt, sequence_number=rtx_seq, ssrc=s._rtx_ssrc)
-            setattr(s, _P + "rtx_sequence_number", (rtx_seq + 1) & 0xFFFF)
-        await s.transport._send_rtp(packet.serialize(self.extensions))
-
-
-def _skip_stun(connection: Any, component: int, data_received: Callable[[bytes, int, float | None], None]) -> bool:
-    """Hand the nominated pair's datagrams whose first byte says RTP or RTCP (128-191, RFC 7983 section 7)
-    straight to ``data_received``, without aioice's attempt to parse each as STUN first (a STUN message's first
-    byte is 0-3: the attempt fails for every one); False while no pair is nominated. A datagram whose second
-    byte has its top bit set (an RTP packet with the marker bit, a frame's last, which times the frame; or RTCP)
-    comes with when it reached the socket (``fleet.sockstamp``, whose stamping starts here; None where the
-    kernel cannot tell); the others with None (asking costs a system call, 1 µs, per packet)."""
-    pair = connection._nominated.get(component)
-    if pair is None:
-        return False
-    parse_first = pair.protocol.datagram_received
-    arrival = arrival_clock(pair.protocol.transport)
-
-    def datagram_received(data: bytes, addr: Any) -> None:
-        if data and 127 < data[0] < 192:
-            data_received(data, component, arrival() if arrival is not None and len(data) > 1 and data[1] & 0x80 else None)
-        else:
-            parse_first(data, addr)  # STUN (consent checks) and DTLS
-
-    pair.protocol.datagram_received = datagram_received
-    return True
 
 
 class _Sequence(NamedTuple):
@@ -272,11 +66,12 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float, bool
 
     The connection must carry this receiver's media alone (the probe's egress connection has one
     transceiver, never bundled): the first media packet's SSRC is the one taken; packets of any other, and
-    those that are not the receiver's media (DTLS, RTCP, retransmissions, other payload types), take aiortc's
+    those that are not the receiver's media (DTLS, retransmissions, other payload types), take aiortc's
     own path (before SRTP is keyed aiortc has not set the receiver's codecs yet, so every packet does), as do
     this SSRC's packets that arrive while older data waits in aiortc's queue (kept in order behind it): their
     stamps are held for ``LeanReceive.arrival``. The object returned is what ``tap_rtp``'s handler awaits for
-    the packets of aiortc's path. With ``core``, a native frame tap (``fleet._rtpnative.Tap``: what ``on_packet``
+    the packets of aiortc's path. RTCP goes to aiortc's handlers at once (``fleet.leanice.rtcp_now``) unless
+    older data waits. With ``core``, a native frame tap (``fleet._rtpnative.Tap``: what ``on_packet``
     hands its packets to), a VP8 or H.264 packet goes to it in the same call that unprotects it, without
     ``on_packet``, where the session's SRTP is native too."""
     return LeanReceive(receiver, on_packet, core)
@@ -313,7 +108,8 @@ class LeanReceive:
         if not self.direct:
             self.direct = _skip_stun(self.connection, component, self.data_received)
         if len(data) < 12 or not 127 < data[0] < 192 or 192 <= data[1] <= 223:
-            self.original(data, component)  # DTLS, RTCP
+            if not (is_rtcp(data) and self.queued.empty() and rtcp_now(self.dtls, data)):
+                self.original(data, component)  # DTLS; RTCP while older data waits or before SRTP is keyed
             return
         pt, ssrc = data[1] & 0x7F, int.from_bytes(data[8:12], "big")  # the RTP header is not encrypted
         kind = self.kinds[pt]

@@ -16,7 +16,7 @@ cheaply, needs the packets themselves:
   counting done with the native tap's reassembly in one call, on aiortc's own
   objects: ``fleet.duties``).
 - ``PacketTrack`` (fleet.media) sends pre-encoded frames: aiortc packetizes them
-  without encoding, and the lean sender (``fleet.leanrtp``) sends its clip as
+  without encoding, and the lean sender (``fleet.leansend``) sends its clip as
   packetized once per process; a keyframe request moves it to the clip's next
   keyframe.
 

@@ -21,8 +21,8 @@ Three settings aiortc does not expose are made here, in one place:
   ``getStats`` has no ``candidate-pair``; aioice keeps the nominated pair.
 
 Every use of aiortc's, aioice's and pylibsrtp's private API in the fleet is in this module, in
-``fleet.leanrtp`` (the probe's cheaper RTP data path: the sender's send loop, the receiver's RTP duties,
-the transports under them), ``fleet.srtpcalls`` (libsrtp on pylibsrtp's session buffer) and
+``fleet.leanrtp`` and ``fleet.leansend`` (the probe's cheaper RTP data path: the receiver's RTP duties, the
+sender's send loop, the transports under them), ``fleet.srtpcalls`` (libsrtp on pylibsrtp's session buffer) and
 ``fleet.media.ClipPayloads`` (aiortc's packetizers, called once per clip frame); all are checked here.
 Here, the receiver's internals the frame tap needs: ``request_keyframe``, ``tap_rtp``,
 ``receiver_codec``, ``starve_decoder``, ``drop_bandwidth_estimator``, ``timestamp_origin``; the ICE
@@ -47,7 +47,7 @@ from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCIceTran
                     RTCRtpSender)
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
-from aiortc.rtcdtlstransport import RTCCertificate
+from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
@@ -68,7 +68,8 @@ _PRIVATE = ((aioice.ice, "get_host_addresses"), (aioice.ice, "CONSENT_FAILURES")
             (pylibsrtp, "SRTP_MAX_TRAILER_LEN"), (srtp_lib, "srtp_protect"), (srtp_lib, "srtp_unprotect"),
             (RTCCertificate, "_create_ssl_context"), (RTCRtpSender, "_send_keyframe"),
             (RTCRtpSender, "_run_rtp"), (RTCRtpSender, "_retransmit"), (RTCRtpSender, "_next_encoded_frame"),
-            (RTCRtpReceiver, "_send_rtcp_pli"), (RTCRtpReceiver, "_send_rtcp_nack"), (RTCRtpReceiver, "_handle_rtp_packet"))
+            (RTCRtpReceiver, "_send_rtcp_pli"), (RTCRtpReceiver, "_send_rtcp_nack"), (RTCRtpReceiver, "_handle_rtp_packet"),
+            (RTCDtlsTransport, "_handle_rtcp_data"))
 _RECEIVER_FIELDS = ("__decoder_queue", "__remote_bitrate_estimator", "__codecs", "__timestamp_mapper", "__active_ssrc",
                     "__remote_streams", "__rtx_ssrc", "__nack_generator")
 _SENDER_FIELDS = ("__rtp_history", "__rtp_header_extensions_map", "__rtp_started", "__rtp_exited", "__mid", "__track",
@@ -76,7 +77,8 @@ _SENDER_FIELDS = ("__rtp_history", "__rtp_header_extensions_map", "__rtp_started
                   "__rtx_payload_type", "__rtx_sequence_number")
 # instance attributes set in __init__: (class, name)
 _INSTANCE_FIELDS = ((RTCIceTransport, "_connection"), (aioice.ice.Connection, "_nominated"),
-                    (aioice.ice.CandidatePair, "protocol"), (RTCRtpSender, "_enabled"), (pylibsrtp.Session, "_srtp"),
+                    (aioice.ice.CandidatePair, "protocol"), (aioice.ice.Connection, "_queue"),
+                    (RTCDtlsTransport, "_rx_srtp"), (RTCRtpSender, "_enabled"), (pylibsrtp.Session, "_srtp"),
                     (Vp8Encoder, "picture_id"), (NackGenerator, "max_seq"), (NackGenerator, "missing"),
                     (pylibsrtp.Session, "_cdata"), (pylibsrtp.Session, "_buffer"),
                     (aioice.turn.TurnTransport, "_TurnTransport__inner_protocol"))

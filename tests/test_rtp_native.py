@@ -19,7 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fleet import srtpcalls
-from fleet.leanrtp import _LeanSender
+from fleet.leansend import _LeanSender
 from fleet.srtpcalls import SrtpCalls
 from tests.test_lean_rtp import extension_map
 from tests.test_lean_rtp import srtp_session as session  # keyed with one fixed key: protection is deterministic
@@ -248,6 +248,32 @@ def test_only_an_open_socket_of_its_own_with_nothing_queued_takes_the_native_sen
     assert lean.route()[3] == (5 if native_route else None)
     monkeypatch.setenv("FLEET_RTP_NATIVE", "off")
     assert lean_sender_on(transport).route()[3] is None
+
+
+@needs_native
+def test_the_kept_route_follows_the_pair_the_session_and_the_transport_as_they_change() -> None:
+    """What a pair and its SRTP session fix is kept between frames; a transport that starts queueing or closes
+    takes the native send away at the next frame, a newly nominated pair or session gives a new route."""
+    first = FakeTransport(5)
+    lean = lean_sender_on(first)
+    dtls = lean.sender.transport
+    assert lean.route()[1:] == (first, ("127.0.0.1", 9), 5)
+    first.queued = 1
+    assert lean.route()[3] is None
+    first.queued = 0
+    assert lean.route()[3] == 5
+    second = FakeTransport(6)
+    dtls.transport._connection._nominated[1] = SimpleNamespace(protocol=SimpleNamespace(transport=second),
+                                                               remote_addr=("127.0.0.2", 10))
+    assert lean.route()[1:] == (second, ("127.0.0.2", 10), 6)
+    kept = lean.route()[0]
+    dtls._tx_srtp = session(OUT)
+    assert lean.route()[0] is not kept and lean.route()[0].session is dtls._tx_srtp
+    second.closing = True
+    assert lean.route()[3] is None
+    dtls.state = "closed"
+    with pytest.raises(ConnectionError):
+        lean.route()
 
 
 @needs_native

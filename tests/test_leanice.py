@@ -1,0 +1,173 @@
+"""SRTCP handled as it arrives (fleet.leanice): ``run_now`` runs aiortc's handlers to their end, or hands one
+that waits to a task; over real peer connections, the RTCP each side gets (receiver reports, sender reports,
+a keyframe request, a NACK) reaches aiortc's own handlers without aioice's queue once the lean paths are in
+place, and does what it does on aiortc's path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aioice.ice
+import pytest
+from aiortc import RTCRtpReceiver
+
+import fleet.leanice
+import fleet.leanrtp
+from fleet.leanice import is_rtcp, run_now
+from fleet.leanrtp import lean_sender
+from fleet.media import H264_PROFILE_LEVEL_ID, PacketTrack, synthetic_clip
+from fleet.rtp import FrameTap, TapFrame
+from fleet.webrtc import codecs_named, loopback_pair, on_keyframe_request, request_keyframe
+from test_lean_rtp import DEADLINE_S, until
+
+FPS = 30.0
+
+
+# --- run_now --------------------------------------------------------------------------------------------------
+
+def test_a_coroutine_that_never_waits_runs_to_its_end_in_the_call() -> None:
+    done: list[str] = []
+
+    async def handler() -> None:
+        done.append("ran")
+
+    run_now(handler())   # no event loop at all: nothing is scheduled
+    assert done == ["ran"]
+
+
+def test_a_coroutine_that_waits_goes_on_in_a_task_with_what_it_waited_for() -> None:
+    steps: list[Any] = []
+
+    async def main() -> None:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def handler() -> None:
+            steps.append("before")
+            steps.append(await future)
+            await asyncio.sleep(0)   # a bare yield, too
+            steps.append("after")
+
+        run_now(handler())
+        assert steps == ["before"] and len(fleet.leanice._GOING_ON) == 1
+        future.set_result(7)
+        (task,) = fleet.leanice._GOING_ON
+        await asyncio.wait_for(task, DEADLINE_S)
+        assert steps == ["before", 7, "after"] and not fleet.leanice._GOING_ON
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("waits", [False, True], ids=["at once", "after a wait"])
+def test_a_handler_that_raises_is_logged_not_raised(waits: bool, caplog: pytest.LogCaptureFixture) -> None:
+    async def handler() -> None:
+        if waits:
+            await asyncio.sleep(0)
+        raise ValueError("bad packet")
+
+    async def main() -> None:
+        run_now(handler())
+        for task in list(fleet.leanice._GOING_ON):
+            await asyncio.wait_for(task, DEADLINE_S)
+
+    with caplog.at_level(logging.WARNING, logger="fleet.leanice"):
+        asyncio.run(main())
+    assert [r.exc_info[1].args for r in caplog.records if r.exc_info] == [("bad packet",)]
+
+
+@pytest.mark.parametrize("data, rtcp", [
+    (bytes([0x80, 200]) + bytes(26), True), (bytes([0x81, 223]) + bytes(26), True),     # SR; the last RTCP type
+    (bytes([0x80, 96]) + bytes(26), False), (bytes([0x80, 0xE0]) + bytes(26), False),   # RTP (PT 96, 96+marker)
+    (bytes([0x80, 191]) + bytes(26), False), (bytes([23, 200]) + bytes(26), False),      # PT 63+marker; DTLS
+    (bytes([0x80]), False), (b"", False)])
+def test_rtcp_is_told_by_its_first_two_bytes(data: bytes, rtcp: bool) -> None:
+    assert is_rtcp(data) is rtcp
+
+
+# --- over real peer connections -------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_rtcp_reaches_aiortcs_handlers_on_both_sides_without_its_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lean sender and a lean receiver over loopback: every RTCP datagram either side gets once its lean path
+    is in place is handled at once (counted per side), none goes into aioice's queue after that, and what
+    the handlers do is done: the sender has the receiver's reports, the receiver the sender's, a keyframe
+    request reaches the sender's track, a NACK is answered."""
+    direct: dict[int, int] = {}      # id(DTLS transport) -> RTCP datagrams handled at once
+    queued_after: dict[int, int] = {}  # id(DTLS transport) -> RTCP datagrams queued once one was handled at once
+    dtls_of: dict[int, Any] = {}      # id(aioice connection) -> its DTLS transport
+    rtcp_now = fleet.leanice.rtcp_now
+
+    def counted_rtcp_now(dtls: Any, data: bytes) -> bool:
+        taken = rtcp_now(dtls, data)
+        if taken:
+            direct[id(dtls)] = direct.get(id(dtls), 0) + 1
+            dtls_of[id(dtls.transport._connection)] = dtls
+        return taken
+
+    queue_put = aioice.ice.Connection.data_received
+
+    def counted_put(self: Any, data: bytes, component: int) -> None:
+        dtls = dtls_of.get(id(self))
+        if dtls is not None and is_rtcp(data):
+            queued_after[id(dtls)] = queued_after.get(id(dtls), 0) + 1
+        queue_put(self, data, component)
+
+    monkeypatch.setattr(fleet.leanice, "rtcp_now", counted_rtcp_now)
+    monkeypatch.setattr(fleet.leanrtp, "rtcp_now", counted_rtcp_now)
+    monkeypatch.setattr(aioice.ice.Connection, "data_received", counted_put)
+    clip = synthetic_clip(160, 96, FPS, codec="h264", gop=30)
+    track = PacketTrack(clip, max_frames=150)
+    frames: list[TapFrame] = []
+    taps: list[FrameTap] = []
+    retransmitted: list[int] = []
+    asked: list[bool] = []  # keyframe requests that reached the sender
+
+    def lean(receiver: RTCRtpReceiver) -> None:
+        taps.append(FrameTap(receiver, frames.append, decode=False, bandwidth_feedback=False))
+
+    async def stats_of(pc: Any, kind: str) -> list:
+        return [s for s in (await pc.getStats()).values() if s.type == kind]
+
+    async def main() -> None:
+        codecs = codecs_named("video", "H264", profile_level_id=H264_PROFILE_LEVEL_ID)
+        a, b, sender, receiver = await loopback_pair(track, codecs, on_sender=lean_sender, on_receiver=lean)
+        on_keyframe_request(sender, lambda: asked.append(True))
+        retransmit = sender._retransmit
+
+        async def recording_retransmit(seq: int) -> None:
+            retransmitted.append(seq)
+            await retransmit(seq)
+
+        sender._retransmit = recording_retransmit  # type: ignore[method-assign]
+        try:
+            sending, receiving = id(sender.transport), id(receiver.transport)
+            reports: dict[str, list] = {}
+
+            async def reported() -> bool:
+                reports["sent"] = await stats_of(b, "remote-outbound-rtp")   # the sender's SRs, at the receiver
+                reports["received"] = await stats_of(a, "remote-inbound-rtp")  # the receiver's RRs, at the sender
+                return bool(reports["sent"] and reports["received"])
+
+            deadline = asyncio.get_running_loop().time() + DEADLINE_S
+            while not (direct.get(sending, 0) >= 2 and direct.get(receiving, 0) >= 2 and await reported()):
+                assert asyncio.get_running_loop().time() < deadline, ("no reports handled at once", direct, reports)
+                await asyncio.sleep(0.05)
+            assert reports["received"][0].packetsReceived > 0 and reports["sent"][0].packetsSent > 0
+            # a keyframe request from the receiver reaches the sender (the probe's track would jump to a keyframe)
+            before = direct[sending]
+            await request_keyframe(receiver, taps[0].ssrc)
+            await until(lambda: bool(asked), "the keyframe request")
+            # a NACK: answered with the packet it names
+            kept = next(iter(vars(sender)["_RTCRtpSender__rtp_history"].values()))   # a packet the sender sent
+            wanted = int.from_bytes(kept[2:4], "big")
+            await receiver._send_rtcp_nack(taps[0].ssrc, [wanted])
+            await until(lambda: bool(retransmitted), "the NACK's retransmission")
+            assert direct[sending] >= before + 2
+            assert queued_after.get(sending, 0) == 0 and queued_after.get(receiving, 0) == 0, queued_after
+        finally:
+            for pc in (a, b):
+                await asyncio.wait_for(pc.close(), DEADLINE_S)
+
+    asyncio.run(main())
