@@ -9,6 +9,8 @@
  * aiortc uses for its RTCP; nothing here links libsrtp. What is sent and what a parse hands back is judged
  * against aiortc's and pylibsrtp's own in tests/test_rtp_native.py, the tap against TapCore and aiortc's statistics
  * and NACK generator in tests/test_tap_native.py, and all of it over real peer connections in tests/test_lean_rtp.py.
+ * One more call, for a decoded frame rather than a packet: a plane's mean on a subsampled grid (plane_mean, what
+ * the probe's decode windows read of every frame they decode: fleet.probe.planes, judged against numpy there).
  *
  * Built by setuptools as an optional extension: without a C compiler the install still succeeds and
  * fleet.srtpcalls keeps the Python path (fleet.srtpcalls.native_enabled() says which one runs). API names this
@@ -25,7 +27,7 @@
 #include <time.h>
 #include <sys/socket.h>
 
-#define API 3
+#define API 4
 
 typedef int (*srtp_call)(void *ctx, void *header, int *length);  /* libsrtp 2: srtp_err_status_t (srtp_t, void *, int *) */
 
@@ -786,9 +788,38 @@ static PyTypeObject TapType = {
     .tp_getset = tap_getset,
 };
 
+/* The mean of a plane's samples on the grid of every step-th row and column (numpy's
+ * plane[:height:step, :width:step].mean() on the plane's rows of line_size bytes), summed exactly. */
+static PyObject *plane_mean(PyObject *module, PyObject *args) {
+    (void)module;
+    Py_buffer plane;
+    Py_ssize_t width, height, line_size, step;
+    if (!PyArg_ParseTuple(args, "y*nnnn", &plane, &width, &height, &line_size, &step))
+        return NULL;
+    if (width < 1 || height < 1 || step < 1 || line_size < width || plane.len / line_size < height - 1
+        || plane.len - (height - 1) * line_size < width) {
+        PyBuffer_Release(&plane);
+        PyErr_SetString(PyExc_ValueError, "plane_mean: the plane is smaller than width x height of line_size rows");
+        return NULL;
+    }
+    const unsigned char *rows = plane.buf;
+    unsigned long long sum = 0, count = 0;
+    for (Py_ssize_t r = 0; r < height; r += step) {
+        const unsigned char *row = rows + r * line_size;
+        for (Py_ssize_t c = 0; c < width; c += step)
+            sum += row[c];
+        count += (unsigned long long)((width + step - 1) / step);
+    }
+    PyBuffer_Release(&plane);
+    return PyFloat_FromDouble((double)sum / (double)count);
+}
+
+PyDoc_STRVAR(plane_mean_doc, "plane_mean(plane, width, height, line_size, step) -> the mean of every step-th sample of every step-th row.");
+
 static PyMethodDef methods[] = {
     {"send_frame", send_frame, METH_VARARGS, send_frame_doc},
     {"unprotect_parse", unprotect_parse, METH_VARARGS, unprotect_parse_doc},
+    {"plane_mean", plane_mean, METH_VARARGS, plane_mean_doc},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {

@@ -16,12 +16,14 @@ where aiortc's loop would end with it.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import types
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 import pylibsrtp
+from aiortc.rtcdtlstransport import State
 
 from fleet.sockstamp import arrival_clock
 
@@ -65,7 +67,7 @@ def rtcp_now(dtls: Any, data: bytes) -> bool:
     (dropped if that fails), parsed and routed to its senders' and receivers' handlers. False, untouched,
     while the transport is not connected and keyed: then it takes aiortc's path."""
     srtp = dtls._rx_srtp
-    if srtp is None or dtls.state != "connected":
+    if srtp is None or dtls._state is not State.CONNECTED:
         return False
     try:
         plain = srtp.unprotect_rtcp(data)
@@ -104,11 +106,13 @@ def _go_on(coro: Coroutine[Any, Any, Any], waiting: Any) -> Generator[Any, None,
 def lean_rtcp(dtls: Any) -> None:
     """Give the connection under ``dtls`` (a sending peer's: its datagrams are RTCP, STUN and DTLS) the lean
     path for RTCP: from the nominated pair straight to ``rtcp_now``, unless older data waits in aioice's queue;
-    everything else as before. Once per connection."""
-    connection = dtls.transport._connection
-    if getattr(connection, "_fleet_lean_rtcp", False):
-        return
+    everything else as before. Nothing where aioice's own ``data_received`` was replaced already (by this, or
+    by a lean receiver, ``fleet.leanrtp``, which takes RTCP as it arrives itself)."""
+    connection: Any = dtls.transport._connection
     original, queue = connection.data_received, connection._queue
+    aioices_own = inspect.ismethod(original) and original.__self__ is connection
+    if not aioices_own:
+        return
     direct = False
 
     def data_received(data: bytes, component: int, arrival: float | None = None) -> None:
@@ -119,4 +123,3 @@ def lean_rtcp(dtls: Any) -> None:
             original(data, component)
 
     connection.data_received = data_received
-    connection._fleet_lean_rtcp = True

@@ -43,6 +43,17 @@ from fleet.webrtc import PayloadKinds  # its import also checks the private API 
 __all__ = ["LeanReceive", "RtpView", "lean_receive", "lean_sender", "parse_rtp"]
 
 
+class _Fast(NamedTuple):
+    """What the native tap's first counted packet fixed for the rest of its source's: no other payload type,
+    SSRC (the header's bytes) or codec goes to the tap, nor a packet of another SRTP session."""
+
+    pt: int
+    ssrc_bytes: bytes
+    ssrc: int
+    srtp: SrtpCalls
+    codec: int
+
+
 class _Sequence(NamedTuple):
     """What the NACK generator reads of a packet."""
 
@@ -102,11 +113,18 @@ class LeanReceive:
         self.srtp: SrtpCalls | None = None
         self.held: dict[int, float] = {}  # sequence number -> arrival, of this SSRC's packets left to aiortc
         self.taken = 0                    # packets this path took
+        self.fast: _Fast | None = None    # set once the native tap counted a packet of the source it takes
         self.connection.data_received = self.data_received  # type: ignore[method-assign]
 
     def data_received(self, data: bytes, component: int, arrival: float | None = None) -> None:
         if not self.direct:
             self.direct = _skip_stun(self.connection, component, self.data_received)
+        fast = self.fast
+        if (fast is not None and len(data) >= 12 and 127 < data[0] < 192 and data[1] & 0x7F == fast.pt
+                and data[8:12] == fast.ssrc_bytes and fast.srtp.session is self.dtls._rx_srtp and self.queued.empty()
+                and self.receiver._enabled):  # the source the native tap takes, as the slow path below would
+            self.counted(fast.srtp.take(self.core, data, fast.codec, arrival), data, fast.ssrc)
+            return
         if len(data) < 12 or not 127 < data[0] < 192 or 192 <= data[1] <= 223:
             if not (is_rtcp(data) and self.queued.empty() and rtcp_now(self.dtls, data)):
                 self.original(data, component)  # DTLS; RTCP while older data waits or before SRTP is keyed
@@ -125,7 +143,7 @@ class LeanReceive:
             self.original(data, component)
             return
         if self.core is not None and self.core.ssrc not in (None, ssrc):  # the tap took another source first
-            self.core = None
+            self.core = self.fast = None
         codec = TAP_CODECS.get(kind) if self.core is not None and srtp.native and self.receiver._enabled else None
         if codec is not None:
             self.take(srtp, data, codec, pt, ssrc, arrival)
@@ -151,13 +169,20 @@ class LeanReceive:
             if stream is not None:
                 self.streams[ssrc] = self.stats
         done = srtp.take(self.core, data, codec, arrival)
+        if done and stream is not self.stats:  # its first packet counted: aiortc's reports read it from here on
+            self.streams[ssrc] = self.stats
+            self.active[ssrc] = clock.current_datetime()
+        if done:  # what this packet fixed, for the next ones (``_Fast``)
+            self.fast = _Fast(pt, data[8:12], ssrc, srtp, codec)
+        self.counted(done, data, ssrc)
+
+    def counted(self, done: int, data: bytes, ssrc: int) -> None:
+        """What is left of a native take in Python: the source active at a frame's end, and the NACK generator's
+        turn for a packet out of order or after a gap (``NACK_DUE``)."""
         if not done:  # dropped, as ``read`` drops
             return
         self.taken += 1
-        if stream is not self.stats:  # its first packet counted: aiortc's reports read it from here on
-            self.streams[ssrc] = self.stats
-            self.active[ssrc] = clock.current_datetime()
-        elif done & MARKER:
+        if done & MARKER:
             self.active[ssrc] = clock.current_datetime()
         if done & NACK_DUE and nack_add(self.generator, _Sequence(int.from_bytes(data[2:4], "big"))):
             self.nack(ssrc)

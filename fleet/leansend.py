@@ -19,6 +19,7 @@ from aiortc import RTCRtpSender
 from aiortc.codecs import get_encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcdtlstransport import State
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensions, RtpPacket, wrap_rtx
 from aioice.turn import TurnTransport
 
@@ -117,7 +118,7 @@ class _LeanSender:
         either changes (``_Route``)."""
         dtls = self.sender.transport
         pair = dtls.transport._connection._nominated.get(1)
-        if dtls.state != "connected" or pair is None:
+        if dtls._state is not State.CONNECTED or pair is None:  # its public state makes a string per read
             raise ConnectionError("cannot send RTP, not connected")
         kept = self.routed
         if kept is None or kept.pair is not pair or kept.srtp.session is not dtls._tx_srtp:

@@ -39,7 +39,7 @@ __all__ = ["CODEC_H264", "CODEC_NAMES", "CODEC_VP8", "MARKER", "NACK_DUE", "NATI
            "RtpView", "SrtpCalls", "is_native_tap", "native_enabled", "native_tap", "parse_rtp", "srtp_calls"]
 
 RTP_HEADER = Struct("!BBHLL")
-NATIVE_API = 3  # the interface of fleet/_rtpnative.c this module calls (its API constant)
+NATIVE_API = 4  # the interface of fleet/_rtpnative.c this module calls (its API constant)
 LIBSRTP_CALL = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"  # libsrtp 2's srtp_protect, srtp_unprotect
 _OFF = ("0", "false", "no", "off")
 CODEC_VP8, CODEC_H264 = 1, 2  # the frame tap's codecs (fleet.rtp.TapCore; fleet/_rtpnative.c's CODEC_ constants)
@@ -78,6 +78,12 @@ def native_enabled() -> bool:
 def native_tap(finish: Any) -> Any:
     """A native frame tap (``fleet._rtpnative.Tap``, fleet.rtp.TapCore's twin) where ``native_enabled``, else None."""
     return _rtpnative.Tap(finish) if native_enabled() else None
+
+
+def native_plane_mean() -> Any:
+    """``fleet._rtpnative.plane_mean`` (a decoded plane's mean on a subsampled grid: fleet.probe.planes) where
+    ``native_enabled``, else None."""
+    return _rtpnative.plane_mean if native_enabled() else None
 
 
 def is_native_tap(core: Any) -> bool:

@@ -47,6 +47,7 @@ from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCIceTran
                     RTCRtpSender)
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
+import aiortc.rtcdtlstransport
 from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
@@ -69,7 +70,7 @@ _PRIVATE = ((aioice.ice, "get_host_addresses"), (aioice.ice, "CONSENT_FAILURES")
             (RTCCertificate, "_create_ssl_context"), (RTCRtpSender, "_send_keyframe"),
             (RTCRtpSender, "_run_rtp"), (RTCRtpSender, "_retransmit"), (RTCRtpSender, "_next_encoded_frame"),
             (RTCRtpReceiver, "_send_rtcp_pli"), (RTCRtpReceiver, "_send_rtcp_nack"), (RTCRtpReceiver, "_handle_rtp_packet"),
-            (RTCDtlsTransport, "_handle_rtcp_data"))
+            (RTCDtlsTransport, "_handle_rtcp_data"), (aiortc.rtcdtlstransport, "State"))
 _RECEIVER_FIELDS = ("__decoder_queue", "__remote_bitrate_estimator", "__codecs", "__timestamp_mapper", "__active_ssrc",
                     "__remote_streams", "__rtx_ssrc", "__nack_generator")
 _SENDER_FIELDS = ("__rtp_history", "__rtp_header_extensions_map", "__rtp_started", "__rtp_exited", "__mid", "__track",
@@ -78,7 +79,7 @@ _SENDER_FIELDS = ("__rtp_history", "__rtp_header_extensions_map", "__rtp_started
 # instance attributes set in __init__: (class, name)
 _INSTANCE_FIELDS = ((RTCIceTransport, "_connection"), (aioice.ice.Connection, "_nominated"),
                     (aioice.ice.CandidatePair, "protocol"), (aioice.ice.Connection, "_queue"),
-                    (RTCDtlsTransport, "_rx_srtp"), (RTCRtpSender, "_enabled"), (pylibsrtp.Session, "_srtp"),
+                    (RTCDtlsTransport, "_rx_srtp"), (RTCDtlsTransport, "_state"), (RTCRtpSender, "_enabled"), (pylibsrtp.Session, "_srtp"),
                     (Vp8Encoder, "picture_id"), (NackGenerator, "max_seq"), (NackGenerator, "missing"),
                     (pylibsrtp.Session, "_cdata"), (pylibsrtp.Session, "_buffer"),
                     (aioice.turn.TurnTransport, "_TurnTransport__inner_protocol"))

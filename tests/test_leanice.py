@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import aioice.ice
@@ -16,7 +17,7 @@ from aiortc import RTCRtpReceiver
 
 import fleet.leanice
 import fleet.leanrtp
-from fleet.leanice import is_rtcp, run_now
+from fleet.leanice import is_rtcp, lean_rtcp, run_now
 from fleet.leanrtp import lean_sender
 from fleet.media import H264_PROFILE_LEVEL_ID, PacketTrack, synthetic_clip
 from fleet.rtp import FrameTap, TapFrame
@@ -84,6 +85,25 @@ def test_a_handler_that_raises_is_logged_not_raised(waits: bool, caplog: pytest.
     (bytes([0x80]), False), (b"", False)])
 def test_rtcp_is_told_by_its_first_two_bytes(data: bytes, rtcp: bool) -> None:
     assert is_rtcp(data) is rtcp
+
+
+def test_lean_rtcp_takes_over_aioices_own_receive_only() -> None:
+    """Once per connection, and not where a lean receiver (or anything else) replaced aioice's own already: a
+    second wrapper would hand a lean receiver its media without their socket stamps."""
+    connection = aioice.ice.Connection(ice_controlling=True)
+    dtls = SimpleNamespace(transport=SimpleNamespace(_connection=connection))
+    lean_rtcp(dtls)
+    installed = connection.data_received
+    assert getattr(installed, "__self__", None) is not connection
+    lean_rtcp(dtls)
+    assert connection.data_received is installed
+
+    other = aioice.ice.Connection(ice_controlling=True)
+
+    def lean_receivers(data: bytes, component: int, arrival: float | None = None) -> None: ...
+    other.data_received = lean_receivers  # type: ignore[method-assign]
+    lean_rtcp(SimpleNamespace(transport=SimpleNamespace(_connection=other)))
+    assert other.data_received is lean_receivers
 
 
 # --- over real peer connections -------------------------------------------------------------------------------

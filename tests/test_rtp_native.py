@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pylibsrtp
 import pytest
+from aiortc.rtcdtlstransport import State
 from aiortc.rtp import RtpPacket
 from aioice.turn import TurnTransport
 from hypothesis import example, given, settings
@@ -231,7 +232,7 @@ def lean_sender_on(transport) -> _LeanSender:
     ``transport`` with an SRTP session keyed as ``session``'s."""
     p = "_RTCRtpSender__"
     sender = SimpleNamespace(_ssrc=1234, transport=SimpleNamespace(
-        state="connected", _tx_srtp=session(OUT), transport=SimpleNamespace(_connection=SimpleNamespace(
+        _state=State.CONNECTED, _tx_srtp=session(OUT), transport=SimpleNamespace(_connection=SimpleNamespace(
             _nominated={1: SimpleNamespace(protocol=SimpleNamespace(transport=transport), remote_addr=("127.0.0.1", 9))}))))
     for name, value in (("rtp_history", {}), ("rtp_header_extensions_map", extension_map()), ("mid", "0"),
                         ("octet_count", 0), ("packet_count", 0), ("ntp_timestamp", 0), ("rtp_timestamp", 0)):
@@ -271,7 +272,7 @@ def test_the_kept_route_follows_the_pair_the_session_and_the_transport_as_they_c
     assert lean.route()[0] is not kept and lean.route()[0].session is dtls._tx_srtp
     second.closing = True
     assert lean.route()[3] is None
-    dtls.state = "closed"
+    dtls._state = State.CLOSED
     with pytest.raises(ConnectionError):
         lean.route()
 

@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import av
-import numpy as np
 
 from fleet.media import PacketTrack
 from fleet.probe.latency import Aligner, LatencySample, StepDetector, lag_is_exact, rtp_latency
+from fleet.probe.planes import frame_means
 from fleet.probe.timing import PLAYABLE_FRAMES, analyse, holding, jitter, per_second, percentile, suspect_frames
 from fleet.probe.types import ProbeResult, ProbeSpec
 from fleet.rtp import FrameTap, TapFrame
@@ -368,16 +368,6 @@ class OutputWatch:
 
 
 # --- pure functions ----------------------------------------------------------------------
-
-def frame_means(frame: av.VideoFrame) -> tuple[float, float, float]:
-    """Mean Y, U and V of a decoded YUV 4:2:0 frame, read on a 4x subsampled grid."""
-    h, w = frame.height, frame.width
-    y_plane, u_plane, v_plane = frame.planes[0], frame.planes[1], frame.planes[2]
-    y = np.frombuffer(memoryview(y_plane), np.uint8).reshape(h, y_plane.line_size)[::4, :w:4]
-    u = np.frombuffer(memoryview(u_plane), np.uint8).reshape(h // 2, u_plane.line_size)[::4, : w // 2:4]
-    v = np.frombuffer(memoryview(v_plane), np.uint8).reshape(h // 2, v_plane.line_size)[::4, : w // 2:4]
-    return float(y.mean()), float(u.mean()), float(v.mean())
-
 
 def effect_start(chroma: Sequence[tuple[float, float, float]], t_req: float) -> float | None:
     """The arrival of the first of ``EFFECT_FRAMES`` frames in a row after ``t_req`` whose mean U or V
