@@ -808,7 +808,7 @@ static PyObject *plane_mean(PyObject *module, PyObject *args) {
         const unsigned char *row = rows + r * line_size;
         for (Py_ssize_t c = 0; c < width; c += step)
             sum += row[c];
-        count += (unsigned long long)((width + step - 1) / step);
+        count += (unsigned long long)(1 + (width - 1) / step);
     }
     PyBuffer_Release(&plane);
     return PyFloat_FromDouble((double)sum / (double)count);

@@ -9,8 +9,9 @@ session's two connections, several a second, cost a probe about as much as its m
 parse, routing and handlers), in the call that received it, whenever nothing older waits in the queue (so
 nothing is overtaken); ``lean_rtcp`` gives a sending connection that path (the receiving one has it through
 ``fleet.leanrtp``). What differs: the DTLS transport's own byte and packet counters leave these datagrams
-out, as they leave out the lean path's media; and a handler that raises is logged and the transport goes on,
-where aiortc's loop would end with it.
+out, as they leave out the lean path's media; a handler that raises is logged and the transport goes on,
+where aiortc's loop would end with it; and until aiortc's loop marks its handshake done (its first read after
+the DTLS handshake), a datagram it already took from the queue may be handled after RTCP handled here.
 """
 
 from __future__ import annotations
@@ -24,18 +25,22 @@ from typing import Any
 
 import pylibsrtp
 from aiortc.rtcdtlstransport import State
+from aiortc.rtp import is_rtcp
+
+import fleet.webrtc  # noqa: F401 - its import checks the private API used here
 
 from fleet.sockstamp import arrival_clock
 
-__all__ = ["lean_rtcp", "rtcp_now", "run_now", "skip_stun"]
+__all__ = ["is_srtcp", "lean_rtcp", "rtcp_now", "run_now", "skip_stun"]
 
 log = logging.getLogger(__name__)
 _GOING_ON: set[asyncio.Future[Any]] = set()  # handlers that waited, until they end
 
 
-def is_rtcp(data: bytes) -> bool:
-    """An RTCP packet by its first two bytes (RFC 5761 section 4: packet types 192-223)."""
-    return len(data) > 1 and 127 < data[0] < 192 and 191 < data[1] < 224
+def is_srtcp(data: bytes) -> bool:
+    """What aiortc's DTLS transport reads as SRTCP: a first byte of 128-191 (RFC 7983) and aiortc's own
+    ``is_rtcp`` (packet types 192-208)."""
+    return 127 < data[0] < 192 and is_rtcp(data) if data else False
 
 
 def skip_stun(connection: Any, component: int, data_received: Callable[[bytes, int, float | None], None],
@@ -64,22 +69,24 @@ def skip_stun(connection: Any, component: int, data_received: Callable[[bytes, i
 
 def rtcp_now(dtls: Any, data: bytes) -> bool:
     """An SRTCP datagram of ``dtls`` (aiortc's ``RTCDtlsTransport``) handled now, as its loop would: unprotected
-    (dropped if that fails), parsed and routed to its senders' and receivers' handlers. False, untouched,
-    while the transport is not connected and keyed: then it takes aiortc's path."""
+    (dropped if that fails, or if it is longer than SRTP's 1500-byte buffer, where aiortc would end its DTLS
+    transport: as the lean path's media), parsed and routed to its senders' and receivers' handlers. False,
+    untouched, while the transport is not connected and keyed: then it takes aiortc's path."""
     srtp = dtls._rx_srtp
     if srtp is None or dtls._state is not State.CONNECTED:
         return False
     try:
         plain = srtp.unprotect_rtcp(data)
-    except pylibsrtp.Error:
-        return True  # as aiortc's loop drops it
+    except (pylibsrtp.Error, ValueError):  # ValueError: too long for pylibsrtp's buffer
+        return True
     run_now(dtls._handle_rtcp_data(plain))
     return True
 
 
 def run_now(coro: Coroutine[Any, Any, Any]) -> None:
     """Run ``coro`` now, to its end if it never waits (aiortc's RTCP handlers do not, but for a retransmission
-    whose send waits); if it waits, a task takes it on from there. An exception from it is logged."""
+    whose send waits); if it waits, a task takes it on from there. An exception from it is logged. Its first
+    step runs outside any task (``asyncio.current_task()`` is None there, and ``asyncio.timeout`` fails)."""
     try:
         waiting = coro.send(None)
     except StopIteration:
@@ -93,12 +100,20 @@ def run_now(coro: Coroutine[Any, Any, Any]) -> None:
 
 
 @types.coroutine
-def _go_on(coro: Coroutine[Any, Any, Any], waiting: Any) -> Generator[Any, None, None]:
-    """``coro``, which yielded ``waiting`` (a future it awaits, or None for a bare yield), carried on by the
-    task running this: the task waits on ``waiting`` as it would have for ``coro``, then ``coro`` resumes."""
-    yield waiting
+def _go_on(coro: Coroutine[Any, Any, Any], waiting: Any) -> Generator[Any, Any, None]:
+    """``coro``, which yielded ``waiting`` (a future it awaits, or None for a bare yield), stepped on by the task
+    running this as that task would step it: resumed when ``waiting`` is done, or thrown what the task throws
+    (a cancellation; a future's exception reaches ``coro`` through its own ``await``)."""
     try:
-        yield from coro
+        while True:
+            try:
+                yield waiting
+            except BaseException as thrown:  # noqa: BLE001 - the task's cancellation, passed on to coro
+                waiting = coro.throw(thrown)
+            else:
+                waiting = coro.send(None)
+    except StopIteration:
+        pass
     except Exception:  # noqa: BLE001
         log.warning("an RTCP handler failed", exc_info=True)
 
@@ -119,7 +134,7 @@ def lean_rtcp(dtls: Any) -> None:
         nonlocal direct
         if not direct:
             direct = skip_stun(connection, component, data_received, stamp=False)
-        if not (is_rtcp(data) and queue.empty() and rtcp_now(dtls, data)):
+        if not (is_srtcp(data) and queue.empty() and rtcp_now(dtls, data)):
             original(data, component)
 
     connection.data_received = data_received

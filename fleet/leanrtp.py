@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 from aiortc import RTCRtpReceiver, clock
 
 from fleet.duties import NativeNack, NativeStreamStatistics, nack_add, receiver_duties
-from fleet.leanice import is_rtcp, rtcp_now
+from fleet.leanice import is_srtcp, rtcp_now
 from fleet.leanice import skip_stun as _skip_stun
 from fleet.leansend import lean_sender
 from fleet.srtpcalls import MARKER, NACK_DUE, TAP_CODECS, RtpView, SrtpCalls, is_native_tap, parse_rtp, srtp_calls
@@ -126,7 +126,7 @@ class LeanReceive:
             self.counted(fast.srtp.take(self.core, data, fast.codec, arrival), data, fast.ssrc)
             return
         if len(data) < 12 or not 127 < data[0] < 192 or 192 <= data[1] <= 223:
-            if not (is_rtcp(data) and self.queued.empty() and rtcp_now(self.dtls, data)):
+            if not (is_srtcp(data) and self.queued.empty() and rtcp_now(self.dtls, data)):
                 self.original(data, component)  # DTLS; RTCP while older data waits or before SRTP is keyed
             return
         pt, ssrc = data[1] & 0x7F, int.from_bytes(data[8:12], "big")  # the RTP header is not encrypted
@@ -172,8 +172,8 @@ class LeanReceive:
         if done and stream is not self.stats:  # its first packet counted: aiortc's reports read it from here on
             self.streams[ssrc] = self.stats
             self.active[ssrc] = clock.current_datetime()
-        if done:  # what this packet fixed, for the next ones (``_Fast``)
-            self.fast = _Fast(pt, data[8:12], ssrc, srtp, codec)
+        if done and not 64 <= pt <= 95:  # what this packet fixed, for the next ones (``_Fast``); 64-95 would take
+            self.fast = _Fast(pt, data[8:12], ssrc, srtp, codec)  # the RTCP types with the marker bit (RFC 5761)
         self.counted(done, data, ssrc)
 
     def counted(self, done: int, data: bytes, ssrc: int) -> None:

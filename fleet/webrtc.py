@@ -21,9 +21,10 @@ Three settings aiortc does not expose are made here, in one place:
   ``getStats`` has no ``candidate-pair``; aioice keeps the nominated pair.
 
 Every use of aiortc's, aioice's and pylibsrtp's private API in the fleet is in this module, in
-``fleet.leanrtp`` and ``fleet.leansend`` (the probe's cheaper RTP data path: the receiver's RTP duties, the
-sender's send loop, the transports under them), ``fleet.srtpcalls`` (libsrtp on pylibsrtp's session buffer) and
-``fleet.media.ClipPayloads`` (aiortc's packetizers, called once per clip frame); all are checked here.
+``fleet.leanrtp``, ``fleet.leansend`` and ``fleet.leanice`` (the probe's cheaper RTP data path: the
+receiver's RTP duties, the sender's send loop, RTCP as it arrives, the transports under them),
+``fleet.srtpcalls`` (libsrtp on pylibsrtp's session buffer) and ``fleet.media.ClipPayloads`` (aiortc's
+packetizers, called once per clip frame); all are checked here.
 Here, the receiver's internals the frame tap needs: ``request_keyframe``, ``tap_rtp``,
 ``receiver_codec``, ``starve_decoder``, ``drop_bandwidth_estimator``, ``timestamp_origin``; the ICE
 transport's aioice connection for ``selected_candidate_types``. pyproject.toml pins the three
@@ -79,7 +80,8 @@ _SENDER_FIELDS = ("__rtp_history", "__rtp_header_extensions_map", "__rtp_started
 # instance attributes set in __init__: (class, name)
 _INSTANCE_FIELDS = ((RTCIceTransport, "_connection"), (aioice.ice.Connection, "_nominated"),
                     (aioice.ice.CandidatePair, "protocol"), (aioice.ice.Connection, "_queue"),
-                    (RTCDtlsTransport, "_rx_srtp"), (RTCDtlsTransport, "_state"), (RTCRtpSender, "_enabled"), (pylibsrtp.Session, "_srtp"),
+                    (RTCDtlsTransport, "_rx_srtp"), (RTCDtlsTransport, "_tx_srtp"), (RTCDtlsTransport, "_state"),
+                    (RTCRtpReceiver, "_enabled"), (RTCRtpSender, "_enabled"), (pylibsrtp.Session, "_srtp"),
                     (Vp8Encoder, "picture_id"), (NackGenerator, "max_seq"), (NackGenerator, "missing"),
                     (pylibsrtp.Session, "_cdata"), (pylibsrtp.Session, "_buffer"),
                     (aioice.turn.TurnTransport, "_TurnTransport__inner_protocol"))

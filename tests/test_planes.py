@@ -39,18 +39,26 @@ def test_the_plane_means_are_the_grids_means(native: bool, width: int, height: i
     rng = np.random.default_rng(seed)
     shape = (height * 3 // 2, width)
     source = np.full(shape, 255, np.uint8) if flat else rng.integers(0, 256, shape, np.uint8)
-    frame = av.VideoFrame.from_ndarray(source, format="yuv420p")
-    assert frame.planes[0].line_size >= width  # padded rows, often: the grid must skip the padding
+    frame = av.VideoFrame.from_ndarray(source, format="yuv420p")  # rows padded, often: the grid skips the padding
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FLEET_RTP_NATIVE", "1" if native else "0")
         assert (srtpcalls.native_plane_mean() is not None) == native
         means = frame_means(frame)
+        patch.setenv("FLEET_RTP_NATIVE", "0")
+        assert means == frame_means(frame)  # the same figures on either path
     assert means == pytest.approx(truth(source, width, height), abs=1e-9)
 
 
 @needs_native
-@pytest.mark.parametrize("args", [(4, 4, 4, 1), (4, 2, 4, 1), (3, 1, 2, 1), (2, 2, 2, 0), (0, 1, 1, 1)],
-                         ids=["too many rows", "too wide a last row", "rows shorter than wide", "no step", "no width"])
+@pytest.mark.parametrize("args", [(4, 4, 4, 1), (4, 2, 4, 1), (3, 1, 2, 1), (2, 2, 2, 0), (0, 1, 1, 1), (-1, 1, 1, 1),
+                                  (1, -2, 1, 1), (2, 1, -1, 1), (2, 2, 2, -3)],
+                         ids=["too many rows", "too wide a last row", "rows shorter than wide", "no step", "no width",
+                              "a negative width", "a negative height", "a negative row", "a negative step"])
 def test_a_plane_smaller_than_its_sizes_is_refused(args: tuple[int, int, int, int]) -> None:
     with pytest.raises(ValueError, match="plane_mean"):
         srtpcalls._rtpnative.plane_mean(bytes(7), *args)
+
+
+@needs_native
+def test_a_step_past_the_plane_reads_its_first_sample_alone() -> None:
+    assert srtpcalls._rtpnative.plane_mean(bytes([5, 6, 7, 8]), 2, 2, 2, 2**62) == 5.0

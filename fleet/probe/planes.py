@@ -19,15 +19,15 @@ GRID = 4  # every GRID-th sample of every GRID-th row
 
 def frame_means(frame: Any) -> tuple[float, float, float]:
     """Mean Y, U and V of a decoded YUV 4:2:0 frame (an ``av.VideoFrame``) on the ``GRID`` grid."""
-    h, w = frame.height, frame.width
-    y, u, v = frame.planes[0], frame.planes[1], frame.planes[2]
+    planes = frame.planes[0], frame.planes[1], frame.planes[2]
     mean = srtpcalls.native_plane_mean()
     if mean is not None:
-        return (mean(y, w, h, y.line_size, GRID), mean(u, w // 2, h // 2, u.line_size, GRID),
-                mean(v, w // 2, h // 2, v.line_size, GRID))
-    return _mean(y, w, h), _mean(u, w // 2, h // 2), _mean(v, w // 2, h // 2)
+        y, u, v = (mean(p, p.width, p.height, p.line_size, GRID) for p in planes)
+    else:
+        y, u, v = (_mean(p) for p in planes)
+    return y, u, v
 
 
-def _mean(plane: Any, width: int, height: int) -> float:
-    samples = np.frombuffer(memoryview(plane), np.uint8).reshape(height, plane.line_size)[::GRID, :width:GRID]
-    return float(samples.mean())
+def _mean(plane: Any) -> float:
+    rows = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
+    return float(rows[:plane.height:GRID, :plane.width:GRID].mean())
