@@ -103,12 +103,13 @@ def run_now(coro: Coroutine[Any, Any, Any]) -> None:
 def _go_on(coro: Coroutine[Any, Any, Any], waiting: Any) -> Generator[Any, Any, None]:
     """``coro``, which yielded ``waiting`` (a future it awaits, or None for a bare yield), stepped on by the task
     running this as that task would step it: resumed when ``waiting`` is done, or thrown what the task throws
-    (a cancellation; a future's exception reaches ``coro`` through its own ``await``)."""
+    (a cancellation, or the exception of the future it waited on). A task cancelled before its first step
+    leaves ``coro`` unstarted here: it is closed when collected (its ``finally`` runs then)."""
     try:
         while True:
             try:
                 yield waiting
-            except BaseException as thrown:  # noqa: BLE001 - the task's cancellation, passed on to coro
+            except BaseException as thrown:  # noqa: BLE001 - a cancellation or a future's exception, passed on
                 waiting = coro.throw(thrown)
             else:
                 waiting = coro.send(None)

@@ -86,6 +86,7 @@ def test_a_handler_that_raises_is_logged_not_raised(waits: bool, caplog: pytest.
     (bytes([0x80, 209]) + bytes(26), False), (bytes([0x81, 223]) + bytes(26), False),   # RTP, PT 81 and 95 + marker
     (bytes([0x80, 96]) + bytes(26), False), (bytes([0x80, 0xE0]) + bytes(26), False),   # RTP (PT 96, 96+marker)
     (bytes([0x80, 191]) + bytes(26), False), (bytes([23, 200]) + bytes(26), False),      # PT 63+marker; DTLS
+    (bytes([0xC0, 200]) + bytes(26), False),                                            # not version 2
     (bytes([0x80]), False), (b"", False)])
 def test_srtcp_is_what_aiortcs_transport_reads_as_such(data: bytes, rtcp: bool) -> None:
     assert is_srtcp(data) is rtcp
@@ -117,6 +118,7 @@ def test_a_handler_that_waits_sees_a_failed_future_and_a_cancellation() -> None:
         (catching,) = fleet.leanice._GOING_ON
         run_now(cleans_up())
         (cleaning,) = fleet.leanice._GOING_ON - {catching}
+        await asyncio.sleep(0)  # both tasks take their first step: each waits on its future
         failing.set_exception(KeyError("gone"))
         cleaning.cancel()
         await asyncio.wait([catching, cleaning], timeout=DEADLINE_S)
@@ -124,6 +126,31 @@ def test_a_handler_that_waits_sees_a_failed_future_and_a_cancellation() -> None:
 
     asyncio.run(main())
     assert sorted(seen) == ["caught", "cleaned up"]
+
+
+def test_a_handler_cancelled_at_a_bare_yield_is_thrown_the_cancellation() -> None:
+    """A cancellation that comes while the handler gave way (``asyncio.sleep(0)``) is thrown into it, as a task
+    of its own would throw it: resumed instead, it would run on to its end."""
+    seen: list[str] = []
+
+    async def main() -> None:
+        async def gives_way() -> None:
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+            seen.append("ran on")
+
+        run_now(gives_way())
+        (task,) = fleet.leanice._GOING_ON
+        await asyncio.sleep(0)  # the task's first step: it gives way again, its next step scheduled
+        task.cancel()
+        await asyncio.wait([task], timeout=DEADLINE_S)
+        assert task.cancelled()
+
+    asyncio.run(main())
+    assert seen == ["cancelled"]
 
 
 class FakeDtls:
@@ -217,7 +244,7 @@ def test_rtcp_reaches_aiortcs_handlers_on_both_sides_without_its_queue(monkeypat
 
     def counted_put(self: Any, data: bytes, component: int) -> None:
         dtls = dtls_of.get(id(self))
-        if dtls is not None and is_srtcp(data):
+        if dtls is not None and len(data) > 1 and 127 < data[0] < 192 and 192 <= data[1] <= 208:  # RTCP, by its types
             queued_after[id(dtls)] = queued_after.get(id(dtls), 0) + 1
         queue_put(self, data, component)
 
