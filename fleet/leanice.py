@@ -48,9 +48,10 @@ def skip_stun(connection: Any, component: int, data_received: Callable[[bytes, i
     """Hand the nominated pair's datagrams whose first byte says RTP or RTCP (128-191, RFC 7983 section 7)
     straight to ``data_received``, without aioice's attempt to parse each as STUN first (a STUN message's first
     byte is 0-3: the attempt fails for every one); False while no pair is nominated. A datagram whose second
-    byte has its top bit set (an RTP packet with the marker bit, a frame's last, which times the frame; or RTCP)
-    comes with when it reached the socket (``fleet.sockstamp``, whose stamping starts here; None where the
-    kernel cannot tell, or without ``stamp``); the others with None (asking costs a system call, 1 µs, per packet)."""
+    byte has its top bit set (an RTP packet with the marker bit, a frame's last, which times the frame; not RTCP,
+    which ``rtcp_now`` handles as it comes) comes with when it reached the socket (``fleet.sockstamp``, whose
+    stamping starts here; None where the kernel cannot tell, or without ``stamp``); the others with None (asking
+    costs a system call, 1 µs, per packet)."""
     pair = connection._nominated.get(component)
     if pair is None:
         return False
@@ -59,7 +60,8 @@ def skip_stun(connection: Any, component: int, data_received: Callable[[bytes, i
 
     def datagram_received(data: bytes, addr: Any) -> None:
         if data and 127 < data[0] < 192:
-            data_received(data, component, arrival() if arrival is not None and len(data) > 1 and data[1] & 0x80 else None)
+            marker = len(data) > 1 and data[1] & 0x80 and not 191 < data[1] < 209  # not RTCP: handled as it comes
+            data_received(data, component, arrival() if arrival is not None and marker else None)
         else:
             parse_first(data, addr)  # STUN (consent checks) and DTLS
 
