@@ -77,6 +77,24 @@ def test_the_alignment_recovers_a_known_delay_from_brightness_steps(delay_ms):
     assert all(ms == pytest.approx(delay_ms, abs=1e-3) for _, ms, _ in samples)
 
 
+def test_the_latency_aligns_at_the_third_step_the_one_the_levels_were_learnt_across_counted():
+    """Decoding stops at the clip's third step (the first bright run's start counted, though the levels were
+    learnt there): one run of frames sooner than if that step were left out."""
+    s, t0 = spec(), 1000.0
+    track = sent_track(s.clip, t0, 240)
+    w, events = watch(s, track, t0)
+    third = RUNS[0] + RUNS[1] + RUNS[2]  # the frame that starts the clip's fourth run
+    for n, sent in enumerate(track.sent):
+        w.arrivals.append(sent + 0.1)
+        w.out_ts.append(s.clip.pts(n))
+        w.look_at((s.clip.luma[track.index[n]], 128.0, 128.0), sent + 0.1, n)
+        if not w.calibrating:
+            break
+    assert n == third and w.decoded_frames == third + 1
+    assert events == [("latency_aligned", {"method": "rtp_timestamp", "steps": 3, "exact": True})]
+    assert all(ms == pytest.approx(100.0, abs=1e-3) for _, ms, _ in w.latency_samples())
+
+
 # what was sent around keyframe jumps: a natural step to dark at 69, the PLI's jump to a keyframe that ends a
 # bright run at 70, dark again at 71 (the frame after that keyframe): one-frame runs, so two dark steps two
 # frames apart, both within the alignment's tolerance (2.5 frames) of the one output step at 69

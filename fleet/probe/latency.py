@@ -22,12 +22,13 @@ Two clocks can carry that match:
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fleet.rtpclock import VIDEO_CLOCK
 
-__all__ = ["Aligner", "LatencySample", "StepDetector", "align", "lag_is_exact", "rtp_latency"]
+__all__ = ["Aligner", "LatencySample", "StepDetector", "align", "judge_first", "lag_is_exact", "rtp_latency"]
 
 LatencySample = tuple[float, float, str]  # (t_s from the session's start, ms, method)
 
@@ -106,13 +107,20 @@ def lag_is_exact(lag: float, out_prev: list[float | None], in_steps: list[tuple[
     return lower is not None and lag - frame_s <= lower + 1e-6 and lower < lag - frame_s / 2
 
 
+EARLY_KEEP = 120  # frames kept until the first step, to find the one the levels were learnt across (4 s at 30 fps)
+
+
 @dataclass
 class StepDetector:
     """Finds brightness steps in the mean luma of consecutive decoded output frames.
 
     The levels are learnt from what is seen (the look may map them anywhere); a step is a crossing
     of the midpoint by more than ``hysteresis`` of the level gap, between two frames known to be
-    consecutive.
+    consecutive. The crossing the levels were learnt across (the first from one level to the other) is
+    judged again when the next is found, with the levels as known then, and counted if it is one: a step
+    earlier, and one run of the clip less to decode before the latency aligns. Only that one, and only
+    ``tentative``ly: it may be the end of a gateway's warm-up frames rather than the output's own first run,
+    which the alignment finds out (``drop_first``).
     """
 
     hysteresis: float = 0.2
@@ -121,23 +129,59 @@ class StepDetector:
     level: int | None = None  # +1 bright, -1 dark
     steps: list[tuple[float, float, int]] = field(default_factory=list)  # (clock time, arrival, direction)
     prev: list[float | None] = field(default_factory=list)  # clock time of the decoded frame before each step
+    tentative: bool = False  # the first step is the crossing the levels were learnt across, not yet matched
     _last_t: float | None = None
+    # until the first step: (clock time, arrival, luma, consecutive, the frame before's clock time) of each frame
+    _early: deque[tuple[float, float, float, bool, float | None]] | None = field(
+        default_factory=lambda: deque(maxlen=EARLY_KEEP))
+
+    def _side(self, luma: float) -> int | None:
+        assert self.lo is not None and self.hi is not None
+        gap, mid = self.hi - self.lo, (self.hi + self.lo) / 2
+        return 1 if luma > mid + self.hysteresis * gap else -1 if luma < mid - self.hysteresis * gap else None
 
     def frame(self, clock_t: float, arrival: float, luma: float, consecutive: bool) -> None:
         last_t, self._last_t = self._last_t, clock_t
         self.lo = luma if self.lo is None else min(self.lo, luma)
         self.hi = luma if self.hi is None else max(self.hi, luma)
-        gap = self.hi - self.lo
-        if gap < 30:  # levels not seen yet
+        if self._early is not None:
+            self._early.append((clock_t, arrival, luma, consecutive and last_t is not None, last_t))
+        if self.hi - self.lo < 30:  # levels not seen yet
             return
-        mid = (self.hi + self.lo) / 2
-        now = 1 if luma > mid + self.hysteresis * gap else -1 if luma < mid - self.hysteresis * gap else None
+        now = self._side(luma)
         if now is None:
             return
         if consecutive and self.level is not None and now != self.level:
+            if self._early is not None:
+                self._first_steps(self._early)
+                self._early = None
             self.steps.append((clock_t, arrival, now))
             self.prev.append(last_t)
         self.level = now
+
+    def _first_steps(self, early: deque[tuple[float, float, float, bool, float | None]]) -> None:
+        """At the first step found: the crossing just before it, judged by the levels known now (its frames
+        came while they were being learnt), counted first."""
+        level, found = None, None
+        for clock_t, arrival, luma, consecutive, last_t in list(early)[:-1]:  # the last frame is the step found
+            now = self._side(luma)
+            if not consecutive:
+                level = None
+            if now is None:
+                continue
+            if level is not None and now != level:
+                found = (clock_t, arrival, now, last_t)
+            level = now
+        if found is not None and level == self.level:  # the run the step found ends (as the levels say now)
+            self.steps.append(found[:3])
+            self.prev.append(found[3])
+            self.tentative = True
+
+    def drop_first(self) -> None:
+        """The tentative first step matched no input step: it was not the output's (say, a warm-up's end)."""
+        if self.tentative:
+            del self.steps[0], self.prev[0]
+            self.tentative = False
 
     def reset_continuity(self) -> None:
         self.level = None
@@ -163,6 +207,19 @@ class Aligner:
             return False
         self.lag, self.matched = fit
         return True
+
+
+def judge_first(d: StepDetector, in_steps: list[tuple[float, int, float]], rtp: Aligner, recv: Aligner) -> None:
+    """Keep or drop ``d``'s tentative first step: kept once an alignment in either clock (the output's RTP
+    timestamps, its arrivals) fits every step with it; dropped once one fits without it and none with it."""
+    if not d.tentative:
+        return
+    clocks = ((rtp, [(t, k, a) for t, a, k in d.steps], in_steps),
+              (recv, [(a, k, a) for _, a, k in d.steps], [(s, k, s) for _, k, s in in_steps]))
+    if any(align(outs, ins, a.tolerance, a.max_latency) is not None for a, outs, ins in clocks):
+        d.tentative = False
+    elif any(align(outs[1:], ins, a.tolerance, a.max_latency) is not None for a, outs, ins in clocks):
+        d.drop_first()
 
 
 def rtp_latency(out_ts: Sequence[int], arrivals: Sequence[float], lag: float, sent: Sequence[float],

@@ -26,7 +26,7 @@ from typing import Any
 import av
 
 from fleet.media import PacketTrack
-from fleet.probe.latency import Aligner, LatencySample, StepDetector, lag_is_exact, rtp_latency
+from fleet.probe.latency import Aligner, LatencySample, StepDetector, judge_first, lag_is_exact, rtp_latency
 from fleet.probe.planes import frame_means
 from fleet.probe.timing import PLAYABLE_FRAMES, analyse, holding, jitter, per_second, percentile, suspect_frames
 from fleet.probe.types import ProbeResult, ProbeSpec
@@ -257,8 +257,8 @@ class OutputWatch:
         exact = False
         steps = len(self.detector.steps)
         if steps >= 3 and steps != self.aligned_at_steps:  # align again only when a new step was seen
-            self.aligned_at_steps = steps
             exact = self.align()
+            self.aligned_at_steps = steps = len(self.detector.steps)  # one fewer: a tentative first one dropped
         if exact:  # found: decoding goes back to short windows (giving up is _want_decode's, on the clock)
             self.calibrating = False
             self.event("latency_aligned", method=self.latency_method, steps=steps, exact=exact)
@@ -272,6 +272,7 @@ class OutputWatch:
     def align(self) -> bool:
         """Find the alignment; True once it is exact (pinned to one frame)."""
         inputs = self.input_steps()
+        judge_first(self.detector, inputs, self.aligner, self.recv_aligner)
         outs = [(t, d, a) for t, a, d in self.detector.steps]
         if self.aligner.update(outs, inputs) and self.aligner.lag is not None:
             self.latency_method = "rtp_timestamp"
