@@ -10,7 +10,8 @@ import pytest
 from fleet.media import FILE_STEP_LUMA, Clip, PacketTrack
 from fleet.probe.classify import blame, classify
 from fleet.probe.latency import align, lag_is_exact
-from fleet.probe.output import BLACK_RUN, EFFECT_DELTA, EFFECT_FRAMES, OutputWatch, effect_start
+from fleet.probe.output import BLACK_RUN, OutputWatch
+from fleet.probe.planes import EFFECT_DELTA, EFFECT_FRAMES, effect_start
 from fleet.probe.status import StatusReader
 from fleet.probe.timing import per_second
 from fleet.probe.types import EVENT_PREFIX, ProbeResult, ProbeSpec, PromptChange
@@ -95,6 +96,27 @@ def test_the_latency_aligns_at_the_third_step_the_one_the_levels_were_learnt_acr
     assert all(ms == pytest.approx(100.0, abs=1e-3) for _, ms, _ in w.latency_samples())
 
 
+def test_a_warm_ups_end_before_the_output_costs_no_frame_and_never_the_latency():
+    """The output's first 12 frames are a gateway's bright warm-up, not the input's dark run: its end is a
+    tentative step that matches no input step; it is dropped, and the latency aligns, exact, at the same frame
+    as without the warm-up (the clip's third step)."""
+    s, t0 = spec(), 1000.0
+    track = sent_track(s.clip, t0, 240)
+    w, events = watch(s, track, t0)
+    lumas = [BRIGHT] * 12 + [s.clip.luma[track.index[n]] for n in range(12, 240)]
+    assert set(lumas[12:17]) == {DARK}  # the clip's first run is dark: the warm-up's end is a step down
+    for n, sent in enumerate(track.sent):
+        w.arrivals.append(sent + 0.1)
+        w.out_ts.append(s.clip.pts(n))
+        w.look_at((lumas[n], 128.0, 128.0), sent + 0.1, n)
+        if not w.calibrating:
+            break
+    assert n == RUNS[0] + RUNS[1] + RUNS[2]
+    assert events == [("latency_aligned", {"method": "rtp_timestamp", "steps": 3, "exact": True})]
+    assert [round(t * FPS) for t, _, _ in w.detector.steps] == [17, 46, 57] and not w.detector.tentative
+    assert all(ms == pytest.approx(100.0, abs=1e-3) for _, ms, _ in w.latency_samples())
+
+
 # what was sent around keyframe jumps: a natural step to dark at 69, the PLI's jump to a keyframe that ends a
 # bright run at 70, dark again at 71 (the frame after that keyframe): one-frame runs, so two dark steps two
 # frames apart, both within the alignment's tolerance (2.5 frames) of the one output step at 69
@@ -150,9 +172,9 @@ def test_a_prompt_effect_starts_at_the_first_of_enough_changed_frames_in_a_row()
     blip = [(t_req + 0.1, 128.0 + 2 * EFFECT_DELTA, 128.0)]        # one frame is no effect
     calm = [(t_req + 0.2 + i / FPS, 128.0, 128.0) for i in range(5)]
     changed = [(t_req + 0.5 + i / FPS, 128.0, 128.0 + 2 * EFFECT_DELTA) for i in range(EFFECT_FRAMES)]
-    assert effect_start(before + blip + calm, t_req) is None
-    assert effect_start(before + blip + calm + changed, t_req) == pytest.approx(t_req + 0.5)
-    assert effect_start(changed, t_req) is None  # nothing before the switch to compare with
+    assert effect_start(before + blip + calm, t_req, 1.0) is None
+    assert effect_start(before + blip + calm + changed, t_req, 1.0) == pytest.approx(t_req + 0.5)
+    assert effect_start(changed, t_req, 1.0) is None  # nothing before the switch to compare with
 
 
 def test_per_second_counts_frames_each_way_and_the_median_latency():
@@ -558,3 +580,37 @@ def test_a_check_still_waiting_past_window_max_s_is_missed_even_if_a_keyframe_co
         w.on_frame(TapFrame(timestamp=3000 * n, first_arrival=n / FPS, arrival=n / FPS, data=b"\x00", packets=1,
                             keyframe=n == 301, complete=True))
     assert [k for k, _ in events] == ["check_window_missed"] and w.decoded_frames == 0
+
+
+@pytest.mark.parametrize("tester_late", [True, False], ids=["sent-late", "network-late"])
+def test_output_late_by_the_testers_own_late_sends_is_neither_a_freeze_nor_jitter(tester_late):
+    """Relay, 100 ms: the output of frames 90 to 99 came 310 ms late. When the tester sent them late (its loop
+    stalled from frame 90's time for 310 ms, the frames due meanwhile left together), that is the tester's
+    stall: no freeze, and the intervals ending on them are left out of the jitter. When they left on time, the
+    same output is the network's freeze."""
+    s, t0, stall = spec(), 1000.0, 0.310
+    track = sent_track(s.clip, t0, 240)
+    due = list(track.sent)
+    late = [n for n in range(240) if due[90] <= due[n] <= due[90] + stall]  # those due while the loop stalled
+    arrivals = [(due[90] + stall if n in late else due[n]) + 0.1 for n in range(240)]
+    if tester_late:
+        for n in late:
+            track.sent[n] = due[90] + stall
+    w, _ = watch(s, track, t0)
+    for n in range(240):
+        w.arrivals.append(arrivals[n])
+        w.out_ts.append(s.clip.pts(n))
+        w.look_at((s.clip.luma[track.index[n]], 128.0, 128.0), arrivals[n], n)
+    assert w.latency_method == "rtp_timestamp"
+    r = ProbeResult("s1", "livepeer", "http://gw", duration_s=8.0)
+    w.fill(r, arrivals[-1] + 1 / FPS, [])
+    flagged = [n for n in late if track.sent[n] - due[n] >= 0.002]  # each at least SUSPECT_MS late
+    assert late == list(range(90, 100)) and len(flagged) == (10 if tester_late else 0)
+    assert r.freeze_count == (0 if tester_late else 1)
+    assert r.tester_stall_frames == len(flagged)
+    if tester_late:  # of the 11 intervals with a late frame at an end, the one across the stall is out of the
+        # jitter by its length (as a freeze's is: counted by ``freezes``, which gives it the late send's start)
+        assert r.jitter_suspect_intervals == len(flagged) and r.jitter_coeff == pytest.approx(0.0, abs=1e-3)
+    assert [ms for _, ms, _ in r.latency_samples] == pytest.approx([100.0] * 240 if tester_late else
+                                                                     [100.0 + (310.0 - 1000 * (n - 90) / FPS) * (n in late)
+                                                                      for n in range(240)], abs=1e-3)

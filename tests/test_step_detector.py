@@ -1,7 +1,8 @@
 """The brightness-step detector (fleet.probe.latency ``StepDetector``) on luma sequences whose steps are known:
 each step is where the level (bright above the midpoint of the two levels by a fifth of their gap, dark below it
-by as much) changes between consecutive frames, with the levels of the whole sequence. The first crossing,
-made while the levels were still being learnt, counts; nothing before it does (a gateway's warm-up frames)."""
+by as much) changes between consecutive frames, with the levels of the whole sequence. The crossing the levels
+were learnt across counts, tentatively: an exact alignment in the RTP clock (``judge_first``) keeps it, or drops
+it when it was not the output's own (a gateway's warm-up frames ending)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.probe.latency import Aligner, StepDetector, judge_first
+from fleet.probe.latency import EARLY_KEEP, Aligner, StepDetector, judge_first
 
 FPS = 30.0
 DARK, BRIGHT = 60.0, 180.0
@@ -62,46 +63,61 @@ def test_a_first_crossing_through_a_fade_is_where_the_full_levels_put_it() -> No
     assert d.prev[0] == pytest.approx(10 / FPS)
 
 
-WARM_UP = [BRIGHT] * 8 + [DARK] * 12 + [BRIGHT] * 9 + [DARK] * 6 + [BRIGHT] * 3  # 8 frames of a bright warm-up
-LAG = 8  # output frame n carries input frame n - LAG; the input's steps: its frames 12, 21 and 27
+LAG = 8  # output frame k carries input frame k - LAG (the clock times below are the input's)
+INPUTS = ((3, -1), (12, 1), (21, -1), (27, 1))  # the input's steps (frame, direction)
+OUTPUT = [DARK] * 20 + [BRIGHT] * 9 + [DARK] * 6 + [BRIGHT] * 3  # the output's own runs: steps at 20, 29, 35
 
 
-def inputs() -> list[tuple[float, int, float]]:
-    """The input's steps, (clock time, direction, sent), on the clock the output's timestamps keep."""
-    return [(n / FPS, d, 1000.0 + n / FPS) for n, d in ((12, 1), (21, -1), (27, 1))]
-
-
-def aligners() -> tuple[Aligner, Aligner]:
-    return Aligner(tolerance=2.5 / FPS, max_latency=5.0), Aligner(tolerance=0.3, max_latency=5.0)
-
-
-def test_a_warm_ups_end_is_a_tentative_first_step_that_the_alignment_drops() -> None:
-    """A bright warm-up, then the output's own runs: the crossing the levels were learnt across (the warm-up's
-    end) is counted, tentatively; it matches no input step and is dropped once the three after it align."""
+def judged(lumas: list[float]) -> tuple[StepDetector, list[tuple[int, int]]]:
+    """The detector after ``lumas`` (output frames), and its steps (output frame, direction) before judging
+    its first; then judged against the input's steps, as the watch does, in the RTP clock."""
     d = StepDetector()
-    for n, luma in enumerate(WARM_UP):
-        d.frame((n - LAG) / FPS, 1000.0 + n / FPS + 0.05, luma, True)
-    assert found_at(d, LAG) == [(8, -1), (20, 1), (29, -1), (35, 1)] and d.tentative
-    judge_first(d, inputs(), *aligners())
-    assert found_at(d, LAG) == [(20, 1), (29, -1), (35, 1)] == truth(WARM_UP, DARK, BRIGHT, first=20)
-    assert not d.tentative and d.prev == pytest.approx([(n - 1 - LAG) / FPS for n in (20, 29, 35)])
-    judge_first(d, inputs(), *aligners())  # judged once: nothing more is dropped
-    assert len(d.steps) == 3
+    for k, luma in enumerate(lumas):
+        d.frame((k - LAG) / FPS, 1000.0 + k / FPS + 0.05, luma, True)
+    before = found_at(d)
+    judge_first(d, [(n / FPS, s, 1000.0 + n / FPS) for n, s in INPUTS], Aligner(2.5 / FPS, 5.0), 1 / FPS)
+    return d, before
 
 
-def test_a_first_step_the_alignment_takes_is_kept() -> None:
-    lumas = WARM_UP[8:]  # no warm-up: the output's dark run first
-    d = StepDetector()
-    for n, luma in enumerate(lumas):
-        d.frame((n + 8 - LAG) / FPS, 1000.0 + (n + 8) / FPS + 0.05, luma, True)
-    assert found_at(d, LAG - 8) == [(12, 1), (21, -1), (27, 1)] and d.tentative
-    judge_first(d, inputs(), *aligners())
-    assert len(d.steps) == 3 and not d.tentative
+def found_at(d: StepDetector) -> list[tuple[int, int]]:
+    """The steps found, as output frame numbers."""
+    return [(round(t * FPS) + LAG, direction) for t, _, direction in d.steps]
 
 
-def found_at(d: StepDetector, lag: int) -> list[tuple[int, int]]:
-    """The steps found, as output frame numbers (their clock times, ``lag`` frames behind)."""
-    return [(round(t * FPS) + lag, direction) for t, _, direction in d.steps]
+def test_the_outputs_own_first_step_is_kept_once_the_alignment_with_it_is_exact() -> None:
+    d, before = judged(OUTPUT)
+    assert before == [(20, 1), (29, -1), (35, 1)] == truth(OUTPUT, DARK, BRIGHT)
+    assert found_at(d) == before and not d.tentative and d.sure() == (d.steps, d.prev)
+
+
+@pytest.mark.parametrize("warm_up", [4, 12, 15, 10], ids=["far-from-any-input-step", "1-frame-after-an-input-step",
+                                                          "4-frames-after-one", "1-frame-before-one"])
+def test_a_warm_ups_end_is_tentative_left_out_and_dropped_once_the_steps_after_it_align(warm_up: int) -> None:
+    """Bright warm-up frames, then the output's own runs: the warm-up's end is counted tentatively and left out
+    of every alignment (``sure``); it is dropped once the three steps after it align exactly. Ending 1 or 4
+    frames after an input step of its direction (frame 3's), it fits an alignment, not an exact one; 1 frame
+    before it, it would pull the lag a frame low: none keeps it."""
+    lumas = [BRIGHT] * warm_up + OUTPUT[warm_up:]
+    d, before = judged(lumas)
+    assert before == [(warm_up, -1), (20, 1), (29, -1), (35, 1)] and found_at(d) == before[1:]
+    assert not d.tentative and d.prev == pytest.approx([(k - 1 - LAG) / FPS for k in (20, 29, 35)])
+
+
+def test_a_tentative_first_step_waits_while_too_few_steps_follow_it() -> None:
+    lumas = [BRIGHT] * 12 + OUTPUT[12:33]  # the warm-up's end and two steps of the output's own
+    d, before = judged(lumas)
+    assert before == found_at(d) == [(12, -1), (20, 1), (29, -1)] and d.tentative
+    assert d.sure() == (d.steps[1:], d.prev[1:])
+
+
+def test_a_first_run_longer_than_the_frames_kept_leaves_its_crossing_uncounted() -> None:
+    """The frames before the first step are kept up to EARLY_KEEP: a crossing further back is not found
+    (the first step is then the second crossing, as if nothing were kept)."""
+    lumas = [DARK] * 20 + [BRIGHT] * (EARLY_KEEP + 10) + [DARK] * 5
+    d = detect(lumas)
+    assert found(d) == [(EARLY_KEEP + 30, -1)] and not d.tentative
+    d = detect([DARK] * 20 + [BRIGHT] * (EARLY_KEEP - 10) + [DARK] * 5)
+    assert found(d) == [(20, 1), (EARLY_KEEP + 10, -1)] and d.tentative
 
 
 def test_a_first_crossing_across_a_gap_is_no_step() -> None:

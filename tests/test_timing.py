@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.probe.looplag import LoopMonitor
-from fleet.probe.timing import PLAYABLE_FRAMES, analyse, freeze_ends, freezes, holding, jitter, output_fps
+from fleet.probe.timing import PLAYABLE_FRAMES, analyse, freeze_ends, freezes, holding, jitter, merged, output_fps
 
 
 def even(n: int, fps: float = 30.0, t0: float = 100.0) -> list[float]:
@@ -186,3 +186,15 @@ def test_fps_is_not_raised_by_a_first_frame_the_tester_stamped_late():
     assert analyse(late, suspect=stall).output_fps == pytest.approx(30.0, rel=1e-3)
     assert output_fps(late, [0, 1, 2]) == pytest.approx(30.0, rel=1e-3)
     assert output_fps(late, range(240)) == analyse(late).output_fps  # nothing sound: the whole span
+
+
+@settings(max_examples=200, deadline=None)
+@given(spans=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 20)).map(lambda s: (s[0] / 4, (s[0] + s[1]) / 4)),
+                      max_size=12))
+def test_merged_spans_hold_every_time_one_of_the_spans_holds_and_no_other(spans) -> None:
+    """Judged at every quarter step from before the first span to past the last (the ends fall on the grid)."""
+    out = merged(spans)
+    assert all(a[1] < b[0] for a, b in zip(out, out[1:]))  # in order, apart
+    for k in range(-4, 90):
+        t = k / 4
+        assert any(lo <= t <= hi for lo, hi in spans) == any(lo <= t <= hi for lo, hi in out), t

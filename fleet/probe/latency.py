@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from fleet.rtpclock import VIDEO_CLOCK
 
-__all__ = ["Aligner", "LatencySample", "StepDetector", "align", "judge_first", "lag_is_exact", "rtp_latency"]
+__all__ = ["EARLY_KEEP", "Aligner", "LatencySample", "StepDetector", "align", "input_frames", "judge_first", "lag_is_exact",
+           "late_sends", "rtp_latency"]
 
 LatencySample = tuple[float, float, str]  # (t_s from the session's start, ms, method)
 
@@ -116,11 +117,11 @@ class StepDetector:
 
     The levels are learnt from what is seen (the look may map them anywhere); a step is a crossing
     of the midpoint by more than ``hysteresis`` of the level gap, between two frames known to be
-    consecutive. The crossing the levels were learnt across (the first from one level to the other) is
-    judged again when the next is found, with the levels as known then, and counted if it is one: a step
-    earlier, and one run of the clip less to decode before the latency aligns. Only that one, and only
-    ``tentative``ly: it may be the end of a gateway's warm-up frames rather than the output's own first run,
-    which the alignment finds out (``drop_first``).
+    consecutive. Until the levels are known no step can be; when the first is found, the frames before it are
+    judged again by the levels known then, and the last crossing among them (the one the levels were learnt
+    across, or the last of several) counts too: a step earlier, one run of the clip less to decode before the
+    latency aligns. Only ``tentative``ly: it may be the end of a gateway's warm-up frames rather than the
+    output's own, which only an exact alignment can tell (``judge_first``); until then ``sure`` leaves it out.
     """
 
     hysteresis: float = 0.2
@@ -145,7 +146,7 @@ class StepDetector:
         self.lo = luma if self.lo is None else min(self.lo, luma)
         self.hi = luma if self.hi is None else max(self.hi, luma)
         if self._early is not None:
-            self._early.append((clock_t, arrival, luma, consecutive and last_t is not None, last_t))
+            self._early.append((clock_t, arrival, luma, consecutive, last_t))
         if self.hi - self.lo < 30:  # levels not seen yet
             return
         now = self._side(luma)
@@ -164,12 +165,12 @@ class StepDetector:
         came while they were being learnt), counted first."""
         level, found = None, None
         for clock_t, arrival, luma, consecutive, last_t in list(early)[:-1]:  # the last frame is the step found
-            now = self._side(luma)
-            if not consecutive:
+            if last_t is None:  # the first frame, or the first after reset_continuity
                 level = None
+            now = self._side(luma)
             if now is None:
                 continue
-            if level is not None and now != level:
+            if consecutive and level is not None and now != level:  # as ``frame`` judges a step
                 found = (clock_t, arrival, now, last_t)
             level = now
         if found is not None and level == self.level:  # the run the step found ends (as the levels say now)
@@ -177,8 +178,13 @@ class StepDetector:
             self.prev.append(found[3])
             self.tentative = True
 
+    def sure(self) -> tuple[list[tuple[float, float, int]], list[float | None]]:
+        """The steps and the clock times of the frames before them, less a tentative first step."""
+        k = 1 if self.tentative else 0
+        return self.steps[k:], self.prev[k:]
+
     def drop_first(self) -> None:
-        """The tentative first step matched no input step: it was not the output's (say, a warm-up's end)."""
+        """The tentative first step was not the output's (``judge_first``)."""
         if self.tentative:
             del self.steps[0], self.prev[0]
             self.tentative = False
@@ -209,27 +215,47 @@ class Aligner:
         return True
 
 
-def judge_first(d: StepDetector, in_steps: list[tuple[float, int, float]], rtp: Aligner, recv: Aligner) -> None:
-    """Keep or drop ``d``'s tentative first step: kept once an alignment in either clock (the output's RTP
-    timestamps, its arrivals) fits every step with it; dropped once one fits without it and none with it."""
-    if not d.tentative:
-        return
-    clocks = ((rtp, [(t, k, a) for t, a, k in d.steps], in_steps),
-              (recv, [(a, k, a) for _, a, k in d.steps], [(s, k, s) for _, k, s in in_steps]))
-    if any(align(outs, ins, a.tolerance, a.max_latency) is not None for a, outs, ins in clocks):
+def judge_first(d: StepDetector, in_steps: list[tuple[float, int, float]], rtp: Aligner, frame_s: float) -> None:
+    """Keep or drop ``d``'s tentative first step by the output's RTP timestamps, which alone can vouch for it:
+    kept once their alignment with it is exact (pinned to one frame, as a step that is not the output's own
+    would not let it be: too early, it pulls the lag below its frame; later, the frame before it rules the lag
+    out), dropped once the alignment without it is exact. A gateway that re-times its frames leaves it
+    tentative for good, and out of every alignment (``StepDetector.sure``)."""
+    def exact(k: int) -> bool:
+        fit = align([(t, s, a) for t, a, s in d.steps[k:]], in_steps, rtp.tolerance, rtp.max_latency)
+        return fit is not None and lag_is_exact(fit[0], d.prev[k:], in_steps, fit[1], frame_s)
+
+    if d.tentative and exact(0):
         d.tentative = False
-    elif any(align(outs[1:], ins, a.tolerance, a.max_latency) is not None for a, outs, ins in clocks):
+    elif d.tentative and exact(1):
         d.drop_first()
+
+
+def input_frames(out_ts: Sequence[int], lag: float, fps: float, count: int) -> Iterator[tuple[int, int]]:
+    """(output frame, input frame) for each output frame whose RTP timestamp, less the aligned ``lag``, lands on
+    one of the first ``count`` input frames (within a tenth of a frame)."""
+    for i, ts in enumerate(out_ts):
+        exact = (ts / VIDEO_CLOCK - lag) * fps
+        n = round(exact)
+        if abs(exact - n) < 0.1 and 0 <= n < count:
+            yield i, n
 
 
 def rtp_latency(out_ts: Sequence[int], arrivals: Sequence[float], lag: float, sent: Sequence[float],
                 fps: float, t0: float) -> list[LatencySample]:
-    """Per output frame whose RTP timestamp, less the aligned ``lag``, lands on an input frame (within
-    a tenth of a frame): its arrival less that frame's send time."""
-    samples = []
-    for ts, arrival in zip(out_ts, arrivals):
-        exact = (ts / VIDEO_CLOCK - lag) * fps
-        n = round(exact)
-        if abs(exact - n) < 0.1 and 0 <= n < len(sent):
-            samples.append((round(arrival - t0, 4), round((arrival - sent[n]) * 1000, 3), "rtp_timestamp"))
-    return samples
+    """Per output frame whose input frame ``input_frames`` names: its arrival less that frame's send time."""
+    return [(round(arrivals[i] - t0, 4), round((arrivals[i] - sent[n]) * 1000, 3), "rtp_timestamp")
+            for i, n in input_frames(out_ts, lag, fps, len(sent))]
+
+
+def late_sends(out_ts: Sequence[int], arrivals: Sequence[float], lag: float, sent: Sequence[float], start: float,
+               fps: float, min_s: float) -> list[tuple[float, float]]:
+    """The tester's own stalls on the sending side, as the output shows them: for each output frame whose input
+    frame (``input_frames``) left at least ``min_s`` after it was due (``start`` + n / ``fps``), the span from its
+    arrival less that lateness to its arrival (it may have come that much sooner had the tester sent on time)."""
+    spans = []
+    for i, n in input_frames(out_ts, lag, fps, len(sent)):
+        late = sent[n] - (start + n / fps)
+        if late >= min_s:
+            spans.append((arrivals[i] - late, arrivals[i]))
+    return spans

@@ -9,7 +9,8 @@ to catch, so it waits for one rather than decoding the GOP before it, or takes a
 decodes meanwhile), decoding on while black frames come (up to ``black_window_s`` apart) until ``BLACK_RUN``
 in a row make the output black; a keyframe is asked for with a PLI through ``ask_keyframe`` only when
 none came within ``CHECK_KEYFRAME_WAIT_S``. The per-session figures it leaves in the result (latency
-samples, per-second counts) come from pure functions: ``rtp_latency``, ``per_second``.
+samples, the tester's late sends, per-second counts) come from pure functions: ``rtp_latency``, ``late_sends``,
+``per_second``.
 
 After an orchestrator swap the session subscribes again (``resubscribed``): the new subscription is a
 segment of its own, with its own RTP timestamp origin and its own latency alignment; the latency
@@ -18,7 +19,6 @@ samples of earlier segments are kept, and the gaps between segments are cut out 
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,19 +26,18 @@ from typing import Any
 import av
 
 from fleet.media import PacketTrack
-from fleet.probe.latency import Aligner, LatencySample, StepDetector, judge_first, lag_is_exact, rtp_latency
-from fleet.probe.planes import frame_means
-from fleet.probe.timing import PLAYABLE_FRAMES, analyse, holding, jitter, per_second, percentile, suspect_frames
+from fleet.probe.latency import Aligner, LatencySample, StepDetector, judge_first, lag_is_exact, late_sends, rtp_latency
+from fleet.probe.looplag import SUSPECT_MS
+from fleet.probe.planes import effect_start, frame_means
+from fleet.probe.timing import PLAYABLE_FRAMES, analyse, holding, jitter, merged, per_second, percentile, suspect_frames
 from fleet.probe.types import ProbeResult, ProbeSpec
 from fleet.rtp import FrameTap, TapFrame
 from fleet.rtpclock import VIDEO_CLOCK
 
 BLACK_LUMA = 24.0             # a decoded frame this dark, with neutral chroma, is black
 BLACK_RUN = 10                # decoded black frames in a row that make the output "black"
-EFFECT_DELTA = 3.0            # mean U or V moving this much is a visible look change
-EFFECT_FRAMES = 3             # ... for this many decoded frames in a row
 PLI_EVERY_S = 0.5
-WINDOW_BEFORE_SWITCH_S = 1.0
+WINDOW_BEFORE_SWITCH_S = 1.0  # a switch's window opens this long before it: the look its effect is judged against
 WINDOW_AFTER_EFFECT_S = 0.5
 WINDOW_MAX_S = 10.0
 CHROMA_KEEP = 300             # decoded frames' chroma kept for the effect check (trimmed by a third)
@@ -71,18 +70,16 @@ class OutputWatch:
         self.switch_windows: dict[int, tuple[float, float]] = {}  # per prompt switch, until its effect is seen
         self.calibrating = True
         self.aligned_at_steps = 0          # detected output steps when the alignment last ran
-        self.last_pli = 0.0
-        self.prev_decoded_index = -2
+        self.last_pli, self.prev_decoded_index = 0.0, -2
         self.detector = StepDetector()
-        self.black_run = 0
-        self.black_frames = 0
-        self.decoded_frames = 0
+        self.black_run = self.black_frames = self.decoded_frames = 0
         self.chroma: list[tuple[float, float, float]] = []  # (arrival, mean U, mean V) of decoded frames
         self.pending_effects: list[tuple[int, float]] = []  # (update index, request time)
         self.prompt_switch_ms: list[float | None] = []  # per prompt switch, once switching starts
         self.latency_method: str | None = None
         self.segments: list[int] = []      # index of the first frame of each subscription after the first
         self.earlier_samples: list[LatencySample] = []  # latency samples of the segments before the current
+        self.earlier_late: list[tuple[float, float]] = []  # their late sends' spans (``late_sends``)
         self.calibrate_from = t0
         self._new_alignment()
 
@@ -97,6 +94,7 @@ class OutputWatch:
         """A new subscription after a swap: its frames start a new segment (``on_first`` at its first, then
         ``first_output``: a swap may come before any output)."""
         self.earlier_samples += self.latency_samples()
+        self.earlier_late += self.late_sends()
 
         def first() -> None:
             on_first()
@@ -272,13 +270,12 @@ class OutputWatch:
     def align(self) -> bool:
         """Find the alignment; True once it is exact (pinned to one frame)."""
         inputs = self.input_steps()
-        judge_first(self.detector, inputs, self.aligner, self.recv_aligner)
-        outs = [(t, d, a) for t, a, d in self.detector.steps]
-        if self.aligner.update(outs, inputs) and self.aligner.lag is not None:
+        judge_first(self.detector, inputs, self.aligner, 1 / self.spec.clip.fps)
+        steps, prev = self.detector.sure()
+        if self.aligner.update([(t, d, a) for t, a, d in steps], inputs) and self.aligner.lag is not None:
             self.latency_method = "rtp_timestamp"
-            return lag_is_exact(self.aligner.lag, self.detector.prev, inputs, self.aligner.matched,
-                                1 / self.spec.clip.fps)
-        recv = [(a, d, a) for _, a, d in self.detector.steps]
+            return lag_is_exact(self.aligner.lag, prev, inputs, self.aligner.matched, 1 / self.spec.clip.fps)
+        recv = [(a, d, a) for _, a, d in steps]
         recv_in = [(s, d, s) for _, d, s in inputs]
         if self.recv_aligner.update(recv, recv_in):
             # kept, but calibration goes on while the timestamps may still align (a sample per frame, and
@@ -296,7 +293,7 @@ class OutputWatch:
                 done.append(i)
                 self.switch_windows.pop(k, None)
                 continue
-            first = effect_start(self.chroma, t_req)
+            first = effect_start(self.chroma, t_req, WINDOW_BEFORE_SWITCH_S)
             if first is None:
                 continue
             self.prompt_switch_ms[k] = round((first - t_req) * 1000, 3)
@@ -312,9 +309,11 @@ class OutputWatch:
     def fill(self, r: ProbeResult, end: float | None, suspect: Sequence[tuple[float, float]]) -> None:
         """Put what was seen into the result: ``end`` is the session's end (None when it broke off, so
         the silence before a break is no freeze), ``suspect`` the tester's own loop stalls (those that hold no
-        frame stamped by the loop itself are dropped: a socket's stamp is not late by them)."""
+        frame stamped by the loop itself are dropped: a socket's stamp is not late by them); with them, its late
+        sends (``late_sends``)."""
         a, track, tap = self.arrivals, self.track, self.tap
-        suspect = holding(a, self.loop_stamped, suspect)
+        samples = self.earlier_samples + self.latency_samples()  # first: it may align once more
+        suspect = merged(holding(a, self.loop_stamped, suspect) + self.earlier_late + self.late_sends())
         r.frames_sent, r.frames_received = len(track.sent), len(a)
         if track.sent:
             r.first_packet_ms = _ms(track.start - self.t0) if track.start else None
@@ -342,7 +341,7 @@ class OutputWatch:
         if self.opt.keep_timeline:
             r.timeline = list(zip(self.out_ts, a))
             r.timeline_suspect = flagged
-        r.latency_samples = self.earlier_samples + self.latency_samples()
+        r.latency_samples = samples
         r.latency_method = self.latency_method or next((m for _, _, m in self.earlier_samples), None)
         values = [ms for _, ms, _ in r.latency_samples]
         if values:
@@ -351,6 +350,15 @@ class OutputWatch:
         r.prompt_switch_ms = list(self.prompt_switch_ms)
         r.decoded_frames, r.black_frames = self.decoded_frames, self.black_frames
         r.per_second = per_second(r.duration_s, self.t0, a, track.sent, r.latency_samples)
+
+    def late_sends(self) -> list[tuple[float, float]]:
+        """Spans in which the current segment's frames may have come sooner had the tester sent their input frames
+        on time (``latency.late_sends``, at least ``SUSPECT_MS`` late; the timestamps name each one's input)."""
+        if self.latency_method != "rtp_timestamp" or self.aligner.lag is None or self.track.start is None:
+            return []
+        first = self.segments[-1] if self.segments and self.ts0 is not None else 0
+        return late_sends(self.out_ts[first:], self.arrivals[first:], self.aligner.lag, self.track.sent,
+                          self.track.start, self.spec.clip.fps, SUSPECT_MS / 1000)
 
     def latency_samples(self) -> list[LatencySample]:
         """Every output frame's glass-to-glass latency the alignment can pin (aligning once more if
@@ -364,28 +372,11 @@ class OutputWatch:
         if self.latency_method == "brightness_step":
             inputs = self.input_steps()
             return [(round(arrival - self.t0, 4), round((arrival - inputs[k][2]) * 1000, 3), "brightness_step")
-                    for (_, arrival, _), k in zip(self.detector.steps, self.recv_aligner.matched)]
+                    for (_, arrival, _), k in zip(self.detector.sure()[0], self.recv_aligner.matched)]
         return []
 
 
-# --- pure functions ----------------------------------------------------------------------
-
-def effect_start(chroma: Sequence[tuple[float, float, float]], t_req: float) -> float | None:
-    """The arrival of the first of ``EFFECT_FRAMES`` frames in a row after ``t_req`` whose mean U or V
-    moved more than ``EFFECT_DELTA`` from the second before it; None while not (yet) seen."""
-    before = [(u, v) for a, u, v in chroma if t_req - WINDOW_BEFORE_SWITCH_S <= a < t_req]
-    after = [(a, u, v) for a, u, v in chroma if a >= t_req]
-    if not before or len(after) < EFFECT_FRAMES:
-        return None
-    bu = statistics.fmean(u for u, _ in before)
-    bv = statistics.fmean(v for _, v in before)
-    run = 0
-    for j, (_, u, v) in enumerate(after):
-        run = run + 1 if max(abs(u - bu), abs(v - bv)) > EFFECT_DELTA else 0
-        if run == EFFECT_FRAMES:
-            return after[j - EFFECT_FRAMES + 1][0]
-    return None
-
+# --- helpers -----------------------------------------------------------------------------
 
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 3)

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["FREEZE_MIN_S", "JITTER_WINDOW_S", "PLAYABLE_FRAMES", "Timing", "analyse", "freeze_ends", "freezes", "jitter",
-           "holding", "output_fps", "per_second", "percentile", "splice", "suspect_frames"]
+           "holding", "merged", "output_fps", "per_second", "percentile", "splice", "suspect_frames"]
 
 PLAYABLE_FRAMES = 10          # "playable": this many output frames received; the steady state starts there
 FREEZE_MIN_S = 0.150          # W3C: an interval > max(3 x mean, mean + 150 ms) is a freeze
@@ -72,6 +72,18 @@ def _cv(intervals: np.ndarray) -> float | None:
 def _inside(t: float, starts: list[float], windows: Sequence[tuple[float, float]]) -> bool:
     i = bisect.bisect_right(starts, t) - 1
     return i >= 0 and windows[i][0] <= t <= windows[i][1]
+
+
+def merged(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The union of ``spans``, in order, as spans that do not overlap: a time in several (a late send's span
+    inside a loop stall's, say) is in one, from the earliest of their starts."""
+    out: list[tuple[float, float]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def holding(arrivals: Sequence[float], indices: Iterable[int], suspect: Sequence[tuple[float, float]]
