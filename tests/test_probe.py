@@ -262,8 +262,8 @@ def test_sixteen_concurrent_sessions_in_one_process_match_the_truth(gateway):
     # by the loop. The caps sit above that, and still far below what would let the truth bounds excuse a
     # session; with frames timed by their socket (fleet.sockstamp) only those the loop stamped can be flagged
     # (none in a run alone: 16 sessions, 48 ms of loop lag at most, every frame within 3.7 ms of its truth), and
-    # the output of frames it sent 2 ms or more late (1.2 % and 0.1 % of the frames in two runs, 2 % at most in
-    # one session)
+    # the output its late sends made late (1 frame of 2,235 in a run; before a late send had to show in the
+    # output to count, 1.2 % and 0.1 % in two runs, 2 % at most in one session)
     for r in results:
         assert_matches_truth(r, gateway, max_suspect_share=LOADED_SESSION_SHARE_MAX)
     flagged, frames = sum(len(r.timeline_suspect) for r in results), sum(len(r.timeline) for r in results)
@@ -323,7 +323,10 @@ def test_frames_that_arrive_while_the_probes_own_loop_is_stalled_are_timed_when_
         assert not set(flagged) & set(during), (flagged, during)
         after = at + STALL_DELAY_MS / 1000
         stalled = [i for i in flagged if after - 0.05 <= r.timeline[i][1] <= after + STALL_S + 0.1]
-        assert 1 <= len(stalled) <= STALL_S * fps + 1, (flagged, [round(r.timeline[i][1] - at, 3) for i in flagged])
+        # every one flagged is one of them (a late send the gateway's ingest buffer absorbed is not), one at
+        # least: the gateway may drop some of the burst
+        assert stalled == flagged and 1 <= len(flagged) <= STALL_S * fps + 1, \
+            (flagged, [round(r.timeline[i][1] - at, 3) for i in flagged])
         assert r.tester_stall_frames == len(flagged)
         assert (r.tester_loop_lag_ms_max or 0) >= 0.9 * STALL_S * 1000  # the probe's monitor saw its loop stalled
         assert_matches_truth(r, proc.url)

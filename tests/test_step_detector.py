@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.probe.latency import EARLY_KEEP, Aligner, StepDetector, judge_first
+from fleet.probe.latency import EARLY_KEEP, Aligner, StepDetector, align, judge_first
 
 FPS = 30.0
 DARK, BRIGHT = 60.0, 180.0
@@ -68,14 +68,14 @@ INPUTS = ((3, -1), (12, 1), (21, -1), (27, 1))  # the input's steps (frame, dire
 OUTPUT = [DARK] * 20 + [BRIGHT] * 9 + [DARK] * 6 + [BRIGHT] * 3  # the output's own runs: steps at 20, 29, 35
 
 
-def judged(lumas: list[float]) -> tuple[StepDetector, list[tuple[int, int]]]:
+def judged(lumas: list[float], steps_in=INPUTS) -> tuple[StepDetector, list[tuple[int, int]]]:
     """The detector after ``lumas`` (output frames), and its steps (output frame, direction) before judging
     its first; then judged against the input's steps, as the watch does, in the RTP clock."""
     d = StepDetector()
     for k, luma in enumerate(lumas):
         d.frame((k - LAG) / FPS, 1000.0 + k / FPS + 0.05, luma, True)
     before = found_at(d)
-    judge_first(d, [(n / FPS, s, 1000.0 + n / FPS) for n, s in INPUTS], Aligner(2.5 / FPS, 5.0), 1 / FPS)
+    judge_first(d, [(n / FPS, s, 1000.0 + n / FPS) for n, s in steps_in], Aligner(2.5 / FPS, 5.0), 1 / FPS)
     return d, before
 
 
@@ -84,10 +84,30 @@ def found_at(d: StepDetector) -> list[tuple[int, int]]:
     return [(round(t * FPS) + LAG, direction) for t, _, direction in d.steps]
 
 
-def test_the_outputs_own_first_step_is_kept_once_the_alignment_with_it_is_exact() -> None:
+def test_the_outputs_own_first_step_is_kept_once_the_steps_after_it_alone_fit_its_exact_lag() -> None:
+    """With three steps, the two after the first fit two lags (the input's runs from frame 3 and from 12 are
+    alike): the first waits; with a fourth, they fit one, the first's: kept."""
     d, before = judged(OUTPUT)
-    assert before == [(20, 1), (29, -1), (35, 1)] == truth(OUTPUT, DARK, BRIGHT)
+    assert before == [(20, 1), (29, -1), (35, 1)] == truth(OUTPUT, DARK, BRIGHT) and d.tentative
+    longer = OUTPUT + [DARK] * 3
+    d, before = judged(longer, INPUTS + ((30, -1),))
+    assert before == [(20, 1), (29, -1), (35, 1), (38, -1)] == truth(longer, DARK, BRIGHT)
     assert found_at(d) == before and not d.tentative and d.sure() == (d.steps, d.prev)
+
+
+def test_a_warm_ups_end_that_picks_a_wrong_lag_of_its_own_is_not_kept() -> None:
+    """The warm-up ends 12 frames before the output's first step: with the two steps after it, it fits exactly
+    a lag 30 frames off (the input's runs from frame 20 repeat, 12 and 9 frames, the output's from 58), and
+    rules the true lag out. The two after it alone fit both: it waits, and goes with the next step."""
+    steps_in = ((20, -1), (32, 1), (41, -1), (62, 1), (71, -1), (80, 1))
+    lumas = [BRIGHT] * 58 + [DARK] * 12 + [BRIGHT] * 9 + [DARK] * 9 + [BRIGHT] * 3
+    d, before = judged(lumas[:88], steps_in)
+    assert before == [(58, -1), (70, 1), (79, -1)] and d.tentative  # not kept with the wrong lag
+    wrong = align([(t, s, a) for t, a, s in d.steps], [(n / FPS, s, 1000.0 + n / FPS) for n, s in steps_in],
+                  2.5 / FPS, 5.0)
+    assert wrong is not None and round(wrong[0] * FPS) == 30  # the lag the warm-up's end would have given
+    d, before = judged(lumas, steps_in)
+    assert before == [(58, -1), (70, 1), (79, -1), (88, 1)] and found_at(d) == before[1:] and not d.tentative
 
 
 @pytest.mark.parametrize("warm_up", [4, 12, 15, 10], ids=["far-from-any-input-step", "1-frame-after-an-input-step",

@@ -22,6 +22,7 @@ Two clocks can carry that match:
 from __future__ import annotations
 
 import bisect
+import statistics
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ MIN_STEPS = 3  # output steps needed before an alignment is trusted
 
 
 def align(out_steps: list[tuple[float, int, float]], in_steps: list[tuple[float, int, float]], tolerance: float,
-          max_latency: float) -> tuple[float, list[int]] | None:
+          max_latency: float, least: int = MIN_STEPS) -> tuple[float, list[int]] | None:
     """The lag L that puts every output step (t, d, arrival) at t - L just after an input step (u, d, sent).
 
     "Just after" is within ``tolerance`` (frames dropped around a step make it look later). Returns
@@ -48,9 +49,10 @@ def align(out_steps: list[tuple[float, int, float]], in_steps: list[tuple[float,
 
     Each output step takes the nearest input step in its window, and the steps must come out in the
     order they went in, each once: a keyframe jump can leave one-frame runs, so two steps of the same
-    direction two frames apart, both within the tolerance of one output step.
+    direction two frames apart, both within the tolerance of one output step. Fewer than ``least`` output
+    steps give none.
     """
-    if len(out_steps) < MIN_STEPS:
+    if len(out_steps) < least:
         return None
     by_dir: dict[int, list[tuple[float, int]]] = {1: [], -1: []}
     for i, (u, d, _) in enumerate(in_steps):
@@ -216,18 +218,25 @@ class Aligner:
 
 
 def judge_first(d: StepDetector, in_steps: list[tuple[float, int, float]], rtp: Aligner, frame_s: float) -> None:
-    """Keep or drop ``d``'s tentative first step by the output's RTP timestamps, which alone can vouch for it:
-    kept once their alignment with it is exact (pinned to one frame, as a step that is not the output's own
-    would not let it be: too early, it pulls the lag below its frame; later, the frame before it rules the lag
-    out), dropped once the alignment without it is exact. A gateway that re-times its frames leaves it
-    tentative for good, and out of every alignment (``StepDetector.sure``)."""
-    def exact(k: int) -> bool:
-        fit = align([(t, s, a) for t, a, s in d.steps[k:]], in_steps, rtp.tolerance, rtp.max_latency)
-        return fit is not None and lag_is_exact(fit[0], d.prev[k:], in_steps, fit[1], frame_s)
+    """Keep or drop ``d``'s tentative first step by the output's RTP timestamps, which alone can vouch for it.
+    Kept once their alignment with it is exact (pinned to one frame) and the steps after it, alone, fit that one
+    lag and no other (two of them are enough to say so): a step that is not the output's own rules the true lag
+    out, and could pick, with two runs of the clip that happen to repeat, a wrong one of its own. Dropped once
+    the alignment without it is exact. A gateway that re-times its frames leaves it tentative for good, and out
+    of every alignment (``StepDetector.sure``): a step's latency sample is all it costs."""
+    if not d.tentative:
+        return
+    outs = [(t, s, a) for t, a, s in d.steps]
 
-    if d.tentative and exact(0):
+    def exact(k: int) -> tuple[float, list[int]] | None:
+        fit = align(outs[k:], in_steps, rtp.tolerance, rtp.max_latency)
+        return fit if fit is not None and lag_is_exact(fit[0], d.prev[k:], in_steps, fit[1], frame_s) else None
+
+    with_it = exact(0)
+    alone = align(outs[1:], in_steps, rtp.tolerance, rtp.max_latency, least=2) if with_it is not None else None
+    if with_it is not None and alone is not None and abs(alone[0] - with_it[0]) < frame_s / 2:
         d.tentative = False
-    elif d.tentative and exact(1):
+    elif exact(1) is not None:
         d.drop_first()
 
 
@@ -250,12 +259,20 @@ def rtp_latency(out_ts: Sequence[int], arrivals: Sequence[float], lag: float, se
 
 def late_sends(out_ts: Sequence[int], arrivals: Sequence[float], lag: float, sent: Sequence[float], start: float,
                fps: float, min_s: float) -> list[tuple[float, float]]:
-    """The tester's own stalls on the sending side, as the output shows them: for each output frame whose input
-    frame (``input_frames``) left at least ``min_s`` after it was due (``start`` + n / ``fps``), the span from its
-    arrival less that lateness to its arrival (it may have come that much sooner had the tester sent on time)."""
+    """The tester's own stalls on the sending side, as far as the output shows them. Each output frame whose input
+    frame (``input_frames``) left late (after ``start`` + n / ``fps``, its due time) and which itself came late
+    (after its due time plus the median of every such frame's arrival less its due time: a gateway that
+    buffers its input absorbs a short lateness, and a lateness every frame has moves no interval) may have
+    come sooner had the tester sent on time: a span from the later of its arrival less its input's lateness
+    and its usual arrival, to its arrival; only spans of ``min_s`` or more."""
+    pairs = list(input_frames(out_ts, lag, fps, len(sent)))
+    if not pairs:
+        return []
+    usual = statistics.median(arrivals[i] - (start + n / fps) for i, n in pairs)
     spans = []
-    for i, n in input_frames(out_ts, lag, fps, len(sent)):
-        late = sent[n] - (start + n / fps)
-        if late >= min_s:
-            spans.append((arrivals[i] - late, arrivals[i]))
+    for i, n in pairs:
+        due = start + n / fps
+        begin = max(arrivals[i] - (sent[n] - due), due + usual)
+        if arrivals[i] - begin >= min_s:
+            spans.append((begin, arrivals[i]))
     return spans

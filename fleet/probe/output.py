@@ -89,6 +89,7 @@ class OutputWatch:
         max_latency = min(self.opt.max_latency_s, 0.9 * spec.clip.frames / spec.clip.fps)
         self.aligner = Aligner(tolerance=2.5 / spec.clip.fps, max_latency=max_latency)
         self.recv_aligner = Aligner(tolerance=0.3, max_latency=max_latency)
+        self.exact = False  # whether the RTP alignment is pinned to one frame
 
     def resubscribed(self, tap: FrameTap, on_first: Callable[[], None]) -> None:
         """A new subscription after a swap: its frames start a new segment (``on_first`` at its first, then
@@ -259,7 +260,7 @@ class OutputWatch:
             self.aligned_at_steps = steps = len(self.detector.steps)  # one fewer: a tentative first one dropped
         if exact:  # found: decoding goes back to short windows (giving up is _want_decode's, on the clock)
             self.calibrating = False
-            self.event("latency_aligned", method=self.latency_method, steps=steps, exact=exact)
+            self.event("latency_aligned", method=self.latency_method, steps=len(self.detector.sure()[0]), exact=exact)
 
     # --- latency and effects -----------------------------------------------------------
 
@@ -274,7 +275,8 @@ class OutputWatch:
         steps, prev = self.detector.sure()
         if self.aligner.update([(t, d, a) for t, a, d in steps], inputs) and self.aligner.lag is not None:
             self.latency_method = "rtp_timestamp"
-            return lag_is_exact(self.aligner.lag, prev, inputs, self.aligner.matched, 1 / self.spec.clip.fps)
+            self.exact = lag_is_exact(self.aligner.lag, prev, inputs, self.aligner.matched, 1 / self.spec.clip.fps)
+            return self.exact
         recv = [(a, d, a) for _, a, d in steps]
         recv_in = [(s, d, s) for _, d, s in inputs]
         if self.recv_aligner.update(recv, recv_in):
@@ -353,8 +355,8 @@ class OutputWatch:
 
     def late_sends(self) -> list[tuple[float, float]]:
         """Spans in which the current segment's frames may have come sooner had the tester sent their input frames
-        on time (``latency.late_sends``, at least ``SUSPECT_MS`` late; the timestamps name each one's input)."""
-        if self.latency_method != "rtp_timestamp" or self.aligner.lag is None or self.track.start is None:
+        on time (``latency.late_sends``, at least ``SUSPECT_MS``; its timestamps, exactly aligned, name each input)."""
+        if self.latency_method != "rtp_timestamp" or not self.exact or self.aligner.lag is None or self.track.start is None:
             return []
         first = self.segments[-1] if self.segments and self.ts0 is not None else 0
         return late_sends(self.out_ts[first:], self.arrivals[first:], self.aligner.lag, self.track.sent,

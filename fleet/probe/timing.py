@@ -1,7 +1,10 @@
 """Output timing from a session's frame arrivals: fps, jitter and freezes. Pure: no WebRTC here.
 
-``suspect`` spans are the tester's own loop stalls that hold a frame the loop stamped as it handled it
-(``holding``): a frame timed by its socket (``fleet.sockstamp``) is not late by any stall.
+``suspect`` spans are the tester's own stalls: its loop's, those that hold a frame the loop stamped as it
+handled it (``holding``: a frame timed by its socket, ``fleet.sockstamp``, is not late by any stall of the
+loop), and its late sends', the spans in which a frame may have come sooner had the tester sent its input on
+time (``fleet.probe.latency.late_sends``); ``merged`` into one list. Below, "stamped during the tester's own
+stall" is a frame in one of them.
 
 - ``output_fps``: frames per second between the first and the last frame, over the whole session.
   Its ends are the first and last frames not stamped during the tester's own stall (``suspect``): a
@@ -57,7 +60,7 @@ class Timing:
     jitter_coeff_p50: float | None = None
     jitter_coeff_p95: float | None = None
     jitter_intervals: int = 0          # intervals the jitter figure is computed from
-    jitter_suspect_intervals: int = 0  # intervals left out: stamped while the tester's loop was stalled
+    jitter_suspect_intervals: int = 0  # intervals left out: an end in the tester's own stall (``suspect``)
     freeze_count: int = 0
     freeze_s: float = 0.0
 

@@ -112,8 +112,8 @@ class ProbeResult:
     jitter_coeff_p50: float | None = None  # over 5 s windows
     jitter_coeff_p95: float | None = None
     jitter_intervals: int = 0
-    jitter_suspect_intervals: int = 0    # left out: stamped while the tester's own loop was stalled
-    tester_stall_frames: int = 0         # output frames stamped while the tester's own loop was stalled
+    jitter_suspect_intervals: int = 0    # left out: an end in the tester's own stall (its loop's, its late sends)
+    tester_stall_frames: int = 0         # output frames in the tester's own stalls (its loop's, its late sends)
     freeze_count: int = 0
     freeze_s: float = 0.0
     black_frames: int = 0

@@ -39,8 +39,8 @@ __all__ = ["Batch", "CAPACITY", "EVENTS", "SAMPLES", "SCHEMA_VERSION", "SESSIONS
 # 6: (issue #22) a session's life on the real network: swaps and every orchestrator that served it, the
 #    capacity evidence of a skip (refused_while_idle), ICE candidate types, NaaP's startup outcome
 #    (RULE-LIFECYCLE-003), jitter in milliseconds as go-livepeer reports it
-# 7: tester_stall_frames (output frames the probe stamped while its own loop stalled: their share of
-#    frames_received is how much the tester excused itself)
+# 7: tester_stall_frames (output frames the probe stamped while its own loop stalled, and since 2026-12-06
+#    those its late sends made late: their share of frames_received is how much the tester excused itself)
 # 8: the capacity table (every capacity snapshot a run read that changed, or one every few minutes)
 # 9: tester_send_jitter_coeff (the jitter of the frames as the tester sent them: the output carries it; a
 #    jitter miss it explains, over a healthy tester's 0.05, makes the session tester_bottleneck)
