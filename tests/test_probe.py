@@ -323,9 +323,9 @@ def test_frames_that_arrive_while_the_probes_own_loop_is_stalled_are_timed_when_
         assert not set(flagged) & set(during), (flagged, during)
         after = at + STALL_DELAY_MS / 1000
         stalled = [i for i in flagged if after - 0.05 <= r.timeline[i][1] <= after + STALL_S + 0.1]
-        # every one flagged is one of them (a late send the gateway's ingest buffer absorbed is not), one at
-        # least: the gateway may drop some of the burst
-        assert stalled == flagged and 1 <= len(flagged) <= STALL_S * fps + 1, \
+        # those flagged are the stall's (a late send the gateway's ingest buffer absorbed is not; one other, at
+        # most, by a send late for another reason that showed), one at least: the gateway may drop some of them
+        assert 1 <= len(stalled) <= STALL_S * fps + 1 and len(flagged) - len(stalled) <= 1, \
             (flagged, [round(r.timeline[i][1] - at, 3) for i in flagged])
         assert r.tester_stall_frames == len(flagged)
         assert (r.tester_loop_lag_ms_max or 0) >= 0.9 * STALL_S * 1000  # the probe's monitor saw its loop stalled

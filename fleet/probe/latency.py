@@ -258,21 +258,27 @@ def rtp_latency(out_ts: Sequence[int], arrivals: Sequence[float], lag: float, se
 
 
 def late_sends(out_ts: Sequence[int], arrivals: Sequence[float], lag: float, sent: Sequence[float], start: float,
-               fps: float, min_s: float) -> list[tuple[float, float]]:
-    """The tester's own stalls on the sending side, as far as the output shows them. Each output frame whose input
-    frame (``input_frames``) left late (after ``start`` + n / ``fps``, its due time) and which itself came late
-    (after its due time plus the median of every such frame's arrival less its due time: a gateway that
-    buffers its input absorbs a short lateness, and a lateness every frame has moves no interval) may have
-    come sooner had the tester sent on time: a span from the later of its arrival less its input's lateness
-    and its usual arrival, to its arrival; only spans of ``min_s`` or more."""
+               fps: float, min_s: float, near_s: float = 2.0) -> list[tuple[float, float]]:
+    """The tester's own stalls on the sending side, as far as the output shows them. An output frame whose input
+    frame (``input_frames``) left ``min_s`` or more after its due time (``start`` + n / ``fps``) may have come
+    sooner had the tester sent on time, by as much as it came later than usual: than the median of the delay
+    from due time to arrival of the frames within ``near_s`` of it whose input left on time (of all of them
+    there, when none did). A gateway that buffers its input absorbs a short lateness, and a lateness every frame
+    has moves no interval. Its span: from the later of its arrival less its input's lateness and its usual
+    arrival, to its arrival; only spans of ``min_s`` or more."""
     pairs = list(input_frames(out_ts, lag, fps, len(sent)))
-    if not pairs:
-        return []
-    usual = statistics.median(arrivals[i] - (start + n / fps) for i, n in pairs)
+    delay = [arrivals[i] - (start + n / fps) for i, n in pairs]
+    late = [sent[n] - (start + n / fps) for _, n in pairs]
+    on_time = [k for k, x in enumerate(late) if x < min_s]
+    reach = max(1, round(near_s * fps))
     spans = []
-    for i, n in pairs:
-        due = start + n / fps
-        begin = max(arrivals[i] - (sent[n] - due), due + usual)
+    for k, (i, _) in enumerate(pairs):
+        if late[k] < min_s:
+            continue
+        near = on_time[bisect.bisect_left(on_time, k - reach):bisect.bisect_right(on_time, k + reach)]
+        usual = statistics.median(delay[j] for j in near) if near else \
+            statistics.median(delay[max(0, k - reach):k + reach + 1])
+        begin = max(arrivals[i] - late[k], arrivals[i] - delay[k] + usual)
         if arrivals[i] - begin >= min_s:
             spans.append((begin, arrivals[i]))
     return spans

@@ -198,7 +198,7 @@ class OutputWatch:
     def _want_decode(self, now: float) -> bool:
         if self.calibrating and now - self.calibrate_from > self.opt.calibrate_max_s:
             self.calibrating = False  # no alignment in time (an output without brightness steps): give up
-            self.event("latency_aligned", method=self.latency_method, steps=len(self.detector.steps), exact=False)
+            self.event("latency_aligned", method=self.latency_method, steps=len(self.detector.sure()[0]), exact=False)
         if self.opt.decode == "all" or self.calibrating or self.pending_effects or now < self.black_until:
             return True
         if self.windows:  # most frames come with no window open: nothing to look through
