@@ -257,7 +257,7 @@ class OutputWatch:
         steps = len(self.detector.steps)
         if steps >= 3 and steps != self.aligned_at_steps:  # align again only when a new step was seen
             exact = self.align()
-            self.aligned_at_steps = steps = len(self.detector.steps)  # one fewer: a tentative first one dropped
+            self.aligned_at_steps = len(self.detector.steps)  # one fewer: a tentative first one dropped
         if exact:  # found: decoding goes back to short windows (giving up is _want_decode's, on the clock)
             self.calibrating = False
             self.event("latency_aligned", method=self.latency_method, steps=len(self.detector.sure()[0]), exact=exact)
@@ -271,6 +271,7 @@ class OutputWatch:
     def align(self) -> bool:
         """Find the alignment; True once it is exact (pinned to one frame)."""
         inputs = self.input_steps()
+        self.exact = False
         judge_first(self.detector, inputs, self.aligner, 1 / self.spec.clip.fps)
         steps, prev = self.detector.sure()
         if self.aligner.update([(t, d, a) for t, a, d in steps], inputs) and self.aligner.lag is not None:
@@ -356,11 +357,15 @@ class OutputWatch:
     def late_sends(self) -> list[tuple[float, float]]:
         """Spans in which the current segment's frames may have come sooner had the tester sent their input frames
         on time (``latency.late_sends``, at least ``SUSPECT_MS``; its timestamps, exactly aligned, name each input)."""
-        if self.latency_method != "rtp_timestamp" or not self.exact or self.aligner.lag is None or self.track.start is None:
+        if not self.exact or self.aligner.lag is None or self.track.start is None:  # exact: aligned on RTP
             return []
-        first = self.segments[-1] if self.segments and self.ts0 is not None else 0
+        first = self._segment_start()
         return late_sends(self.out_ts[first:], self.arrivals[first:], self.aligner.lag, self.track.sent,
                           self.track.start, self.spec.clip.fps, SUSPECT_MS / 1000)
+
+    def _segment_start(self) -> int:
+        """The index of the current subscription's first frame."""
+        return self.segments[-1] if self.segments and self.ts0 is not None else 0
 
     def latency_samples(self) -> list[LatencySample]:
         """Every output frame's glass-to-glass latency the alignment can pin (aligning once more if
@@ -368,7 +373,7 @@ class OutputWatch:
         if self.calibrating and len(self.detector.steps) >= 3:
             self.align()
         if self.latency_method == "rtp_timestamp" and self.aligner.lag is not None:
-            first = self.segments[-1] if self.segments and self.ts0 is not None else 0
+            first = self._segment_start()
             return rtp_latency(self.out_ts[first:], self.arrivals[first:], self.aligner.lag, self.track.sent,
                                self.spec.clip.fps, self.t0)
         if self.latency_method == "brightness_step":
