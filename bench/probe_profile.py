@@ -44,6 +44,7 @@ import argparse
 import asyncio
 import collections
 import cProfile
+import dataclasses
 import json
 import os
 import platform
@@ -121,12 +122,15 @@ def profile_breakdown(prof: cProfile.Profile) -> dict:
             "top": [{"tottime_s": round(tt, 4), "fn": w, "group": group_of(w)} for tt, w in rows[:TOP_FUNCTIONS]]}
 
 
-async def sessions(url: str, n: int, duration: float, stagger: float, codec: str, profile: str) -> tuple[list[dict], dict | None]:
+async def sessions(url: str, n: int, duration: float, stagger: float, codec: str, profile: str,
+                   phases: int | None) -> tuple[list[dict], dict | None]:
     from fleet.media import synthetic_clip
     from fleet.probe.session import ProbeOptions, ProbeSpec, PromptChange, new_http_client, run_probe
     from fleet.probe.types import EVENT_PREFIX
 
     clip = synthetic_clip(SIZE, SIZE, FPS, codec=codec)
+    options = ProbeOptions(status_every_s=5.0)
+    options = options if phases is None else dataclasses.replace(options, send_phases=phases)
     client = new_http_client()
     # CPU time, not wall time: the event loop's idle wait in epoll is no cost of the sessions
     prof = cProfile.Profile(time.process_time) if profile else None
@@ -137,7 +141,7 @@ async def sessions(url: str, n: int, duration: float, stagger: float, codec: str
         nonlocal started, ended
         await asyncio.sleep(stagger * i / n)
         spec = ProbeSpec(url, "livepeer", "streamdiffusion", clip, (PromptChange(0, {"prompt": "bench"}),),
-                         duration_s=duration, options=ProbeOptions(status_every_s=5.0))
+                         duration_s=duration, options=options)
         started += 1
         if prof is not None and started == n:
             prof.enable()   # every session started: from here on, the steady state
@@ -151,7 +155,8 @@ async def sessions(url: str, n: int, duration: float, stagger: float, codec: str
                        None)  # not when calibration gave up
         return {"stream": r.stream_id, "outcome": r.outcome, "error": r.error_class, "fps": r.output_fps,
                 "received": r.frames_received, "latency_ms": r.g2g_latency_ms, "decoded": r.decoded_frames,
-                "latency_aligned_at_s": aligned, "reasons": r.reasons}
+                "latency_aligned_at_s": aligned, "reasons": r.reasons, "pacing_late_ms_max": r.pacing_late_ms_max,
+                "send_jitter": r.tester_send_jitter_coeff}
 
     try:
         out = list(await asyncio.gather(*(one(i) for i in range(n))))
@@ -223,7 +228,7 @@ def without(part: str) -> list[bool]:
     return flag
 
 
-async def bare_pairs(n: int, duration: float, codec: str, stagger: float, part: str = "") -> dict:
+async def bare_pairs(n: int, duration: float, codec: str, stagger: float, part: str = "", phases: int = 0) -> dict:
     """N lean sender -> lean receiver pairs over loopback, started ``stagger`` seconds apart in all (as the
     probe's sessions are): the CPU of their steady state (from the moment every pair delivered a frame, for
     ``duration`` less the stagger and a margin), per pair-second, and the frames received per pair-second.
@@ -246,7 +251,7 @@ async def bare_pairs(n: int, duration: float, codec: str, stagger: float, part: 
             def count(_frame) -> None:
                 frames[i] += 1
             FrameTap(receiver, count, decode=False, bandwidth_feedback=False)
-        a, b, _, _ = await loopback_pair(PacketTrack(clip), named, on_sender=lean_sender, on_receiver=tap)
+        a, b, _, _ = await loopback_pair(PacketTrack(clip, phases=phases), named, on_sender=lean_sender, on_receiver=tap)
         pcs.extend((a, b))
 
     loop = asyncio.get_running_loop()
@@ -277,6 +282,7 @@ def bare_pairs_run(args: argparse.Namespace, cpu: int, part: str = "") -> dict:
     stagger = min(STAGGER_MAX_S, args.n * STAGGER_PER_SESSION_S)
     cmd = [sys.executable, __file__, "--worker", "--pairs", "--loop", args.loop, "--codec", args.codec, "--n", str(args.n),
            "--duration", str(args.duration), "--cpu", str(cpu), "--stagger", str(stagger), "--without", part]
+    cmd += ["--send-phases", str(args.send_phases)] * (args.send_phases is not None)
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration * 4 + 120)
     except subprocess.TimeoutExpired:
@@ -310,6 +316,7 @@ def probe_parts(full: float, floor: float, without_part: dict[str, float | None]
 
 def worker(args: argparse.Namespace) -> None:
     os.sched_setaffinity(0, {args.cpu})
+    from fleet.probe.types import ProbeOptions
     from fleet.webrtc import use_host_addresses
 
     use_host_addresses(["127.0.0.1"])
@@ -317,17 +324,19 @@ def worker(args: argparse.Namespace) -> None:
         import uvloop  # the loop Ray gives the fleet's runner (an async actor) when uvloop is installed
         uvloop.install()
     if args.pairs:
-        print(json.dumps(asyncio.run(bare_pairs(args.n, args.duration, args.codec, args.stagger, args.without))))
+        phases = ProbeOptions().send_phases if args.send_phases is None else args.send_phases
+        print(json.dumps(asyncio.run(bare_pairs(args.n, args.duration, args.codec, args.stagger, args.without, phases))))
         return
     without(args.without)[0] = True  # a probe's part is left out from the start
-    out, prof = asyncio.run(sessions(args.url, args.n, args.duration, args.stagger, args.codec, args.profile))
+    out, prof = asyncio.run(sessions(args.url, args.n, args.duration, args.stagger, args.codec, args.profile,
+                                     args.send_phases))
     print(json.dumps({"sessions": out, "profile": prof}))
 
 
 # --- the driver ------------------------------------------------------------------------------
 
 def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, gateway_pid: int, loop: str,
-        part: str = "") -> dict:
+        part: str = "", phases: int | None = None) -> dict:
     import httpx
 
     stagger = min(STAGGER_MAX_S, n * STAGGER_PER_SESSION_S)
@@ -336,7 +345,7 @@ def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, g
         known = {s["name"] for s in c.get(f"{url}/debug/streams").json()["streams"]}
         cmd = [sys.executable, __file__, "--worker", "--loop", loop, "--codec", codec, "--url", url, "--n", str(n),
                "--duration", str(duration), "--cpu", str(cpu), "--stagger", str(stagger), "--without", part]
-        cmd += ["--profile", profile] * bool(profile)
+        cmd += ["--profile", profile] * bool(profile) + ["--send-phases", str(phases)] * (phases is not None)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             window = steady_window(c, url, known, n, window_s, proc, gateway_pid)
@@ -363,7 +372,15 @@ def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, g
                     errors.append(abs(s["latency_ms"] - truth))
     fps = sorted(s["fps"] or 0.0 for s in data["sessions"])
     errors.sort()
+    late = sorted(s["pacing_late_ms_max"] for s in data["sessions"] if s["pacing_late_ms_max"] is not None)
+    jitters = sorted(s["send_jitter"] for s in data["sessions"] if s["send_jitter"] is not None)
     r: dict = {"codec": codec, "n": n, "duration_s": duration, "loop": loop, "profiled": bool(profile),
+               "send_phases": phases,  # None: the probe's default
+               # what sharing send instants costs the sessions' pacing: the latest frame, and the send jitter
+               "pacing_late_ms_max_p50": late[len(late) // 2] if late else None,
+               "pacing_late_ms_max_p95": late[len(late) * 95 // 100] if late else None,
+               "send_jitter_p50": round(jitters[len(jitters) // 2], 4) if jitters else None,
+               "send_jitter_p95": round(jitters[len(jitters) * 95 // 100], 4) if jitters else None,
                "outcomes": sorted({s["outcome"] for s in data["sessions"]}),
                "reasons": dict(collections.Counter(x for s in data["sessions"] for x in s["reasons"])),
                "delivered": round(received / sent, 4) if sent else None,
@@ -396,7 +413,7 @@ def probe_run(args: argparse.Namespace, cpus: list[int], part: str = "") -> dict
         assert gw.proc is not None and gw.url is not None
         os.sched_setaffinity(gw.proc.pid, {cpus[-1]})
         return run(gw.url, args.codec, args.n, args.duration, cpus[0], "" if part else args.profile, gw.proc.pid,
-                   args.loop, part)
+                   args.loop, part, args.send_phases)
 
 
 def floor_run(args: argparse.Namespace, cpu: int, r: dict, parts: bool) -> dict:
@@ -456,6 +473,9 @@ def main() -> None:
                     help="also run N bare lean sender->receiver pairs over loopback: the data path's own CPU")
     ap.add_argument("--parts", action="store_true",
                     help="--floor, and five more runs, each leaving one part out: the pairs' parts and the probe's")
+    ap.add_argument("--send-phases", type=int, default=None, metavar="K",
+                    help="the sessions' shared send instants a frame period (0: a phase each; default: the probe's, "
+                         "ProbeOptions.send_phases); the bare pairs of --floor and --parts send so too")
     ap.add_argument("--profile", nargs="?", const="-", default="",
                     help="run the worker under cProfile and group its time; with a path, also dump the pstats there")
     args = ap.parse_args()

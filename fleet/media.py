@@ -38,7 +38,7 @@ from fleet.errors import InputError
 from fleet.rtpclock import VIDEO_CLOCK
 
 __all__ = ["CODECS", "Clip", "ClipPayloads", "H264_PROFILE_LEVEL_ID", "PacketTrack", "clip_for", "clip_payloads", "file_clip",
-           "synthetic_clip"]
+           "first_phase", "synthetic_clip"]
 
 DARK, BRIGHT = 56, 176
 VP8_DESCRIPTOR = Struct("!BBH")   # S bit (first packet of a frame), I bit, M bit + 15-bit picture ID (RFC 7741 4.2)
@@ -211,6 +211,14 @@ def clip_for(media: object, base_dir: Path | None = None, seed: int = 0) -> Clip
     return file_clip(str(path), media.width, media.height, media.fps, media.codec, media.gop, media.bitrate_kbps)
 
 
+PHASE_OFFSET = random.random()   # where this process's send instants sit in their spacing (other processes' elsewhere)
+
+
+def first_phase(now: float, phase_s: float, offset: float = PHASE_OFFSET) -> float:
+    """The first of the instants ``(k + offset) * phase_s`` at or after ``now``; ``now`` when ``phase_s`` is 0."""
+    return max(now, (math.ceil(now / phase_s - offset) + offset) * phase_s) if phase_s > 0 else now
+
+
 class PacketTrack(MediaStreamTrack):
     """Sends a clip's packets at its frame rate, looping, and remembers when each frame left.
 
@@ -219,14 +227,21 @@ class PacketTrack(MediaStreamTrack):
     request (a PLI from the far end, through ``request_keyframe``) makes the next frame the clip's next
     keyframe, at once, as a live encoder would answer it: the content jumps ahead to it, and
     ``level_steps`` follows what was really sent.
+
+    With ``phases``, the frames of every track of the process with the clip's frame rate leave on one clock:
+    ``phases`` instants a frame period on the monotonic clock, at an offset of the process's own (another
+    process's tracks keep instants of their own). A track's first frame waits for the next of them (less than
+    1 / (fps x phases) s, as a camera's first frame comes at a phase of its own), and its frames then keep it,
+    so the loop wakes for every track sharing an instant together instead of once per track.
     """
 
     kind = "video"
 
-    def __init__(self, clip: Clip, max_frames: int | None = None) -> None:
+    def __init__(self, clip: Clip, max_frames: int | None = None, phases: int = 0) -> None:
         super().__init__()
         self.clip = clip
         self.max_frames = max_frames
+        self.phase_s = 1.0 / (clip.fps * phases) if phases > 0 else 0.0
         self.sent: list[float] = []
         self.index: list[int] = []                   # the clip frame sent as frame n
         self.steps_sent: list[tuple[int, int]] = []  # (n, direction) brightness steps among the frames sent
@@ -268,7 +283,7 @@ class PacketTrack(MediaStreamTrack):
             raise MediaStreamError
         now = time.monotonic()
         if self.start is None:
-            self.start = now
+            self.start = first_phase(now, self.phase_s)
         due = self.start + n / self.clip.fps
         if due > now:
             await asyncio.sleep(due - now)

@@ -319,7 +319,7 @@ class OutputWatch:
         suspect = merged(holding(a, self.loop_stamped, suspect) + self.earlier_late + self.late_sends())
         r.frames_sent, r.frames_received = len(track.sent), len(a)
         if track.sent:
-            r.first_packet_ms = _ms(track.start - self.t0) if track.start else None
+            r.first_packet_ms = _ms(track.sent[0] - self.t0)
             r.pacing_late_ms_mean = _ms(track.late_s_total / len(track.sent))
             r.pacing_late_ms_max, r.tester_send_jitter_coeff = _ms(track.late_s_max), jitter(track.sent)[0]  # as the output's
             r.keyframes_on_request = track.keyframe_jumps

@@ -86,7 +86,7 @@ class _Probe:
         self.r = ProbeResult(spec.session_id, spec.dialect, spec.gateway_url)
         self.t0 = time.monotonic()
         self.r.started_unix = time.time()
-        self.track = PacketTrack(spec.clip)
+        self.track = PacketTrack(spec.clip, phases=spec.options.send_phases)
         self.base = spec.gateway_url.rstrip("/")
         ice = tuple(self.opt.ice_servers) + (_GATEWAY_ICE.get(self.base, ()) if self.opt.use_gateway_ice_servers else ())
         self.peers = Peers(ice, self.event)

@@ -49,6 +49,8 @@ class ProbeOptions:
     use_gateway_ice_servers: bool = True         # also those a gateway named in WHIP Link headers (RFC 9725)
     keep_timeline: bool = False                  # keep every output frame's (RTP ts, arrival) in the result
     calibrate_max_s: float = 15.0                # decode every frame at most this long looking for the latency
+    send_phases: int = 4                         # the process's sessions send their frames at this many instants a
+                                                 # frame period (fleet.media.PacketTrack); 0 (or less): each at its own
 
 
 @dataclass(frozen=True)

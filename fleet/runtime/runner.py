@@ -132,7 +132,8 @@ class RegionRunner:
             max_startup_s=t.max_startup_s, min_output_fps=t.min_output_fps, max_g2g_latency_ms=t.max_g2g_latency_ms,
             max_jitter_coeff=t.max_jitter_coeff, max_freeze_s=t.max_freeze_s,
             options=ProbeOptions(verify_tls=s.target.verify_tls, ice_servers=self._ice_servers(),
-                                 use_gateway_ice_servers=s.target.ice.use_gateway_servers),
+                                 use_gateway_ice_servers=s.target.ice.use_gateway_servers,
+                                 send_phases=s.media.send_phases),
             on_stream=self._on_stream(job.lease_id))
         stop = asyncio.Event()
         self.stops[job.session_id] = stop

@@ -1,0 +1,96 @@
+"""The shared frame clock: a track with ``phases`` starts at the next of that many instants a frame period (at
+the process's offset), so tracks started at different moments send on the same instants; without, a track
+starts at once. The tracks run on a real event loop; waits are on their own frames, each with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fleet.media import Clip, PacketTrack, first_phase
+from fleet.probe import session
+from fleet.probe.types import ProbeOptions, ProbeSpec, PromptChange
+
+FPS = 30.0
+FRAMES = 90
+
+
+def clip() -> Clip:
+    return Clip("h264", 64, 64, FPS, (b"",) * FRAMES, (True,) + (False,) * (FRAMES - 1), (100.0,) * FRAMES, (), 0.0)
+
+
+def whole(x: float) -> bool:
+    return abs(x - round(x)) < 1e-6
+
+
+@given(now=st.floats(0, 1e6), phases=st.integers(1, 8), offset=st.floats(0, 1, exclude_max=True))
+def test_the_first_instant_is_the_next_one_on_the_grid(now, phases, offset):
+    spacing = 1 / (FPS * phases)
+    t = first_phase(now, spacing, offset)
+    assert whole(t / spacing - offset), "one of the instants (k + offset) x spacing"
+    assert now <= t < now + spacing + 1e-9, "never one before now, nor one skipped"
+
+
+def test_without_a_spacing_the_first_instant_is_now():
+    assert first_phase(1234.5678, 0.0) == 1234.5678
+
+
+async def first_frames(track: PacketTrack, count: int) -> float:
+    """``count`` frames of ``track`` taken; the monotonic time just before asking for the first."""
+    before = time.monotonic()
+    for _ in range(count):
+        await asyncio.wait_for(track.next_frame(), timeout=5)
+    return before
+
+
+@pytest.mark.parametrize("phases", [1, 4])
+def test_tracks_started_apart_send_on_shared_instants(phases):
+    spacing = 1 / (FPS * phases)
+
+    async def main():
+        tracks = [PacketTrack(clip(), phases=phases) for _ in range(3)]
+        asked = []
+        for k, track in enumerate(tracks):  # each started after the one before sent frames of its own
+            asked.append(await first_frames(track, 2 + k))
+        return tracks, asked
+
+    tracks, asked = asyncio.run(main())
+    for track, before in zip(tracks, asked):
+        assert track.start is not None and before <= track.start, "no instant before the first frame was asked for"
+        assert track.sent[0] >= track.start - 1e-9, "the first frame waited for its instant"
+    assert len({track.start for track in tracks}) == 3, "started apart"
+    for track in tracks[1:]:
+        assert whole((track.start - tracks[0].start) / spacing), "the tracks' frames are due on the same instants"
+
+
+def test_without_phases_a_track_starts_at_once():
+    async def main():
+        track = PacketTrack(clip())
+        before = await first_frames(track, 1)
+        return track, before, time.monotonic()
+
+    track, before, after = asyncio.run(main())
+    assert before <= track.start <= after and track.sent[0] == track.start
+
+
+@pytest.mark.parametrize("phases", [0, 2, 4])
+def test_a_probe_session_sends_on_the_options_phases(monkeypatch, phases):
+    made = []
+
+    class Made(Exception):
+        pass
+
+    def track(clip, **kw):  # the session's track, and nothing after it built
+        made.append(kw)
+        raise Made
+
+    monkeypatch.setattr(session, "PacketTrack", track)
+    spec = ProbeSpec("http://127.0.0.1:1", "livepeer", "streamdiffusion", clip(), (PromptChange(0, {}),), 5.0,
+                     options=ProbeOptions(send_phases=phases))
+    with pytest.raises(Made):
+        session._Probe(spec)
+    assert made == [{"phases": phases}]
