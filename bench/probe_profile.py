@@ -65,6 +65,10 @@ from sessions_per_core import WINDOW_MARGIN_S, WINDOW_MIN_S, end_tree, gateway_c
 SIZE, FPS = 512, 30
 STAGGER_PER_SESSION_S = 0.05    # sessions start spread out, as a fleet worker's would
 STAGGER_MAX_S = 4.0
+# a session's pacing: how late its frames left on average and at worst, its send jitter, and the output frames
+# and jitter intervals its own stalls and late sends had excused (shared send instants put sends behind others)
+PACING = ("pacing_late_ms_mean", "pacing_late_ms_max", "tester_send_jitter_coeff", "tester_stall_frames",
+          "jitter_suspect_intervals")
 PAIRS_FLOWING_S = 30.0          # every bare pair delivers its first frame within this, or the floor is not measured
 PAIRS_MIN_FPS = 29.5            # a floor measured below this (the pairs' worker saturated) is no floor
 TOP_FUNCTIONS = 25
@@ -155,8 +159,8 @@ async def sessions(url: str, n: int, duration: float, stagger: float, codec: str
                        None)  # not when calibration gave up
         return {"stream": r.stream_id, "outcome": r.outcome, "error": r.error_class, "fps": r.output_fps,
                 "received": r.frames_received, "latency_ms": r.g2g_latency_ms, "decoded": r.decoded_frames,
-                "latency_aligned_at_s": aligned, "reasons": r.reasons, "pacing_late_ms_max": r.pacing_late_ms_max,
-                "send_jitter": r.tester_send_jitter_coeff}
+                "latency_aligned_at_s": aligned, "reasons": r.reasons, "send_phases": options.send_phases,
+                **{k: getattr(r, k) for k in PACING}}
 
     try:
         out = list(await asyncio.gather(*(one(i) for i in range(n))))
@@ -335,6 +339,15 @@ def worker(args: argparse.Namespace) -> None:
 
 # --- the driver ------------------------------------------------------------------------------
 
+def pacing(sessions: list[dict]) -> dict:
+    """What sharing send instants cost the sessions' sends (``PACING``): the median and p95 over sessions."""
+    out: dict = {}
+    for key in PACING:
+        v = sorted(s[key] for s in sessions if s[key] is not None)
+        out[f"{key}_p50"], out[f"{key}_p95"] = (v[len(v) // 2], v[len(v) * 95 // 100]) if v else (None, None)
+    return out
+
+
 def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, gateway_pid: int, loop: str,
         part: str = "", phases: int | None = None) -> dict:
     import httpx
@@ -372,15 +385,8 @@ def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, g
                     errors.append(abs(s["latency_ms"] - truth))
     fps = sorted(s["fps"] or 0.0 for s in data["sessions"])
     errors.sort()
-    late = sorted(s["pacing_late_ms_max"] for s in data["sessions"] if s["pacing_late_ms_max"] is not None)
-    jitters = sorted(s["send_jitter"] for s in data["sessions"] if s["send_jitter"] is not None)
     r: dict = {"codec": codec, "n": n, "duration_s": duration, "loop": loop, "profiled": bool(profile),
-               "send_phases": phases,  # None: the probe's default
-               # what sharing send instants costs the sessions' pacing: the latest frame, and the send jitter
-               "pacing_late_ms_max_p50": late[len(late) // 2] if late else None,
-               "pacing_late_ms_max_p95": late[len(late) * 95 // 100] if late else None,
-               "send_jitter_p50": round(jitters[len(jitters) // 2], 4) if jitters else None,
-               "send_jitter_p95": round(jitters[len(jitters) * 95 // 100], 4) if jitters else None,
+               "send_phases": data["sessions"][0]["send_phases"], **pacing(data["sessions"]),
                "outcomes": sorted({s["outcome"] for s in data["sessions"]}),
                "reasons": dict(collections.Counter(x for s in data["sessions"] for x in s["reasons"])),
                "delivered": round(received / sent, 4) if sent else None,

@@ -10,7 +10,7 @@ mode), so with half a core or more the probe would outlast the gateway's core, a
 saturate first. Every step runs against a fresh gateway, whose ingest
 buffer (``INGEST_BUFFER_MS``) keeps a tester's short stalls from reaching its runner model, and whose 17 GPUs
 answer with fixed delays a step apart across a frame period (``DELAY_PHASES``): the outputs of a tester's
-sessions come back at phases of their own, as from a network's GPUs, whatever phases its inputs left at. At every step
+sessions come back spread over the period, as from a network's GPUs, whatever phases its inputs left at. At every step
 both sides' CPU is read from /proc over the steady window only (every session of the step flowing, by the
 gateway's truth; ramp-up and teardown excluded), each as a fraction of what it has (the tester: its share;
 the gateway: its core), and the step says which side saturated (>= 0.9); a step with no such window (its
@@ -63,6 +63,7 @@ SATURATED = 0.9                 # a side using this fraction of what it has is s
 SIZE, FPS = 512, 30.0
 INGEST_BUFFER_MS = 250.0        # the gateway's ingest buffer (see gateway_config)
 DELAY_MS, DELAY_PHASES = 50.0, 17  # the GPUs' processing delays: from 50 ms, in 17 steps over a frame period
+GPU_SLOTS = 16                  # each GPU's: 17 x 16 = 272, over the gateway's 256 streams
 TESTERS = ("probe", "naive", "chromium")
 CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 CFS_PERIOD_US = 10_000          # short quota periods: a throttled tester stalls <= 10 ms, not 100 ms
@@ -82,12 +83,13 @@ def gateway_config():
     # of their own whatever the phases their inputs left at: DELAY_PHASES GPUs whose fixed delays step by a
     # fraction of a frame period across one period (the gateway hands each new stream to the GPU with the most
     # free slots, so they share the sessions evenly). 17, a prime: no step falls in with the probe's shared send
-    # instants (ProbeOptions.send_phases), which with 16 would bring 4 instants' outputs back at only 16.
+    # instants (ProbeOptions.send_phases, any count but a multiple of 17), which with 16 would bring 4 instants'
+    # outputs back at only 16. Two sessions on one GPU that share an instant still come back together.
     step_ms = 1000.0 / FPS / DELAY_PHASES
     profiles = {f"p{k}": GpuProfile(name="Bench GPU", fps_cap=60, cold_start_s=0, warmup_frames=0, prompt_cost=0,
                                     delay=Delay(dist="fixed", mean_ms=DELAY_MS + k * step_ms, jitter_ms=0.0))
                 for k in range(DELAY_PHASES)}
-    gpus = tuple(Gpu(id=f"G{k}", profile=f"p{k}", slots={"streamdiffusion": 16}) for k in range(DELAY_PHASES))
+    gpus = tuple(Gpu(id=f"G{k}", profile=f"p{k}", slots={"streamdiffusion": GPU_SLOTS}) for k in range(DELAY_PHASES))
     # Frames reach the runner model on their media clock INGEST_BUFFER_MS after they were due: a tester's stall
     # shorter than that (a full garbage collection of a loaded probe: up to ~100 ms) does not reach it. With the
     # default 20 ms, a stall's burst finds the runner busy and a frame is dropped; in relay mode the stream then

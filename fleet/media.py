@@ -20,6 +20,7 @@ import bisect
 import fractions
 import functools
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -38,7 +39,8 @@ from fleet.errors import InputError
 from fleet.rtpclock import VIDEO_CLOCK
 
 __all__ = ["CODECS", "Clip", "ClipPayloads", "H264_PROFILE_LEVEL_ID", "PacketTrack", "clip_for", "clip_payloads", "file_clip",
-           "first_phase", "synthetic_clip"]
+           "first_phase", "phase_offset",
+           "synthetic_clip"]
 
 DARK, BRIGHT = 56, 176
 VP8_DESCRIPTOR = Struct("!BBH")   # S bit (first packet of a frame), I bit, M bit + 15-bit picture ID (RFC 7741 4.2)
@@ -211,12 +213,29 @@ def clip_for(media: object, base_dir: Path | None = None, seed: int = 0) -> Clip
     return file_clip(str(path), media.width, media.height, media.fps, media.codec, media.gop, media.bitrate_kbps)
 
 
-PHASE_OFFSET = random.random()   # where this process's send instants sit in their spacing (other processes' elsewhere)
+_phase_offset = [0.0]   # where this process's send instants sit in their spacing
 
 
-def first_phase(now: float, phase_s: float, offset: float = PHASE_OFFSET) -> float:
-    """The first of the instants ``(k + offset) * phase_s`` at or after ``now``; ``now`` when ``phase_s`` is 0."""
-    return max(now, (math.ceil(now / phase_s - offset) + offset) * phase_s) if phase_s > 0 else now
+def _new_phase_offset() -> None:
+    _phase_offset[0] = random.SystemRandom().random()
+
+
+_new_phase_offset()
+os.register_at_fork(after_in_child=_new_phase_offset)  # a forked child sends at instants of its own too
+
+
+def phase_offset() -> float:
+    """This process's offset of its send instants, a fraction of their spacing (another process draws its own)."""
+    return _phase_offset[0]
+
+
+def first_phase(now: float, phase_s: float, offset: float | None = None) -> float:
+    """The first of the instants ``(k + offset) * phase_s`` at or after ``now`` (``offset`` by default this
+    process's); ``now`` when ``phase_s`` is 0."""
+    if phase_s <= 0:
+        return now
+    o = phase_offset() if offset is None else offset
+    return max(now, (math.ceil(now / phase_s - o) + o) * phase_s)
 
 
 class PacketTrack(MediaStreamTrack):

@@ -5,13 +5,16 @@ starts at once. The tracks run on a real event loop; waits are on their own fram
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet.media import Clip, PacketTrack, first_phase
+from fleet.media import Clip, PacketTrack, first_phase, phase_offset
 from fleet.probe import session
 from fleet.probe.types import ProbeOptions, ProbeSpec, PromptChange
 
@@ -61,10 +64,26 @@ def test_tracks_started_apart_send_on_shared_instants(phases):
     tracks, asked = asyncio.run(main())
     for track, before in zip(tracks, asked):
         assert track.start is not None and before <= track.start, "no instant before the first frame was asked for"
-        assert track.sent[0] >= track.start - 1e-9, "the first frame waited for its instant"
+        assert all(t >= track.start + n / FPS - 1e-9 for n, t in enumerate(track.sent)), "each frame waited for its instant"
     assert len({track.start for track in tracks}) == 3, "started apart"
     for track in tracks[1:]:
         assert whole((track.start - tracks[0].start) / spacing), "the tracks' frames are due on the same instants"
+
+
+def test_each_process_draws_its_own_offset_and_so_does_a_forked_child():
+    draw = "import fleet.media as m; print(m.phase_offset())"
+    drawn = {subprocess.run([sys.executable, "-c", draw], capture_output=True, text=True, check=True).stdout
+             for _ in range(2)}
+    assert len(drawn) == 2 and all(0.0 <= float(x) < 1.0 for x in drawn)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its offset, then out at once (no test machinery of the parent's runs here)
+        os.write(write, repr(phase_offset()).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as f:
+        assert float(f.read()) != phase_offset()
 
 
 def test_without_phases_a_track_starts_at_once():
@@ -94,3 +113,17 @@ def test_a_probe_session_sends_on_the_options_phases(monkeypatch, phases):
     with pytest.raises(Made):
         session._Probe(spec)
     assert made == [{"phases": phases}]
+
+
+@pytest.mark.parametrize("phases", [None, 0, 7])
+def test_a_runner_gives_its_sessions_the_scenarios_send_phases(tmp_path, phases):
+    from conftest import REPO
+    from fleet.runtime.runner import RegionRunner
+    from fleet.scenario import load_scenario
+
+    path = tmp_path / "s.yaml"
+    media = "" if phases is None else f"media: {{source: synthetic, send_phases: {phases}}}\n"
+    path.write_text(f"extends: {REPO / 'tests' / 'scenarios' / 'base.yaml'}\n{media}")
+    scenario = load_scenario(path)
+    runner = RegionRunner("local", scenario.model_dump(mode="json"), str(tmp_path))
+    assert runner.probe_options().send_phases == (4 if phases is None else phases)

@@ -641,3 +641,15 @@ def test_late_sends_are_not_excused_on_an_alignment_that_is_not_exact():
     w.fill(r, track.sent[-1] + 0.2, [])
     assert w.latency_method == "rtp_timestamp" and not w.exact and len(lost) >= 5
     assert r.tester_stall_frames == 0 and r.freeze_count == 1
+
+
+def test_first_packet_ms_is_when_the_first_frame_left_not_when_it_was_due():
+    """A session's first frame waits for its send instant and leaves after the sends ahead of it in that turn:
+    ``first_packet_ms`` is its send, from the session's start."""
+    s, t0 = spec(), 1000.0
+    track = sent_track(s.clip, t0 + 0.5, 60)
+    track.sent[0] += 0.0031  # it left 3.1 ms after its instant
+    w, _ = watch(s, track, t0)
+    r = ProbeResult("s1", "livepeer", "http://gw", duration_s=2.0)
+    w.fill(r, track.sent[-1] + 0.2, [])
+    assert r.first_packet_ms == pytest.approx(503.1, abs=1e-3)

@@ -131,9 +131,7 @@ class RegionRunner:
             orchestrator=job.orchestrator_uri, session_id=job.session_id,
             max_startup_s=t.max_startup_s, min_output_fps=t.min_output_fps, max_g2g_latency_ms=t.max_g2g_latency_ms,
             max_jitter_coeff=t.max_jitter_coeff, max_freeze_s=t.max_freeze_s,
-            options=ProbeOptions(verify_tls=s.target.verify_tls, ice_servers=self._ice_servers(),
-                                 use_gateway_ice_servers=s.target.ice.use_gateway_servers,
-                                 send_phases=s.media.send_phases),
+            options=self.probe_options(),
             on_stream=self._on_stream(job.lease_id))
         stop = asyncio.Event()
         self.stops[job.session_id] = stop
@@ -158,6 +156,12 @@ class RegionRunner:
             if row.g2g_latency_ms is not None:
                 self._metrics[2].observe(row.g2g_latency_ms, tags={"region": self.region})
         return row
+
+    def probe_options(self) -> ProbeOptions:
+        """What the scenario sets of how each session runs."""
+        s = self.scenario
+        return ProbeOptions(verify_tls=s.target.verify_tls, ice_servers=self._ice_servers(),
+                            use_gateway_ice_servers=s.target.ice.use_gateway_servers, send_phases=s.media.send_phases)
 
     def _ice_servers(self) -> tuple[IceServer, ...]:
         """The scenario's STUN/TURN servers, credentials read from this node's environment."""

@@ -45,7 +45,7 @@ class Workflow(Spec):
 RUNNER_MAX_FPS = 24.0   # ai-runner trickle/decoder.py MAX_FRAMERATE
 
 class _Encoding(Spec):
-    """How the test media is encoded (once per process; sessions send the packets)."""
+    """How the test media is encoded (once per process; sessions send the packets) and when it is sent."""
 
     width: int = Field(512, ge=64, le=3840, multiple_of=2)
     height: int = Field(512, ge=64, le=2160, multiple_of=2)
@@ -61,9 +61,10 @@ class _Encoding(Spec):
     bitrate_kbps: int = Field(1500, ge=50, le=50_000)
     send_phases: int = Field(4, ge=0, le=32, description=(
         "The runner's sessions send their frames at this many instants a frame period, shared: its loop wakes "
-        "once for all the sessions at an instant (about a tenth less CPU at 4 than at 0), and a session's first "
-        "frame waits for the next instant. 0: every session at a phase of its own, as independent users send "
-        "(no bursts of the runner's frames on its uplink, nor at GPUs that serve two of its sessions)."))
+        "for the sessions at an instant together (a tenth less CPU at 4 than at 0 with 50 sessions on a bench "
+        "core; little or none near the core's limit), and a session's first frame waits for the next instant. "
+        "0: every session at a phase of its own, as independent users send (no bursts of the runner's frames "
+        "on its uplink, nor at a GPU that serves two of its sessions)."))
 
     def notes(self) -> list[str]:
         """What a valid choice will do on the network that its author may not expect."""
