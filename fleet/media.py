@@ -39,8 +39,7 @@ from fleet.errors import InputError
 from fleet.rtpclock import VIDEO_CLOCK
 
 __all__ = ["CODECS", "Clip", "ClipPayloads", "H264_PROFILE_LEVEL_ID", "PacketTrack", "clip_for", "clip_payloads", "file_clip",
-           "first_phase", "phase_offset",
-           "synthetic_clip"]
+           "first_phase", "phase_offset", "synthetic_clip"]
 
 DARK, BRIGHT = 56, 176
 VP8_DESCRIPTOR = Struct("!BBH")   # S bit (first packet of a frame), I bit, M bit + 15-bit picture ID (RFC 7741 4.2)
@@ -213,11 +212,12 @@ def clip_for(media: object, base_dir: Path | None = None, seed: int = 0) -> Clip
     return file_clip(str(path), media.width, media.height, media.fps, media.codec, media.gop, media.bitrate_kbps)
 
 
-_phase_offset = [0.0]   # where this process's send instants sit in their spacing
+_phase_offset = 0.0   # where this process's send instants sit in their spacing
 
 
 def _new_phase_offset() -> None:
-    _phase_offset[0] = random.SystemRandom().random()
+    global _phase_offset
+    _phase_offset = random.SystemRandom().random()
 
 
 _new_phase_offset()
@@ -226,7 +226,7 @@ os.register_at_fork(after_in_child=_new_phase_offset)  # a forked child sends at
 
 def phase_offset() -> float:
     """This process's offset of its send instants, a fraction of their spacing (another process draws its own)."""
-    return _phase_offset[0]
+    return _phase_offset
 
 
 def first_phase(now: float, phase_s: float, offset: float | None = None) -> float:

@@ -5,7 +5,6 @@ starts at once. The tracks run on a real event loop; waits are on their own fram
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet.media import Clip, PacketTrack, first_phase, phase_offset
+from fleet.media import Clip, PacketTrack, first_phase
 from fleet.probe import session
 from fleet.probe.types import ProbeOptions, ProbeSpec, PromptChange
 
@@ -70,20 +69,32 @@ def test_tracks_started_apart_send_on_shared_instants(phases):
         assert whole((track.start - tracks[0].start) / spacing), "the tracks' frames are due on the same instants"
 
 
-def test_each_process_draws_its_own_offset_and_so_does_a_forked_child():
-    draw = "import fleet.media as m; print(m.phase_offset())"
-    drawn = {subprocess.run([sys.executable, "-c", draw], capture_output=True, text=True, check=True).stdout
-             for _ in range(2)}
-    assert len(drawn) == 2 and all(0.0 <= float(x) < 1.0 for x in drawn)
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:  # the child: its offset, then out at once (no test machinery of the parent's runs here)
-        os.write(write, repr(phase_offset()).encode())
+# run in a process of its own (the test's process never forks): its offset, then its forked child's
+FORKED = """
+import os
+import fleet.media as m
+read, write = os.pipe()
+child = os.fork()
+if child == 0:
+    try:
+        os.write(write, repr(m.phase_offset()).encode())
+    finally:
         os._exit(0)
-    os.close(write)
-    os.waitpid(child, 0)
-    with os.fdopen(read) as f:
-        assert float(f.read()) != phase_offset()
+os.close(write)
+with os.fdopen(read) as f:
+    theirs = f.read()
+_, status = os.waitpid(child, 0)
+print(m.phase_offset(), theirs if status == 0 else "failed")
+"""
+
+
+def test_each_process_draws_its_own_offset_and_so_does_a_forked_child():
+    def run() -> list[float]:
+        done = subprocess.run([sys.executable, "-c", FORKED], capture_output=True, text=True, check=True, timeout=60)
+        return [float(x) for x in done.stdout.split()]
+
+    (a, a_child), (b, _) = run(), run()
+    assert len({a, a_child, b}) == 3 and all(0.0 <= x < 1.0 for x in (a, a_child, b))
 
 
 def test_without_phases_a_track_starts_at_once():

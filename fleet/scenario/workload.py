@@ -61,8 +61,9 @@ class _Encoding(Spec):
     bitrate_kbps: int = Field(1500, ge=50, le=50_000)
     send_phases: int = Field(4, ge=0, le=32, description=(
         "The runner's sessions send their frames at this many instants a frame period, shared: its loop wakes "
-        "for the sessions at an instant together (a tenth less CPU at 4 than at 0 with 50 sessions on a bench "
-        "core; little or none near the core's limit), and a session's first frame waits for the next instant. "
+        "for the sessions at an instant together (8 to 10 % less CPU at 4 than at 0 with 50 sessions on a bench "
+        "core; near the core's limit little, or a loss in the sessions' start-up), and a session's first frame "
+        "waits for the next instant. "
         "0: every session at a phase of its own, as independent users send (no bursts of the runner's frames "
         "on its uplink, nor at a GPU that serves two of its sessions)."))
 
