@@ -304,8 +304,8 @@ class _Probe:
         self.peers.closing = True
         if self.t_end is None:
             self.t_end = time.monotonic()
+        self.track.stop()  # no frame leaves after the session's end (its send times end with it)
         await self._cancel(*self.tasks)
-        self.track.stop()
         self.peers.candidates(self.r)   # before the close: aioice forgets the pair then
         steps = [*(pc.close() for pc in (self.peers.pc_out, *self.peers.old_out)), self.peers.pc_in.close(),
                  self.adapter.stop(client)]
