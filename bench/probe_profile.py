@@ -44,7 +44,6 @@ import argparse
 import asyncio
 import collections
 import cProfile
-import dataclasses
 import json
 import os
 import platform
@@ -127,14 +126,13 @@ def profile_breakdown(prof: cProfile.Profile) -> dict:
 
 
 async def sessions(url: str, n: int, duration: float, stagger: float, codec: str, profile: str,
-                   phases: int | None) -> tuple[list[dict], dict | None]:
+                   phases: int) -> tuple[list[dict], dict | None]:
     from fleet.media import synthetic_clip
     from fleet.probe.session import ProbeOptions, ProbeSpec, PromptChange, new_http_client, run_probe
     from fleet.probe.types import EVENT_PREFIX
 
     clip = synthetic_clip(SIZE, SIZE, FPS, codec=codec)
-    options = ProbeOptions(status_every_s=5.0)
-    options = options if phases is None else dataclasses.replace(options, send_phases=phases)
+    options = ProbeOptions(status_every_s=5.0, send_phases=phases)
     client = new_http_client()
     # CPU time, not wall time: the event loop's idle wait in epoll is no cost of the sessions
     prof = cProfile.Profile(time.process_time) if profile else None
@@ -159,8 +157,7 @@ async def sessions(url: str, n: int, duration: float, stagger: float, codec: str
                        None)  # not when calibration gave up
         return {"stream": r.stream_id, "outcome": r.outcome, "error": r.error_class, "fps": r.output_fps,
                 "received": r.frames_received, "latency_ms": r.g2g_latency_ms, "decoded": r.decoded_frames,
-                "latency_aligned_at_s": aligned, "reasons": r.reasons, "send_phases": options.send_phases,
-                **{k: getattr(r, k) for k in PACING}}
+                "latency_aligned_at_s": aligned, "reasons": r.reasons, **{k: getattr(r, k) for k in PACING}}
 
     try:
         out = list(await asyncio.gather(*(one(i) for i in range(n))))
@@ -327,14 +324,13 @@ def worker(args: argparse.Namespace) -> None:
     if args.loop == "uvloop":
         import uvloop  # the loop Ray gives the fleet's runner (an async actor) when uvloop is installed
         uvloop.install()
+    phases = ProbeOptions().send_phases if args.send_phases is None else args.send_phases
     if args.pairs:
-        phases = ProbeOptions().send_phases if args.send_phases is None else args.send_phases
         print(json.dumps(asyncio.run(bare_pairs(args.n, args.duration, args.codec, args.stagger, args.without, phases))))
         return
     without(args.without)[0] = True  # a probe's part is left out from the start
-    out, prof = asyncio.run(sessions(args.url, args.n, args.duration, args.stagger, args.codec, args.profile,
-                                     args.send_phases))
-    print(json.dumps({"sessions": out, "profile": prof}))
+    out, prof = asyncio.run(sessions(args.url, args.n, args.duration, args.stagger, args.codec, args.profile, phases))
+    print(json.dumps({"sessions": out, "profile": prof, "send_phases": phases}))
 
 
 # --- the driver ------------------------------------------------------------------------------
@@ -386,7 +382,7 @@ def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, g
     fps = sorted(s["fps"] or 0.0 for s in data["sessions"])
     errors.sort()
     r: dict = {"codec": codec, "n": n, "duration_s": duration, "loop": loop, "profiled": bool(profile),
-               "send_phases": data["sessions"][0]["send_phases"], **pacing(data["sessions"]),
+               "send_phases": data["send_phases"], **pacing(data["sessions"]),
                "outcomes": sorted({s["outcome"] for s in data["sessions"]}),
                "reasons": dict(collections.Counter(x for s in data["sessions"] for x in s["reasons"])),
                "delivered": round(received / sent, 4) if sent else None,
