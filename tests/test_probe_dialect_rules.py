@@ -147,3 +147,32 @@ def test_only_a_404_to_a_status_read_says_the_gateway_keeps_no_status(code, said
             return await adapter.status(client), adapter.said_no_status
 
     assert asyncio.run(main()) == (None, said)
+
+
+def test_every_status_read_is_a_fresh_get_with_the_sessions_headers_on_the_client_it_is_given():
+    """The status read's request is built once and sent again (``Adapter._status_request``): each read must
+    still reach the gateway as its own GET, with the User-Agent and the token, and get that read's body;
+    another client gets it too."""
+    from fleet.probe.adapters import USER_AGENT, DaydreamAdapter
+
+    seen: list[tuple[str, str, str, str]] = []
+
+    def gateway(name: str):
+        def answer(request: httpx.Request) -> httpx.Response:
+            seen.append((name, request.method, str(request.url), request.headers.get("Authorization", "")))
+            assert request.headers["User-Agent"] == USER_AGENT
+            return httpx.Response(200, json={"data": {"read": len(seen)}})
+        return answer
+
+    async def main() -> tuple[str, list]:
+        adapter = DaydreamAdapter("http://gw", "streamdiffusion", token="tok-1")
+        bodies = []
+        async with httpx.AsyncClient(transport=httpx.MockTransport(gateway("a"))) as a, \
+                httpx.AsyncClient(transport=httpx.MockTransport(gateway("b"))) as b:
+            for client in (a, a, a, b, a):
+                bodies.append(await adapter.status(client))
+        return adapter.name, bodies
+
+    name, bodies = asyncio.run(main())
+    assert bodies == [{"read": k} for k in range(1, 6)]
+    assert seen == [(c, "GET", f"http://gw/v1/streams/{name}/status", "Bearer tok-1") for c in "aaaba"]
