@@ -64,6 +64,7 @@ from sessions_per_core import WINDOW_MARGIN_S, WINDOW_MIN_S, end_tree, gateway_c
 SIZE, FPS = 512, 30
 STAGGER_PER_SESSION_S = 0.05    # sessions start spread out, as a fleet worker's would
 STAGGER_MAX_S = 4.0
+STATUS_EVERY_S = 5.0            # between a session's status reads, as bench/sessions_per_core.py's sessions
 # a session's pacing: how late its frames left on average and at worst, its send jitter, and the output frames
 # and jitter intervals its own stalls and late sends had excused (shared send instants put sends behind others)
 PACING = ("pacing_late_ms_mean", "pacing_late_ms_max", "tester_send_jitter_coeff", "tester_stall_frames",
@@ -126,13 +127,13 @@ def profile_breakdown(prof: cProfile.Profile) -> dict:
 
 
 async def sessions(url: str, n: int, duration: float, stagger: float, codec: str, profile: str,
-                   phases: int) -> tuple[list[dict], dict | None]:
+                   phases: int, status_every: float) -> tuple[list[dict], dict | None]:
     from fleet.media import synthetic_clip
     from fleet.probe.session import ProbeOptions, ProbeSpec, PromptChange, new_http_client, run_probe
     from fleet.probe.types import EVENT_PREFIX
 
     clip = synthetic_clip(SIZE, SIZE, FPS, codec=codec)
-    options = ProbeOptions(status_every_s=5.0, send_phases=phases)
+    options = ProbeOptions(status_every_s=status_every, send_phases=phases)
     client = new_http_client()
     # CPU time, not wall time: the event loop's idle wait in epoll is no cost of the sessions
     prof = cProfile.Profile(time.process_time) if profile else None
@@ -329,7 +330,8 @@ def worker(args: argparse.Namespace) -> None:
         print(json.dumps(asyncio.run(bare_pairs(args.n, args.duration, args.codec, args.stagger, args.without, phases))))
         return
     without(args.without)[0] = True  # a probe's part is left out from the start
-    out, prof = asyncio.run(sessions(args.url, args.n, args.duration, args.stagger, args.codec, args.profile, phases))
+    out, prof = asyncio.run(sessions(args.url, args.n, args.duration, args.stagger, args.codec, args.profile, phases,
+                                     args.status_every))
     print(json.dumps({"sessions": out, "profile": prof, "send_phases": phases}))
 
 
@@ -345,7 +347,7 @@ def pacing(sessions: list[dict]) -> dict:
 
 
 def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, gateway_pid: int, loop: str,
-        part: str = "", phases: int | None = None) -> dict:
+        part: str = "", phases: int | None = None, status_every: float = STATUS_EVERY_S) -> dict:
     import httpx
 
     stagger = min(STAGGER_MAX_S, n * STAGGER_PER_SESSION_S)
@@ -355,6 +357,7 @@ def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, g
         cmd = [sys.executable, __file__, "--worker", "--loop", loop, "--codec", codec, "--url", url, "--n", str(n),
                "--duration", str(duration), "--cpu", str(cpu), "--stagger", str(stagger), "--without", part]
         cmd += ["--profile", profile] * bool(profile) + ["--send-phases", str(phases)] * (phases is not None)
+        cmd += ["--status-every", str(status_every)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             window = steady_window(c, url, known, n, window_s, proc, gateway_pid)
@@ -382,7 +385,7 @@ def run(url: str, codec: str, n: int, duration: float, cpu: int, profile: str, g
     fps = sorted(s["fps"] or 0.0 for s in data["sessions"])
     errors.sort()
     r: dict = {"codec": codec, "n": n, "duration_s": duration, "loop": loop, "profiled": bool(profile),
-               "send_phases": data["send_phases"], **pacing(data["sessions"]),
+               "send_phases": data["send_phases"], "status_every_s": status_every, **pacing(data["sessions"]),
                "outcomes": sorted({s["outcome"] for s in data["sessions"]}),
                "reasons": dict(collections.Counter(x for s in data["sessions"] for x in s["reasons"])),
                "delivered": round(received / sent, 4) if sent else None,
@@ -415,7 +418,7 @@ def probe_run(args: argparse.Namespace, cpus: list[int], part: str = "") -> dict
         assert gw.proc is not None and gw.url is not None
         os.sched_setaffinity(gw.proc.pid, {cpus[-1]})
         return run(gw.url, args.codec, args.n, args.duration, cpus[0], "" if part else args.profile, gw.proc.pid,
-                   args.loop, part, args.send_phases)
+                   args.loop, part, args.send_phases, args.status_every)
 
 
 def floor_run(args: argparse.Namespace, cpu: int, r: dict, parts: bool) -> dict:
@@ -459,6 +462,8 @@ def report(r: dict) -> None:
 
 
 def main() -> None:
+    from fleet.probe.types import ProbeOptions
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -478,6 +483,9 @@ def main() -> None:
     ap.add_argument("--send-phases", type=int, default=None, metavar="K",
                     help="the sessions' shared send instants a frame period (0: a phase each; default: the probe's, "
                          "ProbeOptions.send_phases); the bare pairs of --floor and --parts send so too")
+    ap.add_argument("--status-every", type=float, default=STATUS_EVERY_S, metavar="S",
+                    help=f"seconds between a session's status reads (default {STATUS_EVERY_S:g}, as bench/sessions_per_core.py; "
+                         f"the probe's own default is {ProbeOptions.status_every_s:g})")
     ap.add_argument("--profile", nargs="?", const="-", default="",
                     help="run the worker under cProfile and group its time; with a path, also dump the pstats there")
     args = ap.parse_args()

@@ -152,27 +152,65 @@ def test_only_a_404_to_a_status_read_says_the_gateway_keeps_no_status(code, said
 def test_every_status_read_is_a_fresh_get_with_the_sessions_headers_on_the_client_it_is_given():
     """The status read's request is built once and sent again (``Adapter._status_request``): each read must
     still reach the gateway as its own GET, with the User-Agent and the token, and get that read's body;
-    another client gets it too."""
+    another client gets it too, a new status URL is read from then on, and cookies the gateway sets reach
+    the reads after."""
     from fleet.probe.adapters import USER_AGENT, DaydreamAdapter
 
-    seen: list[tuple[str, str, str, str]] = []
+    seen: list[tuple[str, str, str, str, str]] = []
 
     def gateway(name: str):
         def answer(request: httpx.Request) -> httpx.Response:
-            seen.append((name, request.method, str(request.url), request.headers.get("Authorization", "")))
             assert request.headers["User-Agent"] == USER_AGENT
-            return httpx.Response(200, json={"data": {"read": len(seen)}})
+            seen.append((name, request.method, str(request.url), request.headers.get("Authorization", ""),
+                         request.headers.get("Cookie", "")))
+            cookie = {"Set-Cookie": f"lb=n{len(seen)}"} if name == "c" else {}
+            return httpx.Response(200, json={"data": {"read": len(seen)}}, headers=cookie)
         return answer
 
     async def main() -> tuple[str, list]:
         adapter = DaydreamAdapter("http://gw", "streamdiffusion", token="tok-1")
+        first = adapter.name
         bodies = []
         async with httpx.AsyncClient(transport=httpx.MockTransport(gateway("a"))) as a, \
-                httpx.AsyncClient(transport=httpx.MockTransport(gateway("b"))) as b:
+                httpx.AsyncClient(transport=httpx.MockTransport(gateway("b"))) as b, \
+                httpx.AsyncClient(transport=httpx.MockTransport(gateway("c"))) as c:
             for client in (a, a, a, b, a):
                 bodies.append(await adapter.status(client))
-        return adapter.name, bodies
+            adapter.name = "fleet_renamed"  # as Daydream's create names the stream
+            for client in (a, c, c, c):
+                bodies.append(await adapter.status(client))
+        return first, bodies
 
-    name, bodies = asyncio.run(main())
-    assert bodies == [{"read": k} for k in range(1, 6)]
-    assert seen == [(c, "GET", f"http://gw/v1/streams/{name}/status", "Bearer tok-1") for c in "aaaba"]
+    first, bodies = asyncio.run(main())
+    assert bodies == [{"read": k} for k in range(1, 10)]
+    old, new = (f"http://gw/v1/streams/{name}/status" for name in (first, "fleet_renamed"))
+    assert seen == [(c, "GET", old, "Bearer tok-1", "") for c in "aaaba"] + [
+        ("a", "GET", new, "Bearer tok-1", ""), ("c", "GET", new, "Bearer tok-1", ""),
+        ("c", "GET", new, "Bearer tok-1", "lb=n7"), ("c", "GET", new, "Bearer tok-1", "lb=n8")]
+
+
+@pytest.mark.parametrize(("raised", "error"), [(httpx.ReadTimeout, "timeout"), (httpx.ConnectError, "http_transport")])
+def test_an_http_failure_names_the_method_and_the_url_without_its_query_or_the_token(raised, error):
+    from fleet.probe.adapters import LivepeerAdapter
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise raised("refused", request=request)
+
+    async def main() -> tuple[str, list[ProbeFailure]]:
+        adapter = LivepeerAdapter("http://gw", "streamdiffusion", token="secret-token")
+        failures = []
+        async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as client:
+            for call in (lambda: adapter.start(client, "v=0", {"prompt": "secret-prompt"}),
+                         lambda: adapter.update(client, {"prompt": "x"})):
+                with pytest.raises(ProbeFailure) as info:
+                    await call()
+                failures.append(info.value)
+        return adapter.name, failures
+
+    name, (start, update) = asyncio.run(main())
+    tail = "" if error == "timeout" else ": ConnectError"  # the start's URL carried the params in its query
+    assert (start.phase, start.error, start.detail) == (
+        "signaling", error, f"POST http://gw/live/video-to-video/{name}/whip{tail}")
+    assert (update.phase, update.error, update.detail) == (
+        "pipeline", error, f"POST http://gw/live/video-to-video/{name}/update{tail}")
+    assert "secret" not in str(start) + str(update)

@@ -26,7 +26,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urljoin, urlparse
 
 import httpx
@@ -110,6 +110,12 @@ def byoc_status_view(status: Any) -> Any:
     return view
 
 
+class _KeptGet(NamedTuple):
+    client: httpx.AsyncClient
+    url: str
+    request: httpx.Request
+
+
 @dataclass
 class Started:
     answer_sdp: str
@@ -136,6 +142,8 @@ def _check(resp: httpx.Response, phase: Phase, ok: tuple[int, ...]) -> None:
 
 
 def _build(client: httpx.AsyncClient, method: str, url: str, **kw: Any) -> httpx.Request:
+    """A request of the session's, with the fleet's User-Agent (go-livepeer's test-stream tag) and the client's
+    settings (timeout, cookies) as they are now."""
     return client.build_request(method, url, headers={"User-Agent": USER_AGENT, **kw.pop("headers", {})}, **kw)
 
 
@@ -144,6 +152,8 @@ async def _request(client: httpx.AsyncClient, phase: Phase, method: str, url: st
 
 
 async def _send(client: httpx.AsyncClient, phase: Phase, request: httpx.Request) -> httpx.Response:
+    """``request`` sent, its body read: httpx's errors are mapped here, at the edge, to ``ProbeFailure`` (a
+    timeout, or ``http_transport``) naming the method and the URL without its query."""
     try:
         return await client.send(request)
     except httpx.TimeoutException:
@@ -189,7 +199,7 @@ class Adapter:
         self.name = f"fleet_{uuid.uuid4().hex[:16]}"
         self.started: Started | None = None
         self.said_no_status = False   # the gateway answered a status read with 404: it keeps none for the stream
-        self._status_get: tuple[httpx.AsyncClient, str, httpx.Request] | None = None
+        self._status_get: _KeptGet | None = None
 
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -237,12 +247,15 @@ class Adapter:
         return _json(resp)
 
     def _status_request(self, client: httpx.AsyncClient) -> httpx.Request:
-        """The status read's GET, built once for a client and URL and sent again every read (building it was
-        a sixth of a read's CPU; the request has no body, and sending it changes nothing in it)."""
+        """The status read's GET, built once for a client and URL and sent again every read (it has no body,
+        and sending changes nothing in it); built anew each read while the client holds cookies, which a
+        request takes when it is built."""
         url, kept = self.status_url(), self._status_get
-        if kept is None or kept[0] is not client or kept[1] != url:
-            kept = self._status_get = (client, url, _build(client, "GET", url, headers=self.auth()))
-        return kept[2]
+        if client.cookies:
+            return _build(client, "GET", url, headers=self.auth())
+        if kept is None or kept.client is not client or kept.url != url:
+            kept = self._status_get = _KeptGet(client, url, _build(client, "GET", url, headers=self.auth()))
+        return kept.request
 
     def stop_request(self) -> tuple[str, str] | None:
         """(method, url) that stops the stream at the gateway, once it exists (no credentials in it).
