@@ -161,6 +161,7 @@ def test_every_status_read_is_a_fresh_get_with_the_sessions_headers_on_the_clien
     def gateway(name: str):
         def answer(request: httpx.Request) -> httpx.Response:
             assert request.headers["User-Agent"] == USER_AGENT
+            assert request.headers["X-Client"] == name  # built on the client that sends it
             seen.append((name, request.method, str(request.url), request.headers.get("Authorization", ""),
                          request.headers.get("Cookie", "")))
             cookie = {"Set-Cookie": f"lb=n{len(seen)}"} if name == "c" else {}
@@ -171,14 +172,15 @@ def test_every_status_read_is_a_fresh_get_with_the_sessions_headers_on_the_clien
         adapter = DaydreamAdapter("http://gw", "streamdiffusion", token="tok-1")
         first = adapter.name
         bodies = []
-        async with httpx.AsyncClient(transport=httpx.MockTransport(gateway("a"))) as a, \
-                httpx.AsyncClient(transport=httpx.MockTransport(gateway("b"))) as b, \
-                httpx.AsyncClient(transport=httpx.MockTransport(gateway("c"))) as c:
-            for client in (a, a, a, b, a):
-                bodies.append(await adapter.status(client))
+        def client(name: str) -> httpx.AsyncClient:
+            return httpx.AsyncClient(transport=httpx.MockTransport(gateway(name)), headers={"X-Client": name})
+
+        async with client("a") as a, client("b") as b, client("c") as c:
+            for reader in (a, a, a, b, a):
+                bodies.append(await adapter.status(reader))
             adapter.name = "fleet_renamed"  # as Daydream's create names the stream
-            for client in (a, c, c, c):
-                bodies.append(await adapter.status(client))
+            for reader in (a, c, c, c):
+                bodies.append(await adapter.status(reader))
         return first, bodies
 
     first, bodies = asyncio.run(main())
@@ -190,27 +192,29 @@ def test_every_status_read_is_a_fresh_get_with_the_sessions_headers_on_the_clien
 
 
 @pytest.mark.parametrize(("raised", "error"), [(httpx.ReadTimeout, "timeout"), (httpx.ConnectError, "http_transport")])
-def test_an_http_failure_names_the_method_and_the_url_without_its_query_or_the_token(raised, error):
+def test_an_http_failure_names_the_method_and_the_url_without_its_query_or_credentials(raised, error):
     from fleet.probe.adapters import LivepeerAdapter
 
     def refuse(request: httpx.Request) -> httpx.Response:
         raise raised("refused", request=request)
 
     async def main() -> tuple[str, list[ProbeFailure]]:
-        adapter = LivepeerAdapter("http://gw", "streamdiffusion", token="secret-token")
+        adapter = LivepeerAdapter("http://user:secret-pw@gw", "streamdiffusion", token="secret-token")
         failures = []
         async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as client:
             for call in (lambda: adapter.start(client, "v=0", {"prompt": "secret-prompt"}),
-                         lambda: adapter.update(client, {"prompt": "x"})):
+                         lambda: adapter.update(client, {"prompt": "x"}), lambda: adapter.status(client)):
                 with pytest.raises(ProbeFailure) as info:
                     await call()
                 failures.append(info.value)
         return adapter.name, failures
 
-    name, (start, update) = asyncio.run(main())
+    name, (start, update, status) = asyncio.run(main())
     tail = "" if error == "timeout" else ": ConnectError"  # the start's URL carried the params in its query
     assert (start.phase, start.error, start.detail) == (
         "signaling", error, f"POST http://gw/live/video-to-video/{name}/whip{tail}")
     assert (update.phase, update.error, update.detail) == (
         "pipeline", error, f"POST http://gw/live/video-to-video/{name}/update{tail}")
-    assert "secret" not in str(start) + str(update)
+    assert (status.phase, status.error, status.detail) == (
+        "pipeline", error, f"GET http://gw/live/video-to-video/{name}/status{tail}")
+    assert "secret" not in str(start) + str(update) + str(status)

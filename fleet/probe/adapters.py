@@ -163,9 +163,9 @@ async def _send(client: httpx.AsyncClient, phase: Phase, request: httpx.Request)
 
 
 def _redact(url: str) -> str:
-    """A URL without its query (which may carry params) for error text."""
+    """A URL without its query (which may carry params) or any user and password in it, for error text."""
     p = urlparse(url)
-    return f"{p.scheme}://{p.netloc}{p.path}"
+    return f"{p.scheme}://{p.netloc.rpartition('@')[2]}{p.path}"
 
 
 def request_id_of(whep_url: str) -> str | None:
@@ -248,8 +248,8 @@ class Adapter:
 
     def _status_request(self, client: httpx.AsyncClient) -> httpx.Request:
         """The status read's GET, built once for a client and URL and sent again every read (it has no body,
-        and sending changes nothing in it); built anew each read while the client holds cookies, which a
-        request takes when it is built."""
+        and sending changes nothing in it on a client without auth or request hooks, as ``new_http_client``
+        makes); built anew each read while the client holds cookies, which a request takes when it is built."""
         url, kept = self.status_url(), self._status_get
         if client.cookies:
             return _build(client, "GET", url, headers=self.auth())
