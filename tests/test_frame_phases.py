@@ -126,15 +126,20 @@ def test_a_probe_session_sends_on_the_options_phases(monkeypatch, phases):
     assert made == [{"phases": phases}]
 
 
-@pytest.mark.parametrize("phases", [None, 0, 7])
-def test_a_runner_gives_its_sessions_the_scenarios_send_phases(tmp_path, phases):
+@pytest.mark.parametrize(("fragment", "phases", "status_every"), [
+    ("", 4, 2.0),
+    ("media: {source: synthetic, send_phases: 0}\n", 0, 2.0),
+    ("media: {source: synthetic, send_phases: 7}\ntarget: {dialect: reference, status_every_s: 5}\n", 7, 5.0),
+    ("target: {dialect: reference, status_every_s: 0.5}\n", 4, 0.5)])
+def test_a_runner_gives_its_sessions_the_scenarios_probe_options(tmp_path, fragment, phases, status_every):
+    """The scenario's ``media.send_phases`` and ``target.status_every_s`` reach every session's options."""
     from conftest import REPO
     from fleet.runtime.runner import RegionRunner
     from fleet.scenario import load_scenario
 
     path = tmp_path / "s.yaml"
-    media = "" if phases is None else f"media: {{source: synthetic, send_phases: {phases}}}\n"
-    path.write_text(f"extends: {REPO / 'tests' / 'scenarios' / 'base.yaml'}\n{media}")
+    path.write_text(f"extends: {REPO / 'tests' / 'scenarios' / 'base.yaml'}\n{fragment}")
     scenario = load_scenario(path)
     runner = RegionRunner("local", scenario.model_dump(mode="json"), str(tmp_path))
-    assert runner.probe_options().send_phases == (4 if phases is None else phases)
+    options = runner.probe_options()
+    assert (options.send_phases, options.status_every_s) == (phases, status_every)

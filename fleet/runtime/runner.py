@@ -161,7 +161,8 @@ class RegionRunner:
         """What the scenario sets of how each session runs."""
         s = self.scenario
         return ProbeOptions(verify_tls=s.target.verify_tls, ice_servers=self._ice_servers(),
-                            use_gateway_ice_servers=s.target.ice.use_gateway_servers, send_phases=s.media.send_phases)
+                            use_gateway_ice_servers=s.target.ice.use_gateway_servers, send_phases=s.media.send_phases,
+                            status_every_s=s.target.status_every_s)
 
     def _ice_servers(self) -> tuple[IceServer, ...]:
         """The scenario's STUN/TURN servers, credentials read from this node's environment."""
