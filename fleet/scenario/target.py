@@ -80,11 +80,13 @@ class Target(Spec):
     region_urls: dict[str, str] = Field(default_factory=dict, description="Gateway base URL per region.")
     token_env: EnvName | None = Field(None, description="Environment variable holding the gateway token.")
     verify_tls: bool = True
-    status_every_s: float = Field(2.0, ge=0.5, le=30, description=(
-        "Seconds between a session's reads of the gateway's stream status. A read is where a stream the gateway "
-        "failed ends at once with the gateway's own error (go-livepeer closes the connection, which ICE alone "
-        "notices only at its timeout), and where the runner's state, fps and orchestrator come from (the runner "
-        "reports about every 10 s). Each read costs the tester CPU: at the default, about a tenth of a session's."))
+    status_every_s: float = Field(2.0, ge=0.5, le=10, description=(
+        "Seconds between a session's reads of the gateway's stream status. A stream the gateway failed ends at "
+        "the next read, with the gateway's own error (go-livepeer closes the connection, which ICE alone notices "
+        "only at its timeout). The runner's state, fps and orchestrator come from the reads; the runner reports "
+        "about every 10 s, so a read less often would miss reports, and a swap's two signs (the viewer lost, the "
+        "new runner's first report) would no longer fall within the 30 s that make them one swap. Each read "
+        "costs the tester CPU: at the default, about a tenth of a session's."))
     ice: IceSpec = Field(default_factory=IceSpec)
     capacity: CapacitySource = Field(default_factory=lambda: GatewayCapacity(source="gateway"))
 
