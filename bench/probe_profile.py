@@ -59,12 +59,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from sessions_per_core import WINDOW_MARGIN_S, WINDOW_MIN_S, end_tree, gateway_config, steady_window  # noqa: E402
+from sessions_per_core import (  # noqa: E402
+    STATUS_EVERY_S, WINDOW_MARGIN_S, WINDOW_MIN_S, end_tree, gateway_config, steady_window)
 
 SIZE, FPS = 512, 30
 STAGGER_PER_SESSION_S = 0.05    # sessions start spread out, as a fleet worker's would
 STAGGER_MAX_S = 4.0
-STATUS_EVERY_S = 5.0            # between a session's status reads, as bench/sessions_per_core.py's sessions
 # a session's pacing: how late its frames left on average and at worst, its send jitter, and the output frames
 # and jitter intervals its own stalls and late sends had excused (shared send instants put sends behind others)
 PACING = ("pacing_late_ms_mean", "pacing_late_ms_max", "tester_send_jitter_coeff", "tester_stall_frames",

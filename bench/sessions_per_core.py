@@ -71,6 +71,7 @@ STEADY_POLL_S = 0.25            # how often the driver asks the gateway whether 
 STEADY_TIMEOUT_S = 60.0         # ... and for how long at most
 WINDOW_MARGIN_S = 3.0           # the steady window ends this long before the first session can end
 WINDOW_MIN_S = 2.0
+STATUS_EVERY_S = 5.0            # between a probe session's status reads (the probe's default is 2 s)
 CHROMIUM = os.environ.get("FLEET_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("FLEET_CHROMEDRIVER", "/usr/bin/chromedriver")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -204,7 +205,7 @@ async def probe_sessions(url: str, n: int, duration: float, stagger: float, code
     async def one(i: int) -> dict:
         await asyncio.sleep(stagger * i / n)
         spec = ProbeSpec(url, "livepeer", "streamdiffusion", clip, (PromptChange(0, {"prompt": "bench"}),),
-                         duration_s=duration, options=ProbeOptions(status_every_s=5.0))
+                         duration_s=duration, options=ProbeOptions(status_every_s=STATUS_EVERY_S))
         r = await run_probe(spec, client=client)
         return {"stream": r.stream_id, "outcome": r.outcome, "error": r.error_class, "fps": r.output_fps,
                 "received": r.frames_received, "latency_ms": r.g2g_latency_ms}

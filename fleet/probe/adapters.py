@@ -156,10 +156,11 @@ async def _send(client: httpx.AsyncClient, phase: Phase, request: httpx.Request)
     timeout, or ``http_transport``) naming the method and the URL without its query."""
     try:
         return await client.send(request)
-    except httpx.TimeoutException:
-        raise ProbeFailure(phase, "timeout", f"{request.method} {_redact(str(request.url))}") from None
     except httpx.HTTPError as exc:
-        raise ProbeFailure(phase, "http_transport", f"{request.method} {_redact(str(request.url))}: {type(exc).__name__}") from None
+        where = f"{request.method} {_redact(str(request.url))}"
+        if isinstance(exc, httpx.TimeoutException):
+            raise ProbeFailure(phase, "timeout", where) from None
+        raise ProbeFailure(phase, "http_transport", f"{where}: {type(exc).__name__}") from None
 
 
 def _redact(url: str) -> str:
@@ -251,9 +252,7 @@ class Adapter:
         and sending changes nothing in it on a client without auth or request hooks, as ``new_http_client``
         makes); built anew each read while the client holds cookies, which a request takes when it is built."""
         url, kept = self.status_url(), self._status_get
-        if client.cookies:
-            return _build(client, "GET", url, headers=self.auth())
-        if kept is None or kept.client is not client or kept.url != url:
+        if kept is None or kept.client is not client or kept.url != url or client.cookies:
             kept = self._status_get = _KeptGet(client, url, _build(client, "GET", url, headers=self.auth()))
         return kept.request
 
