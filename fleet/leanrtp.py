@@ -37,7 +37,7 @@ from fleet.duties import NativeNack, NativeStreamStatistics, nack_add, receiver_
 from fleet.leanice import is_srtcp, rtcp_now
 from fleet.leanice import skip_stun as _skip_stun
 from fleet.leansend import lean_sender
-from fleet.srtpcalls import MARKER, NACK_DUE, TAP_CODECS, RtpView, SrtpCalls, is_native_tap, parse_rtp, srtp_calls
+from fleet.srtpcalls import MARKER, NACK_DUE, TAKEN, TAP_CODECS, RtpView, SrtpCalls, is_native_tap, parse_rtp, srtp_calls
 from fleet.webrtc import PayloadKinds  # its import also checks the private API used here
 
 __all__ = ["LeanReceive", "RtpView", "lean_receive", "lean_sender", "parse_rtp"]
@@ -52,6 +52,7 @@ class _Fast(NamedTuple):
     ssrc: int
     srtp: SrtpCalls
     codec: int
+    take: Callable[[bytes, int, float | None], int]  # ``srtp.take`` on the tap, one native call (``SrtpCalls.taker``)
 
 
 class _Sequence(NamedTuple):
@@ -79,12 +80,13 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float, bool
     transceiver, never bundled): the first media packet's SSRC is the one taken; packets of any other, and
     those that are not the receiver's media (DTLS, retransmissions, other payload types), take aiortc's
     own path (before SRTP is keyed aiortc has not set the receiver's codecs yet, so every packet does), as do
-    this SSRC's packets that arrive while older data waits in aiortc's queue (kept in order behind it): their
-    stamps are held for ``LeanReceive.arrival``. The object returned is what ``tap_rtp``'s handler awaits for
-    the packets of aiortc's path. RTCP goes to aiortc's handlers at once (``fleet.leanice.rtcp_now``) unless
-    older data waits. With ``core``, a native frame tap (``fleet._rtpnative.Tap``: what ``on_packet``
-    hands its packets to), a VP8 or H.264 packet goes to it in the same call that unprotects it, without
-    ``on_packet``, where the session's SRTP is native too."""
+    this SSRC's packets that arrive while older data waits in aiortc's queue (kept in order behind it): the
+    stamps of these, and of any media before the first taken, are held for ``LeanReceive.arrival``. The
+    object returned is what ``tap_rtp``'s handler awaits for the packets of aiortc's path. RTCP goes to
+    aiortc's handlers at once (``fleet.leanice.rtcp_now``) unless older data waits. With ``core``, a native
+    frame tap (``fleet._rtpnative.Tap``: what ``on_packet`` hands its packets to), a VP8 or H.264 packet
+    goes to it in the same call that unprotects it, without ``on_packet``, where the session's SRTP is
+    native too."""
     return LeanReceive(receiver, on_packet, core)
 
 
@@ -111,7 +113,7 @@ class LeanReceive:
         self.kinds = PayloadKinds(receiver)  # payload type -> its media codec (None: RTX or unknown)
         self.direct = False               # whether the pair's datagrams come straight here
         self.srtp: SrtpCalls | None = None
-        self.held: dict[int, float] = {}  # sequence number -> arrival, of this SSRC's packets left to aiortc
+        self.held: dict[tuple[int, int], float] = {}  # (SSRC, sequence number) -> arrival, of packets left to aiortc
         self.taken = 0                    # packets this path took
         self.fast: _Fast | None = None    # set once the native tap counted a packet of the source it takes
         self.connection.data_received = self.data_received  # type: ignore[method-assign]
@@ -123,7 +125,11 @@ class LeanReceive:
         if (fast is not None and len(data) >= 12 and 127 < data[0] < 192 and data[1] & 0x7F == fast.pt
                 and data[8:12] == fast.ssrc_bytes and fast.srtp.session is self.dtls._rx_srtp and self.queued.empty()
                 and self.receiver._enabled):  # the source the native tap takes, as the slow path below would
-            self.counted(fast.srtp.take(self.core, data, fast.codec, arrival), data, fast.ssrc)
+            done = fast.take(data, fast.codec, arrival)
+            if done == TAKEN:  # most packets: not a frame's last, the next in order with none missing
+                self.taken += 1
+            else:
+                self.counted(done, data, fast.ssrc)
             return
         if len(data) < 12 or not 127 < data[0] < 192 or 192 <= data[1] <= 223:
             if not (is_srtcp(data) and self.queued.empty() and rtcp_now(self.dtls, data)):
@@ -132,6 +138,8 @@ class LeanReceive:
         pt, ssrc = data[1] & 0x7F, int.from_bytes(data[8:12], "big")  # the RTP header is not encrypted
         kind = self.kinds[pt]
         if kind is None or (self.ssrc is not None and ssrc != self.ssrc):
+            if self.ssrc in (None, ssrc):  # before aiortc has the receiver's codecs (media that beat its set-up)
+                self.hold(ssrc, int.from_bytes(data[2:4], "big"), arrival)
             self.original(data, component)
             return
         self.ssrc = ssrc
@@ -139,7 +147,7 @@ class LeanReceive:
         if srtp is None or srtp.session is not self.dtls._rx_srtp:
             srtp = self.srtp = srtp_calls(srtp, self.dtls._rx_srtp)
         if srtp is None or not self.queued.empty():  # older data still queued (or, defensively, SRTP not keyed)
-            self.hold(int.from_bytes(data[2:4], "big"), arrival)
+            self.hold(ssrc, int.from_bytes(data[2:4], "big"), arrival)
             self.original(data, component)
             return
         if self.core is not None and self.core.ssrc not in (None, ssrc):  # the tap took another source first
@@ -173,7 +181,7 @@ class LeanReceive:
             self.streams[ssrc] = self.stats
             self.active[ssrc] = clock.current_datetime()
         if done and not 64 <= pt <= 95:  # what this packet fixed, for the next ones (``_Fast``); 64-95 would take
-            self.fast = _Fast(pt, data[8:12], ssrc, srtp, codec)  # the RTCP types with the marker bit (RFC 5761)
+            self.fast = _Fast(pt, data[8:12], ssrc, srtp, codec, srtp.taker(self.core))  # the RTCP types with the marker bit (RFC 5761)
         self.counted(done, data, ssrc)
 
     def counted(self, done: int, data: bytes, ssrc: int) -> None:
@@ -192,18 +200,18 @@ class LeanReceive:
         self.nacks.add(task)
         task.add_done_callback(self.nacks.discard)
 
-    def hold(self, seq: int, arrival: float | None) -> None:
-        """Keep the stamp of a packet of this SSRC's left to aiortc's path (none known: forget an older one)."""
+    def hold(self, ssrc: int, seq: int, arrival: float | None) -> None:
+        """Keep the stamp of a packet left to aiortc's path (none known: forget an older one)."""
         if arrival is None:
-            self.held.pop(seq, None)
+            self.held.pop((ssrc, seq), None)
             return
         if len(self.held) >= HELD_STAMPS:  # packets aiortc dropped (an SRTP replay or failed check) never ask
             self.held.clear()
-        self.held[seq] = arrival
+        self.held[ssrc, seq] = arrival
 
     def arrival(self, packet: Any) -> float | None:
-        """When a packet of aiortc's path reached the socket, if it is this SSRC's and was stamped."""
-        return self.held.pop(packet.sequence_number, None) if packet.ssrc == self.ssrc else None
+        """When a packet of aiortc's path reached the socket, if it was stamped."""
+        return self.held.pop((packet.ssrc, packet.sequence_number), None)
 
     async def __call__(self, packet: Any) -> None:
         lost = self.duties(packet)

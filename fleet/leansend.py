@@ -136,7 +136,8 @@ class _LeanSender:
         if self.block is None or self.block[0] != mid:
             self.block = (mid, *self._extension_block(mid))
         _, head0, before, after, timed = self.block
-        ext_block = before + ((_ntp_now() >> 14) & 0xFFFFFF).to_bytes(3, "big") + after if timed else before
+        ntp = _ntp_now()  # abs-send-time's, and the sender reports' pair with this frame's RTP timestamp
+        ext_block = before + ((ntp >> 14) & 0xFFFFFF).to_bytes(3, "big") + after if timed else before
         srtp, transport, address, fd = self.route()
         last, octets, sent, seq, ssrc, history = len(payloads) - 1, 0, 0, self.seq, s._ssrc, self.history
         try:
@@ -159,7 +160,7 @@ class _LeanSender:
                 seq = self.seq = (seq + 1) & 0xFFFF
         finally:  # the packets that left, as aiortc counts them (its reports go on after a failed send)
             if sent:
-                setattr(s, _NTP_TS, _ntp_now())
+                setattr(s, _NTP_TS, ntp)
                 setattr(s, _RTP_TS, timestamp)
                 setattr(s, _OCTETS, getattr(s, _OCTETS) + octets)
                 setattr(s, _PACKETS, getattr(s, _PACKETS) + sent)
@@ -183,6 +184,7 @@ class _LeanSender:
         lean_rtcp(s.transport)  # the RTCP coming back (reports, REMB, keyframe requests, NACKs) read as it arrives
         getattr(s, _P + "rtp_started").set()
         name = codec.name.lower()
+        vp8 = name == "vp8"  # the one codec whose payloads carry a picture ID the sender counts
         packed: tuple[Any, PacketTrack | None, ClipPayloads | None] = (None, None, None)  # track; as a clip's, its payloads
         try:
             while True:
@@ -193,12 +195,14 @@ class _LeanSender:
                 if track is not packed[0]:
                     clip = track if isinstance(track, PacketTrack) and track.clip.codec == name else None
                     packed = (track, clip, clip_payloads(clip.clip) if clip is not None else None)
+                    if not vp8:
+                        self._picture_id(codec)  # the sender's encoder made once, as aiortc makes it (no ID taken)
                 _, clip, payloads = packed
                 if clip is not None and payloads is not None:
                     # the clip's frames packetized once, what aiortc's pack would give (``ClipPayloads``)
                     index, pts = await clip.next_frame()
                     if s._enabled:
-                        self.frame(payloads.frame(index, self._picture_id(codec)), pts, codec.payloadType)
+                        self.frame(payloads.frame(index, self._picture_id(codec) if vp8 else 0), pts, codec.payloadType)
                     continue
                 encoded = await s._next_encoded_frame(codec)
                 if encoded is not None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from struct import Struct
 from typing import Any
 
@@ -159,6 +160,11 @@ class SrtpCalls:
         receiver's duties do, in one call): 0 when dropped as ``read`` drops, else ``TAKEN`` with ``MARKER`` and
         ``NACK_DUE`` as they apply. Only where this session is native (``native``)."""
         return int(core.take(_UNPROTECT, self.address, data, codec, arrival))
+
+    def taker(self, core: Any) -> Callable[[bytes, int, float | None], int]:
+        """``take`` on ``core`` as one native call, for a caller that takes every packet of a source (the
+        session's SRTP state and libsrtp's function bound in: no Python frame per packet)."""
+        return partial(core.take, _UNPROTECT, self.address)
 
     def send_frame(self, fd: int, address: Any, head: tuple[int, int, int, int, int], ext_block: bytes,
                    payloads: Sequence[bytes], history: dict[int, bytes],

@@ -143,3 +143,39 @@ def test_a_runner_gives_its_sessions_the_scenarios_probe_options(tmp_path, fragm
     runner = RegionRunner("local", scenario.model_dump(mode="json"), str(tmp_path))
     options = runner.probe_options()
     assert (options.send_phases, options.status_every_s) == (phases, status_every)
+
+
+@pytest.mark.parametrize("every", [0.5, 1.0])
+def test_a_session_reads_the_status_every_status_every_s(every):
+    """A session's status reads come ``status_every_s`` apart, the first at once, until the gateway's status
+    carries an error that ends the stream (then the reads stop, the session's waits broken off). The gateway
+    is a fake (httpx's MockTransport) that knows when each read reached it."""
+    import httpx
+
+    reads: list[float] = []
+    last = 4
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        reads.append(time.monotonic())
+        error = {"error_message": "no orchestrators available"} if len(reads) == last else None
+        return httpx.Response(200, json={"gateway_status": {"error": error}})
+
+    async def main():
+        spec = ProbeSpec("http://127.0.0.1:1", "livepeer", "streamdiffusion", clip(), (PromptChange(0, {}),), 5.0,
+                         options=ProbeOptions(status_every_s=every))
+        probe = session._Probe(spec)
+        try:
+            async with httpx.AsyncClient(transport=httpx.MockTransport(gateway)) as client:
+                await asyncio.wait_for(probe._poll_status(client), 10 * every + 5)
+        finally:
+            for pc in (probe.peers.pc_in, probe.peers.pc_out):
+                await pc.close()
+            probe.loop_monitor.release()
+        return probe
+
+    probe = asyncio.run(main())
+    assert len(reads) == last and probe.r.gateway_error == "no orchestrators available"
+    assert probe.peers.broken.is_set() and probe.peers.broken_error == "gateway_error"
+    gaps = [b - a for a, b in zip(reads, reads[1:])]
+    # asyncio.sleep never wakes early (its clock is the loop's, time.monotonic()); never the default 2 s either
+    assert all(every - 0.002 <= gap < every + 0.9 for gap in gaps), gaps

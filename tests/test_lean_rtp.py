@@ -509,6 +509,19 @@ def busy(seconds: float) -> None:
         pass
 
 
+def record_held_answers(lean_path: Any, answers: list[int]) -> None:
+    """Append to ``answers`` the sequence number of every packet of aiortc's path whose stamp the lean path held."""
+    arrival = lean_path.arrival
+
+    def recording_arrival(packet: Any) -> float | None:
+        at = arrival(packet)
+        if at is not None:
+            answers.append(packet.sequence_number)
+        return at
+
+    lean_path.arrival = recording_arrival
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
 def test_a_frame_that_waited_out_a_stall_of_the_loop_is_timed_by_its_arrival_at_the_socket(new_loop) -> None:
@@ -528,15 +541,7 @@ def test_a_frame_that_waited_out_a_stall_of_the_loop_is_timed_by_its_arrival_at_
         a, b, sender, tap = await tapped_pair(track, frames)
         lean_path = tap._lean
         assert lean_path is not None
-        arrival = lean_path.arrival
-
-        def recording_arrival(packet: Any) -> float | None:
-            at = arrival(packet)
-            if at is not None:
-                held_answers.append(packet.sequence_number)
-            return at
-
-        lean_path.arrival = recording_arrival  # type: ignore[method-assign]
+        record_held_answers(lean_path, held_answers)
         send_rtp = sender.transport._send_rtp
 
         async def stalling_send(data: bytes) -> None:
@@ -576,3 +581,52 @@ def test_a_frame_that_waited_out_a_stall_of_the_loop_is_timed_by_its_arrival_at_
     assert all(by_ts[ts].exact for ts in list(marker_sent)[5:] if ts in by_ts)
     if new_loop is uvloop.new_event_loop:
         assert held_answers, "no packet took aiortc's path behind the DTLS record"
+
+
+class KindsNotYet(dict):
+    """A fake of the receiver's payload kinds (fleet.webrtc.PayloadKinds) that knows none for the first
+    ``unknown`` media packets asked about, as before aiortc has set the receiver's codecs (media that beat the
+    receiver's set-up, which a slow loop lets happen), then the real ones."""
+
+    def __init__(self, real: Any, unknown: int) -> None:
+        super().__init__()
+        self.real, self.unknown = real, unknown
+
+    def __missing__(self, payload_type: int) -> str | None:
+        if self.unknown > 0:
+            self.unknown -= 1
+            return None
+        return self.real[payload_type]
+
+
+@pytest.mark.slow
+def test_media_before_the_receivers_codecs_are_known_keep_their_socket_stamps() -> None:
+    """The first frames' packets, left to aiortc's path while the lean path cannot tell them for media yet,
+    are timed by when their last packet reached the socket all the same: their stamps held for aiortc's path."""
+    clip = synthetic_clip(160, 96, FPS, codec="h264", gop=30)
+    track = PacketTrack(clip, max_frames=30)
+    frames: list[TapFrame] = []
+    held_answers: list[int] = []  # sequence numbers whose stamp aiortc's path got from the lean path
+
+    async def main() -> None:
+        taps: list[FrameTap] = []
+
+        def lean(receiver: RTCRtpReceiver) -> None:  # before any media: the first 12 packets go aiortc's way
+            tap = FrameTap(receiver, frames.append, decode=False, bandwidth_feedback=False)
+            lean_path = tap._lean
+            assert lean_path is not None
+            lean_path.kinds = KindsNotYet(lean_path.kinds, 12)  # type: ignore[assignment]
+            record_held_answers(lean_path, held_answers)
+            taps.append(tap)
+
+        a, b, _, _ = await connected_pair(track, lean_send=False, on_receiver=lean)
+        try:
+            await until(lambda: len(frames) >= 20, "20 frames")
+        finally:
+            await close(a, b)
+        assert taps[0]._lean is not None and taps[0]._lean.taken > 0  # the lean path took the rest
+
+    asyncio.run(main())
+    # the first frames came through aiortc's path with their stamps (a frame's last packet only is stamped)
+    assert len(held_answers) >= 2, held_answers
+    assert all(f.exact for f in frames), [n for n, f in enumerate(frames) if not f.exact]
