@@ -19,6 +19,8 @@ leave out the media sent and received here; and aiortc's jitter buffer would sen
 when a hole stayed unrepaired for its whole 512-packet buffer (about 6 s of a probe's stream) or the
 sequence jumped back by 100 or more; the lean receiver sends none then: the probe asks for a keyframe when
 a decode window needs one, and a gateway that re-encodes its output (go-livepeer) starts a GOP every 2 s.
+The lean sender's reports pair a frame's RTP timestamp with the NTP time read as its packets leave, where
+aiortc reads it after each packet: microseconds earlier on the native path (``fleet.leansend``).
 A media datagram longer than SRTP's 1500-byte buffer is dropped here; aiortc would close its DTLS transport.
 
 The private attributes used here are checked on import by ``fleet.webrtc`` (``check_private_api``).
@@ -81,7 +83,9 @@ def lean_receive(receiver: RTCRtpReceiver, on_packet: Callable[[Any, float, bool
     those that are not the receiver's media (DTLS, retransmissions, other payload types), take aiortc's
     own path (before SRTP is keyed aiortc has not set the receiver's codecs yet, so every packet does), as do
     this SSRC's packets that arrive while older data waits in aiortc's queue (kept in order behind it): the
-    stamps of these, and of any media before the first taken, are held for ``LeanReceive.arrival``. The
+    stamps of these, of any RTP before the first packet taken (media that beat aiortc's set-up of the
+    receiver's codecs among them) and of the taken SSRC's of a type not known, are held for
+    ``LeanReceive.arrival`` (those aiortc drops never ask: at most ``HELD_STAMPS`` are kept). The
     object returned is what ``tap_rtp``'s handler awaits for the packets of aiortc's path. RTCP goes to
     aiortc's handlers at once (``fleet.leanice.rtcp_now``) unless older data waits. With ``core``, a native
     frame tap (``fleet._rtpnative.Tap``: what ``on_packet`` hands its packets to), a VP8 or H.264 packet
@@ -138,7 +142,7 @@ class LeanReceive:
         pt, ssrc = data[1] & 0x7F, int.from_bytes(data[8:12], "big")  # the RTP header is not encrypted
         kind = self.kinds[pt]
         if kind is None or (self.ssrc is not None and ssrc != self.ssrc):
-            if self.ssrc in (None, ssrc):  # before aiortc has the receiver's codecs (media that beat its set-up)
+            if self.ssrc in (None, ssrc):  # before the first taken (media that beat aiortc's set-up among them)
                 self.hold(ssrc, int.from_bytes(data[2:4], "big"), arrival)
             self.original(data, component)
             return

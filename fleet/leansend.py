@@ -49,7 +49,9 @@ def lean_sender(sender: RTCRtpSender) -> None:
     once per mid, abs-send-time filled in per frame (a frame's packets leave in one loop iteration; its unit is
     3.8 µs), the same sequence numbers and timestamps. The history kept for
     NACKs holds each packet's bytes; a retransmission parses them back and goes out as aiortc's would (RTX when
-    negotiated). Sender reports read the same counters, updated once per frame."""
+    negotiated). Sender reports read the same counters, updated once per frame; their NTP time is the one
+    abs-send-time took, read as the frame's packets leave (aiortc reads it after each packet: on the native
+    path, one call later by microseconds)."""
     lean = _LeanSender(sender)
     sender._run_rtp = lean.run  # type: ignore[method-assign]
     sender._retransmit = lean.retransmit  # type: ignore[method-assign]

@@ -227,7 +227,8 @@ def rtp_path(request, monkeypatch: pytest.MonkeyPatch):
     """A wire test on each per-packet path: the native one (``fleet._rtpnative``, where it can be used) and
     Python's: (the path, the native calls made). The native calls are counted on both: the test asks its own
     side's count of the native run (frames the socket took whole, nothing handed back to the transport; packets
-    read; packets read into the native frame tap; or native frame taps made); the Python run must have made none."""
+    read; packets read into the native frame tap through ``SrtpCalls.take``, the ones before the fast way's
+    bound call takes the rest; or native frame taps made); the Python run must have made none."""
     native = request.param == "native"
     if native and srtpcalls.NATIVE_UNUSABLE is not None:
         pytest.skip(srtpcalls.NATIVE_UNUSABLE)
@@ -602,31 +603,48 @@ class KindsNotYet(dict):
 @pytest.mark.slow
 def test_media_before_the_receivers_codecs_are_known_keep_their_socket_stamps() -> None:
     """The first frames' packets, left to aiortc's path while the lean path cannot tell them for media yet,
-    are timed by when their last packet reached the socket all the same: their stamps held for aiortc's path."""
+    are timed by when their last packet reached the socket all the same: their stamps held for aiortc's path.
+    The loop stalls right after the second frame's last packet left: handled after the stall, that frame is
+    timed at its send."""
     clip = synthetic_clip(160, 96, FPS, codec="h264", gop=30)
     track = PacketTrack(clip, max_frames=30)
-    frames: list[TapFrame] = []
+    frames = HandledFrames()
     held_answers: list[int] = []  # sequence numbers whose stamp aiortc's path got from the lean path
+    markers: list[tuple[int, int, float, float]] = []  # (RTP timestamp, sequence number, sent, wall offset)
+
+    def stalling(sender: Any) -> None:
+        send_rtp = sender.transport._send_rtp
+
+        async def send(data: bytes) -> None:
+            if 192 <= data[1] <= 223 or not data[1] & 0x80:  # RTCP, or not a frame's last packet
+                await send_rtp(data)
+                return
+            seq, ts = struct.unpack_from("!HI", data, 2)
+            markers.append((ts, seq, time.monotonic(), wall_offset()))
+            await send_rtp(data)
+            if len(markers) == 2:
+                busy(STALL_S)
+
+        sender.transport._send_rtp = send
+
+    def lean(receiver: RTCRtpReceiver) -> None:  # before any media: the first 40 packets go aiortc's way
+        tap = FrameTap(receiver, frames.append, decode=False, bandwidth_feedback=False)
+        assert tap._lean is not None
+        tap._lean.kinds = KindsNotYet(tap._lean.kinds, 40)  # type: ignore[assignment]
+        record_held_answers(tap._lean, held_answers)
 
     async def main() -> None:
-        taps: list[FrameTap] = []
-
-        def lean(receiver: RTCRtpReceiver) -> None:  # before any media: the first 12 packets go aiortc's way
-            tap = FrameTap(receiver, frames.append, decode=False, bandwidth_feedback=False)
-            lean_path = tap._lean
-            assert lean_path is not None
-            lean_path.kinds = KindsNotYet(lean_path.kinds, 12)  # type: ignore[assignment]
-            record_held_answers(lean_path, held_answers)
-            taps.append(tap)
-
-        a, b, _, _ = await connected_pair(track, lean_send=False, on_receiver=lean)
+        a, b, _, _ = await loopback_pair(track, codecs_named("video", "H264", profile_level_id=H264_PROFILE_LEVEL_ID),
+                                         on_sender=stalling, on_receiver=lean)
         try:
             await until(lambda: len(frames) >= 20, "20 frames")
         finally:
             await close(a, b)
-        assert taps[0]._lean is not None and taps[0]._lean.taken > 0  # the lean path took the rest
 
     asyncio.run(main())
-    # the first frames came through aiortc's path with their stamps (a frame's last packet only is stamped)
-    assert len(held_answers) >= 2, held_answers
+    ts, seq, sent, offset = markers[1]
+    stalled = next(f for f in frames if f.timestamp == ts)
+    assert seq in held_answers  # its last packet went aiortc's way, its stamp held for it
+    early = abs(frames.offset[ts] - offset) + 2e-6  # the wall clock's moves against the monotonic one (above)
+    assert stalled.exact and -early <= stalled.arrival - sent <= STAMP_TOLERANCE_S, (stalled, sent, early)
     assert all(f.exact for f in frames), [n for n, f in enumerate(frames) if not f.exact]

@@ -281,3 +281,21 @@ def test_the_lean_receiver_shows_aiortc_the_taps_statistics_once_a_packet_is_cou
     assert type(streams[SSRC]) is NativeStreamStatistics
     assert (streams[SSRC].base_seq, streams[SSRC].max_seq, streams[SSRC].packets_received, streams[SSRC].packets_lost) \
         == (10, 11, 2, 0)
+
+
+def test_a_held_stamp_goes_to_the_packet_of_its_source_and_number_once() -> None:
+    """Stamps held for aiortc's path are keyed by source and sequence number: another source's packet of the
+    same number gets its own (a retransmission, whose RTX SSRC aiortc hands over as it came), each is handed
+    out once, and a packet held without a stamp forgets the one held for its number before."""
+    from fleet.leanrtp import LeanReceive
+    from tests.test_rtp import receiver
+
+    lean = LeanReceive(receiver(), lambda *a: None)
+    lean.hold(SSRC, 7, 1.5)
+    lean.hold(SSRC + 1, 7, 2.5)
+    lean.hold(SSRC, 9, 3.5)
+    lean.hold(SSRC, 9, None)
+    assert lean.arrival(SimpleNamespace(ssrc=SSRC + 1, sequence_number=7)) == 2.5
+    assert lean.arrival(SimpleNamespace(ssrc=SSRC, sequence_number=7)) == 1.5
+    assert lean.arrival(SimpleNamespace(ssrc=SSRC, sequence_number=7)) is None
+    assert lean.arrival(SimpleNamespace(ssrc=SSRC, sequence_number=9)) is None
