@@ -146,6 +146,9 @@ def test_a_runner_gives_its_sessions_the_scenarios_probe_options(tmp_path, fragm
     assert (options.send_phases, options.status_every_s) == (phases, status_every)
 
 
+HANG_S = 10.0  # a status loop that never ends fails the test after this (its waits are not waited)
+
+
 @pytest.mark.parametrize("every", [0.5, 7.5])
 def test_a_session_reads_the_status_every_status_every_s(monkeypatch, every):
     """A session reads the status at once, then after a wait of ``status_every_s`` each time, until the
@@ -156,9 +159,9 @@ def test_a_session_reads_the_status_every_status_every_s(monkeypatch, every):
     last = 4
     sleep = asyncio.sleep
 
-    async def recorded_sleep(delay: float, *args):
+    async def recorded_sleep(delay: float, *args, **kwargs):
         if sys._getframe(1).f_code is not session._Probe._poll_status.__code__:
-            return await sleep(delay, *args)  # another's wait (the loop's lag monitor): as it was
+            return await sleep(delay, *args, **kwargs)  # another's wait (the loop's lag monitor): as it was
         waits.append(delay)
         await sleep(0)
 
@@ -173,11 +176,9 @@ def test_a_session_reads_the_status_every_status_every_s(monkeypatch, every):
         probe = session._Probe(spec)
         try:
             async with httpx.AsyncClient(transport=httpx.MockTransport(gateway)) as client:
-                monkeypatch.setattr(session.asyncio, "sleep", recorded_sleep)
-                try:
-                    await asyncio.wait_for(probe._poll_status(client), 10)
-                finally:
-                    monkeypatch.undo()
+                with monkeypatch.context() as patched:
+                    patched.setattr(session.asyncio, "sleep", recorded_sleep)
+                    await asyncio.wait_for(probe._poll_status(client), HANG_S)
         finally:
             for pc in (probe.peers.pc_in, probe.peers.pc_out):
                 await pc.close()
