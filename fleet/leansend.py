@@ -167,13 +167,18 @@ class _LeanSender:
                 setattr(s, _OCTETS, getattr(s, _OCTETS) + octets)
                 setattr(s, _PACKETS, getattr(s, _PACKETS) + sent)
 
-    def _picture_id(self, codec: Any) -> int:
-        """VP8's next picture ID, from the sender's own encoder (made as aiortc makes it, with a random first
-        ID), which counts on: a track that aiortc packs later goes on from it. 0 for H.264 (unused)."""
+    def _encoder(self, codec: Any) -> Any:
+        """The sender's own encoder, made as aiortc makes it (VP8's with a random first picture ID) if it has
+        none yet: a track that aiortc packs later goes on from it."""
         encoder = getattr(self.sender, _P + "encoder")
         if encoder is None:
             encoder = get_encoder(codec)
             setattr(self.sender, _P + "encoder", encoder)
+        return encoder
+
+    def _picture_id(self, codec: Any) -> int:
+        """VP8's next picture ID, counted on the sender's encoder; 0 for another codec (unused)."""
+        encoder = self._encoder(codec)
         if not isinstance(encoder, Vp8Encoder):
             return 0
         picture_id = encoder.picture_id
@@ -197,8 +202,7 @@ class _LeanSender:
                 if track is not packed[0]:
                     clip = track if isinstance(track, PacketTrack) and track.clip.codec == name else None
                     packed = (track, clip, clip_payloads(clip.clip) if clip is not None else None)
-                    if not vp8:
-                        self._picture_id(codec)  # the sender's encoder made once, as aiortc makes it (no ID taken)
+                    self._encoder(codec)  # made once a track, not looked up per frame (VP8 counts its ID per frame)
                 _, clip, payloads = packed
                 if clip is not None and payloads is not None:
                     # the clip's frames packetized once, what aiortc's pack would give (``ClipPayloads``)
